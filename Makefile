@@ -1,0 +1,34 @@
+# mlrun developer targets. `make train` and `make test` work on a fresh machine with Python 3.10+.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: install train test lint bench clean
+
+install: $(STAMP)
+
+# The venv sees system packages so a torch already installed (e.g. a CUDA build on a GPU node)
+# is reused; only when none is importable do we install the pinned CPU wheel.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv --system-site-packages $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_PIN)"
+	$(PY) -m pip install -e ".[all,dev]"
+	touch $(STAMP)
+
+train: install
+	$(VENV)/bin/mlrun train configs/quickstart.yaml
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check mlrun tests scripts
+	$(VENV)/bin/ruff format --check mlrun tests scripts
+
+bench: install
+	$(PY) scripts/bench/overhead.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

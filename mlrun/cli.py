@@ -1,0 +1,161 @@
+"""The `mlrun` command line: parses arguments and calls `mlrun.commands`; no logic lives here.
+
+Exit codes: 0 done; 1 the run failed; 2 bad usage, config or data; 130 interrupted (Ctrl-C).
+Imports of torch happen inside the commands, so `mlrun --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+
+from mlrun import __version__
+from mlrun.errors import EXIT_INTERRUPTED, EXIT_RUN_FAILED, EXIT_USAGE, MlrunError
+
+app = typer.Typer(
+    name="mlrun",
+    help="Train, profile, tune and export PyTorch models from one YAML config.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Config = Annotated[Path, typer.Argument(help="The experiment's YAML config.", show_default=False)]
+Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value overrides, e.g. optimizer.lr=1e-3")]
+Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"mlrun {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    if debug:
+        os.environ["MLRUN_DEBUG"] = "1"
+
+
+@app.command()
+def train(
+    config: Config,
+    overrides: Overrides = None,
+    resume: Annotated[str, typer.Option(help="auto: continue an unfinished run; never; or a checkpoint path.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Discard an existing run of the same name and start over.")] = False,
+) -> None:
+    """Train a model; resumes an unfinished run of the same name."""
+    from mlrun.commands.train import run_train
+
+    run_train(config, overrides or [], resume=resume, overwrite=overwrite)
+
+
+@app.command()
+def validate(
+    config: Config,
+    overrides: Overrides = None,
+    print_config: Annotated[bool, typer.Option("--print", help="Print the resolved config.")] = False,
+) -> None:
+    """Load, validate and build every component without training."""
+    from mlrun.commands.validate import run_validate
+
+    run_validate(config, overrides or [], print_config=print_config)
+
+
+@app.command()
+def profile(config: Config, overrides: Overrides = None) -> None:
+    """Measure throughput, step-time breakdown, MFU and memory of a config (not yet available)."""
+    from mlrun.commands.pending import not_yet
+
+    not_yet("profile", "memory techniques and `mlrun profile`")
+
+
+@app.command()
+def tune(config: Config, overrides: Overrides = None) -> None:
+    """Hyperparameter search over keys of the config with Optuna (not yet available)."""
+    from mlrun.commands.pending import not_yet
+
+    not_yet("tune", "`mlrun tune`")
+
+
+@app.command()
+def export(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Write a trained model for inference, optionally quantized (not yet available)."""
+    from mlrun.commands.pending import not_yet
+
+    not_yet("export", "`mlrun export` and `mlrun eval`")
+
+
+@app.command(name="eval")
+def evaluate(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Evaluate a trained model on its validation data (not yet available)."""
+    from mlrun.commands.pending import not_yet
+
+    not_yet("eval", "`mlrun export` and `mlrun eval`")
+
+
+@app.command(name="list")
+def list_components(
+    kind: Annotated[Optional[str], typer.Argument(help="models, datasets, losses, metrics, optimizers, ...")] = None,
+    json_output: Json = False,
+) -> None:
+    """The registries' entries and their settings with defaults."""
+    from mlrun.commands.listing import run_list
+
+    run_list(kind, json_output=json_output)
+
+
+@app.command()
+def schema(out: Annotated[Optional[Path], typer.Option(help="Write to this file instead of stdout.")] = None) -> None:
+    """JSON Schema (draft 2020-12) of the config, for editor completion."""
+    from mlrun.commands.schema import run_schema
+
+    run_schema(out)
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write the starter config.")] = Path("mlrun.yaml"),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented starter config that trains out of the box."""
+    from mlrun.commands.init import run_init
+
+    run_init(path, force=force)
+
+
+def main() -> None:
+    """Console entry point: one clear message and a stable exit code for every failure."""
+    try:
+        app(standalone_mode=False)
+    except MlrunError as exc:
+        _report(exc)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        print("mlrun: interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # a bug or an unexpected failure: say so, keep the traceback for --debug
+        _report(exc, prefix="unexpected error")
+        sys.exit(EXIT_RUN_FAILED)
+
+
+def _report(exc: BaseException, prefix: str = "error") -> None:
+    if os.environ.get("MLRUN_DEBUG"):
+        traceback.print_exception(exc)
+    hint = "" if os.environ.get("MLRUN_DEBUG") or isinstance(exc, MlrunError) else " (run with --debug for the traceback)"
+    message = str(exc) if isinstance(exc, MlrunError) else f"{type(exc).__name__}: {exc}"
+    print(f"mlrun: {prefix}: {message}{hint}", file=sys.stderr)

@@ -1,0 +1,53 @@
+"""`mlrun schema`: JSON Schema (draft 2020-12) of the config, component settings included.
+
+Each component section becomes `anyOf` a bare registry name or an object whose `name` is one
+registered name and whose other keys are that factory's settings, so editors complete and check both.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mlrun.config.schema import ComponentSpec, ExperimentConfig
+from mlrun.registry import REGISTRIES
+
+DRAFT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def config_schema() -> dict[str, Any]:
+    schema = ExperimentConfig.model_json_schema()
+    schema["$schema"] = DRAFT
+    for spec_type in _spec_types():
+        name = spec_type.__name__
+        if name in schema.get("$defs", {}):
+            schema["$defs"][name] = _component_schema(spec_type, schema["$defs"][name], schema["$defs"])
+    return schema
+
+
+def _spec_types() -> list[type[ComponentSpec]]:
+    return [t for t in ComponentSpec.__subclasses__() if hasattr(t, "registry_kind")]
+
+
+def _component_schema(spec_type: type[ComponentSpec], generic: dict[str, Any], root_defs: dict[str, Any]) -> dict[str, Any]:
+    registry = REGISTRIES[spec_type.registry_kind]
+    common = {k: v for k, v in generic.get("properties", {}).items() if k != "name"}
+    variants: list[dict[str, Any]] = [{"type": "string", "enum": registry.names()}]
+    for name in registry.names():
+        settings = registry.settings_model(name).model_json_schema()
+        properties = {"name": {"const": name}, **common, **settings.get("properties", {})}
+        variant = {"type": "object", "properties": properties, "required": ["name", *settings.get("required", [])],
+                   "additionalProperties": False, "description": registry.summary(name)}
+        root_defs.update(settings.get("$defs", {}))  # refs point at the root's $defs
+        variants.append(variant)
+    return {"description": generic.get("description", ""), "anyOf": variants}
+
+
+def run_schema(out: Path | None) -> None:
+    text = json.dumps(config_schema(), indent=2, default=str)
+    if out is None:
+        print(text)
+    else:
+        out.write_text(text + "\n")
+        print(f"mlrun: wrote {out}")

@@ -1,0 +1,24 @@
+"""`mlrun validate CONFIG [k=v ...] [--print]`: load, validate and build every component, no training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from mlrun.config.load import load_config
+
+
+def run_validate(path: Path, overrides: list[str], print_config: bool) -> None:
+    config = load_config(path, overrides)
+    if print_config:
+        print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+    from mlrun.engine.build import build_components
+
+    parts = build_components(config)
+    params = sum(p.numel() for p in parts.model.parameters())
+    print(
+        f"mlrun: {path} is valid: model {config.model.name} ({params:,} parameters), "
+        f"data {config.data.name} ({len(parts.bundle.train)} train / {len(parts.bundle.val)} val samples), "
+        f"{parts.plan.steps_per_epoch} steps/epoch, {parts.plan.total_steps} optimizer steps"
+    )

@@ -1,0 +1,1 @@
+"""The config layer: schema (pydantic models), load (YAML, base, overrides), component checks."""

@@ -1,0 +1,50 @@
+"""Checks every component's settings against its registered factory's signature, at load time.
+
+`optimizer: {name: adamw, lrr: 0.1}` fails here, before anything is built, with the file, the line,
+the key and the closest allowed name.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from mlrun.config.errors import SourceMap, dotted
+from mlrun.config.schema import ComponentSpec, ExperimentConfig, component_fields
+from mlrun.errors import UsageError, did_you_mean
+from mlrun.registry import REGISTRIES
+
+
+def check_components(config: ExperimentConfig, sources: SourceMap) -> None:
+    for path, spec in component_fields(config):
+        check_component(spec, path, sources)
+
+
+def check_component(spec: ComponentSpec, path: tuple, sources: SourceMap) -> None:
+    registry = REGISTRIES[spec.registry_kind]
+    name_path = (*path, "name")
+    try:
+        registry.get(spec.name)
+    except UsageError as exc:
+        raise UsageError(f"{sources.where(name_path)}: {dotted(name_path)}: {exc}") from None
+    try:
+        registry.validate(spec.name, spec.settings)
+    except ValidationError as exc:
+        raise UsageError(_settings_message(exc, spec, path, sources)) from None
+
+
+def _settings_message(exc: ValidationError, spec: ComponentSpec, path: tuple, sources: SourceMap) -> str:
+    registry = REGISTRIES[spec.registry_kind]
+    allowed = [*registry.settings_model(spec.name).model_fields, *type(spec).model_fields]
+    lines = []
+    for error in exc.errors():
+        loc = (*path, *error["loc"])
+        what = f"{registry.kind[:-1]} '{spec.name}'"
+        if error["type"] == "extra_forbidden":
+            key = str(error["loc"][-1])
+            text = f"unknown setting of {what}.{did_you_mean(key, allowed)} Allowed: {', '.join(allowed)}."
+        elif error["type"] == "missing":
+            text = f"required setting of {what} is missing."
+        else:
+            text = f"{error['msg'].removeprefix('Value error, ')} (got {error.get('input')!r})."
+        lines.append(f"{sources.where(loc)}: {dotted(loc)}: {text}")
+    return "\n".join(lines)

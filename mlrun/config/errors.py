@@ -1,0 +1,99 @@
+"""Where config keys came from, and validation errors written for people.
+
+A pydantic error becomes `file:line: dotted.key: what is wrong. Did you mean ...?`.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from mlrun.errors import did_you_mean
+
+KeyPath = tuple[str | int, ...]
+
+
+class SourceMap:
+    """Key path -> 'file:line' (or "override 'k=v'") for every key of a config."""
+
+    def __init__(self) -> None:
+        self._where: dict[KeyPath, str] = {}
+
+    def set(self, path: KeyPath, where: str) -> None:
+        self._where[path] = where
+
+    def update(self, other: SourceMap | dict[KeyPath, str]) -> None:
+        self._where.update(other._where if isinstance(other, SourceMap) else other)
+
+    def under(self, path: KeyPath) -> dict[KeyPath, str]:
+        return {k: v for k, v in self._where.items() if k[: len(path)] == path}
+
+    def drop_under(self, path: KeyPath) -> None:
+        for key in list(self.under(path)):
+            del self._where[key]
+
+    def where(self, path: KeyPath) -> str:
+        """Where the key (or its nearest enclosing key) was written; the file for missing keys."""
+        for end in range(len(path), 0, -1):
+            if path[:end] in self._where:
+                return self._where[path[:end]]
+        files = {w.rsplit(":", 1)[0] for w in self._where.values() if not w.startswith("override")}
+        return sorted(files)[0] if len(files) == 1 else "config"
+
+
+def dotted(path: KeyPath) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def validation_error_message(exc: ValidationError, sources: SourceMap, model: type[BaseModel], prefix: KeyPath = ()):
+    """One line per problem, the first one first."""
+    lines = []
+    # Unknown keys first: a misspelt key also makes the real key look missing.
+    for error in sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden"):
+        loc = prefix + tuple(error["loc"])
+        lines.append(f"{sources.where(loc)}: {dotted(loc)}: {_explain(error, model, loc[len(prefix) :])}")
+    return "\n".join(lines)
+
+
+def _explain(error: dict[str, Any], model: type[BaseModel], loc: KeyPath) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        allowed = allowed_keys(model, loc[:-1])
+        return f"unknown key.{did_you_mean(str(loc[-1]), allowed)} Allowed here: {', '.join(allowed)}."
+    if kind == "missing":
+        return "required key is missing."
+    message = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    if kind not in ("model_type", "dict_type") and not isinstance(value, (dict, list)):
+        message += f" (got {value!r})"
+    return message + "."
+
+
+def allowed_keys(model: type[BaseModel], loc: KeyPath) -> list[str]:
+    """The field names of the section at `loc` inside `model`."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if _is_model(current) else None
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+    return list(current.model_fields) if _is_model(current) else []
+
+
+def _is_model(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseModel)
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel inside `X | None`, `list[X]` or `X`."""
+    if _is_model(annotation):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,201 @@
+"""Reading a config: YAML with line numbers, `base:` chains, `key=value` overrides, validation.
+
+    config = load_config("configs/quickstart.yaml", ["train.epochs=3"])
+
+Every key keeps where it came from (file:line, or the override that set it), so an error can say
+`configs/x.yaml:12: optimizer.lrr: unknown setting of optimizer 'adamw'. Did you mean 'lr'?`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from mlrun.config.errors import SourceMap, validation_error_message
+from mlrun.config.schema import ExperimentConfig
+from mlrun.errors import UsageError
+
+KeyPath = tuple[str | int, ...]
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """The validated config of `path` with its base chain and overrides applied."""
+    data, sources = resolve_raw(path, overrides)
+    return validate_raw(data, sources)
+
+
+def resolve_raw(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, Any], SourceMap]:
+    """The merged mapping before validation, and where each key came from."""
+    sources = SourceMap()
+    data = _load_with_bases(Path(path), sources, chain=())
+    for text in overrides:
+        apply_override(data, sources, text)
+    return data, sources
+
+
+def validate_raw(data: dict[str, Any], sources: SourceMap) -> ExperimentConfig:
+    # Imported here: components pull in the registries and, through them, torch.
+    from mlrun.config.components import check_components
+
+    try:
+        config = ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise UsageError(validation_error_message(exc, sources, ExperimentConfig)) from None
+    check_components(config, sources)
+    return config
+
+
+# --- YAML with line numbers -------------------------------------------------------------------
+
+
+def read_yaml(path: Path, sources: SourceMap) -> dict[str, Any]:
+    """A YAML mapping read with the safe loader; records `file:line` for every key."""
+    if not path.is_file():
+        hint = " It is a directory." if path.is_dir() else " Check the path (relative to the working directory)."
+        raise UsageError(f"config file '{path}' not found.{hint}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{_yaml_where(path, exc)}: invalid YAML: {_yaml_problem(exc)}") from None
+    if node is None:
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        raise UsageError(f"{path}:{node.start_mark.line + 1}: a config must be a mapping of keys to values")
+    return _to_python(node, path, (), sources)
+
+
+def _to_python(node: yaml.Node, path: Path, key_path: KeyPath, sources: SourceMap) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = yaml.SafeLoader(" ").construct_object(key_node)
+            where = f"{path}:{key_node.start_mark.line + 1}"
+            if key in out:
+                raise UsageError(f"{where}: {_dotted(key_path + (key,))}: duplicate key")
+            sources.set(key_path + (key,), where)
+            out[key] = _to_python(value_node, path, key_path + (key,), sources)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        items = []
+        for index, item in enumerate(node.value):
+            sources.set(key_path + (index,), f"{path}:{item.start_mark.line + 1}")
+            items.append(_to_python(item, path, key_path + (index,), sources))
+        return items
+    return yaml.SafeLoader(" ").construct_object(node, deep=True)
+
+
+def _yaml_where(path: Path, exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    return f"{path}:{mark.line + 1}" if mark else str(path)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    return f"{problem} ({context})" if context else problem
+
+
+# --- base chains ------------------------------------------------------------------------------
+
+
+def _load_with_bases(path: Path, sources: SourceMap, chain: tuple[Path, ...]) -> dict[str, Any]:
+    resolved = path.resolve()
+    own_sources = SourceMap()
+    data = read_yaml(path, own_sources)
+    base = data.get("base")
+    if base is None:
+        sources.update(own_sources)
+        return data
+    if not isinstance(base, str):
+        raise UsageError(f"{own_sources.where(('base',))}: base: expected a path to a YAML file, got {base!r}")
+    base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+    if not base_path.is_file():
+        raise UsageError(f"{own_sources.where(('base',))}: base: '{base}' not found (looked for {base_path}).")
+    if base_path.resolve() in (*chain, resolved):
+        cycle = " -> ".join(str(p) for p in (*chain, resolved, base_path.resolve()))
+        raise UsageError(f"{own_sources.where(('base',))}: base: cycle of configs: {cycle}. Remove one of the base: keys.")
+    merged = _load_with_bases(base_path, sources, (*chain, resolved))
+    _deep_merge(merged, data, sources, own_sources, ())
+    merged["base"] = None
+    return merged
+
+
+def _deep_merge(into: dict[str, Any], top: dict[str, Any], sources: SourceMap, top_sources: SourceMap, at: KeyPath):
+    """Mappings merge key by key; anything else (lists included) replaces."""
+    for key, value in top.items():
+        here = at + (key,)
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            sources.set(here, top_sources.where(here))
+            _deep_merge(into[key], value, sources, top_sources, here)
+        else:
+            into[key] = value
+            sources.drop_under(here)
+            sources.update(top_sources.under(here))
+
+
+# --- overrides --------------------------------------------------------------------------------
+
+
+def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> None:
+    """Apply one `dotted.key=value` override; the value is parsed as YAML."""
+    key, sep, raw_value = text.partition("=")
+    origin = f"override '{text}'"
+    if not sep or not key.strip():
+        raise UsageError(f"{origin}: expected key=value, e.g. train.epochs=3 or optimizer.lr=1e-3")
+    parts = key.strip().split(".")
+    if any(not p for p in parts):
+        raise UsageError(f"{origin}: '{key}' is not a dotted key path like optimizer.lr")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{origin}: the value is not valid YAML: {_yaml_problem(exc)}") from None
+    target: Any = data
+    path: KeyPath = ()
+    for part in parts[:-1]:
+        step: str | int = int(part) if isinstance(target, list) and part.isdigit() else part
+        path += (step,)
+        if isinstance(target, dict):
+            target = target.setdefault(step, {})
+        elif isinstance(target, list) and isinstance(step, int) and step < len(target):
+            target = target[step]
+        else:
+            raise UsageError(f"{origin}: '{_dotted(path[:-1])}' is not a section, so '{key}' does not exist")
+        if isinstance(target, str) and path[0] != "base":
+            # `loss=cross_entropy` then `loss.label_smoothing=0.1`: a bare name becomes {name: ...}.
+            _set(data, path, {"name": target})
+            target = _get(data, path)
+    last: str | int = int(parts[-1]) if isinstance(target, list) and parts[-1].isdigit() else parts[-1]
+    if isinstance(target, list) and not (isinstance(last, int) and last < len(target)):
+        raise UsageError(f"{origin}: '{key}' is past the end of a list of {len(target)}")
+    if not isinstance(target, (dict, list)):
+        raise UsageError(f"{origin}: '{_dotted(path)}' is a value, not a section, so '{key}' does not exist")
+    target[last] = value
+    full = path + (last,)
+    sources.drop_under(full)
+    sources.set(full, origin)
+    _record_children(value, full, origin, sources)
+
+
+def _record_children(value: Any, at: KeyPath, origin: str, sources: SourceMap) -> None:
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        sources.set(at + (key,), origin)
+        _record_children(child, at + (key,), origin, sources)
+
+
+def _get(data: Any, path: KeyPath) -> Any:
+    for part in path:
+        data = data[part]
+    return data
+
+
+def _set(data: Any, path: KeyPath, value: Any) -> None:
+    _get(data, path[:-1])[path[-1]] = value
+
+
+def _dotted(path: KeyPath) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"

@@ -1,0 +1,245 @@
+"""The experiment config: frozen pydantic models, one per section, a docstring on every field.
+
+The docstrings are the user's reference: `mlrun schema` turns them into JSON Schema descriptions
+and README's config reference lists them. Components (model, data, loss, metrics, optimizer,
+scheduler, techniques, tracking) are `name` plus keyword settings; those settings are checked
+against the registered function's signature in `mlrun.config.components`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PlainSerializer,
+    PositiveFloat,
+    PositiveInt,
+    WithJsonSchema,
+    model_validator,
+)
+
+
+class Duration(NamedTuple):
+    """A span of training: `count` epochs ("3ep") or optimizer steps ("200st" or a bare 200)."""
+
+    count: int
+    unit: Literal["ep", "st"]
+
+    def __str__(self) -> str:
+        return f"{self.count}{self.unit}"
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(ep|st)?\s*$")
+
+
+def parse_duration(value: Any) -> Duration:
+    if isinstance(value, Duration):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like '1ep' or '200st'")
+    if isinstance(value, int):
+        count, unit = value, "st"
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"'{value}' is not a duration: write '<N>ep' (epochs) or '<N>st' (optimizer steps)")
+        count, unit = int(match.group(1)), match.group(2) or "st"
+    if count <= 0:
+        raise ValueError("a duration must be at least 1")
+    return Duration(count, unit)
+
+
+DurationField = Annotated[
+    Duration,
+    BeforeValidator(parse_duration),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": r"^\d+(ep|st)?$"}]}),
+]
+
+
+class Section(BaseModel):
+    """A fixed section: unknown keys are errors, values never change after loading."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class ComponentSpec(BaseModel):
+    """`name` plus the factory's keyword settings; a bare string is just the name."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, use_attribute_docstrings=True)
+    registry_kind: ClassVar[str]
+
+    name: str
+    """Registry name (`mlrun list`), or 'package.module:function' for your own code."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_only(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The keyword settings passed to the factory (every key except the declared fields)."""
+        return dict(self.model_extra or {})
+
+
+class ModelSpec(ComponentSpec):
+    registry_kind = "models"
+
+
+class LossSpec(ComponentSpec):
+    registry_kind = "losses"
+
+
+class MetricSpec(ComponentSpec):
+    registry_kind = "metrics"
+
+
+class OptimizerSpec(ComponentSpec):
+    registry_kind = "optimizers"
+
+
+class TechniqueSpec(ComponentSpec):
+    registry_kind = "techniques"
+
+
+class TrackerSpec(ComponentSpec):
+    registry_kind = "trackers"
+
+
+class DataSpec(ComponentSpec):
+    """The dataset (`name` + its settings, e.g. `val_fraction`) and how it is batched."""
+
+    registry_kind = "datasets"
+
+    batch_size: PositiveInt = 64
+    """Samples per training micro-batch, per process."""
+    eval_batch_size: PositiveInt | None = None
+    """Samples per evaluation batch; default: 4x batch_size."""
+    num_workers: NonNegativeInt = 0
+    """DataLoader worker processes; 0 loads in the training process."""
+    shuffle: bool = True
+    """Shuffle the training split every epoch (seeded by `seed` and the epoch)."""
+    drop_last: bool = False
+    """Drop the last incomplete training batch of each epoch."""
+    pin_memory: bool | None = None
+    """Page-locked host memory for faster copies to a GPU; default: on when training on CUDA."""
+
+
+class SchedulerSpec(ComponentSpec):
+    """The learning-rate schedule, with linear warm-up shared by every schedule."""
+
+    registry_kind = "schedulers"
+
+    name: str = "constant"
+    """Schedule: constant | linear | cosine | cosine_restarts | step | exponential | polynomial | onecycle | plateau."""
+    warmup_steps: NonNegativeInt = 0
+    """Optimizer steps of linear warm-up from warmup_start_factor * lr to lr."""
+    warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    """Warm-up as a fraction of all optimizer steps (used when warmup_steps is 0)."""
+    warmup_start_factor: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    """Learning-rate multiplier at the first warm-up step."""
+
+
+class Monitor(Section):
+    """A logged figure to watch, e.g. `val/accuracy`."""
+
+    monitor: str = "val/loss"
+    """Name of a logged figure: val/loss, val/<metric>, train/loss."""
+    mode: Literal["min", "max"] = "min"
+    """Whether smaller (min) or larger (max) is better."""
+
+
+class EarlyStopping(Monitor):
+    patience: PositiveInt = 5
+    """Evaluations without improvement before training stops."""
+    min_delta: Annotated[float, Field(ge=0.0)] = 0.0
+    """Smallest change that counts as an improvement."""
+
+
+class TrainConfig(Section):
+    """How long and how to train."""
+
+    epochs: PositiveInt | None = None
+    """Passes over the training split; with max_steps, whichever ends first."""
+    max_steps: PositiveInt | None = None
+    """Optimizer steps to train for; with epochs, whichever ends first."""
+    grad_accum_steps: PositiveInt = 1
+    """Micro-batches whose gradients are summed into one optimizer step."""
+    max_grad_norm: PositiveFloat | None = None
+    """Clip the global gradient norm to this value; null disables clipping."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Numeric precision: fp32, or bf16/fp16 mixed precision through Accelerate (fp16 needs a GPU)."""
+    eval_every: DurationField = Duration(1, "ep")
+    """How often to evaluate: '1ep' every epoch, '200st' every 200 optimizer steps."""
+    log_every: DurationField = Duration(20, "st")
+    """How often to log training figures (each log costs one device sync)."""
+    checkpoint_every: DurationField | None = Duration(1, "ep")
+    """How often to write a resumable checkpoint; null only at the end."""
+    keep_checkpoints: PositiveInt = 2
+    """Newest checkpoints to keep on disk (the best one is kept in addition)."""
+    best: Monitor | None = None
+    """Keep best.safetensors for the best value of this figure, e.g. {monitor: val/accuracy, mode: max}."""
+    early_stopping: EarlyStopping | None = None
+    """Stop when a figure stops improving, e.g. {monitor: val/accuracy, mode: max, patience: 5}."""
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """A NaN/inf loss: stop (status failed, exit 1; checked at each log) or skip the step (one sync a step)."""
+    compile: bool = False
+    """Compile the model with torch.compile."""
+    deterministic: bool = False
+    """Use only deterministic kernels (torch.use_deterministic_algorithms); slower on GPU."""
+
+    @model_validator(mode="after")
+    def _has_a_length(self) -> TrainConfig:
+        if self.epochs is None and self.max_steps is None:
+            raise ValueError("set train.epochs or train.max_steps (or both)")
+        return self
+
+
+class ExperimentConfig(Section):
+    """One experiment: everything `mlrun train` needs."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    """Run name; the run directory is <output_dir>/<name>."""
+    seed: int = 0
+    """Seed for every random number generator (python, numpy, torch, data order)."""
+    output_dir: str = "runs"
+    """Folder that holds run directories, relative to the working directory."""
+    base: str | None = None
+    """Path of a config this one extends (deep merge, lists replace); resolved before validation."""
+    model: ModelSpec
+    """The model: a registry name and its settings; input shape and classes come from the data."""
+    data: DataSpec
+    """The dataset and its loaders."""
+    loss: LossSpec = LossSpec(name="cross_entropy")
+    """The training loss: a registry name or {name: ..., settings}."""
+    metrics: list[MetricSpec] = []
+    """Metrics computed at each evaluation, logged as val/<name>."""
+    optimizer: OptimizerSpec = OptimizerSpec(name="adamw")
+    """The optimizer; weight decay skips biases and norm weights."""
+    scheduler: SchedulerSpec = SchedulerSpec()
+    """The learning-rate schedule, stepped once per optimizer step."""
+    train: TrainConfig
+    """Length, precision, accumulation, clipping, evaluation, logging and checkpoints."""
+    techniques: list[TechniqueSpec] = []
+    """Training and memory techniques applied to the model, e.g. activation_checkpointing, ema."""
+    tracking: list[TrackerSpec] = [TrackerSpec(name="console")]
+    """Where figures go besides metrics.jsonl (always written): console, tensorboard, wandb, mlflow."""
+
+
+def component_fields(config: BaseModel) -> list[tuple[tuple[str | int, ...], ComponentSpec]]:
+    """Every component spec in a validated config with its key path, e.g. (('metrics', 0), spec)."""
+    found: list[tuple[tuple[str | int, ...], ComponentSpec]] = []
+    for key in type(config).model_fields:
+        value = getattr(config, key)
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for index, item in items:
+            if isinstance(item, ComponentSpec):
+                found.append(((key,) if index is None else (key, index), item))
+    return found

@@ -1,0 +1,73 @@
+"""What a dataset factory returns: train and validation splits plus the metadata models need.
+
+A dataset factory is `factory(seed, /, *, settings...) -> DatasetBundle`. The model factory
+receives `bundle.meta`, so a config never repeats the input shape or the number of classes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch.utils.data import Dataset, default_collate
+
+
+@dataclass(frozen=True)
+class DataMeta:
+    """Shapes and sizes a model factory needs."""
+
+    task: Literal["classification", "regression", "lm"]
+    input_shape: tuple[int, ...]  # one sample, without the batch dimension
+    num_classes: int | None = None  # classification
+    output_dim: int | None = None  # regression targets per sample
+    vocab_size: int | None = None  # token inputs
+    seq_len: int | None = None  # token inputs
+
+
+@dataclass
+class DatasetBundle:
+    train: Dataset
+    val: Dataset
+    meta: DataMeta
+
+
+class ArrayDataset(Dataset):
+    """In-memory tensors (inputs, targets) with whole-batch indexing.
+
+    `__getitems__` lets the DataLoader fetch a batch with one tensor index instead of collating
+    single samples, which is most of the loader's cost for small tabular models.
+    """
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor):
+        if len(inputs) != len(targets):
+            raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+        self.inputs, self.targets = inputs, targets
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inputs[index], self.targets[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices)
+        return self.inputs[index], self.targets[index]
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for tensor in (self.inputs, self.targets):
+            digest.update(tensor.contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+
+def collate(batch):
+    """Batches already built by `__getitems__` pass through; lists of samples are stacked."""
+    return batch if isinstance(batch, tuple) else default_collate(batch)
+
+
+def fingerprint(dataset: Dataset) -> str | None:
+    """A short content hash of a split, for manifest.json (None when the dataset cannot say)."""
+    method = getattr(dataset, "fingerprint", None)
+    return method() if callable(method) else None

@@ -1,0 +1,73 @@
+"""Data loaders whose order is a pure function of (seed, epoch), so a resume can start mid-epoch.
+
+`EpochBatchSampler.set_epoch(epoch, start_batch)` makes the next pass begin at `start_batch`:
+resuming skips indices, never loads and discards the batches before it.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mlrun.config.schema import DataSpec
+from mlrun.data.bundle import collate
+
+
+class EpochBatchSampler:
+    """Batches of indices: a fresh permutation per epoch seeded by (seed, epoch)."""
+
+    def __init__(self, size: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int):
+        self.size, self.batch_size, self.shuffle, self.drop_last, self.seed = size, batch_size, shuffle, drop_last, seed
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def batches_per_epoch(self) -> int:
+        return self.size // self.batch_size if self.drop_last else -(-self.size // self.batch_size)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch() - self.start_batch
+
+    def __iter__(self):
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.size, generator=gen)
+        else:
+            order = torch.arange(self.size)
+        for b in range(self.start_batch, self.batches_per_epoch()):
+            yield order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker from the loader's generator; numpy and random follow from it.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def train_loader(dataset: Dataset, spec: DataSpec, seed: int, on_cuda: bool) -> tuple[DataLoader, EpochBatchSampler]:
+    sampler = EpochBatchSampler(len(dataset), spec.batch_size, spec.shuffle, spec.drop_last, seed)
+    # Its own generator: creating an iterator draws a worker base seed, which must not consume the
+    # global torch RNG (that would shift dropout masks after a mid-epoch resume).
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, **_loader_options(spec, on_cuda),
+                        worker_init_fn=_seed_worker, generator=generator)
+    return loader, sampler
+
+
+def eval_loader(dataset: Dataset, spec: DataSpec, on_cuda: bool) -> DataLoader:
+    batch_size = spec.eval_batch_size or 4 * spec.batch_size
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, **_loader_options(spec, on_cuda))
+
+
+def _loader_options(spec: DataSpec, on_cuda: bool) -> dict:
+    workers = spec.num_workers
+    return {
+        "num_workers": workers,
+        "pin_memory": on_cuda if spec.pin_memory is None else spec.pin_memory,
+        "persistent_workers": workers > 0,
+    }

@@ -1,0 +1,132 @@
+"""Config -> components: data, model, loss, metrics, optimizer, schedule, techniques, trackers.
+
+Each builder receives only its own section; runtime inputs (the data's metadata, the model's
+parameters, the number of steps) are passed in, never read from a global config.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from mlrun.callbacks import Callback
+from mlrun.config.schema import ComponentSpec, DataSpec, ExperimentConfig, TrainConfig
+from mlrun.data.bundle import DatasetBundle
+from mlrun.errors import UsageError
+from mlrun.metrics import Metric
+from mlrun.optim.schedulers import LRSchedule
+from mlrun.registry import REGISTRIES, trackers
+from mlrun.tracking.base import Tracker
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How many optimizer steps an epoch and the whole run take."""
+
+    batches_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+
+
+@dataclass
+class Components:
+    config: ExperimentConfig
+    bundle: DatasetBundle
+    model: nn.Module
+    loss_fn: object
+    metrics: list[Metric]
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    callbacks: list[Callback]
+    trackers: list[Tracker]
+    plan: StepPlan
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build(spec: ComponentSpec, *runtime):
+    """Call a component's factory; a ValueError from its own checks becomes a usage error."""
+    registry = REGISTRIES[spec.registry_kind]
+    try:
+        return registry.build(spec.name, *runtime, **spec.settings)
+    except (ValueError, ValidationError) as exc:
+        if isinstance(exc, UsageError):
+            raise
+        raise UsageError(f"{registry.kind[:-1]} '{spec.name}': {exc}") from None
+
+
+def build_components(config: ExperimentConfig) -> Components:
+    seed_everything(config.seed)
+    bundle = build_data(config.data, config.seed)
+    plan = plan_steps(len(bundle.train), config.data, config.train)
+    model = build(config.model, bundle.meta)
+    callbacks = [cb for spec in config.techniques if (cb := build(spec, model)) is not None]
+    optimizer = build(config.optimizer, model)
+    warmup = config.scheduler.warmup_steps or round(config.scheduler.warmup_ratio * plan.total_steps)
+    curve = build(config.scheduler, plan.total_steps, warmup)
+    schedule = LRSchedule(optimizer, curve, warmup, config.scheduler.warmup_start_factor)
+    metric_objects = [build(spec, bundle.meta) for spec in config.metrics]
+    check_monitors(config, metric_objects)
+    return Components(
+        config=config,
+        bundle=bundle,
+        model=model,
+        loss_fn=build(config.loss, bundle.meta),
+        metrics=metric_objects,
+        optimizer=optimizer,
+        schedule=schedule,
+        callbacks=callbacks,
+        trackers=build_trackers(config),
+        plan=plan,
+    )
+
+
+def build_data(spec: DataSpec, seed: int) -> DatasetBundle:
+    bundle = build(spec, seed)
+    for split in ("train", "val"):
+        if len(getattr(bundle, split)) == 0:
+            raise UsageError(f"data: dataset '{spec.name}' has an empty {split} split; adjust val_fraction or the data")
+    return bundle
+
+
+def plan_steps(train_size: int, data: DataSpec, train: TrainConfig) -> StepPlan:
+    batches = train_size // data.batch_size if data.drop_last else math.ceil(train_size / data.batch_size)
+    if batches == 0:
+        raise UsageError(f"data.batch_size: {data.batch_size} is larger than the {train_size} training samples "
+                         "with drop_last; lower the batch size")
+    steps_per_epoch = math.ceil(batches / train.grad_accum_steps)
+    candidates = [n for n in (train.max_steps, train.epochs and train.epochs * steps_per_epoch) if n]
+    return StepPlan(batches, steps_per_epoch, min(candidates))
+
+
+def build_trackers(config: ExperimentConfig) -> list[Tracker]:
+    specs = list(config.tracking)
+    if not any(spec.name == "jsonl" for spec in specs):
+        specs.append(ComponentSpec.model_construct(name="jsonl"))  # metrics.jsonl is always written
+    return [trackers.build(spec.name, **spec.settings) for spec in specs]
+
+
+def check_monitors(config: ExperimentConfig, metric_objects: list[Metric]) -> None:
+    """Every monitored figure must be one the run logs."""
+    logged = {"val/loss", "train/loss", *(f"val/{m.name}" for m in metric_objects)}
+    train = config.train
+    watched = {
+        "train.early_stopping.monitor": train.early_stopping.monitor if train.early_stopping else None,
+        "train.best.monitor": train.best.monitor if train.best else None,
+    }
+    if config.scheduler.name == "plateau":
+        watched["scheduler.monitor"] = config.scheduler.settings.get("monitor", "val/loss")
+    for key, monitor in watched.items():
+        if monitor is not None and monitor not in logged:
+            raise UsageError(f"{key}: '{monitor}' is not logged by this run. Logged: {', '.join(sorted(logged))} "
+                             "(add the metric to `metrics:`)")

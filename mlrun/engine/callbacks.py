@@ -1,0 +1,38 @@
+"""Callbacks of the loop itself: early stopping. Techniques bring their own (mlrun.techniques)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlrun.callbacks import Callback
+from mlrun.config.schema import EarlyStopping as EarlyStoppingConfig
+
+
+def improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    if best is None:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+class EarlyStopping(Callback):
+    """Stops training when `monitor` has not improved for `patience` evaluations."""
+
+    def __init__(self, config: EarlyStoppingConfig):
+        self.config = config
+        self.best: float | None = None
+        self.bad_evals = 0
+
+    def on_evaluate(self, metrics: dict[str, float], state: Any) -> None:
+        value = metrics[self.config.monitor]
+        if improved(value, self.best, self.config.mode, self.config.min_delta):
+            self.best, self.bad_evals = value, 0
+            return
+        self.bad_evals += 1
+        if self.bad_evals >= self.config.patience:
+            state.should_stop, state.stop_reason = True, "early_stopped"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_evals": self.bad_evals}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.bad_evals = state["best"], state["bad_evals"]

@@ -1,0 +1,77 @@
+"""Checkpoints: `checkpoints/step-<8 digits>/`, written under a temporary name and renamed when complete.
+
+A directory named `step-*` is therefore always a whole checkpoint; a crash mid-write leaves only
+a `.tmp-*` folder, which resume ignores and the next save clears.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from mlrun.errors import UsageError
+
+CHECKPOINTS = "checkpoints"
+_NAME = re.compile(r"^step-(\d{8})$")
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / CHECKPOINTS / f"step-{step:08d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    folder = run_dir / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and _NAME.match(p.name))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: int) -> Path:
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.with_name(f".tmp-{final.name}")
+    if accelerator.is_main_process:
+        for stale in final.parent.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))  # model, optimizer, scaler, every RNG, registered objects
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        _fsync_tree(tmp)
+        os.replace(tmp, final)  # atomic: the checkpoint appears complete or not at all
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _fsync_tree(folder: Path) -> None:
+    for file in folder.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def resolve_resume(run_dir: Path, resume: str) -> Path | None:
+    """The checkpoint to continue from: `auto` (newest, if any), `never`, or a path."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return latest_checkpoint(run_dir)
+    path = Path(resume)
+    if not (path.is_dir() and (_NAME.match(path.name) or (path / "random_states_0.pkl").exists())):
+        raise UsageError(f"--resume: '{resume}' is not a checkpoint folder (expected .../checkpoints/step-XXXXXXXX); "
+                         "use auto, never or a checkpoint path")
+    return path

@@ -1,0 +1,272 @@
+"""The one training loop, written with Accelerate's verbs.
+
+    prepare -> [accumulate: forward, backward, clip, step] -> log / evaluate / checkpoint -> save
+
+Figures that need a device sync (the loss value, the gradient norm, the non-finite check) are
+read only at log, evaluation and checkpoint boundaries; nothing else syncs per step. Callbacks
+get `on_step_end` / `on_evaluate` and steer the loop only through `state.should_stop`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import save_model
+
+from mlrun.config.schema import Duration
+from mlrun.engine.batches import eval_loader, train_loader
+from mlrun.engine.build import Components
+from mlrun.engine.callbacks import EarlyStopping, improved
+from mlrun.engine.checkpoint import latest_checkpoint, save_checkpoint
+from mlrun.engine.evaluate import evaluate
+from mlrun.engine.signals import StopSignals
+from mlrun.engine.state import TrainState
+from mlrun.errors import RunFailed, RunInterrupted
+from mlrun.tracking.base import RunInfo
+
+
+class TrainingLoop:
+    def __init__(self, parts: Components, accelerator: Accelerator, run_dir: Path):
+        self.parts, self.accelerator, self.run_dir = parts, accelerator, run_dir
+        self.config, self.train_cfg = parts.config, parts.config.train
+        self.state = TrainState()
+        self.callbacks = list(parts.callbacks)
+        if self.train_cfg.early_stopping:
+            self.callbacks.append(EarlyStopping(self.train_cfg.early_stopping))
+        on_cuda = accelerator.device.type == "cuda"
+        loader, self.sampler = train_loader(parts.bundle.train, self.config.data, self.config.seed, on_cuda)
+        val = eval_loader(parts.bundle.val, self.config.data, on_cuda)
+        model = torch.compile(parts.model) if self.train_cfg.compile else parts.model
+        self.model, self.optimizer, self.loader, self.val_loader = accelerator.prepare(model, parts.optimizer, loader, val)
+        for callback in self.callbacks:
+            callback.on_train_start(self.model)
+        # Everything a resume needs beyond model/optimizer/scaler/RNG, which Accelerate saves itself.
+        accelerator.register_for_checkpointing(self.state, parts.schedule, *self.callbacks)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def run(self, resume_from: Path | None) -> TrainState:
+        if resume_from is not None:
+            self.accelerator.load_state(str(resume_from))
+        self._reset_window()
+        info = RunInfo(self.run_dir, self.config.model_dump(mode="json"), self.parts.plan.total_steps,
+                       self.parts.plan.steps_per_epoch, self.state.step, self.accelerator.is_main_process)
+        for tracker in self.parts.trackers:
+            tracker.start(info)
+        try:
+            with StopSignals() as self.signals:
+                while not self._should_end():
+                    self._train_epoch()
+                self._check_finite()
+                self._finish()
+        except KeyboardInterrupt:
+            self.state.stop_reason = "interrupted"
+            raise RunInterrupted(f"interrupted before a checkpoint; the newest is {self.latest_checkpoint_text()}") from None
+        finally:
+            self._account_time()
+        return self.state
+
+    def _should_end(self) -> bool:
+        return self.state.step >= self.parts.plan.total_steps or self.state.should_stop
+
+    def _train_epoch(self) -> None:
+        self.sampler.set_epoch(self.state.epoch, self.state.batch_in_epoch)
+        for inputs, targets in self.loader:
+            self._micro_step(inputs, targets)
+            if self.accelerator.sync_gradients and self._after_optimizer_step():
+                return  # stopping mid-epoch: the position is in the state
+        self.state.epoch += 1
+        self.state.batch_in_epoch = 0
+        self._at_boundary("ep", self.state.epoch)
+
+    def _micro_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        accelerator, cfg = self.accelerator, self.train_cfg
+        with accelerator.accumulate(self.model):
+            loss = self.parts.loss_fn(self.model(inputs), targets)
+            finite = torch.isfinite(loss.detach())
+            if cfg.on_nonfinite == "skip" and not finite:  # one sync a step: the price of skipping
+                self.window_bad = True
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                if self.window_bad:
+                    self.optimizer.zero_grad(set_to_none=True)  # params without grads are not updated
+                elif cfg.max_grad_norm:
+                    self.grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.state.batch_in_epoch += 1
+        samples = len(inputs) * accelerator.num_processes
+        self.window_samples += samples
+        self.state.samples_seen += samples
+        self.loss_sum += loss.detach().float()
+        self.micro_batches += 1
+        if cfg.on_nonfinite == "stop":
+            # Remember the first bad step on the device; it is read at the next check.
+            self.first_bad_step = torch.where(~finite & (self.first_bad_step < 0), self.state.step + 1, self.first_bad_step)
+
+    def _after_optimizer_step(self) -> bool:
+        """Bookkeeping after each optimizer step; True when the loop must stop now."""
+        state = self.state
+        if self.window_bad:
+            state.nonfinite_skipped += 1
+            self.window_bad = False
+        if self.accelerator.optimizer_step_was_skipped:
+            state.overflow_skipped += 1  # fp16 loss-scale overflow: the scaler retries with a smaller scale
+        else:
+            self.parts.schedule.step()
+        state.step += 1
+        for callback in self.callbacks:
+            callback.on_step_end(self.model, state)
+        for tracker in self.parts.trackers:
+            tracker.progress(state.step, state.epoch)
+        if state.step % self.train_cfg.log_every.count == 0 or state.step == self.parts.plan.total_steps:
+            self._log_train()
+        self._at_boundary("st", state.step)
+        if self.signals.received is not None:
+            self._interrupt()
+        return self._should_end()
+
+    def _at_boundary(self, unit: str, count: int) -> None:
+        """Evaluate and checkpoint when `eval_every` / `checkpoint_every` fall due in this unit."""
+        cfg = self.train_cfg
+        if _due(cfg.eval_every, unit, count):
+            self._evaluate()
+        if _due(cfg.checkpoint_every, unit, count):
+            self._checkpoint()
+
+    # --- figures -------------------------------------------------------------------------------
+
+    def _reset_window(self) -> None:
+        device = self.accelerator.device
+        self.loss_sum = torch.zeros((), device=device)
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.grad_norm: torch.Tensor | None = None
+        self.micro_batches, self.window_samples, self.window_bad = 0, 0, False
+        # Wall time of training alone: evaluation and checkpoint writes are paused out of it.
+        self.window_start = self.clock = time.perf_counter()
+        self.window_paused_s = self.clock_paused_s = 0.0
+
+    @contextlib.contextmanager
+    def _paused(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - start
+            self.window_paused_s += spent
+            self.clock_paused_s += spent
+
+    def _account_time(self) -> None:
+        """Move training time since the last call into the state (saved with checkpoints)."""
+        now = time.perf_counter()
+        self.state.train_time_s += now - self.clock - self.clock_paused_s
+        self.clock, self.clock_paused_s = now, 0.0
+
+    def _log_train(self) -> None:
+        self._check_finite()
+        elapsed = time.perf_counter() - self.window_start - self.window_paused_s
+        figures = {
+            "train/loss": float(self.loss_sum) / max(1, self.micro_batches),  # the sync, once per log
+            "train/lr": self.parts.schedule.last_lr(),
+            "train/samples_per_s": self.window_samples / max(elapsed, 1e-9),
+        }
+        if self.grad_norm is not None:
+            figures["train/grad_norm"] = float(self.grad_norm)
+        if self.state.nonfinite_skipped:
+            figures["train/nonfinite_skipped"] = self.state.nonfinite_skipped
+        if self.state.overflow_skipped:
+            figures["train/overflow_skipped"] = self.state.overflow_skipped
+        self._emit(figures)
+        self.loss_sum.zero_()
+        self.micro_batches, self.window_samples = 0, 0
+        self.window_start, self.window_paused_s = time.perf_counter(), 0.0
+
+    def _emit(self, figures: dict[str, float]) -> None:
+        epoch = self.state.epoch + self.state.batch_in_epoch / max(1, self.parts.plan.batches_per_epoch)
+        for tracker in self.parts.trackers:
+            tracker.log(figures, self.state.step, epoch)
+
+    def _check_finite(self) -> None:
+        bad_step = int(self.first_bad_step)
+        if bad_step >= 0:
+            raise RunFailed(
+                f"the loss became NaN or infinite at step {bad_step}; the newest good checkpoint is {self.latest_checkpoint_text()}. "
+                "Lower optimizer.lr, set train.max_grad_norm, or set train.on_nonfinite: skip."
+            )
+
+    # --- evaluation, checkpoints, the end --------------------------------------------------------
+
+    def _evaluate(self) -> None:
+        self._check_finite()
+        with self._paused(), _weights(self.callbacks, self.model):
+            results = evaluate(self.accelerator, self.model, self.val_loader, self.parts.loss_fn, self.parts.metrics)
+            self._keep_best(results)
+        self.state.last_eval, self.state.last_eval_step = results, self.state.step
+        self.parts.schedule.observe(results)
+        for callback in self.callbacks:
+            callback.on_evaluate(results, self.state)
+        self._emit(results)
+
+    def _keep_best(self, results: dict[str, float]) -> None:
+        best = self.train_cfg.best
+        if best is None or not improved(results[best.monitor], self.state.best_value, best.mode):
+            return
+        self.state.best_value, self.state.best_step = results[best.monitor], self.state.step
+        self._save_weights(self.run_dir / "best.safetensors")
+
+    def _checkpoint(self) -> None:
+        self._check_finite()  # never write a checkpoint with NaN weights
+        self._account_time()
+        with self._paused():
+            save_checkpoint(self.accelerator, self.run_dir, self.state.step, self.train_cfg.keep_checkpoints)
+
+    def _interrupt(self) -> None:
+        self.state.stop_reason = "interrupted"
+        self._checkpoint()
+        raise RunInterrupted(f"stopped by signal; checkpoint saved at step {self.state.step} in {self.latest_checkpoint_text()}. "
+                             "Run the same command again to resume.", exit_code=self.signals.exit_code)
+
+    def _finish(self) -> None:
+        state = self.state
+        if self.micro_batches:
+            self._log_train()
+        if state.last_eval_step != state.step:
+            self._evaluate()  # the summary's final metrics are those of the final weights
+        latest = latest_checkpoint(self.run_dir)
+        if latest is None or latest.name != f"step-{state.step:08d}":
+            self._checkpoint()  # so a finished run can be extended with more epochs
+        self._save_weights(self.run_dir / "model.safetensors")
+        state.stop_reason = state.stop_reason or "completed"
+
+    def _save_weights(self, path: Path) -> None:
+        with _weights(self.callbacks, self.model):
+            if self.accelerator.is_main_process:
+                save_model(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), str(path))
+        self.accelerator.wait_for_everyone()
+
+    def latest_checkpoint_text(self) -> str:
+        latest = latest_checkpoint(self.run_dir)
+        return str(latest) if latest else "none (no checkpoint was written)"
+
+
+def _due(every: Duration | None, unit: str, count: int) -> bool:
+    return every is not None and every.unit == unit and count % every.count == 0
+
+
+class _weights:
+    """The weights to evaluate and save with: EMA's average when on, else the model's own."""
+
+    def __init__(self, callbacks, model):
+        self.contexts = [callback.weights(model) for callback in callbacks]
+
+    def __enter__(self):
+        for context in self.contexts:
+            context.__enter__()
+
+    def __exit__(self, *exc):
+        for context in reversed(self.contexts):
+            context.__exit__(*exc)

@@ -1,0 +1,75 @@
+"""The run directory's records: config.yaml, manifest.json, summary.json (DESIGN §3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import mlrun
+
+SUMMARY = "summary.json"
+FINISHED = ("completed", "early_stopped")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / SUMMARY
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_config(run_dir: Path, config_dump: dict[str, Any]) -> None:
+    header = "# Resolved config of this run: `mlrun train` on this file reruns it.\n"
+    (run_dir / "config.yaml").write_text(header + yaml.safe_dump(config_dump, sort_keys=False))
+
+
+def manifest(world_size: int, device: str, precision: str, effective_batch: int, fingerprints: dict) -> dict[str, Any]:
+    import accelerate
+    import torch
+
+    return {
+        "command": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": {"mlrun": mlrun.__version__, "python": platform.python_version(), "torch": torch.__version__,
+                     "accelerate": accelerate.__version__},
+        "git_sha": _git_sha(),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "device": device,
+        "world_size": world_size,
+        "precision": precision,
+        "effective_batch_size": effective_batch,
+        "data_fingerprint": fingerprints,
+    }
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def peak_memory_bytes(device_type: str) -> int:
+    """Peak memory of the run: CUDA allocator peak on GPU, the process's max resident set on CPU."""
+    import torch
+
+    if device_type == "cuda":
+        return int(torch.cuda.max_memory_allocated())
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB

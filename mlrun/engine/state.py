@@ -1,0 +1,31 @@
+"""The loop's own state: where training is, what it has seen, and the flags callbacks may set."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # completed epochs
+    batch_in_epoch: int = 0  # micro-batches consumed in the current epoch (the resume position)
+    samples_seen: int = 0
+    best_value: float | None = None
+    best_step: int | None = None
+    last_eval: dict[str, float] = field(default_factory=dict)
+    last_eval_step: int | None = None
+    nonfinite_skipped: int = 0
+    overflow_skipped: int = 0
+    train_time_s: float = 0.0  # wall time spent training, summed over resumes
+    # Set by callbacks; read by the loop at the next step boundary.
+    should_stop: bool = False
+    stop_reason: str | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)

@@ -1,0 +1,45 @@
+"""Errors that end a command with a stable exit code and one clear message.
+
+`ConfigError` and friends are the user's fault (exit 2): the message says what is wrong, where
+(file:line and key) and what to do. `RunFailed` is a run that went wrong (exit 1).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+EXIT_OK = 0
+EXIT_RUN_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class MlrunError(Exception):
+    """Base class: carries the exit code the CLI returns."""
+
+    exit_code = EXIT_USAGE
+
+
+class UsageError(MlrunError):
+    """Bad usage, config or data: exit code 2, no traceback."""
+
+
+class RunFailed(MlrunError):
+    """The run itself failed (diverged, crashed): exit code 1."""
+
+    exit_code = EXIT_RUN_FAILED
+
+
+class RunInterrupted(MlrunError):
+    """Stopped by a signal after saving a checkpoint."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_INTERRUPTED):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""

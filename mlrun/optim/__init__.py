@@ -1,0 +1,1 @@
+"""Optimizers (`mlrun.optim.optimizers`) and learning-rate schedules (`mlrun.optim.schedulers`)."""

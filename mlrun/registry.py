@@ -1,0 +1,191 @@
+"""Registries: a name -> factory map per kind of component, with signature-checked settings.
+
+A component is one decorated function. Runtime inputs (the model's parameters, the dataset's
+metadata) come positional-only before `/`; YAML settings come keyword-only after `*`:
+
+    @optimizers.register("sgd")
+    def sgd(params, /, *, lr: PositiveFloat = 0.1, momentum: float = 0.0): ...
+
+The keyword-only parameters, with their type hints and defaults, become a pydantic model that
+checks a config's settings at load time, before anything is built. A name of the form
+"package.module:function" loads user code outside mlrun without registering it.
+
+Try: `mlrun list optimizers`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from mlrun.errors import UsageError, did_you_mean
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One keyword argument of a component, as `mlrun list` shows it."""
+
+    name: str
+    annotation: str
+    default: Any
+    required: bool
+    help: str
+
+
+class Registry:
+    """Named factories of one kind (models, optimizers, ...), populated by importing `package`."""
+
+    def __init__(self, kind: str, package: str):
+        self.kind = kind
+        self.package = package
+        self._entries: dict[str, Callable[..., Any]] = {}
+        self._settings_models: dict[str, type[BaseModel]] = {}
+        self._populated = False
+
+    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: `@models.register("mlp")`."""
+
+        def decorate(factory: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} '{name}' is registered twice")
+            self._entries[name] = factory
+            return factory
+
+        return decorate
+
+    def _populate(self) -> None:
+        # Built-in components register themselves when their package is imported; doing it
+        # lazily keeps torch out of `mlrun --help`.
+        if not self._populated:
+            self._populated = True
+            importlib.import_module(self.package)
+
+    def names(self) -> list[str]:
+        self._populate()
+        return sorted(self._entries)
+
+    def get(self, name: str) -> Callable[..., Any]:
+        """The factory for `name`, or for a "package.module:function" path."""
+        self._populate()
+        if name in self._entries:
+            return self._entries[name]
+        if ":" in name:
+            return _import_path(name, self.kind)
+        raise UsageError(
+            f"unknown {self.kind[:-1]} '{name}'.{did_you_mean(name, self._entries)} "
+            f"Known: {', '.join(self.names())} (or 'package.module:function' for your own code)."
+        )
+
+    def settings_model(self, name: str) -> type[BaseModel]:
+        """A pydantic model of the factory's keyword-only settings (extra keys forbidden)."""
+        if name not in self._settings_models:
+            self._settings_models[name] = _settings_model(self.get(name), f"{self.kind}.{name}")
+        return self._settings_models[name]
+
+    def settings(self, name: str) -> list[Setting]:
+        factory = self.get(name)
+        helps = _arg_help(factory.__doc__ or "")
+        model = self.settings_model(name)
+        out = []
+        for key, field in model.model_fields.items():
+            annotation = _type_name(field.annotation)
+            required = field.is_required()
+            out.append(Setting(key, annotation, None if required else field.default, required, helps.get(key, "")))
+        return out
+
+    def summary(self, name: str) -> str:
+        """First line of the factory's docstring."""
+        doc = inspect.getdoc(self.get(name)) or ""
+        return doc.splitlines()[0] if doc else ""
+
+    def validate(self, name: str, settings: dict[str, Any]) -> dict[str, Any]:
+        """Settings checked and coerced by the factory's signature; raises pydantic's ValidationError."""
+        model = self.settings_model(name)
+        return dict(model.model_validate(settings))
+
+    def build(self, name: str, *runtime: Any, **settings: Any) -> Any:
+        """Call the factory with runtime inputs and validated settings."""
+        return self.get(name)(*runtime, **self.validate(name, settings))
+
+
+def _import_path(path: str, kind: str) -> Callable[..., Any]:
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import '{module_name}' for {kind[:-1]} '{path}': {exc}. Is it on PYTHONPATH?") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        public = [n for n in dir(module) if not n.startswith("_")]
+        raise UsageError(f"module '{module_name}' has no '{attr}'.{did_you_mean(attr, public)}") from None
+
+
+def _settings_model(factory: Callable[..., Any], title: str) -> type[BaseModel]:
+    hints = typing.get_type_hints(factory, include_extras=True)
+    fields: dict[str, Any] = {}
+    for param in inspect.signature(factory).parameters.values():
+        if param.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        annotation = hints.get(param.name, Any)
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[param.name] = (annotation, Field(default))
+    config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
+    return create_model(title.replace(".", "_"), __config__=config, **fields)
+
+
+_ARG_LINE = re.compile(r"^\s{2,}(\w+):\s*(.+)$")
+
+
+def _arg_help(doc: str) -> dict[str, str]:
+    """`name: text` lines of a Google-style "Args:" block."""
+    helps: dict[str, str] = {}
+    in_args = False
+    for line in doc.splitlines():
+        if line.strip() in ("Args:", "Settings:"):
+            in_args = True
+            continue
+        if in_args:
+            match = _ARG_LINE.match(line)
+            if match:
+                helps[match.group(1)] = match.group(2).strip()
+            elif line.strip() and not line.startswith("    " * 2):
+                in_args = False
+    return helps
+
+
+def _type_name(annotation: Any) -> str:
+    """A readable type: `tuple[float, float]`, `'relu' | 'gelu'`, `int | None` (constraints dropped)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if args:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_name(a) for a in args)}]"
+    return "None" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
+
+
+# The kinds of component. Each package imports its modules so their decorators run.
+models = Registry("models", "mlrun.models")
+datasets = Registry("datasets", "mlrun.data")
+losses = Registry("losses", "mlrun.losses")
+metrics = Registry("metrics", "mlrun.metrics")
+optimizers = Registry("optimizers", "mlrun.optim.optimizers")
+schedulers = Registry("schedulers", "mlrun.optim.schedulers")
+techniques = Registry("techniques", "mlrun.techniques")
+trackers = Registry("trackers", "mlrun.tracking")
+
+REGISTRIES: dict[str, Registry] = {
+    r.kind: r for r in (models, datasets, losses, metrics, optimizers, schedulers, techniques, trackers)
+}

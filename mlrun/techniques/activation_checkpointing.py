@@ -1,0 +1,43 @@
+"""Activation checkpointing: recompute each wrapped block's activations in backward instead of storing them.
+
+Trades compute (one more forward per block) for memory; `every: k` wraps every k-th block only.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from pydantic import PositiveInt
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from mlrun.errors import UsageError
+from mlrun.registry import techniques
+
+
+def declared_blocks(model: nn.Module) -> nn.ModuleList:
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.ModuleList):
+        raise UsageError(
+            f"technique needs the model's repeated blocks, but {type(model).__name__} has no `blocks` ModuleList; "
+            "keep the repeated layers of your model in self.blocks"
+        )
+    return blocks
+
+
+@techniques.register("activation_checkpointing")
+def activation_checkpointing(model: nn.Module, /, *, every: PositiveInt = 1) -> None:
+    """Recompute activations of the model's blocks during backward to save memory.
+
+    Args:
+        every: wrap every k-th block (1 = all blocks); larger saves less memory and less compute.
+    """
+    for index, block in enumerate(declared_blocks(model)):
+        if index % every == 0:
+            # Patch the instance's forward so state-dict keys stay unchanged (checkpoints, export).
+            block.forward = functools.partial(_checkpointed, block.forward)
+    return None
+
+
+def _checkpointed(forward, *args, **kwargs):
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
