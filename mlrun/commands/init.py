@@ -54,5 +54,5 @@ tracking: [console, jsonl]
 def run_init(path: Path, force: bool) -> None:
     if path.exists() and not force:
         raise UsageError(f"'{path}' already exists: pass --force to overwrite it, or give another path.")
-    path.write_text(STARTER.format(path=path))
+    path.write_text(STARTER.replace("{path}", str(path)))
     print(f"mlrun: wrote {path}; train it with `mlrun train {path}`")

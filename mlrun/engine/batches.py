@@ -1,7 +1,8 @@
 """Data loaders whose order is a pure function of (seed, epoch), so a resume can start mid-epoch.
 
-`EpochBatchSampler.set_epoch(epoch, start_batch)` makes the next pass begin at `start_batch`:
-resuming skips indices, never loads and discards the batches before it.
+`EpochBatchSampler.start_at(batch)` makes the next pass begin at that batch: resuming skips
+indices, never loads and discards the batches before it. `set_epoch` keeps Accelerate's meaning
+(its prepared loader calls it at every pass) and leaves the start position alone.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ class EpochBatchSampler:
         self.size, self.batch_size, self.shuffle, self.drop_last, self.seed = size, batch_size, shuffle, drop_last, seed
         self.epoch, self.start_batch = 0, 0
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def start_at(self, batch: int) -> None:
+        self.start_batch = batch
 
     def batches_per_epoch(self) -> int:
         return self.size // self.batch_size if self.drop_last else -(-self.size // self.batch_size)

@@ -50,9 +50,11 @@ class TrainingLoop:
     # --- the loop ------------------------------------------------------------------------------
 
     def run(self, resume_from: Path | None) -> TrainState:
+        self._reset_window()
         if resume_from is not None:
             self.accelerator.load_state(str(resume_from))
-        self._reset_window()
+            self.loss_sum.fill_(self.state.window_loss_sum)
+            self.micro_batches = self.state.window_micro_batches
         info = RunInfo(self.run_dir, self.config.model_dump(mode="json"), self.parts.plan.total_steps,
                        self.parts.plan.steps_per_epoch, self.state.step, self.accelerator.is_main_process)
         for tracker in self.parts.trackers:
@@ -74,7 +76,9 @@ class TrainingLoop:
         return self.state.step >= self.parts.plan.total_steps or self.state.should_stop
 
     def _train_epoch(self) -> None:
-        self.sampler.set_epoch(self.state.epoch, self.state.batch_in_epoch)
+        # Through the prepared loader: Accelerate re-applies its own epoch counter at every pass.
+        self.loader.set_epoch(self.state.epoch)
+        self.sampler.start_at(self.state.batch_in_epoch)
         for inputs, targets in self.loader:
             self._micro_step(inputs, targets)
             if self.accelerator.sync_gradients and self._after_optimizer_step():
@@ -221,6 +225,7 @@ class TrainingLoop:
     def _checkpoint(self) -> None:
         self._check_finite()  # never write a checkpoint with NaN weights
         self._account_time()
+        self.state.window_loss_sum, self.state.window_micro_batches = float(self.loss_sum), self.micro_batches
         with self._paused():
             save_checkpoint(self.accelerator, self.run_dir, self.state.step, self.train_cfg.keep_checkpoints)
 

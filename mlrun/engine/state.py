@@ -19,6 +19,8 @@ class TrainState:
     nonfinite_skipped: int = 0
     overflow_skipped: int = 0
     train_time_s: float = 0.0  # wall time spent training, summed over resumes
+    window_loss_sum: float = 0.0  # the unlogged part of the current log window, so logs resume exactly
+    window_micro_batches: int = 0
     # Set by callbacks; read by the loop at the next step boundary.
     should_stop: bool = False
     stop_reason: str | None = None

@@ -1,0 +1,59 @@
+"""User-code components for tests, loaded through "tests.fixtures:<name>" like any user's own code."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import torch
+from torch import nn
+
+from mlrun.data.bundle import DataMeta
+from mlrun.models.mlp import MLP
+
+
+class _Probe(MLP):
+    """An MLP that can SIGKILL its own process, emit NaN, or record its compute dtype, at given forwards."""
+
+    def __init__(self, meta: DataMeta, kill_at: int | None, nan_at: list[int], dtype_file: str | None):
+        super().__init__(meta.input_shape[0], [64, 64], meta.num_classes, dropout=0.2, activation="relu")
+        self.kill_at, self.nan_at, self.dtype_file = kill_at, set(nan_at), dtype_file
+        self.train_forwards = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        if not self.training:
+            return out
+        self.train_forwards += 1
+        if self.train_forwards == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)  # dies like an OOM kill or a lost node: no handler runs
+        if self.dtype_file:
+            with open(self.dtype_file, "w") as f:
+                json.dump({"dtype": str(out.dtype), "autocast": torch.is_autocast_enabled("cpu")}, f)
+        if self.train_forwards in self.nan_at:
+            return out * float("nan")
+        return out
+
+
+def probe_mlp(
+    meta: DataMeta, /, *, kill_at: int | None = None, nan_at: list[int] = [], dtype_file: str | None = None  # noqa: B006
+) -> nn.Module:
+    """Test model: an MLP with dropout that misbehaves on purpose at chosen training forwards."""
+    return _Probe(meta, kill_at, nan_at, dtype_file)
+
+
+def slow_mlp(meta: DataMeta, /, *, sleep_s: float = 0.05) -> nn.Module:
+    """Test model: an MLP whose training forward sleeps, so a test can signal it mid-run."""
+    import time
+
+    model = MLP(meta.input_shape[0], [32], meta.num_classes, dropout=0.0, activation="relu")
+    forward = model.forward
+
+    def slow_forward(x):
+        if model.training:
+            time.sleep(sleep_s)
+        return forward(x)
+
+    model.forward = slow_forward
+    return model

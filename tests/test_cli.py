@@ -1,0 +1,93 @@
+"""The CLI surface: fast help, list, schema, init, validate, commands still to come."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import jsonschema
+import pytest
+import yaml
+
+from mlrun.commands.schema import config_schema
+from tests.conftest import REPO, run_cli
+
+COMMANDS = ["train", "validate", "profile", "tune", "export", "eval", "list", "schema", "init"]
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "from mlrun.cli import app\n"
+        "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'mlrun --help imported torch'\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert all(command in result.stdout for command in COMMANDS)
+
+
+def test_list_shows_settings_with_defaults(tmp_path):
+    result = run_cli("list", "optimizers", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "adamw" in result.stdout and "lamb" in result.stdout and "lr: float = 0.001" in result.stdout
+
+
+def test_list_json_has_every_kind(tmp_path):
+    entries = json.loads(run_cli("list", "--json", cwd=tmp_path).stdout)
+    assert set(entries) == {"models", "datasets", "losses", "metrics", "optimizers", "schedulers", "techniques",
+                            "trackers"}
+    assert {"mlp", "cnn", "resnet", "transformer_classifier", "gpt"} <= set(entries["models"])
+
+
+def test_list_unknown_kind_suggests(tmp_path):
+    result = run_cli("list", "optimiser", cwd=tmp_path)
+    assert result.returncode == 2 and "Did you mean 'optimizers'?" in result.stderr
+
+
+def test_shipped_configs_validate_against_the_json_schema():
+    schema = config_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        jsonschema.validate(yaml.safe_load(path.read_text()), schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_schema_rejects_a_misspelt_setting():
+    bad = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    bad["optimizer"]["lrr"] = 0.1
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, config_schema(), cls=jsonschema.Draft202012Validator)
+
+
+def test_schema_command_prints_draft_2020_12(tmp_path):
+    result = run_cli("schema", cwd=tmp_path)
+    assert json.loads(result.stdout)["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+
+
+def test_init_writes_a_config_that_validates_and_refuses_to_overwrite(tmp_path):
+    assert run_cli("init", "start.yaml", cwd=tmp_path).returncode == 0
+    assert "# " in (tmp_path / "start.yaml").read_text()  # commented
+    assert run_cli("validate", "start.yaml", cwd=tmp_path).returncode == 0
+    again = run_cli("init", "start.yaml", cwd=tmp_path)
+    assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_validate_print_shows_the_resolved_config(tmp_path):
+    result = run_cli("validate", REPO / "configs" / "quickstart.yaml", "optimizer.lr=0.5", "--print", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout.split("mlrun:")[0])
+    assert resolved["optimizer"]["lr"] == 0.5 and resolved["train"]["eval_every"] == "1ep"
+    assert "is valid" in result.stdout
+
+
+@pytest.mark.parametrize("command, arg", [("profile", "c.yaml"), ("tune", "c.yaml"), ("export", "runs/x"),
+                                          ("eval", "runs/x")])
+def test_commands_still_to_come_say_so(tmp_path, command, arg):
+    result = run_cli(command, arg, cwd=tmp_path)
+    assert result.returncode == 2 and "not available in this version yet" in result.stderr
+
+
+def test_version(tmp_path):
+    assert run_cli("--version", cwd=tmp_path).stdout.startswith("mlrun ")

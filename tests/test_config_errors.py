@@ -1,0 +1,98 @@
+"""Every bad input ends with exit code 2 and one message naming the file, line, key and a suggestion."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import REPO, run_cli, tiny_config, write_config
+
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
+
+
+def assert_usage_error(result, *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in result.stderr, f"{needle!r} not in {result.stderr!r}"
+
+
+def test_missing_config_file_is_named(tmp_path):
+    assert_usage_error(run_cli("validate", "nope.yaml", cwd=tmp_path), "nope.yaml", "not found")
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    (tmp_path / "bad.yaml").write_text("name: x\nmodel: {name: mlp\ndata: digits\n")
+    assert_usage_error(run_cli("validate", "bad.yaml", cwd=tmp_path), "bad.yaml:", "invalid YAML")
+
+
+def test_unknown_top_level_key_suggests_train(tmp_path):
+    text = QUICKSTART.read_text().replace("\ntrain:", "\ntrian:")
+    (tmp_path / "c.yaml").write_text(text)
+    line = text.splitlines().index("trian:") + 1
+    result = run_cli("validate", "c.yaml", cwd=tmp_path)
+    assert_usage_error(result, f"c.yaml:{line}: trian: unknown key", "Did you mean 'train'?")
+    assert result.stderr.index("trian") < result.stderr.index("required key is missing")
+
+
+def test_unknown_optimizer_suggests_adamw(tmp_path):
+    config = write_config(tmp_path, tiny_config(optimizer={"name": "adamww", "lr": 0.01}))
+    assert_usage_error(run_cli("validate", config, cwd=tmp_path), "config.yaml:", "optimizer.name",
+                       "unknown optimizer 'adamww'", "Did you mean 'adamw'?")
+
+
+def test_misspelt_optimizer_setting_suggests_lr_with_line(tmp_path):
+    config = write_config(tmp_path, tiny_config(optimizer={"name": "adamw", "lrr": 0.01}))
+    line = config.read_text().splitlines().index("  lrr: 0.01") + 1
+    assert_usage_error(run_cli("validate", config, cwd=tmp_path), f"config.yaml:{line}: optimizer.lrr",
+                       "unknown setting of optimizer 'adamw'", "Did you mean 'lr'?")
+
+
+def test_wrong_type_names_the_value(tmp_path):
+    text = QUICKSTART.read_text().replace("epochs: 15", "epochs: ten")
+    (tmp_path / "c.yaml").write_text(text)
+    line = [i for i, s in enumerate(text.splitlines(), 1) if "epochs: ten" in s][0]
+    assert_usage_error(run_cli("validate", "c.yaml", cwd=tmp_path), f"c.yaml:{line}: train.epochs", "'ten'")
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("data.batch_size=0", "data.batch_size: Input should be greater than 0"),
+        ("optimizer.lr=-0.1", "optimizer.lr: Input should be greater than 0"),
+        ("data.val_fraction=1.5", "data.val_fraction: Input should be less than 1"),
+    ],
+)
+def test_out_of_range_values(tmp_path, override, needle):
+    assert_usage_error(run_cli("validate", QUICKSTART, override, cwd=tmp_path), f"override '{override}'", needle)
+
+
+def test_base_cycle_is_reported(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    assert_usage_error(run_cli("validate", "a.yaml", cwd=tmp_path), "b.yaml:1: base: cycle")
+
+
+def test_missing_base_file_is_reported(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: gone.yaml\nname: a\n")
+    assert_usage_error(run_cli("validate", "a.yaml", cwd=tmp_path), "a.yaml:1: base: 'gone.yaml' not found")
+
+
+def test_override_of_missing_key_suggests_the_real_one(tmp_path):
+    assert_usage_error(run_cli("validate", QUICKSTART, "train.epochz=3", cwd=tmp_path),
+                       "override 'train.epochz=3'", "unknown key", "Did you mean 'epochs'?")
+
+
+def test_malformed_override(tmp_path):
+    assert_usage_error(run_cli("validate", QUICKSTART, "train.epochs", cwd=tmp_path),
+                       "override 'train.epochs'", "expected key=value")
+
+
+def test_fp16_on_cpu_is_refused_not_ignored(tmp_path):
+    config = write_config(tmp_path, tiny_config())
+    assert_usage_error(run_cli("train", config, "train.precision=fp16", cwd=tmp_path), "fp16 needs a GPU")
+
+
+def test_monitor_of_an_unlogged_metric_is_refused(tmp_path):
+    config = write_config(tmp_path, tiny_config())
+    assert_usage_error(run_cli("validate", config, "train.best={monitor: val/f1, mode: max}", cwd=tmp_path),
+                       "train.best.monitor", "'val/f1' is not logged")

@@ -1,0 +1,67 @@
+"""The config layer in-process: base chains, overrides, durations, resolved configs."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlrun.config.load import load_config
+from mlrun.config.schema import Duration, parse_duration
+from mlrun.errors import UsageError
+from tests.conftest import tiny_config, write_config
+
+
+def test_base_chain_merges_deeply_and_lists_replace(tmp_path):
+    write_config(tmp_path, tiny_config(metrics=["accuracy", "f1"]), "base.yaml")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nname: child\noptimizer: {lr: 0.5}\nmetrics: [f1]\n")
+    config = load_config(tmp_path / "child.yaml")
+    assert config.name == "child"
+    assert config.optimizer.name == "adamw" and config.optimizer.settings["lr"] == 0.5
+    assert [m.name for m in config.metrics] == ["f1"]
+    assert config.base is None  # resolved configs are self-contained
+
+
+def test_overrides_are_yaml_typed_and_mapping_replaces_section(tmp_path):
+    path = write_config(tmp_path, tiny_config())
+    config = load_config(path, ["train.epochs=7", "model.hidden_sizes=[8, 8]", "optimizer={name: sgd, lr: 0.1}"])
+    assert config.train.epochs == 7
+    assert config.model.settings["hidden_sizes"] == [8, 8]
+    assert config.optimizer.name == "sgd" and config.optimizer.settings == {"lr": 0.1}
+
+
+def test_override_of_a_bare_component_name_adds_settings(tmp_path):
+    path = write_config(tmp_path, tiny_config(loss="cross_entropy"))
+    config = load_config(path, ["loss.label_smoothing=0.1"])
+    assert config.loss.name == "cross_entropy" and config.loss.settings == {"label_smoothing": 0.1}
+
+
+def test_resolved_config_round_trips(tmp_path):
+    path = write_config(tmp_path, tiny_config())
+    config = load_config(path, ["train.eval_every=50"])
+    dumped = config.model_dump(mode="json")
+    assert dumped["train"]["eval_every"] == "50st"
+    again = write_config(tmp_path, dumped, "again.yaml")
+    assert load_config(again) == config
+
+
+@pytest.mark.parametrize("text, expected", [("1ep", Duration(1, "ep")), ("200st", Duration(200, "st")),
+                                            (30, Duration(30, "st")), ("5", Duration(5, "st"))])
+def test_durations(text, expected):
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["0ep", "1 epoch", "-3", True])
+def test_bad_durations(bad):
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_train_needs_a_length(tmp_path):
+    path = write_config(tmp_path, tiny_config(train={"log_every": "5st"}))
+    with pytest.raises(UsageError, match="train.epochs or train.max_steps"):
+        load_config(path)
+
+
+def test_config_is_frozen(tmp_path):
+    config = load_config(write_config(tmp_path, tiny_config()))
+    with pytest.raises(Exception):
+        config.train.epochs = 1

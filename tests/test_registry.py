@@ -1,0 +1,48 @@
+"""Registries: names, did-you-mean, signature-derived settings, user code by module path."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from mlrun.errors import UsageError
+from mlrun.registry import REGISTRIES, Registry, models, optimizers
+
+
+def test_unknown_name_suggests_the_closest():
+    with pytest.raises(UsageError, match="Did you mean 'adamw'"):
+        optimizers.get("adamww")
+
+
+def test_settings_come_from_the_signature():
+    names = [s.name for s in optimizers.settings("sgd")]
+    assert names == ["lr", "momentum", "nesterov", "weight_decay"]
+    with pytest.raises(ValidationError):
+        optimizers.validate("sgd", {"lr": "fast"})
+
+
+def test_user_code_by_module_path():
+    factory = models.get("tests.fixtures:probe_mlp")
+    assert factory.__name__ == "probe_mlp"
+    assert [s.name for s in models.settings("tests.fixtures:probe_mlp")] == ["kill_at", "nan_at", "dtype_file"]
+    with pytest.raises(UsageError, match="has no 'nope'"):
+        models.get("tests.fixtures:nope")
+    with pytest.raises(UsageError, match="cannot import"):
+        models.get("not_a_module_xyz:thing")
+
+
+def test_register_a_new_component_in_one_function():
+    registry = Registry("widgets", "mlrun")
+
+    @registry.register("double")
+    def double(x, /, *, factor: int = 2):
+        """Multiply."""
+        return x * factor
+
+    assert registry.build("double", 3, factor=5) == 15
+    with pytest.raises(ValueError, match="twice"):
+        registry.register("double")(double)
+
+
+def test_every_kind_has_entries():
+    assert all(registry.names() for registry in REGISTRIES.values())

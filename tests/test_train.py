@@ -1,0 +1,207 @@
+"""`mlrun train` through the real CLI: learning, run directory, resume, precision, failure policies."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import REPO, read_jsonl, run_cli, start_cli, tiny_config, write_config
+
+PROBE = "tests.fixtures:probe_mlp"
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "model.safetensors")
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def train(tmp_path: Path, config: dict, *args: str) -> tuple:
+    path = write_config(tmp_path, config, f"{config['name']}.yaml")
+    result = run_cli("train", path, *args, cwd=tmp_path)
+    return result, tmp_path / "runs" / config["name"]
+
+
+def test_quickstart_reaches_its_accuracy_and_writes_the_run_directory(tmp_path):
+    result = run_cli("train", REPO / "configs" / "quickstart.yaml", "tracking=[console, jsonl, tensorboard]",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "runs" / "quickstart"
+    for name in ["config.yaml", "manifest.json", "metrics.jsonl", "model.safetensors", "best.safetensors",
+                 "summary.json", "tensorboard", "checkpoints"]:
+        assert (run / name).exists(), name
+    done = summary(run)
+    assert done["status"] in ("completed", "early_stopped")
+    assert done["best"]["value"] >= 0.96 and done["final"]["val/accuracy"] >= 0.95
+    assert done["samples_per_s"] > 0 and done["peak_memory_bytes"] > 0
+    lines = read_jsonl(run / "metrics.jsonl")
+    train_losses = [line["train/loss"] for line in lines if "train/loss" in line]
+    assert train_losses[-1] < train_losses[0] / 5  # loss falls
+    assert all({"step", "epoch", "time"} <= set(line) for line in lines)
+    assert any("val/accuracy" in line for line in lines)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["world_size"] == 1 and manifest["data_fingerprint"]["train"]
+    assert all(c.name.startswith("step-") for c in (run / "checkpoints").iterdir())
+    assert len(list((run / "checkpoints").iterdir())) <= 2  # keep_checkpoints
+
+
+def test_tensorboard_events_read_back(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result, run = train(tmp_path, tiny_config(tracking=["jsonl", "tensorboard"]))
+    assert result.returncode == 0, result.stderr
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "val/loss", "val/accuracy"} <= set(tags)
+    assert len(events.Scalars("val/accuracy")) == 3  # one per epoch
+
+
+def test_accumulation_matches_one_large_batch(tmp_path):
+    data = {"name": "synthetic", "num_samples": 1280, "num_features": 16, "batch_size": 64, "drop_last": True}
+    big = tiny_config(name="big", data=data)
+    small = tiny_config(name="small", data={**data, "batch_size": 16})
+    small["train"] = {**small["train"], "grad_accum_steps": 4}
+    for config in (big, small):
+        result, _ = train(tmp_path, config)
+        assert result.returncode == 0, result.stderr
+    a, b = weights(tmp_path / "runs" / "big"), weights(tmp_path / "runs" / "small")
+    assert summary(tmp_path / "runs" / "small")["steps"] == summary(tmp_path / "runs" / "big")["steps"] == 48
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def exact_resume_config(name: str, **model) -> dict:
+    config = tiny_config(name=name, model={"name": PROBE, **model})  # dropout 0.2 and shuffling on
+    config["train"] = {**config["train"], "checkpoint_every": "7st"}  # 16 batches an epoch: mid-epoch checkpoints
+    return config
+
+
+def test_resume_after_sigkill_mid_epoch_is_bit_identical(tmp_path):
+    result, straight = train(tmp_path, exact_resume_config("straight"))
+    assert result.returncode == 0, result.stderr
+    # Dies by SIGKILL at the 24th training forward: after the step-21 checkpoint, inside epoch 2.
+    killed, run = train(tmp_path, exact_resume_config("resumed", kill_at=24))
+    assert killed.returncode == -signal.SIGKILL
+    assert [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step")][-1] == "step-00000021"
+    resumed, _ = train(tmp_path, exact_resume_config("resumed"))  # same run dir: --resume auto
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step 21" in resumed.stdout
+    a, b = weights(straight), weights(run)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    drop_time = lambda lines: [{k: v for k, v in x.items() if k not in ("time", "train/samples_per_s")} for x in lines]
+    assert drop_time(read_jsonl(run / "metrics.jsonl")) == drop_time(read_jsonl(straight / "metrics.jsonl"))
+
+
+def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path):
+    config = tiny_config(name="crashy")
+    result, run = train(tmp_path, config, "train.epochs=1")
+    assert result.returncode == 0
+    good = sorted((run / "checkpoints").iterdir())[-1]
+    # A process killed mid-write leaves only a temporary folder behind.
+    half = run / "checkpoints" / ".tmp-step-00000099"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"\0" * 10)
+    (run / "summary.json").unlink()  # as if the run never finished
+    resumed, _ = train(tmp_path, config, "train.epochs=2")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed at step {int(good.name[5:])}" in resumed.stdout
+    assert not half.exists()
+
+
+def test_bf16_autocast_runs_on_cpu(tmp_path):
+    probe = tmp_path / "dtype.json"
+    result, run = train(tmp_path, tiny_config(name="bf16", model={"name": PROBE, "dtype_file": str(probe)}),
+                        "train.precision=bf16")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(probe.read_text()) == {"dtype": "torch.bfloat16", "autocast": True}  # computed in bf16
+    assert summary(run)["final"]["val/accuracy"] > 0.5
+    assert json.loads((run / "manifest.json").read_text())["precision"] == "bf16"
+
+
+def test_early_stopping_stops_and_says_so(tmp_path):
+    config = tiny_config(name="early")
+    config["train"] = {**config["train"], "epochs": 40, "early_stopping": {"monitor": "val/loss", "patience": 1,
+                                                                           "min_delta": 0.5}}
+    result, run = train(tmp_path, config)
+    assert result.returncode == 0, result.stderr
+    done = summary(run)
+    assert done["status"] == "early_stopped" and done["epochs"] == 2.0
+
+
+def test_nonfinite_loss_stops_with_exit_1_and_names_the_step(tmp_path):
+    result, run = train(tmp_path, tiny_config(name="nan", model={"name": PROBE, "nan_at": [30]}))
+    assert result.returncode == 1
+    assert "NaN or infinite at step 30" in result.stderr and "Traceback" not in result.stderr
+    done = summary(run)
+    assert done["status"] == "failed" and "step 30" in done["message"]
+    assert done["last_checkpoint"].endswith("step-00000016")  # the epoch-1 checkpoint, written before the NaN
+
+
+def test_nonfinite_loss_skip_policy_skips_and_counts(tmp_path):
+    result, run = train(tmp_path, tiny_config(name="skip", model={"name": PROBE, "nan_at": [5, 30]}),
+                        "train.on_nonfinite=skip")
+    assert result.returncode == 0, result.stderr
+    done = summary(run)
+    assert done["status"] == "completed" and done["nonfinite_skipped"] == 2
+    assert all(torch.isfinite(t).all() for t in weights(run).values())
+
+
+def wait_for(path: Path, process, timeout_s: float = 60) -> None:
+    deadline = time.time() + timeout_s
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_saves_a_checkpoint_and_marks_interrupted(tmp_path, sig, code):
+    config = tiny_config(name="sig", model={"name": "tests.fixtures:slow_mlp", "sleep_s": 0.02})
+    config["train"] = {**config["train"], "epochs": 50, "log_every": "1st"}
+    path = write_config(tmp_path, config)
+    process = start_cli("train", path, cwd=tmp_path)
+    run = tmp_path / "runs" / "sig"
+    wait_for(run / "metrics.jsonl", process)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == code, stderr
+    done = summary(run)
+    assert done["status"] == "interrupted" and 0 < done["steps"] < done["total_steps"]
+    assert done["last_checkpoint"].endswith(f"step-{done['steps']:08d}")
+    again = run_cli("train", path, "train.epochs=50", "train.max_steps=" + str(done["steps"] + 2), cwd=tmp_path)
+    assert again.returncode == 0 and f"resumed at step {done['steps']}" in again.stdout
+
+
+def test_finished_run_is_not_overwritten_without_flag(tmp_path):
+    result, run = train(tmp_path, tiny_config(name="once"), "train.epochs=1")
+    assert result.returncode == 0
+    again, _ = train(tmp_path, tiny_config(name="once"), "train.epochs=1")
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    forced, _ = train(tmp_path, tiny_config(name="once"), "train.epochs=1", "--overwrite")
+    assert forced.returncode == 0
+
+
+def test_ema_weights_are_evaluated_and_saved(tmp_path):
+    result, run = train(tmp_path, tiny_config(name="ema", techniques=[{"name": "ema", "decay": 0.9}]))
+    assert result.returncode == 0, result.stderr
+    raw = load_file(sorted((run / "checkpoints").iterdir())[-1] / "model.safetensors")
+    saved = weights(run)
+    assert any(not torch.equal(raw[k], saved[k]) for k in saved)  # the average, not the live weights
+
+
+def test_activation_checkpointing_trains_the_same_weights(tmp_path):
+    plain, _ = train(tmp_path, tiny_config(name="plain"))
+    ckpt, _ = train(tmp_path, tiny_config(name="ckpt", techniques=["activation_checkpointing"]))
+    assert plain.returncode == 0 and ckpt.returncode == 0, ckpt.stderr
+    a, b = weights(tmp_path / "runs" / "plain"), weights(tmp_path / "runs" / "ckpt")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
