@@ -40,7 +40,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     if debug:
         os.environ["MLRUN_DEBUG"] = "1"
@@ -50,7 +52,9 @@ def _root(
 def train(
     config: Config,
     overrides: Overrides = None,
-    resume: Annotated[str, typer.Option(help="auto: continue an unfinished run; never; or a checkpoint path.")] = "auto",
+    resume: Annotated[
+        str, typer.Option(help="auto: continue an unfinished run; never; or a checkpoint path.")
+    ] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Discard an existing run of the same name and start over.")] = False,
 ) -> None:
     """Train a model; resumes an unfinished run of the same name."""
@@ -156,6 +160,8 @@ def main() -> None:
 def _report(exc: BaseException, prefix: str = "error") -> None:
     if os.environ.get("MLRUN_DEBUG"):
         traceback.print_exception(exc)
-    hint = "" if os.environ.get("MLRUN_DEBUG") or isinstance(exc, MlrunError) else " (run with --debug for the traceback)"
+    hint = (
+        "" if os.environ.get("MLRUN_DEBUG") or isinstance(exc, MlrunError) else " (run with --debug for the traceback)"
+    )
     message = str(exc) if isinstance(exc, MlrunError) else f"{type(exc).__name__}: {exc}"
     print(f"mlrun: {prefix}: {message}{hint}", file=sys.stderr)

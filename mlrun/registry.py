@@ -121,7 +121,9 @@ def _import_path(path: str, kind: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UsageError(f"cannot import '{module_name}' for {kind[:-1]} '{path}': {exc}. Is it on PYTHONPATH?") from exc
+        raise UsageError(
+            f"cannot import '{module_name}' for {kind[:-1]} '{path}': {exc}. Is it on PYTHONPATH?"
+        ) from exc
     try:
         return getattr(module, attr)
     except AttributeError:

@@ -37,7 +37,12 @@ class _Probe(MLP):
 
 
 def probe_mlp(
-    meta: DataMeta, /, *, kill_at: int | None = None, nan_at: list[int] = [], dtype_file: str | None = None  # noqa: B006
+    meta: DataMeta,
+    /,
+    *,
+    kill_at: int | None = None,
+    nan_at: list[int] = [],  # noqa: B006 - never mutated
+    dtype_file: str | None = None,
 ) -> nn.Module:
     """Test model: an MLP with dropout that misbehaves on purpose at chosen training forwards."""
     return _Probe(meta, kill_at, nan_at, dtype_file)

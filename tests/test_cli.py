@@ -37,8 +37,16 @@ def test_list_shows_settings_with_defaults(tmp_path):
 
 def test_list_json_has_every_kind(tmp_path):
     entries = json.loads(run_cli("list", "--json", cwd=tmp_path).stdout)
-    assert set(entries) == {"models", "datasets", "losses", "metrics", "optimizers", "schedulers", "techniques",
-                            "trackers"}
+    assert set(entries) == {
+        "models",
+        "datasets",
+        "losses",
+        "metrics",
+        "optimizers",
+        "schedulers",
+        "techniques",
+        "trackers",
+    }
     assert {"mlp", "cnn", "resnet", "transformer_classifier", "gpt"} <= set(entries["models"])
 
 
@@ -82,8 +90,9 @@ def test_validate_print_shows_the_resolved_config(tmp_path):
     assert "is valid" in result.stdout
 
 
-@pytest.mark.parametrize("command, arg", [("profile", "c.yaml"), ("tune", "c.yaml"), ("export", "runs/x"),
-                                          ("eval", "runs/x")])
+@pytest.mark.parametrize(
+    "command, arg", [("profile", "c.yaml"), ("tune", "c.yaml"), ("export", "runs/x"), ("eval", "runs/x")]
+)
 def test_commands_still_to_come_say_so(tmp_path, command, arg):
     result = run_cli(command, arg, cwd=tmp_path)
     assert result.returncode == 2 and "not available in this version yet" in result.stderr

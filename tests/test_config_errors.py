@@ -36,15 +36,24 @@ def test_unknown_top_level_key_suggests_train(tmp_path):
 
 def test_unknown_optimizer_suggests_adamw(tmp_path):
     config = write_config(tmp_path, tiny_config(optimizer={"name": "adamww", "lr": 0.01}))
-    assert_usage_error(run_cli("validate", config, cwd=tmp_path), "config.yaml:", "optimizer.name",
-                       "unknown optimizer 'adamww'", "Did you mean 'adamw'?")
+    assert_usage_error(
+        run_cli("validate", config, cwd=tmp_path),
+        "config.yaml:",
+        "optimizer.name",
+        "unknown optimizer 'adamww'",
+        "Did you mean 'adamw'?",
+    )
 
 
 def test_misspelt_optimizer_setting_suggests_lr_with_line(tmp_path):
     config = write_config(tmp_path, tiny_config(optimizer={"name": "adamw", "lrr": 0.01}))
     line = config.read_text().splitlines().index("  lrr: 0.01") + 1
-    assert_usage_error(run_cli("validate", config, cwd=tmp_path), f"config.yaml:{line}: optimizer.lrr",
-                       "unknown setting of optimizer 'adamw'", "Did you mean 'lr'?")
+    assert_usage_error(
+        run_cli("validate", config, cwd=tmp_path),
+        f"config.yaml:{line}: optimizer.lrr",
+        "unknown setting of optimizer 'adamw'",
+        "Did you mean 'lr'?",
+    )
 
 
 def test_wrong_type_names_the_value(tmp_path):
@@ -78,13 +87,18 @@ def test_missing_base_file_is_reported(tmp_path):
 
 
 def test_override_of_missing_key_suggests_the_real_one(tmp_path):
-    assert_usage_error(run_cli("validate", QUICKSTART, "train.epochz=3", cwd=tmp_path),
-                       "override 'train.epochz=3'", "unknown key", "Did you mean 'epochs'?")
+    assert_usage_error(
+        run_cli("validate", QUICKSTART, "train.epochz=3", cwd=tmp_path),
+        "override 'train.epochz=3'",
+        "unknown key",
+        "Did you mean 'epochs'?",
+    )
 
 
 def test_malformed_override(tmp_path):
-    assert_usage_error(run_cli("validate", QUICKSTART, "train.epochs", cwd=tmp_path),
-                       "override 'train.epochs'", "expected key=value")
+    assert_usage_error(
+        run_cli("validate", QUICKSTART, "train.epochs", cwd=tmp_path), "override 'train.epochs'", "expected key=value"
+    )
 
 
 def test_fp16_on_cpu_is_refused_not_ignored(tmp_path):
@@ -94,5 +108,8 @@ def test_fp16_on_cpu_is_refused_not_ignored(tmp_path):
 
 def test_monitor_of_an_unlogged_metric_is_refused(tmp_path):
     config = write_config(tmp_path, tiny_config())
-    assert_usage_error(run_cli("validate", config, "train.best={monitor: val/f1, mode: max}", cwd=tmp_path),
-                       "train.best.monitor", "'val/f1' is not logged")
+    assert_usage_error(
+        run_cli("validate", config, "train.best={monitor: val/f1, mode: max}", cwd=tmp_path),
+        "train.best.monitor",
+        "'val/f1' is not logged",
+    )

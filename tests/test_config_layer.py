@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from mlrun.config.load import load_config
 from mlrun.config.schema import Duration, parse_duration
@@ -43,8 +44,10 @@ def test_resolved_config_round_trips(tmp_path):
     assert load_config(again) == config
 
 
-@pytest.mark.parametrize("text, expected", [("1ep", Duration(1, "ep")), ("200st", Duration(200, "st")),
-                                            (30, Duration(30, "st")), ("5", Duration(5, "st"))])
+@pytest.mark.parametrize(
+    "text, expected",
+    [("1ep", Duration(1, "ep")), ("200st", Duration(200, "st")), (30, Duration(30, "st")), ("5", Duration(5, "st"))],
+)
 def test_durations(text, expected):
     assert parse_duration(text) == expected
 
@@ -63,5 +66,5 @@ def test_train_needs_a_length(tmp_path):
 
 def test_config_is_frozen(tmp_path):
     config = load_config(write_config(tmp_path, tiny_config()))
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         config.train.epochs = 1

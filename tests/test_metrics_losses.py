@@ -28,12 +28,15 @@ def classified():
     return torch.randn(90, 3), torch.randint(0, 3, (90,))
 
 
-@pytest.mark.parametrize("name, reference", [
-    ("accuracy", sk.accuracy_score),
-    ("f1", lambda t, p: sk.f1_score(t, p, average="macro")),
-    ("precision", lambda t, p: sk.precision_score(t, p, average="macro", zero_division=0)),
-    ("recall", lambda t, p: sk.recall_score(t, p, average="macro")),
-])
+@pytest.mark.parametrize(
+    "name, reference",
+    [
+        ("accuracy", sk.accuracy_score),
+        ("f1", lambda t, p: sk.f1_score(t, p, average="macro")),
+        ("precision", lambda t, p: sk.precision_score(t, p, average="macro", zero_division=0)),
+        ("recall", lambda t, p: sk.recall_score(t, p, average="macro")),
+    ],
+)
 def test_classification_metrics_match_sklearn(classified, name, reference):
     outputs, targets = classified
     assert computed(name, outputs, targets) == pytest.approx(reference(targets, outputs.argmax(1)))

@@ -32,8 +32,10 @@ def test_warmup_is_linear_from_start_factor():
 def test_cosine_with_warmup_and_floor():
     floor = 0.1
     got = lrs("cosine", [10, 32, 55, 100], min_lr_ratio=floor)
-    expected = [LR * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (s - WARMUP) / (TOTAL - WARMUP))))
-                for s in [10, 32, 55, 100]]
+    expected = [
+        LR * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (s - WARMUP) / (TOTAL - WARMUP))))
+        for s in [10, 32, 55, 100]
+    ]
     assert got == pytest.approx(expected)
     assert got[-1] == pytest.approx(LR * floor)
 

@@ -31,12 +31,21 @@ def train(tmp_path: Path, config: dict, *args: str) -> tuple:
 
 
 def test_quickstart_reaches_its_accuracy_and_writes_the_run_directory(tmp_path):
-    result = run_cli("train", REPO / "configs" / "quickstart.yaml", "tracking=[console, jsonl, tensorboard]",
-                     cwd=tmp_path)
+    result = run_cli(
+        "train", REPO / "configs" / "quickstart.yaml", "tracking=[console, jsonl, tensorboard]", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     run = tmp_path / "runs" / "quickstart"
-    for name in ["config.yaml", "manifest.json", "metrics.jsonl", "model.safetensors", "best.safetensors",
-                 "summary.json", "tensorboard", "checkpoints"]:
+    for name in [
+        "config.yaml",
+        "manifest.json",
+        "metrics.jsonl",
+        "model.safetensors",
+        "best.safetensors",
+        "summary.json",
+        "tensorboard",
+        "checkpoints",
+    ]:
         assert (run / name).exists(), name
     done = summary(run)
     assert done["status"] in ("completed", "early_stopped")
@@ -120,8 +129,9 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path):
 
 def test_bf16_autocast_runs_on_cpu(tmp_path):
     probe = tmp_path / "dtype.json"
-    result, run = train(tmp_path, tiny_config(name="bf16", model={"name": PROBE, "dtype_file": str(probe)}),
-                        "train.precision=bf16")
+    result, run = train(
+        tmp_path, tiny_config(name="bf16", model={"name": PROBE, "dtype_file": str(probe)}), "train.precision=bf16"
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(probe.read_text()) == {"dtype": "torch.bfloat16", "autocast": True}  # computed in bf16
     assert summary(run)["final"]["val/accuracy"] > 0.5
@@ -130,8 +140,11 @@ def test_bf16_autocast_runs_on_cpu(tmp_path):
 
 def test_early_stopping_stops_and_says_so(tmp_path):
     config = tiny_config(name="early")
-    config["train"] = {**config["train"], "epochs": 40, "early_stopping": {"monitor": "val/loss", "patience": 1,
-                                                                           "min_delta": 0.5}}
+    config["train"] = {
+        **config["train"],
+        "epochs": 40,
+        "early_stopping": {"monitor": "val/loss", "patience": 1, "min_delta": 0.5},
+    }
     result, run = train(tmp_path, config)
     assert result.returncode == 0, result.stderr
     done = summary(run)
@@ -148,8 +161,9 @@ def test_nonfinite_loss_stops_with_exit_1_and_names_the_step(tmp_path):
 
 
 def test_nonfinite_loss_skip_policy_skips_and_counts(tmp_path):
-    result, run = train(tmp_path, tiny_config(name="skip", model={"name": PROBE, "nan_at": [5, 30]}),
-                        "train.on_nonfinite=skip")
+    result, run = train(
+        tmp_path, tiny_config(name="skip", model={"name": PROBE, "nan_at": [5, 30]}), "train.on_nonfinite=skip"
+    )
     assert result.returncode == 0, result.stderr
     done = summary(run)
     assert done["status"] == "completed" and done["nonfinite_skipped"] == 2

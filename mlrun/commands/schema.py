@@ -30,15 +30,22 @@ def _spec_types() -> list[type[ComponentSpec]]:
     return [t for t in ComponentSpec.__subclasses__() if hasattr(t, "registry_kind")]
 
 
-def _component_schema(spec_type: type[ComponentSpec], generic: dict[str, Any], root_defs: dict[str, Any]) -> dict[str, Any]:
+def _component_schema(
+    spec_type: type[ComponentSpec], generic: dict[str, Any], root_defs: dict[str, Any]
+) -> dict[str, Any]:
     registry = REGISTRIES[spec_type.registry_kind]
     common = {k: v for k, v in generic.get("properties", {}).items() if k != "name"}
     variants: list[dict[str, Any]] = [{"type": "string", "enum": registry.names()}]
     for name in registry.names():
         settings = registry.settings_model(name).model_json_schema()
         properties = {"name": {"const": name}, **common, **settings.get("properties", {})}
-        variant = {"type": "object", "properties": properties, "required": ["name", *settings.get("required", [])],
-                   "additionalProperties": False, "description": registry.summary(name)}
+        variant = {
+            "type": "object",
+            "properties": properties,
+            "required": ["name", *settings.get("required", [])],
+            "additionalProperties": False,
+            "description": registry.summary(name),
+        }
         root_defs.update(settings.get("$defs", {}))  # refs point at the root's $defs
         variants.append(variant)
     return {"description": generic.get("description", ""), "anyOf": variants}

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from mlrun.config.load import load_config
 from mlrun.config.schema import ExperimentConfig
-from mlrun.errors import RunFailed, RunInterrupted, UsageError
 from mlrun.engine.run_dir import FINISHED, read_summary
+from mlrun.errors import RunFailed, RunInterrupted, UsageError
 
 
 def run_train(path: Path, overrides: list[str], resume: str, overwrite: bool) -> None:
@@ -33,7 +33,9 @@ def run_train(path: Path, overrides: list[str], resume: str, overwrite: bool) ->
         write_config(run_dir, config.model_dump(mode="json"))
         effective_batch = config.data.batch_size * accelerator.num_processes * config.train.grad_accum_steps
         prints = {split: fingerprint(getattr(parts.bundle, split)) for split in ("train", "val")}
-        info = manifest(accelerator.num_processes, str(accelerator.device), config.train.precision, effective_batch, prints)
+        info = manifest(
+            accelerator.num_processes, str(accelerator.device), config.train.precision, effective_batch, prints
+        )
         info["resumed_from"] = str(resume_from) if resume_from else None
         write_json(run_dir / "manifest.json", info)
 
@@ -46,8 +48,10 @@ def run_train(path: Path, overrides: list[str], resume: str, overwrite: bool) ->
         raise
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"
-        raise RunFailed(f"training crashed at step {loop.state.step}: {message}. "
-                        f"The newest checkpoint is {loop.latest_checkpoint_text()}; rerun to resume from it.") from exc
+        raise RunFailed(
+            f"training crashed at step {loop.state.step}: {message}. "
+            f"The newest checkpoint is {loop.latest_checkpoint_text()}; rerun to resume from it."
+        ) from exc
     finally:
         status = loop.state.stop_reason or "failed"
         summary = make_summary(config, loop, status, time.time() - started, message)
@@ -85,8 +89,9 @@ def make_accelerator(config: ExperimentConfig):
 
     train = config.train
     if train.precision == "fp16" and not torch.cuda.is_available():
-        raise UsageError("train.precision: fp16 needs a GPU (Accelerate would silently train in fp32 on CPU); "
-                         "use bf16 on CPU")
+        raise UsageError(
+            "train.precision: fp16 needs a GPU (Accelerate would silently train in fp32 on CPU); use bf16 on CPU"
+        )
     if train.deterministic:
         torch.use_deterministic_algorithms(True)
     return Accelerator(
@@ -110,7 +115,8 @@ def make_summary(config: ExperimentConfig, loop, status: str, wall_time_s: float
         "epochs": round(state.epoch + state.batch_in_epoch / max(1, plan.batches_per_epoch), 4),
         "final": state.last_eval,
         "best": {"monitor": best.monitor, "value": state.best_value, "step": state.best_step}
-        if best and state.best_value is not None else None,
+        if best and state.best_value is not None
+        else None,
         "wall_time_s": round(wall_time_s, 3),
         "train_time_s": round(state.train_time_s, 3),
         "samples_per_s": state.samples_seen / state.train_time_s if state.train_time_s > 0 else 0.0,

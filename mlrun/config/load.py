@@ -117,7 +117,9 @@ def _load_with_bases(path: Path, sources: SourceMap, chain: tuple[Path, ...]) ->
         raise UsageError(f"{own_sources.where(('base',))}: base: '{base}' not found (looked for {base_path}).")
     if base_path.resolve() in (*chain, resolved):
         cycle = " -> ".join(str(p) for p in (*chain, resolved, base_path.resolve()))
-        raise UsageError(f"{own_sources.where(('base',))}: base: cycle of configs: {cycle}. Remove one of the base: keys.")
+        raise UsageError(
+            f"{own_sources.where(('base',))}: base: cycle of configs: {cycle}. Remove one of the base: keys."
+        )
     merged = _load_with_bases(base_path, sources, (*chain, resolved))
     _deep_merge(merged, data, sources, own_sources, ())
     merged["base"] = None

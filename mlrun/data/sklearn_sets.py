@@ -31,9 +31,7 @@ def split_and_scale(x: np.ndarray, y: np.ndarray, seed: int, val_fraction: float
     """A stratified train/validation split; standardisation fitted on the training split."""
     from sklearn.model_selection import train_test_split
 
-    x_train, x_val, y_train, y_val = train_test_split(
-        x, y, test_size=val_fraction, random_state=seed, stratify=y
-    )
+    x_train, x_val, y_train, y_val = train_test_split(x, y, test_size=val_fraction, random_state=seed, stratify=y)
     if standardize:
         mean, std = x_train.mean(axis=0), x_train.std(axis=0)
         std[std == 0] = 1.0  # constant features (digits' border pixels) stay 0

@@ -58,14 +58,22 @@ def train_loader(dataset: Dataset, spec: DataSpec, seed: int, on_cuda: bool) -> 
     # Its own generator: creating an iterator draws a worker base seed, which must not consume the
     # global torch RNG (that would shift dropout masks after a mid-epoch resume).
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, **_loader_options(spec, on_cuda),
-                        worker_init_fn=_seed_worker, generator=generator)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        **_loader_options(spec, on_cuda),
+        worker_init_fn=_seed_worker,
+        generator=generator,
+    )
     return loader, sampler
 
 
 def eval_loader(dataset: Dataset, spec: DataSpec, on_cuda: bool) -> DataLoader:
     batch_size = spec.eval_batch_size or 4 * spec.batch_size
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, **_loader_options(spec, on_cuda))
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, **_loader_options(spec, on_cuda)
+    )
 
 
 def _loader_options(spec: DataSpec, on_cuda: bool) -> dict:

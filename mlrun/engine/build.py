@@ -102,8 +102,10 @@ def build_data(spec: DataSpec, seed: int) -> DatasetBundle:
 def plan_steps(train_size: int, data: DataSpec, train: TrainConfig) -> StepPlan:
     batches = train_size // data.batch_size if data.drop_last else math.ceil(train_size / data.batch_size)
     if batches == 0:
-        raise UsageError(f"data.batch_size: {data.batch_size} is larger than the {train_size} training samples "
-                         "with drop_last; lower the batch size")
+        raise UsageError(
+            f"data.batch_size: {data.batch_size} is larger than the {train_size} training samples "
+            "with drop_last; lower the batch size"
+        )
     steps_per_epoch = math.ceil(batches / train.grad_accum_steps)
     candidates = [n for n in (train.max_steps, train.epochs and train.epochs * steps_per_epoch) if n]
     return StepPlan(batches, steps_per_epoch, min(candidates))
@@ -128,5 +130,7 @@ def check_monitors(config: ExperimentConfig, metric_objects: list[Metric]) -> No
         watched["scheduler.monitor"] = config.scheduler.settings.get("monitor", "val/loss")
     for key, monitor in watched.items():
         if monitor is not None and monitor not in logged:
-            raise UsageError(f"{key}: '{monitor}' is not logged by this run. Logged: {', '.join(sorted(logged))} "
-                             "(add the metric to `metrics:`)")
+            raise UsageError(
+                f"{key}: '{monitor}' is not logged by this run. Logged: {', '.join(sorted(logged))} "
+                "(add the metric to `metrics:`)"
+            )

@@ -72,6 +72,8 @@ def resolve_resume(run_dir: Path, resume: str) -> Path | None:
         return latest_checkpoint(run_dir)
     path = Path(resume)
     if not (path.is_dir() and (_NAME.match(path.name) or (path / "random_states_0.pkl").exists())):
-        raise UsageError(f"--resume: '{resume}' is not a checkpoint folder (expected .../checkpoints/step-XXXXXXXX); "
-                         "use auto, never or a checkpoint path")
+        raise UsageError(
+            f"--resume: '{resume}' is not a checkpoint folder (expected .../checkpoints/step-XXXXXXXX); "
+            "use auto, never or a checkpoint path"
+        )
     return path

@@ -10,9 +10,12 @@ get `on_step_end` / `on_evaluate` and steer the loop only through `state.should_
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import time
 from pathlib import Path
 
+import accelerate.optimizer
 import torch
 from accelerate import Accelerator
 from safetensors.torch import save_model
@@ -28,12 +31,19 @@ from mlrun.engine.state import TrainState
 from mlrun.errors import RunFailed, RunInterrupted
 from mlrun.tracking.base import RunInfo
 
+# AcceleratedOptimizer.step asks `is_lomo_available()` twice per step, and each ask is an
+# importlib.util.find_spec walk of sys.path (~0.3 ms a step on a tiny model). Installed packages
+# do not change during a run, so the answer is cached.
+accelerate.optimizer.is_lomo_available = functools.cache(accelerate.optimizer.is_lomo_available)
+
 
 class TrainingLoop:
     def __init__(self, parts: Components, accelerator: Accelerator, run_dir: Path):
         self.parts, self.accelerator, self.run_dir = parts, accelerator, run_dir
         self.config, self.train_cfg = parts.config, parts.config.train
         self.state = TrainState()
+        if accelerator.is_main_process:
+            run_dir.mkdir(parents=True, exist_ok=True)
         self.callbacks = list(parts.callbacks)
         if self.train_cfg.early_stopping:
             self.callbacks.append(EarlyStopping(self.train_cfg.early_stopping))
@@ -41,7 +51,20 @@ class TrainingLoop:
         loader, self.sampler = train_loader(parts.bundle.train, self.config.data, self.config.seed, on_cuda)
         val = eval_loader(parts.bundle.val, self.config.data, on_cuda)
         model = torch.compile(parts.model) if self.train_cfg.compile else parts.model
-        self.model, self.optimizer, self.loader, self.val_loader = accelerator.prepare(model, parts.optimizer, loader, val)
+        self.model, self.optimizer, self.loader, self.val_loader = accelerator.prepare(
+            model, parts.optimizer, loader, val
+        )
+        # Collected once: model.parameters() walks every module, which costs more than a tiny model's step.
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # accelerator.backward divides the loss by the accumulation steps even when that is 1: an extra
+        # kernel and its backward on every step. Without accumulation, loss scaling or DeepSpeed,
+        # loss.backward() is exactly the same computation.
+        plain = accelerator.scaler is None and accelerator.distributed_type.value != "DEEPSPEED"
+        self.backward = (
+            (lambda loss: loss.backward())
+            if plain and accelerator.gradient_accumulation_steps == 1
+            else accelerator.backward
+        )
         for callback in self.callbacks:
             callback.on_train_start(self.model)
         # Everything a resume needs beyond model/optimizer/scaler/RNG, which Accelerate saves itself.
@@ -53,10 +76,16 @@ class TrainingLoop:
         self._reset_window()
         if resume_from is not None:
             self.accelerator.load_state(str(resume_from))
-            self.loss_sum.fill_(self.state.window_loss_sum)
-            self.micro_batches = self.state.window_micro_batches
-        info = RunInfo(self.run_dir, self.config.model_dump(mode="json"), self.parts.plan.total_steps,
-                       self.parts.plan.steps_per_epoch, self.state.step, self.accelerator.is_main_process)
+            self.window_losses = [torch.tensor(v) for v in self.state.window_losses]
+            self.window_steps = list(self.state.window_steps)
+        info = RunInfo(
+            self.run_dir,
+            self.config.model_dump(mode="json"),
+            self.parts.plan.total_steps,
+            self.parts.plan.steps_per_epoch,
+            self.state.step,
+            self.accelerator.is_main_process,
+        )
         for tracker in self.parts.trackers:
             tracker.start(info)
         try:
@@ -67,7 +96,9 @@ class TrainingLoop:
                 self._finish()
         except KeyboardInterrupt:
             self.state.stop_reason = "interrupted"
-            raise RunInterrupted(f"interrupted before a checkpoint; the newest is {self.latest_checkpoint_text()}") from None
+            raise RunInterrupted(
+                f"interrupted before a checkpoint; the newest is {self.latest_checkpoint_text()}"
+            ) from None
         finally:
             self._account_time()
         return self.state
@@ -91,26 +122,25 @@ class TrainingLoop:
         accelerator, cfg = self.accelerator, self.train_cfg
         with accelerator.accumulate(self.model):
             loss = self.parts.loss_fn(self.model(inputs), targets)
-            finite = torch.isfinite(loss.detach())
-            if cfg.on_nonfinite == "skip" and not finite:  # one sync a step: the price of skipping
+            if cfg.on_nonfinite == "skip" and not torch.isfinite(loss):  # one sync a step: the price of skipping
                 self.window_bad = True
-            accelerator.backward(loss)
+            self.backward(loss)
             if accelerator.sync_gradients:
                 if self.window_bad:
                     self.optimizer.zero_grad(set_to_none=True)  # params without grads are not updated
                 elif cfg.max_grad_norm:
-                    self.grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+                    self.grad_norm = accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
+            self.optimizer.step()  # a no-op until the last micro-batch of an accumulation window
+            if accelerator.sync_gradients:
+                # What AcceleratedOptimizer.zero_grad does, minus its inspect.signature call per step.
+                self.optimizer.optimizer.zero_grad(set_to_none=True)
         self.state.batch_in_epoch += 1
         samples = len(inputs) * accelerator.num_processes
         self.window_samples += samples
         self.state.samples_seen += samples
-        self.loss_sum += loss.detach().float()
-        self.micro_batches += 1
-        if cfg.on_nonfinite == "stop":
-            # Remember the first bad step on the device; it is read at the next check.
-            self.first_bad_step = torch.where(~finite & (self.first_bad_step < 0), self.state.step + 1, self.first_bad_step)
+        # Kept as device tensors (no kernel, no sync); read at the next log, evaluation or checkpoint.
+        self.window_losses.append(loss.detach())
+        self.window_steps.append(self.state.step + 1)
 
     def _after_optimizer_step(self) -> bool:
         """Bookkeeping after each optimizer step; True when the loop must stop now."""
@@ -145,11 +175,10 @@ class TrainingLoop:
     # --- figures -------------------------------------------------------------------------------
 
     def _reset_window(self) -> None:
-        device = self.accelerator.device
-        self.loss_sum = torch.zeros((), device=device)
-        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.window_losses: list[torch.Tensor] = []  # every micro-batch loss since the last log
+        self.window_steps: list[int] = []  # the optimizer step each of them belongs to
         self.grad_norm: torch.Tensor | None = None
-        self.micro_batches, self.window_samples, self.window_bad = 0, 0, False
+        self.window_samples, self.window_bad = 0, False
         # Wall time of training alone: evaluation and checkpoint writes are paused out of it.
         self.window_start = self.clock = time.perf_counter()
         self.window_paused_s = self.clock_paused_s = 0.0
@@ -170,11 +199,16 @@ class TrainingLoop:
         self.state.train_time_s += now - self.clock - self.clock_paused_s
         self.clock, self.clock_paused_s = now, 0.0
 
+    def _window_loss_values(self) -> list[float]:
+        """The window's losses on the host: the one device sync of a log."""
+        return torch.stack(self.window_losses).float().tolist() if self.window_losses else []
+
     def _log_train(self) -> None:
-        self._check_finite()
+        values = self._window_loss_values()
+        self._check_finite(values)
         elapsed = time.perf_counter() - self.window_start - self.window_paused_s
         figures = {
-            "train/loss": float(self.loss_sum) / max(1, self.micro_batches),  # the sync, once per log
+            "train/loss": sum(values) / max(1, len(values)),
             "train/lr": self.parts.schedule.last_lr(),
             "train/samples_per_s": self.window_samples / max(elapsed, 1e-9),
         }
@@ -185,8 +219,7 @@ class TrainingLoop:
         if self.state.overflow_skipped:
             figures["train/overflow_skipped"] = self.state.overflow_skipped
         self._emit(figures)
-        self.loss_sum.zero_()
-        self.micro_batches, self.window_samples = 0, 0
+        self.window_losses, self.window_steps, self.window_samples = [], [], 0
         self.window_start, self.window_paused_s = time.perf_counter(), 0.0
 
     def _emit(self, figures: dict[str, float]) -> None:
@@ -194,12 +227,16 @@ class TrainingLoop:
         for tracker in self.parts.trackers:
             tracker.log(figures, self.state.step, epoch)
 
-    def _check_finite(self) -> None:
-        bad_step = int(self.first_bad_step)
-        if bad_step >= 0:
+    def _check_finite(self, values: list[float] | None = None) -> None:
+        if self.train_cfg.on_nonfinite == "skip":
+            return
+        values = self._window_loss_values() if values is None else values
+        bad_step = next((step for v, step in zip(values, self.window_steps) if not math.isfinite(v)), None)
+        if bad_step is not None:
             raise RunFailed(
-                f"the loss became NaN or infinite at step {bad_step}; the newest good checkpoint is {self.latest_checkpoint_text()}. "
-                "Lower optimizer.lr, set train.max_grad_norm, or set train.on_nonfinite: skip."
+                f"the loss became NaN or infinite at step {bad_step}; the newest good checkpoint is "
+                f"{self.latest_checkpoint_text()}. Lower optimizer.lr, set train.max_grad_norm, "
+                "or set train.on_nonfinite: skip."
             )
 
     # --- evaluation, checkpoints, the end --------------------------------------------------------
@@ -225,19 +262,22 @@ class TrainingLoop:
     def _checkpoint(self) -> None:
         self._check_finite()  # never write a checkpoint with NaN weights
         self._account_time()
-        self.state.window_loss_sum, self.state.window_micro_batches = float(self.loss_sum), self.micro_batches
+        self.state.window_losses, self.state.window_steps = self._window_loss_values(), list(self.window_steps)
         with self._paused():
             save_checkpoint(self.accelerator, self.run_dir, self.state.step, self.train_cfg.keep_checkpoints)
 
     def _interrupt(self) -> None:
         self.state.stop_reason = "interrupted"
         self._checkpoint()
-        raise RunInterrupted(f"stopped by signal; checkpoint saved at step {self.state.step} in {self.latest_checkpoint_text()}. "
-                             "Run the same command again to resume.", exit_code=self.signals.exit_code)
+        raise RunInterrupted(
+            f"stopped by signal; checkpoint saved at step {self.state.step} in {self.latest_checkpoint_text()}. "
+            "Run the same command again to resume.",
+            exit_code=self.signals.exit_code,
+        )
 
     def _finish(self) -> None:
         state = self.state
-        if self.micro_batches:
+        if self.window_losses:
             self._log_train()
         if state.last_eval_step != state.step:
             self._evaluate()  # the summary's final metrics are those of the final weights

@@ -31,8 +31,12 @@ class StopSignals:
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: stop now, without a checkpoint
         self.received = signum
-        print(f"\nmlrun: {signal.Signals(signum).name} received: saving a checkpoint at the next step "
-              "(Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
+        print(
+            f"\nmlrun: {signal.Signals(signum).name} received: saving a checkpoint at the next step "
+            "(Ctrl-C again to exit at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     @property
     def exit_code(self) -> int:

@@ -19,8 +19,9 @@ class TrainState:
     nonfinite_skipped: int = 0
     overflow_skipped: int = 0
     train_time_s: float = 0.0  # wall time spent training, summed over resumes
-    window_loss_sum: float = 0.0  # the unlogged part of the current log window, so logs resume exactly
-    window_micro_batches: int = 0
+    # The unlogged part of the current log window, so the logs of a resumed run are exact too.
+    window_losses: list[float] = field(default_factory=list)
+    window_steps: list[int] = field(default_factory=list)
     # Set by callbacks; read by the loop at the next step boundary.
     should_stop: bool = False
     stop_reason: str | None = None

@@ -24,7 +24,9 @@ class CNN(nn.Module):
             if (i + 1) % pool_every == 0:
                 layers.append(nn.MaxPool2d(2))
             self.blocks.append(nn.Sequential(*layers))
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(widths[-1], out_features))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(widths[-1], out_features)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W)
         for block in self.blocks:
@@ -49,10 +51,14 @@ def cnn(
         pool_every: max-pool after every this many blocks.
     """
     if len(meta.input_shape) != 3:
-        raise UsageError(f"model 'cnn' needs (C, H, W) images, got samples of shape {meta.input_shape}; "
-                         "for digits set data.as_image: true")
+        raise UsageError(
+            f"model 'cnn' needs (C, H, W) images, got samples of shape {meta.input_shape}; "
+            "for digits set data.as_image: true"
+        )
     pools = len(channels) // pool_every
     if min(meta.input_shape[1:]) < 2**pools:
-        raise UsageError(f"model 'cnn': {pools} poolings shrink {meta.input_shape[1:]} images to nothing; "
-                         "raise model.pool_every or use fewer channels")
+        raise UsageError(
+            f"model 'cnn': {pools} poolings shrink {meta.input_shape[1:]} images to nothing; "
+            "raise model.pool_every or use fewer channels"
+        )
     return CNN(meta.input_shape[0], list(channels), output_size(meta, "cnn"), dropout, pool_every)

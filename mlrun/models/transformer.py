@@ -32,7 +32,9 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, D)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal)
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
+        )
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -45,7 +47,10 @@ class Block(nn.Module):
         self.attn = SelfAttention(dim, heads, dropout, causal, bias)
         self.norm2 = nn.LayerNorm(dim, bias=bias)
         self.mlp = nn.Sequential(
-            nn.Linear(dim, mlp_ratio * dim, bias=bias), nn.GELU(), nn.Linear(mlp_ratio * dim, dim, bias=bias), nn.Dropout(dropout)
+            nn.Linear(dim, mlp_ratio * dim, bias=bias),
+            nn.GELU(),
+            nn.Linear(mlp_ratio * dim, dim, bias=bias),
+            nn.Dropout(dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,7 +59,9 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int, dropout: float, bias: bool):
+    def __init__(
+        self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int, dropout: float, bias: bool
+    ):
         super().__init__()
         self.block_size = block_size
         self.tok_emb = nn.Embedding(vocab_size, n_embd)
@@ -169,5 +176,7 @@ def transformer_classifier(
     if dim % heads:
         raise UsageError(f"model.heads: {heads} heads must divide model.dim ({dim})")
     if len(meta.input_shape) != 1:
-        raise UsageError(f"model 'transformer_classifier' needs 1-D samples (tokens or features), got {meta.input_shape}")
+        raise UsageError(
+            f"model 'transformer_classifier' needs 1-D samples (tokens or features), got {meta.input_shape}"
+        )
     return TransformerClassifier(meta, dim, depth, heads, dropout, output_size(meta, "transformer_classifier"))

@@ -27,17 +27,24 @@ class Console(Tracker):
         if not self.enabled:
             return
         resumed = f" (resumed at step {info.start_step})" if info.start_step else ""
-        print(f"mlrun: training {info.config['name']}: {info.total_steps} optimizer steps{resumed} -> {info.run_dir}",
-              flush=True)
+        print(
+            f"mlrun: training {info.config['name']}: {info.total_steps} optimizer steps{resumed} -> {info.run_dir}",
+            flush=True,
+        )
         if not self.plain:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.progress_bar = Progress(
-                TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[figures]}"), TimeRemainingColumn(), refresh_per_second=self.refresh,
+                TextColumn("epoch {task.fields[epoch]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[figures]}"),
+                TimeRemainingColumn(),
+                refresh_per_second=self.refresh,
             )
-            self.task = self.progress_bar.add_task("train", total=info.total_steps, completed=info.start_step,
-                                                   epoch=1, figures="")
+            self.task = self.progress_bar.add_task(
+                "train", total=info.total_steps, completed=info.start_step, epoch=1, figures=""
+            )
             self.progress_bar.start()
 
     def progress(self, step: int, epoch: int) -> None:
@@ -76,8 +83,11 @@ class Console(Tracker):
         if self.enabled:
             best = summary.get("best") or {}
             extra = f", best {best['monitor']} {format_figure(best['value'])} at step {best['step']}" if best else ""
-            print(f"mlrun: {summary['status']} after {summary['steps']} steps in {summary['wall_time_s']:.1f}s "
-                  f"({summary['samples_per_s']:.0f} samples/s){extra}", flush=True)
+            print(
+                f"mlrun: {summary['status']} after {summary['steps']} steps in {summary['wall_time_s']:.1f}s "
+                f"({summary['samples_per_s']:.0f} samples/s){extra}",
+                flush=True,
+            )
 
 
 @trackers.register("console")

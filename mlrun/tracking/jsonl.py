@@ -19,7 +19,9 @@ class JsonLines(Tracker):
         path = info.run_dir / METRICS_FILE
         if path.exists():
             # A resumed run drops the lines logged after its checkpoint: they are logged again.
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= info.start_step]
+            kept = [
+                line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= info.start_step
+            ]
             path.write_text("".join(line + "\n" for line in kept))
         self.file = path.open("a", encoding="utf-8")
 

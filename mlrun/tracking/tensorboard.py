@@ -34,8 +34,11 @@ class TensorBoard(Tracker):
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
-        self.writer = SummaryWriter(str(info.run_dir / "tensorboard"), flush_secs=self.flush_secs,
-                                    purge_step=info.start_step + 1 if info.start_step else None)
+        self.writer = SummaryWriter(
+            str(info.run_dir / "tensorboard"),
+            flush_secs=self.flush_secs,
+            purge_step=info.start_step + 1 if info.start_step else None,
+        )
         if not info.start_step:
             # Written into this run's own event file (add_hparams would start a separate run folder).
             for summary in hparams(flatten(info.config), {}):
@@ -61,5 +64,7 @@ def tensorboard(*, flush_secs: PositiveInt = 30) -> Tracker:
     try:
         import tensorboard as _  # noqa: F401
     except ImportError:
-        raise UsageError("tracker 'tensorboard' needs the tensorboard package: pip install 'mlrun[tensorboard]'") from None
+        raise UsageError(
+            "tracker 'tensorboard' needs the tensorboard package: pip install 'mlrun[tensorboard]'"
+        ) from None
     return TensorBoard(flush_secs)
