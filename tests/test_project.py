@@ -57,3 +57,13 @@ def test_config_layer_does_not_import_engine():
 def test_engine_does_not_import_commands():
     for path in modules_under("engine"):
         assert not {m for m in imports_of(path) if m.startswith("mlrun.commands")}, path
+
+
+def test_readme_config_reference_is_up_to_date():
+    import subprocess
+    import sys
+
+    generated = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "config_reference.py")], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert generated in (REPO / "README.md").read_text(), "run: python scripts/config_reference.py --write"

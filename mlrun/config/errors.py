@@ -80,7 +80,7 @@ def allowed_keys(model: type[BaseModel], loc: KeyPath) -> list[str]:
         field = current.model_fields.get(part) if _is_model(current) else None
         if field is None:
             return []
-        current = _model_in(field.annotation)
+        current = model_in(field.annotation)
     return list(current.model_fields) if _is_model(current) else []
 
 
@@ -88,12 +88,12 @@ def _is_model(value: Any) -> bool:
     return isinstance(value, type) and issubclass(value, BaseModel)
 
 
-def _model_in(annotation: Any) -> Any:
+def model_in(annotation: Any) -> Any:
     """The BaseModel inside `X | None`, `list[X]` or `X`."""
     if _is_model(annotation):
         return annotation
     for arg in typing.get_args(annotation):
-        found = _model_in(arg)
+        found = model_in(arg)
         if found is not None:
             return found
     return None

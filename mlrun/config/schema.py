@@ -183,7 +183,7 @@ class TrainConfig(Section):
     checkpoint_every: DurationField | None = Duration(1, "ep")
     """How often to write a resumable checkpoint; null only at the end."""
     keep_checkpoints: PositiveInt = 2
-    """Newest checkpoints to keep on disk (the best one is kept in addition)."""
+    """Newest checkpoints to keep on disk (best.safetensors, when kept, is a separate file)."""
     best: Monitor | None = None
     """Keep best.safetensors for the best value of this figure, e.g. {monitor: val/accuracy, mode: max}."""
     early_stopping: EarlyStopping | None = None
