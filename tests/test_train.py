@@ -219,3 +219,39 @@ def test_activation_checkpointing_trains_the_same_weights(tmp_path):
     assert plain.returncode == 0 and ckpt.returncode == 0, ckpt.stderr
     a, b = weights(tmp_path / "runs" / "plain"), weights(tmp_path / "runs" / "ckpt")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_early_stopping_can_watch_a_training_figure(tmp_path):
+    config = tiny_config(name="trainwatch")
+    config["train"] = {
+        **config["train"],
+        "epochs": 40,
+        "best": {"monitor": "train/loss"},
+        "early_stopping": {"monitor": "train/loss", "patience": 2, "min_delta": 10.0},
+    }
+    result, run = train(tmp_path, config)
+    assert result.returncode == 0, result.stderr
+    done = summary(run)
+    assert done["status"] == "early_stopped" and done["best"]["monitor"] == "train/loss"
+    assert (run / "best.safetensors").exists()
+
+
+def test_compiled_model_trains(tmp_path):
+    result, run = train(tmp_path, tiny_config(name="compiled"), "train.compile=true", "train.epochs=2")
+    assert result.returncode == 0, result.stderr
+    assert summary(run)["final"]["val/accuracy"] > 0.5
+    assert not any(k.startswith("_orig_mod") for k in weights(run))  # saved without the compile wrapper
+
+
+def test_data_loader_workers_train_and_resume_exactly(tmp_path):
+    data = {"name": "synthetic", "num_samples": 640, "num_features": 16, "batch_size": 32, "num_workers": 2}
+    straight = exact_resume_config("w_straight")
+    killed = exact_resume_config("w_resumed", kill_at=24)
+    for config in (straight, killed):
+        config["data"] = data
+    assert train(tmp_path, straight)[0].returncode == 0
+    assert train(tmp_path, killed)[0].returncode == -signal.SIGKILL
+    del killed["model"]["kill_at"]
+    assert train(tmp_path, killed)[0].returncode == 0
+    a, b = weights(tmp_path / "runs" / "w_straight"), weights(tmp_path / "runs" / "w_resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -71,8 +71,16 @@ def train_loader(dataset: Dataset, spec: DataSpec, seed: int, on_cuda: bool) -> 
 
 def eval_loader(dataset: Dataset, spec: DataSpec, on_cuda: bool) -> DataLoader:
     batch_size = spec.eval_batch_size or 4 * spec.batch_size
+    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=False, drop_last=False, seed=0)
+    # Built like the training loader, with its own generator, because Accelerate rebuilds a loader
+    # given `batch_size` without its generator: creating worker iterators for the first evaluation of
+    # a resumed run would then draw from the global RNG and shift every later dropout mask.
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, **_loader_options(spec, on_cuda)
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        generator=torch.Generator(),
+        **_loader_options(spec, on_cuda),
     )
 
 

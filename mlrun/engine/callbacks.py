@@ -23,7 +23,9 @@ class EarlyStopping(Callback):
         self.bad_evals = 0
 
     def on_evaluate(self, metrics: dict[str, float], state: Any) -> None:
-        value = metrics[self.config.monitor]
+        value = metrics.get(self.config.monitor)
+        if value is None:  # a training figure not logged yet
+            return
         if improved(value, self.best, self.config.mode, self.config.min_delta):
             self.best, self.bad_evals = value, 0
             return

@@ -219,6 +219,7 @@ class TrainingLoop:
         if self.state.overflow_skipped:
             figures["train/overflow_skipped"] = self.state.overflow_skipped
         self._emit(figures)
+        self.state.last_train = figures
         self.window_losses, self.window_steps, self.window_samples = [], [], 0
         self.window_start, self.window_paused_s = time.perf_counter(), 0.0
 
@@ -245,18 +246,21 @@ class TrainingLoop:
         self._check_finite()
         with self._paused(), _weights(self.callbacks, self.model):
             results = evaluate(self.accelerator, self.model, self.val_loader, self.parts.loss_fn, self.parts.metrics)
-            self._keep_best(results)
+            watched = {**self.state.last_train, **results}  # monitors may name any logged figure
+            self._keep_best(watched)
         self.state.last_eval, self.state.last_eval_step = results, self.state.step
-        self.parts.schedule.observe(results)
+        self.parts.schedule.observe(watched)
         for callback in self.callbacks:
-            callback.on_evaluate(results, self.state)
+            callback.on_evaluate(watched, self.state)
         self._emit(results)
 
-    def _keep_best(self, results: dict[str, float]) -> None:
+    def _keep_best(self, figures: dict[str, float]) -> None:
         best = self.train_cfg.best
-        if best is None or not improved(results[best.monitor], self.state.best_value, best.mode):
+        if best is None or best.monitor not in figures:
             return
-        self.state.best_value, self.state.best_step = results[best.monitor], self.state.step
+        if not improved(figures[best.monitor], self.state.best_value, best.mode):
+            return
+        self.state.best_value, self.state.best_step = figures[best.monitor], self.state.step
         self._save_weights(self.run_dir / "best.safetensors")
 
     def _checkpoint(self) -> None:

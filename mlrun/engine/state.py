@@ -16,6 +16,7 @@ class TrainState:
     best_step: int | None = None
     last_eval: dict[str, float] = field(default_factory=dict)
     last_eval_step: int | None = None
+    last_train: dict[str, float] = field(default_factory=dict)  # the latest logged training figures
     nonfinite_skipped: int = 0
     overflow_skipped: int = 0
     train_time_s: float = 0.0  # wall time spent training, summed over resumes
