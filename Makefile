@@ -28,6 +28,7 @@ lint: install
 
 bench: install
 	$(PY) scripts/bench/overhead.py
+	$(PY) scripts/bench/export.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info .pytest_cache .ruff_cache

@@ -92,19 +92,33 @@ def tune(config: Config, overrides: Overrides = None) -> None:
 
 
 @app.command()
-def export(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
-    """Write a trained model for inference, optionally quantized (not yet available)."""
-    from mlrun.commands.pending import not_yet
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory, e.g. runs/quickstart.")],
+    format: Annotated[str, typer.Option("--format", help="safetensors | pt2 | onnx | torchscript (legacy).")] = "pt2",
+    quantize: Annotated[str, typer.Option(help="none | int8 | int8-static | fp16 | bf16.")] = "none",
+    checkpoint: Annotated[str, typer.Option(help="best, final or a checkpoint path.")] = "final",
+    out: Annotated[Optional[Path], typer.Option(help="Output folder; default RUN_DIR/export/<format>-<quant>.")] = None,
+    calibration_batches: Annotated[int, typer.Option(help="Training batches to calibrate int8-static.")] = 8,
+    verify: Annotated[bool, typer.Option(help="Load the file with its runtime and compare with fp32.")] = True,
+    json_output: Json = False,
+) -> None:
+    """Write a trained model for inference, optionally quantized, and verify it."""
+    from mlrun.commands.export import run_export
 
-    not_yet("export", "`mlrun export` and `mlrun eval`")
+    run_export(run_dir, format, quantize, checkpoint, out, calibration_batches, verify, json_output)
 
 
 @app.command(name="eval")
-def evaluate(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
-    """Evaluate a trained model on its validation data (not yet available)."""
-    from mlrun.commands.pending import not_yet
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory, e.g. runs/quickstart.")],
+    overrides: Overrides = None,
+    checkpoint: Annotated[str, typer.Option(help="best, final or a checkpoint path.")] = "final",
+    json_output: Json = False,
+) -> None:
+    """Evaluate a trained model on its validation data (or another data section via overrides)."""
+    from mlrun.commands.evaluate import run_eval
 
-    not_yet("eval", "`mlrun export` and `mlrun eval`")
+    run_eval(run_dir, checkpoint, overrides or [], json_output)
 
 
 @app.command(name="list")

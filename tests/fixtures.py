@@ -62,3 +62,31 @@ def slow_mlp(meta: DataMeta, /, *, sleep_s: float = 0.05) -> nn.Module:
 
     model.forward = slow_forward
     return model
+
+
+class _DataDependent(MLP):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        if out.sum().item() > 0:  # Python control flow on a value: torch.export cannot trace it
+            return out * 2
+        return out
+
+
+def data_dependent_mlp(meta: DataMeta, /) -> nn.Module:
+    """Test model: an MLP whose forward branches on a tensor's value."""
+    return _DataDependent(meta.input_shape[0], [16], meta.num_classes, dropout=0.0, activation="relu")
+
+
+class _NoLinear(nn.Module):
+    def __init__(self, features: int, classes: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(classes))
+        self.classes = classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, : self.classes] * self.scale
+
+
+def no_linear(meta: DataMeta, /) -> nn.Module:
+    """Test model: no linear layer, so int8 has nothing to quantize."""
+    return _NoLinear(meta.input_shape[0], meta.num_classes)

@@ -90,11 +90,9 @@ def test_validate_print_shows_the_resolved_config(tmp_path):
     assert "is valid" in result.stdout
 
 
-@pytest.mark.parametrize(
-    "command, arg", [("profile", "c.yaml"), ("tune", "c.yaml"), ("export", "runs/x"), ("eval", "runs/x")]
-)
-def test_commands_still_to_come_say_so(tmp_path, command, arg):
-    result = run_cli(command, arg, cwd=tmp_path)
+@pytest.mark.parametrize("command", ["profile", "tune"])
+def test_commands_still_to_come_say_so(tmp_path, command):
+    result = run_cli(command, "c.yaml", cwd=tmp_path)
     assert result.returncode == 2 and "not available in this version yet" in result.stderr
 
 

@@ -31,6 +31,9 @@ class DatasetBundle:
     train: Dataset
     val: Dataset
     meta: DataMeta
+    # Transforms fitted on the training split (e.g. standardisation statistics), written next to
+    # exported models so inference prepares inputs exactly as training did.
+    preprocessing: dict | None = None
 
 
 class ArrayDataset(Dataset):

@@ -28,24 +28,29 @@ def _load(name: str):
 
 
 def split_and_scale(x: np.ndarray, y: np.ndarray, seed: int, val_fraction: float, standardize: bool):
-    """A stratified train/validation split; standardisation fitted on the training split."""
+    """A stratified train/validation split; standardisation fitted on the training split.
+
+    Returns the four splits and the fitted transform ({"standardize": {"mean", "std"}} or None).
+    """
     from sklearn.model_selection import train_test_split
 
     x_train, x_val, y_train, y_val = train_test_split(x, y, test_size=val_fraction, random_state=seed, stratify=y)
-    if standardize:
-        mean, std = x_train.mean(axis=0), x_train.std(axis=0)
-        std[std == 0] = 1.0  # constant features (digits' border pixels) stay 0
-        x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
-    return x_train, x_val, y_train, y_val
+    if not standardize:
+        return x_train, x_val, y_train, y_val, None
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+    std[std == 0] = 1.0  # constant features (digits' border pixels) stay 0
+    fitted = {"standardize": {"mean": mean.tolist(), "std": std.tolist()}}
+    return (x_train - mean) / std, (x_val - mean) / std, y_train, y_val, fitted
 
 
 def _classification(name: str, seed: int, val_fraction: float, standardize: bool) -> DatasetBundle:
     x, y = _load(name)
-    x_train, x_val, y_train, y_val = split_and_scale(x, y, seed, val_fraction, standardize)
+    x_train, x_val, y_train, y_val, fitted = split_and_scale(x, y, seed, val_fraction, standardize)
     to_x = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
     to_y = lambda a: torch.tensor(a, dtype=torch.long)  # noqa: E731
     meta = DataMeta(task="classification", input_shape=(x.shape[1],), num_classes=int(y.max()) + 1)
-    return DatasetBundle(ArrayDataset(to_x(x_train), to_y(y_train)), ArrayDataset(to_x(x_val), to_y(y_val)), meta)
+    train, val = ArrayDataset(to_x(x_train), to_y(y_train)), ArrayDataset(to_x(x_val), to_y(y_val))
+    return DatasetBundle(train, val, meta, preprocessing=fitted)
 
 
 @datasets.register("digits")
@@ -62,6 +67,7 @@ def digits(seed: int, /, *, val_fraction: ValFraction = 0.2, as_image: bool = Fa
     for split in (bundle.train, bundle.val):
         split.inputs = split.inputs.reshape(-1, 1, 8, 8) / 16.0  # pixel values are 0..16
     bundle.meta = DataMeta(task="classification", input_shape=(1, 8, 8), num_classes=10)
+    bundle.preprocessing = {"scale": 1 / 16.0, "reshape": [1, 8, 8]}
     return bundle
 
 

@@ -1,0 +1,186 @@
+"""`mlrun export RUN_DIR [--format F] [--quantize Q] [--checkpoint C] [--out DIR] [--no-verify] [--json]`.
+
+Writes runs/<name>/export/<format>-<quant>/ with the model file, config.yaml, preprocessing.json
+(when the data has fitted preprocessing) and export.json (inputs, outputs, how to load, figures),
+then loads the file with its own runtime and compares it with the fp32 PyTorch model.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from mlrun.errors import UsageError, did_you_mean
+
+HOW_TO_LOAD = {
+    "safetensors": "from mlrun.export.reload import load_exported_model; model = load_exported_model(folder)",
+    "pt2": "model = torch.export.load('model.pt2').module()",
+    "onnx": "session = onnxruntime.InferenceSession('model.onnx'); session.run(None, {'inputs': x})",
+    "torchscript": "model = torch.jit.load('model.ts')",
+}
+
+
+def run_export(
+    run_dir: Path,
+    fmt: str,
+    quantize: str,
+    checkpoint: str,
+    out: Path | None,
+    calibration_batches: int,
+    verify: bool,
+    json_output: bool,
+) -> None:
+    from mlrun.export.formats import FORMATS
+    from mlrun.export.quantize import QUANTIZATIONS
+
+    for option, value, allowed in (("--format", fmt, FORMATS), ("--quantize", quantize, QUANTIZATIONS)):
+        if value not in allowed:
+            raise UsageError(
+                f"{option}: unknown '{value}'.{did_you_mean(value, allowed)} Choose: {', '.join(allowed)}."
+            )
+    if calibration_batches < 1:
+        raise UsageError("--calibration-batches must be at least 1")
+
+    from mlrun.engine.restore import load_trained
+
+    trained = load_trained(run_dir, checkpoint)
+    folder = out or run_dir / "export" / f"{fmt}-{quantize}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    info = write_artifact(trained, fmt, quantize, folder, calibration_batches)
+    (folder / "export.json").write_text(json.dumps(info, indent=2) + "\n")  # the reload below reads it
+    if verify:
+        info["verification"] = verify_artifact(trained, fmt, folder, info)
+        (folder / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+    if json_output:
+        print(json.dumps(info))
+    else:
+        print_report(info, folder)
+
+
+def write_artifact(trained, fmt: str, quantize: str, folder: Path, calibration_batches: int) -> dict:
+    import torch
+
+    from mlrun.export import formats
+    from mlrun.export.quantize import apply_quantization, linear_layers
+    from mlrun.export.verify import batches
+
+    parts = trained.parts
+    model, val, meta = parts.model, parts.bundle.val, parts.bundle.meta
+    example = next(batches(val, min(8, len(val))))[0]  # batch >= 2 so export keeps the batch dimension dynamic
+    calibration = None
+    if quantize == "int8-static":
+        calibration = [
+            x
+            for x, _ in batches(
+                parts.bundle.train,
+                parts.config.data.batch_size,
+                limit=calibration_batches * parts.config.data.batch_size,
+            )
+        ]
+    notes = []
+    if fmt == "onnx":
+        changed = len(linear_layers(model)) if quantize.startswith("int8") else 1
+        path = formats.quantize_onnx(
+            formats.write("onnx", copy.deepcopy(model), example, folder), quantize, calibration or []
+        )
+        if quantize != "none":
+            notes.append(f"{quantize} applied by ONNX Runtime to the fp32 ONNX graph")
+    else:
+        converted, changed = apply_quantization(copy.deepcopy(model), quantize, calibration)
+        path = formats.write(fmt, converted, example, folder)
+        if quantize.startswith("int8"):
+            notes.append("int8 linear layers: per-channel int8 weights, torch._int_mm")
+    if fmt == "torchscript":
+        notes.append("TorchScript is deprecated in PyTorch; prefer --format pt2")
+    if quantize != "none" and changed == 0:
+        print(
+            f"mlrun: warning: --quantize {quantize}: the model has no layer to quantize; the file is unchanged",
+            file=sys.stderr,
+        )
+        notes.append("nothing to quantize")
+    shutil.copy(trained.run_dir / "config.yaml", folder / "config.yaml")
+    if parts.bundle.preprocessing:
+        (folder / "preprocessing.json").write_text(json.dumps(parts.bundle.preprocessing, indent=2) + "\n")
+    input_dtype = "int64" if example.dtype == torch.long else "float32"
+    return {
+        "format": fmt,
+        "quantize": quantize,
+        "file": path.name,
+        "file_bytes": path.stat().st_size,
+        "source_weights": str(trained.weights),
+        "how_to_load": HOW_TO_LOAD[fmt],
+        "inputs": [{"name": "inputs", "shape": ["batch", *meta.input_shape], "dtype": input_dtype}],
+        "outputs": [{"name": "outputs", "dtype": "float32"}],
+        "preprocessing": "preprocessing.json" if parts.bundle.preprocessing else None,
+        "data_meta": dataclasses.asdict(meta),
+        "notes": notes,
+    }
+
+
+def verify_artifact(trained, fmt: str, folder: Path, info: dict) -> dict:
+    """Load the file with its runtime; compare outputs, metric, latency and size with fp32 eager PyTorch."""
+    import torch
+
+    from mlrun.export import formats
+    from mlrun.export.reload import load_exported_model
+    from mlrun.export.verify import agreement, batches, evaluate, latency_ms
+
+    parts = trained.parts
+    reference = parts.model
+
+    def reference_run(inputs):
+        with torch.inference_mode():
+            return reference(inputs)
+
+    candidate = formats.load(fmt, folder / info["file"], reload=lambda: load_exported_model(folder))
+    val, eval_size = parts.bundle.val, parts.config.data.eval_batch_size or 256
+    inputs = next(batches(val, 256))[0]
+    fp32 = evaluate(reference_run, val, eval_size, parts.loss_fn, parts.metrics)
+    got = evaluate(candidate, val, eval_size, parts.loss_fn, parts.metrics)
+    key = f"val/{parts.metrics[0].name}" if parts.metrics else "val/loss"
+    big = inputs[:64] if len(inputs) >= 64 else inputs
+    figures = {
+        **agreement(reference_run, candidate, inputs),
+        "metric": key,
+        "metric_fp32": fp32[key],
+        "metric_export": got[key],
+        "metric_change": got[key] - fp32[key],
+        "metrics_export": got,
+        "size_ratio_to_fp32": info["file_bytes"] / trained.weights.stat().st_size,
+        "batch_for_latency": len(big),
+        "latency_ms_b1_fp32": latency_ms(reference_run, inputs[:1]),
+        "latency_ms_b1": latency_ms(candidate, inputs[:1]),
+        "latency_ms_b64_fp32": latency_ms(reference_run, big),
+        "latency_ms_b64": latency_ms(candidate, big),
+    }
+    figures["speedup_b1"] = figures["latency_ms_b1_fp32"] / figures["latency_ms_b1"]
+    figures["speedup_b64"] = figures["latency_ms_b64_fp32"] / figures["latency_ms_b64"]
+    return figures
+
+
+def print_report(info: dict, folder: Path) -> None:
+    print(f"mlrun: exported {info['format']} ({info['quantize']}) to {folder / info['file']}")
+    for note in info["notes"]:
+        print(f"  note: {note}")
+    v = info.get("verification")
+    if not v:
+        return
+    print(
+        f"  {'format':<12} {'quant':<12} {'size MB':>8} {'x fp32':>7} {v['metric']:>14} {'change':>8} "
+        f"{'b1 ms':>7} {'b64 ms':>7} {'speedup b64':>11}"
+    )
+    print(
+        f"  {'pytorch':<12} {'fp32':<12} {'':>8} {1.0:>7.2f} {v['metric_fp32']:>14.4f} {'':>8} "
+        f"{v['latency_ms_b1_fp32']:>7.3f} {v['latency_ms_b64_fp32']:>7.3f} {1.0:>11.2f}"
+    )
+    print(
+        f"  {info['format']:<12} {info['quantize']:<12} {info['file_bytes'] / 1e6:>8.2f} "
+        f"{v['size_ratio_to_fp32']:>7.2f} {v['metric_export']:>14.4f} {v['metric_change']:>+8.4f} "
+        f"{v['latency_ms_b1']:>7.3f} {v['latency_ms_b64']:>7.3f} {v['speedup_b64']:>11.2f}"
+    )
+    print(f"  outputs vs fp32: max abs diff {v['max_abs_diff']:.3g}, class agreement {v['class_agreement']:.4f}")

@@ -1,0 +1,58 @@
+"""A trained run back in memory: its resolved config, components and chosen weights (eval, export)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import load_model
+
+from mlrun.config.load import load_config
+from mlrun.engine.build import Components, build_components
+from mlrun.engine.run_dir import read_summary
+from mlrun.errors import UsageError
+
+
+@dataclass
+class TrainedRun:
+    run_dir: Path
+    parts: Components
+    weights: Path
+
+
+def resolve_weights(run_dir: Path, checkpoint: str) -> Path:
+    """`final` (model.safetensors), `best` (best.safetensors), a .safetensors file or a checkpoint folder."""
+    if checkpoint in ("final", "best"):
+        path = run_dir / ("model.safetensors" if checkpoint == "final" else "best.safetensors")
+        if not path.is_file():
+            status = (read_summary(run_dir) or {}).get("status", "unknown")
+            hint = "train with train.best set" if checkpoint == "best" else "finish training (mlrun train resumes it)"
+            raise UsageError(
+                f"run '{run_dir}' has no {path.name} (status: {status}); {hint}, "
+                "or pass --checkpoint PATH (a checkpoints/step-N folder or a .safetensors file)"
+            )
+        return path
+    path = Path(checkpoint)
+    if path.is_dir() and (path / "model.safetensors").is_file():
+        return path / "model.safetensors"
+    if path.is_file() and path.suffix == ".safetensors":
+        return path
+    raise UsageError(
+        f"--checkpoint: '{checkpoint}' is neither best, final, a checkpoint folder nor a .safetensors file"
+    )
+
+
+def load_trained(run_dir: Path, checkpoint: str = "final", overrides: list[str] | tuple[str, ...] = ()) -> TrainedRun:
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise UsageError(f"'{run_dir}' is not a run directory (no config.yaml); pass runs/<name>")
+    weights = resolve_weights(run_dir, checkpoint)
+    parts = build_components(load_config(config_path, overrides))
+    missing, unexpected = load_model(parts.model, str(weights), strict=False)
+    if missing or unexpected:
+        raise UsageError(
+            f"{weights} does not fit the model of {config_path}: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
+    parts.model.eval()
+    return TrainedRun(run_dir, parts, weights)

@@ -1,0 +1,1 @@
+"""Inference artifacts from a trained run: formats, quantization, verification (`mlrun export`)."""

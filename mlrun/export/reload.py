@@ -1,0 +1,34 @@
+"""Loading an mlrun safetensors export back into a PyTorch module (int8 layers stay int8).
+
+from mlrun.export.reload import load_exported_model
+model = load_exported_model("runs/quickstart/export/safetensors-int8")
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_model
+from torch import nn
+
+from mlrun.config.load import load_config
+from mlrun.data.bundle import DataMeta
+from mlrun.export.quantize import apply_quantization
+from mlrun.registry import models
+
+
+def model_structure(config_path: Path, meta: DataMeta, quantize: str) -> nn.Module:
+    """The model as built for training, converted for `quantize` (weights still to be loaded)."""
+    config = load_config(config_path)
+    model = models.build(config.model.name, meta, **config.model.settings)
+    return apply_quantization(model, quantize, calibration=None)[0].eval()
+
+
+def load_exported_model(folder: str | Path) -> nn.Module:
+    folder = Path(folder)
+    info = json.loads((folder / "export.json").read_text())
+    meta = DataMeta(**{k: tuple(v) if k == "input_shape" else v for k, v in info["data_meta"].items()})
+    model = model_structure(folder / "config.yaml", meta, info["quantize"])
+    load_model(model, str(folder / info["file"]))
+    return model

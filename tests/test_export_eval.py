@@ -1,0 +1,118 @@
+"""`mlrun export` and `mlrun eval` on a tiny trained run: every format x quantization, verified."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlrun.commands.export import run_export
+from mlrun.errors import UsageError
+from mlrun.export.formats import FORMATS
+from mlrun.export.quantize import QUANTIZATIONS
+from mlrun.export.reload import load_exported_model
+from tests.conftest import run_cli, tiny_config, write_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("trained")
+    config = tiny_config(name="tiny", model={"name": "mlp", "hidden_sizes": [256, 128]})  # mostly weights
+    config["train"] = {**config["train"], "best": {"monitor": "val/accuracy", "mode": "max"}}
+    result = run_cli("train", write_config(folder, config), cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return folder / "runs" / "tiny"
+
+
+def export(run: Path, fmt: str, quantize: str, tmp_path: Path) -> dict:
+    out = tmp_path / f"{fmt}-{quantize}"
+    run_export(run, fmt, quantize, "final", out, calibration_batches=4, verify=True, json_output=True)
+    return json.loads((out / "export.json").read_text())
+
+
+PAIRS = [(f, q) for f in FORMATS for q in QUANTIZATIONS if (f, q) != ("onnx", "bf16")]
+
+
+@pytest.mark.parametrize("fmt, quantize", PAIRS, ids=[f"{f}-{q}" for f, q in PAIRS])
+def test_every_format_and_quantization_round_trips(trained, tmp_path, fmt, quantize):
+    info = export(trained, fmt, quantize, tmp_path)
+    check = info["verification"]
+    assert (tmp_path / f"{fmt}-{quantize}" / info["file"]).stat().st_size == info["file_bytes"]
+    assert check["class_agreement"] >= 0.95
+    assert abs(check["metric_change"]) <= 0.05
+    assert check["latency_ms_b1"] > 0 and check["latency_ms_b64"] > 0
+    if quantize == "none":
+        assert check["max_abs_diff"] < 1e-3
+    if quantize.startswith("int8") and fmt in ("safetensors", "onnx"):  # files that are mostly weights
+        assert check["size_ratio_to_fp32"] < 0.45  # int8 weights plus fp32 scales and biases
+    assert info["inputs"][0]["shape"] == ["batch", 16] and info["preprocessing"] is None
+
+
+def test_safetensors_export_reloads_as_int8_in_mlrun(trained, tmp_path):
+    export(trained, "safetensors", "int8", tmp_path)
+    model = load_exported_model(tmp_path / "safetensors-int8")
+    assert {type(m).__name__ for m in model.modules()} >= {"Int8Linear"}
+    assert model(torch.randn(3, 16)).shape == (3, 4)
+
+
+def test_onnx_bf16_is_refused_with_a_reason(trained, tmp_path):
+    with pytest.raises(UsageError, match="no bf16 kernels"):
+        export(trained, "onnx", "bf16", tmp_path)
+
+
+def test_export_cli_prints_the_table_and_exits_0(trained):
+    result = run_cli("export", trained, "--format", "onnx", "--quantize", "int8", cwd=trained.parent.parent)
+    assert result.returncode == 0, result.stderr
+    assert "speedup b64" in result.stdout and "class agreement" in result.stdout
+    assert (trained / "export" / "onnx-int8" / "model.onnx").exists()
+
+
+def test_export_without_weights_is_exit_2(tmp_path):
+    run = tmp_path / "runs" / "empty"
+    run.mkdir(parents=True)
+    write_config(run, tiny_config())
+    result = run_cli("export", run, cwd=tmp_path)
+    assert result.returncode == 2 and "has no model.safetensors" in result.stderr
+
+
+def test_unknown_format_suggests(trained):
+    result = run_cli("export", trained, "--format", "onx", cwd=trained.parent.parent)
+    assert result.returncode == 2 and "Did you mean 'onnx'?" in result.stderr
+
+
+def test_unexportable_model_names_the_failure_and_other_formats(tmp_path):
+    config = tiny_config(name="dd", model={"name": "tests.fixtures:data_dependent_mlp"})
+    assert run_cli("train", write_config(tmp_path, config), "train.epochs=1", cwd=tmp_path).returncode == 0
+    result = run_cli("export", tmp_path / "runs" / "dd", "--format", "pt2", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--format pt2: the exporter failed" in result.stderr and "safetensors always works" in result.stderr
+
+
+def test_quantizing_a_model_without_linear_layers_warns(tmp_path):
+    config = tiny_config(name="nl", model={"name": "tests.fixtures:no_linear"})
+    assert run_cli("train", write_config(tmp_path, config), "train.epochs=1", cwd=tmp_path).returncode == 0
+    result = run_cli("export", tmp_path / "runs" / "nl", "--format", "pt2", "--quantize", "int8", cwd=tmp_path)
+    assert result.returncode == 0 and "no layer to quantize" in result.stderr
+
+
+def test_eval_matches_the_runs_final_metrics(trained):
+    result = run_cli("eval", trained, "--json", cwd=trained.parent.parent)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    final = json.loads((trained / "summary.json").read_text())["final"]
+    assert report["metrics"]["val/accuracy"] == pytest.approx(final["val/accuracy"])
+    assert report["metrics"]["val/loss"] == pytest.approx(final["val/loss"], rel=1e-5)
+
+
+def test_eval_best_checkpoint_and_other_data(trained):
+    best = run_cli("eval", trained, "--checkpoint", "best", "--json", cwd=trained.parent.parent)
+    assert best.returncode == 0 and json.loads(best.stdout)["weights"].endswith("best.safetensors")
+    other = run_cli("eval", trained, "data.val_fraction=0.5", "--json", cwd=trained.parent.parent)
+    assert other.returncode == 0 and json.loads(other.stdout)["samples"] == 320
+
+
+def test_eval_of_a_missing_run_is_exit_2(tmp_path):
+    result = run_cli("eval", tmp_path / "nope", cwd=tmp_path)
+    assert result.returncode == 2 and "not a run directory" in result.stderr
