@@ -29,6 +29,7 @@ lint: install
 bench: install
 	$(PY) scripts/bench/overhead.py
 	$(PY) scripts/bench/export.py
+	$(PY) scripts/bench/tune.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info .pytest_cache .ruff_cache

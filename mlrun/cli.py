@@ -84,11 +84,21 @@ def profile(config: Config, overrides: Overrides = None) -> None:
 
 
 @app.command()
-def tune(config: Config, overrides: Overrides = None) -> None:
-    """Hyperparameter search over keys of the config with Optuna (not yet available)."""
-    from mlrun.commands.pending import not_yet
+def tune(
+    config: Config,
+    overrides: Overrides = None,
+    trials: Annotated[Optional[int], typer.Option(help="Trials the study should hold; default tune.trials.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Stop starting trials after this many seconds.")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Journal file path or PostgreSQL/MySQL URL.")] = None,
+    study: Annotated[Optional[str], typer.Option(help="Study name; default the config's name.")] = None,
+    workers: Annotated[int, typer.Option(help="Trial processes on this host sharing the study.")] = 1,
+    worker: Annotated[bool, typer.Option(hidden=True, help="Run trials only (started by --workers).")] = False,
+    json_output: Json = False,
+) -> None:
+    """Hyperparameter search over keys of the config with Optuna, pruning hopeless trials."""
+    from mlrun.commands.tune import run_tune
 
-    not_yet("tune", "`mlrun tune`")
+    run_tune(config, overrides or [], trials, timeout, storage, study, workers, json_output, worker)
 
 
 @app.command()

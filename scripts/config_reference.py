@@ -9,6 +9,7 @@ A test checks README.md is up to date with the schema.
 from __future__ import annotations
 
 import sys
+import typing
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -48,8 +49,10 @@ def reference() -> str:
             lines.append(f"| `{prefix}.{name}` | {_default(field)} | {field.description} |")
             inner = model_in(field.annotation)
             if inner is not None and not issubclass(inner, ComponentSpec):
+                keyed = typing.get_origin(field.annotation) is dict  # tune.space.<key>.type
+                at = f"{prefix}.{name}.<key>" if keyed else f"{prefix}.{name}"
                 for sub, subfield in inner.model_fields.items():
-                    lines.append(f"| `{prefix}.{name}.{sub}` | {_default(subfield)} | {subfield.description} |")
+                    lines.append(f"| `{at}.{sub}` | {_default(subfield)} | {subfield.description} |")
     return "\n".join(lines)
 
 

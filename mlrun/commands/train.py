@@ -1,127 +1,14 @@
-"""`mlrun train CONFIG [k=v ...] [--resume auto|never|PATH] [--overwrite]`.
-
-Loads the config, decides between a fresh start and a resume, builds the components, runs the
-loop and writes summary.json whatever happens (completed, early_stopped, interrupted, failed).
-"""
+"""`mlrun train CONFIG [k=v ...] [--resume auto|never|PATH] [--overwrite]`."""
 
 from __future__ import annotations
 
-import shutil
-import time
 from pathlib import Path
 
 from mlrun.config.load import load_config
-from mlrun.config.schema import ExperimentConfig
-from mlrun.engine.run_dir import FINISHED, read_summary
-from mlrun.errors import RunFailed, RunInterrupted, UsageError
 
 
 def run_train(path: Path, overrides: list[str], resume: str, overwrite: bool) -> None:
     config = load_config(path, overrides)
-    run_dir = Path(config.output_dir) / config.name
-    resume_from = prepare_run_dir(run_dir, resume, overwrite)
-    accelerator = make_accelerator(config)
+    from mlrun.engine.run import run_training
 
-    from mlrun.data.bundle import fingerprint
-    from mlrun.engine.build import build_components
-    from mlrun.engine.loop import TrainingLoop
-    from mlrun.engine.run_dir import manifest, write_config, write_json
-
-    parts = build_components(config)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(run_dir, config.model_dump(mode="json"))
-        effective_batch = config.data.batch_size * accelerator.num_processes * config.train.grad_accum_steps
-        prints = {split: fingerprint(getattr(parts.bundle, split)) for split in ("train", "val")}
-        info = manifest(
-            accelerator.num_processes, str(accelerator.device), config.train.precision, effective_batch, prints
-        )
-        info["resumed_from"] = str(resume_from) if resume_from else None
-        write_json(run_dir / "manifest.json", info)
-
-    loop = TrainingLoop(parts, accelerator, run_dir)
-    started, message = time.time(), None
-    try:
-        loop.run(resume_from)
-    except (RunFailed, RunInterrupted) as exc:
-        message = str(exc)
-        raise
-    except Exception as exc:
-        message = f"{type(exc).__name__}: {exc}"
-        raise RunFailed(
-            f"training crashed at step {loop.state.step}: {message}. "
-            f"The newest checkpoint is {loop.latest_checkpoint_text()}; rerun to resume from it."
-        ) from exc
-    finally:
-        status = loop.state.stop_reason or "failed"
-        summary = make_summary(config, loop, status, time.time() - started, message)
-        if accelerator.is_main_process:
-            write_json(run_dir / "summary.json", summary)
-        for tracker in parts.trackers:
-            tracker.finish(summary)
-
-
-def prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> Path | None:
-    """The checkpoint to resume from, or None for a fresh start (after clearing what must go)."""
-    from mlrun.engine.checkpoint import latest_checkpoint, resolve_resume
-
-    if overwrite:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return None
-    summary = read_summary(run_dir)
-    if summary and summary["status"] in FINISHED and resume == "auto":
-        raise UsageError(
-            f"run '{run_dir}' already finished ({summary['status']}). Pass --overwrite to train it again, "
-            f"--resume {latest_checkpoint(run_dir)} to continue from its last checkpoint (e.g. with more epochs), "
-            "or choose another name=..."
-        )
-    if resume == "never" and latest_checkpoint(run_dir):
-        raise UsageError(f"run '{run_dir}' has checkpoints; pass --overwrite to discard them, or --resume auto.")
-    checkpoint = resolve_resume(run_dir, resume)
-    if checkpoint is None and run_dir.exists():
-        shutil.rmtree(run_dir)  # a start that died before its first checkpoint: nothing to keep
-    return checkpoint
-
-
-def make_accelerator(config: ExperimentConfig):
-    import torch
-    from accelerate import Accelerator
-
-    train = config.train
-    if train.precision == "fp16" and not torch.cuda.is_available():
-        raise UsageError(
-            "train.precision: fp16 needs a GPU (Accelerate would silently train in fp32 on CPU); use bf16 on CPU"
-        )
-    if train.deterministic:
-        torch.use_deterministic_algorithms(True)
-    return Accelerator(
-        mixed_precision="no" if train.precision == "fp32" else train.precision,
-        gradient_accumulation_steps=train.grad_accum_steps,
-        rng_types=[],  # the data order is seeded by (seed, epoch) in EpochBatchSampler, never synced
-        step_scheduler_with_optimizer=False,  # the loop steps the schedule itself, once per optimizer step
-    )
-
-
-def make_summary(config: ExperimentConfig, loop, status: str, wall_time_s: float, message: str | None) -> dict:
-    from mlrun.engine.run_dir import peak_memory_bytes
-
-    state, plan = loop.state, loop.parts.plan
-    best = config.train.best
-    return {
-        "status": status,
-        "message": message,
-        "steps": state.step,
-        "total_steps": plan.total_steps,
-        "epochs": round(state.epoch + state.batch_in_epoch / max(1, plan.batches_per_epoch), 4),
-        "final": state.last_eval,
-        "best": {"monitor": best.monitor, "value": state.best_value, "step": state.best_step}
-        if best and state.best_value is not None
-        else None,
-        "wall_time_s": round(wall_time_s, 3),
-        "train_time_s": round(state.train_time_s, 3),
-        "samples_per_s": state.samples_seen / state.train_time_s if state.train_time_s > 0 else 0.0,
-        "peak_memory_bytes": peak_memory_bytes(loop.accelerator.device.type),
-        "nonfinite_skipped": state.nonfinite_skipped,
-        "overflow_skipped": state.overflow_skipped,
-        "last_checkpoint": loop.latest_checkpoint_text(),
-    }
+    run_training(config, resume=resume, overwrite=overwrite)

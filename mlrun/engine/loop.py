@@ -38,13 +38,13 @@ accelerate.optimizer.is_lomo_available = functools.cache(accelerate.optimizer.is
 
 
 class TrainingLoop:
-    def __init__(self, parts: Components, accelerator: Accelerator, run_dir: Path):
+    def __init__(self, parts: Components, accelerator: Accelerator, run_dir: Path, extra_callbacks=()):
         self.parts, self.accelerator, self.run_dir = parts, accelerator, run_dir
         self.config, self.train_cfg = parts.config, parts.config.train
         self.state = TrainState()
         if accelerator.is_main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
-        self.callbacks = list(parts.callbacks)
+        self.callbacks = [*parts.callbacks, *extra_callbacks]
         if self.train_cfg.early_stopping:
             self.callbacks.append(EarlyStopping(self.train_cfg.early_stopping))
         on_cuda = accelerator.device.type == "cuda"
@@ -76,6 +76,8 @@ class TrainingLoop:
         self._reset_window()
         if resume_from is not None:
             self.accelerator.load_state(str(resume_from))
+            # A run paused on purpose (a PBT round, an early stop being extended) goes on from here.
+            self.state.should_stop, self.state.stop_reason = False, None
             self.window_losses = [torch.tensor(v) for v in self.state.window_losses]
             self.window_steps = list(self.state.window_steps)
         info = RunInfo(

@@ -62,7 +62,9 @@ class LRSchedule:
         return {"step_count": self.step_count, "base_lrs": self.base_lrs, "curve": curve_state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step_count, self.base_lrs = state["step_count"], state["base_lrs"]
+        # base_lrs stay those of the current config: a resume with a changed optimizer.lr (or a PBT
+        # perturbation) takes the new rate; with an unchanged config they are equal anyway.
+        self.step_count = state["step_count"]
         if state["curve"] is not None:
             self.curve.load_state_dict(state["curve"])
         self._apply()

@@ -1,0 +1,154 @@
+"""`mlrun tune CONFIG [k=v ...] [--trials N] [--timeout S] [--storage URL] [--study NAME] [--workers N] [--json]`.
+
+Searches the `tune.space` keys of the config with Optuna; each trial is a full run in
+runs/<name>/tune/trial-<n>/. A rerun continues the study. `--workers N` runs N processes against
+the same storage on this host; on a cluster, N copies of the command share a database URL.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from mlrun.config.load import load_config
+from mlrun.errors import RunFailed, UsageError
+
+
+def run_tune(
+    path: Path,
+    overrides: list[str],
+    trials: int | None,
+    timeout: float | None,
+    storage: str | None,
+    study_name: str | None,
+    workers: int,
+    json_output: bool,
+    worker: bool = False,
+) -> None:
+    config = load_config(path, overrides)
+    if config.tune is None:
+        raise UsageError(
+            f"{path}: no tune: section. Add one with metric, direction and space (see README), "
+            "or pass tune={...} as an override"
+        )
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
+    tune = config.tune
+    from mlrun.tuning.space import check_space
+
+    check_space(path, overrides, tune)
+    tune_dir = Path(config.output_dir) / config.name / "tune"
+    tune_dir.mkdir(parents=True, exist_ok=True)
+    if tune.strategy == "pbt":
+        from mlrun.tuning.pbt import run_pbt
+
+        report = run_pbt(path, overrides, config, tune_dir)
+        print(json.dumps(report) if json_output else f"mlrun: population-based training done: {report['summary']}")
+        return
+    run_study(
+        path,
+        overrides,
+        config,
+        tune_dir,
+        trials or tune.trials,
+        timeout or tune.timeout_s,
+        storage or tune.storage,
+        study_name or config.name,
+        workers,
+        json_output,
+        worker,
+    )
+
+
+def run_study(path, overrides, config, tune_dir, trials, timeout, storage, study_name, workers, json_output, worker):
+    from mlrun.tuning import report
+    from mlrun.tuning.objective import objective
+    from mlrun.tuning.study import make_pruner, make_sampler, make_storage, optuna_module
+
+    optuna = optuna_module()
+    tune = config.tune
+    store, store_text = make_storage(storage, tune_dir, workers)
+    study = optuna.create_study(
+        storage=store,
+        sampler=make_sampler(tune.sampler, tune),
+        pruner=make_pruner(tune.pruner),
+        study_name=study_name,
+        direction=tune.direction,
+        load_if_exists=True,
+    )
+    ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    helpers = [] if worker else _start_workers(path, overrides, trials, timeout, store_text, study_name, workers - 1)
+    if len(study.get_trials(states=ended)) < trials:
+        if not worker:
+            print(
+                f"mlrun: study '{study_name}' ({store_text}): {len(study.trials)} trials so far, target {trials}",
+                flush=True,
+            )
+        study.optimize(
+            objective(path, overrides, tune, tune_dir),
+            timeout=timeout,
+            callbacks=[
+                optuna.study.MaxTrialsCallback(trials, states=ended),
+                lambda s, t: print(report.trial_line(t), flush=True),
+            ],
+            catch=(UsageError, RunFailed),
+        )
+    for helper in helpers:
+        helper.wait()
+    if not worker:
+        _report(study, path, overrides, tune, tune_dir, json_output)
+
+
+def _start_workers(path, overrides, trials, timeout, storage, study_name, count) -> list[subprocess.Popen]:
+    command = [
+        sys.executable,
+        "-m",
+        "mlrun",
+        "tune",
+        str(path),
+        *overrides,
+        "--trials",
+        str(trials),
+        "--storage",
+        storage,
+        "--study",
+        study_name,
+        "--worker",
+    ]
+    if timeout:
+        command += ["--timeout", str(timeout)]
+    return [subprocess.Popen(command) for _ in range(count)]
+
+
+def _report(study, path, overrides, tune, tune_dir, json_output) -> None:
+    import optuna
+
+    from mlrun.tuning import report
+
+    report.write_csv(study, tune_dir / "trials.csv")
+    counts = {s.name.lower(): len(study.get_trials(states=(s,))) for s in optuna.trial.TrialState}
+    summary = {"study": study.study_name, "trials": len(study.trials), "states": counts, "folder": str(tune_dir)}
+    if counts["complete"]:
+        summary["best"] = {
+            "number": study.best_trial.number,
+            "value": study.best_value,
+            "params": report.write_best_config(study, path, overrides, tune, tune_dir / "best.yaml"),
+        }
+        summary["importances"] = report.write_importances(study, tune_dir)
+        summary["plots"] = report.write_plots(study, tune_dir, bool(summary["importances"]))
+    if json_output:
+        print(json.dumps(summary))
+        return
+    print(
+        f"mlrun: {summary['trials']} trials: {counts['complete']} complete, {counts['pruned']} pruned, "
+        f"{counts['fail']} failed"
+    )
+    if "best" in summary:
+        best = summary["best"]
+        print(f"mlrun: best trial {best['number']}: {tune.metric} = {best['value']:.6g} with {best['params']}")
+        print(
+            f"mlrun: wrote {tune_dir / 'best.yaml'} (train it: mlrun train {tune_dir / 'best.yaml'}), "
+            f"trials.csv, {', '.join(summary['plots']) or 'no plots'}"
+        )

@@ -1,0 +1,75 @@
+"""A trial: sampled values applied as overrides, a full training run, its metric reported to the pruner."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mlrun.callbacks import Callback
+from mlrun.config.load import load_config
+from mlrun.config.schema import TuneConfig
+from mlrun.errors import UsageError
+from mlrun.tuning.space import as_override, suggest
+
+
+class PruningReporter(Callback):
+    """Reports the tuned figure at every evaluation; stops the run when the pruner says so."""
+
+    def __init__(self, trial, metric: str):
+        self.trial, self.metric = trial, metric
+
+    def on_evaluate(self, metrics: dict[str, float], state: Any) -> None:
+        if self.metric not in metrics:
+            return
+        self.trial.report(metrics[self.metric], step=state.step)
+        if self.trial.should_prune():
+            state.should_stop, state.stop_reason = True, "pruned"
+
+
+def trial_overrides(overrides: list[str], params: dict[str, Any], name: str, output_dir: Path) -> list[str]:
+    """The overrides of one run: the user's, the sampled values, its own folder, quiet tracking."""
+    return [
+        *overrides,
+        *(as_override(k, v) for k, v in params.items()),
+        f"name={name}",
+        f"output_dir={output_dir}",
+        "tune=null",
+        "tracking=[jsonl]",
+    ]
+
+
+def figure(state, metric: str) -> float:
+    figures = {**state.last_train, **state.last_eval}
+    if metric not in figures:
+        raise UsageError(f"tune.metric: '{metric}' was never logged; logged: {', '.join(sorted(figures))}")
+    return figures[metric]
+
+
+def objective(path: Path, overrides: list[str], tune: TuneConfig, tune_dir: Path):
+    """The function Optuna calls per trial."""
+    import optuna
+
+    from mlrun.engine.run import run_training
+
+    def run(trial) -> float:
+        params = {key: suggest(trial, key, spec) for key, spec in tune.space.items()}
+        name = f"trial-{trial.number:04d}"
+        trial.set_user_attr("run_dir", str(tune_dir / name))
+        trial.set_user_attr("pid", os.getpid())  # which worker process ran it
+        try:
+            config = load_config(path, trial_overrides(overrides, params, name, tune_dir))
+        except UsageError as exc:  # a sampled combination the config rejects: recorded, not fatal
+            trial.set_user_attr("error", str(exc))
+            raise
+        started = time.perf_counter()
+        state = run_training(config, resume="never", overwrite=True, callbacks=(PruningReporter(trial, tune.metric),))
+        trial.set_user_attr("steps", state.step)
+        trial.set_user_attr("samples_seen", state.samples_seen)  # the compute a trial spent
+        trial.set_user_attr("train_time_s", round(time.perf_counter() - started, 3))
+        if state.stop_reason == "pruned":
+            raise optuna.TrialPruned(f"pruned at step {state.step}")
+        return figure(state, tune.metric)
+
+    return run

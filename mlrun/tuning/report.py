@@ -1,0 +1,98 @@
+"""What a study leaves in runs/<name>/tune/: trials.csv, best.yaml, importances.json and PNG plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import yaml
+
+from mlrun.config.load import load_config
+from mlrun.tuning.space import as_override, decode
+
+
+def trial_line(trial) -> str:
+    """One line per finished trial, for the live log."""
+    value = "" if trial.value is None else f" value {trial.value:.6g}"
+    duration = f" ({trial.duration.total_seconds():.1f}s)" if trial.duration else ""
+    params = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+    error = f" error: {trial.user_attrs['error'].splitlines()[0]}" if "error" in trial.user_attrs else ""
+    return f"trial {trial.number:>4} {trial.state.name:<8}{value}{duration} {params}{error}"
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_csv(study, path: Path) -> None:
+    keys = sorted({k for t in study.trials for k in t.params})
+    with path.open("w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["number", "state", "value", "duration_s", "steps", *keys, "error"])
+        for t in study.trials:
+            duration = t.duration.total_seconds() if t.duration else ""
+            out.writerow(
+                [
+                    t.number,
+                    t.state.name,
+                    t.value,
+                    duration,
+                    t.user_attrs.get("steps", ""),
+                    *(t.params.get(k, "") for k in keys),
+                    t.user_attrs.get("error", ""),
+                ]
+            )
+
+
+def write_best_config(study, path: Path, overrides: list[str], tune, out: Path) -> dict:
+    """A complete config with the best values that `mlrun train` accepts as it is."""
+    base = load_config(path, overrides)
+    best = study.best_trial
+    params = {k: decode(v, tune.space[k]) for k, v in best.params.items()}
+    chosen = [as_override(k, v) for k, v in params.items()]
+    config = load_config(path, [*overrides, *chosen, f"name={base.name}-best", "tune=null"])
+    header = f"# Best trial {best.number} of study '{study.study_name}': {tune.metric} = {best.value:.6g}\n"
+    out.write_text(header + yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    return params
+
+
+def write_importances(study, folder: Path) -> dict[str, float]:
+    import optuna
+
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(completed) < 2 or not completed[0].params:
+        return {}
+    try:
+        importances = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError):  # e.g. every completed trial sampled the same values
+        return {}
+    (folder / "importances.json").write_text(json.dumps(importances, indent=2) + "\n")
+    return importances
+
+
+def write_plots(study, folder: Path, with_importances: bool) -> list[str]:
+    """history.png and importances.png (matplotlib); none when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: clusters have no display
+        from optuna.visualization import matplotlib as plots
+    except ImportError:
+        return []
+    written = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+        for name, plot in [
+            ("history", plots.plot_optimization_history),
+            ("importances", plots.plot_param_importances if with_importances else None),
+        ]:
+            if plot is None:
+                continue
+            axes = plot(study)
+            axes.figure.tight_layout()
+            axes.figure.savefig(folder / f"{name}.png", dpi=100)
+            matplotlib.pyplot.close(axes.figure)
+            written.append(f"{name}.png")
+    return written

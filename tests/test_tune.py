@@ -1,0 +1,123 @@
+"""`mlrun tune` through the real CLI on digits: pruning, resume, workers, best.yaml, PBT."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import REPO, run_cli
+
+
+def tune_config(folder: Path, **tune) -> Path:
+    config = {
+        "base": str(REPO / "configs" / "quickstart.yaml"),
+        "name": "study",
+        "model": {"name": "mlp", "hidden_sizes": [64], "dropout": 0.0},
+        "metrics": ["accuracy"],
+        "train": {
+            "epochs": 4,
+            "eval_every": "5st",
+            "log_every": "20st",
+            "checkpoint_every": None,
+            "early_stopping": None,
+            "best": None,
+        },
+        "tracking": ["jsonl"],
+        "tune": {
+            "metric": "val/accuracy",
+            "direction": "maximize",
+            "trials": 8,
+            "sampler": {"name": "tpe", "seed": 1},
+            "pruner": {"name": "median", "startup_trials": 2},
+            "space": {
+                "optimizer.lr": {"type": "float", "low": 1e-6, "high": 3e-2, "log": True},
+                "model.hidden_sizes": {"type": "categorical", "choices": [[32], [64, 32]]},
+            },
+            **tune,
+        },
+    }
+    path = folder / "tune.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def trials_csv(folder: Path) -> list[dict]:
+    with (folder / "runs" / "study" / "tune" / "trials.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_study_completes_and_prunes_then_resumes_with_more_trials(tmp_path):
+    path = tune_config(tmp_path)
+    result = run_cli("tune", path, "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["states"]["complete"] >= 2 and summary["states"]["pruned"] >= 1
+    tune_dir = tmp_path / "runs" / "study" / "tune"
+    for name in ["best.yaml", "trials.csv", "history.png", "journal.log"]:
+        assert (tune_dir / name).exists(), name
+    pruned = [t for t in trials_csv(tmp_path) if t["state"] == "PRUNED"]
+    assert (
+        json.loads((tune_dir / f"trial-{int(pruned[0]['number']):04d}" / "summary.json").read_text())["status"]
+        == "pruned"
+    )
+    again = run_cli("tune", path, "--trials", "10", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert len(trials_csv(tmp_path)) == 10  # the same study, continued
+
+
+def test_best_yaml_trains(tmp_path):
+    path = tune_config(tmp_path, trials=3)
+    assert run_cli("tune", path, cwd=tmp_path).returncode == 0
+    best = tmp_path / "runs" / "study" / "tune" / "best.yaml"
+    assert "tune" not in yaml.safe_load(best.read_text()) or yaml.safe_load(best.read_text())["tune"] is None
+    result = run_cli("train", best, "train.epochs=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "runs" / "study-best" / "model.safetensors").exists()
+
+
+def test_two_workers_share_one_journal(tmp_path):
+    path = tune_config(tmp_path, trials=6, pruner={"name": "none"})
+    result = run_cli("tune", path, "--workers", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = trials_csv(tmp_path)
+    assert len(trials) >= 6 and all(t["state"] == "COMPLETE" for t in trials)
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = str(tmp_path / "runs" / "study" / "tune" / "journal.log")
+    study = optuna.load_study(study_name="study", storage=optuna.storages.JournalStorage(JournalFileBackend(journal)))
+    assert len({t.user_attrs["pid"] for t in study.trials}) == 2
+
+
+def test_invalid_space_key_fails_before_any_trial(tmp_path):
+    path = tune_config(tmp_path, space={"optimizer.lrr": {"type": "float", "low": 0.1, "high": 0.2}})
+    result = run_cli("tune", path, cwd=tmp_path)
+    assert result.returncode == 2 and "tune.space.optimizer.lrr" in result.stderr
+    assert "Did you mean 'lr'?" in result.stderr
+    assert not (tmp_path / "runs" / "study" / "tune" / "trial-0000").exists()
+
+
+def test_sqlite_is_refused_for_parallel_workers(tmp_path):
+    path = tune_config(tmp_path)
+    result = run_cli("tune", path, "--workers", "2", "--storage", f"sqlite:///{tmp_path}/s.db", cwd=tmp_path)
+    assert result.returncode == 2 and "SQLite" in result.stderr
+
+
+def test_pbt_improves_the_population_over_rounds(tmp_path):
+    path = tune_config(
+        tmp_path,
+        strategy="pbt",
+        pbt={"population": 4, "rounds": 3},
+        sampler={"seed": 0},
+        space={"optimizer.lr": {"type": "float", "low": 1e-5, "high": 3e-2, "log": True}},
+    )
+    result = run_cli("tune", path, "train.epochs=null", "train.max_steps=90", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    means = [r["mean"] for r in report["rounds"]]
+    assert means[-1] > means[0]
+    assert (tmp_path / "runs" / "study" / "tune" / "best.yaml").exists()
+    assert [len(r["members"]) for r in report["rounds"]] == [4, 4, 4]
