@@ -30,6 +30,7 @@ bench: install
 	$(PY) scripts/bench/overhead.py
 	$(PY) scripts/bench/export.py
 	$(PY) scripts/bench/tune.py
+	$(PY) scripts/bench/memory.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info .pytest_cache .ruff_cache

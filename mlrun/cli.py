@@ -76,11 +76,22 @@ def validate(
 
 
 @app.command()
-def profile(config: Config, overrides: Overrides = None) -> None:
-    """Measure throughput, step-time breakdown, MFU and memory of a config (not yet available)."""
-    from mlrun.commands.pending import not_yet
+def profile(
+    config: Config,
+    overrides: Overrides = None,
+    steps: Annotated[int, typer.Option(help="Measured optimizer steps.")] = 20,
+    warmup: Annotated[int, typer.Option(help="Steps run before measuring.")] = 3,
+    matrix: Annotated[bool, typer.Option(help="Compare precision, checkpointing, accumulation, optimizers.")] = False,
+    estimate: Annotated[
+        bool, typer.Option(help="Predict peak memory before running; show it beside the measure.")
+    ] = False,
+    trace: Annotated[bool, typer.Option(help="Write a torch.profiler trace to runs/<name>/profile/trace.")] = False,
+    json_output: Json = False,
+) -> None:
+    """Measure throughput, step-time breakdown, MFU and memory of a config, with advice."""
+    from mlrun.commands.profile import run_profile
 
-    not_yet("profile", "memory techniques and `mlrun profile`")
+    run_profile(config, overrides or [], steps, warmup, matrix, estimate, trace, json_output)
 
 
 @app.command()

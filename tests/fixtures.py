@@ -90,3 +90,27 @@ class _NoLinear(nn.Module):
 def no_linear(meta: DataMeta, /) -> nn.Module:
     """Test model: no linear layer, so int8 has nothing to quantize."""
     return _NoLinear(meta.input_shape[0], meta.num_classes)
+
+
+class _SlowArrays(torch.utils.data.Dataset):
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, sleep_s: float):
+        self.inputs, self.targets, self.sleep_s = inputs, targets, sleep_s
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitems__(self, indices):
+        import time
+
+        time.sleep(self.sleep_s)  # a slow disk or decoder
+        index = torch.as_tensor(indices)
+        return self.inputs[index], self.targets[index]
+
+
+def slow_data(seed: int, /, *, sleep_s: float = 0.02):
+    """Test dataset: synthetic classification whose every batch takes sleep_s to load."""
+    from mlrun.data.synthetic import synthetic
+
+    bundle = synthetic(seed, num_samples=640, num_features=16)
+    bundle.train = _SlowArrays(bundle.train.inputs, bundle.train.targets, sleep_s)
+    return bundle

@@ -92,11 +92,5 @@ def test_validate_print_shows_the_resolved_config(tmp_path):
     assert "is valid" in result.stdout
 
 
-@pytest.mark.parametrize("command", ["profile", "tune"])
-def test_commands_still_to_come_say_so(tmp_path, command):
-    result = run_cli(command, "c.yaml", cwd=tmp_path)
-    assert result.returncode == 2 and "not available in this version yet" in result.stderr
-
-
 def test_version(tmp_path):
     assert run_cli("--version", cwd=tmp_path).stdout.startswith("mlrun ")

@@ -113,3 +113,17 @@ def test_monitor_of_an_unlogged_metric_is_refused(tmp_path):
         "train.best.monitor",
         "'val/f1' is not logged",
     )
+
+
+@pytest.mark.parametrize("tracker, package", [("wandb", "wandb"), ("mlflow", "mlflow")])
+def test_hosted_tracker_without_its_package_says_what_to_install(tmp_path, tracker, package):
+    import importlib.util
+
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed here")
+    config = write_config(tmp_path, tiny_config())
+    assert_usage_error(
+        run_cli("validate", config, f"tracking=[{tracker}]", cwd=tmp_path),
+        f"tracker '{tracker}' needs the {package} package",
+        f"pip install {package}",
+    )

@@ -1,0 +1,112 @@
+"""`mlrun profile CONFIG [k=v ...] [--steps N] [--warmup N] [--matrix] [--estimate] [--trace] [--json]`.
+
+Measures the real config: throughput, step-time breakdown, FLOPs and MFU, memory by kind, advice.
+`--matrix` repeats it under memory techniques at equal effective batch, each case in its own
+process so memory peaks do not mix, and writes a table and a chart to runs/<name>/profile/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mlrun.config.load import load_config
+from mlrun.errors import UsageError
+
+MB = 2**20
+
+
+def run_profile(
+    path: Path,
+    overrides: list[str],
+    steps: int,
+    warmup: int,
+    matrix: bool,
+    estimate: bool,
+    trace: bool,
+    json_output: bool,
+) -> None:
+    if steps < 1 or warmup < 0:
+        raise UsageError("--steps must be at least 1 and --warmup at least 0")
+    config = load_config(path, overrides)
+    folder = Path(config.output_dir) / config.name / "profile"
+    folder.mkdir(parents=True, exist_ok=True)
+    if matrix:
+        from mlrun.profiling.matrix import run_matrix
+
+        rows = run_matrix(path, overrides, config, steps, warmup, folder)
+        print(json.dumps(rows) if json_output else "")
+        return
+    figures = profile_one(config, steps, warmup, estimate, folder / "trace" if trace else None)
+    (folder / "profile.json").write_text(json.dumps(figures, indent=2) + "\n")
+    if json_output:
+        print(json.dumps(figures))
+    else:
+        print_figures(figures, folder)
+
+
+def profile_one(config, steps: int, warmup: int, estimate: bool, trace_dir: Path | None) -> dict:
+    from mlrun.profiling.advice import advice
+    from mlrun.profiling.profile import profile_config
+
+    figures = profile_config(config, steps, warmup, trace_dir, estimate=estimate)
+    figures["advice"] = advice(figures, config)
+    if trace_dir is not None:
+        figures["trace_dir"] = str(trace_dir)
+    return figures
+
+
+def print_figures(f: dict, folder: Path) -> None:
+    tokens = f" ({f['tokens_per_s']:.0f} tokens/s)" if "tokens_per_s" in f else ""
+    print(
+        f"mlrun: profiled {f['steps']} steps on {f['device']} ({f['precision']}, batch {f['batch_size']} x "
+        f"{f['grad_accum_steps']} accumulation): {f['step_ms']:.2f} ms/step, {f['samples_per_s']:.0f} samples/s"
+        f"{tokens}"
+    )
+    parts = "  ".join(f"{k} {v:.2f} ms ({100 * v / f['step_ms']:.0f}%)" for k, v in f["breakdown_ms"].items())
+    print(f"  step time: {parts}")
+    print(
+        f"  FLOPs/step {f['flops_per_step'] / 1e9:.3f} G, achieved {f['achieved_flops'] / 1e9:.2f} GFLOP/s, "
+        f"peak {f['peak_flops'] / 1e9:.1f} GFLOP/s ({f['peak_flops_source']}): MFU {100 * f['mfu']:.1f}%"
+    )
+    m = f["memory_bytes"]
+    print(
+        f"  memory: parameters {m['parameters'] / MB:.1f} MB, gradients {m['gradients'] / MB:.1f} MB, optimizer "
+        f"state {m['optimizer_state'] / MB:.1f} MB, activations {m['activations'] / MB:.1f} MB; measured peak "
+        f"{m['measured_peak'] / MB:.1f} MB"
+    )
+    if "estimate_bytes" in f:
+        e = f["estimate_bytes"]["total"]
+        print(
+            f"  estimated peak before running: {e / MB:.1f} MB ({100 * (e / m['measured_peak'] - 1):+.0f}% of measured)"
+        )
+    for line in f["advice"]:
+        print(f"  advice: {line}")
+    if "trace_dir" in f:
+        print(f"  trace: {f['trace_dir']} (tensorboard --logdir {f['trace_dir']}, or open the .json in Perfetto)")
+    print(f"  figures: {folder / 'profile.json'}")
+
+
+def profile_in_subprocess(path: Path, overrides: list[str], steps: int, warmup: int) -> dict:
+    """One case in a fresh process, so its memory peak is its own."""
+    command = [
+        sys.executable,
+        "-m",
+        "mlrun",
+        "profile",
+        str(path),
+        *overrides,
+        "--steps",
+        str(steps),
+        "--warmup",
+        str(warmup),
+        "--estimate",
+        "--json",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ})
+    if result.returncode != 0:
+        raise UsageError(f"profiling with {' '.join(overrides[-3:])} failed: {result.stderr.strip().splitlines()[-1]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])

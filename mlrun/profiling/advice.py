@@ -1,0 +1,70 @@
+"""Advice lines computed from the profile's figures; silent when a figure gives no reason to speak."""
+
+from __future__ import annotations
+
+import os
+
+
+def _available_bytes(figures: dict) -> int | None:
+    if figures["device"].startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.get_device_properties(0).total_memory * 0.9)
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def advice(figures: dict, config) -> list[str]:
+    lines = []
+    memory = figures["memory_bytes"]
+    peak = max(1, memory["measured_peak"])
+    wait = figures["data_wait_fraction"]
+    # Only a wait long enough for worker processes to hide: in-memory batches of a tiny model take a
+    # visible share of a short step, and workers would only add overhead there.
+    if wait > 0.10 and figures["breakdown_ms"]["data"] > 1.0:
+        workers = config.data.num_workers
+        lines.append(
+            f"the data loader is the bottleneck: {100 * wait:.0f}% of each step waits for data; "
+            f"set data.num_workers: {max(2, min(8, (os.cpu_count() or 2)))} (now {workers})"
+        )
+    techniques = [t.name for t in config.techniques]
+    share = memory["activations"] / peak
+    if config.train.precision == "fp32":
+        lines.append(
+            f"bf16 would save about {100 * 0.5 * share:.0f}% of peak memory (activations stored in half "
+            "precision): set train.precision: bf16"
+        )
+    if share > 0.5 and "activation_checkpointing" not in techniques:
+        lines.append(
+            f"activations are {100 * share:.0f}% of peak memory: techniques: [activation_checkpointing] "
+            "keeps only each block's input, for about a third more compute"
+        )
+    if "activation_checkpointing" in techniques and share < 0.2:
+        lines.append(
+            f"activation checkpointing is not worth it here: activations are only {100 * share:.0f}% of "
+            "peak memory, and it recomputes every wrapped block"
+        )
+    if memory["optimizer_state"] > 1.5 * memory["parameters"] and config.optimizer.name != "adafactor":
+        lines.append(
+            f"optimizer state is {100 * memory['optimizer_state'] / peak:.0f}% of peak memory: "
+            "optimizer: adafactor keeps factored statistics instead"
+        )
+    available = _available_bytes(figures)
+    per_sample = memory["activations"] / max(1, config.data.batch_size)
+    fixed = memory["parameters"] + memory["gradients"] + memory["optimizer_state"]
+    if available and per_sample > 0:
+        fits = int((available - fixed) / (per_sample * 2))  # x2: backward's buffers beside the saved ones
+        if fits > 2 * config.data.batch_size:
+            lines.append(
+                f"the batch could grow to about {fits} samples per process in the {available / 2**30:.1f} "
+                f"GiB available (now {config.data.batch_size})"
+            )
+    if figures["device"].startswith("cuda") and figures["mfu"] < 0.2:
+        lines.append(f"MFU is {100 * figures['mfu']:.0f}%: try train.compile: true, bf16, and a larger batch")
+    return lines

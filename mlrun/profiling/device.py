@@ -1,0 +1,47 @@
+"""Peak arithmetic rate of the device, for MFU: a table for GPUs, a matmul measured on the spot for CPUs."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+# Dense peak FLOP/s (no sparsity) by GPU name fragment and dtype; from the vendors' data sheets.
+GPU_PEAKS = {
+    "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
+    "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},  # SXM; PCIe parts are lower
+    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},
+    "L4": {"bf16": 121e12, "fp16": 121e12, "fp32": 30e12},
+    "A10": {"bf16": 125e12, "fp16": 125e12, "fp32": 31e12},
+    "V100": {"bf16": 0.0, "fp16": 125e12, "fp32": 15.7e12},
+    "T4": {"bf16": 0.0, "fp16": 65e12, "fp32": 8.1e12},
+}
+
+
+def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
+    """(FLOP/s, where the figure comes from)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for fragment, peaks in GPU_PEAKS.items():
+            if fragment in name and peaks.get(precision):
+                return peaks[precision], f"{name} data sheet ({precision})"
+    rate = measured_matmul_rate(device, torch.bfloat16 if precision == "bf16" else torch.float32)
+    return rate, f"measured {precision} matmul on {device.type}"
+
+
+def measured_matmul_rate(device: torch.device, dtype: torch.dtype, size: int = 1024, repeats: int = 10) -> float:
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronize(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

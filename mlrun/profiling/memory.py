@@ -1,0 +1,99 @@
+"""Where training memory goes: parameters, gradients, optimizer state, activations.
+
+Activations are measured exactly on any device as the bytes autograd saves for backward during one
+micro-batch (storages counted once); activation checkpointing shows up as fewer saved bytes. The
+process's resident memory gives the measured peak on CPU; CUDA's allocator statistics on GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def tensor_bytes(tensors) -> int:
+    seen, total = set(), 0
+    for t in tensors:
+        if t is None:
+            continue
+        key = t.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    return tensor_bytes(model.parameters())
+
+
+def gradient_bytes(model: nn.Module) -> int:
+    """What gradients take during backward: one per trainable parameter, in the parameter's dtype."""
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    inner = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper
+    return tensor_bytes(v for state in inner.state.values() for v in state.values() if torch.is_tensor(v))
+
+
+class SavedActivations:
+    """Counts the bytes autograd saves for backward while active (`with SavedActivations() as saved:`)."""
+
+    def __init__(self) -> None:
+        self.storages: dict[int, int] = {}
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        self.storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    def __enter__(self) -> SavedActivations:
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.storages.values())
+
+
+def resident_bytes() -> int:
+    """Current resident set size of this process (Linux /proc)."""
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+class ResidentPeak:
+    """Samples the resident set size every millisecond in a thread: the CPU's peak memory of a block.
+
+    `peak - base` is what the block added on top of what existed when it began (glibc keeps freed
+    memory, so a second pass of the same work adds little: measure each case in a fresh process).
+    """
+
+    def __init__(self, interval_s: float = 0.001):
+        self.interval_s = interval_s
+        self.base = self.peak = resident_bytes()
+
+    def __enter__(self) -> ResidentPeak:
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, resident_bytes())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, resident_bytes())

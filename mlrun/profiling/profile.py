@@ -1,0 +1,193 @@
+"""Warm-up, then N measured optimizer steps of the real config, with a timer around each phase.
+
+The step is the training loop's own (same components, same Accelerate verbs), written out here
+with a synchronisation between phases: the breakdown needs it, the training loop must not pay it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from mlrun.config.schema import ExperimentConfig
+from mlrun.engine.batches import train_loader
+from mlrun.engine.build import build_components
+from mlrun.profiling.device import peak_flops, synchronize
+from mlrun.profiling.memory import (
+    ResidentPeak,
+    SavedActivations,
+    gradient_bytes,
+    optimizer_state_bytes,
+    parameter_bytes,
+)
+
+PHASES = ("data", "forward", "backward", "optimizer")
+
+
+def profile_config(
+    config: ExperimentConfig, steps: int, warmup: int, trace_dir: Path | None = None, estimate: bool = False
+) -> dict:
+    from mlrun.engine.run import make_accelerator
+
+    accelerator = make_accelerator(config)
+    parts = build_components(config)
+    device = accelerator.device
+    loader, sampler = train_loader(parts.bundle.train, config.data, config.seed, device.type == "cuda")
+    model, optimizer, loader = accelerator.prepare(parts.model, parts.optimizer, loader)
+    if config.train.compile:
+        model = torch.compile(model)
+    batches = _endless(loader)
+    accum = config.train.grad_accum_steps
+    predicted = None
+    if estimate:  # before any step: no gradient or optimizer state exists yet
+        from mlrun.profiling.estimate import estimate_peak
+
+        inputs, targets = next(batches)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision)
+        predicted = estimate_peak(
+            model, parts.loss_fn, inputs, targets, config.optimizer.name, config.optimizer.settings, dtype
+        )
+
+    times: dict[str, float] = defaultdict(float)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    # Sampled from before the first step: the allocator keeps what warm-up freed, so a later start
+    # would miss the memory training needs.
+    with ResidentPeak() as resident:
+        for _ in range(warmup):
+            _step(accelerator, model, optimizer, parts.loss_fn, batches, accum, config.train.max_grad_norm, None)
+        with _trace(trace_dir) as tracer:
+            start = time.perf_counter()
+            samples = sum(
+                _step(
+                    accelerator,
+                    model,
+                    optimizer,
+                    parts.loss_fn,
+                    batches,
+                    accum,
+                    config.train.max_grad_norm,
+                    times,
+                    tracer,
+                )
+                for _ in range(steps)
+            )
+            total_s = time.perf_counter() - start
+    flops = flops_per_step(model, parts.loss_fn, batches, accum)
+    with SavedActivations() as saved:
+        inputs, targets = next(batches)
+        parts.loss_fn(model(inputs), targets)
+    peak, source = peak_flops(device, config.train.precision)
+    step_s = total_s / steps
+    memory = {
+        "parameters": parameter_bytes(model),
+        "gradients": gradient_bytes(model),
+        "optimizer_state": optimizer_state_bytes(optimizer),
+        "activations": saved.bytes,
+    }
+    if device.type == "cuda":
+        memory["measured_peak"] = int(torch.cuda.max_memory_allocated(device))
+    else:  # what training added to resident memory, on top of the parameters that existed before it
+        memory["measured_peak"] = memory["parameters"] + resident.peak - resident.base
+    breakdown = {phase: times[phase] / steps for phase in PHASES}
+    breakdown["other"] = max(0.0, step_s - sum(breakdown.values()))
+    meta = parts.bundle.meta
+    figures = {
+        "device": str(device),
+        "precision": config.train.precision,
+        "steps": steps,
+        "batch_size": config.data.batch_size,
+        "grad_accum_steps": accum,
+        "effective_batch": config.data.batch_size * accum * accelerator.num_processes,
+        "step_ms": step_s * 1e3,
+        "samples_per_s": samples / total_s,
+        "breakdown_ms": {k: v * 1e3 for k, v in breakdown.items()},
+        "data_wait_fraction": breakdown["data"] / step_s,
+        "flops_per_step": flops,
+        "achieved_flops": flops / step_s,
+        "peak_flops": peak,
+        "peak_flops_source": source,
+        "mfu": flops / step_s / peak,
+        "memory_bytes": memory,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    if meta.seq_len:
+        figures["tokens_per_s"] = figures["samples_per_s"] * meta.seq_len
+    if predicted is not None:
+        figures["estimate_bytes"] = predicted
+    return figures
+
+
+def _endless(loader):
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _step(accelerator, model, optimizer, loss_fn, batches, accum, max_grad_norm, times, tracer=None) -> int:
+    """One optimizer step (accum micro-batches) with a synchronised timer around each phase."""
+    device, samples = accelerator.device, 0
+
+    def phase(name, start):
+        if times is not None:
+            synchronize(device)
+            times[name] += time.perf_counter() - start
+        return time.perf_counter()
+
+    for _ in range(accum):
+        t = time.perf_counter()
+        inputs, targets = next(batches)
+        t = phase("data", t)
+        with accelerator.accumulate(model):
+            loss = loss_fn(model(inputs), targets)
+            t = phase("forward", t)
+            accelerator.backward(loss)
+            t = phase("backward", t)
+            if accelerator.sync_gradients and max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            phase("optimizer", t)
+        samples += len(inputs) * accelerator.num_processes
+    if tracer is not None:
+        tracer.step()
+    return samples
+
+
+def flops_per_step(model, loss_fn, batches, accum: int) -> int:
+    """FLOPs of forward and backward over one optimizer step (torch.utils.flop_counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    inputs, targets = next(batches)
+    with FlopCounterMode(display=False) as counter:
+        loss_fn(model(inputs), targets).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() * accum
+
+
+class _NoTrace:
+    def step(self) -> None:
+        pass
+
+
+def _trace(folder: Path | None):
+    """torch.profiler over the measured steps, written for TensorBoard and Perfetto (chrome trace)."""
+    if folder is None:
+        import contextlib
+
+        return contextlib.nullcontext(_NoTrace())
+    from torch.profiler import ProfilerActivity, profile, tensorboard_trace_handler
+
+    folder.mkdir(parents=True, exist_ok=True)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    return profile(
+        activities=activities,
+        on_trace_ready=tensorboard_trace_handler(str(folder)),
+        record_shapes=True,
+        profile_memory=True,
+    )

@@ -1,0 +1,82 @@
+"""`mlrun profile` through the real CLI: figures, memory split, checkpointing, estimate, advice, matrix, trace."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli, tiny_config, write_config
+
+DEEP = {"name": "mlp", "hidden_sizes": [512] * 6, "dropout": 0.0}
+BIG_BATCH = {"name": "synthetic", "num_samples": 2048, "num_features": 64, "batch_size": 512}
+
+
+def profile(tmp_path, config: dict, *args: str) -> dict:
+    result = run_cli(
+        "profile", write_config(tmp_path, config), "--steps", "5", "--warmup", "2", *args, "--json", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_every_figure_is_present_and_sane(tmp_path):
+    f = profile(tmp_path, tiny_config())
+    assert f["samples_per_s"] > 0 and f["step_ms"] > 0
+    assert set(f["breakdown_ms"]) == {"data", "forward", "backward", "optimizer", "other"}
+    assert sum(f["breakdown_ms"].values()) == pytest.approx(f["step_ms"], rel=0.05)
+    assert f["flops_per_step"] > 0 and 0 < f["mfu"] < 1.5 and f["peak_flops"] > 0
+    m = f["memory_bytes"]
+    assert m["parameters"] > 0 and m["gradients"] == m["parameters"]
+    # AdamW: two fp32 moments per parameter, plus a scalar step count per tensor.
+    assert 2 * m["parameters"] <= m["optimizer_state"] <= 2 * m["parameters"] + 1024
+    assert m["activations"] > 0 and m["measured_peak"] >= m["parameters"]
+    assert (tmp_path / "runs" / "tiny" / "profile" / "profile.json").exists()
+
+
+def test_checkpointing_lowers_activation_memory_of_a_deep_model(tmp_path):
+    config = tiny_config(model=DEEP, data=BIG_BATCH)
+    plain = profile(tmp_path, config)["memory_bytes"]["activations"]
+    checkpointed = profile(tmp_path, {**config, "techniques": ["activation_checkpointing"]})["memory_bytes"]
+    assert checkpointed["activations"] < 0.7 * plain  # only each block's input is kept
+
+
+def test_estimate_lands_near_the_measured_peak(tmp_path):
+    f = profile(tmp_path, tiny_config(model=DEEP, data=BIG_BATCH), "--estimate")
+    error = f["estimate_bytes"]["total"] / f["memory_bytes"]["measured_peak"] - 1
+    assert abs(error) <= 0.25, f"estimate off by {100 * error:.0f}%"
+
+
+def test_advice_names_a_slow_loader_and_stays_silent_for_a_fast_one(tmp_path):
+    slow = profile(tmp_path, tiny_config(data={"name": "tests.fixtures:slow_data", "batch_size": 32}))
+    assert slow["data_wait_fraction"] > 0.3
+    assert any("data loader is the bottleneck" in line for line in slow["advice"])
+    fast = profile(tmp_path, tiny_config())
+    assert not any("data loader" in line for line in fast["advice"])
+
+
+def test_trace_is_written(tmp_path):
+    f = profile(tmp_path, tiny_config(), "--trace")
+    assert list((tmp_path / "runs" / "tiny" / "profile" / "trace").glob("*.json"))
+    assert f["trace_dir"].endswith("trace")
+
+
+def test_matrix_compares_techniques_at_equal_effective_batch(tmp_path):
+    result = run_cli(
+        "profile",
+        write_config(tmp_path, tiny_config(model=DEEP, data=BIG_BATCH)),
+        "--matrix",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [r["case"] for r in rows][:4] == ["fp32", "bf16", "bf16+ckpt", "bf16+ckpt+accum4"]
+    assert len(rows) == 8 and rows[0]["memory_saved"] == 0
+    assert rows[3]["memory_bytes"]["activations"] < rows[0]["memory_bytes"]["activations"]
+    folder = tmp_path / "runs" / "tiny" / "profile"
+    assert (folder / "matrix.json").exists() and (folder / "matrix.png").exists()
