@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import torch
 from torch import nn
 
 
@@ -23,6 +24,10 @@ class Callback:
 
     def on_evaluate(self, metrics: dict[str, float], state: Any) -> None:
         """After each evaluation, with its metrics (val/loss, val/<metric>)."""
+
+    def wrap_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """At build time: the optimizer the loop should use (optimizer_in_backward replaces it)."""
+        return optimizer
 
     def weights(self, model: nn.Module) -> contextlib.AbstractContextManager:
         """Weights to evaluate and save with (EMA swaps in its average); default the model's own."""

@@ -80,3 +80,39 @@ def test_matrix_compares_techniques_at_equal_effective_batch(tmp_path):
     assert rows[3]["memory_bytes"]["activations"] < rows[0]["memory_bytes"]["activations"]
     folder = tmp_path / "runs" / "tiny" / "profile"
     assert (folder / "matrix.json").exists() and (folder / "matrix.png").exists()
+
+
+@pytest.mark.parametrize("name, most", [("adamw8bit", 0.3), ("adamw4bit", 0.2)])
+def test_low_bit_adamw_state_is_a_fraction_of_adamw(tmp_path, name, most):
+    pytest.importorskip("torchao")
+    config = tiny_config(model=DEEP, data=BIG_BATCH)
+    full = profile(tmp_path, config)["memory_bytes"]["optimizer_state"]
+    small = profile(tmp_path, {**config, "optimizer": {"name": name, "lr": 1e-3}})["memory_bytes"]["optimizer_state"]
+    assert small < most * full
+
+
+def test_optimizer_in_backward_holds_one_gradient_at_a_time(tmp_path):
+    config = tiny_config(model=DEEP, data=BIG_BATCH, techniques=["optimizer_in_backward"])
+    f = profile(tmp_path, config)
+    assert f["memory_bytes"]["gradients"] < 0.5 * f["memory_bytes"]["parameters"]
+
+
+def test_auto_batch_size_fills_the_budget_and_is_written_as_a_number(tmp_path):
+    config = tiny_config(model=DEEP, data={**BIG_BATCH, "batch_size": "auto"})
+    config["train"] = {**config["train"], "memory_budget_gb": 0.05, "epochs": 1}
+    result = run_cli("train", write_config(tmp_path, config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    import yaml
+
+    written = yaml.safe_load((tmp_path / "runs" / "tiny" / "config.yaml").read_text())["data"]["batch_size"]
+    assert isinstance(written, int) and 8 <= written < 2048
+    assert f"data.batch_size: auto -> {written}" in result.stdout
+    f = profile(tmp_path, {**config, "data": {**BIG_BATCH, "batch_size": written}}, "--estimate")
+    assert f["estimate_bytes"]["total"] <= 0.05 * 2**30  # the batch found fits the budget by the same estimate
+
+
+def test_auto_batch_size_with_an_impossible_budget_is_exit_2(tmp_path):
+    config = tiny_config(model=DEEP, data={**BIG_BATCH, "batch_size": "auto"})
+    config["train"] = {**config["train"], "memory_budget_gb": 0.001}
+    result = run_cli("train", write_config(tmp_path, config), cwd=tmp_path)
+    assert result.returncode == 2 and "not even a batch of 1 fits" in result.stderr

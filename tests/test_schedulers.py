@@ -77,6 +77,7 @@ def test_plateau_reduces_after_patience_and_survives_state_dict():
         schedule.observe({"val/loss": loss})
     assert schedule.last_lr() == pytest.approx(0.05)
     state = schedule.state_dict()
-    fresh = LRSchedule(optimizer, schedulers.build("plateau", TOTAL, 0, patience=1, factor=0.5), 0, 0.0)
+    rebuilt = torch.optim.SGD([param], lr=LR)  # as a resumed run builds it from the config
+    fresh = LRSchedule(rebuilt, schedulers.build("plateau", TOTAL, 0, patience=1, factor=0.5), 0, 0.0)
     fresh.load_state_dict(state)
     assert fresh.last_lr() == pytest.approx(0.05)

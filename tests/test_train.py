@@ -255,3 +255,17 @@ def test_data_loader_workers_train_and_resume_exactly(tmp_path):
     assert train(tmp_path, killed)[0].returncode == 0
     a, b = weights(tmp_path / "runs" / "w_straight"), weights(tmp_path / "runs" / "w_resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_optimizer_in_backward_trains_like_the_plain_optimizer(tmp_path):
+    plain, _ = train(tmp_path, tiny_config(name="plainopt"))
+    inback, _ = train(tmp_path, tiny_config(name="inback", techniques=["optimizer_in_backward"]))
+    assert plain.returncode == 0 and inback.returncode == 0, inback.stderr
+    a, b = weights(tmp_path / "runs" / "plainopt"), weights(tmp_path / "runs" / "inback")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_optimizer_in_backward_refuses_accumulation_and_clipping(tmp_path):
+    config = tiny_config(name="bad", techniques=["optimizer_in_backward"])
+    result, _ = train(tmp_path, config, "train.max_grad_norm=1.0")
+    assert result.returncode == 2 and "cannot accumulate or clip" in result.stderr

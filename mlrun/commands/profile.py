@@ -34,6 +34,11 @@ def run_profile(
     config = load_config(path, overrides)
     folder = Path(config.output_dir) / config.name / "profile"
     folder.mkdir(parents=True, exist_ok=True)
+    if config.data.batch_size == "auto":
+        from mlrun.engine.autobatch import resolve_batch_size
+
+        config = resolve_batch_size(config)
+        overrides = [*overrides, f"data.batch_size={config.data.batch_size}"]  # every matrix case the same
     if matrix:
         from mlrun.profiling.matrix import run_matrix
 

@@ -63,6 +63,15 @@ DurationField = Annotated[
 ]
 
 
+def _batch_size(value: Any) -> Any:
+    """A positive integer or 'auto', with one message for anything else."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError("Input should be greater than 0 (or 'auto' for the largest batch that fits)")
+    raise ValueError("expected a positive integer or 'auto'")
+
+
 class Section(BaseModel):
     """A fixed section: unknown keys are errors, values never change after loading."""
 
@@ -118,8 +127,8 @@ class DataSpec(ComponentSpec):
 
     registry_kind = "datasets"
 
-    batch_size: PositiveInt = 64
-    """Samples per training micro-batch, per process."""
+    batch_size: Annotated[int | Literal["auto"], BeforeValidator(lambda v: _batch_size(v))] = 64
+    """Samples per training micro-batch, per process; auto: the largest that fits (train.memory_budget_gb)."""
     eval_batch_size: PositiveInt | None = None
     """Samples per evaluation batch; default: 4x batch_size."""
     num_workers: NonNegativeInt = 0
@@ -192,6 +201,8 @@ class TrainConfig(Section):
     """A NaN/inf loss: stop (status failed, exit 1; checked at each log) or skip the step (one sync a step)."""
     compile: bool = False
     """Compile the model with torch.compile."""
+    memory_budget_gb: PositiveFloat | None = None
+    """Memory data.batch_size: auto may fill; default 90% of the GPU, or half the available RAM on CPU."""
     deterministic: bool = False
     """Use only deterministic kernels (torch.use_deterministic_algorithms); slower on GPU."""
 
@@ -321,6 +332,9 @@ class ExperimentConfig(Section):
     """Where figures go besides metrics.jsonl (always written): console, tensorboard, wandb, mlflow."""
     tune: TuneConfig | None = None
     """Hyperparameter search settings, used by `mlrun tune` (ignored by `mlrun train`)."""
+
+    def has_technique(self, name: str) -> bool:
+        return any(technique.name == name for technique in self.techniques)
 
 
 def component_fields(config: BaseModel) -> list[tuple[tuple[str | int, ...], ComponentSpec]]:

@@ -66,12 +66,19 @@ def build(spec: ComponentSpec, *runtime):
 
 
 def build_components(config: ExperimentConfig) -> Components:
+    if config.data.batch_size == "auto":
+        from mlrun.engine.autobatch import resolve_batch_size
+
+        config = resolve_batch_size(config)  # Components.config then holds the number found
     seed_everything(config.seed)
     bundle = build_data(config.data, config.seed)
     plan = plan_steps(len(bundle.train), config.data, config.train)
     model = build(config.model, bundle.meta)
     callbacks = [cb for spec in config.techniques if (cb := build(spec, model)) is not None]
     optimizer = build(config.optimizer, model)
+    for callback in callbacks:
+        optimizer = callback.wrap_optimizer(optimizer)
+    check_in_backward(config)
     warmup = config.scheduler.warmup_steps or round(config.scheduler.warmup_ratio * plan.total_steps)
     curve = build(config.scheduler, plan.total_steps, warmup)
     schedule = LRSchedule(optimizer, curve, warmup, config.scheduler.warmup_start_factor)
@@ -89,6 +96,16 @@ def build_components(config: ExperimentConfig) -> Components:
         trackers=build_trackers(config),
         plan=plan,
     )
+
+
+def check_in_backward(config: ExperimentConfig) -> None:
+    if config.has_technique("optimizer_in_backward"):
+        if config.train.grad_accum_steps > 1 or config.train.max_grad_norm:
+            raise UsageError(
+                "techniques: optimizer_in_backward steps each parameter as soon as its gradient is "
+                "ready, so it cannot accumulate or clip: set train.grad_accum_steps: 1 and "
+                "train.max_grad_norm: null"
+            )
 
 
 def build_data(spec: DataSpec, seed: int) -> DatasetBundle:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from mlrun.callbacks import Callback
+from mlrun.config.load import load_config
 from mlrun.config.schema import ExperimentConfig
 from mlrun.engine.checkpoint import latest_checkpoint, resolve_resume
 from mlrun.engine.run_dir import FINISHED, manifest, peak_memory_bytes, read_summary, write_config, write_json
@@ -28,7 +29,11 @@ def run_training(
     run_dir = Path(config.output_dir) / config.name
     resume_from = prepare_run_dir(run_dir, resume, overwrite)
     accelerator = make_accelerator(config)
+    if resume_from is not None and config.data.batch_size == "auto":
+        # A resumed run keeps the batch size it started with: its data position counts in those batches.
+        config = load_config(run_dir / "config.yaml")
     parts = build_components(config)
+    config = parts.config  # data.batch_size: auto resolved to a number, written so reruns are exact
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(run_dir, config.model_dump(mode="json"))

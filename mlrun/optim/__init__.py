@@ -1,1 +1,3 @@
-"""Optimizers (`mlrun.optim.optimizers`) and learning-rate schedules (`mlrun.optim.schedulers`)."""
+"""Optimizers and learning-rate schedules; importing the package registers the optimizers."""
+
+from mlrun.optim import lowbit, optimizers  # noqa: F401

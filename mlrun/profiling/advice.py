@@ -33,19 +33,18 @@ def advice(figures: dict, config) -> list[str]:
             f"the data loader is the bottleneck: {100 * wait:.0f}% of each step waits for data; "
             f"set data.num_workers: {max(2, min(8, (os.cpu_count() or 2)))} (now {workers})"
         )
-    techniques = [t.name for t in config.techniques]
     share = memory["activations"] / peak
     if config.train.precision == "fp32":
         lines.append(
             f"bf16 would save about {100 * 0.5 * share:.0f}% of peak memory (activations stored in half "
             "precision): set train.precision: bf16"
         )
-    if share > 0.5 and "activation_checkpointing" not in techniques:
+    if share > 0.5 and not config.has_technique("activation_checkpointing"):
         lines.append(
             f"activations are {100 * share:.0f}% of peak memory: techniques: [activation_checkpointing] "
             "keeps only each block's input, for about a third more compute"
         )
-    if "activation_checkpointing" in techniques and share < 0.2:
+    if config.has_technique("activation_checkpointing") and share < 0.2:
         lines.append(
             f"activation checkpointing is not worth it here: activations are only {100 * share:.0f}% of "
             "peak memory, and it recomputes every wrapped block"

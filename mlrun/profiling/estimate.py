@@ -13,8 +13,18 @@ from torch import nn
 
 from mlrun.profiling.memory import SavedActivations, gradient_bytes, parameter_bytes
 
-# Optimizer state in fp32 values per parameter element.
-STATE_VALUES = {"adamw": 2, "adam": 2, "lamb": 2, "rmsprop": 1, "adagrad": 1, "sgd": 1}
+# Optimizer state in fp32 values (4 bytes) per parameter element; low-bit AdamW stores 2 or 1 byte
+# (plus a small per-block scale, counted as overhead).
+STATE_VALUES = {
+    "adamw": 2,
+    "adam": 2,
+    "lamb": 2,
+    "rmsprop": 1,
+    "adagrad": 1,
+    "sgd": 1,
+    "adamw8bit": 0.5,
+    "adamw4bit": 0.25,
+}
 FIXED_OVERHEAD_BYTES = 16 * 2**20  # allocator slack and autograd bookkeeping, measured on CPU runs
 
 
@@ -27,7 +37,7 @@ def optimizer_state_estimate(model: nn.Module, optimizer_name: str, settings: di
         values = 0
     if optimizer_name == "rmsprop" and settings.get("momentum", 0.0):
         values += 1
-    return values * 4 * sum(p.numel() for p in params)
+    return int(values * 4 * sum(p.numel() for p in params))
 
 
 def _saved_by_forward(model, loss_fn, inputs, targets, autocast_dtype) -> tuple[SavedActivations, torch.Tensor]:
@@ -60,6 +70,7 @@ def estimate_peak(
     optimizer_name: str,
     settings: dict,
     autocast_dtype: torch.dtype | None,
+    in_backward: bool = False,
 ) -> dict[str, int]:
     saved, logits = _saved_by_forward(model, loss_fn, inputs, targets, autocast_dtype)
     # Backward holds the gradient of the largest saved activation alongside the graph, twice over.
@@ -70,7 +81,7 @@ def estimate_peak(
             transient += 2 * (full.bytes - saved.bytes) // wrapped  # and their gradients
     parts = {
         "parameters": parameter_bytes(model),
-        "gradients": gradient_bytes(model),
+        "gradients": gradient_bytes(model, in_backward),
         "optimizer_state": optimizer_state_estimate(model, optimizer_name, settings),
         "activations": saved.bytes,
         "transient": transient,

@@ -11,11 +11,19 @@ import torch
 from torch import nn
 
 
+def _plain_tensors(tensor: torch.Tensor):
+    """The plain tensors behind a tensor subclass (torchao's quantized optimizer state), else itself."""
+    if hasattr(tensor, "__tensor_flatten__"):
+        names, _ = tensor.__tensor_flatten__()
+        for name in names:
+            yield from _plain_tensors(getattr(tensor, name))
+    else:
+        yield tensor
+
+
 def tensor_bytes(tensors) -> int:
     seen, total = set(), 0
-    for t in tensors:
-        if t is None:
-            continue
+    for t in (plain for tensor in tensors if tensor is not None for plain in _plain_tensors(tensor)):
         key = t.untyped_storage().data_ptr()
         if key not in seen:
             seen.add(key)
@@ -27,14 +35,19 @@ def parameter_bytes(model: nn.Module) -> int:
     return tensor_bytes(model.parameters())
 
 
-def gradient_bytes(model: nn.Module) -> int:
-    """What gradients take during backward: one per trainable parameter, in the parameter's dtype."""
-    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+def gradient_bytes(model: nn.Module, in_backward: bool = False) -> int:
+    """What gradients take at the peak: every trainable parameter's, or the largest one's when the
+    optimizer steps and frees each gradient during backward."""
+    sizes = [p.numel() * p.element_size() for p in model.parameters() if p.requires_grad]
+    return max(sizes, default=0) if in_backward else sum(sizes)
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     inner = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper
-    return tensor_bytes(v for state in inner.state.values() for v in state.values() if torch.is_tensor(v))
+    optimizers = [o for o, _ in inner.per_param.values()] if hasattr(inner, "per_param") else [inner]
+    return tensor_bytes(
+        v for o in optimizers for state in o.state.values() for v in state.values() if torch.is_tensor(v)
+    )
 
 
 class SavedActivations:

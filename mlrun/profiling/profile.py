@@ -48,7 +48,14 @@ def profile_config(
         inputs, targets = next(batches)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision)
         predicted = estimate_peak(
-            model, parts.loss_fn, inputs, targets, config.optimizer.name, config.optimizer.settings, dtype
+            model,
+            parts.loss_fn,
+            inputs,
+            targets,
+            config.optimizer.name,
+            config.optimizer.settings,
+            dtype,
+            config.has_technique("optimizer_in_backward"),
         )
 
     times: dict[str, float] = defaultdict(float)
@@ -84,7 +91,7 @@ def profile_config(
     step_s = total_s / steps
     memory = {
         "parameters": parameter_bytes(model),
-        "gradients": gradient_bytes(model),
+        "gradients": gradient_bytes(model, config.has_technique("optimizer_in_backward")),
         "optimizer_state": optimizer_state_bytes(optimizer),
         "activations": saved.bytes,
     }
