@@ -65,14 +65,14 @@ def build(spec: ComponentSpec, *runtime):
         raise UsageError(f"{registry.kind[:-1]} '{spec.name}': {exc}") from None
 
 
-def build_components(config: ExperimentConfig) -> Components:
+def build_components(config: ExperimentConfig, num_processes: int = 1) -> Components:
     if config.data.batch_size == "auto":
         from mlrun.engine.autobatch import resolve_batch_size
 
         config = resolve_batch_size(config)  # Components.config then holds the number found
     seed_everything(config.seed)
     bundle = build_data(config.data, config.seed)
-    plan = plan_steps(len(bundle.train), config.data, config.train)
+    plan = plan_steps(len(bundle.train), config.data, config.train, num_processes)
     model = build(config.model, bundle.meta)
     callbacks = [cb for spec in config.techniques if (cb := build(spec, model)) is not None]
     optimizer = build(config.optimizer, model)
@@ -116,8 +116,10 @@ def build_data(spec: DataSpec, seed: int) -> DatasetBundle:
     return bundle
 
 
-def plan_steps(train_size: int, data: DataSpec, train: TrainConfig) -> StepPlan:
+def plan_steps(train_size: int, data: DataSpec, train: TrainConfig, num_processes: int = 1) -> StepPlan:
+    """Batches and optimizer steps per epoch as each process sees them (batches are dealt round-robin)."""
     batches = train_size // data.batch_size if data.drop_last else math.ceil(train_size / data.batch_size)
+    batches = batches // num_processes if data.drop_last else math.ceil(batches / num_processes)
     if batches == 0:
         raise UsageError(
             f"data.batch_size: {data.batch_size} is larger than the {train_size} training samples "

@@ -109,9 +109,12 @@ class TrainingLoop:
         return self.state.step >= self.parts.plan.total_steps or self.state.should_stop
 
     def _train_epoch(self) -> None:
-        # Through the prepared loader: Accelerate re-applies its own epoch counter at every pass.
+        # Through the prepared loader (Accelerate re-applies its own epoch counter at every pass) and
+        # directly: under several processes its BatchSamplerShard does not pass set_epoch on.
         self.loader.set_epoch(self.state.epoch)
-        self.sampler.start_at(self.state.batch_in_epoch)
+        self.sampler.set_epoch(self.state.epoch)
+        # The sampler counts global batches; each process has consumed batch_in_epoch of every n.
+        self.sampler.start_at(self.state.batch_in_epoch * self.accelerator.num_processes)
         for inputs, targets in self.loader:
             self._micro_step(inputs, targets)
             if self.accelerator.sync_gradients and self._after_optimizer_step():
@@ -162,9 +165,17 @@ class TrainingLoop:
         if state.step % self.train_cfg.log_every.count == 0 or state.step == self.parts.plan.total_steps:
             self._log_train()
         self._at_boundary("st", state.step)
-        if self.signals.received is not None:
+        if self._signalled():
             self._interrupt()
         return self._should_end()
+
+    def _signalled(self) -> bool:
+        """Whether a stop signal arrived, agreed by all processes (one tiny all-reduce a step when several)."""
+        if self.accelerator.num_processes == 1:
+            return self.signals.received is not None
+        if self.signals.received is not None:
+            self.accelerator.set_trigger()
+        return self.accelerator.check_trigger()
 
     def _at_boundary(self, unit: str, count: int) -> None:
         """Evaluate and checkpoint when `eval_every` / `checkpoint_every` fall due in this unit."""
@@ -202,8 +213,16 @@ class TrainingLoop:
         self.clock, self.clock_paused_s = now, 0.0
 
     def _window_loss_values(self) -> list[float]:
-        """The window's losses on the host: the one device sync of a log."""
-        return torch.stack(self.window_losses).float().tolist() if self.window_losses else []
+        """The window's losses on the host, averaged over processes: the one device sync of a log.
+
+        Every rank gets the same values, so a NaN on one rank stops all of them at the same step.
+        """
+        if not self.window_losses:
+            return []
+        losses = torch.stack(self.window_losses).float()
+        if self.accelerator.num_processes > 1:
+            losses = self.accelerator.reduce(losses, reduction="mean")
+        return losses.tolist()
 
     def _log_train(self) -> None:
         values = self._window_loss_values()

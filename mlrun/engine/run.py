@@ -27,12 +27,16 @@ def run_training(
     from mlrun.engine.loop import TrainingLoop
 
     run_dir = Path(config.output_dir) / config.name
-    resume_from = prepare_run_dir(run_dir, resume, overwrite)
     accelerator = make_accelerator(config)
+    # Every rank checks (and raises the same error); only the main process clears anything.
+    resume_from, clear = decide_resume(run_dir, resume, overwrite)
+    if clear and accelerator.is_main_process:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    accelerator.wait_for_everyone()
     if resume_from is not None and config.data.batch_size == "auto":
         # A resumed run keeps the batch size it started with: its data position counts in those batches.
         config = load_config(run_dir / "config.yaml")
-    parts = build_components(config)
+    parts = build_components(config, accelerator.num_processes)
     config = parts.config  # data.batch_size: auto resolved to a number, written so reruns are exact
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -66,11 +70,10 @@ def run_training(
             tracker.finish(summary)
 
 
-def prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> Path | None:
-    """The checkpoint to resume from, or None for a fresh start (after clearing what must go)."""
+def decide_resume(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | None, bool]:
+    """(the checkpoint to resume from or None, whether the run directory must be cleared first)."""
     if overwrite:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return None
+        return None, run_dir.exists()
     summary = read_summary(run_dir)
     if summary and summary["status"] in FINISHED and resume == "auto":
         raise UsageError(
@@ -81,9 +84,8 @@ def prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> Path | None:
     if resume == "never" and latest_checkpoint(run_dir):
         raise UsageError(f"run '{run_dir}' has checkpoints; pass --overwrite to discard them, or --resume auto.")
     checkpoint = resolve_resume(run_dir, resume)
-    if checkpoint is None and run_dir.exists():
-        shutil.rmtree(run_dir)  # a start that died before its first checkpoint: nothing to keep
-    return checkpoint
+    # A start that died before its first checkpoint leaves nothing worth keeping.
+    return checkpoint, checkpoint is None and run_dir.exists()
 
 
 def make_accelerator(config: ExperimentConfig):
@@ -98,6 +100,7 @@ def make_accelerator(config: ExperimentConfig):
     if train.deterministic:
         torch.use_deterministic_algorithms(True)
     return Accelerator(
+        cpu=not torch.cuda.is_available(),  # lets torchrun / accelerate launch form a gloo group on CPUs
         mixed_precision="no" if train.precision == "fp32" else train.precision,
         gradient_accumulation_steps=train.grad_accum_steps,
         rng_types=[],  # the data order is seeded by (seed, epoch) in EpochBatchSampler, never synced

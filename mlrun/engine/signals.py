@@ -40,4 +40,5 @@ class StopSignals:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_CODES.get(self.received, EXIT_INTERRUPTED)
+        # A rank that learned of the stop from another rank exits as if terminated.
+        return EXIT_CODES.get(self.received, 128 + signal.SIGTERM)
