@@ -205,6 +205,9 @@ class TrainConfig(Section):
     """Memory data.batch_size: auto may fill; default 90% of the GPU, or half the available RAM on CPU."""
     deterministic: bool = False
     """Use only deterministic kernels (torch.use_deterministic_algorithms); slower on GPU."""
+    requeue_on_signal: bool = False
+    """Under SLURM, after the checkpoint a stop signal (SIGUSR1/SIGTERM) triggers, requeue the job
+    (scontrol requeue); the requeued job resumes the same run directory."""
 
     @model_validator(mode="after")
     def _has_a_length(self) -> TrainConfig:
@@ -301,6 +304,23 @@ class TuneConfig(Section):
     """Settings of strategy: pbt."""
 
 
+class DistributedConfig(Section):
+    """How several processes share the work (under torchrun or accelerate launch; one process ignores it)."""
+
+    strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
+    """auto (DDP for several processes) | ddp | fsdp (GPUs) | deepspeed (when installed)."""
+    find_unused_parameters: bool = False
+    """ddp: let some parameters receive no gradient in a step (slower)."""
+    fsdp_sharding: Literal["full_shard", "shard_grad_op", "hybrid_shard", "no_shard"] = "full_shard"
+    """fsdp: what is sharded: parameters, gradients and optimizer state (full_shard) or less."""
+    fsdp_cpu_offload: bool = False
+    """fsdp: keep parameters and optimizer state in CPU memory between uses."""
+    fsdp_activation_checkpointing: bool = False
+    """fsdp: checkpoint activations of every wrapped block (FSDP's own implementation)."""
+    deepspeed_zero_stage: Annotated[int, Field(ge=0, le=3)] = 2
+    """deepspeed: ZeRO stage (1 optimizer state, 2 + gradients, 3 + parameters)."""
+
+
 class ExperimentConfig(Section):
     """One experiment: everything `mlrun train` needs."""
 
@@ -330,6 +350,8 @@ class ExperimentConfig(Section):
     """Training and memory techniques applied to the model, e.g. activation_checkpointing, ema."""
     tracking: list[TrackerSpec] = [TrackerSpec(name="console")]
     """Where figures go besides metrics.jsonl (always written): console, tensorboard, wandb, mlflow."""
+    distributed: DistributedConfig = DistributedConfig()
+    """Data or model parallelism when launched as several processes."""
     tune: TuneConfig | None = None
     """Hyperparameter search settings, used by `mlrun tune` (ignored by `mlrun train`)."""
 

@@ -26,7 +26,8 @@ from mlrun.engine.build import Components
 from mlrun.engine.callbacks import EarlyStopping, improved
 from mlrun.engine.checkpoint import latest_checkpoint, save_checkpoint
 from mlrun.engine.evaluate import evaluate
-from mlrun.engine.signals import StopSignals
+from mlrun.engine.parallel import wrap_blocks_with_fsdp
+from mlrun.engine.signals import StopSignals, requeue_slurm_job
 from mlrun.engine.state import TrainState
 from mlrun.errors import RunFailed, RunInterrupted
 from mlrun.tracking.base import RunInfo
@@ -50,6 +51,7 @@ class TrainingLoop:
         on_cuda = accelerator.device.type == "cuda"
         loader, self.sampler = train_loader(parts.bundle.train, self.config.data, self.config.seed, on_cuda)
         val = eval_loader(parts.bundle.val, self.config.data, on_cuda)
+        wrap_blocks_with_fsdp(accelerator, parts.model)
         model = torch.compile(parts.model) if self.train_cfg.compile else parts.model
         self.model, self.optimizer, self.loader, self.val_loader = accelerator.prepare(
             model, parts.optimizer, loader, val
@@ -294,6 +296,8 @@ class TrainingLoop:
     def _interrupt(self) -> None:
         self.state.stop_reason = "interrupted"
         self._checkpoint()
+        if self.train_cfg.requeue_on_signal and self.accelerator.is_main_process:
+            print(f"mlrun: {requeue_slurm_job()}", flush=True)
         raise RunInterrupted(
             f"stopped by signal; checkpoint saved at step {self.state.step} in {self.latest_checkpoint_text()}. "
             "Run the same command again to resume.",

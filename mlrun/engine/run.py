@@ -99,7 +99,10 @@ def make_accelerator(config: ExperimentConfig):
         )
     if train.deterministic:
         torch.use_deterministic_algorithms(True)
+    from mlrun.engine.parallel import accelerator_kwargs
+
     return Accelerator(
+        **accelerator_kwargs(config.distributed),
         cpu=not torch.cuda.is_available(),  # lets torchrun / accelerate launch form a gloo group on CPUs
         mixed_precision="no" if train.precision == "fp32" else train.precision,
         gradient_accumulation_steps=train.grad_accum_steps,

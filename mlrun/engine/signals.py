@@ -1,6 +1,8 @@
-"""Ctrl-C and SIGTERM set a flag; the loop checkpoints at the next step boundary and exits.
+"""Ctrl-C, SIGTERM and SIGUSR1 set a flag; the loop checkpoints at the next step boundary and exits.
 
-A second Ctrl-C exits at once (KeyboardInterrupt). Handlers are restored when training ends.
+SIGUSR1 is what `#SBATCH --signal=B:USR1@<seconds>` sends before a SLURM job's time runs out (or
+`scancel --signal=USR1`). A second Ctrl-C exits at once (KeyboardInterrupt). Handlers are
+restored when training ends.
 """
 
 from __future__ import annotations
@@ -10,7 +12,11 @@ import sys
 
 from mlrun.errors import EXIT_INTERRUPTED
 
-EXIT_CODES = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: 128 + signal.SIGTERM}
+EXIT_CODES = {
+    signal.SIGINT: EXIT_INTERRUPTED,
+    signal.SIGTERM: 128 + signal.SIGTERM,
+    signal.SIGUSR1: 128 + signal.SIGUSR1,
+}
 
 
 class StopSignals:
@@ -42,3 +48,21 @@ class StopSignals:
     def exit_code(self) -> int:
         # A rank that learned of the stop from another rank exits as if terminated.
         return EXIT_CODES.get(self.received, 128 + signal.SIGTERM)
+
+
+def requeue_slurm_job() -> str:
+    """Ask SLURM to requeue this job (it then resumes from the checkpoint just written); a line for the log."""
+    import os
+    import subprocess
+
+    job = (
+        os.environ.get("SLURM_ARRAY_JOB_ID")
+        and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    )
+    job = job or os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return "train.requeue_on_signal is set but this is not a SLURM job (no SLURM_JOB_ID): not requeued"
+    result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    if result.returncode != 0:
+        return f"scontrol requeue {job} failed: {result.stderr.strip()}"
+    return f"requeued SLURM job {job}: it resumes from this checkpoint"
