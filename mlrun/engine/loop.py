@@ -80,7 +80,8 @@ class TrainingLoop:
             self.accelerator.load_state(str(resume_from))
             # A run paused on purpose (a PBT round, an early stop being extended) goes on from here.
             self.state.should_stop, self.state.stop_reason = False, None
-            self.window_losses = [torch.tensor(v) for v in self.state.window_losses]
+            device = self.accelerator.device  # stacked with this run's losses at the next log
+            self.window_losses = [torch.tensor(v, device=device) for v in self.state.window_losses]
             self.window_steps = list(self.state.window_steps)
         info = RunInfo(
             self.run_dir,
