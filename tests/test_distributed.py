@@ -82,3 +82,36 @@ def test_two_processes_resume_after_sigkill_bit_identically(tmp_path):
     a = load_file(tmp_path / "runs" / "straight" / "model.safetensors")
     b = load_file(tmp_path / "runs" / "resumed" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_tune_trials_train_on_two_processes_with_one_study(tmp_path):
+    from tests.test_tune import trials_csv, tune_config
+
+    path = tune_config(tmp_path, trials=3)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(30500 + os.getpid() % 1000),
+        "-m",
+        "mlrun",
+        "tune",
+        str(path),
+        "--json",
+    ]
+    result = subprocess.run(
+        command,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count('"study": "study"') == 1  # only rank 0 reports
+    assert len(trials_csv(tmp_path)) == 3
+    manifest = json.loads((tmp_path / "runs" / "study" / "tune" / "trial-0000" / "manifest.json").read_text())
+    assert manifest["world_size"] == 2

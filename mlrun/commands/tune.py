@@ -69,15 +69,31 @@ def run_study(path, overrides, config, tune_dir, trials, timeout, storage, study
 
     optuna = optuna_module()
     tune = config.tune
-    store, store_text = make_storage(storage, tune_dir, workers)
-    study = optuna.create_study(
-        storage=store,
-        sampler=make_sampler(tune.sampler, tune),
-        pruner=make_pruner(tune.pruner),
-        study_name=study_name,
-        direction=tune.direction,
-        load_if_exists=True,
-    )
+    processes = _training_processes()
+    if processes.num_processes > 1 and workers > 1:
+        raise UsageError(
+            "--workers starts more studies on this host; under torchrun each trial already trains on "
+            "several processes: use one or the other"
+        )
+    main = processes.is_main_process
+    study, store_text = None, None
+    if main:  # under several processes only rank 0 talks to the storage
+        store, store_text = make_storage(storage, tune_dir, workers)
+        study = optuna.create_study(
+            storage=store,
+            sampler=make_sampler(tune.sampler, tune),
+            pruner=make_pruner(tune.pruner),
+            study_name=study_name,
+            direction=tune.direction,
+            load_if_exists=True,
+        )
+    if processes.num_processes > 1:
+        from mlrun.tuning.distributed import run_distributed_trials
+
+        run_distributed_trials(path, overrides, tune, tune_dir, trials, study)
+        if main:
+            _report(study, path, overrides, tune, tune_dir, json_output)
+        return
     ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
     helpers = [] if worker else _start_workers(path, overrides, trials, timeout, store_text, study_name, workers - 1)
     if len(study.get_trials(states=ended)) < trials:
@@ -99,6 +115,14 @@ def run_study(path, overrides, config, tune_dir, trials, timeout, storage, study
         helper.wait()
     if not worker:
         _report(study, path, overrides, tune, tune_dir, json_output)
+
+
+def _training_processes():
+    """The process group trials train on (one process unless launched by torchrun / accelerate launch)."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def _start_workers(path, overrides, trials, timeout, storage, study_name, count) -> list[subprocess.Popen]:
