@@ -14,6 +14,15 @@ from safetensors.torch import load_file
 from tests.conftest import REPO, tiny_config, write_config
 
 
+def free_port() -> int:
+    """A port nobody listens on now: every launch gets its own rendezvous (no clash with a previous one)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def torchrun(config: dict, folder: Path, processes: int = 2) -> subprocess.CompletedProcess:
     path = write_config(folder, config, f"{config['name']}.yaml")
     command = [
@@ -95,7 +104,7 @@ def test_tune_trials_train_on_two_processes_with_one_study(tmp_path):
         "--nproc_per_node",
         "2",
         "--master_port",
-        str(30500 + os.getpid() % 1000),
+        str(free_port()),
         "-m",
         "mlrun",
         "tune",
