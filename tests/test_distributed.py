@@ -32,7 +32,7 @@ def torchrun(config: dict, folder: Path, processes: int = 2) -> subprocess.Compl
         "--nproc_per_node",
         str(processes),
         "--master_port",
-        str(29500 + os.getpid() % 1000),
+        str(free_port()),
         "-m",
         "mlrun",
         "train",
