@@ -74,16 +74,11 @@ def write_artifact(trained, fmt: str, quantize: str, folder: Path, calibration_b
     example = next(batches(val, min(8, len(val))))[0]  # batch >= 2 so export keeps the batch dimension dynamic
     calibration = None
     if quantize == "int8-static":
-        calibration = [
-            x
-            for x, _ in batches(
-                parts.bundle.train,
-                parts.config.data.batch_size,
-                limit=calibration_batches * parts.config.data.batch_size,
-            )
-        ]
+        size = parts.config.data.batch_size
+        calibration = [x for x, _ in batches(parts.bundle.train, size, limit=calibration_batches * size)]
     notes = []
     if fmt == "onnx":
+        # ONNX Runtime quantizes MatMul/Gemm (the linear layers); fp16 converts every float tensor.
         changed = len(linear_layers(model)) if quantize.startswith("int8") else 1
         path = formats.quantize_onnx(
             formats.write("onnx", copy.deepcopy(model), example, folder), quantize, calibration or []
