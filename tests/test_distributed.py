@@ -23,41 +23,23 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def torchrun(config: dict, folder: Path, processes: int = 2) -> subprocess.CompletedProcess:
-    path = write_config(folder, config, f"{config['name']}.yaml")
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(processes),
-        "--master_port",
-        str(free_port()),
-        "-m",
-        "mlrun",
-        "train",
-        str(path),
-    ]
+def launch(folder: Path, *args, processes: int = 2) -> subprocess.CompletedProcess:
+    """`mlrun ARGS` on `processes` CPU processes (torch.distributed.run over gloo), or as one process."""
+    prefix = [sys.executable]
+    if processes > 1:
+        prefix += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(free_port())]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        command,
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        [*prefix, "-m", "mlrun", *map(str, args)], cwd=folder, capture_output=True, text=True, timeout=300, env=env
     )
+
+
+def torchrun(config: dict, folder: Path) -> subprocess.CompletedProcess:
+    return launch(folder, "train", write_config(folder, config, f"{config['name']}.yaml"))
 
 
 def single(config: dict, folder: Path) -> subprocess.CompletedProcess:
-    path = write_config(folder, config, f"{config['name']}.yaml")
-    return subprocess.run(
-        [sys.executable, "-m", "mlrun", "train", str(path)],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
-    )
+    return launch(folder, "train", write_config(folder, config, f"{config['name']}.yaml"), processes=1)
 
 
 def test_two_processes_with_batch_b_match_one_with_batch_2b(tmp_path):
@@ -97,28 +79,7 @@ def test_tune_trials_train_on_two_processes_with_one_study(tmp_path):
     from tests.test_tune import trials_csv, tune_config
 
     path = tune_config(tmp_path, trials=3)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        "-m",
-        "mlrun",
-        "tune",
-        str(path),
-        "--json",
-    ]
-    result = subprocess.run(
-        command,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
-    )
+    result = launch(tmp_path, "tune", path, "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count('"study": "study"') == 1  # only rank 0 reports
     assert len(trials_csv(tmp_path)) == 3

@@ -27,17 +27,22 @@ def _torchao_optim():
     return torchao.optim
 
 
-@optimizers.register("adamw8bit")
-def adamw8bit(
-    model: nn.Module,
-    /,
-    *,
-    lr: PositiveFloat = 1e-3,
-    betas: Betas = (0.9, 0.999),
-    eps: PositiveFloat = 1e-8,
-    weight_decay: NonNegativeFloat = 0.01,
-) -> torch.optim.Optimizer:
-    """AdamW with both moments stored in 8 bits, block-wise scaled (torchao): 2 bytes of state per parameter.
+def _low_bit_adamw(bits: int):
+    """The factory of AdamW{bits}bit; one definition for both widths, registered twice below."""
+
+    def factory(
+        model: nn.Module,
+        /,
+        *,
+        lr: PositiveFloat = 1e-3,
+        betas: Betas = (0.9, 0.999),
+        eps: PositiveFloat = 1e-8,
+        weight_decay: NonNegativeFloat = 0.01,
+    ) -> torch.optim.Optimizer:
+        optimizer_class = getattr(_torchao_optim(), f"AdamW{bits}bit")
+        return optimizer_class(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
+
+    factory.__doc__ = f"""AdamW with {bits}-bit moments (torchao): {bits // 4} byte(s) of state per parameter, not 8.
 
     Args:
         lr: peak learning rate.
@@ -45,25 +50,8 @@ def adamw8bit(
         eps: added to the denominator for stability.
         weight_decay: decoupled decay on weight matrices.
     """
-    return _torchao_optim().AdamW8bit(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
+    return factory
 
 
-@optimizers.register("adamw4bit")
-def adamw4bit(
-    model: nn.Module,
-    /,
-    *,
-    lr: PositiveFloat = 1e-3,
-    betas: Betas = (0.9, 0.999),
-    eps: PositiveFloat = 1e-8,
-    weight_decay: NonNegativeFloat = 0.01,
-) -> torch.optim.Optimizer:
-    """AdamW with both moments stored in 4 bits (torchao): 1 byte of state per parameter.
-
-    Args:
-        lr: peak learning rate.
-        betas: decay rates of the moment estimates.
-        eps: added to the denominator for stability.
-        weight_decay: decoupled decay on weight matrices.
-    """
-    return _torchao_optim().AdamW4bit(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
+adamw8bit = optimizers.register("adamw8bit")(_low_bit_adamw(8))
+adamw4bit = optimizers.register("adamw4bit")(_low_bit_adamw(4))
