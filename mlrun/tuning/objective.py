@@ -14,17 +14,33 @@ from mlrun.errors import UsageError
 from mlrun.tuning.space import as_override, suggest
 
 
+def broadcast(value: Any) -> Any:
+    """Rank 0's value on every process (the value itself when there is one process)."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    if PartialState().num_processes == 1:
+        return value
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
 class PruningReporter(Callback):
-    """Reports the tuned figure at every evaluation; stops the run when the pruner says so."""
+    """Rank 0 reports the tuned figure at every evaluation and asks the pruner; every rank follows.
+
+    `trial` is None on the other ranks of a trial that trains on several processes.
+    """
 
     def __init__(self, trial, metric: str):
         self.trial, self.metric = trial, metric
 
     def on_evaluate(self, metrics: dict[str, float], state: Any) -> None:
-        if self.metric not in metrics:
-            return
-        self.trial.report(metrics[self.metric], step=state.step)
-        if self.trial.should_prune():
+        prune = False
+        if self.trial is not None and self.metric in metrics:
+            self.trial.report(metrics[self.metric], step=state.step)
+            prune = self.trial.should_prune()
+        if broadcast(prune):  # all ranks stop a pruned trial at the same step
             state.should_stop, state.stop_reason = True, "pruned"
 
 
@@ -47,27 +63,36 @@ def figure(state, metric: str) -> float:
     return figures[metric]
 
 
-def objective(path: Path, overrides: list[str], tune: TuneConfig, tune_dir: Path):
-    """The function Optuna calls per trial."""
-    import optuna
-
+def train_trial(path: Path, overrides: list[str], tune: TuneConfig, tune_dir: Path, trial, params: dict, number: int):
+    """One trial's full run in tune_dir/trial-<number>; records what it spent on `trial` (rank 0's)."""
     from mlrun.engine.run import run_training
 
-    def run(trial) -> float:
-        params = {key: suggest(trial, key, spec) for key, spec in tune.space.items()}
-        name = f"trial-{trial.number:04d}"
+    name = f"trial-{number:04d}"
+    if trial is not None:
         trial.set_user_attr("run_dir", str(tune_dir / name))
         trial.set_user_attr("pid", os.getpid())  # which worker process ran it
-        try:
-            config = load_config(path, trial_overrides(overrides, params, name, tune_dir))
-        except UsageError as exc:  # a sampled combination the config rejects: recorded, not fatal
+    try:
+        config = load_config(path, trial_overrides(overrides, params, name, tune_dir))
+    except UsageError as exc:  # a sampled combination the config rejects: recorded, not fatal
+        if trial is not None:
             trial.set_user_attr("error", str(exc))
-            raise
-        started = time.perf_counter()
-        state = run_training(config, resume="never", overwrite=True, callbacks=(PruningReporter(trial, tune.metric),))
+        raise
+    started = time.perf_counter()
+    state = run_training(config, resume="never", overwrite=True, callbacks=(PruningReporter(trial, tune.metric),))
+    if trial is not None:
         trial.set_user_attr("steps", state.step)
         trial.set_user_attr("samples_seen", state.samples_seen)  # the compute a trial spent
         trial.set_user_attr("train_time_s", round(time.perf_counter() - started, 3))
+    return state
+
+
+def objective(path: Path, overrides: list[str], tune: TuneConfig, tune_dir: Path):
+    """The function Optuna calls per trial (trials that train on one process)."""
+    import optuna
+
+    def run(trial) -> float:
+        params = {key: suggest(trial, key, spec) for key, spec in tune.space.items()}
+        state = train_trial(path, overrides, tune, tune_dir, trial, params, trial.number)
         if state.stop_reason == "pruned":
             raise optuna.TrialPruned(f"pruned at step {state.step}")
         return figure(state, tune.metric)

@@ -35,34 +35,22 @@ sys.path.insert(0, str(REPO))
 from mlrun.config.load import load_config  # noqa: E402
 from mlrun.engine.build import build_components  # noqa: E402
 
+# Training alone: no dropout, metrics, evaluation, checkpoints or console output on either side.
+TRAINING_ONLY = [
+    "model.dropout=0.0",
+    "train.best=null",
+    "metrics=[]",
+    "tracking=[jsonl]",
+    "train.eval_every=1000ep",
+    "train.checkpoint_every=null",
+    "train.log_every=50st",
+]
 CASES = {
     "mlp_digits": {
         "config": "configs/quickstart.yaml",
-        "overrides": [
-            "train.epochs=12",
-            "model.dropout=0.0",
-            "train.early_stopping=null",
-            "train.best=null",
-            "metrics=[]",
-            "tracking=[jsonl]",
-            "train.eval_every=1000ep",
-            "train.checkpoint_every=null",
-            "train.log_every=50st",
-        ],
+        "overrides": ["train.epochs=12", "train.early_stopping=null", *TRAINING_ONLY],
     },
-    "gpt_text": {
-        "config": "configs/charlm.yaml",
-        "overrides": [
-            "train.max_steps=30",
-            "model.dropout=0.0",
-            "train.best=null",
-            "metrics=[]",
-            "tracking=[jsonl]",
-            "train.eval_every=1000ep",
-            "train.checkpoint_every=null",
-            "train.log_every=50st",
-        ],
-    },
+    "gpt_text": {"config": "configs/charlm.yaml", "overrides": ["train.max_steps=30", *TRAINING_ONLY]},
 }
 
 
