@@ -41,23 +41,6 @@ def profile_config(
         model = torch.compile(model)
     batches = _endless(loader)
     accum = config.train.grad_accum_steps
-    predicted = None
-    if estimate:  # before any step: no gradient or optimizer state exists yet
-        from mlrun.profiling.estimate import estimate_peak
-
-        inputs, targets = next(batches)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision)
-        predicted = estimate_peak(
-            model,
-            parts.loss_fn,
-            inputs,
-            targets,
-            config.optimizer.name,
-            config.optimizer.settings,
-            dtype,
-            config.has_technique("optimizer_in_backward"),
-        )
-
     times: dict[str, float] = defaultdict(float)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -99,6 +82,25 @@ def profile_config(
         memory["measured_peak"] = int(torch.cuda.max_memory_allocated(device))
     else:  # what training added to resident memory, on top of the parameters that existed before it
         memory["measured_peak"] = memory["parameters"] + resident.peak - resident.base
+    predicted = None
+    # After the measurement, because the estimate's forward pass leaves freed memory in the allocator
+    # that would hide part of the measured peak; it reads only shapes and one forward, never a measurement.
+    if estimate:
+        from mlrun.profiling.estimate import estimate_peak
+
+        inputs, targets = next(batches)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision)
+        predicted = estimate_peak(
+            model,
+            parts.loss_fn,
+            inputs,
+            targets,
+            config.optimizer.name,
+            config.optimizer.settings,
+            dtype,
+            config.has_technique("optimizer_in_backward"),
+        )
+
     breakdown = {phase: times[phase] / steps for phase in PHASES}
     breakdown["other"] = max(0.0, step_s - sum(breakdown.values()))
     meta = parts.bundle.meta
