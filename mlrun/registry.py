@@ -187,7 +187,8 @@ optimizers = Registry("optimizers", "mlrun.optim")
 schedulers = Registry("schedulers", "mlrun.optim.schedulers")
 techniques = Registry("techniques", "mlrun.techniques")
 trackers = Registry("trackers", "mlrun.tracking")
+augmentations = Registry("augmentations", "mlrun.data.augment")
 
 REGISTRIES: dict[str, Registry] = {
-    r.kind: r for r in (models, datasets, losses, metrics, optimizers, schedulers, techniques, trackers)
+    r.kind: r for r in (models, datasets, losses, metrics, optimizers, schedulers, techniques, trackers, augmentations)
 }

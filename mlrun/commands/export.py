@@ -101,6 +101,9 @@ def write_artifact(trained, fmt: str, quantize: str, folder: Path, calibration_b
     shutil.copy(trained.run_dir / "config.yaml", folder / "config.yaml")
     if parts.bundle.preprocessing:
         (folder / "preprocessing.json").write_text(json.dumps(parts.bundle.preprocessing, indent=2) + "\n")
+    fitted = trained.run_dir / "preprocessing.pkl"  # the transform fitted during training (tabular data)
+    if fitted.exists():
+        shutil.copy(fitted, folder / fitted.name)
     input_dtype = "int64" if example.dtype == torch.long else "float32"
     return {
         "format": fmt,

@@ -122,6 +122,10 @@ class TrackerSpec(ComponentSpec):
     registry_kind = "trackers"
 
 
+class AugmentSpec(ComponentSpec):
+    registry_kind = "augmentations"
+
+
 class DataSpec(ComponentSpec):
     """The dataset (`name` + its settings, e.g. `val_fraction`) and how it is batched."""
 
@@ -131,14 +135,22 @@ class DataSpec(ComponentSpec):
     """Samples per training micro-batch, per process; auto: the largest that fits (train.memory_budget_gb)."""
     eval_batch_size: PositiveInt | None = None
     """Samples per evaluation batch; default: 4x batch_size."""
-    num_workers: NonNegativeInt = 0
-    """DataLoader worker processes; 0 loads in the training process."""
+    num_workers: NonNegativeInt | Literal["auto"] = 0
+    """Loader worker processes; 0 loads in the training process; auto: 0 for in-memory data, else spare cores."""
+    persistent_workers: bool = True
+    """Keep worker processes alive between epochs (with num_workers > 0)."""
+    prefetch_factor: PositiveInt | None = None
+    """Batches each worker loads ahead (with num_workers > 0); default 2."""
     shuffle: bool = True
     """Shuffle the training split every epoch (seeded by `seed` and the epoch)."""
     drop_last: bool = False
     """Drop the last incomplete training batch of each epoch."""
     pin_memory: bool | None = None
     """Page-locked host memory for faster copies to a GPU; default: on when training on CUDA."""
+    augment: list[AugmentSpec] = []
+    """Augmentation steps applied in order to training batches only, e.g. [hflip, {name: random_crop, padding: 4}]."""
+    dedup: bool = False
+    """Drop exact duplicate samples within each split and report samples shared by train and validation (leakage)."""
 
 
 class SchedulerSpec(ComponentSpec):
@@ -367,5 +379,8 @@ def component_fields(config: BaseModel) -> list[tuple[tuple[str | int, ...], Com
         items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
         for index, item in items:
             if isinstance(item, ComponentSpec):
-                found.append(((key,) if index is None else (key, index), item))
+                path = (key,) if index is None else (key, index)
+                found.append((path, item))
+                # Components inside a component's declared fields (data.augment's steps).
+                found.extend(((*path, *inner), spec) for inner, spec in component_fields(item))
     return found

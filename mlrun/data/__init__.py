@@ -1,3 +1,3 @@
 """Built-in datasets; importing the package registers them (registry `datasets`)."""
 
-from mlrun.data import sklearn_sets, synthetic, text_lm  # noqa: F401
+from mlrun.data import arrays, hf_disk, images, sklearn_sets, synthetic, tabular, text, text_lm  # noqa: F401

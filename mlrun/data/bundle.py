@@ -7,6 +7,7 @@ receives `bundle.meta`, so a config never repeats the input shape or the number 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +25,8 @@ class DataMeta:
     output_dim: int | None = None  # regression targets per sample
     vocab_size: int | None = None  # token inputs
     seq_len: int | None = None  # token inputs
+    pixel_mean: tuple[float, ...] | None = None  # images: per-channel statistics they were normalised with
+    pixel_std: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -34,29 +37,43 @@ class DatasetBundle:
     # Transforms fitted on the training split (e.g. standardisation statistics), written next to
     # exported models so inference prepares inputs exactly as training did.
     preprocessing: dict | None = None
+    # A fitted object with `.transform(raw)` (tabular sources' scikit-learn pipeline), pickled into
+    # the run directory as preprocessing.pkl and copied next to exported models.
+    transform: object | None = None
+    # What cleaning did (data.dedup's counts), for the console and manifest.json.
+    cleaning: dict | None = None
 
 
 class ArrayDataset(Dataset):
     """In-memory tensors (inputs, targets) with whole-batch indexing.
 
     `__getitems__` lets the DataLoader fetch a batch with one tensor index instead of collating
-    single samples, which is most of the loader's cost for small tabular models.
+    single samples, which is most of the loader's cost for small models. `prepare` turns stored
+    inputs into model inputs per batch (uint8 pixels into normalised floats: 4x less memory held).
     """
 
-    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor):
+    in_memory = True  # num_workers: auto loads it in the training process
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, prepare: Callable | None = None):
         if len(inputs) != len(targets):
             raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
-        self.inputs, self.targets = inputs, targets
+        self.inputs, self.targets, self.prepare = inputs, targets, prepare
 
     def __len__(self) -> int:
         return len(self.inputs)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.inputs[index], self.targets[index]
+        inputs, targets = self.__getitems__([index])
+        return inputs[0], targets[0]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(indices)
-        return self.inputs[index], self.targets[index]
+        inputs = self.inputs[index]
+        return (self.prepare(inputs) if self.prepare else inputs), self.targets[index]
+
+    def subset(self, indices) -> ArrayDataset:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return ArrayDataset(self.inputs[index], self.targets[index], self.prepare)
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()

@@ -1,31 +1,41 @@
-"""Byte-level language-model data from a text file, sampled as fixed-length blocks.
+"""Language-model data from text files (globs), tokenized once into a memory-mapped token cache.
 
-The first (1 - val_fraction) of the file trains, the rest validates: a contiguous tail, so no
+The token cache lives next to the first file (`.mlrun-cache/<key>.tokens`, raw little-endian ids)
+and its key covers every file's path, size and modification time and the tokenizer, so a changed
+source is re-tokenized and an unchanged one is only mapped: a corpus larger than memory costs no
+RAM beyond the pages a batch touches. Blocks of `block_size` tokens are sampled every `stride`.
+
+Without `val_path`, the last `val_fraction` of the tokens validates: a contiguous tail, so no
 validation text leaks into training through overlapping blocks.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import torch
 from pydantic import Field, PositiveInt
 from torch.utils.data import Dataset
 
 from mlrun.data.bundle import DataMeta, DatasetBundle
+from mlrun.data.splits import resolve_files
+from mlrun.data.tokenize import make_tokenizer
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
-
-BYTE_VOCAB = 256
 
 
 class TokenBlocks(Dataset):
     """Blocks of `block_size` tokens starting every `stride` tokens; targets are shifted by one."""
 
-    def __init__(self, tokens: torch.Tensor, block_size: int, stride: int):
-        self.tokens, self.block_size, self.stride = tokens, block_size, stride
+    in_memory = True  # num_workers: auto loads it in the training process (a batch is one gather)
+
+    def __init__(self, tokens: np.ndarray, block_size: int, stride: int, key: str):
+        self.tokens, self.block_size, self.stride, self.key = tokens, block_size, stride, key
         self.count = max(0, (len(tokens) - 1 - block_size) // stride + 1)
 
     def __len__(self) -> int:
@@ -36,13 +46,47 @@ class TokenBlocks(Dataset):
         return x[0], y[0]
 
     def __getitems__(self, indices: list[int]):
-        starts = torch.as_tensor(indices) * self.stride
-        offsets = starts[:, None] + torch.arange(self.block_size + 1)  # (B, T + 1)
-        window = self.tokens[offsets].long()
+        starts = np.asarray(indices, dtype=np.int64) * self.stride
+        offsets = starts[:, None] + np.arange(self.block_size + 1)  # (B, T + 1)
+        window = torch.from_numpy(self.tokens[offsets].astype(np.int64))
         return window[:, :-1], window[:, 1:]
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(self.tokens.numpy().tobytes()).hexdigest()[:16]
+        return self.key
+
+
+def _cache_key(files: list[Path], tokenizer) -> str:
+    digest = hashlib.sha256(json.dumps(tokenizer.describe(), sort_keys=True).encode())
+    if hasattr(tokenizer, "path"):
+        digest.update(str(os.stat(tokenizer.path).st_mtime_ns).encode())
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:20]
+
+
+def _dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint8 if vocab_size <= 2**8 else np.uint16 if vocab_size <= 2**16 else np.int32)
+
+
+def cached_tokens(files: list[Path], tokenizer) -> tuple[np.ndarray, str, bool]:
+    """(memory-mapped token ids, cache key, whether the cache already existed)."""
+    key = _cache_key(files, tokenizer)
+    folder = files[0].parent / ".mlrun-cache"
+    path = folder / f"{key}.tokens"
+    dtype = _dtype(tokenizer.vocab_size)
+    existed = path.exists()
+    if not existed:
+        folder.mkdir(exist_ok=True)
+        partial = path.with_suffix(f".tmp{os.getpid()}")
+        with open(partial, "wb") as out:  # one file at a time: memory stays at one file's text
+            for file in files:
+                text = file.read_text(encoding="utf-8", errors="replace")
+                out.write(np.asarray(tokenizer.encode(text), dtype=dtype).tobytes())
+        os.replace(partial, path)  # complete or absent: a crash never leaves a half cache
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype), key, existed
+    return np.memmap(path, dtype=dtype, mode="r"), key, existed
 
 
 @datasets.register("text_lm")
@@ -50,30 +94,41 @@ def text_lm(
     seed: int,
     /,
     *,
-    path: str,
+    path: str | list[str],
+    val_path: str | list[str] | None = None,
+    tokenizer: str = "byte",
     block_size: PositiveInt = 128,
     stride: PositiveInt | None = None,
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1,
 ) -> DatasetBundle:
-    """A UTF-8 text file as bytes (vocabulary 256) for next-token prediction.
+    """UTF-8 text files for next-token prediction, as bytes (vocabulary 256) or a tokenizer's ids.
 
     Args:
-        path: the text file, relative to the working directory.
+        path: a text file, a glob (`books/*.txt`, `**` recurses) or a list of them, relative to the working directory.
+        val_path: files for the validation split (instead of the tail of the training text).
+        tokenizer: byte, or a tokenizers tokenizer.json path.
         block_size: tokens per training sample (the model's context).
         stride: tokens between the starts of consecutive blocks; default block_size (no overlap).
-        val_fraction: share of the file, from its end, held out for validation.
+        val_fraction: share of the tokens, from the end, held out for validation (without val_path).
     """
-    file = Path(path)
-    if not file.is_file():
-        raise UsageError(f"data.path: text file '{path}' not found (relative to {Path.cwd()}).")
-    tokens = torch.frombuffer(bytearray(file.read_bytes()), dtype=torch.uint8)
-    split = int(len(tokens) * (1 - val_fraction))
-    train = TokenBlocks(tokens[:split], block_size, stride or block_size)
-    val = TokenBlocks(tokens[split:], block_size, block_size)
+    if tokenizer == "char":
+        raise UsageError("data.tokenizer: text_lm takes byte or a tokenizer file (char is for jsonl_text).")
+    files = resolve_files(path, "data.path")
+    encoder = make_tokenizer(tokenizer, [], "data.tokenizer", pad=False)
+    tokens, key, _ = cached_tokens(files, encoder)
+    if val_path is None:
+        split = int(len(tokens) * (1 - val_fraction))
+        train_tokens, val_tokens, val_key = tokens[:split], tokens[split:], f"{key}-tail"
+    else:
+        val_tokens, val_key, _ = cached_tokens(resolve_files(val_path, "data.val_path"), encoder)
+        train_tokens = tokens
+    train = TokenBlocks(train_tokens, block_size, stride or block_size, key)
+    val = TokenBlocks(val_tokens, block_size, block_size, val_key)
     if len(train) == 0 or len(val) == 0:
         raise UsageError(
-            f"data.path: '{path}' has {len(tokens)} bytes, too few for block_size {block_size} with "
-            f"val_fraction {val_fraction}: lower block_size or use a longer text."
+            f"data.path: {len(tokens)} tokens are too few for block_size {block_size} "
+            f"(train {len(train_tokens)}, validation {len(val_tokens)} tokens): lower block_size or add text."
         )
-    meta = DataMeta(task="lm", input_shape=(block_size,), vocab_size=BYTE_VOCAB, seq_len=block_size)
-    return DatasetBundle(train, val, meta)
+    meta = DataMeta(task="lm", input_shape=(block_size,), vocab_size=encoder.vocab_size, seq_len=block_size)
+    files_described = [str(f) for f in files]
+    return DatasetBundle(train, val, meta, preprocessing={"tokenizer": encoder.describe(), "files": files_described})

@@ -7,6 +7,7 @@ indices, never loads and discards the batches before it. `set_epoch` keeps Accel
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -62,7 +63,7 @@ def train_loader(dataset: Dataset, spec: DataSpec, seed: int, on_cuda: bool) -> 
         dataset,
         batch_sampler=sampler,
         collate_fn=collate,
-        **_loader_options(spec, on_cuda),
+        **_loader_options(spec, dataset, on_cuda),
         worker_init_fn=_seed_worker,
         generator=generator,
     )
@@ -80,14 +81,28 @@ def eval_loader(dataset: Dataset, spec: DataSpec, on_cuda: bool) -> DataLoader:
         batch_sampler=sampler,
         collate_fn=collate,
         generator=torch.Generator(),
-        **_loader_options(spec, on_cuda),
+        **_loader_options(spec, dataset, on_cuda),
     )
 
 
-def _loader_options(spec: DataSpec, on_cuda: bool) -> dict:
-    workers = spec.num_workers
-    return {
+def resolve_workers(spec: DataSpec, dataset: Dataset) -> int:
+    """`num_workers: auto`: none for data already in memory (a batch is one tensor index, cheaper than
+    moving it between processes), else one per core the training process does not need, up to 8."""
+    if spec.num_workers != "auto":
+        return spec.num_workers
+    if getattr(dataset, "in_memory", False):
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores - 1))
+
+
+def _loader_options(spec: DataSpec, dataset: Dataset, on_cuda: bool) -> dict:
+    workers = resolve_workers(spec, dataset)
+    options = {
         "num_workers": workers,
         "pin_memory": on_cuda if spec.pin_memory is None else spec.pin_memory,
-        "persistent_workers": workers > 0,
+        "persistent_workers": workers > 0 and spec.persistent_workers,
     }
+    if workers > 0 and spec.prefetch_factor is not None:
+        options["prefetch_factor"] = spec.prefetch_factor
+    return options

@@ -17,7 +17,8 @@ from torch import nn
 
 from mlrun.callbacks import Callback
 from mlrun.config.schema import ComponentSpec, DataSpec, ExperimentConfig, TrainConfig
-from mlrun.data.bundle import DatasetBundle
+from mlrun.data.augment import Augmentations
+from mlrun.data.bundle import DataMeta, DatasetBundle
 from mlrun.errors import UsageError
 from mlrun.metrics import Metric
 from mlrun.optim.schedulers import LRSchedule
@@ -46,6 +47,7 @@ class Components:
     callbacks: list[Callback]
     trackers: list[Tracker]
     plan: StepPlan
+    augment: Augmentations | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -84,6 +86,7 @@ def build_components(config: ExperimentConfig, num_processes: int = 1) -> Compon
     schedule = LRSchedule(optimizer, curve, warmup, config.scheduler.warmup_start_factor)
     metric_objects = [build(spec, bundle.meta) for spec in config.metrics]
     check_monitors(config, metric_objects)
+    augment = build_augmentations(config, bundle.meta)
     return Components(
         config=config,
         bundle=bundle,
@@ -95,6 +98,7 @@ def build_components(config: ExperimentConfig, num_processes: int = 1) -> Compon
         callbacks=callbacks,
         trackers=build_trackers(config),
         plan=plan,
+        augment=augment,
     )
 
 
@@ -110,10 +114,34 @@ def check_in_backward(config: ExperimentConfig) -> None:
 
 def build_data(spec: DataSpec, seed: int) -> DatasetBundle:
     bundle = build(spec, seed)
+    if spec.dedup:
+        from mlrun.data.dedup import deduplicate, describe
+
+        bundle = deduplicate(bundle, spec.name)
+        print(f"mlrun: data: {describe(bundle.cleaning)}", flush=True)
     for split in ("train", "val"):
         if len(getattr(bundle, split)) == 0:
             raise UsageError(f"data: dataset '{spec.name}' has an empty {split} split; adjust val_fraction or the data")
     return bundle
+
+
+# Built-in losses that accept class probabilities as targets (what mixup and cutmix produce).
+SOFT_LABEL_LOSSES = {"cross_entropy", "bce_with_logits"}
+
+
+def build_augmentations(config: ExperimentConfig, meta: DataMeta) -> Augmentations | None:
+    if not config.data.augment:
+        return None
+    steps = [build(spec, meta) for spec in config.data.augment]
+    augment = Augmentations(steps, config.seed)
+    user_loss = ":" in config.loss.name  # the user's own loss is trusted to take what it is given
+    if augment.soft_labels and meta.task == "classification" and not user_loss:
+        if config.loss.name not in SOFT_LABEL_LOSSES:
+            raise UsageError(
+                f"data.augment: mixup and cutmix give class probabilities as targets, which loss "
+                f"'{config.loss.name}' cannot take; use {' or '.join(sorted(SOFT_LABEL_LOSSES))}."
+            )
+    return augment
 
 
 def plan_steps(train_size: int, data: DataSpec, train: TrainConfig, num_processes: int = 1) -> StepPlan:

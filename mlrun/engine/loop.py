@@ -118,13 +118,27 @@ class TrainingLoop:
         self.sampler.set_epoch(self.state.epoch)
         # The sampler counts global batches; each process has consumed batch_in_epoch of every n.
         self.sampler.start_at(self.state.batch_in_epoch * self.accelerator.num_processes)
-        for inputs, targets in self.loader:
-            self._micro_step(inputs, targets)
+        batches = iter(self.loader)
+        while (batch := self._next_batch(batches)) is not None:
+            self._micro_step(*batch)
             if self.accelerator.sync_gradients and self._after_optimizer_step():
                 return  # stopping mid-epoch: the position is in the state
         self.state.epoch += 1
         self.state.batch_in_epoch = 0
         self._at_boundary("ep", self.state.epoch)
+
+    def _next_batch(self, batches) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The next training batch, augmented; the time spent waiting for it is counted (no sync)."""
+        start = time.perf_counter()
+        batch = next(batches, None)
+        waited = time.perf_counter() - start
+        self.window_wait_s += waited
+        self.state.data_wait_s += waited
+        if batch is None or self.parts.augment is None:
+            return batch
+        # Seeded by the batch's global position, so workers, processes and resumes see the same draws.
+        position = self.state.batch_in_epoch * self.accelerator.num_processes + self.accelerator.process_index
+        return self.parts.augment(*batch, self.state.epoch, position)
 
     def _micro_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         accelerator, cfg = self.accelerator, self.train_cfg
@@ -194,7 +208,7 @@ class TrainingLoop:
         self.window_losses: list[torch.Tensor] = []  # every micro-batch loss since the last log
         self.window_steps: list[int] = []  # the optimizer step each of them belongs to
         self.grad_norm: torch.Tensor | None = None
-        self.window_samples, self.window_bad = 0, False
+        self.window_samples, self.window_bad, self.window_wait_s = 0, False, 0.0
         # Wall time of training alone: evaluation and checkpoint writes are paused out of it.
         self.window_start = self.clock = time.perf_counter()
         self.window_paused_s = self.clock_paused_s = 0.0
@@ -235,6 +249,7 @@ class TrainingLoop:
             "train/loss": sum(values) / max(1, len(values)),
             "train/lr": self.parts.schedule.last_lr(),
             "train/samples_per_s": self.window_samples / max(elapsed, 1e-9),
+            "train/data_wait_fraction": min(1.0, self.window_wait_s / max(elapsed, 1e-9)),
         }
         if self.grad_norm is not None:
             figures["train/grad_norm"] = float(self.grad_norm)
@@ -245,7 +260,7 @@ class TrainingLoop:
         self._emit(figures)
         self.state.last_train = figures
         self.window_losses, self.window_steps, self.window_samples = [], [], 0
-        self.window_start, self.window_paused_s = time.perf_counter(), 0.0
+        self.window_start, self.window_paused_s, self.window_wait_s = time.perf_counter(), 0.0, 0.0
 
     def _emit(self, figures: dict[str, float]) -> None:
         epoch = self.state.epoch + self.state.batch_in_epoch / max(1, self.parts.plan.batches_per_epoch)

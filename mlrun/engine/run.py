@@ -5,6 +5,7 @@ Used by `mlrun train` and by `mlrun tune` (each trial is a full run in its own d
 
 from __future__ import annotations
 
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ def run_training(
 ) -> TrainState:
     """Train `config` in <output_dir>/<name>; summary.json is written whatever happens."""
     from mlrun.data.bundle import fingerprint
+    from mlrun.engine.batches import resolve_workers
     from mlrun.engine.build import build_components
     from mlrun.engine.loop import TrainingLoop
 
@@ -47,6 +49,11 @@ def run_training(
             accelerator.num_processes, str(accelerator.device), config.train.precision, effective_batch, prints
         )
         info["resumed_from"] = str(resume_from) if resume_from else None
+        info["data_cleaning"] = parts.bundle.cleaning
+        info["num_workers"] = resolve_workers(config.data, parts.bundle.train)
+        if parts.bundle.transform is not None:  # the fitted preprocessing, for eval and export
+            with open(run_dir / "preprocessing.pkl", "wb") as file:
+                pickle.dump(parts.bundle.transform, file)
         write_json(run_dir / "manifest.json", info)
 
     loop = TrainingLoop(parts, accelerator, run_dir, extra_callbacks=callbacks)
@@ -127,6 +134,7 @@ def make_summary(config: ExperimentConfig, loop, status: str, wall_time_s: float
         "wall_time_s": round(wall_time_s, 3),
         "train_time_s": round(state.train_time_s, 3),
         "samples_per_s": state.samples_seen / state.train_time_s if state.train_time_s > 0 else 0.0,
+        "data_wait_fraction": round(min(1.0, state.data_wait_s / state.train_time_s), 4) if state.train_time_s else 0.0,
         "peak_memory_bytes": peak_memory_bytes(loop.accelerator.device.type),
         "nonfinite_skipped": state.nonfinite_skipped,
         "overflow_skipped": state.overflow_skipped,

@@ -20,6 +20,7 @@ class TrainState:
     nonfinite_skipped: int = 0
     overflow_skipped: int = 0
     train_time_s: float = 0.0  # wall time spent training, summed over resumes
+    data_wait_s: float = 0.0  # of which waiting for the next batch
     # The unlogged part of the current log window, so the logs of a resumed run are exact too.
     window_losses: list[float] = field(default_factory=list)
     window_steps: list[int] = field(default_factory=list)

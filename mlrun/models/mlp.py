@@ -9,6 +9,7 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 from mlrun.data.bundle import DataMeta
+from mlrun.errors import UsageError
 from mlrun.models.heads import flat_features, output_size
 from mlrun.registry import models
 
@@ -48,4 +49,9 @@ def mlp(
         dropout: dropout after each hidden layer.
         activation: relu | gelu | silu | tanh.
     """
+    if meta.vocab_size:
+        raise UsageError(
+            "model 'mlp' takes numeric features, but this data gives token ids; use transformer_classifier "
+            "(text classification) or gpt (language modelling)"
+        )
     return MLP(flat_features(meta), list(hidden_sizes), output_size(meta, "mlp"), dropout, activation)

@@ -1,0 +1,113 @@
+"""`hf_disk`: a Hugging Face `datasets` dataset saved with `save_to_disk` (mlrun[hf]); no download.
+
+A DatasetDict gives its `train_split` and `val_split` splits (or splits train by val_fraction when
+there is no validation split); a single Dataset is split by val_fraction. Features are either
+numeric columns (scalars or fixed-shape arrays, stacked into one input) or one text column,
+tokenized like jsonl_text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import Field, PositiveInt
+
+from mlrun.data.arrays import bundle_from_arrays, check_features
+from mlrun.data.bundle import DatasetBundle
+from mlrun.data.text import text_bundle
+from mlrun.errors import UsageError, did_you_mean
+from mlrun.registry import datasets
+
+
+def _load(path: str):
+    try:
+        import datasets as hf_datasets
+    except ImportError:
+        raise UsageError("dataset 'hf_disk' needs the datasets package: pip install 'mlrun[hf]'") from None
+    if not Path(path).is_dir():
+        raise UsageError(f"data.path: folder '{path}' not found (relative to {Path.cwd()}).")
+    try:
+        return hf_datasets.load_from_disk(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable folder gets the same message
+        raise UsageError(f"data.path: '{path}' is not a dataset saved with save_to_disk: {exc}") from None
+
+
+def _columns(split, names: list[str], where: str) -> None:
+    for name in names:
+        if name not in split.column_names:
+            raise UsageError(
+                f"{where}: column '{name}' is not in the dataset.{did_you_mean(name, split.column_names)} "
+                f"Columns: {', '.join(split.column_names)}."
+            )
+
+
+def _features(split, columns: list[str]) -> np.ndarray:
+    table = split.with_format("numpy")
+    # One array column keeps its shape (images); several are flattened side by side.
+    if len(columns) == 1:
+        return check_features(np.asarray(table[columns[0]], dtype=np.float32), "data.features")
+    parts = [np.asarray(table[c], dtype=np.float32).reshape(len(split), -1) for c in columns]
+    return check_features(np.concatenate(parts, axis=1), "data.features")
+
+
+@datasets.register("hf_disk")
+def hf_disk(
+    seed: int,
+    /,
+    *,
+    path: str,
+    label: str = "label",
+    features: list[str] | None = None,
+    text_field: str | None = None,
+    train_split: str = "train",
+    val_split: str = "validation",
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2,
+    tokenizer: str = "byte",
+    max_length: PositiveInt = 128,
+    task: Literal["auto", "classification", "regression"] = "auto",
+) -> DatasetBundle:
+    """A Hugging Face datasets folder written by save_to_disk (Dataset or DatasetDict).
+
+    Args:
+        path: the folder save_to_disk wrote.
+        label: the target column.
+        features: numeric feature columns; default every column except the label (without text_field).
+        text_field: a text column to tokenize instead of numeric features.
+        train_split: the training split of a DatasetDict.
+        val_split: the validation split of a DatasetDict; when absent, val_fraction of the training split.
+        val_fraction: share held out for validation when there is no validation split.
+        tokenizer: with text_field: byte, char or a tokenizers tokenizer.json path.
+        max_length: with text_field: tokens per sample.
+        task: auto (integer or string labels classify, float labels regress), classification or regression.
+    """
+    loaded = _load(path)
+    if hasattr(loaded, "keys"):  # DatasetDict
+        if train_split not in loaded:
+            raise UsageError(f"data.train_split: no split '{train_split}'; splits: {', '.join(loaded)}.")
+        train, val = loaded[train_split], loaded.get(val_split)
+    else:
+        train, val = loaded, None
+    where = f"data.path ('{path}')"
+    if text_field:
+        for split in filter(None, (train, val)):
+            _columns(split, [text_field, label], where)
+        texts, labels = list(train[text_field]), np.array(train[label])
+        val_pair = (list(val[text_field]), np.array(val[label])) if val is not None else None
+        return text_bundle(
+            texts,
+            labels,
+            seed,
+            val=val_pair,
+            val_fraction=val_fraction,
+            tokenizer=tokenizer,
+            max_length=max_length,
+            where=where,
+        )
+    columns = features or [c for c in train.column_names if c != label]
+    for split in filter(None, (train, val)):
+        _columns(split, [*columns, label], where)
+    x, y = _features(train, columns), np.array(train[label])
+    val_arrays = (_features(val, columns), np.array(val[label])) if val is not None else None
+    return bundle_from_arrays(x, y, seed, val_fraction=val_fraction, task=task, where=where, val=val_arrays)

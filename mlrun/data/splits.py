@@ -1,0 +1,75 @@
+"""What every file-based source shares: finding its files, splitting by seed, encoding labels.
+
+Splits are a pure function of (number of samples, labels, val_fraction, seed), stratified for
+classification so every class keeps its share on both sides.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import numpy as np
+
+from mlrun.errors import UsageError
+
+
+def resolve_files(patterns: str | list[str], key: str, kind: str = "file") -> list[Path]:
+    """Every file matching one or more globs, sorted; an error naming the key when none match."""
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    found: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
+        matches = [m for m in matches if (m.is_dir() if kind == "folder" else m.is_file())]
+        if not matches:
+            raise UsageError(f"{key}: no {kind} matches '{pattern}' (paths are relative to {Path.cwd()}).")
+        found.extend(matches)
+    return found
+
+
+def split_indices(
+    count: int, val_fraction: float, seed: int, labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, validation indices): stratified by `labels` when given, fixed by `seed`."""
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        order = rng.permutation(count)
+        cut = int(round(count * val_fraction))
+        return np.sort(order[cut:]), np.sort(order[:cut])
+    train, val = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        # A class of one sample stays in training: a validation-only class cannot be scored.
+        cut = min(len(members) - 1, int(round(len(members) * val_fraction)))
+        val.append(members[:cut])
+        train.append(members[cut:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def encode_labels(train: np.ndarray, val: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray, list]:
+    """Class ids 0..C-1 in sorted order of the training labels; a validation label outside them is an error."""
+    classes = np.unique(train)
+    unseen = ~np.isin(val, classes)
+    if unseen.any():
+        first = val[np.flatnonzero(unseen)[0]]
+        raise UsageError(
+            f"{where}: {int(unseen.sum())} validation samples have a label the training split never has "
+            f"(first: {first!r}; training classes: {_short(classes)}). Fix the labels or the split."
+        )
+    return np.searchsorted(classes, train), np.searchsorted(classes, val), [_plain(c) for c in classes]
+
+
+def is_classification(labels: np.ndarray, task: str) -> bool:
+    """`task: auto` means classification for integer, boolean or string labels, regression for floats."""
+    if task != "auto":
+        return task == "classification"
+    return labels.dtype.kind in "iubUSO"
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+def _short(values, limit: int = 10) -> str:
+    shown = ", ".join(repr(_plain(v)) for v in values[:limit])
+    return f"[{shown}{', ...' if len(values) > limit else ''}]"

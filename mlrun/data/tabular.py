@@ -1,0 +1,265 @@
+"""Tables as data: `csv` and `parquet`, with scikit-learn preprocessing fitted on the training split.
+
+Numeric columns are imputed (when asked) and scaled; categorical columns one-hot or ordinal
+encoded; then optional feature selection steps run in order (variance threshold, univariate top-k,
+recursive elimination, L1-based, PCA). The fitted pipeline is fitted on the training split only,
+applied to validation, and pickled into the run directory (`preprocessing.pkl`) for eval and export.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+from mlrun.data.arrays import bundle_from_arrays
+from mlrun.data.bundle import DatasetBundle
+from mlrun.data.splits import is_classification, resolve_files, split_indices
+from mlrun.errors import UsageError, did_you_mean
+from mlrun.registry import datasets
+
+ValFraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+class FeatureSelection(BaseModel):
+    """One feature-selection step, fitted on the training split after encoding and scaling."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["variance", "kbest", "rfe", "l1", "pca"]
+    """variance: drop near-constant features; kbest: top-k by a univariate score; rfe: recursive
+    elimination with a linear model; l1: keep what an L1-penalised linear model uses; pca: project."""
+    threshold: Annotated[float, Field(ge=0.0)] = 0.0
+    """variance: features whose training variance is at most this are dropped."""
+    k: PositiveInt | None = None
+    """kbest, rfe: features to keep (default: half of them)."""
+    score: Literal["f", "mutual_info"] = "f"
+    """kbest: ANOVA F (classification) / F-regression, or mutual information."""
+    c: PositiveFloat = 1.0
+    """l1: inverse regularisation strength (smaller keeps fewer features)."""
+    components: Annotated[float, Field(gt=0.0)] | None = None
+    """pca: a whole number of components, or a fraction (< 1) of variance to explain; default all."""
+
+
+def _selector(step: FeatureSelection, classify: bool, seed: int, features: int):
+    from sklearn import decomposition, feature_selection, linear_model
+
+    k = min(step.k or max(1, features // 2), features)
+    linear = linear_model.LogisticRegression(max_iter=2000) if classify else linear_model.LinearRegression()
+    if step.method == "variance":
+        return feature_selection.VarianceThreshold(step.threshold)
+    if step.method == "kbest":
+        scores = {
+            ("f", True): feature_selection.f_classif,
+            ("f", False): feature_selection.f_regression,
+            # partial, not lambda: the fitted pipeline is pickled into the run directory.
+            ("mutual_info", True): partial(feature_selection.mutual_info_classif, random_state=seed),
+            ("mutual_info", False): partial(feature_selection.mutual_info_regression, random_state=seed),
+        }
+        return feature_selection.SelectKBest(scores[step.score, classify], k=k)
+    if step.method == "rfe":
+        return feature_selection.RFE(linear, n_features_to_select=k)
+    if step.method == "l1":
+        from sklearn.svm import LinearSVC
+
+        sparse = (
+            LinearSVC(penalty="l1", dual=False, C=step.c, random_state=seed, max_iter=5000)
+            if classify
+            else linear_model.Lasso(alpha=1.0 / step.c, random_state=seed)
+        )
+        return feature_selection.SelectFromModel(sparse)
+    components = step.components
+    if components is not None and components >= 1:
+        components = int(min(components, features))
+    return decomposition.PCA(n_components=components, random_state=seed)
+
+
+def _read(path: str, key: str, reader: str):
+    try:
+        import pandas as pd
+    except ImportError:
+        raise UsageError(f"dataset '{reader}' needs pandas: pip install 'mlrun[tabular]'") from None
+    file = resolve_files(path, key)[0]
+    try:
+        frame = pd.read_csv(file) if reader == "csv" else pd.read_parquet(file)
+    except ImportError as exc:
+        raise UsageError(f"{key}: reading parquet needs pyarrow: pip install 'mlrun[tabular]' ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+        raise UsageError(f"{key}: cannot read '{file}' as {reader}: {exc}") from None
+    if frame.empty:
+        raise UsageError(f"{key}: '{file}' has no rows.")
+    return frame, file
+
+
+def _check_columns(frame, names: list[str], key: str, file: Path) -> None:
+    for name in names:
+        if name not in frame.columns:
+            raise UsageError(
+                f"{key}: column '{name}' is not in '{file}'.{did_you_mean(name, frame.columns)} "
+                f"Columns: {', '.join(map(str, frame.columns))}."
+            )
+
+
+def _check_missing(frame, columns: list[str], file: Path, what: str) -> None:
+    for column in columns:
+        rows = np.flatnonzero(frame[column].isna().to_numpy())
+        if len(rows):
+            shown = ", ".join(str(r + 1) for r in rows[:5])
+            raise UsageError(
+                f"data: column '{column}' of '{file}' has {len(rows)} missing values (data rows {shown}"
+                f"{', ...' if len(rows) > 5 else ''}); {what}"
+            )
+
+
+def _pipeline(numeric, categorical, impute, encoding, scale, select, classify, seed, width):
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline, make_pipeline
+    from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, OrdinalEncoder, StandardScaler
+
+    numeric_steps = [] if impute == "error" else [SimpleImputer(strategy=impute, fill_value=0.0)]
+    numeric_steps += {"standard": [StandardScaler()], "minmax": [MinMaxScaler()], "none": []}[scale]
+    categorical_steps = [] if impute == "error" else [SimpleImputer(strategy="most_frequent")]
+    categorical_steps.append(
+        OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+        if encoding == "onehot"
+        else OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1)
+    )
+    parts = []
+    if numeric:
+        parts.append(("numeric", make_pipeline(*numeric_steps) if numeric_steps else "passthrough", numeric))
+    if categorical:
+        parts.append(("categorical", make_pipeline(*categorical_steps), categorical))
+    steps = [("columns", ColumnTransformer(parts))]
+    steps += [(f"select{i}", _selector(step, classify, seed, width)) for i, step in enumerate(select)]
+    return Pipeline(steps)
+
+
+def _tabular(
+    reader: str,
+    seed: int,
+    path: str,
+    target: str,
+    features: list[str] | None,
+    categorical: list[str] | None,
+    val_path: str | None,
+    val_fraction: float,
+    task: str,
+    impute: str,
+    categorical_encoding: str,
+    scale: str,
+    select: list[FeatureSelection],
+) -> DatasetBundle:
+    frame, file = _read(path, "data.path", reader)
+    _check_columns(frame, [target], "data.target", file)
+    features = features or [c for c in frame.columns if c != target]
+    _check_columns(frame, features, "data.features", file)
+    if categorical is None:
+        from pandas.api.types import is_numeric_dtype
+
+        categorical = [c for c in features if not is_numeric_dtype(frame[c])]
+    _check_columns(frame, categorical, "data.categorical", file)
+    numeric = [c for c in features if c not in categorical]
+    val_frame, val_file = _read(val_path, "data.val_path", reader) if val_path else (None, None)
+    if val_frame is not None:
+        _check_columns(val_frame, [target, *features], "data.val_path", val_file)
+    for table, where in ((frame, file), (val_frame, val_file)):
+        if table is None:
+            continue
+        _check_missing(table, [target], where, "drop those rows or fill the target.")
+        if impute == "error":
+            _check_missing(table, features, where, "set data.impute (mean, median, most_frequent, constant).")
+
+    labels = frame[target].to_numpy()
+    classify = is_classification(labels, task)
+    if val_frame is None:
+        train_idx, val_idx = split_indices(len(frame), val_fraction, seed, labels if classify else None)
+        train_frame, val_frame = frame.iloc[train_idx], frame.iloc[val_idx]
+    else:
+        train_frame = frame
+    pipeline = _pipeline(
+        numeric, categorical, impute, categorical_encoding, scale, select, classify, seed, len(features)
+    )
+    y_train, y_val = train_frame[target].to_numpy(), val_frame[target].to_numpy()
+    try:
+        x_train = pipeline.fit_transform(train_frame[features], y_train)
+    except ValueError as exc:
+        raise UsageError(f"data.select: fitting the preprocessing failed: {exc}") from None
+    x_val = pipeline.transform(val_frame[features])
+    described = {
+        "features": features,
+        "categorical": categorical,
+        "features_out": int(x_train.shape[1]),
+        "transform": "preprocessing.pkl: a fitted scikit-learn Pipeline; call .transform(frame[features])",
+    }
+    bundle = bundle_from_arrays(
+        np.asarray(x_train, dtype=np.float32),
+        y_train,
+        seed,
+        val_fraction=val_fraction,
+        task="classification" if classify else "regression",
+        where=f"data.target ('{target}')",
+        val=(np.asarray(x_val, dtype=np.float32), y_val),
+        preprocessing={"tabular": described},
+    )
+    bundle.transform = pipeline
+    return bundle
+
+
+def _register(reader: str):
+    def factory(
+        seed: int,
+        /,
+        *,
+        path: str,
+        target: str,
+        features: list[str] | None = None,
+        categorical: list[str] | None = None,
+        val_path: str | None = None,
+        val_fraction: ValFraction = 0.2,
+        task: Literal["auto", "classification", "regression"] = "auto",
+        impute: Literal["error", "mean", "median", "most_frequent", "constant"] = "error",
+        categorical_encoding: Literal["onehot", "ordinal"] = "onehot",
+        scale: Literal["standard", "minmax", "none"] = "standard",
+        select: list[FeatureSelection] = [],  # noqa: B006 - validated copy, never mutated
+    ) -> DatasetBundle:
+        return _tabular(
+            reader,
+            seed,
+            path,
+            target,
+            features,
+            categorical,
+            val_path,
+            val_fraction,
+            task,
+            impute,
+            categorical_encoding,
+            scale,
+            select,
+        )
+
+    factory.__name__ = reader
+    factory.__doc__ = f"""A {reader} table: feature columns by name, numeric and categorical, one target column.
+
+    Args:
+        path: the {reader} file.
+        target: the column to predict.
+        features: feature columns; default every column except the target.
+        categorical: categorical feature columns; default the non-numeric ones.
+        val_path: a second {reader} file used as the validation split (instead of val_fraction).
+        val_fraction: share of rows held out for validation (stratified for classification).
+        task: auto (integer or string targets classify, float targets regress), classification or regression.
+        impute: missing feature values: error (stop and name the column), or fill numeric columns with the mean, median, most_frequent or constant 0 (categorical ones with the most frequent value).
+        categorical_encoding: onehot (unknown categories in validation become all zeros) or ordinal.
+        scale: numeric columns: standard (zero mean, unit variance), minmax or none.
+        select: feature-selection steps in order, each {{method: variance|kbest|rfe|l1|pca, ...}}.
+    """  # noqa: E501
+    return datasets.register(reader)(factory)
+
+
+csv = _register("csv")
+parquet = _register("parquet")

@@ -1,0 +1,115 @@
+"""`jsonl_text`: text classification from JSON Lines, one `{"text": ..., "label": ...}` per line.
+
+Texts become fixed-length rows of token ids (truncated or padded with 0); labels may be strings or
+numbers and become class ids in sorted order of the training labels.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import torch
+from pydantic import Field, PositiveInt
+
+from mlrun.data.bundle import ArrayDataset, DataMeta, DatasetBundle
+from mlrun.data.splits import encode_labels, resolve_files, split_indices
+from mlrun.data.tokenize import encode_padded, make_tokenizer
+from mlrun.errors import UsageError
+from mlrun.registry import datasets
+
+
+def read_jsonl(path: str, key: str, text_field: str, label_field: str) -> tuple[list[str], np.ndarray]:
+    file = resolve_files(path, key)[0]
+    texts, labels = [], []
+    with open(file, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{file}:{number}: not valid JSON ({exc.msg}); one JSON object per line.") from None
+            for field in (text_field, label_field):
+                if not isinstance(record, dict) or field not in record:
+                    found = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+                    raise UsageError(
+                        f"{file}:{number}: no '{field}' field (found: {found}); set data.{_key(field, text_field)}."
+                    )
+            if not isinstance(record[text_field], str):
+                raise UsageError(f"{file}:{number}: '{text_field}' must be a string.")
+            texts.append(record[text_field])
+            labels.append(record[label_field])
+    if not texts:
+        raise UsageError(f"{key}: '{file}' has no records.")
+    return texts, np.array(labels)
+
+
+def _key(field: str, text_field: str) -> str:
+    return "text_field" if field == text_field else "label_field"
+
+
+def text_bundle(
+    texts: list[str],
+    labels: np.ndarray,
+    seed: int,
+    *,
+    val: tuple[list[str], np.ndarray] | None,
+    val_fraction: float,
+    tokenizer: str,
+    max_length: int,
+    where: str,
+) -> DatasetBundle:
+    """Tokenized, padded text classification splits; the tokenizer is fitted on training texts only."""
+    if val is None:
+        train_idx, val_idx = split_indices(len(texts), val_fraction, seed, labels)
+        val = [texts[i] for i in val_idx], labels[val_idx]
+        texts, labels = [texts[i] for i in train_idx], labels[train_idx]
+    y_train, y_val, classes = encode_labels(labels, val[1], where)
+    encoder = make_tokenizer(tokenizer, texts, "data.tokenizer", pad=True)
+    x_train, x_val = encode_padded(encoder, texts, max_length), encode_padded(encoder, val[0], max_length)
+    meta = DataMeta(
+        task="classification",
+        input_shape=(max_length,),
+        num_classes=len(classes),
+        vocab_size=encoder.vocab_size,
+        seq_len=max_length,
+    )
+    train = ArrayDataset(torch.from_numpy(x_train), torch.as_tensor(y_train, dtype=torch.long))
+    validation = ArrayDataset(torch.from_numpy(x_val), torch.as_tensor(y_val, dtype=torch.long))
+    preprocessing = {"tokenizer": encoder.describe(), "max_length": max_length, "pad_id": 0, "classes": classes}
+    return DatasetBundle(train, validation, meta, preprocessing=preprocessing)
+
+
+@datasets.register("jsonl_text")
+def jsonl_text(
+    seed: int,
+    /,
+    *,
+    path: str,
+    val_path: str | None = None,
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2,
+    text_field: str = "text",
+    label_field: str = "label",
+    tokenizer: str = "byte",
+    max_length: PositiveInt = 128,
+) -> DatasetBundle:
+    """Text classification from a JSON Lines file of {"text": ..., "label": ...} records.
+
+    Args:
+        path: the .jsonl file.
+        val_path: a second .jsonl file used as the validation split (instead of val_fraction).
+        val_fraction: share of records held out for validation (stratified by label).
+        text_field: the field holding the text.
+        label_field: the field holding the label (string or number).
+        tokenizer: byte (UTF-8 bytes), char (alphabet of the training texts) or a tokenizers tokenizer.json path.
+        max_length: tokens per sample; longer texts are truncated, shorter ones padded with id 0.
+    """
+    texts, labels = read_jsonl(path, "data.path", text_field, label_field)
+    val = read_jsonl(val_path, "data.val_path", text_field, label_field) if val_path else None
+    where = f"data.path ('{Path(path)}')"
+    return text_bundle(
+        texts, labels, seed, val=val, val_fraction=val_fraction, tokenizer=tokenizer, max_length=max_length, where=where
+    )

@@ -1,0 +1,93 @@
+"""Tokenizers for text data: built-in bytes or characters, or a Hugging Face `tokenizers` file.
+
+`tokenizer: byte` needs nothing fitted; `char` learns its alphabet from the training split (id 0
+pads, 1 stands for characters never seen in training); a path names a `tokenizer.json` saved by the
+`tokenizers` library (installed with mlrun[text]).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mlrun.errors import UsageError
+
+PAD = 0
+
+
+class ByteTokenizer:
+    """UTF-8 bytes; with `offset` 1 the ids are byte + 1 so that 0 can pad."""
+
+    def __init__(self, offset: int = 0):
+        self.offset = offset
+        self.vocab_size = 256 + offset
+
+    def encode(self, text: str) -> list[int]:
+        return [b + self.offset for b in text.encode("utf-8")]
+
+    def describe(self) -> dict:
+        return {"kind": "byte", "offset": self.offset, "vocab_size": self.vocab_size}
+
+
+class CharTokenizer:
+    """Characters of the training texts in sorted order, after the pad (0) and unknown (1) ids."""
+
+    def __init__(self, texts: list[str]):
+        self.chars = sorted(set("".join(texts)))
+        self.ids = {c: i + 2 for i, c in enumerate(self.chars)}
+        self.vocab_size = len(self.chars) + 2
+
+    def encode(self, text: str) -> list[int]:
+        return [self.ids.get(c, 1) for c in text]
+
+    def describe(self) -> dict:
+        return {"kind": "char", "pad": 0, "unknown": 1, "alphabet": "".join(self.chars), "vocab_size": self.vocab_size}
+
+
+class FileTokenizer:
+    """A Hugging Face `tokenizers` file (tokenizer.json)."""
+
+    def __init__(self, path: str, key: str):
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise UsageError(
+                f"{key}: a tokenizer file needs the tokenizers package: pip install 'mlrun[text]'"
+            ) from None
+        if not Path(path).is_file():
+            raise UsageError(f"{key}: '{path}' is neither byte, char nor a tokenizer file (relative to {Path.cwd()}).")
+        try:
+            self.tokenizer = Tokenizer.from_file(path)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+            raise UsageError(f"{key}: cannot load tokenizer '{path}': {exc}") from None
+        self.path = path
+        self.vocab_size = self.tokenizer.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch(texts)]
+
+    def describe(self) -> dict:
+        return {"kind": "file", "path": str(Path(self.path).resolve()), "vocab_size": self.vocab_size}
+
+
+def make_tokenizer(spec: str, train_texts: list[str], key: str, pad: bool):
+    """`byte`, `char` (fitted on `train_texts`) or a tokenizer file; `pad` reserves id 0 for padding."""
+    if spec == "byte":
+        return ByteTokenizer(offset=1 if pad else 0)
+    if spec == "char":
+        return CharTokenizer(train_texts)
+    return FileTokenizer(spec, key)
+
+
+def encode_padded(tokenizer, texts: list[str], max_length: int) -> np.ndarray:
+    """(N, max_length) int64 ids, truncated or padded with 0 at the end."""
+    encoded = tokenizer.encode_batch(texts) if hasattr(tokenizer, "encode_batch") else map(tokenizer.encode, texts)
+    out = np.full((len(texts), max_length), PAD, dtype=np.int64)
+    for row, ids in zip(out, encoded):
+        ids = ids[:max_length]
+        row[: len(ids)] = ids
+    return out
