@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from mlrun.data.bundle import DataMeta
+from mlrun.models.heads import flat_features
 from mlrun.models.mlp import MLP
 
 
@@ -17,7 +18,7 @@ class _Probe(MLP):
     """An MLP that can SIGKILL its own process, emit NaN, or record its compute dtype, at given forwards."""
 
     def __init__(self, meta: DataMeta, kill_at: int | None, nan_at: list[int], dtype_file: str | None):
-        super().__init__(meta.input_shape[0], [64, 64], meta.num_classes, dropout=0.2, activation="relu")
+        super().__init__(flat_features(meta), [64, 64], meta.num_classes, dropout=0.2, activation="relu")
         self.kill_at, self.nan_at, self.dtype_file = kill_at, set(nan_at), dtype_file
         self.train_forwards = 0
 

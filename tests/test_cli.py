@@ -41,6 +41,7 @@ def test_list_json_has_every_kind(tmp_path):
     assert set(entries) == {
         "models",
         "datasets",
+        "augmentations",
         "losses",
         "metrics",
         "optimizers",
