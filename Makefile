@@ -31,6 +31,7 @@ bench: install
 	$(PY) scripts/bench/export.py
 	$(PY) scripts/bench/tune.py
 	$(PY) scripts/bench/memory.py
+	$(PY) scripts/bench/data.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info .pytest_cache .ruff_cache

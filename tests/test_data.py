@@ -291,7 +291,9 @@ def test_csv_run_saves_its_preprocessing_for_eval_and_export(tmp_path):
     final = json.loads((run_dir / "summary.json").read_text())["final"]
     assert final["val/accuracy"] > 0.75
     evaluated = run_cli("eval", run_dir, "--json", cwd=tmp_path)
-    assert json.loads(evaluated.stdout.strip().splitlines()[-1])["metrics"]["val/accuracy"] == pytest.approx(final["val/accuracy"])
+    assert json.loads(evaluated.stdout.strip().splitlines()[-1])["metrics"]["val/accuracy"] == pytest.approx(
+        final["val/accuracy"]
+    )
     exported = run_cli("export", run_dir, "--format", "safetensors", "--json", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
     import pickle
