@@ -40,6 +40,7 @@ def profile_config(
     if config.train.compile:
         model = torch.compile(model)
     batches = _endless(loader)
+    steps_batches = ((x, y, parts.augment) for x, y in batches)  # the step applies augmentation
     accum = config.train.grad_accum_steps
     times: dict[str, float] = defaultdict(float)
     if device.type == "cuda":
@@ -48,7 +49,7 @@ def profile_config(
     # would miss the memory training needs.
     with ResidentPeak() as resident:
         for _ in range(warmup):
-            _step(accelerator, model, optimizer, parts.loss_fn, batches, accum, config.train.max_grad_norm, None)
+            _step(accelerator, model, optimizer, parts.loss_fn, steps_batches, accum, config.train.max_grad_norm, None)
         with _trace(trace_dir) as tracer:
             start = time.perf_counter()
             samples = sum(
@@ -57,7 +58,7 @@ def profile_config(
                     model,
                     optimizer,
                     parts.loss_fn,
-                    batches,
+                    steps_batches,
                     accum,
                     config.train.max_grad_norm,
                     times,
@@ -139,7 +140,11 @@ def _endless(loader):
 
 
 def _step(accelerator, model, optimizer, loss_fn, batches, accum, max_grad_norm, times, tracer=None) -> int:
-    """One optimizer step (accum micro-batches) with a synchronised timer around each phase."""
+    """One optimizer step (accum micro-batches) with a synchronised timer around each phase.
+
+    `batches` yields (inputs, targets, augment or None). Augmentation runs in the training process
+    after the batch arrives, as in the loop: its time falls under "other", never under "data".
+    """
     device, samples = accelerator.device, 0
 
     def phase(name, start):
@@ -150,8 +155,11 @@ def _step(accelerator, model, optimizer, loss_fn, batches, accum, max_grad_norm,
 
     for _ in range(accum):
         t = time.perf_counter()
-        inputs, targets = next(batches)
+        inputs, targets, augment = next(batches)
         t = phase("data", t)
+        if augment is not None:
+            inputs, targets = augment(inputs, targets, 0, samples)  # seeded by the step's position
+            t = phase("augment", t)
         with accelerator.accumulate(model):
             loss = loss_fn(model(inputs), targets)
             t = phase("forward", t)
