@@ -6,6 +6,7 @@ with a synchronisation between phases: the breakdown needs it, the training loop
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -40,7 +41,8 @@ def profile_config(
     if config.train.compile:
         model = torch.compile(model)
     batches = _endless(loader)
-    steps_batches = ((x, y, parts.augment) for x, y in batches)  # the step applies augmentation
+    positions = itertools.count()  # seeds each batch's augmentation, as the loop's batch position does
+    augment = (lambda x, y: parts.augment(x, y, 0, next(positions))) if parts.augment else None
     accum = config.train.grad_accum_steps
     times: dict[str, float] = defaultdict(float)
     if device.type == "cuda":
@@ -49,7 +51,9 @@ def profile_config(
     # would miss the memory training needs.
     with ResidentPeak() as resident:
         for _ in range(warmup):
-            _step(accelerator, model, optimizer, parts.loss_fn, steps_batches, accum, config.train.max_grad_norm, None)
+            _step(
+                accelerator, model, optimizer, parts.loss_fn, batches, augment, accum, config.train.max_grad_norm, None
+            )
         with _trace(trace_dir) as tracer:
             start = time.perf_counter()
             samples = sum(
@@ -58,7 +62,8 @@ def profile_config(
                     model,
                     optimizer,
                     parts.loss_fn,
-                    steps_batches,
+                    batches,
+                    augment,
                     accum,
                     config.train.max_grad_norm,
                     times,
@@ -139,11 +144,11 @@ def _endless(loader):
         epoch += 1
 
 
-def _step(accelerator, model, optimizer, loss_fn, batches, accum, max_grad_norm, times, tracer=None) -> int:
+def _step(accelerator, model, optimizer, loss_fn, batches, augment, accum, max_grad_norm, times, tracer=None) -> int:
     """One optimizer step (accum micro-batches) with a synchronised timer around each phase.
 
-    `batches` yields (inputs, targets, augment or None). Augmentation runs in the training process
-    after the batch arrives, as in the loop: its time falls under "other", never under "data".
+    `augment` (or None) runs in the training process after the batch arrives, as in the loop: its
+    time falls under "other", never under "data".
     """
     device, samples = accelerator.device, 0
 
@@ -155,10 +160,10 @@ def _step(accelerator, model, optimizer, loss_fn, batches, accum, max_grad_norm,
 
     for _ in range(accum):
         t = time.perf_counter()
-        inputs, targets, augment = next(batches)
+        inputs, targets = next(batches)
         t = phase("data", t)
         if augment is not None:
-            inputs, targets = augment(inputs, targets, 0, samples)  # seeded by the step's position
+            inputs, targets = augment(inputs, targets)
             t = phase("augment", t)
         with accelerator.accumulate(model):
             loss = loss_fn(model(inputs), targets)
