@@ -222,7 +222,7 @@ def cutout(meta: DataMeta, /, *, size: Annotated[float, Field(gt=0.0, le=1.0)] =
     def step(x, y, g):
         b, _, h, w = x.shape
         side = torch.full((b,), max(1, round(size * min(h, w))))
-        mask = _box_masks(g, b, h, w, side, side) & (torch.rand(b, generator=g) < p).view(-1, 1, 1, 1)
+        mask = _box_masks(g, b, h, w, side, side) & _chosen(g, b, p, "cpu").view(-1, 1, 1, 1)
         return x.masked_fill(mask.to(x.device, non_blocking=True), 0.0), y
 
     return step

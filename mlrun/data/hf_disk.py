@@ -16,8 +16,9 @@ from pydantic import Field, PositiveInt
 
 from mlrun.data.arrays import bundle_from_arrays, check_features
 from mlrun.data.bundle import DatasetBundle
+from mlrun.data.splits import require_columns
 from mlrun.data.text import text_bundle
-from mlrun.errors import UsageError, did_you_mean
+from mlrun.errors import UsageError
 from mlrun.registry import datasets
 
 
@@ -35,12 +36,7 @@ def _load(path: str):
 
 
 def _columns(split, names: list[str], where: str) -> None:
-    for name in names:
-        if name not in split.column_names:
-            raise UsageError(
-                f"{where}: column '{name}' is not in the dataset.{did_you_mean(name, split.column_names)} "
-                f"Columns: {', '.join(split.column_names)}."
-            )
+    require_columns(names, split.column_names, where, "the dataset")
 
 
 def _features(split, columns: list[str]) -> np.ndarray:

@@ -200,10 +200,10 @@ def image_folder(
     if cache:
         train_pixels = np.stack([decoded[i] for i in train_idx])
         val_pixels = np.stack([decoded[i] for i in val_idx]) if len(val_idx) else np.zeros((0, *shape), np.uint8)
-        sample = train_pixels[:STATS_SAMPLE]
-    else:
-        sample = np.stack([decoder(files[i]) for i in train_idx[:STATS_SAMPLE]])
-    if mean is None:
+    if mean is None:  # statistics of the training split; per-sample decoding decodes a sample of it for them
+        sample = (
+            train_pixels[:STATS_SAMPLE] if cache else np.stack([decoder(files[i]) for i in train_idx[:STATS_SAMPLE]])
+        )
         mean, std = _channel_stats(sample)
     if len(mean) != shape[0] or len(std) != shape[0]:
         raise UsageError(f"data.mean and data.std: need {shape[0]} values (one per channel), got {len(mean)}.")

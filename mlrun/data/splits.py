@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlrun.errors import UsageError
+from mlrun.errors import UsageError, did_you_mean
 
 
 def resolve_files(patterns: str | list[str], key: str, kind: str = "file") -> list[Path]:
@@ -25,6 +25,16 @@ def resolve_files(patterns: str | list[str], key: str, kind: str = "file") -> li
             raise UsageError(f"{key}: no {kind} matches '{pattern}' (paths are relative to {Path.cwd()}).")
         found.extend(matches)
     return found
+
+
+def require_columns(names: list[str], available, key: str, source: str) -> None:
+    """Every name must be a column of `source`; else one message with the closest column and the list."""
+    for name in names:
+        if name not in available:
+            raise UsageError(
+                f"{key}: column '{name}' is not in {source}.{did_you_mean(name, available)} "
+                f"Columns: {', '.join(map(str, available))}."
+            )
 
 
 def split_indices(

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from mlrun.data.arrays import bundle_from_arrays
 from mlrun.data.bundle import DatasetBundle
-from mlrun.data.splits import is_classification, resolve_files, split_indices
-from mlrun.errors import UsageError, did_you_mean
+from mlrun.data.splits import is_classification, require_columns, resolve_files, split_indices
+from mlrun.errors import UsageError
 from mlrun.registry import datasets
 
 ValFraction = Annotated[float, Field(gt=0.0, lt=1.0)]
@@ -95,12 +95,7 @@ def _read(path: str, key: str, reader: str):
 
 
 def _check_columns(frame, names: list[str], key: str, file: Path) -> None:
-    for name in names:
-        if name not in frame.columns:
-            raise UsageError(
-                f"{key}: column '{name}' is not in '{file}'.{did_you_mean(name, frame.columns)} "
-                f"Columns: {', '.join(map(str, frame.columns))}."
-            )
+    require_columns(names, frame.columns, key, f"'{file}'")
 
 
 def _check_missing(frame, columns: list[str], file: Path, what: str) -> None:

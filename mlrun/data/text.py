@@ -6,6 +6,7 @@ numbers and become class ids in sorted order of the training labels.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated
@@ -14,8 +15,9 @@ import numpy as np
 import torch
 from pydantic import Field, PositiveInt
 
-from mlrun.data.bundle import ArrayDataset, DataMeta, DatasetBundle
-from mlrun.data.splits import encode_labels, resolve_files, split_indices
+from mlrun.data.arrays import bundle_from_arrays
+from mlrun.data.bundle import DatasetBundle
+from mlrun.data.splits import resolve_files, split_indices
 from mlrun.data.tokenize import encode_padded, make_tokenizer
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
@@ -62,25 +64,26 @@ def text_bundle(
     max_length: int,
     where: str,
 ) -> DatasetBundle:
-    """Tokenized, padded text classification splits; the tokenizer is fitted on training texts only."""
+    """Tokenized, padded text classification splits; the tokenizer is fitted on training texts only,
+    so the split comes first."""
     if val is None:
         train_idx, val_idx = split_indices(len(texts), val_fraction, seed, labels)
         val = [texts[i] for i in val_idx], labels[val_idx]
         texts, labels = [texts[i] for i in train_idx], labels[train_idx]
-    y_train, y_val, classes = encode_labels(labels, val[1], where)
     encoder = make_tokenizer(tokenizer, texts, "data.tokenizer", pad=True)
-    x_train, x_val = encode_padded(encoder, texts, max_length), encode_padded(encoder, val[0], max_length)
-    meta = DataMeta(
+    bundle = bundle_from_arrays(
+        encode_padded(encoder, texts, max_length),
+        labels,
+        seed,
+        val_fraction=val_fraction,
         task="classification",
-        input_shape=(max_length,),
-        num_classes=len(classes),
-        vocab_size=encoder.vocab_size,
-        seq_len=max_length,
+        where=where,
+        val=(encode_padded(encoder, val[0], max_length), val[1]),
+        preprocessing={"tokenizer": encoder.describe(), "max_length": max_length, "pad_id": 0},
+        dtype=torch.long,
     )
-    train = ArrayDataset(torch.from_numpy(x_train), torch.as_tensor(y_train, dtype=torch.long))
-    validation = ArrayDataset(torch.from_numpy(x_val), torch.as_tensor(y_val, dtype=torch.long))
-    preprocessing = {"tokenizer": encoder.describe(), "max_length": max_length, "pad_id": 0, "classes": classes}
-    return DatasetBundle(train, validation, meta, preprocessing=preprocessing)
+    bundle.meta = dataclasses.replace(bundle.meta, vocab_size=encoder.vocab_size, seq_len=max_length)
+    return bundle
 
 
 @datasets.register("jsonl_text")

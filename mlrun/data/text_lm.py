@@ -69,14 +69,13 @@ def _dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint8 if vocab_size <= 2**8 else np.uint16 if vocab_size <= 2**16 else np.int32)
 
 
-def cached_tokens(files: list[Path], tokenizer) -> tuple[np.ndarray, str, bool]:
-    """(memory-mapped token ids, cache key, whether the cache already existed)."""
+def cached_tokens(files: list[Path], tokenizer) -> tuple[np.ndarray, str]:
+    """(memory-mapped token ids, cache key)."""
     key = _cache_key(files, tokenizer)
     folder = files[0].parent / ".mlrun-cache"
     path = folder / f"{key}.tokens"
     dtype = _dtype(tokenizer.vocab_size)
-    existed = path.exists()
-    if not existed:
+    if not path.exists():
         folder.mkdir(exist_ok=True)
         partial = path.with_suffix(f".tmp{os.getpid()}")
         with open(partial, "wb") as out:  # one file at a time: memory stays at one file's text
@@ -85,8 +84,8 @@ def cached_tokens(files: list[Path], tokenizer) -> tuple[np.ndarray, str, bool]:
                 out.write(np.asarray(tokenizer.encode(text), dtype=dtype).tobytes())
         os.replace(partial, path)  # complete or absent: a crash never leaves a half cache
     if path.stat().st_size == 0:
-        return np.zeros(0, dtype), key, existed
-    return np.memmap(path, dtype=dtype, mode="r"), key, existed
+        return np.zeros(0, dtype), key
+    return np.memmap(path, dtype=dtype, mode="r"), key
 
 
 @datasets.register("text_lm")
@@ -115,12 +114,12 @@ def text_lm(
         raise UsageError("data.tokenizer: text_lm takes byte or a tokenizer file (char is for jsonl_text).")
     files = resolve_files(path, "data.path")
     encoder = make_tokenizer(tokenizer, [], "data.tokenizer", pad=False)
-    tokens, key, _ = cached_tokens(files, encoder)
+    tokens, key = cached_tokens(files, encoder)
     if val_path is None:
         split = int(len(tokens) * (1 - val_fraction))
         train_tokens, val_tokens, val_key = tokens[:split], tokens[split:], f"{key}-tail"
     else:
-        val_tokens, val_key, _ = cached_tokens(resolve_files(val_path, "data.val_path"), encoder)
+        val_tokens, val_key = cached_tokens(resolve_files(val_path, "data.val_path"), encoder)
         train_tokens = tokens
     train = TokenBlocks(train_tokens, block_size, stride or block_size, key)
     val = TokenBlocks(val_tokens, block_size, block_size, val_key)
