@@ -21,8 +21,14 @@ from mlrun.data.bundle import collate
 class EpochBatchSampler:
     """Batches of indices: a fresh permutation per epoch seeded by (seed, epoch)."""
 
-    def __init__(self, size: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int):
+    def __init__(
+        self, size: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, index_tensors: bool = False
+    ):
         self.size, self.batch_size, self.shuffle, self.drop_last, self.seed = size, batch_size, shuffle, drop_last, seed
+        # Batches as index tensors rather than lists: a dataset with `__getitems__` then indexes without
+        # building a tensor from a Python list (~10 us a batch). Only unsharded: Accelerate's
+        # BatchSamplerShard joins batches with `+`, which must mean list concatenation.
+        self.index_tensors = index_tensors
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -44,7 +50,8 @@ class EpochBatchSampler:
         else:
             order = torch.arange(self.size)
         for b in range(self.start_batch, self.batches_per_epoch()):
-            yield order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+            batch = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield batch if self.index_tensors else batch.tolist()
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -54,8 +61,12 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def train_loader(dataset: Dataset, spec: DataSpec, seed: int, on_cuda: bool) -> tuple[DataLoader, EpochBatchSampler]:
-    sampler = EpochBatchSampler(len(dataset), spec.batch_size, spec.shuffle, spec.drop_last, seed)
+def train_loader(
+    dataset: Dataset, spec: DataSpec, seed: int, on_cuda: bool, sharded: bool = True
+) -> tuple[DataLoader, EpochBatchSampler]:
+    """The training loader and its sampler; `sharded`: the loader will go through Accelerate's prepare."""
+    index_tensors = not sharded and hasattr(dataset, "__getitems__")
+    sampler = EpochBatchSampler(len(dataset), spec.batch_size, spec.shuffle, spec.drop_last, seed, index_tensors)
     # Its own generator: creating an iterator draws a worker base seed, which must not consume the
     # global torch RNG (that would shift dropout masks after a mid-epoch resume).
     generator = torch.Generator().manual_seed(seed)

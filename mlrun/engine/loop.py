@@ -48,25 +48,37 @@ class TrainingLoop:
         self.callbacks = [*parts.callbacks, *extra_callbacks]
         if self.train_cfg.early_stopping:
             self.callbacks.append(EarlyStopping(self.train_cfg.early_stopping))
+        # One process, no accumulation, no loss scaling, no sharding engine: then Accelerate's per-step
+        # wrappers (the prepared loader, `accumulate`, unscale-then-clip, the optimizer step wrapper,
+        # backward's division by 1) compute nothing torch's own calls would not, and cost ~0.1 ms a
+        # step, a tenth of a tiny model's step. The loop then calls torch directly.
+        self.direct = (
+            accelerator.num_processes == 1
+            and accelerator.gradient_accumulation_steps == 1
+            and accelerator.scaler is None
+            and accelerator.distributed_type.value not in ("DEEPSPEED", "FSDP")
+        )
         on_cuda = accelerator.device.type == "cuda"
-        loader, self.sampler = train_loader(parts.bundle.train, self.config.data, self.config.seed, on_cuda)
-        val = eval_loader(parts.bundle.val, self.config.data, on_cuda)
+        data, seed = self.config.data, self.config.seed
+        loader, self.sampler = train_loader(parts.bundle.train, data, seed, on_cuda, sharded=not self.direct)
+        val = eval_loader(parts.bundle.val, data, on_cuda)
         wrap_blocks_with_fsdp(accelerator, parts.model)
         model = torch.compile(parts.model) if self.train_cfg.compile else parts.model
-        self.model, self.optimizer, self.loader, self.val_loader = accelerator.prepare(
-            model, parts.optimizer, loader, val
-        )
+        if self.direct:
+            self.model, self.optimizer, self.val_loader = accelerator.prepare(model, parts.optimizer, val)
+            self.loader = loader
+            self.clip = torch.nn.utils.clip_grad_norm_
+            self.backward = lambda loss: loss.backward()
+            self.optimizer_step = self.optimizer.optimizer.step
+        else:
+            self.model, self.optimizer, self.loader, self.val_loader = accelerator.prepare(
+                model, parts.optimizer, loader, val
+            )
+            self.clip = accelerator.clip_grad_norm_
+            self.backward = accelerator.backward
+            self.optimizer_step = self.optimizer.step  # a no-op until the last micro-batch of a window
         # Collected once: model.parameters() walks every module, which costs more than a tiny model's step.
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        # accelerator.backward divides the loss by the accumulation steps even when that is 1: an extra
-        # kernel and its backward on every step. Without accumulation, loss scaling or DeepSpeed,
-        # loss.backward() is exactly the same computation.
-        plain = accelerator.scaler is None and accelerator.distributed_type.value != "DEEPSPEED"
-        self.backward = (
-            (lambda loss: loss.backward())
-            if plain and accelerator.gradient_accumulation_steps == 1
-            else accelerator.backward
-        )
         for callback in self.callbacks:
             callback.on_train_start(self.model)
         # Everything a resume needs beyond model/optimizer/scaler/RNG, which Accelerate saves itself.
@@ -114,7 +126,8 @@ class TrainingLoop:
     def _train_epoch(self) -> None:
         # Through the prepared loader (Accelerate re-applies its own epoch counter at every pass) and
         # directly: under several processes its BatchSamplerShard does not pass set_epoch on.
-        self.loader.set_epoch(self.state.epoch)
+        if not self.direct:
+            self.loader.set_epoch(self.state.epoch)
         self.sampler.set_epoch(self.state.epoch)
         # The sampler counts global batches; each process has consumed batch_in_epoch of every n.
         self.sampler.start_at(self.state.batch_in_epoch * self.accelerator.num_processes)
@@ -134,7 +147,11 @@ class TrainingLoop:
         waited = time.perf_counter() - start
         self.window_wait_s += waited
         self.state.data_wait_s += waited
-        if batch is None or self.parts.augment is None:
+        if batch is None:
+            return None
+        if self.direct and self.accelerator.device.type != "cpu":  # the prepared loader's one job
+            batch = tuple(t.to(self.accelerator.device, non_blocking=True) for t in batch)
+        if self.parts.augment is None:
             return batch
         # Seeded by the batch's global position, so workers, processes and resumes see the same draws.
         position = self.state.batch_in_epoch * self.accelerator.num_processes + self.accelerator.process_index
@@ -142,7 +159,7 @@ class TrainingLoop:
 
     def _micro_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         accelerator, cfg = self.accelerator, self.train_cfg
-        with accelerator.accumulate(self.model):
+        with contextlib.nullcontext() if self.direct else accelerator.accumulate(self.model):
             loss = self.parts.loss_fn(self.model(inputs), targets)
             if cfg.on_nonfinite == "skip" and not torch.isfinite(loss):  # one sync a step: the price of skipping
                 self.window_bad = True
@@ -151,8 +168,8 @@ class TrainingLoop:
                 if self.window_bad:
                     self.optimizer.zero_grad(set_to_none=True)  # params without grads are not updated
                 elif cfg.max_grad_norm:
-                    self.grad_norm = accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
-            self.optimizer.step()  # a no-op until the last micro-batch of an accumulation window
+                    self.grad_norm = self.clip(self.params, cfg.max_grad_norm)
+            self.optimizer_step()
             if accelerator.sync_gradients:
                 # What AcceleratedOptimizer.zero_grad does, minus its inspect.signature call per step.
                 self.optimizer.optimizer.zero_grad(set_to_none=True)
