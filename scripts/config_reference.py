@@ -34,11 +34,16 @@ def _default(field) -> str:
     return f"`{value}`" if value not in (None, []) else f"`{value}`".replace("None", "null")
 
 
+def _cell(text: str | None) -> str:
+    """A docstring as one table cell: one line, with `|` escaped so it does not split the row."""
+    return " ".join((text or "").split()).replace("|", "\\|")
+
+
 def reference() -> str:
     lines = ["| key | default | meaning |", "|---|---|---|"]
     nested: list[tuple[str, type[BaseModel]]] = []
     for name, field in ExperimentConfig.model_fields.items():
-        lines.append(f"| `{name}` | {_default(field)} | {field.description} |")
+        lines.append(f"| `{name}` | {_default(field)} | {_cell(field.description)} |")
         model = model_in(field.annotation)
         if model is not None and model is not ComponentSpec and len(model.model_fields) > 1:
             nested.append((name, model))
@@ -46,13 +51,13 @@ def reference() -> str:
         for name, field in model.model_fields.items():
             if name == "name" and issubclass(model, ComponentSpec):
                 continue
-            lines.append(f"| `{prefix}.{name}` | {_default(field)} | {field.description} |")
+            lines.append(f"| `{prefix}.{name}` | {_default(field)} | {_cell(field.description)} |")
             inner = model_in(field.annotation)
             if inner is not None and not issubclass(inner, ComponentSpec):
                 keyed = typing.get_origin(field.annotation) is dict  # tune.space.<key>.type
                 at = f"{prefix}.{name}.<key>" if keyed else f"{prefix}.{name}"
                 for sub, subfield in inner.model_fields.items():
-                    lines.append(f"| `{at}.{sub}` | {_default(subfield)} | {subfield.description} |")
+                    lines.append(f"| `{at}.{sub}` | {_default(subfield)} | {_cell(subfield.description)} |")
     return "\n".join(lines)
 
 

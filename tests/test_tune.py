@@ -63,9 +63,32 @@ def test_study_completes_and_prunes_then_resumes_with_more_trials(tmp_path):
         json.loads((tune_dir / f"trial-{int(pruned[0]['number']):04d}" / "summary.json").read_text())["status"]
         == "pruned"
     )
+    # The pruner's resource is the evaluation count (1, 2, 3, ...), not the optimizer step (5, 10, ...).
+    for trial in load_study(tune_dir).trials:
+        assert sorted(trial.intermediate_values) == list(range(1, len(trial.intermediate_values) + 1))
     again = run_cli("tune", path, "--trials", "10", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert len(trials_csv(tmp_path)) == 10  # the same study, continued
+
+
+def load_study(tune_dir: Path):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(tune_dir / "journal.log")))
+    return optuna.load_study(study_name=None, storage=storage)
+
+
+def test_sampler_options_reach_optuna_and_are_refused_where_they_do_not_apply(tmp_path):
+    from mlrun.config.schema import SamplerConfig
+    from mlrun.tuning.study import make_sampler
+
+    tpe = make_sampler(SamplerConfig(name="tpe", seed=0, startup_trials=4, multivariate=True), None)
+    assert tpe._n_startup_trials == 4 and tpe._multivariate and tpe._group
+    path = tune_config(tmp_path, sampler={"name": "random", "startup_trials": 3})
+    result = run_cli("tune", path, cwd=tmp_path)
+    assert result.returncode == 2 and "tune.sampler.startup_trials" in result.stderr
+    assert not (tmp_path / "runs" / "study" / "tune" / "trial-0000").exists()
 
 
 def test_best_yaml_trains(tmp_path):

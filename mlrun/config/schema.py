@@ -261,17 +261,24 @@ class SamplerConfig(Section):
     """Optuna sampler: tpe | random | grid | cmaes | gp | nsga2."""
     seed: int | None = None
     """Seed of the sampler, for repeatable searches."""
+    startup_trials: NonNegativeInt | None = None
+    """tpe / gp / cmaes: trials sampled at random before the model-based search starts (null:
+    Optuna's default, 10 for tpe and gp). Small studies gain from fewer."""
+    multivariate: bool = False
+    """tpe: model the parameters jointly (Optuna's multivariate TPE, with grouping of conditional
+    parameters) instead of one at a time; usually better when parameters interact, such as lr and batch."""
 
 
 class PrunerConfig(Section):
     name: Literal["none", "median", "successive_halving", "hyperband", "wilcoxon"] = "median"
-    """Stops hopeless trials at their evaluations: none | median | successive_halving | hyperband | wilcoxon."""
-    warmup_steps: NonNegativeInt = 0
-    """median: optimizer steps before a trial may be pruned."""
+    """Stops hopeless trials at their evaluations: none | median | successive_halving | hyperband | wilcoxon.
+    Budgets count evaluations (`train.eval_every`); keep eval_every in epochs when batch size is searched."""
+    warmup_evaluations: NonNegativeInt = 0
+    """median: evaluations a trial completes before it may be pruned."""
     startup_trials: NonNegativeInt = 2
     """median: trials that finish before pruning starts."""
     min_resource: PositiveInt | Literal["auto"] = "auto"
-    """hyperband / successive_halving: the smallest budget (in optimizer steps) a trial gets."""
+    """hyperband / successive_halving: the evaluations every trial gets before it can be pruned (auto: 1)."""
     reduction_factor: Annotated[int, Field(ge=2)] = 3
     """hyperband / successive_halving: 1 / reduction_factor of trials go on to the next rung."""
 

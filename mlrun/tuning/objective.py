@@ -29,16 +29,21 @@ def broadcast(value: Any) -> Any:
 class PruningReporter(Callback):
     """Rank 0 reports the tuned figure at every evaluation and asks the pruner; every rank follows.
 
-    `trial` is None on the other ranks of a trial that trains on several processes.
+    The pruner's resource is the number of evaluations, not optimizer steps: with `eval_every` in
+    epochs, trials with different sampled batch sizes are then compared after the same number of
+    epochs (in steps, a batch-512 trial's first epoch would be weighed against a batch-16 trial's
+    first three steps). `trial` is None on the other ranks of a trial that trains on several processes.
     """
 
     def __init__(self, trial, metric: str):
         self.trial, self.metric = trial, metric
+        self.evaluations = 0
 
     def on_evaluate(self, metrics: dict[str, float], state: Any) -> None:
+        self.evaluations += 1
         prune = False
         if self.trial is not None and self.metric in metrics:
-            self.trial.report(metrics[self.metric], step=state.step)
+            self.trial.report(metrics[self.metric], step=self.evaluations)
             prune = self.trial.should_prune()
         if broadcast(prune):  # all ranks stop a pruned trial at the same step
             state.should_stop, state.stop_reason = True, "pruned"

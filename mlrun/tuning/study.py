@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from mlrun.config.schema import PrunerConfig, SamplerConfig, TuneConfig
@@ -21,21 +22,31 @@ def optuna_module():
 def make_sampler(config: SamplerConfig, tune: TuneConfig):
     samplers = optuna_module().samplers
     seed = config.seed
+    if config.startup_trials is not None and config.name not in ("tpe", "gp", "cmaes"):
+        raise UsageError(f"tune.sampler.startup_trials: only tpe, gp and cmaes have a random start, not {config.name}")
+    if config.multivariate and config.name != "tpe":
+        raise UsageError(f"tune.sampler.multivariate: only tpe has it, not {config.name}")
     if config.name == "grid":
         return samplers.GridSampler(grid(tune.space), seed=seed)
-    if config.name == "cmaes":
-        try:
-            import cmaes  # noqa: F401
-        except ImportError:
-            raise UsageError("tune.sampler: cmaes needs the cmaes package: pip install cmaes") from None
-    factory = {
-        "tpe": samplers.TPESampler,
-        "random": samplers.RandomSampler,
-        "cmaes": samplers.CmaEsSampler,
-        "gp": samplers.GPSampler,
-        "nsga2": samplers.NSGAIISampler,
-    }[config.name]
-    return factory(seed=seed)
+    if config.name == "random":
+        return samplers.RandomSampler(seed=seed)
+    if config.name == "nsga2":
+        return samplers.NSGAIISampler(seed=seed)
+    startup = {} if config.startup_trials is None else {"n_startup_trials": config.startup_trials}
+    if config.name == "tpe":
+        # group=True lets multivariate TPE handle parameters that only some trials have. Optuna marks
+        # both options experimental and warns at every study; the option is the user's explicit choice.
+        joint = {"multivariate": True, "group": True} if config.multivariate else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna_module().exceptions.ExperimentalWarning)
+            return samplers.TPESampler(seed=seed, **startup, **joint)
+    if config.name == "gp":
+        return samplers.GPSampler(seed=seed, **startup)
+    try:
+        import cmaes  # noqa: F401
+    except ImportError:
+        raise UsageError("tune.sampler: cmaes needs the cmaes package: pip install cmaes") from None
+    return samplers.CmaEsSampler(seed=seed, **startup)
 
 
 def make_pruner(config: PrunerConfig):
@@ -43,7 +54,7 @@ def make_pruner(config: PrunerConfig):
     if config.name == "none":
         return pruners.NopPruner()
     if config.name == "median":
-        return pruners.MedianPruner(n_startup_trials=config.startup_trials, n_warmup_steps=config.warmup_steps)
+        return pruners.MedianPruner(n_startup_trials=config.startup_trials, n_warmup_steps=config.warmup_evaluations)
     if config.name == "successive_halving":
         return pruners.SuccessiveHalvingPruner(
             min_resource=config.min_resource, reduction_factor=config.reduction_factor

@@ -25,7 +25,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "tune_digits.yaml"
 TRAIN_SAMPLES = 1437  # digits with val_fraction 0.2
-STRATEGIES = {"tpe+hyperband": ("tpe", "hyperband"), "random": ("random", "none")}
+# Sampler settings beyond name and seed, and the pruner: TPE as configs/tune_digits.yaml ships it.
+STRATEGIES = {
+    "tpe+hyperband": ("{name: tpe, startup_trials: 5, multivariate: true", "hyperband"),
+    "random": ("{name: random", "none"),
+}
 WIDE_SPACE = (
     "tune.space={optimizer.lr: {type: float, low: 1.0e-6, high: 1.0, log: true}, "
     "optimizer.weight_decay: {type: float, low: 0.0, high: 0.3}, "
@@ -45,7 +49,7 @@ def run_study(work: Path, label: str, seed: int, trials: int):
     overrides = [
         f"name={name}",
         f"output_dir={work}",
-        f"tune.sampler={{name: {sampler}, seed: {seed}}}",
+        f"tune.sampler={sampler}, seed: {seed}}}",
         f"tune.pruner={{name: {pruner}}}",
         f"tune.trials={trials}",
         WIDE_SPACE,
