@@ -63,6 +63,12 @@ def test_shipped_configs_validate_against_the_json_schema():
     for path in sorted((REPO / "configs").glob("*.yaml")):
         merged, _ = resolve_raw(path)  # configs with `base:` are complete once merged
         jsonschema.validate(merged, schema, cls=jsonschema.Draft202012Validator)
+        # ...and the file itself, as an editor sees it: a `base:` file may leave sections to its base.
+        jsonschema.validate(yaml.safe_load(path.read_text()), schema, cls=jsonschema.Draft202012Validator)
+    without_model = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    del without_model["model"]
+    with pytest.raises(jsonschema.ValidationError, match="'model' is a required property"):
+        jsonschema.validate(without_model, schema, cls=jsonschema.Draft202012Validator)
 
 
 def test_schema_rejects_a_misspelt_setting():

@@ -19,6 +19,9 @@ DRAFT = "https://json-schema.org/draft/2020-12/schema"
 def config_schema() -> dict[str, Any]:
     schema = ExperimentConfig.model_json_schema()
     schema["$schema"] = DRAFT
+    # A file with `base:` is completed by its base chain, so it may leave required sections out.
+    schema["if"] = {"not": {"required": ["base"]}}
+    schema["then"] = {"required": schema.pop("required", [])}
     for spec_type in _spec_types():
         name = spec_type.__name__
         if name in schema.get("$defs", {}):
