@@ -38,6 +38,37 @@ from mlrun.tracking.base import RunInfo
 accelerate.optimizer.is_lomo_available = functools.cache(accelerate.optimizer.is_lomo_available)
 
 
+def calls_torch_directly(accelerator: Accelerator) -> bool:
+    """One process, no accumulation, no loss scaling, no sharding engine.
+
+    Then Accelerate's per-step wrappers (the prepared loader, `accumulate`, unscale-then-clip, the
+    optimizer step wrapper, backward's division by 1) compute nothing torch's own calls would not,
+    and cost ~0.1 ms a step, a tenth of a tiny model's step; the loop calls torch directly instead.
+    """
+    return (
+        accelerator.num_processes == 1
+        and accelerator.gradient_accumulation_steps == 1
+        and accelerator.scaler is None
+        and accelerator.distributed_type.value not in ("DEEPSPEED", "FSDP")
+    )
+
+
+def step_verbs(accelerator: Accelerator, optimizer, direct: bool):
+    """(accumulate, backward, clip_grad_norm_, optimizer step): torch's own when `direct`, else Accelerate's."""
+    if direct:
+        return _no_accumulation, _backward, torch.nn.utils.clip_grad_norm_, optimizer.optimizer.step
+    # The prepared optimizer's step is a no-op until the last micro-batch of an accumulation window.
+    return accelerator.accumulate, accelerator.backward, accelerator.clip_grad_norm_, optimizer.step
+
+
+def _no_accumulation(model) -> contextlib.nullcontext:
+    return contextlib.nullcontext()
+
+
+def _backward(loss: torch.Tensor) -> None:
+    loss.backward()
+
+
 class TrainingLoop:
     def __init__(self, parts: Components, accelerator: Accelerator, run_dir: Path, extra_callbacks=()):
         self.parts, self.accelerator, self.run_dir = parts, accelerator, run_dir
@@ -48,16 +79,7 @@ class TrainingLoop:
         self.callbacks = [*parts.callbacks, *extra_callbacks]
         if self.train_cfg.early_stopping:
             self.callbacks.append(EarlyStopping(self.train_cfg.early_stopping))
-        # One process, no accumulation, no loss scaling, no sharding engine: then Accelerate's per-step
-        # wrappers (the prepared loader, `accumulate`, unscale-then-clip, the optimizer step wrapper,
-        # backward's division by 1) compute nothing torch's own calls would not, and cost ~0.1 ms a
-        # step, a tenth of a tiny model's step. The loop then calls torch directly.
-        self.direct = (
-            accelerator.num_processes == 1
-            and accelerator.gradient_accumulation_steps == 1
-            and accelerator.scaler is None
-            and accelerator.distributed_type.value not in ("DEEPSPEED", "FSDP")
-        )
+        self.direct = calls_torch_directly(accelerator)
         on_cuda = accelerator.device.type == "cuda"
         data, seed = self.config.data, self.config.seed
         loader, self.sampler = train_loader(parts.bundle.train, data, seed, on_cuda, sharded=not self.direct)
@@ -67,16 +89,13 @@ class TrainingLoop:
         if self.direct:
             self.model, self.optimizer, self.val_loader = accelerator.prepare(model, parts.optimizer, val)
             self.loader = loader
-            self.clip = torch.nn.utils.clip_grad_norm_
-            self.backward = lambda loss: loss.backward()
-            self.optimizer_step = self.optimizer.optimizer.step
         else:
             self.model, self.optimizer, self.loader, self.val_loader = accelerator.prepare(
                 model, parts.optimizer, loader, val
             )
-            self.clip = accelerator.clip_grad_norm_
-            self.backward = accelerator.backward
-            self.optimizer_step = self.optimizer.step  # a no-op until the last micro-batch of a window
+        self.accumulate, self.backward, self.clip, self.optimizer_step = step_verbs(
+            accelerator, self.optimizer, self.direct
+        )
         # Collected once: model.parameters() walks every module, which costs more than a tiny model's step.
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         for callback in self.callbacks:
@@ -159,7 +178,7 @@ class TrainingLoop:
 
     def _micro_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         accelerator, cfg = self.accelerator, self.train_cfg
-        with contextlib.nullcontext() if self.direct else accelerator.accumulate(self.model):
+        with self.accumulate(self.model):
             loss = self.parts.loss_fn(self.model(inputs), targets)
             if cfg.on_nonfinite == "skip" and not torch.isfinite(loss):  # one sync a step: the price of skipping
                 self.window_bad = True

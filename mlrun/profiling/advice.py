@@ -34,7 +34,8 @@ def advice(figures: dict, config) -> list[str]:
             f"set data.num_workers: {max(2, min(8, (os.cpu_count() or 2)))} (now {workers})"
         )
     share = memory["activations"] / peak
-    if config.train.precision == "fp32":
+    # Savings under 10% of the peak are not worth a change of settings (nor a line of output).
+    if config.train.precision == "fp32" and 0.5 * share >= 0.1:
         lines.append(
             f"bf16 would save about {100 * 0.5 * share:.0f}% of peak memory (activations stored in half "
             "precision): set train.precision: bf16"
@@ -49,9 +50,14 @@ def advice(figures: dict, config) -> list[str]:
             f"activation checkpointing is not worth it here: activations are only {100 * share:.0f}% of "
             "peak memory, and it recomputes every wrapped block"
         )
-    if memory["optimizer_state"] > 1.5 * memory["parameters"] and config.optimizer.name != "adafactor":
+    state_share = memory["optimizer_state"] / peak
+    if (
+        state_share >= 0.2
+        and memory["optimizer_state"] > 1.5 * memory["parameters"]
+        and config.optimizer.name != "adafactor"
+    ):
         lines.append(
-            f"optimizer state is {100 * memory['optimizer_state'] / peak:.0f}% of peak memory: "
+            f"optimizer state is {100 * state_share:.0f}% of peak memory: "
             "optimizer: adafactor keeps factored statistics instead"
         )
     available = _available_bytes(figures)

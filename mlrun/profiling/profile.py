@@ -16,6 +16,7 @@ import torch
 from mlrun.config.schema import ExperimentConfig
 from mlrun.engine.batches import train_loader
 from mlrun.engine.build import build_components
+from mlrun.engine.loop import calls_torch_directly, step_verbs
 from mlrun.profiling.device import peak_flops, synchronize
 from mlrun.profiling.memory import (
     ResidentPeak,
@@ -36,11 +37,16 @@ def profile_config(
     accelerator = make_accelerator(config)
     parts = build_components(config)
     device = accelerator.device
-    loader, sampler = train_loader(parts.bundle.train, config.data, config.seed, device.type == "cuda")
-    model, optimizer, loader = accelerator.prepare(parts.model, parts.optimizer, loader)
+    direct = calls_torch_directly(accelerator)  # the loop's choice of verbs, so its costs are measured
+    loader, sampler = train_loader(parts.bundle.train, config.data, config.seed, device.type == "cuda", not direct)
+    if direct:
+        model, optimizer = accelerator.prepare(parts.model, parts.optimizer)
+    else:
+        model, optimizer, loader = accelerator.prepare(parts.model, parts.optimizer, loader)
     if config.train.compile:
         model = torch.compile(model)
-    batches = _endless(loader)
+    verbs = step_verbs(accelerator, optimizer, direct)
+    batches = _endless(loader, sampler, device if direct else None)
     positions = itertools.count()  # seeds each batch's augmentation, as the loop's batch position does
     augment = (lambda x, y: parts.augment(x, y, 0, next(positions))) if parts.augment else None
     accum = config.train.grad_accum_steps
@@ -51,16 +57,14 @@ def profile_config(
     # would miss the memory training needs.
     with ResidentPeak() as resident:
         for _ in range(warmup):
-            _step(
-                accelerator, model, optimizer, parts.loss_fn, batches, augment, accum, config.train.max_grad_norm, None
-            )
+            _step(accelerator, model, verbs, parts.loss_fn, batches, augment, accum, config.train.max_grad_norm, None)
         with _trace(trace_dir) as tracer:
             start = time.perf_counter()
             samples = sum(
                 _step(
                     accelerator,
                     model,
-                    optimizer,
+                    verbs,
                     parts.loss_fn,
                     batches,
                     augment,
@@ -136,20 +140,30 @@ def profile_config(
     return figures
 
 
-def _endless(loader):
+def _endless(loader, sampler, device: torch.device | None):
+    """Batches over epochs; `device`: move them there (the prepared loader's job, when not prepared)."""
     epoch = 0
     while True:
-        loader.set_epoch(epoch)
-        yield from loader
+        if hasattr(loader, "set_epoch"):  # a prepared loader re-applies its own counter at every pass
+            loader.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        for batch in loader:
+            yield (
+                batch
+                if device is None or device.type == "cpu"
+                else tuple(t.to(device, non_blocking=True) for t in batch)
+            )
         epoch += 1
 
 
-def _step(accelerator, model, optimizer, loss_fn, batches, augment, accum, max_grad_norm, times, tracer=None) -> int:
+def _step(accelerator, model, verbs, loss_fn, batches, augment, accum, max_grad_norm, times, tracer=None) -> int:
     """One optimizer step (accum micro-batches) with a synchronised timer around each phase.
 
-    `augment` (or None) runs in the training process after the batch arrives, as in the loop: its
-    time falls under "other", never under "data".
+    `verbs` are the loop's (accumulate, backward, clip, optimizer step). `augment` (or None) runs in
+    the training process after the batch arrives, as in the loop: its time falls under "other",
+    never under "data".
     """
+    accumulate, backward, clip, optimizer_step = verbs
     device, samples = accelerator.device, 0
 
     def phase(name, start):
@@ -165,15 +179,16 @@ def _step(accelerator, model, optimizer, loss_fn, batches, augment, accum, max_g
         if augment is not None:
             inputs, targets = augment(inputs, targets)
             t = phase("augment", t)
-        with accelerator.accumulate(model):
+        with accumulate(model):
             loss = loss_fn(model(inputs), targets)
             t = phase("forward", t)
-            accelerator.backward(loss)
+            backward(loss)
             t = phase("backward", t)
             if accelerator.sync_gradients and max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+                clip(model.parameters(), max_grad_norm)
+            optimizer_step()
+            if accelerator.sync_gradients:
+                model.zero_grad(set_to_none=True)
             phase("optimizer", t)
         samples += len(inputs) * accelerator.num_processes
     if tracer is not None:
