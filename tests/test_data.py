@@ -294,6 +294,16 @@ def test_csv_run_saves_its_preprocessing_for_eval_and_export(tmp_path):
     assert json.loads(evaluated.stdout.strip().splitlines()[-1])["metrics"]["val/accuracy"] == pytest.approx(
         final["val/accuracy"]
     )
+    # Other data is prepared with the run's pickled pipeline, not one refitted to it: feature `a`
+    # (the target is a > 0) shifted by 3 standard deviations stays shifted, and accuracy collapses.
+    _, frame = write_table(tmp_path)
+    frame.assign(a=frame["a"] + 3).to_csv(tmp_path / "shifted.csv", index=False)
+    shifted = run_cli("eval", run_dir, "--json", "data.path=shifted.csv", cwd=tmp_path)
+    assert shifted.returncode == 0, shifted.stderr
+    assert json.loads(shifted.stdout.strip().splitlines()[-1])["metrics"]["val/accuracy"] < final["val/accuracy"] - 0.15
+    frame.drop(columns="colour").to_csv(tmp_path / "fewer.csv", index=False)
+    fewer = run_cli("eval", run_dir, "data.path=fewer.csv", cwd=tmp_path)
+    assert fewer.returncode == 2 and "preprocessing.pkl does not fit these columns" in fewer.stderr
     exported = run_cli("export", run_dir, "--format", "safetensors", "--json", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
     import pickle

@@ -6,9 +6,13 @@ receives `bundle.meta`, so a config never repeats the input shape or the number 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import pickle
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -91,3 +95,29 @@ def fingerprint(dataset: Dataset) -> str | None:
     """A short content hash of a split, for manifest.json (None when the dataset cannot say)."""
     method = getattr(dataset, "fingerprint", None)
     return method() if callable(method) else None
+
+
+# The run's own fitted transform while a run's data is rebuilt (eval, export, resume); None: fit anew.
+_FITTED_TRANSFORM: ContextVar[object | None] = ContextVar("mlrun_fitted_transform", default=None)
+
+
+@contextlib.contextmanager
+def run_transform(run_dir: Path):
+    """While the block runs, sources that fit a transform (tabular) apply the run's preprocessing.pkl
+    instead of fitting on the data they read: eval and export on other data, and a resume after the
+    files changed, then prepare inputs exactly as the weights were trained on. No file: fit as usual."""
+    path = run_dir / "preprocessing.pkl"
+    transform = None
+    if path.is_file():
+        with path.open("rb") as file:
+            transform = pickle.load(file)
+    token = _FITTED_TRANSFORM.set(transform)
+    try:
+        yield
+    finally:
+        _FITTED_TRANSFORM.reset(token)
+
+
+def fitted_transform() -> object | None:
+    """The transform set by `run_transform`, or None when the source should fit its own."""
+    return _FITTED_TRANSFORM.get()

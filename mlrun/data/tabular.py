@@ -3,7 +3,8 @@
 Numeric columns are imputed (when asked) and scaled; categorical columns one-hot or ordinal
 encoded; then optional feature selection steps run in order (variance threshold, univariate top-k,
 recursive elimination, L1-based, PCA). The fitted pipeline is fitted on the training split only,
-applied to validation, and pickled into the run directory (`preprocessing.pkl`) for eval and export.
+applied to validation, and pickled into the run directory (`preprocessing.pkl`); eval, export and
+resume rebuild the data with that pickled pipeline instead of fitting again (`run_transform`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from mlrun.data.arrays import bundle_from_arrays
-from mlrun.data.bundle import DatasetBundle
+from mlrun.data.bundle import DatasetBundle, fitted_transform
 from mlrun.data.splits import is_classification, require_columns, resolve_files, split_indices
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
@@ -175,15 +176,25 @@ def _tabular(
         train_frame, val_frame = frame.iloc[train_idx], frame.iloc[val_idx]
     else:
         train_frame = frame
-    pipeline = _pipeline(
-        numeric, categorical, impute, categorical_encoding, scale, select, classify, seed, len(features)
-    )
     y_train, y_val = train_frame[target].to_numpy(), val_frame[target].to_numpy()
-    try:
-        x_train = pipeline.fit_transform(train_frame[features], y_train)
-    except ValueError as exc:
-        raise UsageError(f"data.select: fitting the preprocessing failed: {exc}") from None
-    x_val = pipeline.transform(val_frame[features])
+    pipeline = fitted_transform()  # the run's own, when eval, export or a resume rebuilds its data
+    if pipeline is None:
+        pipeline = _pipeline(
+            numeric, categorical, impute, categorical_encoding, scale, select, classify, seed, len(features)
+        )
+        try:
+            x_train = pipeline.fit_transform(train_frame[features], y_train)
+        except ValueError as exc:
+            raise UsageError(f"data.select: fitting the preprocessing failed: {exc}") from None
+        x_val = pipeline.transform(val_frame[features])
+    else:
+        try:
+            x_train, x_val = pipeline.transform(train_frame[features]), pipeline.transform(val_frame[features])
+        except ValueError as exc:
+            raise UsageError(
+                f"{file}: the run's preprocessing.pkl does not fit these columns ({exc}); the table needs the "
+                "columns the run was trained on"
+            ) from None
     described = {
         "features": features,
         "categorical": categorical,

@@ -5,6 +5,7 @@ Used by `mlrun train` and by `mlrun tune` (each trial is a full run in its own d
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import shutil
 import time
@@ -23,7 +24,7 @@ def run_training(
     config: ExperimentConfig, resume: str = "auto", overwrite: bool = False, callbacks: tuple[Callback, ...] = ()
 ) -> TrainState:
     """Train `config` in <output_dir>/<name>; summary.json is written whatever happens."""
-    from mlrun.data.bundle import fingerprint
+    from mlrun.data.bundle import fingerprint, run_transform
     from mlrun.engine.batches import resolve_workers
     from mlrun.engine.build import build_components
     from mlrun.engine.loop import TrainingLoop
@@ -38,7 +39,9 @@ def run_training(
     if resume_from is not None and config.data.batch_size == "auto":
         # A resumed run keeps the batch size it started with: its data position counts in those batches.
         config = load_config(run_dir / "config.yaml")
-    parts = build_components(config, accelerator.num_processes)
+    # A resumed run goes on with the preprocessing its weights were trained under, even if files changed.
+    with run_transform(run_dir) if resume_from is not None else contextlib.nullcontext():
+        parts = build_components(config, accelerator.num_processes)
     config = parts.config  # data.batch_size: auto resolved to a number, written so reruns are exact
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
