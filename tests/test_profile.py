@@ -35,17 +35,21 @@ def test_every_figure_is_present_and_sane(tmp_path):
 
 
 def test_checkpointing_lowers_activation_memory_of_a_deep_model(tmp_path):
-    config = tiny_config(model=DEEP, data=BIG_BATCH)
+    # With dropout each block saves its input, its ReLU output and a mask; checkpointed, only the input.
+    # (Without dropout a Linear+ReLU block saves one tensor either way: the ReLU output is the next input.)
+    config = tiny_config(model={**DEEP, "dropout": 0.1}, data=BIG_BATCH)
     plain = profile(tmp_path, config)["memory_bytes"]["activations"]
     checkpointed = profile(tmp_path, {**config, "techniques": ["activation_checkpointing"]})["memory_bytes"]
     assert checkpointed["activations"] < 0.7 * plain  # only each block's input is kept
 
 
 def test_estimate_lands_near_the_measured_peak(tmp_path):
-    # More measured steps give the 1 ms resident-memory sampler more chances to catch the peak.
-    f = profile(tmp_path, tiny_config(model=DEEP, data=BIG_BATCH), "--estimate", steps=12)
+    # The tolerance (15%) against live tensor bytes, which do not depend on the allocator's history.
+    f = profile(tmp_path, tiny_config(model=DEEP, data=BIG_BATCH), "--estimate")
+    assert f["peak_source"].startswith("live tensors")
     error = f["estimate_bytes"]["total"] / f["memory_bytes"]["measured_peak"] - 1
-    assert abs(error) <= 0.25, f"estimate off by {100 * error:.0f}%"
+    assert abs(error) <= 0.15, f"estimate off by {100 * error:.0f}%"
+    assert f["memory_bytes"]["resident_peak"] > 0
 
 
 def test_advice_names_a_slow_loader_and_stays_silent_for_a_fast_one(tmp_path):

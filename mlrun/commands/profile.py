@@ -81,12 +81,17 @@ def print_figures(f: dict, folder: Path) -> None:
     print(
         f"  memory: parameters {m['parameters'] / MB:.1f} MB, gradients {m['gradients'] / MB:.1f} MB, optimizer "
         f"state {m['optimizer_state'] / MB:.1f} MB, activations {m['activations'] / MB:.1f} MB; measured peak "
-        f"{m['measured_peak'] / MB:.1f} MB"
+        f"{m['measured_peak'] / MB:.1f} MB ({f['peak_source']})"
     )
-    if "estimate_bytes" in f:
-        e = f["estimate_bytes"]["total"]
+    if "resident_peak" in m:
         print(
-            f"  estimated peak before running: {e / MB:.1f} MB ({100 * (e / m['measured_peak'] - 1):+.0f}% of measured)"
+            f"  resident memory added by training: {m['resident_peak'] / MB:.1f} MB (freed memory glibc keeps included)"
+        )
+    if "estimate_bytes" in f:
+        e = f["estimate_bytes"]
+        print(
+            f"  estimated peak before running: {e['total'] / MB:.1f} MB, at the {e['peak_at']} "
+            f"({100 * (e['total'] / m['measured_peak'] - 1):+.0f}% of measured)"
         )
     for line in f["advice"]:
         print(f"  advice: {line}")

@@ -3,7 +3,8 @@
 Doubling, then bisection, over real micro-steps. On CUDA each candidate runs forward and backward
 and an out-of-memory error means "does not fit" (the allocator is emptied and the search goes on).
 On CPU, where running out of memory kills the process instead of raising, each candidate's peak is
-predicted from one forward pass (mlrun.profiling.estimate, within about 15% of measurement).
+predicted from one forward pass (mlrun.profiling.estimate: live tensor bytes; half the available
+memory leaves room for what the allocator keeps of freed memory).
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def _fits_estimate(parts, config, inputs, targets, budget: int) -> bool:
         config.optimizer.settings,
         _autocast_dtype(config),
         config.has_technique("optimizer_in_backward"),
+        config.train.grad_accum_steps,
     )["total"]
     return peak <= budget
 

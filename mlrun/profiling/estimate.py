@@ -1,7 +1,13 @@
 """Peak training memory predicted before training: bytes per parameter plus one micro-batch's activations.
 
-peak = parameters + gradients + optimizer state (by rule, from the optimizer and the shapes)
-       + activations saved by one forward pass + backward's transient buffers (+ fixed overhead)
+The peak falls at one of two moments, and the estimate is the larger:
+  end of forward:    parameters + optimizer state + activations saved for backward
+                     (+ gradients when they persist across accumulated micro-batches)
+                     + backward's first transient (one recomputed block under checkpointing,
+                       else the gradient of the largest saved tensor and of the logits)
+  optimizer step:    parameters + optimizer state + gradients + the step's per-parameter temporaries
+It predicts live tensor bytes, what `mlrun profile` measures (CUDA's allocator peak; the profiler's
+memory timeline on CPU). A CPU process's resident memory is larger by what glibc keeps of freed memory.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from torch import nn
 from mlrun.profiling.memory import SavedActivations, gradient_bytes, parameter_bytes
 
 # Optimizer state in fp32 values (4 bytes) per parameter element; low-bit AdamW stores 2 or 1 byte
-# (plus a small per-block scale, counted as overhead).
+# (plus a small per-block scale, left out).
 STATE_VALUES = {
     "adamw": 2,
     "adam": 2,
@@ -25,7 +31,6 @@ STATE_VALUES = {
     "adamw8bit": 0.5,
     "adamw4bit": 0.25,
 }
-FIXED_OVERHEAD_BYTES = 16 * 2**20  # allocator slack and autograd bookkeeping, measured on CPU runs
 
 
 def optimizer_state_estimate(model: nn.Module, optimizer_name: str, settings: dict) -> int:
@@ -42,7 +47,7 @@ def optimizer_state_estimate(model: nn.Module, optimizer_name: str, settings: di
 
 def _saved_by_forward(model, loss_fn, inputs, targets, autocast_dtype) -> tuple[SavedActivations, torch.Tensor]:
     with (
-        SavedActivations() as saved,
+        SavedActivations(model) as saved,
         torch.autocast(inputs.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None),
     ):
         logits = model(inputs)
@@ -71,21 +76,25 @@ def estimate_peak(
     settings: dict,
     autocast_dtype: torch.dtype | None,
     in_backward: bool = False,
-) -> dict[str, int]:
+    accum: int = 1,
+) -> dict[str, int | str]:
     saved, logits = _saved_by_forward(model, loss_fn, inputs, targets, autocast_dtype)
-    # Backward holds the gradient of the largest saved activation alongside the graph, twice over.
-    transient = 2 * max(saved.storages.values(), default=0) + logits.numel() * 4
+    backward_start = 2 * max(saved.storages.values(), default=0) + logits.numel() * 4
     with _without_checkpointing(model) as wrapped:
         if wrapped:  # backward recomputes one checkpointed block at a time: its activations are live then
             full, _ = _saved_by_forward(model, loss_fn, inputs, targets, autocast_dtype)
-            transient += 2 * (full.bytes - saved.bytes) // wrapped  # and their gradients
-    parts = {
+            backward_start = max(backward_start, (full.bytes - saved.bytes) // wrapped)
+    gradients = gradient_bytes(model, in_backward)
+    largest = max((p.numel() * p.element_size() for p in model.parameters() if p.requires_grad), default=0)
+    held = parameter_bytes(model) + optimizer_state_estimate(model, optimizer_name, settings)
+    at_forward_end = saved.bytes + (gradients if accum > 1 else 0) + backward_start
+    at_optimizer_step = gradients + 2 * largest  # a step's temporaries are per parameter (single-tensor)
+    return {
         "parameters": parameter_bytes(model),
-        "gradients": gradient_bytes(model, in_backward),
-        "optimizer_state": optimizer_state_estimate(model, optimizer_name, settings),
+        "gradients": gradients,
+        "optimizer_state": held - parameter_bytes(model),
         "activations": saved.bytes,
-        "transient": transient,
-        "overhead": FIXED_OVERHEAD_BYTES,
+        "transient": backward_start if at_forward_end >= at_optimizer_step else 2 * largest,
+        "peak_at": "end of forward" if at_forward_end >= at_optimizer_step else "optimizer step",
+        "total": held + max(at_forward_end, at_optimizer_step),
     }
-    parts["total"] = sum(parts.values())
-    return parts

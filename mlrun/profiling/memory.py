@@ -2,7 +2,10 @@
 
 Activations are measured exactly on any device as the bytes autograd saves for backward during one
 micro-batch (storages counted once); activation checkpointing shows up as fewer saved bytes. The
-process's resident memory gives the measured peak on CPU; CUDA's allocator statistics on GPU.
+measured peak is the most memory live tensors held at once: CUDA's allocator statistics on GPU, the
+profiler's memory timeline of one step on CPU. The process's resident memory on CPU is reported
+beside it; it also holds what glibc keeps of freed memory, which grows with fragmentation from step
+to step and depends on allocation order, so it is no figure to compare an estimate or a technique by.
 """
 
 from __future__ import annotations
@@ -51,14 +54,20 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 
 class SavedActivations:
-    """Counts the bytes autograd saves for backward while active (`with SavedActivations() as saved:`)."""
+    """Counts the bytes autograd saves for backward while active (`with SavedActivations(model) as saved:`).
 
-    def __init__(self) -> None:
+    The model's own parameters are not counted: a linear layer saves its weight for backward, but
+    the weight is memory the parameters already hold (autocast's low-precision copies do count).
+    """
+
+    def __init__(self, model: nn.Module | None = None) -> None:
         self.storages: dict[int, int] = {}
+        self.parameters = set() if model is None else {p.untyped_storage().data_ptr() for p in model.parameters()}
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
-        self.storages[storage.data_ptr()] = storage.nbytes()
+        if storage.data_ptr() not in self.parameters:
+            self.storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
     def __enter__(self) -> SavedActivations:
@@ -123,3 +132,20 @@ def _high_water_bytes() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def live_tensor_peak(run_step, device: torch.device) -> int | None:
+    """The most bytes live tensors on `device` held at once while `run_step()` ran, tensors that existed
+    before it included (torch.profiler's memory timeline: the CPU's counterpart of CUDA's
+    max_memory_allocated). None when this torch's profiler cannot say (a private API)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        run_step()
+    try:
+        from torch.profiler._memory_profiler import MemoryProfileTimeline
+
+        _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline(str(device))
+    except (AttributeError, ImportError, TypeError, ValueError):
+        return None
+    return max((sum(row) for row in sizes), default=None)

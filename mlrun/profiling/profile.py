@@ -22,6 +22,7 @@ from mlrun.profiling.memory import (
     ResidentPeak,
     SavedActivations,
     gradient_bytes,
+    live_tensor_peak,
     optimizer_state_bytes,
     parameter_bytes,
 )
@@ -77,7 +78,7 @@ def profile_config(
             )
             total_s = time.perf_counter() - start
     flops = flops_per_step(model, parts.loss_fn, batches, accum)
-    with SavedActivations() as saved:
+    with SavedActivations(model) as saved:
         inputs, targets = next(batches)
         parts.loss_fn(model(inputs), targets)
     peak, source = peak_flops(device, config.train.precision)
@@ -90,8 +91,18 @@ def profile_config(
     }
     if device.type == "cuda":
         memory["measured_peak"] = int(torch.cuda.max_memory_allocated(device))
-    else:  # what training added to resident memory, on top of the parameters that existed before it
-        memory["measured_peak"] = memory["parameters"] + resident.peak - resident.base
+        peak_source = "CUDA allocator: max_memory_allocated"
+    else:
+        # What training added to resident memory, on top of the parameters that existed before it.
+        memory["resident_peak"] = memory["parameters"] + resident.peak - resident.base
+        tensors = live_tensor_peak(
+            lambda: _step(
+                accelerator, model, verbs, parts.loss_fn, batches, augment, accum, config.train.max_grad_norm, None
+            ),
+            device,
+        )
+        memory["measured_peak"] = memory["resident_peak"] if tensors is None else tensors
+        peak_source = "resident memory" if tensors is None else "live tensors: profiler memory timeline of one step"
     predicted = None
     # After the measurement, because the estimate's forward pass leaves freed memory in the allocator
     # that would hide part of the measured peak; it reads only shapes and one forward, never a measurement.
@@ -109,6 +120,7 @@ def profile_config(
             config.optimizer.settings,
             dtype,
             config.has_technique("optimizer_in_backward"),
+            accum,
         )
 
     breakdown = {phase: times[phase] / steps for phase in PHASES}
@@ -131,6 +143,7 @@ def profile_config(
         "peak_flops_source": source,
         "mfu": flops / step_s / peak,
         "memory_bytes": memory,
+        "peak_source": peak_source,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     if meta.seq_len:
