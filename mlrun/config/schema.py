@@ -214,7 +214,8 @@ class TrainConfig(Section):
     compile: bool = False
     """Compile the model with torch.compile."""
     memory_budget_gb: PositiveFloat | None = None
-    """Memory data.batch_size: auto may fill; default 90% of the GPU, or half the available RAM on CPU."""
+    """Memory data.batch_size: auto may fill with live tensors; default 90% of the GPU, or half the available RAM
+    on CPU (a CPU process's resident memory runs higher than its live tensors: glibc keeps freed memory)."""
     deterministic: bool = False
     """Use only deterministic kernels (torch.use_deterministic_algorithms); slower on GPU."""
     requeue_on_signal: bool = False
