@@ -6,18 +6,16 @@ string labels mean classification (ids given in sorted label order), floats regr
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
 
 from mlrun.data.bundle import ArrayDataset, DataMeta, DatasetBundle
-from mlrun.data.splits import encode_labels, is_classification, resolve_files, split_indices
+from mlrun.data.splits import ValFraction, encode_labels, is_classification, resolve_files, split_indices
 from mlrun.errors import UsageError, did_you_mean
 from mlrun.registry import datasets
 
-ValFraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 Task = Literal["auto", "classification", "regression"]
 
 

@@ -9,14 +9,14 @@ tokenized like jsonl_text.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import numpy as np
-from pydantic import Field, PositiveInt
+from pydantic import PositiveInt
 
 from mlrun.data.arrays import bundle_from_arrays, check_features
 from mlrun.data.bundle import DatasetBundle
-from mlrun.data.splits import require_columns
+from mlrun.data.splits import ValFraction, require_columns
 from mlrun.data.text import text_bundle
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
@@ -59,7 +59,7 @@ def hf_disk(
     text_field: str | None = None,
     train_split: str = "train",
     val_split: str = "validation",
-    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2,
+    val_fraction: ValFraction = 0.2,
     tokenizer: str = "byte",
     max_length: PositiveInt = 128,
     task: Literal["auto", "classification", "regression"] = "auto",

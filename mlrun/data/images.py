@@ -21,7 +21,7 @@ from pydantic import Field, PositiveInt
 from torch.utils.data import Dataset
 
 from mlrun.data.bundle import ArrayDataset, DataMeta, DatasetBundle
-from mlrun.data.splits import encode_labels, split_indices
+from mlrun.data.splits import ValFraction, encode_labels, split_indices
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
 
@@ -153,7 +153,7 @@ def image_folder(
     *,
     root: str,
     val_root: str | None = None,
-    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2,
+    val_fraction: ValFraction = 0.2,
     size: PositiveInt | list[PositiveInt] | None = None,
     grayscale: bool = False,
     mean: list[float] | None = None,

@@ -6,17 +6,13 @@ the training split only.
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import numpy as np
 import torch
-from pydantic import Field
 
 from mlrun.data.bundle import ArrayDataset, DataMeta, DatasetBundle
+from mlrun.data.splits import ValFraction
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
-
-ValFraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 
 def _load(name: str):

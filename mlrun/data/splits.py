@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import glob
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field
 
 from mlrun.errors import UsageError, did_you_mean
+
+# The `val_fraction` setting of every data source: a share of the samples held out for validation.
+ValFraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 
 def resolve_files(patterns: str | list[str], key: str, kind: str = "file") -> list[Path]:

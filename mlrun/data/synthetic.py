@@ -12,6 +12,7 @@ import torch
 from pydantic import Field, PositiveInt
 
 from mlrun.data.bundle import ArrayDataset, DataMeta, DatasetBundle
+from mlrun.data.splits import ValFraction
 from mlrun.registry import datasets
 
 
@@ -29,7 +30,7 @@ def synthetic(
     vocab_size: Annotated[int, Field(ge=2)] = 64,
     seq_len: PositiveInt = 32,
     noise: Annotated[float, Field(ge=0.0)] = 0.1,
-    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2,
+    val_fraction: ValFraction = 0.2,
 ) -> DatasetBundle:
     """Random data with a learnable teacher.
 

@@ -18,11 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from mlrun.data.arrays import bundle_from_arrays
 from mlrun.data.bundle import DatasetBundle, fitted_transform
-from mlrun.data.splits import is_classification, require_columns, resolve_files, split_indices
+from mlrun.data.splits import ValFraction, is_classification, require_columns, resolve_files, split_indices
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
-
-ValFraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 
 class FeatureSelection(BaseModel):

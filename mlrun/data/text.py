@@ -9,15 +9,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import PositiveInt
 
 from mlrun.data.arrays import bundle_from_arrays
 from mlrun.data.bundle import DatasetBundle
-from mlrun.data.splits import resolve_files, split_indices
+from mlrun.data.splits import ValFraction, resolve_files, split_indices
 from mlrun.data.tokenize import encode_padded, make_tokenizer
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
@@ -93,7 +92,7 @@ def jsonl_text(
     *,
     path: str,
     val_path: str | None = None,
-    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2,
+    val_fraction: ValFraction = 0.2,
     text_field: str = "text",
     label_field: str = "label",
     tokenizer: str = "byte",

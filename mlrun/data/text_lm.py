@@ -15,15 +15,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import PositiveInt
 from torch.utils.data import Dataset
 
 from mlrun.data.bundle import DataMeta, DatasetBundle
-from mlrun.data.splits import resolve_files
+from mlrun.data.splits import ValFraction, resolve_files
 from mlrun.data.tokenize import make_tokenizer
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
@@ -98,7 +97,7 @@ def text_lm(
     tokenizer: str = "byte",
     block_size: PositiveInt = 128,
     stride: PositiveInt | None = None,
-    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1,
+    val_fraction: ValFraction = 0.1,
 ) -> DatasetBundle:
     """UTF-8 text files for next-token prediction, as bytes (vocabulary 256) or a tokenizer's ids.
 
