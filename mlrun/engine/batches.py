@@ -54,6 +54,13 @@ class EpochBatchSampler:
             yield batch if self.index_tensors else batch.tolist()
 
 
+def to_device(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """A batch from an unprepared loader moved to the device: what Accelerate's prepared loader does."""
+    if device.type == "cpu":
+        return batch
+    return tuple(t.to(device, non_blocking=True) for t in batch)
+
+
 def _seed_worker(worker_id: int) -> None:
     # torch seeds each worker from the loader's generator; numpy and random follow from it.
     seed = torch.initial_seed() % 2**32

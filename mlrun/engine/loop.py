@@ -21,7 +21,7 @@ from accelerate import Accelerator
 from safetensors.torch import save_model
 
 from mlrun.config.schema import Duration
-from mlrun.engine.batches import eval_loader, train_loader
+from mlrun.engine.batches import eval_loader, to_device, train_loader
 from mlrun.engine.build import Components
 from mlrun.engine.callbacks import EarlyStopping, improved
 from mlrun.engine.checkpoint import latest_checkpoint, save_checkpoint
@@ -168,8 +168,8 @@ class TrainingLoop:
         self.state.data_wait_s += waited
         if batch is None:
             return None
-        if self.direct and self.accelerator.device.type != "cpu":  # the prepared loader's one job
-            batch = tuple(t.to(self.accelerator.device, non_blocking=True) for t in batch)
+        if self.direct:
+            batch = to_device(batch, self.accelerator.device)
         if self.parts.augment is None:
             return batch
         # Seeded by the batch's global position, so workers, processes and resumes see the same draws.

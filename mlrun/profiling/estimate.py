@@ -84,17 +84,19 @@ def estimate_peak(
         if wrapped:  # backward recomputes one checkpointed block at a time: its activations are live then
             full, _ = _saved_by_forward(model, loss_fn, inputs, targets, autocast_dtype)
             backward_start = max(backward_start, (full.bytes - saved.bytes) // wrapped)
+    parameters = parameter_bytes(model)
+    state = optimizer_state_estimate(model, optimizer_name, settings)
     gradients = gradient_bytes(model, in_backward)
-    largest = max((p.numel() * p.element_size() for p in model.parameters() if p.requires_grad), default=0)
-    held = parameter_bytes(model) + optimizer_state_estimate(model, optimizer_name, settings)
+    largest = gradient_bytes(model, in_backward=True)  # the largest trainable parameter's bytes
     at_forward_end = saved.bytes + (gradients if accum > 1 else 0) + backward_start
     at_optimizer_step = gradients + 2 * largest  # a step's temporaries are per parameter (single-tensor)
+    forward_peaks = at_forward_end >= at_optimizer_step
     return {
-        "parameters": parameter_bytes(model),
+        "parameters": parameters,
         "gradients": gradients,
-        "optimizer_state": held - parameter_bytes(model),
+        "optimizer_state": state,
         "activations": saved.bytes,
-        "transient": backward_start if at_forward_end >= at_optimizer_step else 2 * largest,
-        "peak_at": "end of forward" if at_forward_end >= at_optimizer_step else "optimizer step",
-        "total": held + max(at_forward_end, at_optimizer_step),
+        "transient": backward_start if forward_peaks else 2 * largest,
+        "peak_at": "end of forward" if forward_peaks else "optimizer step",
+        "total": parameters + state + max(at_forward_end, at_optimizer_step),
     }

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from mlrun.config.schema import ExperimentConfig
-from mlrun.engine.batches import train_loader
+from mlrun.engine.batches import to_device, train_loader
 from mlrun.engine.build import build_components
 from mlrun.engine.loop import calls_torch_directly, step_verbs
 from mlrun.profiling.device import peak_flops, synchronize
@@ -161,11 +161,7 @@ def _endless(loader, sampler, device: torch.device | None):
             loader.set_epoch(epoch)
         sampler.set_epoch(epoch)
         for batch in loader:
-            yield (
-                batch
-                if device is None or device.type == "cpu"
-                else tuple(t.to(device, non_blocking=True) for t in batch)
-            )
+            yield batch if device is None else to_device(batch, device)
         epoch += 1
 
 
