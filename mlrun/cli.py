@@ -12,11 +12,10 @@ import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from mlrun import __version__
-from mlrun.errors import EXIT_INTERRUPTED, EXIT_RUN_FAILED, EXIT_USAGE, MlrunError
+from mlrun.errors import EXIT_INTERRUPTED, EXIT_RUN_FAILED, EXIT_USAGE, MlrunError, RunInterrupted
 
 app = typer.Typer(
     name="mlrun",
@@ -56,11 +55,14 @@ def train(
         str, typer.Option(help="auto: continue an unfinished run; never; or a checkpoint path.")
     ] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Discard an existing run of the same name and start over.")] = False,
+    allow_config_change: Annotated[
+        bool, typer.Option(help="Resume even if the config differs from the run's (recorded in manifest.json).")
+    ] = False,
 ) -> None:
     """Train a model; resumes an unfinished run of the same name."""
     from mlrun.commands.train import run_train
 
-    run_train(config, overrides or [], resume=resume, overwrite=overwrite)
+    run_train(config, overrides or [], resume=resume, overwrite=overwrite, allow_config_change=allow_config_change)
 
 
 @app.command()
@@ -174,22 +176,32 @@ def init(
 
 def main() -> None:
     """Console entry point: one clear message and a stable exit code for every failure."""
+    sys.argv[1:] = _take_debug_flag(sys.argv[1:])
     try:
         app(standalone_mode=False)
     except MlrunError as exc:
-        _report(exc)
+        _report(exc, prefix="interrupted" if isinstance(exc, RunInterrupted) else "error")
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except typer.TyperException as exc:  # typer's own (bundled) click: a usage error on the command line
         exc.show()
         sys.exit(EXIT_USAGE)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         print("mlrun: interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # a bug or an unexpected failure: say so, keep the traceback for --debug
         _report(exc, prefix="unexpected error")
         sys.exit(EXIT_RUN_FAILED)
+
+
+def _take_debug_flag(args: list[str]) -> list[str]:
+    """`--debug` is accepted anywhere before `--` (`mlrun train c.yaml --debug`), not only before the command."""
+    end = args.index("--") if "--" in args else len(args)
+    if "--debug" not in args[:end]:
+        return args
+    os.environ["MLRUN_DEBUG"] = "1"
+    return [a for a in args[:end] if a != "--debug"] + args[end:]
 
 
 def _report(exc: BaseException, prefix: str = "error") -> None:
