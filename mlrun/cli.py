@@ -58,11 +58,12 @@ def train(
     allow_config_change: Annotated[
         bool, typer.Option(help="Resume even if the config differs from the run's (recorded in manifest.json).")
     ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the run's summary.json at the end.")] = False,
 ) -> None:
     """Train a model; resumes an unfinished run of the same name."""
     from mlrun.commands.train import run_train
 
-    run_train(config, overrides or [], resume=resume, overwrite=overwrite, allow_config_change=allow_config_change)
+    run_train(config, overrides or [], resume, overwrite, allow_config_change, json_output)
 
 
 @app.command()
@@ -177,22 +178,37 @@ def init(
 def main() -> None:
     """Console entry point: one clear message and a stable exit code for every failure."""
     sys.argv[1:] = _take_debug_flag(sys.argv[1:])
+    args = sys.argv[1:]
+    if "--json" in (args[: args.index("--")] if "--" in args else args):
+        from mlrun import jsonout
+
+        jsonout.reserve_stdout()  # from here on only the command's JSON document reaches stdout
     try:
         app(standalone_mode=False)
     except MlrunError as exc:
-        _report(exc, prefix="interrupted" if isinstance(exc, RunInterrupted) else "error")
-        sys.exit(exc.exit_code)
+        _fail(exc.exit_code, exc, "interrupted" if isinstance(exc, RunInterrupted) else "error")
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.TyperException as exc:  # typer's own (bundled) click: a usage error on the command line
         exc.show()
-        sys.exit(EXIT_USAGE)
+        _fail(EXIT_USAGE, None, "error", exc.format_message())
     except (KeyboardInterrupt, typer.Abort):
         print("mlrun: interrupted", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        _fail(EXIT_INTERRUPTED, None, "interrupted", "interrupted")
     except Exception as exc:  # a bug or an unexpected failure: say so, keep the traceback for --debug
-        _report(exc, prefix="unexpected error")
-        sys.exit(EXIT_RUN_FAILED)
+        _fail(EXIT_RUN_FAILED, exc, "unexpected error")
+
+
+def _fail(code: int, exc: BaseException | None, prefix: str, message: str | None = None) -> None:
+    """Report on stderr, and under --json also as the one document on stdout; then exit with `code`."""
+    if exc is not None:
+        _report(exc, prefix)
+    from mlrun import jsonout
+
+    if jsonout.active() and not jsonout.printed:
+        text = message or (str(exc) if isinstance(exc, MlrunError) else f"{type(exc).__name__}: {exc}")
+        jsonout.print_json({"status": prefix.replace(" ", "_"), "exit_code": code, "message": text})
+    sys.exit(code)
 
 
 def _take_debug_flag(args: list[str]) -> list[str]:

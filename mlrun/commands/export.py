@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from mlrun.errors import UsageError, did_you_mean
+from mlrun.jsonout import print_json
 
 HOW_TO_LOAD = {
     "safetensors": "from mlrun.export.reload import load_exported_model; model = load_exported_model(folder)",
@@ -57,7 +58,7 @@ def run_export(
         info["verification"] = verify_artifact(trained, fmt, folder, info)
         (folder / "export.json").write_text(json.dumps(info, indent=2) + "\n")
     if json_output:
-        print(json.dumps(info))
+        print_json(info)
     else:
         print_report(info, folder)
 

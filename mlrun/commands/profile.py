@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mlrun.config.load import load_config
 from mlrun.errors import UsageError
+from mlrun.jsonout import print_json
 
 MB = 2**20
 
@@ -43,12 +44,13 @@ def run_profile(
         from mlrun.profiling.matrix import run_matrix
 
         rows = run_matrix(path, overrides, config, steps, warmup, folder)
-        print(json.dumps(rows) if json_output else "")
+        if json_output:
+            print_json(rows)
         return
     figures = profile_one(config, steps, warmup, estimate, folder / "trace" if trace else None)
     (folder / "profile.json").write_text(json.dumps(figures, indent=2) + "\n")
     if json_output:
-        print(json.dumps(figures))
+        print_json(figures)
     else:
         print_figures(figures, folder)
 
@@ -119,4 +121,4 @@ def profile_in_subprocess(path: Path, overrides: list[str], steps: int, warmup: 
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ})
     if result.returncode != 0:
         raise UsageError(f"profiling with {' '.join(overrides[-3:])} failed: {result.stderr.strip().splitlines()[-1]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout)  # --json: the child's stdout holds its one document
