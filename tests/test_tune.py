@@ -53,7 +53,7 @@ def test_study_completes_and_prunes_then_resumes_with_more_trials(tmp_path):
     path = tune_config(tmp_path)
     result = run_cli("tune", path, "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary = json.loads(result.stdout)  # the whole of stdout: trial lines went to stderr
     assert summary["states"]["complete"] >= 2 and summary["states"]["pruned"] >= 1
     tune_dir = tmp_path / "runs" / "study" / "tune"
     for name in ["best.yaml", "trials.csv", "history.png", "journal.log"]:
