@@ -178,6 +178,9 @@ def init(
 def main() -> None:
     """Console entry point: one clear message and a stable exit code for every failure."""
     sys.argv[1:] = _take_debug_flag(sys.argv[1:])
+    from mlrun.notices import hide_third_party_notices
+
+    hide_third_party_notices()
     args = sys.argv[1:]
     if "--json" in (args[: args.index("--")] if "--" in args else args):
         from mlrun import jsonout

@@ -115,3 +115,15 @@ def slow_data(seed: int, /, *, sleep_s: float = 0.02):
     bundle = synthetic(seed, num_samples=640, num_features=16)
     bundle.train = _SlowArrays(bundle.train.inputs, bundle.train.targets, sleep_s)
     return bundle
+
+
+def tensor_dataset_data(seed: int, /):
+    """Test dataset: synthetic classification held in plain TensorDatasets (no `__getitems__`)."""
+    from torch.utils.data import TensorDataset
+
+    from mlrun.data.synthetic import synthetic
+
+    bundle = synthetic(seed, num_samples=320, num_features=16)
+    bundle.train = TensorDataset(bundle.train.inputs, bundle.train.targets)
+    bundle.val = TensorDataset(bundle.val.inputs, bundle.val.targets)
+    return bundle

@@ -113,6 +113,8 @@ def test_two_workers_share_one_journal(tmp_path):
     journal = str(tmp_path / "runs" / "study" / "tune" / "journal.log")
     study = optuna.load_study(study_name="study", storage=optuna.storages.JournalStorage(JournalFileBackend(journal)))
     assert len({t.user_attrs["pid"] for t in study.trials}) == 2
+    # One configured seed, yet each worker samples its own values (not the same trial twice).
+    assert len({json.dumps(t.params, sort_keys=True) for t in study.trials}) == len(study.trials)
 
 
 def test_invalid_space_key_fails_before_any_trial(tmp_path):

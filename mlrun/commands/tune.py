@@ -69,7 +69,7 @@ def run_tune(
 def run_study(path, overrides, config, tune_dir, trials, timeout, storage, study_name, workers, json_output, worker):
     from mlrun.tuning import report
     from mlrun.tuning.objective import objective
-    from mlrun.tuning.study import make_pruner, make_sampler, make_storage, optuna_module
+    from mlrun.tuning.study import make_pruner, make_sampler, make_storage, optuna_module, warn_small_generation
 
     optuna = optuna_module()
     tune = config.tune
@@ -80,6 +80,8 @@ def run_study(path, overrides, config, tune_dir, trials, timeout, storage, study
             "several processes: use one or the other"
         )
     main = processes.is_main_process
+    if main and not worker and (note := warn_small_generation(tune.sampler, trials)):
+        print(f"mlrun: warning: {note}", file=sys.stderr, flush=True)
     study, store_text = None, None
     if main:  # under several processes only rank 0 talks to the storage
         store, store_text = make_storage(storage, tune_dir, workers)

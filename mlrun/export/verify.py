@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from mlrun.metrics import Metric
 
@@ -16,8 +16,10 @@ Runner = Callable[[torch.Tensor], torch.Tensor]
 
 def batches(dataset: Dataset, size: int, limit: int | None = None):
     total = len(dataset) if limit is None else min(limit, len(dataset))
+    # A user's plain dataset (a TensorDataset) has no whole-batch __getitems__: collate its samples.
+    fetch = getattr(dataset, "__getitems__", None) or (lambda idx: default_collate([dataset[i] for i in idx]))
     for start in range(0, total, size):
-        yield dataset.__getitems__(list(range(start, min(start + size, total))))
+        yield fetch(list(range(start, min(start + size, total))))
 
 
 def agreement(reference: Runner, candidate: Runner, inputs: torch.Tensor) -> dict[str, float]:
