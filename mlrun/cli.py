@@ -12,11 +12,10 @@ import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from mlrun import __version__
-from mlrun.errors import EXIT_INTERRUPTED, EXIT_RUN_FAILED, EXIT_USAGE, MlrunError
+from mlrun.errors import EXIT_INTERRUPTED, EXIT_RUN_FAILED, EXIT_USAGE, MlrunError, RunInterrupted
 
 app = typer.Typer(
     name="mlrun",
@@ -56,11 +55,15 @@ def train(
         str, typer.Option(help="auto: continue an unfinished run; never; or a checkpoint path.")
     ] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Discard an existing run of the same name and start over.")] = False,
+    allow_config_change: Annotated[
+        bool, typer.Option(help="Resume even if the config differs from the run's (recorded in manifest.json).")
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the run's summary.json at the end.")] = False,
 ) -> None:
     """Train a model; resumes an unfinished run of the same name."""
     from mlrun.commands.train import run_train
 
-    run_train(config, overrides or [], resume=resume, overwrite=overwrite)
+    run_train(config, overrides or [], resume, overwrite, allow_config_change, json_output)
 
 
 @app.command()
@@ -174,22 +177,50 @@ def init(
 
 def main() -> None:
     """Console entry point: one clear message and a stable exit code for every failure."""
+    sys.argv[1:] = _take_debug_flag(sys.argv[1:])
+    from mlrun.notices import hide_third_party_notices
+
+    hide_third_party_notices()
+    args = sys.argv[1:]
+    if "--json" in (args[: args.index("--")] if "--" in args else args):
+        from mlrun import jsonout
+
+        jsonout.reserve_stdout()  # from here on only the command's JSON document reaches stdout
     try:
         app(standalone_mode=False)
     except MlrunError as exc:
-        _report(exc)
+        _fail(exc.exit_code, exc, "interrupted" if isinstance(exc, RunInterrupted) else "error")
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except typer.TyperException as exc:  # typer's own (bundled) click: a usage error on the command line
         exc.show()
-        sys.exit(EXIT_USAGE)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+        _fail(EXIT_USAGE, None, "error", exc.format_message())
+    except (KeyboardInterrupt, typer.Abort):
         print("mlrun: interrupted", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        _fail(EXIT_INTERRUPTED, None, "interrupted", "interrupted")
     except Exception as exc:  # a bug or an unexpected failure: say so, keep the traceback for --debug
-        _report(exc, prefix="unexpected error")
-        sys.exit(EXIT_RUN_FAILED)
+        _fail(EXIT_RUN_FAILED, exc, "unexpected error")
+
+
+def _fail(code: int, exc: BaseException | None, prefix: str, message: str | None = None) -> None:
+    """Report on stderr, and under --json also as the one document on stdout; then exit with `code`."""
+    if exc is not None:
+        _report(exc, prefix)
+    from mlrun import jsonout
+
+    if jsonout.active() and not jsonout.printed:
+        text = message or (str(exc) if isinstance(exc, MlrunError) else f"{type(exc).__name__}: {exc}")
+        jsonout.print_json({"status": prefix.replace(" ", "_"), "exit_code": code, "message": text})
+    sys.exit(code)
+
+
+def _take_debug_flag(args: list[str]) -> list[str]:
+    """`--debug` is accepted anywhere before `--` (`mlrun train c.yaml --debug`), not only before the command."""
+    end = args.index("--") if "--" in args else len(args)
+    if "--debug" not in args[:end]:
+        return args
+    os.environ["MLRUN_DEBUG"] = "1"
+    return [a for a in args[:end] if a != "--debug"] + args[end:]
 
 
 def _report(exc: BaseException, prefix: str = "error") -> None:

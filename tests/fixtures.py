@@ -146,3 +146,15 @@ def count_steps(model: nn.Module, /, *, count_file: str):
                 file.write(str(self.seen))
 
     return CountSteps()
+
+
+def tensor_dataset_data(seed: int, /):
+    """Test dataset: synthetic classification held in plain TensorDatasets (no `__getitems__`)."""
+    from torch.utils.data import TensorDataset
+
+    from mlrun.data.synthetic import synthetic
+
+    bundle = synthetic(seed, num_samples=320, num_features=16)
+    bundle.train = TensorDataset(bundle.train.inputs, bundle.train.targets)
+    bundle.val = TensorDataset(bundle.val.inputs, bundle.val.targets)
+    return bundle

@@ -34,8 +34,8 @@ def launch(folder: Path, *args, processes: int = 2) -> subprocess.CompletedProce
     )
 
 
-def torchrun(config: dict, folder: Path) -> subprocess.CompletedProcess:
-    return launch(folder, "train", write_config(folder, config, f"{config['name']}.yaml"))
+def torchrun(config: dict, folder: Path, *args: str) -> subprocess.CompletedProcess:
+    return launch(folder, "train", write_config(folder, config, f"{config['name']}.yaml"), *args)
 
 
 def single(config: dict, folder: Path) -> subprocess.CompletedProcess:
@@ -67,7 +67,7 @@ def test_two_processes_resume_after_sigkill_bit_identically(tmp_path):
 
     assert torchrun(config("straight"), tmp_path).returncode == 0
     assert torchrun(config("resumed", kill_at=14), tmp_path).returncode != 0  # rank 0 dies by SIGKILL
-    resumed = torchrun(config("resumed"), tmp_path)
+    resumed = torchrun(config("resumed"), tmp_path, "--allow-config-change")  # kill_at differs
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed at step 12" in resumed.stdout
     a = load_file(tmp_path / "runs" / "straight" / "model.safetensors")

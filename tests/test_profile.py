@@ -17,7 +17,7 @@ def profile(tmp_path, config: dict, *args: str, steps: int = 5) -> dict:
         "profile", write_config(tmp_path, config), "--steps", str(steps), "--warmup", "2", *args, "--json", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout)  # the whole of stdout: --json prints one document
 
 
 def test_every_figure_is_present_and_sane(tmp_path):
@@ -98,7 +98,7 @@ def test_matrix_compares_techniques_at_equal_effective_batch(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    rows = json.loads(result.stdout)  # the whole of stdout: tables went to stderr
     assert [r["case"] for r in rows][:4] == ["fp32", "bf16", "bf16+ckpt", "bf16+ckpt+accum4"]
     assert len(rows) == 8 and rows[0]["memory_saved"] == 0
     assert rows[3]["memory_bytes"]["activations"] < rows[0]["memory_bytes"]["activations"]

@@ -101,7 +101,8 @@ def test_resume_after_sigkill_mid_epoch_is_bit_identical(tmp_path):
     killed, run = train(tmp_path, exact_resume_config("resumed", kill_at=24))
     assert killed.returncode == -signal.SIGKILL
     assert [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step")][-1] == "step-00000021"
-    resumed, _ = train(tmp_path, exact_resume_config("resumed"))  # same run dir: --resume auto
+    # Same run dir, --resume auto; the config differs from the killed one's only in kill_at.
+    resumed, _ = train(tmp_path, exact_resume_config("resumed"), "--allow-config-change")
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed at step 21" in resumed.stdout
     a, b = weights(straight), weights(run)
@@ -124,7 +125,7 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path):
     half.mkdir()
     (half / "model.safetensors").write_bytes(b"\0" * 10)
     (run / "summary.json").unlink()  # as if the run never finished
-    resumed, _ = train(tmp_path, config, "train.epochs=2")
+    resumed, _ = train(tmp_path, config, "train.epochs=2", "--allow-config-change")
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed at step {int(good.name[5:])}" in resumed.stdout
     assert not half.exists()
@@ -192,10 +193,11 @@ def test_signal_saves_a_checkpoint_and_marks_interrupted(tmp_path, sig, code):
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == code, stderr
+    assert "mlrun: interrupted: stopped by signal" in stderr and "error" not in stderr
     done = summary(run)
     assert done["status"] == "interrupted" and 0 < done["steps"] < done["total_steps"]
     assert done["last_checkpoint"].endswith(f"step-{done['steps']:08d}")
-    again = run_cli("train", path, "train.epochs=50", "train.max_steps=" + str(done["steps"] + 2), cwd=tmp_path)
+    again = run_cli("train", path, "train.max_steps=" + str(done["steps"] + 2), "--allow-config-change", cwd=tmp_path)
     assert again.returncode == 0 and f"resumed at step {done['steps']}" in again.stdout
 
 
@@ -255,7 +257,7 @@ def test_data_loader_workers_train_and_resume_exactly(tmp_path):
     assert train(tmp_path, straight)[0].returncode == 0
     assert train(tmp_path, killed)[0].returncode == -signal.SIGKILL
     del killed["model"]["kill_at"]
-    assert train(tmp_path, killed)[0].returncode == 0
+    assert train(tmp_path, killed, "--allow-config-change")[0].returncode == 0
     a, b = weights(tmp_path / "runs" / "w_straight"), weights(tmp_path / "runs" / "w_resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -53,7 +53,7 @@ def test_study_completes_and_prunes_then_resumes_with_more_trials(tmp_path):
     path = tune_config(tmp_path)
     result = run_cli("tune", path, "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary = json.loads(result.stdout)  # the whole of stdout: trial lines went to stderr
     assert summary["states"]["complete"] >= 2 and summary["states"]["pruned"] >= 1
     tune_dir = tmp_path / "runs" / "study" / "tune"
     for name in ["best.yaml", "trials.csv", "history.png", "journal.log"]:
@@ -113,6 +113,8 @@ def test_two_workers_share_one_journal(tmp_path):
     journal = str(tmp_path / "runs" / "study" / "tune" / "journal.log")
     study = optuna.load_study(study_name="study", storage=optuna.storages.JournalStorage(JournalFileBackend(journal)))
     assert len({t.user_attrs["pid"] for t in study.trials}) == 2
+    # One configured seed, yet each worker samples its own values (not the same trial twice).
+    assert len({json.dumps(t.params, sort_keys=True) for t in study.trials}) == len(study.trials)
 
 
 def test_invalid_space_key_fails_before_any_trial(tmp_path):

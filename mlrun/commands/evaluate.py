@@ -6,8 +6,9 @@ overrides (`data.name=wine`, `data.val_fraction=0.5`), with the run's own config
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from mlrun.jsonout import print_json
 
 
 def run_eval(run_dir: Path, checkpoint: str, overrides: list[str], json_output: bool) -> None:
@@ -29,7 +30,7 @@ def run_eval(run_dir: Path, checkpoint: str, overrides: list[str], json_output: 
         "metrics": results,
     }
     if json_output:
-        print(json.dumps(report))
+        print_json(report)
         return
     print(f"mlrun: {trained.weights} on {len(parts.bundle.val)} validation samples of '{parts.config.data.name}'")
     for key, value in results.items():

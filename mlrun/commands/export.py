@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from mlrun.errors import UsageError, did_you_mean
+from mlrun.jsonout import print_json
 
 HOW_TO_LOAD = {
     "safetensors": "from mlrun.export.reload import load_exported_model; model = load_exported_model(folder)",
@@ -48,18 +49,46 @@ def run_export(
     from mlrun.engine.restore import load_trained
 
     trained = load_trained(run_dir, checkpoint)
-    folder = out or run_dir / "export" / f"{fmt}-{quantize}"
+    folder = out or run_dir / "export" / export_folder_name(fmt, quantize, checkpoint)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     info = write_artifact(trained, fmt, quantize, folder, calibration_batches)
     (folder / "export.json").write_text(json.dumps(info, indent=2) + "\n")  # the reload below reads it
     if verify:
         info["verification"] = verify_artifact(trained, fmt, folder, info)
+        if slower := slower_than_fp32(info):
+            print(f"mlrun: warning: {slower}", file=sys.stderr)
+            info["notes"].append(slower)
         (folder / "export.json").write_text(json.dumps(info, indent=2) + "\n")
     if json_output:
-        print(json.dumps(info))
+        print_json(info)
     else:
         print_report(info, folder)
+
+
+def export_folder_name(fmt: str, quantize: str, checkpoint: str) -> str:
+    """`<format>-<quant>` for the final weights; `-best` or `-<checkpoint>` otherwise, so exports never collide."""
+    if checkpoint == "final":
+        return f"{fmt}-{quantize}"
+    if checkpoint == "best":
+        return f"{fmt}-{quantize}-best"
+    path = Path(checkpoint)
+    return f"{fmt}-{quantize}-{path.stem if path.suffix == '.safetensors' else path.name}"
+
+
+def slower_than_fp32(info: dict) -> str | None:
+    """A quantized export that runs slower than fp32 PyTorch defeats its purpose: say so, with the figures."""
+    v = info.get("verification") or {}
+    if info["quantize"] == "none" or not v:
+        return None
+    slower = [f"{v[f'speedup_{b}']:.2f}x at batch {b[1:]}" for b in ("b1", "b64") if v[f"speedup_{b}"] < 1.0]
+    if not slower:
+        return None
+    return (
+        f"{info['format']} {info['quantize']} runs slower than fp32 PyTorch on this machine "
+        f"({' and '.join(slower)} its speed); try another format (e.g. --format onnx) or --quantize none "
+        "where latency matters."
+    )
 
 
 def write_artifact(trained, fmt: str, quantize: str, folder: Path, calibration_batches: int) -> dict:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 from mlrun.errors import UsageError, did_you_mean
+from mlrun.jsonout import print_json
 from mlrun.registry import REGISTRIES
 
 
@@ -23,7 +22,7 @@ def run_list(kind: str | None, json_output: bool) -> None:
         for k in kinds
     }
     if json_output:
-        print(json.dumps(entries, indent=2, default=str))
+        print_json(entries)
         return
     for k, names in entries.items():
         print(f"{k}:")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mlrun.config.load import load_config
 from mlrun.errors import UsageError
+from mlrun.jsonout import print_json
 from mlrun.profiling.units import MB
 
 
@@ -39,12 +40,13 @@ def run_profile(
         from mlrun.profiling.matrix import run_matrix
 
         rows = run_matrix(path, overrides, config, steps, warmup, folder)
-        print(json.dumps(rows) if json_output else "")
+        if json_output:
+            print_json(rows)
         return
     figures = profile_one(config, steps, warmup, estimate, folder / "trace" if trace else None)
     (folder / "profile.json").write_text(json.dumps(figures, indent=2) + "\n")
     if json_output:
-        print(json.dumps(figures))
+        print_json(figures)
     else:
         print_figures(figures, folder)
 

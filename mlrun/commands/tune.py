@@ -7,13 +7,14 @@ the same storage on this host; on a cluster, N copies of the command share a dat
 
 from __future__ import annotations
 
-import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from mlrun.config.load import load_config
 from mlrun.errors import RunFailed, UsageError
+from mlrun.jsonout import print_json
 
 
 def run_tune(
@@ -45,7 +46,10 @@ def run_tune(
         from mlrun.tuning.pbt import run_pbt
 
         report = run_pbt(path, overrides, config, tune_dir)
-        print(json.dumps(report) if json_output else f"mlrun: population-based training done: {report['summary']}")
+        if json_output:
+            print_json(report)
+        else:
+            print(f"mlrun: population-based training done: {report['summary']}")
         return
     run_study(
         path,
@@ -65,7 +69,7 @@ def run_tune(
 def run_study(path, overrides, config, tune_dir, trials, timeout, storage, study_name, workers, json_output, worker):
     from mlrun.tuning import report
     from mlrun.tuning.objective import objective
-    from mlrun.tuning.study import make_pruner, make_sampler, make_storage, optuna_module
+    from mlrun.tuning.study import make_pruner, make_sampler, make_storage, optuna_module, warn_small_generation
 
     optuna = optuna_module()
     tune = config.tune
@@ -76,6 +80,8 @@ def run_study(path, overrides, config, tune_dir, trials, timeout, storage, study
             "several processes: use one or the other"
         )
     main = processes.is_main_process
+    if main and not worker and (note := warn_small_generation(tune.sampler, trials)):
+        print(f"mlrun: warning: {note}", file=sys.stderr, flush=True)
     study, store_text = None, None
     if main:  # under several processes only rank 0 talks to the storage
         store, store_text = make_storage(storage, tune_dir, workers)
@@ -143,7 +149,11 @@ def _start_workers(path, overrides, trials, timeout, storage, study_name, count)
     ]
     if timeout:
         command += ["--timeout", str(timeout)]
-    return [subprocess.Popen(command) for _ in range(count)]
+    # Each worker numbered, so that samplers with one configured seed do not all draw the same values.
+    return [
+        subprocess.Popen(command, env={**os.environ, "MLRUN_TUNE_WORKER": str(index)}, stdout=sys.stderr)
+        for index in range(1, count + 1)
+    ]
 
 
 def _report(study, path, overrides, tune, tune_dir, json_output) -> None:
@@ -163,7 +173,7 @@ def _report(study, path, overrides, tune, tune_dir, json_output) -> None:
         summary["importances"] = report.write_importances(study, tune_dir)
         summary["plots"] = report.write_plots(study, tune_dir, bool(summary["importances"]))
     if json_output:
-        print(json.dumps(summary))
+        print_json(summary)
         return
     print(
         f"mlrun: {summary['trials']} trials: {counts['complete']} complete, {counts['pruned']} pruned, "

@@ -260,6 +260,11 @@ class ParamSpec(Section):
             raise ValueError(f"a {self.type} key needs low <= high")
         elif self.log and self.low <= 0:
             raise ValueError("log: true needs low > 0")
+        elif self.log and self.step:
+            raise ValueError(
+                "`step` and `log: true` cannot be combined (a range is sampled either on a log scale or on "
+                "an even grid); for log-spaced grid values use type: categorical with choices: [...]"
+            )
         return self
 
 
@@ -271,6 +276,9 @@ class SamplerConfig(Section):
     startup_trials: NonNegativeInt | None = None
     """tpe / gp / cmaes: trials sampled at random before the model-based search starts (null:
     Optuna's default, 10 for tpe and gp). Small studies gain from fewer."""
+    population_size: Annotated[int, Field(ge=2)] | None = None
+    """nsga2: individuals per generation (null: Optuna's 50). The first generation is sampled at
+    random, so a study needs several times this many trials to search; e.g. 10 for a 50-trial study."""
     multivariate: bool = False
     """tpe: model the parameters jointly (Optuna's multivariate TPE, with grouping of conditional
     parameters) instead of one at a time; usually better when parameters interact, such as lr and batch."""

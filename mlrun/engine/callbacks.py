@@ -17,6 +17,8 @@ def improved(value: float, best: float | None, mode: str, min_delta: float = 0.0
 class EarlyStopping(Callback):
     """Stops training when `monitor` has not improved for `patience` evaluations."""
 
+    name = "early_stopping"  # its state's key in checkpoints
+
     def __init__(self, config: EarlyStoppingConfig):
         self.config = config
         self.best: float | None = None
@@ -34,7 +36,14 @@ class EarlyStopping(Callback):
             state.should_stop, state.stop_reason = True, "early_stopped"
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "bad_evals": self.bad_evals}
+        return {"best": self.best, "bad_evals": self.bad_evals, "config": self.config.model_dump(mode="json")}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("config")
+        if saved is not None and saved != self.config.model_dump(mode="json"):
+            # Changed settings (a new patience, monitor or mode) start counting afresh: the old count,
+            # measured against other settings, would otherwise stop an extended run at its first evaluation.
+            same_target = saved["monitor"] == self.config.monitor and saved["mode"] == self.config.mode
+            self.best, self.bad_evals = (state["best"] if same_target else None), 0
+            return
         self.best, self.bad_evals = state["best"], state["bad_evals"]

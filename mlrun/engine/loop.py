@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from mlrun.engine.callbacks import EarlyStopping, improved
 from mlrun.engine.checkpoint import latest_checkpoint, save_checkpoint
 from mlrun.engine.dry_run import check_one_batch
 from mlrun.engine.evaluate import evaluate
+from mlrun.engine.saved_state import SavedState
 from mlrun.engine.signals import StopSignals, requeue_slurm_job
 from mlrun.engine.state import TrainState
 from mlrun.engine.step import prepare_training
@@ -47,19 +49,30 @@ class TrainingLoop:
         self.model, self.optimizer, self.step = prepared.model, prepared.optimizer, prepared.step
         self.loader, self.sampler, self.val_loader = prepared.loader, prepared.sampler, prepared.val_loader
         self.direct = prepared.direct
-        # Everything a resume needs beyond model/optimizer/scaler/RNG, which Accelerate saves itself.
-        accelerator.register_for_checkpointing(self.state, parts.schedule, *self.callbacks)
+        # Everything a resume needs beyond model/optimizer/scaler/RNG, which Accelerate saves itself:
+        # one object, callbacks by name, so a resume may add or drop a technique.
+        self.saved, self.resumed = SavedState(self.state, parts.schedule, self.callbacks), False
+        accelerator.register_for_checkpointing(self.saved)
 
     # --- the loop ------------------------------------------------------------------------------
 
-    def run(self, resume_from: Path | None) -> TrainState:
+    def restore(self, checkpoint: Path) -> None:
+        """Continue from `checkpoint`; callbacks it has no state for start from the restored weights."""
+        self.accelerator.load_state(str(checkpoint))
+        by_name = self.saved.callbacks
+        for name in self.saved.fresh:
+            by_name[name].on_train_start(self.model)  # e.g. EMA averages from here, not from the init
+        if (changes := self.saved.describe_changes()) and self.accelerator.is_main_process:
+            print(f"mlrun: resume: callbacks differ from the checkpoint's: {changes}", file=sys.stderr, flush=True)
+        # A run paused on purpose (a PBT round, an early stop being extended) goes on from here.
+        self.state.should_stop, self.state.stop_reason = False, None
+        self.resumed = True
+
+    def run(self) -> TrainState:
         self._reset_window()
         if self.accelerator.distributed_type.value not in ("FSDP", "DEEPSPEED"):  # sharded weights: no plain forward
             check_one_batch(self.parts, self.accelerator.device, self.accelerator.autocast)
-        if resume_from is not None:
-            self.accelerator.load_state(str(resume_from))
-            # A run paused on purpose (a PBT round, an early stop being extended) goes on from here.
-            self.state.should_stop, self.state.stop_reason = False, None
+        if self.resumed:
             device = self.accelerator.device  # stacked with this run's losses at the next log
             self.window_losses = [torch.tensor(v, device=device) for v in self.state.window_losses]
             self.window_steps = list(self.state.window_steps)
@@ -81,9 +94,7 @@ class TrainingLoop:
                 self._finish()
         except KeyboardInterrupt:
             self.state.stop_reason = "interrupted"
-            raise RunInterrupted(
-                f"interrupted before a checkpoint; the newest is {self.latest_checkpoint_text()}"
-            ) from None
+            raise RunInterrupted(f"interrupted before saving a checkpoint. {self.resume_hint()}") from None
         finally:
             self._account_time()
         return self.state
@@ -235,9 +246,8 @@ class TrainingLoop:
         bad_step = next((step for v, step in zip(values, self.window_steps) if not math.isfinite(v)), None)
         if bad_step is not None:
             raise RunFailed(
-                f"the loss became NaN or infinite at step {bad_step}; the newest good checkpoint is "
-                f"{self.latest_checkpoint_text()}. Lower optimizer.lr, set train.max_grad_norm, "
-                "or set train.on_nonfinite: skip."
+                f"the loss became NaN or infinite at step {bad_step}. Lower optimizer.lr, set "
+                f"train.max_grad_norm, or set train.on_nonfinite: skip. {self.resume_hint()}"
             )
 
     # --- evaluation, checkpoints, the end --------------------------------------------------------
@@ -299,9 +309,16 @@ class TrainingLoop:
                 save_model(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), str(path))
         self.accelerator.wait_for_everyone()
 
-    def latest_checkpoint_text(self) -> str:
+    def latest_checkpoint_text(self) -> str | None:
         latest = latest_checkpoint(self.run_dir)
-        return str(latest) if latest else "none (no checkpoint was written)"
+        return str(latest) if latest else None
+
+    def resume_hint(self) -> str:
+        """Where the run can go on from, for failure messages."""
+        latest = latest_checkpoint(self.run_dir)
+        if latest is None:
+            return "No checkpoint was written; the same command starts the run again."
+        return f"The newest checkpoint is {latest}; the same command resumes from it."
 
 
 def _due(every: Duration | None, unit: str, count: int) -> bool:

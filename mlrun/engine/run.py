@@ -7,78 +7,123 @@ from __future__ import annotations
 
 import pickle
 import shutil
+import sys
 import time
 from pathlib import Path
 
 from mlrun.callbacks import Callback
-from mlrun.config.load import load_config
 from mlrun.config.schema import ExperimentConfig
 from mlrun.engine.checkpoint import latest_checkpoint, resolve_resume
-from mlrun.engine.run_dir import FINISHED, manifest, peak_memory_bytes, read_summary, write_config, write_json
+from mlrun.engine.config_change import Changes, check_resume_config, describe, explain_load_failure, record_changes
+from mlrun.engine.run_dir import (
+    FINISHED,
+    manifest,
+    peak_memory_bytes,
+    read_json,
+    read_summary,
+    write_config,
+    write_json,
+)
 from mlrun.engine.state import TrainState
 from mlrun.errors import RunFailed, RunInterrupted, UsageError
 
 
 def run_training(
-    config: ExperimentConfig, resume: str = "auto", overwrite: bool = False, callbacks: tuple[Callback, ...] = ()
+    config: ExperimentConfig,
+    resume: str = "auto",
+    overwrite: bool = False,
+    callbacks: tuple[Callback, ...] = (),
+    allow_config_change: bool = False,
 ) -> TrainState:
-    """Train `config` in <output_dir>/<name>; summary.json is written whatever happens."""
-    from mlrun.data.bundle import fingerprint, load_fitted_transform
-    from mlrun.engine.autobatch import resolve_batch_size, with_batch_size
-    from mlrun.engine.batches import resolve_workers
+    """Train `config` in <output_dir>/<name>; summary.json is written whatever happens once training starts.
+
+    Nothing in the run directory is touched until the components are built and the checkpoint (if
+    any) is loaded, so a start that fails leaves a finished run's records as they were.
+    """
+    from mlrun.data.bundle import load_fitted_transform
+    from mlrun.engine.autobatch import resolve_batch_size
     from mlrun.engine.build import build_components
     from mlrun.engine.loop import TrainingLoop
 
     run_dir = Path(config.output_dir) / config.name
+    check_writable(run_dir)
     accelerator = make_accelerator(config)
     # Every rank checks (and raises the same error); only the main process clears anything.
     resume_from, clear = decide_resume(run_dir, resume, overwrite)
-    if clear and accelerator.is_main_process:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    if resume_from is not None and config.data.batch_size == "auto":
-        # A resumed run keeps the batch size it started with (its data position counts in those
-        # batches); every other key, overrides included, comes from this invocation.
-        config = with_batch_size(config, load_config(run_dir / "config.yaml").data.batch_size)
+    changes: Changes = {}
+    if resume_from is not None:
+        # An explicit checkpoint path asks for the resume by name: a changed config is then expected.
+        allowed = allow_config_change or resume != "auto"
+        config, changes = check_resume_config(run_dir, config, resume_from, allowed)
+        if changes and accelerator.is_main_process:
+            print(f"mlrun: resume from {resume_from.name} with config changes:\n{describe(changes)}", file=sys.stderr)
     config = resolve_batch_size(config)  # auto -> a number, written to config.yaml so reruns are exact
     # A resumed run goes on with the preprocessing its weights were trained under, even if files changed.
     fitted = load_fitted_transform(run_dir) if resume_from is not None else None
     parts = build_components(config, accelerator.num_processes, fitted_transform=fitted)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(run_dir, config.model_dump(mode="json"))
-        effective_batch = config.data.batch_size * accelerator.num_processes * config.train.grad_accum_steps
-        prints = {split: fingerprint(getattr(parts.bundle, split)) for split in ("train", "val")}
-        info = manifest(
-            accelerator.num_processes, str(accelerator.device), config.train.precision, effective_batch, prints
-        )
-        info["resumed_from"] = str(resume_from) if resume_from else None
-        info["data_cleaning"] = parts.bundle.cleaning
-        info["num_workers"] = resolve_workers(config.data, parts.bundle.train)
-        if parts.bundle.transform is not None:  # the fitted preprocessing, for eval and export
-            with open(run_dir / "preprocessing.pkl", "wb") as file:
-                pickle.dump(parts.bundle.transform, file)
-        write_json(run_dir / "manifest.json", info)
-
+    if clear and accelerator.is_main_process:  # only now: a start that cannot build keeps the old run
+        shutil.rmtree(run_dir, ignore_errors=True)
+    accelerator.wait_for_everyone()
     loop = TrainingLoop(parts, accelerator, run_dir, extra_callbacks=callbacks)
+    if resume_from is not None:
+        try:
+            loop.restore(resume_from)
+        except Exception as exc:
+            raise explain_load_failure(resume_from, exc, changes) from exc
+    if accelerator.is_main_process:
+        write_records(run_dir, parts, accelerator, resume_from, loop.state.step, changes)
     started, message = time.time(), None
     try:
-        return loop.run(resume_from)
+        return loop.run()
     except (RunFailed, RunInterrupted, UsageError) as exc:
         message = str(exc)
         raise
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"
-        raise RunFailed(
-            f"training crashed at step {loop.state.step}: {message}. "
-            f"The newest checkpoint is {loop.latest_checkpoint_text()}; rerun to resume from it."
-        ) from exc
+        raise RunFailed(f"training crashed at step {loop.state.step}: {message}. {loop.resume_hint()}") from exc
     finally:
         summary = make_summary(config, loop, loop.state.stop_reason or "failed", time.time() - started, message)
         if accelerator.is_main_process:
             write_json(run_dir / "summary.json", summary)
         for tracker in parts.trackers:
             tracker.finish(summary)
+
+
+def check_writable(run_dir: Path) -> None:
+    """Exit 2 naming the folder when the run directory cannot be created or written."""
+    folder = run_dir if run_dir.exists() else next((p for p in run_dir.parents if p.exists()), Path("."))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".mlrun-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(
+            f"output_dir: cannot write the run directory '{run_dir}' ({exc.strerror or exc} in '{folder}'); "
+            "set output_dir=... to a writable folder"
+        ) from None
+
+
+def write_records(run_dir: Path, parts, accelerator, resume_from: Path | None, step: int, changes: Changes) -> None:
+    """config.yaml, manifest.json (with the history of accepted config changes), preprocessing.pkl."""
+    from mlrun.data.bundle import fingerprint
+    from mlrun.engine.batches import resolve_workers
+
+    config = parts.config
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(run_dir, config.model_dump(mode="json"))
+    effective_batch = config.data.batch_size * accelerator.num_processes * config.train.grad_accum_steps
+    prints = {split: fingerprint(getattr(parts.bundle, split)) for split in ("train", "val")}
+    info = manifest(accelerator.num_processes, str(accelerator.device), config.train.precision, effective_batch, prints)
+    info["resumed_from"] = str(resume_from) if resume_from else None
+    info["data_cleaning"] = parts.bundle.cleaning
+    info["num_workers"] = resolve_workers(config.data, parts.bundle.train)
+    previous = read_json(run_dir / "manifest.json") if resume_from is not None else None
+    record_changes(info, previous, step, changes)
+    if parts.bundle.transform is not None:  # the fitted preprocessing, for eval and export
+        with open(run_dir / "preprocessing.pkl", "wb") as file:
+            pickle.dump(parts.bundle.transform, file)
+    write_json(run_dir / "manifest.json", info)
 
 
 def decide_resume(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | None, bool]:

@@ -26,9 +26,15 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:  # a damaged record is treated as absent, never as a crash
+        return None
+
+
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / SUMMARY
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(run_dir / SUMMARY)
 
 
 def write_config(run_dir: Path, config_dump: dict[str, Any]) -> None:

@@ -19,12 +19,22 @@ from mlrun.registry import optimizers
 
 
 def _torchao_optim():
+    import logging
+    import os
+
+    # torchao's import logs a torch.compile deprecation notice the user can do nothing about.
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    level = pytree_log.level
+    if not os.environ.get("MLRUN_DEBUG"):
+        pytree_log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torchao reports its optional CUDA kernels missing on CPU
             import torchao.optim
     except ImportError:
         raise UsageError("optimizers adamw8bit and adamw4bit need torchao: pip install 'mlrun[lowbit]'") from None
+    finally:
+        pytree_log.setLevel(level)
     return torchao.optim
 
 

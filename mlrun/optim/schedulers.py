@@ -50,7 +50,8 @@ class LRSchedule:
             self._apply()
 
     def last_lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        # float(): torchao's low-bit optimizers keep lr as a tensor, which metrics.jsonl cannot hold.
+        return float(self.optimizer.param_groups[0]["lr"])
 
     def _apply(self) -> None:
         factor = self.multiplier(self.step_count)

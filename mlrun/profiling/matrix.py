@@ -132,4 +132,4 @@ def profile_in_subprocess(path: Path, overrides: list[str], steps: int, warmup: 
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ})
     if result.returncode != 0:
         raise UsageError(f"profiling with {' '.join(overrides[-3:])} failed: {result.stderr.strip().splitlines()[-1]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout)  # --json: the child's stdout holds its one document

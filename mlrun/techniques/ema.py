@@ -18,6 +18,8 @@ from mlrun.registry import techniques
 
 
 class EMA(Callback):
+    name = "ema"  # its state's key in checkpoints
+
     def __init__(self, decay: float, warmup: bool):
         self.decay, self.warmup = decay, warmup
         self.updates = 0

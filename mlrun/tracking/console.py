@@ -20,6 +20,7 @@ class Console(Tracker):
     def __init__(self, refresh_per_second: float, force_plain: bool):
         self.refresh, self.plain = refresh_per_second, force_plain or not sys.stdout.isatty()
         self.progress_bar = None
+        self.enabled = False  # until start(): finish() after a failed start must not raise
 
     def start(self, info: RunInfo) -> None:
         self.info, self.enabled = info, info.is_main

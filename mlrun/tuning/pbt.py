@@ -111,8 +111,13 @@ def _train_round(path, overrides, member, folder: Path, total: int, target: int,
         "train.checkpoint_every=null",
     ]
     config = load_config(path, member_overrides)
+    # From round 2 a member continues with perturbed (explored) values: a config change by design.
     state = run_training(
-        config, resume="never" if round_index == 0 else "auto", overwrite=round_index == 0, callbacks=(StopAt(target),)
+        config,
+        resume="never" if round_index == 0 else "auto",
+        overwrite=round_index == 0,
+        callbacks=(StopAt(target),),
+        allow_config_change=True,
     )
     return figure(state, metric)
 

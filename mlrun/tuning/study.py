@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -26,12 +27,16 @@ def make_sampler(config: SamplerConfig, tune: TuneConfig):
         raise UsageError(f"tune.sampler.startup_trials: only tpe, gp and cmaes have a random start, not {config.name}")
     if config.multivariate and config.name != "tpe":
         raise UsageError(f"tune.sampler.multivariate: only tpe has it, not {config.name}")
+    if config.population_size is not None and config.name != "nsga2":
+        raise UsageError(f"tune.sampler.population_size: only nsga2 has a population, not {config.name}")
+    seed = worker_seed(seed)
     if config.name == "grid":
         return samplers.GridSampler(grid(tune.space), seed=seed)
     if config.name == "random":
         return samplers.RandomSampler(seed=seed)
     if config.name == "nsga2":
-        return samplers.NSGAIISampler(seed=seed)
+        population = {} if config.population_size is None else {"population_size": config.population_size}
+        return samplers.NSGAIISampler(seed=seed, **population)
     startup = {} if config.startup_trials is None else {"n_startup_trials": config.startup_trials}
     if config.name == "tpe":
         # group=True lets multivariate TPE handle parameters that only some trials have. Optuna marks
@@ -47,6 +52,31 @@ def make_sampler(config: SamplerConfig, tune: TuneConfig):
     except ImportError:
         raise UsageError("tune.sampler: cmaes needs the cmaes package: pip install cmaes") from None
     return samplers.CmaEsSampler(seed=seed, **startup)
+
+
+def worker_seed(seed: int | None) -> int | None:
+    """The sampler seed of this worker: workers sharing a study with one seed would sample the same values.
+
+    `--workers N` numbers its processes in MLRUN_TUNE_WORKER; copies started by SLURM use SLURM_PROCID.
+    """
+    if seed is None:
+        return None
+    index = os.environ.get("MLRUN_TUNE_WORKER") or os.environ.get("SLURM_PROCID") or "0"
+    return seed + int(index)
+
+
+def warn_small_generation(config: SamplerConfig, trials: int) -> str | None:
+    """NSGA-II samples its whole first generation at random: a study of fewer trials is a random search."""
+    if config.name != "nsga2":
+        return None
+    population = config.population_size or 50  # Optuna's default
+    if trials >= 2 * population:
+        return None
+    return (
+        f"tune.sampler: nsga2 breeds generations of {population}; with {trials} trials "
+        f"{'every trial is in the first, random, generation' if trials <= population else 'it barely starts'}. "
+        f"Set tune.sampler.population_size to about {max(2, trials // 5)} (or use tpe)."
+    )
 
 
 def make_pruner(config: PrunerConfig):

@@ -61,7 +61,7 @@ def mlrun_steps_per_s(config, run_dir: Path) -> float:
 
     parts = build_components(config)
     loop = TrainingLoop(parts, Accelerator(rng_types=[], step_scheduler_with_optimizer=False), run_dir)
-    state = loop.run(resume_from=None)
+    state = loop.run()
     return state.step / state.train_time_s
 
 

@@ -1,0 +1,115 @@
+"""Resuming with a config that differs from the run's own: show the difference, refuse unless told.
+
+    mlrun train c.yaml optimizer.lr=1e-3                          # exit 2: shows what changed
+    mlrun train c.yaml optimizer.lr=1e-3 --allow-config-change    # continues, recorded in manifest.json
+
+A run directory's config.yaml must keep reproducing the run, so a change taken on resume is never
+silent: `--allow-config-change` (or an explicit `--resume PATH`, which asks for it by name) accepts
+it, and manifest.json records each accepted change with the step it took effect at.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlrun.config.schema import ExperimentConfig
+from mlrun.errors import UsageError
+
+Changes = dict[str, tuple[Any, Any]]  # dotted key -> (old, new)
+_MISFIT = ("size mismatch", "Missing key", "Unexpected key")
+
+
+def diff_configs(old: Any, new: Any, prefix: str = "") -> Changes:
+    """Changed keys, dotted; a section that appears or disappears (a mapping vs null) is one change."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        changes: Changes = {}
+        for key in [*old, *(k for k in new if k not in old)]:
+            changes.update(diff_configs(old.get(key), new.get(key), f"{prefix}{key}."))
+        return changes
+    return {} if old == new else {prefix.rstrip("."): (old, new)}
+
+
+def describe(changes: Changes) -> str:
+    return "\n".join(f"  {key}: {_show(old)} -> {_show(new)}" for key, (old, new) in changes.items())
+
+
+def _show(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...")
+
+
+def stored_config(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "config.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def keep_batch_size(config: ExperimentConfig, stored: dict[str, Any]) -> ExperimentConfig:
+    """`data.batch_size: auto` on resume is the number the run started with: its data position counts in those."""
+    from mlrun.engine.autobatch import with_batch_size
+
+    old = (stored.get("data") or {}).get("batch_size")
+    if config.data.batch_size == "auto" and isinstance(old, int):
+        return with_batch_size(config, old)
+    return config
+
+
+def check_resume_config(
+    run_dir: Path, config: ExperimentConfig, checkpoint: Path, allowed: bool
+) -> tuple[ExperimentConfig, Changes]:
+    """The config to resume with and its changes against the run's config.yaml; exit 2 if not allowed."""
+    stored = stored_config(run_dir)
+    if stored is None:
+        return config, {}
+    config = keep_batch_size(config, stored)
+    changes = diff_configs(stored, config.model_dump(mode="json"))
+    if changes and not allowed:
+        hint = ""
+        if any(key.startswith("model.") for key in changes):
+            hint = (
+                "\nA change of model settings that changes the weights' shapes cannot apply to a resumed run; "
+                "start a new run (another name=..., with init_from to start from these weights)."
+            )
+        raise UsageError(
+            f"run '{run_dir}' would resume from {checkpoint.name} with a changed config:\n{describe(changes)}\n"
+            "Its config.yaml would then no longer reproduce the run. Pass --allow-config-change to continue "
+            "with the change (recorded in manifest.json), --overwrite to start over, or another name=..." + hint
+        )
+    if "optimizer.name" in changes:
+        old, new = changes["optimizer.name"]
+        raise UsageError(
+            f"optimizer.name: {old} -> {new} cannot apply to a resumed run: the checkpoint holds {old}'s state "
+            "(moments, step counts) for every parameter. Start a new run (another name=..., with init_from "
+            "to start from these weights)."
+        )
+    return config, changes
+
+
+def explain_load_failure(checkpoint: Path, exc: BaseException, changes: Changes) -> UsageError:
+    """A checkpoint that will not load, with its real cause and the changed keys that explain it."""
+    text = str(exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # torch's load_state_dict puts the telling line ("size mismatch for net.0.weight: ...") second.
+    telling = next((line for line in lines if any(m in line for m in _MISFIT)), lines[0] if lines else "")
+    cause = f"{type(exc).__name__}: {telling}".rstrip(":. ")
+    if any(marker in text for marker in _MISFIT):
+        model_keys = [key for key in changes if key.startswith("model.")]
+        named = f" (changed: {', '.join(model_keys)})" if model_keys else ""
+        return UsageError(
+            f"cannot resume from {checkpoint}: its weights do not fit the model of this config{named}: {cause}. "
+            "A model of another shape needs a new run (another name=..., init_from to start from these weights)."
+        )
+    changed = f" The config changed in: {', '.join(changes)}." if changes else ""
+    return UsageError(
+        f"cannot resume from {checkpoint}: {cause}.{changed} Pass an older checkpoint with --resume PATH, "
+        "or --overwrite to start over."
+    )
+
+
+def record_changes(manifest: dict[str, Any], previous: dict[str, Any] | None, step: int, changes: Changes) -> None:
+    """Carry the run's history of accepted changes into the new manifest, with this one appended."""
+    history = list((previous or {}).get("config_changes", []))
+    if changes:
+        history.append({"step": step, "changes": {key: [old, new] for key, (old, new) in changes.items()}})
+    manifest["config_changes"] = history

@@ -1,0 +1,45 @@
+"""Third-party notices a user can do nothing about, hidden unless `--debug`.
+
+Each is matched by the logger it comes from and the opening words of its text, so every other warning of
+those libraries still shows. `mlrun train c.yaml --debug` shows them all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+# (logger name, message prefix); "" is the root logger, which onnxruntime logs to directly.
+HIDDEN = (
+    # torch.onnx's exporter registers torchvision's operators when it can; mlrun's models need none.
+    ("torch.onnx._internal.exporter._registration", "torchvision is not installed"),
+    # onnxruntime's quantizer suggests a shape-inference pass that mlrun's small graphs do not need.
+    ("", "Please consider to run pre-processing before quantization"),
+    ("", "Please consider pre-processing before quantization"),
+    # Accelerate drops the duplicate of tied weights (embeddings tied to the output) when saving,
+    # and the model ties them again on load: the saved checkpoint is complete.
+    ("accelerate.utils.other", "Removed shared tensor"),
+)
+
+
+class _Drop(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)  # Accelerate's adapter puts "[RANK 0] " in front
+        return not any(prefix in text[:200] for prefix in self.prefixes)
+
+
+def hide_third_party_notices() -> None:
+    """Install the filters (once per process); a no-op under --debug (MLRUN_DEBUG)."""
+    if os.environ.get("MLRUN_DEBUG"):
+        return
+    by_logger: dict[str, tuple[str, ...]] = {}
+    for name, prefix in HIDDEN:
+        by_logger[name] = (*by_logger.get(name, ()), prefix)
+    for name, prefixes in by_logger.items():
+        logger = logging.getLogger(name or None)
+        if not any(isinstance(f, _Drop) for f in logger.filters):
+            logger.addFilter(_Drop(prefixes))

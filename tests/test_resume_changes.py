@@ -1,0 +1,124 @@
+"""Continuing a run after a change, through the real CLI: callbacks by name, config diffs, damaged runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import read_jsonl, run_cli, tiny_config, write_config
+
+
+def train(tmp_path: Path, config: dict, *args: str):
+    path = write_config(tmp_path, config, f"{config['name']}.yaml")
+    return run_cli("train", path, *args, cwd=tmp_path), tmp_path / "runs" / config["name"]
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def early_stopping_config(name: str, patience: int = 1) -> dict:
+    config = tiny_config(name=name)
+    # min_delta 10: no evaluation ever counts as an improvement, so it stops after patience + 1 evaluations.
+    stop = {"monitor": "val/loss", "mode": "min", "patience": patience, "min_delta": 10.0}
+    config["train"] = {**config["train"], "epochs": 6, "early_stopping": stop}
+    return config
+
+
+def test_early_stopped_run_extends_without_early_stopping_and_with_ema(tmp_path):
+    result, run = train(tmp_path, early_stopping_config("ext"))
+    assert result.returncode == 0, result.stderr
+    stopped = read(run / "summary.json")
+    assert stopped["status"] == "early_stopped" and stopped["steps"] == 32
+    checkpoint = run / "checkpoints" / "step-00000032"
+    extended, _ = train(
+        tmp_path,
+        early_stopping_config("ext"),
+        "train.early_stopping=null",
+        "train.epochs=4",
+        "techniques=[ema]",
+        "--resume",
+        str(checkpoint),
+    )
+    assert extended.returncode == 0, extended.stderr
+    done = read(run / "summary.json")
+    assert done["status"] == "completed" and done["steps"] == 64
+    assert "starting fresh: ema" in extended.stderr and "no longer used: early_stopping" in extended.stderr
+    changes = read(run / "manifest.json")["config_changes"]
+    assert changes[-1]["step"] == 32 and "techniques" in changes[-1]["changes"]
+    assert "train.early_stopping" in changes[-1]["changes"]
+
+
+def test_changed_patience_restarts_the_early_stopping_count(tmp_path):
+    result, run = train(tmp_path, early_stopping_config("pat", patience=1))
+    assert result.returncode == 0 and read(run / "summary.json")["steps"] == 32
+    extended, _ = train(
+        tmp_path,
+        early_stopping_config("pat", patience=2),
+        "--resume",
+        str(run / "checkpoints" / "step-00000032"),
+    )
+    assert extended.returncode == 0, extended.stderr
+    # The restored count (1 bad evaluation) measured against patience 1 would stop at the next
+    # evaluation (step 48); counted afresh it takes two more bad evaluations.
+    done = read(run / "summary.json")
+    assert done["status"] == "early_stopped" and done["steps"] == 64
+
+
+def interrupted_run(tmp_path: Path, name: str, keep_newest: bool = False) -> Path:
+    """A run as a crash in its second epoch leaves it: a checkpoint at step 16, no summary.json."""
+    config = tiny_config(name=name)
+    config["train"] = {**config["train"], "epochs": 2}
+    result, run = train(tmp_path, config)
+    assert result.returncode == 0, result.stderr
+    (run / "summary.json").unlink()
+    if not keep_newest:
+        shutil.rmtree(run / "checkpoints" / "step-00000032")
+    (run / "model.safetensors").unlink()
+    return run
+
+
+def test_auto_resume_with_a_changed_config_is_refused_then_accepted_and_recorded(tmp_path):
+    run = interrupted_run(tmp_path, "lr")
+    before = (run / "config.yaml").read_text()
+    config = tiny_config(name="lr")
+    config["train"] = {**config["train"], "epochs": 2}
+    refused, _ = train(tmp_path, config, "optimizer.lr=0.001")
+    assert refused.returncode == 2
+    assert "optimizer.lr: 0.01 -> 0.001" in refused.stderr and "--allow-config-change" in refused.stderr
+    assert (run / "config.yaml").read_text() == before and not (run / "summary.json").exists()
+    accepted, _ = train(tmp_path, config, "optimizer.lr=0.001", "--allow-config-change")
+    assert accepted.returncode == 0, accepted.stderr
+    assert yaml.safe_load((run / "config.yaml").read_text())["optimizer"]["lr"] == 0.001
+    assert read(run / "manifest.json")["config_changes"] == [{"step": 16, "changes": {"optimizer.lr": [0.01, 0.001]}}]
+    # The new rate took effect at the resume: the first log after step 16 is under the new peak.
+    lrs = [line["train/lr"] for line in read_jsonl(run / "metrics.jsonl") if "train/lr" in line and line["step"] > 16]
+    assert lrs and max(lrs) <= 0.001
+
+
+def test_a_model_shape_change_is_named_and_the_finished_run_stays_intact(tmp_path):
+    result, run = train(tmp_path, tiny_config(name="fin"), "train.epochs=1")
+    assert result.returncode == 0
+    records = {name: (run / name).read_bytes() for name in ("summary.json", "config.yaml", "manifest.json")}
+    checkpoint = run / "checkpoints" / "step-00000016"
+    failed, _ = train(tmp_path, tiny_config(name="fin"), "model.hidden_sizes=[64]", "--resume", str(checkpoint))
+    assert failed.returncode == 2, failed.stderr
+    assert "model.hidden_sizes" in failed.stderr and "size mismatch" in failed.stderr
+    assert "Traceback" not in failed.stderr and "Console" not in failed.stderr
+    assert {name: (run / name).read_bytes() for name in records} == records
+
+
+def test_truncated_newest_checkpoint_is_passed_over_with_a_warning(tmp_path):
+    run = interrupted_run(tmp_path, "trunc", keep_newest=True)
+    # The step-32 checkpoint's weights file cut short after it was written (a full disk, a bad copy).
+    weights = run / "checkpoints" / "step-00000032" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    config = tiny_config(name="trunc")
+    config["train"] = {**config["train"], "epochs": 2}
+    resumed, _ = train(tmp_path, config)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "skipping checkpoint" in resumed.stderr and "truncated" in resumed.stderr
+    assert "resumed at step 16" in resumed.stdout
