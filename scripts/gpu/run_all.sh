@@ -79,7 +79,7 @@ ensure_setup() {
 stage_gputests() {
     ensure_setup || return 1
     log "pytest -m gpu -> $RESULTS/gpu-tests.log"
-    timeout "${GPU_TESTS_TIMEOUT_S:-540}" "$PY" -m pytest -m gpu -rA -q -p no:cacheprovider \
+    timeout "${GPU_TESTS_TIMEOUT_S:-480}" "$PY" -m pytest -m gpu -rA -q -p no:cacheprovider \
         --junitxml="$RESULTS/gpu-tests.xml" --durations=20 > "$RESULTS/gpu-tests.log" 2>&1
     local status=$?
     tail -n 3 "$RESULTS/gpu-tests.log"
