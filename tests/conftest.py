@@ -70,3 +70,23 @@ def read_jsonl(path: Path) -> list[dict]:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `gpu` skip, saying why, where torch sees no CUDA device (run them: pytest -m gpu)."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_tests:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in gpu_tests:
+        item.add_marker(skip)
+
+
+@pytest.fixture
+def cpu_only(monkeypatch) -> None:
+    """The CLI subprocesses of this test see no GPU: it checks CPU behaviour, also on a GPU machine."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")

@@ -14,12 +14,35 @@ from mlrun.models.heads import flat_features
 from mlrun.models.mlp import MLP
 
 
-class _Probe(MLP):
-    """An MLP that can SIGKILL its own process, emit NaN, or record its compute dtype, at given forwards."""
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; the gradient flowing back is multiplied by `factor`."""
 
-    def __init__(self, meta: DataMeta, kill_at: int | None, nan_at: list[int], dtype_file: str | None):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.factor, None
+
+
+class _Probe(MLP):
+    """An MLP that can SIGKILL its own process, emit NaN, blow up its gradient, or record what it computes
+    with, at given forwards."""
+
+    def __init__(
+        self,
+        meta: DataMeta,
+        kill_at: int | None,
+        nan_at: list[int],
+        dtype_file: str | None,
+        overflow_at: list[int] = (),
+        inputs_file: str | None = None,
+    ):
         super().__init__(flat_features(meta), [64, 64], meta.num_classes, dropout=0.2, activation="relu")
         self.kill_at, self.nan_at, self.dtype_file = kill_at, set(nan_at), dtype_file
+        self.overflow_at, self.inputs_file = set(overflow_at), inputs_file
         self.train_forwards = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -31,10 +54,24 @@ class _Probe(MLP):
             os.kill(os.getpid(), signal.SIGKILL)  # dies like an OOM kill or a lost node: no handler runs
         if self.dtype_file:
             with open(self.dtype_file, "w") as f:
-                json.dump({"dtype": str(out.dtype), "autocast": torch.is_autocast_enabled("cpu")}, f)
+                json.dump({"dtype": str(out.dtype), "autocast": torch.is_autocast_enabled(out.device.type)}, f)
+        if self.inputs_file:
+            _record_inputs(self.inputs_file, x)
         if self.train_forwards in self.nan_at:
             return out * float("nan")
+        if self.train_forwards in self.overflow_at:
+            # The loss stays finite; its gradient does not fit in fp16 (max 65504): a loss-scale overflow.
+            return _ScaleGradient.apply(out, 1e12)
         return out
+
+
+def _record_inputs(path: str, x: torch.Tensor) -> None:
+    """Where the training inputs arrived and, under torchrun, the process group that trains on them."""
+    import torch.distributed as dist
+
+    group = {"world_size": dist.get_world_size(), "backend": dist.get_backend()} if dist.is_initialized() else None
+    with open(path, "w") as f:
+        json.dump({"device": str(x.device), "dtype": str(x.dtype), "process_group": group}, f)
 
 
 def probe_mlp(
@@ -44,9 +81,15 @@ def probe_mlp(
     kill_at: int | None = None,
     nan_at: list[int] = [],  # noqa: B006 - never mutated
     dtype_file: str | None = None,
+    overflow_at: list[int] = [],  # noqa: B006 - never mutated
+    inputs_file: str | None = None,
 ) -> nn.Module:
-    """Test model: an MLP with dropout that misbehaves on purpose at chosen training forwards."""
-    return _Probe(meta, kill_at, nan_at, dtype_file)
+    """Test model: an MLP with dropout that misbehaves on purpose at chosen training forwards.
+
+    overflow_at: forwards whose output gradient is multiplied by 1e12 (finite loss, fp16 overflow).
+    inputs_file: JSON of the inputs' device and dtype and the process group, written at each training forward.
+    """
+    return _Probe(meta, kill_at, nan_at, dtype_file, overflow_at, inputs_file)
 
 
 def slow_mlp(meta: DataMeta, /, *, sleep_s: float = 0.05) -> nn.Module:

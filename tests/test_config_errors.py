@@ -101,7 +101,7 @@ def test_malformed_override(tmp_path):
     )
 
 
-def test_fp16_on_cpu_is_refused_not_ignored(tmp_path):
+def test_fp16_on_cpu_is_refused_not_ignored(tmp_path, cpu_only):
     config = write_config(tmp_path, tiny_config())
     assert_usage_error(run_cli("train", config, "train.precision=fp16", cwd=tmp_path), "fp16 needs a GPU")
 

@@ -28,7 +28,8 @@ def launch(folder: Path, *args, processes: int = 2) -> subprocess.CompletedProce
     prefix = [sys.executable]
     if processes > 1:
         prefix += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(free_port())]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # CPU processes even on a GPU machine: two ranks cannot share one GPU (tests/test_gpu.py covers GPUs).
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run(
         [*prefix, "-m", "mlrun", *map(str, args)], cwd=folder, capture_output=True, text=True, timeout=300, env=env
     )

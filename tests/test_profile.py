@@ -43,7 +43,7 @@ def test_checkpointing_lowers_activation_memory_of_a_deep_model(tmp_path):
     assert checkpointed["activations"] < 0.7 * plain  # only each block's input is kept
 
 
-def test_estimate_lands_near_the_measured_peak(tmp_path):
+def test_estimate_lands_near_the_measured_peak(tmp_path, cpu_only):
     # The tolerance (15%) against live tensor bytes, which do not depend on the allocator's history.
     f = profile(tmp_path, tiny_config(model=DEEP, data=BIG_BATCH), "--estimate")
     assert f["peak_source"].startswith("live tensors")
@@ -121,7 +121,7 @@ def test_optimizer_in_backward_holds_one_gradient_at_a_time(tmp_path):
     assert f["memory_bytes"]["gradients"] < 0.5 * f["memory_bytes"]["parameters"]
 
 
-def test_auto_batch_size_fills_the_budget_and_is_written_as_a_number(tmp_path):
+def test_auto_batch_size_fills_the_budget_and_is_written_as_a_number(tmp_path, cpu_only):
     config = tiny_config(model=DEEP, data={**BIG_BATCH, "batch_size": "auto"})
     config["train"] = {**config["train"], "memory_budget_gb": 0.05, "epochs": 1}
     result = run_cli("train", write_config(tmp_path, config), cwd=tmp_path)

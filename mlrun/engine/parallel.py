@@ -31,6 +31,9 @@ def accelerator_kwargs(config: DistributedConfig) -> dict:
             cpu_offload=config.fsdp_cpu_offload,
             auto_wrap_policy="transformer_based_wrap",  # the block classes are set by wrap_blocks_with_fsdp
             activation_checkpointing=config.fsdp_activation_checkpointing,
+            # The optimizer is built before prepare wraps the model. Without the original parameters,
+            # FSDP1 trains flat copies the optimizer never sees: every step would change nothing.
+            use_orig_params=True,
         )
         return {"fsdp_plugin": plugin}
     if importlib.util.find_spec("deepspeed") is None:

@@ -5,6 +5,7 @@ Used by `mlrun train` and by `mlrun tune` (each trial is a full run in its own d
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 import sys
@@ -149,6 +150,10 @@ def make_accelerator(config: ExperimentConfig):
     from accelerate import Accelerator
 
     train = config.train
+    if train.deterministic:
+        # cuBLAS is deterministic only with a fixed workspace; without this variable, deterministic
+        # mode makes torch raise at the first CUDA matmul. Set before any cuBLAS handle exists.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if train.precision == "fp16" and not torch.cuda.is_available():
         raise UsageError(
             "train.precision: fp16 needs a GPU (Accelerate would silently train in fp32 on CPU); use bf16 on CPU"

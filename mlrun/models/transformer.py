@@ -106,6 +106,7 @@ def gpt(
     block_size: PositiveInt | None = None,
     dropout: Dropout = 0.0,
     bias: bool = True,
+    vocab_size: PositiveInt | None = None,
 ) -> nn.Module:
     """Decoder-only transformer language model (GPT-2 style, causal SDPA attention, tied embeddings).
 
@@ -116,6 +117,8 @@ def gpt(
         block_size: longest context; default the data's sequence length.
         dropout: dropout on embeddings, attention and MLP outputs.
         bias: biases in linear and norm layers.
+        vocab_size: rows of the token embedding and logits; default the data's vocabulary. A larger
+            table pads it (GPT-2 pads 50257 to 50304, a multiple of 64, for faster matmuls).
     """
     if not meta.vocab_size or not meta.seq_len:
         raise UsageError(f"model 'gpt' needs token data (text_lm, synthetic task: tokens), got a '{meta.task}' dataset")
@@ -124,7 +127,10 @@ def gpt(
     block = block_size or meta.seq_len
     if block < meta.seq_len:
         raise UsageError(f"model.block_size: {block} is shorter than the data's sequences ({meta.seq_len})")
-    return GPT(meta.vocab_size, block, n_layer, n_head, n_embd, dropout, bias)
+    vocab = vocab_size or meta.vocab_size
+    if vocab < meta.vocab_size:
+        raise UsageError(f"model.vocab_size: {vocab} is smaller than the data's vocabulary ({meta.vocab_size})")
+    return GPT(vocab, block, n_layer, n_head, n_embd, dropout, bias)
 
 
 class TransformerClassifier(nn.Module):
