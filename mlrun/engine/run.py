@@ -25,6 +25,7 @@ from mlrun.engine.run_dir import (
     write_config,
     write_json,
 )
+from mlrun.engine.sanity import check_components
 from mlrun.engine.state import TrainState
 from mlrun.errors import RunFailed, RunInterrupted, UsageError
 
@@ -58,9 +59,12 @@ def run_training(
         if changes and accelerator.is_main_process:
             print(f"mlrun: resume from {resume_from.name} with config changes:\n{describe(changes)}", file=sys.stderr)
     # A resumed run goes on with the preprocessing its weights were trained under, even if files changed.
+    batch_was_auto = config.data.batch_size == "auto"
     with run_transform(run_dir) if resume_from is not None else contextlib.nullcontext():
         parts = build_components(config, accelerator.num_processes)
     config = parts.config  # data.batch_size: auto resolved to a number, written so reruns are exact
+    if resume_from is None:  # a resumed run was checked when it started
+        check_components(parts, batch_was_auto, accelerator.device.type)
     if clear and accelerator.is_main_process:  # only now: a start that cannot build keeps the old run
         shutil.rmtree(run_dir, ignore_errors=True)
     accelerator.wait_for_everyone()
