@@ -74,6 +74,16 @@ def _git_sha() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def peak_memory_measure(device_type: str) -> str:
+    """What summary.json's peak_memory_bytes counts, since it differs from `mlrun profile`'s on CPU."""
+    if device_type == "cuda":
+        return "cuda_max_allocated: the CUDA allocator's peak of live tensors, as mlrun profile measures it"
+    return (
+        "cpu_max_resident_set: the process's peak resident memory (Python, libraries and allocator caches "
+        "included); mlrun profile's measured_peak counts live tensor bytes only"
+    )
+
+
 def peak_memory_bytes(device_type: str) -> int:
     """Peak memory of the run: CUDA allocator peak on GPU, the process's max resident set on CPU."""
     import torch
