@@ -127,3 +127,17 @@ def tensor_dataset_data(seed: int, /):
     bundle.train = TensorDataset(bundle.train.inputs, bundle.train.targets)
     bundle.val = TensorDataset(bundle.val.inputs, bundle.val.targets)
     return bundle
+
+
+def recording_mlp(meta: DataMeta, /, *, record: str) -> nn.Module:
+    """Test model: an MLP that saves the inputs of its first training forward to `record` (torch.save)."""
+    model = MLP(meta.input_shape[0], [16], meta.num_classes, dropout=0.0, activation="relu")
+    forward = model.forward
+
+    def recording_forward(x):
+        if model.training and not os.path.exists(record):
+            torch.save(x.detach().cpu(), record)
+        return forward(x)
+
+    model.forward = recording_forward
+    return model
