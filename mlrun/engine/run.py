@@ -18,6 +18,7 @@ from mlrun.engine.checkpoint import latest_checkpoint, resolve_resume
 from mlrun.engine.config_change import Changes, check_resume_config, describe, explain_load_failure, record_changes
 from mlrun.engine.run_dir import (
     FINISHED,
+    check_writable,
     manifest,
     peak_memory_bytes,
     peak_memory_measure,
@@ -48,7 +49,7 @@ def run_training(
     from mlrun.engine.loop import TrainingLoop
 
     run_dir = Path(config.output_dir) / config.name
-    check_writable(run_dir)
+    check_writable(run_dir)  # exit 2 naming the folder, before any work
     accelerator = make_accelerator(config)
     # Every rank checks (and raises the same error); only the main process clears anything.
     resume_from, clear = decide_resume(run_dir, resume, overwrite)
@@ -92,21 +93,6 @@ def run_training(
             write_json(run_dir / "summary.json", summary)
         for tracker in parts.trackers:
             tracker.finish(summary)
-
-
-def check_writable(run_dir: Path) -> None:
-    """Exit 2 naming the folder when the run directory cannot be created or written."""
-    folder = run_dir if run_dir.exists() else next((p for p in run_dir.parents if p.exists()), Path("."))
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".mlrun-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UsageError(
-            f"output_dir: cannot write the run directory '{run_dir}' ({exc.strerror or exc} in '{folder}'); "
-            "set output_dir=... to a writable folder"
-        ) from None
 
 
 def write_records(run_dir: Path, parts, accelerator, resume_from: Path | None, step: int, changes: Changes) -> None:

@@ -20,6 +20,24 @@ SUMMARY = "summary.json"
 FINISHED = ("completed", "early_stopped")
 
 
+def check_writable(folder: Path) -> None:
+    """Exit 2 naming `folder` when it cannot be created or written (a folder created to check is removed)."""
+    from mlrun.errors import UsageError
+
+    existed = folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".mlrun-write-test"
+        probe.write_text("")
+        probe.unlink()
+        if not existed:
+            folder.rmdir()
+    except OSError as exc:
+        raise UsageError(
+            f"output_dir: cannot write '{folder}' ({exc.strerror or exc}); set output_dir=... to a writable folder"
+        ) from None
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
