@@ -5,7 +5,6 @@ Used by `mlrun train` and by `mlrun tune` (each trial is a full run in its own d
 
 from __future__ import annotations
 
-import contextlib
 import pickle
 import shutil
 import sys
@@ -41,10 +40,11 @@ def run_training(
 ) -> TrainState:
     """Train `config` in <output_dir>/<name>; summary.json is written whatever happens once training starts.
 
-    Nothing in the run directory is touched until the components are built and the checkpoint (if
-    any) is loaded, so a start that fails leaves a finished run's records as they were.
+    Nothing in the run directory is touched until the components are built, the dry run passed and
+    the checkpoint (if any) loaded, so a start that fails leaves a finished run's records as they were.
     """
-    from mlrun.data.bundle import run_transform
+    from mlrun.data.bundle import load_fitted_transform
+    from mlrun.engine.autobatch import resolve_batch_size
     from mlrun.engine.build import build_components
     from mlrun.engine.loop import TrainingLoop
 
@@ -57,20 +57,21 @@ def run_training(
     if resume_from is not None:
         # An explicit checkpoint path asks for the resume by name: a changed config is then expected.
         allowed = allow_config_change or resume != "auto"
-        config, changes = check_resume_config(run_dir, config, resume_from, allowed)
+        config, changes = check_resume_config(run_dir, config, resume_from, allowed)  # keeps its batch size
         if changes and accelerator.is_main_process:
             print(f"mlrun: resume from {resume_from.name} with config changes:\n{describe(changes)}", file=sys.stderr)
-    # A resumed run goes on with the preprocessing its weights were trained under, even if files changed.
     batch_was_auto = config.data.batch_size == "auto"
-    with run_transform(run_dir) if resume_from is not None else contextlib.nullcontext():
-        parts = build_components(config, accelerator.num_processes)
-    config = parts.config  # data.batch_size: auto resolved to a number, written so reruns are exact
+    config = resolve_batch_size(config)  # auto -> a number, written to config.yaml so reruns are exact
+    # A resumed run goes on with the preprocessing its weights were trained under, even if files changed.
+    fitted = load_fitted_transform(run_dir) if resume_from is not None else None
+    parts = build_components(config, accelerator.num_processes, fitted_transform=fitted)
     if resume_from is None:  # a resumed run was checked when it started
         check_components(parts, batch_was_auto, accelerator.device.type)
     if clear and accelerator.is_main_process:  # only now: a start that cannot build keeps the old run
         shutil.rmtree(run_dir, ignore_errors=True)
     accelerator.wait_for_everyone()
     loop = TrainingLoop(parts, accelerator, run_dir, extra_callbacks=callbacks)
+    loop.check_fits()
     if resume_from is not None:
         try:
             loop.restore(resume_from)
@@ -81,7 +82,7 @@ def run_training(
     started, message = time.time(), None
     try:
         return loop.run()
-    except (RunFailed, RunInterrupted) as exc:
+    except (RunFailed, RunInterrupted, UsageError) as exc:
         message = str(exc)
         raise
     except Exception as exc:
