@@ -160,6 +160,32 @@ def slow_data(seed: int, /, *, sleep_s: float = 0.02):
     return bundle
 
 
+def tensor_dataset_data(seed: int, /):
+    """Test dataset: synthetic classification held in plain TensorDatasets (no `__getitems__`)."""
+    from torch.utils.data import TensorDataset
+
+    from mlrun.data.synthetic import synthetic
+
+    bundle = synthetic(seed, num_samples=320, num_features=16)
+    bundle.train = TensorDataset(bundle.train.inputs, bundle.train.targets)
+    bundle.val = TensorDataset(bundle.val.inputs, bundle.val.targets)
+    return bundle
+
+
+def recording_mlp(meta: DataMeta, /, *, record: str) -> nn.Module:
+    """Test model: an MLP that saves the inputs of its first training forward to `record` (torch.save)."""
+    model = MLP(meta.input_shape[0], [16], meta.num_classes, dropout=0.0, activation="relu")
+    forward = model.forward
+
+    def recording_forward(x):
+        if model.training and not os.path.exists(record):
+            torch.save(x.detach().cpu(), record)
+        return forward(x)
+
+    model.forward = recording_forward
+    return model
+
+
 def kill_at_step(model: nn.Module, /, *, step: int, armed_file: str):
     """Test technique: dies by SIGKILL after optimizer step `step` while `armed_file` exists, removing it
     first (so the killed run and its resume have the same config, and the resume runs through)."""
@@ -189,15 +215,3 @@ def count_steps(model: nn.Module, /, *, count_file: str):
                 file.write(str(self.seen))
 
     return CountSteps()
-
-
-def tensor_dataset_data(seed: int, /):
-    """Test dataset: synthetic classification held in plain TensorDatasets (no `__getitems__`)."""
-    from torch.utils.data import TensorDataset
-
-    from mlrun.data.synthetic import synthetic
-
-    bundle = synthetic(seed, num_samples=320, num_features=16)
-    bundle.train = TensorDataset(bundle.train.inputs, bundle.train.targets)
-    bundle.val = TensorDataset(bundle.val.inputs, bundle.val.targets)
-    return bundle

@@ -80,3 +80,14 @@ def test_a_quantized_export_slower_than_fp32_is_warned():
     faster = {"speedup_b1": 1.2, "speedup_b64": 1.4}
     assert slower_than_fp32({"format": "pt2", "quantize": "int8", "verification": faster}) is None
     assert slower_than_fp32({"format": "pt2", "quantize": "none", "verification": figures}) is None
+
+
+def test_profile_advice_is_bounded_by_the_data_and_promises_no_bf16_saving_on_cpu(tmp_path):
+    config = tiny_config(name="adv")
+    config["data"] = {**config["data"], "batch_size": 8}  # 512 training samples
+    result = run_cli("profile", write_config(tmp_path, config), "--steps", "3", "--warmup", "1", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    advice = json.loads(result.stdout)["advice"]
+    grow = [line for line in advice if "the batch could grow" in line]
+    assert grow and "about 64 samples" in grow[0] and "512 training samples" in grow[0]
+    assert not any("bf16" in line for line in advice)  # the CPU matrix measures no saving from bf16

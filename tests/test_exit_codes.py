@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import run_cli, tiny_config, write_config
+from tests.conftest import REPO, run_cli, tiny_config, write_config
 
 
 @pytest.mark.parametrize(
@@ -53,4 +53,42 @@ def test_train_json_prints_only_the_summary_on_stdout(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["status"] == "completed" and summary["steps"] == 16
+    # On CPU summary.json's peak is the process's resident memory, and says so (profile counts tensors).
+    assert summary["peak_memory_measure"].startswith("cpu_max_resident_set") and summary["peak_memory_bytes"] > 0
     assert "mlrun: training j" in result.stderr  # progress went to stderr
+
+
+def test_a_failure_before_any_checkpoint_says_so_plainly(tmp_path):
+    config = tiny_config(name="nan", model={"name": "tests.fixtures:probe_mlp", "nan_at": [2]})
+    config["train"] = {**config["train"], "log_every": "1st"}
+    result = run_cli("train", write_config(tmp_path, config), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "No checkpoint was written; the same command starts the run again." in result.stderr
+    assert "checkpoint is none" not in result.stderr
+    summary = json.loads((tmp_path / "runs" / "nan" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["last_checkpoint"] is None
+
+
+def gpt_config(name: str) -> dict:
+    config = tiny_config(name=name, model={"name": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.0})
+    config["data"] = {"name": "text_lm", "path": str(REPO / "configs" / "data" / "public_domain.txt"), "block_size": 16}
+    config["metrics"] = []
+    config["train"] = {"max_steps": 2, "log_every": "1st", "eval_every": "2st", "checkpoint_every": "1st"}
+    return config
+
+
+def test_third_party_notices_are_hidden_unless_debug(tmp_path):
+    # Tied embeddings: Accelerate notes the shared tensor it drops from each checkpoint.
+    quiet = run_cli("train", write_config(tmp_path, gpt_config("lm")), cwd=tmp_path)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "shared tensor" not in quiet.stderr
+    loud = run_cli("train", write_config(tmp_path, gpt_config("lm2")), "--debug", cwd=tmp_path)
+    assert loud.returncode == 0 and "shared tensor" in loud.stderr
+    # ONNX export with int8: torch.onnx's torchvision registration, onnxruntime's pre-processing hint.
+    pytest.importorskip("onnxruntime")
+    config = tiny_config(name="onnx")
+    config["train"] = {**config["train"], "epochs": 1}
+    assert run_cli("train", write_config(tmp_path, config), cwd=tmp_path).returncode == 0
+    exported = run_cli("export", "runs/onnx", "--format", "onnx", "--quantize", "int8", "--no-verify", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    assert "torchvision" not in exported.stderr and "pre-processing" not in exported.stderr

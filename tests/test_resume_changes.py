@@ -108,6 +108,8 @@ def test_a_model_shape_change_is_named_and_the_finished_run_stays_intact(tmp_pat
     assert failed.returncode == 2, failed.stderr
     assert "model.hidden_sizes" in failed.stderr and "size mismatch" in failed.stderr
     assert "Traceback" not in failed.stderr and "Console" not in failed.stderr
+    other = run_cli("train", tmp_path / "fin.yaml", "optimizer.name=sgd", "--resume", str(checkpoint), cwd=tmp_path)
+    assert other.returncode == 2 and "optimizer.name: adamw -> sgd cannot apply" in other.stderr
     assert {name: (run / name).read_bytes() for name in records} == records
 
 

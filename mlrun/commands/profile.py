@@ -30,6 +30,9 @@ def run_profile(
         raise UsageError("--steps must be at least 1 and --warmup at least 0")
     config = load_config(path, overrides)
     folder = Path(config.output_dir) / config.name / "profile"
+    from mlrun.engine.run_dir import check_writable
+
+    check_writable(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if config.data.batch_size == "auto":
         from mlrun.engine.autobatch import resolve_batch_size

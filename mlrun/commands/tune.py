@@ -41,6 +41,9 @@ def run_tune(
 
     check_space(path, overrides, tune)
     tune_dir = Path(config.output_dir) / config.name / "tune"
+    from mlrun.engine.run_dir import check_writable
+
+    check_writable(tune_dir)
     tune_dir.mkdir(parents=True, exist_ok=True)
     if tune.strategy == "pbt":
         from mlrun.tuning.pbt import run_pbt

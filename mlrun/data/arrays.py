@@ -52,7 +52,7 @@ def bundle_from_arrays(
     dtype: torch.dtype = torch.float32,
 ) -> DatasetBundle:
     """Train/validation splits from arrays: `val` when given, else a seeded (stratified) split."""
-    classify = is_classification(y, task)
+    classify = is_classification(y, task, where)
     if val is None:
         train_idx, val_idx = split_indices(len(x), val_fraction, seed, y if classify else None)
         x, x_val, y, y_val = x[train_idx], x[val_idx], y[train_idx], y[val_idx]

@@ -7,6 +7,7 @@ classification so every class keeps its share on both sides.
 from __future__ import annotations
 
 import glob
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -74,11 +75,27 @@ def encode_labels(train: np.ndarray, val: np.ndarray, where: str) -> tuple[np.nd
     return np.searchsorted(classes, train), np.searchsorted(classes, val), [_plain(c) for c in classes]
 
 
-def is_classification(labels: np.ndarray, task: str) -> bool:
-    """`task: auto` means classification for integer, boolean or string labels, regression for floats."""
+def is_classification(labels: np.ndarray, task: str, where: str = "the targets") -> bool:
+    """`task: auto` means classification for integer, boolean or string labels, regression for floats.
+
+    Floats that are all a few whole numbers (0.0 / 1.0 read from a CSV) are most likely classes: the
+    choice of regression is then said aloud, with the setting that changes it.
+    """
     if task != "auto":
         return task == "classification"
-    return labels.dtype.kind in "iubUSO"
+    if labels.dtype.kind in "iubUSO":
+        return True
+    if labels.dtype.kind == "f":
+        values = np.unique(labels[~np.isnan(labels)])
+        if 0 < len(values) <= 10 and np.all(values == np.round(values)):
+            print(
+                f"mlrun: warning: {where} holds floats with only {len(values)} whole values {_short(values)}: "
+                "task auto trains a regression. If they are classes set data.task: classification "
+                "(data.task: regression keeps the regression and silences this).",
+                file=sys.stderr,
+                flush=True,
+            )
+    return False
 
 
 def _plain(value):

@@ -77,14 +77,17 @@ def _selector(step: FeatureSelection, classify: bool, seed: int, features: int):
     return decomposition.PCA(n_components=components, random_state=seed)
 
 
-def _read(path: str, key: str, reader: str):
+def _read(path: str, key: str, reader: str, na_values: list[str] = ()):
     try:
         import pandas as pd
     except ImportError:
         raise UsageError(f"dataset '{reader}' needs pandas: pip install 'mlrun[tabular]'") from None
     file = resolve_files(path, key)[0]
     try:
-        frame = pd.read_csv(file) if reader == "csv" else pd.read_parquet(file)
+        if reader == "csv":
+            frame = pd.read_csv(file, na_values=list(na_values) or None)
+        else:
+            frame = pd.read_parquet(file).replace(list(na_values), np.nan) if na_values else pd.read_parquet(file)
     except ImportError as exc:
         raise UsageError(f"{key}: reading parquet needs pyarrow: pip install 'mlrun[tabular]' ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
@@ -96,6 +99,27 @@ def _read(path: str, key: str, reader: str):
 
 def _check_columns(frame, names: list[str], key: str, file: Path) -> None:
     require_columns(names, frame.columns, key, f"'{file}'")
+
+
+def _check_numbers_with_text(frame, columns: list[str], file: Path) -> None:
+    """A column of numbers with a few text cells ('?', 'n/a') would be one-hot encoded as text: exit 2."""
+    import pandas as pd
+
+    for column in columns:
+        values = frame[column]
+        numbers = pd.to_numeric(values, errors="coerce")
+        text = values[numbers.isna() & values.notna()]
+        if len(text) == 0 or numbers.notna().sum() < 0.8 * values.notna().sum():
+            continue  # a real text column
+        markers = sorted({str(v) for v in text})
+        rows = ", ".join(str(i + 1) for i in np.flatnonzero((numbers.isna() & values.notna()).to_numpy())[:5])
+        raise UsageError(
+            f"data: column '{column}' of '{file}' is numeric except for {len(text)} cell(s) holding "
+            f"{', '.join(repr(m) for m in markers[:5])} (data rows {rows}{', ...' if len(text) > 5 else ''}), "
+            "so it would be one-hot encoded as text. If they mark missing values, set "
+            f"data.na_values: {[*markers[:5]]} and data.impute (e.g. median); if the column is categorical, "
+            "list it in data.categorical."
+        )
 
 
 def _check_missing(frame, columns: list[str], file: Path, what: str) -> None:
@@ -148,8 +172,9 @@ def _tabular(
     categorical_encoding: str,
     scale: str,
     select: list[FeatureSelection],
+    na_values: list[str],
 ) -> DatasetBundle:
-    frame, file = _read(path, "data.path", reader)
+    frame, file = _read(path, "data.path", reader, na_values)
     _check_columns(frame, [target], "data.target", file)
     features = features or [c for c in frame.columns if c != target]
     _check_columns(frame, features, "data.features", file)
@@ -157,9 +182,10 @@ def _tabular(
         from pandas.api.types import is_numeric_dtype
 
         categorical = [c for c in features if not is_numeric_dtype(frame[c])]
+        _check_numbers_with_text(frame, categorical, file)  # inferred only: listed columns are meant
     _check_columns(frame, categorical, "data.categorical", file)
     numeric = [c for c in features if c not in categorical]
-    val_frame, val_file = _read(val_path, "data.val_path", reader) if val_path else (None, None)
+    val_frame, val_file = _read(val_path, "data.val_path", reader, na_values) if val_path else (None, None)
     if val_frame is not None:
         _check_columns(val_frame, [target, *features], "data.val_path", val_file)
     for table, where in ((frame, file), (val_frame, val_file)):
@@ -170,7 +196,7 @@ def _tabular(
             _check_missing(table, features, where, "set data.impute (mean, median, most_frequent, constant).")
 
     labels = frame[target].to_numpy()
-    classify = is_classification(labels, task)
+    classify = is_classification(labels, task, f"data.target ('{target}')")
     if val_frame is None:
         train_idx, val_idx = split_indices(len(frame), val_fraction, seed, labels if classify else None)
         train_frame, val_frame = frame.iloc[train_idx], frame.iloc[val_idx]
@@ -232,6 +258,7 @@ def _register(reader: str):
         categorical_encoding: Literal["onehot", "ordinal"] = "onehot",
         scale: Literal["standard", "minmax", "none"] = "standard",
         select: list[FeatureSelection] = [],  # noqa: B006 - validated copy, never mutated
+        na_values: list[str] = [],  # noqa: B006 - validated copy, never mutated
     ) -> DatasetBundle:
         return _tabular(
             reader,
@@ -248,6 +275,7 @@ def _register(reader: str):
             categorical_encoding,
             scale,
             select,
+            na_values,
         )
 
     factory.__name__ = reader
@@ -265,6 +293,7 @@ def _register(reader: str):
         categorical_encoding: onehot (unknown categories in validation become all zeros) or ordinal.
         scale: numeric columns: standard (zero mean, unit variance), minmax or none.
         select: feature-selection steps in order, each {{method: variance|kbest|rfe|l1|pca, ...}}.
+        na_values: cell texts that mean a missing value, e.g. ['?', 'n/a'] (then filled by impute).
     """  # noqa: E501
     return datasets.register(reader, fits_transform=True)(factory)
 

@@ -56,6 +56,11 @@ class TrainingLoop:
 
     # --- the loop ------------------------------------------------------------------------------
 
+    def check_fits(self) -> None:
+        """The dry run of one small batch (exit 2 on a model/data mismatch), before anything is written."""
+        if self.accelerator.distributed_type.value not in ("FSDP", "DEEPSPEED"):  # sharded weights: no plain forward
+            check_one_batch(self.parts, self.accelerator.device, self.accelerator.autocast)
+
     def restore(self, checkpoint: Path) -> None:
         """Continue from `checkpoint`; callbacks it has no state for start from the restored weights."""
         self.accelerator.load_state(str(checkpoint))
@@ -70,8 +75,6 @@ class TrainingLoop:
 
     def run(self) -> TrainState:
         self._reset_window()
-        if self.accelerator.distributed_type.value not in ("FSDP", "DEEPSPEED"):  # sharded weights: no plain forward
-            check_one_batch(self.parts, self.accelerator.device, self.accelerator.autocast)
         if self.resumed:
             device = self.accelerator.device  # stacked with this run's losses at the next log
             self.window_losses = [torch.tensor(v, device=device) for v in self.state.window_losses]

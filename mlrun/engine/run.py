@@ -18,13 +18,16 @@ from mlrun.engine.checkpoint import latest_checkpoint, resolve_resume
 from mlrun.engine.config_change import Changes, check_resume_config, describe, explain_load_failure, record_changes
 from mlrun.engine.run_dir import (
     FINISHED,
+    check_writable,
     manifest,
     peak_memory_bytes,
+    peak_memory_measure,
     read_json,
     read_summary,
     write_config,
     write_json,
 )
+from mlrun.engine.sanity import check_components
 from mlrun.engine.state import TrainState
 from mlrun.errors import RunFailed, RunInterrupted, UsageError
 
@@ -38,8 +41,8 @@ def run_training(
 ) -> TrainState:
     """Train `config` in <output_dir>/<name>; summary.json is written whatever happens once training starts.
 
-    Nothing in the run directory is touched until the components are built and the checkpoint (if
-    any) is loaded, so a start that fails leaves a finished run's records as they were.
+    Nothing in the run directory is touched until the components are built, the dry run passed and
+    the checkpoint (if any) loaded, so a start that fails leaves a finished run's records as they were.
     """
     from mlrun.data.bundle import load_fitted_transform
     from mlrun.engine.autobatch import resolve_batch_size
@@ -47,7 +50,7 @@ def run_training(
     from mlrun.engine.loop import TrainingLoop
 
     run_dir = Path(config.output_dir) / config.name
-    check_writable(run_dir)
+    check_writable(run_dir)  # exit 2 naming the folder, before any work
     accelerator = make_accelerator(config)
     # Every rank checks (and raises the same error); only the main process clears anything.
     resume_from, clear = decide_resume(run_dir, resume, overwrite)
@@ -55,17 +58,21 @@ def run_training(
     if resume_from is not None:
         # An explicit checkpoint path asks for the resume by name: a changed config is then expected.
         allowed = allow_config_change or resume != "auto"
-        config, changes = check_resume_config(run_dir, config, resume_from, allowed)
+        config, changes = check_resume_config(run_dir, config, resume_from, allowed)  # keeps its batch size
         if changes and accelerator.is_main_process:
             print(f"mlrun: resume from {resume_from.name} with config changes:\n{describe(changes)}", file=sys.stderr)
+    batch_was_auto = config.data.batch_size == "auto"
     config = resolve_batch_size(config)  # auto -> a number, written to config.yaml so reruns are exact
     # A resumed run goes on with the preprocessing its weights were trained under, even if files changed.
     fitted = load_fitted_transform(run_dir) if resume_from is not None else None
     parts = build_components(config, accelerator.num_processes, fitted_transform=fitted)
+    if resume_from is None:  # a resumed run was checked when it started
+        check_components(parts, batch_was_auto, accelerator.device.type)
     if clear and accelerator.is_main_process:  # only now: a start that cannot build keeps the old run
         shutil.rmtree(run_dir, ignore_errors=True)
     accelerator.wait_for_everyone()
     loop = TrainingLoop(parts, accelerator, run_dir, extra_callbacks=callbacks)
+    loop.check_fits()
     if resume_from is not None:
         try:
             loop.restore(resume_from)
@@ -88,21 +95,6 @@ def run_training(
             write_json(run_dir / "summary.json", summary)
         for tracker in parts.trackers:
             tracker.finish(summary)
-
-
-def check_writable(run_dir: Path) -> None:
-    """Exit 2 naming the folder when the run directory cannot be created or written."""
-    folder = run_dir if run_dir.exists() else next((p for p in run_dir.parents if p.exists()), Path("."))
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".mlrun-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UsageError(
-            f"output_dir: cannot write the run directory '{run_dir}' ({exc.strerror or exc} in '{folder}'); "
-            "set output_dir=... to a writable folder"
-        ) from None
 
 
 def write_records(run_dir: Path, parts, accelerator, resume_from: Path | None, step: int, changes: Changes) -> None:
@@ -190,6 +182,7 @@ def make_summary(config: ExperimentConfig, loop, status: str, wall_time_s: float
         "samples_per_s": state.samples_seen / state.train_time_s if state.train_time_s > 0 else 0.0,
         "data_wait_fraction": round(min(1.0, state.data_wait_s / state.train_time_s), 4) if state.train_time_s else 0.0,
         "peak_memory_bytes": peak_memory_bytes(loop.accelerator.device.type),
+        "peak_memory_measure": peak_memory_measure(loop.accelerator.device.type),
         "nonfinite_skipped": state.nonfinite_skipped,
         "overflow_skipped": state.overflow_skipped,
         "last_checkpoint": loop.latest_checkpoint_text(),

@@ -20,6 +20,24 @@ SUMMARY = "summary.json"
 FINISHED = ("completed", "early_stopped")
 
 
+def check_writable(folder: Path) -> None:
+    """Exit 2 naming `folder` when it cannot be created or written (a folder created to check is removed)."""
+    from mlrun.errors import UsageError
+
+    existed = folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".mlrun-write-test"
+        probe.write_text("")
+        probe.unlink()
+        if not existed:
+            folder.rmdir()
+    except OSError as exc:
+        raise UsageError(
+            f"output_dir: cannot write '{folder}' ({exc.strerror or exc}); set output_dir=... to a writable folder"
+        ) from None
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
@@ -72,6 +90,16 @@ def _git_sha() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def peak_memory_measure(device_type: str) -> str:
+    """What summary.json's peak_memory_bytes counts, since it differs from `mlrun profile`'s on CPU."""
+    if device_type == "cuda":
+        return "cuda_max_allocated: the CUDA allocator's peak of live tensors, as mlrun profile measures it"
+    return (
+        "cpu_max_resident_set: the process's peak resident memory (Python, libraries and allocator caches "
+        "included); mlrun profile's measured_peak counts live tensor bytes only"
+    )
 
 
 def peak_memory_bytes(device_type: str) -> int:

@@ -20,6 +20,19 @@ def _available_bytes(figures: dict) -> int | None:
     return None
 
 
+# A batch so large that an epoch has fewer optimizer steps than this learns too little per epoch.
+MIN_STEPS_PER_EPOCH = 8
+
+
+def _train_samples(figures: dict, config) -> int:
+    """Training samples: from the figures when the profile recorded them, else by loading the data."""
+    if "train_samples" in figures:
+        return int(figures["train_samples"])
+    from mlrun.engine.build import build_data
+
+    return len(build_data(config.data, config.seed).train)
+
+
 def advice(figures: dict, config) -> list[str]:
     lines = []
     memory = figures["memory_bytes"]
@@ -34,11 +47,13 @@ def advice(figures: dict, config) -> list[str]:
             f"set data.num_workers: {max(2, min(8, (os.cpu_count() or 2)))} (now {workers})"
         )
     share = memory["activations"] / peak
-    # Savings under 10% of the peak are not worth a change of settings (nor a line of output).
-    if config.train.precision == "fp32" and 0.5 * share >= 0.1:
+    # Savings under 10% of the peak are not worth a change of settings (nor a line of output). Only
+    # on CUDA: CPU autocast casts fp32 weights per op and keeps copies, and `mlrun profile --matrix`
+    # measured no saving there, so a promise of one would contradict the matrix.
+    if config.train.precision == "fp32" and figures["device"].startswith("cuda") and 0.5 * share >= 0.1:
         lines.append(
-            f"bf16 would save about {100 * 0.5 * share:.0f}% of peak memory (activations stored in half "
-            "precision): set train.precision: bf16"
+            f"bf16 could save up to {100 * 0.5 * share:.0f}% of peak memory (activations stored in half "
+            "precision): set train.precision: bf16, or measure with mlrun profile --matrix"
         )
     if share > 0.5 and not config.has_technique("activation_checkpointing"):
         lines.append(
@@ -66,10 +81,20 @@ def advice(figures: dict, config) -> list[str]:
     if available and per_sample > 0:
         fits = int((available - fixed) / (per_sample * 2))  # x2: backward's buffers beside the saved ones
         if fits > 2 * config.data.batch_size:
-            lines.append(
-                f"the batch could grow to about {fits} samples per process in the {available / 2**30:.1f} "
-                f"GiB available (now {config.data.batch_size})"
-            )
+            # Bounded by the data: a batch past an eighth of the split leaves too few steps an epoch.
+            samples = _train_samples(figures, config)
+            bound = samples // MIN_STEPS_PER_EPOCH
+            if bound > 2 * config.data.batch_size:
+                grow = min(fits, bound)
+                limit = (
+                    f"of the {samples} training samples, keeping {MIN_STEPS_PER_EPOCH} optimizer steps an epoch"
+                    if grow == bound
+                    else f"in the {available / 2**30:.1f} GiB available"
+                )
+                lines.append(
+                    f"the batch could grow to about {grow} samples per process {limit} "
+                    f"(now {config.data.batch_size}); raise optimizer.lr with it"
+                )
     if figures["device"].startswith("cuda") and figures["mfu"] < 0.2:
         lines.append(f"MFU is {100 * figures['mfu']:.0f}%: try train.compile: true, bf16, and a larger batch")
     return lines
