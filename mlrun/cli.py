@@ -142,6 +142,21 @@ def evaluate(
     run_eval(run_dir, checkpoint, overrides or [], json_output)
 
 
+@app.command()
+def compare(
+    runs: Annotated[list[str], typer.Argument(help="Run directories or globs, e.g. runs/* or 'runs/x/tune/trial-*'.")],
+    metric: Annotated[
+        Optional[str], typer.Option(help="The figure to rank by, e.g. val/accuracy; default the runs' monitor.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder for curves.png and report.html.")] = Path("compare"),
+    json_output: Json = False,
+) -> None:
+    """Compare runs: differing config keys, results, overlaid curves (PNG) and an HTML report."""
+    from mlrun.commands.compare import run_compare
+
+    run_compare(runs, metric, out, json_output)
+
+
 @app.command(name="list")
 def list_components(
     kind: Annotated[Optional[str], typer.Argument(help="models, datasets, losses, metrics, optimizers, ...")] = None,
