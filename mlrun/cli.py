@@ -157,6 +157,24 @@ def compare(
     run_compare(runs, metric, out, json_output)
 
 
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="A run directory or an export folder (runs/x/export/pt2-none).")],
+    input: Annotated[
+        Path, typer.Argument(help="A CSV / Parquet / JSON Lines table, an image folder or a .jsonl of texts.")
+    ],
+    out: Annotated[
+        Optional[Path], typer.Option(help="Write predictions here (.csv or .jsonl); default CSV on stdout.")
+    ] = None,
+    checkpoint: Annotated[str, typer.Option(help="Run directories: best, final or a checkpoint path.")] = "final",
+    json_output: Json = False,
+) -> None:
+    """Predict on a new file with the run's own preprocessing; scores it when labels are present."""
+    from mlrun.commands.predict import run_predict
+
+    run_predict(model, input, out, checkpoint, json_output)
+
+
 @app.command(name="list")
 def list_components(
     kind: Annotated[Optional[str], typer.Argument(help="models, datasets, losses, metrics, optimizers, ...")] = None,

@@ -1,0 +1,51 @@
+"""New inputs prepared as the run prepared its training data, chosen by the run's data source.
+
+    csv / parquet runs      a CSV, Parquet or JSON Lines table with the training columns (tables.py)
+    image_folder runs       a folder of images, or of class sub-folders when labelled (images.py)
+    jsonl_text runs         a JSON Lines file of {"text": ...} records (texts.py)
+    other array sources     a CSV / JSON Lines table of numeric feature columns (tables.py)
+
+Each reader returns `Inputs`: a dataset the model (and `mlrun eval`'s scoring) can read, what names
+each sample in the output (row, file or line), and whether labels were present.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlrun.errors import UsageError
+
+
+@dataclass
+class Inputs:
+    dataset: Any  # ArrayDataset of prepared samples; targets are zeros when unlabelled
+    ids: list[dict[str, Any]]  # per sample: {"row": 3} / {"file": "x.png"} / {"line": 7}
+    labelled: bool
+
+
+def read_inputs(path: Path, predictor) -> Inputs:
+    if not path.exists():
+        raise UsageError(f"INPUT: '{path}' not found (paths are relative to {Path.cwd()})")
+    source = predictor.config.data.name
+    if source == "image_folder":
+        from mlrun.prediction.images import read_images
+
+        return read_images(path, predictor)
+    if source == "jsonl_text":
+        from mlrun.prediction.texts import read_texts
+
+        return read_texts(path, predictor)
+    if source in ("csv", "parquet"):
+        from mlrun.prediction.tables import read_table
+
+        return read_table(path, predictor)
+    if len(predictor.meta.input_shape) == 1 and predictor.meta.vocab_size is None:
+        from mlrun.prediction.tables import read_feature_columns
+
+        return read_feature_columns(path, predictor)
+    raise UsageError(
+        f"mlrun predict reads tables, image folders and JSON Lines texts; data source '{source}' "
+        f"(inputs of shape {predictor.meta.input_shape}) has no reader for new files yet"
+    )
