@@ -10,6 +10,7 @@ JavaScript inlined: it opens offline). Globs work quoted or not: `mlrun compare 
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ def run_compare(patterns: list[str], metric: str | None, out: Path, json_output:
     chosen = choose_metric(runs, metric)
     minimise = lower_is_better(runs, chosen)
     keys = differing_keys(runs)
+    cell = partial(format_cell, frozenset(keys))
     rows = []
     for run in runs:
         figures = result_row(run, chosen, minimise)
@@ -38,7 +40,7 @@ def run_compare(patterns: list[str], metric: str | None, out: Path, json_output:
     out.mkdir(parents=True, exist_ok=True)
     shown = [{k: v for k, v in row.items() if k != "path"} for row in rows]
     png = write_png(runs, chosen, out / "curves.png")
-    page = write_report(runs, shown, chosen, out / "report.html", format_cell)
+    page = write_report(runs, shown, chosen, out / "report.html", cell)
     if json_output:
         report = {
             "metric": chosen,
@@ -53,22 +55,25 @@ def run_compare(patterns: list[str], metric: str | None, out: Path, json_output:
     print(
         f"mlrun: {len(runs)} runs, metric {chosen} ({direction} is better); differing keys: {', '.join(keys) or 'none'}"
     )
-    print(text_table(shown))
+    print(text_table(shown, cell))
     print(f"mlrun: wrote {png} and {page}")
 
 
-def format_cell(value: Any) -> str:
+def format_cell(config_keys: frozenset, key: str, value: Any) -> str:
+    """Config values as written in the config (lr 0.003); results in mlrun's one number format."""
+    from mlrun.tracking.figures import format_figure
+
     if value is None:
         return "-"
-    if isinstance(value, bool) or not isinstance(value, float):
-        return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-    return f"{value:.4g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value) if key in config_keys else format_figure(value)
 
 
-def text_table(rows: list[dict[str, Any]]) -> str:
+def text_table(rows: list[dict[str, Any]], cell) -> str:
     """Columns padded to their widest cell; numbers right-aligned, text left-aligned."""
     header = list(rows[0])
-    cells = [[format_cell(row[key]) for key in header] for row in rows]
+    cells = [[cell(key, row[key]) for key in header] for row in rows]
     widths = [max(len(key), *(len(line[i]) for line in cells)) for i, key in enumerate(header)]
     numeric = [all(isinstance(row[key], (int, float)) or row[key] is None for row in rows) for key in header]
 

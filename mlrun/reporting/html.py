@@ -36,7 +36,7 @@ th {{ background: #f2f2f2; }} td:first-child, th:first-child {{ text-align: left
 def table_html(rows: list[dict[str, Any]], format_cell) -> str:
     head = "".join(f"<th>{html.escape(str(key))}</th>" for key in rows[0])
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(format_cell(value))}</td>" for value in row.values()) + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape(format_cell(key, value))}</td>" for key, value in row.items()) + "</tr>"
         for row in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
