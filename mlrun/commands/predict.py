@@ -17,7 +17,7 @@ from typing import Any
 
 def run_predict(model_path: Path, input_path: Path, out: Path | None, checkpoint: str, json_output: bool) -> None:
     from mlrun.prediction.inputs import read_inputs
-    from mlrun.prediction.model import load_predictor
+    from mlrun.prediction.model import load_predictor, predict_rows
     from mlrun.prediction.outputs import output_kind, render
 
     kind = output_kind(out)  # a bad suffix is reported before the model loads
@@ -46,23 +46,3 @@ def run_predict(model_path: Path, input_path: Path, out: Path | None, checkpoint
     print(f"mlrun: {len(rows)} predictions from {predictor.weights}" + (f" -> {out}" if out else ""), file=where)
     for key, value in (scores or {}).items():
         print(f"  {key:<24} {value:.6g}", file=where)
-
-
-def predict_rows(predictor, inputs) -> list[dict[str, Any]]:
-    """One record per sample: its name (row, file or line), its label when given, the prediction."""
-    from mlrun.prediction.outputs import prediction_tensor, records
-
-    dataset, rows = inputs.dataset, []
-    classes = predictor.preprocessing.get("classes")
-    size = predictor.config.data.eval_batch_size or 256
-    for start in range(0, len(dataset), size):
-        indices = list(range(start, min(start + size, len(dataset))))
-        batch, targets = dataset.__getitems__(indices)
-        outputs = prediction_tensor(predictor.forward(batch)).cpu()
-        for index, record in zip(indices, records(outputs, predictor.meta.task, classes)):
-            label = {}
-            if inputs.labelled:
-                target = targets[index - start]
-                label = {"label": classes[int(target)] if classes and not target.is_floating_point() else target.item()}
-            rows.append({**inputs.ids[index], **label, **record})
-    return rows

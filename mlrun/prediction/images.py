@@ -13,7 +13,7 @@ import numpy as np
 
 from mlrun.data.images import EXTENSIONS, Normalize, _Decoder
 from mlrun.errors import UsageError
-from mlrun.prediction.inputs import Inputs
+from mlrun.prediction.prepared import Inputs
 from mlrun.prediction.tables import labels_to_targets
 
 

@@ -5,24 +5,15 @@
     jsonl_text runs         a JSON Lines file of {"text": ...} records (texts.py)
     other array sources     a CSV / JSON Lines table of numeric feature columns (tables.py)
 
-Each reader returns `Inputs`: a dataset the model (and `mlrun eval`'s scoring) can read, what names
-each sample in the output (row, file or line), and whether labels were present.
+Each reader returns `Inputs` (prepared.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mlrun.errors import UsageError
-
-
-@dataclass
-class Inputs:
-    dataset: Any  # ArrayDataset of prepared samples; targets are zeros when unlabelled
-    ids: list[dict[str, Any]]  # per sample: {"row": 3} / {"file": "x.png"} / {"line": 7}
-    labelled: bool
+from mlrun.prediction.prepared import Inputs
 
 
 def read_inputs(path: Path, predictor) -> Inputs:

@@ -24,7 +24,7 @@ class Predictor:
     meta: Any  # DataMeta: task, input shape, classes
     preprocessing: dict  # what the data source recorded: classes, tabular columns, image size, tokenizer
     transform: object | None  # the fitted scikit-learn pipeline of tabular runs
-    forward: Callable  # inputs (CPU tensor) -> model outputs, in inference mode
+    forward: Callable  # a batch's features (a tensor or named tensors, on CPU) -> model outputs
     loss_fn: Any
     metrics: list
     weights: Path  # the file the model came from
@@ -51,10 +51,14 @@ def _from_run(run_dir: Path, checkpoint: str) -> Predictor:
     parts = trained.parts
     model = parts.model.eval()
 
-    def forward(inputs):
+    def forward(features):
+        from mlrun.data.batch import move_batch
+        from mlrun.models.outputs import call_model
+
         device = next(model.parameters()).device  # scoring may have moved the model to the accelerator
+        features = move_batch(features, device) if isinstance(features, dict) else features.to(device)
         with torch.inference_mode():
-            return model(inputs.to(device))
+            return call_model(model, features)
 
     def score(dataset) -> dict:
         from accelerate import Accelerator
@@ -65,7 +69,7 @@ def _from_run(run_dir: Path, checkpoint: str) -> Predictor:
         # Exactly what `mlrun eval` runs, so the figures on the same rows are the same.
         accelerator = Accelerator(rng_types=[], cpu=True)
         prepared, loader = accelerator.prepare(model, eval_loader(dataset, parts.config.data, False))
-        return _plain_keys(evaluate(accelerator, prepared, loader, parts.loss_fn, parts.metrics))
+        return _plain_keys(evaluate(accelerator, prepared, loader, parts.objective, parts.metrics))
 
     bundle = parts.bundle
     return Predictor(
@@ -98,13 +102,19 @@ def _from_export(folder: Path) -> Predictor:
     if (folder / "preprocessing.pkl").is_file():
         with (folder / "preprocessing.pkl").open("rb") as file:
             transform = pickle.load(file)
-    forward = formats.load(info["format"], folder / info["file"], reload=lambda: load_exported_model(folder))
+    from mlrun.export.signature import as_tensors
+
+    run = formats.load(info["format"], folder / info["file"], reload=lambda: load_exported_model(folder))
+
+    def forward(features):  # exported files take the features as positional inputs
+        return run(*as_tensors(features, meta))
+
     loss_fn = build(config.loss, meta)
     metrics = [build(spec, meta) for spec in config.metrics]
     batch = config.data.eval_batch_size or 256
 
     def score(dataset) -> dict:
-        return _plain_keys(evaluate(forward, dataset, batch, loss_fn, metrics))
+        return _plain_keys(evaluate(run, dataset, meta, batch, loss_fn, metrics))
 
     return Predictor(config, meta, preprocessing, transform, forward, loss_fn, metrics, folder / info["file"], score)
 
@@ -112,3 +122,25 @@ def _from_export(folder: Path) -> Predictor:
 def _plain_keys(results: dict) -> dict:
     """`val/accuracy` -> `accuracy`: these figures are on the given file, not the validation split."""
     return {key.removeprefix("val/"): value for key, value in results.items()}
+
+
+def predict_rows(predictor, inputs) -> list[dict[str, Any]]:
+    """One record per sample: its name (row, file or line), its label when given, the prediction."""
+    from mlrun.data.batch import split_batch
+    from mlrun.data.bundle import fetch_batch
+    from mlrun.prediction.outputs import prediction_tensor, records
+
+    dataset, rows = inputs.dataset, []
+    classes = predictor.preprocessing.get("classes")
+    size = predictor.config.data.eval_batch_size or 256
+    for start in range(0, len(dataset), size):
+        indices = list(range(start, min(start + size, len(dataset))))
+        features, targets = split_batch(fetch_batch(dataset, indices))
+        outputs = prediction_tensor(predictor.forward(features)).cpu()
+        for index, record in zip(indices, records(outputs, predictor.meta.task, classes)):
+            label = {}
+            if inputs.labelled:
+                target = targets[index - start]
+                label = {"label": classes[int(target)] if classes and not target.is_floating_point() else target.item()}
+            rows.append({**inputs.ids[index], **label, **record})
+    return rows

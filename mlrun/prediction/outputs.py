@@ -1,7 +1,7 @@
 """Model outputs -> prediction records -> a CSV or JSON Lines file.
 
-`prediction_tensor` is the one place that knows what a model may return; everything after it sees
-a (N, outputs) tensor.
+`prediction_tensor` is the one place here that looks at what a model returned; everything after it
+sees a (N, outputs) tensor.
 """
 
 from __future__ import annotations
@@ -16,17 +16,11 @@ import torch
 
 
 def prediction_tensor(outputs: Any) -> torch.Tensor:
-    """The predictions in whatever a model returned: a tensor, a tuple (first item), a mapping or a
-    transformers ModelOutput (its `logits`, else its first tensor)."""
-    if isinstance(outputs, torch.Tensor):
-        return outputs
-    if isinstance(outputs, (tuple, list)) and outputs:
-        return prediction_tensor(outputs[0])
-    if hasattr(outputs, "keys"):
-        if "logits" in outputs.keys():
-            return outputs["logits"]
-        return prediction_tensor(next(v for v in outputs.values() if isinstance(v, torch.Tensor)))
-    raise TypeError(f"cannot read predictions from a model output of type {type(outputs).__name__}")
+    """The predictions in whatever a model returned: a tensor, a tuple (logits first), a mapping or a
+    transformers ModelOutput; the model contract's own reading (models/outputs.py)."""
+    from mlrun.models.outputs import logits_of
+
+    return logits_of(outputs)
 
 
 def records(outputs: torch.Tensor, task: str, classes: list | None) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ import numpy as np
 
 from mlrun.data.splits import require_columns
 from mlrun.errors import UsageError
-from mlrun.prediction.inputs import Inputs
+from mlrun.prediction.prepared import Inputs
 
 
 def read_frame(path: Path):
