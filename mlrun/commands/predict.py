@@ -9,6 +9,7 @@ carries labels, the whole file is also scored with the run's loss and metrics: t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -21,10 +22,13 @@ def run_predict(model_path: Path, input_path: Path, out: Path | None, checkpoint
     from mlrun.prediction.outputs import output_kind, render
 
     kind = output_kind(out)  # a bad suffix is reported before the model loads
-    predictor = load_predictor(model_path, checkpoint)
-    inputs = read_inputs(input_path, predictor)
-    rows = predict_rows(predictor, inputs)
-    scores = predictor.score(inputs.dataset) if inputs.labelled else None
+    # Notes printed while the run's data is rebuilt (dedup counts, ...) go to stderr: stdout holds
+    # only the predictions or the --json document.
+    with contextlib.redirect_stdout(sys.stderr):
+        predictor = load_predictor(model_path, checkpoint)
+        inputs = read_inputs(input_path, predictor)
+        rows = predict_rows(predictor, inputs)
+        scores = predictor.score(inputs.dataset) if inputs.labelled else None
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(render(rows, kind))
@@ -44,5 +48,7 @@ def run_predict(model_path: Path, input_path: Path, out: Path | None, checkpoint
         sys.stdout.write(render(rows, kind))
     where = sys.stdout if out else sys.stderr  # stdout holds the predictions when there is no --out
     print(f"mlrun: {len(rows)} predictions from {predictor.weights}" + (f" -> {out}" if out else ""), file=where)
+    from mlrun.tracking.figures import format_figure
+
     for key, value in (scores or {}).items():
-        print(f"  {key:<24} {value:.6g}", file=where)
+        print(f"  {key:<24} {format_figure(value)}", file=where)
