@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from tests.browser import chromium  # noqa: F401 - the fixture
-from tests.conftest import read_jsonl, run_cli, tiny_config, write_config
+from tests.conftest import REPO, read_jsonl, run_cli, tiny_config, write_config
+
+CLI_ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +107,15 @@ def test_html_report_renders_its_plots_in_headless_chromium(runs, chromium, tmp_
     assert "<td>base</td>" in dom and "<td>0.001</td>" in dom
     shot = chromium.screenshot(page, tmp_path / "report.png")
     assert not_blank(shot, box=(0, 400, 1400, 1000))  # the plots' part of the page, not only the table
+
+
+def test_compare_reads_files_only_and_imports_no_torch(runs):
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from mlrun.commands.compare import run_compare\n"
+        "run_compare(['runs/*'], None, Path('cmp'), True)\n"
+        "assert 'torch' not in sys.modules, 'compare imported torch'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=runs, env=CLI_ENV)
+    assert result.returncode == 0, result.stderr
