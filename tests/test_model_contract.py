@@ -103,12 +103,10 @@ def test_gpt2_style_causal_lm_learns_next_bytes_of_public_domain_text(tmp_path):
 
 
 def test_two_input_model_on_named_tensors_trains_evaluates_and_exports(tmp_path):
-    result = run_cli(
-        "train", REPO / "configs/two_input.yaml", f"output_dir={tmp_path}/runs", "train.epochs=6", cwd=REPO
-    )
+    result = run_cli("train", REPO / "configs/two_input.yaml", f"output_dir={tmp_path}/runs", cwd=REPO)
     assert result.returncode == 0, result.stderr
     run = tmp_path / "runs/two_input"
-    assert json.loads((run / "summary.json").read_text())["final"]["val/accuracy"] > 0.85
+    assert json.loads((run / "summary.json").read_text())["final"]["val/accuracy"] > 0.9
     exported = run_cli("export", run, "--format", "onnx", "--json", cwd=REPO)
     assert exported.returncode == 0, exported.stderr
     info = json.loads(exported.stdout.strip().splitlines()[-1])
