@@ -192,3 +192,27 @@ def test_model_outputs_of_any_shape_give_the_same_predictions():
         assert records(prediction_tensor(wrapped), "classification", ["a", "b", "c"]) == expected
     values = records(torch.tensor([[1.5], [-2.0]]), "regression", None)
     assert values == [{"prediction": 1.5}, {"prediction": -2.0}]
+
+
+def test_json_lines_texts_scored_like_eval_and_unlabelled_lines_predicted(tmp_path):
+    lines = (REPO / "configs" / "data" / "digits_ascii.jsonl").read_text().splitlines()
+    (tmp_path / "train.jsonl").write_text("\n".join(lines[:240]) + "\n")
+    (tmp_path / "new.jsonl").write_text("\n".join(lines[240:300]) + "\n")
+    unlabelled = [json.dumps({"text": json.loads(line)["text"]}) for line in lines[300:305]]
+    (tmp_path / "unlabelled.jsonl").write_text("\n\n".join(unlabelled) + "\n")  # blank lines are skipped
+    config = {
+        "name": "texts",
+        "model": {"name": "transformer_classifier", "dim": 16, "depth": 1, "heads": 2},
+        "data": {"name": "jsonl_text", "path": "train.jsonl", "val_path": "new.jsonl", "tokenizer": "char"},
+        "metrics": ["accuracy"],
+        "train": {"epochs": 1},
+        "tracking": [{"name": "console", "plain": True}],
+    }
+    data = config["data"]
+    data["max_length"], data["batch_size"] = 72, 32
+    assert run_cli("train", write_config(tmp_path, config), cwd=tmp_path).returncode == 0
+    evaluated = cli_json(tmp_path, "eval", "runs/texts")
+    predicted = cli_json(tmp_path, "predict", "runs/texts", "new.jsonl")
+    assert predicted["scores"] == {k.removeprefix("val/"): v for k, v in evaluated["metrics"].items()}
+    plain = cli_json(tmp_path, "predict", "runs/texts", "unlabelled.jsonl")
+    assert plain["scores"] is None and [row["line"] for row in plain["predictions"]] == [1, 3, 5, 7, 9]

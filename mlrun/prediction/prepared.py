@@ -8,6 +8,6 @@ from typing import Any
 
 @dataclass
 class Inputs:
-    dataset: Any  # ArrayDataset of prepared samples; targets are zeros when unlabelled
+    dataset: Any  # prepared samples (ArrayDataset, or TensorDictDataset of named tensors); zero targets when unlabelled
     ids: list[dict[str, Any]]  # per sample: {"row": 3} / {"file": "x.png"} / {"line": 7}
     labelled: bool

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlrun.data.tokenize import ByteTokenizer, FileTokenizer, encode_padded
+from mlrun.data.tokenize import ByteTokenizer, encode_padded, make_tokenizer
 from mlrun.errors import UsageError
 from mlrun.prediction.prepared import Inputs
 from mlrun.prediction.tables import labels_to_targets
@@ -32,13 +32,15 @@ def tokenizer_of(described: dict):
         return ByteTokenizer(offset=described["offset"])
     if described["kind"] == "char":
         return _Alphabet(described["alphabet"])
-    return FileTokenizer(described["path"], "tokenizer")
+    # a tokenizer.json file or a transformers tokenizer folder, by the path the run recorded
+    return make_tokenizer(described["path"], [], "the run's data.tokenizer", pad=True)
 
 
 def read_texts(path: Path, predictor) -> Inputs:
     import torch
 
-    from mlrun.data.bundle import ArrayDataset
+    from mlrun.data.batch import TARGET_KEY
+    from mlrun.data.bundle import TensorDictDataset
 
     settings = predictor.config.data.settings
     text_field, label_field = settings.get("text_field", "text"), settings.get("label_field", "label")
@@ -59,12 +61,15 @@ def read_texts(path: Path, predictor) -> Inputs:
     if not texts:
         raise UsageError(f"INPUT: '{path}' has no records")
     preprocessing = predictor.preprocessing
-    ids = encode_padded(tokenizer_of(preprocessing["tokenizer"]), texts, preprocessing["max_length"])
+    ids, mask = encode_padded(tokenizer_of(preprocessing["tokenizer"]), texts, preprocessing["max_length"])
     labelled = all(label is not None for label in labels)
     targets = (
         labels_to_targets(np.array(labels), predictor, path, f"field '{label_field}'")
         if labelled
         else torch.zeros(len(texts), dtype=torch.long)
     )
-    dataset = ArrayDataset(torch.as_tensor(ids), targets)
+    # Named tensors, as the run's jsonl_text data gave them to the model (data/text.py).
+    dataset = TensorDictDataset(
+        {"input_ids": torch.as_tensor(ids), "attention_mask": torch.as_tensor(mask), TARGET_KEY: targets}
+    )
     return Inputs(dataset, [{"line": n} for n in lines], labelled)
