@@ -145,6 +145,39 @@ def evaluate(
     run_eval(run_dir, checkpoint, overrides or [], json_output)
 
 
+@app.command()
+def compare(
+    runs: Annotated[list[str], typer.Argument(help="Run directories or globs, e.g. runs/* or 'runs/x/tune/trial-*'.")],
+    metric: Annotated[
+        Optional[str], typer.Option(help="The figure to rank by, e.g. val/accuracy; default the runs' monitor.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder for curves.png and report.html.")] = Path("compare"),
+    json_output: Json = False,
+) -> None:
+    """Compare runs: differing config keys, results, overlaid curves (PNG) and an HTML report."""
+    from mlrun.commands.compare import run_compare
+
+    run_compare(runs, metric, out, json_output)
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="A run directory or an export folder (runs/x/export/pt2-none).")],
+    input: Annotated[
+        Path, typer.Argument(help="A CSV / Parquet / JSON Lines table, an image folder or a .jsonl of texts.")
+    ],
+    out: Annotated[
+        Optional[Path], typer.Option(help="Write predictions here (.csv or .jsonl); default CSV on stdout.")
+    ] = None,
+    checkpoint: Annotated[str, typer.Option(help="Run directories: best, final or a checkpoint path.")] = "final",
+    json_output: Json = False,
+) -> None:
+    """Predict on a new file with the run's own preprocessing; scores it when labels are present."""
+    from mlrun.commands.predict import run_predict
+
+    run_predict(model, input, out, checkpoint, json_output)
+
+
 @app.command(name="list")
 def list_components(
     kind: Annotated[Optional[str], typer.Argument(help="models, datasets, losses, metrics, optimizers, ...")] = None,

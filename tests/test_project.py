@@ -93,7 +93,19 @@ def test_readme_config_reference_is_up_to_date():
 ALLOWED_IMPORTS = {
     "__main__": {"cli"},
     "cli": {"commands", "errors", "jsonout", "notices"},
-    "commands": {"config", "engine", "errors", "export", "jsonout", "profiling", "registry", "tuning"},
+    "commands": {
+        "config",
+        "engine",
+        "errors",
+        "export",
+        "jsonout",
+        "prediction",
+        "profiling",
+        "registry",
+        "reporting",
+        "tracking",
+        "tuning",
+    },
     "config": {"errors", "registry"},
     "registry": {"errors"},
     "data": {"errors", "registry"},
@@ -121,6 +133,8 @@ ALLOWED_IMPORTS = {
     "export": {"config", "data", "errors", "metrics", "models", "registry"},
     "profiling": {"config", "data", "engine", "errors", "memory"},
     "tuning": {"callbacks", "config", "engine", "errors"},
+    "reporting": {"errors"},
+    "prediction": {"config", "data", "engine", "errors", "export", "models"},
 }
 
 

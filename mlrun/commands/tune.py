@@ -111,8 +111,12 @@ def run_study(path, overrides, config, tune_dir, trials, timeout, storage, study
                 f"mlrun: study '{study_name}' ({store_text}): {len(study.trials)} trials so far, target {trials}",
                 flush=True,
             )
-        study.optimize(
+        from mlrun.tuning.storage import optimize
+
+        optimize(  # study.optimize that survives a lost database connection
+            study,
             objective(path, overrides, tune, tune_dir),
+            target=trials,
             timeout=timeout,
             callbacks=[
                 optuna.study.MaxTrialsCallback(trials, states=ended),

@@ -111,9 +111,6 @@ def make_storage(url: str | None, tune_dir: Path, workers: int):
             "--storage: SQLite breaks under parallel workers (locking); use the default journal file "
             "on one host, or a PostgreSQL/MySQL URL across hosts"
         )
-    try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=60), url
-    except ImportError as exc:
-        raise UsageError(
-            f"--storage {url}: the database driver is missing ({exc}); e.g. pip install psycopg2-binary or pymysql"
-        ) from None
+    from mlrun.tuning.storage import database_storage
+
+    return database_storage(url), url

@@ -1,0 +1,83 @@
+"""`mlrun compare RUN_DIR... [--metric M] [--out DIR] [--json]`.
+
+Reads each run's config.yaml, summary.json and metrics.jsonl (no torch, no model building) and
+prints one table: the config keys that differ between the runs, the chosen metric's best and final
+values, steps, wall time, throughput and peak memory. Writes DIR/curves.png (training loss, the
+metric, learning rate overlaid) and DIR/report.html (the same, interactive, with plotly's
+JavaScript inlined: it opens offline). Globs work quoted or not: `mlrun compare 'runs/x/tune/trial-*'`.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from mlrun.errors import UsageError
+
+
+def run_compare(patterns: list[str], metric: str | None, out: Path, json_output: bool) -> None:
+    from mlrun.reporting.curves import write_png
+    from mlrun.reporting.html import write_report
+    from mlrun.reporting.results import choose_metric, lower_is_better, result_row
+    from mlrun.reporting.runs import differing_keys, expand_runs, label_runs, load_run
+
+    if not patterns:
+        raise UsageError("mlrun compare: name at least one run directory, e.g. mlrun compare runs/*")
+    runs = [load_run(path) for path in expand_runs(patterns)]
+    label_runs(runs)
+    chosen = choose_metric(runs, metric)
+    minimise = lower_is_better(runs, chosen)
+    keys = differing_keys(runs)
+    cell = partial(format_cell, frozenset(keys))
+    rows = []
+    for run in runs:
+        figures = result_row(run, chosen, minimise)
+        rows.append({"run": figures.pop("run"), **{key: run.config.get(key) for key in keys}, **figures})
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out: '{out}' is a file; give a folder for curves.png and report.html")
+    out.mkdir(parents=True, exist_ok=True)
+    shown = [{k: v for k, v in row.items() if k != "path"} for row in rows]
+    png = write_png(runs, chosen, out / "curves.png")
+    page = write_report(runs, shown, chosen, out / "report.html", cell)
+    if json_output:
+        report = {
+            "metric": chosen,
+            "lower_is_better": minimise,
+            "differing_keys": keys,
+            "runs": rows,
+            "files": {"png": str(png), "html": str(page)},
+        }
+        print(json.dumps(report, default=str))
+        return
+    direction = "lower" if minimise else "higher"
+    print(
+        f"mlrun: {len(runs)} runs, metric {chosen} ({direction} is better); differing keys: {', '.join(keys) or 'none'}"
+    )
+    print(text_table(shown, cell))
+    print(f"mlrun: wrote {png} and {page}")
+
+
+def format_cell(config_keys: frozenset, key: str, value: Any) -> str:
+    """Config values as written in the config (lr 0.003); results in mlrun's one number format."""
+    from mlrun.tracking.figures import format_figure
+
+    if value is None:
+        return "-"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value) if key in config_keys else format_figure(value)
+
+
+def text_table(rows: list[dict[str, Any]], cell) -> str:
+    """Columns padded to their widest cell; numbers right-aligned, text left-aligned."""
+    header = list(rows[0])
+    cells = [[cell(key, row[key]) for key in header] for row in rows]
+    widths = [max(len(key), *(len(line[i]) for line in cells)) for i, key in enumerate(header)]
+    numeric = [all(isinstance(row[key], (int, float)) or row[key] is None for row in rows) for key in header]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    return "\n".join([line(header), *(line(values) for values in cells)])

@@ -1,0 +1,1 @@
+"""What `mlrun predict` is made of: the trained model and its preprocessing, readers for new inputs, outputs."""

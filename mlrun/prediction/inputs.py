@@ -1,0 +1,42 @@
+"""New inputs prepared as the run prepared its training data, chosen by the run's data source.
+
+    csv / parquet runs      a CSV, Parquet or JSON Lines table with the training columns (tables.py)
+    image_folder runs       a folder of images, or of class sub-folders when labelled (images.py)
+    jsonl_text runs         a JSON Lines file of {"text": ...} records (texts.py)
+    other array sources     a CSV / JSON Lines table of numeric feature columns (tables.py)
+
+Each reader returns `Inputs` (prepared.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlrun.errors import UsageError
+from mlrun.prediction.prepared import Inputs
+
+
+def read_inputs(path: Path, predictor) -> Inputs:
+    if not path.exists():
+        raise UsageError(f"INPUT: '{path}' not found (paths are relative to {Path.cwd()})")
+    source = predictor.config.data.name
+    if source == "image_folder":
+        from mlrun.prediction.images import read_images
+
+        return read_images(path, predictor)
+    if source == "jsonl_text":
+        from mlrun.prediction.texts import read_texts
+
+        return read_texts(path, predictor)
+    if source in ("csv", "parquet"):
+        from mlrun.prediction.tables import read_table
+
+        return read_table(path, predictor)
+    if len(predictor.meta.input_shape) == 1 and predictor.meta.vocab_size is None:
+        from mlrun.prediction.tables import read_feature_columns
+
+        return read_feature_columns(path, predictor)
+    raise UsageError(
+        f"mlrun predict reads tables, image folders and JSON Lines texts; data source '{source}' "
+        f"(inputs of shape {predictor.meta.input_shape}) has no reader for new files yet"
+    )

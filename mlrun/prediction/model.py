@@ -1,0 +1,146 @@
+"""A trained model ready for new inputs: from a run directory or an export folder.
+
+A run directory is loaded as `mlrun eval` loads it (its config rebuilt with the run's own fitted
+preprocessing, so the training data must still be readable); scores then come from the same
+evaluation code as `mlrun eval`. An export folder is self-contained: config.yaml, export.json,
+preprocessing.json / preprocessing.pkl and the model file, run by the format's own runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlrun.errors import UsageError
+
+
+@dataclass
+class Predictor:
+    config: Any  # ExperimentConfig of the run
+    meta: Any  # DataMeta: task, input shape, classes
+    preprocessing: dict  # what the data source recorded: classes, tabular columns, image size, tokenizer
+    transform: object | None  # the fitted scikit-learn pipeline of tabular runs
+    forward: Callable  # a batch's features (a tensor or named tensors, on CPU) -> model outputs
+    loss_fn: Any
+    metrics: list
+    weights: Path  # the file the model came from
+    score: Callable  # dataset -> {"loss": ..., "<metric>": ...}, the same figures as `mlrun eval`
+
+
+def load_predictor(path: Path, checkpoint: str) -> Predictor:
+    if (path / "export.json").is_file():
+        return _from_export(path)
+    if (path / "config.yaml").is_file():
+        return _from_run(path, checkpoint)
+    raise UsageError(
+        f"'{path}' is neither a run directory (config.yaml) nor an export folder (export.json); "
+        "pass runs/<name> or runs/<name>/export/<format>-<quant>"
+    )
+
+
+def _from_run(run_dir: Path, checkpoint: str) -> Predictor:
+    import torch
+
+    from mlrun.engine.restore import load_trained
+
+    trained = load_trained(run_dir, checkpoint)
+    parts = trained.parts
+    model = parts.model.eval()
+
+    def forward(features):
+        from mlrun.data.batch import move_batch
+        from mlrun.models.outputs import call_model
+
+        device = next(model.parameters()).device  # scoring may have moved the model to the accelerator
+        features = move_batch(features, device) if isinstance(features, dict) else features.to(device)
+        with torch.inference_mode():
+            return call_model(model, features)
+
+    def score(dataset) -> dict:
+        from accelerate import Accelerator
+
+        from mlrun.engine.batches import eval_loader
+        from mlrun.engine.evaluate import evaluate
+
+        # Exactly what `mlrun eval` runs, so the figures on the same rows are the same.
+        accelerator = Accelerator(rng_types=[], cpu=True)
+        prepared, loader = accelerator.prepare(model, eval_loader(dataset, parts.config.data, False))
+        return _plain_keys(evaluate(accelerator, prepared, loader, parts.objective, parts.metrics))
+
+    bundle = parts.bundle
+    return Predictor(
+        parts.config,
+        bundle.meta,
+        bundle.preprocessing or {},
+        bundle.transform,
+        forward,
+        parts.loss_fn,
+        parts.metrics,
+        trained.weights,
+        score,
+    )
+
+
+def _from_export(folder: Path) -> Predictor:
+    from mlrun.config.load import load_config
+    from mlrun.data.bundle import DataMeta
+    from mlrun.engine.build import build
+    from mlrun.export import formats
+    from mlrun.export.reload import load_exported_model
+    from mlrun.export.verify import evaluate
+
+    info = json.loads((folder / "export.json").read_text())
+    meta = DataMeta(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["data_meta"].items()})
+    config = load_config(folder / "config.yaml")
+    preprocessing_file = folder / "preprocessing.json"
+    preprocessing = json.loads(preprocessing_file.read_text()) if preprocessing_file.is_file() else {}
+    transform = None
+    if (folder / "preprocessing.pkl").is_file():
+        with (folder / "preprocessing.pkl").open("rb") as file:
+            transform = pickle.load(file)
+    from mlrun.export.signature import as_tensors
+
+    run = formats.load(info["format"], folder / info["file"], reload=lambda: load_exported_model(folder))
+
+    def forward(features):  # exported files take the features as positional inputs
+        return run(*as_tensors(features, meta))
+
+    loss_fn = build(config.loss, meta)
+    metrics = [build(spec, meta) for spec in config.metrics]
+    batch = config.data.eval_batch_size or 256
+
+    def score(dataset) -> dict:
+        return _plain_keys(evaluate(run, dataset, meta, batch, loss_fn, metrics))
+
+    return Predictor(config, meta, preprocessing, transform, forward, loss_fn, metrics, folder / info["file"], score)
+
+
+def _plain_keys(results: dict) -> dict:
+    """`val/accuracy` -> `accuracy`: these figures are on the given file, not the validation split."""
+    return {key.removeprefix("val/"): value for key, value in results.items()}
+
+
+def predict_rows(predictor, inputs) -> list[dict[str, Any]]:
+    """One record per sample: its name (row, file or line), its label when given, the prediction."""
+    from mlrun.data.batch import split_batch
+    from mlrun.data.bundle import fetch_batch
+    from mlrun.prediction.outputs import prediction_tensor, records
+
+    dataset, rows = inputs.dataset, []
+    classes = predictor.preprocessing.get("classes")
+    size = predictor.config.data.eval_batch_size or 256
+    for start in range(0, len(dataset), size):
+        indices = list(range(start, min(start + size, len(dataset))))
+        features, targets = split_batch(fetch_batch(dataset, indices))
+        outputs = prediction_tensor(predictor.forward(features)).cpu()
+        for index, record in zip(indices, records(outputs, predictor.meta.task, classes)):
+            label = {}
+            if inputs.labelled:
+                target = targets[index - start]
+                label = {"label": classes[int(target)] if classes and not target.is_floating_point() else target.item()}
+            rows.append({**inputs.ids[index], **label, **record})
+    return rows

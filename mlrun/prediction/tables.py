@@ -1,0 +1,143 @@
+"""Tables for `mlrun predict`: the run's own fitted pipeline applied to a new CSV, Parquet or JSON Lines file.
+
+Rows are named by their 1-based data row (the header is not a row), as in the messages of
+`mlrun train`: missing columns, missing values and categories the run never saw stop with the row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mlrun.data.splits import require_columns
+from mlrun.errors import UsageError
+from mlrun.prediction.prepared import Inputs
+
+
+def read_frame(path: Path):
+    try:
+        import pandas as pd
+    except ImportError:
+        raise UsageError("reading tables needs pandas: pip install 'mlrun[tabular]'") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".jsonl", ".ndjson", ".json"):
+            frame = pd.read_json(path, lines=True)
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+        raise UsageError(f"INPUT: cannot read '{path}' as a table: {exc}") from None
+    if frame.empty:
+        raise UsageError(f"INPUT: '{path}' has no rows")
+    return frame
+
+
+def _first_rows(mask: np.ndarray) -> str:
+    rows = np.flatnonzero(mask)
+    return ", ".join(str(r + 1) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+
+
+def check_categories(frame, pipeline, categorical: list[str], path: Path) -> None:
+    """Categories the run never saw would be silently encoded as all zeros: stop and name the row."""
+    if not categorical:
+        return
+    encoder = pipeline.named_steps["columns"].named_transformers_["categorical"].steps[-1][1]
+    for column, known in zip(categorical, encoder.categories_):
+        values = frame[column]
+        unseen = ~values.isin(list(known)) & values.notna()
+        if unseen.any():
+            first = values[unseen].iloc[0]
+            raise UsageError(
+                f"{path}: column '{column}' has {int(unseen.sum())} values the run never saw in training "
+                f"(data rows {_first_rows(unseen.to_numpy())}; first {first!r}; known: "
+                f"{', '.join(map(str, list(known)[:10]))}); map them to a known category or retrain"
+            )
+
+
+def labels_to_targets(values: np.ndarray, predictor, path: Path, where: str):
+    """Labels as the run's targets: class ids in the run's class order, or float values."""
+    import torch
+
+    if predictor.meta.task != "classification":
+        return torch.as_tensor(np.asarray(values, dtype=np.float32))
+    classes = predictor.preprocessing.get("classes") or list(range(predictor.meta.num_classes))
+    index = {str(c): i for i, c in enumerate(classes)}
+    keys = [str(v.item() if hasattr(v, "item") else v) for v in values]
+    unknown = np.array([k not in index for k in keys])
+    if unknown.any():
+        raise UsageError(
+            f"{path}: {where} has {int(unknown.sum())} labels the run has no class for (data rows "
+            f"{_first_rows(unknown)}; first {keys[int(np.flatnonzero(unknown)[0])]!r}; classes: "
+            f"{', '.join(map(str, classes[:10]))})"
+        )
+    return torch.as_tensor([index[k] for k in keys], dtype=torch.long)
+
+
+def _dataset(x: np.ndarray, targets, rows: int) -> Inputs:
+    import torch
+
+    from mlrun.data.bundle import ArrayDataset
+
+    labelled = targets is not None
+    targets = targets if labelled else torch.zeros(rows, dtype=torch.long)
+    dataset = ArrayDataset(torch.as_tensor(np.asarray(x, dtype=np.float32)), targets)
+    return Inputs(dataset, [{"row": i + 1} for i in range(rows)], labelled)
+
+
+def read_table(path: Path, predictor) -> Inputs:
+    """csv / parquet runs: the training columns through the run's fitted preprocessing.pkl."""
+    described = predictor.preprocessing.get("tabular") or {}
+    features, categorical = described.get("features"), described.get("categorical") or []
+    if predictor.transform is None or features is None:
+        raise UsageError(f"{predictor.weights.parent}: no fitted preprocessing (preprocessing.pkl); re-export the run")
+    frame = read_frame(path)
+    require_columns(features, frame.columns, "INPUT", f"'{path}'")
+    settings = predictor.config.data.settings
+    if settings.get("impute", "error") == "error":
+        for column in features:
+            missing = frame[column].isna().to_numpy()
+            if missing.any():
+                raise UsageError(
+                    f"{path}: column '{column}' has {int(missing.sum())} missing values (data rows "
+                    f"{_first_rows(missing)}); the run was trained without imputation (data.impute: error)"
+                )
+    check_categories(frame, predictor.transform, categorical, path)
+    try:
+        x = predictor.transform.transform(frame[features])
+    except ValueError as exc:
+        raise UsageError(f"{path}: the run's preprocessing cannot read these columns: {exc}") from None
+    target = settings.get("target")
+    targets = None
+    if target in frame.columns and frame[target].notna().all():
+        targets = labels_to_targets(frame[target].to_numpy(), predictor, path, f"column '{target}'")
+    return _dataset(x, targets, len(frame))
+
+
+LABEL_COLUMNS = ("label", "target", "y")
+
+
+def read_feature_columns(path: Path, predictor) -> Inputs:
+    """Array sources (digits, npz, ...): one numeric column per input feature, in training order,
+    plus an optional label / target / y column."""
+    frame = read_frame(path)
+    label = next((c for c in LABEL_COLUMNS if c in frame.columns), None)
+    columns = [c for c in frame.columns if c != label]
+    width = predictor.meta.input_shape[0]
+    if len(columns) != width:
+        raise UsageError(
+            f"{path}: {len(columns)} feature columns, the model takes {width} (one column per feature, "
+            f"in training order, plus an optional {'/'.join(LABEL_COLUMNS)} column)"
+        )
+    import pandas as pd
+
+    values = frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values).all(axis=1)  # text, empty cells and infinities alike
+    if bad.any():
+        raise UsageError(f"{path}: data rows {_first_rows(bad)} have a missing or non-numeric feature")
+    targets = None
+    if label is not None:
+        targets = labels_to_targets(frame[label].to_numpy(), predictor, path, f"column '{label}'")
+    return _dataset(values, targets, len(frame))

@@ -1,0 +1,25 @@
+"""The one number format of mlrun's printed figures: four significant digits.
+
+Values from 0.001 to 99999 are written out (0.6172, 0.009670; 12960 from 12960.4: whole numbers
+keep their digits); smaller and larger ones in scientific notation with the same four digits
+(8.300e-04). Log lines, evaluation lines, the final summary and `mlrun compare` all use it.
+"""
+
+from __future__ import annotations
+
+import math
+
+SIGNIFICANT = 4
+
+
+def format_figure(value: float) -> str:
+    """A figure as text; whole numbers (steps, counts) stay whole."""
+    if isinstance(value, (bool, int)) or not isinstance(value, float):
+        return str(value)
+    if value == 0 or not math.isfinite(value):
+        return "0" if value == 0 else str(value)
+    # the magnitude after rounding to four digits: 9.99996 is written as 10.00, not 10.000
+    magnitude = math.floor(math.log10(abs(float(f"{value:.{SIGNIFICANT - 1}e}"))))
+    if -3 <= magnitude < 5:
+        return f"{value:.{max(0, SIGNIFICANT - 1 - magnitude)}f}"
+    return f"{value:.{SIGNIFICANT - 1}e}"

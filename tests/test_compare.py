@@ -1,0 +1,121 @@
+"""`mlrun compare`: the table of differing keys and results, the PNG curves, the HTML report in a real browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.browser import chromium  # noqa: F401 - the fixture
+from tests.conftest import REPO, read_jsonl, run_cli, tiny_config, write_config
+
+CLI_ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """Two finished runs that differ in optimizer.lr, and the same two as the trials of a study."""
+    folder = tmp_path_factory.mktemp("compare")
+    config = tiny_config(train={"epochs": 2, "log_every": "4st", "eval_every": "1ep", "checkpoint_every": "1ep"})
+    path = write_config(folder, config)
+    for name, lr in (("base", "0.01"), ("slow", "0.001")):
+        result = run_cli("train", path, f"name={name}", f"optimizer.lr={lr}", cwd=folder)
+        assert result.returncode == 0, result.stderr
+    for number, name in enumerate(("base", "slow")):
+        shutil.copytree(folder / "runs" / name, folder / "runs" / "study" / "tune" / f"trial-{number:04d}")
+    return folder
+
+
+def compare_json(folder: Path, *args: str) -> dict:
+    result = run_cli("compare", *args, "--json", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # --json: one document and nothing else on stdout
+
+
+def test_table_has_differing_keys_and_each_runs_results(runs):
+    report = compare_json(runs, "runs/base", "runs/slow", "--out", "cmp")
+    assert report["differing_keys"] == ["optimizer.lr"]  # name/output_dir differ but are not choices
+    assert report["metric"] == "val/accuracy" and report["lower_is_better"] is False
+    for row in report["runs"]:
+        run_dir = runs / row["path"]
+        summary = json.loads((run_dir / "summary.json").read_text())
+        accuracy = [line["val/accuracy"] for line in read_jsonl(run_dir / "metrics.jsonl") if "val/accuracy" in line]
+        assert row["best val/accuracy"] == max(accuracy)
+        assert row["final val/accuracy"] == summary["final"]["val/accuracy"]
+        assert row["steps"] == summary["steps"] and row["samples/s"] == summary["samples_per_s"]
+        assert row["peak memory MB"] == pytest.approx(summary["peak_memory_bytes"] / 2**20)
+    assert [row["optimizer.lr"] for row in report["runs"]] == [1e-2, 1e-3]
+
+
+def test_printed_table_ranks_by_chosen_metric(runs):
+    result = run_cli("compare", "runs/base", "runs/slow", "--metric", "val/loss", "--out", "cmp", cwd=runs)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "val/loss (lower is better)" in lines[0] and "differing keys: optimizer.lr" in lines[0]
+    assert lines[1].split()[:3] == ["run", "optimizer.lr", "status"] and "best val/loss" in lines[1]
+    assert lines[2].split()[:2] == ["base", "0.01"] and lines[3].split()[:2] == ["slow", "0.001"]
+
+
+def test_quoted_globs_expand_and_skip_folders_that_are_not_runs(runs):
+    trials = compare_json(runs, "runs/study/tune/trial-*", "--out", "cmp")  # quoted: no shell expansion
+    assert [row["run"] for row in trials["runs"]] == ["trial-0000", "trial-0001"]
+    every = compare_json(runs, "runs/*", "--out", "cmp")  # runs/study is not a run: skipped
+    assert [row["run"] for row in every["runs"]] == ["base", "slow"]
+
+
+def test_bad_run_or_metric_exits_2_with_one_line(runs):
+    missing = run_cli("compare", "runs/base", "runs/nope", cwd=runs)
+    assert missing.returncode == 2 and "'runs/nope' does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    typo = run_cli("compare", "runs/*", "--metric", "val/acc", cwd=runs)
+    assert typo.returncode == 2 and "Did you mean 'val/accuracy'" in typo.stderr
+
+
+def not_blank(png: Path, box: tuple[int, int, int, int] | None = None) -> bool:
+    """More than a handful of colours and of non-white pixels: something was drawn."""
+    image = Image.open(png).convert("RGB")
+    image = image.crop(box) if box else image
+    colours = image.getcolors(maxcolors=1 << 20) or []
+    drawn = sum(count for count, rgb in colours if rgb != (255, 255, 255))
+    return len(colours) > 20 and drawn > 0.01 * image.width * image.height
+
+
+def test_png_overlays_loss_metric_and_lr(runs):
+    report = compare_json(runs, "runs/base", "runs/slow", "--out", "cmp")
+    png = runs / report["files"]["png"]
+    assert png.name == "curves.png" and not_blank(png)
+    width, height = Image.open(png).size
+    assert width > 2 * height  # three panels side by side
+
+
+def test_html_report_renders_its_plots_in_headless_chromium(runs, chromium, tmp_path):  # noqa: F811
+    report = compare_json(runs, "runs/base", "runs/slow", "--out", "cmp")
+    page = runs / report["files"]["html"]
+    text = page.read_text()
+    assert not re.search(r"<script[^>]*\bsrc\s*=", text)  # self-contained: no script is fetched
+    assert len(text) > 3_000_000 and "plotly.js" in text  # the library itself is inlined
+    dom = chromium.dom(page)
+    assert dom.count('class="main-svg"') >= 2  # plotly drew its figure
+    assert dom.count('class="trace scatter') == 2 * 3  # two runs x (loss, val/accuracy, lr)
+    assert "<td>base</td>" in dom and "<td>0.001</td>" in dom
+    shot = chromium.screenshot(page, tmp_path / "report.png")
+    assert not_blank(shot, box=(0, 400, 1400, 1000))  # the plots' part of the page, not only the table
+
+
+def test_compare_reads_files_only_and_imports_no_torch(runs):
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from mlrun.commands.compare import run_compare\n"
+        "run_compare(['runs/*'], None, Path('cmp'), True)\n"
+        "assert 'torch' not in sys.modules, 'compare imported torch'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=runs, env=CLI_ENV)
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,218 @@
+"""`mlrun predict`: new tables and image folders through the run's own preprocessing; scores equal `mlrun eval`."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mlrun.prediction.outputs import prediction_tensor, records
+from tests.conftest import REPO, read_jsonl, run_cli, write_config
+
+WINE = REPO / "configs" / "data" / "wine_regions.csv"
+NEW_ROWS = 60  # of the 178 rows
+
+
+def split_csv(folder: Path) -> None:
+    """train.csv and new.csv: the new file is the run's validation split, so `mlrun eval` scores all of it."""
+    with WINE.open() as file:
+        rows = list(csv.reader(file))
+    body = rows[1:]  # sorted by class: every third row is new, so both files hold every class
+    new = [row for i, row in enumerate(body) if i % 3 == 0]
+    for name, part in (("train.csv", [row for i, row in enumerate(body) if i % 3]), ("new.csv", new)):
+        with (folder / name).open("w", newline="") as file:
+            csv.writer(file).writerows([rows[0], *part])
+
+
+def cli_json(folder: Path, *args) -> dict:
+    result = run_cli(*args, "--json", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("predict_table")
+    split_csv(folder)
+    config = {
+        "name": "wine",
+        "seed": 0,
+        "model": {"name": "mlp", "hidden_sizes": [32]},
+        "data": {"name": "csv", "path": "train.csv", "val_path": "new.csv", "target": "cultivar", "impute": "median"},
+        "metrics": ["accuracy", "f1"],
+        "optimizer": {"name": "adamw", "lr": 3e-3},
+        "train": {"epochs": 4, "eval_every": "1ep"},
+        "tracking": [{"name": "console", "plain": True}],
+    }
+    result = run_cli("train", write_config(folder, config), cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+def test_scores_on_a_labelled_csv_equal_mlrun_eval_on_the_same_rows(table_run):
+    evaluated = cli_json(table_run, "eval", "runs/wine")
+    predicted = cli_json(table_run, "predict", "runs/wine", "new.csv")
+    assert predicted["samples"] == evaluated["samples"] == NEW_ROWS
+    assert predicted["scores"] == {k.removeprefix("val/"): v for k, v in evaluated["metrics"].items()}
+    rows = predicted["predictions"]
+    hits = [row["prediction"] == row["label"] for row in rows]
+    assert np.mean(hits) == pytest.approx(predicted["scores"]["accuracy"])  # the rows are the scored ones
+
+
+def test_predictions_written_as_csv_and_json_lines(table_run):
+    result = run_cli("predict", "runs/wine", "new.csv", "--out", "out/p.csv", cwd=table_run)
+    assert result.returncode == 0, result.stderr
+    with (table_run / "out" / "p.csv").open() as file:
+        table = list(csv.DictReader(file))
+    assert list(table[0]) == ["row", "label", "prediction", "probability", "p_class_0", "p_class_1", "p_class_2"]
+    assert [int(row["row"]) for row in table] == list(range(1, NEW_ROWS + 1))
+    for row in table:
+        probabilities = [float(row[f"p_class_{i}"]) for i in range(3)]
+        assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+        assert row["prediction"] == f"class_{int(np.argmax(probabilities))}"
+    result = run_cli("predict", "runs/wine", "new.csv", "--out", "out/p.jsonl", cwd=table_run)
+    assert result.returncode == 0, result.stderr
+    lines = read_jsonl(table_run / "out" / "p.jsonl")
+    assert [line["prediction"] for line in lines] == [row["prediction"] for row in table]
+
+
+def test_unlabelled_rows_get_predictions_without_scores(table_run):
+    with (table_run / "new.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    with (table_run / "unlabelled.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=[k for k in rows[0] if k != "cultivar"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    report = cli_json(table_run, "predict", "runs/wine", "unlabelled.csv")
+    assert report["scores"] is None and len(report["predictions"]) == NEW_ROWS
+    assert "label" not in report["predictions"][0]
+
+
+def test_export_folder_predicts_like_its_run(table_run):
+    exported = run_cli("export", "runs/wine", "--format", "pt2", "--no-verify", cwd=table_run)
+    assert exported.returncode == 0, exported.stderr
+    from_run = cli_json(table_run, "predict", "runs/wine", "new.csv")
+    from_export = cli_json(table_run, "predict", "runs/wine/export/pt2-none", "new.csv")
+    assert [r["prediction"] for r in from_export["predictions"]] == [r["prediction"] for r in from_run["predictions"]]
+    assert from_export["scores"]["accuracy"] == from_run["scores"]["accuracy"]
+    assert from_export["scores"]["loss"] == pytest.approx(from_run["scores"]["loss"], rel=1e-5)
+
+
+def write_variant(folder: Path, name: str, change) -> str:
+    with (folder / "new.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    fields = list(rows[0])
+    fields, rows = change(fields, rows)
+    with (folder / name).open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return name
+
+
+def unseen_region(fields, rows):
+    rows[3]["region"] = "mountains"
+    return fields, rows
+
+
+def unknown_label(fields, rows):
+    rows[6]["cultivar"] = "class_9"
+    return fields, rows
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda f, r: ([x for x in f if x != "proline"], r), "column 'proline' is not in"),
+        (unseen_region, "column 'region' has 1 values the run never saw in training (data rows 4; first 'mountains'"),
+        (unknown_label, "labels the run has no class for (data rows 7; first 'class_9'"),
+    ],
+    ids=["missing-column", "unseen-category", "unknown-label"],
+)
+def test_bad_rows_exit_2_naming_the_row(table_run, change, message):
+    name = write_variant(table_run, f"bad-{abs(hash(message))}.csv", change)
+    result = run_cli("predict", "runs/wine", name, cwd=table_run)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_unknown_output_suffix_exits_2(table_run):
+    result = run_cli("predict", "runs/wine", "new.csv", "--out", "p.txt", cwd=table_run)
+    assert result.returncode == 2 and "should end in .csv or .jsonl" in result.stderr
+
+
+def draw_images(root: Path, per_class: int, seed: int, size: int = 8) -> None:
+    """Three classes told apart by which third of the image is bright, with noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for label in range(3):
+        (root / f"c{label}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 60, (size, size)).astype(np.uint8)
+            pixels[:, label * size // 3 : (label + 1) * size // 3] += 180
+            Image.fromarray(pixels, mode="L").save(root / f"c{label}" / f"{i:03d}.png")
+
+
+def test_image_folder_scores_equal_eval_and_other_sizes_exit_2(tmp_path):
+    draw_images(tmp_path / "train", 16, seed=0)
+    draw_images(tmp_path / "new", 5, seed=1)
+    config = {
+        "name": "pics",
+        "model": {"name": "cnn", "channels": [8]},
+        "data": {"name": "image_folder", "root": "train", "val_root": "new", "grayscale": True, "batch_size": 8},
+        "metrics": ["accuracy"],
+        "optimizer": {"name": "adamw", "lr": 1e-2},
+        "train": {"epochs": 3},
+        "tracking": [{"name": "console", "plain": True}],
+    }
+    assert run_cli("train", write_config(tmp_path, config), cwd=tmp_path).returncode == 0
+    evaluated = cli_json(tmp_path, "eval", "runs/pics")
+    predicted = cli_json(tmp_path, "predict", "runs/pics", "new")
+    assert predicted["scores"] == {k.removeprefix("val/"): v for k, v in evaluated["metrics"].items()}
+    assert {row["label"] for row in predicted["predictions"]} == {"c0", "c1", "c2"}
+    from PIL import Image
+
+    (tmp_path / "loose").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "loose" / "a.png")
+    Image.new("L", (10, 10)).save(tmp_path / "loose" / "b.png")
+    result = run_cli("predict", "runs/pics", "loose", cwd=tmp_path)
+    assert result.returncode == 2 and "'loose/b.png' is (1, 10, 10)" in result.stderr, result.stderr
+
+
+def test_model_outputs_of_any_shape_give_the_same_predictions():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0]])
+    expected = records(logits, "classification", ["a", "b", "c"])
+    assert [r["prediction"] for r in expected] == ["a", "b"]
+    for wrapped in ((logits, torch.zeros(2)), {"logits": logits, "hidden": torch.zeros(2, 5)}):
+        assert records(prediction_tensor(wrapped), "classification", ["a", "b", "c"]) == expected
+    values = records(torch.tensor([[1.5], [-2.0]]), "regression", None)
+    assert values == [{"prediction": 1.5}, {"prediction": -2.0}]
+
+
+def test_json_lines_texts_scored_like_eval_and_unlabelled_lines_predicted(tmp_path):
+    lines = (REPO / "configs" / "data" / "digits_ascii.jsonl").read_text().splitlines()
+    (tmp_path / "train.jsonl").write_text("\n".join(lines[:240]) + "\n")
+    (tmp_path / "new.jsonl").write_text("\n".join(lines[240:300]) + "\n")
+    unlabelled = [json.dumps({"text": json.loads(line)["text"]}) for line in lines[300:305]]
+    (tmp_path / "unlabelled.jsonl").write_text("\n\n".join(unlabelled) + "\n")  # blank lines are skipped
+    config = {
+        "name": "texts",
+        "model": {"name": "transformer_classifier", "dim": 16, "depth": 1, "heads": 2},
+        "data": {"name": "jsonl_text", "path": "train.jsonl", "val_path": "new.jsonl", "tokenizer": "char"},
+        "metrics": ["accuracy"],
+        "train": {"epochs": 1},
+        "tracking": [{"name": "console", "plain": True}],
+    }
+    data = config["data"]
+    data["max_length"], data["batch_size"] = 72, 32
+    assert run_cli("train", write_config(tmp_path, config), cwd=tmp_path).returncode == 0
+    evaluated = cli_json(tmp_path, "eval", "runs/texts")
+    predicted = cli_json(tmp_path, "predict", "runs/texts", "new.jsonl")
+    assert predicted["scores"] == {k.removeprefix("val/"): v for k, v in evaluated["metrics"].items()}
+    plain = cli_json(tmp_path, "predict", "runs/texts", "unlabelled.jsonl")
+    assert plain["scores"] is None and [row["line"] for row in plain["predictions"]] == [1, 3, 5, 7, 9]
