@@ -48,8 +48,10 @@ def test_list_json_has_every_kind(tmp_path):
         "schedulers",
         "techniques",
         "trackers",
+        "objectives",
     }
-    assert {"mlp", "cnn", "resnet", "transformer_classifier", "gpt"} <= set(entries["models"])
+    assert {"mlp", "cnn", "resnet", "transformer_classifier", "gpt", "transformers"} <= set(entries["models"])
+    assert {"supervised", "causal_lm", "model_loss"} <= set(entries["objectives"])
 
 
 def test_list_unknown_kind_suggests(tmp_path):

@@ -51,7 +51,23 @@ def _component_schema(
         }
         root_defs.update(settings.get("$defs", {}))  # refs point at the root's $defs
         variants.append(variant)
+    # Your own code ("package.module:function"): its settings are checked against its signature when
+    # the config loads, which a static schema cannot know.
+    user_code = {"type": "string", "pattern": USER_CODE}
+    variants.append(user_code)
+    variants.append(
+        {
+            "type": "object",
+            "properties": {"name": user_code, **common},
+            "required": ["name"],
+            "additionalProperties": True,
+            "description": "your own factory, 'package.module:function'",
+        }
+    )
     return {"description": generic.get("description", ""), "anyOf": variants}
+
+
+USER_CODE = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
 
 
 def run_schema(out: Path | None) -> None:
