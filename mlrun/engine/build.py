@@ -48,6 +48,7 @@ class Components:
     trackers: list[Tracker]
     plan: StepPlan
     augment: Augmentations | None = None
+    init_report: dict | None = None  # what init_from loaded (None without init_from, or when not applied)
 
 
 def seed_everything(seed: int) -> None:
@@ -67,7 +68,8 @@ def build(spec: ComponentSpec, *runtime):
         raise UsageError(f"{registry.kind[:-1]} '{spec.name}': {exc}") from None
 
 
-def build_components(config: ExperimentConfig, num_processes: int = 1) -> Components:
+def build_components(config: ExperimentConfig, num_processes: int = 1, init_weights: bool = True) -> Components:
+    """Every component of `config`; `init_weights=False` skips init_from (a resume, or reloading a trained run)."""
     if config.data.batch_size == "auto":
         from mlrun.engine.autobatch import resolve_batch_size
 
@@ -76,6 +78,12 @@ def build_components(config: ExperimentConfig, num_processes: int = 1) -> Compon
     bundle = build_data(config.data, config.seed)
     plan = plan_steps(len(bundle.train), config.data, config.train, num_processes)
     model = build(config.model, bundle.meta)
+    init_report = None
+    if config.init_from is not None and init_weights:
+        from mlrun.engine.init_from import load_pretrained
+
+        # Before techniques (LoRA renames keys, freeze reads names) and before the optimizer copies nothing.
+        init_report = load_pretrained(model, config.init_from)
     callbacks = [cb for spec in config.techniques if (cb := build(spec, model)) is not None]
     optimizer = build(config.optimizer, model)
     for callback in callbacks:
@@ -99,6 +107,7 @@ def build_components(config: ExperimentConfig, num_processes: int = 1) -> Compon
         trackers=build_trackers(config),
         plan=plan,
         augment=augment,
+        init_report=init_report,
     )
 
 

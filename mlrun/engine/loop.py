@@ -97,7 +97,8 @@ class TrainingLoop:
             accelerator, self.optimizer, self.direct
         )
         # Collected once: model.parameters() walks every module, which costs more than a tiny model's step.
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # All of them: gradual unfreezing releases parameters later; clipping skips those without a grad.
+        self.params = list(self.model.parameters())
         for callback in self.callbacks:
             callback.on_train_start(self.model)
         # Everything a resume needs beyond model/optimizer/scaler/RNG, which Accelerate saves itself.
@@ -150,6 +151,8 @@ class TrainingLoop:
         self.sampler.set_epoch(self.state.epoch)
         # The sampler counts global batches; each process has consumed batch_in_epoch of every n.
         self.sampler.start_at(self.state.batch_in_epoch * self.accelerator.num_processes)
+        for callback in self.callbacks:
+            callback.on_epoch_start(self.model, self.state)
         batches = iter(self.loader)
         while (batch := self._next_batch(batches)) is not None:
             self._micro_step(*batch)

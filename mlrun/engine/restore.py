@@ -49,7 +49,7 @@ def load_trained(run_dir: Path, checkpoint: str = "final", overrides: list[str] 
         raise UsageError(f"'{run_dir}' is not a run directory (no config.yaml); pass runs/<name>")
     weights = resolve_weights(run_dir, checkpoint)
     with run_transform(run_dir):  # inputs prepared as in training, also for data given by overrides
-        parts = build_components(load_config(config_path, overrides))
+        parts = build_components(load_config(config_path, overrides), init_weights=False)  # weights come next
     missing, unexpected = load_model(parts.model, str(weights), strict=False)
     if missing or unexpected:
         raise UsageError(

@@ -41,7 +41,8 @@ def run_training(
         config = load_config(run_dir / "config.yaml")
     # A resumed run goes on with the preprocessing its weights were trained under, even if files changed.
     with run_transform(run_dir) if resume_from is not None else contextlib.nullcontext():
-        parts = build_components(config, accelerator.num_processes)
+        # A resume continues the run: its checkpoint holds the weights, init_from is not read again.
+        parts = build_components(config, accelerator.num_processes, init_weights=resume_from is None)
     config = parts.config  # data.batch_size: auto resolved to a number, written so reruns are exact
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -52,6 +53,7 @@ def run_training(
             accelerator.num_processes, str(accelerator.device), config.train.precision, effective_batch, prints
         )
         info["resumed_from"] = str(resume_from) if resume_from else None
+        info["init_from"] = parts.init_report if resume_from is None else previous_init(run_dir)
         info["data_cleaning"] = parts.bundle.cleaning
         info["num_workers"] = resolve_workers(config.data, parts.bundle.train)
         if parts.bundle.transform is not None:  # the fitted preprocessing, for eval and export
@@ -78,6 +80,14 @@ def run_training(
             write_json(run_dir / "summary.json", summary)
         for tracker in parts.trackers:
             tracker.finish(summary)
+
+
+def previous_init(run_dir: Path) -> dict | None:
+    """The init_from report of the run's first start (a resume keeps it in manifest.json)."""
+    import json
+
+    path = run_dir / "manifest.json"
+    return json.loads(path.read_text()).get("init_from") if path.is_file() else None
 
 
 def decide_resume(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | None, bool]:
