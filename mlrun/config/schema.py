@@ -110,8 +110,28 @@ class MetricSpec(ComponentSpec):
     registry_kind = "metrics"
 
 
+class ParamGroupRule(Section):
+    """Parameters matched by name get their own learning-rate scale and weight decay."""
+
+    match: Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)]
+    """Glob pattern(s) of parameter names, e.g. 'backbone.*' or ['blocks.0.*', 'embed.*']; the first rule that
+    matches a parameter wins."""
+    lr_scale: Annotated[float, Field(ge=0.0)] = 1.0
+    """Multiplies optimizer.lr for these parameters (the schedule scales every group alike)."""
+    weight_decay: Annotated[float, Field(ge=0.0)] | None = None
+    """Weight decay of the matched weight matrices (biases and norm weights stay undecayed); default optimizer's."""
+
+
 class OptimizerSpec(ComponentSpec):
+    """The optimizer (`name` + its settings) and how its parameters are grouped."""
+
     registry_kind = "optimizers"
+
+    param_groups: list[ParamGroupRule] = []
+    """Per-pattern learning-rate scale and weight decay, e.g. [{match: 'blocks.*', lr_scale: 0.1}]."""
+    layer_decay: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    """Layer-wise lr decay for models with `blocks`: the head keeps lr, block i gets lr * layer_decay^(n - i),
+    embeddings lr * layer_decay^(n + 1); multiplies with param_groups' lr_scale."""
 
 
 class TechniqueSpec(ComponentSpec):

@@ -21,6 +21,7 @@ from mlrun.data.augment import Augmentations
 from mlrun.data.bundle import DataMeta, DatasetBundle
 from mlrun.errors import UsageError
 from mlrun.metrics import Metric
+from mlrun.optim.param_groups import regroup
 from mlrun.optim.schedulers import LRSchedule
 from mlrun.registry import REGISTRIES, trackers
 from mlrun.tracking.base import Tracker
@@ -86,6 +87,7 @@ def build_components(config: ExperimentConfig, num_processes: int = 1, init_weig
         init_report = load_pretrained(model, config.init_from)
     callbacks = [cb for spec in config.techniques if (cb := build(spec, model)) is not None]
     optimizer = build(config.optimizer, model)
+    regroup(optimizer, model, config.optimizer)  # optimizer.param_groups rules and layer_decay
     for callback in callbacks:
         optimizer = callback.wrap_optimizer(optimizer)
     check_in_backward(config)

@@ -50,7 +50,8 @@ class LRSchedule:
             self._apply()
 
     def last_lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        """The largest group's lr (groups with an lr_scale or layer decay run below it)."""
+        return max(group["lr"] for group in self.optimizer.param_groups)
 
     def _apply(self) -> None:
         factor = self.multiplier(self.step_count)
