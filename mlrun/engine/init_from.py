@@ -158,7 +158,7 @@ def load_pretrained(model: nn.Module, spec: InitFrom) -> dict[str, Any]:
     loaded_elements = sum(p.numel() for p in model.parameters() if id(p) in loaded_ids)
     fraction = loaded_elements / total if total else 0.0
     full = {"source": str(path), "loaded": sorted(to_load), "loaded_fraction": round(fraction, 4), **report}
-    print(f"mlrun: init_from: {describe(full)}", flush=True)
+    print(f"mlrun: init_from: {describe(full)}", file=sys.stderr, flush=True)  # stdout may be --json
     if fraction < spec.warn_below:
         print(
             f"mlrun: warning: init_from loaded only {fraction:.0%} of the model's parameters from {path}; "

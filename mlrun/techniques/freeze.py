@@ -14,6 +14,7 @@ until they are released. The stage follows the loop's epoch or step, so a resume
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -97,7 +98,11 @@ def freeze(
     frozen = [params[n] for n in names if n in chosen]
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)
     count = sum(p.numel() for p in frozen)
-    print(f"mlrun: freeze: {count:,} of {total:,} trainable parameters frozen ({len(frozen)} tensors)", flush=True)
+    print(
+        f"mlrun: freeze: {count:,} of {total:,} trainable parameters frozen ({len(frozen)} tensors)",
+        file=sys.stderr,
+        flush=True,
+    )
     if unfreeze_every is None:
         for param in frozen:
             param.requires_grad_(False)  # before the optimizer is built: it leaves them out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import sys
 from typing import Annotated
 
 from pydantic import Field, PositiveFloat, PositiveInt
@@ -106,6 +107,7 @@ def lora(
     print(
         f"mlrun: lora: r={r} on {len(targets)} layers; {count:,} trainable parameters of "
         f"{total:,} ({count / total:.2%} of the base model)",
+        file=sys.stderr,  # build-time notes stay off stdout, which may carry --json
         flush=True,
     )
     return None
