@@ -336,3 +336,37 @@ def test_lora_on_gpt_adapts_the_blocks_and_leaves_tied_embeddings_frozen(tmp_pat
     # qkv, proj and the two MLP linears of each block; never the tied lm_head.
     assert len(trainable) == 2 * 4 * 2
     assert not parts.model.lm_head.weight.requires_grad
+
+
+# --- data and library models ----------------------------------------------------------------------
+
+
+def test_digits_can_keep_some_classes_and_few_training_images_per_class():
+    from mlrun.data.sklearn_sets import digits
+    from mlrun.errors import UsageError
+
+    bundle = digits(0, as_image=True, classes=[5, 6, 7, 8, 9], train_per_class=10)
+    assert bundle.meta.num_classes == 5 and bundle.meta.input_shape == (1, 8, 8)
+    assert torch.bincount(bundle.train.targets).tolist() == [10] * 5
+    assert sorted(bundle.val.targets.unique().tolist()) == [0, 1, 2, 3, 4] and len(bundle.val) == 180
+    full = digits(0, as_image=True)
+    fives = torch.cat([split.inputs[split.targets == 5] for split in (full.train, full.val)]).flatten(1)
+    relabelled = bundle.val.inputs[bundle.val.targets == 0].flatten(1)
+    assert all((fives == x).all(dim=1).any() for x in relabelled)  # label 0 holds the fives
+    with pytest.raises(UsageError, match="data.classes"):
+        digits(0, classes=[5, 10])
+    with pytest.raises(UsageError, match="train_per_class"):
+        digits(0, classes=[0, 1], train_per_class=500)
+
+
+@pytest.mark.parametrize("library", ["timm", "torchvision"])
+def test_library_models_build_or_say_why_not(tmp_path, library):
+    data = {"name": "synthetic", "task": "images", "num_samples": 32, "image_size": 32, "channels": 3, "batch_size": 8}
+    config = tiny_config(name=library, model={"name": library, "arch": "resnet18"}, data=data)
+    result = run_cli("validate", write_config(tmp_path, config), cwd=tmp_path)
+    try:
+        __import__(library)
+    except Exception:
+        assert result.returncode == 2 and f"model '{library}' needs the {library} package" in result.stderr
+        pytest.skip(f"{library} cannot be imported here; the model entry says so with exit 2")
+    assert result.returncode == 0, result.stderr

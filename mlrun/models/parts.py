@@ -18,9 +18,9 @@ from mlrun.errors import UsageError
 HEAD_NAMES = ("head", "classifier", "score", "lm_head", "fc")
 
 
-def declared_blocks(model: nn.Module) -> nn.ModuleList:
+def declared_blocks(model: nn.Module) -> nn.ModuleList | nn.Sequential:
     blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, nn.ModuleList):
+    if not isinstance(blocks, (nn.ModuleList, nn.Sequential)):  # timm's ViTs keep an nn.Sequential
         raise UsageError(
             f"technique needs the model's repeated blocks, but {type(model).__name__} has no `blocks` ModuleList; "
             "keep the repeated layers of your model in self.blocks"
