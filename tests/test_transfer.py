@@ -228,7 +228,7 @@ def test_gradual_unfreeze_finetune_resumes_bit_identical_after_sigkill_without_r
 
 
 def test_param_group_rules_and_layer_decay_scale_each_group_through_the_schedule(tmp_path):
-    data = {"name": "synthetic", "task": "tokens", "num_samples": 64, "vocab_size": 16, "seq_len": 8, "batch_size": 8}
+    data = {"name": "synthetic", "num_samples": 64, "num_features": 8, "batch_size": 8}  # one token per feature
     model = {"name": "transformer_classifier", "dim": 16, "depth": 2, "heads": 2}
     config = tiny_config(name="groups", data=data, model=model, metrics=[])
     config["optimizer"] = {

@@ -1,7 +1,8 @@
 """`jsonl_text`: text classification from JSON Lines, one `{"text": ..., "label": ...}` per line.
 
-Texts become fixed-length rows of token ids (truncated or padded with 0); labels may be strings or
-numbers and become class ids in sorted order of the training labels.
+Texts become fixed-length rows of token ids (truncated or padded) with an attention mask; batches are
+named tensors `{"input_ids", "attention_mask", "labels"}`, as transformers models take them. Labels
+may be strings or numbers and become class ids in sorted order of the training labels.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import torch
 from pydantic import PositiveInt
 
 from mlrun.data.arrays import bundle_from_arrays
-from mlrun.data.bundle import DatasetBundle
+from mlrun.data.batch import TARGET_KEY
+from mlrun.data.bundle import ArrayDataset, DatasetBundle, TensorDictDataset
 from mlrun.data.splits import ValFraction, resolve_files, split_indices
 from mlrun.data.tokenize import encode_padded, make_tokenizer
 from mlrun.errors import UsageError
@@ -48,6 +50,20 @@ def read_jsonl(path: str, key: str, text_field: str, label_field: str) -> tuple[
     return texts, np.array(labels)
 
 
+def keep_classes(records: tuple[list[str], np.ndarray], classes: list | None) -> tuple[list[str], np.ndarray]:
+    """The records whose label is one of `classes` (all when None); class ids then follow sorted labels."""
+    if classes is None:
+        return records
+    texts, labels = records
+    wanted = {str(c) for c in classes}
+    keep = [i for i, label in enumerate(labels) if str(label) in wanted]
+    missing = wanted - {str(labels[i]) for i in keep}
+    if missing or len(wanted) < 2:
+        found = sorted({str(label) for label in labels})
+        raise UsageError(f"data.classes: {classes} must be two or more labels of the data (labels: {', '.join(found)})")
+    return [texts[i] for i in keep], labels[keep]
+
+
 def _key(field: str, text_field: str) -> str:
     return "text_field" if field == text_field else "label_field"
 
@@ -70,19 +86,32 @@ def text_bundle(
         val = [texts[i] for i in val_idx], labels[val_idx]
         texts, labels = [texts[i] for i in train_idx], labels[train_idx]
     encoder = make_tokenizer(tokenizer, texts, "data.tokenizer", pad=True)
+    train_ids, train_mask = encode_padded(encoder, texts, max_length)
+    val_ids, val_mask = encode_padded(encoder, val[0], max_length)
+    pad_id = getattr(encoder, "pad_id", 0)
     bundle = bundle_from_arrays(
-        encode_padded(encoder, texts, max_length),
+        train_ids,
         labels,
         seed,
         val_fraction=val_fraction,
         task="classification",
         where=where,
-        val=(encode_padded(encoder, val[0], max_length), val[1]),
-        preprocessing={"tokenizer": encoder.describe(), "max_length": max_length, "pad_id": 0},
+        val=(val_ids, val[1]),
+        preprocessing={"tokenizer": encoder.describe(), "max_length": max_length, "pad_id": pad_id},
         dtype=torch.long,
     )
-    bundle.meta = dataclasses.replace(bundle.meta, vocab_size=encoder.vocab_size, seq_len=max_length)
+    bundle.train = _named(bundle.train, train_mask)
+    bundle.val = _named(bundle.val, val_mask)
+    bundle.meta = dataclasses.replace(
+        bundle.meta, vocab_size=encoder.vocab_size, seq_len=max_length, input_names=("input_ids", "attention_mask")
+    )
     return bundle
+
+
+def _named(split: ArrayDataset, mask: np.ndarray) -> TensorDictDataset:
+    return TensorDictDataset(
+        {"input_ids": split.inputs, "attention_mask": torch.as_tensor(mask), TARGET_KEY: split.targets}
+    )
 
 
 @datasets.register("jsonl_text")
@@ -97,6 +126,7 @@ def jsonl_text(
     label_field: str = "label",
     tokenizer: str = "byte",
     max_length: PositiveInt = 128,
+    classes: list[str | int] | None = None,
 ) -> DatasetBundle:
     """Text classification from a JSON Lines file of {"text": ..., "label": ...} records.
 
@@ -106,11 +136,12 @@ def jsonl_text(
         val_fraction: share of records held out for validation (stratified by label).
         text_field: the field holding the text.
         label_field: the field holding the label (string or number).
-        tokenizer: byte (UTF-8 bytes), char (alphabet of the training texts) or a tokenizers tokenizer.json path.
+        tokenizer: byte (UTF-8), char (training alphabet), a tokenizer.json path or a transformers tokenizer folder.
         max_length: tokens per sample; longer texts are truncated, shorter ones padded with id 0.
+        classes: keep only records with these labels (compared as text), e.g. [5, 6, 7, 8, 9].
     """
-    texts, labels = read_jsonl(path, "data.path", text_field, label_field)
-    val = read_jsonl(val_path, "data.val_path", text_field, label_field) if val_path else None
+    texts, labels = keep_classes(read_jsonl(path, "data.path", text_field, label_field), classes)
+    val = keep_classes(read_jsonl(val_path, "data.val_path", text_field, label_field), classes) if val_path else None
     where = f"data.path ('{Path(path)}')"
     return text_bundle(
         texts, labels, seed, val=val, val_fraction=val_fraction, tokenizer=tokenizer, max_length=max_length, where=where
