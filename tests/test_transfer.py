@@ -303,7 +303,10 @@ def test_lora_run_resumes_bit_identical_after_sigkill_and_exports_merged(tmp_pat
     assert info["lora"]["merged_layers"] == 2
     assert info["lora"]["merged_vs_adapted"]["max_abs_diff"] < 1e-5
     assert info["verification"]["max_abs_diff"] < 1e-5  # the reloaded file against the adapted model
-    exported = load_file(run / "export" / "safetensors-none" / "model.safetensors")
+    exported = {  # the export wraps the model (InferenceModule): its keys sit under 'model.'
+        k.removeprefix("model."): v
+        for k, v in load_file(run / "export" / "safetensors-none" / "model.safetensors").items()
+    }
     assert set(exported) == {
         "blocks.0.0.weight",
         "blocks.0.0.bias",
@@ -370,3 +373,61 @@ def test_library_models_build_or_say_why_not(tmp_path, library):
         assert result.returncode == 2 and f"model '{library}' needs the {library} package" in result.stderr
         pytest.skip(f"{library} cannot be imported here; the model entry says so with exit 2")
     assert result.returncode == 0, result.stderr
+
+
+def test_lora_on_a_save_pretrained_bert_trains_and_exports_merged(tmp_path):
+    pytest.importorskip("transformers")
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    made = subprocess.run(
+        [sys.executable, REPO / "scripts" / "make_tiny_hf.py", "--kind", "bert", "--out", tmp_path / "bert"],
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stderr
+    config = tiny_config(
+        name="bert_lora",
+        model={"name": "transformers", "path": "bert", "task": "sequence_classification"},
+        data={"name": "jsonl_text", "path": str(REPO / "configs/data/digits_ascii.jsonl"), "tokenizer": "bert"},
+        techniques=[{"name": "lora", "r": 2, "target_modules": ["query", "value"], "trainable": ["classifier.*"]}],
+    )
+    config["data"].update(max_length=74, batch_size=16, classes=[0, 1, 2])
+    config["train"] = {"max_steps": 3, "log_every": "3st", "eval_every": "3st"}
+    result, run = train(tmp_path, config)
+    assert result.returncode == 0, result.stderr
+    assert "lora: r=2 on 4 layers" in result.stderr  # query and value of 2 layers
+    saved = weights(run)
+    assert "bert.encoder.layer.0.attention.self.query.lora_A.default.weight" in saved
+    result = run_cli("export", run, "--format", "safetensors", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["lora"]["merged_layers"] == 4 and info["lora"]["merged_vs_adapted"]["max_abs_diff"] < 1e-5
+    assert info["verification"]["max_abs_diff"] < 1e-5
+
+
+def header_commands(config: Path) -> list[str]:
+    """The `mlrun train ...` lines of a shipped config's header comment: how its source is made."""
+    return [line.lstrip("# ").strip() for line in config.read_text().splitlines() if line.startswith("#   mlrun train")]
+
+
+@pytest.mark.parametrize(
+    "name", ["finetune_digits_cnn.yaml", "finetune_digits_cnn_gradual.yaml", "finetune_text_lora.yaml"]
+)
+def test_finetune_configs_run_after_the_command_in_their_header(tmp_path, name):
+    import shlex
+
+    from tests.conftest import REPO
+
+    config = REPO / "configs" / name
+    (command,) = header_commands(config)
+    words = shlex.split(command)[1:]  # drop "mlrun"
+    workdir = tmp_path / "clone"
+    shutil.copytree(REPO / "configs", workdir / "configs")  # a fresh clone's layout: runs/ made here
+    result = run_cli(*words, "train.max_steps=2", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    result = run_cli("train", workdir / "configs" / name, "train.max_steps=4", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "init_from: loaded" in result.stderr

@@ -39,7 +39,8 @@ def regroup(optimizer: torch.optim.Optimizer, model: nn.Module, spec: OptimizerS
     names = {id(p): n for n, p in model.named_parameters()}
     in_optimizer = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
     for index, rule in enumerate(spec.param_groups):
-        check_patterns(in_optimizer, rule.match, f"optimizer.param_groups[{index}].match")
+        # Frozen parameters are not in the optimizer, so a rule naming only them is a mistake too.
+        check_patterns(in_optimizer, rule.match, f"optimizer.param_groups[{index}].match (trainable parameters)")
     depth = layer_depths(model) if spec.layer_decay is not None else {}
     top = max(depth.values(), default=0)
     split: dict[tuple, dict] = {}
