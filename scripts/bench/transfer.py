@@ -84,10 +84,11 @@ def cnn_part(work: Path, seeds: int, source_epochs: int, steps: int) -> dict:
     return out
 
 
-def lora_part(work: Path, source_steps: int, steps: int) -> dict:
+def lora_part(work: Path, source_steps: int, steps: int, existing_source: str | None) -> dict:
     start = time.time()
-    mlrun("train", *TEXT_SOURCE, f"output_dir={work}", f"train.max_steps={source_steps}")
-    source = f"init_from.run={work}/text_digits_0to4"
+    if existing_source is None:
+        mlrun("train", *TEXT_SOURCE, f"output_dir={work}", f"train.max_steps={source_steps}")
+    source = f"init_from.run={existing_source or work / 'text_digits_0to4'}"
     arms = {"lora": [], "full": ["techniques=[]"]}
     rows = {}
     for arm, extra in arms.items():
@@ -161,6 +162,7 @@ def main() -> None:
     parser.add_argument("--cnn-steps", type=int, default=30)
     parser.add_argument("--text-source-steps", type=int, default=300)
     parser.add_argument("--lora-steps", type=int, default=150)
+    parser.add_argument("--text-source", help="an existing run of the BERT source command (skips making it)")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,7 +170,7 @@ def main() -> None:
         if args.part in ("cnn", "all"):
             results["cnn"] = cnn_part(work, args.seeds, args.cnn_source_epochs, args.cnn_steps)
         if args.part in ("lora", "all"):
-            results["lora"] = lora_part(work, args.text_source_steps, args.lora_steps)
+            results["lora"] = lora_part(work, args.text_source_steps, args.lora_steps, args.text_source)
     print(json.dumps({"bench": "transfer", **results}))
 
 
