@@ -115,3 +115,34 @@ def slow_data(seed: int, /, *, sleep_s: float = 0.02):
     bundle = synthetic(seed, num_samples=640, num_features=16)
     bundle.train = _SlowArrays(bundle.train.inputs, bundle.train.targets, sleep_s)
     return bundle
+
+
+def kill_at_step(model: nn.Module, /, *, step: int, armed_file: str):
+    """Test technique: dies by SIGKILL after optimizer step `step` while `armed_file` exists, removing it
+    first (so the killed run and its resume have the same config, and the resume runs through)."""
+    from pathlib import Path
+
+    from mlrun.callbacks import Callback
+
+    class KillAtStep(Callback):
+        def on_step_end(self, model, state) -> None:
+            if state.step == step and Path(armed_file).exists():
+                Path(armed_file).unlink()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return KillAtStep()
+
+
+def count_steps(model: nn.Module, /, *, count_file: str):
+    """Test technique: writes how many optimizer steps it has seen (on_step_end calls) to `count_file`."""
+    from mlrun.callbacks import Callback
+
+    class CountSteps(Callback):
+        seen = 0
+
+        def on_step_end(self, model, state) -> None:
+            self.seen += 1
+            with open(count_file, "w") as file:
+                file.write(str(self.seen))
+
+    return CountSteps()

@@ -21,7 +21,7 @@ def run_eval(run_dir: Path, checkpoint: str, overrides: list[str], json_output: 
     parts = trained.parts
     accelerator = Accelerator(rng_types=[])
     model, loader = accelerator.prepare(parts.model, eval_loader(parts.bundle.val, parts.config.data, False))
-    results = evaluate(accelerator, model, loader, parts.loss_fn, parts.metrics)
+    results = evaluate(accelerator, model, loader, parts.objective, parts.metrics)
     report = {
         "run_dir": str(run_dir),
         "weights": str(trained.weights),
