@@ -19,6 +19,9 @@ class Callback:
     def on_train_start(self, model: nn.Module) -> None:
         """After the model is prepared (on its device) and before any resume."""
 
+    def on_epoch_start(self, model: nn.Module, state: Any) -> None:
+        """Before the first batch of each epoch, also of the epoch a resume continues."""
+
     def on_step_end(self, model: nn.Module, state: Any) -> None:
         """After each optimizer step."""
 

@@ -52,7 +52,11 @@ def run_export(
     folder = out or run_dir / "export" / export_folder_name(fmt, quantize, checkpoint)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    info = write_artifact(trained, fmt, quantize, folder, calibration_batches)
+    merged, lora = merged_for_export(trained)
+    info = write_artifact(trained, fmt, quantize, folder, calibration_batches, model=merged)
+    if lora:
+        info["lora"] = lora
+        info["notes"].append(f"LoRA adapters merged in fp32 into {lora['merged_layers']} layers")
     (folder / "export.json").write_text(json.dumps(info, indent=2) + "\n")  # the reload below reads it
     if verify:
         info["verification"] = verify_artifact(trained, fmt, folder, info)
@@ -91,7 +95,33 @@ def slower_than_fp32(info: dict) -> str | None:
     )
 
 
-def write_artifact(trained, fmt: str, quantize: str, folder: Path, calibration_batches: int) -> dict:
+def merged_for_export(trained):
+    """(the model to write, LoRA merge figures or None): adapters folded into plain layers in fp32.
+
+    The adapted model stays as it is: verification compares the exported (merged) file with it.
+    """
+    import torch
+
+    from mlrun.techniques.lora import has_adapters, merge_adapters
+
+    adapted = trained.parts.model
+    if not has_adapters(adapted):
+        return adapted, None
+    from mlrun.export.signature import InferenceModule
+    from mlrun.export.verify import agreement, batches
+
+    meta = trained.parts.bundle.meta
+    merged = copy.deepcopy(adapted)
+    count = merge_adapters(merged)
+    merged.eval()
+    inputs = next(batches(trained.parts.bundle.val, 256, meta))[0]
+    with torch.inference_mode():
+        figures = agreement(InferenceModule(adapted, meta), InferenceModule(merged, meta), inputs)
+    return merged, {"merged_layers": count, "merged_vs_adapted": figures}
+
+
+def write_artifact(trained, fmt: str, quantize: str, folder: Path, calibration_batches: int, model=None) -> dict:
+    """Write `model` (default the run's model) in `fmt`; returns export.json's fields."""
     import torch
 
     from mlrun.export import formats
@@ -101,7 +131,7 @@ def write_artifact(trained, fmt: str, quantize: str, folder: Path, calibration_b
 
     parts = trained.parts
     val, meta = parts.bundle.val, parts.bundle.meta
-    model, names = InferenceModule(parts.model, meta), input_names(meta)
+    model, names = InferenceModule(parts.model if model is None else model, meta), input_names(meta)
     example = next(batches(val, min(8, len(val)), meta))[0]  # batch >= 2 so export keeps the batch dimension dynamic
     calibration = None
     if quantize == "int8-static":
@@ -225,3 +255,9 @@ def print_report(info: dict, folder: Path) -> None:
         f"{v['latency_ms_b1']:>7.3f} {v['latency_ms_b64']:>7.3f} {v['speedup_b64']:>11.2f}"
     )
     print(f"  outputs vs fp32: max abs diff {v['max_abs_diff']:.3g}, class agreement {v['class_agreement']:.4f}")
+    if info.get("lora"):
+        lora = info["lora"]["merged_vs_adapted"]
+        print(
+            f"  LoRA merged vs adapted: max abs diff {lora['max_abs_diff']:.3g}, "
+            f"class agreement {lora['class_agreement']:.4f}"
+        )

@@ -30,3 +30,18 @@ def run_validate(path: Path, overrides: list[str], print_config: bool) -> None:
         f"{parts.plan.steps_per_epoch} steps/epoch, {parts.plan.total_steps} optimizer steps; "
         "one batch ran forward and backward"
     )
+    if print_config:
+        print_param_groups(parts)
+
+
+def print_param_groups(parts) -> None:
+    """The optimizer's groups: what trains at which peak lr and weight decay."""
+    from mlrun.optim.param_groups import describe_groups
+
+    rows = describe_groups(parts.optimizer, parts.schedule.base_lrs)
+    trainable = sum(row.parameters for row in rows)
+    total = sum(p.numel() for p in parts.model.parameters())
+    print(f"optimizer groups ({trainable:,} of {total:,} parameters train):")
+    print(f"  {'group':<40} {'tensors':>7} {'parameters':>11} {'peak lr':>10} {'weight decay':>12}")
+    for row in rows:
+        print(f"  {row.name:<40} {row.tensors:>7} {row.parameters:>11,} {row.lr:>10.3g} {row.weight_decay:>12.3g}")

@@ -110,8 +110,28 @@ class MetricSpec(ComponentSpec):
     registry_kind = "metrics"
 
 
+class ParamGroupRule(Section):
+    """Parameters matched by name get their own learning-rate scale and weight decay."""
+
+    match: Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)]
+    """Glob pattern(s) of parameter names, e.g. 'backbone.*' or ['blocks.0.*', 'embed.*']; the first rule that
+    matches a parameter wins."""
+    lr_scale: Annotated[float, Field(ge=0.0)] = 1.0
+    """Multiplies optimizer.lr for these parameters (the schedule scales every group alike)."""
+    weight_decay: Annotated[float, Field(ge=0.0)] | None = None
+    """Weight decay of the matched weight matrices (biases and norm weights stay undecayed); default optimizer's."""
+
+
 class OptimizerSpec(ComponentSpec):
+    """The optimizer (`name` + its settings) and how its parameters are grouped."""
+
     registry_kind = "optimizers"
+
+    param_groups: list[ParamGroupRule] = []
+    """Per-pattern learning-rate scale and weight decay, e.g. [{match: 'blocks.*', lr_scale: 0.1}]."""
+    layer_decay: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    """Layer-wise lr decay for models with `blocks`: the head keeps lr, block i gets lr * layer_decay^(n - i),
+    embeddings lr * layer_decay^(n + 1); multiplies with param_groups' lr_scale."""
 
 
 class TechniqueSpec(ComponentSpec):
@@ -232,6 +252,40 @@ class TrainConfig(Section):
     def _has_a_length(self) -> TrainConfig:
         if self.epochs is None and self.max_steps is None:
             raise ValueError("set train.epochs or train.max_steps (or both)")
+        return self
+
+
+def _weights_path(value: Any) -> Any:
+    """A bare string is the path of a weights file or folder."""
+    return {"path": value} if isinstance(value, str) else value
+
+
+class InitFrom(Section):
+    """Pretrained weights copied into the model before training (not on resume: a resume continues the run)."""
+
+    run: str | None = None
+    """An mlrun run directory to take weights from (with `checkpoint`)."""
+    checkpoint: str = "final"
+    """With `run`: final (model.safetensors) | best (best.safetensors) | latest | step-N (checkpoints/step-N)."""
+    path: str | None = None
+    """Instead of `run`: a .safetensors file, a .pt/.pth/.bin file (loaded with weights_only) or a folder
+    written by save_pretrained (model.safetensors, pytorch_model.bin or their shards)."""
+    exclude: list[str] = []
+    """Glob patterns of the model's keys left as freshly initialised, e.g. ['head.*'] for a new head."""
+    prefix: dict[str, str] = {}
+    """Renaming of source keys before matching: {source prefix: model prefix}, e.g. {'bert.': 'encoder.'}."""
+    warn_below: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    """Warn when less than this share of the model's parameter elements was loaded."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_path(cls, value: Any) -> Any:
+        return _weights_path(value)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InitFrom:
+        if (self.run is None) == (self.path is None):
+            raise ValueError("init_from needs exactly one of `run` (an mlrun run directory) or `path`")
         return self
 
 
@@ -377,6 +431,8 @@ class ExperimentConfig(Section):
     (the loss the model returns)."""
     metrics: list[MetricSpec] = []
     """Metrics computed at each evaluation, logged as val/<name>."""
+    init_from: InitFrom | None = None
+    """Pretrained start: {run: runs/x, checkpoint: best} | a .safetensors/.pt file | a save_pretrained folder."""
     optimizer: OptimizerSpec = OptimizerSpec(name="adamw")
     """The optimizer; weight decay skips biases and norm weights."""
     scheduler: SchedulerSpec = SchedulerSpec()

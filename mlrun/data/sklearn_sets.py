@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from pydantic import PositiveInt
 
 from mlrun.data.bundle import ArrayDataset, DataMeta, DatasetBundle
 from mlrun.data.splits import ValFraction
@@ -23,14 +24,21 @@ def _load(name: str):
     return getattr(sk_datasets, f"load_{name}")(return_X_y=True)
 
 
-def split_and_scale(x: np.ndarray, y: np.ndarray, seed: int, val_fraction: float, standardize: bool):
+def split_and_scale(
+    x: np.ndarray, y: np.ndarray, seed: int, val_fraction: float, standardize: bool, train_per_class: int | None = None
+):
     """A stratified train/validation split; standardisation fitted on the training split.
 
-    Returns the four splits and the fitted transform ({"standardize": {"mean", "std"}} or None).
+    With `train_per_class`, only the first that many training samples of each class are kept (and
+    standardised by their own statistics). Returns the four splits and the fitted transform
+    ({"standardize": {"mean", "std"}} or None).
     """
     from sklearn.model_selection import train_test_split
 
     x_train, x_val, y_train, y_val = train_test_split(x, y, test_size=val_fraction, random_state=seed, stratify=y)
+    if train_per_class is not None:
+        keep = first_per_class(y_train, train_per_class)
+        x_train, y_train = x_train[keep], y_train[keep]
     if not standardize:
         return x_train, x_val, y_train, y_val, None
     mean, std = x_train.mean(axis=0), x_train.std(axis=0)
@@ -39,30 +47,78 @@ def split_and_scale(x: np.ndarray, y: np.ndarray, seed: int, val_fraction: float
     return (x_train - mean) / std, (x_val - mean) / std, y_train, y_val, fitted
 
 
-def _classification(name: str, seed: int, val_fraction: float, standardize: bool) -> DatasetBundle:
+def _classification(
+    name: str,
+    seed: int,
+    val_fraction: float,
+    standardize: bool,
+    classes: list[int] | None = None,
+    train_per_class: int | None = None,
+) -> DatasetBundle:
     x, y = _load(name)
-    x_train, x_val, y_train, y_val, fitted = split_and_scale(x, y, seed, val_fraction, standardize)
+    num_classes = int(y.max()) + 1
+    if classes is not None:
+        x, y = select_classes(x, y, classes, name)
+        num_classes = len(classes)
+    x_train, x_val, y_train, y_val, fitted = split_and_scale(x, y, seed, val_fraction, standardize, train_per_class)
     to_x = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
     to_y = lambda a: torch.tensor(a, dtype=torch.long)  # noqa: E731
-    meta = DataMeta(task="classification", input_shape=(x.shape[1],), num_classes=int(y.max()) + 1)
+    meta = DataMeta(task="classification", input_shape=(x.shape[1],), num_classes=num_classes)
     train, val = ArrayDataset(to_x(x_train), to_y(y_train)), ArrayDataset(to_x(x_val), to_y(y_val))
     return DatasetBundle(train, val, meta, preprocessing=fitted)
 
 
+def select_classes(x: np.ndarray, y: np.ndarray, classes: list[int], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Samples of `classes` only, relabelled 0..len(classes)-1 in the order given."""
+    known = set(np.unique(y).tolist())
+    unknown = [c for c in classes if c not in known]
+    if unknown or len(set(classes)) != len(classes) or len(classes) < 2:
+        raise UsageError(
+            f"data.classes: {classes} must be two or more distinct labels of dataset '{name}' "
+            f"({min(known)}..{max(known)}); unknown: {unknown}"
+        )
+    keep = np.isin(y, classes)
+    relabel = {c: i for i, c in enumerate(classes)}
+    return x[keep], np.array([relabel[int(v)] for v in y[keep]], dtype=y.dtype)
+
+
+def first_per_class(y: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the first `count` samples of each class (the split is already shuffled by the seed)."""
+    keep, seen = [], {}
+    for index, label in enumerate(y.tolist()):
+        if seen.get(label, 0) < count:
+            seen[label] = seen.get(label, 0) + 1
+            keep.append(index)
+    short = {label: n for label, n in seen.items() if n < count}
+    if short:
+        raise UsageError(f"data.train_per_class: {count} is more than the training split holds for classes {short}")
+    return np.array(keep)
+
+
 @datasets.register("digits")
-def digits(seed: int, /, *, val_fraction: ValFraction = 0.2, as_image: bool = False) -> DatasetBundle:
+def digits(
+    seed: int,
+    /,
+    *,
+    val_fraction: ValFraction = 0.2,
+    as_image: bool = False,
+    classes: list[int] | None = None,
+    train_per_class: PositiveInt | None = None,
+) -> DatasetBundle:
     """8x8 handwritten digits, 10 classes, 1797 samples.
 
     Args:
         val_fraction: share of samples held out for validation (stratified).
         as_image: give samples as (1, 8, 8) images scaled to [0, 1] instead of 64 standardised features.
+        classes: keep only these digits, relabelled 0..n-1 in the order given (e.g. [5, 6, 7, 8, 9]).
+        train_per_class: keep only this many training samples of each class (few-shot); validation stays whole.
     """
     if not as_image:
-        return _classification("digits", seed, val_fraction, standardize=True)
-    bundle = _classification("digits", seed, val_fraction, standardize=False)
+        return _classification("digits", seed, val_fraction, True, classes, train_per_class)
+    bundle = _classification("digits", seed, val_fraction, False, classes, train_per_class)
     for split in (bundle.train, bundle.val):
         split.inputs = split.inputs.reshape(-1, 1, 8, 8) / 16.0  # pixel values are 0..16
-    bundle.meta = DataMeta(task="classification", input_shape=(1, 8, 8), num_classes=10)
+    bundle.meta = DataMeta(task="classification", input_shape=(1, 8, 8), num_classes=bundle.meta.num_classes)
     bundle.preprocessing = {"scale": 1 / 16.0, "reshape": [1, 8, 8]}
     return bundle
 

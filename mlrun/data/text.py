@@ -50,6 +50,20 @@ def read_jsonl(path: str, key: str, text_field: str, label_field: str) -> tuple[
     return texts, np.array(labels)
 
 
+def keep_classes(records: tuple[list[str], np.ndarray], classes: list | None) -> tuple[list[str], np.ndarray]:
+    """The records whose label is one of `classes` (all when None); class ids then follow sorted labels."""
+    if classes is None:
+        return records
+    texts, labels = records
+    wanted = {str(c) for c in classes}
+    keep = [i for i, label in enumerate(labels) if str(label) in wanted]
+    missing = wanted - {str(labels[i]) for i in keep}
+    if missing or len(wanted) < 2:
+        found = sorted({str(label) for label in labels})
+        raise UsageError(f"data.classes: {classes} must be two or more labels of the data (labels: {', '.join(found)})")
+    return [texts[i] for i in keep], labels[keep]
+
+
 def _key(field: str, text_field: str) -> str:
     return "text_field" if field == text_field else "label_field"
 
@@ -112,6 +126,7 @@ def jsonl_text(
     label_field: str = "label",
     tokenizer: str = "byte",
     max_length: PositiveInt = 128,
+    classes: list[str | int] | None = None,
 ) -> DatasetBundle:
     """Text classification from a JSON Lines file of {"text": ..., "label": ...} records.
 
@@ -123,9 +138,10 @@ def jsonl_text(
         label_field: the field holding the label (string or number).
         tokenizer: byte (UTF-8), char (training alphabet), a tokenizer.json path or a transformers tokenizer folder.
         max_length: tokens per sample; longer texts are truncated, shorter ones padded with id 0.
+        classes: keep only records with these labels (compared as text), e.g. [5, 6, 7, 8, 9].
     """
-    texts, labels = read_jsonl(path, "data.path", text_field, label_field)
-    val = read_jsonl(val_path, "data.val_path", text_field, label_field) if val_path else None
+    texts, labels = keep_classes(read_jsonl(path, "data.path", text_field, label_field), classes)
+    val = keep_classes(read_jsonl(val_path, "data.val_path", text_field, label_field), classes) if val_path else None
     where = f"data.path ('{Path(path)}')"
     return text_bundle(
         texts, labels, seed, val=val, val_fraction=val_fraction, tokenizer=tokenizer, max_length=max_length, where=where

@@ -21,6 +21,7 @@ from mlrun.data.augment import Augmentations
 from mlrun.data.bundle import DataMeta, DatasetBundle
 from mlrun.errors import UsageError
 from mlrun.metrics import Metric
+from mlrun.optim.param_groups import regroup
 from mlrun.optim.schedulers import LRSchedule
 from mlrun.registry import REGISTRIES, trackers
 from mlrun.tracking.base import Tracker
@@ -49,6 +50,7 @@ class Components:
     trackers: list[Tracker]
     plan: StepPlan
     augment: Augmentations | None = None
+    init_report: dict | None = None  # what init_from loaded (None without init_from, or when not applied)
 
 
 def seed_everything(seed: int) -> None:
@@ -68,7 +70,9 @@ def build(spec: ComponentSpec, *runtime):
         raise UsageError(f"{registry.kind[:-1]} '{spec.name}': {exc}") from None
 
 
-def build_components(config: ExperimentConfig, num_processes: int = 1, fitted_transform=None) -> Components:
+def build_components(
+    config: ExperimentConfig, num_processes: int = 1, fitted_transform=None, init_weights: bool = True
+) -> Components:
     """Every component of a resolved config (`data.batch_size: auto` already a number: mlrun.engine.autobatch).
 
     `fitted_transform`: the run's own fitted preprocessing (eval, export, resume), applied instead of
@@ -80,8 +84,15 @@ def build_components(config: ExperimentConfig, num_processes: int = 1, fitted_tr
     bundle = build_data(config.data, config.seed, fitted_transform)
     plan = plan_steps(len(bundle.train), config.data, config.train, num_processes)
     model = build(config.model, bundle.meta)
+    init_report = None
+    if config.init_from is not None and init_weights:
+        from mlrun.engine.init_from import load_pretrained
+
+        # Before techniques (LoRA renames keys, freeze reads names) and before the optimizer copies nothing.
+        init_report = load_pretrained(model, config.init_from)
     callbacks = [cb for spec in config.techniques if (cb := build(spec, model)) is not None]
     optimizer = build(config.optimizer, model)
+    regroup(optimizer, model, config.optimizer)  # optimizer.param_groups rules and layer_decay
     for callback in callbacks:
         optimizer = callback.wrap_optimizer(optimizer)
     check_in_backward(config)
@@ -106,6 +117,7 @@ def build_components(config: ExperimentConfig, num_processes: int = 1, fitted_tr
         trackers=build_trackers(config),
         plan=plan,
         augment=augment,
+        init_report=init_report,
     )
 
 

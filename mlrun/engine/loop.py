@@ -113,6 +113,8 @@ class TrainingLoop:
         self.sampler.set_epoch(self.state.epoch)
         # The sampler counts global batches; each process has consumed batch_in_epoch of every n.
         self.sampler.start_at(self.state.batch_in_epoch * self.accelerator.num_processes)
+        for callback in self.callbacks:
+            callback.on_epoch_start(self.model, self.state)
         batches = iter(self.loader)
         while (batch := self._next_batch(batches)) is not None:
             if self._micro_step(batch) and self._after_optimizer_step():

@@ -48,8 +48,9 @@ def load_trained(run_dir: Path, checkpoint: str = "final", overrides: list[str] 
     if not config_path.is_file():
         raise UsageError(f"'{run_dir}' is not a run directory (no config.yaml); pass runs/<name>")
     weights = resolve_weights(run_dir, checkpoint)
-    # Inputs prepared as in training, also for data given by overrides.
-    parts = build_components(load_config(config_path, overrides), fitted_transform=load_fitted_transform(run_dir))
+    # Inputs prepared as in training, also for data given by overrides; the run's weights are loaded next.
+    config = load_config(config_path, overrides)
+    parts = build_components(config, fitted_transform=load_fitted_transform(run_dir), init_weights=False)
     missing, unexpected = load_model(parts.model, str(weights), strict=False)
     if missing or unexpected:
         raise UsageError(

@@ -65,7 +65,10 @@ def run_training(
     config = resolve_batch_size(config)  # auto -> a number, written to config.yaml so reruns are exact
     # A resumed run goes on with the preprocessing its weights were trained under, even if files changed.
     fitted = load_fitted_transform(run_dir) if resume_from is not None else None
-    parts = build_components(config, accelerator.num_processes, fitted_transform=fitted)
+    # A resume continues the run: its checkpoint holds the weights, init_from is not read again.
+    parts = build_components(
+        config, accelerator.num_processes, fitted_transform=fitted, init_weights=resume_from is None
+    )
     if resume_from is None:  # a resumed run was checked when it started
         check_components(parts, batch_was_auto, accelerator.device.type)
     if clear and accelerator.is_main_process:  # only now: a start that cannot build keeps the old run
@@ -112,6 +115,8 @@ def write_records(run_dir: Path, parts, accelerator, resume_from: Path | None, s
     info["data_cleaning"] = parts.bundle.cleaning
     info["num_workers"] = resolve_workers(config.data, parts.bundle.train)
     previous = read_json(run_dir / "manifest.json") if resume_from is not None else None
+    # The init_from report of the run's first start: a resume does not read the source again.
+    info["init_from"] = parts.init_report if resume_from is None else (previous or {}).get("init_from")
     record_changes(info, previous, step, changes)
     if parts.bundle.transform is not None:  # the fitted preprocessing, for eval and export
         with open(run_dir / "preprocessing.pkl", "wb") as file:

@@ -79,7 +79,8 @@ class TrainStep:
             self.accumulate, self.backward = accelerator.accumulate, accelerator.backward
             self.clip, self.optimizer_step = accelerator.clip_grad_norm_, optimizer.step
         # Collected once: model.parameters() walks every module, which costs more than a tiny model's step.
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        # All of them: gradual unfreezing releases parameters later; clipping skips those without a grad.
+        self.params = list(model.parameters())
         self.grad_norm: torch.Tensor | None = None
         self.window_bad = False  # a non-finite loss in this accumulation window (on_nonfinite: skip)
         self.mark = _no_mark

@@ -50,8 +50,9 @@ class LRSchedule:
             self._apply()
 
     def last_lr(self) -> float:
+        """The largest group's lr (groups with an lr_scale or layer decay run below it)."""
         # float(): torchao's low-bit optimizers keep lr as a tensor, which metrics.jsonl cannot hold.
-        return float(self.optimizer.param_groups[0]["lr"])
+        return max(float(group["lr"]) for group in self.optimizer.param_groups)
 
     def _apply(self) -> None:
         factor = self.multiplier(self.step_count)

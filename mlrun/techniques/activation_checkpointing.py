@@ -12,17 +12,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mlrun.errors import UsageError
+from mlrun.models.parts import declared_blocks
 from mlrun.registry import techniques
-
-
-def declared_blocks(model: nn.Module) -> nn.ModuleList:
-    blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, nn.ModuleList):
-        raise UsageError(
-            f"technique needs the model's repeated blocks, but {type(model).__name__} has no `blocks` ModuleList; "
-            "keep the repeated layers of your model in self.blocks"
-        )
-    return blocks
 
 
 @techniques.register("activation_checkpointing")

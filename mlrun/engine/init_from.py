@@ -1,0 +1,200 @@
+"""`init_from:` copy pretrained weights into a freshly built model, before techniques and the optimizer.
+
+Sources are local files only: an mlrun run (final, best, latest or step-N weights), a .safetensors
+or PyTorch file (read with weights_only), or a folder written by transformers' save_pretrained.
+Source keys are renamed by `prefix`, model keys matching `exclude` keep their fresh initialisation
+(a new head), and every key ends up in exactly one list of the report: loaded, missing, unexpected,
+skipped for a shape mismatch, or excluded. The report is printed and recorded in manifest.json.
+
+    mlrun train configs/finetune_digits_cnn.yaml
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mlrun.config.schema import InitFrom
+from mlrun.errors import UsageError
+
+# Files a save_pretrained folder (or an mlrun run / checkpoint folder) may hold, in the order tried.
+FOLDER_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def resolve_source(spec: InitFrom) -> Path:
+    """The weights file (or shard index) that `spec` names; a clear usage error when absent."""
+    if spec.run is not None:
+        return _run_weights(Path(spec.run), spec.checkpoint)
+    path = Path(spec.path)
+    if path.is_dir():
+        for name in FOLDER_FILES:
+            if (path / name).is_file():
+                return path / name
+        raise UsageError(f"init_from.path: folder '{path}' holds none of {', '.join(FOLDER_FILES)}")
+    if not path.is_file():
+        raise UsageError(f"init_from.path: '{path}' does not exist (paths are relative to the working directory)")
+    return path
+
+
+def _run_weights(run: Path, checkpoint: str) -> Path:
+    if not (run / "config.yaml").is_file():
+        raise UsageError(f"init_from.run: '{run}' is not an mlrun run directory (no config.yaml); train it first")
+    from mlrun.engine.checkpoint import checkpoint_dir, latest_checkpoint
+
+    if checkpoint in ("final", "best"):
+        path = run / ("model.safetensors" if checkpoint == "final" else "best.safetensors")
+        hint = "finish training it" if checkpoint == "final" else "train it with train.best set"
+    elif checkpoint == "latest":
+        latest = latest_checkpoint(run)
+        path = (latest or run / "checkpoints" / "none") / "model.safetensors"
+        hint = "it has no checkpoint yet"
+    elif checkpoint.startswith("step-") and checkpoint[5:].isdigit():
+        path = checkpoint_dir(run, int(checkpoint[5:])) / "model.safetensors"
+        hint = f"its checkpoints are {', '.join(p.name for p in _checkpoints(run)) or 'none'}"
+    else:
+        raise UsageError(f"init_from.checkpoint: '{checkpoint}' is not final, best, latest or step-N")
+    if not path.is_file():
+        raise UsageError(f"init_from: run '{run}' has no {checkpoint} weights ({path} is missing); {hint}")
+    return path
+
+
+def _checkpoints(run: Path) -> list[Path]:
+    from mlrun.engine.checkpoint import list_checkpoints
+
+    return list_checkpoints(run)
+
+
+def read_state(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors / PyTorch file, or of every shard a *.index.json names."""
+    if path.name.endswith(".index.json"):
+        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(read_state(path.parent / shard))
+        return state
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
+    except Exception as exc:  # a file torch cannot read, or one that needs arbitrary unpickling
+        raise UsageError(f"init_from: cannot read '{path}' as PyTorch weights ({exc})") from None
+    return _state_in(loaded, path)
+
+
+def _state_in(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict itself, or the one a training checkpoint keeps under a usual key."""
+    if isinstance(loaded, dict) and loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        return loaded
+    if isinstance(loaded, dict):
+        for key in ("state_dict", "model_state_dict", "model", "module"):
+            if isinstance(loaded.get(key), dict):
+                return _state_in(loaded[key], path)
+    raise UsageError(f"init_from: '{path}' holds no state dict of tensors (found {type(loaded).__name__})")
+
+
+def rename(keys: list[str], prefix: dict[str, str]) -> dict[str, str]:
+    """Source key -> model key; the longest matching source prefix wins."""
+    ordered = sorted(prefix.items(), key=lambda item: -len(item[0]))
+    renamed = {}
+    for key in keys:
+        new = key
+        for old, replacement in ordered:
+            if key.startswith(old):
+                new = replacement + key[len(old) :]
+                break
+        renamed[key] = new
+    return renamed
+
+
+def match_state(model: nn.Module, source: dict[str, torch.Tensor], spec: InitFrom) -> tuple[dict, dict]:
+    """(model key -> tensor to load, the report's lists) without touching the model."""
+    target = model.state_dict()
+    names = rename(list(source), spec.prefix)
+    by_model_key = {new: source[old] for old, new in names.items()}
+    excluded = [k for k in target if any(fnmatch.fnmatchcase(k, p) for p in spec.exclude)]
+    to_load, shape_skipped, missing = {}, [], []
+    for key, tensor in target.items():
+        if key in excluded:
+            continue
+        if key not in by_model_key:
+            missing.append(key)
+        elif by_model_key[key].shape != tensor.shape:
+            shape_skipped.append({"key": key, "model": list(tensor.shape), "source": list(by_model_key[key].shape)})
+        else:
+            to_load[key] = by_model_key[key]
+    unexpected = [old for old, new in names.items() if new not in target]
+    report = {"missing": missing, "unexpected": unexpected, "skipped_shape": shape_skipped, "excluded": excluded}
+    return to_load, report
+
+
+def load_pretrained(model: nn.Module, spec: InitFrom) -> dict[str, Any]:
+    """Copy the matching tensors of `spec`'s source into `model`; returns the report for manifest.json."""
+    path = resolve_source(spec)
+    source = read_state(path)
+    to_load, report = match_state(model, source, spec)
+    if not to_load:
+        raise UsageError(_nothing_matched(model, source, spec, path, report))
+    target = model.state_dict()  # tensors sharing the parameters' storage: copy_ writes the model
+    with torch.no_grad():
+        for key, tensor in to_load.items():
+            target[key].copy_(tensor)  # casts to the model's dtype
+    params = dict(model.named_parameters(remove_duplicate=False))
+    total = sum(p.numel() for p in model.parameters())
+    # Tied weights appear under two keys; count each parameter once.
+    loaded_ids = {id(params[k]) for k in to_load if k in params}
+    loaded_elements = sum(p.numel() for p in model.parameters() if id(p) in loaded_ids)
+    fraction = loaded_elements / total if total else 0.0
+    full = {"source": str(path), "loaded": sorted(to_load), "loaded_fraction": round(fraction, 4), **report}
+    print(f"mlrun: init_from: {describe(full)}", file=sys.stderr, flush=True)  # stdout may be --json
+    if fraction < spec.warn_below:
+        print(
+            f"mlrun: warning: init_from loaded only {fraction:.0%} of the model's parameters from {path}; "
+            "check init_from.prefix and exclude (manifest.json lists missing and unexpected keys)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return full
+
+
+def describe(report: dict[str, Any]) -> str:
+    """One line: what was loaded from where, and what was not."""
+    share = f"{report['loaded_fraction']:.1%} of parameters"
+    parts = [f"loaded {len(report['loaded'])} tensors ({share}) from {report['source']}"]
+    for label, key in (("missing", "missing"), ("unexpected", "unexpected"), ("excluded", "excluded")):
+        if report[key]:
+            parts.append(f"{label} {len(report[key])} ({_few(report[key])})")
+    if report["skipped_shape"]:
+        shapes = [f"{s['key']} {s['source']}->{s['model']}" for s in report["skipped_shape"]]
+        parts.append(f"skipped for shape {len(shapes)} ({_few(shapes)})")
+    return "; ".join(parts)
+
+
+def _few(items: list[str], limit: int = 4) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _nothing_matched(model: nn.Module, source: dict, spec: InitFrom, path: Path, report: dict) -> str:
+    model_keys = list(model.state_dict())
+    if report["skipped_shape"] and not report["missing"]:
+        why = f"every shared key has another shape ({_few([s['key'] for s in report['skipped_shape']])})"
+    else:
+        why = "no key of the source names a tensor of the model"
+    return (
+        f"init_from: nothing loaded from {path}: {why}. Model keys look like {_few(model_keys, 3)}; "
+        f"source keys look like {_few(list(source), 3)}. Map them with init_from.prefix "
+        "(e.g. {'bert.': ''}), or check the source."
+    )

@@ -1,0 +1,57 @@
+"""Parts of a model that techniques and parameter groups address: parameters by glob, blocks, the head.
+
+A model declares its repeated layers as `self.blocks` (an nn.ModuleList, input side first) and its
+output layer under one of HEAD_NAMES; mlrun's models do both. Patterns are shell-style globs over
+parameter names as `model.named_parameters()` gives them (`blocks.0.attn.qkv.weight`), with
+`blocks.*` matching every block.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+from torch import nn
+
+from mlrun.errors import UsageError
+
+# Attribute names of a model's output layer, in the order looked for (mlrun, transformers, torchvision, timm).
+HEAD_NAMES = ("head", "classifier", "score", "lm_head", "fc")
+
+
+def declared_blocks(model: nn.Module) -> nn.ModuleList | nn.Sequential:
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, (nn.ModuleList, nn.Sequential)):  # timm's ViTs keep an nn.Sequential
+        raise UsageError(
+            f"technique needs the model's repeated blocks, but {type(model).__name__} has no `blocks` ModuleList; "
+            "keep the repeated layers of your model in self.blocks"
+        )
+    return blocks
+
+
+def head_prefix(model: nn.Module) -> str:
+    """The parameter-name prefix of the model's output layer, e.g. 'head.'."""
+    for name in HEAD_NAMES:
+        module = getattr(model, name, None)
+        if isinstance(module, nn.Module) and any(True for _ in module.parameters()):
+            return f"{name}."
+    raise UsageError(
+        f"{type(model).__name__} has no output layer named {' | '.join(HEAD_NAMES)}; "
+        "name the parameters to keep with patterns instead"
+    )
+
+
+def matching(names: list[str], patterns: list[str]) -> list[str]:
+    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+
+def check_patterns(names: list[str], patterns: list[str], key: str) -> None:
+    """Every pattern must match at least one name: a typo must not silently do nothing."""
+    for pattern in patterns:
+        if not matching(names, [pattern]):
+            shown = ", ".join(names[:12]) + (f", ... {len(names) - 12} more" if len(names) > 12 else "")
+            raise UsageError(f"{key}: pattern '{pattern}' matches no parameter. Parameters: {shown}")
+
+
+def block_index(model: nn.Module) -> dict[int, int]:
+    """id(parameter) -> index of the declared block that holds it (blocks may alias modules elsewhere)."""
+    return {id(p): i for i, block in enumerate(declared_blocks(model)) for p in block.parameters()}

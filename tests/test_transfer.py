@@ -1,0 +1,433 @@
+"""Transfer learning: init_from, freeze (fixed and gradual), parameter groups, LoRA, through the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mlrun.config.load import load_config
+from tests.conftest import run_cli, tiny_config, write_config
+
+PROBE = "tests.fixtures:probe_mlp"
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # in-process builds resolve relative paths like the CLI runs below
+
+
+def train(tmp_path: Path, config: dict, *args: str) -> tuple:
+    path = write_config(tmp_path, config, f"{config['name']}.yaml")
+    result = run_cli("train", path, *args, cwd=tmp_path)
+    return result, tmp_path / "runs" / config["name"]
+
+
+def weights(run_dir: Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
+    return load_file(run_dir / name)
+
+
+def manifest(run_dir: Path) -> dict:
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+def short(config: dict, **train) -> dict:
+    config["train"] = {**config["train"], **train}
+    return config
+
+
+def build(tmp_path: Path, config: dict):
+    from mlrun.engine.build import build_components
+
+    return build_components(load_config(write_config(tmp_path, config)))
+
+
+# --- init_from -------------------------------------------------------------------------------
+
+
+def test_init_from_a_run_with_a_changed_head_loads_the_body_and_reinitialises_the_head(tmp_path):
+    result, pre = train(tmp_path, short(tiny_config(name="pre"), epochs=1))
+    assert result.returncode == 0, result.stderr
+    data = {"name": "synthetic", "num_samples": 320, "num_features": 16, "num_classes": 3, "batch_size": 32}
+    config = short(tiny_config(name="ft", data=data), epochs=1)
+    config["init_from"] = {"run": "runs/pre", "exclude": ["head.*"]}
+    config["techniques"] = [{"name": "freeze", "patterns": ["blocks.*"]}]
+    result, ft = train(tmp_path, config)
+    assert result.returncode == 0, result.stderr
+    assert "init_from: loaded 2 tensors" in result.stderr
+    before, after = weights(pre), weights(ft)
+    # The frozen body is the pretrained one, bit for bit, after a whole epoch of training.
+    assert torch.equal(after["blocks.0.0.weight"], before["blocks.0.0.weight"])
+    assert torch.equal(after["blocks.0.0.bias"], before["blocks.0.0.bias"])
+    assert after["head.weight"].shape == (3, 32) and before["head.weight"].shape == (4, 32)
+    report = manifest(ft)["init_from"]
+    assert report["loaded"] == ["blocks.0.0.bias", "blocks.0.0.weight"]
+    assert report["excluded"] == ["head.weight", "head.bias"]
+    assert report["missing"] == [] and report["unexpected"] == [] and report["skipped_shape"] == []
+
+    # Without exclude the head is skipped for its shape, and said so.
+    config = short(tiny_config(name="ft2", data=data), max_steps=1)
+    config["init_from"] = {"run": "runs/pre"}
+    result, ft2 = train(tmp_path, config)
+    assert result.returncode == 0, result.stderr
+    skipped = manifest(ft2)["init_from"]["skipped_shape"]
+    assert {s["key"] for s in skipped} == {"head.weight", "head.bias"}
+    assert {"key": "head.weight", "model": [3, 32], "source": [4, 32]} in skipped
+    assert "skipped for shape 2" in result.stderr
+
+
+def test_init_from_a_pt_file_with_a_prefix_and_a_nested_state_dict(tmp_path):
+    config = tiny_config(name="pt")
+    reference = build(tmp_path, config).model
+    state = {f"module.{k}": torch.full_like(v, 0.5) for k, v in reference.state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "weights.pt")
+    config["init_from"] = {"path": "weights.pt", "prefix": {"module.": ""}}
+    path = write_config(tmp_path, config)
+    result = run_cli("validate", path, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "loaded 4 tensors (100.0% of parameters) from weights.pt" in result.stderr
+    model = build(tmp_path, config).model
+    assert all(torch.all(p == 0.5) for p in model.parameters())
+
+
+def test_init_from_that_matches_nothing_exits_2_and_shows_both_key_styles(tmp_path):
+    torch.save({"encoder.layer.0.weight": torch.zeros(3)}, tmp_path / "other.pt")
+    config = tiny_config(name="nomatch", init_from="other.pt")
+    result = run_cli("validate", write_config(tmp_path, config), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "nothing loaded from other.pt" in result.stderr and "init_from.prefix" in result.stderr
+    assert "blocks.0.0.weight" in result.stderr and "encoder.layer.0.weight" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_init_from_refuses_pickled_code_and_missing_sources(tmp_path):
+    import pickle
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps(Path("x")))  # not plain tensors: weights_only refuses it
+    for source, message in [
+        ("evil.pt", "cannot read 'evil.pt' as PyTorch weights"),
+        ("absent.safetensors", "does not exist"),
+        ({"run": "runs/none"}, "is not an mlrun run directory"),
+    ]:
+        config = tiny_config(name="bad", init_from=source)
+        result = run_cli("validate", write_config(tmp_path, config), cwd=tmp_path)
+        assert result.returncode == 2, source
+        assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_init_from_warns_when_little_matched(tmp_path):
+    config = tiny_config(name="little", model={"name": "mlp", "hidden_sizes": [128], "dropout": 0.0})
+    state = build(tmp_path, config).model.state_dict()
+    torch.save({"head.bias": state["head.bias"]}, tmp_path / "bias.pt")
+    config["init_from"] = "bias.pt"
+    result = run_cli("validate", write_config(tmp_path, config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "warning: init_from loaded only 0%" in result.stderr
+
+
+def test_init_from_reads_a_save_pretrained_folder(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from mlrun.config.schema import InitFrom
+    from mlrun.engine.init_from import read_state, resolve_source
+
+    config = transformers.BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    model = transformers.BertForSequenceClassification(config)
+    model.save_pretrained(tmp_path / "bert")
+    path = resolve_source(InitFrom(path=str(tmp_path / "bert")))
+    assert path.name == "model.safetensors"
+    state = read_state(path)
+    assert torch.equal(state["classifier.weight"], model.state_dict()["classifier.weight"])
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    (tmp_path / "bin").mkdir()
+    shutil.move(tmp_path / "pytorch_model.bin", tmp_path / "bin" / "pytorch_model.bin")
+    assert read_state(resolve_source(InitFrom(path=str(tmp_path / "bin")))).keys() == state.keys()
+
+
+# --- freeze ------------------------------------------------------------------------------------
+
+
+def test_frozen_parameters_are_left_out_of_the_optimizer(tmp_path):
+    config = tiny_config(name="fz", techniques=[{"name": "freeze", "but_head": True}])
+    parts = build(tmp_path, config)
+    in_optimizer = {id(p) for g in parts.optimizer.param_groups for p in g["params"]}
+    assert in_optimizer == {id(parts.model.head.weight), id(parts.model.head.bias)}
+
+
+def test_gradual_unfreezing_releases_the_top_block_first_and_adamw_skips_waiting_parameters(tmp_path):
+    model = {"name": "mlp", "hidden_sizes": [16, 16], "dropout": 0.0}
+    config = tiny_config(
+        name="gradual", model=model, techniques=[{"name": "freeze", "but_head": True, "unfreeze_every": "1ep"}]
+    )
+    config["optimizer"] = {"name": "adamw", "lr": 1e-2, "weight_decay": 0.1}  # decay would move any stepped weight
+    config["scheduler"] = {"name": "constant"}  # no warm-up: the first step moves what trains
+    parts = build(tmp_path, config)
+    model, optimizer, unfreeze = parts.model, parts.optimizer, parts.callbacks[0]
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert in_optimizer == {id(p) for p in model.parameters()}  # every parameter that will ever train
+
+    def step():
+        inputs, targets = parts.bundle.train.__getitems__(list(range(32)))
+        torch.nn.functional.cross_entropy(model(inputs), targets).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def snapshot():
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    class State:
+        epoch, step = 0, 0
+
+    for epoch, moving in [(0, {"head"}), (1, {"head", "blocks.1"}), (2, {"head", "blocks.1", "blocks.0"})]:
+        State.epoch = epoch
+        unfreeze.on_epoch_start(model, State)
+        before = snapshot()
+        step()
+        after = snapshot()
+        for key in before:
+            changed = not torch.equal(before[key], after[key])
+            assert changed == any(key.startswith(m) for m in moving), (epoch, key)
+        # AdamW holds state only for parameters that ever had a gradient.
+        assert {id(p) for p in optimizer.state} == {
+            id(p) for n, p in model.named_parameters() if any(n.startswith(m) for m in moving)
+        }
+
+
+def test_gradual_unfreeze_finetune_resumes_bit_identical_after_sigkill_without_reading_init_again(tmp_path):
+    result, _ = train(tmp_path, short(tiny_config(name="pre", model={"name": PROBE}), epochs=1))
+    assert result.returncode == 0, result.stderr
+
+    def finetune(name: str, **model) -> dict:
+        config = tiny_config(name=name, model={"name": PROBE, **model})
+        config["train"] = {**config["train"], "checkpoint_every": "7st"}  # 16 batches an epoch
+        config["init_from"] = {"run": "runs/pre", "exclude": ["head.*"]}
+        config["techniques"] = [{"name": "freeze", "but_head": True, "unfreeze_every": "1ep"}]
+        return config
+
+    result, straight = train(tmp_path, finetune("straight"))
+    assert result.returncode == 0, result.stderr
+    assert "released 1/2 groups" in result.stdout and "released 2/2 groups" in result.stdout
+    killed, run = train(tmp_path, finetune("resumed", kill_at=24))  # inside epoch 2, after step 21's checkpoint
+    assert killed.returncode == -signal.SIGKILL
+    shutil.rmtree(tmp_path / "runs" / "pre")  # a resume must not need the pretrained source any more
+    resumed, _ = train(tmp_path, finetune("resumed"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step 21" in resumed.stdout and "init_from" not in resumed.stderr
+    a, b = weights(straight), weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert manifest(run)["init_from"]["loaded"]  # the first start's report is kept
+
+
+# --- parameter groups ---------------------------------------------------------------------------
+
+
+def test_param_group_rules_and_layer_decay_scale_each_group_through_the_schedule(tmp_path):
+    data = {"name": "synthetic", "num_samples": 64, "num_features": 8, "batch_size": 8}  # one token per feature
+    model = {"name": "transformer_classifier", "dim": 16, "depth": 2, "heads": 2}
+    config = tiny_config(name="groups", data=data, model=model, metrics=[])
+    config["optimizer"] = {
+        "name": "adamw",
+        "lr": 1e-2,
+        "weight_decay": 0.01,
+        "layer_decay": 0.5,
+        "param_groups": [{"match": "head.*", "lr_scale": 2.0, "weight_decay": 0.3}],
+    }
+    parts = build(tmp_path, config)
+    names = {id(p): n for n, p in parts.model.named_parameters()}
+    lr_of = {
+        names[id(p)]: (base, g["weight_decay"])
+        for g, base in zip(parts.optimizer.param_groups, parts.schedule.base_lrs)
+        for p in g["params"]
+    }
+    assert lr_of["head.weight"] == (pytest.approx(2e-2), 0.3)
+    assert lr_of["head.bias"] == (pytest.approx(2e-2), 0.0)  # biases stay undecayed
+    assert lr_of["blocks.1.attn.qkv.weight"] == (pytest.approx(1e-2 * 0.5), 0.01)
+    assert lr_of["blocks.0.attn.qkv.weight"] == (pytest.approx(1e-2 * 0.25), 0.01)
+    assert lr_of["embed.weight"][0] == pytest.approx(1e-2 * 0.125)
+    assert sum(len(g["params"]) for g in parts.optimizer.param_groups) == len(list(parts.model.parameters()))
+    schedule = parts.schedule
+    for _ in range(7):
+        schedule.step()  # into the cosine decay, past the 5 warm-up steps
+    ratios = {g["lr"] / base for g, base in zip(parts.optimizer.param_groups, schedule.base_lrs)}
+    assert len({round(r, 12) for r in ratios}) == 1 and 0 < ratios.pop() < 1
+
+    path = write_config(tmp_path, config)
+    result = run_cli("validate", path, "--print", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "optimizer groups" in result.stdout and "decay head.* layer 3/3" in result.stdout
+    result = run_cli("validate", path, "optimizer.param_groups=[{match: 'backbone.*', lr_scale: 0.1}]", cwd=tmp_path)
+    assert result.returncode == 2 and "pattern 'backbone.*' matches no parameter" in result.stderr
+
+
+# --- LoRA ----------------------------------------------------------------------------------------
+
+
+def lora_config(name: str, **model) -> dict:
+    config = tiny_config(name=name, model={"name": PROBE, **model})
+    config["train"] = {**config["train"], "checkpoint_every": "7st"}
+    config["techniques"] = [
+        {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["blocks.*.0"], "trainable": ["head.*"]}
+    ]
+    return config
+
+
+def test_lora_run_resumes_bit_identical_after_sigkill_and_exports_merged(tmp_path):
+    result, straight = train(tmp_path, lora_config("straight"))
+    assert result.returncode == 0, result.stderr
+    assert "lora: r=4 on 2 layers; 1,092 trainable parameters of 5,508" in result.stderr
+    killed, run = train(tmp_path, lora_config("resumed", kill_at=24))
+    assert killed.returncode == -signal.SIGKILL
+    resumed, _ = train(tmp_path, lora_config("resumed"))
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = weights(straight), weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # The checkpoint holds the adapters and the frozen base; the optimizer state covers only what trains.
+    checkpoint = sorted((run / "checkpoints").iterdir())[-1]
+    saved = load_file(checkpoint / "model.safetensors")
+    assert "blocks.0.0.lora_A.default.weight" in saved and "blocks.0.0.base_layer.weight" in saved
+    optimizer_state = torch.load(checkpoint / "optimizer.bin", weights_only=False)
+    assert len(optimizer_state["state"]) == 2 * 2 + 2  # lora A and B of two layers, head weight and bias
+    assert not torch.equal(
+        a["blocks.0.0.lora_B.default.weight"], torch.zeros_like(a["blocks.0.0.lora_B.default.weight"])
+    )
+
+    result = run_cli("export", run, "--format", "safetensors", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["lora"]["merged_layers"] == 2
+    assert info["lora"]["merged_vs_adapted"]["max_abs_diff"] < 1e-5
+    assert info["verification"]["max_abs_diff"] < 1e-5  # the reloaded file against the adapted model
+    exported = {  # the export wraps the model (InferenceModule): its keys sit under 'model.'
+        k.removeprefix("model."): v
+        for k, v in load_file(run / "export" / "safetensors-none" / "model.safetensors").items()
+    }
+    assert set(exported) == {
+        "blocks.0.0.weight",
+        "blocks.0.0.bias",
+        "blocks.1.0.weight",
+        "blocks.1.0.bias",
+        "head.weight",
+        "head.bias",
+    }
+    base, adapter_a, adapter_b = (
+        a[f"blocks.0.0.{k}"] for k in ("base_layer.weight", "lora_A.default.weight", "lora_B.default.weight")
+    )
+    assert torch.allclose(exported["blocks.0.0.weight"], base + (8 / 4) * adapter_b @ adapter_a, atol=1e-6)
+
+
+def test_lora_target_that_matches_nothing_exits_2_listing_layers(tmp_path):
+    config = tiny_config(name="nolayer", techniques=[{"name": "lora", "target_modules": ["blocks.*.0", "q_proj"]}])
+    result = run_cli("validate", write_config(tmp_path, config), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "'q_proj' matches no layer LoRA can adapt" in result.stderr
+    assert "blocks.0.0, head" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_lora_on_gpt_adapts_the_blocks_and_leaves_tied_embeddings_frozen(tmp_path):
+    data = {"name": "synthetic", "task": "tokens", "num_samples": 64, "vocab_size": 16, "seq_len": 8, "batch_size": 8}
+    model = {"name": "gpt", "n_layer": 2, "n_head": 2, "n_embd": 16}
+    config = tiny_config(name="gptlora", data=data, model=model, metrics=[], techniques=[{"name": "lora", "r": 2}])
+    parts = build(tmp_path, config)
+    trainable = [n for n, p in parts.model.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n for n in trainable)
+    # qkv, proj and the two MLP linears of each block; never the tied lm_head.
+    assert len(trainable) == 2 * 4 * 2
+    assert not parts.model.lm_head.weight.requires_grad
+
+
+# --- data and library models ----------------------------------------------------------------------
+
+
+def test_digits_can_keep_some_classes_and_few_training_images_per_class():
+    from mlrun.data.sklearn_sets import digits
+    from mlrun.errors import UsageError
+
+    bundle = digits(0, as_image=True, classes=[5, 6, 7, 8, 9], train_per_class=10)
+    assert bundle.meta.num_classes == 5 and bundle.meta.input_shape == (1, 8, 8)
+    assert torch.bincount(bundle.train.targets).tolist() == [10] * 5
+    assert sorted(bundle.val.targets.unique().tolist()) == [0, 1, 2, 3, 4] and len(bundle.val) == 180
+    full = digits(0, as_image=True)
+    fives = torch.cat([split.inputs[split.targets == 5] for split in (full.train, full.val)]).flatten(1)
+    relabelled = bundle.val.inputs[bundle.val.targets == 0].flatten(1)
+    assert all((fives == x).all(dim=1).any() for x in relabelled)  # label 0 holds the fives
+    with pytest.raises(UsageError, match="data.classes"):
+        digits(0, classes=[5, 10])
+    with pytest.raises(UsageError, match="train_per_class"):
+        digits(0, classes=[0, 1], train_per_class=500)
+
+
+@pytest.mark.parametrize("library", ["timm", "torchvision"])
+def test_library_models_build_or_say_why_not(tmp_path, library):
+    data = {"name": "synthetic", "task": "images", "num_samples": 32, "image_size": 32, "channels": 3, "batch_size": 8}
+    config = tiny_config(name=library, model={"name": library, "arch": "resnet18"}, data=data)
+    result = run_cli("validate", write_config(tmp_path, config), cwd=tmp_path)
+    try:
+        __import__(library)
+    except Exception:
+        assert result.returncode == 2 and f"model '{library}' needs the {library} package" in result.stderr
+        pytest.skip(f"{library} cannot be imported here; the model entry says so with exit 2")
+    assert result.returncode == 0, result.stderr
+
+
+def test_lora_on_a_save_pretrained_bert_trains_and_exports_merged(tmp_path):
+    pytest.importorskip("transformers")
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    made = subprocess.run(
+        [sys.executable, REPO / "scripts" / "make_tiny_hf.py", "--kind", "bert", "--out", tmp_path / "bert"],
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stderr
+    config = tiny_config(
+        name="bert_lora",
+        model={"name": "transformers", "path": "bert", "task": "sequence_classification"},
+        data={"name": "jsonl_text", "path": str(REPO / "configs/data/digits_ascii.jsonl"), "tokenizer": "bert"},
+        techniques=[{"name": "lora", "r": 2, "target_modules": ["query", "value"], "trainable": ["classifier.*"]}],
+    )
+    config["data"].update(max_length=74, batch_size=16, classes=[0, 1, 2])
+    config["train"] = {"max_steps": 3, "log_every": "3st", "eval_every": "3st"}
+    result, run = train(tmp_path, config)
+    assert result.returncode == 0, result.stderr
+    assert "lora: r=2 on 4 layers" in result.stderr  # query and value of 2 layers
+    saved = weights(run)
+    assert "bert.encoder.layer.0.attention.self.query.lora_A.default.weight" in saved
+    result = run_cli("export", run, "--format", "safetensors", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["lora"]["merged_layers"] == 4 and info["lora"]["merged_vs_adapted"]["max_abs_diff"] < 1e-5
+    assert info["verification"]["max_abs_diff"] < 1e-5
+
+
+def header_commands(config: Path) -> list[str]:
+    """The `mlrun train ...` lines of a shipped config's header comment: how its source is made."""
+    return [line.lstrip("# ").strip() for line in config.read_text().splitlines() if line.startswith("#   mlrun train")]
+
+
+@pytest.mark.parametrize(
+    "name", ["finetune_digits_cnn.yaml", "finetune_digits_cnn_gradual.yaml", "finetune_text_lora.yaml"]
+)
+def test_finetune_configs_run_after_the_command_in_their_header(tmp_path, name):
+    import shlex
+
+    from tests.conftest import REPO
+
+    config = REPO / "configs" / name
+    (command,) = header_commands(config)
+    words = shlex.split(command)[1:]  # drop "mlrun"
+    workdir = tmp_path / "clone"
+    shutil.copytree(REPO / "configs", workdir / "configs")  # a fresh clone's layout: runs/ made here
+    result = run_cli(*words, "train.max_steps=2", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    result = run_cli("train", workdir / "configs" / name, "train.max_steps=4", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "init_from: loaded" in result.stderr
