@@ -115,3 +115,19 @@ def slow_data(seed: int, /, *, sleep_s: float = 0.02):
     bundle = synthetic(seed, num_samples=640, num_features=16)
     bundle.train = _SlowArrays(bundle.train.inputs, bundle.train.targets, sleep_s)
     return bundle
+
+
+def rapl_heater(meta: DataMeta, /, *, counter: str, uj_per_forward: int = 1000) -> nn.Module:
+    """Test model: an MLP whose every training forward adds `uj_per_forward` to a fake RAPL energy_uj file."""
+    from pathlib import Path
+
+    model = MLP(meta.input_shape[0], [16], meta.num_classes, dropout=0.0, activation="relu")
+    forward, path = model.forward, Path(counter)
+
+    def heating_forward(x):
+        if model.training:
+            path.write_text(str(int(path.read_text()) + uj_per_forward))
+        return forward(x)
+
+    model.forward = heating_forward
+    return model

@@ -60,6 +60,7 @@ def run_training(
         write_json(run_dir / "manifest.json", info)
 
     loop = TrainingLoop(parts, accelerator, run_dir, extra_callbacks=callbacks)
+    meter, previous_joules = start_energy(config, accelerator, run_dir, resumed=resume_from is not None)
     started, message = time.time(), None
     try:
         return loop.run(resume_from)
@@ -74,10 +75,26 @@ def run_training(
         ) from exc
     finally:
         summary = make_summary(config, loop, loop.state.stop_reason or "failed", time.time() - started, message)
+        if meter is not None:
+            summary["energy"] = meter.stop(loop.state.samples_seen, previous_joules)
         if accelerator.is_main_process:
             write_json(run_dir / "summary.json", summary)
         for tracker in parts.trackers:
             tracker.finish(summary)
+
+
+def start_energy(config: ExperimentConfig, accelerator, run_dir: Path, resumed: bool):
+    """(a started energy meter on the main process or None, joules of earlier attempts of this run)."""
+    import os
+
+    from mlrun.energy.meter import start_meter
+
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    meter = start_meter(config.energy, accelerator.device.type, local, accelerator.is_main_process)
+    if meter is not None and local < accelerator.num_processes:
+        meter.notes.append(f"energy of the first host only ({local} of {accelerator.num_processes} processes)")
+    previous = (read_summary(run_dir) or {}).get("energy") if resumed else None
+    return meter, (previous or {}).get("joules") or 0.0
 
 
 def decide_resume(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | None, bool]:

@@ -60,6 +60,7 @@ def profile_config(
         for _ in range(warmup):
             _step(accelerator, model, verbs, parts.loss_fn, batches, augment, accum, config.train.max_grad_norm, None)
         with _trace(trace_dir) as tracer:
+            meter = _energy_meter(config, device)
             start = time.perf_counter()
             samples = sum(
                 _step(
@@ -77,6 +78,7 @@ def profile_config(
                 for _ in range(steps)
             )
             total_s = time.perf_counter() - start
+            energy = meter.stop(samples) if meter is not None else None
     flops = flops_per_step(model, parts.loss_fn, batches, accum)
     with SavedActivations(model) as saved:
         inputs, targets = next(batches)
@@ -150,7 +152,16 @@ def profile_config(
         figures["tokens_per_s"] = figures["samples_per_s"] * meta.seq_len
     if predicted is not None:
         figures["estimate_bytes"] = predicted
+    if energy is not None:
+        figures["energy"] = {**energy, "joules_per_step": energy["joules"] / steps}
     return figures
+
+
+def _energy_meter(config: ExperimentConfig, device: torch.device):
+    """Energy of the measured steps (kWh, g CO2, J per sample and per step); None when energy.enabled is off."""
+    from mlrun.energy.meter import start_meter
+
+    return start_meter(config.energy, device.type, local_processes=1, measures=True)
 
 
 def _endless(loader, sampler, device: torch.device | None):

@@ -88,6 +88,10 @@ class Console(Tracker):
                 f"({summary['samples_per_s']:.0f} samples/s){extra}",
                 flush=True,
             )
+            if summary.get("energy"):
+                from mlrun.energy.meter import describe_energy
+
+                print(f"mlrun: energy {describe_energy(summary['energy'])}", flush=True)
 
 
 @trackers.register("console")
