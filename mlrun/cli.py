@@ -142,6 +142,26 @@ def evaluate(
     run_eval(run_dir, checkpoint, overrides or [], json_output)
 
 
+@app.command(name="lr-find")
+def lr_find(
+    config: Config,
+    overrides: Overrides = None,
+    steps: Annotated[
+        int, typer.Option(help="Most optimizer steps of the sweep (it stops when the loss blows up).")
+    ] = 200,
+    start: Annotated[float, typer.Option(help="Learning rate of the first step.")] = 1e-7,
+    end: Annotated[float, typer.Option(help="Learning rate of the last step.")] = 10.0,
+    method: Annotated[str, typer.Option(help="steepest: fastest fall of the loss; min10: a tenth of its minimum.")] = (
+        "steepest"
+    ),
+    json_output: Json = False,
+) -> None:
+    """Learning-rate range test (Smith): sweep the lr up, suggest a value, plot the curve."""
+    from mlrun.commands.lr_find import run_lr_find
+
+    run_lr_find(config, overrides or [], steps, start, end, method, json_output)
+
+
 @app.command(name="list")
 def list_components(
     kind: Annotated[Optional[str], typer.Argument(help="models, datasets, losses, metrics, optimizers, ...")] = None,

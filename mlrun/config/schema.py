@@ -159,7 +159,8 @@ class SchedulerSpec(ComponentSpec):
     registry_kind = "schedulers"
 
     name: str = "constant"
-    """Schedule: constant | linear | cosine | cosine_restarts | step | exponential | polynomial | onecycle | plateau."""
+    """Schedule: constant | linear | cosine | cosine_restarts | step | exponential | polynomial | onecycle | plateau
+    | lr_range (the exponential ramp of `mlrun lr-find`)."""
     warmup_steps: NonNegativeInt = 0
     """Optimizer steps of linear warm-up from warmup_start_factor * lr to lr."""
     warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
