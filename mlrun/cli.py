@@ -134,12 +134,15 @@ def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory, e.g. runs/quickstart.")],
     overrides: Overrides = None,
     checkpoint: Annotated[str, typer.Option(help="best, final or a checkpoint path.")] = "final",
+    exit_thresholds: Annotated[
+        Optional[str], typer.Option(help="Early-exit runs: confidences to evaluate, e.g. 0.8,0.9,0.99.")
+    ] = None,
     json_output: Json = False,
 ) -> None:
     """Evaluate a trained model on its validation data (or another data section via overrides)."""
     from mlrun.commands.evaluate import run_eval
 
-    run_eval(run_dir, checkpoint, overrides or [], json_output)
+    run_eval(run_dir, checkpoint, overrides or [], json_output, exit_thresholds)
 
 
 @app.command(name="lr-find")

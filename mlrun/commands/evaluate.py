@@ -9,8 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mlrun.errors import UsageError
 
-def run_eval(run_dir: Path, checkpoint: str, overrides: list[str], json_output: bool) -> None:
+
+def run_eval(
+    run_dir: Path, checkpoint: str, overrides: list[str], json_output: bool, exit_thresholds: str | None = None
+) -> None:
     from accelerate import Accelerator
 
     from mlrun.engine.batches import eval_loader
@@ -28,9 +32,47 @@ def run_eval(run_dir: Path, checkpoint: str, overrides: list[str], json_output: 
         "samples": len(parts.bundle.val),
         "metrics": results,
     }
+    from mlrun.techniques.early_exit import find_exits
+
+    exits = find_exits(model)
+    if exits is not None:
+        from mlrun.engine.exit_eval import evaluate_exits
+
+        thresholds = parse_thresholds(exit_thresholds) if exit_thresholds else list(exits.thresholds)
+        report["early_exit"] = evaluate_exits(model, exits, loader, thresholds)
+    elif exit_thresholds:
+        raise UsageError(f"--exit-thresholds: run '{run_dir}' has no exits; train it with techniques: [early_exit]")
     if json_output:
         print(json.dumps(report))
         return
     print(f"mlrun: {trained.weights} on {len(parts.bundle.val)} validation samples of '{parts.config.data.name}'")
     for key, value in results.items():
         print(f"  {key:<24} {value:.6g}")
+    if "early_exit" in report:
+        print_exits(report["early_exit"])
+
+
+def parse_thresholds(text: str) -> list[float]:
+    try:
+        values = sorted(float(v) for v in text.split(","))
+    except ValueError:
+        values = []
+    if not values or not all(0.0 < v <= 1.0 for v in values):
+        raise UsageError(
+            f"--exit-thresholds: expected confidences in (0, 1] separated by commas, e.g. 0.8,0.9,0.99; got '{text}'"
+        )
+    return values
+
+
+def print_exits(e: dict) -> None:
+    each = ", ".join(f"{a:.4f}" for a in e["exit_accuracy"])
+    print(f"  early exit after blocks {e['exits_after_blocks']} of {e['blocks']}; accuracy of each exit alone: {each}")
+    header = f"{'threshold':>9} {'accuracy':>9} {'depth':>6} {'b1 ms':>7} {'speedup b1':>10} {'batch ms':>9}"
+    print(f"  {header} {'speedup':>8}  exits")
+    for row in e["thresholds"]:
+        t = "full" if row["threshold"] is None else f"{row['threshold']:g}"
+        shares = " ".join(f"{100 * f:.0f}%" for f in row.get("exit_fractions", []))
+        print(
+            f"  {t:>9} {row['accuracy']:>9.4f} {row['mean_depth']:>6.3f} {row['ms_per_sample_b1']:>7.3f} "
+            f"{row['speedup_b1']:>10.2f} {row['ms_per_sample_batch']:>9.4f} {row['speedup_batch']:>8.2f}  {shares}"
+        )

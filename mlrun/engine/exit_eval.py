@@ -1,0 +1,90 @@
+"""Early-exit evaluation: accuracy, mean depth and latency at each confidence threshold (`mlrun eval`).
+
+One full forward per validation batch yields every exit's logits; each threshold's outcome is then
+computed exactly (a sample takes the first exit whose softmax confidence reaches it, else the final
+head). Latency is measured with the real per-sample early exit (`EarlyExits.infer`: the deeper
+blocks run only on the samples still in the network) against the plain forward, at batch 1 and
+at the evaluation batch size.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from mlrun.techniques.early_exit import EarlyExits
+
+
+@torch.no_grad()
+def evaluate_exits(
+    model: nn.Module, exits: EarlyExits, loader, thresholds: list[float], latency_samples: int = 200
+) -> dict:
+    was_training = model.training
+    model.eval()
+    logits, targets, inputs = [], [], []
+    for x, y in loader:
+        logits.append(exits.collect(model, x))
+        targets.append(y)
+        inputs.append(x)
+    model.train(was_training)
+    stacked = torch.stack([torch.cat([batch[i] for batch in logits]) for i in range(len(logits[0]))])  # (E+1, N, C)
+    y = torch.cat(targets)
+    confidence = stacked.softmax(dim=-1).amax(dim=-1)  # (E+1, N)
+    correct = stacked.argmax(dim=-1) == y  # (E+1, N)
+    depths = torch.tensor([exits.depth(i) for i in range(len(stacked))])
+    n = len(y)
+    rows = [{"threshold": None, "accuracy": float(correct[-1].float().mean()), "mean_depth": 1.0}]
+    for threshold in thresholds:
+        passes = confidence >= threshold
+        passes[-1] = True  # the final head takes whoever is left
+        first = passes.int().argmax(dim=0)  # (N,) the first exit each sample may take
+        rows.append(
+            {
+                "threshold": threshold,
+                "accuracy": float(correct[first, torch.arange(n)].float().mean()),
+                "mean_depth": float(depths[first].mean()),
+                "exit_fractions": (torch.bincount(first, minlength=len(stacked)).float() / n).tolist(),
+            }
+        )
+    x = torch.cat(inputs)
+    add_latency(model, exits, x[:latency_samples], loader.batch_size or 256, rows)
+    return {
+        "exits_after_blocks": list(exits.after),
+        "blocks": exits.num_blocks,
+        "exit_accuracy": [float(c.float().mean()) for c in correct],  # each exit alone, then the final head
+        "samples": n,
+        "thresholds": rows,
+    }
+
+
+def add_latency(model: nn.Module, exits: EarlyExits, x: torch.Tensor, batch: int, rows: list[dict]) -> None:
+    """ms per sample at batch 1 and at `batch`, and the speedup over the full forward, into each row."""
+    full_b1 = _ms_per_sample(lambda s: model(s), x, 1)
+    full_batch = _ms_per_sample(lambda s: model(s), x, batch)
+    for row in rows:
+        if row["threshold"] is None:
+            b1, batched = full_b1, full_batch
+        else:
+            b1 = _ms_per_sample(lambda s, t=row["threshold"]: exits.infer(model, s, t), x, 1)
+            batched = _ms_per_sample(lambda s, t=row["threshold"]: exits.infer(model, s, t), x, batch)
+        row.update(
+            ms_per_sample_b1=b1,
+            speedup_b1=full_b1 / b1,
+            ms_per_sample_batch=batched,
+            speedup_batch=full_batch / batched,
+        )
+
+
+@torch.inference_mode()
+def _ms_per_sample(run, x: torch.Tensor, batch: int, repeats: int = 3) -> float:
+    """Best of `repeats` passes over `x` in batches of `batch` (the best: least disturbed by other work)."""
+    run(x[:batch])  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(0, len(x), batch):
+            run(x[i : i + batch])
+        best = min(best, time.perf_counter() - start)
+    return 1e3 * best / len(x)
