@@ -328,8 +328,9 @@ class TuneConfig(Section):
 class DistributedConfig(Section):
     """How several processes share the work (under torchrun or accelerate launch; one process ignores it)."""
 
-    strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
-    """auto (DDP for several processes) | ddp | fsdp (GPUs) | deepspeed (when installed)."""
+    strategy: Literal["auto", "ddp", "fsdp", "deepspeed", "pipeline"] = "auto"
+    """auto (DDP for several processes) | ddp | fsdp (GPUs) | deepspeed (when installed) | pipeline (one
+    stage of model.blocks per process, torch.distributed.pipelining)."""
     find_unused_parameters: bool = False
     """ddp: let some parameters receive no gradient in a step (slower)."""
     fsdp_sharding: Literal["full_shard", "shard_grad_op", "hybrid_shard", "no_shard"] = "full_shard"
@@ -340,6 +341,12 @@ class DistributedConfig(Section):
     """fsdp: checkpoint activations of every wrapped block (FSDP's own implementation)."""
     deepspeed_zero_stage: Annotated[int, Field(ge=0, le=3)] = 2
     """deepspeed: ZeRO stage (1 optimizer state, 2 + gradients, 3 + parameters)."""
+    pipeline_schedule: Literal["gpipe", "1f1b"] = "gpipe"
+    """pipeline: gpipe (all forwards, then all backwards) or 1f1b (interleaved: fewer activations alive)."""
+    pipeline_microbatches: PositiveInt = 4
+    """pipeline: micro-batches each global batch is cut into; more keeps more stages busy at once."""
+    pipeline_split: list[PositiveInt] | None = None
+    """pipeline: indices of the blocks that start stages 2, 3, ... (one fewer than processes); default even."""
 
 
 class EnergyConfig(Section):
