@@ -1,0 +1,78 @@
+"""Early-exit networks: exits after model.blocks, per-sample exit inference, training, eval and export."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from mlrun.data.bundle import DataMeta
+from mlrun.errors import UsageError
+from mlrun.registry import models, techniques
+from mlrun.techniques.early_exit import find_exits
+
+IMAGES = DataMeta(task="classification", input_shape=(1, 8, 8), num_classes=10)
+FEATURES = DataMeta(task="classification", input_shape=(64,), num_classes=10)
+
+
+def with_exits(name: str, meta: DataMeta, after: list[int], **settings):
+    torch.manual_seed(0)
+    model = models.build(name, meta, **settings)
+    techniques.build("early_exit", model, after=after)
+    return model.eval()
+
+
+def expected_exits(all_logits: list[torch.Tensor], threshold: float) -> torch.Tensor:
+    """The first exit whose softmax confidence reaches `threshold` (the final head otherwise)."""
+    passes = torch.stack([logits.softmax(-1).amax(-1) for logits in all_logits]) >= threshold
+    passes[-1] = True
+    return passes.int().argmax(dim=0)
+
+
+@pytest.mark.parametrize(
+    "name, meta, after, settings",
+    [
+        ("cnn", IMAGES, [0, 1], {"channels": [16, 32, 32]}),
+        ("resnet", IMAGES, [0], {"depth": 8}),
+        ("mlp", FEATURES, [0, 1], {"hidden_sizes": [32, 32, 32]}),
+    ],
+)
+def test_per_sample_exit_inference_matches_every_exit_computed_in_full(name, meta, after, settings):
+    model = with_exits(name, meta, after, **settings)
+    exits = find_exits(model)
+    x = torch.randn(64, *meta.input_shape) * 3
+    with torch.no_grad():
+        every = exits.collect(model, x)
+        assert torch.allclose(every[-1], model(x), atol=1e-6)  # the plain forward is the final head's
+    confidences = torch.stack([e.softmax(-1).amax(-1) for e in every[:-1]]).flatten()
+    for threshold in [0.0001, float(confidences.median()), 1.0]:  # all leave early, some do, none do
+        logits, exit_at = exits.infer(model, x, threshold)
+        want = expected_exits(every, threshold)
+        assert torch.equal(exit_at, want)
+        assert torch.allclose(logits, torch.stack(every)[want, torch.arange(len(x))], atol=1e-5)
+
+
+def test_the_deeper_blocks_see_only_the_samples_still_in_the_network():
+    model = with_exits("cnn", IMAGES, [0], channels=[16, 32])
+    seen = []
+    model.blocks[1].register_forward_hook(lambda module, args, out: seen.append(len(args[0])))
+    exits = find_exits(model)
+    x = torch.randn(32, 1, 8, 8) * 3
+    threshold = float(exits.collect(model, x)[0].softmax(-1).amax(-1).median())
+    _, exit_at = exits.infer(model, x, threshold)
+    assert seen[-1] == int((exit_at == 1).sum()) < 32
+
+
+def test_a_copy_of_the_model_runs_its_own_exits():
+    model = with_exits("mlp", FEATURES, [0], hidden_sizes=[32, 32])
+    twin = copy.deepcopy(model)  # export deep-copies the model
+    with torch.no_grad():
+        twin.exits.heads[0].classify.weight.zero_()  # all-zero logits: confidence 0.1, nobody leaves
+    _, exit_at = find_exits(twin).infer(twin, torch.randn(8, 64), 0.5)
+    assert exit_at.tolist() == [1] * 8
+
+
+def test_exits_must_come_before_the_last_block():
+    with pytest.raises(UsageError, match="below the last block"):
+        with_exits("cnn", IMAGES, [1], channels=[16, 32])
