@@ -67,10 +67,11 @@ def test_the_deeper_blocks_see_only_the_samples_still_in_the_network():
 def test_a_copy_of_the_model_runs_its_own_exits():
     model = with_exits("mlp", FEATURES, [0], hidden_sizes=[32, 32])
     twin = copy.deepcopy(model)  # export deep-copies the model
-    with torch.no_grad():
-        twin.exits.heads[0].classify.weight.zero_()  # all-zero logits: confidence 0.1, nobody leaves
-    _, exit_at = find_exits(twin).infer(twin, torch.randn(8, 64), 0.5)
-    assert exit_at.tolist() == [1] * 8
+    with torch.no_grad():  # the copy's exit is sure of class 3 whatever the input: everybody leaves there
+        twin.exits.heads[0].classify.weight.zero_()
+        twin.exits.heads[0].classify.bias.copy_(torch.arange(10) == 3).mul_(50.0)
+    logits, exit_at = find_exits(twin).infer(twin, torch.randn(8, 64), 0.5)
+    assert exit_at.tolist() == [0] * 8 and logits.argmax(-1).tolist() == [3] * 8
 
 
 def test_exits_must_come_before_the_last_block():
