@@ -104,3 +104,18 @@ def test_profile_reports_energy_of_the_measured_steps(tmp_path):
     energy = json.loads(result.stdout)["energy"]
     assert energy["estimate"] is True and energy["joules_per_step"] == pytest.approx(energy["joules"] / 5)
     assert energy["joules_per_sample"] == pytest.approx(energy["joules"] / (5 * 32))
+
+
+def test_a_resumed_run_adds_the_energy_of_its_earlier_attempts(tmp_path):
+    config = tiny_config(energy={"rapl_root": str(tmp_path / "no-rapl")}, train={"max_steps": 4, "log_every": "2st"})
+    path = write_config(tmp_path, config)
+    assert run_cli("train", path, cwd=tmp_path).returncode == 0
+    run = tmp_path / "runs" / "tiny"
+    first = json.loads((run / "summary.json").read_text())["energy"]["joules"]
+    result = run_cli(
+        "train", path, "train.max_steps=8", "--resume", run / "checkpoints" / "step-00000004", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    energy = json.loads((run / "summary.json").read_text())["energy"]
+    assert energy["previous_attempts_joules"] == first
+    assert energy["joules"] == pytest.approx(first + sum(part["joules"] for part in energy["parts"]), abs=1e-3)
