@@ -19,7 +19,7 @@ from mlrun.registry import losses
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-@losses.register("cross_entropy")
+@losses.register("cross_entropy", soft_labels=True, targets="classes")
 def cross_entropy(
     meta: DataMeta,
     /,
@@ -46,7 +46,7 @@ def cross_entropy(
     return loss
 
 
-@losses.register("bce_with_logits")
+@losses.register("bce_with_logits", soft_labels=True, targets="binary")
 def bce_with_logits(meta: DataMeta, /, *, pos_weight: PositiveFloat | None = None) -> Loss:
     """Binary cross-entropy on logits (one output per label; targets 0/1 or probabilities).
 
@@ -65,19 +65,19 @@ def _regression(fn: Callable[..., torch.Tensor], **kwargs) -> Loss:
     return lambda outputs, targets: fn(outputs.float(), targets.float().view_as(outputs), **kwargs)
 
 
-@losses.register("mse")
+@losses.register("mse", targets="values")
 def mse(meta: DataMeta, /) -> Loss:
     """Mean squared error."""
     return _regression(F.mse_loss)
 
 
-@losses.register("l1")
+@losses.register("l1", targets="values")
 def l1(meta: DataMeta, /) -> Loss:
     """Mean absolute error."""
     return _regression(F.l1_loss)
 
 
-@losses.register("huber")
+@losses.register("huber", targets="values")
 def huber(meta: DataMeta, /, *, delta: PositiveFloat = 1.0) -> Loss:
     """Huber loss: squared below delta, linear above (robust to outliers).
 

@@ -129,13 +129,13 @@ def _classes(meta: DataMeta) -> int:
     return meta.num_classes or meta.vocab_size or 2
 
 
-@metrics.register("accuracy")
+@metrics.register("accuracy", tasks=("classification", "lm"))
 def accuracy(meta: DataMeta, /) -> Metric:
     """Share of correct predictions (argmax, or logit > 0 for one binary output)."""
     return Accuracy()
 
 
-@metrics.register("top_k_accuracy")
+@metrics.register("top_k_accuracy", tasks=("classification", "lm"))
 def top_k_accuracy(meta: DataMeta, /, *, k: Annotated[int, Field(ge=1)] = 5) -> Metric:
     """Share of samples whose class is among the k highest scores; logged as val/top<k>_accuracy.
 
@@ -145,43 +145,43 @@ def top_k_accuracy(meta: DataMeta, /, *, k: Annotated[int, Field(ge=1)] = 5) -> 
     return TopKAccuracy(k)
 
 
-@metrics.register("f1")
+@metrics.register("f1", tasks=("classification", "lm"))
 def f1(meta: DataMeta, /) -> Metric:
     """Macro-averaged F1 score over classes."""
     return ConfusionMetric("f1", _classes(meta))
 
 
-@metrics.register("precision")
+@metrics.register("precision", tasks=("classification", "lm"))
 def precision(meta: DataMeta, /) -> Metric:
     """Macro-averaged precision over classes."""
     return ConfusionMetric("precision", _classes(meta))
 
 
-@metrics.register("recall")
+@metrics.register("recall", tasks=("classification", "lm"))
 def recall(meta: DataMeta, /) -> Metric:
     """Macro-averaged recall over classes."""
     return ConfusionMetric("recall", _classes(meta))
 
 
-@metrics.register("mae")
+@metrics.register("mae", tasks=("regression",))
 def mae(meta: DataMeta, /) -> Metric:
     """Mean absolute error."""
     return RegressionMetric("mae")
 
 
-@metrics.register("rmse")
+@metrics.register("rmse", tasks=("regression",))
 def rmse(meta: DataMeta, /) -> Metric:
     """Root mean squared error."""
     return RegressionMetric("rmse")
 
 
-@metrics.register("r2")
+@metrics.register("r2", tasks=("regression",))
 def r2(meta: DataMeta, /) -> Metric:
     """Coefficient of determination: 1 - SSE / total sum of squares."""
     return RegressionMetric("r2")
 
 
-@metrics.register("perplexity")
+@metrics.register("perplexity", tasks=("lm",))
 def perplexity(meta: DataMeta, /) -> Metric:
     """exp(mean token cross-entropy), for language models."""
     return Perplexity()

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -47,16 +49,22 @@ class Registry:
         self.kind = kind
         self.package = package
         self._entries: dict[str, Callable[..., Any]] = {}
+        self._traits: dict[str, dict[str, Any]] = {}
         self._settings_models: dict[str, type[BaseModel]] = {}
         self._populated = False
 
-    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator: `@models.register("mlp")`."""
+    def register(self, name: str, **traits: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: `@models.register("mlp")`.
+
+        `traits` are what only this component knows and others ask about (an optimizer's state
+        bytes, whether a loss takes class probabilities): `@losses.register("mse", soft_labels=False)`.
+        """
 
         def decorate(factory: Callable[..., Any]) -> Callable[..., Any]:
             if name in self._entries:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
             self._entries[name] = factory
+            self._traits[name] = traits
             return factory
 
         return decorate
@@ -83,6 +91,13 @@ class Registry:
             f"unknown {self.kind[:-1]} '{name}'.{did_you_mean(name, self._entries)} "
             f"Known: {', '.join(self.names())} (or 'package.module:function' for your own code)."
         )
+
+    def trait(self, name: str, key: str, default: Any = None) -> Any:
+        """A trait declared with the entry; user code ("module:function") may set `mlrun_traits` on its factory."""
+        self._populate()
+        if name in self._traits:
+            return self._traits[name].get(key, default)
+        return getattr(self.get(name), "mlrun_traits", {}).get(key, default)
 
     def settings_model(self, name: str) -> type[BaseModel]:
         """A pydantic model of the factory's keyword-only settings (extra keys forbidden)."""
@@ -118,6 +133,8 @@ class Registry:
 
 def _import_path(path: str, kind: str) -> Callable[..., Any]:
     module_name, _, attr = path.partition(":")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # user modules next to the config, without PYTHONPATH=.
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -188,7 +205,20 @@ schedulers = Registry("schedulers", "mlrun.optim.schedulers")
 techniques = Registry("techniques", "mlrun.techniques")
 trackers = Registry("trackers", "mlrun.tracking")
 augmentations = Registry("augmentations", "mlrun.data.augment")
+objectives = Registry("objectives", "mlrun.objectives")
 
 REGISTRIES: dict[str, Registry] = {
-    r.kind: r for r in (models, datasets, losses, metrics, optimizers, schedulers, techniques, trackers, augmentations)
+    r.kind: r
+    for r in (
+        models,
+        datasets,
+        losses,
+        metrics,
+        optimizers,
+        schedulers,
+        techniques,
+        trackers,
+        augmentations,
+        objectives,
+    )
 }

@@ -67,27 +67,29 @@ def write_artifact(trained, fmt: str, quantize: str, folder: Path, calibration_b
 
     from mlrun.export import formats
     from mlrun.export.quantize import apply_quantization, linear_layers
+    from mlrun.export.signature import InferenceModule, input_names
     from mlrun.export.verify import batches
 
     parts = trained.parts
-    model, val, meta = parts.model, parts.bundle.val, parts.bundle.meta
-    example = next(batches(val, min(8, len(val))))[0]  # batch >= 2 so export keeps the batch dimension dynamic
+    val, meta = parts.bundle.val, parts.bundle.meta
+    model, names = InferenceModule(parts.model, meta), input_names(meta)
+    example = next(batches(val, min(8, len(val)), meta))[0]  # batch >= 2 so export keeps the batch dimension dynamic
     calibration = None
     if quantize == "int8-static":
         size = parts.config.data.batch_size
-        calibration = [x for x, _ in batches(parts.bundle.train, size, limit=calibration_batches * size)]
+        calibration = [x for x, _ in batches(parts.bundle.train, size, meta, limit=calibration_batches * size)]
     notes = []
     if fmt == "onnx":
         # ONNX Runtime quantizes MatMul/Gemm (the linear layers); fp16 converts every float tensor.
         changed = len(linear_layers(model)) if quantize.startswith("int8") else 1
         path = formats.quantize_onnx(
-            formats.write("onnx", copy.deepcopy(model), example, folder), quantize, calibration or []
+            formats.write("onnx", copy.deepcopy(model), example, names, folder), quantize, calibration or [], names
         )
         if quantize != "none":
             notes.append(f"{quantize} applied by ONNX Runtime to the fp32 ONNX graph")
     else:
         converted, changed = apply_quantization(copy.deepcopy(model), quantize, calibration)
-        path = formats.write(fmt, converted, example, folder)
+        path = formats.write(fmt, converted, example, names, folder)
         if quantize.startswith("int8"):
             notes.append("int8 linear layers: per-channel int8 weights, torch._int_mm")
     if fmt == "torchscript":
@@ -104,7 +106,14 @@ def write_artifact(trained, fmt: str, quantize: str, folder: Path, calibration_b
     fitted = trained.run_dir / "preprocessing.pkl"  # the transform fitted during training (tabular data)
     if fitted.exists():
         shutil.copy(fitted, folder / fitted.name)
-    input_dtype = "int64" if example.dtype == torch.long else "float32"
+    tokenizer = (parts.bundle.preprocessing or {}).get("tokenizer", {})
+    if tokenizer.get("kind") == "transformers":  # the exported model's own tokenizer travels with it
+        shutil.copytree(
+            tokenizer["path"], folder / "tokenizer", ignore=shutil.ignore_patterns("*.safetensors", "*.bin")
+        )
+        notes.append(
+            "tokenizer/: the transformers tokenizer the model was trained with (AutoTokenizer.from_pretrained)"
+        )
     return {
         "format": fmt,
         "quantize": quantize,
@@ -112,7 +121,10 @@ def write_artifact(trained, fmt: str, quantize: str, folder: Path, calibration_b
         "file_bytes": path.stat().st_size,
         "source_weights": str(trained.weights),
         "how_to_load": HOW_TO_LOAD[fmt],
-        "inputs": [{"name": "inputs", "shape": ["batch", *meta.input_shape], "dtype": input_dtype}],
+        "inputs": [
+            {"name": name, "shape": ["batch", *t.shape[1:]], "dtype": "int64" if t.dtype == torch.long else "float32"}
+            for name, t in zip(names, example)
+        ],
         "outputs": [{"name": "outputs", "dtype": "float32"}],
         "preprocessing": "preprocessing.json" if parts.bundle.preprocessing else None,
         "data_meta": dataclasses.asdict(meta),
@@ -126,22 +138,24 @@ def verify_artifact(trained, fmt: str, folder: Path, info: dict) -> dict:
 
     from mlrun.export import formats
     from mlrun.export.reload import load_exported_model
-    from mlrun.export.verify import agreement, batches, evaluate, latency_ms
+    from mlrun.export.signature import InferenceModule
+    from mlrun.export.verify import agreement, batches, evaluate, first, latency_ms
 
     parts = trained.parts
-    reference = parts.model
+    meta = parts.bundle.meta
+    reference = InferenceModule(parts.model, meta)
 
-    def reference_run(inputs):
+    def reference_run(*inputs):
         with torch.inference_mode():
-            return reference(inputs)
+            return reference(*inputs)
 
     candidate = formats.load(fmt, folder / info["file"], reload=lambda: load_exported_model(folder))
     val, eval_size = parts.bundle.val, parts.config.data.eval_batch_size or 256
-    inputs = next(batches(val, 256))[0]
-    fp32 = evaluate(reference_run, val, eval_size, parts.loss_fn, parts.metrics)
-    got = evaluate(candidate, val, eval_size, parts.loss_fn, parts.metrics)
+    inputs = next(batches(val, 256, meta))[0]
+    fp32 = evaluate(reference_run, val, meta, eval_size, parts.loss_fn, parts.metrics)
+    got = evaluate(candidate, val, meta, eval_size, parts.loss_fn, parts.metrics)
     key = f"val/{parts.metrics[0].name}" if parts.metrics else "val/loss"
-    big = inputs[:64] if len(inputs) >= 64 else inputs
+    big = first(inputs, 64)
     figures = {
         **agreement(reference_run, candidate, inputs),
         "metric": key,
@@ -150,9 +164,9 @@ def verify_artifact(trained, fmt: str, folder: Path, info: dict) -> dict:
         "metric_change": got[key] - fp32[key],
         "metrics_export": got,
         "size_ratio_to_fp32": info["file_bytes"] / trained.weights.stat().st_size,
-        "batch_for_latency": len(big),
-        "latency_ms_b1_fp32": latency_ms(reference_run, inputs[:1]),
-        "latency_ms_b1": latency_ms(candidate, inputs[:1]),
+        "batch_for_latency": len(big[0]),
+        "latency_ms_b1_fp32": latency_ms(reference_run, first(inputs, 1)),
+        "latency_ms_b1": latency_ms(candidate, first(inputs, 1)),
         "latency_ms_b64_fp32": latency_ms(reference_run, big),
         "latency_ms_b64": latency_ms(candidate, big),
     }

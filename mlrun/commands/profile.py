@@ -8,15 +8,11 @@ process so memory peaks do not mix, and writes a table and a chart to runs/<name
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from mlrun.config.load import load_config
 from mlrun.errors import UsageError
-
-MB = 2**20
+from mlrun.profiling.units import MB
 
 
 def run_profile(
@@ -102,25 +98,3 @@ def print_figures(f: dict, folder: Path) -> None:
     if "trace_dir" in f:
         print(f"  trace: {f['trace_dir']} (tensorboard --logdir {f['trace_dir']}, or open the .json in Perfetto)")
     print(f"  figures: {folder / 'profile.json'}")
-
-
-def profile_in_subprocess(path: Path, overrides: list[str], steps: int, warmup: int) -> dict:
-    """One case in a fresh process, so its memory peak is its own."""
-    command = [
-        sys.executable,
-        "-m",
-        "mlrun",
-        "profile",
-        str(path),
-        *overrides,
-        "--steps",
-        str(steps),
-        "--warmup",
-        str(warmup),
-        "--estimate",
-        "--json",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ})
-    if result.returncode != 0:
-        raise UsageError(f"profiling with {' '.join(overrides[-3:])} failed: {result.stderr.strip().splitlines()[-1]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])

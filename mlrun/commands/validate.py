@@ -1,4 +1,6 @@
-"""`mlrun validate CONFIG [k=v ...] [--print]`: load, validate and build every component, no training."""
+"""`mlrun validate CONFIG [k=v ...] [--print]`: load, validate and build every component, then one forward
+and backward pass on one real batch (no optimizer step, no files written), so parts that do not fit
+each other fail here with exit 2."""
 
 from __future__ import annotations
 
@@ -13,12 +15,18 @@ def run_validate(path: Path, overrides: list[str], print_config: bool) -> None:
     config = load_config(path, overrides)
     if print_config:
         print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
-    from mlrun.engine.build import build_components
+    import torch
 
-    parts = build_components(config)
+    from mlrun.engine.autobatch import resolve_batch_size
+    from mlrun.engine.build import build_components
+    from mlrun.engine.dry_run import check_one_batch
+
+    parts = build_components(resolve_batch_size(config))
+    check_one_batch(parts, torch.device("cpu"))
     params = sum(p.numel() for p in parts.model.parameters())
     print(
         f"mlrun: {path} is valid: model {config.model.name} ({params:,} parameters), "
         f"data {config.data.name} ({len(parts.bundle.train)} train / {len(parts.bundle.val)} val samples), "
-        f"{parts.plan.steps_per_epoch} steps/epoch, {parts.plan.total_steps} optimizer steps"
+        f"{parts.plan.steps_per_epoch} steps/epoch, {parts.plan.total_steps} optimizer steps; "
+        "one batch ran forward and backward"
     )

@@ -122,6 +122,10 @@ class TrackerSpec(ComponentSpec):
     registry_kind = "trackers"
 
 
+class ObjectiveSpec(ComponentSpec):
+    registry_kind = "objectives"
+
+
 class AugmentSpec(ComponentSpec):
     registry_kind = "augmentations"
 
@@ -149,6 +153,8 @@ class DataSpec(ComponentSpec):
     """Page-locked host memory for faster copies to a GPU; default: on when training on CUDA."""
     augment: list[AugmentSpec] = []
     """Augmentation steps applied in order to training batches only, e.g. [hflip, {name: random_crop, padding: 4}]."""
+    augment_field: str | None = None
+    """For batches of named tensors: the image field augmentation applies to (targets: `labels`)."""
     dedup: bool = False
     """Drop exact duplicate samples within each split and report samples shared by train and validation (leakage)."""
 
@@ -383,6 +389,9 @@ class ExperimentConfig(Section):
     """The dataset and its loaders."""
     loss: LossSpec = LossSpec(name="cross_entropy")
     """The training loss: a registry name or {name: ..., settings}."""
+    objective: ObjectiveSpec = ObjectiveSpec(name="supervised")
+    """How a batch becomes a loss: supervised (loss of logits vs targets) | causal_lm (next token) | model_loss
+    (the loss the model returns)."""
     metrics: list[MetricSpec] = []
     """Metrics computed at each evaluation, logged as val/<name>."""
     optimizer: OptimizerSpec = OptimizerSpec(name="adamw")

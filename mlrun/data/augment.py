@@ -21,6 +21,7 @@ import torch
 from pydantic import Field, PositiveFloat, PositiveInt
 from torch.nn import functional as F
 
+from mlrun.data.batch import TARGET_KEY
 from mlrun.data.bundle import DataMeta
 from mlrun.errors import UsageError
 from mlrun.registry import augmentations
@@ -33,14 +34,19 @@ Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 class Augmentations:
     """The configured steps in order, with the generator seeded for each (epoch, global batch)."""
 
-    def __init__(self, steps: list[Step], seed: int):
-        self.steps, self.seed = steps, seed
+    def __init__(self, steps: list[Step], seed: int, field: str | None = None):
+        self.steps, self.seed, self.field = steps, seed, field
         self.soft_labels = any(getattr(step, "soft_labels", False) for step in steps)
 
-    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, epoch: int, batch: int):
-        generator = torch.Generator().manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_033 + batch) % 2**63)
+    def __call__(self, batch, epoch: int, position: int):
+        """The batch augmented: `(inputs, targets)`, or a mapping whose `field` and `labels` are changed."""
+        generator = torch.Generator().manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_033 + position) % 2**63)
+        mapping = isinstance(batch, dict)
+        inputs, targets = (batch[self.field], batch.get(TARGET_KEY)) if mapping else batch
         for step in self.steps:
             inputs, targets = step(inputs, targets, generator)
+        if mapping:
+            return {**batch, self.field: inputs, **({TARGET_KEY: targets} if targets is not None else {})}
         return inputs, targets
 
 

@@ -6,11 +6,9 @@ receives `bundle.meta`, so a config never repeats the input shape or the number 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import pickle
 from collections.abc import Callable
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,6 +29,8 @@ class DataMeta:
     seq_len: int | None = None  # token inputs
     pixel_mean: tuple[float, ...] | None = None  # images: per-channel statistics they were normalised with
     pixel_std: tuple[float, ...] | None = None
+    # Batches of named tensors: the model's input names, in order (None: `(inputs, targets)` tuples).
+    input_names: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -86,9 +86,41 @@ class ArrayDataset(Dataset):
         return digest.hexdigest()[:16]
 
 
+class TensorDictDataset(Dataset):
+    """In-memory named tensors (features and `labels`), batched by one index per tensor like ArrayDataset."""
+
+    in_memory = True
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        sizes = {name: len(t) for name, t in tensors.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"named tensors of different lengths: {sizes}")
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {name: t[index] for name, t in self.tensors.items()}
+
+    def __getitems__(self, indices) -> dict[str, torch.Tensor]:
+        index = torch.as_tensor(indices)
+        return {name: t[index] for name, t in self.tensors.items()}
+
+    def subset(self, indices) -> TensorDictDataset:
+        return TensorDictDataset(self.__getitems__(torch.as_tensor(indices, dtype=torch.long)))
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.tensors.items()):
+            digest.update(name.encode())
+            digest.update(tensor.contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+
 def collate(batch):
     """Batches already built by `__getitems__` pass through; lists of samples are stacked."""
-    return batch if isinstance(batch, tuple) else default_collate(batch)
+    return batch if isinstance(batch, (tuple, dict)) else default_collate(batch)
 
 
 def fingerprint(dataset: Dataset) -> str | None:
@@ -97,27 +129,21 @@ def fingerprint(dataset: Dataset) -> str | None:
     return method() if callable(method) else None
 
 
-# The run's own fitted transform while a run's data is rebuilt (eval, export, resume); None: fit anew.
-_FITTED_TRANSFORM: ContextVar[object | None] = ContextVar("mlrun_fitted_transform", default=None)
+def load_fitted_transform(run_dir: Path) -> object | None:
+    """The run's fitted preprocessing (preprocessing.pkl), or None when its data fits none.
 
-
-@contextlib.contextmanager
-def run_transform(run_dir: Path):
-    """While the block runs, sources that fit a transform (tabular) apply the run's preprocessing.pkl
-    instead of fitting on the data they read: eval and export on other data, and a resume after the
-    files changed, then prepare inputs exactly as the weights were trained on. No file: fit as usual."""
+    Eval and export on other data, and a resume after the files changed, then prepare inputs exactly
+    as the weights were trained on.
+    """
     path = run_dir / "preprocessing.pkl"
-    transform = None
-    if path.is_file():
-        with path.open("rb") as file:
-            transform = pickle.load(file)
-    token = _FITTED_TRANSFORM.set(transform)
-    try:
-        yield
-    finally:
-        _FITTED_TRANSFORM.reset(token)
+    if not path.is_file():
+        return None
+    with path.open("rb") as file:
+        return pickle.load(file)
 
 
-def fitted_transform() -> object | None:
-    """The transform set by `run_transform`, or None when the source should fit its own."""
-    return _FITTED_TRANSFORM.get()
+def fetch_batch(dataset: Dataset, indices) -> object:
+    """The samples at `indices` as one batch: `__getitems__` when the dataset has it, else collated items."""
+    if hasattr(dataset, "__getitems__"):
+        return dataset.__getitems__(list(indices))
+    return collate([dataset[i] for i in indices])

@@ -74,7 +74,7 @@ def hf_disk(
         train_split: the training split of a DatasetDict.
         val_split: the validation split of a DatasetDict; when absent, val_fraction of the training split.
         val_fraction: share held out for validation when there is no validation split.
-        tokenizer: with text_field: byte, char or a tokenizers tokenizer.json path.
+        tokenizer: with text_field: byte, char, a tokenizer.json path or a transformers tokenizer folder.
         max_length: with text_field: tokens per sample.
         task: auto (integer or string labels classify, float labels regress), classification or regression.
     """

@@ -4,7 +4,8 @@ Numeric columns are imputed (when asked) and scaled; categorical columns one-hot
 encoded; then optional feature selection steps run in order (variance threshold, univariate top-k,
 recursive elimination, L1-based, PCA). The fitted pipeline is fitted on the training split only,
 applied to validation, and pickled into the run directory (`preprocessing.pkl`); eval, export and
-resume rebuild the data with that pickled pipeline instead of fitting again (`run_transform`).
+resume rebuild the data with that pickled pipeline instead of fitting again: the registry entry
+declares `fits_transform`, so the engine passes the run's fitted pipeline as a second runtime input.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from mlrun.data.arrays import bundle_from_arrays
-from mlrun.data.bundle import DatasetBundle, fitted_transform
+from mlrun.data.bundle import DatasetBundle
 from mlrun.data.splits import ValFraction, is_classification, require_columns, resolve_files, split_indices
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
@@ -135,6 +136,7 @@ def _pipeline(numeric, categorical, impute, encoding, scale, select, classify, s
 def _tabular(
     reader: str,
     seed: int,
+    fitted,
     path: str,
     target: str,
     features: list[str] | None,
@@ -175,7 +177,7 @@ def _tabular(
     else:
         train_frame = frame
     y_train, y_val = train_frame[target].to_numpy(), val_frame[target].to_numpy()
-    pipeline = fitted_transform()  # the run's own, when eval, export or a resume rebuilds its data
+    pipeline = fitted  # the run's own, when eval, export or a resume rebuilds its data
     if pipeline is None:
         pipeline = _pipeline(
             numeric, categorical, impute, categorical_encoding, scale, select, classify, seed, len(features)
@@ -216,6 +218,7 @@ def _tabular(
 def _register(reader: str):
     def factory(
         seed: int,
+        fitted=None,
         /,
         *,
         path: str,
@@ -233,6 +236,7 @@ def _register(reader: str):
         return _tabular(
             reader,
             seed,
+            fitted,
             path,
             target,
             features,
@@ -262,7 +266,7 @@ def _register(reader: str):
         scale: numeric columns: standard (zero mean, unit variance), minmax or none.
         select: feature-selection steps in order, each {{method: variance|kbest|rfe|l1|pca, ...}}.
     """  # noqa: E501
-    return datasets.register(reader)(factory)
+    return datasets.register(reader, fits_transform=True)(factory)
 
 
 csv = _register("csv")

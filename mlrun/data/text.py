@@ -1,7 +1,8 @@
 """`jsonl_text`: text classification from JSON Lines, one `{"text": ..., "label": ...}` per line.
 
-Texts become fixed-length rows of token ids (truncated or padded with 0); labels may be strings or
-numbers and become class ids in sorted order of the training labels.
+Texts become fixed-length rows of token ids (truncated or padded) with an attention mask; batches are
+named tensors `{"input_ids", "attention_mask", "labels"}`, as transformers models take them. Labels
+may be strings or numbers and become class ids in sorted order of the training labels.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import torch
 from pydantic import PositiveInt
 
 from mlrun.data.arrays import bundle_from_arrays
-from mlrun.data.bundle import DatasetBundle
+from mlrun.data.batch import TARGET_KEY
+from mlrun.data.bundle import ArrayDataset, DatasetBundle, TensorDictDataset
 from mlrun.data.splits import ValFraction, resolve_files, split_indices
 from mlrun.data.tokenize import encode_padded, make_tokenizer
 from mlrun.errors import UsageError
@@ -70,19 +72,32 @@ def text_bundle(
         val = [texts[i] for i in val_idx], labels[val_idx]
         texts, labels = [texts[i] for i in train_idx], labels[train_idx]
     encoder = make_tokenizer(tokenizer, texts, "data.tokenizer", pad=True)
+    train_ids, train_mask = encode_padded(encoder, texts, max_length)
+    val_ids, val_mask = encode_padded(encoder, val[0], max_length)
+    pad_id = getattr(encoder, "pad_id", 0)
     bundle = bundle_from_arrays(
-        encode_padded(encoder, texts, max_length),
+        train_ids,
         labels,
         seed,
         val_fraction=val_fraction,
         task="classification",
         where=where,
-        val=(encode_padded(encoder, val[0], max_length), val[1]),
-        preprocessing={"tokenizer": encoder.describe(), "max_length": max_length, "pad_id": 0},
+        val=(val_ids, val[1]),
+        preprocessing={"tokenizer": encoder.describe(), "max_length": max_length, "pad_id": pad_id},
         dtype=torch.long,
     )
-    bundle.meta = dataclasses.replace(bundle.meta, vocab_size=encoder.vocab_size, seq_len=max_length)
+    bundle.train = _named(bundle.train, train_mask)
+    bundle.val = _named(bundle.val, val_mask)
+    bundle.meta = dataclasses.replace(
+        bundle.meta, vocab_size=encoder.vocab_size, seq_len=max_length, input_names=("input_ids", "attention_mask")
+    )
     return bundle
+
+
+def _named(split: ArrayDataset, mask: np.ndarray) -> TensorDictDataset:
+    return TensorDictDataset(
+        {"input_ids": split.inputs, "attention_mask": torch.as_tensor(mask), TARGET_KEY: split.targets}
+    )
 
 
 @datasets.register("jsonl_text")
@@ -106,7 +121,7 @@ def jsonl_text(
         val_fraction: share of records held out for validation (stratified by label).
         text_field: the field holding the text.
         label_field: the field holding the label (string or number).
-        tokenizer: byte (UTF-8 bytes), char (alphabet of the training texts) or a tokenizers tokenizer.json path.
+        tokenizer: byte (UTF-8), char (training alphabet), a tokenizer.json path or a transformers tokenizer folder.
         max_length: tokens per sample; longer texts are truncated, shorter ones padded with id 0.
     """
     texts, labels = read_jsonl(path, "data.path", text_field, label_field)

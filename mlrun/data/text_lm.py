@@ -104,7 +104,7 @@ def text_lm(
     Args:
         path: a text file, a glob (`books/*.txt`, `**` recurses) or a list of them, relative to the working directory.
         val_path: files for the validation split (instead of the tail of the training text).
-        tokenizer: byte, or a tokenizers tokenizer.json path.
+        tokenizer: byte, a tokenizers tokenizer.json path, or a transformers tokenizer folder (save_pretrained).
         block_size: tokens per training sample (the model's context).
         stride: tokens between the starts of consecutive blocks; default block_size (no overlap).
         val_fraction: share of the tokens, from the end, held out for validation (without val_path).

@@ -1,8 +1,9 @@
 """Tokenizers for text data: built-in bytes or characters, or a Hugging Face `tokenizers` file.
 
 `tokenizer: byte` needs nothing fitted; `char` learns its alphabet from the training split (id 0
-pads, 1 stands for characters never seen in training); a path names a `tokenizer.json` saved by the
-`tokenizers` library (installed with mlrun[text]).
+pads, 1 stands for characters never seen in training); a file path names a `tokenizer.json` saved by
+the `tokenizers` library (installed with mlrun[text]); a folder is a transformers tokenizer written by
+`save_pretrained` (special tokens and its own pad id included; mlrun[transformers]).
 """
 
 from __future__ import annotations
@@ -74,20 +75,59 @@ class FileTokenizer:
         return {"kind": "file", "path": str(Path(self.path).resolve()), "vocab_size": self.vocab_size}
 
 
+class FolderTokenizer:
+    """A transformers tokenizer folder (save_pretrained): its special tokens ([CLS] ... [SEP]) and pad id."""
+
+    def __init__(self, path: str, key: str):
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise UsageError(
+                f"{key}: a tokenizer folder needs transformers: pip install 'mlrun[transformers]'"
+            ) from None
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable folder gets the same message
+            raise UsageError(f"{key}: cannot load the tokenizer folder '{path}': {str(exc).splitlines()[0]}") from None
+        self.path = path
+        self.vocab_size = len(self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else PAD
+
+    def encode(self, text: str) -> list[int]:
+        # A whole corpus file is longer than the model's context on purpose: text_lm cuts it into blocks.
+        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+
+    def encode_batch(self, texts: list[str], max_length: int | None = None) -> list[list[int]]:
+        return self.tokenizer(texts, truncation=max_length is not None, max_length=max_length)["input_ids"]
+
+    def describe(self) -> dict:
+        return {"kind": "transformers", "path": str(Path(self.path).resolve()), "vocab_size": self.vocab_size}
+
+
 def make_tokenizer(spec: str, train_texts: list[str], key: str, pad: bool):
-    """`byte`, `char` (fitted on `train_texts`) or a tokenizer file; `pad` reserves id 0 for padding."""
+    """`byte`, `char` (fitted on `train_texts`), a tokenizer file or folder; `pad` reserves id 0 for padding."""
     if spec == "byte":
         return ByteTokenizer(offset=1 if pad else 0)
     if spec == "char":
         return CharTokenizer(train_texts)
+    if Path(spec).is_dir():
+        return FolderTokenizer(spec, key)
     return FileTokenizer(spec, key)
 
 
-def encode_padded(tokenizer, texts: list[str], max_length: int) -> np.ndarray:
-    """(N, max_length) int64 ids, truncated or padded with 0 at the end."""
-    encoded = tokenizer.encode_batch(texts) if hasattr(tokenizer, "encode_batch") else map(tokenizer.encode, texts)
-    out = np.full((len(texts), max_length), PAD, dtype=np.int64)
-    for row, ids in zip(out, encoded):
-        ids = ids[:max_length]
-        row[: len(ids)] = ids
-    return out
+def encode_padded(tokenizer, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, max_length) int64 ids, truncated or padded at the end with the tokenizer's pad id, and the
+    attention mask (1 for a token, 0 for padding)."""
+    if isinstance(tokenizer, FolderTokenizer):  # truncates inside its special tokens
+        encoded = tokenizer.encode_batch(texts, max_length)
+    elif hasattr(tokenizer, "encode_batch"):
+        encoded = tokenizer.encode_batch(texts)
+    else:
+        encoded = map(tokenizer.encode, texts)
+    ids = np.full((len(texts), max_length), getattr(tokenizer, "pad_id", PAD), dtype=np.int64)
+    mask = np.zeros((len(texts), max_length), dtype=np.int64)
+    for row, row_mask, tokens in zip(ids, mask, encoded):
+        tokens = tokens[:max_length]
+        row[: len(tokens)] = tokens
+        row_mask[: len(tokens)] = 1
+    return ids, mask

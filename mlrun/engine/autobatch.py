@@ -3,7 +3,7 @@
 Doubling, then bisection, over real micro-steps. On CUDA each candidate runs forward and backward
 and an out-of-memory error means "does not fit" (the allocator is emptied and the search goes on).
 On CPU, where running out of memory kills the process instead of raising, each candidate's peak is
-predicted from one forward pass (mlrun.profiling.estimate: live tensor bytes; half the available
+predicted from one forward pass (mlrun.memory.estimate: live tensor bytes; half the available
 memory leaves room for what the allocator keeps of freed memory).
 """
 
@@ -12,7 +12,11 @@ from __future__ import annotations
 import torch
 
 from mlrun.config.schema import ExperimentConfig
+from mlrun.data.batch import move_batch
+from mlrun.data.bundle import fetch_batch
+from mlrun.engine.build import build_components
 from mlrun.errors import UsageError
+from mlrun.memory.estimate import estimate_peak, frees_gradients, optimizer_state_estimate
 
 CPU_SHARE = 0.5  # without a budget, use at most half of the memory the system has available
 
@@ -25,8 +29,6 @@ def resolve_batch_size(config: ExperimentConfig) -> ExperimentConfig:
     """The config with `auto` replaced by the batch size found (unchanged when it is a number)."""
     if config.data.batch_size != "auto":
         return config
-    from mlrun.engine.build import build_components
-
     parts = build_components(with_batch_size(config, 1))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     budget = _budget(config, device)
@@ -34,8 +36,8 @@ def resolve_batch_size(config: ExperimentConfig) -> ExperimentConfig:
     fits = _fits_cuda if device.type == "cuda" else _fits_estimate
 
     def try_batch(size: int) -> bool:
-        inputs, targets = parts.bundle.train.__getitems__([i % limit for i in range(size)])
-        return fits(parts, config, inputs.to(device), targets.to(device), budget)
+        batch = fetch_batch(parts.bundle.train, [i % limit for i in range(size)])
+        return fits(parts, config, move_batch(batch, device), budget)
 
     if not try_batch(1):
         raise UsageError(
@@ -67,36 +69,31 @@ def _autocast_dtype(config: ExperimentConfig):
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision)
 
 
-def _fits_estimate(parts, config, inputs, targets, budget: int) -> bool:
-    from mlrun.profiling.estimate import estimate_peak
-
+def _fits_estimate(parts, config, batch, budget: int) -> bool:
     peak = estimate_peak(
         parts.model,
-        parts.loss_fn,
-        inputs,
-        targets,
+        parts.objective,
+        batch,
         config.optimizer.name,
         config.optimizer.settings,
         _autocast_dtype(config),
-        config.has_technique("optimizer_in_backward"),
+        frees_gradients([t.name for t in config.techniques]),
         config.train.grad_accum_steps,
     )["total"]
     return peak <= budget
 
 
-def _fits_cuda(parts, config, inputs, targets, budget: int) -> bool:
-    model = parts.model.to(inputs.device)
+def _fits_cuda(parts, config, batch, budget: int) -> bool:
+    model = parts.model.to("cuda")
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     try:
         with torch.autocast(
             "cuda", dtype=_autocast_dtype(config) or torch.float32, enabled=_autocast_dtype(config) is not None
         ):
-            loss = parts.loss_fn(model(inputs), targets)
+            loss = parts.objective(model, batch).loss
         loss.backward()
         # Optimizer state is created at the first step: count it from the rule, not a real step.
-        from mlrun.profiling.estimate import optimizer_state_estimate
-
         peak = torch.cuda.max_memory_allocated() + optimizer_state_estimate(
             model, config.optimizer.name, config.optimizer.settings
         )

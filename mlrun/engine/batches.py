@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mlrun.config.schema import DataSpec
+from mlrun.data.batch import Batch, move_batch
 from mlrun.data.bundle import collate
 
 
@@ -54,11 +55,11 @@ class EpochBatchSampler:
             yield batch if self.index_tensors else batch.tolist()
 
 
-def to_device(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+def to_device(batch: Batch, device: torch.device) -> Batch:
     """A batch from an unprepared loader moved to the device: what Accelerate's prepared loader does."""
     if device.type == "cpu":
         return batch
-    return tuple(t.to(device, non_blocking=True) for t in batch)
+    return move_batch(batch, device)
 
 
 def _seed_worker(worker_id: int) -> None:

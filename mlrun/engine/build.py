@@ -41,6 +41,7 @@ class Components:
     bundle: DatasetBundle
     model: nn.Module
     loss_fn: object
+    objective: object  # (model, batch) -> ObjectiveOutput
     metrics: list[Metric]
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
@@ -67,13 +68,16 @@ def build(spec: ComponentSpec, *runtime):
         raise UsageError(f"{registry.kind[:-1]} '{spec.name}': {exc}") from None
 
 
-def build_components(config: ExperimentConfig, num_processes: int = 1) -> Components:
-    if config.data.batch_size == "auto":
-        from mlrun.engine.autobatch import resolve_batch_size
+def build_components(config: ExperimentConfig, num_processes: int = 1, fitted_transform=None) -> Components:
+    """Every component of a resolved config (`data.batch_size: auto` already a number: mlrun.engine.autobatch).
 
-        config = resolve_batch_size(config)  # Components.config then holds the number found
+    `fitted_transform`: the run's own fitted preprocessing (eval, export, resume), applied instead of
+    fitting anew by sources that fit one (tabular).
+    """
+    if config.data.batch_size == "auto":
+        raise ValueError("build_components needs a resolved batch size: call engine.autobatch.resolve_batch_size first")
     seed_everything(config.seed)
-    bundle = build_data(config.data, config.seed)
+    bundle = build_data(config.data, config.seed, fitted_transform)
     plan = plan_steps(len(bundle.train), config.data, config.train, num_processes)
     model = build(config.model, bundle.meta)
     callbacks = [cb for spec in config.techniques if (cb := build(spec, model)) is not None]
@@ -87,11 +91,14 @@ def build_components(config: ExperimentConfig, num_processes: int = 1) -> Compon
     metric_objects = [build(spec, bundle.meta) for spec in config.metrics]
     check_monitors(config, metric_objects)
     augment = build_augmentations(config, bundle.meta)
+    loss_fn = build(config.loss, bundle.meta)
+    check_objective_uses_loss(config)
     return Components(
         config=config,
         bundle=bundle,
         model=model,
-        loss_fn=build(config.loss, bundle.meta),
+        loss_fn=loss_fn,
+        objective=build(config.objective, loss_fn, bundle.meta),
         metrics=metric_objects,
         optimizer=optimizer,
         schedule=schedule,
@@ -112,8 +119,23 @@ def check_in_backward(config: ExperimentConfig) -> None:
             )
 
 
-def build_data(spec: DataSpec, seed: int) -> DatasetBundle:
-    bundle = build(spec, seed)
+def check_objective_uses_loss(config: ExperimentConfig) -> None:
+    from mlrun.config.schema import LossSpec
+    from mlrun.registry import objectives
+
+    if not objectives.trait(config.objective.name, "uses_loss", True) and config.loss != LossSpec(name="cross_entropy"):
+        raise UsageError(
+            f"loss: objective '{config.objective.name}' uses the loss the model returns, so loss "
+            f"'{config.loss.name}' would be ignored; remove `loss:` or use objective: supervised"
+        )
+
+
+def build_data(spec: DataSpec, seed: int, fitted_transform=None) -> DatasetBundle:
+    from mlrun.registry import datasets
+
+    # Only sources that fit preprocessing (their registry entry says so) take the run's fitted one.
+    takes_fitted = datasets.trait(spec.name, "fits_transform", False)
+    bundle = build(spec, seed, fitted_transform) if takes_fitted else build(spec, seed)
     if spec.dedup:
         from mlrun.data.dedup import deduplicate, describe
 
@@ -125,22 +147,26 @@ def build_data(spec: DataSpec, seed: int) -> DatasetBundle:
     return bundle
 
 
-# Built-in losses that accept class probabilities as targets (what mixup and cutmix produce).
-SOFT_LABEL_LOSSES = {"cross_entropy", "bce_with_logits"}
-
-
 def build_augmentations(config: ExperimentConfig, meta: DataMeta) -> Augmentations | None:
     if not config.data.augment:
         return None
+    from mlrun.registry import losses
+
     steps = [build(spec, meta) for spec in config.data.augment]
-    augment = Augmentations(steps, config.seed)
-    user_loss = ":" in config.loss.name  # the user's own loss is trusted to take what it is given
-    if augment.soft_labels and meta.task == "classification" and not user_loss:
-        if config.loss.name not in SOFT_LABEL_LOSSES:
-            raise UsageError(
-                f"data.augment: mixup and cutmix give class probabilities as targets, which loss "
-                f"'{config.loss.name}' cannot take; use {' or '.join(sorted(SOFT_LABEL_LOSSES))}."
-            )
+    if meta.input_names is not None and config.data.augment_field not in meta.input_names:
+        raise UsageError(
+            f"data.augment_field: batches of '{config.data.name}' are named tensors "
+            f"({', '.join(meta.input_names)}); name the image field augmentation applies to"
+        )
+    augment = Augmentations(steps, config.seed, config.data.augment_field)
+    # The user's own loss is trusted to take what it is given.
+    takes_soft = losses.trait(config.loss.name, "soft_labels", ":" in config.loss.name)
+    if augment.soft_labels and meta.task == "classification" and not takes_soft:
+        soft = [name for name in losses.names() if losses.trait(name, "soft_labels", False)]
+        raise UsageError(
+            f"data.augment: mixup and cutmix give class probabilities as targets, which loss "
+            f"'{config.loss.name}' cannot take; use {' or '.join(soft)}."
+        )
     return augment
 
 

@@ -8,26 +8,39 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mlrun.metrics import Metric
+from mlrun.objectives.base import Objective
+
+
+def samples_in(predictions: torch.Tensor, targets: torch.Tensor | None) -> int:
+    """What a mean loss averages over: class ids and tokens count one each, other targets one per row."""
+    if targets is None:
+        return len(predictions)
+    return targets.numel() if not targets.is_floating_point() else targets.shape[0]
 
 
 @torch.no_grad()
-def evaluate(accelerator: Accelerator, model: nn.Module, loader: DataLoader, loss_fn, metrics: list[Metric]) -> dict:
+def evaluate(
+    accelerator: Accelerator, model: nn.Module, loader: DataLoader, objective: Objective, metrics: list[Metric]
+) -> dict:
     was_training = model.training
     model.eval()
     for metric in metrics:
         metric.reset(accelerator.device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-    count = 0
-    for inputs, targets in loader:
-        outputs = model(inputs)
-        # gather_for_metrics drops the samples padded in to even out the last batch across processes.
-        outputs, targets = accelerator.gather_for_metrics((outputs, targets))
-        n = targets.numel() if not targets.is_floating_point() else targets.shape[0]
-        loss_sum += loss_fn(outputs, targets).double() * n  # the loss is a mean: weight it by its size
+    count = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    for batch in loader:
+        out = objective(model, batch)
+        n = samples_in(out.predictions, out.targets)
+        loss_sum += out.loss.double() * n  # the loss is a mean: weight it by its size
         count += n
-        for metric in metrics:
-            metric.update(outputs, targets)
+        if metrics and out.targets is not None:
+            # gather_for_metrics drops the samples padded in to even out the last batch across processes.
+            predictions, targets = accelerator.gather_for_metrics((out.predictions, out.targets))
+            for metric in metrics:
+                metric.update(predictions, targets)
+    if accelerator.num_processes > 1:
+        loss_sum, count = accelerator.reduce(torch.stack([loss_sum, count]), reduction="sum")
     model.train(was_training)
-    results = {"val/loss": float(loss_sum / max(count, 1))}  # one sync per figure, once per evaluation
+    results = {"val/loss": float(loss_sum / count.clamp(min=1))}  # one sync per figure, once per evaluation
     results.update({f"val/{metric.name}": metric.compute() for metric in metrics})
     return results

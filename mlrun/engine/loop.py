@@ -10,63 +10,27 @@ get `on_step_end` / `on_evaluate` and steer the loop only through `state.should_
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import time
 from pathlib import Path
 
-import accelerate.optimizer
 import torch
 from accelerate import Accelerator
 from safetensors.torch import save_model
 
 from mlrun.config.schema import Duration
-from mlrun.engine.batches import eval_loader, to_device, train_loader
+from mlrun.data.batch import batch_len
+from mlrun.engine.batches import to_device
 from mlrun.engine.build import Components
 from mlrun.engine.callbacks import EarlyStopping, improved
 from mlrun.engine.checkpoint import latest_checkpoint, save_checkpoint
+from mlrun.engine.dry_run import check_one_batch
 from mlrun.engine.evaluate import evaluate
-from mlrun.engine.parallel import wrap_blocks_with_fsdp
 from mlrun.engine.signals import StopSignals, requeue_slurm_job
 from mlrun.engine.state import TrainState
+from mlrun.engine.step import prepare_training
 from mlrun.errors import RunFailed, RunInterrupted
 from mlrun.tracking.base import RunInfo
-
-# AcceleratedOptimizer.step asks `is_lomo_available()` twice per step, and each ask is an
-# importlib.util.find_spec walk of sys.path (~0.3 ms a step on a tiny model). Installed packages
-# do not change during a run, so the answer is cached.
-accelerate.optimizer.is_lomo_available = functools.cache(accelerate.optimizer.is_lomo_available)
-
-
-def calls_torch_directly(accelerator: Accelerator) -> bool:
-    """One process, no accumulation, no loss scaling, no sharding engine.
-
-    Then Accelerate's per-step wrappers (the prepared loader, `accumulate`, unscale-then-clip, the
-    optimizer step wrapper, backward's division by 1) compute nothing torch's own calls would not,
-    and cost ~0.1 ms a step, a tenth of a tiny model's step; the loop calls torch directly instead.
-    """
-    return (
-        accelerator.num_processes == 1
-        and accelerator.gradient_accumulation_steps == 1
-        and accelerator.scaler is None
-        and accelerator.distributed_type.value not in ("DEEPSPEED", "FSDP")
-    )
-
-
-def step_verbs(accelerator: Accelerator, optimizer, direct: bool):
-    """(accumulate, backward, clip_grad_norm_, optimizer step): torch's own when `direct`, else Accelerate's."""
-    if direct:
-        return _no_accumulation, _backward, torch.nn.utils.clip_grad_norm_, optimizer.optimizer.step
-    # The prepared optimizer's step is a no-op until the last micro-batch of an accumulation window.
-    return accelerator.accumulate, accelerator.backward, accelerator.clip_grad_norm_, optimizer.step
-
-
-def _no_accumulation(model) -> contextlib.nullcontext:
-    return contextlib.nullcontext()
-
-
-def _backward(loss: torch.Tensor) -> None:
-    loss.backward()
 
 
 class TrainingLoop:
@@ -79,27 +43,10 @@ class TrainingLoop:
         self.callbacks = [*parts.callbacks, *extra_callbacks]
         if self.train_cfg.early_stopping:
             self.callbacks.append(EarlyStopping(self.train_cfg.early_stopping))
-        self.direct = calls_torch_directly(accelerator)
-        on_cuda = accelerator.device.type == "cuda"
-        data, seed = self.config.data, self.config.seed
-        loader, self.sampler = train_loader(parts.bundle.train, data, seed, on_cuda, sharded=not self.direct)
-        val = eval_loader(parts.bundle.val, data, on_cuda)
-        wrap_blocks_with_fsdp(accelerator, parts.model)
-        model = torch.compile(parts.model) if self.train_cfg.compile else parts.model
-        if self.direct:
-            self.model, self.optimizer, self.val_loader = accelerator.prepare(model, parts.optimizer, val)
-            self.loader = loader
-        else:
-            self.model, self.optimizer, self.loader, self.val_loader = accelerator.prepare(
-                model, parts.optimizer, loader, val
-            )
-        self.accumulate, self.backward, self.clip, self.optimizer_step = step_verbs(
-            accelerator, self.optimizer, self.direct
-        )
-        # Collected once: model.parameters() walks every module, which costs more than a tiny model's step.
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        for callback in self.callbacks:
-            callback.on_train_start(self.model)
+        prepared = prepare_training(parts, accelerator, self.callbacks)
+        self.model, self.optimizer, self.step = prepared.model, prepared.optimizer, prepared.step
+        self.loader, self.sampler, self.val_loader = prepared.loader, prepared.sampler, prepared.val_loader
+        self.direct = prepared.direct
         # Everything a resume needs beyond model/optimizer/scaler/RNG, which Accelerate saves itself.
         accelerator.register_for_checkpointing(self.state, parts.schedule, *self.callbacks)
 
@@ -107,6 +54,8 @@ class TrainingLoop:
 
     def run(self, resume_from: Path | None) -> TrainState:
         self._reset_window()
+        if self.accelerator.distributed_type.value not in ("FSDP", "DEEPSPEED"):  # sharded weights: no plain forward
+            check_one_batch(self.parts, self.accelerator.device, self.accelerator.autocast)
         if resume_from is not None:
             self.accelerator.load_state(str(resume_from))
             # A run paused on purpose (a PBT round, an early stop being extended) goes on from here.
@@ -152,14 +101,13 @@ class TrainingLoop:
         self.sampler.start_at(self.state.batch_in_epoch * self.accelerator.num_processes)
         batches = iter(self.loader)
         while (batch := self._next_batch(batches)) is not None:
-            self._micro_step(*batch)
-            if self.accelerator.sync_gradients and self._after_optimizer_step():
+            if self._micro_step(batch) and self._after_optimizer_step():
                 return  # stopping mid-epoch: the position is in the state
         self.state.epoch += 1
         self.state.batch_in_epoch = 0
         self._at_boundary("ep", self.state.epoch)
 
-    def _next_batch(self, batches) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _next_batch(self, batches):
         """The next training batch, augmented; the time spent waiting for it is counted (no sync)."""
         start = time.perf_counter()
         batch = next(batches, None)
@@ -174,45 +122,23 @@ class TrainingLoop:
             return batch
         # Seeded by the batch's global position, so workers, processes and resumes see the same draws.
         position = self.state.batch_in_epoch * self.accelerator.num_processes + self.accelerator.process_index
-        return self.parts.augment(*batch, self.state.epoch, position)
+        return self.parts.augment(batch, self.state.epoch, position)
 
-    def _micro_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
-        accelerator, cfg = self.accelerator, self.train_cfg
-        with self.accumulate(self.model):
-            loss = self.parts.loss_fn(self.model(inputs), targets)
-            if cfg.on_nonfinite == "skip" and not torch.isfinite(loss):  # one sync a step: the price of skipping
-                self.window_bad = True
-            self.backward(loss)
-            if accelerator.sync_gradients:
-                if self.window_bad:
-                    self.optimizer.zero_grad(set_to_none=True)  # params without grads are not updated
-                elif cfg.max_grad_norm:
-                    self.grad_norm = self.clip(self.params, cfg.max_grad_norm)
-            self.optimizer_step()
-            if accelerator.sync_gradients:
-                # What AcceleratedOptimizer.zero_grad does, minus its inspect.signature call per step.
-                self.optimizer.optimizer.zero_grad(set_to_none=True)
-        self.state.batch_in_epoch += 1
-        samples = len(inputs) * accelerator.num_processes
+    def _micro_step(self, batch) -> bool:
+        """One micro-batch through the shared step; True when it ended an optimizer step."""
+        step_number = self.state.step + 1  # the optimizer step this micro-batch belongs to
+        loss, stepped = self.step(batch, self.state)
+        samples = batch_len(batch) * self.accelerator.num_processes
         self.window_samples += samples
         self.state.samples_seen += samples
         # Kept as device tensors (no kernel, no sync); read at the next log, evaluation or checkpoint.
-        self.window_losses.append(loss.detach())
-        self.window_steps.append(self.state.step + 1)
+        self.window_losses.append(loss)
+        self.window_steps.append(step_number)
+        return stepped
 
     def _after_optimizer_step(self) -> bool:
-        """Bookkeeping after each optimizer step; True when the loop must stop now."""
+        """The loop's bookkeeping after each optimizer step; True when the loop must stop now."""
         state = self.state
-        if self.window_bad:
-            state.nonfinite_skipped += 1
-            self.window_bad = False
-        if self.accelerator.optimizer_step_was_skipped:
-            state.overflow_skipped += 1  # fp16 loss-scale overflow: the scaler retries with a smaller scale
-        else:
-            self.parts.schedule.step()
-        state.step += 1
-        for callback in self.callbacks:
-            callback.on_step_end(self.model, state)
         for tracker in self.parts.trackers:
             tracker.progress(state.step, state.epoch)
         if state.step % self.train_cfg.log_every.count == 0 or state.step == self.parts.plan.total_steps:
@@ -243,8 +169,7 @@ class TrainingLoop:
     def _reset_window(self) -> None:
         self.window_losses: list[torch.Tensor] = []  # every micro-batch loss since the last log
         self.window_steps: list[int] = []  # the optimizer step each of them belongs to
-        self.grad_norm: torch.Tensor | None = None
-        self.window_samples, self.window_bad, self.window_wait_s = 0, False, 0.0
+        self.window_samples, self.window_wait_s = 0, 0.0
         # Wall time of training alone: evaluation and checkpoint writes are paused out of it.
         self.window_start = self.clock = time.perf_counter()
         self.window_paused_s = self.clock_paused_s = 0.0
@@ -287,8 +212,8 @@ class TrainingLoop:
             "train/samples_per_s": self.window_samples / max(elapsed, 1e-9),
             "train/data_wait_fraction": min(1.0, self.window_wait_s / max(elapsed, 1e-9)),
         }
-        if self.grad_norm is not None:
-            figures["train/grad_norm"] = float(self.grad_norm)
+        if self.step.grad_norm is not None:
+            figures["train/grad_norm"] = float(self.step.grad_norm)
         if self.state.nonfinite_skipped:
             figures["train/nonfinite_skipped"] = self.state.nonfinite_skipped
         if self.state.overflow_skipped:
@@ -320,7 +245,7 @@ class TrainingLoop:
     def _evaluate(self) -> None:
         self._check_finite()
         with self._paused(), _weights(self.callbacks, self.model):
-            results = evaluate(self.accelerator, self.model, self.val_loader, self.parts.loss_fn, self.parts.metrics)
+            results = evaluate(self.accelerator, self.model, self.val_loader, self.parts.objective, self.parts.metrics)
             watched = {**self.state.last_train, **results}  # monitors may name any logged figure
             self._keep_best(watched)
         self.state.last_eval, self.state.last_eval_step = results, self.state.step

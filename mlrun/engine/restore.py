@@ -8,7 +8,7 @@ from pathlib import Path
 from safetensors.torch import load_model
 
 from mlrun.config.load import load_config
-from mlrun.data.bundle import run_transform
+from mlrun.data.bundle import load_fitted_transform
 from mlrun.engine.build import Components, build_components
 from mlrun.engine.run_dir import read_summary
 from mlrun.errors import UsageError
@@ -48,8 +48,8 @@ def load_trained(run_dir: Path, checkpoint: str = "final", overrides: list[str] 
     if not config_path.is_file():
         raise UsageError(f"'{run_dir}' is not a run directory (no config.yaml); pass runs/<name>")
     weights = resolve_weights(run_dir, checkpoint)
-    with run_transform(run_dir):  # inputs prepared as in training, also for data given by overrides
-        parts = build_components(load_config(config_path, overrides))
+    # Inputs prepared as in training, also for data given by overrides.
+    parts = build_components(load_config(config_path, overrides), fitted_transform=load_fitted_transform(run_dir))
     missing, unexpected = load_model(parts.model, str(weights), strict=False)
     if missing or unexpected:
         raise UsageError(

@@ -5,7 +5,6 @@ Used by `mlrun train` and by `mlrun tune` (each trial is a full run in its own d
 
 from __future__ import annotations
 
-import contextlib
 import pickle
 import shutil
 import time
@@ -24,7 +23,8 @@ def run_training(
     config: ExperimentConfig, resume: str = "auto", overwrite: bool = False, callbacks: tuple[Callback, ...] = ()
 ) -> TrainState:
     """Train `config` in <output_dir>/<name>; summary.json is written whatever happens."""
-    from mlrun.data.bundle import fingerprint, run_transform
+    from mlrun.data.bundle import fingerprint, load_fitted_transform
+    from mlrun.engine.autobatch import resolve_batch_size, with_batch_size
     from mlrun.engine.batches import resolve_workers
     from mlrun.engine.build import build_components
     from mlrun.engine.loop import TrainingLoop
@@ -37,12 +37,13 @@ def run_training(
         shutil.rmtree(run_dir, ignore_errors=True)
     accelerator.wait_for_everyone()
     if resume_from is not None and config.data.batch_size == "auto":
-        # A resumed run keeps the batch size it started with: its data position counts in those batches.
-        config = load_config(run_dir / "config.yaml")
+        # A resumed run keeps the batch size it started with (its data position counts in those
+        # batches); every other key, overrides included, comes from this invocation.
+        config = with_batch_size(config, load_config(run_dir / "config.yaml").data.batch_size)
+    config = resolve_batch_size(config)  # auto -> a number, written to config.yaml so reruns are exact
     # A resumed run goes on with the preprocessing its weights were trained under, even if files changed.
-    with run_transform(run_dir) if resume_from is not None else contextlib.nullcontext():
-        parts = build_components(config, accelerator.num_processes)
-    config = parts.config  # data.batch_size: auto resolved to a number, written so reruns are exact
+    fitted = load_fitted_transform(run_dir) if resume_from is not None else None
+    parts = build_components(config, accelerator.num_processes, fitted_transform=fitted)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(run_dir, config.model_dump(mode="json"))
@@ -64,7 +65,7 @@ def run_training(
     started, message = time.time(), None
     try:
         return loop.run(resume_from)
-    except (RunFailed, RunInterrupted) as exc:
+    except (RunFailed, RunInterrupted, UsageError) as exc:
         message = str(exc)
         raise
     except Exception as exc:

@@ -7,7 +7,8 @@
                   PyTorch graphs do not export to ONNX reliably
     torchscript   torch.jit.trace, legacy: TorchScript is deprecated in favour of torch.export
 
-Every loader returns `run(inputs: Tensor) -> Tensor` on CPU.
+Models are written as `InferenceModule`s (mlrun.export.signature): positional input tensors named
+after the data's inputs, logits out. Every loader returns `run(*inputs: Tensor) -> Tensor` on CPU.
 """
 
 from __future__ import annotations
@@ -24,16 +25,19 @@ from mlrun.errors import UsageError
 
 FORMATS = ("safetensors", "pt2", "onnx", "torchscript")
 FILE_NAMES = {"safetensors": "model.safetensors", "pt2": "model.pt2", "onnx": "model.onnx", "torchscript": "model.ts"}
-Runner = Callable[[torch.Tensor], torch.Tensor]
+Runner = Callable[..., torch.Tensor]
 
 
-def write(fmt: str, model: nn.Module, example: torch.Tensor, folder: Path) -> Path:
-    """Write `model` (already quantized for torch formats) to folder/<file>; returns the path."""
+def write(fmt: str, model: nn.Module, example: tuple[torch.Tensor, ...], names: tuple[str, ...], folder: Path) -> Path:
+    """Write `model` (already quantized for torch formats) to folder/<file>; returns the path.
+
+    `example`: one batch of positional inputs (batch >= 2, so the batch dimension stays dynamic).
+    """
     path = folder / FILE_NAMES[fmt]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # exporters warn at length about internals users cannot change
-            _WRITERS[fmt](model, example, path)
+            _WRITERS[fmt](model, example, names, path)
     except UsageError:
         raise
     except Exception as exc:  # an exporter failing on an operator of this model
@@ -41,30 +45,31 @@ def write(fmt: str, model: nn.Module, example: torch.Tensor, folder: Path) -> Pa
     return path
 
 
-def _write_safetensors(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _write_safetensors(model: nn.Module, example, names, path: Path) -> None:
     from safetensors.torch import save_model
 
     save_model(model, str(path))
 
 
-def _dynamic_batch(example: torch.Tensor):
-    return ({0: torch.export.Dim("batch", min=1, max=65536)},)
+def _dynamic_batch(example: tuple[torch.Tensor, ...]):
+    batch = torch.export.Dim("batch", min=1, max=65536)  # one dimension shared by every input
+    return (tuple({0: batch} for _ in example),)  # InferenceModule.forward(*inputs): one varargs parameter
 
 
-def _write_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    program = torch.export.export(model, (example,), dynamic_shapes=_dynamic_batch(example))
+def _write_pt2(model: nn.Module, example, names, path: Path) -> None:
+    program = torch.export.export(model, example, dynamic_shapes=_dynamic_batch(example))
     torch.export.save(program, str(path))
 
 
-def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _write_onnx(model: nn.Module, example, names, path: Path) -> None:
     import onnx
 
     program = torch.onnx.export(
         model,
-        (example,),
+        example,
         dynamo=True,
         dynamic_shapes=_dynamic_batch(example),
-        input_names=["inputs"],
+        input_names=list(names),
         output_names=["outputs"],
         verbose=False,
     )
@@ -76,7 +81,7 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     onnx.save(graph, str(path))
 
 
-def _write_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _write_torchscript(model: nn.Module, example, names, path: Path) -> None:
     torch.jit.save(torch.jit.trace(model, example), str(path))
 
 
@@ -103,7 +108,7 @@ def _export_failure(fmt: str, exc: Exception) -> str:
 # --- ONNX Runtime quantization ------------------------------------------------------------------
 
 
-def quantize_onnx(path: Path, quantize: str, calibration: list[torch.Tensor]) -> Path:
+def quantize_onnx(path: Path, quantize: str, calibration: list[tuple[torch.Tensor, ...]], names) -> Path:
     """Apply ONNX Runtime's int8 / int8-static / fp16 conversion to an fp32 ONNX file, in place."""
     if quantize == "none":
         return path
@@ -124,7 +129,7 @@ def quantize_onnx(path: Path, quantize: str, calibration: list[torch.Tensor]) ->
         quantize_static(
             str(source),
             str(path),
-            _Calibration(calibration),
+            _Calibration(calibration, names),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QInt8,
@@ -142,27 +147,29 @@ def quantize_onnx(path: Path, quantize: str, calibration: list[torch.Tensor]) ->
 class _Calibration:
     """ONNX Runtime's CalibrationDataReader over calibration batches."""
 
-    def __init__(self, batches: list[torch.Tensor]):
-        self.batches = iter(batches)
+    def __init__(self, batches: list[tuple[torch.Tensor, ...]], names):
+        self.batches, self.names = iter(batches), names
 
     def get_next(self):
         batch = next(self.batches, None)
-        return None if batch is None else {"inputs": batch.numpy()}
+        return None if batch is None else {name: t.numpy() for name, t in zip(self.names, batch)}
 
 
 # --- loading back -------------------------------------------------------------------------------
 
 
 def load(fmt: str, path: Path, reload: Callable[[], nn.Module] | None = None) -> Runner:
-    """`run(inputs) -> outputs` from the file, through the format's own runtime (mlrun's for safetensors)."""
+    """`run(*inputs) -> outputs` from the file, through the format's own runtime (mlrun's for safetensors)."""
     if fmt == "onnx":
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # the same threads as the torch side
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        return lambda inputs: torch.from_numpy(session.run(None, {name: inputs.numpy()})[0])
+        names = [i.name for i in session.get_inputs()]
+        return lambda *inputs: torch.from_numpy(
+            session.run(None, {name: t.numpy() for name, t in zip(names, inputs)})[0]
+        )
     if fmt == "pt2":
         module = torch.export.load(str(path)).module()
     elif fmt == "torchscript":
@@ -170,8 +177,8 @@ def load(fmt: str, path: Path, reload: Callable[[], nn.Module] | None = None) ->
     else:
         module = reload()
 
-    def run(inputs: torch.Tensor) -> torch.Tensor:
+    def run(*inputs: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return module(inputs)
+            return module(*inputs)
 
     return run

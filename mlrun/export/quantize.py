@@ -61,7 +61,7 @@ def linear_layers(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
     ]
 
 
-def to_int8(model: nn.Module, static: bool, calibration: list[torch.Tensor] | None = None) -> int:
+def to_int8(model: nn.Module, static: bool, calibration: list[tuple[torch.Tensor, ...]] | None = None) -> int:
     """Replace every nn.Linear by Int8Linear in place; returns how many were replaced.
 
     With `static`, each layer's input scale is the largest absolute input seen on `calibration`;
@@ -79,7 +79,7 @@ def to_int8(model: nn.Module, static: bool, calibration: list[torch.Tensor] | No
 
 
 @torch.no_grad()
-def _calibrate(model: nn.Module, layers: list[nn.Linear], batches: list[torch.Tensor]) -> None:
+def _calibrate(model: nn.Module, layers: list[nn.Linear], batches: list[tuple[torch.Tensor, ...]]) -> None:
     if not batches:
         raise ValueError("int8-static needs calibration batches")
     for layer in layers:
@@ -90,8 +90,8 @@ def _calibrate(model: nn.Module, layers: list[nn.Linear], batches: list[torch.Te
 
     hooks = [layer.register_forward_hook(record) for layer in layers]
     try:
-        for batch in batches:
-            model(batch)
+        for batch in batches:  # positional inputs of an InferenceModule
+            model(*batch)
     finally:
         for hook in hooks:
             hook.remove()
@@ -104,12 +104,12 @@ class CastInputs(nn.Module):
         super().__init__()
         self.model, self.dtype = model.to(dtype), dtype
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.to(self.dtype) if x.is_floating_point() else x).float()
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(*(x.to(self.dtype) if x.is_floating_point() else x for x in inputs)).float()
 
 
 def apply_quantization(
-    model: nn.Module, quantize: str, calibration: list[torch.Tensor] | None
+    model: nn.Module, quantize: str, calibration: list[tuple[torch.Tensor, ...]] | None
 ) -> tuple[nn.Module, int]:
     """The model converted for `quantize` and the number of layers it changed (0: nothing to quantize)."""
     if quantize == "none":

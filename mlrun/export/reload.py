@@ -15,20 +15,24 @@ from torch import nn
 from mlrun.config.load import load_config
 from mlrun.data.bundle import DataMeta
 from mlrun.export.quantize import apply_quantization
+from mlrun.export.signature import InferenceModule
 from mlrun.registry import models
 
 
 def model_structure(config_path: Path, meta: DataMeta, quantize: str) -> nn.Module:
     """The model as built for training, converted for `quantize` (weights still to be loaded)."""
     config = load_config(config_path)
-    model = models.build(config.model.name, meta, **config.model.settings)
+    model = InferenceModule(models.build(config.model.name, meta, **config.model.settings), meta)
     return apply_quantization(model, quantize, calibration=None)[0].eval()
 
 
 def load_exported_model(folder: str | Path) -> nn.Module:
+    """`model(*inputs) -> logits`, the exported InferenceModule with its weights."""
     folder = Path(folder)
     info = json.loads((folder / "export.json").read_text())
-    meta = DataMeta(**{k: tuple(v) if k == "input_shape" else v for k, v in info["data_meta"].items()})
+    meta = DataMeta(
+        **{k: tuple(v) if k in ("input_shape", "input_names") and v else v for k, v in info["data_meta"].items()}
+    )
     model = model_structure(folder / "config.yaml", meta, info["quantize"])
     load_model(model, str(folder / info["file"]))
     return model

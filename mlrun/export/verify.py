@@ -9,31 +9,42 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import Dataset
 
+from mlrun.data.batch import split_batch
+from mlrun.data.bundle import DataMeta, fetch_batch
+from mlrun.export.signature import as_tensors
 from mlrun.metrics import Metric
 
-Runner = Callable[[torch.Tensor], torch.Tensor]
+Runner = Callable[..., torch.Tensor]  # run(*inputs) -> logits
 
 
-def batches(dataset: Dataset, size: int, limit: int | None = None):
+def batches(dataset: Dataset, size: int, meta: DataMeta, limit: int | None = None):
+    """(positional inputs, targets) of consecutive batches, as an exported model takes them."""
     total = len(dataset) if limit is None else min(limit, len(dataset))
     for start in range(0, total, size):
-        yield dataset.__getitems__(list(range(start, min(start + size, total))))
+        features, targets = split_batch(fetch_batch(dataset, range(start, min(start + size, total))))
+        yield as_tensors(features, meta), targets
 
 
-def agreement(reference: Runner, candidate: Runner, inputs: torch.Tensor) -> dict[str, float]:
+def first(inputs: tuple[torch.Tensor, ...], count: int) -> tuple[torch.Tensor, ...]:
+    return tuple(t[:count] for t in inputs)
+
+
+def agreement(reference: Runner, candidate: Runner, inputs: tuple[torch.Tensor, ...]) -> dict[str, float]:
     """Largest absolute output difference and the share of equal predicted classes."""
-    expected, got = reference(inputs).float(), candidate(inputs).float()
+    expected, got = reference(*inputs).float(), candidate(*inputs).float()
     same = (expected.argmax(-1) == got.argmax(-1)).float().mean() if expected.shape[-1] > 1 else torch.tensor(1.0)
     return {"max_abs_diff": float((expected - got).abs().max()), "class_agreement": float(same)}
 
 
-def evaluate(run: Runner, dataset: Dataset, batch_size: int, loss_fn, metrics: list[Metric]) -> dict[str, float]:
+def evaluate(
+    run: Runner, dataset: Dataset, meta: DataMeta, batch_size: int, loss_fn, metrics: list[Metric]
+) -> dict[str, float]:
     """val/loss and val/<metric> of `run` over the whole split (mirrors engine.evaluate, on CPU)."""
     for metric in metrics:
         metric.reset(torch.device("cpu"))
     loss_sum, count = 0.0, 0
-    for inputs, targets in batches(dataset, batch_size):
-        outputs = run(inputs).float()
+    for inputs, targets in batches(dataset, batch_size, meta):
+        outputs = run(*inputs).float()
         n = targets.numel() if not targets.is_floating_point() else targets.shape[0]
         loss_sum += float(loss_fn(outputs, targets)) * n
         count += n
@@ -42,13 +53,13 @@ def evaluate(run: Runner, dataset: Dataset, batch_size: int, loss_fn, metrics: l
     return {"val/loss": loss_sum / max(count, 1), **{f"val/{m.name}": m.compute() for m in metrics}}
 
 
-def latency_ms(run: Runner, inputs: torch.Tensor, warmup: int = 5, repeats: int = 30) -> float:
+def latency_ms(run: Runner, inputs: tuple[torch.Tensor, ...], warmup: int = 5, repeats: int = 30) -> float:
     """Median wall time of one call, after warm-up."""
     for _ in range(warmup):
-        run(inputs)
+        run(*inputs)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        run(inputs)
+        run(*inputs)
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3

@@ -4,4 +4,4 @@ Every model keeps its repeated blocks in `model.blocks` (an nn.ModuleList), so t
 activation checkpointing and FSDP auto-wrap know what to wrap.
 """
 
-from mlrun.models import cnn, mlp, resnet, transformer  # noqa: F401
+from mlrun.models import cnn, hf, mlp, resnet, transformer  # noqa: F401

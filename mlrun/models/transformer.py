@@ -2,7 +2,8 @@
 
 `gpt` is a decoder-only language model with causal attention and tied embeddings (GPT-2 style).
 `transformer_classifier` is a bidirectional encoder with mean pooling, over tokens or, for
-tabular inputs, one token per feature (FT-Transformer style).
+tabular inputs, one token per feature (FT-Transformer style). Given an `attention_mask` (text
+sources yield one), padded tokens are neither attended to nor pooled.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """`keys`: (B, 1, 1, T) True where a key may be attended to (padding masked out)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, D)
         y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
+            q, k, v, attn_mask=keys, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
         )
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
@@ -53,8 +55,8 @@ class Block(nn.Module):
             nn.Dropout(dropout),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), keys)
         return x + self.mlp(self.norm2(x))
 
 
@@ -138,11 +140,17 @@ class TransformerClassifier(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, out_features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.embed(x) + self.pos_emb  # (B, T, C)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`input_ids`: (B, T) token ids or (B, F) features; `attention_mask`: (B, T), 1 for tokens, 0 for padding."""
+        x = self.embed(input_ids) + self.pos_emb  # (B, T, C)
+        keys = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x).mean(dim=1))
+            x = block(x, keys)
+        x = self.norm(x)
+        if attention_mask is None:
+            return self.head(x.mean(dim=1))
+        weights = attention_mask.to(x.dtype).unsqueeze(-1)  # (B, T, 1): the mean over real tokens only
+        return self.head((x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1))
 
 
 class FeatureTokens(nn.Module):

@@ -14,6 +14,7 @@ from torch import nn
 from mlrun.errors import UsageError
 from mlrun.optim.optimizers import Betas
 from mlrun.optim.param_groups import param_groups
+from mlrun.optim.state_bytes import per_element
 from mlrun.registry import optimizers
 
 
@@ -53,5 +54,5 @@ def _low_bit_adamw(bits: int):
     return factory
 
 
-adamw8bit = optimizers.register("adamw8bit")(_low_bit_adamw(8))
-adamw4bit = optimizers.register("adamw4bit")(_low_bit_adamw(4))
+adamw8bit = optimizers.register("adamw8bit", state_bytes=per_element(0.5))(_low_bit_adamw(8))
+adamw4bit = optimizers.register("adamw4bit", state_bytes=per_element(0.25))(_low_bit_adamw(4))

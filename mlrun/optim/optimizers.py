@@ -13,13 +13,14 @@ from torch import nn
 
 from mlrun.optim.lamb import Lamb
 from mlrun.optim.param_groups import param_groups
+from mlrun.optim.state_bytes import factored, per_element, with_momentum
 from mlrun.registry import optimizers
 
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 Betas = tuple[Beta, Beta]
 
 
-@optimizers.register("adamw")
+@optimizers.register("adamw", state_bytes=per_element(2))
 def adamw(
     model: nn.Module,
     /,
@@ -42,7 +43,7 @@ def adamw(
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, fused=fused)
 
 
-@optimizers.register("adam")
+@optimizers.register("adam", state_bytes=per_element(2))
 def adam(
     model: nn.Module,
     /,
@@ -63,7 +64,7 @@ def adam(
     return torch.optim.Adam(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
 
 
-@optimizers.register("sgd")
+@optimizers.register("sgd", state_bytes=with_momentum(0, 0.9))
 def sgd(
     model: nn.Module,
     /,
@@ -86,7 +87,7 @@ def sgd(
     return torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov)
 
 
-@optimizers.register("rmsprop")
+@optimizers.register("rmsprop", state_bytes=with_momentum(1, 0.0))
 def rmsprop(
     model: nn.Module,
     /,
@@ -109,7 +110,7 @@ def rmsprop(
     return torch.optim.RMSprop(param_groups(model, weight_decay), lr=lr, alpha=alpha, eps=eps, momentum=momentum)
 
 
-@optimizers.register("adagrad")
+@optimizers.register("adagrad", state_bytes=per_element(1))
 def adagrad(
     model: nn.Module,
     /,
@@ -128,7 +129,7 @@ def adagrad(
     return torch.optim.Adagrad(param_groups(model, weight_decay), lr=lr, eps=eps)
 
 
-@optimizers.register("adafactor")
+@optimizers.register("adafactor", state_bytes=factored)
 def adafactor(
     model: nn.Module,
     /,
@@ -147,7 +148,7 @@ def adafactor(
     return torch.optim.Adafactor(param_groups(model, weight_decay), lr=lr, beta2_decay=beta2_decay)
 
 
-@optimizers.register("lamb")
+@optimizers.register("lamb", state_bytes=per_element(2))
 def lamb(
     model: nn.Module,
     /,

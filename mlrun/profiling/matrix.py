@@ -8,10 +8,14 @@ in its own process, so its memory peak is its own.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from mlrun.commands.profile import MB, profile_in_subprocess
 from mlrun.config.schema import ExperimentConfig
+from mlrun.errors import UsageError
+from mlrun.profiling.units import MB
 from mlrun.tuning.space import as_override
 
 
@@ -107,3 +111,25 @@ def write_chart(rows: list[dict], path: Path) -> Path | None:
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def profile_in_subprocess(path: Path, overrides: list[str], steps: int, warmup: int) -> dict:
+    """One case in a fresh process, so its memory peak is its own."""
+    command = [
+        sys.executable,
+        "-m",
+        "mlrun",
+        "profile",
+        str(path),
+        *overrides,
+        "--steps",
+        str(steps),
+        "--warmup",
+        str(warmup),
+        "--estimate",
+        "--json",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ})
+    if result.returncode != 0:
+        raise UsageError(f"profiling with {' '.join(overrides[-3:])} failed: {result.stderr.strip().splitlines()[-1]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -1,7 +1,8 @@
 """Warm-up, then N measured optimizer steps of the real config, with a timer around each phase.
 
-The step is the training loop's own (same components, same Accelerate verbs), written out here
-with a synchronisation between phases: the breakdown needs it, the training loop must not pay it.
+The step is the training loop's own object (mlrun.engine.step: same preparation, objective, verbs,
+non-finite check, schedule and callbacks such as EMA); profiling only swaps its `mark` hook for a
+timer that synchronises between phases: the breakdown needs the sync, training must not pay it.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from pathlib import Path
 import torch
 
 from mlrun.config.schema import ExperimentConfig
-from mlrun.engine.batches import to_device, train_loader
+from mlrun.data.batch import batch_len
+from mlrun.engine.batches import to_device
 from mlrun.engine.build import build_components
-from mlrun.engine.loop import calls_torch_directly, step_verbs
-from mlrun.profiling.device import peak_flops, synchronize
-from mlrun.profiling.memory import (
+from mlrun.engine.state import TrainState
+from mlrun.engine.step import TrainStep, prepare_training
+from mlrun.memory.estimate import estimate_peak, frees_gradients
+from mlrun.memory.measure import (
     ResidentPeak,
     SavedActivations,
     gradient_bytes,
@@ -26,8 +29,26 @@ from mlrun.profiling.memory import (
     optimizer_state_bytes,
     parameter_bytes,
 )
+from mlrun.profiling.device import peak_flops, synchronize
 
 PHASES = ("data", "forward", "backward", "optimizer")
+
+
+class PhaseTimer:
+    """`mark(phase)`: synchronise, then add the time since the previous mark to `times[phase]`."""
+
+    def __init__(self, device: torch.device, times: dict[str, float]):
+        self.device, self.times = device, times
+        self.last = time.perf_counter()
+
+    def restart(self) -> None:
+        self.last = time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        synchronize(self.device)
+        now = time.perf_counter()
+        self.times[phase] += now - self.last
+        self.last = now
 
 
 def profile_config(
@@ -38,19 +59,13 @@ def profile_config(
     accelerator = make_accelerator(config)
     parts = build_components(config)
     device = accelerator.device
-    direct = calls_torch_directly(accelerator)  # the loop's choice of verbs, so its costs are measured
-    loader, sampler = train_loader(parts.bundle.train, config.data, config.seed, device.type == "cuda", not direct)
-    if direct:
-        model, optimizer = accelerator.prepare(parts.model, parts.optimizer)
-    else:
-        model, optimizer, loader = accelerator.prepare(parts.model, parts.optimizer, loader)
-    if config.train.compile:
-        model = torch.compile(model)
-    verbs = step_verbs(accelerator, optimizer, direct)
-    batches = _endless(loader, sampler, device if direct else None)
+    prepared = prepare_training(parts, accelerator, parts.callbacks)
+    model, step = prepared.model, prepared.step
+    batches = _endless(prepared.loader, prepared.sampler, device if prepared.direct else None)
     positions = itertools.count()  # seeds each batch's augmentation, as the loop's batch position does
-    augment = (lambda x, y: parts.augment(x, y, 0, next(positions))) if parts.augment else None
+    augment = (lambda batch: parts.augment(batch, 0, next(positions))) if parts.augment else None
     accum = config.train.grad_accum_steps
+    state = TrainState()  # a scratch state: the step advances it as it advances the loop's
     times: dict[str, float] = defaultdict(float)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -58,37 +73,26 @@ def profile_config(
     # would miss the memory training needs.
     with ResidentPeak() as resident:
         for _ in range(warmup):
-            _step(accelerator, model, verbs, parts.loss_fn, batches, augment, accum, config.train.max_grad_norm, None)
+            _optimizer_step(step, batches, augment, state, accum, None)
+        timer = PhaseTimer(device, times)
+        step.mark = timer
         with _trace(trace_dir) as tracer:
             meter = _energy_meter(config, device)
             start = time.perf_counter()
-            samples = sum(
-                _step(
-                    accelerator,
-                    model,
-                    verbs,
-                    parts.loss_fn,
-                    batches,
-                    augment,
-                    accum,
-                    config.train.max_grad_norm,
-                    times,
-                    tracer,
-                )
-                for _ in range(steps)
-            )
+            samples = sum(_optimizer_step(step, batches, augment, state, accum, timer, tracer) for _ in range(steps))
             total_s = time.perf_counter() - start
             energy = meter.stop(samples) if meter is not None else None
-    flops = flops_per_step(model, parts.loss_fn, batches, accum)
+        step.mark = lambda phase: None
+    flops = flops_per_step(model, parts.objective, batches, accum)
     with SavedActivations(model) as saved:
-        inputs, targets = next(batches)
-        parts.loss_fn(model(inputs), targets)
+        parts.objective(model, next(batches))
     peak, source = peak_flops(device, config.train.precision)
     step_s = total_s / steps
+    in_backward = frees_gradients([t.name for t in config.techniques])
     memory = {
         "parameters": parameter_bytes(model),
-        "gradients": gradient_bytes(model, config.has_technique("optimizer_in_backward")),
-        "optimizer_state": optimizer_state_bytes(optimizer),
+        "gradients": gradient_bytes(model, in_backward),
+        "optimizer_state": optimizer_state_bytes(prepared.optimizer),
         "activations": saved.bytes,
     }
     if device.type == "cuda":
@@ -97,31 +101,22 @@ def profile_config(
     else:
         # What training added to resident memory, on top of the parameters that existed before it.
         memory["resident_peak"] = memory["parameters"] + resident.peak - resident.base
-        tensors = live_tensor_peak(
-            lambda: _step(
-                accelerator, model, verbs, parts.loss_fn, batches, augment, accum, config.train.max_grad_norm, None
-            ),
-            device,
-        )
+        tensors = live_tensor_peak(lambda: _optimizer_step(step, batches, augment, state, accum, None), device)
         memory["measured_peak"] = memory["resident_peak"] if tensors is None else tensors
         peak_source = "resident memory" if tensors is None else "live tensors: profiler memory timeline of one step"
     predicted = None
     # After the measurement, because the estimate's forward pass leaves freed memory in the allocator
     # that would hide part of the measured peak; it reads only shapes and one forward, never a measurement.
     if estimate:
-        from mlrun.profiling.estimate import estimate_peak
-
-        inputs, targets = next(batches)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision)
         predicted = estimate_peak(
             model,
-            parts.loss_fn,
-            inputs,
-            targets,
+            parts.objective,
+            next(batches),
             config.optimizer.name,
             config.optimizer.settings,
             dtype,
-            config.has_technique("optimizer_in_backward"),
+            in_backward,
             accum,
         )
 
@@ -176,53 +171,37 @@ def _endless(loader, sampler, device: torch.device | None):
         epoch += 1
 
 
-def _step(accelerator, model, verbs, loss_fn, batches, augment, accum, max_grad_norm, times, tracer=None) -> int:
-    """One optimizer step (accum micro-batches) with a synchronised timer around each phase.
+def _optimizer_step(step: TrainStep, batches, augment, state: TrainState, accum: int, timer, tracer=None) -> int:
+    """One optimizer step (accum micro-batches) through the training step; returns the samples it saw.
 
-    `verbs` are the loop's (accumulate, backward, clip, optimizer step). `augment` (or None) runs in
-    the training process after the batch arrives, as in the loop: its time falls under "other",
-    never under "data".
+    With a timer, waiting for a batch counts as "data"; augmentation runs in the training process
+    after the batch arrives, as in the loop, so its time falls under "other", never under "data";
+    the step's own marks time forward, backward and the optimizer.
     """
-    accumulate, backward, clip, optimizer_step = verbs
-    device, samples = accelerator.device, 0
-
-    def phase(name, start):
-        if times is not None:
-            synchronize(device)
-            times[name] += time.perf_counter() - start
-        return time.perf_counter()
-
+    samples = 0
     for _ in range(accum):
-        t = time.perf_counter()
-        inputs, targets = next(batches)
-        t = phase("data", t)
+        if timer is not None:
+            timer.restart()
+        batch = next(batches)
+        if timer is not None:
+            timer("data")
         if augment is not None:
-            inputs, targets = augment(inputs, targets)
-            t = phase("augment", t)
-        with accumulate(model):
-            loss = loss_fn(model(inputs), targets)
-            t = phase("forward", t)
-            backward(loss)
-            t = phase("backward", t)
-            if accelerator.sync_gradients and max_grad_norm:
-                clip(model.parameters(), max_grad_norm)
-            optimizer_step()
-            if accelerator.sync_gradients:
-                model.zero_grad(set_to_none=True)
-            phase("optimizer", t)
-        samples += len(inputs) * accelerator.num_processes
+            batch = augment(batch)
+            if timer is not None:
+                timer("augment")
+        step(batch, state)
+        samples += batch_len(batch) * step.accelerator.num_processes
     if tracer is not None:
         tracer.step()
     return samples
 
 
-def flops_per_step(model, loss_fn, batches, accum: int) -> int:
+def flops_per_step(model, objective, batches, accum: int) -> int:
     """FLOPs of forward and backward over one optimizer step (torch.utils.flop_counter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    inputs, targets = next(batches)
     with FlopCounterMode(display=False) as counter:
-        loss_fn(model(inputs), targets).backward()
+        objective(model, next(batches)).loss.backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() * accum
 

@@ -61,7 +61,7 @@ class OptimizerInBackward(Callback):
         return InBackwardOptimizer(optimizer)
 
 
-@techniques.register("optimizer_in_backward")
+@techniques.register("optimizer_in_backward", frees_gradients=True)
 def optimizer_in_backward(model: nn.Module, /) -> Callback:
     """Step each parameter during backward and free its gradient (no accumulation, no global-norm clipping)."""
     return OptimizerInBackward()

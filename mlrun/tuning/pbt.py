@@ -37,11 +37,12 @@ class StopAt(Callback):
 
 
 def run_pbt(path: Path, overrides: list[str], config: ExperimentConfig, tune_dir: Path) -> dict:
+    from mlrun.engine.autobatch import resolve_batch_size
     from mlrun.engine.build import build_components
 
     tune, pbt = config.tune, config.tune.pbt
     rng = random.Random(tune.sampler.seed)
-    total = build_components(config).plan.total_steps
+    total = build_components(resolve_batch_size(config)).plan.total_steps
     per_round = math.ceil(total / pbt.rounds)
     folder = tune_dir / "pbt"
     members = [

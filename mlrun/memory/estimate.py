@@ -17,41 +17,33 @@ import contextlib
 import torch
 from torch import nn
 
-from mlrun.profiling.memory import SavedActivations, gradient_bytes, parameter_bytes
-
-# Optimizer state in fp32 values (4 bytes) per parameter element; low-bit AdamW stores 2 or 1 byte
-# (plus a small per-block scale, left out).
-STATE_VALUES = {
-    "adamw": 2,
-    "adam": 2,
-    "lamb": 2,
-    "rmsprop": 1,
-    "adagrad": 1,
-    "sgd": 1,
-    "adamw8bit": 0.5,
-    "adamw4bit": 0.25,
-}
+from mlrun.memory.measure import SavedActivations, gradient_bytes, parameter_bytes
+from mlrun.optim.state_bytes import per_element
 
 
 def optimizer_state_estimate(model: nn.Module, optimizer_name: str, settings: dict) -> int:
+    """Bytes of optimizer state, from the rule the optimizer's registry entry declares (default: AdamW's)."""
+    from mlrun.registry import optimizers
+
     params = [p for p in model.parameters() if p.requires_grad]
-    if optimizer_name == "adafactor":  # factored second moments: a row and a column vector per matrix
-        return sum(4 * (p.shape[0] + p.shape[1:].numel()) if p.ndim >= 2 else 4 * p.numel() for p in params)
-    values = STATE_VALUES.get(optimizer_name, 2)
-    if optimizer_name == "sgd" and not settings.get("momentum", 0.9):
-        values = 0
-    if optimizer_name == "rmsprop" and settings.get("momentum", 0.0):
-        values += 1
-    return int(values * 4 * sum(p.numel() for p in params))
+    rule = optimizers.trait(optimizer_name, "state_bytes") or per_element(2)
+    return rule(params, settings)
 
 
-def _saved_by_forward(model, loss_fn, inputs, targets, autocast_dtype) -> tuple[SavedActivations, torch.Tensor]:
+def frees_gradients(technique_names: list[str]) -> bool:
+    """Whether a technique steps each parameter in backward and frees its gradient (no gradient memory)."""
+    from mlrun.registry import techniques
+
+    return any(techniques.trait(name, "frees_gradients", False) for name in technique_names)
+
+
+def _saved_by_forward(model, objective, batch, autocast_dtype) -> tuple[SavedActivations, torch.Tensor]:
+    device = next(model.parameters()).device
     with (
         SavedActivations(model) as saved,
-        torch.autocast(inputs.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None),
+        torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None),
     ):
-        logits = model(inputs)
-        loss_fn(logits, targets)
+        logits = objective(model, batch).predictions
     return saved, logits
 
 
@@ -69,20 +61,19 @@ def _without_checkpointing(model: nn.Module):
 
 def estimate_peak(
     model: nn.Module,
-    loss_fn,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
+    objective,
+    batch,
     optimizer_name: str,
     settings: dict,
     autocast_dtype: torch.dtype | None,
     in_backward: bool = False,
     accum: int = 1,
 ) -> dict[str, int | str]:
-    saved, logits = _saved_by_forward(model, loss_fn, inputs, targets, autocast_dtype)
+    saved, logits = _saved_by_forward(model, objective, batch, autocast_dtype)
     backward_start = 2 * max(saved.storages.values(), default=0) + logits.numel() * 4
     with _without_checkpointing(model) as wrapped:
         if wrapped:  # backward recomputes one checkpointed block at a time: its activations are live then
-            full, _ = _saved_by_forward(model, loss_fn, inputs, targets, autocast_dtype)
+            full, _ = _saved_by_forward(model, objective, batch, autocast_dtype)
             backward_start = max(backward_start, (full.bytes - saved.bytes) // wrapped)
     parameters = parameter_bytes(model)
     state = optimizer_state_estimate(model, optimizer_name, settings)

@@ -1,0 +1,112 @@
+"""One forward and backward pass on one real training batch, before anything trains.
+
+`mlrun validate` and `mlrun train` (before step 1) run it, so a model, data, objective, loss or
+metric that do not fit each other stop with one message naming the parts and what would fit,
+instead of a raw torch error at step 0. Nothing is kept: no optimizer step, gradients cleared,
+buffers (batch-norm statistics) and every RNG restored, so a run's numbers are the same with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from mlrun.data.batch import move_batch, split_batch
+from mlrun.data.bundle import fetch_batch
+from mlrun.engine.build import Components
+from mlrun.errors import UsageError
+from mlrun.models.outputs import call_model, logits_of
+from mlrun.registry import losses, metrics
+
+
+def check_one_batch(parts: Components, device: torch.device, autocast=contextlib.nullcontext) -> None:
+    """Raise UsageError (exit 2) when the parts do not fit; `autocast`: the run's mixed-precision context."""
+    check_metrics_fit_task(parts)
+    model, train = parts.model, parts.bundle.train
+    batch = move_batch(fetch_batch(train, range(min(parts.config.data.batch_size, len(train)))), device)
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    devices = [device] if device.type == "cuda" else []
+    was_training = model.training
+    model.train()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            with autocast():
+                out = parts.objective(model, batch)
+            if out.loss.ndim != 0:
+                raise UsageError(f"{describe(parts)}: the loss has shape {tuple(out.loss.shape)}; it must be a scalar")
+            out.loss.backward()
+    except UsageError:
+        raise
+    except Exception as exc:  # any torch error: name the parts, then what the shapes say
+        raise UsageError(f"{describe(parts)} do not fit on one training batch: {mismatch(parts, batch, exc)}") from None
+    finally:
+        model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                if name in buffers:
+                    buffer.copy_(buffers[name])
+        model.train(was_training)
+
+
+def describe(parts: Components) -> str:
+    c, meta = parts.config, parts.bundle.meta
+    shape = f"inputs {', '.join(meta.input_names)}" if meta.input_names else f"samples of shape {meta.input_shape}"
+    classes = f", {meta.num_classes} classes" if meta.num_classes else ""
+    return (
+        f"model '{c.model.name}', data '{c.data.name}' ({meta.task}, {shape}{classes}), "
+        f"objective '{c.objective.name}' and loss '{c.loss.name}'"
+    )
+
+
+def check_metrics_fit_task(parts: Components) -> None:
+    """A metric must score the data's kind of task (accuracy on regression targets runs, and means nothing)."""
+    task = parts.bundle.meta.task
+    for spec in parts.config.metrics:
+        tasks = metrics.trait(spec.name, "tasks")
+        if tasks is not None and task not in tasks:
+            fitting = [name for name in metrics.names() if task in (metrics.trait(name, "tasks") or ())]
+            raise UsageError(
+                f"metrics: '{spec.name}' scores {' or '.join(tasks)} tasks, but data '{parts.config.data.name}' is a "
+                f"{task} task; use {', '.join(fitting)}"
+                + (
+                    " (float labels make a regression task: set data.task: classification)"
+                    if task == "regression"
+                    else ""
+                )
+            )
+
+
+def mismatch(parts: Components, batch, exc: Exception) -> str:
+    """The torch error, explained by the shapes of the model's outputs and the targets when they say more."""
+    error = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    features, targets = split_batch(batch)
+    try:
+        with torch.no_grad():
+            logits = logits_of(call_model(parts.model, features))
+    except Exception:  # noqa: BLE001 - the model itself cannot take the batch
+        names = ", ".join(features) if isinstance(features, dict) else f"a tensor of shape {tuple(features.shape)}"
+        return f"the model cannot take the batch ({names}): {error}"
+    if targets is None or parts.config.objective.name != "supervised":
+        return error
+    hint = loss_hint(parts.config.loss.name, logits, targets)
+    return f"{error}. {hint}" if hint else error
+
+
+def loss_hint(loss: str, logits: torch.Tensor, targets: torch.Tensor) -> str | None:
+    kind = losses.trait(loss, "targets")
+    outputs, shape = logits.shape[-1], tuple(targets.shape)
+    if kind == "classes" and targets.is_floating_point() and targets.ndim < logits.ndim:
+        return (
+            f"loss '{loss}' needs class ids (integers) or class probabilities, but the targets are floats of shape "
+            f"{shape}: labels stored as floats (0.0/1.0) make a regression task. Set data.task: classification, "
+            "or use a regression loss (mse, l1, huber)"
+        )
+    if kind == "binary" and not targets.is_floating_point() and outputs > 1 and targets.ndim < logits.ndim:
+        return (
+            f"loss '{loss}' scores one output per label, but the model gives {outputs} outputs per sample and the "
+            f"targets are class ids: for {outputs} classes use loss: cross_entropy"
+        )
+    if kind == "values" and not targets.is_floating_point():
+        return f"loss '{loss}' is for regression, but the targets are class ids: use loss: cross_entropy"
+    return None

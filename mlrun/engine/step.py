@@ -1,0 +1,154 @@
+"""The one training step, and the one place training is prepared: used by the loop, `mlrun profile`
+and every other caller that must run what `mlrun train` runs.
+
+    prepare_training: loaders, FSDP wrapping, compile, Accelerate's prepare, the direct-or-Accelerate
+                      choice of verbs (made once), callbacks' on_train_start
+    TrainStep:        objective(model, batch) -> loss; backward; at the end of an accumulation window
+                      the non-finite skip, clipping, the optimizer step, the schedule and callbacks
+
+Nothing here reads a loss value per step (no device sync) unless `train.on_nonfinite: skip` asks for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+
+import accelerate.optimizer
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader
+
+from mlrun.engine.batches import EpochBatchSampler, eval_loader, train_loader
+from mlrun.engine.build import Components
+from mlrun.engine.parallel import wrap_blocks_with_fsdp
+
+# AcceleratedOptimizer.step asks `is_lomo_available()` twice per step, and each ask is an
+# importlib.util.find_spec walk of sys.path (~0.3 ms a step on a tiny model). Installed packages
+# do not change during a run, so the answer is cached.
+accelerate.optimizer.is_lomo_available = functools.cache(accelerate.optimizer.is_lomo_available)
+
+
+def calls_torch_directly(accelerator: Accelerator) -> bool:
+    """One process, no accumulation, no loss scaling, no sharding engine.
+
+    Then Accelerate's per-step wrappers (the prepared loader, `accumulate`, unscale-then-clip, the
+    optimizer step wrapper, backward's division by 1) compute nothing torch's own calls would not,
+    and cost ~0.1 ms a step, a tenth of a tiny model's step; the step calls torch directly instead.
+    """
+    return (
+        accelerator.num_processes == 1
+        and accelerator.gradient_accumulation_steps == 1
+        and accelerator.scaler is None
+        and accelerator.distributed_type.value not in ("DEEPSPEED", "FSDP")
+    )
+
+
+def _no_accumulation(model) -> contextlib.nullcontext:
+    return contextlib.nullcontext()
+
+
+def _backward(loss: torch.Tensor) -> None:
+    loss.backward()
+
+
+def _no_mark(phase: str) -> None:
+    pass
+
+
+class TrainStep:
+    """One micro-batch of training; the last of an accumulation window also steps the optimizer.
+
+    `mark(phase)` is called after "forward", "backward" and "optimizer": a no-op in training,
+    a synchronising timer under `mlrun profile`.
+    """
+
+    def __init__(
+        self, accelerator: Accelerator, model: nn.Module, optimizer, parts: Components, callbacks, direct: bool
+    ):
+        self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
+        self.objective, self.schedule, self.callbacks = parts.objective, parts.schedule, callbacks
+        self.max_grad_norm = parts.config.train.max_grad_norm
+        self.skip_nonfinite = parts.config.train.on_nonfinite == "skip"
+        if direct:
+            self.accumulate, self.backward = _no_accumulation, _backward
+            self.clip, self.optimizer_step = torch.nn.utils.clip_grad_norm_, optimizer.optimizer.step
+        else:  # the prepared optimizer's step is a no-op until the last micro-batch of an accumulation window
+            self.accumulate, self.backward = accelerator.accumulate, accelerator.backward
+            self.clip, self.optimizer_step = accelerator.clip_grad_norm_, optimizer.step
+        # Collected once: model.parameters() walks every module, which costs more than a tiny model's step.
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.grad_norm: torch.Tensor | None = None
+        self.window_bad = False  # a non-finite loss in this accumulation window (on_nonfinite: skip)
+        self.mark = _no_mark
+
+    def __call__(self, batch, state) -> tuple[torch.Tensor, bool]:
+        """(the micro-batch's loss, still on the device; whether an optimizer step ended)."""
+        with self.accumulate(self.model):
+            loss = self.objective(self.model, batch).loss
+            self.mark("forward")
+            if self.skip_nonfinite and not torch.isfinite(loss):  # one sync a step: the price of skipping
+                self.window_bad = True
+            self.backward(loss)
+            self.mark("backward")
+            stepping = self.accelerator.sync_gradients
+            if stepping:
+                if self.window_bad:
+                    self.optimizer.zero_grad(set_to_none=True)  # params without grads are not updated
+                elif self.max_grad_norm:
+                    self.grad_norm = self.clip(self.params, self.max_grad_norm)
+            self.optimizer_step()
+            if stepping:
+                # What AcceleratedOptimizer.zero_grad does, minus its inspect.signature call per step.
+                self.optimizer.optimizer.zero_grad(set_to_none=True)
+        state.batch_in_epoch += 1
+        if stepping:
+            self._after_optimizer_step(state)
+        self.mark("optimizer")
+        return loss.detach(), stepping
+
+    def _after_optimizer_step(self, state) -> None:
+        if self.window_bad:
+            state.nonfinite_skipped += 1
+            self.window_bad = False
+        if self.accelerator.optimizer_step_was_skipped:
+            state.overflow_skipped += 1  # fp16 loss-scale overflow: the scaler retries with a smaller scale
+        else:
+            self.schedule.step()
+        state.step += 1
+        for callback in self.callbacks:
+            callback.on_step_end(self.model, state)
+
+
+@dataclass
+class Prepared:
+    """What training runs on: prepared model, optimizer and loaders, and the step over them."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    sampler: EpochBatchSampler
+    val_loader: DataLoader
+    step: TrainStep
+    direct: bool
+
+
+def prepare_training(parts: Components, accelerator: Accelerator, callbacks) -> Prepared:
+    """Loaders, FSDP wrapping, compile and Accelerate's prepare, in the order training needs them."""
+    direct = calls_torch_directly(accelerator)
+    on_cuda = accelerator.device.type == "cuda"
+    data, seed = parts.config.data, parts.config.seed
+    loader, sampler = train_loader(parts.bundle.train, data, seed, on_cuda, sharded=not direct)
+    val = eval_loader(parts.bundle.val, data, on_cuda)
+    wrap_blocks_with_fsdp(accelerator, parts.model)
+    model = torch.compile(parts.model) if parts.config.train.compile else parts.model
+    if direct:
+        model, optimizer, val_loader = accelerator.prepare(model, parts.optimizer, val)
+    else:
+        model, optimizer, loader, val_loader = accelerator.prepare(model, parts.optimizer, loader, val)
+    for callback in callbacks:
+        callback.on_train_start(model)
+    step = TrainStep(accelerator, model, optimizer, parts, callbacks, direct)
+    return Prepared(model, optimizer, loader, sampler, val_loader, step, direct)

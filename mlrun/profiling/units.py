@@ -1,0 +1,3 @@
+"""Byte units for printed figures."""
+
+MB = 2**20
