@@ -23,14 +23,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def launch(folder: Path, *args, processes: int = 2) -> subprocess.CompletedProcess:
+def launch(folder: Path, *args, processes: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
     """`mlrun ARGS` on `processes` CPU processes (torch.distributed.run over gloo), or as one process."""
     prefix = [sys.executable]
     if processes > 1:
         prefix += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(free_port())]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [*prefix, "-m", "mlrun", *map(str, args)], cwd=folder, capture_output=True, text=True, timeout=300, env=env
+        [*prefix, "-m", "mlrun", *map(str, args)], cwd=folder, capture_output=True, text=True, timeout=timeout, env=env
     )
 
 

@@ -84,10 +84,10 @@ def test_train_measures_rapl_energy_exactly(tmp_path):
     result = run_cli("train", write_config(tmp_path, config), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     energy = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())["energy"]
-    steps = 16 * 3  # every training forward adds 2 J to the counter
+    forwards = 16 * 3 + 1  # every training forward adds 2 J: 48 steps and the dry run of one batch before them
     assert energy["estimate"] is False and energy["source"] == "rapl"
-    assert energy["joules"] == pytest.approx(2.0 * steps)
-    assert energy["co2_g"] == pytest.approx(2.0 * steps / JOULES_PER_KWH * 475.0)
+    assert energy["joules"] == pytest.approx(2.0 * forwards)
+    assert energy["co2_g"] == pytest.approx(2.0 * forwards / JOULES_PER_KWH * 475.0)
     assert "ESTIMATE" not in result.stdout
 
 

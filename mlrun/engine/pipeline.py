@@ -7,43 +7,31 @@ step the processes' data shards are gathered into one global batch, cut into
 of the whole batch on one process (the schedule scales each micro-batch's loss). Each process steps
 an optimizer over its own stage's parameters.
 
-The loop itself does not change: `prepare_pipeline` returns what `prepare_training` returns (model,
-optimizer, loaders, the step). The model it returns is the whole model; before it is evaluated or
-saved every stage's weights are broadcast into it, and a checkpoint holds the whole model and every
-stage's optimizer state. torch.distributed.pipelining is marked alpha by PyTorch.
+The loop itself does not change: `prepare_training` (mlrun.engine.step) hands over to
+`prepare_pipeline`, which returns the same `Prepared` (model, optimizer, loaders, the step). Its
+model is the whole model; before it is evaluated or saved every stage's weights are broadcast
+into it, and a checkpoint holds the whole model and every stage's optimizer state.
+torch.distributed.pipelining is marked alpha by PyTorch.
 
-Try: `torchrun --nproc_per_node 2 -m mlrun train configs/digits_cnn.yaml distributed.strategy=pipeline`.
+Try: `torchrun --nproc_per_node 2 -m mlrun train configs/quickstart.yaml distributed.strategy=pipeline
+data.drop_last=true`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 from torch import nn
-from torch.utils.data import DataLoader
 
 from mlrun.engine.batches import eval_loader, train_loader
 from mlrun.engine.build import Components, build
+from mlrun.engine.step import Prepared
 from mlrun.errors import UsageError
 from mlrun.optim.schedulers import LRSchedule
 from mlrun.techniques.activation_checkpointing import declared_blocks
-
-
-@dataclass
-class PipelinePrepared:
-    """The same fields as the loop's prepared training, for a pipeline."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    loader: DataLoader
-    sampler: Any
-    val_loader: DataLoader
-    step: PipelineStep
-    direct: bool = False
 
 
 def check_supported(parts: Components, processes: int) -> list[int]:
@@ -51,6 +39,8 @@ def check_supported(parts: Components, processes: int) -> list[int]:
     config = parts.config
     train, dist_cfg, blocks = config.train, config.distributed, declared_blocks(parts.model)
     problems = []
+    if config.objective.name != "supervised":
+        problems.append(f"objective: {config.objective.name} (the last stage applies `loss:` to the logits)")
     if config.techniques:
         problems.append("techniques (they change the whole model; each process holds one stage)")
     if train.compile:
@@ -78,7 +68,7 @@ def check_supported(parts: Components, processes: int) -> list[int]:
     return split
 
 
-def prepare_pipeline(parts: Components, accelerator: Accelerator, callbacks) -> PipelinePrepared:
+def prepare_pipeline(parts: Components, accelerator: Accelerator, callbacks) -> Prepared:
     from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe, SplitPoint, pipeline
 
     config, processes, rank = parts.config, accelerator.num_processes, accelerator.process_index
@@ -102,7 +92,7 @@ def prepare_pipeline(parts: Components, accelerator: Accelerator, callbacks) -> 
     for callback in callbacks:
         callback.on_train_start(model)
     step = PipelineStep(accelerator, schedule, weights, parts, callbacks)
-    return PipelinePrepared(model, optimizer, loader, sampler, val_loader, step)
+    return Prepared(model, optimizer, loader, sampler, val_loader, step, direct=False)
 
 
 class StageWeights:

@@ -23,6 +23,7 @@ from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import nn
 
 from mlrun.errors import UsageError
+from mlrun.models.outputs import call_model, logits_of
 from mlrun.registry import techniques
 from mlrun.techniques.activation_checkpointing import declared_blocks
 
@@ -70,11 +71,11 @@ class EarlyExits(nn.Module):
         """Share of the blocks a sample leaving at `exit_index` ran (the final head: 1.0)."""
         return 1.0 if exit_index >= len(self.after) else (self.after[exit_index] + 1) / self.num_blocks
 
-    def collect(self, model: nn.Module, *inputs) -> list[torch.Tensor]:
-        """Logits of every exit, then of the final head, from one full forward."""
+    def collect(self, model: nn.Module, features) -> list[torch.Tensor]:
+        """Logits of every exit, then of the final head, from one full forward (`features`: a tensor or a mapping)."""
         self.mode, self.sink = "collect", []
         try:
-            final = logits_of(model(*inputs))
+            final = logits_of(call_model(model, features))
             return [*self.sink, final]
         finally:
             self.mode, self.sink = None, []
@@ -129,10 +130,6 @@ class _Tap:
         return None
 
 
-def logits_of(outputs) -> torch.Tensor:
-    return outputs
-
-
 def find_exits(model: nn.Module) -> EarlyExits | None:
     """The model's exits, through any wrapper (DDP, torch.compile), or None."""
     return next((m for m in model.modules() if isinstance(m, EarlyExits)), None)
@@ -156,7 +153,9 @@ def final_classes(model: nn.Module) -> int:
     return linears[-1].out_features
 
 
-@techniques.register("early_exit")
+# Declared with the entry: the exits are trained by objective early_exit, and they are parameters
+# that a reloaded export must rebuild before loading its weights.
+@techniques.register("early_exit", objective="early_exit", adds_parameters=True)
 def early_exit(
     model: nn.Module,
     /,
