@@ -131,3 +131,34 @@ def rapl_heater(meta: DataMeta, /, *, counter: str, uj_per_forward: int = 1000) 
 
     model.forward = heating_forward
     return model
+
+
+def kill_at_step(model: nn.Module, /, *, step: int, armed_file: str):
+    """Test technique: dies by SIGKILL after optimizer step `step` while `armed_file` exists, removing it
+    first (so the killed run and its resume have the same config, and the resume runs through)."""
+    from pathlib import Path
+
+    from mlrun.callbacks import Callback
+
+    class KillAtStep(Callback):
+        def on_step_end(self, model, state) -> None:
+            if state.step == step and Path(armed_file).exists():
+                Path(armed_file).unlink()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return KillAtStep()
+
+
+def count_steps(model: nn.Module, /, *, count_file: str):
+    """Test technique: writes how many optimizer steps it has seen (on_step_end calls) to `count_file`."""
+    from mlrun.callbacks import Callback
+
+    class CountSteps(Callback):
+        seen = 0
+
+        def on_step_end(self, model, state) -> None:
+            self.seen += 1
+            with open(count_file, "w") as file:
+                file.write(str(self.seen))
+
+    return CountSteps()

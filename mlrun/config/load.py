@@ -8,6 +8,7 @@ Every key keeps where it came from (file:line, or the override that set it), so 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +202,8 @@ def _set(data: Any, path: KeyPath, value: Any) -> None:
 
 def _dotted(path: KeyPath) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
+
+
+def as_override(key: str, value) -> str:
+    """`key=value` for a command line, for any YAML value."""
+    return f"{key}={json.dumps(value)}"  # JSON is YAML: strings, numbers, lists and mappings round-trip

@@ -16,6 +16,8 @@ from typing import Literal
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from mlrun.data.batch import TARGET_KEY
+
 
 @dataclass(frozen=True)
 class DataMeta:
@@ -99,6 +101,14 @@ class TensorDictDataset(Dataset):
 
     def __len__(self) -> int:
         return len(next(iter(self.tensors.values())))
+
+    @property
+    def inputs(self) -> dict[str, torch.Tensor]:
+        return {name: t for name, t in self.tensors.items() if name != TARGET_KEY}
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.tensors[TARGET_KEY]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {name: t[index] for name, t in self.tensors.items()}

@@ -16,7 +16,9 @@ from mlrun.data.bundle import DatasetBundle
 from mlrun.errors import UsageError
 
 
-def _keys(inputs: torch.Tensor) -> list[bytes]:
+def _keys(inputs) -> list[bytes]:
+    if isinstance(inputs, dict):  # named tensors: a sample's key joins every one of its features
+        return [b"|".join(row) for row in zip(*(_keys(t) for _, t in sorted(inputs.items())))]
     rows = inputs.contiguous().view(len(inputs), -1).numpy()
     return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
 

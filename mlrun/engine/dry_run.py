@@ -2,8 +2,8 @@
 
 `mlrun validate` and `mlrun train` (before step 1) run it, so a model, data, objective, loss or
 metric that do not fit each other stop with one message naming the parts and what would fit,
-instead of a raw torch error at step 0. Nothing is kept: no optimizer step, gradients cleared,
-buffers (batch-norm statistics) and every RNG restored, so a run's numbers are the same with it.
+instead of a raw torch error at step 0. Nothing is kept: the pass runs in eval mode, takes no
+optimizer step, and gradients, buffers and every RNG are restored, so a run's numbers are the same.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ def check_one_batch(parts: Components, device: torch.device, autocast=contextlib
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     devices = [device] if device.type == "cuda" else []
     was_training = model.training
-    model.train()
+    # Eval mode: shapes are the same, and it draws no dropout mask, moves no batch-norm statistic and
+    # is not a "training forward" to models that count them.
+    model.eval()
     try:
         with torch.random.fork_rng(devices=devices):
             with autocast():

@@ -13,10 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mlrun.config.load import as_override
 from mlrun.config.schema import ExperimentConfig
 from mlrun.errors import UsageError
 from mlrun.profiling.units import MB
-from mlrun.tuning.space import as_override
 
 
 def cases(config: ExperimentConfig) -> list[tuple[str, list[str]]]:

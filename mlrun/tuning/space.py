@@ -12,16 +12,12 @@ import random
 from pathlib import Path
 from typing import Any
 
-from mlrun.config.load import load_config
+from mlrun.config.load import as_override, load_config
 from mlrun.config.schema import ParamSpec, TuneConfig
 from mlrun.errors import UsageError
 
 # Keys a trial cannot change: they name the run or fix state shared by every trial in the process.
 FIXED_KEYS = ("name", "output_dir", "tune", "train.precision", "base")
-
-
-def as_override(key: str, value: Any) -> str:
-    return f"{key}={json.dumps(value)}"  # JSON is YAML: strings, numbers, lists and mappings round-trip
 
 
 def _encode(value: Any) -> Any:

@@ -63,7 +63,7 @@ def model_rate(parts, steps: int) -> float:
     model.train()
 
     def step():
-        x, y = parts.augment(inputs, targets, 0, 0) if parts.augment else (inputs, targets)
+        x, y = parts.augment((inputs, targets), 0, 0) if parts.augment else (inputs, targets)
         loss_fn(model(x), y).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

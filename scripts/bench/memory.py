@@ -3,7 +3,7 @@
     python scripts/bench/memory.py [--steps 300]
 
 1. `mlrun profile configs/charlm.yaml --matrix`: peak memory of every technique combination at
-   equal effective batch, each case in its own process (peak: live tensor bytes, see mlrun/profiling/memory.py).
+   equal effective batch, each case in its own process (peak: live tensor bytes, see mlrun/memory/measure.py).
 2. Trains fp32 and the combined case (bf16 + activation checkpointing + 4x accumulation) for the
    same number of optimizer steps and compares their validation loss.
 Target: the combined case saves >= 60% of peak memory with validation loss within 1% of fp32's.
