@@ -25,7 +25,7 @@ def run_eval(
     parts = trained.parts
     accelerator = Accelerator(rng_types=[])
     model, loader = accelerator.prepare(parts.model, eval_loader(parts.bundle.val, parts.config.data, False))
-    results = evaluate(accelerator, model, loader, parts.loss_fn, parts.metrics)
+    results = evaluate(accelerator, model, loader, parts.objective, parts.metrics)
     report = {
         "run_dir": str(run_dir),
         "weights": str(trained.weights),
@@ -67,12 +67,13 @@ def parse_thresholds(text: str) -> list[float]:
 def print_exits(e: dict) -> None:
     each = ", ".join(f"{a:.4f}" for a in e["exit_accuracy"])
     print(f"  early exit after blocks {e['exits_after_blocks']} of {e['blocks']}; accuracy of each exit alone: {each}")
-    header = f"{'threshold':>9} {'accuracy':>9} {'depth':>6} {'b1 ms':>7} {'speedup b1':>10} {'batch ms':>9}"
-    print(f"  {header} {'speedup':>8}  exits")
+    header = f"{'threshold':>9} {'accuracy':>9} {'depth':>6} {'FLOPs':>6} {'b1 ms':>7} {'speedup b1':>10}"
+    print(f"  {header} {'batch ms':>9} {'speedup':>8}  exits")
     for row in e["thresholds"]:
         t = "full" if row["threshold"] is None else f"{row['threshold']:g}"
         shares = " ".join(f"{100 * f:.0f}%" for f in row.get("exit_fractions", []))
         print(
-            f"  {t:>9} {row['accuracy']:>9.4f} {row['mean_depth']:>6.3f} {row['ms_per_sample_b1']:>7.3f} "
+            f"  {t:>9} {row['accuracy']:>9.4f} {row['mean_depth']:>6.3f} {row['flops_fraction']:>6.3f} "
+            f"{row['ms_per_sample_b1']:>7.3f} "
             f"{row['speedup_b1']:>10.2f} {row['ms_per_sample_batch']:>9.4f} {row['speedup_batch']:>8.2f}  {shares}"
         )

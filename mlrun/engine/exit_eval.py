@@ -19,7 +19,7 @@ from mlrun.techniques.early_exit import EarlyExits
 
 @torch.no_grad()
 def evaluate_exits(
-    model: nn.Module, exits: EarlyExits, loader, thresholds: list[float], latency_samples: int = 200
+    model: nn.Module, exits: EarlyExits, loader, thresholds: list[float], latency_samples: int = 100
 ) -> dict:
     was_training = model.training
     model.eval()
@@ -49,6 +49,7 @@ def evaluate_exits(
             }
         )
     x = torch.cat(inputs)
+    add_flops(model, exits, x, rows)
     add_latency(model, exits, x[:latency_samples], loader.batch_size or 256, rows)
     return {
         "exits_after_blocks": list(exits.after),
@@ -59,16 +60,31 @@ def evaluate_exits(
     }
 
 
-def add_latency(model: nn.Module, exits: EarlyExits, x: torch.Tensor, batch: int, rows: list[dict]) -> None:
-    """ms per sample at batch 1 and at `batch`, and the speedup over the full forward, into each row."""
-    full_b1 = _ms_per_sample(lambda s: model(s), x, 1)
-    full_batch = _ms_per_sample(lambda s: model(s), x, batch)
+def add_flops(model: nn.Module, exits: EarlyExits, x: torch.Tensor, rows: list[dict]) -> None:
+    """Share of the full forward's FLOPs each threshold spends (exit heads included), counted as they run."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(run) -> int:
+        with FlopCounterMode(display=False) as counter:
+            run()
+        return counter.get_total_flops()
+
+    full = flops(lambda: model(x))
     for row in rows:
-        if row["threshold"] is None:
-            b1, batched = full_b1, full_batch
-        else:
-            b1 = _ms_per_sample(lambda s, t=row["threshold"]: exits.infer(model, s, t), x, 1)
-            batched = _ms_per_sample(lambda s, t=row["threshold"]: exits.infer(model, s, t), x, batch)
+        spent = full if row["threshold"] is None else flops(lambda t=row["threshold"]: exits.infer(model, x, t))
+        row.update(flops_fraction=spent / full, flops_speedup=full / spent)
+
+
+def add_latency(model: nn.Module, exits: EarlyExits, x: torch.Tensor, batch: int, rows: list[dict]) -> None:
+    """ms per sample at batch 1 and at `batch`, and the speedup over the full forward, into each row.
+
+    Each threshold is timed alternately with the full forward, so both see the same load on the machine.
+    """
+    for row in rows:
+        t = row["threshold"]
+        run = (lambda s: model(s)) if t is None else (lambda s, t=t: exits.infer(model, s, t))
+        full_b1, b1 = _interleaved(lambda s: model(s), run, x, 1)
+        full_batch, batched = _interleaved(lambda s: model(s), run, x, batch)
         row.update(
             ms_per_sample_b1=b1,
             speedup_b1=full_b1 / b1,
@@ -78,13 +94,15 @@ def add_latency(model: nn.Module, exits: EarlyExits, x: torch.Tensor, batch: int
 
 
 @torch.inference_mode()
-def _ms_per_sample(run, x: torch.Tensor, batch: int, repeats: int = 3) -> float:
-    """Best of `repeats` passes over `x` in batches of `batch` (the best: least disturbed by other work)."""
-    run(x[:batch])  # warm-up
-    best = float("inf")
+def _interleaved(full, candidate, x: torch.Tensor, batch: int, repeats: int = 5) -> tuple[float, float]:
+    """Best-of-`repeats` ms per sample of two runs over `x`, timed in alternation (least disturbed by other work)."""
+    best = [float("inf"), float("inf")]
+    for run in (full, candidate):
+        run(x[:batch])  # warm-up
     for _ in range(repeats):
-        start = time.perf_counter()
-        for i in range(0, len(x), batch):
-            run(x[i : i + batch])
-        best = min(best, time.perf_counter() - start)
-    return 1e3 * best / len(x)
+        for i, run in enumerate((full, candidate)):
+            start = time.perf_counter()
+            for j in range(0, len(x), batch):
+                run(x[j : j + batch])
+            best[i] = min(best[i], time.perf_counter() - start)
+    return 1e3 * best[0] / len(x), 1e3 * best[1] / len(x)
