@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from mlrun.data.bundle import DataMeta
 from mlrun.errors import UsageError
 from mlrun.registry import models, techniques
 from mlrun.techniques.early_exit import find_exits
+from tests.conftest import run_cli, tiny_config, write_config
 
 IMAGES = DataMeta(task="classification", input_shape=(1, 8, 8), num_classes=10)
 FEATURES = DataMeta(task="classification", input_shape=(64,), num_classes=10)
@@ -77,3 +79,74 @@ def test_a_copy_of_the_model_runs_its_own_exits():
 def test_exits_must_come_before_the_last_block():
     with pytest.raises(UsageError, match="below the last block"):
         with_exits("cnn", IMAGES, [1], channels=[16, 32])
+
+
+def exit_config(**overrides) -> dict:
+    config = tiny_config(
+        name="exits",
+        model={"name": "cnn", "channels": [8, 16, 16], "dropout": 0.0, "pool_every": 2},
+        data={
+            "name": "synthetic",
+            "task": "images",
+            "num_samples": 400,
+            "image_size": 8,
+            "channels": 1,
+            "num_classes": 4,
+            "batch_size": 32,
+        },
+        objective="early_exit",
+        techniques=[{"name": "early_exit", "after": [0, 1], "thresholds": [0.6, 0.9], "pool": 2}],
+        train={"epochs": 3, "log_every": "5st", "eval_every": "3ep", "checkpoint_every": "3ep"},
+    )
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def trained_exits(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("exits")
+    result = run_cli("train", write_config(folder, exit_config()), cwd=folder)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return folder, folder / "runs" / "exits"
+
+
+def test_training_teaches_every_exit_and_eval_reports_each_threshold(trained_exits):
+    folder, run = trained_exits
+    result = run_cli("eval", run, "--json", cwd=folder)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)["early_exit"]
+    assert all(accuracy > 0.5 for accuracy in report["exit_accuracy"])  # 4 classes: chance is 0.25
+    rows = {row["threshold"]: row for row in report["thresholds"]}
+    assert set(rows) == {None, 0.6, 0.9}
+    assert rows[None]["mean_depth"] == 1.0 and rows[None]["flops_fraction"] == 1.0
+    assert rows[0.6]["mean_depth"] < 1.0 and rows[0.6]["flops_fraction"] < 1.0  # some samples leave early
+    assert rows[0.6]["mean_depth"] <= rows[0.9]["mean_depth"]  # a stricter threshold keeps samples longer
+    assert rows[0.6]["ms_per_sample_b1"] > 0 and rows[None]["speedup_b1"] == 1.0
+
+
+def test_eval_takes_other_thresholds_and_rejects_bad_ones(trained_exits):
+    folder, run = trained_exits
+    report = json.loads(run_cli("eval", run, "--exit-thresholds", "0.5,0.99", "--json", cwd=folder).stdout)
+    assert [row["threshold"] for row in report["early_exit"]["thresholds"]] == [None, 0.5, 0.99]
+    bad = run_cli("eval", run, "--exit-thresholds", "0.5,2", cwd=folder)
+    assert bad.returncode == 2 and "--exit-thresholds" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_safetensors_export_keeps_the_exits(trained_exits):
+    from mlrun.export.reload import load_exported_model
+
+    folder, run = trained_exits
+    result = run_cli("export", run, "--format", "safetensors", "--json", cwd=folder)
+    assert result.returncode == 0, result.stderr[-2000:]
+    reloaded = load_exported_model(json.loads(result.stdout)["verification"] and run / "export" / "safetensors-none")
+    exits = find_exits(reloaded)
+    assert exits is not None and exits.after == (0, 1)
+    x = torch.randn(16, 1, 8, 8)
+    logits, exit_at = exits.infer(reloaded, x, 0.6)
+    every = exits.collect(reloaded, x)
+    assert torch.equal(exit_at, expected_exits(every, 0.6))
+
+
+def test_exits_without_their_objective_are_refused(tmp_path):
+    result = run_cli("validate", write_config(tmp_path, exit_config(objective="supervised")), cwd=tmp_path)
+    assert result.returncode == 2 and "set objective: early_exit" in result.stderr

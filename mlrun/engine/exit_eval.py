@@ -85,6 +85,8 @@ def add_latency(model: nn.Module, exits: EarlyExits, x: torch.Tensor, batch: int
         run = (lambda s: model(s)) if t is None else (lambda s, t=t: exits.infer(model, s, t))
         full_b1, b1 = _interleaved(lambda s: model(s), run, x, 1)
         full_batch, batched = _interleaved(lambda s: model(s), run, x, batch)
+        if t is None:  # the reference row: the full forward against itself
+            b1, batched = full_b1, full_batch
         row.update(
             ms_per_sample_b1=b1,
             speedup_b1=full_b1 / b1,
