@@ -10,8 +10,8 @@ import torch
 
 from mlrun.data.bundle import DataMeta
 from mlrun.errors import UsageError
+from mlrun.models.exits import find_exits
 from mlrun.registry import models, techniques
-from mlrun.techniques.early_exit import find_exits
 from tests.conftest import run_cli, tiny_config, write_config
 
 IMAGES = DataMeta(task="classification", input_shape=(1, 8, 8), num_classes=10)

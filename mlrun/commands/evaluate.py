@@ -32,14 +32,12 @@ def run_eval(
         "samples": len(parts.bundle.val),
         "metrics": results,
     }
-    from mlrun.techniques.early_exit import find_exits
+    from mlrun.engine.exit_eval import evaluate_exits
 
-    exits = find_exits(model)
-    if exits is not None:
-        from mlrun.engine.exit_eval import evaluate_exits
-
-        thresholds = parse_thresholds(exit_thresholds) if exit_thresholds else list(exits.thresholds)
-        report["early_exit"] = evaluate_exits(model, exits, loader, thresholds)
+    thresholds = parse_thresholds(exit_thresholds) if exit_thresholds else None
+    exits_report = evaluate_exits(model, loader, thresholds)  # None: the model has no exits
+    if exits_report is not None:
+        report["early_exit"] = exits_report
     elif exit_thresholds:
         raise UsageError(f"--exit-thresholds: run '{run_dir}' has no exits; train it with techniques: [early_exit]")
     if json_output:

@@ -14,13 +14,16 @@ import time
 import torch
 from torch import nn
 
-from mlrun.techniques.early_exit import EarlyExits
+from mlrun.models.exits import EarlyExits, find_exits
 
 
 @torch.no_grad()
-def evaluate_exits(
-    model: nn.Module, exits: EarlyExits, loader, thresholds: list[float], latency_samples: int = 100
-) -> dict:
+def evaluate_exits(model: nn.Module, loader, thresholds: list[float] | None, latency_samples: int = 100) -> dict | None:
+    """The early-exit report of `model` (None when it has no exits); `thresholds` default to the technique's."""
+    exits = find_exits(model)
+    if exits is None:
+        return None
+    thresholds = list(exits.thresholds) if thresholds is None else thresholds
     was_training = model.training
     model.eval()
     logits, targets, inputs = [], [], []

@@ -8,7 +8,7 @@ of the whole batch on one process (the schedule scales each micro-batch's loss).
 an optimizer over its own stage's parameters.
 
 The loop itself does not change: `prepare_training` (mlrun.engine.step) hands over to
-`prepare_pipeline`, which returns the same `Prepared` (model, optimizer, loaders, the step). Its
+`prepare_pipeline`, which returns the same fields as its `Prepared` (model, optimizer, loaders, the step). Its
 model is the whole model; before it is evaluated or saved every stage's weights are broadcast
 into it, and a checkpoint holds the whole model and every stage's optimizer state.
 torch.distributed.pipelining is marked alpha by PyTorch.
@@ -19,6 +19,7 @@ data.drop_last=true`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,16 +29,33 @@ from torch import nn
 
 from mlrun.engine.batches import eval_loader, train_loader
 from mlrun.engine.build import Components, build
-from mlrun.engine.step import Prepared
 from mlrun.errors import UsageError
 from mlrun.optim.schedulers import LRSchedule
-from mlrun.techniques.activation_checkpointing import declared_blocks
+
+
+@dataclass
+class PipelinePrepared:
+    """The fields of mlrun.engine.step.Prepared (the loop reads these), for a pipeline; no import of step:
+    step hands over to this module."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: Any
+    sampler: Any
+    val_loader: Any
+    step: PipelineStep
+    direct: bool = False
 
 
 def check_supported(parts: Components, processes: int) -> list[int]:
     """The first block of each stage after the first; one clear message for what a pipeline cannot do."""
     config = parts.config
-    train, dist_cfg, blocks = config.train, config.distributed, declared_blocks(parts.model)
+    train, dist_cfg, blocks = config.train, config.distributed, getattr(parts.model, "blocks", None)
+    if not isinstance(blocks, nn.ModuleList) or len(blocks) < processes:
+        raise UsageError(
+            f"distributed.strategy: pipeline splits model.blocks into {processes} stages; "
+            f"{type(parts.model).__name__} needs a `blocks` ModuleList of at least {processes} blocks"
+        )
     problems = []
     if config.objective.name != "supervised":
         problems.append(f"objective: {config.objective.name} (the last stage applies `loss:` to the logits)")
@@ -68,7 +86,7 @@ def check_supported(parts: Components, processes: int) -> list[int]:
     return split
 
 
-def prepare_pipeline(parts: Components, accelerator: Accelerator, callbacks) -> Prepared:
+def prepare_pipeline(parts: Components, accelerator: Accelerator, callbacks) -> PipelinePrepared:
     from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe, SplitPoint, pipeline
 
     config, processes, rank = parts.config, accelerator.num_processes, accelerator.process_index
@@ -92,7 +110,7 @@ def prepare_pipeline(parts: Components, accelerator: Accelerator, callbacks) -> 
     for callback in callbacks:
         callback.on_train_start(model)
     step = PipelineStep(accelerator, schedule, weights, parts, callbacks)
-    return Prepared(model, optimizer, loader, sampler, val_loader, step, direct=False)
+    return PipelinePrepared(model, optimizer, loader, sampler, val_loader, step)
 
 
 class StageWeights:

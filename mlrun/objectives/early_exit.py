@@ -11,9 +11,9 @@ from __future__ import annotations
 from mlrun.data.batch import TARGET_KEY, split_batch
 from mlrun.data.bundle import DataMeta
 from mlrun.errors import UsageError
+from mlrun.models.exits import find_exits
 from mlrun.objectives.base import Objective, ObjectiveOutput
 from mlrun.registry import objectives
-from mlrun.techniques.early_exit import find_exits
 
 
 @objectives.register("early_exit")
