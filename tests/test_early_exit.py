@@ -150,3 +150,17 @@ def test_a_safetensors_export_keeps_the_exits(trained_exits):
 def test_exits_without_their_objective_are_refused(tmp_path):
     result = run_cli("validate", write_config(tmp_path, exit_config(objective="supervised")), cwd=tmp_path)
     assert result.returncode == 2 and "set objective: early_exit" in result.stderr
+
+
+def test_the_objective_is_the_weighted_sum_of_every_exit_loss():
+    from mlrun.registry import objectives
+
+    torch.manual_seed(0)
+    model = models.build("mlp", FEATURES, hidden_sizes=[32, 32, 32])
+    techniques.build("early_exit", model, after=[0, 1], weights=[0.5, 2.0, 1.0])
+    loss_fn = torch.nn.functional.cross_entropy
+    x, y = torch.randn(16, 64), torch.randint(10, (16,))
+    out = objectives.build("early_exit", loss_fn, FEATURES)(model, (x, y))
+    every = find_exits(model).collect(model, x)
+    want = 0.5 * loss_fn(every[0], y) + 2.0 * loss_fn(every[1], y) + 1.0 * loss_fn(every[2], y)
+    assert torch.allclose(out.loss, want) and torch.equal(out.predictions, every[2])
