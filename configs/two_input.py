@@ -39,11 +39,9 @@ class TwoInputNet(nn.Module):
 
     def __init__(self, features: int, classes: int, hidden: int):
         super().__init__()
-        self.image = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten()
-        )  # (B, 64)
+        self.image = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())  # (B, 256)
         self.tabular = nn.Sequential(nn.Linear(features, hidden), nn.ReLU())  # (B, hidden)
-        self.head = nn.Linear(64 + hidden, classes)
+        self.head = nn.Linear(16 * 4 * 4 + hidden, classes)
 
     def forward(self, image: torch.Tensor, features: torch.Tensor) -> dict[str, torch.Tensor]:
         joined = torch.cat([self.image(image), self.tabular(features)], dim=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -103,12 +104,10 @@ def test_gpt2_style_causal_lm_learns_next_bytes_of_public_domain_text(tmp_path):
 
 
 def test_two_input_model_on_named_tensors_trains_evaluates_and_exports(tmp_path):
-    result = run_cli(
-        "train", REPO / "configs/two_input.yaml", f"output_dir={tmp_path}/runs", "train.epochs=6", cwd=REPO
-    )
+    result = run_cli("train", REPO / "configs/two_input.yaml", f"output_dir={tmp_path}/runs", cwd=REPO)
     assert result.returncode == 0, result.stderr
     run = tmp_path / "runs/two_input"
-    assert json.loads((run / "summary.json").read_text())["final"]["val/accuracy"] > 0.85
+    assert json.loads((run / "summary.json").read_text())["final"]["val/accuracy"] > 0.9
     exported = run_cli("export", run, "--format", "onnx", "--json", cwd=REPO)
     assert exported.returncode == 0, exported.stderr
     info = json.loads(exported.stdout.strip().splitlines()[-1])
@@ -164,9 +163,16 @@ def test_user_model_module_resolves_from_the_working_directory(tmp_path):
         "    return nn.Sequential(*layers)\n"
     )
     config = tiny_config(model={"name": "my_models:tiny", "width": 8}, train={"max_steps": 3})
-    result, run = train(tmp_path, config)  # run_cli's PYTHONPATH names the repository only
+    path = write_config(tmp_path, config)
+    # The installed `mlrun` script, as a user runs it: unlike `python -m`, it does not put the working
+    # directory on sys.path by itself.
+    script = Path(sys.executable).with_name("mlrun")
+    if not script.exists():
+        pytest.skip("no installed mlrun script next to this Python")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([str(script), "train", str(path)], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert (run / "model.safetensors").is_file()
+    assert (tmp_path / "runs/tiny/model.safetensors").is_file()
 
 
 def test_profile_times_the_step_train_runs_callbacks_included(tmp_path):

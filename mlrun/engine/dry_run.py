@@ -3,7 +3,7 @@
 `mlrun validate` and `mlrun train` (before step 1) run it, so a model, data, objective, loss or
 metric that do not fit each other stop with one message naming the parts and what would fit,
 instead of a raw torch error at step 0. Nothing is kept: the pass runs in eval mode, takes no
-optimizer step, and gradients, buffers and every RNG are restored, so a run's numbers are the same.
+optimizer step, accumulates no gradient, and restores buffers and every RNG: a run's numbers are the same.
 """
 
 from __future__ import annotations
@@ -19,12 +19,17 @@ from mlrun.errors import UsageError
 from mlrun.models.outputs import call_model, logits_of
 from mlrun.registry import losses, metrics
 
+DRY_RUN_SAMPLES = 4
+
 
 def check_one_batch(parts: Components, device: torch.device, autocast=contextlib.nullcontext) -> None:
     """Raise UsageError (exit 2) when the parts do not fit; `autocast`: the run's mixed-precision context."""
     check_metrics_fit_task(parts)
     model, train = parts.model, parts.bundle.train
-    batch = move_batch(fetch_batch(train, range(min(parts.config.data.batch_size, len(train)))), device)
+    # A few samples show every shape mismatch a whole batch would, at a fraction of its memory.
+    batch = move_batch(
+        fetch_batch(train, range(min(DRY_RUN_SAMPLES, parts.config.data.batch_size, len(train)))), device
+    )
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     devices = [device] if device.type == "cuda" else []
     was_training = model.training
@@ -37,13 +42,15 @@ def check_one_batch(parts: Components, device: torch.device, autocast=contextlib
                 out = parts.objective(model, batch)
             if out.loss.ndim != 0:
                 raise UsageError(f"{describe(parts)}: the loss has shape {tuple(out.loss.shape)}; it must be a scalar")
-            out.loss.backward()
+            # Gradients returned, not accumulated into .grad: hooks that act on accumulation (a step in
+            # backward) stay silent, and nothing is left to clear.
+            params = [p for p in model.parameters() if p.requires_grad]
+            torch.autograd.grad(out.loss, params, allow_unused=True)
     except UsageError:
         raise
     except Exception as exc:  # any torch error: name the parts, then what the shapes say
         raise UsageError(f"{describe(parts)} do not fit on one training batch: {mismatch(parts, batch, exc)}") from None
     finally:
-        model.zero_grad(set_to_none=True)
         with torch.no_grad():
             for name, buffer in model.named_buffers():
                 if name in buffers:
