@@ -137,12 +137,35 @@ def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory, e.g. runs/quickstart.")],
     overrides: Overrides = None,
     checkpoint: Annotated[str, typer.Option(help="best, final or a checkpoint path.")] = "final",
+    exit_thresholds: Annotated[
+        Optional[str], typer.Option(help="Early-exit runs: confidences to evaluate, e.g. 0.8,0.9,0.99.")
+    ] = None,
     json_output: Json = False,
 ) -> None:
     """Evaluate a trained model on its validation data (or another data section via overrides)."""
     from mlrun.commands.evaluate import run_eval
 
-    run_eval(run_dir, checkpoint, overrides or [], json_output)
+    run_eval(run_dir, checkpoint, overrides or [], json_output, exit_thresholds)
+
+
+@app.command(name="lr-find")
+def lr_find(
+    config: Config,
+    overrides: Overrides = None,
+    steps: Annotated[
+        int, typer.Option(help="Most optimizer steps of the sweep (it stops when the loss blows up).")
+    ] = 200,
+    start: Annotated[float, typer.Option(help="Learning rate of the first step.")] = 1e-7,
+    end: Annotated[float, typer.Option(help="Learning rate of the last step.")] = 10.0,
+    method: Annotated[str, typer.Option(help="steepest: fastest fall of the loss; min10: a tenth of its minimum.")] = (
+        "steepest"
+    ),
+    json_output: Json = False,
+) -> None:
+    """Learning-rate range test (Smith): sweep the lr up, suggest a value, plot the curve."""
+    from mlrun.commands.lr_find import run_lr_find
+
+    run_lr_find(config, overrides or [], steps, start, end, method, json_output)
 
 
 @app.command()

@@ -183,6 +183,24 @@ def recording_mlp(meta: DataMeta, /, *, record: str) -> nn.Module:
         return forward(x)
 
     model.forward = recording_forward
+
+
+def rapl_heater(meta: DataMeta, /, *, counter: str, uj_per_forward: int = 1000) -> nn.Module:
+    """Test model: an MLP whose every training forward adds `uj_per_forward` to a fake RAPL energy_uj file."""
+    from pathlib import Path
+
+    model = MLP(meta.input_shape[0], [16], meta.num_classes, dropout=0.0, activation="relu")
+    forward, path = model.forward, Path(counter)
+
+    forwards = path.with_name("forwards")  # how many times it heated, for the test to check against
+
+    def heating_forward(x):
+        if model.training:
+            path.write_text(str(int(path.read_text()) + uj_per_forward))
+            forwards.write_text(str(int(forwards.read_text()) + 1 if forwards.exists() else 1))
+        return forward(x)
+
+    model.forward = heating_forward
     return model
 
 

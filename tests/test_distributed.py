@@ -23,7 +23,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def launch(folder: Path, *args, processes: int = 2) -> subprocess.CompletedProcess:
+def launch(folder: Path, *args, processes: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
     """`mlrun ARGS` on `processes` CPU processes (torch.distributed.run over gloo), or as one process."""
     prefix = [sys.executable]
     if processes > 1:
@@ -31,7 +31,7 @@ def launch(folder: Path, *args, processes: int = 2) -> subprocess.CompletedProce
     # CPU processes even on a GPU machine: two ranks cannot share one GPU (tests/test_gpu.py covers GPUs).
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run(
-        [*prefix, "-m", "mlrun", *map(str, args)], cwd=folder, capture_output=True, text=True, timeout=300, env=env
+        [*prefix, "-m", "mlrun", *map(str, args)], cwd=folder, capture_output=True, text=True, timeout=timeout, env=env
     )
 
 

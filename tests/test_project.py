@@ -97,6 +97,7 @@ ALLOWED_IMPORTS = {
     "cli": {"commands", "errors", "jsonout", "notices"},
     "commands": {
         "config",
+        "energy",
         "engine",
         "errors",
         "export",
@@ -116,16 +117,18 @@ ALLOWED_IMPORTS = {
     "models": {"data", "errors", "registry"},
     "losses": {"data", "registry"},
     "metrics": {"data", "registry"},
-    "objectives": {"data", "models", "registry"},
+    "objectives": {"data", "errors", "models", "registry"},
     # config: the param_groups rules' type; models: parameter globs, blocks and head (models.parts).
     "optim": {"config", "errors", "models", "registry"},
-    "techniques": {"callbacks", "config", "errors", "models", "registry"},
-    "tracking": {"errors", "registry"},
+    "techniques": {"callbacks", "config", "errors", "models", "registry"},  # models: early-exit heads, parts
+    "tracking": {"energy", "errors", "registry"},
+    "energy": {"config"},
     "memory": {"optim", "registry"},
     "engine": {
         "callbacks",
         "config",
         "data",
+        "energy",
         "errors",
         "memory",
         "metrics",
@@ -136,7 +139,7 @@ ALLOWED_IMPORTS = {
         "tracking",
     },
     "export": {"config", "data", "errors", "metrics", "models", "registry"},
-    "profiling": {"config", "data", "engine", "errors", "memory"},
+    "profiling": {"config", "data", "energy", "engine", "errors", "memory"},
     "tuning": {"callbacks", "config", "engine", "errors"},
     "reporting": {"errors"},
     "prediction": {"config", "data", "engine", "errors", "export", "models"},

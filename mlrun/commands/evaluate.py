@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlrun.errors import UsageError
 from mlrun.jsonout import print_json
 
 
-def run_eval(run_dir: Path, checkpoint: str, overrides: list[str], json_output: bool) -> None:
+def run_eval(
+    run_dir: Path, checkpoint: str, overrides: list[str], json_output: bool, exit_thresholds: str | None = None
+) -> None:
     from accelerate import Accelerator
 
     from mlrun.engine.batches import eval_loader
@@ -29,9 +32,46 @@ def run_eval(run_dir: Path, checkpoint: str, overrides: list[str], json_output: 
         "samples": len(parts.bundle.val),
         "metrics": results,
     }
+    from mlrun.engine.exit_eval import evaluate_exits
+
+    thresholds = parse_thresholds(exit_thresholds) if exit_thresholds else None
+    exits_report = evaluate_exits(model, loader, thresholds)  # None: the model has no exits
+    if exits_report is not None:
+        report["early_exit"] = exits_report
+    elif exit_thresholds:
+        raise UsageError(f"--exit-thresholds: run '{run_dir}' has no exits; train it with techniques: [early_exit]")
     if json_output:
         print_json(report)
         return
     print(f"mlrun: {trained.weights} on {len(parts.bundle.val)} validation samples of '{parts.config.data.name}'")
     for key, value in results.items():
         print(f"  {key:<24} {value:.6g}")
+    if "early_exit" in report:
+        print_exits(report["early_exit"])
+
+
+def parse_thresholds(text: str) -> list[float]:
+    try:
+        values = sorted(float(v) for v in text.split(","))
+    except ValueError:
+        values = []
+    if not values or not all(0.0 < v <= 1.0 for v in values):
+        raise UsageError(
+            f"--exit-thresholds: expected confidences in (0, 1] separated by commas, e.g. 0.8,0.9,0.99; got '{text}'"
+        )
+    return values
+
+
+def print_exits(e: dict) -> None:
+    each = ", ".join(f"{a:.4f}" for a in e["exit_accuracy"])
+    print(f"  early exit after blocks {e['exits_after_blocks']} of {e['blocks']}; accuracy of each exit alone: {each}")
+    header = f"{'threshold':>9} {'accuracy':>9} {'depth':>6} {'FLOPs':>6} {'b1 ms':>7} {'speedup b1':>10}"
+    print(f"  {header} {'batch ms':>9} {'speedup':>8}  exits")
+    for row in e["thresholds"]:
+        t = "full" if row["threshold"] is None else f"{row['threshold']:g}"
+        shares = " ".join(f"{100 * f:.0f}%" for f in row.get("exit_fractions", []))
+        print(
+            f"  {t:>9} {row['accuracy']:>9.4f} {row['mean_depth']:>6.3f} {row['flops_fraction']:>6.3f} "
+            f"{row['ms_per_sample_b1']:>7.3f} "
+            f"{row['speedup_b1']:>10.2f} {row['ms_per_sample_batch']:>9.4f} {row['speedup_batch']:>8.2f}  {shares}"
+        )

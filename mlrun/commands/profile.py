@@ -94,6 +94,10 @@ def print_figures(f: dict, folder: Path) -> None:
             f"  estimated peak before running: {e['total'] / MB:.1f} MB, at the {e['peak_at']} "
             f"({100 * (e['total'] / m['measured_peak'] - 1):+.0f}% of measured)"
         )
+    if "energy" in f:
+        from mlrun.energy.meter import describe_energy
+
+        print(f"  energy of the measured steps: {describe_energy(f['energy'])}")
     for line in f["advice"]:
         print(f"  advice: {line}")
     if "trace_dir" in f:

@@ -185,7 +185,8 @@ class SchedulerSpec(ComponentSpec):
     registry_kind = "schedulers"
 
     name: str = "constant"
-    """Schedule: constant | linear | cosine | cosine_restarts | step | exponential | polynomial | onecycle | plateau."""
+    """Schedule: constant | linear | cosine | cosine_restarts | step | exponential | polynomial | onecycle | plateau
+    | lr_range (the exponential ramp of `mlrun lr-find`)."""
     warmup_steps: NonNegativeInt = 0
     """Optimizer steps of linear warm-up from warmup_start_factor * lr to lr."""
     warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
@@ -395,8 +396,9 @@ class TuneConfig(Section):
 class DistributedConfig(Section):
     """How several processes share the work (under torchrun or accelerate launch; one process ignores it)."""
 
-    strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
-    """auto (DDP for several processes) | ddp | fsdp (GPUs) | deepspeed (when installed)."""
+    strategy: Literal["auto", "ddp", "fsdp", "deepspeed", "pipeline"] = "auto"
+    """auto (DDP for several processes) | ddp | fsdp (GPUs) | deepspeed (when installed) | pipeline (one
+    stage of model.blocks per process, torch.distributed.pipelining)."""
     find_unused_parameters: bool = False
     """ddp: let some parameters receive no gradient in a step (slower)."""
     fsdp_sharding: Literal["full_shard", "shard_grad_op", "hybrid_shard", "no_shard"] = "full_shard"
@@ -407,6 +409,29 @@ class DistributedConfig(Section):
     """fsdp: checkpoint activations of every wrapped block (FSDP's own implementation)."""
     deepspeed_zero_stage: Annotated[int, Field(ge=0, le=3)] = 2
     """deepspeed: ZeRO stage (1 optimizer state, 2 + gradients, 3 + parameters)."""
+    pipeline_schedule: Literal["gpipe", "1f1b"] = "gpipe"
+    """pipeline: gpipe (all forwards, then all backwards) or 1f1b (interleaved: fewer activations alive)."""
+    pipeline_microbatches: PositiveInt = 4
+    """pipeline: micro-batches each global batch is cut into; more keeps more stages busy at once."""
+    pipeline_split: list[PositiveInt] | None = None
+    """pipeline: indices of the blocks that start stages 2, 3, ... (one fewer than processes); default even."""
+
+
+class EnergyConfig(Section):
+    """Energy and carbon of a run: GPU energy from NVML, CPU energy from RAPL, else an estimate."""
+
+    enabled: bool = True
+    """Measure energy during training and profiling; written to summary.json and profile.json."""
+    grid_g_per_kwh: Annotated[float, Field(ge=0.0)] = 475.0
+    """Carbon intensity of the electricity in grams of CO2 per kWh (default: the world average, IEA 2019);
+    look up your grid's figure (e.g. electricitymaps.com): ~30 in France, ~370 in the US, ~550 in India."""
+    cpu_watts: PositiveFloat | None = None
+    """Rated power of the CPU(s) in watts, for the estimate used when RAPL counters are unreadable;
+    default 10 W per logical core. The estimate is rated power x the run's measured CPU utilisation."""
+    rapl_root: str = "/sys/class/powercap"
+    """Folder of the Linux powercap RAPL counters (intel-rapl:N/energy_uj)."""
+    poll_s: PositiveFloat = 10.0
+    """Seconds between counter reads, so a RAPL counter that wraps around is never missed."""
 
 
 class ExperimentConfig(Section):
@@ -447,6 +472,8 @@ class ExperimentConfig(Section):
     """Data or model parallelism when launched as several processes."""
     tune: TuneConfig | None = None
     """Hyperparameter search settings, used by `mlrun tune` (ignored by `mlrun train`)."""
+    energy: EnergyConfig = EnergyConfig()
+    """Energy (kWh), carbon (g CO2) and energy per sample, measured during training and profiling."""
 
     def has_technique(self, name: str) -> bool:
         return any(technique.name == name for technique in self.techniques)

@@ -104,6 +104,7 @@ def build_components(
     augment = build_augmentations(config, bundle.meta)
     loss_fn = build(config.loss, bundle.meta)
     check_objective_uses_loss(config)
+    check_technique_objectives(config)
     return Components(
         config=config,
         bundle=bundle,
@@ -140,6 +141,19 @@ def check_objective_uses_loss(config: ExperimentConfig) -> None:
             f"loss: objective '{config.objective.name}' uses the loss the model returns, so loss "
             f"'{config.loss.name}' would be ignored; remove `loss:` or use objective: supervised"
         )
+
+
+def check_technique_objectives(config: ExperimentConfig) -> None:
+    """A technique that trains through its own objective (early_exit) needs that objective."""
+    from mlrun.registry import techniques
+
+    for spec in config.techniques:
+        wanted = techniques.trait(spec.name, "objective")
+        if wanted and config.objective.name != wanted:
+            raise UsageError(
+                f"techniques: {spec.name} is trained by objective '{wanted}' (objective '{config.objective.name}' "
+                f"would leave it untrained); set objective: {wanted}"
+            )
 
 
 def build_data(spec: DataSpec, seed: int, fitted_transform=None) -> DatasetBundle:

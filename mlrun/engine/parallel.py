@@ -12,6 +12,8 @@ from mlrun.errors import UsageError
 
 def accelerator_kwargs(config: DistributedConfig) -> dict:
     """Keyword arguments for Accelerator(...) beyond precision and accumulation."""
+    if config.strategy == "pipeline":
+        return {}  # the model is split into stages (mlrun.engine.pipeline), never wrapped in DDP
     if config.strategy in ("auto", "ddp"):
         from accelerate.utils import DistributedDataParallelKwargs
 

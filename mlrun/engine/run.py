@@ -83,6 +83,7 @@ def run_training(
             raise explain_load_failure(resume_from, exc, changes) from exc
     if accelerator.is_main_process:
         write_records(run_dir, parts, accelerator, resume_from, loop.state.step, changes)
+    meter, previous_joules = start_energy(config, accelerator, run_dir, resumed=resume_from is not None)
     started, message = time.time(), None
     try:
         return loop.run()
@@ -94,6 +95,8 @@ def run_training(
         raise RunFailed(f"training crashed at step {loop.state.step}: {message}. {loop.resume_hint()}") from exc
     finally:
         summary = make_summary(config, loop, loop.state.stop_reason or "failed", time.time() - started, message)
+        if meter is not None:
+            summary["energy"] = meter.stop(loop.state.samples_seen, previous_joules)
         if accelerator.is_main_process:
             write_json(run_dir / "summary.json", summary)
         for tracker in parts.trackers:
@@ -122,6 +125,20 @@ def write_records(run_dir: Path, parts, accelerator, resume_from: Path | None, s
         with open(run_dir / "preprocessing.pkl", "wb") as file:
             pickle.dump(parts.bundle.transform, file)
     write_json(run_dir / "manifest.json", info)
+
+
+def start_energy(config: ExperimentConfig, accelerator, run_dir: Path, resumed: bool):
+    """(a started energy meter on the main process or None, joules of earlier attempts of this run)."""
+    import os
+
+    from mlrun.energy.meter import start_meter
+
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    meter = start_meter(config.energy, accelerator.device.type, local, accelerator.is_main_process)
+    if meter is not None and local < accelerator.num_processes:
+        meter.notes.append(f"energy of the first host only ({local} of {accelerator.num_processes} processes)")
+    previous = (read_summary(run_dir) or {}).get("energy") if resumed else None
+    return meter, (previous or {}).get("joules") or 0.0
 
 
 def decide_resume(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | None, bool]:

@@ -138,6 +138,10 @@ class Prepared:
 
 def prepare_training(parts: Components, accelerator: Accelerator, callbacks) -> Prepared:
     """Loaders, FSDP wrapping, compile and Accelerate's prepare, in the order training needs them."""
+    if parts.config.distributed.strategy == "pipeline" and accelerator.num_processes > 1:
+        from mlrun.engine.pipeline import prepare_pipeline
+
+        return prepare_pipeline(parts, accelerator, callbacks)  # one stage per process, its own step
     direct = calls_torch_directly(accelerator)
     on_cuda = accelerator.device.type == "cuda"
     data, seed = parts.config.data, parts.config.seed

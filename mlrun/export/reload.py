@@ -16,13 +16,17 @@ from mlrun.config.load import load_config
 from mlrun.data.bundle import DataMeta
 from mlrun.export.quantize import apply_quantization
 from mlrun.export.signature import InferenceModule
-from mlrun.registry import models
+from mlrun.registry import models, techniques
 
 
 def model_structure(config_path: Path, meta: DataMeta, quantize: str) -> nn.Module:
     """The model as built for training, converted for `quantize` (weights still to be loaded)."""
     config = load_config(config_path)
-    model = InferenceModule(models.build(config.model.name, meta, **config.model.settings), meta)
+    model = models.build(config.model.name, meta, **config.model.settings)
+    for spec in config.techniques:  # techniques that add parameters (early-exit heads) are part of the structure
+        if techniques.trait(spec.name, "adds_parameters", False):
+            techniques.build(spec.name, model, **spec.settings)
+    model = InferenceModule(model, meta)
     return apply_quantization(model, quantize, calibration=None)[0].eval()
 
 

@@ -206,6 +206,17 @@ def onecycle(
     return curve
 
 
+@schedulers.register("lr_range")
+def lr_range(total_steps: int, warmup_steps: int, /, *, end_factor: Annotated[float, Field(gt=1.0)] = 1e8) -> Curve:
+    """Exponential ramp from lr to end_factor * lr over the run: the LR range test (`mlrun lr-find`).
+
+    Args:
+        end_factor: the last step's lr, as a multiple of lr (each step multiplies by the same factor).
+    """
+    span = max(1, total_steps - warmup_steps - 1)
+    return lambda s: end_factor ** (min(max(s - warmup_steps, 0), span) / span)
+
+
 class Plateau:
     """Multiplier that drops by `factor` when `monitor` has not improved for `patience` evaluations."""
 

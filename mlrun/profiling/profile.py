@@ -77,9 +77,11 @@ def profile_config(
         timer = PhaseTimer(device, times)
         step.mark = timer
         with _trace(trace_dir) as tracer:
+            meter = _energy_meter(config, device)
             start = time.perf_counter()
             samples = sum(_optimizer_step(step, batches, augment, state, accum, timer, tracer) for _ in range(steps))
             total_s = time.perf_counter() - start
+            energy = meter.stop(samples) if meter is not None else None
         step.mark = lambda phase: None
     flops = flops_per_step(model, parts.objective, batches, accum)
     with SavedActivations(model) as saved:
@@ -145,7 +147,16 @@ def profile_config(
         figures["tokens_per_s"] = figures["samples_per_s"] * meta.seq_len
     if predicted is not None:
         figures["estimate_bytes"] = predicted
+    if energy is not None:
+        figures["energy"] = {**energy, "joules_per_step": energy["joules"] / steps}
     return figures
+
+
+def _energy_meter(config: ExperimentConfig, device: torch.device):
+    """Energy of the measured steps (kWh, g CO2, J per sample and per step); None when energy.enabled is off."""
+    from mlrun.energy.meter import start_meter
+
+    return start_meter(config.energy, device.type, local_processes=1, measures=True)
 
 
 def _endless(loader, sampler, device: torch.device | None):

@@ -137,6 +137,10 @@ class Console(Tracker):
                 f"mlrun: {summary['status']} after {summary['steps']} steps in {summary['wall_time_s']:.1f}s "
                 f"({format_figure(float(summary['samples_per_s']))} samples/s){extra}"
             )
+            if summary.get("energy"):
+                from mlrun.energy.meter import describe_energy
+
+                print(f"mlrun: energy {describe_energy(summary['energy'])}", flush=True)
 
 
 @trackers.register("console")

@@ -1,0 +1,113 @@
+"""Early-exit evaluation: accuracy, mean depth and latency at each confidence threshold (`mlrun eval`).
+
+One full forward per validation batch yields every exit's logits; each threshold's outcome is then
+computed exactly (a sample takes the first exit whose softmax confidence reaches it, else the final
+head). Latency is measured with the real per-sample early exit (`EarlyExits.infer`: the deeper
+blocks run only on the samples still in the network) against the plain forward, at batch 1 and
+at the evaluation batch size.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from mlrun.models.exits import EarlyExits, find_exits
+
+
+@torch.no_grad()
+def evaluate_exits(model: nn.Module, loader, thresholds: list[float] | None, latency_samples: int = 100) -> dict | None:
+    """The early-exit report of `model` (None when it has no exits); `thresholds` default to the technique's."""
+    exits = find_exits(model)
+    if exits is None:
+        return None
+    thresholds = list(exits.thresholds) if thresholds is None else thresholds
+    was_training = model.training
+    model.eval()
+    logits, targets, inputs = [], [], []
+    for x, y in loader:
+        logits.append(exits.collect(model, x))
+        targets.append(y)
+        inputs.append(x)
+    model.train(was_training)
+    stacked = torch.stack([torch.cat([batch[i] for batch in logits]) for i in range(len(logits[0]))])  # (E+1, N, C)
+    y = torch.cat(targets)
+    confidence = stacked.softmax(dim=-1).amax(dim=-1)  # (E+1, N)
+    correct = stacked.argmax(dim=-1) == y  # (E+1, N)
+    depths = torch.tensor([exits.depth(i) for i in range(len(stacked))])
+    n = len(y)
+    rows = [{"threshold": None, "accuracy": float(correct[-1].float().mean()), "mean_depth": 1.0}]
+    for threshold in thresholds:
+        passes = confidence >= threshold
+        passes[-1] = True  # the final head takes whoever is left
+        first = passes.int().argmax(dim=0)  # (N,) the first exit each sample may take
+        rows.append(
+            {
+                "threshold": threshold,
+                "accuracy": float(correct[first, torch.arange(n)].float().mean()),
+                "mean_depth": float(depths[first].mean()),
+                "exit_fractions": (torch.bincount(first, minlength=len(stacked)).float() / n).tolist(),
+            }
+        )
+    x = torch.cat(inputs)
+    add_flops(model, exits, x, rows)
+    add_latency(model, exits, x[:latency_samples], loader.batch_size or 256, rows)
+    return {
+        "exits_after_blocks": list(exits.after),
+        "blocks": exits.num_blocks,
+        "exit_accuracy": [float(c.float().mean()) for c in correct],  # each exit alone, then the final head
+        "samples": n,
+        "thresholds": rows,
+    }
+
+
+def add_flops(model: nn.Module, exits: EarlyExits, x: torch.Tensor, rows: list[dict]) -> None:
+    """Share of the full forward's FLOPs each threshold spends (exit heads included), counted as they run."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(run) -> int:
+        with FlopCounterMode(display=False) as counter:
+            run()
+        return counter.get_total_flops()
+
+    full = flops(lambda: model(x))
+    for row in rows:
+        spent = full if row["threshold"] is None else flops(lambda t=row["threshold"]: exits.infer(model, x, t))
+        row.update(flops_fraction=spent / full, flops_speedup=full / spent)
+
+
+def add_latency(model: nn.Module, exits: EarlyExits, x: torch.Tensor, batch: int, rows: list[dict]) -> None:
+    """ms per sample at batch 1 and at `batch`, and the speedup over the full forward, into each row.
+
+    Each threshold is timed alternately with the full forward, so both see the same load on the machine.
+    """
+    for row in rows:
+        t = row["threshold"]
+        run = (lambda s: model(s)) if t is None else (lambda s, t=t: exits.infer(model, s, t))
+        full_b1, b1 = _interleaved(lambda s: model(s), run, x, 1)
+        full_batch, batched = _interleaved(lambda s: model(s), run, x, batch)
+        if t is None:  # the reference row: the full forward against itself
+            b1, batched = full_b1, full_batch
+        row.update(
+            ms_per_sample_b1=b1,
+            speedup_b1=full_b1 / b1,
+            ms_per_sample_batch=batched,
+            speedup_batch=full_batch / batched,
+        )
+
+
+@torch.inference_mode()
+def _interleaved(full, candidate, x: torch.Tensor, batch: int, repeats: int = 5) -> tuple[float, float]:
+    """Best-of-`repeats` ms per sample of two runs over `x`, timed in alternation (least disturbed by other work)."""
+    best = [float("inf"), float("inf")]
+    for run in (full, candidate):
+        run(x[:batch])  # warm-up
+    for _ in range(repeats):
+        for i, run in enumerate((full, candidate)):
+            start = time.perf_counter()
+            for j in range(0, len(x), batch):
+                run(x[j : j + batch])
+            best[i] = min(best[i], time.perf_counter() - start)
+    return 1e3 * best[0] / len(x), 1e3 * best[1] / len(x)

@@ -1,0 +1,147 @@
+"""The learning-rate range test (Smith 2015, "Cyclical Learning Rates", section 3.3).
+
+Train a few hundred steps while the learning rate grows exponentially from tiny to huge; the loss
+first stays flat (too small to learn), then falls, then blows up. A good rate sits where the loss
+falls fastest, before the blow-up. The sweep is an ordinary run of the one training loop with the
+`lr_range` schedule and `DivergenceStop`; this module reads its curve back and suggests a value.
+
+Try: `mlrun lr-find configs/quickstart.yaml`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from mlrun.callbacks import Callback
+
+SMOOTHING = 0.98  # the slowest EMA of the loss: the per-batch loss is too noisy to differentiate
+DIVERGED = 4.0  # the smoothed loss above 4x its minimum: the rate is past the useful range
+
+
+def smoothing_for(steps: int) -> float:
+    """EMA factor averaging over ~5% of the sweep: a slower average lags the curve to higher rates
+    (fastai's fixed 0.98 averages over 50 steps, two decades of a 200-step sweep from 1e-7 to 10)."""
+    return min(SMOOTHING, max(0.8, 1.0 - 20.0 / steps))
+
+
+class DivergenceStop(Callback):
+    """Stops the sweep once the smoothed training loss exceeds `factor` x its minimum, or is not finite.
+
+    Reads `state.last_train` (logged every step during a sweep), so it acts one step late.
+    """
+
+    def __init__(self, beta: float, factor: float = DIVERGED, skip_steps: int = 5):
+        self.factor, self.beta, self.skip_steps = factor, beta, skip_steps
+        self.average, self.best, self.seen, self.last_step = 0.0, math.inf, 0, -1
+
+    def on_step_end(self, model, state: Any) -> None:
+        loss = state.last_train.get("train/loss")
+        if loss is None or state.step - 1 == self.last_step:
+            return
+        self.last_step = state.step - 1
+        if not math.isfinite(loss):
+            state.should_stop = True
+            return
+        self.seen += 1
+        self.average = self.beta * self.average + (1 - self.beta) * loss
+        smoothed = self.average / (1 - self.beta**self.seen)
+        self.best = min(self.best, smoothed)
+        if self.seen > self.skip_steps and smoothed > self.factor * self.best:
+            state.should_stop = True
+
+
+@dataclass
+class Suggestion:
+    lr: float
+    method: str
+    reason: str
+    steepest_lr: float | None
+    min_loss_lr: float
+    diverged_at_lr: float | None
+
+
+def smooth(losses: list[float], beta: float) -> list[float]:
+    """Bias-corrected exponential moving average (the first values are not pulled towards 0)."""
+    out, average = [], 0.0
+    for i, loss in enumerate(losses, start=1):
+        average = beta * average + (1 - beta) * loss
+        out.append(average / (1 - beta**i))
+    return out
+
+
+def smooth_centred(losses: list[float], beta: float) -> list[float]:
+    """The EMA run forwards, then backwards: as smooth, without the forward pass's lag to higher rates.
+
+    The sweep is over when this is read, so the smoothing may look ahead (DivergenceStop cannot).
+    """
+    return smooth(smooth(losses, beta)[::-1], beta)[::-1]
+
+
+def suggest(lrs: list[float], losses: list[float], beta: float, method: str = "steepest") -> Suggestion:
+    """A learning rate from the sweep: the steepest fall of the smoothed loss, or a tenth of its minimum."""
+    finite = [i for i, loss in enumerate(losses) if math.isfinite(loss)]
+    lrs, losses = [lrs[i] for i in finite], [losses[i] for i in finite]
+    smoothed = smooth_centred(losses, beta)
+    best = min(range(len(smoothed)), key=smoothed.__getitem__)
+    # Divergence as DivergenceStop saw it (the causal average), so it agrees with where the sweep stopped.
+    causal = smooth(losses, beta)
+    low = min(range(len(causal)), key=causal.__getitem__)
+    diverged = next((i for i in range(low, len(causal)) if causal[i] > DIVERGED * causal[low]), None)
+    # Slope per decade of lr, up to the minimum; the first points are skipped: the EMA is still warming up.
+    skip = min(len(smoothed) // 10, best)
+    slopes = [
+        (smoothed[i + 1] - smoothed[i - 1]) / (math.log10(lrs[i + 1]) - math.log10(lrs[i - 1]))
+        for i in range(max(1, skip), best)
+    ]
+    steep = max(1, skip) + min(range(len(slopes)), key=slopes.__getitem__) if slopes else None
+    min10 = lrs[best] / 10
+    where = f"the smoothed loss is lowest ({smoothed[best]:.4g}) at lr {lrs[best]:.3g}"
+    blow = f"; the loss blew up ({DIVERGED:g}x its minimum) at lr {lrs[diverged]:.3g}" if diverged is not None else ""
+    if method == "steepest" and steep is not None and slopes[steep - max(1, skip)] < 0:
+        reason = (
+            f"the smoothed loss falls fastest at lr {lrs[steep]:.3g} "
+            f"({slopes[steep - max(1, skip)]:.3g} per tenfold increase); {where}{blow}"
+        )
+        lr, used = lrs[steep], "steepest"
+    else:
+        why = "" if method == "min10" else "the loss never fell before its minimum, so "
+        reason = f"{why}{where}{blow}; a tenth of that rate is {min10:.3g}, safely below the blow-up"
+        lr, used = min10, "min10"
+    return Suggestion(
+        lr,
+        used,
+        reason,
+        lrs[steep] if steep is not None else None,
+        lrs[best],
+        lrs[diverged] if diverged is not None else None,
+    )
+
+
+def plot(lrs: list[float], losses: list[float], beta: float, suggestion: Suggestion, path) -> None:
+    """Loss against lr (log axis), raw and smoothed, with the suggestion marked; a PNG at `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on clusters
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    axes.plot(lrs, losses, color="0.75", linewidth=1, label="training loss")
+    smoothed = smooth_centred(losses, beta)
+    axes.plot(lrs, smoothed, color="C0", linewidth=2, label=f"smoothed (EMA {beta:.3g}, both directions)")
+    axes.axvline(
+        suggestion.lr, color="C3", linestyle="--", label=f"suggested {suggestion.lr:.2g} ({suggestion.method})"
+    )
+    axes.set_xscale("log")
+    finite = [v for v in [*smoothed, *losses] if math.isfinite(v)]
+    low = min(finite)
+    if finite and low > 0:  # the blow-up would squash the useful part of the curve
+        axes.set_ylim(low * 0.9, min(max(finite), DIVERGED * min(v for v in smoothed if math.isfinite(v)) * 1.2))
+    axes.set_xlabel("learning rate")
+    axes.set_ylabel("training loss")
+    axes.set_title("learning-rate range test")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,166 @@
+"""Early-exit networks: exits after model.blocks, per-sample exit inference, training, eval and export."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from mlrun.data.bundle import DataMeta
+from mlrun.errors import UsageError
+from mlrun.models.exits import find_exits
+from mlrun.registry import models, techniques
+from tests.conftest import run_cli, tiny_config, write_config
+
+IMAGES = DataMeta(task="classification", input_shape=(1, 8, 8), num_classes=10)
+FEATURES = DataMeta(task="classification", input_shape=(64,), num_classes=10)
+
+
+def with_exits(name: str, meta: DataMeta, after: list[int], **settings):
+    torch.manual_seed(0)
+    model = models.build(name, meta, **settings)
+    techniques.build("early_exit", model, after=after)
+    return model.eval()
+
+
+def expected_exits(all_logits: list[torch.Tensor], threshold: float) -> torch.Tensor:
+    """The first exit whose softmax confidence reaches `threshold` (the final head otherwise)."""
+    passes = torch.stack([logits.softmax(-1).amax(-1) for logits in all_logits]) >= threshold
+    passes[-1] = True
+    return passes.int().argmax(dim=0)
+
+
+@pytest.mark.parametrize(
+    "name, meta, after, settings",
+    [
+        ("cnn", IMAGES, [0, 1], {"channels": [16, 32, 32]}),
+        ("resnet", IMAGES, [0], {"depth": 8}),
+        ("mlp", FEATURES, [0, 1], {"hidden_sizes": [32, 32, 32]}),
+    ],
+)
+def test_per_sample_exit_inference_matches_every_exit_computed_in_full(name, meta, after, settings):
+    model = with_exits(name, meta, after, **settings)
+    exits = find_exits(model)
+    x = torch.randn(64, *meta.input_shape) * 3
+    with torch.no_grad():
+        every = exits.collect(model, x)
+        assert torch.allclose(every[-1], model(x), atol=1e-6)  # the plain forward is the final head's
+    confidences = torch.stack([e.softmax(-1).amax(-1) for e in every[:-1]]).flatten()
+    for threshold in [0.0001, float(confidences.median()), 1.0]:  # all leave early, some do, none do
+        logits, exit_at = exits.infer(model, x, threshold)
+        want = expected_exits(every, threshold)
+        assert torch.equal(exit_at, want)
+        assert torch.allclose(logits, torch.stack(every)[want, torch.arange(len(x))], atol=1e-5)
+
+
+def test_the_deeper_blocks_see_only_the_samples_still_in_the_network():
+    model = with_exits("cnn", IMAGES, [0], channels=[16, 32])
+    seen = []
+    model.blocks[1].register_forward_hook(lambda module, args, out: seen.append(len(args[0])))
+    exits = find_exits(model)
+    x = torch.randn(32, 1, 8, 8) * 3
+    threshold = float(exits.collect(model, x)[0].softmax(-1).amax(-1).median())
+    _, exit_at = exits.infer(model, x, threshold)
+    assert seen[-1] == int((exit_at == 1).sum()) < 32
+
+
+def test_a_copy_of_the_model_runs_its_own_exits():
+    model = with_exits("mlp", FEATURES, [0], hidden_sizes=[32, 32])
+    twin = copy.deepcopy(model)  # export deep-copies the model
+    with torch.no_grad():  # the copy's exit is sure of class 3 whatever the input: everybody leaves there
+        twin.exits.heads[0].classify.weight.zero_()
+        twin.exits.heads[0].classify.bias.copy_(torch.arange(10) == 3).mul_(50.0)
+    logits, exit_at = find_exits(twin).infer(twin, torch.randn(8, 64), 0.5)
+    assert exit_at.tolist() == [0] * 8 and logits.argmax(-1).tolist() == [3] * 8
+
+
+def test_exits_must_come_before_the_last_block():
+    with pytest.raises(UsageError, match="below the last block"):
+        with_exits("cnn", IMAGES, [1], channels=[16, 32])
+
+
+def exit_config(**overrides) -> dict:
+    config = tiny_config(
+        name="exits",
+        model={"name": "cnn", "channels": [8, 16, 16], "dropout": 0.0, "pool_every": 2},
+        data={
+            "name": "synthetic",
+            "task": "images",
+            "num_samples": 400,
+            "image_size": 8,
+            "channels": 1,
+            "num_classes": 4,
+            "batch_size": 32,
+        },
+        objective="early_exit",
+        techniques=[{"name": "early_exit", "after": [0, 1], "thresholds": [0.6, 0.9], "pool": 2}],
+        train={"epochs": 3, "log_every": "5st", "eval_every": "3ep", "checkpoint_every": "3ep"},
+    )
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def trained_exits(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("exits")
+    result = run_cli("train", write_config(folder, exit_config()), cwd=folder)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return folder, folder / "runs" / "exits"
+
+
+def test_training_teaches_every_exit_and_eval_reports_each_threshold(trained_exits):
+    folder, run = trained_exits
+    result = run_cli("eval", run, "--json", cwd=folder)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)["early_exit"]
+    assert all(accuracy > 0.5 for accuracy in report["exit_accuracy"])  # 4 classes: chance is 0.25
+    rows = {row["threshold"]: row for row in report["thresholds"]}
+    assert set(rows) == {None, 0.6, 0.9}
+    assert rows[None]["mean_depth"] == 1.0 and rows[None]["flops_fraction"] == 1.0
+    assert rows[0.6]["mean_depth"] < 1.0 and rows[0.6]["flops_fraction"] < 1.0  # some samples leave early
+    assert rows[0.6]["mean_depth"] <= rows[0.9]["mean_depth"]  # a stricter threshold keeps samples longer
+    assert rows[0.6]["ms_per_sample_b1"] > 0 and rows[None]["speedup_b1"] == 1.0
+
+
+def test_eval_takes_other_thresholds_and_rejects_bad_ones(trained_exits):
+    folder, run = trained_exits
+    report = json.loads(run_cli("eval", run, "--exit-thresholds", "0.5,0.99", "--json", cwd=folder).stdout)
+    assert [row["threshold"] for row in report["early_exit"]["thresholds"]] == [None, 0.5, 0.99]
+    bad = run_cli("eval", run, "--exit-thresholds", "0.5,2", cwd=folder)
+    assert bad.returncode == 2 and "--exit-thresholds" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_safetensors_export_keeps_the_exits(trained_exits):
+    from mlrun.export.reload import load_exported_model
+
+    folder, run = trained_exits
+    result = run_cli("export", run, "--format", "safetensors", "--json", cwd=folder)
+    assert result.returncode == 0, result.stderr[-2000:]
+    reloaded = load_exported_model(json.loads(result.stdout)["verification"] and run / "export" / "safetensors-none")
+    exits = find_exits(reloaded)
+    assert exits is not None and exits.after == (0, 1)
+    x = torch.randn(16, 1, 8, 8)
+    logits, exit_at = exits.infer(reloaded, x, 0.6)
+    every = exits.collect(reloaded, x)
+    assert torch.equal(exit_at, expected_exits(every, 0.6))
+
+
+def test_exits_without_their_objective_are_refused(tmp_path):
+    result = run_cli("validate", write_config(tmp_path, exit_config(objective="supervised")), cwd=tmp_path)
+    assert result.returncode == 2 and "set objective: early_exit" in result.stderr
+
+
+def test_the_objective_is_the_weighted_sum_of_every_exit_loss():
+    from mlrun.registry import objectives
+
+    torch.manual_seed(0)
+    model = models.build("mlp", FEATURES, hidden_sizes=[32, 32, 32])
+    techniques.build("early_exit", model, after=[0, 1], weights=[0.5, 2.0, 1.0])
+    loss_fn = torch.nn.functional.cross_entropy
+    x, y = torch.randn(16, 64), torch.randint(10, (16,))
+    out = objectives.build("early_exit", loss_fn, FEATURES)(model, (x, y))
+    every = find_exits(model).collect(model, x)
+    want = 0.5 * loss_fn(every[0], y) + 2.0 * loss_fn(every[1], y) + 1.0 * loss_fn(every[2], y)
+    assert torch.allclose(out.loss, want) and torch.equal(out.predictions, every[2])
