@@ -183,6 +183,7 @@ def recording_mlp(meta: DataMeta, /, *, record: str) -> nn.Module:
         return forward(x)
 
     model.forward = recording_forward
+    return model
 
 
 def rapl_heater(meta: DataMeta, /, *, counter: str, uj_per_forward: int = 1000) -> nn.Module:

@@ -147,7 +147,7 @@ def test_jsonl_text_with_byte_char_and_tokenizer_file(tmp_path):
     path = tmp_path / "reviews.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     byte = build("jsonl_text", path=str(path), max_length=16)
-    assert byte.meta.vocab_size == 257 and byte.train.inputs.shape[1] == 16
+    assert byte.meta.vocab_size == 257 and byte.train.inputs["input_ids"].shape[1] == 16
     char = build("jsonl_text", path=str(path), tokenizer="char", max_length=32)
     assert char.meta.vocab_size < 40 and char.preprocessing["classes"] == ["neg", "pos"]
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -160,7 +160,9 @@ def test_jsonl_text_with_byte_char_and_tokenizer_file(tmp_path):
     tokenizer.save(str(tmp_path / "tokenizer.json"))
     words = build("jsonl_text", path=str(path), tokenizer=str(tmp_path / "tokenizer.json"), max_length=8)
     assert words.meta.vocab_size == tokenizer.get_vocab_size()
-    assert (words.train.inputs[:, :4] > 0).all() and (words.train.inputs[:, 4:] == 0).all()  # 4 words, then pads
+    ids, mask = words.train.inputs["input_ids"], words.train.inputs["attention_mask"]
+    assert (ids[:, :4] > 0).all() and (ids[:, 4:] == 0).all()  # 4 words, then pads
+    assert (mask[:, :4] == 1).all() and (mask[:, 4:] == 0).all()  # the mask says which are tokens
 
 
 def test_text_lm_globs_and_a_token_cache_reused_until_the_source_changes(tmp_path):

@@ -60,23 +60,28 @@ def test_advice_names_a_slow_loader_and_stays_silent_for_a_fast_one(tmp_path):
     assert not any("data loader" in line for line in fast["advice"])
 
 
-def test_memory_advice_speaks_only_of_savings_worth_a_change(tmp_path):
+def test_memory_advice_speaks_only_of_savings_worth_a_change(tmp_path, monkeypatch):
     from mlrun.config.load import load_config
+    from mlrun.profiling import advice as advice_module
     from mlrun.profiling.advice import advice
+
+    monkeypatch.setattr(advice_module, "_available_bytes", lambda figures: 80 * 2**30)  # an 80 GB GPU, on CPU
 
     config = load_config(write_config(tmp_path, tiny_config()))
     mb = 2**20
 
-    def lines(parameters: int, optimizer_state: int, activations: int) -> str:
+    def lines(parameters: int, optimizer_state: int, activations: int, device: str = "cuda:0") -> str:
         memory = {"parameters": parameters, "gradients": parameters, "optimizer_state": optimizer_state}
         memory |= {"activations": activations, "measured_peak": 2 * parameters + optimizer_state + activations}
-        figures = {"device": "cpu", "memory_bytes": memory, "data_wait_fraction": 0.0, "mfu": 0.5}
+        figures = {"device": device, "memory_bytes": memory, "data_wait_fraction": 0.0, "mfu": 0.5}
         return " ".join(advice({**figures, "breakdown_ms": {"data": 0.0}}, config))
 
     small = lines(parameters=10 * mb, optimizer_state=20 * mb, activations=2 * mb)  # 4% and 34% of 62 MB
-    assert "bf16 would save" not in small and "adafactor" in small
+    assert "bf16" not in small and "adafactor" in small
     large = lines(parameters=mb, optimizer_state=2 * mb, activations=60 * mb)  # 47% and 3% of 64 MB
-    assert "bf16 would save about 47%" in large and "adafactor" not in large
+    assert "bf16 could save up to 47%" in large and "adafactor" not in large
+    # On CPU bf16 autocast keeps activations in fp32 (the matrix measures no saving): no promise there.
+    assert "bf16" not in lines(parameters=mb, optimizer_state=2 * mb, activations=60 * mb, device="cpu")
 
 
 def test_trace_is_written(tmp_path):

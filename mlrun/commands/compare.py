@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mlrun.errors import UsageError
+from mlrun.jsonout import print_json
 
 
 def run_compare(patterns: list[str], metric: str | None, out: Path, json_output: bool) -> None:
@@ -49,7 +50,7 @@ def run_compare(patterns: list[str], metric: str | None, out: Path, json_output:
             "runs": rows,
             "files": {"png": str(png), "html": str(page)},
         }
-        print(json.dumps(report, default=str))
+        print_json(report)
         return
     direction = "lower" if minimise else "higher"
     print(

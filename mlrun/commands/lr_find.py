@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mlrun.config.load import load_config
 from mlrun.errors import UsageError
+from mlrun.jsonout import print_json
 
 METHODS = ("steepest", "min10")
 
@@ -66,7 +67,7 @@ def run_lr_find(
     }
     (folder / "lr_find.json").write_text(json.dumps(report, indent=2) + "\n")
     if json_output:
-        print(json.dumps(report))
+        print_json(report)
         return
     print(f"mlrun: lr-find: {state.step} steps{' (stopped: the loss diverged)' if report['stopped_early'] else ''}")
     if suggestion.diverged_at_lr is None:

@@ -10,10 +10,11 @@ carries labels, the whole file is also scored with the run's loss and metrics: t
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from mlrun.jsonout import print_json
 
 
 def run_predict(model_path: Path, input_path: Path, out: Path | None, checkpoint: str, json_output: bool) -> None:
@@ -42,7 +43,7 @@ def run_predict(model_path: Path, input_path: Path, out: Path | None, checkpoint
         "out": str(out) if out else None,
     }
     if json_output:
-        print(json.dumps(report if out else {**report, "predictions": rows}))
+        print_json(report if out else {**report, "predictions": rows})
         return
     if out is None:
         sys.stdout.write(render(rows, kind))

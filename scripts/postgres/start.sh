@@ -29,7 +29,7 @@ if as_server "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
 fi
 # fsync off: a throwaway server; the socket lives in DIR, not /var/run/postgresql.
 as_server "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-  -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c max_connections=100" start >/dev/null \
+  -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c max_connections=300" start >/dev/null \
   || { tail -20 "$dir/server.log" >&2; exit 1; }
 if ! as_server "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='mlrun'" | grep -q 1; then
   as_server "$bin/createdb" -h 127.0.0.1 -p "$port" -U postgres mlrun
