@@ -40,7 +40,7 @@ def load(url: str, name: str):
 def test_two_workers_fill_one_study_without_duplicates_and_it_resumes(postgres, tmp_path):  # noqa: F811
     import optuna
 
-    config = write_config(tmp_path, tune_config(epochs=3, trials=6))
+    config = write_config(tmp_path, tune_config(epochs=30, trials=6))  # trials outlast a worker's start-up
     result = run_cli(
         "tune", config, "--workers", "2", "--storage", postgres.url, "--study", "two", "--json", cwd=tmp_path
     )
@@ -64,7 +64,7 @@ def test_two_workers_fill_one_study_without_duplicates_and_it_resumes(postgres, 
 def test_a_server_restart_mid_study_fails_the_trial_not_the_study(postgres, tmp_path):  # noqa: F811
     import optuna
 
-    config = write_config(tmp_path, tune_config(epochs=20, trials=3))
+    config = write_config(tmp_path, tune_config(epochs=100, trials=3))  # long enough to be caught training
     process = start_cli("tune", config, "--storage", postgres.url, "--study", "restart", cwd=tmp_path)
     try:
         deadline = time.monotonic() + 240
