@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,27 +25,32 @@ from mlrun.errors import UsageError
 from mlrun.registry import datasets
 
 
-def read_jsonl(path: str, key: str, text_field: str, label_field: str) -> tuple[list[str], np.ndarray]:
-    file = resolve_files(path, key)[0]
-    texts, labels = [], []
+def json_lines(file) -> Iterator[tuple[int, object]]:
+    """(line number, parsed record) of every non-blank line; a line that is not JSON is a usage error."""
     with open(file, encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                yield number, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise UsageError(f"{file}:{number}: not valid JSON ({exc.msg}); one JSON object per line.") from None
-            for field in (text_field, label_field):
-                if not isinstance(record, dict) or field not in record:
-                    found = ", ".join(record) if isinstance(record, dict) else type(record).__name__
-                    raise UsageError(
-                        f"{file}:{number}: no '{field}' field (found: {found}); set data.{_key(field, text_field)}."
-                    )
-            if not isinstance(record[text_field], str):
-                raise UsageError(f"{file}:{number}: '{text_field}' must be a string.")
-            texts.append(record[text_field])
-            labels.append(record[label_field])
+
+
+def read_jsonl(path: str, key: str, text_field: str, label_field: str) -> tuple[list[str], np.ndarray]:
+    file = resolve_files(path, key)[0]
+    texts, labels = [], []
+    for number, record in json_lines(file):
+        for field in (text_field, label_field):
+            if not isinstance(record, dict) or field not in record:
+                found = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+                raise UsageError(
+                    f"{file}:{number}: no '{field}' field (found: {found}); set data.{_key(field, text_field)}."
+                )
+        if not isinstance(record[text_field], str):
+            raise UsageError(f"{file}:{number}: '{text_field}' must be a string.")
+        texts.append(record[text_field])
+        labels.append(record[label_field])
     if not texts:
         raise UsageError(f"{key}: '{file}' has no records.")
     return texts, np.array(labels)

@@ -6,7 +6,6 @@ their line number.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -41,23 +40,17 @@ def read_texts(path: Path, predictor) -> Inputs:
 
     from mlrun.data.batch import TARGET_KEY
     from mlrun.data.bundle import TensorDictDataset
+    from mlrun.data.text import json_lines
 
     settings = predictor.config.data.settings
     text_field, label_field = settings.get("text_field", "text"), settings.get("label_field", "label")
     texts, labels, lines = [], [], []
-    with path.open(encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{path}:{number}: not valid JSON ({exc.msg}); one JSON object per line") from None
-            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                raise UsageError(f"{path}:{number}: no string field '{text_field}' (the run's data.text_field)")
-            texts.append(record[text_field])
-            labels.append(record.get(label_field))
-            lines.append(number)
+    for number, record in json_lines(path):
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+            raise UsageError(f"{path}:{number}: no string field '{text_field}' (the run's data.text_field)")
+        texts.append(record[text_field])
+        labels.append(record.get(label_field))
+        lines.append(number)
     if not texts:
         raise UsageError(f"INPUT: '{path}' has no records")
     preprocessing = predictor.preprocessing
