@@ -148,6 +148,18 @@ def evaluate(
     run_eval(run_dir, checkpoint, overrides or [], json_output, exit_thresholds)
 
 
+@app.command()
+def compress(
+    target: Annotated[Path, typer.Argument(help="A config whose run is trained, or a run directory.")],
+    overrides: Overrides = None,
+    json_output: Json = False,
+) -> None:
+    """Run the `compress:` stages (prune, distill, QAT, low-rank, cluster) from a trained run's weights."""
+    from mlrun.commands.compress import run_compress_command
+
+    run_compress_command(target, overrides or [], json_output)
+
+
 @app.command(name="lr-find")
 def lr_find(
     config: Config,

@@ -206,6 +206,7 @@ techniques = Registry("techniques", "mlrun.techniques")
 trackers = Registry("trackers", "mlrun.tracking")
 augmentations = Registry("augmentations", "mlrun.data.augment")
 objectives = Registry("objectives", "mlrun.objectives")
+stages = Registry("stages", "mlrun.compression.stages")
 
 REGISTRIES: dict[str, Registry] = {
     r.kind: r
@@ -220,5 +221,6 @@ REGISTRIES: dict[str, Registry] = {
         trackers,
         augmentations,
         objectives,
+        stages,
     )
 }

@@ -143,6 +143,8 @@ ALLOWED_IMPORTS = {
     "tuning": {"callbacks", "config", "engine", "errors"},
     "reporting": {"errors"},
     "prediction": {"config", "data", "engine", "errors", "export", "models"},
+    # engine: fine-tuning runs the training loop; techniques: masks and tied weights of the stages.
+    "compression": {"config", "data", "engine", "errors", "export", "models", "registry", "techniques"},
 }
 
 

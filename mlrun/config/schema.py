@@ -146,6 +146,19 @@ class ObjectiveSpec(ComponentSpec):
     registry_kind = "objectives"
 
 
+class StageSpec(ComponentSpec):
+    """One compression stage of `mlrun compress` (`mlrun list stages`) and how its result is fine-tuned."""
+
+    registry_kind = "stages"
+
+    finetune: dict[str, Any] | Literal[False] = {}
+    """Fine-tuning after the stage, through the training loop, as overrides of the run's config
+    (`{train.epochs: 2, optimizer.lr: 1.0e-4}`; {} trains with the run's own settings); false: none."""
+    rounds: PositiveInt = 1
+    """Apply the stage and fine-tune this many times, each round taking a share of the stage's target
+    (iterative pruning)."""
+
+
 class AugmentSpec(ComponentSpec):
     registry_kind = "augmentations"
 
@@ -474,6 +487,12 @@ class ExperimentConfig(Section):
     """Hyperparameter search settings, used by `mlrun tune` (ignored by `mlrun train`)."""
     energy: EnergyConfig = EnergyConfig()
     """Energy (kWh), carbon (g CO2) and energy per sample, measured during training and profiling."""
+    compress: list[StageSpec] = []
+    """Stages `mlrun compress` runs in order from the trained weights: prune, prune_structured, distill,
+    qat, low_rank, cluster (`mlrun list stages`)."""
+    model_edits: list[dict[str, Any]] = []
+    """Structural edits of the built model (pruned shapes, factorized layers), recorded by `mlrun compress`
+    in a stage's config.yaml and replayed when the model is built; not written by hand."""
 
     def has_technique(self, name: str) -> bool:
         return any(technique.name == name for technique in self.techniques)

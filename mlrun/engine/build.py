@@ -84,6 +84,10 @@ def build_components(
     bundle = build_data(config.data, config.seed, fitted_transform)
     plan = plan_steps(len(bundle.train), config.data, config.train, num_processes)
     model = build(config.model, bundle.meta)
+    if config.model_edits:  # a compressed model: pruned shapes, factorized layers (mlrun compress)
+        from mlrun.models.edits import apply_edits
+
+        apply_edits(model, config.model_edits)
     init_report = None
     if config.init_from is not None and init_weights:
         from mlrun.engine.init_from import load_pretrained

@@ -16,6 +16,7 @@ from mlrun.config.load import load_config
 from mlrun.data.bundle import DataMeta
 from mlrun.export.quantize import apply_quantization
 from mlrun.export.signature import InferenceModule
+from mlrun.models.edits import apply_edits
 from mlrun.registry import models, techniques
 
 
@@ -23,6 +24,7 @@ def model_structure(config_path: Path, meta: DataMeta, quantize: str) -> nn.Modu
     """The model as built for training, converted for `quantize` (weights still to be loaded)."""
     config = load_config(config_path)
     model = models.build(config.model.name, meta, **config.model.settings)
+    apply_edits(model, config.model_edits)
     for spec in config.techniques:  # techniques that add parameters (early-exit heads) are part of the structure
         if techniques.trait(spec.name, "adds_parameters", False):
             techniques.build(spec.name, model, **spec.settings)

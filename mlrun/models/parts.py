@@ -55,3 +55,19 @@ def check_patterns(names: list[str], patterns: list[str], key: str) -> None:
 def block_index(model: nn.Module) -> dict[int, int]:
     """id(parameter) -> index of the declared block that holds it (blocks may alias modules elsewhere)."""
     return {id(p): i for i, block in enumerate(declared_blocks(model)) for p in block.parameters()}
+
+
+def weight_layers(model: nn.Module, patterns: list[str], include_head: bool) -> list[tuple[str, nn.Module]]:
+    """(name, layer) of the Linear and Conv layers compression acts on: those whose module name matches
+    `patterns` (all when empty), without the output layer unless `include_head`."""
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    check_patterns([n for n, _ in layers], patterns, "layers")
+    if patterns:
+        layers = [(n, m) for n, m in layers if matching([n], patterns)]
+    if not include_head and layers:
+        try:
+            head = head_prefix(model).rstrip(".")
+        except UsageError:
+            head = layers[-1][0]  # no declared head: the last layer is the output
+        layers = [(n, m) for n, m in layers if n != head and not n.startswith(f"{head}.")]
+    return layers

@@ -4,4 +4,12 @@ A technique changes the model in place (activation checkpointing) and may return
 that follows the loop (EMA).
 """
 
-from mlrun.techniques import activation_checkpointing, early_exit, ema, freeze, lora, optimizer_in_backward  # noqa: F401
+from mlrun.techniques import (  # noqa: F401
+    activation_checkpointing,
+    early_exit,
+    ema,
+    freeze,
+    lora,
+    magnitude_pruning,
+    optimizer_in_backward,
+)

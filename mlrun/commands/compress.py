@@ -1,0 +1,68 @@
+"""`mlrun compress CONFIG|RUN_DIR [k=v ...] [--json]`.
+
+Runs the config's `compress:` stages in order from the trained run's final weights, each into
+runs/<name>/compress/<n>-<stage>/, and prints one table: every stage's metrics, size raw and
+Huffman-coded, parameters, MACs and CPU latency beside the trained model's. `mlrun export` takes
+any stage folder; a rerun reuses finished stages and resumes an interrupted fine-tuning.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mlrun.errors import UsageError
+from mlrun.jsonout import print_json
+
+
+def run_compress_command(target: Path, overrides: list[str], json_output: bool) -> None:
+    from mlrun.compression.run import run_compress
+    from mlrun.config.load import load_config
+
+    if target.is_dir():
+        source_dir, config = target, load_config(target / "config.yaml", overrides)
+    else:
+        config = load_config(target, overrides)
+        source_dir = Path(config.output_dir) / config.name
+        if not (source_dir / "model.safetensors").is_file():
+            raise UsageError(
+                f"compress starts from a trained run, and '{source_dir}' has no final weights "
+                f"(model.safetensors); train it first: mlrun train {target}"
+            )
+    report = run_compress(config.compress, source_dir)
+    if json_output:
+        print_json(report)
+    else:
+        print(text_table(report["stages"]))
+        print(f"mlrun: wrote {source_dir / 'compress' / 'compress.json'}; export a stage with mlrun export <stage dir>")
+
+
+def text_table(rows: list[dict[str, Any]]) -> str:
+    """One line a stage: its first metric and change, sizes, parameters, MACs, latency and ratios."""
+    from mlrun.tracking.figures import format_figure
+
+    metric = next((k for k in rows[0]["metrics"] if k != "val/loss"), "val/loss")
+    header = ["stage", metric, "change", "MB", "huff MB", "smaller", "params", "MACs", "b1 ms", "b64 ms", "b64 x"]
+    lines = [header]
+    for row in rows:
+        vs = row.get("vs_trained", {})
+        lines.append(
+            [
+                row["stage"],
+                format_figure(row["metrics"].get(metric, float("nan"))),
+                f"{vs[f'delta_{metric}']:+.4f}" if f"delta_{metric}" in vs else "",
+                f"{row['bytes'] / 1e6:.3f}",
+                f"{row['huffman_bytes'] / 1e6:.3f}",
+                f"{vs['smaller_huffman']:.1f}x" if vs else "",
+                f"{row['nonzero_parameters']:,}",
+                f"{row['macs']:,}",
+                f"{row['latency_ms_b1']:.3f}",
+                f"{row['latency_ms_b64']:.3f}",
+                f"{vs['speedup_b64']:.2f}" if vs else "",
+            ]
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+        for line in lines
+    )

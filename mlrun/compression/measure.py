@@ -1,0 +1,75 @@
+"""The figures every stage reports: size raw and entropy-coded, parameters, MACs, latency, metrics.
+
+A result is measured as it would be deployed: int8 linear layers once a QAT stage has run
+(`deploy_quantize`), fp32 otherwise. Latency is eager PyTorch on this machine's CPU at batch 1 and
+64; `scripts/bench/compress.py` adds ONNX Runtime through `mlrun export`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from safetensors.torch import save
+from torch import nn
+
+from mlrun.compression.huffman import entropy_coded_bytes
+from mlrun.data.bundle import DataMeta
+from mlrun.export.quantize import apply_quantization
+from mlrun.export.signature import InferenceModule
+from mlrun.export.verify import batches, evaluate, first, latency_ms
+
+
+def deployable(model: nn.Module, meta: DataMeta, quantize: str | None) -> nn.Module:
+    """`model(*inputs) -> logits` as it would be exported (a copy, int8 layers when `quantize`)."""
+    module = InferenceModule(copy.deepcopy(model), meta).eval()
+    return apply_quantization(module, quantize or "none", calibration=None)[0]
+
+
+def stored_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a file of `model` holds (tied weights once)."""
+    seen, tensors = set(), {}
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        tensors[name] = tensor.detach().cpu().contiguous()
+    return tensors
+
+
+def count_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
+    """Multiply-accumulates of one forward pass of one sample (dense kernels: zeros count)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        module(*first(inputs, 1))
+    return counter.get_total_flops() // 2
+
+
+def measure(
+    model: nn.Module,
+    parts,
+    quantize: str | None,
+    stored: dict[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Size, parameters, MACs, latency and validation metrics of `model` (parts: the run's components)."""
+    meta, val = parts.bundle.meta, parts.bundle.val
+    module = deployable(model, meta, quantize)
+    stored = stored if stored is not None else stored_tensors(module.model)
+    params = [p for p in model.parameters()]
+    inputs = next(batches(val, 64, meta))[0]
+    eval_batch = parts.config.data.eval_batch_size or 4 * parts.config.data.batch_size
+    with torch.inference_mode():
+        metrics = evaluate(module, val, meta, eval_batch, parts.loss_fn, parts.metrics)
+        latency = {f"latency_ms_b{n}": latency_ms(module, first(inputs, n)) for n in (1, 64)}
+    return {
+        "metrics": metrics,
+        "parameters": sum(p.numel() for p in params),
+        "nonzero_parameters": int(sum(int(torch.count_nonzero(p)) for p in params)),
+        "macs": count_macs(module, inputs),
+        "bytes": len(save(stored)),
+        "huffman_bytes": entropy_coded_bytes(stored),
+        "quantize": quantize or "none",
+        **latency,
+    }

@@ -1,0 +1,269 @@
+"""Chains the `compress:` stages from a trained run, fine-tuning each through the training loop.
+
+    runs/<name>/compress/
+      1-prune_structured/   config.yaml (the run's config + model_edits), model.safetensors, stage.json,
+                            train/ (the fine-tuning: a normal run directory, resumable)
+      2-distill/ ...
+      compress.json         every stage's figures beside the trained model's
+
+A stage whose stage.json records the same settings and the same input is reused, so a rerun after an
+interruption goes on where it stopped: a fine-tuning with checkpoints resumes exactly. A stage whose
+settings changed is redone, and so is every stage after it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_model
+from torch import nn
+
+from mlrun.compression.measure import deployable, measure
+from mlrun.compression.stage import Stage, StageContext
+from mlrun.config.errors import SourceMap
+from mlrun.config.load import apply_override, as_override, load_config, validate_raw
+from mlrun.config.schema import ExperimentConfig, StageSpec
+from mlrun.engine.run_dir import read_json, read_summary, write_config, write_json
+from mlrun.errors import UsageError
+from mlrun.registry import stages, techniques
+
+EXAMPLE = """compress:
+  - {name: prune_structured, ratio: 0.5, finetune: {train.epochs: 3}}
+  - {name: qat, finetune: {train.epochs: 2, optimizer.lr: 1.0e-4}}"""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model to compress: the config that builds it, its weights, and where its preprocessing lies."""
+
+    config: ExperimentConfig
+    weights: Path
+    run_dir: Path  # holds preprocessing.pkl when the data fits one
+    quantize: str | None  # int8 once a QAT stage ran
+    key: str  # identifies these weights and how they were made
+
+
+def run_compress(specs: list[StageSpec], source_dir: Path) -> dict[str, Any]:
+    """Run `specs` in order from the final weights of `source_dir`; returns compress.json's content."""
+    from mlrun.engine.restore import load_trained
+
+    if not specs:
+        raise UsageError(f"compress: the config lists no stages; add a section such as\n{EXAMPLE}")
+    trained = load_trained(source_dir)  # exit 2 when the run has no final weights
+    weights = trained.weights
+    source = ModelSource(
+        load_config(source_dir / "config.yaml"), weights, source_dir, None, _file_key(weights)
+    )
+    check_stages(specs, trained, source)  # every stage applies, before any work is written
+    root = source_dir / "compress"
+    rows = [{"stage": "trained", "dir": str(source_dir), **measure(trained.parts.model, trained.parts, None)}]
+    for index, spec in enumerate(specs, 1):
+        stage_dir = root / f"{index}-{spec.name}"
+        source = run_stage(spec, source, stage_dir)
+        rows.append({"stage": spec.name, "dir": str(stage_dir), **read_json(stage_dir / "stage.json")["result"]})
+    for row in rows[1:]:
+        row["vs_trained"] = ratios(rows[0], row)
+    report = {"source": str(source_dir), "stages": rows}
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(root / "compress.json", report)
+    for stale in sorted(root.glob("*-*")):  # stages of a longer earlier chain
+        if stale.is_dir() and stale.name.split("-")[0].isdigit() and int(stale.name.split("-")[0]) > len(specs):
+            shutil.rmtree(stale)
+    return report
+
+
+def ratios(base: dict[str, Any], row: dict[str, Any]) -> dict[str, float]:
+    """How much smaller and faster than the trained model, and the change of each metric."""
+    return {
+        "smaller": base["bytes"] / row["bytes"],
+        "smaller_huffman": base["bytes"] / row["huffman_bytes"],
+        "fewer_macs": base["macs"] / max(row["macs"], 1),
+        "speedup_b1": base["latency_ms_b1"] / row["latency_ms_b1"],
+        "speedup_b64": base["latency_ms_b64"] / row["latency_ms_b64"],
+        **{f"delta_{k}": row["metrics"][k] - v for k, v in base["metrics"].items() if k in row["metrics"]},
+    }
+
+
+# --- one stage ----------------------------------------------------------------------------------------
+
+
+def run_stage(spec: StageSpec, source: ModelSource, stage_dir: Path) -> ModelSource:
+    """The stage's result, computed or (same settings, same input) reused."""
+    from mlrun.engine.restore import load_trained
+
+    key = hashlib.sha256(json.dumps([spec.model_dump(mode="json"), source.key]).encode()).hexdigest()[:16]
+    record = read_json(stage_dir / "stage.json") or {}
+    if stage_dir.exists() and record.get("key") != key:
+        print(f"mlrun: compress: {stage_dir.name} had other settings or input; redoing it", file=sys.stderr)
+        shutil.rmtree(stage_dir)
+        record = {}
+    if record.get("status") == "done":
+        print(f"mlrun: compress: {stage_dir.name} was done with these settings; reusing it", file=sys.stderr)
+        return _result_source(stage_dir, record)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    record = {"key": key, "spec": spec.model_dump(mode="json"), "status": "running", **record}
+    write_json(stage_dir / "stage.json", record)  # an interrupted fine-tuning is then resumed, not redone
+    current = _result_source(stage_dir, record) if record.get("rounds_done") else source
+    for round_ in range(record.get("rounds_done", 0) + 1, spec.rounds + 1):
+        current, report = run_round(spec, source, current, stage_dir, round_)
+        record.update(rounds_done=round_, quantize=current.quantize, report=report)
+        write_json(stage_dir / "stage.json", record)
+    result = load_trained(stage_dir)
+    stored = stages.trait(spec.name, "stored")  # how the stage stores weights (indices + codebook)
+    deployed = deployable(result.parts.model, result.parts.bundle.meta, current.quantize).model
+    figures = measure(result.parts.model, result.parts, current.quantize, stored(deployed) if stored else None)
+    record.update(status="done", result={**figures, "report": record.pop("report", {})})
+    write_json(stage_dir / "stage.json", record)
+    return _result_source(stage_dir, record)
+
+
+def run_round(
+    spec: StageSpec, first_input: ModelSource, current: ModelSource, stage_dir: Path, round_: int
+) -> tuple[ModelSource, dict[str, Any]]:
+    """Apply the stage once and fine-tune; the result is written to stage_dir (config + weights)."""
+    from mlrun.engine.restore import load_trained
+
+    trained = load_trained(current.run_dir, str(current.weights))
+    stage = _plan(spec, trained.parts.model, trained, first_input, round_, spec.rounds)
+    output = output_config(current.config, stage, stage_dir)
+    quantize = stages.trait(spec.name, "quantize") or current.quantize
+    train_dir = stage_dir / ("train" if spec.rounds == 1 else f"train-{round_}")
+    if spec.finetune is False:
+        model = stage.model
+    else:
+        start = stage_dir / f"start-{round_}.safetensors"
+        save_model(stage.model, str(start))
+        tuned = finetune_config(output, stage, spec, start, train_dir, stage.objective)
+        _train(tuned, train_dir)
+        model = load_trained(train_dir).parts.model
+    if stage.finish is not None and round_ == spec.rounds:
+        model = stage.finish(model)
+    save_model(model, str(stage_dir / "model.safetensors"))
+    write_config(stage_dir, output.model_dump(mode="json"))
+    fitted = current.run_dir / "preprocessing.pkl"
+    if fitted.is_file() and fitted.parent != stage_dir:
+        shutil.copy(fitted, stage_dir / fitted.name)
+    return ModelSource(output, stage_dir / "model.safetensors", stage_dir, quantize, current.key), stage.report
+
+
+def _plan(spec: StageSpec, model: nn.Module, trained, first_input: ModelSource, round_: int, rounds: int) -> Stage:
+    """Call the stage's factory (a usage error names the stage)."""
+    from mlrun.data.batch import split_batch
+    from mlrun.data.bundle import fetch_batch
+
+    parts = trained.parts
+    size = min(parts.config.data.batch_size, len(parts.bundle.train))
+    example = split_batch(fetch_batch(parts.bundle.train, range(size)))[0]
+    context = StageContext(
+        config=parts.config,
+        meta=parts.bundle.meta,
+        example=example,
+        source_run=_source_run(first_input),
+        round=round_,
+        rounds=rounds,
+        finetune_steps=_finetune_steps(spec, parts),
+    )
+    try:
+        return stages.build(spec.name, model, context, **spec.settings)
+    except UsageError as exc:
+        raise UsageError(f"compress stage '{spec.name}': {exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"compress stage '{spec.name}': {exc}") from None
+
+
+def _source_run(source: ModelSource) -> Path:
+    """The trained run at the root of the chain (stage folders live in <run>/compress/)."""
+    run = source.run_dir
+    return run.parent.parent if run.parent.name == "compress" else run
+
+
+def _finetune_steps(spec: StageSpec, parts) -> int:
+    from mlrun.engine.build import plan_steps
+
+    if spec.finetune is False:
+        return 0
+    config = _with_overrides(parts.config.model_dump(mode="json"), spec.finetune)
+    return plan_steps(len(parts.bundle.train), config.data, config.train).total_steps
+
+
+def check_stages(specs: list[StageSpec], trained, source: ModelSource) -> None:
+    """Apply every stage once, in order, to a copy of the trained model, without fine-tuning: a stage
+    that cannot apply exits 2 here, before any stage writes anything."""
+    model = copy.deepcopy(trained.parts.model)
+    for spec in specs:
+        model = _plan(spec, model, trained, source, 1, spec.rounds).model
+
+
+# --- configs ------------------------------------------------------------------------------------------
+
+
+def output_config(input_config: ExperimentConfig, stage: Stage, stage_dir: Path) -> ExperimentConfig:
+    """The config that rebuilds the stage's result: the input's, plus its edits (or the student)."""
+    data = input_config.model_dump(mode="json")
+    data.update(
+        name=stage_dir.name,
+        output_dir=str(stage_dir.parent),
+        compress=[],
+        init_from=None,
+        model_edits=[*data["model_edits"], *stage.edits],
+        # Training techniques (EMA, masks) are not part of the result; those that add layers are.
+        techniques=[t for t in data["techniques"] if techniques.trait(t["name"], "adds_parameters", False)],
+    )
+    if stage.model_spec is not None:
+        data["model"], data["model_edits"] = stage.model_spec, [*stage.edits]
+    return validate_raw(data, SourceMap())
+
+
+def finetune_config(
+    output: ExperimentConfig,
+    stage: Stage,
+    spec: StageSpec,
+    start: Path,
+    train_dir: Path,
+    objective: dict[str, Any] | None,
+) -> ExperimentConfig:
+    """The result's config as a training run: `finetune:` overrides, the stage's techniques and objective."""
+    data = output.model_dump(mode="json")
+    data.update(name=train_dir.name, output_dir=str(train_dir.parent), init_from={"path": str(start)})
+    config = _with_overrides(data, spec.finetune or {})
+    data = config.model_dump(mode="json")
+    data["techniques"] = [*data["techniques"], *stage.techniques]
+    if objective is not None:
+        data["objective"] = objective
+    return validate_raw(data, SourceMap())
+
+
+def _with_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> ExperimentConfig:
+    sources = SourceMap()
+    for key, value in overrides.items():
+        apply_override(data, sources, as_override(key, value))
+    try:
+        return validate_raw(data, sources)
+    except UsageError as exc:
+        raise UsageError(f"compress: finetune: {exc}") from None
+
+
+def _train(config: ExperimentConfig, train_dir: Path) -> None:
+    from mlrun.engine.run import run_training
+
+    summary = read_summary(train_dir)
+    if summary and summary.get("status") in ("completed", "early_stopped"):
+        return  # fine-tuned before this interruption
+    run_training(config, resume="auto")
+
+
+def _result_source(stage_dir: Path, record: dict[str, Any]) -> ModelSource:
+    config = load_config(stage_dir / "config.yaml")
+    return ModelSource(config, stage_dir / "model.safetensors", stage_dir, record.get("quantize"), record["key"])
+
+
+def _file_key(path: Path) -> str:
+    stat = path.stat()
+    return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"

@@ -1,0 +1,6 @@
+"""Compression stages (registry `stages`): `factory(model, context, /, *, settings) -> Stage`.
+
+Importing this package registers the built-in stages; `mlrun list stages` shows their settings.
+"""
+
+from mlrun.compression.stages import prune  # noqa: F401
