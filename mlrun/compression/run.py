@@ -58,9 +58,7 @@ def run_compress(specs: list[StageSpec], source_dir: Path) -> dict[str, Any]:
         raise UsageError(f"compress: the config lists no stages; add a section such as\n{EXAMPLE}")
     trained = load_trained(source_dir)  # exit 2 when the run has no final weights
     weights = trained.weights
-    source = ModelSource(
-        load_config(source_dir / "config.yaml"), weights, source_dir, None, _file_key(weights)
-    )
+    source = ModelSource(load_config(source_dir / "config.yaml"), weights, source_dir, None, _file_key(weights))
     check_stages(specs, trained, source)  # every stage applies, before any work is written
     root = source_dir / "compress"
     rows = [{"stage": "trained", "dir": str(source_dir), **measure(trained.parts.model, trained.parts, None)}]

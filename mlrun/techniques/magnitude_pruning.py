@@ -70,7 +70,9 @@ def check_not_emptied(masks: dict[str, torch.Tensor], sparsity: float) -> None:
 class MagnitudePruning(Callback):
     name = "magnitude_pruning"
 
-    def __init__(self, weights: dict[str, nn.Parameter], sparsity: float, initial: float, end_step: int, every: int, scope: str):
+    def __init__(
+        self, weights: dict[str, nn.Parameter], sparsity: float, initial: float, end_step: int, every: int, scope: str
+    ):
         self.pruned, self.scope = weights, scope
         self.sparsity, self.initial, self.end_step, self.every = sparsity, initial, end_step, every
         self.masks: dict[str, torch.Tensor] = {}
