@@ -114,7 +114,7 @@ ALLOWED_IMPORTS = {
     "config": {"errors", "registry"},
     "registry": {"errors"},
     "data": {"errors", "registry"},
-    "models": {"data", "errors", "registry"},
+    "models": {"config", "data", "errors", "registry"},  # config: models.saved rebuilds a run's model
     "losses": {"data", "registry"},
     "metrics": {"data", "registry"},
     "objectives": {"data", "errors", "models", "registry"},

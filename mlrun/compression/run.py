@@ -232,10 +232,22 @@ def finetune_config(
     data.update(name=train_dir.name, output_dir=str(train_dir.parent), init_from={"path": str(start)})
     config = _with_overrides(data, spec.finetune or {})
     data = config.model_dump(mode="json")
-    data["techniques"] = [*data["techniques"], *stage.techniques]
+    data["techniques"] = [*data["techniques"], *keep_pruned(stage), *stage.techniques]
     if objective is not None:
         data["objective"] = objective
     return validate_raw(data, SourceMap())
+
+
+def keep_pruned(stage: Stage, share: float = 0.05) -> list[dict[str, Any]]:
+    """A technique holding earlier stages' zeros at zero while this stage fine-tunes (prune, then distill)."""
+    from mlrun.models.parts import weight_layers
+
+    if any(t["name"] == "magnitude_pruning" for t in stage.techniques):
+        return []  # the stage prunes itself: magnitude ranking keeps the zeros lowest
+    sparse = [n for n, m in weight_layers(stage.model, [], True) if float((m.weight == 0).float().mean()) >= share]
+    if not sparse:
+        return []
+    return [{"name": "magnitude_pruning", "sparsity": 0.0, "keep_zeros": True, "layers": sparse, "include_head": True}]
 
 
 def _with_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> ExperimentConfig:

@@ -12,23 +12,15 @@ from pathlib import Path
 from safetensors.torch import load_model
 from torch import nn
 
-from mlrun.config.load import load_config
 from mlrun.data.bundle import DataMeta
 from mlrun.export.quantize import apply_quantization
 from mlrun.export.signature import InferenceModule
-from mlrun.models.edits import apply_edits
-from mlrun.registry import models, techniques
+from mlrun.models.saved import build_saved_model
 
 
 def model_structure(config_path: Path, meta: DataMeta, quantize: str) -> nn.Module:
     """The model as built for training, converted for `quantize` (weights still to be loaded)."""
-    config = load_config(config_path)
-    model = models.build(config.model.name, meta, **config.model.settings)
-    apply_edits(model, config.model_edits)
-    for spec in config.techniques:  # techniques that add parameters (early-exit heads) are part of the structure
-        if techniques.trait(spec.name, "adds_parameters", False):
-            techniques.build(spec.name, model, **spec.settings)
-    model = InferenceModule(model, meta)
+    model = InferenceModule(build_saved_model(config_path, meta), meta)
     return apply_quantization(model, quantize, calibration=None)[0].eval()
 
 

@@ -3,4 +3,4 @@
 Importing this package registers the built-in objectives.
 """
 
-from mlrun.objectives import causal_lm, early_exit, model_loss, supervised  # noqa: F401
+from mlrun.objectives import causal_lm, distill, early_exit, model_loss, supervised  # noqa: F401

@@ -71,14 +71,26 @@ class MagnitudePruning(Callback):
     name = "magnitude_pruning"
 
     def __init__(
-        self, weights: dict[str, nn.Parameter], sparsity: float, initial: float, end_step: int, every: int, scope: str
+        self,
+        weights: dict[str, nn.Parameter],
+        sparsity: float,
+        initial: float,
+        end_step: int,
+        every: int,
+        scope: str,
+        keep_zeros: bool = False,
     ):
-        self.pruned, self.scope = weights, scope
+        self.pruned, self.scope, self.keep_zeros = weights, scope, keep_zeros
         self.sparsity, self.initial, self.end_step, self.every = sparsity, initial, end_step, every
         self.masks: dict[str, torch.Tensor] = {}
         self.level = 0.0  # the sparsity the masks hold now
 
     def on_train_start(self, model: nn.Module) -> None:
+        if self.keep_zeros:  # weights pruned earlier (a previous compress stage) stay pruned
+            self.masks = {name: weight.detach() != 0 for name, weight in self.pruned.items()}
+            self.level = self.sparsity
+            self._apply()
+            return
         self._prune_to(cubic_sparsity(0, self.initial, self.sparsity, self.end_step))
 
     @torch.no_grad()
@@ -119,6 +131,7 @@ def magnitude_pruning(
     scope: Literal["global", "layer"] = "global",
     layers: list[str] = [],  # noqa: B006 - never mutated
     include_head: bool = False,
+    keep_zeros: bool = False,
 ) -> Callback:
     """Zero the smallest weights, rising to `sparsity` along a cubic schedule, and keep them zero.
 
@@ -131,9 +144,11 @@ def magnitude_pruning(
             layer prunes each layer to the same sparsity.
         layers: module names (globs) of the Linear/Conv layers to prune; default all but the output layer.
         include_head: prune the output layer too.
+        keep_zeros: instead of ranking magnitudes, fix the masks to the weights that are zero at the start
+            (keeps an earlier pruning while fine-tuning for something else).
     """
     selected = weight_layers(model, layers, include_head)
     if not selected:
         raise UsageError("magnitude_pruning: the model has no Linear or Conv layer to prune")
     weights = {name: layer.weight for name, layer in selected}
-    return MagnitudePruning(weights, sparsity, initial_sparsity, end_step, every, scope)
+    return MagnitudePruning(weights, sparsity, initial_sparsity, end_step, every, scope, keep_zeros)

@@ -1,0 +1,47 @@
+"""A trained model back from its run (or compress stage) folder: config.yaml + safetensors weights.
+
+    model = load_saved_model(Path("runs/teacher"), meta)        # eval mode, weights loaded
+
+The structure is rebuilt from the config alone: the model entry, its recorded `model_edits`
+(compressed models) and the techniques that add layers (early-exit heads). Used for distillation
+teachers and for reloading exports.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors.torch import load_model
+from torch import nn
+
+from mlrun.config.load import load_config
+from mlrun.data.bundle import DataMeta
+from mlrun.errors import UsageError
+from mlrun.models.edits import apply_edits
+from mlrun.registry import models, techniques
+
+
+def build_saved_model(config_path: Path, meta: DataMeta) -> nn.Module:
+    """The model `config_path` describes, as built for training (weights still to be loaded)."""
+    config = load_config(config_path)
+    model = models.build(config.model.name, meta, **config.model.settings)
+    apply_edits(model, config.model_edits)
+    for spec in config.techniques:  # techniques that add parameters (early-exit heads) are part of the structure
+        if techniques.trait(spec.name, "adds_parameters", False):
+            techniques.build(spec.name, model, **spec.settings)
+    return model
+
+
+def load_saved_model(run_dir: Path, meta: DataMeta, weights: str = "model.safetensors") -> nn.Module:
+    """The run's model with its weights, in eval mode; a clear usage error when it does not fit `meta`."""
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / weights).is_file():
+        raise UsageError(f"'{run_dir}' is not a finished mlrun run (needs config.yaml and {weights}); train it first")
+    model = build_saved_model(run_dir / "config.yaml", meta)
+    try:
+        load_model(model, str(run_dir / weights))
+    except RuntimeError as exc:
+        raise UsageError(
+            f"the weights of '{run_dir}' do not fit its model built for this data "
+            f"({meta.num_classes or meta.vocab_size} outputs): {str(exc).splitlines()[-1].strip()}"
+        ) from None
+    return model.eval()

@@ -1,0 +1,86 @@
+"""`distill`: knowledge distillation (Hinton et al. 2015) from a trained teacher run.
+
+    objective: {name: distill, teacher: runs/digits_wide_mlp, temperature: 4.0, alpha: 0.7}
+
+    loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * loss(student, labels)
+
+The teacher is rebuilt from its run (or compress stage) folder, frozen and kept in eval mode; it
+runs under no_grad on the student's device. T^2 keeps the soft term's gradients on the scale of the
+hard term's as T changes. The student may be any architecture whose outputs have the teacher's
+shape (same classes or vocabulary); for sequence outputs the KL is averaged over tokens.
+Evaluation reports this loss as val/loss; metrics score the student's own predictions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import torch
+from pydantic import Field, PositiveFloat
+from torch.nn import functional as F
+
+from mlrun.data.batch import TARGET_KEY, split_batch
+from mlrun.data.bundle import DataMeta
+from mlrun.errors import UsageError
+from mlrun.models.outputs import call_model, logits_of
+from mlrun.models.saved import load_saved_model
+from mlrun.objectives.base import Objective, ObjectiveOutput
+from mlrun.registry import objectives
+
+
+def soft_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(teacher || student) on temperature-softened distributions, averaged over samples (tokens)."""
+    classes = student.shape[-1]
+    log_student = F.log_softmax(student.reshape(-1, classes).float() / temperature, dim=-1)
+    log_teacher = F.log_softmax(teacher.reshape(-1, classes).float() / temperature, dim=-1)
+    return F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * temperature**2
+
+
+@objectives.register("distill")
+def distill(
+    loss_fn,
+    meta: DataMeta,
+    /,
+    *,
+    teacher: str,
+    weights: str = "model.safetensors",
+    temperature: PositiveFloat = 4.0,
+    alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5,
+    target_key: str = TARGET_KEY,
+) -> Objective:
+    """Match a trained teacher's softened outputs (weight alpha) and the labels (weight 1 - alpha).
+
+    Args:
+        teacher: the teacher's run directory or compress stage folder (config.yaml + weights).
+        weights: the teacher's weights file in that folder: model.safetensors or best.safetensors.
+        temperature: softens both distributions; higher shows more of the teacher's ranking of wrong classes.
+        alpha: weight of the teacher's soft targets; 1 - alpha weighs the hard-label loss.
+        target_key: the key of a mapping batch that holds the targets; every other key goes to the model.
+    """
+    if meta.task == "regression":
+        raise UsageError(f"objective distill: soft targets need class scores; the data's task is '{meta.task}'")
+    frozen = load_saved_model(Path(teacher), meta, weights).requires_grad_(False)
+    checked = False
+
+    def objective(model, batch) -> ObjectiveOutput:
+        nonlocal frozen, checked
+        features, targets = split_batch(batch, target_key)
+        logits = logits_of(call_model(model, features))
+        if not checked:  # once: the teacher's device, and outputs the student can match
+            frozen = frozen.to(logits.device)
+        with torch.no_grad():
+            taught = logits_of(call_model(frozen, features))
+        if not checked:
+            if taught.shape != logits.shape:
+                raise UsageError(
+                    f"objective distill: the teacher '{teacher}' outputs {tuple(taught.shape[1:])} per sample, "
+                    f"the student {tuple(logits.shape[1:])}; a student must predict the teacher's classes"
+                )
+            checked = True
+        loss = alpha * soft_loss(logits, taught, temperature)
+        if alpha < 1.0:
+            loss = loss + (1.0 - alpha) * loss_fn(logits, targets)
+        return ObjectiveOutput(loss, logits, targets)
+
+    return objective
