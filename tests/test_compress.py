@@ -1,0 +1,187 @@
+"""`mlrun compress`: the stage chain, the prune stage, distillation, resume, reuse and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import read_jsonl, run_cli, tiny_config, write_config
+
+HIDDEN = [64, 32]
+
+
+def trained(folder: Path, name: str = "base", **sections) -> Path:
+    """A trained tiny MLP run; returns its config path."""
+    config = tiny_config(name=name, model={"name": "mlp", "hidden_sizes": HIDDEN, "dropout": 0.0}, **sections)
+    path = write_config(folder, config, f"{name}.yaml")
+    result = run_cli("train", path, cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def with_stages(folder: Path, config_path: Path, stages: list[dict], name: str | None = None) -> Path:
+    import yaml
+
+    config = yaml.safe_load(config_path.read_text())
+    config["compress"] = stages
+    if name:
+        config["name"] = name
+    return write_config(folder, config, f"{config['name']}-compress.yaml")
+
+
+def compress(folder: Path, config: Path, *extra: str):
+    return run_cli("compress", config, *extra, cwd=folder)
+
+
+def pruned_share(weights: dict[str, torch.Tensor], layers: list[str]) -> float:
+    zeros = sum(int((weights[f"{layer}.weight"] == 0).sum()) for layer in layers)
+    return zeros / sum(weights[f"{layer}.weight"].numel() for layer in layers)
+
+
+def test_prune_reaches_the_sparsity_and_a_killed_fine_tuning_resumes_exactly(tmp_path: Path) -> None:
+    base = trained(tmp_path)
+    armed = tmp_path / "armed"
+    kill = {"name": "tests.fixtures:kill_at_step", "step": 25, "armed_file": str(armed)}
+    stage = {"name": "prune", "sparsity": 0.75, "every": 5, "finetune": {"train.epochs": 3, "techniques": [kill]}}
+    config = with_stages(tmp_path, base, [stage])
+    armed.touch()
+    killed = compress(tmp_path, config)
+    assert killed.returncode != 0 and not armed.exists()  # died by SIGKILL after step 25, a checkpoint at 16
+    resumed = compress(tmp_path, config, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads(resumed.stdout)
+    stage_dir = tmp_path / "runs/base/compress/1-prune"
+    assert report["stages"][1]["dir"] == str(Path("runs/base/compress/1-prune"))
+    # The same chain uninterrupted, in a copy of the trained run.
+    shutil.copytree(tmp_path / "runs/base", tmp_path / "runs/copy", ignore=shutil.ignore_patterns("compress"))
+    straight = compress(tmp_path, with_stages(tmp_path, base, [stage], name="copy"))
+    assert straight.returncode == 0, straight.stderr
+    mine = load_file(stage_dir / "model.safetensors")
+    theirs = load_file(tmp_path / "runs/copy/compress/1-prune/model.safetensors")
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)  # masks and weights resumed exactly
+    # Global magnitude pruning over the hidden layers, the head untouched, the cubic ramp logged.
+    assert pruned_share(mine, ["blocks.0.0", "blocks.1.0"]) == pytest.approx(0.75, abs=0.002)
+    assert int((mine["head.weight"] == 0).sum()) == 0
+    row = report["stages"][1]
+    assert row["nonzero_parameters"] < 0.4 * report["stages"][0]["nonzero_parameters"]
+    assert row["huffman_bytes"] < row["bytes"] and row["macs"] == report["stages"][0]["macs"]  # zeros: no speed
+    losses = read_jsonl(stage_dir / "train/metrics.jsonl")
+    assert max(line["step"] for line in losses) == 48  # 3 epochs of 16 steps
+
+
+def test_chain_prune_then_distil_a_student_exports_a_verified_onnx(tmp_path: Path) -> None:
+    base = trained(tmp_path)
+    stages = [
+        {"name": "prune", "sparsity": 0.5, "schedule": "one_shot", "finetune": False},
+        {"name": "distill", "student": {"name": "mlp", "hidden_sizes": [16]}, "finetune": {"train.epochs": 2}},
+    ]
+    config = with_stages(tmp_path, base, stages)
+    first = compress(tmp_path, config, "--json")
+    assert first.returncode == 0, first.stderr
+    rows = json.loads(first.stdout)["stages"]
+    assert [row["stage"] for row in rows] == ["trained", "prune", "distill"]
+    assert rows[2]["parameters"] < rows[0]["parameters"] / 3  # the student
+    assert rows[2]["vs_trained"]["smaller"] > 3
+    student = tmp_path / "runs/base/compress/2-distill"
+    evaluated = run_cli("eval", student, "--json", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    accuracy = json.loads(evaluated.stdout)["metrics"]["val/accuracy"]
+    assert accuracy == pytest.approx(rows[2]["metrics"]["val/accuracy"], abs=1e-6)
+    exported = run_cli("export", student, "--format", "onnx", "--json", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    verification = json.loads(exported.stdout)["verification"]
+    assert verification["class_agreement"] == 1.0
+    # A rerun with the same settings reuses both stages.
+    again = compress(tmp_path, config)
+    assert again.returncode == 0 and again.stderr.count("reusing it") == 2, again.stderr
+
+
+def divergence_from(teacher: Path, student: Path) -> float:
+    """KL(teacher || student) of the class probabilities on the student's validation inputs."""
+    from mlrun.engine.restore import load_trained
+
+    reference, candidate = load_trained(teacher), load_trained(student)
+    val = candidate.parts.bundle.val
+    inputs = torch.stack([val[i][0] for i in range(len(val))])
+    with torch.no_grad():
+        t = reference.parts.model(inputs).log_softmax(-1)
+        s = candidate.parts.model(inputs).log_softmax(-1)
+    return float(torch.nn.functional.kl_div(s, t, log_target=True, reduction="batchmean"))
+
+
+def test_distillation_moves_the_student_toward_the_teacher(tmp_path: Path) -> None:
+    base = trained(tmp_path)
+    # A confident teacher of another labelling (the synthetic data of seed 1): only the soft targets
+    # can lead a student trained on seed 0's data to it.
+    trained(tmp_path, "teacher", seed=1)
+    student = {"name": "mlp", "hidden_sizes": [32]}
+    alone = tiny_config(name="alone", model={**student, "dropout": 0.0}, train={**tiny_config()["train"], "epochs": 6})
+    assert run_cli("train", write_config(tmp_path, alone), cwd=tmp_path).returncode == 0
+    stage = {"name": "distill", "teacher": "runs/teacher", "student": student, "alpha": 1.0, "temperature": 1.0,
+             "finetune": {"train.epochs": 6}}
+    result = compress(tmp_path, with_stages(tmp_path, base, [stage]))
+    assert result.returncode == 0, result.stderr
+    distilled = divergence_from(tmp_path / "runs/teacher", tmp_path / "runs/base/compress/1-distill")
+    independent = divergence_from(tmp_path / "runs/teacher", tmp_path / "runs/alone")
+    assert distilled < 0.1 * independent, (distilled, independent)  # measured 0.044 vs 2.41
+
+
+def test_profile_counts_the_teachers_forward(tmp_path: Path) -> None:
+    trained(tmp_path)
+    plain = tiny_config(name="p", model={"name": "mlp", "hidden_sizes": HIDDEN, "dropout": 0.0})
+    taught = {**plain, "objective": {"name": "distill", "teacher": "runs/base"}}
+    flops = []
+    for config in (plain, taught):
+        result = run_cli("profile", write_config(tmp_path, config), "--steps", "2", "--warmup", "1", "--json", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        flops.append(json.loads(result.stdout)["flops_per_step"])
+    # Same architecture: forward + backward of the student is 3 forwards, the teacher adds one.
+    assert flops[1] / flops[0] == pytest.approx(4 / 3, rel=0.03)
+
+
+def test_stages_that_cannot_apply_exit_2_before_any_work(tmp_path: Path) -> None:
+    base = trained(tmp_path)
+    three = trained(tmp_path, "three", data={**tiny_config()["data"], "num_classes": 3})
+    cases = {
+        "teacher": ({"name": "distill", "teacher": "runs/three", "finetune": {"train.epochs": 1}}, "do not fit"),
+        "layers": ({"name": "prune", "layers": ["blocks.9*"]}, "blocks.9*"),
+        "no fine-tuning": ({"name": "distill", "finetune": False}, "fine-tuning"),
+    }
+    for label, (stage, message) in cases.items():
+        # A valid first stage: nothing of it may be written when the second cannot apply.
+        config = with_stages(tmp_path, base, [{"name": "prune", "finetune": False}, stage])
+        result = compress(tmp_path, config)
+        assert result.returncode == 2, (label, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr, (label, result.stderr)
+        assert not (tmp_path / "runs/base/compress").exists(), label
+    assert three.exists()
+    empty = compress(tmp_path, base)
+    assert empty.returncode == 2 and "lists no stages" in empty.stderr
+    untrained = write_config(tmp_path, {**tiny_config(name="never"), "compress": [{"name": "prune"}]}, "never.yaml")
+    result = compress(tmp_path, untrained)
+    assert result.returncode == 2 and "mlrun train" in result.stderr, result.stderr
+
+
+def test_huffman_size_follows_the_entropy() -> None:
+    from mlrun.compression.huffman import entropy_coded_bytes, huffman_bits
+
+    assert huffman_bits(np.array([1, 1, 2, 4])) == 14  # code lengths 3, 3, 2, 1
+    uniform = torch.randint(0, 256, (1 << 16,), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    skewed = torch.zeros(1 << 16, dtype=torch.uint8)
+    skewed[::16] = 1
+    assert entropy_coded_bytes({"u": uniform}) > 0.99 * uniform.numel()  # random bytes do not compress
+    assert entropy_coded_bytes({"s": skewed}) < skewed.numel() / 7  # about a bit a symbol
+
+
+def test_cubic_schedule_of_zhu_and_gupta() -> None:
+    from mlrun.techniques.magnitude_pruning import cubic_sparsity
+
+    assert cubic_sparsity(0, 0.0, 0.9, 100) == 0.0
+    assert cubic_sparsity(50, 0.0, 0.9, 100) == pytest.approx(0.9 * (1 - 0.5**3))
+    assert cubic_sparsity(100, 0.0, 0.9, 100) == 0.9 == cubic_sparsity(150, 0.0, 0.9, 100)
