@@ -49,6 +49,7 @@ def test_list_json_has_every_kind(tmp_path):
         "techniques",
         "trackers",
         "objectives",
+        "stages",
     }
     assert {"mlp", "cnn", "resnet", "transformer_classifier", "gpt", "transformers"} <= set(entries["models"])
     assert {"supervised", "causal_lm", "model_loss"} <= set(entries["objectives"])

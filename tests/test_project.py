@@ -96,6 +96,7 @@ ALLOWED_IMPORTS = {
     "__main__": {"cli"},
     "cli": {"commands", "errors", "jsonout", "notices"},
     "commands": {
+        "compression",
         "config",
         "energy",
         "engine",
