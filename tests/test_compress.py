@@ -123,8 +123,14 @@ def test_distillation_moves_the_student_toward_the_teacher(tmp_path: Path) -> No
     student = {"name": "mlp", "hidden_sizes": [32]}
     alone = tiny_config(name="alone", model={**student, "dropout": 0.0}, train={**tiny_config()["train"], "epochs": 6})
     assert run_cli("train", write_config(tmp_path, alone), cwd=tmp_path).returncode == 0
-    stage = {"name": "distill", "teacher": "runs/teacher", "student": student, "alpha": 1.0, "temperature": 1.0,
-             "finetune": {"train.epochs": 6}}
+    stage = {
+        "name": "distill",
+        "teacher": "runs/teacher",
+        "student": student,
+        "alpha": 1.0,
+        "temperature": 1.0,
+        "finetune": {"train.epochs": 6},
+    }
     result = compress(tmp_path, with_stages(tmp_path, base, [stage]))
     assert result.returncode == 0, result.stderr
     distilled = divergence_from(tmp_path / "runs/teacher", tmp_path / "runs/base/compress/1-distill")
@@ -138,7 +144,9 @@ def test_profile_counts_the_teachers_forward(tmp_path: Path) -> None:
     taught = {**plain, "objective": {"name": "distill", "teacher": "runs/base"}}
     flops = []
     for config in (plain, taught):
-        result = run_cli("profile", write_config(tmp_path, config), "--steps", "2", "--warmup", "1", "--json", cwd=tmp_path)
+        result = run_cli(
+            "profile", write_config(tmp_path, config), "--steps", "2", "--warmup", "1", "--json", cwd=tmp_path
+        )
         assert result.returncode == 0, result.stderr
         flops.append(json.loads(result.stdout)["flops_per_step"])
     # Same architecture: forward + backward of the student is 3 forwards, the teacher adds one.
