@@ -3,6 +3,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH_PIN ?= torch==2.13.0
+# Test processes (pytest-xdist): most tests run the CLI in a subprocess, so two workers keep two cores
+# busy through the imports and start-ups one worker leaves idle. Each file stays on one worker.
+TEST_WORKERS ?= 2
 
 .PHONY: install train test lint bench clean
 
@@ -20,7 +23,7 @@ train: install
 	$(VENV)/bin/mlrun train configs/quickstart.yaml
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check mlrun tests scripts
@@ -32,6 +35,7 @@ bench: install
 	$(PY) scripts/bench/tune.py
 	$(PY) scripts/bench/memory.py
 	$(PY) scripts/bench/data.py
+	$(PY) scripts/bench/compress.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info .pytest_cache .ruff_cache
