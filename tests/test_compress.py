@@ -78,7 +78,7 @@ def test_prune_reaches_the_sparsity_and_a_killed_fine_tuning_resumes_exactly(tmp
 def test_chain_prune_then_distil_a_student_exports_a_verified_onnx(tmp_path: Path) -> None:
     base = trained(tmp_path)
     stages = [
-        {"name": "prune", "sparsity": 0.5, "schedule": "one_shot", "finetune": False},
+        {"name": "prune", "sparsity": 0.5, "scope": "layer", "schedule": "one_shot", "finetune": False},
         {"name": "distill", "student": {"name": "mlp", "hidden_sizes": [16]}, "finetune": {"train.epochs": 2}},
     ]
     config = with_stages(tmp_path, base, stages)
@@ -88,6 +88,9 @@ def test_chain_prune_then_distil_a_student_exports_a_verified_onnx(tmp_path: Pat
     assert [row["stage"] for row in rows] == ["trained", "prune", "distill"]
     assert rows[2]["parameters"] < rows[0]["parameters"] / 3  # the student
     assert rows[2]["vs_trained"]["smaller"] > 3
+    pruned = load_file(tmp_path / "runs/base/compress/1-prune/model.safetensors")
+    for layer in ("blocks.0.0", "blocks.1.0"):  # scope: layer prunes each layer to the sparsity
+        assert pruned_share(pruned, [layer]) == pytest.approx(0.5, abs=0.001)
     student = tmp_path / "runs/base/compress/2-distill"
     evaluated = run_cli("eval", student, "--json", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
