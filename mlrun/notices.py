@@ -6,8 +6,11 @@ those libraries still shows. `mlrun train c.yaml --debug` shows them all.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import os
+import warnings
 
 # (logger name, message prefix); "" is the root logger, which onnxruntime logs to directly.
 HIDDEN = (
@@ -43,3 +46,29 @@ def hide_third_party_notices() -> None:
         logger = logging.getLogger(name or None)
         if not any(isinstance(f, _Drop) for f in logger.filters):
             logger.addFilter(_Drop(prefixes))
+
+
+@contextlib.contextmanager
+def torchao_quiet():
+    """Without torchao's notices (its CUDA kernels do not load on CPU; torch.compile deprecations), which
+    it logs when imported (also through peft) and when QAT first swaps layers. A no-op under --debug."""
+    if os.environ.get("MLRUN_DEBUG"):
+        yield
+        return
+    quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
+
+
+def import_quietly(module: str):
+    """`importlib.import_module(module)` inside `torchao_quiet()`."""
+    with torchao_quiet():
+        return importlib.import_module(module)

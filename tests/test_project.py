@@ -120,8 +120,8 @@ ALLOWED_IMPORTS = {
     "metrics": {"data", "registry"},
     "objectives": {"data", "errors", "models", "registry"},
     # config: the param_groups rules' type; models: parameter globs, blocks and head (models.parts).
-    "optim": {"config", "errors", "models", "registry"},
-    "techniques": {"callbacks", "config", "errors", "models", "registry"},  # models: early-exit heads, parts
+    "optim": {"config", "errors", "models", "notices", "registry"},  # notices: torchao's import noise
+    "techniques": {"callbacks", "config", "errors", "models", "notices", "registry"},  # models: early-exit heads, parts
     "tracking": {"energy", "errors", "registry"},
     "energy": {"config"},
     "memory": {"optim", "registry"},

@@ -47,6 +47,14 @@ def count_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
     return counter.get_total_flops() // 2
 
 
+def evaluate_deployed(model: nn.Module, parts, quantize: str | None) -> dict[str, float]:
+    """Validation loss and metrics of `model` as deployed (int8 layers when `quantize`)."""
+    data, meta = parts.config.data, parts.bundle.meta
+    batch = data.eval_batch_size or 4 * data.batch_size
+    with torch.inference_mode():
+        return evaluate(deployable(model, meta, quantize), parts.bundle.val, meta, batch, parts.loss_fn, parts.metrics)
+
+
 def measure(
     model: nn.Module,
     parts,
@@ -59,15 +67,14 @@ def measure(
     stored = stored if stored is not None else stored_tensors(module.model)
     params = [p for p in model.parameters()]
     inputs = next(batches(val, 64, meta))[0]
-    eval_batch = parts.config.data.eval_batch_size or 4 * parts.config.data.batch_size
+    metrics = evaluate_deployed(model, parts, quantize)
     with torch.inference_mode():
-        metrics = evaluate(module, val, meta, eval_batch, parts.loss_fn, parts.metrics)
         latency = {f"latency_ms_b{n}": latency_ms(module, first(inputs, n)) for n in (1, 64)}
     return {
         "metrics": metrics,
         "parameters": sum(p.numel() for p in params),
         "nonzero_parameters": int(sum(int(torch.count_nonzero(p)) for p in params)),
-        "macs": count_macs(module, inputs),
+        "macs": count_macs(deployable(model, meta, None), inputs),  # the same count in int8; FlopCounter skips _int_mm
         "bytes": len(save(stored)),
         "huffman_bytes": entropy_coded_bytes(stored),
         "quantize": quantize or "none",

@@ -25,7 +25,7 @@ from typing import Any
 from safetensors.torch import save_model
 from torch import nn
 
-from mlrun.compression.measure import deployable, measure
+from mlrun.compression.measure import deployable, evaluate_deployed, measure
 from mlrun.compression.stage import Stage, StageContext
 from mlrun.config.errors import SourceMap
 from mlrun.config.load import apply_override, as_override, load_config, validate_raw
@@ -167,6 +167,7 @@ def _plan(spec: StageSpec, model: nn.Module, trained, first_input: ModelSource, 
         round=round_,
         rounds=rounds,
         finetune_steps=_finetune_steps(spec, parts),
+        evaluate=lambda candidate, quantize: evaluate_deployed(candidate, parts, quantize),
     )
     try:
         return stages.build(spec.name, model, context, **spec.settings)

@@ -41,6 +41,7 @@ class StageContext:
     round: int  # 1-based round of an iterative stage (`rounds:`)
     rounds: int
     finetune_steps: int  # optimizer steps the fine-tuning of this round will take (0: no fine-tuning)
+    evaluate: Callable[[nn.Module, str | None], dict[str, float]]  # validation metrics, deployed as int8 or not
 
 
 @dataclass

@@ -5,8 +5,6 @@ torchao's block-wise quantized moments work on CPU and CUDA; install with pip in
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from pydantic import NonNegativeFloat, PositiveFloat
 from torch import nn
@@ -19,23 +17,12 @@ from mlrun.registry import optimizers
 
 
 def _torchao_optim():
-    import logging
-    import os
+    from mlrun.notices import import_quietly
 
-    # torchao's import logs a torch.compile deprecation notice the user can do nothing about.
-    pytree_log = logging.getLogger("torch.utils._pytree")
-    level = pytree_log.level
-    if not os.environ.get("MLRUN_DEBUG"):
-        pytree_log.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torchao reports its optional CUDA kernels missing on CPU
-            import torchao.optim
+        return import_quietly("torchao.optim")
     except ImportError:
         raise UsageError("optimizers adamw8bit and adamw4bit need torchao: pip install 'mlrun[lowbit]'") from None
-    finally:
-        pytree_log.setLevel(level)
-    return torchao.optim
 
 
 def _low_bit_adamw(bits: int):

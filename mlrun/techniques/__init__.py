@@ -12,4 +12,5 @@ from mlrun.techniques import (  # noqa: F401
     lora,
     magnitude_pruning,
     optimizer_in_backward,
+    qat,
 )

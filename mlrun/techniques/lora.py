@@ -13,7 +13,6 @@ the merged model with the adapted one. Needs peft: pip install 'mlrun[transforme
 from __future__ import annotations
 
 import fnmatch
-import logging
 import sys
 from typing import Annotated
 
@@ -29,19 +28,12 @@ ADAPTABLE = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def _peft():
-    # torchao (imported by peft) logs at import that its optional CUDA kernels do not load on CPU.
-    quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [logger.level for logger in quiet]
-    for logger in quiet:
-        logger.setLevel(logging.ERROR)
+    from mlrun.notices import import_quietly
+
     try:
-        import peft
+        return import_quietly("peft")  # peft imports torchao
     except ImportError:
         raise UsageError("technique 'lora' needs peft: pip install 'mlrun[transformers]'") from None
-    finally:
-        for logger, level in zip(quiet, levels):
-            logger.setLevel(level)
-    return peft
 
 
 def adaptable_modules(model: nn.Module) -> list[str]:
