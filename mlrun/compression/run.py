@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_model
+from safetensors.torch import save_file, save_model
 from torch import nn
 
-from mlrun.compression.measure import deployable, evaluate_deployed, measure
+from mlrun.compression.measure import evaluate_deployed, measure
 from mlrun.compression.stage import Stage, StageContext
 from mlrun.config.errors import SourceMap
 from mlrun.config.load import apply_override, as_override, load_config, validate_raw
@@ -114,9 +114,11 @@ def run_stage(spec: StageSpec, source: ModelSource, stage_dir: Path) -> ModelSou
         record.update(rounds_done=round_, quantize=current.quantize, report=report)
         write_json(stage_dir / "stage.json", record)
     result = load_trained(stage_dir)
-    stored = stages.trait(spec.name, "stored")  # how the stage stores weights (indices + codebook)
-    deployed = deployable(result.parts.model, result.parts.bundle.meta, current.quantize).model
-    figures = measure(result.parts.model, result.parts, current.quantize, stored(deployed) if stored else None)
+    stored = None
+    if store := stages.trait(spec.name, "stored"):  # the stage's own storage (indices + codebook)
+        stored = store(result.parts.model)
+        save_file(stored, str(stage_dir / "compressed.safetensors"))
+    figures = measure(result.parts.model, result.parts, current.quantize, stored)
     record.update(status="done", result={**figures, "report": record.pop("report", {})})
     write_json(stage_dir / "stage.json", record)
     return _result_source(stage_dir, record)

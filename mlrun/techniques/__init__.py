@@ -13,4 +13,5 @@ from mlrun.techniques import (  # noqa: F401
     magnitude_pruning,
     optimizer_in_backward,
     qat,
+    weight_clustering,
 )
