@@ -33,11 +33,12 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
         """`keys`: (B, 1, 1, T) True where a key may be attended to (padding masked out)."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, D)
+        # The head size comes from qkv's width, not the residual's, so pruned heads (prune_structured) fit.
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, D)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=keys, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
         )
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
 class Block(nn.Module):
