@@ -119,7 +119,12 @@ def tune(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run directory, e.g. runs/quickstart.")],
     format: Annotated[str, typer.Option("--format", help="safetensors | pt2 | onnx | torchscript (legacy).")] = "pt2",
-    quantize: Annotated[str, typer.Option(help="none | int8 | int8-static | fp16 | bf16.")] = "none",
+    quantize: Annotated[
+        Optional[str],
+        typer.Option(
+            help="none | int8 | int8-static | fp16 | bf16; default none (int8 for a compress stage after qat)."
+        ),
+    ] = None,
     checkpoint: Annotated[str, typer.Option(help="best, final or a checkpoint path.")] = "final",
     out: Annotated[Optional[Path], typer.Option(help="Output folder; default RUN_DIR/export/<format>-<quant>.")] = None,
     calibration_batches: Annotated[int, typer.Option(help="Training batches to calibrate int8-static.")] = 8,

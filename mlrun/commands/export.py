@@ -28,7 +28,7 @@ HOW_TO_LOAD = {
 def run_export(
     run_dir: Path,
     fmt: str,
-    quantize: str,
+    quantize: str | None,
     checkpoint: str,
     out: Path | None,
     calibration_batches: int,
@@ -37,6 +37,10 @@ def run_export(
 ) -> None:
     from mlrun.export.formats import FORMATS
     from mlrun.export.quantize import QUANTIZATIONS
+
+    if quantize is None:  # a compress stage trained for int8 (qat, and every stage after it) exports int8
+        stage = json.loads((run_dir / "stage.json").read_text()) if (run_dir / "stage.json").is_file() else {}
+        quantize = stage.get("quantize") or "none"
 
     for option, value, allowed in (("--format", fmt, FORMATS), ("--quantize", quantize, QUANTIZATIONS)):
         if value not in allowed:
