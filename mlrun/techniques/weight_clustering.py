@@ -94,8 +94,8 @@ class WeightClustering(Callback):
         return {"assignments": dict(self.assignments), "zero_cluster": dict(self.zero_cluster)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # The checkpoint's weights are tied already; tying them again could move them by rounding.
         self.assignments, self.zero_cluster = dict(state["assignments"]), dict(state["zero_cluster"])
-        self.on_step_end(None, None)
 
 
 @techniques.register("weight_clustering")
