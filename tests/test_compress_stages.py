@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -68,6 +69,7 @@ def test_structured_low_rank_qat_cluster_chain_ends_in_a_verified_int8_onnx(tmp_
 
 
 def test_qat_fake_quantizes_linear_layers_and_converts_back() -> None:
+    from mlrun.export.quantize import to_int8
     from mlrun.registry import techniques
     from mlrun.techniques.qat import convert
 
@@ -79,6 +81,10 @@ def test_qat_fake_quantizes_linear_layers_and_converts_back() -> None:
     assert type(model[0]) is not nn.Linear  # swapped for a fake-quantized layer
     faked = model(x)
     assert not torch.equal(faked, plain) and torch.allclose(faked, plain, atol=0.05)  # rounded to the int8 grid
+    deployed = copy.deepcopy(model)
+    convert(deployed)
+    to_int8(deployed, static=False)
+    assert torch.allclose(faked, deployed(x), atol=1e-5)  # the very grid mlrun's int8 export runs on
     convert(model)
     assert type(model[0]) is nn.Linear and torch.equal(model(x), plain)
 
