@@ -125,7 +125,7 @@ def test_structured_pruning_of_heads_is_replayed_from_its_edits() -> None:
         config=None, meta=meta, example=tokens, source_run=Path("."), round=1, rounds=1, finetune_steps=0,
         evaluate=lambda model, quantize: {},
     )  # fmt: skip
-    stage = stages.build("prune_structured", model, context, ratio=0.5)
+    stage = stages.build("prune_structured", model, context, ratio=0.5, heads=0.5)
     assert [block.attn.heads for block in model.blocks] == [2, 2]
     assert model.blocks[0].attn.qkv.weight.shape == (48, 32)  # 3 x 2 heads x 8
     assert model.blocks[0].mlp[0].weight.shape == (64, 32)  # hidden units halved, residual width kept

@@ -1,57 +1,42 @@
-"""`prune_structured`: remove whole channels, neurons and attention heads, so layers get smaller and faster.
+"""`prune_structured`: remove whole channels (Conv), neurons (Linear) and attention heads, so layers
+get narrower and dense kernels faster, through Torch-Pruning's dependency graph (DepGraph).
 
     compress:
-      - {name: prune_structured, ratio: 0.5, rounds: 2, finetune: {train.epochs: 3}}
+      - {name: prune_structured, ratio: 0.5, rounds: 3, finetune: {train.epochs: 2}}
+      - {name: prune_structured, ratio: 0.5, heads: 0.5}     # also half of each attention's heads
 
-Channels of Conv layers and hidden units of Linear layers are removed through Torch-Pruning's
-dependency graph (Fang et al., DepGraph 2023): every layer coupled to a removed channel (the next
-layer's inputs, batch norm, residual additions) shrinks with it, ranked by the group's L2 (or L1)
-weight magnitude. Attention heads of mlrun's transformer blocks are removed whole, ranked by the
-norm of their query/key/value and output weights; the residual width (embeddings, norms, the
-layers writing into the residual stream) and the output layer are kept. With `rounds: N` each
-round removes 1 - (1 - ratio)^(1/N) of what is left and the model is fine-tuned in between, so the
-stage ends at `ratio` of the original widths. The new shapes are recorded as `resize` model edits.
+`ratio` is the share of each prunable width's original units removed by the end of the stage
+(per layer, ranked by the group's weight magnitude); round r of N reaches ratio * r / N, with
+fine-tuning between rounds. Coupled layers (a Linear's outputs and the next one's inputs, a conv's
+batch norm) are pruned together. Kept whole: the output layer, and any width shared with an
+embedding table or a free parameter: the residual stream of a transformer (tied to the lm_head in
+GPT). `heads` removes that share of each attention's heads (mlrun's SelfAttention). The new shapes
+are recorded as `resize` model_edits, so eval, export and further stages rebuild the narrow model.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import math
 from typing import Annotated, Literal
 
-import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
+from mlrun.compression.measure import count_macs
 from mlrun.compression.stage import Stage, StageContext
 from mlrun.errors import UsageError
 from mlrun.models.edits import resize_edits, snapshot
-from mlrun.models.parts import weight_layers
-from mlrun.models.transformer import Block, SelfAttention
+from mlrun.models.parts import head_prefix
 from mlrun.registry import stages
 
-
-@torch.no_grad()
-def prune_heads(attention: SelfAttention, keep: int) -> None:
-    """Keep the `keep` heads with the largest q/k/v and output weights (qkv rows are laid out 3 x H x D)."""
-    heads, qkv, proj = attention.heads, attention.qkv, attention.proj
-    size = qkv.out_features // (3 * heads)
-    rows = qkv.weight.view(3, heads, size, -1)
-    columns = proj.weight.view(proj.out_features, heads, size)
-    score = rows.pow(2).sum((0, 2, 3)) + columns.pow(2).sum((0, 2))
-    kept = score.topk(keep).indices.sort().values
-    qkv.weight = nn.Parameter(rows[:, kept].reshape(3 * keep * size, -1).clone())
-    if qkv.bias is not None:
-        qkv.bias = nn.Parameter(qkv.bias.view(3, heads, size)[:, kept].reshape(-1).clone())
-    proj.weight = nn.Parameter(columns[:, kept].reshape(proj.out_features, keep * size).clone())
-    qkv.out_features, proj.in_features, attention.heads = 3 * keep * size, keep * size, keep
+Ratio = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
-def torch_pruning():
-    try:
-        import torch_pruning as tp
-    except ImportError:
-        raise UsageError("stage prune_structured needs Torch-Pruning: pip install 'mlrun[compress]'") from None
-    return tp
+def round_share(ratio: float, round_: int, rounds: int) -> float:
+    """Share of the current width to remove in round `round_` so round r ends at ratio * r / rounds."""
+    done, target = ratio * (round_ - 1) / rounds, ratio * round_ / rounds
+    return (target - done) / (1.0 - done)
 
 
 @stages.register("prune_structured")
@@ -60,85 +45,146 @@ def prune_structured(
     context: StageContext,
     /,
     *,
-    ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5,
-    importance: Literal["l2", "l1"] = "l2",
-    heads: bool = True,
+    ratio: Ratio = 0.5,
+    heads: Ratio = 0.0,
+    importance: Literal["l1", "l2"] = "l2",
     ignored: list[str] = [],  # noqa: B006 - never mutated
     round_to: PositiveInt | None = None,
 ) -> Stage:
-    """Remove channels, hidden units and attention heads (Torch-Pruning's dependency graph).
+    """Remove the least important channels, neurons and attention heads (Torch-Pruning).
 
     Args:
-        ratio: share of each prunable layer's channels / units (and of each block's heads) removed by the stage.
-        importance: l2 or l1 magnitude of each coupled group's weights.
-        heads: remove whole attention heads of transformer blocks (the head size stays).
-        ignored: module names (globs) whose output channels are kept (the output layer always is).
-        round_to: keep channel counts multiples of this (hardware-friendly widths).
+        ratio: share of each prunable width (Conv channels, Linear hidden units) removed over the stage.
+        heads: share of each attention layer's heads removed over the stage (mlrun's SelfAttention).
+        importance: group weight magnitude, L1 or L2 norm, summed over the coupled layers.
+        ignored: module names (globs) whose outputs are kept whole; the output layer always is.
+        round_to: keep widths a multiple of this (e.g. 8 for tensor cores).
     """
-    tp = torch_pruning()
-    step = 1.0 - (1.0 - ratio) ** (1.0 / context.rounds)  # of the current width, this round
-    before = snapshot(model)
-    macs_before = _macs(tp, model, context.example)
-    removed_heads = _prune_all_heads(model, step) if heads else {}
-    kept = _kept_layers(model, ignored)
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        raise UsageError("needs Torch-Pruning: pip install 'mlrun[compress]'") from None
+
+    inputs = context.example if isinstance(context.example, tuple) else (context.example,)
+    kept = _kept_modules(model, ignored)
+    attention = _attention_layers(model) if heads > 0 else {}
+    macs_before = count_macs(model, inputs)
     pruner = tp.pruner.MetaPruner(
         model,
-        context.example,
-        importance=tp.importance.GroupMagnitudeImportance(p=2 if importance == "l2" else 1),
-        pruning_ratio=step,
+        example_inputs=inputs[0] if len(inputs) == 1 else list(inputs),
+        importance=tp.importance.GroupMagnitudeImportance(p=1 if importance == "l1" else 2),
+        pruning_ratio=round_share(ratio, context.round, context.rounds),
+        # Torch-Pruning removes heads only while it prunes the attention's group; with head dims kept
+        # (prune_head_dims=False) this ratio is what makes it visit the group, it removes no dim.
+        pruning_ratio_dict={m.qkv: 0.5 for m in attention.values()},
         ignored_layers=kept,
         round_to=round_to,
+        num_heads={m.qkv: m.heads for m in attention.values()},
+        prune_num_heads=bool(attention),
+        prune_head_dims=False,  # whole heads only: the other widths of an attention stay as they are
+        head_pruning_ratio=round_share(heads, context.round, context.rounds) if attention else 0.0,
     )
-    model.eval()
-    pruner.step()
-    for name, layer in weight_layers(model, [], True):
-        if layer.weight.shape[0] == 0 or layer.weight.shape[1] == 0:
-            raise UsageError(f"ratio {ratio} removes every channel of layer '{name}'; lower the ratio")
-    edits = resize_edits(before, model)
-    if not edits:
+    groups = _prunable_groups(model, pruner, kept)
+    if not groups:
         raise UsageError(
-            f"nothing to prune in {type(model).__name__}: every Linear/Conv layer is the output layer, "
-            f"ignored, or too narrow for ratio {ratio}"
+            f"{type(model).__name__} has nothing to prune structurally: every width reaches the output layer, "
+            "an embedding or an ignored layer (ignored: ...)"
         )
-    macs_after = _macs(tp, model, context.example)
-    return Stage(
-        model,
-        edits=edits,
-        report={
-            "round_ratio": step,
-            "macs_removed": 1 - macs_after / macs_before,
-            "heads_kept": removed_heads,
-            "widths": {e["module"]: e["shapes"].get("weight") for e in edits if "weight" in e["shapes"]},
-        },
-    )
+    _check_not_emptied(groups, ratio, round_to, attention, heads)
+    before = snapshot(model)
+    widths = {name: _width(layer) for name, layer in groups.items()}
+    pruner.step()
+    for attn in attention.values():
+        attn.heads = pruner.num_heads[attn.qkv]  # the attribute the forward and the edits read
+    report = {
+        "ratio": ratio * context.round / context.rounds,
+        "widths": {n: [widths[n], _width(groups[n])] for n in groups},  # this round's, before and after
+        "heads": {n: a.heads for n, a in attention.items()},
+        "macs_before": macs_before,
+        "macs_after": count_macs(model, inputs),
+    }
+    return Stage(model, edits=resize_edits(before, model), report=report)
 
 
-def _prune_all_heads(model: nn.Module, step: float) -> dict[str, int]:
-    kept = {}
-    for name, module in model.named_modules():
-        if isinstance(module, SelfAttention) and module.heads > 1:
-            keep = max(1, round(module.heads * (1.0 - step)))
-            if keep < module.heads:
-                prune_heads(module, keep)
-            kept[name] = module.heads
-    return kept
+# --- what is pruned -----------------------------------------------------------------------------------
 
 
-def _kept_layers(model: nn.Module, ignored: list[str]) -> list[nn.Module]:
-    """Layers whose output channels stay: the output layer, `ignored`, attention and residual writers."""
-    prunable = {name for name, _ in weight_layers(model, [], False)}  # all but the output layer
-    kept = [layer for name, layer in weight_layers(model, [], True) if name not in prunable]
-    every = [name for name, _ in model.named_modules()]
+def _kept_modules(model: nn.Module, ignored: list[str]) -> list[nn.Module]:
+    """Modules whose outputs keep their width: the output layer, embeddings, `ignored` globs."""
+    names = dict(model.named_modules())
+    layers = [n for n, m in names.items() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    try:
+        head = head_prefix(model).rstrip(".")
+    except UsageError:
+        head = layers[-1] if layers else ""  # no declared head: the last layer is the output
+    kept = [names[head]] if head else []
     for pattern in ignored:
-        matched = [name for name in every if fnmatch.fnmatchcase(name, pattern)]
+        matched = [m for n, m in names.items() if n and fnmatch.fnmatchcase(n, pattern)]
         if not matched:
-            raise UsageError(f"ignored: '{pattern}' matches no module of {type(model).__name__}")
-        kept += [model.get_submodule(name) for name in matched]
-    for block in (m for m in model.modules() if isinstance(m, Block)):
-        # Attention is pruned whole heads at a time above; qkv/proj and mlp[2] write the residual width.
-        kept += [block.attn.qkv, block.attn.proj, block.mlp[2]]
+            raise UsageError(f"ignored: pattern '{pattern}' matches no module. Layers: {', '.join(layers[:12])}")
+        kept += matched
+    kept += [m for m in names.values() if isinstance(m, nn.Embedding)]
     return kept
 
 
-def _macs(tp, model: nn.Module, example) -> float:
-    return float(tp.utils.count_ops_and_params(model, example)[0])
+def _attention_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Attention modules whose heads can be removed: a fused `qkv` Linear and an int `heads`."""
+    found = {
+        n: m for n, m in model.named_modules() if isinstance(getattr(m, "qkv", None), nn.Linear) and hasattr(m, "heads")
+    }
+    if not found:
+        raise UsageError(f"heads: {type(model).__name__} has no attention layer (a module with `qkv` and `heads`)")
+    return found
+
+
+def _prunable_groups(model: nn.Module, pruner, kept: list[nn.Module]) -> dict[str, nn.Module]:
+    """{name: root layer} of the groups the pruner will narrow. A group that would narrow a kept module,
+    an embedding or a free parameter (a transformer's residual stream, pos_emb) is frozen by ignoring
+    its root; so is a fused qkv whose heads are not pruned (its width is 3 x heads x head size)."""
+    names = {m: n for n, m in model.named_modules()}
+    heads = set(pruner.num_heads)
+    frozen = set(map(id, kept))
+    groups = {}
+    for group in pruner.DG.get_all_groups(pruner.ignored_layers, pruner.root_module_types):
+        root = group[0].dep.target.module
+        narrowed = [d.target.module for d, _ in group if pruner.DG.is_out_channel_pruning_fn(d.handler)]
+        touched = [d.target.module for d, _ in group]
+        blocked = any(isinstance(m, (nn.Parameter, nn.Embedding)) for m in touched)
+        blocked = blocked or any(id(m) in frozen for m in narrowed)  # a kept layer's inputs may narrow
+        if isinstance(getattr(_parent(model, names.get(root, "")), "qkv", None), nn.Linear):
+            blocked = blocked or not any(m in heads for m in narrowed)
+        if blocked or root not in names:
+            pruner.ignored_layers.append(root)
+        else:
+            groups[names[root]] = root
+    return groups
+
+
+def _parent(model: nn.Module, name: str) -> nn.Module | None:
+    parent, _, _ = name.rpartition(".")
+    return model.get_submodule(parent) if name else None
+
+
+def _width(layer: nn.Module) -> int:
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+
+
+def _check_not_emptied(
+    groups: dict[str, nn.Module], ratio: float, round_to: int | None, attention: dict, heads: float
+) -> None:
+    """Exit 2 naming the layer when the ratio would leave a width with no unit (before any pruning)."""
+    for name, layer in groups.items():
+        if name.rpartition(".")[0] in attention:
+            continue  # an attention's qkv loses whole heads only (checked below)
+        width = _width(layer)
+        left = int(width * (1.0 - ratio))
+        left -= left % round_to if round_to else 0
+        if left < 1:
+            raise UsageError(
+                f"ratio {ratio} removes every unit of layer '{name}' ({width} -> {left}); lower the ratio"
+                + (" or round_to" if round_to else "")
+                + f", or keep the layer whole (ignored: [{name}])"
+            )
+    for name, attn in attention.items():
+        if attn.heads - math.ceil(heads * attn.heads) < 1:
+            raise UsageError(f"heads {heads} removes every head of '{name}' ({attn.heads} heads); lower heads")
