@@ -53,7 +53,8 @@ def test_estimate_lands_near_the_measured_peak(tmp_path, cpu_only):
 
 
 def test_advice_names_a_slow_loader_and_stays_silent_for_a_fast_one(tmp_path):
-    slow = profile(tmp_path, tiny_config(data={"name": "tests.fixtures:slow_data", "batch_size": 32}))
+    # A slow loader by a margin that holds while another test process shares the cores (pytest-xdist).
+    slow = profile(tmp_path, tiny_config(data={"name": "tests.fixtures:slow_data", "sleep_s": 0.1, "batch_size": 32}))
     assert slow["data_wait_fraction"] > 0.3
     assert any("data loader is the bottleneck" in line for line in slow["advice"])
     fast = profile(tmp_path, tiny_config())
