@@ -49,10 +49,14 @@ def count_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
 
 def evaluate_deployed(model: nn.Module, parts, quantize: str | None) -> dict[str, float]:
     """Validation loss and metrics of `model` as deployed (int8 layers when `quantize`)."""
+    return _evaluate(deployable(model, parts.bundle.meta, quantize), parts)
+
+
+def _evaluate(module: nn.Module, parts) -> dict[str, float]:
     data, meta = parts.config.data, parts.bundle.meta
     batch = data.eval_batch_size or 4 * data.batch_size
     with torch.inference_mode():
-        return evaluate(deployable(model, meta, quantize), parts.bundle.val, meta, batch, parts.loss_fn, parts.metrics)
+        return evaluate(module, parts.bundle.val, meta, batch, parts.loss_fn, parts.metrics)
 
 
 def measure(
@@ -65,16 +69,17 @@ def measure(
     meta, val = parts.bundle.meta, parts.bundle.val
     module = deployable(model, meta, quantize)
     stored = stored if stored is not None else stored_tensors(module.model)
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     inputs = next(batches(val, 64, meta))[0]
-    metrics = evaluate_deployed(model, parts, quantize)
+    metrics = _evaluate(module, parts)
     with torch.inference_mode():
         latency = {f"latency_ms_b{n}": latency_ms(module, first(inputs, n)) for n in (1, 64)}
     return {
         "metrics": metrics,
         "parameters": sum(p.numel() for p in params),
         "nonzero_parameters": int(sum(int(torch.count_nonzero(p)) for p in params)),
-        "macs": count_macs(deployable(model, meta, None), inputs),  # the same count in int8; FlopCounter skips _int_mm
+        # Counted on the fp32 model: the same MACs as int8, whose torch._int_mm FlopCounter does not see.
+        "macs": count_macs(InferenceModule(model, meta), inputs),
         "bytes": len(save(stored)),
         "huffman_bytes": entropy_coded_bytes(stored),
         "quantize": quantize or "none",

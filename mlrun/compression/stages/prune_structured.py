@@ -27,7 +27,7 @@ from mlrun.compression.measure import count_macs
 from mlrun.compression.stage import Stage, StageContext
 from mlrun.errors import UsageError
 from mlrun.models.edits import resize_edits, snapshot
-from mlrun.models.parts import head_prefix
+from mlrun.models.parts import weight_layers
 from mlrun.registry import stages
 
 Ratio = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -112,12 +112,10 @@ def prune_structured(
 def _kept_modules(model: nn.Module, ignored: list[str]) -> list[nn.Module]:
     """Modules whose outputs keep their width: the output layer, embeddings, `ignored` globs."""
     names = dict(model.named_modules())
-    layers = [n for n, m in names.items() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
-    try:
-        head = head_prefix(model).rstrip(".")
-    except UsageError:
-        head = layers[-1] if layers else ""  # no declared head: the last layer is the output
-    kept = [names[head]] if head else []
+    everything = weight_layers(model, [], include_head=True)
+    body = {name for name, _ in weight_layers(model, [], include_head=False)}
+    layers = [name for name, _ in everything]
+    kept = [layer for name, layer in everything if name not in body]  # the output layer (models.parts' rule)
     for pattern in ignored:
         matched = [m for n, m in names.items() if n and fnmatch.fnmatchcase(n, pattern)]
         if not matched:
