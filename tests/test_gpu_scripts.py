@@ -85,14 +85,14 @@ def results_folder(tmp_path: Path) -> Path:
 def test_summary_reports_train_mfu_from_profile_flops_and_says_what_did_not_run(tmp_path):
     results = results_folder(tmp_path)
     text = load("summarize").main(results)
-    assert text.startswith("## GPU checks (issue 18): NVIDIA H100 80GB HBM3, ")
+    assert text.startswith("## GPU checks (issue 27): NVIDIA H100 80GB HBM3, ")
     assert "| `mlrun profile` | 32 | 100.0 | 327,680 | 320 | **32.0%** | 40.0 |" in text
     # Train: median of 500, 480, 520 samples/s x 1e12 FLOPs a sample over 1e15 FLOP/s = 50%.
     assert "| `mlrun train` (median of 3 log windows) | 32 | 64.0 | 512,000 | 500 | **50.0%** |" in text
     assert "**met** (best 50.0%)" in text
     assert "| `pytest -m gpu` | 2 | 1 | 0 | 0 | 12 |" in text and "`tests.test_gpu::test_c`: assert 1 == 2" in text
     assert "| the rest of the suite, on CUDA | not run" in text
-    assert "### Memory matrix" in text and "Not run (or failed: see matrix/matrix.log)." in text
+    assert "### Memory matrix" in text and "Not run (or failed: see matrix/matrix.log in results.tar.gz)." in text
 
 
 def test_run_all_refuses_an_unknown_stage_and_still_writes_a_summary(tmp_path):
@@ -103,4 +103,4 @@ def test_run_all_refuses_an_unknown_stage_and_still_writes_a_summary(tmp_path):
         timeout=120,
     )
     assert result.returncode == 2 and "unknown stage 'bogus'" in result.stderr
-    assert (tmp_path / "SUMMARY.md").read_text().startswith("## GPU checks (issue 18)")
+    assert (tmp_path / "SUMMARY.md").read_text().startswith("## GPU checks (issue 27)")

@@ -1,125 +1,111 @@
 #!/usr/bin/env bash
-# The CUDA checks of issue 18 in one command, on a machine with an NVIDIA GPU (H100/H200 for MFU):
+# The CUDA checks in ONE command on a leased GPU machine that reaches no package registry (issue 27):
 #
-#   scripts/gpu/run_all.sh [RESULTS_DIR] [STAGE ...]
+#   scripts/gpu/run_all.sh [OUT_DIR] [STAGE ...]
 #
-# RESULTS_DIR: where every log and JSON goes (default $OUT if set, else ./gpu-results); it ends with
-# SUMMARY.md (scripts/gpu/summarize.py), a section to paste into scripts/bench/RESULTS.md.
-# STAGES (default all), each sized to stay under ~9 minutes so a 10-minute command limit holds:
-#   setup     venv (.venv, system site packages: the machine's CUDA torch is kept) + pip install -e ".[all,dev]"
-#   gputests  pytest -m gpu                      (tests/test_gpu.py: precision, OOM, compile, resume, FSDP...)
-#   suite     the rest of the test suite, on CUDA (stops after SUITE_TIMEOUT_S, default 540 s)
-#   tests     gputests + suite
-#   mfu       mlrun profile configs/gpt2_small.yaml at batch 32 (+ MFU_SWEEP="16 48"), then mlrun train for
-#             TRAIN_STEPS steps: MFU against the data-sheet dense bf16 peak (989 TFLOP/s on H100/H200)
-#   matrix    mlrun profile --matrix on gpt2_small (eager: 8 cases, each its own process) with the estimate error
-#   trace     a torch.profiler trace of 5 compiled gpt2_small steps and its top kernels (scripts/gpu/kernels.py)
-#   all       setup gputests mfu matrix trace suite
-# Every stage first runs setup if it has not succeeded; SUMMARY.md is rewritten after every invocation.
-# Dry run of the plumbing on a CPU machine: ALLOW_CPU=1 CONFIG=configs/charlm.yaml MFU_BATCH=8 scripts/gpu/run_all.sh /tmp/r mfu
+# OUT_DIR (default $OUT if set, else ./gpu-results) receives at most 8 files, none in sub-folders, so the
+# device tool brings them all back: SUMMARY.md (scripts/gpu/summarize.py: a section for
+# scripts/bench/RESULTS.md), results.tar.gz (every log, JSON, junit XML and the trace's kernel table),
+# env.json and stage_seconds.txt. Both are rewritten after EVERY stage, so a cut-off still returns what ran.
+#
+# Missing packages travel as wheels in a git-ignored .whl/ folder (the device tool's `carry`); nothing
+# is fetched on the machine. Make them here, once, in the repository root (versions as pyproject allows;
+# the machine already has torch, accelerate, typer, rich, pyyaml, safetensors, transformers, peft, onnx,
+# onnxruntime, pandas, pyarrow, scikit-learn, tensorboard, pytest, pytest-xdist):
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     pydantic==2.13.4 pydantic_core==2.46.4 annotated-types typing-inspection typing_extensions \
+#     torchao==0.18.0 torch-pruning==1.6.1 optuna==5.1.0 alembic==1.20.1 colorlog==6.12.0 SQLAlchemy==2.1.9 Mako==1.4.3
+# and run, through the device tool: run(command="scripts/gpu/run_all.sh", carry=[".whl"], timeout_s=600).
+#
+# STAGES, in the order of their value (default `all`: setup mfu gputests trace matrix):
+#   setup     pip install --no-index the carried wheels into the machine's python3; env.json
+#   mfu       mlrun profile configs/gpt2_small.yaml at batch MFU_BATCH (compiled, bf16, fused AdamW), then
+#             mlrun train for TRAIN_STEPS steps: MFU against the data-sheet dense bf16 peak (989 TFLOP/s)
+#   gputests  pytest -m gpu (tests/test_gpu.py: bf16, fp16 loss scaling, OOM back-off, compile, resume, FSDP2, DDP)
+#   trace     a torch.profiler trace of 5 compiled gpt2_small steps and its kernel table (scripts/gpu/kernels.py)
+#   matrix    mlrun profile --matrix on gpt2_small (eager): peak memory of each technique and the estimate's error
+#   suite     the rest of the test suite on CUDA (not in `all`: it needs more than one lease's minutes)
+# The whole command keeps to BUDGET_S seconds (default 540): each stage's limit is what is left, and a
+# stage that would start with under 40 s left is recorded as not run.
+# Dry run of the plumbing on a CPU machine: ALLOW_CPU=1 CONFIG=configs/charlm.yaml MFU_BATCH=8 TRAIN_STEPS=20 \
+#   scripts/gpu/run_all.sh /tmp/r mfu
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO"
-STAGE_NAMES=" setup gputests suite tests mfu matrix trace all "
-RESULTS="${OUT:-$REPO/gpu-results}"
+STAGE_NAMES=" setup mfu gputests trace matrix suite all "
+OUT_DIR="${OUT:-$REPO/gpu-results}"
 if [[ $# -gt 0 && "$STAGE_NAMES" != *" $1 "* ]]; then
-    RESULTS="$1"
+    OUT_DIR="$1"
     shift
 fi
 STAGES=("${@:-all}")
+mkdir -p "$OUT_DIR"
+OUT_DIR="$(cd "$OUT_DIR" && pwd)"
+SCRATCH="${SCRATCH:-$REPO/.mlrun-cache/gpu-runs}"  # run directories (124M checkpoints stay out of the results)
+RESULTS="$SCRATCH/results"                        # every file the stages write; packed into OUT_DIR
+rm -rf "$RESULTS"
 mkdir -p "$RESULTS"
-RESULTS="$(cd "$RESULTS" && pwd)"
-SCRATCH="${SCRATCH:-$REPO/.mlrun-cache/gpu-runs}"   # run directories (124M checkpoints stay out of RESULTS)
 export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$REPO/.mlrun-cache/inductor}"  # kept between stages
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-PY="$REPO/.venv/bin/python"
+export PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+[[ -n "${ALLOW_CPU:-}" && -x "$REPO/.venv/bin/python" && -z "${PYTHON:-}" ]] && PY="$REPO/.venv/bin/python"
 CONFIG="${CONFIG:-configs/gpt2_small.yaml}"
 MFU_BATCH="${MFU_BATCH:-32}"
-MFU_SWEEP="${MFU_SWEEP:-}"  # more batch sizes to profile, e.g. "16 48" (about 1.5 minutes each)
 TRAIN_STEPS="${TRAIN_STEPS:-150}"
+BUDGET_S="${BUDGET_S:-540}"
+DEADLINE=$((SECONDS + BUDGET_S))
 
-log() { echo "[run_all $(date -u +%H:%M:%S)] $*"; }
+log() { echo "[run_all $(date -u +%H:%M:%S) +${SECONDS}s] $*"; }
+
+left() {  # left MAX_S: seconds this stage may run: MAX_S or what is left of the budget less 15 s to pack
+    local rest=$((DEADLINE - SECONDS - 15))
+    ((rest < $1)) && echo "$rest" || echo "$1"
+}
 
 setup_steps() {
-    if [[ ! -x .venv/bin/python ]]; then
-        "${PYTHON:-python3}" -m venv --system-site-packages .venv || return 1
-    fi
-    if [[ -n "${ALLOW_CPU:-}" ]]; then
-        echo "setup: ALLOW_CPU is set: a dry run of the plumbing, no CUDA check, no pip"
-    elif ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-        echo "setup: .venv (from ${PYTHON:-python3}) has no CUDA torch, or no GPU is visible; set PYTHON to an interpreter with one"
+    if [[ -z "${ALLOW_CPU:-}" ]] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+        echo "setup: $PY has no CUDA torch, or no GPU is visible; set PYTHON to an interpreter with one"
         return 1
     fi
-    if [[ -z "${ALLOW_CPU:-}" ]] && ! "$PY" scripts/gpu/environment.py --check; then
-        # Pin torch to the machine's own build: pip must never swap the CUDA wheel for another.
-        "$PY" -c "import torch; print(f'torch=={torch.__version__}')" > .venv/torch-constraint.txt
-        "$PY" -m pip install -q --retries 1 --timeout 15 -c .venv/torch-constraint.txt -e ".[all,dev]" \
-            || echo "setup: pip install failed (offline?); going on with what is installed (env.json lists what is missing)"
+    if compgen -G ".whl/*.whl" > /dev/null; then
+        # Into the interpreter's own site-packages: tests start `python -m mlrun` with PYTHONPATH=REPO, which
+        # would hide a --target folder. --no-deps: the wheels are the complete list of what is missing.
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir .whl/*.whl \
+            || echo "setup: installing the carried wheels failed; env.json lists what is missing"
+    else
+        echo "setup: no .whl/ folder carried; env.json lists what is missing"
     fi
     "$PY" scripts/gpu/environment.py > "$RESULTS/env.json"
     cat "$RESULTS/env.json"
     "$PY" -c "import mlrun.cli" || { echo "setup: mlrun's own dependencies are missing: nothing can run"; return 1; }
-    [[ -n "${ALLOW_CPU:-}" ]] || touch .venv/.gpu-setup-done  # a dry run never marks the venv ready
 }
 
 stage_setup() {
-    log "setup -> $RESULTS/setup.log"
+    log "setup -> setup.log"
     setup_steps > "$RESULTS/setup.log" 2>&1
     local status=$?
-    tail -n 5 "$RESULTS/setup.log"
+    tail -n 4 "$RESULTS/setup.log"
     return $status
 }
 
-ensure_setup() {
-    [[ -f .venv/.gpu-setup-done ]] || { stage_setup; return; }
-    [[ -f "$RESULTS/env.json" ]] || "$PY" scripts/gpu/environment.py > "$RESULTS/env.json"
-}
-
-stage_gputests() {
-    ensure_setup || return 1
-    log "pytest -m gpu -> $RESULTS/gpu-tests.log"
-    timeout "${GPU_TESTS_TIMEOUT_S:-480}" "$PY" -m pytest -m gpu -rA -q -p no:cacheprovider \
-        --junitxml="$RESULTS/gpu-tests.xml" --durations=20 > "$RESULTS/gpu-tests.log" 2>&1
-    local status=$?
-    tail -n 3 "$RESULTS/gpu-tests.log"
-    return $status
-}
-
-stage_suite() {
-    ensure_setup || return 1
-    local parallel=()
-    "$PY" -c "import xdist" 2>/dev/null && parallel=(-n "${SUITE_WORKERS:-8}")
-    log "pytest -m 'not gpu' on CUDA ${parallel[*]} -> $RESULTS/suite.log (limit ${SUITE_TIMEOUT_S:-540} s)"
-    # shellcheck disable=SC2086  # SUITE_ARGS: more pytest arguments, split on spaces (e.g. test files)
-    timeout "${SUITE_TIMEOUT_S:-540}" "$PY" -m pytest -m "not gpu" -rfE -q -p no:cacheprovider "${parallel[@]}" \
-        --junitxml="$RESULTS/suite.xml" --durations=20 ${SUITE_ARGS:-} > "$RESULTS/suite.log" 2>&1
-    local status=$?
-    [[ $status -eq 124 ]] && echo "suite: stopped after ${SUITE_TIMEOUT_S:-540} s (no junit XML); see the log" >> "$RESULTS/suite.log"
-    tail -n 3 "$RESULTS/suite.log"
-    return $status
-}
-
-profile_json() {  # profile_json LIMIT_S OUTFILE ARGS...: the JSON line of `mlrun profile CONFIG ARGS --json`
+profile_json() {  # profile_json LIMIT_S OUTFILE ARGS...: the JSON document of `mlrun profile CONFIG ARGS --json`
     local limit="$1" out="$2"
     shift 2
-    timeout "$limit" "$PY" -m mlrun profile "$CONFIG" "output_dir=$SCRATCH" "$@" --json > "$out.stdout" 2> "${out%.json}.log"
-    local status=$?
-    tail -n 1 "$out.stdout" > "$out" && rm -f "$out.stdout"
-    return $status
+    timeout "$limit" "$PY" -m mlrun profile "$CONFIG" "output_dir=$SCRATCH" "$@" --json > "$out" 2> "${out%.json}.log"
 }
 
 stage_mfu() {
-    ensure_setup || return 1
     mkdir -p "$RESULTS/mfu"
-    local status=0 batch
-    for batch in $MFU_BATCH $MFU_SWEEP; do
-        log "mlrun profile $CONFIG data.batch_size=$batch -> $RESULTS/mfu/profile-b$batch.json"
-        profile_json 240 "$RESULTS/mfu/profile-b$batch.json" "name=gpt2_small_b$batch" "data.batch_size=$batch" \
-            --steps 20 --warmup 10 || { status=1; log "profile at batch $batch failed (see its log)"; }
-    done
-    log "mlrun train $CONFIG train.max_steps=$TRAIN_STEPS -> $RESULTS/mfu/train"
-    timeout 300 "$PY" -m mlrun train "$CONFIG" "output_dir=$SCRATCH" name=gpt2_small_train \
+    local status=0
+    log "mlrun profile $CONFIG data.batch_size=$MFU_BATCH -> mfu/profile-b$MFU_BATCH.json"
+    profile_json "$(left 240)" "$RESULTS/mfu/profile-b$MFU_BATCH.json" "name=gpt2_small_b$MFU_BATCH" \
+        "data.batch_size=$MFU_BATCH" --steps 20 --warmup 10 || { status=1; log "profile failed (see its log)"; }
+    log "mlrun train $CONFIG train.max_steps=$TRAIN_STEPS -> mfu/train"
+    timeout "$(left 200)" "$PY" -m mlrun train "$CONFIG" "output_dir=$SCRATCH" name=gpt2_small_train \
         "data.batch_size=$MFU_BATCH" "train.max_steps=$TRAIN_STEPS" train.checkpoint_every=null \
         "train.eval_every=${TRAIN_STEPS}st" --overwrite > "$RESULTS/mfu/train.log" 2>&1 || status=1
     mkdir -p "$RESULTS/mfu/train"
@@ -130,63 +116,94 @@ stage_mfu() {
     return $status
 }
 
-stage_matrix() {
-    ensure_setup || return 1
-    mkdir -p "$RESULTS/matrix"
-    log "mlrun profile $CONFIG --matrix (eager) -> $RESULTS/matrix"
-    # Eager (train.compile=false): eight cases, each its own process; compiling each would take the stage past 9 minutes.
-    timeout "${MATRIX_TIMEOUT_S:-540}" "$PY" -m mlrun profile "$CONFIG" "output_dir=$SCRATCH" name=gpt2_small_matrix \
-        train.compile=false "data.batch_size=$MFU_BATCH" --matrix --steps 5 --warmup 3 --json \
-        > "$RESULTS/matrix/matrix.stdout" 2> "$RESULTS/matrix/matrix.log"
+stage_gputests() {
+    log "pytest -m gpu -> gpu-tests.log"
+    timeout "$(left 300)" "$PY" -m pytest -m gpu -rA -q -p no:cacheprovider ${GPU_TESTS_ARGS:-} \
+        --junitxml="$RESULTS/gpu-tests.xml" --durations=20 > "$RESULTS/gpu-tests.log" 2>&1
     local status=$?
-    cp "$SCRATCH/gpt2_small_matrix/profile/"matrix.{json,png} "$RESULTS/matrix/" 2>/dev/null
-    tail -n 12 "$RESULTS/matrix/matrix.stdout"
+    tail -n 3 "$RESULTS/gpu-tests.log"
     return $status
 }
 
 stage_trace() {
-    ensure_setup || return 1
     mkdir -p "$RESULTS/trace"
     local trace_dir="$SCRATCH/gpt2_small_trace/profile/trace"
     rm -rf "$trace_dir"  # one trace: this run's
-    log "mlrun profile $CONFIG --trace -> $RESULTS/trace"
-    profile_json 300 "$RESULTS/trace/profile.json" name=gpt2_small_trace "data.batch_size=$MFU_BATCH" \
+    log "mlrun profile $CONFIG --trace -> trace/"
+    profile_json "$(left 150)" "$RESULTS/trace/profile.json" name=gpt2_small_trace "data.batch_size=$MFU_BATCH" \
         --steps 5 --warmup 10 --trace
     local status=$?
     "$PY" scripts/gpu/kernels.py "$trace_dir" > "$RESULTS/trace/kernels.json" 2>> "$RESULTS/trace/profile.log" || status=1
-    for f in "$trace_dir"/*.json; do
-        [[ -f "$f" ]] && gzip -c "$f" > "$RESULTS/trace/$(basename "$f").gz"  # Perfetto opens .json.gz
-    done
-    head -c 1500 "$RESULTS/trace/kernels.json"
+    head -c 1200 "$RESULTS/trace/kernels.json"
     echo
     return $status
 }
 
-summarize() {
-    local py="$PY"
-    [[ -x "$py" ]] || py=python3
-    "$py" scripts/gpu/summarize.py "$RESULTS" > "$RESULTS/SUMMARY.md" 2> "$RESULTS/summarize.log" \
-        && log "summary: $RESULTS/SUMMARY.md" || log "summarize failed: $RESULTS/summarize.log"
+stage_matrix() {
+    mkdir -p "$RESULTS/matrix"
+    log "mlrun profile $CONFIG --matrix (eager) -> matrix/"
+    # Eager (train.compile=false): eight cases, each its own process; compiling each would not fit the lease.
+    timeout "$(left 240)" "$PY" -m mlrun profile "$CONFIG" "output_dir=$SCRATCH" name=gpt2_small_matrix \
+        train.compile=false "data.batch_size=$MFU_BATCH" --matrix --steps 5 --warmup 3 --json \
+        > "$RESULTS/matrix/matrix.stdout" 2> "$RESULTS/matrix/matrix.log"
+    local status=$?
+    cp "$SCRATCH/gpt2_small_matrix/profile/"matrix.json "$RESULTS/matrix/" 2>/dev/null
+    tail -n 12 "$RESULTS/matrix/matrix.stdout"
+    return $status
 }
-trap summarize EXIT
 
+stage_suite() {
+    local parallel=()
+    "$PY" -c "import xdist" 2>/dev/null && parallel=(-n "${SUITE_WORKERS:-8}")
+    log "pytest -m 'not gpu' on CUDA ${parallel[*]} -> suite.log"
+    # shellcheck disable=SC2086  # SUITE_ARGS: more pytest arguments, split on spaces (e.g. test files)
+    timeout "$(left 540)" "$PY" -m pytest -m "not gpu" -rfE -q -p no:cacheprovider "${parallel[@]}" \
+        --junitxml="$RESULTS/suite.xml" --durations=20 ${SUITE_ARGS:-} > "$RESULTS/suite.log" 2>&1
+}
+
+pack() {  # SUMMARY.md, env.json, stage_seconds.txt and one tarball of everything: at most 8 files back
+    "$PY" scripts/gpu/summarize.py "$RESULTS" > "$RESULTS/SUMMARY.md" 2> "$RESULTS/summarize.log" \
+        || python3 scripts/gpu/summarize.py "$RESULTS" > "$RESULTS/SUMMARY.md" 2>> "$RESULTS/summarize.log"
+    cp "$RESULTS/SUMMARY.md" "$OUT_DIR/SUMMARY.md"
+    for f in env.json stage_seconds.txt; do cp "$RESULTS/$f" "$OUT_DIR/" 2>/dev/null; done
+    tar -czf "$OUT_DIR/results.tar.gz.part" -C "$RESULTS" . && mv "$OUT_DIR/results.tar.gz.part" "$OUT_DIR/results.tar.gz"
+}
+
+for stage in "${STAGES[@]}"; do
+    if [[ "$STAGE_NAMES" != *" $stage "* ]]; then
+        echo "run_all.sh: unknown stage '$stage'; stages:$STAGE_NAMES" >&2
+        pack
+        exit 2
+    fi
+done
 failed=()
+run=()
 for stage in "${STAGES[@]}"; do
     case "$stage" in
-        all) run=(setup gputests mfu matrix trace suite) ;;
-        tests) run=(gputests suite) ;;
-        setup | gputests | suite | mfu | matrix | trace) run=("$stage") ;;
-        *) echo "run_all.sh: unknown stage '$stage'; stages:$STAGE_NAMES" >&2; exit 2 ;;
+        all) run+=(mfu gputests trace matrix) ;;
+        setup) ;;
+        *) run+=("$stage") ;;
     esac
-    for one in "${run[@]}"; do
-        start=$SECONDS
-        "stage_$one" || failed+=("$one")
-        log "$one took $((SECONDS - start)) s"
-        echo "$one $((SECONDS - start))" >> "$RESULTS/stage_seconds.txt"
-    done
+done
+start=$SECONDS
+stage_setup || { log "setup failed: nothing else can run"; echo "setup $((SECONDS - start))" >> "$RESULTS/stage_seconds.txt"; pack; exit 1; }
+echo "setup $((SECONDS - start))" >> "$RESULTS/stage_seconds.txt"
+pack
+for one in "${run[@]}"; do
+    if (($(left 9999) < 25)); then
+        log "$one: not run, the budget of $BUDGET_S s is spent"
+        echo "$one not-run" >> "$RESULTS/stage_seconds.txt"
+        failed+=("$one")
+        continue
+    fi
+    start=$SECONDS
+    "stage_$one" || failed+=("$one")
+    log "$one took $((SECONDS - start)) s"
+    echo "$one $((SECONDS - start))" >> "$RESULTS/stage_seconds.txt"
+    pack
 done
 if [[ ${#failed[@]} -gt 0 ]]; then
-    log "failed stages: ${failed[*]}"
+    log "failed or not run: ${failed[*]}"
     exit 1
 fi
-log "done: $RESULTS"
+log "done: $OUT_DIR"

@@ -33,7 +33,7 @@ def header(results: Path) -> list[str]:
     env = read_json(results / "env.json") or {}
     device = env.get("device", "unknown device")
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    lines = [f"## GPU checks (issue 18): {device}, {date}", ""]
+    lines = [f"## GPU checks (issue 27): {device}, {date}", ""]
     lines.append(
         f"`scripts/gpu/run_all.sh` on {device} ({env.get('memory_gib', '?')} GiB, nvidia-smi: "
         f"{env.get('nvidia_smi') or 'n/a'}), torch {env.get('torch', '?')} (CUDA {env.get('cuda', '?')}, "
@@ -44,7 +44,8 @@ def header(results: Path) -> list[str]:
         lines.append(f"Not installed on the machine: {', '.join(missing)} (tests needing them skip or fail).")
     seconds = results / "stage_seconds.txt"
     if seconds.exists():
-        stages = ", ".join(f"{s} {t} s" for s, t in (line.split() for line in seconds.read_text().splitlines() if line))
+        pairs = (line.split() for line in seconds.read_text().splitlines() if line)
+        stages = ", ".join(f"{s} {t} s" if t.isdigit() else f"{s} not run (out of time)" for s, t in pairs)
         lines.append(f"Stage times: {stages}.")
     return [*lines, ""]
 
@@ -106,7 +107,7 @@ def mfu_section(results: Path) -> list[str]:
         if (f := read_json(p)) and "mfu" in f
     }
     if not profiles:
-        return [*lines, "Not run (or failed: see mfu/*.log).", ""]
+        return [*lines, "Not run (or failed: see mfu/*.log in results.tar.gz).", ""]
     lines += [
         "| measured by | batch | step ms | tokens/s | TFLOP/s | MFU | peak GiB |",
         "|---|---|---|---|---|---|---|",
@@ -153,7 +154,7 @@ def matrix_section(results: Path) -> list[str]:
     rows = read_json(results / "matrix" / "matrix.json")
     lines = ["### Memory matrix (`mlrun profile --matrix`, gpt2_small, eager)", ""]
     if not rows:
-        return [*lines, "Not run (or failed: see matrix/matrix.log).", ""]
+        return [*lines, "Not run (or failed: see matrix/matrix.log in results.tar.gz).", ""]
     lines += [
         "| case | peak GiB | saved | samples/s | slowdown | estimate GiB | estimate error |",
         "|---|---|---|---|---|---|---|",
@@ -177,7 +178,7 @@ def trace_section(results: Path) -> list[str]:
     k = read_json(results / "trace" / "kernels.json")
     lines = ["### Trace: where the GPU time goes (gpt2_small, compiled, 5 steps)", ""]
     if not k or "families" not in k:
-        return [*lines, "Not run (or failed: see trace/profile.log).", ""]
+        return [*lines, "Not run (or failed: see trace/profile.log in results.tar.gz).", ""]
     lines.append(
         f"GPU busy {k['gpu_busy_ms_per_step']:.1f} ms of a {k['gpu_span_ms_per_step']:.1f} ms step "
         f"(idle {100 * k['gpu_idle_fraction']:.1f}%: the GPU waiting on the host); "
