@@ -1,3 +1,13 @@
 """Built-in datasets; importing the package registers them (registry `datasets`)."""
 
-from mlrun.data import arrays, hf_disk, images, sklearn_sets, synthetic, tabular, text, text_lm  # noqa: F401
+from mlrun.data import (  # noqa: F401
+    arrays,
+    hf_disk,
+    images,
+    parquet_shards,
+    sklearn_sets,
+    synthetic,
+    tabular,
+    text,
+    text_lm,
+)

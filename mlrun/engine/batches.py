@@ -23,9 +23,19 @@ class EpochBatchSampler:
     """Batches of indices: a fresh permutation per epoch seeded by (seed, epoch)."""
 
     def __init__(
-        self, size: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, index_tensors: bool = False
+        self,
+        size: int,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool,
+        seed: int,
+        index_tensors: bool = False,
+        epoch_order=None,
     ):
         self.size, self.batch_size, self.shuffle, self.drop_last, self.seed = size, batch_size, shuffle, drop_last, seed
+        # A dataset's own shuffle, `epoch_order(seed, epoch) -> index tensor`, where a plain permutation
+        # would read badly (sharded files read by row group); like randperm, a pure function of (seed, epoch).
+        self.epoch_order = epoch_order
         # Batches as index tensors rather than lists: a dataset with `__getitems__` then indexes without
         # building a tensor from a Python list (~10 us a batch). Only unsharded: Accelerate's
         # BatchSamplerShard joins batches with `+`, which must mean list concatenation.
@@ -45,7 +55,9 @@ class EpochBatchSampler:
         return self.batches_per_epoch() - self.start_batch
 
     def __iter__(self):
-        if self.shuffle:
+        if self.shuffle and self.epoch_order is not None:
+            order = self.epoch_order(self.seed, self.epoch)
+        elif self.shuffle:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(self.size, generator=gen)
         else:
@@ -74,7 +86,8 @@ def train_loader(
 ) -> tuple[DataLoader, EpochBatchSampler]:
     """The training loader and its sampler; `sharded`: the loader will go through Accelerate's prepare."""
     index_tensors = not sharded and hasattr(dataset, "__getitems__")
-    sampler = EpochBatchSampler(len(dataset), spec.batch_size, spec.shuffle, spec.drop_last, seed, index_tensors)
+    order = getattr(dataset, "epoch_order", None)
+    sampler = EpochBatchSampler(len(dataset), spec.batch_size, spec.shuffle, spec.drop_last, seed, index_tensors, order)
     # Its own generator: creating an iterator draws a worker base seed, which must not consume the
     # global torch RNG (that would shift dropout masks after a mid-epoch resume).
     generator = torch.Generator().manual_seed(seed)

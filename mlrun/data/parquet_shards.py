@@ -1,0 +1,263 @@
+"""`parquet_shards`: a table split over many Parquet files, read lazily by row group with bounded memory.
+
+    mlrun train configs/shards.yaml        # data: {name: parquet_shards, path: "data/shards/*.parquet", ...}
+
+Nothing is read whole. At build time only the files' footers (row counts per row group) and the target
+column are read; training reads a row group when a batch needs one of its rows and keeps the last
+`cache_row_groups` of them (an LRU cache), so resident memory is bounded by the cache, not the data.
+A global random permutation would touch a different row group for nearly every sample, so the
+training order is a *block shuffle* that is a pure function of (seed, epoch): the row groups in a
+random order, then the rows of each window of `shuffle_block` row groups permuted together (the
+design of MosaicML streaming's shuffles). Any number of loader workers and processes sees the same
+order, and a resume continues it exactly.
+
+Numeric features are standardised with a mean and standard deviation fitted on at most `fit_rows`
+training rows drawn from a seeded sample of row groups; the fitted statistics are pickled into the
+run (preprocessing.pkl) so eval, export and resume reuse them instead of fitting again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import PositiveInt
+from torch.utils.data import Dataset
+
+from mlrun.data.bundle import DataMeta, DatasetBundle
+from mlrun.data.splits import ValFraction, is_classification, require_columns, resolve_files, split_indices
+from mlrun.errors import UsageError
+from mlrun.registry import datasets
+
+
+@dataclass(frozen=True)
+class Standardize:
+    """The fitted transform: (x - mean) / std per feature column, and the class list of the target."""
+
+    features: tuple[str, ...]
+    mean: np.ndarray
+    std: np.ndarray
+    classes: tuple | None  # classification: the sorted labels; a label's index is its class id
+
+    def transform(self, frame) -> np.ndarray:
+        """Features of a pandas DataFrame or a pyarrow Table (columns by name) -> float32 (rows, features)."""
+        values = np.column_stack([np.asarray(frame[name], dtype=np.float64) for name in self.features])
+        return ((values - self.mean) / self.std).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: Path
+    row_groups: tuple[int, ...]  # rows in each row group
+
+
+def _parquet():
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UsageError("dataset 'parquet_shards' needs pyarrow: pip install 'mlrun[tabular]'") from None
+    return pq
+
+
+def index_shards(paths: list[Path], key: str, skip_corrupt: bool) -> list[Shard]:
+    """Each shard's row-group sizes, from its footer alone; an unreadable shard exits 2 (or is skipped)."""
+    pq = _parquet()
+    shards, skipped = [], []
+    for path in paths:
+        try:
+            meta = pq.ParquetFile(path).metadata
+        except Exception as exc:  # noqa: BLE001 - any unreadable footer gets the same message
+            if not skip_corrupt:
+                raise UsageError(
+                    f"{key}: shard '{path}' is not a readable Parquet file ({exc}). Replace or remove it, or set "
+                    "data.skip_corrupt: true to train without it."
+                ) from None
+            skipped.append(path)
+            continue
+        shards.append(Shard(path, tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))))
+    if skipped:
+        names = ", ".join(map(str, skipped))
+        print(f"mlrun: data: skipped {len(skipped)} unreadable shard(s): {names}", file=sys.stderr)
+    if not shards or not sum(sum(s.row_groups) for s in shards):
+        raise UsageError(f"{key}: the shards hold no rows.")
+    return shards
+
+
+class ShardedTable(Dataset):
+    """Rows `rows` (global row numbers, sorted) of the shards, as (standardised features, target) batches."""
+
+    in_memory = False  # num_workers: auto reads in worker processes
+
+    def __init__(self, shards, rows, transform: Standardize, target: str, classify: bool, cache_row_groups, block):
+        self.shards, self.rows, self.transform, self.target = shards, rows, transform, target
+        self.classify, self.cache_size, self.block = classify, cache_row_groups, block
+        self.groups = [(s, i) for s in shards for i in range(len(s.row_groups))]
+        sizes = [n for s in shards for n in s.row_groups]
+        self.group_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.files: dict[Path, object] = {}
+        self.files_pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _group_of(self, rows: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.group_start, rows, side="right") - 1
+
+    def _read_group(self, group: int) -> tuple[np.ndarray, np.ndarray]:
+        if group in self.cache:
+            self.cache.move_to_end(group)
+            return self.cache[group]
+        shard, index = self.groups[group]
+        try:
+            frame = self._file(shard.path).read_row_group(index, [*self.transform.features, self.target])
+        except Exception as exc:  # noqa: BLE001 - a damaged page surfaces here, not in the footer
+            raise UsageError(f"data: shard '{shard.path}' row group {index} cannot be read ({exc}).") from None
+        labels = frame[self.target].to_numpy()
+        if self.classify:
+            labels = np.searchsorted(np.asarray(self.transform.classes), labels)
+        read = (self.transform.transform(frame), labels)
+        self.cache[group] = read
+        if len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+        return read
+
+    def _file(self, path: Path):
+        """The shard's open ParquetFile, opened once per process (a forked loader worker opens its own)."""
+        if self.files_pid != os.getpid():
+            self.files, self.files_pid = {}, os.getpid()
+        if path not in self.files:
+            self.files[path] = _parquet().ParquetFile(path)
+        return self.files[path]
+
+    def __getitems__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.rows[np.asarray(indices, dtype=np.int64)]
+        groups = self._group_of(rows)
+        inputs = np.empty((len(rows), len(self.transform.features)), dtype=np.float32)
+        targets = np.empty(len(rows), dtype=np.int64 if self.classify else np.float32)
+        for group in np.unique(groups):
+            where = np.flatnonzero(groups == group)
+            x, y = self._read_group(int(group))
+            offsets = rows[where] - self.group_start[group]
+            inputs[where], targets[where] = x[offsets], y[offsets]
+        return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, targets = self.__getitems__([index])
+        return inputs[0], targets[0]
+
+    def epoch_order(self, seed: int, epoch: int) -> torch.Tensor:
+        """The training order of (seed, epoch): row groups shuffled, then rows within blocks of groups."""
+        rng = np.random.default_rng([seed, epoch])
+        groups = self._group_of(self.rows)
+        bounds = np.flatnonzero(np.diff(groups)) + 1  # positions where the next row group starts
+        runs = np.split(np.arange(len(self.rows)), bounds)
+        runs = [runs[i] for i in rng.permutation(len(runs))]
+        blocks = [np.concatenate(runs[i : i + self.block]) for i in range(0, len(runs), self.block)]
+        return torch.from_numpy(np.concatenate([rng.permutation(block) for block in blocks]))
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for shard in self.shards:
+            digest.update(f"{shard.path.name}:{shard.row_groups}".encode())
+        digest.update(self.rows.tobytes())
+        return digest.hexdigest()[:16]
+
+
+def fit_standardize(shards, rows, features, target, classes, fit_rows: int, seed: int) -> Standardize:
+    """Mean and std of each feature over the training rows of seeded random row groups, up to `fit_rows` rows.
+
+    Whole row groups, not scattered rows: a row-level sample would read nearly every row group of the data.
+    """
+    probe = ShardedTable(shards, rows, Standardize(tuple(features), 0.0, 1.0, None), target, False, 1, 1)
+    groups = probe._group_of(rows)
+    starts = np.flatnonzero(np.r_[True, np.diff(groups) > 0])  # where each row group's rows begin in `rows`
+    ends = np.r_[starts[1:], len(rows)]
+    taken, values = 0, []
+    for g in np.random.default_rng(seed).permutation(len(starts)):
+        if taken >= fit_rows:
+            break
+        span = np.arange(starts[g], min(ends[g], starts[g] + fit_rows - taken))
+        values.append(probe.__getitems__(span)[0])
+        taken += len(span)
+    values = np.concatenate(values)
+    std = values.std(axis=0, dtype=np.float64)
+    return Standardize(tuple(features), values.mean(axis=0, dtype=np.float64), np.where(std > 0, std, 1.0), classes)
+
+
+@datasets.register("parquet_shards", fits_transform=True)
+def parquet_shards(
+    seed: int,
+    fitted: Standardize | None = None,
+    /,
+    *,
+    path: str | list[str],
+    target: str,
+    features: list[str] | None = None,
+    val_fraction: ValFraction = 0.1,
+    task: Literal["auto", "classification", "regression"] = "auto",
+    fit_rows: PositiveInt = 10_000,
+    cache_row_groups: PositiveInt = 8,
+    shuffle_block: PositiveInt = 4,
+    skip_corrupt: bool = False,
+) -> DatasetBundle:
+    """Parquet shards (a glob, a folder's *.parquet, or a list of them) read by row group, never whole.
+
+    Args:
+        path: shard files: a glob ('data/shards/*.parquet'), a folder, or a list of globs; every one must match.
+        target: the column to predict.
+        features: numeric feature columns; default every column except the target.
+        val_fraction: share of rows held out for validation (a seeded random split of all rows).
+        task: auto (integer or string targets classify, float targets regress), classification or regression.
+        fit_rows: training rows the standardisation statistics are fitted on (a seeded sample).
+        cache_row_groups: decoded row groups kept in memory per loader process (the memory bound).
+        shuffle_block: row groups whose rows are shuffled together each epoch (more mixes better, reads more).
+        skip_corrupt: an unreadable shard is skipped and counted instead of stopping with exit 2.
+    """
+    patterns = [path] if isinstance(path, str) else path
+    patterns = [str(Path(p) / "*.parquet") if Path(p).is_dir() else p for p in patterns]
+    shards = index_shards(resolve_files(patterns, "data.path"), "data.path", skip_corrupt)
+    pq = _parquet()
+    schema = pq.ParquetFile(shards[0].path).schema_arrow
+    require_columns([target], schema.names, "data.target", f"'{shards[0].path}'")
+    features = features or [name for name in schema.names if name != target]
+    require_columns(features, schema.names, "data.features", f"'{shards[0].path}'")
+    text = [name for name in features if not _numeric(schema.field(name).type)]
+    if text:
+        raise UsageError(
+            f"data.features: {', '.join(text)} of '{shards[0].path}' are not numeric; parquet_shards reads numeric "
+            "features only. Encode them when writing the shards, or use the in-memory 'parquet' source."
+        )
+    labels = np.concatenate([pq.read_table(s.path, columns=[target]).column(0).to_numpy() for s in shards])
+    classify = is_classification(labels, task, f"data.target ('{target}')")
+    train_rows, val_rows = split_indices(len(labels), val_fraction, seed, labels if classify else None)
+    if fitted is None:
+        classes = tuple(np.unique(labels).tolist()) if classify else None
+        fitted = fit_standardize(shards, train_rows, features, target, classes, fit_rows, seed)
+    make = lambda rows: ShardedTable(shards, rows, fitted, target, classify, cache_row_groups, shuffle_block)
+    meta = DataMeta(
+        task="classification" if classify else "regression",
+        input_shape=(len(features),),
+        num_classes=len(fitted.classes) if classify else None,
+        output_dim=None if classify else 1,
+    )
+    statistics = {"features": list(features), "mean": fitted.mean.tolist(), "std": fitted.std.tolist()}
+    preprocessing = {"standardize": statistics}
+    if classify:
+        preprocessing["classes"] = list(fitted.classes)
+    bundle = DatasetBundle(make(train_rows), make(val_rows), meta, preprocessing=preprocessing)
+    bundle.transform = fitted
+    return bundle
+
+
+def _numeric(arrow_type) -> bool:
+    import pyarrow.types as t
+
+    return t.is_integer(arrow_type) or t.is_floating(arrow_type) or t.is_boolean(arrow_type)
