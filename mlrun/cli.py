@@ -165,6 +165,20 @@ def compress(
     run_compress_command(target, overrides or [], json_output)
 
 
+@app.command()
+def prepare(
+    config: Config,
+    overrides: Overrides = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the shards (train/, val/, prepare.json).")] = ...,
+    rows_per_shard: Annotated[int, typer.Option(min=1, help="Rows in each Parquet shard.")] = 65536,
+    row_group: Annotated[int, typer.Option(min=1, help="Rows in each row group (the unit read).")] = 4096,
+) -> None:
+    """Write the config's data, as training builds it, as Parquet shards for `parquet_shards`."""
+    from mlrun.commands.prepare import run_prepare
+
+    run_prepare(config, overrides or [], out, rows_per_shard, row_group)
+
+
 @app.command(name="lr-find")
 def lr_find(
     config: Config,

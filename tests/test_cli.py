@@ -14,7 +14,20 @@ from mlrun.commands.schema import config_schema
 from mlrun.config.load import resolve_raw
 from tests.conftest import REPO, run_cli
 
-COMMANDS = ["train", "validate", "profile", "tune", "export", "eval", "list", "schema", "init", "compare", "predict"]
+COMMANDS = [
+    "train",
+    "validate",
+    "profile",
+    "tune",
+    "export",
+    "eval",
+    "list",
+    "schema",
+    "init",
+    "compare",
+    "predict",
+    "prepare",
+]
 
 
 def test_help_does_not_import_torch():

@@ -95,8 +95,9 @@ class ShardedTable(Dataset):
 
     in_memory = False  # num_workers: auto reads in worker processes
 
-    def __init__(self, shards, rows, transform: Standardize, target: str, classify: bool, cache_row_groups, block):
+    def __init__(self, shards, rows, transform, target: str, classify: bool, cache_row_groups, block, shape=None):
         self.shards, self.rows, self.transform, self.target = shards, rows, transform, target
+        self.shape = shape or (len(transform.features),)
         self.classify, self.cache_size, self.block = classify, cache_row_groups, block
         self.groups = [(s, i) for s in shards for i in range(len(s.row_groups))]
         sizes = [n for s in shards for n in s.row_groups]
@@ -147,7 +148,7 @@ class ShardedTable(Dataset):
             x, y = self._read_group(int(group))
             offsets = rows[where] - self.group_start[group]
             inputs[where], targets[where] = x[offsets], y[offsets]
-        return torch.from_numpy(inputs), torch.from_numpy(targets)
+        return torch.from_numpy(inputs).view(len(rows), *self.shape), torch.from_numpy(targets)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, targets = self.__getitems__([index])
@@ -201,7 +202,9 @@ def parquet_shards(
     path: str | list[str],
     target: str,
     features: list[str] | None = None,
+    val_path: str | list[str] | None = None,
     val_fraction: ValFraction = 0.1,
+    scale: Literal["standard", "none"] = "standard",
     task: Literal["auto", "classification", "regression"] = "auto",
     fit_rows: PositiveInt = 10_000,
     cache_row_groups: PositiveInt = 8,
@@ -214,16 +217,19 @@ def parquet_shards(
         path: shard files: a glob ('data/shards/*.parquet'), a folder, or a list of globs; every one must match.
         target: the column to predict.
         features: numeric feature columns; default every column except the target.
+        val_path: shards of the validation split (e.g. `mlrun prepare`'s val/), instead of val_fraction.
         val_fraction: share of rows held out for validation (a seeded random split of all rows).
         task: auto (integer or string targets classify, float targets regress), classification or regression.
+        scale: standard (zero mean, unit variance per feature) or none (data `mlrun prepare` already normalised).
         fit_rows: training rows the standardisation statistics are fitted on (a seeded sample).
         cache_row_groups: decoded row groups kept in memory per loader process (the memory bound).
         shuffle_block: row groups whose rows are shuffled together each epoch (more mixes better, reads more).
         skip_corrupt: an unreadable shard is skipped and counted instead of stopping with exit 2.
     """
-    patterns = [path] if isinstance(path, str) else path
-    patterns = [str(Path(p) / "*.parquet") if Path(p).is_dir() else p for p in patterns]
-    shards = index_shards(resolve_files(patterns, "data.path"), "data.path", skip_corrupt)
+    shards = index_shards(resolve_files(_globs(path), "data.path"), "data.path", skip_corrupt)
+    val_shards = []
+    if val_path:
+        val_shards = index_shards(resolve_files(_globs(val_path), "data.val_path"), "data.val_path", skip_corrupt)
     pq = _parquet()
     schema = pq.ParquetFile(shards[0].path).schema_arrow
     require_columns([target], schema.names, "data.target", f"'{shards[0].path}'")
@@ -235,16 +241,29 @@ def parquet_shards(
             f"data.features: {', '.join(text)} of '{shards[0].path}' are not numeric; parquet_shards reads numeric "
             "features only. Encode them when writing the shards, or use the in-memory 'parquet' source."
         )
-    labels = np.concatenate([pq.read_table(s.path, columns=[target]).column(0).to_numpy() for s in shards])
+    labels = _column(shards, target)
     classify = is_classification(labels, task, f"data.target ('{target}')")
-    train_rows, val_rows = split_indices(len(labels), val_fraction, seed, labels if classify else None)
+    if val_path:
+        train_rows, val_rows = np.arange(len(labels)), None
+    else:
+        train_rows, val_rows = split_indices(len(labels), val_fraction, seed, labels if classify else None)
     if fitted is None:
         classes = tuple(np.unique(labels).tolist()) if classify else None
         fitted = fit_standardize(shards, train_rows, features, target, classes, fit_rows, seed)
-    make = lambda rows: ShardedTable(shards, rows, fitted, target, classify, cache_row_groups, shuffle_block)
+        if scale == "none":
+            fitted = Standardize(fitted.features, np.zeros(len(features)), np.ones(len(features)), classes)
+    stored = _stored_meta(schema, len(features))
+    shape = stored["input_shape"]
+
+    def make(rows, where):
+        return ShardedTable(where, rows, fitted, target, classify, cache_row_groups, shuffle_block, shape)
+
+    train, val = make(train_rows, shards), make(val_rows, shards)
+    if val_path:
+        val = make(np.arange(sum(sum(s.row_groups) for s in val_shards)), val_shards)
     meta = DataMeta(
         task="classification" if classify else "regression",
-        input_shape=(len(features),),
+        **stored,
         num_classes=len(fitted.classes) if classify else None,
         output_dim=None if classify else 1,
     )
@@ -252,9 +271,34 @@ def parquet_shards(
     preprocessing = {"standardize": statistics}
     if classify:
         preprocessing["classes"] = list(fitted.classes)
-    bundle = DatasetBundle(make(train_rows), make(val_rows), meta, preprocessing=preprocessing)
+    bundle = DatasetBundle(train, val, meta, preprocessing=preprocessing)
     bundle.transform = fitted
     return bundle
+
+
+def _globs(path: str | list[str] | None) -> list[str]:
+    """Globs of shard files; a folder means its *.parquet."""
+    patterns = [] if path is None else [path] if isinstance(path, str) else path
+    return [str(Path(p) / "*.parquet") if Path(p).is_dir() else p for p in patterns]
+
+
+def _column(shards: list[Shard], name: str) -> np.ndarray:
+    """One column of every shard (the target: classes and stratified splits need all of it)."""
+    pq = _parquet()
+    return np.concatenate([pq.read_table(s.path, columns=[name]).column(0).to_numpy() for s in shards])
+
+
+def _stored_meta(schema, features: int) -> dict:
+    """What `mlrun prepare` recorded of the source's DataMeta: the sample shape (images keep (C, H, W))
+    and pixel statistics; a plain table is a vector of its features."""
+    import json
+
+    stored = json.loads((schema.metadata or {}).get(b"mlrun.meta", b"{}"))
+    shape = tuple(stored.get("input_shape") or (features,))
+    if int(np.prod(shape)) != features:
+        raise UsageError(f"data.features: {features} columns do not fill the shards' sample shape {shape}.")
+    pixels = {key: tuple(stored[key]) for key in ("pixel_mean", "pixel_std") if stored.get(key)}
+    return {"input_shape": shape, **pixels}
 
 
 def _numeric(arrow_type) -> bool:
