@@ -125,5 +125,5 @@ def test_hosted_tracker_without_its_package_says_what_to_install(tmp_path, track
     assert_usage_error(
         run_cli("validate", config, f"tracking=[{tracker}]", cwd=tmp_path),
         f"tracker '{tracker}' needs the {package} package",
-        f"pip install {package}",
+        f"pip install 'mlrun[{package}]'",
     )

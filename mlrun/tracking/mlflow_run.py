@@ -1,0 +1,194 @@
+"""The `mlflow` tracker: one MLflow run per mlrun run, continued across resumes and SLURM requeues.
+
+    mlrun train config.yaml tracking=[mlflow]
+    mlflow ui --backend-store-uri sqlite:///runs/mlflow.db
+
+Without a server it writes to a SQLite database next to the run folders (<output_dir>/mlflow.db,
+artifacts in <output_dir>/mlartifacts), one experiment per config name; `uri:` or
+MLFLOW_TRACKING_URI points it at a server. It records the resolved config as params (flattened
+keys), every figure under its metrics.jsonl name at its optimizer step, system metrics (CPU,
+memory, GPU where present), tags (git sha and dirty flag, host, world size, SLURM job id, mlrun
+version, run directory), and at the end config.yaml, summary.json, manifest.json and the final
+weights as artifacts. The run id is kept in <run_dir>/mlflow_run.json. What a resume logs and
+what it does not is explained in tracking/hosted.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from mlrun.registry import trackers
+from mlrun.tracking.base import RunInfo, Tracker
+from mlrun.tracking.hosted import Batch, HostedTracker, require, run_tags
+from mlrun.tracking.tensorboard import flatten
+
+RECORD = "mlflow_run.json"
+ARTIFACTS = ("config.yaml", "summary.json", "manifest.json")
+WEIGHTS = ("model.safetensors", "best.safetensors")
+STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "interrupted": "KILLED"}  # else FAILED
+MAX_PARAM_CHARS = 6000  # MLflow 3's limit on a param value
+CHANGED = "mlrun.config_changed."  # tag prefix of a param a resume changed (params cannot change)
+
+
+def default_uri(config: dict[str, Any]) -> str:
+    """MLFLOW_TRACKING_URI, else the SQLite database in output_dir (MLflow 3's own default backend)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return "sqlite:///" + str((Path(config["output_dir"]) / "mlflow.db").resolve())
+
+
+class MLflowTracker(HostedTracker):
+    label = "mlflow"
+    record_file = RECORD
+    recovery = "; the next resume of this run sends what the MLflow run lacks"
+
+    def __init__(self, uri: str | None, experiment: str | None, system_metrics: bool, weights: bool):
+        self.uri, self.experiment, self.system_metrics, self.weights = uri, experiment, system_metrics, weights
+        self.monitor = None
+
+    def open(self, info: RunInfo) -> None:
+        # A server that does not answer must not hold training for minutes (MLflow retries 7 times by
+        # default, with 2 min timeouts): a few short tries, then the tracker turns off. The user's
+        # own settings win.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+        from mlflow import MlflowClient
+
+        if not os.environ.get("MLFLOW_LOGGING_LEVEL"):  # its INFO lines (database set-up, monitor start/stop)
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
+        uri = self.uri or default_uri(info.config)
+        self.client = MlflowClient(tracking_uri=uri)
+        record = self.read_record()
+        run = self._previous_run(record, uri)
+        params = {key: str(value)[:MAX_PARAM_CHARS] for key, value in flatten(info.config).items()}
+        if run is None:
+            experiment_id = self._experiment_id(info, uri)
+            tags = run_tags(info)
+            if "mlrun.git_sha" in tags:  # MLflow's own column for the source version
+                tags["mlflow.source.git.commit"] = tags["mlrun.git_sha"]
+            run = self.client.create_run(experiment_id, run_name=info.config["name"], tags=tags)
+            self.run_id = run.info.run_id
+            self.write_record({"tracking_uri": uri, "experiment_id": experiment_id, "run_id": self.run_id})
+            self._log_params(params)
+        else:
+            self.run_id = run.info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            self._resume_params(run.data.params, params, info.start_step)
+            self.client.log_batch(self.run_id, tags=_tags(run_tags(info)))
+        if self.system_metrics:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            # Its own step counter (one per sample), continued on resume rather than restarted at 0.
+            self.monitor = SystemMetricsMonitor(self.run_id, resume_logging=run is not None, tracking_uri=uri)
+            self.monitor.start()
+
+    def _previous_run(self, record: dict[str, Any], uri: str):
+        """The MLflow run this run directory already has, on this tracking server; None to start one."""
+        if record.get("tracking_uri") != uri or not record.get("run_id"):
+            return None
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(record["run_id"])
+        except MlflowException:  # deleted from the server, or another database: a new run
+            return None
+        return run if run.info.lifecycle_stage == "active" else None
+
+    def _experiment_id(self, info: RunInfo, uri: str) -> str:
+        name = self.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or info.config["name"]
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if not self.uri and not os.environ.get("MLFLOW_TRACKING_URI"):  # the embedded default: beside the db
+            location = (Path(info.config["output_dir"]).resolve() / "mlartifacts").as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def _log_params(self, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(key, value) for key, value in params.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params a call
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def _resume_params(self, logged: dict[str, str], params: dict[str, str], step: int) -> None:
+        """A param's value is fixed once logged: a resume with a changed config records the change as a tag."""
+        new = {key: value for key, value in params.items() if key not in logged}
+        changed = {
+            f"{CHANGED}{key}": f"{value} -> {params.get(key, 'None')} at step {step}"[:MAX_PARAM_CHARS]
+            for key, value in logged.items()
+            if params.get(key, "None") != value  # a key the new config drops counts as set to None
+        }
+        if new:
+            self._log_params(new)
+        if changed:
+            self.client.log_batch(self.run_id, tags=_tags(changed))
+
+    def backfill(self, earlier: Batch) -> None:
+        if not earlier:
+            return
+        run = self.client.get_run(self.run_id)
+        present = {
+            key: {point.step for point in self.client.get_metric_history(self.run_id, key)}
+            for key in run.data.metrics
+            if not key.startswith("system/")
+        }
+        missing: Batch = {}
+        for step, (logged_at, figures) in earlier.items():
+            lacking = {key: value for key, value in figures.items() if step not in present.get(key, ())}
+            if lacking:
+                missing[step] = (logged_at, lacking)
+        self.send(missing)
+
+    def send(self, batch: Batch) -> None:
+        from mlflow.entities import Metric
+
+        metrics = [
+            Metric(key, float(value), int(logged_at * 1000), step)
+            for step, (logged_at, figures) in sorted(batch.items())
+            for key, value in figures.items()
+            if isinstance(value, (int, float))
+        ]
+        for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics a call
+            self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
+
+    def close(self, summary: dict[str, Any]) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
+        run_dir = self.info.run_dir
+        files = ARTIFACTS + (WEIGHTS if self.weights else ())
+        for name in files:
+            if (run_dir / name).is_file():
+                self.client.log_artifact(self.run_id, str(run_dir / name))
+        self.client.set_tag(self.run_id, "mlrun.status", summary["status"])
+        self.client.set_terminated(self.run_id, STATUS.get(summary["status"], "FAILED"))
+
+
+def _tags(tags: dict[str, str]):
+    from mlflow.entities import RunTag
+
+    return [RunTag(key, value) for key, value in tags.items()]
+
+
+@trackers.register("mlflow")
+def mlflow(
+    *,
+    uri: str | None = None,
+    experiment: str | None = None,
+    system_metrics: bool = True,
+    weights: bool = True,
+) -> Tracker:
+    """MLflow: params, every figure by step, system metrics, tags and artifacts, one run across resumes.
+
+    Args:
+        uri: tracking URI (a server's http://..., a sqlite:///... database); default MLFLOW_TRACKING_URI,
+            else sqlite:///<output_dir>/mlflow.db.
+        experiment: experiment name; default MLFLOW_EXPERIMENT_NAME, else the config's name.
+        system_metrics: log CPU, memory, disk, network and GPU use every 10 s (MLflow's system metrics).
+        weights: log model.safetensors (and best.safetensors) as artifacts at the end.
+    """
+    require("mlflow", "mlflow")
+    return MLflowTracker(uri, experiment, system_metrics, weights)
