@@ -38,12 +38,9 @@ class WandbTracker(HostedTracker):
         import wandb
 
         record = self.read_record()
-        run_id = record.get("id") or wandb.util.generate_id()
-        # The last step this run has sent; only advanced after a send returned (offline, W&B cannot be asked).
-        self.sent_through = int(record.get("sent_through", 0))
         config = {**flatten(info.config), **run_tags(info)}
         self.run = wandb.init(
-            id=run_id,
+            id=record.get("id"),  # None the first time: W&B makes one, kept below
             resume="allow",
             project=self.project or info.config["name"],
             entity=self.entity,
@@ -55,21 +52,22 @@ class WandbTracker(HostedTracker):
             # console="off": W&B would otherwise wrap stdout, which `--json` and the progress line own.
             settings=wandb.Settings(console="off", silent=True),
         )
-        self.write_record({"id": run_id, "project": self.run.project, "sent_through": self.sent_through})
+        self.write_record({"id": self.run.id, "project": self.run.project})
         changes = _config_changes(info)
         if changes:
             self.run.summary["mlrun/config_changes"] = changes
 
     def backfill(self, earlier: Batch) -> None:
-        self.send({step: entry for step, entry in earlier.items() if step > self.sent_through})
+        """Steps of metrics.jsonl up to the resumed step that no earlier attempt's run file holds."""
+        from mlrun.tracking.wandb_files import history
+
+        present = {row["_step"] for row in history(self.info.run_dir, self.run.id)}
+        # Online, the server's history ends before run.step, and W&B drops any step below it.
+        self.send({step: entry for step, entry in earlier.items() if step not in present and step >= self.run.step})
 
     def send(self, batch: Batch) -> None:
-        if not batch:
-            return
         for step, (_, figures) in sorted(batch.items()):
             self.run.log(figures, step=step, commit=True)  # one row a step, written now
-        self.sent_through = max(self.sent_through, max(batch))
-        self.write_record({"id": self.run.id, "project": self.run.project, "sent_through": self.sent_through})
 
     def close(self, summary: dict[str, Any]) -> None:
         for key in ("status", "steps", "epochs", "wall_time_s", "samples_per_s", "peak_memory_bytes"):

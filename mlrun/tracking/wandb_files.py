@@ -1,9 +1,14 @@
-"""Read W&B offline run files (<dir>/wandb/offline-run-*/run-<id>.wandb) for tests.
+"""Read the W&B run files of a run directory (<run_dir>/wandb/*run-*/run-<id>.wandb): which steps they hold.
 
-wandb 0.19+ writes them from its Go core and no longer ships a Python reader, so this follows the
-format `wandb sync` reads: a 7-byte header (":W&B", magic, version), then 32 KiB blocks of records
-(crc32 u32, length u16, type u8: 1 full, 2 first, 3 middle, 4 last), each record a protobuf
-`wandb.proto.wandb_internal_pb2.Record`.
+A resumed run must not log a step twice, and W&B keeps a run's history in these files before (and,
+offline, instead of) the server: they are the record of what earlier attempts really wrote. The
+writer flushes them every 15 s, so a killed attempt's last rows may be missing, and a resume
+sends them again from metrics.jsonl (tracking/hosted.py).
+
+wandb 0.19+ writes them from its Go core and ships no Python reader, so this follows the format
+`wandb sync` reads: a 7-byte header (":W&B", magic, version), then 32 KiB blocks of records (crc32
+u32, length u16, type u8: 1 full, 2 first, 3 middle, 4 last), each a protobuf
+`wandb.proto.wandb_internal_pb2.Record`. Tests read the files with the same functions.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ HEADER, BLOCK, RECORD_HEADER = 7, 32768, 7
 
 
 def records(path: Path) -> Iterator:
+    """The protobuf records of one run file, in order; a record cut by a kill ends the file."""
     from wandb.proto import wandb_internal_pb2
 
     data = path.read_bytes()
-    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B run file")
     position, pending = HEADER, b""
     while position + RECORD_HEADER <= len(data):
         left = BLOCK - position % BLOCK
@@ -31,6 +38,8 @@ def records(path: Path) -> Iterator:
         if kind == 0 and length == 0:
             position += left
             continue
+        if position + RECORD_HEADER + length > len(data):
+            return
         pending += data[position + RECORD_HEADER : position + RECORD_HEADER + length]
         position += RECORD_HEADER + length
         if kind in (1, 4):  # a whole record, or the last piece of one
@@ -40,18 +49,20 @@ def records(path: Path) -> Iterator:
             yield record
 
 
-def offline_runs(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+def run_files(run_dir: Path, run_id: str | None = None) -> list[Path]:
+    """Every attempt's run file (offline-run-* and online run-* folders), oldest first."""
+    pattern = f"*run-*/run-{run_id}.wandb" if run_id else "*run-*/run-*.wandb"
+    return sorted((run_dir / "wandb").glob(pattern), key=lambda path: path.parent.name.removeprefix("offline-"))
 
 
 def run_ids(run_dir: Path) -> set[str]:
-    return {record.run.run_id for path in offline_runs(run_dir) for record in records(path) if record.HasField("run")}
+    return {record.run.run_id for path in run_files(run_dir) for record in records(path) if record.HasField("run")}
 
 
-def history(run_dir: Path) -> list[dict]:
-    """Every history row of every attempt, in order, with its `_step`; W&B's own keys (`_...`) dropped but `_step`."""
+def history(run_dir: Path, run_id: str | None = None) -> list[dict]:
+    """Every history row of every attempt, in order: its `_step` and figures (W&B's other `_` keys dropped)."""
     rows = []
-    for path in offline_runs(run_dir):
+    for path in run_files(run_dir, run_id):
         for record in records(path):
             if record.HasField("history"):
                 items = record.history.item
@@ -63,7 +74,7 @@ def history(run_dir: Path) -> list[dict]:
 def config(run_dir: Path) -> dict:
     """The config as the last attempt set it."""
     values = {}
-    for path in offline_runs(run_dir):
+    for path in run_files(run_dir):
         for record in records(path):
             if record.HasField("run"):
                 source = record.run.config
