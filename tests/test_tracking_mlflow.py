@@ -83,15 +83,20 @@ def test_mlflow_records_params_every_figure_tags_and_artifacts(tmp_path):
 
 
 @pytest.mark.e2e
-def test_mlflow_run_continues_across_sigkill_and_resume_with_each_step_once(tmp_path):
+def test_mlflow_run_continues_across_sigkills_and_resumes_with_each_step_once(tmp_path):
     config = mlflow_config("killed", system_metrics=True)
-    config["model"] = {"name": PROBE, "kill_at": 24}
-    # Checkpoints at 7, 14, 21; SIGKILL at step 24, after the figures of step 22 were logged: they are
-    # logged again by the resume, which must not send them to MLflow twice.
-    config["train"] = {**config["train"], "checkpoint_every": "7st", "log_every": "2st"}
+    config["train"] = {**config["train"], "checkpoint_every": "7st", "log_every": "2st"}  # checkpoints 7, 14, 21, 28
+    # 1st attempt: SIGKILL inside step 22, after the step-21 checkpoint and before the next log: the
+    # figures of steps 16-20 were logged but not yet sent; the resume sends them.
+    config["model"] = {"name": PROBE, "kill_at": 22}
     killed, run_dir = train(tmp_path, config)
     assert killed.returncode == -signal.SIGKILL
     run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
+    # 2nd attempt, from step 21: SIGKILL inside step 26, after logging steps 22 and 24, which the
+    # 3rd attempt logs again from step 21: MLflow must not get them twice.
+    config["model"] = {"name": PROBE, "kill_at": 5}
+    killed, _ = train(tmp_path, config, "--allow-config-change")
+    assert killed.returncode == -signal.SIGKILL
     config["model"] = {"name": PROBE}
     resumed, _ = train(tmp_path, config, "--allow-config-change")
     assert resumed.returncode == 0, resumed.stderr
@@ -103,10 +108,10 @@ def test_mlflow_run_continues_across_sigkill_and_resume_with_each_step_once(tmp_
     for key, points in figures.items():
         steps = [step for step, _ in points]
         assert len(steps) == len(set(steps)), f"{key}: a step logged twice: {steps}"
-    assert figures == jsonl_histories(run_dir)  # the resumed values, as metrics.jsonl holds them
-    # A param keeps its first value; the change the resume accepted is a tag.
-    assert run.data.params["model.kill_at"] == "24"
-    assert run.data.tags["mlrun.config_changed.model.kill_at"] == "24 -> None at step 21"
+    assert figures == jsonl_histories(run_dir)  # every step, with the values metrics.jsonl holds
+    # A param keeps its first value; the changes the resumes accepted are a tag.
+    assert run.data.params["model.kill_at"] == "22"
+    assert run.data.tags["mlrun.config_changed.model.kill_at"] == "22 -> None at step 21"
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "summary.json", "manifest.json", "model.safetensors"} <= artifacts
 
