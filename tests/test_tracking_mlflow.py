@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -187,3 +188,39 @@ def test_a_run_logged_to_a_real_mlflow_server_reads_back(tmp_path, mlflow_server
     assert run.data.params["optimizer.lr"] == "0.01"
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "summary.json", "manifest.json", "model.safetensors"} <= artifacts
+
+
+@pytest.mark.slow
+def test_tune_study_is_one_parent_run_with_a_child_run_per_trial(tmp_path):
+    config = mlflow_config("study", system_metrics=False, weights=False)
+    config["train"] = {**config["train"], "epochs": 1}
+    config["tune"] = {
+        "metric": "val/accuracy",
+        "direction": "maximize",
+        "trials": 3,
+        "sampler": {"name": "random", "seed": 0},
+        "pruner": {"name": "none"},
+        "space": {"optimizer.lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}},
+    }
+    path = write_config(tmp_path, config, "study.yaml")
+    result = run_cli("tune", path, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("study")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [run for run in runs if run.data.tags.get("mlrun.kind") == "study"]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(runs) == 4 and len(children) == 3
+    tune_dir = tmp_path / "runs" / "study" / "tune"
+    with (tune_dir / "trials.csv").open() as handle:
+        trials = {int(row["number"]): row for row in csv.DictReader(handle)}
+    for child in children:
+        # The child is its trial's own run: runs/study/tune/trial-<number>.
+        trial = trials[int(Path(child.data.tags["mlrun.run_dir"]).name.removeprefix("trial-"))]
+        assert float(child.data.params["optimizer.lr"]) == float(trial["optimizer.lr"])
+        assert child.data.tags["mlrun.status"] == "completed" and child.info.status == "FINISHED"
+        assert child.data.metrics["val/accuracy"] == float(trial["value"])
+    values = client.get_metric_history(parent.info.run_id, "trials/val/accuracy")
+    assert sorted(point.step for point in values) == [0, 1, 2]
+    assert parent.info.status == "FINISHED" and parent.data.params["tune.metric"] == "val/accuracy"
+    assert {"trials.csv", "best.yaml"} <= {item.path for item in client.list_artifacts(parent.info.run_id)}

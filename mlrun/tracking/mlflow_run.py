@@ -28,7 +28,8 @@ from mlrun.tracking.tensorboard import flatten
 RECORD = "mlflow_run.json"
 ARTIFACTS = ("config.yaml", "summary.json", "manifest.json")
 WEIGHTS = ("model.safetensors", "best.safetensors")
-STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "interrupted": "KILLED"}  # else FAILED
+# MLflow's run states; a trial the tuner pruned stopped early on purpose, like an interrupted run.
+STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "interrupted": "KILLED", "pruned": "KILLED"}
 MAX_PARAM_CHARS = 6000  # MLflow 3's limit on a param value
 CHANGED = "mlrun.config_changed."  # tag prefix of a param a resume changed (params cannot change)
 
@@ -45,30 +46,24 @@ class MLflowTracker(HostedTracker):
     record_file = RECORD
     recovery = "; the next resume of this run sends what the MLflow run lacks"
 
-    def __init__(self, uri: str | None, experiment: str | None, system_metrics: bool, weights: bool):
+    def __init__(self, uri: str | None, experiment: str | None, system_metrics: bool, weights: bool, parent_run):
         self.uri, self.experiment, self.system_metrics, self.weights = uri, experiment, system_metrics, weights
-        self.monitor = None
+        self.parent_run, self.monitor = parent_run, None
 
     def open(self, info: RunInfo) -> None:
-        # A server that does not answer must not hold training for minutes (MLflow retries 7 times by
-        # default, with 2 min timeouts): a few short tries, then the tracker turns off. The user's
-        # own settings win.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-        from mlflow import MlflowClient
-
-        if not os.environ.get("MLFLOW_LOGGING_LEVEL"):  # its INFO lines (database set-up, monitor start/stop)
-            logging.getLogger("mlflow").setLevel(logging.WARNING)
         uri = self.uri or default_uri(info.config)
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = connect(uri)
         record = self.read_record()
-        run = self._previous_run(record, uri)
+        run = previous_run(self.client, record, uri)
         params = {key: str(value)[:MAX_PARAM_CHARS] for key, value in flatten(info.config).items()}
         if run is None:
-            experiment_id = self._experiment_id(info, uri)
+            name = experiment_name(self.experiment, info.config)
+            experiment_id = find_experiment(self.client, name, info.config, embedded=self.uri is None)
             tags = run_tags(info)
             if "mlrun.git_sha" in tags:  # MLflow's own column for the source version
                 tags["mlflow.source.git.commit"] = tags["mlrun.git_sha"]
+            if self.parent_run:  # a trial of `mlrun tune`: shown under the study's run
+                tags["mlflow.parentRunId"] = self.parent_run
             run = self.client.create_run(experiment_id, run_name=info.config["name"], tags=tags)
             self.run_id = run.info.run_id
             self.write_record({"tracking_uri": uri, "experiment_id": experiment_id, "run_id": self.run_id})
@@ -85,34 +80,8 @@ class MLflowTracker(HostedTracker):
             self.monitor = SystemMetricsMonitor(self.run_id, resume_logging=run is not None, tracking_uri=uri)
             self.monitor.start()
 
-    def _previous_run(self, record: dict[str, Any], uri: str):
-        """The MLflow run this run directory already has, on this tracking server; None to start one."""
-        if record.get("tracking_uri") != uri or not record.get("run_id"):
-            return None
-        from mlflow.exceptions import MlflowException
-
-        try:
-            run = self.client.get_run(record["run_id"])
-        except MlflowException:  # deleted from the server, or another database: a new run
-            return None
-        return run if run.info.lifecycle_stage == "active" else None
-
-    def _experiment_id(self, info: RunInfo, uri: str) -> str:
-        name = self.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or info.config["name"]
-        found = self.client.get_experiment_by_name(name)
-        if found is not None:
-            return found.experiment_id
-        location = None
-        if not self.uri and not os.environ.get("MLFLOW_TRACKING_URI"):  # the embedded default: beside the db
-            location = (Path(info.config["output_dir"]).resolve() / "mlartifacts").as_uri()
-        return self.client.create_experiment(name, artifact_location=location)
-
     def _log_params(self, params: dict[str, str]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(key, value) for key, value in params.items()]
-        for start in range(0, len(items), 100):  # MLflow takes at most 100 params a call
-            self.client.log_batch(self.run_id, params=items[start : start + 100])
+        log_params(self.client, self.run_id, params)
 
     def _resume_params(self, logged: dict[str, str], params: dict[str, str], step: int) -> None:
         """A param's value is fixed once logged: a resume with a changed config records the change as a tag."""
@@ -167,6 +136,55 @@ class MLflowTracker(HostedTracker):
         self.client.set_terminated(self.run_id, STATUS.get(summary["status"], "FAILED"))
 
 
+def connect(uri: str):
+    """An MlflowClient for `uri` that gives up on a silent server in seconds, and keeps MLflow's INFO lines quiet."""
+    # MLflow retries 7 times by default with 2 min timeouts: a server that does not answer would hold
+    # training for many minutes before the tracker turns off. The user's own settings win.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    from mlflow import MlflowClient
+
+    if not os.environ.get("MLFLOW_LOGGING_LEVEL"):  # database set-up, system monitor start/stop
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+    return MlflowClient(tracking_uri=uri)
+
+
+def previous_run(client, record: dict[str, Any], uri: str):
+    """The MLflow run a record names, on this tracking server and not deleted; None to start one."""
+    if record.get("tracking_uri") != uri or not record.get("run_id"):
+        return None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(record["run_id"])
+    except MlflowException:  # deleted from the server, or another database: a new run
+        return None
+    return run if run.info.lifecycle_stage == "active" else None
+
+
+def experiment_name(setting: str | None, config: dict[str, Any]) -> str:
+    return setting or os.environ.get("MLFLOW_EXPERIMENT_NAME") or config["name"]
+
+
+def find_experiment(client, name: str, config: dict[str, Any], embedded: bool) -> str:
+    """The id of experiment `name`, created when missing (with the embedded default: artifacts beside the db)."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if embedded and not os.environ.get("MLFLOW_TRACKING_URI"):
+        location = (Path(config["output_dir"]).resolve() / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def log_params(client, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(key, value) for key, value in params.items()]
+    for start in range(0, len(items), 100):  # MLflow takes at most 100 params a call
+        client.log_batch(run_id, params=items[start : start + 100])
+
+
 def _tags(tags: dict[str, str]):
     from mlflow.entities import RunTag
 
@@ -180,6 +198,7 @@ def mlflow(
     experiment: str | None = None,
     system_metrics: bool = True,
     weights: bool = True,
+    parent_run: str | None = None,
 ) -> Tracker:
     """MLflow: params, every figure by step, system metrics, tags and artifacts, one run across resumes.
 
@@ -189,6 +208,7 @@ def mlflow(
         experiment: experiment name; default MLFLOW_EXPERIMENT_NAME, else the config's name.
         system_metrics: log CPU, memory, disk, network and GPU use every 10 s (MLflow's system metrics).
         weights: log model.safetensors (and best.safetensors) as artifacts at the end.
+        parent_run: id of the MLflow run this one is a child of (`mlrun tune` sets it for its trials).
     """
     require("mlflow", "mlflow")
-    return MLflowTracker(uri, experiment, system_metrics, weights)
+    return MLflowTracker(uri, experiment, system_metrics, weights, parent_run)
