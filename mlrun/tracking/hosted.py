@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from mlrun.tracking.base import RunInfo, Tracker
 
 Figures = dict[str, float]
 Batch = dict[int, tuple[float, Figures]]  # step -> (unix time it was logged, its figures)
+CHECKPOINT = re.compile(r"^step-\d{8}$")
 
 
 def require(package: str, tracker: str) -> None:
@@ -126,11 +128,15 @@ class HostedTracker(Tracker):
 
 
 def checkpointed_step(run_dir: Path) -> int:
-    """The step of the newest complete checkpoint (0 when none): figures up to it are never logged again."""
-    from mlrun.engine.checkpoint import latest_checkpoint  # the one rule for what a complete checkpoint is
+    """The step of the newest checkpoint (0 when none): figures up to it are never logged again.
 
-    latest = latest_checkpoint(run_dir)
-    return int(latest.name.removeprefix("step-")) if latest is not None else 0
+    engine/checkpoint.py's naming rule, read here since components never import the engine: a
+    checkpoint is written as `.tmp-step-N` and renamed to `step-<8 digits>` when complete.
+    """
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return 0
+    return max((int(path.name[5:]) for path in folder.glob("step-*") if CHECKPOINT.match(path.name)), default=0)
 
 
 def logged_figures(run_dir: Path, through_step: int) -> Batch:

@@ -30,8 +30,8 @@ class WandbTracker(HostedTracker):
     record_file = RECORD
     recovery = "; the next resume of this run sends what it missed"
 
-    def __init__(self, project: str | None, entity: str | None, mode: str | None):
-        self.project, self.entity, self.mode = project, entity, mode
+    def __init__(self, project: str | None, entity: str | None, mode: str | None, group: str | None):
+        self.project, self.entity, self.mode, self.group = project, entity, mode, group
         self.run = None
 
     def open(self, info: RunInfo) -> None:
@@ -44,6 +44,7 @@ class WandbTracker(HostedTracker):
             resume="allow",
             project=self.project or info.config["name"],
             entity=self.entity,
+            group=self.group,
             name=info.config["name"],
             dir=str(info.run_dir),
             mode=self.mode or os.environ.get("WANDB_MODE") or "offline",
@@ -95,6 +96,7 @@ def wandb(
     project: str | None = None,
     entity: str | None = None,
     mode: Literal["offline", "online"] | None = None,
+    group: str | None = None,
 ) -> Tracker:
     """Weights & Biases: config, every figure by step, system metrics, one run across resumes; offline by default.
 
@@ -102,6 +104,7 @@ def wandb(
         project: W&B project; default the config's name.
         entity: W&B team or user; default W&B's own default.
         mode: offline (upload later with `wandb sync`) or online; default WANDB_MODE, else offline.
+        group: W&B group of runs (`mlrun tune` groups its trials under the study's name).
     """
     require("wandb", "wandb")
-    return WandbTracker(project, entity, mode)
+    return WandbTracker(project, entity, mode, group)

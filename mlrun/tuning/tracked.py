@@ -33,7 +33,8 @@ def open_study_run(config: ExperimentConfig, tune_dir: Path, study_name: str) ->
     study = None
     for spec in config.tracking:
         if spec.name == "wandb":
-            trials.append({"name": "wandb", **spec.settings, "group": spec.settings.get("group") or study_name})
+            project = spec.settings.get("project") or config.name  # a trial's own name would be its project
+            trials.append({"name": "wandb", **spec.settings, "project": project, "group": study_name})
         if spec.name == "mlflow":
             study = StudyRun(config, spec.settings, tune_dir, study_name)
             if study.open():
