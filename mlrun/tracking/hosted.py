@@ -42,6 +42,7 @@ class HostedTracker(Tracker):
     """A tracker whose figures go to a run kept elsewhere; subclasses open, send and close it."""
 
     label = "hosted"  # the tracker's name in warnings
+    active = failed = False  # until start() opened the tracked run: finish() after a failed start does nothing
     record_file = "hosted_run.json"  # in the run directory: the tracked run's id, so a resume finds it
 
     def start(self, info: RunInfo) -> None:
@@ -77,7 +78,7 @@ class HostedTracker(Tracker):
 
     def guarded(self, action, *args) -> bool:
         """Run one tracker call; the first failure warns once and turns the tracker off."""
-        if getattr(self, "failed", False):
+        if self.failed:
             return False
         try:
             action(*args)
