@@ -117,6 +117,33 @@ def test_mlflow_run_continues_across_sigkills_and_resumes_with_each_step_once(tm
     assert {"config.yaml", "summary.json", "manifest.json", "model.safetensors"} <= artifacts
 
 
+def sent_steps(tracker) -> list[int]:
+    return [point.step for point in tracker.client.get_metric_history(tracker.run_id, "train/loss")]
+
+
+@pytest.mark.parametrize("checkpoint_every", ["7st", None])
+def test_figures_reach_mlflow_once_a_checkpoint_holds_them_or_at_once_without_checkpoints(tmp_path, checkpoint_every):
+    from mlrun.registry import trackers
+    from mlrun.tracking.base import RunInfo
+
+    run_dir = tmp_path / "runs" / "unit"
+    run_dir.mkdir(parents=True)
+    config = {"name": "unit", "output_dir": str(tmp_path / "runs"), "train": {"checkpoint_every": checkpoint_every}}
+    tracker = trackers.build("mlflow", system_metrics=False)
+    tracker.start(RunInfo(run_dir, config, total_steps=20, steps_per_epoch=10, start_step=0, is_main=True))
+    tracker.log({"train/loss": 1.0}, step=5, epoch=0.5)
+    if checkpoint_every is None:
+        assert sent_steps(tracker) == [5]
+        return
+    assert sent_steps(tracker) == []  # a resume could still log step 5 again
+    (run_dir / "checkpoints" / ".tmp-step-00000007").mkdir(parents=True)  # a checkpoint being written
+    tracker.log({"train/loss": 0.9}, step=6, epoch=0.6)
+    assert sent_steps(tracker) == []
+    (run_dir / "checkpoints" / ".tmp-step-00000007").rename(run_dir / "checkpoints" / "step-00000007")
+    tracker.log({"train/loss": 0.8}, step=10, epoch=1.0)
+    assert sent_steps(tracker) == [5, 6]
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -4,10 +4,11 @@ A resumed run starts again from its newest checkpoint, and the steps logged afte
 are logged again (metrics.jsonl drops its own copies of them). A tracking server cannot take
 points back (MLflow has no call that deletes metric history: mlflow#2973), so a hosted tracker
 sends a step's figures only once a checkpoint at or after that step exists: what it has sent is
-never logged again. At each start it also sends what metrics.jsonl holds up to the resumed step
-and the tracked run lacks (figures of a step the previous attempt checkpointed but had not sent
-yet, or sent while the server was down). The tracked run then holds every step once, with the
-values metrics.jsonl holds.
+never logged again. A run without periodic checkpoints (`train.checkpoint_every: null`) sends each
+figure at once: it resumes only from a checkpoint written where it stopped. At each start a
+tracker also sends what metrics.jsonl holds up to the resumed step and the tracked run lacks
+(figures of a step the previous attempt checkpointed but had not sent yet, or sent while the
+server was down). The tracked run then holds every step once, with the values metrics.jsonl holds.
 
 Trackers are observers (DESIGN §3): a call that fails (server unreachable, disk full) is reported
 once on stderr and the tracker is off for the rest of this attempt; training goes on.
@@ -50,6 +51,9 @@ class HostedTracker(Tracker):
         if not info.is_main:
             return
         self.info = info
+        # Without periodic checkpoints a resume can only start from where a signal stopped the run (a
+        # checkpoint at that step) or from scratch (a new tracked run): each figure can go at once.
+        self.live = not (info.config.get("train") or {}).get("checkpoint_every")
         self.active = self.guarded(self.open, info)
         if self.active:
             earlier = logged_figures(info.run_dir, info.start_step)
@@ -60,14 +64,14 @@ class HostedTracker(Tracker):
             return
         logged_at, held = self.pending.get(step, (time.time(), {}))
         self.pending[step] = (logged_at, {**held, **figures})  # a step's training and evaluation figures
-        self.release(checkpointed_step(self.info.run_dir))
+        self.release(step if self.live else checkpointed_step(self.info.run_dir))
 
     def finish(self, summary: dict[str, Any]) -> None:
         if not self.active:
             return
         # A completed or signalled run has a checkpoint at its last step; a crashed one sends up to
         # its newest checkpoint, and the rest when it resumes.
-        self.release(checkpointed_step(self.info.run_dir))
+        self.release(max(self.pending, default=0) if self.live else checkpointed_step(self.info.run_dir))
         self.guarded(self.close, summary)
         self.active = False
 
