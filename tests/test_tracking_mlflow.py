@@ -81,6 +81,12 @@ def test_mlflow_records_params_every_figure_tags_and_artifacts(tmp_path):
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "summary.json", "manifest.json", "model.safetensors"} <= artifacts
     assert (tmp_path / "runs" / "mlartifacts").is_dir()  # artifacts beside the database, not in the cwd
+    # `mlrun export` adds the exported model to the same MLflow run.
+    exported = run_cli("export", run_dir, "--format", "safetensors", "--json", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads(exported.stdout)["mlflow_artifacts"] == f"runs:/{run.info.run_id}/export/safetensors-none"
+    files = {item.path for item in client.list_artifacts(run.info.run_id, "export/safetensors-none")}
+    assert {"export/safetensors-none/model.safetensors", "export/safetensors-none/export.json"} <= files
 
 
 @pytest.mark.e2e

@@ -185,6 +185,30 @@ def log_params(client, run_id: str, params: dict[str, str]) -> None:
         client.log_batch(run_id, params=items[start : start + 100])
 
 
+def log_export(run_dir: Path, folder: Path) -> str | None:
+    """`mlrun export`: the exported folder as artifacts of the run's MLflow run (export/<folder name>).
+
+    Returns the artifacts' runs:/ URI, or None when the run has no MLflow run or mlflow is not
+    installed. A failure warns on stderr: the export itself is done and stays.
+    """
+    import importlib.util
+    import json
+    import sys
+
+    record_path = run_dir / RECORD
+    if not record_path.is_file() or importlib.util.find_spec("mlflow") is None:
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+        client = connect(record["tracking_uri"])
+        client.log_artifacts(record["run_id"], str(folder), artifact_path=f"export/{folder.name}")
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        print(f"mlrun: warning: the export was not logged to MLflow ({type(exc).__name__}: {reason})", file=sys.stderr)
+        return None
+    return f"runs:/{record['run_id']}/export/{folder.name}"
+
+
 def _tags(tags: dict[str, str]):
     from mlflow.entities import RunTag
 
