@@ -128,12 +128,13 @@ class MLflowTracker(HostedTracker):
         if self.monitor is not None:
             self.monitor.finish()
         run_dir = self.info.run_dir
-        files = ARTIFACTS + (WEIGHTS if self.weights else ())
-        for name in files:
-            if (run_dir / name).is_file():
-                self.client.log_artifact(self.run_id, str(run_dir / name))
-        self.client.set_tag(self.run_id, "mlrun.status", summary["status"])
-        self.client.set_terminated(self.run_id, STATUS.get(summary["status"], "FAILED"))
+        try:
+            for name in ARTIFACTS + (WEIGHTS if self.weights else ()):
+                if (run_dir / name).is_file():
+                    self.client.log_artifact(self.run_id, str(run_dir / name))
+        finally:  # an upload that fails (a full artifact store) still ends the run with its status
+            self.client.set_tag(self.run_id, "mlrun.status", summary["status"])
+            self.client.set_terminated(self.run_id, STATUS.get(summary["status"], "FAILED"))
 
 
 def connect(uri: str):
@@ -146,6 +147,9 @@ def connect(uri: str):
 
     if not os.environ.get("MLFLOW_LOGGING_LEVEL"):  # database set-up, system monitor start/stop
         logging.getLogger("mlflow").setLevel(logging.WARNING)
+        # The system monitor stops at its first failed call with a warning of its own; the tracker's
+        # warning is the one a failure prints.
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
     return MlflowClient(tracking_uri=uri)
 
 
