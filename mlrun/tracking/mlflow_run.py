@@ -231,8 +231,7 @@ def mlflow(
     """MLflow: params, every figure by step, system metrics, tags and artifacts, one run across resumes.
 
     Args:
-        uri: tracking URI (a server's http://..., a sqlite:///... database); default MLFLOW_TRACKING_URI,
-            else sqlite:///<output_dir>/mlflow.db.
+        uri: http://host:port or sqlite:///file.db; default MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db.
         experiment: experiment name; default MLFLOW_EXPERIMENT_NAME, else the config's name.
         system_metrics: log CPU, memory, disk, network and GPU use every 10 s (MLflow's system metrics).
         weights: log model.safetensors (and best.safetensors) as artifacts at the end.
