@@ -125,5 +125,21 @@ def test_hosted_tracker_without_its_package_says_what_to_install(tmp_path, track
     assert_usage_error(
         run_cli("validate", config, f"tracking=[{tracker}]", cwd=tmp_path),
         f"tracker '{tracker}' needs the {package} package",
-        f"pip install {package}",
+        f"pip install 'mlrun[{package}]'",
     )
+
+
+@pytest.mark.parametrize("tracker", ["wandb", "mlflow"])
+def test_hosted_tracker_whose_package_is_missing_names_its_extra(monkeypatch, tracker):
+    """The same message where the package is installed: its absence is simulated in-process."""
+    import importlib.util
+
+    from mlrun.errors import UsageError
+    from mlrun.registry import trackers
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == tracker else real(name, *a))
+    with pytest.raises(
+        UsageError, match=rf"tracker '{tracker}' needs the {tracker} package: pip install 'mlrun\[{tracker}\]'"
+    ):
+        trackers.build(tracker)

@@ -141,7 +141,7 @@ ALLOWED_IMPORTS = {
     },
     "export": {"config", "data", "errors", "metrics", "models", "registry"},
     "profiling": {"config", "data", "energy", "engine", "errors", "memory"},
-    "tuning": {"callbacks", "config", "engine", "errors"},
+    "tuning": {"callbacks", "config", "engine", "errors", "tracking"},  # tracking: the study's MLflow run
     "reporting": {"errors"},
     "prediction": {"config", "data", "engine", "errors", "export", "models"},
     # engine: fine-tuning runs the training loop; techniques: masks and tied weights of the stages.

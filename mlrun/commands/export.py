@@ -68,6 +68,10 @@ def run_export(
             print(f"mlrun: warning: {slower}", file=sys.stderr)
             info["notes"].append(slower)
         (folder / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+    from mlrun.tracking.mlflow_run import log_export
+
+    if logged := log_export(run_dir, folder):  # the run was tracked to MLflow: the model joins its run
+        info["mlflow_artifacts"] = logged
     if json_output:
         print_json(info)
     else:
@@ -240,6 +244,8 @@ def verify_artifact(trained, fmt: str, folder: Path, info: dict) -> dict:
 
 def print_report(info: dict, folder: Path) -> None:
     print(f"mlrun: exported {info['format']} ({info['quantize']}) to {folder / info['file']}")
+    if info.get("mlflow_artifacts"):
+        print(f"  logged to the run's MLflow run: {info['mlflow_artifacts']}")
     for note in info["notes"]:
         print(f"  note: {note}")
     v = info.get("verification")

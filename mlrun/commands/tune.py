@@ -47,8 +47,14 @@ def run_tune(
     tune_dir.mkdir(parents=True, exist_ok=True)
     if tune.strategy == "pbt":
         from mlrun.tuning.pbt import run_pbt
+        from mlrun.tuning.tracked import open_study_run
 
+        study_run = open_study_run(config, tune_dir, f"{config.name} pbt")
         report = run_pbt(path, overrides, config, tune_dir)
+        if study_run is not None:
+            leader = {"number": report["best_member"], "params": report["best_params"]}
+            final = {m["id"]: m["value"] for m in report["rounds"][-1]["members"]}
+            study_run.finish(final, {"best": {**leader, "value": final[leader["number"]]}}, tune.metric)
         if json_output:
             print_json(report)
         else:
@@ -85,7 +91,7 @@ def run_study(path, overrides, config, tune_dir, trials, timeout, storage, study
     main = processes.is_main_process
     if main and not worker and (note := warn_small_generation(tune.sampler, trials)):
         print(f"mlrun: warning: {note}", file=sys.stderr, flush=True)
-    study, store_text = None, None
+    study, store_text, study_run = None, None, None
     if main:  # under several processes only rank 0 talks to the storage
         store, store_text = make_storage(storage, tune_dir, workers)
         study = optuna.create_study(
@@ -96,12 +102,16 @@ def run_study(path, overrides, config, tune_dir, trials, timeout, storage, study
             direction=tune.direction,
             load_if_exists=True,
         )
+    if main and not worker:  # before workers start: they read the trials' trackers it writes
+        from mlrun.tuning.tracked import open_study_run
+
+        study_run = open_study_run(config, tune_dir, study_name)
     if processes.num_processes > 1:
         from mlrun.tuning.distributed import run_distributed_trials
 
         run_distributed_trials(path, overrides, tune, tune_dir, trials, study)
         if main:
-            _report(study, path, overrides, tune, tune_dir, json_output)
+            _finish_study_run(study_run, study, _report(study, path, overrides, tune, tune_dir, json_output), tune)
         return
     ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
     helpers = [] if worker else _start_workers(path, overrides, trials, timeout, store_text, study_name, workers - 1)
@@ -127,7 +137,13 @@ def run_study(path, overrides, config, tune_dir, trials, timeout, storage, study
     for helper in helpers:
         helper.wait()
     if not worker:
-        _report(study, path, overrides, tune, tune_dir, json_output)
+        _finish_study_run(study_run, study, _report(study, path, overrides, tune, tune_dir, json_output), tune)
+
+
+def _finish_study_run(study_run, study, summary: dict, tune) -> None:
+    if study_run is not None:
+        values = {trial.number: trial.value for trial in study.trials if trial.value is not None}
+        study_run.finish(values, summary, tune.metric)
 
 
 def _training_processes():
@@ -163,7 +179,7 @@ def _start_workers(path, overrides, trials, timeout, storage, study_name, count)
     ]
 
 
-def _report(study, path, overrides, tune, tune_dir, json_output) -> None:
+def _report(study, path, overrides, tune, tune_dir, json_output) -> dict:
     import optuna
 
     from mlrun.tuning import report
@@ -181,7 +197,7 @@ def _report(study, path, overrides, tune, tune_dir, json_output) -> None:
         summary["plots"] = report.write_plots(study, tune_dir, bool(summary["importances"]))
     if json_output:
         print_json(summary)
-        return
+        return summary
     print(
         f"mlrun: {summary['trials']} trials: {counts['complete']} complete, {counts['pruned']} pruned, "
         f"{counts['fail']} failed"
@@ -193,3 +209,4 @@ def _report(study, path, overrides, tune, tune_dir, json_output) -> None:
             f"mlrun: wrote {tune_dir / 'best.yaml'} (train it: mlrun train {tune_dir / 'best.yaml'}), "
             f"trials.csv, {', '.join(summary['plots']) or 'no plots'}"
         )
+    return summary

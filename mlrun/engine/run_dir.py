@@ -74,6 +74,7 @@ def manifest(world_size: int, device: str, precision: str, effective_batch: int,
             "accelerate": accelerate.__version__,
         },
         "git_sha": _git_sha(),
+        "git_dirty": _git_dirty(),
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "device": device,
@@ -90,6 +91,17 @@ def _git_sha() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _git_dirty() -> bool | None:
+    """Whether tracked files differ from the commit (untracked files, like the run folders, do not count)."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
 
 
 def peak_memory_measure(device_type: str) -> str:

@@ -1,3 +1,3 @@
 """Trackers (registry `trackers`): console, jsonl (always on), tensorboard, wandb, mlflow."""
 
-from mlrun.tracking import console, hosted, jsonl, tensorboard  # noqa: F401
+from mlrun.tracking import console, jsonl, mlflow_run, tensorboard, wandb_run  # noqa: F401

@@ -12,6 +12,8 @@ METRICS_FILE = "metrics.jsonl"
 
 
 class JsonLines(Tracker):
+    file = None  # until start(): finish() after another tracker's failed start must not hide that failure
+
     def start(self, info: RunInfo) -> None:
         self.file = None
         if not info.is_main:

@@ -12,6 +12,7 @@ from mlrun.config.load import load_config
 from mlrun.config.schema import TuneConfig
 from mlrun.errors import UsageError
 from mlrun.tuning.space import as_override, suggest
+from mlrun.tuning.tracked import trial_tracking
 
 
 def broadcast(value: Any) -> Any:
@@ -50,14 +51,14 @@ class PruningReporter(Callback):
 
 
 def trial_overrides(overrides: list[str], params: dict[str, Any], name: str, output_dir: Path) -> list[str]:
-    """The overrides of one run: the user's, the sampled values, its own folder, quiet tracking."""
+    """The overrides of one run: the user's, the sampled values, its own folder, the study's tracking."""
     return [
         *overrides,
         *(as_override(k, v) for k, v in params.items()),
         f"name={name}",
         f"output_dir={output_dir}",
         "tune=null",
-        "tracking=[jsonl]",
+        trial_tracking(output_dir),
     ]
 
 

@@ -23,6 +23,7 @@ from mlrun.config.schema import ExperimentConfig
 from mlrun.engine.checkpoint import CHECKPOINTS, latest_checkpoint
 from mlrun.tuning.objective import figure
 from mlrun.tuning.space import as_override, perturb, sample
+from mlrun.tuning.tracked import trial_tracking
 
 
 class StopAt(Callback):
@@ -105,7 +106,7 @@ def _train_round(path, overrides, member, folder: Path, total: int, target: int,
         f"name=member-{member['id']:02d}",
         f"output_dir={folder}",
         "tune=null",
-        "tracking=[jsonl]",
+        trial_tracking(folder.parent),  # the study's trackers, members as its children
         f"train.max_steps={total}",
         "train.early_stopping=null",
         "train.checkpoint_every=null",
