@@ -176,6 +176,11 @@ def make_accelerator(config: ExperimentConfig):
         torch.use_deterministic_algorithms(True)
     from mlrun.engine.parallel import accelerator_kwargs
 
+    if config.distributed.strategy == "fsdp":
+        from mlrun.engine.fsdp import check_settings
+
+        check_settings(config.distributed, train.precision)
+
     return Accelerator(
         **accelerator_kwargs(config.distributed),
         cpu=not torch.cuda.is_available(),  # lets torchrun / accelerate launch form a gloo group on CPUs
