@@ -18,6 +18,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from mlrun.engine.allocation import write_allocation
 from mlrun.errors import UsageError
 
 CHECKPOINTS = "checkpoints"
@@ -51,8 +52,9 @@ class CheckpointWriter:
     folder, so a kill mid-write leaves the previous checkpoint the newest whole one.
     """
 
-    def __init__(self, accelerator: Accelerator, run_dir: Path, keep: int, dcp_state=None):
+    def __init__(self, accelerator: Accelerator, run_dir: Path, keep: int, allocation, dcp_state=None):
         self.accelerator, self.run_dir, self.keep, self.dcp_state = accelerator, run_dir, keep, dcp_state
+        self.allocation = allocation  # processes, batch and accumulation, so a resume can keep the global batch
         self.pending: tuple[Path, Path] | None = None  # (temporary folder, final name) of an unfinished write
 
     def save(self, step: int) -> Path:
@@ -64,6 +66,7 @@ class CheckpointWriter:
             for stale in final.parent.glob(".tmp-*"):
                 shutil.rmtree(stale, ignore_errors=True)
             tmp.mkdir(parents=True)
+            write_allocation(tmp, self.allocation)
         accelerator.wait_for_everyone()
         with _model_left_out(accelerator, self.dcp_state is not None):
             accelerator.save_state(str(tmp))  # model, optimizer, scaler, every RNG, registered objects

@@ -9,6 +9,7 @@ DCP reshards on load, so such a checkpoint resumes on any number of processes (m
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -56,9 +57,11 @@ class DcpState:
 
         folder = str(checkpoint / STATE_FOLDER)
         if self.asynchronous:
-            self.pending = dcp.async_save(self._state(), checkpoint_id=folder, process_group=self.group)
+            self.pending = dcp.async_save(
+                self._state(), checkpoint_id=folder, process_group=self.group, no_dist=not _distributed()
+            )
         else:
-            dcp.save(self._state(), checkpoint_id=folder)
+            dcp.save(self._state(), checkpoint_id=folder, no_dist=not _distributed())
 
     def wait(self) -> None:
         """Block until the background write (if any) is on disk."""
@@ -71,5 +74,15 @@ class DcpState:
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
         state = self._state()  # the tensors to load into, sharded as this run shards them
-        dcp.load(state, checkpoint_id=str(checkpoint / STATE_FOLDER))
+        dcp.load(state, checkpoint_id=str(checkpoint / STATE_FOLDER), no_dist=not _distributed())
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+# One process (a run under fsdp that goes on alone) is a case DCP handles; it still warns each call.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()

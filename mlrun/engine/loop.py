@@ -21,6 +21,7 @@ from safetensors.torch import save_file, save_model
 
 from mlrun.config.schema import Duration
 from mlrun.data.batch import batch_len
+from mlrun.engine.allocation import of_config
 from mlrun.engine.batches import to_device
 from mlrun.engine.build import Components
 from mlrun.engine.callbacks import EarlyStopping, improved
@@ -51,7 +52,9 @@ class TrainingLoop:
         self.loader, self.sampler, self.val_loader = prepared.loader, prepared.sampler, prepared.val_loader
         self.direct, self.sharded = prepared.direct, prepared.sharded
         self.dcp_state = dcp_state_for_run(self.model, parts.optimizer, self.config, self.sharded)
-        self.checkpoints = CheckpointWriter(accelerator, run_dir, self.train_cfg.keep_checkpoints, self.dcp_state)
+        allocation = of_config(self.config, accelerator.num_processes)
+        keep = self.train_cfg.keep_checkpoints
+        self.checkpoints = CheckpointWriter(accelerator, run_dir, keep, allocation, self.dcp_state)
         # Everything a resume needs beyond model/optimizer/scaler/RNG, which Accelerate saves itself:
         # one object, callbacks by name, so a resume may add or drop a technique.
         self.saved, self.resumed = SavedState(self.state, parts.schedule, self.callbacks), False
