@@ -57,9 +57,7 @@ class DcpState:
 
         folder = str(checkpoint / STATE_FOLDER)
         if self.asynchronous:
-            self.pending = dcp.async_save(
-                self._state(), checkpoint_id=folder, process_group=self.group, no_dist=not _distributed()
-            )
+            self.pending = dcp.async_save(self._state(), checkpoint_id=folder, process_group=self.group)
         else:
             dcp.save(self._state(), checkpoint_id=folder, no_dist=not _distributed())
 
