@@ -17,8 +17,6 @@ from safetensors.torch import load_file
 from tests.conftest import REPO, run_cli, tiny_config, write_config
 from tests.test_distributed import free_port, launch
 
-pytestmark = pytest.mark.e2e
-
 DRY_RUN_IDS = [0, 1, 2, 3]  # the samples the pre-training dry run fetches (mlrun.engine.dry_run)
 
 
@@ -64,6 +62,7 @@ def served(tmp_path: Path, name: str, processes: int) -> list[list[int]]:
     return [batch for group in zip(*per_rank) for batch in group]
 
 
+@pytest.mark.e2e
 def test_fsdp_two_processes_shard_every_parameter_and_train_like_ddp(tmp_path):
     fsdp = train(tmp_path, config("fsdp", tmp_path))
     assert fsdp.returncode == 0, why(fsdp)
@@ -87,6 +86,7 @@ def test_fsdp_two_processes_shard_every_parameter_and_train_like_ddp(tmp_path):
     assert exported.returncode == 0, exported.stderr
 
 
+@pytest.mark.e2e
 def test_fsdp_resume_after_sigkill_is_bit_identical(tmp_path):
     def probe(name: str, **model) -> dict:
         c = config(name, tmp_path, checkpoint_every="3st")  # 8 steps an epoch: mid-epoch checkpoints
@@ -106,6 +106,7 @@ def kill_after(step: int, armed: Path) -> list[dict]:
     return [{"name": "tests.fixtures:kill_at_step", "step": step, "armed_file": str(armed)}]
 
 
+@pytest.mark.e2e
 def test_two_process_fsdp_run_goes_on_with_one_process_on_the_same_samples(tmp_path):
     straight = config("straight", tmp_path, checkpoint_every="4st")
     assert train(tmp_path, straight).returncode == 0
@@ -128,6 +129,7 @@ def test_two_process_fsdp_run_goes_on_with_one_process_on_the_same_samples(tmp_p
     assert "grad_accum_steps: 1" in (tmp_path / "runs/cut/config.yaml").read_text()  # the run's own setting
 
 
+@pytest.mark.e2e
 def test_one_process_ddp_run_goes_on_with_two_processes_on_the_same_samples(tmp_path):
     # One process with accumulation 2 is a global batch of 64: two processes keep it with accumulation 1.
     def one(name: str) -> dict:
@@ -146,6 +148,7 @@ def test_one_process_ddp_run_goes_on_with_two_processes_on_the_same_samples(tmp_
     assert max_difference(weights(tmp_path, "straight"), weights(tmp_path, "cut")) <= 1e-5
 
 
+@pytest.mark.e2e
 def test_resume_on_a_process_count_that_cannot_keep_the_global_batch_exits_2_with_the_options(tmp_path):
     c = config("odd", tmp_path, strategy="ddp", max_steps=2, checkpoint_every="2st")
     c["data"] = {**c["data"], "batch_size": 5}  # a global batch of 5 on one process
@@ -181,6 +184,7 @@ def two_nodes(tmp_path: Path, path: Path, timeout: float = 300) -> list[subproce
     return [subprocess.CompletedProcess(command, n.returncode, out, err) for n, (out, err) in zip(nodes, outputs)]
 
 
+@pytest.mark.e2e
 def test_two_nodes_train_to_the_weights_of_one_node_with_two_processes(tmp_path):
     assert train(tmp_path, config("one-node", tmp_path)).returncode == 0
     path = write_config(tmp_path, config("two-nodes", tmp_path), "two-nodes.yaml")
@@ -190,6 +194,7 @@ def test_two_nodes_train_to_the_weights_of_one_node_with_two_processes(tmp_path)
     assert json.loads((tmp_path / "runs/two-nodes/manifest.json").read_text())["world_size"] == 2
 
 
+@pytest.mark.e2e
 def test_async_checkpoint_killed_before_its_write_is_committed_leaves_the_previous_one_resumable(tmp_path):
     def run(name: str) -> dict:
         c = config(name, tmp_path, checkpoint_every="2st", checkpoint_async=True)
@@ -211,6 +216,7 @@ def test_async_checkpoint_killed_before_its_write_is_committed_leaves_the_previo
     assert all(torch.equal(a[k], b[k]) for k in a)  # the background writes held the state of their step
 
 
+@pytest.mark.e2e
 def test_fsdp_settings_it_cannot_honour_exit_2(tmp_path):
     c = config("bad", tmp_path)
     c["distributed"] = {"strategy": "fsdp", "fsdp_sharding": "no_shard"}
@@ -226,3 +232,31 @@ def test_choose_keeps_the_per_process_batch_then_the_accumulation():
     assert choose(Allocation(1, 32, 2), 2) == Allocation(2, 32, 1)
     assert choose(Allocation(1, 32, 1), 2) == Allocation(2, 16, 1)  # accumulation 1 cannot halve: the batch does
     assert choose(Allocation(1, 5, 1), 2) is None
+
+
+def test_fsdp_on_a_model_without_blocks_shards_it_as_one_unit_with_a_warning(capsys):
+    # In this process, a gloo group of one: fully_shard needs a group, not a second process.
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from torch import nn
+    from torch.distributed.tensor import DTensor
+
+    from mlrun.config.schema import DistributedConfig
+    from mlrun.engine.fsdp import shard_model
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+        device = SimpleNamespace(device=torch.device("cpu"))
+        shard_model(model, optimizer, DistributedConfig(strategy="fsdp"), "fp32", device)
+        assert "declares no `blocks`, so it is sharded as one unit" in capsys.readouterr().err
+        assert all(isinstance(p, DTensor) for p in model.parameters())
+        assert optimizer.param_groups[0]["params"][0] is model[0].weight  # the optimizer steps the shards
+        before = model[0].weight.full_tensor().clone()
+        model(torch.randn(3, 4)).sum().backward()
+        optimizer.step()
+        assert not torch.equal(before, model[0].weight.full_tensor())
+    finally:
+        dist.destroy_process_group()
