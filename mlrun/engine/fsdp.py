@@ -134,14 +134,15 @@ def accumulating(accelerator):
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The unsharded weights on the main process (every process must call it: it gathers); {} elsewhere.
 
-    Tied parameters appear once, under their first name, as safetensors' save_model writes them.
+    Tied parameters appear once, under the alphabetically first name, as safetensors' save_model keeps them.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    seen: set[int] = set()
+    tied: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
-        if id(param) in seen:
+        tied.setdefault(id(param), []).append(name)
+    for names in tied.values():
+        for name in sorted(names)[1:]:
             state.pop(name, None)
-        seen.add(id(param))
     return {name: tensor.contiguous() for name, tensor in state.items()}

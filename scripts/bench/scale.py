@@ -52,7 +52,7 @@ def overrides(args, out: Path, name: str) -> list[str]:
         f"train.max_steps={args.steps}",
         "train.epochs=null",
         f"train.checkpoint_every={args.checkpoint_every}st",
-        "train.eval_every=null",
+        f"train.eval_every={args.steps}st",
         "train.best=null",
         f"train.log_every={args.steps}st",
         "tracking=[jsonl]",
@@ -189,7 +189,7 @@ def main() -> int:
     block_ratio = rows["fsdp-async"]["checkpoint_block_s"] / rows["fsdp"]["checkpoint_block_s"]
     params = rows["single"]["by_kind"]["params"] // 4
     print(f"GPT {args.layers} layers x {args.width}: {params / 1e6:.1f}M parameters, {args.steps} steps, batch 8")
-    print("| case | procs | params MB | grads MB | optimizer MB | state MB/proc | peak RSS MB | s/step | ckpt block s |")
+    print("| case | procs | params MB | grads MB | optim MB | state MB/proc | peak RSS MB | s/step | ckpt block s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for case, row in rows.items():
         kinds = row["by_kind"]
