@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,9 @@ def test_fsdp_two_processes_shard_every_parameter_and_train_like_ddp(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr
     final = json.loads((tmp_path / "runs/fsdp/summary.json").read_text())["final"]
     assert json.loads(evaluated.stdout)["metrics"]["val/accuracy"] == pytest.approx(final["val/accuracy"])
+    checkpoint_eval = run_cli("eval", "runs/fsdp", "--checkpoint", str(checkpoint.parent), "--json", cwd=tmp_path)
+    assert checkpoint_eval.returncode == 0, checkpoint_eval.stderr  # the shards of the last checkpoint, read whole
+    assert json.loads(checkpoint_eval.stdout)["metrics"] == json.loads(evaluated.stdout)["metrics"]
     exported = run_cli("export", "runs/fsdp", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
 
@@ -260,3 +264,26 @@ def test_fsdp_on_a_model_without_blocks_shards_it_as_one_unit_with_a_warning(cap
         assert not torch.equal(before, model[0].weight.full_tensor())
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.e2e
+def test_sigterm_during_async_checkpoints_exits_with_a_whole_checkpoint(tmp_path):
+    from tests.conftest import start_cli
+    from tests.test_train import wait_for
+
+    c = tiny_config(name="sig", model={"name": "tests.fixtures:slow_mlp", "sleep_s": 0.02})
+    c["train"] = {**c["train"], "epochs": 50, "log_every": "1st", "checkpoint_every": "2st", "checkpoint_async": True}
+    process = start_cli("train", write_config(tmp_path, c), cwd=tmp_path)
+    run = tmp_path / "runs" / "sig"
+    wait_for(run / "checkpoints", process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    done = json.loads((run / "summary.json").read_text())
+    newest = run / "checkpoints" / f"step-{done['steps']:08d}"  # the stop's own checkpoint, written and renamed
+    assert done["last_checkpoint"] == str(Path("runs/sig/checkpoints") / newest.name)
+    assert (newest / "model_optimizer" / ".metadata").is_file()
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+    longer = f"train.max_steps={done['steps'] + 2}"
+    again = run_cli("train", write_config(tmp_path, c), longer, "--allow-config-change", cwd=tmp_path)
+    assert again.returncode == 0 and f"resumed at step {done['steps']}" in again.stdout, again.stderr

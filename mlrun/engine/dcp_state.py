@@ -76,6 +76,19 @@ class DcpState:
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 
+def load_dcp_weights(model: nn.Module, checkpoint: Path) -> tuple[list[str], list[str]]:
+    """The model's weights from a checkpoint's DCP shards, in one process (eval, export of a checkpoint)."""
+    import torch.distributed.checkpoint as dcp
+
+    state = {"model": model.state_dict()}
+    try:
+        dcp.load(state, checkpoint_id=str(checkpoint / STATE_FOLDER), no_dist=not _distributed())
+    except Exception as exc:  # DCP names the keys it cannot find or fit
+        return [str(exc).splitlines()[0]], []
+    result = model.load_state_dict(state["model"], strict=False)
+    return result.missing_keys, result.unexpected_keys
+
+
 # One process (a run under fsdp that goes on alone) is a case DCP handles; it still warns each call.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
