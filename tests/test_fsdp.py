@@ -221,12 +221,16 @@ def test_async_checkpoint_killed_before_its_write_is_committed_leaves_the_previo
 
 
 @pytest.mark.e2e
-def test_fsdp_settings_it_cannot_honour_exit_2(tmp_path):
+def test_settings_that_cannot_be_honoured_exit_2(tmp_path):
     c = config("bad", tmp_path)
     c["distributed"] = {"strategy": "fsdp", "fsdp_sharding": "no_shard"}
     result = run_cli("train", write_config(tmp_path, c), cwd=tmp_path)
     assert result.returncode == 2
     assert "no_shard keeps a whole copy per process: use strategy: ddp" in result.stderr
+    c["distributed"] = {"strategy": "pipeline"}
+    c["train"]["checkpoint_async"] = True
+    result = run_cli("train", write_config(tmp_path, c), cwd=tmp_path)
+    assert result.returncode == 2 and "set train.checkpoint_async: false" in result.stderr
 
 
 def test_choose_keeps_the_per_process_batch_then_the_accumulation():

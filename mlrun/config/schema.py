@@ -247,7 +247,8 @@ class TrainConfig(Section):
     """Newest checkpoints to keep on disk (best.safetensors, when kept, is a separate file)."""
     checkpoint_async: bool = False
     """Write model and optimizer state in a background thread (torch.distributed.checkpoint.async_save):
-    training goes on after a copy in memory; the next checkpoint waits for the previous one."""
+    training goes on after a copy in memory; the next checkpoint waits for the previous one. One process,
+    ddp or fsdp (pipeline and deepspeed: refused)."""
     best: Monitor | None = None
     """Keep best.safetensors for the best value of this figure, e.g. {monitor: val/accuracy, mode: max}."""
     early_stopping: EarlyStopping | None = None

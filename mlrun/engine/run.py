@@ -196,6 +196,11 @@ def make_accelerator(config: ExperimentConfig):
         torch.use_deterministic_algorithms(True)
     from mlrun.engine.parallel import accelerator_kwargs
 
+    if train.checkpoint_async and config.distributed.strategy in ("pipeline", "deepspeed"):
+        raise UsageError(
+            f"train.checkpoint_async: the {config.distributed.strategy} strategy writes its own checkpoints, "
+            "which mlrun cannot write in the background; set train.checkpoint_async: false"
+        )
     if config.distributed.strategy == "fsdp":
         from mlrun.engine.fsdp import check_settings
 
