@@ -65,7 +65,11 @@ def served(tmp_path: Path, name: str, processes: int) -> list[list[int]]:
 
 @pytest.mark.e2e
 def test_fsdp_two_processes_shard_every_parameter_and_train_like_ddp(tmp_path):
-    fsdp = train(tmp_path, config("fsdp", tmp_path))
+    sharded = config("fsdp", tmp_path)
+    # CPU offload takes FSDP2's CPUOffloadPolicy path (on CPU processes the state already lives there);
+    # the other tests here run without it.
+    sharded["distributed"]["fsdp_cpu_offload"] = True
+    fsdp = train(tmp_path, sharded)
     assert fsdp.returncode == 0, why(fsdp)
     ddp = train(tmp_path, config("ddp", tmp_path, strategy="ddp"))
     assert ddp.returncode == 0, why(ddp)
