@@ -234,3 +234,27 @@ def count_steps(model: nn.Module, /, *, count_file: str):
                 file.write(str(self.seen))
 
     return CountSteps()
+
+
+class _RecordingArrays(torch.utils.data.Dataset):
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, ids_file: str):
+        self.inputs, self.targets, self.ids_file = inputs, targets, ids_file
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitems__(self, indices):
+        index = torch.as_tensor(indices)
+        with open(f"{self.ids_file}.{os.environ.get('RANK', '0')}", "a") as f:
+            f.write(json.dumps(index.tolist()) + "\n")
+        return self.inputs[index], self.targets[index]
+
+
+def recording_data(seed: int, /, *, ids_file: str):
+    """Test dataset: synthetic classification whose training split appends the sample ids of every batch
+    it serves to `<ids_file>.<rank>`, one JSON list a line."""
+    from mlrun.data.synthetic import synthetic
+
+    bundle = synthetic(seed, num_samples=640, num_features=16)
+    bundle.train = _RecordingArrays(bundle.train.inputs, bundle.train.targets, ids_file)
+    return bundle

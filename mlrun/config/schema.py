@@ -245,6 +245,10 @@ class TrainConfig(Section):
     """How often to write a resumable checkpoint; null only at the end."""
     keep_checkpoints: PositiveInt = 2
     """Newest checkpoints to keep on disk (best.safetensors, when kept, is a separate file)."""
+    checkpoint_async: bool = False
+    """Write model and optimizer state in a background thread (torch.distributed.checkpoint.async_save):
+    training goes on after a copy in memory; the next checkpoint waits for the previous one. One process,
+    ddp or fsdp (pipeline and deepspeed: refused)."""
     best: Monitor | None = None
     """Keep best.safetensors for the best value of this figure, e.g. {monitor: val/accuracy, mode: max}."""
     early_stopping: EarlyStopping | None = None
@@ -410,16 +414,23 @@ class DistributedConfig(Section):
     """How several processes share the work (under torchrun or accelerate launch; one process ignores it)."""
 
     strategy: Literal["auto", "ddp", "fsdp", "deepspeed", "pipeline"] = "auto"
-    """auto (DDP for several processes) | ddp | fsdp (GPUs) | deepspeed (when installed) | pipeline (one
-    stage of model.blocks per process, torch.distributed.pipelining)."""
+    """auto (DDP for several processes) | ddp | fsdp (FSDP2: each of model.blocks, then the root, sharded
+    over the processes; GPUs and CPU processes alike) | deepspeed (when installed) | pipeline (one stage of
+    model.blocks per process, torch.distributed.pipelining)."""
     find_unused_parameters: bool = False
     """ddp: let some parameters receive no gradient in a step (slower)."""
     fsdp_sharding: Literal["full_shard", "shard_grad_op", "hybrid_shard", "no_shard"] = "full_shard"
-    """fsdp: what is sharded: parameters, gradients and optimizer state (full_shard) or less."""
+    """fsdp: full_shard (parameters, gradients, optimizer state; reshard_after_forward: true) | shard_grad_op
+    (parameters stay gathered from forward to backward; reshard_after_forward: false) | hybrid_shard (shard
+    within a node, replicate across nodes) | no_shard (refused: that is ddp)."""
+    fsdp_param_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """fsdp: dtype parameters are gathered and computed in (the mixed precision policy); auto: train.precision."""
+    fsdp_reduce_dtype: Literal["fp32", "bf16"] = "fp32"
+    """fsdp: dtype gradients are reduce-scattered in (fp32 keeps the sum over processes exact to fp32)."""
     fsdp_cpu_offload: bool = False
-    """fsdp: keep parameters and optimizer state in CPU memory between uses."""
+    """fsdp: keep sharded parameters, gradients and optimizer state in CPU memory; the optimizer steps on the CPU."""
     fsdp_activation_checkpointing: bool = False
-    """fsdp: checkpoint activations of every wrapped block (FSDP's own implementation)."""
+    """fsdp: refused (FSDP2 has none of its own); use techniques: [activation_checkpointing]."""
     deepspeed_zero_stage: Annotated[int, Field(ge=0, le=3)] = 2
     """deepspeed: ZeRO stage (1 optimizer state, 2 + gradients, 3 + parameters)."""
     pipeline_schedule: Literal["gpipe", "1f1b"] = "gpipe"

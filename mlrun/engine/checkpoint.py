@@ -8,6 +8,7 @@ over by `--resume auto` for the newest complete one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from mlrun.engine.allocation import write_allocation
 from mlrun.errors import UsageError
 
 CHECKPOINTS = "checkpoints"
@@ -41,26 +43,91 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: int) -> Path:
-    final = checkpoint_dir(run_dir, step)
-    tmp = final.with_name(f".tmp-{final.name}")
-    if accelerator.is_main_process:
-        for stale in final.parent.glob(".tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # model, optimizer, scaler, every RNG, registered objects
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        _record_sizes(tmp)
-        _fsync_tree(tmp)
-        os.replace(tmp, final)  # atomic: the checkpoint appears complete or not at all
-        for old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
+class CheckpointWriter:
+    """Writes `step-N` checkpoints: Accelerate's files (RNG, the loop's state; model and optimizer unless
+    `dcp_state` takes them), then the model and optimizer through DCP (mlrun.engine.dcp_state).
+
+    With an asynchronous DcpState the rename to `step-N` waits for the background write: `flush()`
+    runs at the next save, at the end and on a stop signal. Until then the checkpoint is a `.tmp-*`
+    folder, so a kill mid-write leaves the previous checkpoint the newest whole one.
+    """
+
+    def __init__(self, accelerator: Accelerator, run_dir: Path, keep: int, allocation, dcp_state=None):
+        self.accelerator, self.run_dir, self.keep, self.dcp_state = accelerator, run_dir, keep, dcp_state
+        self.allocation = allocation  # processes, batch and accumulation, so a resume can keep the global batch
+        self.pending: tuple[Path, Path] | None = None  # (temporary folder, final name) of an unfinished write
+
+    def save(self, step: int) -> Path:
+        accelerator = self.accelerator
+        self.flush()  # the previous checkpoint completes first: one write at a time
+        final = checkpoint_dir(self.run_dir, step)
+        tmp = final.with_name(f".tmp-{final.name}")
+        if accelerator.is_main_process:
+            for stale in final.parent.glob(".tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            write_allocation(tmp, self.allocation)
+        accelerator.wait_for_everyone()
+        with _model_left_out(accelerator, self.dcp_state is not None):
+            accelerator.save_state(str(tmp))  # model, optimizer, scaler, every RNG, registered objects
+        if self.dcp_state is not None:
+            self.dcp_state.save(tmp)
+        self.pending = (tmp, final)
+        if self.dcp_state is None or not self.dcp_state.asynchronous:
+            self.flush()
+        return final
+
+    def flush(self) -> None:
+        """Wait for the checkpoint being written (if any) and rename it to its final name."""
+        if self.pending is None:
+            return
+        (tmp, final), self.pending = self.pending, None
+        if self.dcp_state is not None:
+            self.dcp_state.wait()
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            _record_sizes(tmp)
+            _fsync_tree(tmp)
+            os.replace(tmp, final)  # atomic: the checkpoint appears complete or not at all
+            for old in list_checkpoints(self.run_dir)[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    def load(self, checkpoint: Path, dcp_state_for) -> None:
+        """Restore everything `checkpoint` holds; `dcp_state_for()` gives the DcpState to read its DCP part."""
+        from mlrun.engine.dcp_state import has_dcp_state
+
+        sharded = has_dcp_state(checkpoint)
+        if not sharded and self.dcp_state is not None and self.dcp_state.sharded:
+            raise UsageError(
+                f"checkpoint '{checkpoint}' holds whole weights (written by a run without distributed.strategy: "
+                "fsdp); resume it with the strategy it was written with"
+            )
+        with _model_left_out(self.accelerator, sharded):
+            self.accelerator.load_state(str(checkpoint))
+        if sharded:
+            dcp_state_for().load(checkpoint)
+
+
+@contextlib.contextmanager
+def _model_left_out(accelerator: Accelerator, left_out: bool):
+    """Accelerate's save_state/load_state without the model and optimizer: DCP handles those.
+
+    Accelerate offers a hook to skip saving models but none for optimizers, so its lists of
+    prepared objects are emptied for the call and put back.
+    """
+    if not left_out:
+        yield
+        return
+    models, optimizers = accelerator._models, accelerator._optimizers
+    accelerator._models, accelerator._optimizers = [], []
+    try:
+        yield
+    finally:
+        accelerator._models, accelerator._optimizers = models, optimizers
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -17,14 +17,16 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import save_model
+from safetensors.torch import save_file, save_model
 
 from mlrun.config.schema import Duration
 from mlrun.data.batch import batch_len
+from mlrun.engine.allocation import of_config
 from mlrun.engine.batches import to_device
 from mlrun.engine.build import Components
 from mlrun.engine.callbacks import EarlyStopping, improved
-from mlrun.engine.checkpoint import latest_checkpoint, save_checkpoint
+from mlrun.engine.checkpoint import CheckpointWriter, latest_checkpoint
+from mlrun.engine.dcp_state import DcpState, dcp_state_for_run
 from mlrun.engine.dry_run import check_one_batch
 from mlrun.engine.evaluate import evaluate
 from mlrun.engine.saved_state import SavedState
@@ -48,7 +50,11 @@ class TrainingLoop:
         prepared = prepare_training(parts, accelerator, self.callbacks)
         self.model, self.optimizer, self.step = prepared.model, prepared.optimizer, prepared.step
         self.loader, self.sampler, self.val_loader = prepared.loader, prepared.sampler, prepared.val_loader
-        self.direct = prepared.direct
+        self.direct, self.sharded = prepared.direct, prepared.sharded
+        self.dcp_state = dcp_state_for_run(self.model, parts.optimizer, self.config, self.sharded)
+        allocation = of_config(self.config, accelerator.num_processes)
+        keep = self.train_cfg.keep_checkpoints
+        self.checkpoints = CheckpointWriter(accelerator, run_dir, keep, allocation, self.dcp_state)
         # Everything a resume needs beyond model/optimizer/scaler/RNG, which Accelerate saves itself:
         # one object, callbacks by name, so a resume may add or drop a technique.
         self.saved, self.resumed = SavedState(self.state, parts.schedule, self.callbacks), False
@@ -58,12 +64,12 @@ class TrainingLoop:
 
     def check_fits(self) -> None:
         """The dry run of one small batch (exit 2 on a model/data mismatch), before anything is written."""
-        if self.accelerator.distributed_type.value not in ("FSDP", "DEEPSPEED"):  # sharded weights: no plain forward
+        if not self.sharded and self.accelerator.distributed_type.value != "DEEPSPEED":  # sharded: no plain forward
             check_one_batch(self.parts, self.accelerator.device, self.accelerator.autocast)
 
     def restore(self, checkpoint: Path) -> None:
         """Continue from `checkpoint`; callbacks it has no state for start from the restored weights."""
-        self.accelerator.load_state(str(checkpoint))
+        self.checkpoints.load(checkpoint, lambda: self.dcp_state or DcpState(self.model, self.parts.optimizer))
         by_name = self.saved.callbacks
         for name in self.saved.fresh:
             by_name[name].on_train_start(self.model)  # e.g. EMA averages from here, not from the init
@@ -283,11 +289,13 @@ class TrainingLoop:
         self._account_time()
         self.state.window_losses, self.state.window_steps = self._window_loss_values(), list(self.window_steps)
         with self._paused():
-            save_checkpoint(self.accelerator, self.run_dir, self.state.step, self.train_cfg.keep_checkpoints)
+            self.checkpoints.save(self.state.step)
 
     def _interrupt(self) -> None:
         self.state.stop_reason = "interrupted"
         self._checkpoint()
+        with self._paused():
+            self.checkpoints.flush()  # whole on disk before the process exits
         if self.train_cfg.requeue_on_signal and self.accelerator.is_main_process:
             print(f"mlrun: {requeue_slurm_job()}", flush=True)
         raise RunInterrupted(
@@ -302,15 +310,25 @@ class TrainingLoop:
             self._log_train()
         if state.last_eval_step != state.step:
             self._evaluate()  # the summary's final metrics are those of the final weights
+        with self._paused():
+            self.checkpoints.flush()
         latest = latest_checkpoint(self.run_dir)
         if latest is None or latest.name != f"step-{state.step:08d}":
             self._checkpoint()  # so a finished run can be extended with more epochs
+            with self._paused():
+                self.checkpoints.flush()
         self._save_weights(self.run_dir / "model.safetensors")
         state.stop_reason = state.stop_reason or "completed"
 
     def _save_weights(self, path: Path) -> None:
         with _weights(self.callbacks, self.model):
-            if self.accelerator.is_main_process:
+            if self.sharded:  # every process sends its shards; the main process writes the whole model
+                from mlrun.engine.fsdp import full_state_dict
+
+                weights = full_state_dict(self.accelerator.unwrap_model(self.model, keep_torch_compile=False))
+                if self.accelerator.is_main_process:
+                    save_file(weights, str(path), metadata={"format": "pt"})
+            elif self.accelerator.is_main_process:
                 save_model(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), str(path))
         self.accelerator.wait_for_everyone()
 

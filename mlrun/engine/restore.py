@@ -10,6 +10,7 @@ from safetensors.torch import load_model
 from mlrun.config.load import load_config
 from mlrun.data.bundle import load_fitted_transform
 from mlrun.engine.build import Components, build_components
+from mlrun.engine.dcp_state import has_dcp_state, load_dcp_weights
 from mlrun.engine.run_dir import read_summary
 from mlrun.errors import UsageError
 
@@ -36,6 +37,8 @@ def resolve_weights(run_dir: Path, checkpoint: str) -> Path:
     path = Path(checkpoint)
     if path.is_dir() and (path / "model.safetensors").is_file():
         return path / "model.safetensors"
+    if path.is_dir() and has_dcp_state(path):  # an FSDP or asynchronous checkpoint: DCP shards
+        return path
     if path.is_file() and path.suffix == ".safetensors":
         return path
     raise UsageError(
@@ -51,7 +54,10 @@ def load_trained(run_dir: Path, checkpoint: str = "final", overrides: list[str] 
     # Inputs prepared as in training, also for data given by overrides; the run's weights are loaded next.
     config = load_config(config_path, overrides)
     parts = build_components(config, fitted_transform=load_fitted_transform(run_dir), init_weights=False)
-    missing, unexpected = load_model(parts.model, str(weights), strict=False)
+    if weights.is_dir():
+        missing, unexpected = load_dcp_weights(parts.model, weights)
+    else:
+        missing, unexpected = load_model(parts.model, str(weights), strict=False)
     if missing or unexpected:
         raise UsageError(
             f"{weights} does not fit the model of {config_path}: missing {sorted(missing)[:5]}, "

@@ -10,10 +10,12 @@ import pickle
 import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from mlrun.callbacks import Callback
 from mlrun.config.schema import ExperimentConfig
+from mlrun.engine.allocation import keep_global_batch, of_config, read_allocation, rescale_position
 from mlrun.engine.checkpoint import latest_checkpoint, resolve_resume
 from mlrun.engine.config_change import Changes, check_resume_config, describe, explain_load_failure, record_changes
 from mlrun.engine.run_dir import (
@@ -55,14 +57,19 @@ def run_training(
     # Every rank checks (and raises the same error); only the main process clears anything.
     resume_from, clear = decide_resume(run_dir, resume, overwrite)
     changes: Changes = {}
+    recorded, reallocated = config, None  # config.yaml keeps the run's own batch and accumulation
     if resume_from is not None:
         # An explicit checkpoint path asks for the resume by name: a changed config is then expected.
         allowed = allow_config_change or resume != "auto"
         config, changes = check_resume_config(run_dir, config, resume_from, allowed)  # keeps its batch size
         if changes and accelerator.is_main_process:
             print(f"mlrun: resume from {resume_from.name} with config changes:\n{describe(changes)}", file=sys.stderr)
+        recorded, saved_allocation = config, read_allocation(resume_from, config)
+        config, reallocated = keep_global_batch(config, saved_allocation, accelerator.num_processes, set(changes))
+        accelerator.gradient_accumulation_steps = config.train.grad_accum_steps  # made before the adjustment
     batch_was_auto = config.data.batch_size == "auto"
     config = resolve_batch_size(config)  # auto -> a number, written to config.yaml so reruns are exact
+    recorded = config if reallocated is None else recorded
     # A resumed run goes on with the preprocessing its weights were trained under, even if files changed.
     fitted = load_fitted_transform(run_dir) if resume_from is not None else None
     # A resume continues the run: its checkpoint holds the weights, init_from is not read again.
@@ -81,8 +88,10 @@ def run_training(
             loop.restore(resume_from)
         except Exception as exc:
             raise explain_load_failure(resume_from, exc, changes) from exc
+        if reallocated is not None:
+            rescale_position(loop.state, saved_allocation, of_config(config, accelerator.num_processes))
     if accelerator.is_main_process:
-        write_records(run_dir, parts, accelerator, resume_from, loop.state.step, changes)
+        write_records(run_dir, parts, accelerator, resume_from, loop.state.step, changes, recorded, reallocated)
     meter, previous_joules = start_energy(config, accelerator, run_dir, resumed=resume_from is not None)
     started, message = time.time(), None
     try:
@@ -103,14 +112,24 @@ def run_training(
             tracker.finish(summary)
 
 
-def write_records(run_dir: Path, parts, accelerator, resume_from: Path | None, step: int, changes: Changes) -> None:
-    """config.yaml, manifest.json (with the history of accepted config changes), preprocessing.pkl."""
+def write_records(
+    run_dir: Path,
+    parts,
+    accelerator,
+    resume_from: Path | None,
+    step: int,
+    changes: Changes,
+    recorded: ExperimentConfig,
+    reallocated: dict | None,
+) -> None:
+    """config.yaml (`recorded`: the run's own settings), manifest.json (with the history of accepted
+    config changes and the allocation), preprocessing.pkl."""
     from mlrun.data.bundle import fingerprint
     from mlrun.engine.batches import resolve_workers
 
     config = parts.config
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(run_dir, config.model_dump(mode="json"))
+    write_config(run_dir, recorded.model_dump(mode="json"))
     effective_batch = config.data.batch_size * accelerator.num_processes * config.train.grad_accum_steps
     prints = {split: fingerprint(getattr(parts.bundle, split)) for split in ("train", "val")}
     info = manifest(accelerator.num_processes, str(accelerator.device), config.train.precision, effective_batch, prints)
@@ -121,6 +140,7 @@ def write_records(run_dir: Path, parts, accelerator, resume_from: Path | None, s
     # The init_from report of the run's first start: a resume does not read the source again.
     info["init_from"] = parts.init_report if resume_from is None else (previous or {}).get("init_from")
     record_changes(info, previous, step, changes)
+    info["allocation"] = {**asdict(of_config(config, accelerator.num_processes)), "adjusted_on_resume": reallocated}
     if parts.bundle.transform is not None:  # the fitted preprocessing, for eval and export
         with open(run_dir / "preprocessing.pkl", "wb") as file:
             pickle.dump(parts.bundle.transform, file)
@@ -175,6 +195,16 @@ def make_accelerator(config: ExperimentConfig):
     if train.deterministic:
         torch.use_deterministic_algorithms(True)
     from mlrun.engine.parallel import accelerator_kwargs
+
+    if train.checkpoint_async and config.distributed.strategy in ("pipeline", "deepspeed"):
+        raise UsageError(
+            f"train.checkpoint_async: the {config.distributed.strategy} strategy writes its own checkpoints, "
+            "which mlrun cannot write in the background; set train.checkpoint_async: false"
+        )
+    if config.distributed.strategy == "fsdp":
+        from mlrun.engine.fsdp import check_settings
+
+        check_settings(config.distributed, train.precision)
 
     return Accelerator(
         **accelerator_kwargs(config.distributed),

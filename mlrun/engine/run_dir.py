@@ -27,10 +27,11 @@ def check_writable(folder: Path) -> None:
     existed = folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".mlrun-write-test"
+        probe = folder / f".mlrun-write-test-{os.getpid()}"  # each process of a launch checks at once
         probe.write_text("")
         probe.unlink()
-        if not existed:
+        # Under torchrun another process may be writing its probe in the folder (the run creates it anyway).
+        if not existed and int(os.environ.get("WORLD_SIZE", "1")) == 1:
             folder.rmdir()
     except OSError as exc:
         raise UsageError(

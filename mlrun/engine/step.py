@@ -1,7 +1,7 @@
 """The one training step, and the one place training is prepared: used by the loop, `mlrun profile`
 and every other caller that must run what `mlrun train` runs.
 
-    prepare_training: loaders, FSDP wrapping, compile, Accelerate's prepare, the direct-or-Accelerate
+    prepare_training: loaders, FSDP2 sharding, compile, Accelerate's prepare, the direct-or-Accelerate
                       choice of verbs (made once), callbacks' on_train_start
     TrainStep:        objective(model, batch) -> loss; backward; at the end of an accumulation window
                       the non-finite skip, clipping, the optimizer step, the schedule and callbacks
@@ -23,7 +23,6 @@ from torch.utils.data import DataLoader
 
 from mlrun.engine.batches import EpochBatchSampler, eval_loader, train_loader
 from mlrun.engine.build import Components
-from mlrun.engine.parallel import wrap_blocks_with_fsdp
 
 # AcceleratedOptimizer.step asks `is_lomo_available()` twice per step, and each ask is an
 # importlib.util.find_spec walk of sys.path (~0.3 ms a step on a tiny model). Installed packages
@@ -66,7 +65,14 @@ class TrainStep:
     """
 
     def __init__(
-        self, accelerator: Accelerator, model: nn.Module, optimizer, parts: Components, callbacks, direct: bool
+        self,
+        accelerator: Accelerator,
+        model: nn.Module,
+        optimizer,
+        parts: Components,
+        callbacks,
+        direct: bool,
+        sharded: bool = False,
     ):
         self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
         self.objective, self.schedule, self.callbacks = parts.objective, parts.schedule, callbacks
@@ -78,6 +84,10 @@ class TrainStep:
         else:  # the prepared optimizer's step is a no-op until the last micro-batch of an accumulation window
             self.accumulate, self.backward = accelerator.accumulate, accelerator.backward
             self.clip, self.optimizer_step = accelerator.clip_grad_norm_, optimizer.step
+        if sharded:  # FSDP2's DTensor gradients: its own no-sync switch, a norm summed over the shards
+            from mlrun.engine.fsdp import accumulating, clip_grad_norm
+
+            self.accumulate, self.clip = accumulating(accelerator), clip_grad_norm
         # Collected once: model.parameters() walks every module, which costs more than a tiny model's step.
         # All of them: gradual unfreezing releases parameters later; clipping skips those without a grad.
         self.params = list(model.parameters())
@@ -134,6 +144,7 @@ class Prepared:
     val_loader: DataLoader
     step: TrainStep
     direct: bool
+    sharded: bool = False  # FSDP2 sharded the model over the processes (mlrun.engine.fsdp)
 
 
 def prepare_training(parts: Components, accelerator: Accelerator, callbacks) -> Prepared:
@@ -142,18 +153,26 @@ def prepare_training(parts: Components, accelerator: Accelerator, callbacks) -> 
         from mlrun.engine.pipeline import prepare_pipeline
 
         return prepare_pipeline(parts, accelerator, callbacks)  # one stage per process, its own step
-    direct = calls_torch_directly(accelerator)
+    config = parts.config
+    sharded = config.distributed.strategy == "fsdp" and torch.distributed.is_initialized()
+    direct = calls_torch_directly(accelerator) and not sharded
     on_cuda = accelerator.device.type == "cuda"
-    data, seed = parts.config.data, parts.config.seed
-    loader, sampler = train_loader(parts.bundle.train, data, seed, on_cuda, sharded=not direct)
-    val = eval_loader(parts.bundle.val, data, on_cuda)
-    wrap_blocks_with_fsdp(accelerator, parts.model)
-    model = torch.compile(parts.model) if parts.config.train.compile else parts.model
-    if direct:
-        model, optimizer, val_loader = accelerator.prepare(model, parts.optimizer, val)
+    loader, sampler = train_loader(parts.bundle.train, config.data, config.seed, on_cuda, sharded=not direct)
+    val = eval_loader(parts.bundle.val, config.data, on_cuda)
+    if sharded:
+        from mlrun.engine.fsdp import shard_model
+
+        # Sharded in place (and moved to the device) by mlrun; Accelerate's prepare would wrap it in DDP.
+        model = shard_model(parts.model, parts.optimizer, config.distributed, config.train.precision, accelerator)
+        model = torch.compile(model) if config.train.compile else model
+        optimizer, loader, val_loader = accelerator.prepare(parts.optimizer, loader, val)
     else:
-        model, optimizer, loader, val_loader = accelerator.prepare(model, parts.optimizer, loader, val)
+        model = torch.compile(parts.model) if config.train.compile else parts.model
+        if direct:
+            model, optimizer, val_loader = accelerator.prepare(model, parts.optimizer, val)
+        else:
+            model, optimizer, loader, val_loader = accelerator.prepare(model, parts.optimizer, loader, val)
     for callback in callbacks:
         callback.on_train_start(model)
-    step = TrainStep(accelerator, model, optimizer, parts, callbacks, direct)
-    return Prepared(model, optimizer, loader, sampler, val_loader, step, direct)
+    step = TrainStep(accelerator, model, optimizer, parts, callbacks, direct, sharded)
+    return Prepared(model, optimizer, loader, sampler, val_loader, step, direct, sharded)

@@ -1,0 +1,297 @@
+"""Cluster paths on CPU processes (torchrun over gloo): FSDP2 sharding, sharded exact resume, resume on
+another number of processes, two nodes, asynchronous checkpoints. Each launch has a hard timeout."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import REPO, run_cli, tiny_config, write_config
+from tests.test_distributed import free_port, launch
+
+DRY_RUN_IDS = [0, 1, 2, 3]  # the samples the pre-training dry run fetches (mlrun.engine.dry_run)
+
+
+def config(name: str, tmp_path: Path, strategy: str = "fsdp", **train) -> dict:
+    """Two blocks of 32 (sharded as units), 512 training samples; the data records the ids it serves."""
+    c = tiny_config(
+        name=name,
+        model={"name": "mlp", "hidden_sizes": [32, 32], "dropout": 0.0},
+        data={"name": "tests.fixtures:recording_data", "ids_file": str(tmp_path / f"ids-{name}"), "batch_size": 32},
+        distributed={"strategy": strategy},
+    )
+    c["train"] = {**c["train"], "epochs": 2, **train}
+    return c
+
+
+def train(tmp_path: Path, c: dict, *args: str, processes: int = 2) -> subprocess.CompletedProcess:
+    path = write_config(tmp_path, c, f"{c['name']}.yaml")
+    return launch(tmp_path, "train", path, *args, processes=processes)
+
+
+def why(result: subprocess.CompletedProcess) -> str:
+    """mlrun's own lines of a failed launch (torchrun's summary would crowd them out of the tail)."""
+    lines = [line for line in result.stderr.splitlines() if "mlrun" in line or "Error" in line]
+    return "\n".join(lines)[-3000:] or result.stderr[-3000:]
+
+
+def weights(tmp_path: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_file(tmp_path / "runs" / name / "model.safetensors")
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def served(tmp_path: Path, name: str, processes: int) -> list[list[int]]:
+    """The training batches in global order: process r serves batches r, r + n, ... (round-robin)."""
+    per_rank = [
+        [ids for line in (tmp_path / f"ids-{name}.{rank}").read_text().splitlines() if (ids := json.loads(line))]
+        for rank in range(processes)
+    ]
+    per_rank = [[ids for ids in batches if ids != DRY_RUN_IDS] for batches in per_rank]
+    return [batch for group in zip(*per_rank) for batch in group]
+
+
+@pytest.mark.e2e
+def test_fsdp_two_processes_shard_every_parameter_and_train_like_ddp(tmp_path):
+    sharded = config("fsdp", tmp_path)
+    # CPU offload takes FSDP2's CPUOffloadPolicy path (on CPU processes the state already lives there);
+    # the other tests here run without it.
+    sharded["distributed"]["fsdp_cpu_offload"] = True
+    fsdp = train(tmp_path, sharded)
+    assert fsdp.returncode == 0, why(fsdp)
+    ddp = train(tmp_path, config("ddp", tmp_path, strategy="ddp"))
+    assert ddp.returncode == 0, why(ddp)
+    assert max_difference(weights(tmp_path, "fsdp"), weights(tmp_path, "ddp")) <= 1e-6
+    # Each process wrote its own shard: every weight is stored as two pieces, one per process.
+    from torch.distributed.checkpoint import FileSystemReader
+
+    checkpoint = tmp_path / "runs/fsdp/checkpoints/step-00000016/model_optimizer"
+    metadata = FileSystemReader(str(checkpoint)).read_metadata().state_dict_metadata
+    for key in ("model.blocks.0.0.weight", "model.blocks.1.0.weight", "model.head.weight"):
+        assert len(metadata[key].chunks) == 2, key
+    assert {p.name for p in checkpoint.glob("*.distcp")} == {"__0_0.distcp", "__1_0.distcp"}
+    # model.safetensors holds the whole model, so eval (and export) read an FSDP run like any other.
+    evaluated = run_cli("eval", "runs/fsdp", "--json", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    final = json.loads((tmp_path / "runs/fsdp/summary.json").read_text())["final"]
+    assert json.loads(evaluated.stdout)["metrics"]["val/accuracy"] == pytest.approx(final["val/accuracy"])
+    checkpoint_eval = run_cli("eval", "runs/fsdp", "--checkpoint", str(checkpoint.parent), "--json", cwd=tmp_path)
+    assert checkpoint_eval.returncode == 0, checkpoint_eval.stderr  # the shards of the last checkpoint, read whole
+    assert json.loads(checkpoint_eval.stdout)["metrics"] == json.loads(evaluated.stdout)["metrics"]
+    exported = run_cli("export", "runs/fsdp", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+
+
+@pytest.mark.e2e
+def test_fsdp_resume_after_sigkill_is_bit_identical(tmp_path):
+    def probe(name: str, **model) -> dict:
+        c = config(name, tmp_path, checkpoint_every="3st")  # 8 steps an epoch: mid-epoch checkpoints
+        c["model"] = {"name": "tests.fixtures:probe_mlp", **model}  # dropout on: the RNG must be restored too
+        return c
+
+    assert train(tmp_path, probe("straight")).returncode == 0
+    assert train(tmp_path, probe("resumed", kill_at=14)).returncode != 0  # rank 0 dies by SIGKILL
+    resumed = train(tmp_path, probe("resumed"), "--allow-config-change")  # kill_at differs
+    assert resumed.returncode == 0, why(resumed)
+    assert "resumed at step 12" in resumed.stdout
+    a, b = weights(tmp_path, "straight"), weights(tmp_path, "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def kill_after(step: int, armed: Path) -> list[dict]:
+    return [{"name": "tests.fixtures:kill_at_step", "step": step, "armed_file": str(armed)}]
+
+
+@pytest.mark.e2e
+def test_two_process_fsdp_run_goes_on_with_one_process_on_the_same_samples(tmp_path):
+    straight = config("straight", tmp_path, checkpoint_every="4st")
+    assert train(tmp_path, straight).returncode == 0
+    armed = tmp_path / "armed"
+    armed.touch()
+    cut = {**config("cut", tmp_path, checkpoint_every="4st"), "techniques": kill_after(6, armed)}
+    assert train(tmp_path, cut).returncode != 0  # killed after step 6: the checkpoint of step 4 is the newest
+    cut["data"] = {**cut["data"], "ids_file": str(tmp_path / "ids-alone")}  # record the continuation apart
+    alone = train(tmp_path, cut, "--allow-config-change", processes=1)
+    assert alone.returncode == 0, why(alone)
+    assert "resumed at step 4" in alone.stdout
+    assert "going on with 1 process(es) x batch 32 x accumulation 2" in alone.stderr
+    # The continuation saw exactly the batches the two processes would have seen from step 4 on.
+    assert served(tmp_path, "alone", 1) == served(tmp_path, "straight", 2)[8:]
+    assert max_difference(weights(tmp_path, "straight"), weights(tmp_path, "cut")) <= 1e-5
+    manifest = json.loads((tmp_path / "runs/cut/manifest.json").read_text())
+    assert manifest["effective_batch_size"] == 64
+    assert manifest["allocation"]["grad_accum_steps"] == 2
+    assert manifest["allocation"]["adjusted_on_resume"]["checkpoint"]["processes"] == 2
+    assert "grad_accum_steps: 1" in (tmp_path / "runs/cut/config.yaml").read_text()  # the run's own setting
+
+
+@pytest.mark.e2e
+def test_one_process_ddp_run_goes_on_with_two_processes_on_the_same_samples(tmp_path):
+    # One process with accumulation 2 is a global batch of 64: two processes keep it with accumulation 1.
+    def one(name: str) -> dict:
+        return config(name, tmp_path, strategy="ddp", checkpoint_every="4st", grad_accum_steps=2)
+
+    assert train(tmp_path, one("straight"), processes=1).returncode == 0
+    armed = tmp_path / "armed"
+    armed.touch()
+    cut = {**one("cut"), "techniques": kill_after(6, armed)}
+    assert train(tmp_path, cut, processes=1).returncode != 0
+    cut["data"] = {**cut["data"], "ids_file": str(tmp_path / "ids-pair")}
+    pair = train(tmp_path, cut, "--allow-config-change")
+    assert pair.returncode == 0, why(pair)
+    assert "going on with 2 process(es) x batch 32 x accumulation 1" in pair.stderr
+    assert served(tmp_path, "pair", 2) == served(tmp_path, "straight", 1)[8:]
+    assert max_difference(weights(tmp_path, "straight"), weights(tmp_path, "cut")) <= 1e-5
+
+
+@pytest.mark.e2e
+def test_resume_on_a_process_count_that_cannot_keep_the_global_batch_exits_2_with_the_options(tmp_path):
+    c = config("odd", tmp_path, strategy="ddp", max_steps=2, checkpoint_every="2st")
+    c["data"] = {**c["data"], "batch_size": 5}  # a global batch of 5 on one process
+    c["train"].pop("epochs")
+    assert train(tmp_path, c, processes=1).returncode == 0
+    c["train"]["max_steps"] = 4
+    result = train(tmp_path, c, "--resume", "runs/odd/checkpoints/step-00000002")
+    assert result.returncode != 0
+    assert "cannot resume on 2 process(es): the checkpoint trained with a global batch of 5" in result.stderr
+    assert "Resume on 1, 5 processes" in result.stderr
+    assert re.search(r"exitcode\s*:\s*2\b", result.stderr)  # the processes' own exit: bad usage
+    assert "mlrun/engine" not in result.stderr  # one message, no traceback from mlrun
+
+
+def two_nodes(tmp_path: Path, path: Path, timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """Two `torchrun --nnodes 2 --nproc-per-node 1` launches meeting at a c10d rendezvous on 127.0.0.1."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "mlrun-test",
+        "-m", "mlrun", "train", str(path),
+    ]  # fmt: skip
+    nodes = [
+        subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        outputs = [node.communicate(timeout=timeout) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    return [subprocess.CompletedProcess(command, n.returncode, out, err) for n, (out, err) in zip(nodes, outputs)]
+
+
+@pytest.mark.e2e
+def test_two_nodes_train_to_the_weights_of_one_node_with_two_processes(tmp_path):
+    assert train(tmp_path, config("one-node", tmp_path)).returncode == 0
+    path = write_config(tmp_path, config("two-nodes", tmp_path), "two-nodes.yaml")
+    nodes = two_nodes(tmp_path, path)
+    assert all(node.returncode == 0 for node in nodes), [node.stderr[-2000:] for node in nodes]
+    assert max_difference(weights(tmp_path, "one-node"), weights(tmp_path, "two-nodes")) == 0.0
+    assert json.loads((tmp_path / "runs/two-nodes/manifest.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.e2e
+def test_async_checkpoint_killed_before_its_write_is_committed_leaves_the_previous_one_resumable(tmp_path):
+    def run(name: str) -> dict:
+        c = config(name, tmp_path, checkpoint_every="2st", checkpoint_async=True)
+        c["model"] = {"name": "tests.fixtures:probe_mlp"}
+        return c
+
+    assert train(tmp_path, run("straight")).returncode == 0
+    armed = tmp_path / "armed"
+    armed.touch()
+    cut = {**run("cut"), "techniques": kill_after(5, armed)}
+    assert train(tmp_path, cut).returncode != 0
+    folder = tmp_path / "runs/cut/checkpoints"
+    # Step 4's write was still uncommitted (renamed only once the next save or the end confirms it).
+    assert sorted(p.name for p in folder.iterdir()) == [".tmp-step-00000004", "step-00000002"]
+    resumed = train(tmp_path, cut)
+    assert resumed.returncode == 0, why(resumed)
+    assert "resumed at step 2" in resumed.stdout
+    a, b = weights(tmp_path, "straight"), weights(tmp_path, "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the background writes held the state of their step
+
+
+@pytest.mark.e2e
+def test_settings_that_cannot_be_honoured_exit_2(tmp_path):
+    c = config("bad", tmp_path)
+    c["distributed"] = {"strategy": "fsdp", "fsdp_sharding": "no_shard"}
+    result = run_cli("train", write_config(tmp_path, c), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "no_shard keeps a whole copy per process: use strategy: ddp" in result.stderr
+    c["distributed"] = {"strategy": "pipeline"}
+    c["train"]["checkpoint_async"] = True
+    result = run_cli("train", write_config(tmp_path, c), cwd=tmp_path)
+    assert result.returncode == 2 and "set train.checkpoint_async: false" in result.stderr
+
+
+def test_choose_keeps_the_per_process_batch_then_the_accumulation():
+    from mlrun.engine.allocation import Allocation, choose
+
+    assert choose(Allocation(2, 32, 1), 1) == Allocation(1, 32, 2)
+    assert choose(Allocation(1, 32, 2), 2) == Allocation(2, 32, 1)
+    assert choose(Allocation(1, 32, 1), 2) == Allocation(2, 16, 1)  # accumulation 1 cannot halve: the batch does
+    assert choose(Allocation(1, 5, 1), 2) is None
+
+
+def test_fsdp_on_a_model_without_blocks_shards_it_as_one_unit_with_a_warning(capsys):
+    # In this process, a gloo group of one: fully_shard needs a group, not a second process.
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from torch import nn
+    from torch.distributed.tensor import DTensor
+
+    from mlrun.config.schema import DistributedConfig
+    from mlrun.engine.fsdp import shard_model
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+        device = SimpleNamespace(device=torch.device("cpu"))
+        shard_model(model, optimizer, DistributedConfig(strategy="fsdp"), "fp32", device)
+        assert "declares no `blocks`, so it is sharded as one unit" in capsys.readouterr().err
+        assert all(isinstance(p, DTensor) for p in model.parameters())
+        assert optimizer.param_groups[0]["params"][0] is model[0].weight  # the optimizer steps the shards
+        before = model[0].weight.full_tensor().clone()
+        model(torch.randn(3, 4)).sum().backward()
+        optimizer.step()
+        assert not torch.equal(before, model[0].weight.full_tensor())
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.e2e
+def test_sigterm_during_async_checkpoints_exits_with_a_whole_checkpoint(tmp_path):
+    from tests.conftest import start_cli
+    from tests.test_train import wait_for
+
+    c = tiny_config(name="sig", model={"name": "tests.fixtures:slow_mlp", "sleep_s": 0.02})
+    c["train"] = {**c["train"], "epochs": 50, "log_every": "1st", "checkpoint_every": "2st", "checkpoint_async": True}
+    process = start_cli("train", write_config(tmp_path, c), cwd=tmp_path)
+    run = tmp_path / "runs" / "sig"
+    wait_for(run / "checkpoints", process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    done = json.loads((run / "summary.json").read_text())
+    newest = run / "checkpoints" / f"step-{done['steps']:08d}"  # the stop's own checkpoint, written and renamed
+    assert done["last_checkpoint"] == str(Path("runs/sig/checkpoints") / newest.name)
+    assert (newest / "model_optimizer" / ".metadata").is_file()
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+    longer = f"train.max_steps={done['steps'] + 2}"
+    again = run_cli("train", write_config(tmp_path, c), longer, "--allow-config-change", cwd=tmp_path)
+    assert again.returncode == 0 and f"resumed at step {done['steps']}" in again.stdout, again.stderr
