@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file, save_model
+from safetensors.torch import save_file
 from torch import nn
 
 from mlrun.compression.measure import evaluate_deployed, measure
@@ -37,6 +37,7 @@ from mlrun.config.load import apply_override, as_override, load_config, validate
 from mlrun.config.schema import ExperimentConfig, StageSpec
 from mlrun.engine.run_dir import read_json, read_summary, write_config, write_json
 from mlrun.errors import UsageError
+from mlrun.models.weights_file import save_weights, share_like_umask
 from mlrun.registry import stages, techniques
 
 EXAMPLE = """compress:
@@ -187,6 +188,7 @@ def run_stage(spec: StageSpec, source: ModelSource, stage_dir: Path) -> ModelSou
     if store := stages.trait(spec.name, "stored"):  # the stage's own storage (indices + codebook)
         stored = store(result.parts.model)
         save_file(stored, str(stage_dir / "compressed.safetensors"))
+        share_like_umask(stage_dir / "compressed.safetensors")
     figures = measure(result.parts.model, result.parts, current.quantize, stored)
     record.update(status="done", result={**figures, "report": record.pop("report", {})})
     write_json(stage_dir / "stage.json", record)
@@ -208,13 +210,13 @@ def run_round(
         model = stage.model
     else:
         start = stage_dir / f"start-{round_}.safetensors"
-        save_model(stage.model, str(start))
+        save_weights(stage.model, start)
         tuned = finetune_config(output, stage, spec, start, train_dir, stage.objective)
         _train(tuned, train_dir)
         model = load_trained(train_dir).parts.model
     if stage.finish is not None and round_ == spec.rounds:
         model = stage.finish(model)
-    save_model(model, str(stage_dir / "model.safetensors"))
+    save_weights(model, stage_dir / "model.safetensors")
     write_config(stage_dir, output.model_dump(mode="json"))
     fitted = current.run_dir / "preprocessing.pkl"
     if fitted.is_file() and fitted.parent != stage_dir:

@@ -207,3 +207,25 @@ def _dotted(path: KeyPath) -> str:
 def as_override(key: str, value) -> str:
     """`key=value` for a command line, for any YAML value."""
     return f"{key}={json.dumps(value)}"  # JSON is YAML: strings, numbers, lists and mappings round-trip
+
+
+# Keyword arguments of most optimizer entries, which the schema cannot list (they are the factory's).
+_COMPONENT_KEYS = {"lr": "optimizer.lr", "weight_decay": "optimizer.weight_decay", "momentum": "optimizer.momentum"}
+
+
+def override_for_option(option: str, value: str | None) -> str:
+    """How to write a mistaken command-line option (`--epochs 3`) as an override (`train.epochs=3`)."""
+    from pydantic import BaseModel
+
+    name, _, inline = option.lstrip("-").partition("=")
+    name = name.replace("-", "_")
+    shown = inline or value or "VALUE"
+    key = name if "." in name or name in ExperimentConfig.model_fields else _COMPONENT_KEYS.get(name)
+    for section, field in ExperimentConfig.model_fields.items():
+        types = [field.annotation, *getattr(field.annotation, "__args__", ())]  # Section | None too
+        sections = [t for t in types if isinstance(t, type) and issubclass(t, BaseModel)]
+        if key is None and any(name in t.model_fields for t in sections):
+            key = f"{section}.{name}"
+    if key is None:
+        return "config keys are set as KEY=VALUE after the config (e.g. train.epochs=3); mlrun schema lists them"
+    return f"config keys are set as KEY=VALUE after the config: write {key}={shown}"

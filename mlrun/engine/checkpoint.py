@@ -18,6 +18,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from mlrun.errors import UsageError
+from mlrun.models.weights_file import share_like_umask
 
 CHECKPOINTS = "checkpoints"
 FILE_SIZES = "files.json"
@@ -54,6 +55,8 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: in
     if accelerator.is_main_process:
         if final.exists():
             shutil.rmtree(final)
+        for weights in tmp.rglob("*.safetensors"):  # Accelerate writes them 0600 (safetensors' default)
+            share_like_umask(weights)
         _record_sizes(tmp)
         _fsync_tree(tmp)
         os.replace(tmp, final)  # atomic: the checkpoint appears complete or not at all

@@ -84,9 +84,9 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
             state.update(read_state(path.parent / shard))
         return state
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from mlrun.models.weights_file import read_weights
 
-        return load_file(str(path))
+        return read_weights(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
     except Exception as exc:  # a file torch cannot read, or one that needs arbitrary unpickling

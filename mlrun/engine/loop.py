@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import save_model
 
 from mlrun.config.schema import Duration
 from mlrun.data.batch import batch_len
@@ -32,6 +31,7 @@ from mlrun.engine.signals import StopSignals, requeue_slurm_job
 from mlrun.engine.state import TrainState
 from mlrun.engine.step import prepare_training
 from mlrun.errors import RunFailed, RunInterrupted
+from mlrun.models.weights_file import save_weights
 from mlrun.tracking.base import RunInfo
 
 
@@ -311,7 +311,7 @@ class TrainingLoop:
     def _save_weights(self, path: Path) -> None:
         with _weights(self.callbacks, self.model):
             if self.accelerator.is_main_process:
-                save_model(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), str(path))
+                save_weights(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), path)
         self.accelerator.wait_for_everyone()
 
     def latest_checkpoint_text(self) -> str | None:

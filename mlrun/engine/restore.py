@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import load_model
-
 from mlrun.config.load import load_config
 from mlrun.data.bundle import load_fitted_transform
 from mlrun.engine.build import Components, build_components
 from mlrun.engine.run_dir import read_summary
 from mlrun.errors import UsageError
+from mlrun.models.weights_file import load_weights
 
 
 @dataclass
@@ -51,7 +50,7 @@ def load_trained(run_dir: Path, checkpoint: str = "final", overrides: list[str] 
     # Inputs prepared as in training, also for data given by overrides; the run's weights are loaded next.
     config = load_config(config_path, overrides)
     parts = build_components(config, fitted_transform=load_fitted_transform(run_dir), init_weights=False)
-    missing, unexpected = load_model(parts.model, str(weights), strict=False)
+    missing, unexpected = load_weights(parts.model, weights, strict=False)
     if missing or unexpected:
         raise UsageError(
             f"{weights} does not fit the model of {config_path}: missing {sorted(missing)[:5]}, "

@@ -1,0 +1,90 @@
+"""Bad input found trying mlrun as a new user would: exit 2 with the file or component named and what to do."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli, tiny_config, write_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A finished tiny run: the folder holding runs/t."""
+    folder = tmp_path_factory.mktemp("trained")
+    config = tiny_config(name="t")
+    config["train"] = {**config["train"], "epochs": 1}
+    result = run_cli("train", write_config(folder, config, "t.yaml"), cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+def test_weights_are_written_with_the_umask_like_every_other_file(trained: Path) -> None:
+    run = trained / "runs/t"
+    expected = 0o666 & ~_umask()
+    checkpoint = sorted((run / "checkpoints").iterdir())[-1]
+    for path in (run / "model.safetensors", checkpoint / "model.safetensors", run / "summary.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_damaged_weights_file_exits_2_naming_it(tmp_path: Path, trained: Path) -> None:
+    import shutil
+
+    shutil.copytree(trained / "runs", tmp_path / "runs")
+    weights = tmp_path / "runs/t/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:300])  # a copy cut short
+    rows = tmp_path / "rows.csv"
+    np.savetxt(rows, np.zeros((3, 16)), delimiter=",", header=",".join(f"x{i}" for i in range(16)), comments="")
+    config = tiny_config(name="fine", init_from={"run": "runs/t"})
+    config["train"] = {**config["train"], "max_steps": 2}
+    commands = {
+        "eval": ["eval", "runs/t"],
+        "export": ["export", "runs/t"],
+        "predict": ["predict", "runs/t", rows],
+        "init_from": ["train", write_config(tmp_path, config, "fine.yaml")],
+    }
+    for label, args in commands.items():
+        result = run_cli(*args, cwd=tmp_path)
+        assert result.returncode == 2, (label, result.stderr)
+        assert "runs/t/model.safetensors" in result.stderr and "damaged" in result.stderr, (label, result.stderr)
+        assert "unexpected error" not in result.stderr, label
+
+
+def test_export_out_refuses_a_file_and_a_folder_of_other_files(tmp_path: Path, trained: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine\n")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine/data.csv").write_text("a\n1\n")
+    run = trained / "runs/t"
+    for out, says in ((tmp_path / "notes.txt", "existing file"), (tmp_path / "mine", "not an earlier export")):
+        result = run_cli("export", run, "--out", out, cwd=tmp_path)
+        assert result.returncode == 2 and says in result.stderr and str(out) in result.stderr, result.stderr
+    assert (tmp_path / "notes.txt").read_text() == "mine\n" and (tmp_path / "mine/data.csv").is_file()
+    # A new folder, then the same folder again (an earlier export is replaced).
+    for _ in range(2):
+        result = run_cli("export", run, "--out", tmp_path / "exported", "--no-verify", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    assert (tmp_path / "exported/export.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "option, says",
+    [
+        (["--epochs", "3"], "train.epochs=3"),
+        (["--lr=0.1"], "optimizer.lr=0.1"),
+        (["--batch-size", "8"], "data.batch_size=8"),
+    ],
+)
+def test_a_config_key_given_as_an_option_says_how_to_write_it(tmp_path: Path, option: list[str], says: str) -> None:
+    path = write_config(tmp_path, tiny_config(name="o"))
+    result = run_cli("train", path, *option, cwd=tmp_path)
+    assert result.returncode == 2 and says in result.stderr, result.stderr
