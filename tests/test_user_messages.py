@@ -88,3 +88,47 @@ def test_a_config_key_given_as_an_option_says_how_to_write_it(tmp_path: Path, op
     path = write_config(tmp_path, tiny_config(name="o"))
     result = run_cli("train", path, *option, cwd=tmp_path)
     assert result.returncode == 2 and says in result.stderr, result.stderr
+
+
+USER_MODELS = """
+from torch import nn
+
+
+def raises(meta, /, *, width: int = 8):
+    raise RuntimeError("cannot find my weights")
+
+
+def positional(meta, width=8):
+    return nn.Linear(meta.input_shape[0], meta.num_classes)
+
+
+def five_outputs(meta, /):
+    return nn.Linear(meta.input_shape[0], 5)
+"""
+
+
+@pytest.mark.parametrize(
+    "model, says",
+    [
+        ({"name": "usermodels:raises"}, ["usermodels:raises", "RuntimeError: cannot find my weights"]),
+        ({"name": "usermodels:positional", "width": 4}, ["positional parameter", "/, *, width"]),
+        ({"name": "usermodels:five_outputs"}, ["5 outputs", "10 classes"]),
+    ],
+)
+def test_user_model_factories_that_fail_are_named_and_told_what_to_do(tmp_path: Path, model, says) -> None:
+    (tmp_path / "usermodels.py").write_text(USER_MODELS)
+    data = {**tiny_config()["data"], "num_classes": 10}
+    path = write_config(tmp_path, tiny_config(name="user", model=model, data=data))
+    result = run_cli("validate", path, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert all(s in result.stderr for s in says) and "unexpected error" not in result.stderr, result.stderr
+
+
+def test_init_from_with_the_same_names_and_other_shapes_says_the_shapes_differ(tmp_path: Path, trained: Path) -> None:
+    config = tiny_config(name="wider", init_from={"run": str(trained / "runs/t")})
+    config["model"] = {**config["model"], "hidden_sizes": [64]}
+    config["train"] = {**config["train"], "max_steps": 2}
+    result = run_cli("train", write_config(tmp_path, config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "same names but other shapes" in result.stderr and "[32, 16] in the source" in result.stderr
+    assert "check init_from.prefix" not in result.stderr
