@@ -27,6 +27,7 @@ TRAIN_OUTPUTS = (
     "metrics.jsonl",
     "summary.json",
     "preprocessing.pkl",
+    "preprocessing.json",
     "model.safetensors",
     "best.safetensors",
     "tensorboard",
