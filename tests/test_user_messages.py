@@ -132,3 +132,33 @@ def test_init_from_with_the_same_names_and_other_shapes_says_the_shapes_differ(t
     assert result.returncode == 0, result.stderr
     assert "same names but other shapes" in result.stderr and "[32, 16] in the source" in result.stderr
     assert "check init_from.prefix" not in result.stderr
+
+
+def test_compare_shows_a_stage_folders_metrics_and_says_when_there_is_one_run(tmp_path: Path, trained: Path) -> None:
+    import json
+    import shutil
+
+    shutil.copytree(trained / "runs", tmp_path / "runs")
+    prune = "{name: prune, sparsity: 0.5, schedule: one_shot, finetune: {train.max_steps: 3}}"
+    chain = f"compress=[{prune}, {{name: low_rank, rank: 4, finetune: false}}]"
+    assert run_cli("compress", "runs/t", chain, cwd=tmp_path).returncode == 0
+    stages = ["runs/t/compress/1-prune", "runs/t/compress/2-low_rank"]
+    result = run_cli("compare", "runs/t", *stages, "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = {row["run"]: row for row in json.loads(result.stdout)["runs"]}
+    deployed = json.loads((tmp_path / stages[1] / "stage.json").read_text())["result"]["metrics"]["val/accuracy"]
+    assert rows["2-low_rank"]["final val/accuracy"] == deployed and rows["2-low_rank"]["status"] == "stage done"
+    assert rows["1-prune"]["steps"] == 3  # its fine-tuning
+    table = run_cli("compare", "runs/t", *stages, cwd=tmp_path)
+    assert "not started" not in table.stdout and "stage done" in table.stdout
+    alone = run_cli("compare", "runs/t", cwd=tmp_path)
+    assert alone.returncode == 0 and "only one run" in alone.stderr
+
+
+def test_long_config_values_are_shortened_in_the_table() -> None:
+    from mlrun.commands.compare import format_cell
+
+    edits = [{"op": "resize", "module": f"blocks.{i}.0", "shapes": {"weight": [64, 64]}} for i in range(30)]
+    cell = format_cell(frozenset({"model_edits"}), "model_edits", edits)
+    assert len(cell) <= 60 and cell.endswith("...")
+    assert format_cell(frozenset({"optimizer.lr"}), "optimizer.lr", 0.003) == "0.003"
