@@ -162,3 +162,20 @@ def test_long_config_values_are_shortened_in_the_table() -> None:
     cell = format_cell(frozenset({"model_edits"}), "model_edits", edits)
     assert len(cell) <= 60 and cell.endswith("...")
     assert format_cell(frozenset({"optimizer.lr"}), "optimizer.lr", 0.003) == "0.003"
+
+
+def test_an_exponent_without_a_dot_is_a_number_in_overrides_and_files(tmp_path: Path) -> None:
+    config = tiny_config(name="exp")
+    config_text = write_config(tmp_path, config).read_text().replace("lr: 0.01", "lr: 3e-3")
+    (tmp_path / "exp.yaml").write_text(config_text)
+    from_file = run_cli("validate", "exp.yaml", "--print", cwd=tmp_path)
+    assert from_file.returncode == 0 and "lr: 0.003\n" in from_file.stdout, from_file.stdout
+    override = run_cli("validate", "exp.yaml", "optimizer.lr=1e-2", "--print", cwd=tmp_path)
+    assert override.returncode == 0 and "lr: 0.01\n" in override.stdout and "'1e-2'" not in override.stdout
+
+
+def test_eval_prints_four_significant_digits(trained: Path) -> None:
+    result = run_cli("eval", "runs/t", cwd=trained)
+    assert result.returncode == 0, result.stderr
+    figures = [line.split()[-1] for line in result.stdout.splitlines() if line.strip().startswith("val/")]
+    assert figures and all(len(f.replace(".", "").lstrip("0")) <= 4 for f in figures), result.stdout

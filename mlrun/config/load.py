@@ -9,6 +9,7 @@ Every key keeps where it came from (file:line, or the override that set it), so 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,16 @@ def validate_raw(data: dict[str, Any], sources: SourceMap) -> ExperimentConfig:
 # --- YAML with line numbers -------------------------------------------------------------------
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """The safe loader, reading `1e-2` as a number as YAML 1.2 does (PyYAML's YAML 1.1 needs `1.0e-2`,
+    and would otherwise store optimizer.lr as the string '1e-2' in the run's config.yaml)."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
 def read_yaml(path: Path, sources: SourceMap) -> dict[str, Any]:
     """A YAML mapping read with the safe loader; records `file:line` for every key."""
     if not path.is_file():
@@ -59,7 +70,7 @@ def read_yaml(path: Path, sources: SourceMap) -> dict[str, Any]:
         raise UsageError(f"config file '{path}' not found.{hint}")
     text = path.read_text(encoding="utf-8")
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=ConfigLoader)
     except yaml.YAMLError as exc:
         raise UsageError(f"{_yaml_where(path, exc)}: invalid YAML: {_yaml_problem(exc)}") from None
     if node is None:
@@ -153,7 +164,7 @@ def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> None:
     if any(not p for p in parts):
         raise UsageError(f"{origin}: '{key}' is not a dotted key path like optimizer.lr")
     try:
-        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+        value = yaml.load(raw_value, Loader=ConfigLoader) if raw_value.strip() else None
     except yaml.YAMLError as exc:
         raise UsageError(f"{origin}: the value is not valid YAML: {_yaml_problem(exc)}") from None
     target: Any = data
