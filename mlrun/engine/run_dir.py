@@ -31,6 +31,10 @@ TRAIN_OUTPUTS = (
     "model.safetensors",
     "best.safetensors",
     "tensorboard",
+    # A hosted tracker's record of its run id: a restart starts a new tracked run. The offline
+    # stores (mlruns/, wandb/) keep the earlier tracked runs' history.
+    "hosted_run.json",
+    "mlflow_run.json",
 )
 # Records of commands whose folder is not a training run: training into it would replace their results.
 NOT_A_RUN = {"stage.json": "a compress stage", "compress.json": "a compress folder", "export.json": "an export"}
