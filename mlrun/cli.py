@@ -54,7 +54,9 @@ def train(
     resume: Annotated[
         str, typer.Option(help="auto: continue an unfinished run; never; or a checkpoint path.")
     ] = "auto",
-    overwrite: Annotated[bool, typer.Option(help="Discard an existing run of the same name and start over.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Restart training from scratch (keeps lr_find/, tune/, profile/, compress/, export/).")
+    ] = False,
     allow_config_change: Annotated[
         bool, typer.Option(help="Resume even if the config differs from the run's (recorded in manifest.json).")
     ] = False,
@@ -281,7 +283,14 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.TyperException as exc:  # typer's own (bundled) click: a usage error on the command line
         exc.show()
-        _fail(EXIT_USAGE, None, "error", exc.format_message())
+        message = exc.format_message()
+        option, context = getattr(exc, "option_name", None), getattr(exc, "ctx", None)
+        if option and context and any(p.name == "overrides" for p in context.command.params):  # `--epochs 3`
+            from mlrun.config.load import override_for_option
+
+            message = f"{message}: {override_for_option(option, _after(option))}"
+            print(f"mlrun: {message}", file=sys.stderr)
+        _fail(EXIT_USAGE, None, "error", message)
     except (KeyboardInterrupt, typer.Abort):
         print("mlrun: interrupted", file=sys.stderr)
         _fail(EXIT_INTERRUPTED, None, "interrupted", "interrupted")
@@ -299,6 +308,15 @@ def _fail(code: int, exc: BaseException | None, prefix: str, message: str | None
         text = message or (str(exc) if isinstance(exc, MlrunError) else f"{type(exc).__name__}: {exc}")
         jsonout.print_json({"status": prefix.replace(" ", "_"), "exit_code": code, "message": text})
     sys.exit(code)
+
+
+def _after(option: str) -> str | None:
+    """The argument after `option` on the command line (its intended value), if any."""
+    args = sys.argv[1:]
+    if inline := next((a for a in args if a.startswith(option + "=")), None):
+        return inline.partition("=")[2]
+    index = args.index(option) + 1 if option in args else len(args)
+    return args[index] if index < len(args) and not args[index].startswith("-") else None
 
 
 def _take_debug_flag(args: list[str]) -> list[str]:

@@ -124,20 +124,47 @@ def unknown_label(fields, rows):
     return fields, rows
 
 
+def misspelt(fields, rows):
+    for row in rows:
+        row["prolin"] = row.pop("proline")
+    return [("prolin" if f == "proline" else f) for f in fields], rows
+
+
+def question_mark(fields, rows):
+    rows[2]["magnesium"] = "?"
+    return fields, rows
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda f, r: ([x for x in f if x != "proline"], r), "column 'proline' is not in"),
+        (lambda f, r: ([x for x in f if x != "proline"], r), "lacks the training column 'proline'."),
+        (misspelt, "lacks the training column 'proline'. Did you mean 'prolin'?"),
         (unseen_region, "column 'region' has 1 values the run never saw in training (data rows 4; first 'mountains'"),
         (unknown_label, "labels the run has no class for (data rows 7; first 'class_9'"),
+        (question_mark, "column 'magnesium' holds 1 cell(s) that are not numbers (data rows 3; first '?')"),
     ],
-    ids=["missing-column", "unseen-category", "unknown-label"],
+    ids=["missing-column", "misspelt-column", "unseen-category", "unknown-label", "text-in-numbers"],
 )
 def test_bad_rows_exit_2_naming_the_row(table_run, change, message):
     name = write_variant(table_run, f"bad-{abs(hash(message))}.csv", change)
     result = run_cli("predict", "runs/wine", name, cwd=table_run)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_a_missing_column_is_not_confused_with_another_training_column(table_run):
+    """'flavanoids' missing: 'nonflavanoid_phenols' is a feature of its own, not a misspelling of it."""
+    name = write_variant(table_run, "no-flavanoids.csv", lambda f, r: ([x for x in f if x != "flavanoids"], r))
+    result = run_cli("predict", "runs/wine", name, cwd=table_run)
+    assert result.returncode == 2 and "lacks the training column 'flavanoids'" in result.stderr, result.stderr
+    assert "Did you mean" not in result.stderr
+
+
+def test_a_folder_given_to_a_table_run_exits_2_saying_it_reads_one_file(table_run):
+    (table_run / "tables").mkdir(exist_ok=True)
+    result = run_cli("predict", "runs/wine", "tables", cwd=table_run)
+    assert result.returncode == 2 and "is a folder" in result.stderr and "Errno" not in result.stderr, result.stderr
 
 
 def test_unknown_output_suffix_exits_2(table_run):

@@ -10,6 +10,7 @@ JavaScript inlined: it opens offline). Globs work quoted or not: `mlrun compare 
 from __future__ import annotations
 
 import json
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,12 @@ def run_compare(patterns: list[str], metric: str | None, out: Path, json_output:
     if not patterns:
         raise UsageError("mlrun compare: name at least one run directory, e.g. mlrun compare runs/*")
     runs = [load_run(path) for path in expand_runs(patterns)]
+    if len(runs) == 1:
+        print(
+            f"mlrun: compare: only one run ({runs[0].path}), nothing to compare it with: its figures follow. "
+            "Name more runs, e.g. mlrun compare 'runs/*'",
+            file=sys.stderr,
+        )
     label_runs(runs)
     chosen = choose_metric(runs, metric)
     minimise = lower_is_better(runs, chosen)
@@ -67,8 +74,13 @@ def format_cell(config_keys: frozenset, key: str, value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return str(value) if key in config_keys else format_figure(value)
+        return shorten(json.dumps(value))  # model_edits of a compress stage run to kilobytes
+    return shorten(str(value)) if key in config_keys else format_figure(value)
+
+
+def shorten(text: str, limit: int = 60) -> str:
+    """A table cell of at most `limit` characters; the full value is in --json."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def text_table(rows: list[dict[str, Any]], cell) -> str:

@@ -34,7 +34,7 @@ def run_compress_command(target: Path, overrides: list[str], json_output: bool) 
         print_json(report)
     else:
         print(text_table(report["stages"]))
-        print(f"mlrun: wrote {source_dir / 'compress' / 'compress.json'}; export a stage with mlrun export <stage dir>")
+        print(f"mlrun: wrote {Path(report['folder']) / 'compress.json'}; export a stage with mlrun export <stage dir>")
 
 
 def text_table(rows: list[dict[str, Any]]) -> str:

@@ -44,8 +44,10 @@ def run_eval(
         print_json(report)
         return
     print(f"mlrun: {trained.weights} on {len(parts.bundle.val)} validation samples of '{parts.config.data.name}'")
+    from mlrun.tracking.figures import format_figure
+
     for key, value in results.items():
-        print(f"  {key:<24} {value:.6g}")
+        print(f"  {key:<24} {format_figure(value)}")  # four significant digits, as train and compare print
     if "early_exit" in report:
         print_exits(report["early_exit"])
 

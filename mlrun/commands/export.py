@@ -25,6 +25,17 @@ HOW_TO_LOAD = {
 }
 
 
+def check_out(out: Path) -> None:
+    """--out is a new folder, an empty one, or an earlier export (export.json) that this one replaces."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out: '{out}' is an existing file; give a folder path (export writes a folder)")
+    if out.is_dir() and any(out.iterdir()) and not (out / "export.json").is_file():
+        raise UsageError(
+            f"--out: '{out}' holds other files and is not an earlier export (no export.json); "
+            "give a new or empty folder, e.g. --out exports/<name>"
+        )
+
+
 def run_export(
     run_dir: Path,
     fmt: str,
@@ -52,9 +63,11 @@ def run_export(
 
     from mlrun.engine.restore import load_trained
 
+    if out is not None:
+        check_out(out)
     trained = load_trained(run_dir, checkpoint)
     folder = out or run_dir / "export" / export_folder_name(fmt, quantize, checkpoint)
-    shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)  # an earlier export of the same kind: export's own, rebuilt now
     folder.mkdir(parents=True)
     merged, lora = merged_for_export(trained)
     info = write_artifact(trained, fmt, quantize, folder, calibration_batches, model=merged)

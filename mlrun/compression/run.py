@@ -7,22 +7,27 @@
       compress.json         every stage's figures beside the trained model's
 
 A stage whose stage.json records the same settings and the same input is reused, so a rerun after an
-interruption goes on where it stopped: a fine-tuning with checkpoints resumes exactly. A stage whose
-settings changed is redone, and so is every stage after it.
+interruption goes on where it stopped: a fine-tuning with checkpoints resumes exactly. A folder holds
+one chain and is never rewritten by another: a chain that differs from compress/'s (other settings,
+fewer stages, retrained input) goes to the next free compress-2/, compress-3/, ..., starting from
+copies of the finished stages it shares with the folder it differs from.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
+import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file, save_model
+from safetensors.torch import save_file
 from torch import nn
 
 from mlrun.compression.measure import evaluate_deployed, measure
@@ -32,6 +37,7 @@ from mlrun.config.load import apply_override, as_override, load_config, validate
 from mlrun.config.schema import ExperimentConfig, StageSpec
 from mlrun.engine.run_dir import read_json, read_summary, write_config, write_json
 from mlrun.errors import UsageError
+from mlrun.models.weights_file import save_weights, share_like_umask
 from mlrun.registry import stages, techniques
 
 EXAMPLE = """compress:
@@ -60,7 +66,7 @@ def run_compress(specs: list[StageSpec], source_dir: Path) -> dict[str, Any]:
     weights = trained.weights
     source = ModelSource(load_config(source_dir / "config.yaml"), weights, source_dir, None, _file_key(weights))
     check_stages(specs, trained, source)  # every stage applies, before any work is written
-    root = source_dir / "compress"
+    root = chain_folder(source_dir, specs, source.key)
     rows = [{"stage": "trained", "dir": str(source_dir), **measure(trained.parts.model, trained.parts, None)}]
     for index, spec in enumerate(specs, 1):
         stage_dir = root / f"{index}-{spec.name}"
@@ -68,13 +74,79 @@ def run_compress(specs: list[StageSpec], source_dir: Path) -> dict[str, Any]:
         rows.append({"stage": spec.name, "dir": str(stage_dir), **read_json(stage_dir / "stage.json")["result"]})
     for row in rows[1:]:
         row["vs_trained"] = ratios(rows[0], row)
-    report = {"source": str(source_dir), "stages": rows}
+    report = {"source": str(source_dir), "folder": str(root), "stages": rows}
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "compress.json", report)
-    for stale in sorted(root.glob("*-*")):  # stages of a longer earlier chain
-        if stale.is_dir() and stale.name.split("-")[0].isdigit() and int(stale.name.split("-")[0]) > len(specs):
-            shutil.rmtree(stale)
     return report
+
+
+# --- which folder a chain goes to -------------------------------------------------------------------
+
+_STAGE_DIR = re.compile(r"(\d+)-")
+CHAIN_FOLDER = re.compile(r"compress(-\d+)?")
+
+
+def stage_key(spec: StageSpec, input_key: str) -> str:
+    """Identifies a stage's result: its settings and the key of its input."""
+    return hashlib.sha256(json.dumps([spec.model_dump(mode="json"), input_key]).encode()).hexdigest()[:16]
+
+
+def chain_folder(source_dir: Path, specs: list[StageSpec], trained_key: str) -> Path:
+    """compress/ or the compress-N/ holding this chain or its beginning; otherwise the next free one.
+
+    A folder whose stages are not a beginning of this chain holds another chain (a user's earlier
+    results, exports made inside its stages): it is left as it is.
+    """
+    keys, key = [], trained_key
+    for spec in specs:
+        key = stage_key(spec, key)
+        keys.append(key)
+    nearest, shared = None, 0
+    names = itertools.chain(["compress"], (f"compress-{n}" for n in itertools.count(2)))
+    for folder in (source_dir / name for name in names):
+        held = _held_keys(folder)
+        if held is None:
+            break
+        if held == keys[: len(held)]:
+            return folder  # this chain, interrupted or extended
+        common = next((i for i, (a, b) in enumerate(zip(held, keys)) if a != b), min(len(held), len(keys)))
+        if nearest is None or common > shared:
+            nearest, shared = folder, common
+    if nearest is None:
+        return folder  # the first chain of this run
+    print(
+        f"mlrun: compress: {nearest} holds another chain and is kept; this chain goes to {folder}"
+        + (f" (its first {shared} stage(s) copied from there)" if shared else ""),
+        file=sys.stderr,
+    )
+    for stage in sorted(_stage_dirs(nearest), key=_stage_index)[:shared]:
+        if (read_json(stage / "stage.json") or {}).get("status") == "done":
+            shutil.copytree(stage, folder / stage.name, ignore=shutil.ignore_patterns("export*"), copy_function=_link)
+    return folder
+
+
+def _held_keys(folder: Path) -> list[str | None] | None:
+    """The keys of a folder's stages in order, or None when there is no such folder."""
+    if not folder.is_dir():
+        return None
+    stage_dirs = sorted(_stage_dirs(folder), key=_stage_index)
+    return [(read_json(stage / "stage.json") or {}).get("key") for stage in stage_dirs]
+
+
+def _stage_dirs(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.is_dir() and _STAGE_DIR.match(p.name)]
+
+
+def _stage_index(stage: Path) -> int:
+    return int(_STAGE_DIR.match(stage.name).group(1))
+
+
+def _link(source: str, target: str) -> None:
+    """Copy a finished stage's file as a hard link where the filesystem allows (stage files are never rewritten)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def ratios(base: dict[str, Any], row: dict[str, Any]) -> dict[str, float]:
@@ -96,12 +168,10 @@ def run_stage(spec: StageSpec, source: ModelSource, stage_dir: Path) -> ModelSou
     """The stage's result, computed or (same settings, same input) reused."""
     from mlrun.engine.restore import load_trained
 
-    key = hashlib.sha256(json.dumps([spec.model_dump(mode="json"), source.key]).encode()).hexdigest()[:16]
+    key = stage_key(spec, source.key)
     record = read_json(stage_dir / "stage.json") or {}
-    if stage_dir.exists() and record.get("key") != key:
-        print(f"mlrun: compress: {stage_dir.name} had other settings or input; redoing it", file=sys.stderr)
-        shutil.rmtree(stage_dir)
-        record = {}
+    if stage_dir.exists() and record.get("key") != key:  # chain_folder chose a folder of this chain
+        raise UsageError(f"compress: '{stage_dir}' holds another stage ({record.get('key')}); move it away and rerun")
     if record.get("status") == "done":
         print(f"mlrun: compress: {stage_dir.name} was done with these settings; reusing it", file=sys.stderr)
         return _result_source(stage_dir, record)
@@ -118,6 +188,7 @@ def run_stage(spec: StageSpec, source: ModelSource, stage_dir: Path) -> ModelSou
     if store := stages.trait(spec.name, "stored"):  # the stage's own storage (indices + codebook)
         stored = store(result.parts.model)
         save_file(stored, str(stage_dir / "compressed.safetensors"))
+        share_like_umask(stage_dir / "compressed.safetensors")
     figures = measure(result.parts.model, result.parts, current.quantize, stored)
     record.update(status="done", result={**figures, "report": record.pop("report", {})})
     write_json(stage_dir / "stage.json", record)
@@ -139,13 +210,13 @@ def run_round(
         model = stage.model
     else:
         start = stage_dir / f"start-{round_}.safetensors"
-        save_model(stage.model, str(start))
+        save_weights(stage.model, start)
         tuned = finetune_config(output, stage, spec, start, train_dir, stage.objective)
         _train(tuned, train_dir)
         model = load_trained(train_dir).parts.model
     if stage.finish is not None and round_ == spec.rounds:
         model = stage.finish(model)
-    save_model(model, str(stage_dir / "model.safetensors"))
+    save_weights(model, stage_dir / "model.safetensors")
     write_config(stage_dir, output.model_dump(mode="json"))
     fitted = current.run_dir / "preprocessing.pkl"
     if fitted.is_file() and fitted.parent != stage_dir:
@@ -182,7 +253,7 @@ def _plan(spec: StageSpec, model: nn.Module, trained, first_input: ModelSource, 
 def _source_run(source: ModelSource) -> Path:
     """The trained run at the root of the chain (stage folders live in <run>/compress/)."""
     run = source.run_dir
-    return run.parent.parent if run.parent.name == "compress" else run
+    return run.parent.parent if CHAIN_FOLDER.fullmatch(run.parent.name) else run
 
 
 def _finetune_steps(spec: StageSpec, parts) -> int:

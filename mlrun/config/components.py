@@ -42,9 +42,25 @@ def _settings_message(exc: ValidationError, spec: ComponentSpec, path: tuple, so
         if error["type"] == "extra_forbidden":
             key = str(error["loc"][-1])
             text = f"unknown setting of {what}.{did_you_mean(key, allowed)} Allowed: {', '.join(allowed)}."
+            if ":" in spec.name and _takes_positional(registry.get(spec.name), key):
+                text += (
+                    f" Your factory takes '{key}' as a positional parameter; settings from YAML are keyword-only: "
+                    f"runtime inputs before `/`, settings after `*`, e.g. def factory(meta, /, *, {key}=...)."
+                )
         elif error["type"] == "missing":
             text = f"required setting of {what} is missing."
         else:
             text = f"{error['msg'].removeprefix('Value error, ')} (got {error.get('input')!r})."
         lines.append(f"{sources.where(loc)}: {dotted(loc)}: {text}")
     return "\n".join(lines)
+
+
+def _takes_positional(factory, key: str) -> bool:
+    """Whether a user factory declares `key`, but not as keyword-only (where YAML settings go)."""
+    import inspect
+
+    try:
+        param = inspect.signature(factory).parameters.get(key)
+    except (TypeError, ValueError):  # a callable without a readable signature
+        return False
+    return param is not None and param.kind is not inspect.Parameter.KEYWORD_ONLY

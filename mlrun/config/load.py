@@ -9,6 +9,7 @@ Every key keeps where it came from (file:line, or the override that set it), so 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,16 @@ def validate_raw(data: dict[str, Any], sources: SourceMap) -> ExperimentConfig:
 # --- YAML with line numbers -------------------------------------------------------------------
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """The safe loader, reading `1e-2` as a number as YAML 1.2 does (PyYAML's YAML 1.1 needs `1.0e-2`,
+    and would otherwise store optimizer.lr as the string '1e-2' in the run's config.yaml)."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
 def read_yaml(path: Path, sources: SourceMap) -> dict[str, Any]:
     """A YAML mapping read with the safe loader; records `file:line` for every key."""
     if not path.is_file():
@@ -59,7 +70,7 @@ def read_yaml(path: Path, sources: SourceMap) -> dict[str, Any]:
         raise UsageError(f"config file '{path}' not found.{hint}")
     text = path.read_text(encoding="utf-8")
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=ConfigLoader)
     except yaml.YAMLError as exc:
         raise UsageError(f"{_yaml_where(path, exc)}: invalid YAML: {_yaml_problem(exc)}") from None
     if node is None:
@@ -153,7 +164,7 @@ def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> None:
     if any(not p for p in parts):
         raise UsageError(f"{origin}: '{key}' is not a dotted key path like optimizer.lr")
     try:
-        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+        value = yaml.load(raw_value, Loader=ConfigLoader) if raw_value.strip() else None
     except yaml.YAMLError as exc:
         raise UsageError(f"{origin}: the value is not valid YAML: {_yaml_problem(exc)}") from None
     target: Any = data
@@ -207,3 +218,25 @@ def _dotted(path: KeyPath) -> str:
 def as_override(key: str, value) -> str:
     """`key=value` for a command line, for any YAML value."""
     return f"{key}={json.dumps(value)}"  # JSON is YAML: strings, numbers, lists and mappings round-trip
+
+
+# Keyword arguments of most optimizer entries, which the schema cannot list (they are the factory's).
+_COMPONENT_KEYS = {"lr": "optimizer.lr", "weight_decay": "optimizer.weight_decay", "momentum": "optimizer.momentum"}
+
+
+def override_for_option(option: str, value: str | None) -> str:
+    """How to write a mistaken command-line option (`--epochs 3`) as an override (`train.epochs=3`)."""
+    from pydantic import BaseModel
+
+    name, _, inline = option.lstrip("-").partition("=")
+    name = name.replace("-", "_")
+    shown = inline or value or "VALUE"
+    key = name if "." in name or name in ExperimentConfig.model_fields else _COMPONENT_KEYS.get(name)
+    for section, field in ExperimentConfig.model_fields.items():
+        types = [field.annotation, *getattr(field.annotation, "__args__", ())]  # Section | None too
+        sections = [t for t in types if isinstance(t, type) and issubclass(t, BaseModel)]
+        if key is None and any(name in t.model_fields for t in sections):
+            key = f"{section}.{name}"
+    if key is None:
+        return "config keys are set as KEY=VALUE after the config (e.g. train.epochs=3); mlrun schema lists them"
+    return f"config keys are set as KEY=VALUE after the config: write {key}={shown}"

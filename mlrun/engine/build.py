@@ -19,7 +19,7 @@ from mlrun.callbacks import Callback
 from mlrun.config.schema import ComponentSpec, DataSpec, ExperimentConfig, TrainConfig
 from mlrun.data.augment import Augmentations
 from mlrun.data.bundle import DataMeta, DatasetBundle
-from mlrun.errors import UsageError
+from mlrun.errors import MlrunError, UsageError
 from mlrun.metrics import Metric
 from mlrun.optim.param_groups import regroup
 from mlrun.optim.schedulers import LRSchedule
@@ -68,6 +68,14 @@ def build(spec: ComponentSpec, *runtime):
         if isinstance(exc, UsageError):
             raise
         raise UsageError(f"{registry.kind[:-1]} '{spec.name}': {exc}") from None
+    except Exception as exc:
+        if ":" not in spec.name or isinstance(exc, MlrunError):
+            raise  # a built-in entry failing is mlrun's bug: exit 1, its traceback on --debug
+        # The user's own factory: name it, and keep its traceback for --debug.
+        raise UsageError(
+            f"{registry.kind[:-1]} '{spec.name}' (your factory) raised {type(exc).__name__}: {exc}; "
+            "fix it there (--debug shows its traceback)"
+        ) from exc
 
 
 def build_components(

@@ -20,6 +20,7 @@ from accelerate import Accelerator
 
 from mlrun.engine.allocation import write_allocation
 from mlrun.errors import UsageError
+from mlrun.models.weights_file import share_like_umask
 
 CHECKPOINTS = "checkpoints"
 FILE_SIZES = "files.json"
@@ -89,6 +90,8 @@ class CheckpointWriter:
         if accelerator.is_main_process:
             if final.exists():
                 shutil.rmtree(final)
+            for weights in tmp.rglob("*.safetensors"):  # Accelerate writes them 0600 (safetensors' default)
+                share_like_umask(weights)
             _record_sizes(tmp)
             _fsync_tree(tmp)
             os.replace(tmp, final)  # atomic: the checkpoint appears complete or not at all

@@ -98,13 +98,18 @@ def mismatch(parts: Components, batch, exc: Exception) -> str:
         return f"the model cannot take the batch ({names}): {error}"
     if targets is None or parts.config.objective.name != "supervised":
         return error
-    hint = loss_hint(parts.config.loss.name, logits, targets)
-    return f"{error}. {hint}" if hint else error
+    hint = loss_hint(parts.config.loss.name, logits, targets, parts.bundle.meta.num_classes)
+    return f"{error.rstrip('.')}. {hint}" if hint else error
 
 
-def loss_hint(loss: str, logits: torch.Tensor, targets: torch.Tensor) -> str | None:
+def loss_hint(loss: str, logits: torch.Tensor, targets: torch.Tensor, classes: int | None = None) -> str | None:
     kind = losses.trait(loss, "targets")
     outputs, shape = logits.shape[-1], tuple(targets.shape)
+    if kind == "classes" and classes and outputs < classes and not targets.is_floating_point():
+        return (
+            f"the model gives {outputs} outputs per sample, but the data has {classes} classes: its output layer "
+            f"must be {classes} wide (a model factory receives the count as meta.num_classes; do not fix it in code)"
+        )
     if kind == "classes" and targets.is_floating_point() and targets.ndim < logits.ndim:
         return (
             f"loss '{loss}' needs class ids (integers) or class probabilities, but the targets are floats of shape "

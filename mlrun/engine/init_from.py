@@ -84,9 +84,9 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
             state.update(read_state(path.parent / shard))
         return state
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from mlrun.models.weights_file import read_weights
 
-        return load_file(str(path))
+        return read_weights(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
     except Exception as exc:  # a file torch cannot read, or one that needs arbitrary unpickling
@@ -161,12 +161,25 @@ def load_pretrained(model: nn.Module, spec: InitFrom) -> dict[str, Any]:
     print(f"mlrun: init_from: {describe(full)}", file=sys.stderr, flush=True)  # stdout may be --json
     if fraction < spec.warn_below:
         print(
-            f"mlrun: warning: init_from loaded only {fraction:.0%} of the model's parameters from {path}; "
-            "check init_from.prefix and exclude (manifest.json lists missing and unexpected keys)",
+            f"mlrun: warning: init_from loaded only {fraction:.1%} of the model's parameters from {path}; "
+            + _why_so_little(report),
             file=sys.stderr,
             flush=True,
         )
     return full
+
+
+def _why_so_little(report: dict[str, Any]) -> str:
+    """What to check: the shapes when same-named tensors differ, otherwise the key mapping."""
+    shapes = report["skipped_shape"]
+    if shapes and len(shapes) >= len(report["missing"]):
+        first = shapes[0]
+        return (
+            f"{len(shapes)} tensors have the same names but other shapes (e.g. {first['key']}: {first['source']} "
+            f"in the source, {first['model']} in this model): the model is built with other settings than the "
+            "source's (compare the model sections); exclude those keys to start them fresh on purpose"
+        )
+    return "check init_from.prefix and exclude (manifest.json lists missing and unexpected keys)"
 
 
 def describe(report: dict[str, Any]) -> str:
@@ -190,11 +203,9 @@ def _few(items: list[str], limit: int = 4) -> str:
 def _nothing_matched(model: nn.Module, source: dict, spec: InitFrom, path: Path, report: dict) -> str:
     model_keys = list(model.state_dict())
     if report["skipped_shape"] and not report["missing"]:
-        why = f"every shared key has another shape ({_few([s['key'] for s in report['skipped_shape']])})"
-    else:
-        why = "no key of the source names a tensor of the model"
+        return f"init_from: nothing loaded from {path}: {_why_so_little(report)}."
     return (
-        f"init_from: nothing loaded from {path}: {why}. Model keys look like {_few(model_keys, 3)}; "
-        f"source keys look like {_few(list(source), 3)}. Map them with init_from.prefix "
-        "(e.g. {'bert.': ''}), or check the source."
+        f"init_from: nothing loaded from {path}: no key of the source names a tensor of the model. Model keys "
+        f"look like {_few(model_keys, 3)}; source keys look like {_few(list(source), 3)}. Map them with "
+        "init_from.prefix (e.g. {'bert.': ''}), or check the source."
     )

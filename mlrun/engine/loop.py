@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import save_file, save_model
+from safetensors.torch import save_file
 
 from mlrun.config.schema import Duration
 from mlrun.data.batch import batch_len
@@ -34,6 +34,7 @@ from mlrun.engine.signals import StopSignals, requeue_slurm_job
 from mlrun.engine.state import TrainState
 from mlrun.engine.step import prepare_training
 from mlrun.errors import RunFailed, RunInterrupted
+from mlrun.models.weights_file import save_weights, share_like_umask
 from mlrun.tracking.base import RunInfo
 
 
@@ -328,8 +329,9 @@ class TrainingLoop:
                 weights = full_state_dict(self.accelerator.unwrap_model(self.model, keep_torch_compile=False))
                 if self.accelerator.is_main_process:
                     save_file(weights, str(path), metadata={"format": "pt"})
+                    share_like_umask(path)
             elif self.accelerator.is_main_process:
-                save_model(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), str(path))
+                save_weights(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), path)
         self.accelerator.wait_for_everyone()
 
     def latest_checkpoint_text(self) -> str | None:

@@ -5,14 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import load_model
-
 from mlrun.config.load import load_config
 from mlrun.data.bundle import load_fitted_transform
 from mlrun.engine.build import Components, build_components
 from mlrun.engine.dcp_state import has_dcp_state, load_dcp_weights
 from mlrun.engine.run_dir import read_summary
 from mlrun.errors import UsageError
+from mlrun.models.weights_file import load_weights
 
 
 @dataclass
@@ -57,7 +56,7 @@ def load_trained(run_dir: Path, checkpoint: str = "final", overrides: list[str] 
     if weights.is_dir():
         missing, unexpected = load_dcp_weights(parts.model, weights)
     else:
-        missing, unexpected = load_model(parts.model, str(weights), strict=False)
+        missing, unexpected = load_weights(parts.model, weights, strict=False)
     if missing or unexpected:
         raise UsageError(
             f"{weights} does not fit the model of {config_path}: missing {sorted(missing)[:5]}, "

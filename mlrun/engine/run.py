@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -20,7 +19,9 @@ from mlrun.engine.checkpoint import latest_checkpoint, resolve_resume
 from mlrun.engine.config_change import Changes, check_resume_config, describe, explain_load_failure, record_changes
 from mlrun.engine.run_dir import (
     FINISHED,
+    check_trainable,
     check_writable,
+    clear_train_outputs,
     manifest,
     peak_memory_bytes,
     peak_memory_measure,
@@ -79,7 +80,7 @@ def run_training(
     if resume_from is None:  # a resumed run was checked when it started
         check_components(parts, batch_was_auto, accelerator.device.type)
     if clear and accelerator.is_main_process:  # only now: a start that cannot build keeps the old run
-        shutil.rmtree(run_dir, ignore_errors=True)
+        clear_train_outputs(run_dir)  # lr_find/, tune/, compress/, export/ and a user's files stay
     accelerator.wait_for_everyone()
     loop = TrainingLoop(parts, accelerator, run_dir, extra_callbacks=callbacks)
     loop.check_fits()
@@ -162,15 +163,21 @@ def start_energy(config: ExperimentConfig, accelerator, run_dir: Path, resumed: 
 
 
 def decide_resume(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | None, bool]:
-    """(the checkpoint to resume from or None, whether the run directory must be cleared first)."""
+    """(the checkpoint to resume from or None, whether train's earlier outputs must be cleared first).
+
+    Clearing removes only what train itself wrote (run_dir.TRAIN_OUTPUTS); a folder whose files train
+    did not write exits 2 here, before anything is built.
+    """
+    check_trainable(run_dir, overwrite)
     if overwrite:
         return None, run_dir.exists()
     summary = read_summary(run_dir)
     if summary and summary["status"] in FINISHED and resume == "auto":
+        latest = latest_checkpoint(run_dir)
+        extend = f"--resume {latest} to continue from its last checkpoint (e.g. with more epochs), " if latest else ""
         raise UsageError(
-            f"run '{run_dir}' already finished ({summary['status']}). Pass --overwrite to train it again, "
-            f"--resume {latest_checkpoint(run_dir)} to continue from its last checkpoint (e.g. with more epochs), "
-            "or choose another name=..."
+            f"run '{run_dir}' already finished ({summary['status']}). Pass --overwrite to train it again "
+            f"(lr_find/, tune/, profile/, compress/, export/ are kept), {extend}or choose another name=..."
         )
     if resume == "never" and latest_checkpoint(run_dir):
         raise UsageError(f"run '{run_dir}' has checkpoints; pass --overwrite to discard them, or --resume auto.")

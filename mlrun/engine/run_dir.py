@@ -18,6 +18,27 @@ import mlrun
 
 SUMMARY = "summary.json"
 FINISHED = ("completed", "early_stopped")
+# What `mlrun train` writes at the top of a run folder and rebuilds on a restart. The folder is shared
+# (DESIGN §3): lr_find/, tune/, profile/, compress/, export/ and a user's own files are never removed.
+TRAIN_OUTPUTS = (
+    "checkpoints",
+    "config.yaml",
+    "manifest.json",
+    "metrics.jsonl",
+    "summary.json",
+    "preprocessing.pkl",
+    "preprocessing.json",
+    "model.safetensors",
+    "best.safetensors",
+    "tensorboard",
+    # A hosted tracker's record of its run id: a restart starts a new tracked run. The offline
+    # stores (mlruns/, wandb/) keep the earlier tracked runs' history.
+    "hosted_run.json",
+    "mlflow_run.json",
+    "wandb_run.json",
+)
+# Records of commands whose folder is not a training run: training into it would replace their results.
+NOT_A_RUN = {"stage.json": "a compress stage", "compress.json": "a compress folder", "export.json": "an export"}
 
 
 def check_writable(folder: Path) -> None:
@@ -37,6 +58,48 @@ def check_writable(folder: Path) -> None:
         raise UsageError(
             f"output_dir: cannot write '{folder}' ({exc.strerror or exc}); set output_dir=... to a writable folder"
         ) from None
+
+
+def train_outputs(run_dir: Path) -> list[Path]:
+    """The entries of `run_dir` that `mlrun train` wrote (or would write) and may replace on a restart."""
+    return [run_dir / name for name in TRAIN_OUTPUTS if (run_dir / name).exists()]
+
+
+def check_trainable(run_dir: Path, overwrite: bool) -> None:
+    """Exit 2 when training into `run_dir` would replace what another command or the user put there.
+
+    A folder holding train's file names without manifest.json (which train writes at every start)
+    was not made by `mlrun train`: its files are replaced only with --overwrite.
+    """
+    from mlrun.errors import UsageError
+
+    for record, what in NOT_A_RUN.items():
+        if (run_dir / record).is_file():
+            raise UsageError(
+                f"'{run_dir}' is {what} folder ({record}), not a training run: training into it would replace "
+                f"its weights and records. Train into another folder (output_dir=... name=...); to start from "
+                f"its weights, add init_from={{run: {run_dir}}}"
+            )
+    if overwrite or (run_dir / "manifest.json").is_file():
+        return
+    found = [path.name for path in train_outputs(run_dir)]
+    if found:
+        raise UsageError(
+            f"'{run_dir}' holds {', '.join(found)} that mlrun train did not write (no manifest.json). "
+            "Choose another name=... or output_dir=..., or pass --overwrite to replace them "
+            "(other files and folders there are kept)"
+        )
+
+
+def clear_train_outputs(run_dir: Path) -> None:
+    """Remove what an earlier start of `mlrun train` wrote in `run_dir`; everything else stays."""
+    import shutil
+
+    for path in train_outputs(run_dir):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

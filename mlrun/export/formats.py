@@ -46,9 +46,9 @@ def write(fmt: str, model: nn.Module, example: tuple[torch.Tensor, ...], names: 
 
 
 def _write_safetensors(model: nn.Module, example, names, path: Path) -> None:
-    from safetensors.torch import save_model
+    from mlrun.models.weights_file import save_weights
 
-    save_model(model, str(path))
+    save_weights(model, path)
 
 
 def _dynamic_batch(example: tuple[torch.Tensor, ...]):

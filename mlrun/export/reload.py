@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors.torch import load_model
 from torch import nn
 
 from mlrun.data.bundle import DataMeta
 from mlrun.export.quantize import apply_quantization
 from mlrun.export.signature import InferenceModule
 from mlrun.models.saved import build_saved_model
+from mlrun.models.weights_file import load_weights
 
 
 def model_structure(config_path: Path, meta: DataMeta, quantize: str) -> nn.Module:
@@ -32,5 +32,5 @@ def load_exported_model(folder: str | Path) -> nn.Module:
         **{k: tuple(v) if k in ("input_shape", "input_names") and v else v for k, v in info["data_meta"].items()}
     )
     model = model_structure(folder / "config.yaml", meta, info["quantize"])
-    load_model(model, str(folder / info["file"]))
+    load_weights(model, folder / info["file"])
     return model

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safetensors.torch import load_model
 from torch import nn
 
 from mlrun.config.load import load_config
 from mlrun.data.bundle import DataMeta
 from mlrun.errors import UsageError
 from mlrun.models.edits import apply_edits
+from mlrun.models.weights_file import load_weights
 from mlrun.registry import models, techniques
 
 
@@ -38,7 +38,7 @@ def load_saved_model(run_dir: Path, meta: DataMeta, weights: str = "model.safete
         raise UsageError(f"'{run_dir}' is not a finished mlrun run (needs config.yaml and {weights}); train it first")
     model = build_saved_model(run_dir / "config.yaml", meta)
     try:
-        load_model(model, str(run_dir / weights))
+        load_weights(model, run_dir / weights)
     except RuntimeError as exc:
         raise UsageError(
             f"the weights of '{run_dir}' do not fit its model built for this data "

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlrun.data.splits import require_columns
-from mlrun.errors import UsageError
+from mlrun.errors import UsageError, did_you_mean
 from mlrun.prediction.prepared import Inputs
 
 
@@ -20,6 +19,11 @@ def read_frame(path: Path):
         import pandas as pd
     except ImportError:
         raise UsageError("reading tables needs pandas: pip install 'mlrun[tabular]'") from None
+    if path.is_dir():
+        raise UsageError(
+            f"INPUT: '{path}' is a folder; this run reads one table file (.csv, .parquet or .jsonl) with its "
+            "training columns"
+        )
     suffix = path.suffix.lower()
     try:
         if suffix in (".jsonl", ".ndjson", ".json"):
@@ -54,6 +58,34 @@ def check_categories(frame, pipeline, categorical: list[str], path: Path) -> Non
                 f"{path}: column '{column}' has {int(unseen.sum())} values the run never saw in training "
                 f"(data rows {_first_rows(unseen.to_numpy())}; first {first!r}; known: "
                 f"{', '.join(map(str, list(known)[:10]))}); map them to a known category or retrain"
+            )
+
+
+def require_features(features: list[str], columns: list[str], path: Path) -> None:
+    """Every training feature must be a column; a near-miss is suggested only among the columns the run
+    does not use (a present feature column is not a misspelling of a missing one)."""
+    missing = [name for name in features if name not in columns]
+    if missing:
+        spare = [c for c in columns if c not in features]
+        raise UsageError(
+            f"INPUT: '{path}' lacks the training column{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(repr(m) for m in missing)}.{did_you_mean(missing[0], spare)} The run reads every "
+            f"feature it was trained on: {', '.join(features)}."
+        )
+
+
+def check_numbers(frame, numeric: list[str], path: Path) -> None:
+    """Text in a numeric column ('?', 'n/a') names the column, the rows and the cell, not scikit-learn's error."""
+    import pandas as pd
+
+    for column in numeric:
+        values = frame[column]
+        text = (pd.to_numeric(values, errors="coerce").isna() & values.notna()).to_numpy()
+        if text.any():
+            raise UsageError(
+                f"{path}: column '{column}' holds {int(text.sum())} cell(s) that are not numbers (data rows "
+                f"{_first_rows(text)}; first {values[text].iloc[0]!r}); the run reads it as numbers. Fix the cells, "
+                "or leave them empty if the run imputes missing values (data.impute)"
             )
 
 
@@ -94,7 +126,7 @@ def read_table(path: Path, predictor) -> Inputs:
     if predictor.transform is None or features is None:
         raise UsageError(f"{predictor.weights.parent}: no fitted preprocessing (preprocessing.pkl); re-export the run")
     frame = read_frame(path)
-    require_columns(features, frame.columns, "INPUT", f"'{path}'")
+    require_features(features, list(frame.columns), path)
     settings = predictor.config.data.settings
     if settings.get("impute", "error") == "error":
         for column in features:
@@ -105,6 +137,7 @@ def read_table(path: Path, predictor) -> Inputs:
                     f"{_first_rows(missing)}); the run was trained without imputation (data.impute: error)"
                 )
     check_categories(frame, predictor.transform, categorical, path)
+    check_numbers(frame, [c for c in features if c not in categorical], path)
     try:
         x = predictor.transform.transform(frame[features])
     except ValueError as exc:

@@ -16,7 +16,8 @@ MINIMISED = ("loss", "error", "mse", "mae", "rmse", "perplexity", "time", "memor
 
 
 def logged_keys(runs: list[RunRecord]) -> list[str]:
-    return sorted({key for run in runs for line in run.history for key in line if key not in ("step", "epoch", "time")})
+    logged = {key for run in runs for line in run.history for key in line if key not in ("step", "epoch", "time")}
+    return sorted(logged | {key for run in runs for key in (run.summary.get("final") or {})})
 
 
 def choose_metric(runs: list[RunRecord], metric: str | None) -> str:

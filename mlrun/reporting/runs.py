@@ -73,7 +73,23 @@ def load_run(path: Path) -> RunRecord:
         raise UsageError(f"{path / 'config.yaml'}: not valid YAML ({exc})") from None
     summary_path = path / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if not summary and (path / "stage.json").is_file():
+        return load_stage(path, flatten(config))
     return RunRecord(path, path.name, flatten(config), summary, read_history(path / "metrics.jsonl"))
+
+
+def load_stage(path: Path, config: dict[str, Any]) -> RunRecord:
+    """A compress stage folder: its metrics as deployed (stage.json), its fine-tuning's curves (train/)."""
+    stage = json.loads((path / "stage.json").read_text())
+    result = stage.get("result") or {}
+    tuned = path / "train" if (path / "train").is_dir() else path / f"train-{stage.get('rounds_done', 1)}"
+    tuned_summary = json.loads((tuned / "summary.json").read_text()) if (tuned / "summary.json").is_file() else {}
+    summary = {
+        **{k: tuned_summary[k] for k in ("steps", "wall_time_s", "samples_per_s") if k in tuned_summary},
+        "status": f"stage {stage.get('status', 'running')}",
+        "final": result.get("metrics") or {},
+    }
+    return RunRecord(path, path.name, config, summary, read_history(tuned / "metrics.jsonl"))
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
