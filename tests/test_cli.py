@@ -17,6 +17,7 @@ from tests.conftest import REPO, run_cli
 COMMANDS = ["train", "validate", "profile", "tune", "export", "eval", "list", "schema", "init", "compare", "predict"]
 
 
+@pytest.mark.e2e  # a fresh interpreter's imports: `mlrun --help` stays torch-free
 def test_help_does_not_import_torch():
     code = (
         "import sys\n"

@@ -318,6 +318,7 @@ def test_csv_run_saves_its_preprocessing_for_eval_and_export(tmp_path):
     assert pipeline.transform(pd.read_csv(tmp_path / "table.csv").drop(columns="target")).shape[1] == 3
 
 
+@pytest.mark.e2e  # a run dies by SIGKILL
 def test_augmented_run_with_workers_resumes_bit_identically_and_logs_data_wait(tmp_path):
     write_images(tmp_path / "images", per_class=30)
 

@@ -94,6 +94,7 @@ def exact_resume_config(name: str, **model) -> dict:
     return config
 
 
+@pytest.mark.e2e  # a run dies by SIGKILL
 def test_resume_after_sigkill_mid_epoch_is_bit_identical(tmp_path):
     result, straight = train(tmp_path, exact_resume_config("straight"))
     assert result.returncode == 0, result.stderr
@@ -182,6 +183,7 @@ def wait_for(path: Path, process, timeout_s: float = 60) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.e2e  # signals a running process
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_saves_a_checkpoint_and_marks_interrupted(tmp_path, sig, code):
     config = tiny_config(name="sig", model={"name": "tests.fixtures:slow_mlp", "sleep_s": 0.02})
@@ -248,6 +250,7 @@ def test_compiled_model_trains(tmp_path):
     assert not any(k.startswith("_orig_mod") for k in weights(run))  # saved without the compile wrapper
 
 
+@pytest.mark.e2e  # a run dies by SIGKILL
 def test_data_loader_workers_train_and_resume_exactly(tmp_path):
     data = {"name": "synthetic", "num_samples": 640, "num_features": 16, "batch_size": 32, "num_workers": 2}
     straight = exact_resume_config("w_straight")
