@@ -106,6 +106,17 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
+def train_run(folder: Path, config: dict, *args: str) -> Path:
+    """`mlrun train` of `config` (written as <name>.yaml in `folder`), which must succeed; its run directory."""
+    result = run_cli("train", write_config(folder, config, f"{config['name']}.yaml"), *args, cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return folder / "runs" / config["name"]
+
+
+def summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
