@@ -70,7 +70,7 @@ def run_in_process(args: list[str], cwd: Path, timeout: float) -> subprocess.Com
     from mlrun.cli import main
 
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        with _fresh_process(["mlrun", *args], cwd), _captured(out, err), _watchdog(timeout):
+        with _watchdog(timeout), _fresh_process(["mlrun", *args], cwd), _captured(out, err):
             returncode = _call(main)
         out.seek(0)
         err.seek(0)
@@ -273,6 +273,11 @@ def _reset_singletons() -> None:
             dist.destroy_process_group()
         if "torch._dynamo" in sys.modules:
             sys.modules["torch._dynamo"].reset()
+        cuda = sys.modules["torch"].cuda
+        if cuda.is_initialized():  # a new process starts with no cached blocks and no peak
+            gc.collect()
+            cuda.empty_cache()
+            cuda.reset_peak_memory_stats()
     from mlrun import jsonout
 
     if jsonout._stdout_fd is not None:
