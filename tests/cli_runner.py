@@ -13,7 +13,8 @@ run changes in a process that a fresh process would not have seen:
   logger's handlers (pytest's) and every logger's level and filters, torch's global settings and RNG
   states, Accelerate's singleton states, torch.compile's caches, `mlrun.jsonout`'s saved stdout and
   the modules a run imported from its working directory (user code) are restored or reset;
-- `sys.exit(code)` becomes the return code; anything escaping `main()` is printed like Python does.
+- `sys.exit(code)` becomes the return code; anything escaping `main()` is printed like Python does; a run
+  past its timeout raises subprocess.TimeoutExpired in the test, as subprocess.run would.
 
 Tests that need a real process (signals, SIGKILL, torchrun, SLURM, import-time checks) are marked
 `e2e`; conftest's `run_cli` then starts `python -m mlrun` in a subprocess for them.
@@ -69,21 +70,27 @@ def run_in_process(args: list[str], cwd: Path, timeout: float) -> subprocess.Com
         raise RuntimeError(f"tests import mlrun from {mlrun.__file__}, not {REPO}: export PYTHONPATH={REPO}")
     from mlrun.cli import main
 
+    command = [sys.executable, "-m", "mlrun", *args]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        with _watchdog(timeout), _fresh_process(["mlrun", *args], cwd), _captured(out, err):
-            returncode = _call(main)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = (f.read().decode("utf-8", errors="replace") for f in (out, err))
-    return subprocess.CompletedProcess(
-        [sys.executable, "-m", "mlrun", *args], returncode, stdout.replace("\r\n", "\n"), stderr.replace("\r\n", "\n")
-    )
+        try:
+            with _fresh_process(["mlrun", *args], cwd), _captured(out, err), _watchdog(timeout):
+                returncode = _call(main)
+        except _Timeout:
+            raise subprocess.TimeoutExpired(command, timeout, _read(out), _read(err)) from None
+        return subprocess.CompletedProcess(command, returncode, _read(out), _read(err))
+
+
+def _read(file) -> str:
+    file.seek(0)
+    return file.read().decode("utf-8", errors="replace").replace("\r\n", "\n")
 
 
 def _call(main) -> int:
     """The exit status `python -m mlrun` would end with."""
     try:
         main()
+    except _Timeout:
+        raise
     except SystemExit as exc:
         if exc.code is None:
             return 0
@@ -121,16 +128,24 @@ def _captured(out, err) -> Iterator[None]:
             os.close(saved)
 
 
+class _Timeout(BaseException):
+    """The run outlasted its timeout (a BaseException, so mlrun's `except Exception` lets it through)."""
+
+
 @contextlib.contextmanager
 def _watchdog(timeout: float) -> Iterator[None]:
-    """A run that hangs past `timeout` ends the test process with every thread's traceback on stderr."""
-    import faulthandler
+    """After `timeout` seconds SIGALRM raises _Timeout in the run; the test gets subprocess.TimeoutExpired."""
 
-    faulthandler.dump_traceback_later(timeout, exit=True)
+    def expire(signum, frame):
+        raise _Timeout
+
+    signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
         yield
     finally:
-        faulthandler.cancel_dump_traceback_later()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
 
 
 @contextlib.contextmanager
