@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
+import types
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,7 +74,7 @@ def run_in_process(args: list[str], cwd: Path, timeout: float) -> subprocess.Com
     command = [sys.executable, "-m", "mlrun", *args]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
-            with _fresh_process(["mlrun", *args], cwd), _captured(out, err), _watchdog(timeout):
+            with _fresh_process(args, cwd), _captured(out, err), _watchdog(timeout):
                 returncode = _call(main)
         except _Timeout:
             raise subprocess.TimeoutExpired(command, timeout, _read(out), _read(err)) from None
@@ -149,15 +150,19 @@ def _watchdog(timeout: float) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _fresh_process(argv: list[str], cwd: Path) -> Iterator[None]:
+def _fresh_process(args: list[str], cwd: Path) -> Iterator[None]:
     """What a new process would start from, restored afterwards."""
-    saved_cwd, saved_argv, saved_path = os.getcwd(), sys.argv[:], sys.path[:]
+    saved_cwd, saved_argv, saved_path, saved_main = os.getcwd(), sys.argv[:], sys.path[:], sys.modules["__main__"]
     saved_env = dict(os.environ)
     saved_modules = set(sys.modules)
     saved_signals = {sig: signal.getsignal(sig) for sig in _SIGNALS}
     saved_hooks = sys.excepthook, sys.unraisablehook
     os.chdir(cwd)
-    sys.argv = argv
+    # What `python -m mlrun` sets, and click reads to name the program in usage messages ("python -m mlrun").
+    sys.argv = [str(REPO / "mlrun" / "__main__.py"), *args]
+    main = types.ModuleType("__main__")
+    main.__package__, main.__file__ = "mlrun", sys.argv[0]
+    sys.modules["__main__"] = main
     os.environ["PYTHONPATH"] = str(REPO)  # as the subprocess runner sets it
     for sig in _SIGNALS:  # a fresh process: Python's Ctrl-C handler, defaults for the others
         signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
@@ -168,7 +173,7 @@ def _fresh_process(argv: list[str], cwd: Path) -> Iterator[None]:
     finally:
         _reset_singletons()
         os.chdir(saved_cwd)
-        sys.argv, sys.path[:] = saved_argv, saved_path
+        sys.argv, sys.path[:], sys.modules["__main__"] = saved_argv, saved_path, saved_main
         os.environ.clear()
         os.environ.update(saved_env)
         for sig, handler in saved_signals.items():
