@@ -138,6 +138,9 @@ def _watchdog(timeout: float) -> Iterator[None]:
     """After `timeout` seconds SIGALRM raises _Timeout in the run; the test gets subprocess.TimeoutExpired."""
 
     def expire(signum, frame):
+        import faulthandler
+
+        faulthandler.dump_traceback(all_threads=True)  # into the run's stderr: where it was stuck
         raise _Timeout
 
     signal.signal(signal.SIGALRM, expire)
