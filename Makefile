@@ -3,11 +3,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH_PIN ?= torch==2.13.0
-# Test processes (pytest-xdist): most tests run the CLI in a subprocess, so two workers keep two cores
-# busy through the imports and start-ups one worker leaves idle. Each file stays on one worker.
+# Test processes (pytest-xdist): two workers keep two cores busy through the imports, the waits and
+# the real processes of the e2e tests. Each file stays on one worker (its module fixtures build once).
 TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-.PHONY: install train test lint bench clean
+.PHONY: install train test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -22,8 +23,14 @@ $(STAMP): pyproject.toml
 train: install
 	$(VENV)/bin/mlrun train configs/quickstart.yaml
 
+# Everything: the CLI runs in the test process (tests/cli_runner.py), and in real processes for the
+# tests marked e2e (signals, SIGKILL, torchrun, SLURM, start-up checks).
 test: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PYTEST)
+
+# The quick lane while working: everything but the e2e and slow tests.
+test-fast: install
+	$(PYTEST) -m "not e2e and not slow"
 
 lint: install
 	$(VENV)/bin/ruff check mlrun tests scripts

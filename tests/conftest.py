@@ -1,22 +1,41 @@
-"""Helpers: run the real CLI in a subprocess and write small configs."""
+"""Helpers: run the real CLI (in this process, or in a subprocess for tests marked e2e) and write small configs."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
+import subprocess as _subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.cli_runner import REPO, run_in_process
+
+_CUDA_VISIBLE_AT_START = os.environ.get("CUDA_VISIBLE_DEVICES")
+_real_process = False  # set for each test: marked e2e, so run_cli starts `python -m mlrun`
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, timeout: float = 300, subprocess: bool | None = None, **popen
+) -> _subprocess.CompletedProcess:
+    """`mlrun *args` in `cwd`: returncode, stdout and stderr, as `subprocess.run` returns them.
+
+    In this process (tests/cli_runner.py) unless the test is marked e2e, `subprocess=True` is passed,
+    Popen arguments are given, or the test hid a GPU this process already sees (`cpu_only`).
+    """
+    if subprocess is None:
+        subprocess = _real_process or bool(popen) or _gpu_hidden_from_a_gpu_process()
+    if not subprocess:
+        return run_in_process([str(a) for a in args], Path(cwd), timeout)
+    return run_cli_process(*args, cwd=cwd, timeout=timeout, **popen)
+
+
+def run_cli_process(*args: str, cwd: Path, timeout: float = 300, **popen) -> _subprocess.CompletedProcess:
+    """`python -m mlrun *args` in a new process."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
+    return _subprocess.run(
         [sys.executable, "-m", "mlrun", *map(str, args)],
         cwd=cwd,
         env=env,
@@ -27,16 +46,36 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300, **popen) -> subprocess.
     )
 
 
-def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
+def start_cli(*args: str, cwd: Path) -> _subprocess.Popen:
+    """`python -m mlrun *args` started in a new process (a test marked e2e signals or waits on it)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(
+    return _subprocess.Popen(
         [sys.executable, "-m", "mlrun", *map(str, args)],
         cwd=cwd,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=_subprocess.PIPE,
+        stderr=_subprocess.PIPE,
         text=True,
     )
+
+
+def _gpu_hidden_from_a_gpu_process() -> bool:
+    """CUDA_VISIBLE_DEVICES changed (cpu_only) in a process whose torch can use CUDA: once CUDA's driver has
+    started in this process it ignores the variable, and only a new process obeys it."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == _CUDA_VISIBLE_AT_START:
+        return False
+    import torch
+
+    return torch.backends.cuda.is_built()
+
+
+@pytest.fixture(autouse=True)
+def _cli_runner(request):
+    """Tests marked e2e run the CLI in real processes (signals, SIGKILL, torchrun, start-up behaviour)."""
+    global _real_process
+    _real_process = request.node.get_closest_marker("e2e") is not None
+    yield
+    _real_process = False
 
 
 def tiny_config(**sections) -> dict:
@@ -67,6 +106,17 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
+def train_run(folder: Path, config: dict, *args: str) -> Path:
+    """`mlrun train` of `config` (written as <name>.yaml in `folder`), which must succeed; its run directory."""
+    result = run_cli("train", write_config(folder, config, f"{config['name']}.yaml"), *args, cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return folder / "runs" / config["name"]
+
+
+def summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
@@ -88,5 +138,5 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 @pytest.fixture
 def cpu_only(monkeypatch) -> None:
-    """The CLI subprocesses of this test see no GPU: it checks CPU behaviour, also on a GPU machine."""
+    """The CLI runs of this test see no GPU: it checks CPU behaviour, also on a GPU machine."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")

@@ -30,6 +30,7 @@ COMMANDS = [
 ]
 
 
+@pytest.mark.e2e  # a fresh interpreter's imports: `mlrun --help` stays torch-free
 def test_help_does_not_import_torch():
     code = (
         "import sys\n"

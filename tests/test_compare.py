@@ -109,6 +109,7 @@ def test_html_report_renders_its_plots_in_headless_chromium(runs, chromium, tmp_
     assert not_blank(shot, box=(0, 400, 1400, 1000))  # the plots' part of the page, not only the table
 
 
+@pytest.mark.e2e  # a fresh interpreter's imports
 def test_compare_reads_files_only_and_imports_no_torch(runs):
     code = (
         "import sys\n"

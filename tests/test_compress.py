@@ -44,6 +44,7 @@ def pruned_share(weights: dict[str, torch.Tensor], layers: list[str]) -> float:
     return zeros / sum(weights[f"{layer}.weight"].numel() for layer in layers)
 
 
+@pytest.mark.e2e  # a run dies by SIGKILL
 def test_prune_reaches_the_sparsity_and_a_killed_fine_tuning_resumes_exactly(tmp_path: Path) -> None:
     base = trained(tmp_path)
     armed = tmp_path / "armed"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from mlrun.data.bundle import DataMeta
 from mlrun.engine.batches import resolve_workers
 from mlrun.errors import UsageError
 from mlrun.registry import augmentations, datasets
-from tests.conftest import REPO, read_jsonl, run_cli, tiny_config, write_config
+from tests.conftest import REPO, read_jsonl, run_cli, tiny_config, train_run, write_config
 
 # --- files the tests write ------------------------------------------------------------------------
 
@@ -318,6 +319,7 @@ def test_csv_run_saves_its_preprocessing_for_eval_and_export(tmp_path):
     assert pipeline.transform(pd.read_csv(tmp_path / "table.csv").drop(columns="target")).shape[1] == 3
 
 
+@pytest.mark.e2e  # a run dies by SIGKILL
 def test_augmented_run_with_workers_resumes_bit_identically_and_logs_data_wait(tmp_path):
     write_images(tmp_path / "images", per_class=30)
 
@@ -422,3 +424,18 @@ def test_shipped_example_data_matches_its_generator(tmp_path):
     subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, capture_output=True)
     for name in ("wine_regions.csv", "digits_ascii.jsonl", "digits_png/3/0003.png"):
         assert (tmp_path / name).read_bytes() == (REPO / "configs" / "data" / name).read_bytes(), name
+
+
+def test_augmentation_is_applied_by_the_training_loop(tmp_path):
+    def config(name: str, augment: list) -> dict:
+        record = str(tmp_path / f"{name}.pt")
+        c = tiny_config(name=name, model={"name": "tests.fixtures:recording_mlp", "record": record})
+        c["data"] = {**c["data"], "augment": augment}
+        c["train"] = {**c["train"], "max_steps": 1}
+        return c
+
+    train_run(tmp_path, config("plain", []))
+    train_run(tmp_path, config("noisy", [{"name": "gaussian_noise", "std": 0.5}]))
+    plain, noisy = torch.load(tmp_path / "plain.pt"), torch.load(tmp_path / "noisy.pt")
+    assert plain.shape == noisy.shape
+    assert math.isclose(float((noisy - plain).std()), 0.5, rel_tol=0.1)  # the same batch, with the noise

@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.conftest import REPO, tiny_config, write_config
+
+pytestmark = pytest.mark.e2e  # torchrun: several processes
 
 
 def free_port() -> int:

@@ -116,3 +116,29 @@ def test_eval_best_checkpoint_and_other_data(trained):
 def test_eval_of_a_missing_run_is_exit_2(tmp_path):
     result = run_cli("eval", tmp_path / "nope", cwd=tmp_path)
     assert result.returncode == 2 and "not a run directory" in result.stderr
+
+
+def test_export_of_a_plain_tensor_dataset_and_best_beside_final(tmp_path):
+    config = tiny_config(name="plain", data={"name": "tests.fixtures:tensor_dataset_data", "batch_size": 32})
+    config["train"] = {**config["train"], "epochs": 1, "best": {"monitor": "val/accuracy", "mode": "max"}}
+    assert run_cli("train", write_config(tmp_path, config), cwd=tmp_path).returncode == 0
+    run = tmp_path / "runs" / "plain"
+    final = run_cli("export", run, "--format", "safetensors", "--json", cwd=tmp_path)
+    assert final.returncode == 0, final.stderr
+    assert json.loads(final.stdout)["verification"]["class_agreement"] == 1.0
+    best = run_cli("export", run, "--format", "safetensors", "--checkpoint", "best", "--no-verify", cwd=tmp_path)
+    assert best.returncode == 0, best.stderr
+    exported = {p.name: json.loads((p / "export.json").read_text()) for p in (run / "export").iterdir()}
+    assert exported["safetensors-none"]["source_weights"].endswith("model.safetensors")
+    assert exported["safetensors-none-best"]["source_weights"].endswith("best.safetensors")
+
+
+def test_a_quantized_export_slower_than_fp32_is_warned():
+    from mlrun.commands.export import slower_than_fp32
+
+    figures = {"speedup_b1": 0.11, "speedup_b64": 1.4}
+    warning = slower_than_fp32({"format": "pt2", "quantize": "int8", "verification": figures})
+    assert warning and "0.11x at batch 1" in warning and "batch 64" not in warning
+    faster = {"speedup_b1": 1.2, "speedup_b64": 1.4}
+    assert slower_than_fp32({"format": "pt2", "quantize": "int8", "verification": faster}) is None
+    assert slower_than_fp32({"format": "pt2", "quantize": "none", "verification": figures}) is None

@@ -177,6 +177,7 @@ def test_compile_trains_on_cuda(tmp_path, monkeypatch):
 # --- exact resume, deterministic mode ------------------------------------------------------------
 
 
+@pytest.mark.e2e  # a run dies by SIGKILL
 def test_resume_after_sigkill_on_cuda_is_bit_identical(tmp_path):
     # Dropout draws from the CUDA generator here: the checkpoint must carry its state.
     result, straight = train(tmp_path, exact_resume_config("straight"))
@@ -223,6 +224,7 @@ def small_gpt_config(name: str, **sections) -> dict:
     return config
 
 
+@pytest.mark.e2e  # torchrun
 def test_fsdp_on_one_gpu_trains_like_one_plain_process(tmp_path):
     # World size 1: FSDP2 shards the GPT blocks over a mesh of one GPU (nccl) and saves DCP checkpoints;
     # the weights must match a plain process's (same data, same math).
@@ -240,6 +242,7 @@ def test_fsdp_on_one_gpu_trains_like_one_plain_process(tmp_path):
         assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
 
 
+@pytest.mark.e2e  # torchrun; a run dies by SIGKILL
 def test_fsdp_resume_after_sigkill_is_bit_identical(tmp_path):
     def config(name: str, **model) -> dict:
         c = exact_resume_config(name, **model)  # the probe MLP: FSDP wraps its blocks
@@ -256,6 +259,7 @@ def test_fsdp_resume_after_sigkill_is_bit_identical(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.e2e  # torchrun
 def test_ddp_strategy_on_one_gpu_under_torchrun_trains_like_one_plain_process(tmp_path):
     # One process under torchrun forms a NCCL group of one on cuda:0. Accelerate wraps a model in
     # DistributedDataParallel only for two or more processes, so this proves the launch and group

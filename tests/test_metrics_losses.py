@@ -10,6 +10,7 @@ from sklearn import metrics as sk
 
 from mlrun.data.bundle import DataMeta
 from mlrun.registry import losses, metrics
+from tests.conftest import summary, tiny_config, train_run
 
 META = DataMeta(task="classification", input_shape=(4,), num_classes=3)
 
@@ -88,3 +89,14 @@ def test_regression_losses_accept_flat_targets():
     assert losses.build("l1", META)(pred, y) == pytest.approx(1.0)
     assert losses.build("huber", META, delta=1.0)(pred, y) == pytest.approx((0.5 + 0.5 + 1.5 + 0) / 4)
     assert losses.build("bce_with_logits", META)(torch.zeros(2, 1), torch.tensor([1, 0])) == pytest.approx(math.log(2))
+
+
+def test_label_smoothing_changes_the_loss(tmp_path):
+    def config(name: str, smoothing: float) -> dict:
+        c = tiny_config(name=name, loss={"name": "cross_entropy", "label_smoothing": smoothing})
+        c["train"] = {**c["train"], "epochs": 2}
+        return c
+
+    plain, smooth = train_run(tmp_path, config("plain", 0.0)), train_run(tmp_path, config("smooth", 0.3))
+    # Smoothed targets keep a floor of entropy in the loss: the smoothed run ends with a higher loss.
+    assert summary(smooth)["final"]["val/loss"] > summary(plain)["final"]["val/loss"] + 0.1

@@ -52,6 +52,7 @@ def bert_config(name: str, folder: Path, armed_file: Path) -> dict:
     )
 
 
+@pytest.mark.e2e  # a run dies by SIGKILL
 def test_tiny_bert_fine_tunes_from_its_folder_resumes_bit_exactly_and_exports_int8_onnx(tmp_path):
     folder = make_tiny_hf(tmp_path / "tiny-bert", "bert", DIGITS_TEXT)
     straight_result, straight = train(tmp_path, bert_config("straight", folder, tmp_path / "never"))
@@ -155,6 +156,7 @@ def test_model_loss_objective_refuses_a_configured_loss(tmp_path):
     assert result.returncode == 2 and "would be ignored" in result.stderr
 
 
+@pytest.mark.e2e  # the installed `mlrun` console script
 def test_user_model_module_resolves_from_the_working_directory(tmp_path):
     (tmp_path / "my_models.py").write_text(
         "from torch import nn\n\n"

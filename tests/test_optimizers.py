@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -11,6 +12,7 @@ from torch import nn
 from mlrun.optim.lamb import Lamb
 from mlrun.optim.param_groups import param_groups
 from mlrun.registry import optimizers
+from tests.conftest import run_cli, tiny_config, write_config
 
 
 def test_no_weight_decay_on_biases_and_norms():
@@ -52,3 +54,17 @@ def test_lamb_matches_hand_computation():
     trust = math.sqrt((w0 * w0).sum()) / math.sqrt((update * update).sum())
     expected = w0 - lr * trust * update
     assert torch.allclose(param.detach(), expected, atol=1e-7)
+
+
+@pytest.mark.e2e  # torchao's notice comes when it is first imported: a fresh interpreter shows whether it is hidden
+@pytest.mark.parametrize("name", ["adamw8bit", "adamw4bit"])
+def test_low_bit_optimizers_train_and_log_a_float_lr(tmp_path, name):
+    pytest.importorskip("torchao")
+    config = tiny_config(name=name, optimizer={"name": name, "lr": 1e-2})
+    config["train"] = {**config["train"], "max_steps": 3, "log_every": "1st"}
+    result = run_cli("train", write_config(tmp_path, config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(x) for x in (tmp_path / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+    lrs = [line["train/lr"] for line in lines if "train/lr" in line]
+    assert len(lrs) == 3 and all(isinstance(lr, float) for lr in lrs)
+    assert "_pytree" not in result.stderr  # torchao's import notice is hidden

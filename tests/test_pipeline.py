@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 from tests.conftest import tiny_config, write_config
 from tests.test_distributed import launch
 
+pytestmark = pytest.mark.e2e  # torchrun: several processes
+
 TIMEOUT_S = 240
 
 

@@ -146,3 +146,14 @@ def test_auto_batch_size_with_an_impossible_budget_is_exit_2(tmp_path):
     config["train"] = {**config["train"], "memory_budget_gb": 0.001}
     result = run_cli("train", write_config(tmp_path, config), cwd=tmp_path)
     assert result.returncode == 2 and "not even a batch of 1 fits" in result.stderr
+
+
+def test_profile_advice_is_bounded_by_the_data_and_promises_no_bf16_saving_on_cpu(tmp_path):
+    config = tiny_config(name="adv")
+    config["data"] = {**config["data"], "batch_size": 8}  # 512 training samples
+    result = run_cli("profile", write_config(tmp_path, config), "--steps", "3", "--warmup", "1", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    advice = json.loads(result.stdout)["advice"]
+    grow = [line for line in advice if "the batch could grow" in line]
+    assert grow and "about 64 samples" in grow[0] and "512 training samples" in grow[0]
+    assert not any("bf16" in line for line in advice)  # the CPU matrix measures no saving from bf16

@@ -9,6 +9,7 @@ import torch
 
 from mlrun.optim.schedulers import LRSchedule
 from mlrun.registry import schedulers
+from tests.conftest import read_jsonl, tiny_config, train_run
 
 LR, TOTAL, WARMUP = 0.1, 100, 10
 
@@ -81,3 +82,14 @@ def test_plateau_reduces_after_patience_and_survives_state_dict():
     fresh = LRSchedule(rebuilt, schedulers.build("plateau", TOTAL, 0, patience=1, factor=0.5), 0, 0.0)
     fresh.load_state_dict(state)
     assert fresh.last_lr() == pytest.approx(0.05)
+
+
+def test_warmup_is_the_lr_a_real_run_logs(tmp_path):
+    config = tiny_config(name="warm", scheduler={"name": "constant", "warmup_steps": 10, "warmup_start_factor": 0.1})
+    config["train"] = {**config["train"], "max_steps": 14, "log_every": "1st"}
+    run = train_run(tmp_path, config)
+    lrs = {line["step"]: line["train/lr"] for line in read_jsonl(run / "metrics.jsonl") if "train/lr" in line}
+    peak = config["optimizer"]["lr"]
+    for step in range(1, 15):  # the rate the next step will use, after `step` steps
+        expected = peak * (0.1 + 0.9 * step / 10) if step < 10 else peak
+        assert math.isclose(lrs[step], expected, rel_tol=1e-6), (step, lrs[step], expected)

@@ -20,10 +20,13 @@ from safetensors.torch import load_file
 
 from tests.conftest import REPO, run_cli, tiny_config, write_config
 
-pytestmark = pytest.mark.skipif(
-    not all(shutil.which(b) for b in ("slurmctld", "slurmd", "munged", "sbatch")) or os.geteuid() != 0,
-    reason="needs Debian's slurmctld, slurmd, slurm-client and munge, run as root",
-)
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not all(shutil.which(b) for b in ("slurmctld", "slurmd", "munged", "sbatch")) or os.geteuid() != 0,
+        reason="needs Debian's slurmctld, slurmd, slurm-client and munge, run as root",
+    ),
+]  # e2e: SLURM starts and signals the job's processes
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, read_jsonl, run_cli, start_cli, tiny_config, write_config
+from tests.conftest import REPO, read_jsonl, run_cli, start_cli, tiny_config, train_run, write_config
 
 PROBE = "tests.fixtures:probe_mlp"
 
@@ -94,6 +95,7 @@ def exact_resume_config(name: str, **model) -> dict:
     return config
 
 
+@pytest.mark.e2e  # a run dies by SIGKILL
 def test_resume_after_sigkill_mid_epoch_is_bit_identical(tmp_path):
     result, straight = train(tmp_path, exact_resume_config("straight"))
     assert result.returncode == 0, result.stderr
@@ -182,6 +184,7 @@ def wait_for(path: Path, process, timeout_s: float = 60) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.e2e  # signals a running process
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_saves_a_checkpoint_and_marks_interrupted(tmp_path, sig, code):
     config = tiny_config(name="sig", model={"name": "tests.fixtures:slow_mlp", "sleep_s": 0.02})
@@ -248,6 +251,7 @@ def test_compiled_model_trains(tmp_path):
     assert not any(k.startswith("_orig_mod") for k in weights(run))  # saved without the compile wrapper
 
 
+@pytest.mark.e2e  # a run dies by SIGKILL
 def test_data_loader_workers_train_and_resume_exactly(tmp_path):
     data = {"name": "synthetic", "num_samples": 640, "num_features": 16, "batch_size": 32, "num_workers": 2}
     straight = exact_resume_config("w_straight")
@@ -274,3 +278,64 @@ def test_optimizer_in_backward_refuses_accumulation_and_clipping(tmp_path):
     config = tiny_config(name="bad", techniques=["optimizer_in_backward"])
     result, _ = train(tmp_path, config, "train.max_grad_norm=1.0")
     assert result.returncode == 2 and "cannot accumulate or clip" in result.stderr
+
+
+def sgd_config(name: str, lr: float = 0.5, **train) -> dict:
+    config = tiny_config(name=name, optimizer={"name": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": 0.0})
+    config["scheduler"] = {"name": "constant", "warmup_steps": 0}
+    config["train"] = {**config["train"], "max_grad_norm": None, **train}
+    return config
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path):
+    # One SGD step from the same start, with and without clipping: w_free - w_clipped = lr (1 - c/|g|) g,
+    # so |w_free - w_clipped| = lr (|g| - c), with |g| the norm before clipping that the run logs.
+    clip, lr = 0.05, 0.5
+    free = train_run(tmp_path, sgd_config("free", lr, max_steps=1, log_every="1st"))
+    clipped = train_run(tmp_path, sgd_config("clipped", lr, max_steps=1, log_every="1st", max_grad_norm=clip))
+    norm = next(line["train/grad_norm"] for line in read_jsonl(clipped / "metrics.jsonl") if "train/grad_norm" in line)
+    assert norm > 4 * clip  # the bound is active
+    a, b = load_file(free / "model.safetensors"), load_file(clipped / "model.safetensors")
+    moved = math.sqrt(sum(float((a[k] - b[k]).pow(2).sum()) for k in a))
+    assert math.isclose(moved, lr * (norm - clip), rel_tol=1e-3), (moved, lr * (norm - clip))
+
+
+def test_accumulation_averages_gradients_under_plain_sgd(tmp_path):
+    # SGD's step scales with the gradient, so summing micro-batch gradients would double this step.
+    data = {"name": "synthetic", "num_samples": 640, "num_features": 16, "batch_size": 64, "drop_last": True}
+    big = train_run(tmp_path, {**sgd_config("big", 0.2, epochs=1), "data": data})
+    small_config = {**sgd_config("small", 0.2, epochs=1, grad_accum_steps=2), "data": {**data, "batch_size": 32}}
+    small = train_run(tmp_path, small_config)
+    assert summary(big)["steps"] == summary(small)["steps"] == 8
+    a, b = load_file(big / "model.safetensors"), load_file(small / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+@pytest.mark.parametrize("mode, status, steps", [("max", "early_stopped", 32), ("min", "completed", 64)])
+def test_early_stopping_honours_its_mode(tmp_path, mode, status, steps):
+    # val/loss falls every epoch of this run: "max" sees it worsen at once, "min" sees it improve.
+    config = tiny_config(name=mode)
+    config["train"] = {
+        **config["train"],
+        "epochs": 4,
+        "early_stopping": {"monitor": "val/loss", "mode": mode, "patience": 1},
+    }
+    run = train_run(tmp_path, config)
+    losses = [line["val/loss"] for line in read_jsonl(run / "metrics.jsonl") if "val/loss" in line]
+    assert losses == sorted(losses, reverse=True)  # the premise: falling
+    done = summary(run)
+    assert (done["status"], done["steps"]) == (status, steps)
+
+
+def test_ema_weights_are_what_evaluation_and_model_safetensors_use(tmp_path):
+    config = tiny_config(name="ema", techniques=[{"name": "ema", "decay": 0.9}])
+    run = train_run(tmp_path, config)
+    raw = load_file(sorted((run / "checkpoints").iterdir())[-1] / "model.safetensors")
+    saved = load_file(run / "model.safetensors")
+    assert any(not torch.equal(raw[k], saved[k]) for k in saved)  # the average, not the live weights
+    # `mlrun eval` evaluates model.safetensors; the run's own final evaluation must give the same figures.
+    evaluated = run_cli("eval", run, "--json", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    figures = json.loads(evaluated.stdout)["metrics"]
+    final = summary(run)["final"]
+    assert math.isclose(figures["val/loss"], final["val/loss"], rel_tol=1e-5), (figures, final)

@@ -199,6 +199,7 @@ def test_gradual_unfreezing_releases_the_top_block_first_and_adamw_skips_waiting
         }
 
 
+@pytest.mark.e2e  # a run dies by SIGKILL
 def test_gradual_unfreeze_finetune_resumes_bit_identical_after_sigkill_without_reading_init_again(tmp_path):
     result, _ = train(tmp_path, short(tiny_config(name="pre", model={"name": PROBE}), epochs=1))
     assert result.returncode == 0, result.stderr
@@ -278,6 +279,7 @@ def lora_config(name: str, **model) -> dict:
     return config
 
 
+@pytest.mark.e2e  # a run dies by SIGKILL
 def test_lora_run_resumes_bit_identical_after_sigkill_and_exports_merged(tmp_path):
     result, straight = train(tmp_path, lora_config("straight"))
     assert result.returncode == 0, result.stderr

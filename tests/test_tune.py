@@ -1,14 +1,16 @@
-"""`mlrun tune` through the real CLI on digits: pruning, resume, workers, best.yaml, PBT."""
+"""`mlrun tune` through the real CLI: pruning, resume, workers, best.yaml, PBT, samplers, pruners, bad spaces."""
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, tiny_config, write_config
 
 
 def tune_config(folder: Path, **tune) -> Path:
@@ -146,3 +148,101 @@ def test_pbt_improves_the_population_over_rounds(tmp_path):
     assert means[-1] > means[0]
     assert (tmp_path / "runs" / "study" / "tune" / "best.yaml").exists()
     assert [len(r["members"]) for r in report["rounds"]] == [4, 4, 4]
+
+
+def test_pbt_exploit_copies_the_winners_checkpoint_and_explore_perturbs_its_values(tmp_path):
+    import random
+
+    from mlrun.config.schema import TuneConfig
+    from mlrun.tuning.pbt import _exploit_and_explore
+
+    tune = TuneConfig(
+        metric="val/accuracy",
+        direction="maximize",
+        space={"optimizer.lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True}},
+        pbt={"population": 2, "quantile": 0.5, "resample_probability": 0.0, "perturb": (0.8, 1.2)},
+    )
+    for member, marker in ((0, "winner"), (1, "loser")):
+        checkpoint = tmp_path / f"member-{member:02d}" / "checkpoints" / "step-00000010"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "model.safetensors").write_text(marker)
+    members = [
+        {"id": 0, "params": {"optimizer.lr": 0.01}, "value": 0.9},
+        {"id": 1, "params": {"optimizer.lr": 0.5}, "value": 0.2},
+    ]
+    _exploit_and_explore(members, tmp_path, tune, random.Random(0))
+    copied = tmp_path / "member-01" / "checkpoints" / "step-00000010" / "model.safetensors"
+    assert copied.read_text() == "winner"
+    assert members[1]["copied_from"] == 0
+    assert members[1]["params"]["optimizer.lr"] in (pytest.approx(0.008), pytest.approx(0.012))
+    assert members[0]["params"]["optimizer.lr"] == 0.01 and "copied_from" not in members[0]
+    shutil.rmtree(tmp_path / "member-00")
+
+
+@pytest.mark.parametrize(
+    "sampler, pruner",
+    [
+        ("tpe", "median"),
+        ("random", "successive_halving"),
+        ("grid", "hyperband"),
+        ("gp", "wilcoxon"),
+        ("nsga2", "none"),
+        ("cmaes", "median"),
+    ],
+)
+def test_every_sampler_and_pruner_finishes_a_tiny_study(tmp_path, sampler, pruner):
+    if sampler == "cmaes":
+        pytest.importorskip("cmaes")
+    config = tiny_config(name="study", tracking=["jsonl"])
+    config["train"] = {"epochs": 2, "eval_every": "8st", "checkpoint_every": None}
+    space = {"optimizer.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": sampler != "grid"}}
+    if sampler == "grid":
+        space["optimizer.lr"]["step"] = 0.05
+    settings = {"name": sampler, "seed": 0, **({"population_size": 2} if sampler == "nsga2" else {})}
+    config["tune"] = {
+        "metric": "val/accuracy",
+        "direction": "maximize",
+        "trials": 3,
+        "sampler": settings,
+        "pruner": {"name": pruner},
+        "space": space,
+    }
+    result = run_cli("tune", write_config(tmp_path, config), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["trials"] == 3 and report["states"]["fail"] == 0, report
+    assert report["states"]["complete"] + report["states"]["pruned"] == 3 and report["states"]["complete"] >= 1
+
+
+def study_config(tmp_path, trials: int, **tune) -> dict:
+    config = tiny_config(name="study", tracking=["jsonl"])
+    config["train"] = {"epochs": 1, "eval_every": "1ep", "checkpoint_every": None}
+    config["tune"] = {
+        "metric": "val/accuracy",
+        "direction": "maximize",
+        "trials": trials,
+        "pruner": {"name": "none"},
+        "space": {"optimizer.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}},
+        **tune,
+    }
+    return write_config(tmp_path, config)
+
+
+def test_grid_range_with_step_and_log_is_a_config_error(tmp_path):
+    space = {"optimizer.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True, "step": 1e-3}}
+    result = run_cli("tune", study_config(tmp_path, 2, sampler={"name": "grid"}, space=space), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "step" in result.stderr and "log" in result.stderr and "choices" in result.stderr
+    assert "unexpected error" not in result.stderr
+
+
+def test_nsga2_population_reaches_optuna_and_a_too_small_study_is_warned(tmp_path):
+    from mlrun.config.schema import SamplerConfig
+    from mlrun.tuning.study import make_sampler
+
+    assert make_sampler(SamplerConfig(name="nsga2", population_size=4), None)._population_size == 4
+    result = run_cli("tune", study_config(tmp_path, 2, sampler={"name": "nsga2", "seed": 0}), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "population_size" in result.stderr and "random" in result.stderr
+    refused = run_cli("tune", study_config(tmp_path, 2, sampler={"name": "tpe", "population_size": 4}), cwd=tmp_path)
+    assert refused.returncode == 2 and "only nsga2" in refused.stderr

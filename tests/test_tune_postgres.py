@@ -61,6 +61,7 @@ def test_two_workers_fill_one_study_without_duplicates_and_it_resumes(postgres, 
     assert len(resumed) == 7 and {t.number: t.params for t in resumed[:6]} == before
 
 
+@pytest.mark.e2e  # a worker process runs while the server restarts
 def test_a_server_restart_mid_study_fails_the_trial_not_the_study(postgres, tmp_path):  # noqa: F811
     import optuna
 
