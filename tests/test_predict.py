@@ -252,3 +252,28 @@ def test_raw_rows_of_a_standardised_array_run_score_as_eval(tmp_path):
     from_export = cli_json(tmp_path, "predict", "runs/iris/export/onnx-none", "raw.csv")
     assert from_export["scores"]["accuracy"] == evaluated["metrics"]["val/accuracy"]
     assert from_export["scores"]["loss"] == pytest.approx(evaluated["metrics"]["val/loss"], rel=1e-4)
+
+
+def test_eval_on_another_folder_keeps_the_runs_normalisation(tmp_path):
+    """`mlrun eval RUN data.val_root=NEW` makes the whole root the training split; normalising with
+    statistics fitted on it anew would score other inputs than the weights were trained on."""
+    draw_images(tmp_path / "train", 12, seed=0)
+    draw_images(tmp_path / "new", 5, seed=1)
+    config = {
+        "name": "pics",
+        "model": {"name": "cnn", "channels": [8]},
+        "data": {"name": "image_folder", "root": "train", "val_fraction": 0.5, "grayscale": True, "batch_size": 8},
+        "metrics": ["accuracy"],
+        "optimizer": {"name": "adamw", "lr": 1e-2},
+        "train": {"epochs": 2},
+        "tracking": [{"name": "console", "plain": True}],
+    }
+    assert run_cli("train", write_config(tmp_path, config), cwd=tmp_path).returncode == 0
+    recorded = json.loads((tmp_path / "runs" / "pics" / "preprocessing.json").read_text())["image"]
+    evaluated = cli_json(tmp_path, "eval", "runs/pics", "data.val_root=new")
+    predicted = cli_json(tmp_path, "predict", "runs/pics", "new")
+    assert evaluated["samples"] == predicted["samples"] == 15
+    assert predicted["scores"]["loss"] == pytest.approx(evaluated["metrics"]["val/loss"], rel=1e-6)
+    chosen = cli_json(tmp_path, "eval", "runs/pics", "data.val_root=new", "data.mean=[0.5]", "data.std=[0.25]")
+    assert chosen["metrics"]["val/loss"] != evaluated["metrics"]["val/loss"]  # an explicit choice still wins
+    assert recorded["mean"] != [0.5]

@@ -104,7 +104,7 @@ def run_training(
 
 
 def write_records(run_dir: Path, parts, accelerator, resume_from: Path | None, step: int, changes: Changes) -> None:
-    """config.yaml, manifest.json (with the history of accepted config changes), preprocessing.pkl."""
+    """config.yaml, manifest.json (with the history of accepted config changes), preprocessing.pkl / .json."""
     from mlrun.data.bundle import fingerprint
     from mlrun.engine.batches import resolve_workers
 
@@ -124,6 +124,10 @@ def write_records(run_dir: Path, parts, accelerator, resume_from: Path | None, s
     if parts.bundle.transform is not None:  # the fitted preprocessing, for eval and export
         with open(run_dir / "preprocessing.pkl", "wb") as file:
             pickle.dump(parts.bundle.transform, file)
+    # The statistics the weights were trained under (image mean/std, ...), kept from the first start:
+    # eval and predict on other data pin them instead of fitting anew (engine/restore.py).
+    if parts.bundle.preprocessing and (resume_from is None or not (run_dir / "preprocessing.json").is_file()):
+        write_json(run_dir / "preprocessing.json", parts.bundle.preprocessing)
     write_json(run_dir / "manifest.json", info)
 
 
