@@ -125,6 +125,13 @@ def test_a_glob_of_parquet_shards_reads_every_shard(tmp_path):
         build("parquet", path=str(tmp_path / "shards" / "*.parquet"), target="target")
 
 
+def test_a_glob_of_several_npz_files_exits_2_naming_them(tmp_path):
+    for name in ("a", "b"):
+        np.savez(tmp_path / f"{name}.npz", x=np.zeros((10, 2), np.float32), y=np.arange(10) % 2)
+    with pytest.raises(UsageError, match=r"data.path: '.*\*.npz' matches 2 files .*a.npz.*reads one file"):
+        build("npz", path=str(tmp_path / "*.npz"))
+
+
 def test_npz_and_npy_keep_sample_shapes_and_stratify(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 2, 3, 3)).astype(np.float32)
