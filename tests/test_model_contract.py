@@ -130,8 +130,18 @@ def float_label_table(folder: Path) -> Path:
         ({"loss": "bce_with_logits"}, "for 4 classes use loss: cross_entropy"),
         ({"data": "regression", "metrics": ["accuracy"]}, "metrics: 'accuracy' scores classification"),
         ({"data": "regression", "metrics": []}, "loss 'cross_entropy' needs class ids"),
+        (
+            {"data": {"name": "synthetic", "task": "regression", "num_samples": 64}, "metrics": ["mae"]},
+            "loss 'cross_entropy' scores classes, but data 'synthetic' is a regression task",
+        ),
     ],
-    ids=["cnn-on-flat-features", "bce-on-4-classes", "accuracy-on-regression", "cross-entropy-on-float-labels"],
+    ids=[
+        "cnn-on-flat-features",
+        "bce-on-4-classes",
+        "accuracy-on-regression",
+        "cross-entropy-on-float-labels",
+        "cross-entropy-on-regression",
+    ],
 )
 def test_validate_names_parts_that_do_not_fit(tmp_path, sections, expected):
     if sections.get("data") == "regression":
