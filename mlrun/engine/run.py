@@ -16,6 +16,7 @@ from mlrun.callbacks import Callback
 from mlrun.config.schema import ExperimentConfig
 from mlrun.engine.checkpoint import latest_checkpoint, resolve_resume
 from mlrun.engine.config_change import Changes, check_resume_config, describe, explain_load_failure, record_changes
+from mlrun.engine.energy_attempts import EnergyTotal, earlier_attempts
 from mlrun.engine.run_dir import (
     FINISHED,
     check_writable,
@@ -74,7 +75,8 @@ def run_training(
     if clear and accelerator.is_main_process:  # only now: a start that cannot build keeps the old run
         shutil.rmtree(run_dir, ignore_errors=True)
     accelerator.wait_for_everyone()
-    loop = TrainingLoop(parts, accelerator, run_dir, extra_callbacks=callbacks)
+    energy_total = EnergyTotal()  # the running energy total goes into every checkpoint
+    loop = TrainingLoop(parts, accelerator, run_dir, extra_callbacks=(*callbacks, energy_total))
     loop.check_fits()
     if resume_from is not None:
         try:
@@ -83,7 +85,7 @@ def run_training(
             raise explain_load_failure(resume_from, exc, changes) from exc
     if accelerator.is_main_process:
         write_records(run_dir, parts, accelerator, resume_from, loop.state.step, changes)
-    meter, previous_joules = start_energy(config, accelerator, run_dir, resumed=resume_from is not None)
+    meter, previous = start_energy(config, accelerator, run_dir, energy_total, resumed=resume_from is not None)
     started, message = time.time(), None
     try:
         return loop.run()
@@ -96,7 +98,7 @@ def run_training(
     finally:
         summary = make_summary(config, loop, loop.state.stop_reason or "failed", time.time() - started, message)
         if meter is not None:
-            summary["energy"] = meter.stop(loop.state.samples_seen, previous_joules)
+            summary["energy"] = meter.stop(loop.state.samples_seen, previous)
         if accelerator.is_main_process:
             write_json(run_dir / "summary.json", summary)
         for tracker in parts.trackers:
@@ -131,8 +133,8 @@ def write_records(run_dir: Path, parts, accelerator, resume_from: Path | None, s
     write_json(run_dir / "manifest.json", info)
 
 
-def start_energy(config: ExperimentConfig, accelerator, run_dir: Path, resumed: bool):
-    """(a started energy meter on the main process or None, joules of earlier attempts of this run)."""
+def start_energy(config: ExperimentConfig, accelerator, run_dir: Path, total: EnergyTotal, resumed: bool):
+    """(a started energy meter on the main process or None, (joules, seconds) of earlier attempts of this run)."""
     import os
 
     from mlrun.energy.meter import start_meter
@@ -141,8 +143,10 @@ def start_energy(config: ExperimentConfig, accelerator, run_dir: Path, resumed: 
     meter = start_meter(config.energy, accelerator.device.type, local, accelerator.is_main_process)
     if meter is not None and local < accelerator.num_processes:
         meter.notes.append(f"energy of the first host only ({local} of {accelerator.num_processes} processes)")
-    previous = (read_summary(run_dir) or {}).get("energy") if resumed else None
-    return meter, (previous or {}).get("joules") or 0.0
+    # A killed attempt wrote no summary.json: its checkpoints recorded the total (mlrun.engine.energy_attempts).
+    previous = earlier_attempts((read_summary(run_dir) or {}).get("energy"), total.saved) if resumed else (0.0, 0.0)
+    total.meter, total.previous = meter, previous
+    return meter, previous
 
 
 def decide_resume(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | None, bool]:
