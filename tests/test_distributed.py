@@ -123,3 +123,19 @@ def test_two_process_val_loss_counts_every_sample_once(tmp_path, config):
     assert report["samples"] % (2 * config["data"]["eval_batch_size"]) != 0  # the last round is padded
     assert summary["final"]["val/loss"] == pytest.approx(report["metrics"]["val/loss"], rel=1e-5)
     assert summary["final"]["val/accuracy"] == pytest.approx(report["metrics"]["val/accuracy"], rel=1e-6)
+
+
+@pytest.mark.e2e
+def test_resuming_a_two_process_checkpoint_on_one_process_says_so_and_records_it(tmp_path):
+    config = tiny_config(name="moved")
+    config["train"] = {**config["train"], "epochs": None, "max_steps": 4, "checkpoint_every": "2st"}
+    assert torchrun(config, tmp_path).returncode == 0
+    run = tmp_path / "runs" / "moved"
+    checkpoint = run / "checkpoints" / "step-00000004"
+    path = tmp_path / "moved.yaml"
+    resumed = launch(tmp_path, "train", path, "train.max_steps=6", "--resume", checkpoint, processes=1)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming a checkpoint of 2 processes on 1" in resumed.stderr
+    assert "global batch goes from 64 to 32" in resumed.stderr
+    changes = json.loads((run / "manifest.json").read_text())["world_size_changes"]
+    assert changes == [{"step": 4, "world_size": [2, 1], "effective_batch_size": [64, 32]}]

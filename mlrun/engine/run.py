@@ -123,6 +123,7 @@ def write_records(run_dir: Path, parts, accelerator, resume_from: Path | None, s
     # The init_from report of the run's first start: a resume does not read the source again.
     info["init_from"] = parts.init_report if resume_from is None else (previous or {}).get("init_from")
     record_changes(info, previous, step, changes)
+    record_world_size(info, previous, step)
     if parts.bundle.transform is not None:  # the fitted preprocessing, for eval and export
         with open(run_dir / "preprocessing.pkl", "wb") as file:
             pickle.dump(parts.bundle.transform, file)
@@ -131,6 +132,29 @@ def write_records(run_dir: Path, parts, accelerator, resume_from: Path | None, s
     if parts.bundle.preprocessing and (resume_from is None or not (run_dir / "preprocessing.json").is_file()):
         write_json(run_dir / "preprocessing.json", parts.bundle.preprocessing)
     write_json(run_dir / "manifest.json", info)
+
+
+def record_world_size(info: dict, previous: dict | None, step: int) -> None:
+    """A resume on another number of processes keeps the per-process batch, so the global batch changes
+    and the run no longer follows the uninterrupted one: say so, and keep it in manifest.json."""
+    history = list((previous or {}).get("world_size_changes", []))
+    before = (previous or {}).get("world_size")
+    if before and before != info["world_size"]:
+        change = {
+            "step": step,
+            "world_size": [before, info["world_size"]],
+            "effective_batch_size": [previous.get("effective_batch_size"), info["effective_batch_size"]],
+        }
+        history.append(change)
+        print(
+            f"mlrun: warning: resuming a checkpoint of {before} processes on {info['world_size']}: the batch per "
+            f"process is kept, so the global batch goes from {change['effective_batch_size'][0]} to "
+            f"{info['effective_batch_size']} and the run no longer matches an uninterrupted one; resume on "
+            f"{before} processes to continue exactly (recorded in manifest.json: world_size_changes)",
+            file=sys.stderr,
+            flush=True,
+        )
+    info["world_size_changes"] = history
 
 
 def start_energy(config: ExperimentConfig, accelerator, run_dir: Path, total: EnergyTotal, resumed: bool):
