@@ -144,3 +144,21 @@ def test_export_verification_says_whether_its_latency_can_be_trusted(trained, tm
     check = export(trained, "onnx", "none", tmp_path)["verification"]
     assert {"speedup_spread_b1", "speedup_spread_b64", "threads"} <= set(check)
     assert check["latency_trusted"] == (max(check["speedup_spread_b1"], check["speedup_spread_b64"]) <= 0.25)
+
+
+def test_eval_of_a_stage_after_qat_scores_the_int8_model_it_deploys(trained, tmp_path):
+    import shutil
+
+    stage = tmp_path / "stage"
+    shutil.copytree(trained, stage)
+    plain = run_cli("eval", stage, "--json", cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    (stage / "stage.json").write_text(json.dumps({"quantize": "int8"}))  # what compress writes after a qat stage
+    deployed = run_cli("eval", stage, "--json", cwd=tmp_path)
+    assert deployed.returncode == 0, deployed.stderr
+    fp32, int8 = json.loads(plain.stdout), json.loads(deployed.stdout)
+    assert (fp32["quantize"], int8["quantize"]) == ("none", "int8")
+    assert int8["metrics"]["val/loss"] != fp32["metrics"]["val/loss"]  # int8 layers change the logits a little
+    assert int8["metrics"]["val/loss"] == pytest.approx(fp32["metrics"]["val/loss"], rel=0.05)
+    text = run_cli("eval", stage, cwd=tmp_path)
+    assert "as deployed (int8 linear layers)" in text.stdout
