@@ -197,3 +197,17 @@ def test_cubic_schedule_of_zhu_and_gupta() -> None:
     assert cubic_sparsity(0, 0.0, 0.9, 100) == 0.0
     assert cubic_sparsity(50, 0.0, 0.9, 100) == pytest.approx(0.9 * (1 - 0.5**3))
     assert cubic_sparsity(100, 0.0, 0.9, 100) == 0.9 == cubic_sparsity(150, 0.0, 0.9, 100)
+
+
+def test_compress_table_notes_noisy_latency_and_slow_int8_stages():
+    from mlrun.commands.compress import latency_notes
+
+    rows = [
+        {"stage": "0-trained", "quantize": "none", "latency_spread": 0.05},
+        {"stage": "1-qat", "quantize": "int8", "latency_spread": 0.9, "vs_trained": {"speedup_b64": 0.18}},
+        {"stage": "2-prune", "quantize": "none", "latency_spread": 0.1, "vs_trained": {"speedup_b64": 1.4}},
+    ]
+    noisy, slow = latency_notes(rows)
+    assert "latency of 1-qat varied by up to 90%" in noisy and "not to be trusted" in noisy
+    assert slow.startswith("1-qat run int8 through torch._int_mm") and "--format onnx --quantize int8" in slow
+    assert latency_notes([{**row, "latency_spread": 0.0} for row in rows[:1]]) == []

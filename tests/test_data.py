@@ -114,6 +114,25 @@ def test_parquet_and_explicit_validation_file(tmp_path):
     assert (len(bundle.train), len(bundle.val)) == (90, 30)
 
 
+def test_a_glob_of_parquet_shards_reads_every_shard(tmp_path):
+    _, frame = write_table(tmp_path, missing=False)
+    (tmp_path / "shards").mkdir()
+    for i in range(4):  # 30 rows a shard
+        frame.iloc[30 * i : 30 * (i + 1)].to_parquet(tmp_path / "shards" / f"part-{i}.parquet")
+    bundle = build("parquet", path=str(tmp_path / "shards" / "*.parquet"), target="target", val_fraction=0.25)
+    assert (len(bundle.train), len(bundle.val)) == (90, 30)
+    frame.iloc[:30].drop(columns="b").to_parquet(tmp_path / "shards" / "part-9.parquet")
+    with pytest.raises(UsageError, match="part-9.parquet' has columns .* must have the same columns"):
+        build("parquet", path=str(tmp_path / "shards" / "*.parquet"), target="target")
+
+
+def test_a_glob_of_several_npz_files_exits_2_naming_them(tmp_path):
+    for name in ("a", "b"):
+        np.savez(tmp_path / f"{name}.npz", x=np.zeros((10, 2), np.float32), y=np.arange(10) % 2)
+    with pytest.raises(UsageError, match=r"data.path: '.*\*.npz' matches 2 files .*a.npz.*reads one file"):
+        build("npz", path=str(tmp_path / "*.npz"))
+
+
 def test_npz_and_npy_keep_sample_shapes_and_stratify(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 2, 3, 3)).astype(np.float32)

@@ -89,3 +89,55 @@ def test_tune_trials_train_on_two_processes_with_one_study(tmp_path):
     assert len(trials_csv(tmp_path)) == 3
     manifest = json.loads((tmp_path / "runs" / "study" / "tune" / "trial-0000" / "manifest.json").read_text())
     assert manifest["world_size"] == 2
+
+
+def lm_config(name: str) -> dict:
+    return tiny_config(
+        name=name,
+        model={"name": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.0},
+        data={"name": "text_lm", "path": str(REPO / "configs" / "data" / "public_domain.txt"), "block_size": 32,
+              "val_fraction": 0.1, "batch_size": 16, "eval_batch_size": 12},
+        objective="causal_lm",
+        metrics=["accuracy"],
+        train={"max_steps": 4, "eval_every": "4st", "checkpoint_every": None},
+    )  # fmt: skip
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "config",
+    [
+        # 128 validation samples in batches of 48 over 2 processes: the last round pads 16 + 48 rows.
+        lambda: tiny_config(name="padded", data={**tiny_config()["data"], "eval_batch_size": 48}),
+        lambda: lm_config("padded"),  # causal_lm: every padded row would add its block's tokens
+    ],
+    ids=["supervised", "causal_lm"],
+)
+def test_two_process_val_loss_counts_every_sample_once(tmp_path, config):
+    config = config()
+    config["train"] = {**config["train"], "epochs": 1, "checkpoint_every": None}
+    result = torchrun(config, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "runs" / "padded" / "summary.json").read_text())
+    evaluated = launch(tmp_path, "eval", "runs/padded", "--json", processes=1)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    report = json.loads(evaluated.stdout)
+    assert report["samples"] % (2 * config["data"]["eval_batch_size"]) != 0  # the last round is padded
+    assert summary["final"]["val/loss"] == pytest.approx(report["metrics"]["val/loss"], rel=1e-5)
+    assert summary["final"]["val/accuracy"] == pytest.approx(report["metrics"]["val/accuracy"], rel=1e-6)
+
+
+@pytest.mark.e2e
+def test_resuming_a_two_process_checkpoint_on_one_process_keeps_the_global_batch_says_so_and_records_it(tmp_path):
+    config = tiny_config(name="moved")
+    config["train"] = {**config["train"], "epochs": None, "max_steps": 4, "checkpoint_every": "2st"}
+    assert torchrun(config, tmp_path).returncode == 0
+    run = tmp_path / "runs" / "moved"
+    checkpoint = run / "checkpoints" / "step-00000004"
+    path = tmp_path / "moved.yaml"
+    resumed = launch(tmp_path, "train", path, "train.max_steps=6", "--resume", checkpoint, processes=1)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed on 1 process(es)" in resumed.stderr and "global batch of 64" in resumed.stderr
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["effective_batch_size"] == 64  # 1 process x batch 32 x accumulation 2
+    assert manifest["allocation"]["adjusted_on_resume"]["checkpoint"]["processes"] == 2

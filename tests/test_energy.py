@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
 from mlrun.energy.estimate import CpuEstimate
-from mlrun.energy.meter import JOULES_PER_KWH
 from mlrun.energy.rapl import open_rapl
 from tests.conftest import run_cli, tiny_config, write_config
 
@@ -67,7 +67,7 @@ def test_train_writes_estimated_energy_labelled_as_estimate(tmp_path):
     energy = summary["energy"]
     assert energy["estimate"] is True and energy["source"] == "estimate"
     assert energy["parts"][0]["cpu_watts"] == 50.0 and energy["joules"] > 0
-    assert energy["kwh"] == pytest.approx(energy["joules"] / JOULES_PER_KWH)
+    assert energy["kwh"] == pytest.approx(energy["joules"] / 3.6e6)  # the literal, not the code's own constant
     assert energy["co2_g"] == pytest.approx(energy["kwh"] * 100.0)
     samples = 512 * 3  # 3 epochs of the 512 training samples
     assert energy["joules_per_sample"] == pytest.approx(energy["joules"] / samples)
@@ -88,7 +88,7 @@ def test_train_measures_rapl_energy_exactly(tmp_path):
     assert forwards >= 16 * 3  # the 48 steps (and a dry run, if it runs in training mode)
     assert energy["estimate"] is False and energy["source"] == "rapl"
     assert energy["joules"] == pytest.approx(2.0 * forwards)
-    assert energy["co2_g"] == pytest.approx(2.0 * forwards / JOULES_PER_KWH * 475.0)
+    assert energy["co2_g"] == pytest.approx(2.0 * forwards / 3.6e6 * 475.0)
     assert "ESTIMATE" not in result.stdout
 
 
@@ -120,3 +120,32 @@ def test_a_resumed_run_adds_the_energy_of_its_earlier_attempts(tmp_path):
     energy = json.loads((run / "summary.json").read_text())["energy"]
     assert energy["previous_attempts_joules"] == first
     assert energy["joules"] == pytest.approx(first + sum(part["joules"] for part in energy["parts"]), abs=1e-3)
+
+
+@pytest.mark.e2e
+def test_a_run_resumed_after_sigkill_counts_the_killed_attempts_energy(tmp_path):
+    """A process killed by SIGKILL writes no summary.json; its checkpoints carry the running total."""
+    root = fake_rapl(tmp_path / "powercap", {0: (0, 10**12)})
+    counter = root / "intel-rapl:0" / "energy_uj"
+    armed = tmp_path / "armed"
+    armed.touch()
+    config = tiny_config(
+        model={"name": "tests.fixtures:rapl_heater", "counter": str(counter), "uj_per_forward": 2_000_000},
+        energy={"rapl_root": str(root)},
+        train={"max_steps": 8, "log_every": "2st", "eval_every": "4st", "checkpoint_every": "3st"},
+        techniques=[{"name": "tests.fixtures:kill_at_step", "step": 7, "armed_file": str(armed)}],
+    )
+    path = write_config(tmp_path, config)
+    killed = run_cli("train", path, cwd=tmp_path)
+    assert killed.returncode == -signal.SIGKILL  # after step 7; the newest checkpoint is step 6
+    run = tmp_path / "runs" / "tiny"
+    assert not (run / "summary.json").exists()
+    resumed = run_cli("train", path, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    energy = json.loads((run / "summary.json").read_text())["energy"]
+    # Each training forward heats 2 J: 6 steps before the checkpoint, then steps 7 and 8 again.
+    assert energy["previous_attempts_joules"] == pytest.approx(2.0 * 6)
+    assert energy["joules"] == pytest.approx(2.0 * 8)
+    assert energy["kwh"] == pytest.approx(16.0 / 3.6e6)  # the literal: a wrong constant would pass a self-check
+    assert energy["mean_watts"] == pytest.approx(energy["joules"] / energy["attempts_s"], rel=1e-3)
+    assert energy["attempts_s"] > energy["measured_s"]

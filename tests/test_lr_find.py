@@ -42,6 +42,42 @@ def test_suggestion_is_where_a_known_loss_curve_falls_fastest():
     assert suggest(lrs, losses, beta=0.9, method="min10").lr == pytest.approx(s.min_loss_lr / 10)
 
 
+# `mlrun lr-find configs/quickstart.yaml --steps 30`: flat, falling to 0.61 near lr 6e-2, then a blow-up
+# to 247 that, smoothed backwards, once pulled the minimum to the first step (suggestion 1e-8).
+SHORT_SWEEP_LOSSES = [
+    2.3122, 2.3281, 2.3122, 2.3311, 2.3508, 2.3209, 2.3451, 2.3143, 2.3369, 2.3396, 2.3259, 2.3150, 2.3120,
+    2.3147, 2.2987, 2.2799, 2.2332, 2.0995, 1.9658, 1.7033, 1.0973, 0.6143, 1.4156, 15.104, 25.859, 247.49,
+]  # fmt: skip
+
+
+def test_a_blow_up_does_not_drag_the_suggestion_out_of_the_sweep():
+    lrs = [1e-7 * 10 ** (8 * i / 29) for i in range(len(SHORT_SWEEP_LOSSES))]
+    s = suggest(lrs, SHORT_SWEEP_LOSSES, beta=0.8)
+    assert s.method == "steepest" and 5e-3 < s.lr < 0.1, s.reason
+    assert s.diverged_at_lr is not None and s.lr < s.diverged_at_lr
+    assert suggest(lrs, SHORT_SWEEP_LOSSES, beta=0.8, method="min10").lr >= lrs[0]
+
+
+def test_a_flat_or_short_curve_gives_no_suggestion_and_says_why():
+    lrs = [1e-7 * 10 ** (2 * i / 39) for i in range(40)]
+    flat = [2.30 + 0.01 * math.sin(i) for i in range(40)]
+    s = suggest(lrs, flat, beta=0.8)
+    assert s.lr is None and s.reason.startswith("too flat to judge") and "--end" in s.reason
+    falling_at_once = [2.0 - 0.1 * i for i in range(4)] + [40.0 * i for i in range(1, 7)]
+    s = suggest(lrs[:10], falling_at_once, beta=0.8)
+    assert s.lr is None and s.reason.startswith("too short to judge") and "--start" in s.reason
+
+
+def test_lr_find_on_a_flat_sweep_exits_0_with_no_suggestion(tmp_path):
+    result = run_cli(
+        "lr-find", write_config(tmp_path, digits_config(name="adamw")), "--steps", "20", "--end", "1e-5", "--json",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["suggested_lr"] is None and report["next"] is None and "too flat" in report["reason"]
+
+
 @pytest.fixture(scope="module")
 def adamw_sweep(tmp_path_factory):
     folder = tmp_path_factory.mktemp("adamw")

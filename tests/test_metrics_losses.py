@@ -100,3 +100,20 @@ def test_label_smoothing_changes_the_loss(tmp_path):
     plain, smooth = train_run(tmp_path, config("plain", 0.0)), train_run(tmp_path, config("smooth", 0.3))
     # Smoothed targets keep a floor of entropy in the loss: the smoothed run ends with a higher loss.
     assert summary(smooth)["final"]["val/loss"] > summary(plain)["final"]["val/loss"] + 0.1
+
+
+def test_distillation_soft_loss_at_t4_is_t_squared_kl_computed_by_hand():
+    """Hinton et al.: T² · KL(softmax(teacher/T) || softmax(student/T)), averaged over samples. At T=1
+    T and T² agree, so only a T > 1 catches a missing square."""
+    from mlrun.objectives.distill import soft_loss
+
+    student = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+    teacher = torch.tensor([[1.0, 0.0, 2.0], [-1.0, 2.5, 0.0]])
+    t = 4.0
+    expected = 0.0
+    for s_row, t_row in zip(student.tolist(), teacher.tolist()):
+        p = [math.exp(v / t) / sum(math.exp(w / t) for w in t_row) for v in t_row]
+        q = [math.exp(v / t) / sum(math.exp(w / t) for w in s_row) for v in s_row]
+        expected += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+    expected = 16.0 * expected / len(student)
+    assert soft_loss(student, teacher, t).item() == pytest.approx(expected, rel=1e-5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -131,8 +132,18 @@ def float_label_table(folder: Path) -> Path:
         ({"loss": "bce_with_logits"}, "for 4 classes use loss: cross_entropy"),
         ({"data": "regression", "metrics": ["accuracy"]}, "metrics: 'accuracy' scores classification"),
         ({"data": "regression", "metrics": []}, "loss 'cross_entropy' needs class ids"),
+        (
+            {"data": {"name": "synthetic", "task": "regression", "num_samples": 64}, "metrics": ["mae"]},
+            "loss 'cross_entropy' scores classes, but data 'synthetic' is a regression task",
+        ),
     ],
-    ids=["cnn-on-flat-features", "bce-on-4-classes", "accuracy-on-regression", "cross-entropy-on-float-labels"],
+    ids=[
+        "cnn-on-flat-features",
+        "bce-on-4-classes",
+        "accuracy-on-regression",
+        "cross-entropy-on-float-labels",
+        "cross-entropy-on-regression",
+    ],
 )
 def test_validate_names_parts_that_do_not_fit(tmp_path, sections, expected):
     if sections.get("data") == "regression":
@@ -215,3 +226,26 @@ def test_transformer_classifier_ignores_padding():
     with torch.no_grad():
         assert torch.allclose(model(ids, mask), model(other_padding, mask), atol=1e-6)
         assert not torch.allclose(model(ids), model(other_padding), atol=1e-6)
+
+
+def test_layer_decay_and_gradual_unfreezing_reach_a_bert_models_layers(tmp_path):
+    """transformers models get `blocks` from their own structure (BertForSequenceClassification: bert.encoder.layer)."""
+    folder = make_tiny_hf(tmp_path / "tiny-bert", "bert", DIGITS_TEXT)
+    config = tiny_config(
+        name="bert",
+        model={"name": "transformers", "path": str(folder), "task": "sequence_classification"},
+        data={"name": "jsonl_text", "path": DIGITS_TEXT, "tokenizer": str(folder), "max_length": 80, "batch_size": 16},
+        optimizer={"name": "adamw", "lr": 1e-3, "layer_decay": 0.5},
+        train={"max_steps": 6, "log_every": "2st", "eval_every": "6st", "checkpoint_every": None},
+        techniques=[{"name": "freeze", "but_head": True, "unfreeze_every": "2st"}],
+    )
+    path = write_config(tmp_path, config)
+    groups = run_cli("validate", path, "--print", cwd=tmp_path)
+    assert groups.returncode == 0, groups.stderr[-2000:]
+    # embeddings (layer 0), the 2 BertLayers (1, 2), pooler and classifier (3): lr halves per layer down.
+    assert re.search(r"decay layer 1/3 +6 +[\d,]+ +0\.00025 ", groups.stdout), groups.stdout
+    result, run = train(tmp_path, config)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "released 1/3 groups" in result.stdout and "released 3/3 groups" in result.stdout
+    saved = load_file(run / "model.safetensors")
+    assert not any(key.startswith("blocks.") for key in saved)  # parameter names stay the model's own

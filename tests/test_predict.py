@@ -243,3 +243,64 @@ def test_json_lines_texts_scored_like_eval_and_unlabelled_lines_predicted(tmp_pa
     assert predicted["scores"] == {k.removeprefix("val/"): v for k, v in evaluated["metrics"].items()}
     plain = cli_json(tmp_path, "predict", "runs/texts", "unlabelled.jsonl")
     assert plain["scores"] is None and [row["line"] for row in plain["predictions"]] == [1, 3, 5, 7, 9]
+
+
+def test_raw_rows_of_a_standardised_array_run_score_as_eval(tmp_path):
+    """iris trains on standardised features; predict reads raw measurements and applies the run's
+    recorded mean and std (from the run, and from an ONNX export's preprocessing.json)."""
+    from sklearn.datasets import load_iris
+
+    from mlrun.data.sklearn_sets import split_and_scale
+
+    x, y = load_iris(return_X_y=True)
+    _, x_val, _, y_val, _ = split_and_scale(x, y, 0, 0.2, standardize=False)  # the run's validation rows, raw
+    with (tmp_path / "raw.csv").open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow([f"f{i}" for i in range(x.shape[1])] + ["label"])
+        writer.writerows([*row, int(label)] for row, label in zip(x_val, y_val))
+    config = {
+        "name": "iris",
+        "seed": 0,
+        "model": {"name": "mlp", "hidden_sizes": [16]},
+        "data": {"name": "iris", "batch_size": 16},
+        "metrics": ["accuracy"],
+        "optimizer": {"name": "adamw", "lr": 1e-2},
+        "train": {"epochs": 3},
+        "tracking": [{"name": "console", "plain": True}],
+    }
+    assert run_cli("train", write_config(tmp_path, config), cwd=tmp_path).returncode == 0
+    evaluated = cli_json(tmp_path, "eval", "runs/iris")
+    predicted = cli_json(tmp_path, "predict", "runs/iris", "raw.csv")
+    assert predicted["samples"] == evaluated["samples"] == len(y_val)
+    assert predicted["scores"]["accuracy"] == evaluated["metrics"]["val/accuracy"]
+    assert predicted["scores"]["loss"] == pytest.approx(evaluated["metrics"]["val/loss"], rel=1e-5)
+    exported = run_cli("export", "runs/iris", "--format", "onnx", "--no-verify", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    from_export = cli_json(tmp_path, "predict", "runs/iris/export/onnx-none", "raw.csv")
+    assert from_export["scores"]["accuracy"] == evaluated["metrics"]["val/accuracy"]
+    assert from_export["scores"]["loss"] == pytest.approx(evaluated["metrics"]["val/loss"], rel=1e-4)
+
+
+def test_eval_on_another_folder_keeps_the_runs_normalisation(tmp_path):
+    """`mlrun eval RUN data.val_root=NEW` makes the whole root the training split; normalising with
+    statistics fitted on it anew would score other inputs than the weights were trained on."""
+    draw_images(tmp_path / "train", 12, seed=0)
+    draw_images(tmp_path / "new", 5, seed=1)
+    config = {
+        "name": "pics",
+        "model": {"name": "cnn", "channels": [8]},
+        "data": {"name": "image_folder", "root": "train", "val_fraction": 0.5, "grayscale": True, "batch_size": 8},
+        "metrics": ["accuracy"],
+        "optimizer": {"name": "adamw", "lr": 1e-2},
+        "train": {"epochs": 2},
+        "tracking": [{"name": "console", "plain": True}],
+    }
+    assert run_cli("train", write_config(tmp_path, config), cwd=tmp_path).returncode == 0
+    recorded = json.loads((tmp_path / "runs" / "pics" / "preprocessing.json").read_text())["image"]
+    evaluated = cli_json(tmp_path, "eval", "runs/pics", "data.val_root=new")
+    predicted = cli_json(tmp_path, "predict", "runs/pics", "new")
+    assert evaluated["samples"] == predicted["samples"] == 15
+    assert predicted["scores"]["loss"] == pytest.approx(evaluated["metrics"]["val/loss"], rel=1e-6)
+    chosen = cli_json(tmp_path, "eval", "runs/pics", "data.val_root=new", "data.mean=[0.5]", "data.std=[0.25]")
+    assert chosen["metrics"]["val/loss"] != evaluated["metrics"]["val/loss"]  # an explicit choice still wins
+    assert recorded["mean"] != [0.5]

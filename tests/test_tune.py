@@ -86,7 +86,7 @@ def test_sampler_options_reach_optuna_and_are_refused_where_they_do_not_apply(tm
     from mlrun.tuning.study import make_sampler
 
     tpe = make_sampler(SamplerConfig(name="tpe", seed=0, startup_trials=4, multivariate=True), None)
-    assert tpe._n_startup_trials == 4 and tpe._multivariate and tpe._group
+    assert tpe.inner._n_startup_trials == 4 and tpe.inner._multivariate and tpe.inner._group
     path = tune_config(tmp_path, sampler={"name": "random", "startup_trials": 3})
     result = run_cli("tune", path, cwd=tmp_path)
     assert result.returncode == 2 and "tune.sampler.startup_trials" in result.stderr
@@ -117,6 +117,37 @@ def test_two_workers_share_one_journal(tmp_path):
     assert len({t.user_attrs["pid"] for t in study.trials}) == 2
     # One configured seed, yet each worker samples its own values (not the same trial twice).
     assert len({json.dumps(t.params, sort_keys=True) for t in study.trials}) == len(study.trials)
+
+
+def asked_values(journal: Path, studies: int, asks: int, name: str) -> list[list[float]]:
+    """`studies` copies of one seeded study on one journal (as separate `mlrun tune` processes hold
+    them), asking in turn; the values each copy drew."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    from mlrun.config.schema import SamplerConfig
+    from mlrun.tuning.study import make_sampler
+
+    def copy():
+        storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+        sampler = make_sampler(SamplerConfig(name=name, seed=1), None)
+        return optuna.create_study(storage=storage, sampler=sampler, study_name="s", load_if_exists=True)
+
+    copies, drawn = [copy() for _ in range(studies)], [[] for _ in range(studies)]
+    for _ in range(asks):
+        for index, study in enumerate(copies):
+            trial = study.ask()
+            drawn[index].append(trial.suggest_float("lr", 1e-6, 1e-1, log=True))
+            study.tell(trial, drawn[index][-1])
+    return drawn
+
+
+def test_two_tune_processes_on_one_journal_draw_different_trials_and_a_study_reruns_the_same(tmp_path):
+    for sampler in ("random", "tpe"):
+        first, second = asked_values(tmp_path / f"{sampler}-shared.log", 2, 3, sampler)
+        assert not set(first) & set(second), sampler  # one configured seed, yet no trial drawn twice
+        alone = asked_values(tmp_path / f"{sampler}-a.log", 1, 4, sampler)[0]
+        assert asked_values(tmp_path / f"{sampler}-b.log", 1, 4, sampler)[0] == alone  # reproducible
 
 
 def test_invalid_space_key_fails_before_any_trial(tmp_path):

@@ -34,7 +34,35 @@ def run_compress_command(target: Path, overrides: list[str], json_output: bool) 
         print_json(report)
     else:
         print(text_table(report["stages"]))
+        for note in latency_notes(report["stages"]):
+            print(f"  note: {note}")
         print(f"mlrun: wrote {Path(report['folder']) / 'compress.json'}; export a stage with mlrun export <stage dir>")
+
+
+def latency_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """What the latency columns cannot say alone: stages timed on a busy CPU, int8 stages run slowly here."""
+    from mlrun.compression.measure import cpu_has_vnni
+    from mlrun.export.verify import SPREAD_LIMIT
+
+    notes = []
+    noisy = [row for row in rows if row.get("latency_spread", 0.0) > SPREAD_LIMIT]
+    if noisy:
+        worst = max(row["latency_spread"] for row in noisy)
+        notes.append(
+            f"latency of {', '.join(row['stage'] for row in noisy)} varied by up to {100 * worst:.0f}% between "
+            "repeats (another process busy on the CPU): the ms and speedup columns are not to be trusted; "
+            "rerun on a quiet machine"
+        )
+    slow = [row for row in rows if row.get("quantize", "none").startswith("int8")]
+    slow = [row for row in slow if row.get("vs_trained", {}).get("speedup_b64", 1.0) < 1.0]
+    if slow:
+        why = "this CPU has no VNNI int8 instructions" if cpu_has_vnni() is False else "on this CPU"
+        notes.append(
+            f"{', '.join(row['stage'] for row in slow)} run int8 through torch._int_mm, slower than fp32 {why}; "
+            "their latency here is not what deploying them gives: export a stage with "
+            "mlrun export <stage dir> --format onnx --quantize int8 (ONNX Runtime) and read its speedup there"
+        )
+    return notes
 
 
 def text_table(rows: list[dict[str, Any]]) -> str:

@@ -23,6 +23,11 @@ def run_eval(
 
     trained = load_trained(run_dir, checkpoint, overrides)
     parts = trained.parts
+    quantize = deployed_quantization(run_dir)
+    if quantize != "none":  # a compress stage after qat deploys int8 layers: score those, as stage.json does
+        from mlrun.export.quantize import apply_quantization
+
+        parts.model = apply_quantization(parts.model, quantize, calibration=None)[0]
     accelerator = Accelerator(rng_types=[])
     model, loader = accelerator.prepare(parts.model, eval_loader(parts.bundle.val, parts.config.data, False))
     results = evaluate(accelerator, model, loader, parts.objective, parts.metrics)
@@ -30,6 +35,7 @@ def run_eval(
         "run_dir": str(run_dir),
         "weights": str(trained.weights),
         "samples": len(parts.bundle.val),
+        "quantize": quantize,
         "metrics": results,
     }
     from mlrun.engine.exit_eval import evaluate_exits
@@ -43,13 +49,22 @@ def run_eval(
     if json_output:
         print_json(report)
         return
-    print(f"mlrun: {trained.weights} on {len(parts.bundle.val)} validation samples of '{parts.config.data.name}'")
+    deployed = f" as deployed ({quantize} linear layers)" if quantize != "none" else ""
+    samples = f"{len(parts.bundle.val)} validation samples of '{parts.config.data.name}'"
+    print(f"mlrun: {trained.weights}{deployed} on {samples}")
     from mlrun.tracking.figures import format_figure
 
     for key, value in results.items():
         print(f"  {key:<24} {format_figure(value)}")  # four significant digits, as train and compare print
     if "early_exit" in report:
         print_exits(report["early_exit"])
+
+
+def deployed_quantization(run_dir: Path) -> str:
+    """How a compress stage folder deploys its weights (stage.json: int8 once a qat stage ran), else none."""
+    from mlrun.engine.run_dir import read_json
+
+    return (read_json(run_dir / "stage.json") or {}).get("quantize") or "none"
 
 
 def parse_thresholds(text: str) -> list[float]:

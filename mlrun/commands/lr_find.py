@@ -63,7 +63,8 @@ def run_lr_find(
         "end_lr": end,
         "plot": str(folder / "lr_find.png"),
         "curve": [{"lr": lr, "loss": loss} for lr, loss in zip(lrs, losses)],
-        "next": f"mlrun train {path} optimizer.lr={suggestion.lr:.3g}",
+        # No rate from a curve too short or too flat: `reason` says what to change.
+        "next": f"mlrun train {path} optimizer.lr={suggestion.lr:.3g}" if suggestion.lr is not None else None,
     }
     (folder / "lr_find.json").write_text(json.dumps(report, indent=2) + "\n")
     if json_output:
@@ -72,10 +73,14 @@ def run_lr_find(
     print(f"mlrun: lr-find: {state.step} steps{' (stopped: the loss diverged)' if report['stopped_early'] else ''}")
     if suggestion.diverged_at_lr is None:
         print(f"  note: the loss did not blow up by lr {lrs[-1]:.3g}; a larger --end shows where it does")
-    print(f"  suggested optimizer.lr: {suggestion.lr:.3g} ({suggestion.method})")
+    if suggestion.lr is None:
+        print("  no suggestion: the curve cannot be judged")
+    else:
+        print(f"  suggested optimizer.lr: {suggestion.lr:.3g} ({suggestion.method})")
     print(f"  why: {suggestion.reason}")
     print(f"  plot: {report['plot']}")
-    print(f"  next: {report['next']}")
+    if report["next"]:
+        print(f"  next: {report['next']}")
 
 
 def sweep_overrides(output_dir: str, name: str, steps: int, start: float, end: float) -> list[str]:

@@ -172,7 +172,7 @@ def _start_workers(path, overrides, trials, timeout, storage, study_name, count)
     ]
     if timeout:
         command += ["--timeout", str(timeout)]
-    # Each worker numbered, so that samplers with one configured seed do not all draw the same values.
+    # Each worker numbered (MLRUN_TUNE_WORKER) for its log; samplers seed each trial by its number (tuning/study.py).
     return [
         subprocess.Popen(command, env={**os.environ, "MLRUN_TUNE_WORKER": str(index)}, stdout=sys.stderr)
         for index in range(1, count + 1)

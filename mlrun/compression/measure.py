@@ -18,7 +18,7 @@ from mlrun.compression.huffman import entropy_coded_bytes
 from mlrun.data.bundle import DataMeta
 from mlrun.export.quantize import apply_quantization
 from mlrun.export.signature import InferenceModule
-from mlrun.export.verify import batches, evaluate, first, latency_ms
+from mlrun.export.verify import batches, evaluate, first, timed
 
 
 def deployable(model: nn.Module, meta: DataMeta, quantize: str | None) -> nn.Module:
@@ -73,7 +73,9 @@ def measure(
     inputs = next(batches(val, 64, meta))[0]
     metrics = _evaluate(module, parts)
     with torch.inference_mode():
-        latency = {f"latency_ms_b{n}": latency_ms(module, first(inputs, n)) for n in (1, 64)}
+        times = {n: timed(module, first(inputs, n)) for n in (1, 64)}
+    latency = {f"latency_ms_b{n}": t["ms"] for n, t in times.items()}
+    latency["latency_spread"] = max(t["spread"] for t in times.values())  # (p90 - p10) / median, the worst
     return {
         "metrics": metrics,
         "parameters": sum(p.numel() for p in params),
@@ -85,3 +87,13 @@ def measure(
         "quantize": quantize or "none",
         **latency,
     }
+
+
+def cpu_has_vnni() -> bool | None:
+    """Whether the CPU has the int8 dot-product instructions torch._int_mm needs to beat fp32 (None: unknown)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next(line for line in info if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return None
+    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))

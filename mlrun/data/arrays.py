@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from mlrun.data.bundle import ArrayDataset, DataMeta, DatasetBundle
-from mlrun.data.splits import ValFraction, encode_labels, is_classification, resolve_files, split_indices
+from mlrun.data.splits import ValFraction, encode_labels, is_classification, resolve_one_file, split_indices
 from mlrun.errors import UsageError, did_you_mean
 from mlrun.registry import datasets
 
@@ -76,7 +76,7 @@ def bundle_from_arrays(
 
 
 def _load_npz(path: str, key: str, features_key: str, labels_key: str) -> tuple[np.ndarray, np.ndarray]:
-    file = resolve_files(path, key)[0]
+    file = resolve_one_file(path, key)
     try:
         archive = np.load(file, allow_pickle=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
@@ -126,7 +126,7 @@ def npz(
 
 
 def _load_npy(path: str, key: str) -> np.ndarray:
-    file = resolve_files(path, key)[0]
+    file = resolve_one_file(path, key)
     try:
         return np.load(file, allow_pickle=True)  # object arrays load, then get the mixed-shape message
     except Exception as exc:  # noqa: BLE001

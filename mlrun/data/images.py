@@ -146,7 +146,13 @@ def _channel_stats(pixels: np.ndarray) -> tuple[list[float], list[float]]:
     return mean.round(6).tolist(), std.round(6).tolist()
 
 
-@datasets.register("image_folder")
+def _recorded_settings(preprocessing: dict) -> dict:
+    """The normalisation a trained run keeps when its data is rebuilt on other folders (eval, predict)."""
+    image = preprocessing.get("image") or {}
+    return {"mean": image["mean"], "std": image["std"]} if "mean" in image else {}
+
+
+@datasets.register("image_folder", recorded_settings=_recorded_settings)
 def image_folder(
     seed: int,
     /,

@@ -33,6 +33,18 @@ def resolve_files(patterns: str | list[str], key: str, kind: str = "file") -> li
     return found
 
 
+def resolve_one_file(pattern: str, key: str) -> Path:
+    """The one file `pattern` names; a glob matching several is an error (these sources read one file)."""
+    files = resolve_files(pattern, key)
+    if len(files) > 1:
+        shown = ", ".join(f"'{f}'" for f in files[:3]) + (", ..." if len(files) > 3 else "")
+        raise UsageError(
+            f"{key}: '{pattern}' matches {len(files)} files ({shown}); this source reads one file: name one, "
+            "or join them first"
+        )
+    return files[0]
+
+
 def require_columns(names: list[str], available, key: str, source: str) -> None:
     """Every name must be a column of `source`; else one message with the closest column and the list."""
     for name in names:

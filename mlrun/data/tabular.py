@@ -78,11 +78,29 @@ def _selector(step: FeatureSelection, classify: bool, seed: int, features: int):
 
 
 def _read(path: str, key: str, reader: str, na_values: list[str] = ()):
+    """The table at `path`; a glob matching several files (shards) reads them all, in sorted order,
+    as one table. Returns (frame, what to name it in messages)."""
     try:
         import pandas as pd
     except ImportError:
         raise UsageError(f"dataset '{reader}' needs pandas: pip install 'mlrun[tabular]'") from None
-    file = resolve_files(path, key)[0]
+    files = resolve_files(path, key)
+    frames = [_read_file(file, key, reader, na_values) for file in files]
+    for file, frame in zip(files[1:], frames[1:]):
+        if list(frame.columns) != list(frames[0].columns):
+            raise UsageError(
+                f"{key}: '{file}' has columns {list(frame.columns)}, '{files[0]}' {list(frames[0].columns)}; "
+                f"every file matching '{path}' must have the same columns in the same order."
+            )
+    if len(files) == 1:
+        return frames[0], files[0]
+    # Data rows in messages count through the files in this order, as one table.
+    return pd.concat(frames, ignore_index=True), f"{path} ({len(files)} files read as one table, in sorted order)"
+
+
+def _read_file(file: Path, key: str, reader: str, na_values: list[str]):
+    import pandas as pd
+
     try:
         if reader == "csv":
             frame = pd.read_csv(file, na_values=list(na_values) or None)
@@ -94,7 +112,7 @@ def _read(path: str, key: str, reader: str, na_values: list[str] = ()):
         raise UsageError(f"{key}: cannot read '{file}' as {reader}: {exc}") from None
     if frame.empty:
         raise UsageError(f"{key}: '{file}' has no rows.")
-    return frame, file
+    return frame
 
 
 def _check_columns(frame, names: list[str], key: str, file: Path) -> None:
@@ -282,11 +300,11 @@ def _register(reader: str):
     factory.__doc__ = f"""A {reader} table: feature columns by name, numeric and categorical, one target column.
 
     Args:
-        path: the {reader} file.
+        path: the {reader} file, or a glob of several (shards, read as one table in sorted order).
         target: the column to predict.
         features: feature columns; default every column except the target.
         categorical: categorical feature columns; default the non-numeric ones.
-        val_path: a second {reader} file used as the validation split (instead of val_fraction).
+        val_path: a second {reader} file (or glob) used as the validation split (instead of val_fraction).
         val_fraction: share of rows held out for validation (stratified for classification).
         task: auto (integer or string targets classify, float targets regress), classification or regression.
         impute: missing feature values: error (stop and name the column), or fill numeric columns with the mean, median, most_frequent or constant 0 (categorical ones with the most frequent value).

@@ -19,7 +19,7 @@ from pydantic import PositiveInt
 from mlrun.data.arrays import bundle_from_arrays
 from mlrun.data.batch import TARGET_KEY
 from mlrun.data.bundle import ArrayDataset, DatasetBundle, TensorDictDataset
-from mlrun.data.splits import ValFraction, resolve_files, split_indices
+from mlrun.data.splits import ValFraction, resolve_one_file, split_indices
 from mlrun.data.tokenize import encode_padded, make_tokenizer
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
@@ -38,7 +38,7 @@ def json_lines(file) -> Iterator[tuple[int, object]]:
 
 
 def read_jsonl(path: str, key: str, text_field: str, label_field: str) -> tuple[list[str], np.ndarray]:
-    file = resolve_files(path, key)[0]
+    file = resolve_one_file(path, key)
     texts, labels = [], []
     for number, record in json_lines(file):
         for field in (text_field, label_field):

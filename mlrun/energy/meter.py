@@ -39,6 +39,7 @@ class EnergyMeter:
         self.counters.append(cpu)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # the poll thread and a checkpoint's so_far() read the same counters
         self.started = 0.0
 
     def start(self) -> EnergyMeter:
@@ -55,14 +56,21 @@ class EnergyMeter:
             self._poll()
 
     def _poll(self) -> None:
-        for counter in self.counters:
-            try:
-                counter.poll()
-            except Exception as exc:  # a failing counter must never end a training run
-                self.notes.append(f"{counter.source}: {type(exc).__name__}: {exc}")
+        with self._lock:
+            for counter in self.counters:
+                try:
+                    counter.poll()
+                except Exception as exc:  # a failing counter must never end a training run
+                    self.notes.append(f"{counter.source}: {type(exc).__name__}: {exc}")
 
-    def stop(self, samples: int, previous_joules: float = 0.0) -> dict:
-        """The figures for summary.json; `previous_joules`: energy of earlier attempts of a resumed run."""
+    def so_far(self) -> tuple[float, float]:
+        """(joules, seconds) measured since start: what a checkpoint records (mlrun.engine.energy_attempts)."""
+        self._poll()
+        with self._lock:
+            return sum(c.joules() for c in self.counters), time.perf_counter() - self.started
+
+    def stop(self, samples: int, previous: tuple[float, float] = (0.0, 0.0)) -> dict:
+        """The figures for summary.json; `previous`: (joules, seconds) of earlier attempts of a resumed run."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -73,16 +81,19 @@ class EnergyMeter:
             samples,
             self.config.grid_g_per_kwh,
             self.notes,
-            previous_joules,
+            previous,
         )
 
 
-def energy_figures(counters, seconds: float, samples: int, grid: float, notes: list[str], previous: float) -> dict:
+def energy_figures(
+    counters, seconds: float, samples: int, grid: float, notes: list[str], previous: tuple[float, float] = (0.0, 0.0)
+) -> dict:
     parts = [
         {"device": c.device, "source": c.source, "estimate": c.estimate, "joules": round(c.joules(), 3), **c.describe()}
         for c in counters
     ]
-    joules = previous + sum(part["joules"] for part in parts)
+    joules = previous[0] + sum(part["joules"] for part in parts)
+    attempts_s = previous[1] + seconds
     kwh = joules / JOULES_PER_KWH
     estimate = any(part["estimate"] for part in parts)
     return {
@@ -91,11 +102,12 @@ def energy_figures(counters, seconds: float, samples: int, grid: float, notes: l
         "co2_g": kwh * grid,
         "grid_g_per_kwh": grid,
         "joules_per_sample": joules / samples if samples else None,
-        "mean_watts": round(sum(p["joules"] for p in parts) / seconds, 3) if seconds > 0 else None,
+        "mean_watts": round(joules / attempts_s, 3) if attempts_s > 0 else None,  # over every attempt
         "source": "+".join(part["source"] for part in parts),
         "estimate": estimate,
         "measured_s": round(seconds, 3),
-        "previous_attempts_joules": round(previous, 3) if previous else None,
+        "attempts_s": round(attempts_s, 3),
+        "previous_attempts_joules": round(previous[0], 3) if previous[0] else None,
         "parts": parts,
         "notes": notes,
     }

@@ -56,6 +56,7 @@ def check_one_batch(parts: Components, device: torch.device, autocast=contextlib
                 if name in buffers:
                     buffer.copy_(buffers[name])
         model.train(was_training)
+    check_loss_fits_task(parts, batch)  # what ran without an error may still mean nothing
 
 
 def describe(parts: Components) -> str:
@@ -84,6 +85,28 @@ def check_metrics_fit_task(parts: Components) -> None:
                     else ""
                 )
             )
+
+
+def check_loss_fits_task(parts: Components, batch) -> None:
+    """A class loss on regression targets can run and learn nothing: cross_entropy reads float targets
+    as class probabilities, and over one output its softmax is 1, so the loss is 0 whatever the model
+    does. Only targets that are probability rows over several outputs are left to it."""
+    loss, meta = parts.config.loss.name, parts.bundle.meta
+    if meta.task != "regression" or parts.config.objective.name != "supervised":
+        return
+    if losses.trait(loss, "targets") != "classes":
+        return
+    targets = split_batch(batch)[1]
+    if targets is None or not targets.is_floating_point():
+        return
+    rows = targets.reshape(len(targets), -1).float()
+    if rows.shape[1] > 1 and bool((rows >= 0).all()) and torch.allclose(rows.sum(1), torch.ones(len(rows))):
+        return
+    raise UsageError(
+        f"loss '{loss}' scores classes, but data '{parts.config.data.name}' is a regression task (float targets, "
+        f"{meta.output_dim or 1} value(s) per sample): use a regression loss (mse, l1, huber), or, if the labels "
+        "are classes, set data.task: classification"
+    )
 
 
 def mismatch(parts: Components, batch, exc: Exception) -> str:

@@ -7,6 +7,7 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mlrun.data.batch import batch_len, take
 from mlrun.metrics import Metric
 from mlrun.objectives.base import Objective
 
@@ -16,6 +17,22 @@ def samples_in(predictions: torch.Tensor, targets: torch.Tensor | None) -> int:
     if targets is None:
         return len(predictions)
     return targets.numel() if not targets.is_floating_point() else targets.shape[0]
+
+
+def real_rows(accelerator: Accelerator, batch) -> int | None:
+    """Rows of this process's batch that are validation samples, or None when no process's batch is padded.
+
+    Accelerate evens out the last batch across processes with samples from the start of the split;
+    `gather_for_metrics` drops them by keeping the first `remainder` rows of the gathered batch
+    (process 0's rows first). The same rule here counts every sample's loss exactly once.
+    """
+    state = accelerator.gradient_state
+    rows = batch_len(batch)
+    if accelerator.num_processes == 1 or not state.end_of_dataloader:
+        return None
+    if not 0 < state.remainder < rows * accelerator.num_processes:
+        return None  # the same on every process: all run the second forward, or none does
+    return max(0, min(rows, state.remainder - accelerator.process_index * rows))
 
 
 @torch.no_grad()
@@ -30,8 +47,15 @@ def evaluate(
     count = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     for batch in loader:
         out = objective(model, batch)
-        n = samples_in(out.predictions, out.targets)
-        loss_sum += out.loss.double() * n  # the loss is a mean: weight it by its size
+        scored = out
+        real = real_rows(accelerator, batch)
+        if real is not None:
+            # The loss is a mean over the whole batch, padding included: score the real rows alone. Every
+            # process runs this second forward (one without real rows on its whole batch, then dropped), so
+            # the collectives inside the model (DDP buffer broadcasts, FSDP all-gathers) stay paired.
+            scored = objective(model, take(batch, real or batch_len(batch)))
+        n = samples_in(scored.predictions, scored.targets) if real != 0 else 0
+        loss_sum += scored.loss.double() * n  # the loss is a mean: weight it by its size
         count += n
         if metrics and out.targets is not None:
             # gather_for_metrics drops the samples padded in to even out the last batch across processes.

@@ -51,7 +51,8 @@ def check_supported(parts: Components, processes: int) -> list[int]:
     """The first block of each stage after the first; one clear message for what a pipeline cannot do."""
     config = parts.config
     train, dist_cfg, blocks = config.train, config.distributed, getattr(parts.model, "blocks", None)
-    if not isinstance(blocks, nn.ModuleList) or len(blocks) < processes:
+    # Stages are cut at `blocks.<k>` submodule names: blocks found on a transformers model are not registered.
+    if not isinstance(blocks, nn.ModuleList) or len(blocks) < processes or "blocks" not in parts.model._modules:
         raise UsageError(
             f"distributed.strategy: pipeline splits model.blocks into {processes} stages; "
             f"{type(parts.model).__name__} needs a `blocks` ModuleList of at least {processes} blocks"

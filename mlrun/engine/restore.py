@@ -45,6 +45,23 @@ def resolve_weights(run_dir: Path, checkpoint: str) -> Path:
     )
 
 
+def recorded_statistics(run_dir: Path, source: str) -> list[str]:
+    """Overrides that pin the statistics the run was trained under (its preprocessing.json), for a
+    source whose registry entry says how (`recorded_settings`): `mlrun eval RUN data.val_root=NEW`
+    changes the training split, and fitting normalisation on it anew would score other inputs."""
+    import json
+
+    from mlrun.config.load import as_override
+    from mlrun.registry import datasets
+
+    settings = datasets.trait(source, "recorded_settings")
+    path = run_dir / "preprocessing.json"
+    if settings is None or not path.is_file():
+        return []
+    recorded = settings(json.loads(path.read_text()))
+    return [as_override(f"data.{key}", value) for key, value in recorded.items()]
+
+
 def load_trained(run_dir: Path, checkpoint: str = "final", overrides: list[str] | tuple[str, ...] = ()) -> TrainedRun:
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
@@ -52,6 +69,9 @@ def load_trained(run_dir: Path, checkpoint: str = "final", overrides: list[str] 
     weights = resolve_weights(run_dir, checkpoint)
     # Inputs prepared as in training, also for data given by overrides; the run's weights are loaded next.
     config = load_config(config_path, overrides)
+    pinned = recorded_statistics(run_dir, config.data.name)
+    if pinned:  # the user's own overrides come last, so an explicit data.mean still wins
+        config = load_config(config_path, [*pinned, *overrides])
     parts = build_components(config, fitted_transform=load_fitted_transform(run_dir), init_weights=False)
     if weights.is_dir():
         missing, unexpected = load_dcp_weights(parts.model, weights)

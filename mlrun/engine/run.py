@@ -17,6 +17,7 @@ from mlrun.config.schema import ExperimentConfig
 from mlrun.engine.allocation import keep_global_batch, of_config, read_allocation, rescale_position
 from mlrun.engine.checkpoint import latest_checkpoint, resolve_resume
 from mlrun.engine.config_change import Changes, check_resume_config, describe, explain_load_failure, record_changes
+from mlrun.engine.energy_attempts import EnergyTotal, earlier_attempts
 from mlrun.engine.run_dir import (
     FINISHED,
     check_trainable,
@@ -82,7 +83,8 @@ def run_training(
     if clear and accelerator.is_main_process:  # only now: a start that cannot build keeps the old run
         clear_train_outputs(run_dir)  # lr_find/, tune/, compress/, export/ and a user's files stay
     accelerator.wait_for_everyone()
-    loop = TrainingLoop(parts, accelerator, run_dir, extra_callbacks=callbacks)
+    energy_total = EnergyTotal()  # the running energy total goes into every checkpoint
+    loop = TrainingLoop(parts, accelerator, run_dir, extra_callbacks=(*callbacks, energy_total))
     loop.check_fits()
     if resume_from is not None:
         try:
@@ -93,7 +95,7 @@ def run_training(
             rescale_position(loop.state, saved_allocation, of_config(config, accelerator.num_processes))
     if accelerator.is_main_process:
         write_records(run_dir, parts, accelerator, resume_from, loop.state.step, changes, recorded, reallocated)
-    meter, previous_joules = start_energy(config, accelerator, run_dir, resumed=resume_from is not None)
+    meter, previous = start_energy(config, accelerator, run_dir, energy_total, resumed=resume_from is not None)
     started, message = time.time(), None
     try:
         return loop.run()
@@ -106,7 +108,7 @@ def run_training(
     finally:
         summary = make_summary(config, loop, loop.state.stop_reason or "failed", time.time() - started, message)
         if meter is not None:
-            summary["energy"] = meter.stop(loop.state.samples_seen, previous_joules)
+            summary["energy"] = meter.stop(loop.state.samples_seen, previous)
         if accelerator.is_main_process:
             write_json(run_dir / "summary.json", summary)
         for tracker in parts.trackers:
@@ -124,7 +126,7 @@ def write_records(
     reallocated: dict | None,
 ) -> None:
     """config.yaml (`recorded`: the run's own settings), manifest.json (with the history of accepted
-    config changes and the allocation), preprocessing.pkl."""
+    config changes and the allocation), preprocessing.pkl / .json."""
     from mlrun.data.bundle import fingerprint
     from mlrun.engine.batches import resolve_workers
 
@@ -145,11 +147,15 @@ def write_records(
     if parts.bundle.transform is not None:  # the fitted preprocessing, for eval and export
         with open(run_dir / "preprocessing.pkl", "wb") as file:
             pickle.dump(parts.bundle.transform, file)
+    # The statistics the weights were trained under (image mean/std, ...), kept from the first start:
+    # eval and predict on other data pin them instead of fitting anew (engine/restore.py).
+    if parts.bundle.preprocessing and (resume_from is None or not (run_dir / "preprocessing.json").is_file()):
+        write_json(run_dir / "preprocessing.json", parts.bundle.preprocessing)
     write_json(run_dir / "manifest.json", info)
 
 
-def start_energy(config: ExperimentConfig, accelerator, run_dir: Path, resumed: bool):
-    """(a started energy meter on the main process or None, joules of earlier attempts of this run)."""
+def start_energy(config: ExperimentConfig, accelerator, run_dir: Path, total: EnergyTotal, resumed: bool):
+    """(a started energy meter on the main process or None, (joules, seconds) of earlier attempts of this run)."""
     import os
 
     from mlrun.energy.meter import start_meter
@@ -158,8 +164,10 @@ def start_energy(config: ExperimentConfig, accelerator, run_dir: Path, resumed: 
     meter = start_meter(config.energy, accelerator.device.type, local, accelerator.is_main_process)
     if meter is not None and local < accelerator.num_processes:
         meter.notes.append(f"energy of the first host only ({local} of {accelerator.num_processes} processes)")
-    previous = (read_summary(run_dir) or {}).get("energy") if resumed else None
-    return meter, (previous or {}).get("joules") or 0.0
+    # A killed attempt wrote no summary.json: its checkpoints recorded the total (mlrun.engine.energy_attempts).
+    previous = earlier_attempts((read_summary(run_dir) or {}).get("energy"), total.saved) if resumed else (0.0, 0.0)
+    total.meter, total.previous = meter, previous
+    return meter, previous
 
 
 def decide_resume(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | None, bool]:

@@ -53,8 +53,11 @@ def evaluate(
     return {"val/loss": loss_sum / max(count, 1), **{f"val/{m.name}": m.compute() for m in metrics}}
 
 
-def latency_ms(run: Runner, inputs: tuple[torch.Tensor, ...], warmup: int = 5, repeats: int = 30) -> float:
-    """Median wall time of one call, after warm-up."""
+SPREAD_LIMIT = 0.25  # latency figures whose spread exceeds this share of the median are flagged, not trusted
+
+
+def timed(run: Runner, inputs: tuple[torch.Tensor, ...], warmup: int = 5, repeats: int = 30) -> dict[str, float]:
+    """Median wall time of one call in ms, after warm-up, and its spread: (p90 - p10) / median."""
     for _ in range(warmup):
         run(*inputs)
     times = []
@@ -62,4 +65,35 @@ def latency_ms(run: Runner, inputs: tuple[torch.Tensor, ...], warmup: int = 5, r
         start = time.perf_counter()
         run(*inputs)
         times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    deciles = statistics.quantiles(times, n=10)
+    median = statistics.median(times)
+    return {"ms": median * 1e3, "spread": (deciles[-1] - deciles[0]) / median}
+
+
+def latency_ms(run: Runner, inputs: tuple[torch.Tensor, ...], warmup: int = 5, repeats: int = 30) -> float:
+    """Median wall time of one call, after warm-up."""
+    return timed(run, inputs, warmup, repeats)["ms"]
+
+
+def compare_latency(
+    reference: Runner, candidate: Runner, inputs: tuple[torch.Tensor, ...], rounds: int = 7, repeats: int = 5
+) -> dict[str, float]:
+    """Both timed in alternating rounds, so another process busy on the CPU slows both alike (timed one
+    after the other, a speedup moved 10x between identical runs): the median times, the median of the
+    per-round speedups, and their spread ((max - min) / median)."""
+    for run in (reference, candidate):
+        for _ in range(5):  # warm-up: first calls allocate, compile kernels, fill caches
+            run(*inputs)
+    ref_ms, got_ms, speedups = [], [], []
+    for _ in range(rounds):
+        a, b = timed(reference, inputs, 0, repeats)["ms"], timed(candidate, inputs, 0, repeats)["ms"]
+        ref_ms.append(a)
+        got_ms.append(b)
+        speedups.append(a / b)
+    speedup = statistics.median(speedups)
+    return {
+        "reference_ms": statistics.median(ref_ms),
+        "ms": statistics.median(got_ms),
+        "speedup": speedup,
+        "spread": (max(speedups) - min(speedups)) / speedup,
+    }

@@ -109,4 +109,36 @@ def transformers_model(
         model = auto_class.from_config(architecture)
         where = f"model_type '{model_type}'"
     _check_vocabulary(model, meta, where)
+    declare_blocks(model)
     return model
+
+
+def declare_blocks(model: nn.Module) -> None:
+    """`model.blocks`: the model's repeated layers, found through its own structure (BERT's encoder.layer,
+    GPT-2's h, Llama's layers, T5's encoder then decoder blocks), so layer_decay, gradual unfreezing,
+    FSDP block wrapping and activation checkpointing reach them as they reach mlrun's own models.
+
+    A plain attribute, not a registered submodule: parameter and state-dict names stay the model's own
+    (checkpoints, save_pretrained folders, init_from and export are unchanged).
+    """
+    if isinstance(getattr(model, "blocks", None), (nn.ModuleList, nn.Sequential)):
+        return
+    lists = repeated_layer_lists(getattr(model, "base_model", model))
+    if not lists:
+        return
+    blocks = lists[0] if len(lists) == 1 else nn.ModuleList([layer for found in lists for layer in found])
+    object.__setattr__(model, "blocks", blocks)
+
+
+def repeated_layer_lists(module: nn.Module) -> list[nn.ModuleList]:
+    """The outermost ModuleLists of one layer class holding parameters, in registration order (input side first)."""
+    found: list[nn.ModuleList] = []
+    inside: set[int] = set()
+    for _, child in module.named_modules():
+        if id(child) in inside:
+            continue
+        if isinstance(child, nn.ModuleList) and len(child) and len({type(layer) for layer in child}) == 1:
+            if any(True for _ in child.parameters()):
+                found.append(child)
+                inside.update(id(m) for m in child.modules())
+    return found

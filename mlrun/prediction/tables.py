@@ -154,7 +154,7 @@ LABEL_COLUMNS = ("label", "target", "y")
 
 def read_feature_columns(path: Path, predictor) -> Inputs:
     """Array sources (digits, npz, ...): one numeric column per input feature, in training order,
-    plus an optional label / target / y column."""
+    plus an optional label / target / y column; raw values, standardised here as in training."""
     frame = read_frame(path)
     label = next((c for c in LABEL_COLUMNS if c in frame.columns), None)
     columns = [c for c in frame.columns if c != label]
@@ -170,6 +170,11 @@ def read_feature_columns(path: Path, predictor) -> Inputs:
     bad = ~np.isfinite(values).all(axis=1)  # text, empty cells and infinities alike
     if bad.any():
         raise UsageError(f"{path}: data rows {_first_rows(bad)} have a missing or non-numeric feature")
+    # digits / iris / wine trained on features standardised with the training split's statistics,
+    # recorded in the run (and in an export's preprocessing.json): new raw rows get the same.
+    fitted = predictor.preprocessing.get("standardize")
+    if fitted is not None:
+        values = (values - np.asarray(fitted["mean"])) / np.asarray(fitted["std"])
     targets = None
     if label is not None:
         targets = labels_to_targets(frame[label].to_numpy(), predictor, path, f"column '{label}'")

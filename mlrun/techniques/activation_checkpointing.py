@@ -23,13 +23,14 @@ def activation_checkpointing(model: nn.Module, /, *, every: PositiveInt = 1) -> 
     Args:
         every: wrap every k-th block (1 = all blocks); larger saves less memory and less compute.
     """
-    if getattr(model, "supports_gradient_checkpointing", False) and not hasattr(model, "blocks"):
+    if getattr(model, "supports_gradient_checkpointing", False) and (every == 1 or not hasattr(model, "blocks")):
         if every != 1:
             raise UsageError(
                 "activation_checkpointing: every > 1 needs a model with `blocks`; "
                 "transformers models checkpoint every layer"
             )
-        # transformers models checkpoint their own layers (non-reentrant, like the blocks below).
+        # transformers models checkpoint their own layers (non-reentrant, like the blocks below);
+        # every > 1 patches the layers their `blocks` found (mlrun.models.hf).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return None
     for index, block in enumerate(declared_blocks(model)):

@@ -52,14 +52,19 @@ class DivergenceStop(Callback):
             state.should_stop = True
 
 
+MIN_POINTS = 5  # steps the smoothed loss needs before its minimum for a slope to mean anything
+MIN_FALL = 0.02  # the smoothed loss must fall by 2% of its start before its minimum to show a useful range
+
+
 @dataclass
 class Suggestion:
-    lr: float
-    method: str
+    lr: float | None  # None: the curve is too short or too flat to judge; `reason` says what to change
+    method: str | None
     reason: str
     steepest_lr: float | None
     min_loss_lr: float
     diverged_at_lr: float | None
+    read_until_lr: float  # the last point of the curve read: the blow-up after it is left out
 
 
 def smooth(losses: list[float], beta: float) -> list[float]:
@@ -80,35 +85,56 @@ def smooth_centred(losses: list[float], beta: float) -> list[float]:
 
 
 def suggest(lrs: list[float], losses: list[float], beta: float, method: str = "steepest") -> Suggestion:
-    """A learning rate from the sweep: the steepest fall of the smoothed loss, or a tenth of its minimum."""
+    """A learning rate inside the sweep: the steepest fall of the smoothed loss, or a tenth of its minimum.
+
+    Only the curve before the blow-up is read: smoothed backwards, a loss spike hundreds of times
+    the minimum would smear over the falling part and pull the minimum towards the sweep's start.
+    A curve that is too short or too flat to judge gives no rate (lr None) and says what to change.
+    """
     finite = [i for i, loss in enumerate(losses) if math.isfinite(loss)]
     lrs, losses = [lrs[i] for i in finite], [losses[i] for i in finite]
-    smoothed = smooth_centred(losses, beta)
-    best = min(range(len(smoothed)), key=smoothed.__getitem__)
     # Divergence as DivergenceStop saw it (the causal average), so it agrees with where the sweep stopped.
     causal = smooth(losses, beta)
     low = min(range(len(causal)), key=causal.__getitem__)
     diverged = next((i for i in range(low, len(causal)) if causal[i] > DIVERGED * causal[low]), None)
+    # The raw loss leaves the range a few steps before the lagging average says so: read up to there.
+    cut = next((i for i in range(low, len(losses)) if losses[i] > DIVERGED * causal[low]), len(losses))
+    smoothed = smooth_centred(losses[: max(cut, 1)], beta)
+    best = min(range(len(smoothed)), key=smoothed.__getitem__)
     # Slope per decade of lr, up to the minimum; the first points are skipped: the EMA is still warming up.
-    skip = min(len(smoothed) // 10, best)
+    skip = max(1, min(len(smoothed) // 10, best))
     slopes = [
         (smoothed[i + 1] - smoothed[i - 1]) / (math.log10(lrs[i + 1]) - math.log10(lrs[i - 1]))
-        for i in range(max(1, skip), best)
+        for i in range(skip, best)
     ]
-    steep = max(1, skip) + min(range(len(slopes)), key=slopes.__getitem__) if slopes else None
+    steep = skip + min(range(len(slopes)), key=slopes.__getitem__) if slopes else None
     min10 = lrs[best] / 10
     where = f"the smoothed loss is lowest ({smoothed[best]:.4g}) at lr {lrs[best]:.3g}"
     blow = f"; the loss blew up ({DIVERGED:g}x its minimum) at lr {lrs[diverged]:.3g}" if diverged is not None else ""
-    if method == "steepest" and steep is not None and slopes[steep - max(1, skip)] < 0:
+    fall = (smoothed[0] - smoothed[best]) / max(abs(smoothed[0]), 1e-12)
+    lr, used = None, None
+    if best < MIN_POINTS:
+        reason = (
+            f"too short to judge: {where}, step {best + 1} of the sweep{blow}; start the sweep lower "
+            "(--start) or give it more steps (--steps)"
+        )
+    elif fall < MIN_FALL:
+        reason = (
+            f"too flat to judge: the smoothed loss fell only {100 * fall:.2g}% (from {smoothed[0]:.4g}) "
+            f"before its minimum; {where}{blow}; sweep to a higher rate (--end) or for more steps (--steps)"
+        )
+    elif method == "steepest" and steep is not None and slopes[steep - skip] < 0:
         reason = (
             f"the smoothed loss falls fastest at lr {lrs[steep]:.3g} "
-            f"({slopes[steep - max(1, skip)]:.3g} per tenfold increase); {where}{blow}"
+            f"({slopes[steep - skip]:.3g} per tenfold increase); {where}{blow}"
         )
         lr, used = lrs[steep], "steepest"
-    else:
+    elif min10 >= lrs[0]:
         why = "" if method == "min10" else "the loss never fell before its minimum, so "
         reason = f"{why}{where}{blow}; a tenth of that rate is {min10:.3g}, safely below the blow-up"
         lr, used = min10, "min10"
+    else:
+        reason = f"{where}{blow}; a tenth of that rate ({min10:.3g}) lies below the sweep: lower --start"
     return Suggestion(
         lr,
         used,
@@ -116,6 +142,7 @@ def suggest(lrs: list[float], losses: list[float], beta: float, method: str = "s
         lrs[steep] if steep is not None else None,
         lrs[best],
         lrs[diverged] if diverged is not None else None,
+        lrs[len(smoothed) - 1],
     )
 
 
@@ -128,11 +155,14 @@ def plot(lrs: list[float], losses: list[float], beta: float, suggestion: Suggest
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
     axes.plot(lrs, losses, color="0.75", linewidth=1, label="training loss")
-    smoothed = smooth_centred(losses, beta)
-    axes.plot(lrs, smoothed, color="C0", linewidth=2, label=f"smoothed (EMA {beta:.3g}, both directions)")
-    axes.axvline(
-        suggestion.lr, color="C3", linestyle="--", label=f"suggested {suggestion.lr:.2g} ({suggestion.method})"
-    )
+    # Smoothed as `suggest` reads it: up to the blow-up only.
+    cut = lrs.index(suggestion.read_until_lr) + 1
+    smoothed = smooth_centred(losses[:cut], beta)
+    axes.plot(lrs[:cut], smoothed, color="C0", linewidth=2, label=f"smoothed (EMA {beta:.3g}, both directions)")
+    if suggestion.lr is not None:
+        axes.axvline(
+            suggestion.lr, color="C3", linestyle="--", label=f"suggested {suggestion.lr:.2g} ({suggestion.method})"
+        )
     axes.set_xscale("log")
     finite = [v for v in [*smoothed, *losses] if math.isfinite(v)]
     low = min(finite)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -21,7 +20,6 @@ def optuna_module():
 
 
 def make_sampler(config: SamplerConfig, tune: TuneConfig):
-    samplers = optuna_module().samplers
     seed = config.seed
     if config.startup_trials is not None and config.name not in ("tpe", "gp", "cmaes"):
         raise UsageError(f"tune.sampler.startup_trials: only tpe, gp and cmaes have a random start, not {config.name}")
@@ -29,7 +27,13 @@ def make_sampler(config: SamplerConfig, tune: TuneConfig):
         raise UsageError(f"tune.sampler.multivariate: only tpe has it, not {config.name}")
     if config.population_size is not None and config.name != "nsga2":
         raise UsageError(f"tune.sampler.population_size: only nsga2 has a population, not {config.name}")
-    seed = worker_seed(seed)
+    if seed is None:
+        return _build_sampler(config, tune, None)
+    return seeded_per_trial(lambda trial_seed: _build_sampler(config, tune, trial_seed), seed)
+
+
+def _build_sampler(config: SamplerConfig, tune: TuneConfig, seed: int | None):
+    samplers = optuna_module().samplers
     if config.name == "grid":
         return samplers.GridSampler(grid(tune.space), seed=seed)
     if config.name == "random":
@@ -54,15 +58,43 @@ def make_sampler(config: SamplerConfig, tune: TuneConfig):
     return samplers.CmaEsSampler(seed=seed, **startup)
 
 
-def worker_seed(seed: int | None) -> int | None:
-    """The sampler seed of this worker: workers sharing a study with one seed would sample the same values.
+def seeded_per_trial(build, seed: int):
+    """A sampler that samples trial n with `build(seed + n)`.
 
-    `--workers N` numbers its processes in MLRUN_TUNE_WORKER; copies started by SLURM use SLURM_PROCID.
+    Processes sharing a study (two `mlrun tune` on one journal, `--workers`, SLURM copies) hold
+    distinct trial numbers, which the storage hands out atomically, so with one configured seed they
+    still never draw the same values; and a study rerun draws, trial by trial, what it drew before.
+    The samplers keep what they learn in the study's storage, so a fresh one per trial loses nothing.
     """
-    if seed is None:
-        return None
-    index = os.environ.get("MLRUN_TUNE_WORKER") or os.environ.get("SLURM_PROCID") or "0"
-    return seed + int(index)
+    base = optuna_module().samplers.BaseSampler
+
+    class SeededPerTrial(base):
+        def __init__(self) -> None:
+            self.inner = build(seed)
+
+        def before_trial(self, study, trial) -> None:
+            self.inner = build(seed + trial.number)
+            self.inner.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self.inner.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self.inner.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            self.inner.after_trial(study, trial, state, values)
+
+        def reseed_rng(self) -> None:
+            self.inner.reseed_rng()
+
+        def __str__(self) -> str:
+            return f"{self.inner} (seed {seed} + trial number)"
+
+    return SeededPerTrial()
 
 
 def warn_small_generation(config: SamplerConfig, trials: int) -> str | None:
