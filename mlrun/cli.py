@@ -286,7 +286,7 @@ def main() -> None:
         message = exc.format_message()
         option, context = getattr(exc, "option_name", None), getattr(exc, "ctx", None)
         if option and context and any(p.name == "overrides" for p in context.command.params):  # `--epochs 3`
-            from mlrun.config.load import override_for_option
+            from mlrun.commands.usage import override_for_option
 
             message = f"{message}: {override_for_option(option, _after(option))}"
             print(f"mlrun: {message}", file=sys.stderr)

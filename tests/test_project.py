@@ -98,6 +98,7 @@ ALLOWED_IMPORTS = {
     "commands": {
         "compression",
         "config",
+        "data",  # prepare writes a dataset's samples as shards
         "energy",
         "engine",
         "errors",
