@@ -1,3 +1,3 @@
 """Optimizers and learning-rate schedules; importing the package registers the optimizers."""
 
-from mlrun.optim import lowbit, optimizers  # noqa: F401
+from mlrun.optim import lowbit, muon, optimizers  # noqa: F401
