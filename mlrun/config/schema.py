@@ -199,6 +199,7 @@ class SchedulerSpec(ComponentSpec):
 
     name: str = "constant"
     """Schedule: constant | linear | cosine | cosine_restarts | step | exponential | polynomial | onecycle | plateau
+    | wsd (warm-up, stable, decay: extendable on resume)
     | lr_range (the exponential ramp of `mlrun lr-find`)."""
     warmup_steps: NonNegativeInt = 0
     """Optimizer steps of linear warm-up from warmup_start_factor * lr to lr."""
