@@ -172,6 +172,10 @@ def make_accelerator(config: ExperimentConfig):
         raise UsageError(
             "train.precision: fp16 needs a GPU (Accelerate would silently train in fp32 on CPU); use bf16 on CPU"
         )
+    if train.precision == "fp8":
+        from mlrun.engine.fp8 import check_fp8_device
+
+        check_fp8_device()
     if train.deterministic:
         torch.use_deterministic_algorithms(True)
     from mlrun.engine.parallel import accelerator_kwargs
@@ -179,7 +183,8 @@ def make_accelerator(config: ExperimentConfig):
     return Accelerator(
         **accelerator_kwargs(config.distributed),
         cpu=not torch.cuda.is_available(),  # lets torchrun / accelerate launch form a gloo group on CPUs
-        mixed_precision="no" if train.precision == "fp32" else train.precision,
+        # fp8: float8 Linear matmuls (mlrun.engine.fp8), everything else under bf16 autocast.
+        mixed_precision={"fp32": "no", "fp8": "bf16"}.get(train.precision, train.precision),
         gradient_accumulation_steps=train.grad_accum_steps,
         rng_types=[],  # the data order is seeded by (seed, epoch) in EpochBatchSampler, never synced
         step_scheduler_with_optimizer=False,  # the loop steps the schedule itself, once per optimizer step

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from mlrun.engine.batches import EpochBatchSampler, eval_loader, train_loader
 from mlrun.engine.build import Components
+from mlrun.engine.compile import compile_model
 from mlrun.engine.parallel import wrap_blocks_with_fsdp
 
 # AcceleratedOptimizer.step asks `is_lomo_available()` twice per step, and each ask is an
@@ -148,7 +149,12 @@ def prepare_training(parts: Components, accelerator: Accelerator, callbacks) -> 
     loader, sampler = train_loader(parts.bundle.train, data, seed, on_cuda, sharded=not direct)
     val = eval_loader(parts.bundle.val, data, on_cuda)
     wrap_blocks_with_fsdp(accelerator, parts.model)
-    model = torch.compile(parts.model) if parts.config.train.compile else parts.model
+    if parts.config.train.precision == "fp8":  # before compile, which then fuses the float8 casts
+        from mlrun.engine.fp8 import convert_to_fp8
+
+        convert_to_fp8(parts.model)
+    compile_model(parts.model, parts.config.train.compile)  # in place: names stay those of eager
+    model = parts.model
     if direct:
         model, optimizer, val_loader = accelerator.prepare(model, parts.optimizer, val)
     else:

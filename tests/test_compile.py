@@ -1,0 +1,71 @@
+"""train.compile keeps eager names (checkpoints interchange both ways), regional compile, fp8 refusal off-GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mlrun.engine.compile import compile_model
+from mlrun.models.mlp import MLP
+from tests.conftest import run_cli, tiny_config, write_config
+
+# Tiny: compiling on CPU (inductor, a C++ compiler) is what takes the time, not the steps.
+SMALL = {"name": "mlp", "hidden_sizes": [16, 16], "dropout": 0.0}
+
+
+def compile_config(name: str, compile_mode, steps: int) -> dict:
+    config = tiny_config(name=name, model=SMALL, scheduler={"name": "constant"}, tracking=["jsonl"])
+    config["train"] = {"max_steps": steps, "log_every": "1st", "eval_every": "2st", "checkpoint_every": "1st"}
+    config["train"]["compile"] = compile_mode
+    return config
+
+
+def train(tmp_path, config: dict, *args: str):
+    result = run_cli("train", write_config(tmp_path, config, f"{config['name']}.yaml"), *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    return tmp_path / "runs" / config["name"]
+
+
+def test_compile_modes_compile_in_place():
+    whole, regional, eager = (MLP(16, [16, 16], 4, 0.0, "relu") for _ in range(3))
+    compile_model(whole, True)
+    compile_model(regional, "regional")
+    compile_model(eager, False)
+    assert whole._compiled_call_impl is not None
+    assert regional._compiled_call_impl is None and all(b._compiled_call_impl is not None for b in regional.blocks)
+    assert eager._compiled_call_impl is None and all(b._compiled_call_impl is None for b in eager.blocks)
+    names = [n for n, _ in MLP(16, [16, 16], 4, 0.0, "relu").named_parameters()]
+    assert [n for n, _ in whole.named_parameters()] == names == [n for n, _ in regional.named_parameters()]
+
+
+def test_compiled_checkpoint_resumes_eager_and_eager_resumes_regional(tmp_path):
+    compiled = train(tmp_path, compile_config("compiled", True, 2))
+    checkpoint = compiled / "checkpoints" / "step-00000001"
+    assert not any("_orig_mod" in key for key in load_file(checkpoint / "model.safetensors"))
+    assert not any("_orig_mod" in key for key in load_file(compiled / "model.safetensors"))
+    final = load_file(compiled / "model.safetensors")
+    # The compiled run's checkpoint, continued eager, ends where the compiled run ended.
+    eager = train(tmp_path, compile_config("compiled", False, 2), "--resume", str(checkpoint))
+    resumed = load_file(eager / "model.safetensors")
+    assert final.keys() == resumed.keys()
+    assert all(torch.allclose(final[k], resumed[k], atol=1e-6) for k in final)
+    # And the reverse: an eager checkpoint continued with its blocks compiled.
+    plain = train(tmp_path, compile_config("plain", False, 2))
+    plain_final = load_file(plain / "model.safetensors")
+    regional = train(
+        tmp_path, compile_config("plain", "regional", 2), "--resume", str(plain / "checkpoints" / "step-00000001")
+    )
+    again = load_file(regional / "model.safetensors")
+    assert all(torch.allclose(plain_final[k], again[k], atol=1e-6) for k in plain_final)
+
+
+@pytest.mark.parametrize("command", ["train", "profile"])
+def test_fp8_off_a_capable_gpu_is_exit_2_naming_the_gpus_that_have_it(tmp_path, cpu_only, command):
+    config = tiny_config(name="fp8")
+    config["train"] = {**config["train"], "precision": "fp8"}
+    result = run_cli(command, write_config(tmp_path, config), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "compute capability 8.9" in result.stderr and "H100" in result.stderr and "bf16" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs" / "fp8" / "checkpoints").exists()
