@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -69,3 +71,16 @@ def test_fp8_off_a_capable_gpu_is_exit_2_naming_the_gpus_that_have_it(tmp_path, 
     assert "compute capability 8.9" in result.stderr and "H100" in result.stderr and "bf16" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs" / "fp8" / "checkpoints").exists()
+
+
+def test_compile_cache_in_the_run_directory_makes_a_resume_on_a_fresh_machine_hit(tmp_path, monkeypatch):
+    # Each start gets an empty local Inductor cache, as a requeued job on another node would.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor-first"))
+    run = train(tmp_path, compile_config("cached", True, 2))
+    assert (run / "compile_cache.bin").stat().st_size > 0
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor-second"))
+    train(tmp_path, compile_config("cached", True, 3), "--resume", str(run / "checkpoints" / "step-00000002"))
+    first, second = json.loads((run / "compile_cache.json").read_text())
+    assert first["loaded_bytes"] == 0 and first["fxgraph_cache_miss"] > 0 and first["fxgraph_cache_hit"] == 0
+    assert second["loaded_bytes"] > 0
+    assert second["fxgraph_cache_hit"] >= first["fxgraph_cache_miss"] and second["fxgraph_cache_miss"] == 0

@@ -74,6 +74,12 @@ def run_training(
     if clear and accelerator.is_main_process:  # only now: a start that cannot build keeps the old run
         shutil.rmtree(run_dir, ignore_errors=True)
     accelerator.wait_for_everyone()
+    compile_cache = None
+    if config.train.compile:  # before the first compile, which happens at the first forward
+        from mlrun.engine.compile import CompileCache
+
+        compile_cache = CompileCache(run_dir)
+        compile_cache.load()
     loop = TrainingLoop(parts, accelerator, run_dir, extra_callbacks=callbacks)
     loop.check_fits()
     if resume_from is not None:
@@ -99,6 +105,8 @@ def run_training(
             summary["energy"] = meter.stop(loop.state.samples_seen, previous_joules)
         if accelerator.is_main_process:
             write_json(run_dir / "summary.json", summary)
+            if compile_cache is not None:
+                compile_cache.save()
         for tracker in parts.trackers:
             tracker.finish(summary)
 
