@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from dataclasses import dataclass
 
 import accelerate.optimizer
@@ -25,6 +26,7 @@ from mlrun.engine.batches import EpochBatchSampler, eval_loader, train_loader
 from mlrun.engine.build import Components
 from mlrun.engine.compile import compile_model
 from mlrun.engine.parallel import wrap_blocks_with_fsdp
+from mlrun.registry import optimizers
 
 # AcceleratedOptimizer.step asks `is_lomo_available()` twice per step, and each ask is an
 # importlib.util.find_spec walk of sys.path (~0.3 ms a step on a tiny model). Installed packages
@@ -55,6 +57,15 @@ def _backward(loss: torch.Tensor) -> None:
     loss.backward()
 
 
+def _backward_keeping_graph(loss: torch.Tensor) -> None:
+    loss.backward(create_graph=True)
+
+
+# torch warns that create_graph makes a parameter <-> gradient reference cycle; the step breaks it by
+# setting every gradient to None after each optimizer step, so the warning would only be noise.
+warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
+
+
 def _no_mark(phase: str) -> None:
     pass
 
@@ -73,11 +84,17 @@ class TrainStep:
         self.objective, self.schedule, self.callbacks = parts.objective, parts.schedule, callbacks
         self.max_grad_norm = parts.config.train.max_grad_norm
         self.skip_nonfinite = parts.config.train.on_nonfinite == "skip"
+        # Optimizers that differentiate the gradient (Hessian-vector products: sophia) declare create_graph.
+        create_graph = optimizers.trait(parts.config.optimizer.name, "create_graph", False)
         if direct:
-            self.accumulate, self.backward = _no_accumulation, _backward
+            self.accumulate = _no_accumulation
+            self.backward = _backward_keeping_graph if create_graph else _backward
             self.clip, self.optimizer_step = torch.nn.utils.clip_grad_norm_, optimizer.optimizer.step
         else:  # the prepared optimizer's step is a no-op until the last micro-batch of an accumulation window
-            self.accumulate, self.backward = accelerator.accumulate, accelerator.backward
+            self.accumulate = accelerator.accumulate
+            self.backward = accelerator.backward
+            if create_graph:
+                self.backward = functools.partial(accelerator.backward, create_graph=True)
             self.clip, self.optimizer_step = accelerator.clip_grad_norm_, optimizer.step
         # Collected once: model.parameters() walks every module, which costs more than a tiny model's step.
         # All of them: gradual unfreezing releases parameters later; clipping skips those without a grad.
