@@ -36,6 +36,7 @@ bench: install
 	$(PY) scripts/bench/memory.py
 	$(PY) scripts/bench/data.py
 	$(PY) scripts/bench/compress.py
+	$(PY) scripts/bench/optimizers.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info .pytest_cache .ruff_cache
