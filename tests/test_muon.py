@@ -110,3 +110,19 @@ def _save(state):
     torch.save(state, buffer)
     buffer.seek(0)
     return buffer
+
+
+def test_param_group_rules_split_muon_and_adamw_groups_alike():
+    from mlrun.config.schema import OptimizerSpec
+    from mlrun.optim.param_groups import regroup
+
+    model = MLP(16, [32, 32], 4, 0.0, "relu")
+    optimizer = optimizers.build("muon", model, lr=1e-2)
+    rule = {"match": "blocks.0.*", "lr_scale": 0.1}
+    regroup(optimizer, model, OptimizerSpec.model_validate({"name": "muon", "lr": 1e-2, "param_groups": [rule]}))
+    scaled = sorted((g["algorithm"], round(g["lr"], 9)) for g in optimizer.param_groups if "blocks.0.*" in g["name"])
+    assert scaled == [("adamw", 1e-3), ("muon", 1e-3)]
+    before = model.blocks[0][0].weight.detach().clone()
+    nn.functional.cross_entropy(model(torch.randn(8, 16)), torch.randint(0, 4, (8,))).backward()
+    optimizer.step()  # both engines step their own (split) groups
+    assert not torch.equal(before, model.blocks[0][0].weight)
