@@ -1,6 +1,7 @@
 """Muon, SOAP and AdamW at their best learning rate for the same steps: quality at equal steps and equal time.
 
     python scripts/bench/optimizers.py [--steps 300] [--tasks digits charlm] [--optimizers adamw muon soap]
+                                       [--lrs '{"muon": [0.01, 0.03]}']
 
 Every (task, optimizer, lr) is one `mlrun train` run of the task's shipped config with
 `train.max_steps` set and a `wsd` schedule (the same for all), in its own process. For each
@@ -63,14 +64,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS))
     parser.add_argument("--optimizers", nargs="+", default=list(LRS))
+    parser.add_argument("--lrs", type=json.loads, default=LRS, help='the grid as JSON, e.g. {"muon": [0.01, 0.03]}')
     args = parser.parse_args()
+    grid = {**LRS, **args.lrs}
     report = {}
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
             config, figure, larger = TASKS[task]
             best = {}
             for optimizer in args.optimizers:
-                for lr in LRS[optimizer]:
+                for lr in grid[optimizer]:
                     lines = train(config, f"{task}-{optimizer}-{lr}", optimizer, lr, args.steps, Path(tmp))
                     curve = evaluations(lines, figure)
                     final = curve[-1][1]
@@ -82,12 +85,12 @@ def main() -> None:
                 entry["at_equal_time"] = reached[-1] if reached else None
                 del entry["curve"]
             report[task] = {"figure": figure, "steps": args.steps, "optimizers": best}
-            print(f"\n{task}: {figure} after {args.steps} steps (best lr of {LRS})")
+            print(f"\n{task}: {figure} after {args.steps} steps (best lr of {grid})", flush=True)
             print("| optimizer | lr | at equal steps | seconds | at equal time |")
             print("|---|---|---|---|---|")
             for name, entry in best.items():
                 at_time = "-" if entry["at_equal_time"] is None else f"{entry['at_equal_time']:.4f}"
-                print(f"| {name} | {entry['lr']:g} | {entry['final']:.4f} | {entry['seconds']:.1f} | {at_time} |")
+                print(f"| {name} | {entry['lr']:g} | {entry['final']:.4f} | {entry['seconds']:.1f} | {at_time} |", flush=True)
     print(json.dumps(report))
 
 
