@@ -90,7 +90,8 @@ def main() -> None:
             print("|---|---|---|---|---|")
             for name, entry in best.items():
                 at_time = "-" if entry["at_equal_time"] is None else f"{entry['at_equal_time']:.4f}"
-                print(f"| {name} | {entry['lr']:g} | {entry['final']:.4f} | {entry['seconds']:.1f} | {at_time} |", flush=True)
+                row = f"| {name} | {entry['lr']:g} | {entry['final']:.4f} | {entry['seconds']:.1f} | {at_time} |"
+                print(row, flush=True)
     print(json.dumps(report))
 
 
