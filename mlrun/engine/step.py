@@ -165,11 +165,11 @@ def prepare_training(parts: Components, accelerator: Accelerator, callbacks) -> 
     data, seed = parts.config.data, parts.config.seed
     loader, sampler = train_loader(parts.bundle.train, data, seed, on_cuda, sharded=not direct)
     val = eval_loader(parts.bundle.val, data, on_cuda)
-    wrap_blocks_with_fsdp(accelerator, parts.model)
-    if parts.config.train.precision == "fp8":  # before compile, which then fuses the float8 casts
+    if parts.config.train.precision == "fp8":  # before FSDP shards the layers and compile fuses the casts
         from mlrun.engine.fp8 import convert_to_fp8
 
         convert_to_fp8(parts.model)
+    wrap_blocks_with_fsdp(accelerator, parts.model)
     compile_model(parts.model, parts.config.train.compile)  # in place: names stay those of eager
     model = parts.model
     if direct:
