@@ -84,3 +84,16 @@ def test_compile_cache_in_the_run_directory_makes_a_resume_on_a_fresh_machine_hi
     assert first["loaded_bytes"] == 0 and first["fxgraph_cache_miss"] > 0 and first["fxgraph_cache_hit"] == 0
     assert second["loaded_bytes"] > 0
     assert second["fxgraph_cache_hit"] >= first["fxgraph_cache_miss"] and second["fxgraph_cache_miss"] == 0
+
+
+def test_fp8_on_a_gpu_without_float8_tensor_cores_names_its_capability(monkeypatch):
+    from mlrun.engine.fp8 import check_fp8_device
+    from mlrun.errors import UsageError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    with pytest.raises(UsageError, match=r"A100-SXM4-80GB has compute capability 8\.0.*bf16"):
+        check_fp8_device()
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))  # H100, H200
+    check_fp8_device()
