@@ -29,16 +29,20 @@ def train(tmp_path, config: dict, *args: str):
     return tmp_path / "runs" / config["name"]
 
 
-def test_compile_modes_compile_in_place():
-    whole, regional, eager = (MLP(16, [16, 16], 4, 0.0, "relu") for _ in range(3))
-    compile_model(whole, True)
-    compile_model(regional, "regional")
-    compile_model(eager, False)
-    assert whole._compiled_call_impl is not None
-    assert regional._compiled_call_impl is None and all(b._compiled_call_impl is not None for b in regional.blocks)
-    assert eager._compiled_call_impl is None and all(b._compiled_call_impl is None for b in eager.blocks)
-    names = [n for n, _ in MLP(16, [16, 16], 4, 0.0, "relu").named_parameters()]
-    assert [n for n, _ in whole.named_parameters()] == names == [n for n, _ in regional.named_parameters()]
+def test_compile_modes_compile_in_place_and_identical_blocks_share_one_graph():
+    from torch._dynamo.testing import CompileCounter
+
+    x = torch.randn(8, 16)
+    names = [n for n, _ in MLP(16, [16] * 6, 4, 0.0, "relu").named_parameters()]
+    # Regional: six nn.Sequential blocks (torch's own class), two graphs: the first block's input is
+    # the data, the other five take an input that requires grad (a guard), and share one graph.
+    for mode, graphs in [(True, 1), ("regional", 2), (False, 0)]:
+        torch._dynamo.reset()
+        model, counter = MLP(16, [16] * 6, 4, 0.0, "relu"), CompileCounter()
+        compile_model(model, mode, backend=counter)
+        model(x)
+        assert counter.frame_count == graphs, mode
+        assert [n for n, _ in model.named_parameters()] == names
 
 
 def test_compiled_checkpoint_resumes_eager_and_eager_resumes_regional(tmp_path):

@@ -2,20 +2,29 @@
 
 `torch.compile(model)` wraps the model in an OptimizedModule whose state_dict keys gain an
 `_orig_mod.` prefix: a checkpoint written compiled then fails to load eager and the reverse
-(Lightning #20233, #17415). `nn.Module.compile()` compiles the module's forward in place instead;
-the module, its parameters and their names stay as they are.
+(Lightning #20233, #17415). Compiled in place instead, the module, its parameters and their names
+stay as they are: the module's call goes through a compiled function, as `nn.Module.compile()` does.
 
     true:      the whole model, one graph (longest start-up, most fusion)
     regional:  each declared block (model.blocks) on its own: identical blocks share one compiled
-               graph, so start-up is about one block's compile, whatever the depth
+               graph (the first, fed the data rather than an activation, gets its own), so start-up
+               is about two blocks' compiles, whatever the depth
+
+Not `nn.Module.compile()` itself: it compiles the module's `_call_impl`, whose code is torch's, and
+Dynamo does not start tracing in torch's own files; a block that is a plain nn.Sequential (mlrun's
+MLP) would then compile nothing. The compiled entry here is `_call` below, mlrun's code, which
+Dynamo traces into the block; the module is its argument, not a closure, so every identical block
+reuses one compiled graph instead of recompiling per block.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
@@ -23,13 +32,20 @@ from torch import nn
 from mlrun.models.parts import declared_blocks
 
 
-def compile_model(model: nn.Module, mode: bool | str) -> None:
+def compile_model(model: nn.Module, mode: bool | str, backend: str | Callable = "inductor") -> None:
     """Compile `model` in place as `train.compile` says (false: nothing)."""
-    if mode == "regional":
-        for block in declared_blocks(model):
-            block.compile()
-    elif mode:
-        model.compile()
+    if not mode:
+        return
+    import torch
+
+    compiled = torch.compile(_call, backend=backend)
+    for module in declared_blocks(model) if mode == "regional" else [model]:
+        # What nn.Module.compile() sets: Module.__call__ then calls this instead of _call_impl.
+        module._compiled_call_impl = functools.partial(compiled, module)
+
+
+def _call(module: nn.Module, *args, **kwargs):
+    return module._call_impl(*args, **kwargs)
 
 
 @contextlib.contextmanager
