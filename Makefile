@@ -44,6 +44,8 @@ bench: install
 	$(PY) scripts/bench/data.py
 	$(PY) scripts/bench/compress.py
 	$(PY) scripts/bench/scale.py
+	$(PY) scripts/bench/optimizers.py
+	$(PY) scripts/bench/shards.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info .pytest_cache .ruff_cache

@@ -174,6 +174,63 @@ def test_compile_trains_on_cuda(tmp_path, monkeypatch):
     assert accuracy > 0.5 and abs(accuracy - summary(eager_run)["final"]["val/accuracy"]) < 0.05
 
 
+def test_regional_compile_trains_on_cuda_with_eager_names(tmp_path):
+    config = tiny_config(name="regional", model={"name": "mlp", "hidden_sizes": [64, 64], "dropout": 0.0})
+    result, run = train(tmp_path, config, "train.compile=regional", "train.epochs=2")
+    assert result.returncode == 0, result.stderr
+    assert sorted(weights(run)) == ["blocks.0.0.bias", "blocks.0.0.weight", "blocks.1.0.bias", "blocks.1.0.weight",
+                                    "head.bias", "head.weight"]  # fmt: skip
+    assert summary(run)["final"]["val/accuracy"] > 0.5
+
+
+# --- fp8 and Muon ---------------------------------------------------------------------------------
+
+FP8_MODEL = {"name": "mlp", "hidden_sizes": [256, 256], "dropout": 0.0}  # dims multiples of 16
+
+
+def test_fp8_trains_hidden_layers_in_float8_and_keeps_weight_names(tmp_path):
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 tensor cores need compute capability 8.9+")
+    pytest.importorskip("torchao.float8")
+    config = tiny_config(name="fp8", model=FP8_MODEL)
+    config["train"] = {**config["train"], "precision": "fp8", "epochs": 3}
+    result, run = train(tmp_path, config)
+    assert result.returncode == 0, result.stderr
+    assert "fp8: 2 of 3 Linear layers compute in float8" in result.stderr  # the head stays in bf16
+    bf16, bf16_run = train(tmp_path, {**config, "name": "bf16", "train": {**config["train"], "precision": "bf16"}})
+    assert bf16.returncode == 0, bf16.stderr
+    assert weights(run).keys() == weights(bf16_run).keys()
+    accuracy = summary(run)["final"]["val/accuracy"]
+    assert accuracy > 0.5 and abs(accuracy - summary(bf16_run)["final"]["val/accuracy"]) < 0.1
+    checkpoint = sorted((run / "checkpoints").iterdir())[0]
+    resumed, _ = train(tmp_path, config, "train.epochs=4", "--resume", str(checkpoint))
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def test_fp8_with_compile_trains(tmp_path):
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 tensor cores need compute capability 8.9+")
+    pytest.importorskip("torchao.float8")
+    config = tiny_config(name="fp8c", model=FP8_MODEL)
+    config["train"] = {**config["train"], "precision": "fp8", "compile": True, "epochs": 2}
+    result, run = train(tmp_path, config)
+    assert result.returncode == 0, result.stderr
+    assert summary(run)["final"]["val/accuracy"] > 0.5
+
+
+def test_muon_trains_and_resumes_bit_identically_on_cuda(tmp_path):
+    muon = {"name": "muon", "lr": 3e-2}
+    result, straight = train(tmp_path, {**exact_resume_config("straight"), "optimizer": muon})
+    assert result.returncode == 0, result.stderr
+    killed, run = train(tmp_path, {**exact_resume_config("resumed", kill_at=24), "optimizer": muon})
+    assert killed.returncode == -signal.SIGKILL
+    resumed, _ = train(tmp_path, {**exact_resume_config("resumed"), "optimizer": muon}, "--allow-config-change")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = weights(straight), weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert summary(run)["final"]["val/accuracy"] > 0.5
+
+
 # --- exact resume, deterministic mode ------------------------------------------------------------
 
 

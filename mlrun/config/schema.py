@@ -199,6 +199,7 @@ class SchedulerSpec(ComponentSpec):
 
     name: str = "constant"
     """Schedule: constant | linear | cosine | cosine_restarts | step | exponential | polynomial | onecycle | plateau
+    | wsd (warm-up, stable, decay: extendable on resume)
     | lr_range (the exponential ramp of `mlrun lr-find`)."""
     warmup_steps: NonNegativeInt = 0
     """Optimizer steps of linear warm-up from warmup_start_factor * lr to lr."""
@@ -235,8 +236,9 @@ class TrainConfig(Section):
     """Micro-batches whose gradients are summed into one optimizer step."""
     max_grad_norm: PositiveFloat | None = None
     """Clip the global gradient norm to this value; null disables clipping."""
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """Numeric precision: fp32, or bf16/fp16 mixed precision through Accelerate (fp16 needs a GPU)."""
+    precision: Literal["fp32", "bf16", "fp16", "fp8"] = "fp32"
+    """Numeric precision: fp32, or bf16/fp16 mixed precision through Accelerate (fp16 needs a GPU), or fp8: torchao's
+    float8 Linear layers under bf16 autocast (GPUs of compute capability >= 8.9: L4, L40, H100, H200, B200)."""
     eval_every: DurationField = Duration(1, "ep")
     """How often to evaluate: '1ep' every epoch, '200st' every 200 optimizer steps."""
     log_every: DurationField = Duration(20, "st")
@@ -255,8 +257,9 @@ class TrainConfig(Section):
     """Stop when a figure stops improving, e.g. {monitor: val/accuracy, mode: max, patience: 5}."""
     on_nonfinite: Literal["stop", "skip"] = "stop"
     """A NaN/inf loss: stop (status failed, exit 1; checked at each log) or skip the step (one sync a step)."""
-    compile: bool = False
-    """Compile the model with torch.compile."""
+    compile: bool | Literal["regional"] = False
+    """torch.compile the model in place (weight and checkpoint names stay those of eager): true compiles the whole
+    model, regional each of its blocks (model.blocks; faster start-up)."""
     memory_budget_gb: PositiveFloat | None = None
     """Memory data.batch_size: auto may fill with live tensors; default 90% of the GPU, or half the available RAM
     on CPU (a CPU process's resident memory runs higher than its live tensors: glibc keeps freed memory)."""

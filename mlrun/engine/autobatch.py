@@ -66,7 +66,7 @@ def _budget(config: ExperimentConfig, device: torch.device) -> int:
 
 
 def _autocast_dtype(config: ExperimentConfig):
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision)
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}.get(config.train.precision)
 
 
 def _fits_estimate(parts, config, batch, budget: int) -> bool:

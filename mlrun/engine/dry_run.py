@@ -15,6 +15,7 @@ import torch
 from mlrun.data.batch import move_batch, split_batch
 from mlrun.data.bundle import fetch_batch
 from mlrun.engine.build import Components
+from mlrun.engine.compile import eager
 from mlrun.errors import UsageError
 from mlrun.models.outputs import call_model, logits_of
 from mlrun.registry import losses, metrics
@@ -37,7 +38,7 @@ def check_one_batch(parts: Components, device: torch.device, autocast=contextlib
     # is not a "training forward" to models that count them.
     model.eval()
     try:
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), eager():  # a compiled model: no compile for 4 samples
             with autocast():
                 out = parts.objective(model, batch)
             if out.loss.ndim != 0:

@@ -83,6 +83,12 @@ def run_training(
     if clear and accelerator.is_main_process:  # only now: a start that cannot build keeps the old run
         clear_train_outputs(run_dir)  # lr_find/, tune/, compress/, export/ and a user's files stay
     accelerator.wait_for_everyone()
+    compile_cache = None
+    if config.train.compile:  # before the first compile, which happens at the first forward
+        from mlrun.engine.compile import CompileCache
+
+        compile_cache = CompileCache(run_dir)
+        compile_cache.load()
     energy_total = EnergyTotal()  # the running energy total goes into every checkpoint
     loop = TrainingLoop(parts, accelerator, run_dir, extra_callbacks=(*callbacks, energy_total))
     loop.check_fits()
@@ -111,6 +117,8 @@ def run_training(
             summary["energy"] = meter.stop(loop.state.samples_seen, previous)
         if accelerator.is_main_process:
             write_json(run_dir / "summary.json", summary)
+            if compile_cache is not None:
+                compile_cache.save()
         for tracker in parts.trackers:
             tracker.finish(summary)
 
@@ -207,6 +215,10 @@ def make_accelerator(config: ExperimentConfig):
         raise UsageError(
             "train.precision: fp16 needs a GPU (Accelerate would silently train in fp32 on CPU); use bf16 on CPU"
         )
+    if train.precision == "fp8":
+        from mlrun.engine.fp8 import check_fp8_device
+
+        check_fp8_device()
     if train.deterministic:
         torch.use_deterministic_algorithms(True)
     from mlrun.engine.parallel import accelerator_kwargs
@@ -224,7 +236,8 @@ def make_accelerator(config: ExperimentConfig):
     return Accelerator(
         **accelerator_kwargs(config.distributed),
         cpu=not torch.cuda.is_available(),  # lets torchrun / accelerate launch form a gloo group on CPUs
-        mixed_precision="no" if train.precision == "fp32" else train.precision,
+        # fp8: float8 Linear matmuls (mlrun.engine.fp8), everything else under bf16 autocast.
+        mixed_precision={"fp32": "no", "fp8": "bf16"}.get(train.precision, train.precision),
         gradient_accumulation_steps=train.grad_accum_steps,
         rng_types=[],  # the data order is seeded by (seed, epoch) in EpochBatchSampler, never synced
         step_scheduler_with_optimizer=False,  # the loop steps the schedule itself, once per optimizer step

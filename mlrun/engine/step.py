@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from dataclasses import dataclass
 
 import accelerate.optimizer
@@ -23,6 +24,8 @@ from torch.utils.data import DataLoader
 
 from mlrun.engine.batches import EpochBatchSampler, eval_loader, train_loader
 from mlrun.engine.build import Components
+from mlrun.engine.compile import compile_model
+from mlrun.registry import optimizers
 
 # AcceleratedOptimizer.step asks `is_lomo_available()` twice per step, and each ask is an
 # importlib.util.find_spec walk of sys.path (~0.3 ms a step on a tiny model). Installed packages
@@ -53,6 +56,15 @@ def _backward(loss: torch.Tensor) -> None:
     loss.backward()
 
 
+def _backward_keeping_graph(loss: torch.Tensor) -> None:
+    loss.backward(create_graph=True)
+
+
+# torch warns that create_graph makes a parameter <-> gradient reference cycle; the step breaks it by
+# setting every gradient to None after each optimizer step, so the warning would only be noise.
+warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
+
+
 def _no_mark(phase: str) -> None:
     pass
 
@@ -78,11 +90,17 @@ class TrainStep:
         self.objective, self.schedule, self.callbacks = parts.objective, parts.schedule, callbacks
         self.max_grad_norm = parts.config.train.max_grad_norm
         self.skip_nonfinite = parts.config.train.on_nonfinite == "skip"
+        # Optimizers that differentiate the gradient (Hessian-vector products: sophia) declare create_graph.
+        create_graph = optimizers.trait(parts.config.optimizer.name, "create_graph", False)
         if direct:
-            self.accumulate, self.backward = _no_accumulation, _backward
+            self.accumulate = _no_accumulation
+            self.backward = _backward_keeping_graph if create_graph else _backward
             self.clip, self.optimizer_step = torch.nn.utils.clip_grad_norm_, optimizer.optimizer.step
         else:  # the prepared optimizer's step is a no-op until the last micro-batch of an accumulation window
-            self.accumulate, self.backward = accelerator.accumulate, accelerator.backward
+            self.accumulate = accelerator.accumulate
+            self.backward = accelerator.backward
+            if create_graph:
+                self.backward = functools.partial(accelerator.backward, create_graph=True)
             self.clip, self.optimizer_step = accelerator.clip_grad_norm_, optimizer.step
         if sharded:  # FSDP2's DTensor gradients: its own no-sync switch, a norm summed over the shards
             from mlrun.engine.fsdp import accumulating, clip_grad_norm
@@ -159,15 +177,20 @@ def prepare_training(parts: Components, accelerator: Accelerator, callbacks) -> 
     on_cuda = accelerator.device.type == "cuda"
     loader, sampler = train_loader(parts.bundle.train, config.data, config.seed, on_cuda, sharded=not direct)
     val = eval_loader(parts.bundle.val, config.data, on_cuda)
+    if config.train.precision == "fp8":  # before FSDP shards the layers and compile fuses the casts
+        from mlrun.engine.fp8 import convert_to_fp8
+
+        convert_to_fp8(parts.model)
     if sharded:
         from mlrun.engine.fsdp import shard_model
 
         # Sharded in place (and moved to the device) by mlrun; Accelerate's prepare would wrap it in DDP.
         model = shard_model(parts.model, parts.optimizer, config.distributed, config.train.precision, accelerator)
-        model = torch.compile(model) if config.train.compile else model
+        compile_model(model, config.train.compile)  # in place: names stay those of eager
         optimizer, loader, val_loader = accelerator.prepare(parts.optimizer, loader, val)
     else:
-        model = torch.compile(parts.model) if config.train.compile else parts.model
+        compile_model(parts.model, config.train.compile)  # in place: names stay those of eager
+        model = parts.model
         if direct:
             model, optimizer, val_loader = accelerator.prepare(model, parts.optimizer, val)
         else:

@@ -25,9 +25,8 @@ def optimizer_state_estimate(model: nn.Module, optimizer_name: str, settings: di
     """Bytes of optimizer state, from the rule the optimizer's registry entry declares (default: AdamW's)."""
     from mlrun.registry import optimizers
 
-    params = [p for p in model.parameters() if p.requires_grad]
     rule = optimizers.trait(optimizer_name, "state_bytes") or per_element(2)
-    return rule(params, settings)
+    return rule(model, settings)
 
 
 def frees_gradients(technique_names: list[str]) -> bool:

@@ -48,9 +48,18 @@ def gradient_bytes(model: nn.Module, in_backward: bool = False) -> int:
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     inner = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper
     optimizers = [o for o, _ in inner.per_param.values()] if hasattr(inner, "per_param") else [inner]
-    return tensor_bytes(
-        v for o in optimizers for state in o.state.values() for v in state.values() if torch.is_tensor(v)
-    )
+    return tensor_bytes(t for o in optimizers for state in o.state.values() for t in _tensors(state.values()))
+
+
+def _tensors(values) -> list[torch.Tensor]:
+    """The tensors among state values, also inside lists (SOAP keeps a list of matrices per parameter)."""
+    found = []
+    for value in values:
+        if torch.is_tensor(value):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            found.extend(_tensors(value))
+    return found
 
 
 class SavedActivations:

@@ -1,3 +1,3 @@
-"""Optimizers and learning-rate schedules; importing the package registers the optimizers."""
+"""Optimizers and learning-rate schedules; importing the package registers both."""
 
-from mlrun.optim import lowbit, optimizers  # noqa: F401
+from mlrun.optim import lowbit, muon, optimizers, schedulers, shampoo, soap, sophia, wsd  # noqa: F401

@@ -108,7 +108,7 @@ def profile_config(
     # After the measurement, because the estimate's forward pass leaves freed memory in the allocator
     # that would hide part of the measured peak; it reads only shapes and one forward, never a measurement.
     if estimate:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}.get(config.train.precision)
         predicted = estimate_peak(
             model,
             parts.objective,
