@@ -218,6 +218,7 @@ def test_fp8_with_compile_trains(tmp_path):
     assert summary(run)["final"]["val/accuracy"] > 0.5
 
 
+@pytest.mark.e2e  # a run dies by SIGKILL
 def test_muon_trains_and_resumes_bit_identically_on_cuda(tmp_path):
     muon = {"name": "muon", "lr": 3e-2}
     result, straight = train(tmp_path, {**exact_resume_config("straight"), "optimizer": muon})

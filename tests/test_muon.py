@@ -47,6 +47,7 @@ def test_muon_trains_and_learns(tmp_path):
     assert json.loads((run / "summary.json").read_text())["final"]["val/accuracy"] > 0.5
 
 
+@pytest.mark.e2e  # a run dies by SIGKILL
 def test_muon_resume_after_sigkill_is_bit_identical(tmp_path):
     straight_config = {**exact_resume_config("straight"), "optimizer": MUON}
     result, straight = train(tmp_path, straight_config)

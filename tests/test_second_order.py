@@ -32,6 +32,7 @@ def test_trains_and_learns(tmp_path, name):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+@pytest.mark.e2e  # a run dies by SIGKILL
 @pytest.mark.parametrize("name", sorted(SETTINGS))
 def test_resume_after_sigkill_is_bit_identical(tmp_path, name):
     optimizer = {"name": name, **SETTINGS[name]}

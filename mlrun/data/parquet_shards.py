@@ -28,7 +28,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import PositiveInt
+from pydantic import NonNegativeInt, PositiveInt
 from torch.utils.data import Dataset
 
 from mlrun.data.bundle import DataMeta, DatasetBundle
@@ -154,8 +154,11 @@ class ShardedTable(Dataset):
         inputs, targets = self.__getitems__([index])
         return inputs[0], targets[0]
 
-    def epoch_order(self, seed: int, epoch: int) -> torch.Tensor:
-        """The training order of (seed, epoch): row groups shuffled, then rows within blocks of groups."""
+    def epoch_order(self, seed: int, epoch: int) -> torch.Tensor | None:
+        """The training order of (seed, epoch): row groups shuffled, then rows within blocks of groups
+        (None with shuffle_block 0: the sampler's plain permutation, the order of in-memory sources)."""
+        if not self.block:
+            return None
         rng = np.random.default_rng([seed, epoch])
         groups = self._group_of(self.rows)
         bounds = np.flatnonzero(np.diff(groups)) + 1  # positions where the next row group starts
@@ -208,7 +211,7 @@ def parquet_shards(
     task: Literal["auto", "classification", "regression"] = "auto",
     fit_rows: PositiveInt = 10_000,
     cache_row_groups: PositiveInt = 8,
-    shuffle_block: PositiveInt = 4,
+    shuffle_block: NonNegativeInt = 4,
     skip_corrupt: bool = False,
 ) -> DatasetBundle:
     """Parquet shards (a glob, a folder's *.parquet, or a list of them) read by row group, never whole.
@@ -223,7 +226,8 @@ def parquet_shards(
         scale: standard (zero mean, unit variance per feature) or none (data `mlrun prepare` already normalised).
         fit_rows: training rows the standardisation statistics are fitted on (a seeded sample).
         cache_row_groups: decoded row groups kept in memory per loader process (the memory bound).
-        shuffle_block: row groups whose rows are shuffled together each epoch (more mixes better, reads more).
+        shuffle_block: row groups whose rows are shuffled together each epoch (more mixes better, reads more);
+            0: one permutation of all rows, the in-memory sources' order (fast while the cache holds the data).
         skip_corrupt: an unreadable shard is skipped and counted instead of stopping with exit 2.
     """
     shards = index_shards(resolve_files(_globs(path), "data.path"), "data.path", skip_corrupt)

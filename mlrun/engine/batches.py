@@ -33,8 +33,8 @@ class EpochBatchSampler:
         epoch_order=None,
     ):
         self.size, self.batch_size, self.shuffle, self.drop_last, self.seed = size, batch_size, shuffle, drop_last, seed
-        # A dataset's own shuffle, `epoch_order(seed, epoch) -> index tensor`, where a plain permutation
-        # would read badly (sharded files read by row group); like randperm, a pure function of (seed, epoch).
+        # A dataset's own shuffle, `epoch_order(seed, epoch) -> index tensor` (None: the plain permutation),
+        # where a plain permutation would read badly (files read by row group); a pure function of (seed, epoch).
         self.epoch_order = epoch_order
         # Batches as index tensors rather than lists: a dataset with `__getitems__` then indexes without
         # building a tensor from a Python list (~10 us a batch). Only unsharded: Accelerate's
@@ -55,12 +55,11 @@ class EpochBatchSampler:
         return self.batches_per_epoch() - self.start_batch
 
     def __iter__(self):
-        if self.shuffle and self.epoch_order is not None:
-            order = self.epoch_order(self.seed, self.epoch)
-        elif self.shuffle:
+        order = self.epoch_order(self.seed, self.epoch) if self.shuffle and self.epoch_order else None
+        if order is None and self.shuffle:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(self.size, generator=gen)
-        else:
+        elif order is None:
             order = torch.arange(self.size)
         for b in range(self.start_batch, self.batches_per_epoch()):
             batch = order[b * self.batch_size : (b + 1) * self.batch_size]
