@@ -77,6 +77,7 @@ def test_fp8_off_a_capable_gpu_is_exit_2_naming_the_gpus_that_have_it(tmp_path, 
     assert not (tmp_path / "runs" / "fp8" / "checkpoints").exists()
 
 
+@pytest.mark.e2e  # each start must be a fresh process: in-process, torch.compile's caches outlive a run
 def test_compile_cache_in_the_run_directory_makes_a_resume_on_a_fresh_machine_hit(tmp_path, monkeypatch):
     # Each start gets an empty local Inductor cache, as a requeued job on another node would.
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor-first"))

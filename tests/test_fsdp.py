@@ -101,7 +101,8 @@ def test_fsdp_resume_after_sigkill_is_bit_identical(tmp_path):
         c["model"] = {"name": "tests.fixtures:probe_mlp", **model}  # dropout on: the RNG must be restored too
         return c
 
-    assert train(tmp_path, probe("straight")).returncode == 0
+    straight = train(tmp_path, probe("straight"))
+    assert straight.returncode == 0, why(straight)
     assert train(tmp_path, probe("resumed", kill_at=14)).returncode != 0  # rank 0 dies by SIGKILL
     resumed = train(tmp_path, probe("resumed"), "--allow-config-change")  # kill_at differs
     assert resumed.returncode == 0, why(resumed)

@@ -45,6 +45,7 @@ class PipelinePrepared:
     val_loader: Any
     step: PipelineStep
     direct: bool = False
+    sharded: bool = False  # no FSDP: each process holds its whole stage
 
 
 def check_supported(parts: Components, processes: int) -> list[int]:
