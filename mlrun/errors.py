@@ -43,3 +43,9 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def failure_reason(exc: BaseException, limit: int = 200) -> str:
+    """`Type: first line of the message` of an exception, shortened, for a one-line warning."""
+    line = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {line if len(line) <= limit else line[:limit] + '...'}"

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlrun.errors import UsageError
+from mlrun.errors import UsageError, failure_reason
 from mlrun.tracking.base import RunInfo, Tracker
 
 Figures = dict[str, float]
@@ -89,10 +89,8 @@ class HostedTracker(Tracker):
             return True
         except Exception as exc:
             self.failed, self.active = True, False
-            reason = (str(exc).strip().splitlines() or [""])[0]
-            reason = reason if len(reason) <= 200 else reason[:200] + "..."
             print(
-                f"mlrun: warning: the {self.label} tracker failed ({type(exc).__name__}: {reason}) and is off for "
+                f"mlrun: warning: the {self.label} tracker failed ({failure_reason(exc)}) and is off for "
                 f"the rest of this run; training goes on and metrics.jsonl has every figure{self.recovery}",
                 file=sys.stderr,
                 flush=True,

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mlrun.errors import failure_reason
 from mlrun.registry import trackers
 from mlrun.tracking.base import RunInfo, Tracker
 from mlrun.tracking.hosted import Batch, HostedTracker, require, run_tags
@@ -207,8 +208,7 @@ def log_export(run_dir: Path, folder: Path) -> str | None:
         client = connect(record["tracking_uri"])
         client.log_artifacts(record["run_id"], str(folder), artifact_path=f"export/{folder.name}")
     except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [""])[0][:200]
-        print(f"mlrun: warning: the export was not logged to MLflow ({type(exc).__name__}: {reason})", file=sys.stderr)
+        print(f"mlrun: warning: the export was not logged to MLflow ({failure_reason(exc)})", file=sys.stderr)
         return None
     return f"runs:/{record['run_id']}/export/{folder.name}"
 

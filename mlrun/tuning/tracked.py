@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mlrun.config.schema import ExperimentConfig
+from mlrun.errors import failure_reason
 
 TRIALS_FILE = "trial_tracking.json"  # in tune/: the tracker specs each trial trains with
 RECORD = "mlflow_run.json"
@@ -67,9 +68,8 @@ class StudyRun:
             return True
         except Exception as exc:
             self.failed = True
-            reason = (str(exc).strip().splitlines() or [""])[0][:200]
             print(
-                f"mlrun: warning: the study's mlflow run failed ({type(exc).__name__}: {reason}); the study goes on",
+                f"mlrun: warning: the study's mlflow run failed ({failure_reason(exc)}); the study goes on",
                 file=sys.stderr,
                 flush=True,
             )
