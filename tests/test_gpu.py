@@ -20,7 +20,7 @@ import yaml
 
 from tests.conftest import REPO, read_jsonl, run_cli, tiny_config, write_config
 from tests.test_distributed import free_port
-from tests.test_train import PROBE, exact_resume_config, summary, train, weights
+from tests.test_train import PROBE, exact_resume_config, straight_and_resumed, summary, train, weights
 
 pytestmark = pytest.mark.gpu
 
@@ -220,13 +220,7 @@ def test_fp8_with_compile_trains(tmp_path):
 
 @pytest.mark.e2e  # a run dies by SIGKILL
 def test_muon_trains_and_resumes_bit_identically_on_cuda(tmp_path):
-    muon = {"name": "muon", "lr": 3e-2}
-    result, straight = train(tmp_path, {**exact_resume_config("straight"), "optimizer": muon})
-    assert result.returncode == 0, result.stderr
-    killed, run = train(tmp_path, {**exact_resume_config("resumed", kill_at=24), "optimizer": muon})
-    assert killed.returncode == -signal.SIGKILL
-    resumed, _ = train(tmp_path, {**exact_resume_config("resumed"), "optimizer": muon}, "--allow-config-change")
-    assert resumed.returncode == 0, resumed.stderr
+    straight, run = straight_and_resumed(tmp_path, optimizer={"name": "muon", "lr": 3e-2})
     a, b = weights(straight), weights(run)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert summary(run)["final"]["val/accuracy"] > 0.5

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from torch import nn
 from mlrun.models.mlp import MLP
 from mlrun.registry import optimizers
 from tests.conftest import read_jsonl, run_cli, tiny_config, write_config
-from tests.test_train import exact_resume_config, train, weights
+from tests.test_train import straight_and_resumed, train, weights
 
 MUON = {"name": "muon", "lr": 3e-2}
 
@@ -49,14 +48,7 @@ def test_muon_trains_and_learns(tmp_path):
 
 @pytest.mark.e2e  # a run dies by SIGKILL
 def test_muon_resume_after_sigkill_is_bit_identical(tmp_path):
-    straight_config = {**exact_resume_config("straight"), "optimizer": MUON}
-    result, straight = train(tmp_path, straight_config)
-    assert result.returncode == 0, result.stderr
-    killed, run = train(tmp_path, {**exact_resume_config("resumed", kill_at=24), "optimizer": MUON})
-    assert killed.returncode == -signal.SIGKILL
-    resumed, _ = train(tmp_path, {**exact_resume_config("resumed"), "optimizer": MUON}, "--allow-config-change")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resumed at step 21" in resumed.stdout
+    straight, run = straight_and_resumed(tmp_path, optimizer=MUON)
     a, b = weights(straight), weights(run)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

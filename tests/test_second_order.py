@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 import torch
 from torch import nn
@@ -13,7 +11,7 @@ from mlrun.memory.measure import optimizer_state_bytes
 from mlrun.models.mlp import MLP
 from mlrun.registry import optimizers
 from tests.conftest import read_jsonl, tiny_config
-from tests.test_train import exact_resume_config, train, weights
+from tests.test_train import straight_and_resumed, train, weights
 
 pytest.importorskip("pytorch_optimizer")
 
@@ -35,14 +33,7 @@ def test_trains_and_learns(tmp_path, name):
 @pytest.mark.e2e  # a run dies by SIGKILL
 @pytest.mark.parametrize("name", sorted(SETTINGS))
 def test_resume_after_sigkill_is_bit_identical(tmp_path, name):
-    optimizer = {"name": name, **SETTINGS[name]}
-    result, straight = train(tmp_path, {**exact_resume_config("straight"), "optimizer": optimizer})
-    assert result.returncode == 0, result.stderr
-    killed, run = train(tmp_path, {**exact_resume_config("resumed", kill_at=24), "optimizer": optimizer})
-    assert killed.returncode == -signal.SIGKILL
-    resumed, _ = train(tmp_path, {**exact_resume_config("resumed"), "optimizer": optimizer}, "--allow-config-change")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resumed at step 21" in resumed.stdout
+    straight, run = straight_and_resumed(tmp_path, optimizer={"name": name, **SETTINGS[name]})
     a, b = weights(straight), weights(run)
     assert all(torch.equal(a[k], b[k]) for k in a)
 

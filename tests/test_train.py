@@ -95,6 +95,20 @@ def exact_resume_config(name: str, **model) -> dict:
     return config
 
 
+def straight_and_resumed(tmp_path: Path, **sections) -> tuple[Path, Path]:
+    """The exact-resume probe (with `sections` replaced) trained straight, and trained again killed by
+    SIGKILL at forward 24 (after the step-21 checkpoint) then resumed: (straight run, resumed run)."""
+    result, straight = train(tmp_path, {**exact_resume_config("straight"), **sections})
+    assert result.returncode == 0, result.stderr
+    killed, run = train(tmp_path, {**exact_resume_config("resumed", kill_at=24), **sections})
+    assert killed.returncode == -signal.SIGKILL
+    # The config differs from the killed one's only in kill_at (the probe's kill switch).
+    resumed, _ = train(tmp_path, {**exact_resume_config("resumed"), **sections}, "--allow-config-change")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step 21" in resumed.stdout
+    return straight, run
+
+
 @pytest.mark.e2e  # a run dies by SIGKILL
 def test_resume_after_sigkill_mid_epoch_is_bit_identical(tmp_path):
     result, straight = train(tmp_path, exact_resume_config("straight"))
