@@ -25,6 +25,7 @@ from torch import nn
 from mlrun.errors import UsageError
 from mlrun.models.parts import check_patterns, head_prefix, matching
 from mlrun.optim.optimizers import Beta, Betas
+from mlrun.optim.param_groups import decay_groups
 from mlrun.registry import optimizers
 
 
@@ -131,17 +132,8 @@ def muon(
     chosen = muon_parameters(model, muon_params)
     trainable = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
     on_muon = [p for p in trainable if id(p) in chosen]
-    decay = [p for p in trainable if id(p) not in chosen and p.ndim >= 2]
-    no_decay = [p for p in trainable if id(p) not in chosen and p.ndim < 2]
     muon_groups = [{"params": on_muon, "weight_decay": weight_decay, "name": "muon"}] if on_muon else []
-    adamw_groups = [
-        g
-        for g in (
-            {"params": decay, "weight_decay": weight_decay, "name": "decay"},
-            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
-        )
-        if g["params"]
-    ]
+    adamw_groups = decay_groups([p for p in trainable if id(p) not in chosen], weight_decay)
     settings_muon = {
         "lr": muon_lr or lr,
         "momentum": momentum,

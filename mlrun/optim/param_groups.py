@@ -21,10 +21,13 @@ from mlrun.models.parts import block_index, check_patterns, matching
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: tensors with 2+ dimensions (decayed) and the rest (biases, norm scales)."""
-    decay, no_decay = [], []
-    for param in model.parameters():  # tied weights appear once
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
+    return decay_groups([p for p in model.parameters() if p.requires_grad], weight_decay)  # tied weights once
+
+
+def decay_groups(params: list, weight_decay: float) -> list[dict]:
+    """`params` as param_groups splits a model's: 2+ dimensions decayed, the rest not; empty groups left out."""
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
     groups = [
         {"params": decay, "weight_decay": weight_decay, "name": "decay"},
         {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
