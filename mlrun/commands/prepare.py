@@ -22,11 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from mlrun.config.load import load_config
+from mlrun.data.parquet_shards import META_KEY
 from mlrun.errors import UsageError
-
-# The shards' schema metadata: what the model and augmentations need of the source's DataMeta, as JSON
-# (one sample's shape; images' normalisation statistics, which padding and rotation fill with black).
-META_KEY = b"mlrun.meta"
 
 
 def run_prepare(path: Path, overrides: list[str], out: Path, rows_per_shard: int, row_group: int) -> None:

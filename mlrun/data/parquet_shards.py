@@ -19,6 +19,7 @@ run (preprocessing.pkl) so eval, export and resume reuse them instead of fitting
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 from collections import OrderedDict
@@ -35,6 +36,10 @@ from mlrun.data.bundle import DataMeta, DatasetBundle
 from mlrun.data.splits import ValFraction, is_classification, require_columns, resolve_files, split_indices
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
+
+# Shards' schema metadata written by `mlrun prepare`: what the model and augmentations need of the source's
+# DataMeta, as JSON (one sample's shape; images' normalisation statistics, which padding and rotation fill with).
+META_KEY = b"mlrun.meta"
 
 
 @dataclass(frozen=True)
@@ -295,9 +300,8 @@ def _column(shards: list[Shard], name: str) -> np.ndarray:
 def _stored_meta(schema, features: int) -> dict:
     """What `mlrun prepare` recorded of the source's DataMeta: the sample shape (images keep (C, H, W))
     and pixel statistics; a plain table is a vector of its features."""
-    import json
 
-    stored = json.loads((schema.metadata or {}).get(b"mlrun.meta", b"{}"))
+    stored = json.loads((schema.metadata or {}).get(META_KEY, b"{}"))
     shape = tuple(stored.get("input_shape") or (features,))
     if int(np.prod(shape)) != features:
         raise UsageError(f"data.features: {features} columns do not fill the shards' sample shape {shape}.")
