@@ -7,8 +7,10 @@ indices, never loads and discards the batches before it. `set_epoch` keeps Accel
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
+import time
 
 import numpy as np
 import torch
@@ -71,6 +73,49 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     if device.type == "cpu":
         return batch
     return move_batch(batch, device)
+
+
+class TrainBatches:
+    """The training batches of an epoch, on the device and augmented: what the loop iterates.
+
+    `loader` is Accelerate's prepared loader (it moves batches and re-applies its own epoch counter)
+    or, when the step calls torch directly, the plain loader (batches are moved here). Augmentation is
+    seeded by the batch's global position, so workers, processes and resumes see the same draws.
+    `wait_s` sums the time spent waiting for the loader (not moving or augmenting): no device sync.
+    """
+
+    def __init__(
+        self, loader, sampler: EpochBatchSampler, device: torch.device, prepared: bool, augment, processes=1, rank=0
+    ):
+        self.loader, self.sampler, self.augment = loader, sampler, augment
+        self.move = None if prepared else device
+        self.processes, self.rank = processes, rank
+        self.wait_s = 0.0
+
+    def epoch(self, epoch: int, start: int = 0, augmented: bool = True):
+        """The micro-batches of `epoch` from this process's `start`-th on."""
+        if self.move is None:
+            self.loader.set_epoch(epoch)
+        # Also directly: under several processes Accelerate's BatchSamplerShard does not pass set_epoch on.
+        self.sampler.set_epoch(epoch)
+        # The sampler counts global batches; each process has consumed `start` of every `processes`.
+        self.sampler.start_at(start * self.processes)
+        batches = iter(self.loader)
+        for position in itertools.count(start):
+            waited = time.perf_counter()
+            batch = next(batches, None)
+            self.wait_s += time.perf_counter() - waited
+            if batch is None:
+                return
+            if self.move is not None:
+                batch = to_device(batch, self.move)
+            yield self.augmented(batch, epoch, position) if augmented else batch
+
+    def augmented(self, batch, epoch: int, position: int):
+        """`batch` (this process's `position`-th of `epoch`) through the run's augmentation, if any."""
+        if self.augment is None:
+            return batch
+        return self.augment(batch, epoch, position * self.processes + self.rank)
 
 
 def _seed_worker(worker_id: int) -> None:

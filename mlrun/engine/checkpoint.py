@@ -53,8 +53,11 @@ class CheckpointWriter:
     folder, so a kill mid-write leaves the previous checkpoint the newest whole one.
     """
 
-    def __init__(self, accelerator: Accelerator, run_dir: Path, keep: int, allocation, dcp_state=None):
+    def __init__(self, accelerator: Accelerator, run_dir: Path, keep: int, allocation, saved, dcp_state=None):
         self.accelerator, self.run_dir, self.keep, self.dcp_state = accelerator, run_dir, keep, dcp_state
+        # What a checkpoint holds beyond model, optimizer, scaler and RNG (mlrun.engine.saved_state).
+        self.saved = saved
+        accelerator.register_for_checkpointing(saved)
         self.allocation = allocation  # processes, batch and accumulation, so a resume can keep the global batch
         self.pending: tuple[Path, Path] | None = None  # (temporary folder, final name) of an unfinished write
 
@@ -98,6 +101,13 @@ class CheckpointWriter:
             for old in list_checkpoints(self.run_dir)[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
+
+    def resume_hint(self) -> str:
+        """Where the run can go on from, for failure messages."""
+        latest = latest_checkpoint(self.run_dir)
+        if latest is None:
+            return "No checkpoint was written; the same command starts the run again."
+        return f"The newest checkpoint is {latest}; the same command resumes from it."
 
     def load(self, checkpoint: Path, dcp_state_for) -> None:
         """Restore everything `checkpoint` holds; `dcp_state_for()` gives the DcpState to read its DCP part."""

@@ -23,6 +23,18 @@ from mlrun.registry import losses, metrics
 DRY_RUN_SAMPLES = 4
 
 
+def check_prepared_batch(parts: Components, accelerator) -> None:
+    """The dry run as `mlrun train` runs it: on the prepared model, on its device, under its autocast.
+
+    Skipped where no plain forward exists: a model sharded by FSDP2 or DeepSpeed.
+    """
+    import torch.distributed as dist
+
+    sharded = parts.config.distributed.strategy == "fsdp" and dist.is_initialized()
+    if not sharded and accelerator.distributed_type.value != "DEEPSPEED":
+        check_one_batch(parts, accelerator.device, accelerator.autocast)
+
+
 def check_one_batch(parts: Components, device: torch.device, autocast=contextlib.nullcontext) -> None:
     """Raise UsageError (exit 2) when the parts do not fit; `autocast`: the run's mixed-precision context."""
     check_metrics_fit_task(parts)

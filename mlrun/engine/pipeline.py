@@ -27,8 +27,9 @@ import torch.distributed as dist
 from accelerate import Accelerator
 from torch import nn
 
-from mlrun.engine.batches import eval_loader, train_loader
+from mlrun.engine.batches import TrainBatches, eval_loader, train_loader
 from mlrun.engine.build import Components, build
+from mlrun.engine.step_end import end_optimizer_step
 from mlrun.errors import UsageError
 from mlrun.optim.schedulers import LRSchedule
 
@@ -40,11 +41,9 @@ class PipelinePrepared:
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    loader: Any
-    sampler: Any
+    batches: TrainBatches
     val_loader: Any
     step: PipelineStep
-    direct: bool = False
     sharded: bool = False  # no FSDP: each process holds its whole stage
 
 
@@ -112,7 +111,8 @@ def prepare_pipeline(parts: Components, accelerator: Accelerator, callbacks) -> 
     for callback in callbacks:
         callback.on_train_start(model)
     step = PipelineStep(accelerator, schedule, weights, parts, callbacks)
-    return PipelinePrepared(model, optimizer, loader, sampler, val_loader, step)
+    batches = TrainBatches(loader, sampler, device, True, parts.augment, processes, rank)
+    return PipelinePrepared(model, optimizer, batches, val_loader, step)
 
 
 class StageWeights:
@@ -192,18 +192,14 @@ class PipelineStep:
         loss = torch.stack(losses).mean().detach() if losses else torch.zeros((), device=inputs.device)
         dist.broadcast(loss, src=self.last)  # every process logs (and checks) the same loss
         state.batch_in_epoch += 1
-        if self.skip_nonfinite and not torch.isfinite(loss):
-            state.nonfinite_skipped += 1
-        else:
+        nonfinite = self.skip_nonfinite and not torch.isfinite(loss)
+        if not nonfinite:
             if self.max_grad_norm:
                 self.grad_norm = _clip_global(self.params, self.max_grad_norm)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.lr_schedule.step()  # a skipped step still counts, as in the loop's own step
         self.weights.stale = True
-        state.step += 1
-        for callback in self.callbacks:
-            callback.on_step_end(self.weights.model, state)
+        end_optimizer_step(state, self.lr_schedule, self.callbacks, self.weights.model, nonfinite, overflow=False)
         return loss, True
 
 

@@ -51,6 +51,7 @@ def run_training(
     from mlrun.data.bundle import load_fitted_transform
     from mlrun.engine.autobatch import resolve_batch_size
     from mlrun.engine.build import build_components
+    from mlrun.engine.dry_run import check_prepared_batch
     from mlrun.engine.loop import TrainingLoop
 
     run_dir = Path(config.output_dir) / config.name
@@ -91,7 +92,7 @@ def run_training(
         compile_cache.load()
     energy_total = EnergyTotal()  # the running energy total goes into every checkpoint
     loop = TrainingLoop(parts, accelerator, run_dir, extra_callbacks=(*callbacks, energy_total))
-    loop.check_fits()
+    check_prepared_batch(parts, accelerator)  # exit 2 on a model/data mismatch, before anything is written
     if resume_from is not None:
         try:
             loop.restore(resume_from)
@@ -110,7 +111,9 @@ def run_training(
         raise
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"
-        raise RunFailed(f"training crashed at step {loop.state.step}: {message}. {loop.resume_hint()}") from exc
+        raise RunFailed(
+            f"training crashed at step {loop.state.step}: {message}. {loop.checkpoints.resume_hint()}"
+        ) from exc
     finally:
         summary = make_summary(config, loop, loop.state.stop_reason or "failed", time.time() - started, message)
         if meter is not None:
@@ -265,5 +268,5 @@ def make_summary(config: ExperimentConfig, loop, status: str, wall_time_s: float
         "peak_memory_measure": peak_memory_measure(loop.accelerator.device.type),
         "nonfinite_skipped": state.nonfinite_skipped,
         "overflow_skipped": state.overflow_skipped,
-        "last_checkpoint": loop.latest_checkpoint_text(),
+        "last_checkpoint": str(latest) if (latest := latest_checkpoint(loop.checkpoints.run_dir)) else None,
     }

@@ -53,6 +53,13 @@ class SavedState:
             if name in states:
                 callback.load_state_dict(states[name])
 
+    def start_fresh(self, model) -> str | None:
+        """After a load: callbacks the checkpoint had no state for start from the restored weights
+        (e.g. EMA averages from here, not from the init); a line for the log when the callbacks differ."""
+        for name in self.fresh:
+            self.callbacks[name].on_train_start(model)
+        return self.describe_changes()
+
     def describe_changes(self) -> str | None:
         """One line for the log when the callbacks differ from the checkpoint's, else None."""
         parts = []

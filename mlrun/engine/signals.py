@@ -44,6 +44,14 @@ class StopSignals:
             flush=True,
         )
 
+    def agreed(self, accelerator) -> bool:
+        """Whether a stop signal arrived, agreed by all processes (one tiny all-reduce a step when several)."""
+        if accelerator.num_processes == 1:
+            return self.received is not None
+        if self.received is not None:
+            accelerator.set_trigger()
+        return accelerator.check_trigger()
+
     @property
     def exit_code(self) -> int:
         # A rank that learned of the stop from another rank exits as if terminated.

@@ -22,9 +22,10 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mlrun.engine.batches import EpochBatchSampler, eval_loader, train_loader
+from mlrun.engine.batches import TrainBatches, eval_loader, train_loader
 from mlrun.engine.build import Components
 from mlrun.engine.compile import compile_model
+from mlrun.engine.step_end import end_optimizer_step
 from mlrun.registry import optimizers
 
 # AcceleratedOptimizer.step asks `is_lomo_available()` twice per step, and each ask is an
@@ -134,21 +135,11 @@ class TrainStep:
                 self.optimizer.optimizer.zero_grad(set_to_none=True)
         state.batch_in_epoch += 1
         if stepping:
-            self._after_optimizer_step(state)
+            overflow = self.accelerator.optimizer_step_was_skipped
+            end_optimizer_step(state, self.schedule, self.callbacks, self.model, self.window_bad, overflow)
+            self.window_bad = False
         self.mark("optimizer")
         return loss.detach(), stepping
-
-    def _after_optimizer_step(self, state) -> None:
-        if self.window_bad:
-            state.nonfinite_skipped += 1
-            self.window_bad = False
-        if self.accelerator.optimizer_step_was_skipped:
-            state.overflow_skipped += 1  # fp16 loss-scale overflow: the scaler retries with a smaller scale
-        else:
-            self.schedule.step()
-        state.step += 1
-        for callback in self.callbacks:
-            callback.on_step_end(self.model, state)
 
 
 @dataclass
@@ -157,11 +148,9 @@ class Prepared:
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    loader: DataLoader
-    sampler: EpochBatchSampler
+    batches: TrainBatches
     val_loader: DataLoader
     step: TrainStep
-    direct: bool
     sharded: bool = False  # FSDP2 sharded the model over the processes (mlrun.engine.fsdp)
 
 
@@ -198,4 +187,13 @@ def prepare_training(parts: Components, accelerator: Accelerator, callbacks) -> 
     for callback in callbacks:
         callback.on_train_start(model)
     step = TrainStep(accelerator, model, optimizer, parts, callbacks, direct, sharded)
-    return Prepared(model, optimizer, loader, sampler, val_loader, step, direct, sharded)
+    batches = TrainBatches(
+        loader,
+        sampler,
+        accelerator.device,
+        not direct,
+        parts.augment,
+        accelerator.num_processes,
+        accelerator.process_index,
+    )
+    return Prepared(model, optimizer, batches, val_loader, step, sharded)

@@ -16,7 +16,6 @@ import torch
 
 from mlrun.config.schema import ExperimentConfig
 from mlrun.data.batch import batch_len
-from mlrun.engine.batches import to_device
 from mlrun.engine.build import build_components
 from mlrun.engine.state import TrainState
 from mlrun.engine.step import TrainStep, prepare_training
@@ -61,9 +60,9 @@ def profile_config(
     device = accelerator.device
     prepared = prepare_training(parts, accelerator, parts.callbacks)
     model, step = prepared.model, prepared.step
-    batches = _endless(prepared.loader, prepared.sampler, device if prepared.direct else None)
+    batches = _endless(prepared.batches)
     positions = itertools.count()  # seeds each batch's augmentation, as the loop's batch position does
-    augment = (lambda batch: parts.augment(batch, 0, next(positions))) if parts.augment else None
+    augment = (lambda batch: prepared.batches.augmented(batch, 0, next(positions))) if parts.augment else None
     accum = config.train.grad_accum_steps
     state = TrainState()  # a scratch state: the step advances it as it advances the loop's
     times: dict[str, float] = defaultdict(float)
@@ -159,16 +158,10 @@ def _energy_meter(config: ExperimentConfig, device: torch.device):
     return start_meter(config.energy, device.type, local_processes=1, measures=True)
 
 
-def _endless(loader, sampler, device: torch.device | None):
-    """Batches over epochs; `device`: move them there (the prepared loader's job, when not prepared)."""
-    epoch = 0
-    while True:
-        if hasattr(loader, "set_epoch"):  # a prepared loader re-applies its own counter at every pass
-            loader.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        for batch in loader:
-            yield batch if device is None else to_device(batch, device)
-        epoch += 1
+def _endless(batches):
+    """The training batches on the device over epochs, not yet augmented (augmentation is timed apart)."""
+    for epoch in itertools.count():
+        yield from batches.epoch(epoch, augmented=False)
 
 
 def _optimizer_step(step: TrainStep, batches, augment, state: TrainState, accum: int, timer, tracer=None) -> int:
