@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from tests.conftest import REPO, run_cli, tiny_config, write_config
 from tests.test_distributed import free_port, launch
 
-DRY_RUN_IDS = [0, 1, 2, 3]  # the samples the pre-training dry run fetches (mlrun.engine.dry_run)
+DRY_RUN_IDS = [0, 1, 2, 3]  # the samples the pre-training dry run fetches (mlrun.engine.preflight)
 
 
 def config(name: str, tmp_path: Path, strategy: str = "fsdp", **train) -> dict:

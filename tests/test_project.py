@@ -104,6 +104,7 @@ ALLOWED_IMPORTS = {
         "errors",
         "export",
         "jsonout",
+        "models",  # eval reports a model's early exits (models/exit_eval.py)
         "optim",  # validate --print shows the parameter groups
         "prediction",
         "profiling",
@@ -203,3 +204,21 @@ def test_no_import_cycles_between_modules():
 
     cycles = sorted(module for module in edges if on_cycle(module))
     assert not cycles, f"modules on an import cycle: {cycles}"
+
+
+def test_training_loop_reads_on_one_screen():
+    """The loop stays small: bookkeeping belongs in its own objects (log window, batches, weights)."""
+    source = (REPO / "mlrun" / "engine" / "loop.py").read_text()
+    loop = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == "TrainingLoop")
+    methods = [n.name for n in loop.body if isinstance(n, ast.FunctionDef)]
+    attributes = {
+        target.attr
+        for node in ast.walk(loop)
+        if isinstance(node, (ast.Assign, ast.AnnAssign))
+        for assigned in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        for target in (assigned.elts if isinstance(assigned, ast.Tuple) else [assigned])
+        if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self"
+    }
+    assert len(source.splitlines()) <= 200
+    assert len(methods) <= 12, methods
+    assert len(attributes) <= 12, sorted(attributes)

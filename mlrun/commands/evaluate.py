@@ -38,7 +38,7 @@ def run_eval(
         "quantize": quantize,
         "metrics": results,
     }
-    from mlrun.engine.exit_eval import evaluate_exits
+    from mlrun.models.exit_eval import evaluate_exits
 
     thresholds = parse_thresholds(exit_thresholds) if exit_thresholds else None
     exits_report = evaluate_exits(model, loader, thresholds)  # None: the model has no exits

@@ -19,7 +19,7 @@ def run_validate(path: Path, overrides: list[str], print_config: bool) -> None:
 
     from mlrun.engine.autobatch import resolve_batch_size
     from mlrun.engine.build import build_components
-    from mlrun.engine.dry_run import check_one_batch
+    from mlrun.engine.preflight import check_one_batch
 
     parts = build_components(resolve_batch_size(config))
     check_one_batch(parts, torch.device("cpu"))

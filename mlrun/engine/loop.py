@@ -5,7 +5,7 @@
 Figures that need a device sync (the loss value, the gradient norm, the non-finite check) are
 read only at log, evaluation and checkpoint boundaries (engine/log_window.py); nothing else syncs
 per step. Callbacks get `on_step_end` / `on_evaluate` and steer the loop only through
-`state.should_stop`. The caller runs the dry run (engine/dry_run.py) before `run`.
+`state.should_stop`. The caller runs the dry run (engine/preflight.py) before `run`.
 """
 
 from __future__ import annotations

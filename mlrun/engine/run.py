@@ -31,7 +31,6 @@ from mlrun.engine.run_dir import (
     write_config,
     write_json,
 )
-from mlrun.engine.sanity import check_components
 from mlrun.engine.state import TrainState
 from mlrun.errors import RunFailed, RunInterrupted, UsageError
 
@@ -51,8 +50,8 @@ def run_training(
     from mlrun.data.bundle import load_fitted_transform
     from mlrun.engine.autobatch import resolve_batch_size
     from mlrun.engine.build import build_components
-    from mlrun.engine.dry_run import check_prepared_batch
     from mlrun.engine.loop import TrainingLoop
+    from mlrun.engine.preflight import check_components, check_prepared_batch
 
     run_dir = Path(config.output_dir) / config.name
     check_writable(run_dir)  # exit 2 naming the folder, before any work

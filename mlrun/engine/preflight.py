@@ -1,14 +1,19 @@
-"""One forward and backward pass on one real training batch, before anything trains.
+"""Checks before anything trains: each says what to change, with a warning or exit 2.
 
-`mlrun validate` and `mlrun train` (before step 1) run it, so a model, data, objective, loss or
-metric that do not fit each other stop with one message naming the parts and what would fit,
-instead of a raw torch error at step 0. Nothing is kept: the pass runs in eval mode, takes no
-optimizer step, accumulates no gradient, and restores buffers and every RNG: a run's numbers are the same.
+- `check_components`: settings valid one by one but wrong together (the plan of steps, the data,
+  the schedule); `mlrun train` checks them after building and before anything is written.
+- The dry run (`check_one_batch`, `check_prepared_batch`): one forward and backward pass on one real
+  training batch, run by `mlrun validate` and by `mlrun train` before step 1, so a model, data,
+  objective, loss or metric that do not fit each other stop with one message naming the parts and
+  what would fit, instead of a raw torch error at step 0. Nothing is kept: the pass runs in eval
+  mode, takes no optimizer step, accumulates no gradient, and restores buffers and every RNG: a run's
+  numbers are the same. It is a probe rather than the training step for that reason.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import torch
 
@@ -21,6 +26,8 @@ from mlrun.models.outputs import call_model, logits_of
 from mlrun.registry import losses, metrics
 
 DRY_RUN_SAMPLES = 4
+# data.batch_size: auto on CPU: fewer optimizer steps an epoch than this is too few to learn from.
+MIN_AUTO_STEPS_PER_EPOCH = 8
 
 
 def check_prepared_batch(parts: Components, accelerator) -> None:
@@ -160,3 +167,52 @@ def loss_hint(loss: str, logits: torch.Tensor, targets: torch.Tensor, classes: i
     if kind == "values" and not targets.is_floating_point():
         return f"loss '{loss}' is for regression, but the targets are class ids: use loss: cross_entropy"
     return None
+
+
+# --- settings wrong together ----------------------------------------------------------------
+
+
+def warn(message: str) -> None:
+    print(f"mlrun: warning: {message}", file=sys.stderr, flush=True)
+
+
+def check_components(parts, batch_was_auto: bool, device_type: str) -> None:
+    """Warn about (or refuse) combinations that would train silently badly."""
+    config, plan, train = parts.config, parts.plan, parts.bundle.train
+    check_one_class(parts)
+    batch, samples = config.data.batch_size, len(train)
+    if batch > samples:
+        warn(
+            f"data.batch_size: {batch} is larger than the {samples} training samples: each epoch is a single "
+            f"batch of {samples} ({plan.total_steps} optimizer steps in all). Lower data.batch_size."
+        )
+    elif batch_was_auto and device_type == "cpu" and plan.steps_per_epoch < MIN_AUTO_STEPS_PER_EPOCH:
+        warn(
+            f"data.batch_size: auto chose {batch} of {samples} training samples: {plan.steps_per_epoch} "
+            f"optimizer step(s) an epoch, {plan.total_steps} in all, too few to learn well. On CPU a larger batch "
+            "is not faster per sample; set data.batch_size to a number (e.g. 32-128)."
+        )
+    warmup = parts.schedule.warmup_steps
+    if warmup >= plan.total_steps:
+        warn(
+            f"scheduler: the warm-up ({warmup} steps) is as long as or longer than the run ({plan.total_steps} "
+            "optimizer steps): the learning rate never reaches optimizer.lr. Lower scheduler.warmup_steps "
+            "(or use scheduler.warmup_ratio), or train longer."
+        )
+
+
+def check_one_class(parts) -> None:
+    """A classifier trained on one class learns nothing: exit 2 naming the class."""
+    meta, train = parts.bundle.meta, parts.bundle.train
+    targets = getattr(train, "targets", None)
+    if meta.task != "classification" or targets is None or not hasattr(targets, "unique"):
+        return
+    if targets.is_floating_point():  # class probabilities (soft labels): not countable here
+        return
+    classes = targets.unique()
+    if len(classes) == 1:
+        raise UsageError(
+            f"data: the training split of '{parts.config.data.name}' holds a single class "
+            f"({int(classes[0])}) in all {len(train)} samples: nothing to learn. Check data.target, "
+            "the file's rows, or data.val_fraction / data.val_path."
+        )
