@@ -93,3 +93,13 @@ def test_warmup_is_the_lr_a_real_run_logs(tmp_path):
     for step in range(1, 15):  # the rate the next step will use, after `step` steps
         expected = peak * (0.1 + 0.9 * step / 10) if step < 10 else peak
         assert math.isclose(lrs[step], expected, rel_tol=1e-6), (step, lrs[step], expected)
+
+
+def test_plateau_monitor_must_be_a_logged_figure(tmp_path):
+    """The schedule's `watches` trait names its monitor setting; an unlogged figure exits 2 naming it."""
+    from tests.conftest import run_cli, tiny_config, write_config
+
+    config = tiny_config(scheduler={"name": "plateau", "monitor": "val/f1"})
+    result = run_cli("validate", write_config(tmp_path, config), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "scheduler.monitor: 'val/f1' is not logged" in result.stderr

@@ -23,7 +23,7 @@ from mlrun.errors import MlrunError, UsageError
 from mlrun.metrics import Metric
 from mlrun.optim.param_groups import regroup
 from mlrun.optim.schedulers import LRSchedule
-from mlrun.registry import REGISTRIES, trackers
+from mlrun.registry import REGISTRIES, schedulers, trackers
 from mlrun.tracking.base import Tracker
 
 
@@ -135,10 +135,15 @@ def build_components(
 
 
 def check_in_backward(config: ExperimentConfig) -> None:
-    if config.has_technique("optimizer_in_backward"):
-        if config.train.grad_accum_steps > 1 or config.train.max_grad_norm:
+    """A technique that steps the optimizer inside backward (trait `steps_in_backward`) cannot accumulate or clip."""
+    from mlrun.registry import techniques
+
+    for spec in config.techniques:
+        if techniques.trait(spec.name, "steps_in_backward", False) and (
+            config.train.grad_accum_steps > 1 or config.train.max_grad_norm
+        ):
             raise UsageError(
-                "techniques: optimizer_in_backward steps each parameter as soon as its gradient is "
+                f"techniques: {spec.name} steps each parameter as soon as its gradient is "
                 "ready, so it cannot accumulate or clip: set train.grad_accum_steps: 1 and "
                 "train.max_grad_norm: null"
             )
@@ -237,8 +242,9 @@ def check_monitors(config: ExperimentConfig, metric_objects: list[Metric]) -> No
         "train.early_stopping.monitor": train.early_stopping.monitor if train.early_stopping else None,
         "train.best.monitor": train.best.monitor if train.best else None,
     }
-    if config.scheduler.name == "plateau":
-        watched["scheduler.monitor"] = config.scheduler.settings.get("monitor", "val/loss")
+    if watches := schedulers.trait(config.scheduler.name, "watches"):  # e.g. plateau's monitor
+        setting, default = watches
+        watched[f"scheduler.{setting}"] = config.scheduler.settings.get(setting, default)
     for key, monitor in watched.items():
         if monitor is not None and monitor not in logged:
             raise UsageError(

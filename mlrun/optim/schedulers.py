@@ -247,7 +247,8 @@ class Plateau:
         self.scale, self.best, self.bad_evals = state["scale"], state["best"], state["bad_evals"]
 
 
-@schedulers.register("plateau")
+# watches: (the setting naming a logged figure the schedule reacts to, its default); checked at build.
+@schedulers.register("plateau", watches=("monitor", "val/loss"))
 def plateau(
     total_steps: int,
     warmup_steps: int,

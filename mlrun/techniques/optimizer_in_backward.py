@@ -61,7 +61,8 @@ class OptimizerInBackward(Callback):
         return InBackwardOptimizer(optimizer)
 
 
-@techniques.register("optimizer_in_backward", frees_gradients=True)
+# steps_in_backward: the update happens inside backward, so the run can neither accumulate nor clip.
+@techniques.register("optimizer_in_backward", frees_gradients=True, steps_in_backward=True)
 def optimizer_in_backward(model: nn.Module, /) -> Callback:
     """Step each parameter during backward and free its gradient (no accumulation, no global-norm clipping)."""
     return OptimizerInBackward()
