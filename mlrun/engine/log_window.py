@@ -23,8 +23,8 @@ class LogWindow:
     `stop_on_nonfinite`: a NaN/inf loss stops the run (RunFailed, with `hint()` saying where it can go on).
     """
 
-    def __init__(self, state, accelerator, batches, step, parts, stop_on_nonfinite: bool, hint):
-        self.state, self.accelerator, self.batches, self.step = state, accelerator, batches, step
+    def __init__(self, state, accelerator, batches, train_step, parts, stop_on_nonfinite: bool, hint):
+        self.state, self.accelerator, self.batches, self.train_step = state, accelerator, batches, train_step
         self.trackers, self.schedule, self.batches_per_epoch = (
             parts.trackers,
             parts.schedule,
@@ -109,8 +109,8 @@ class LogWindow:
             "train/samples_per_s": self.samples / elapsed,
             "train/data_wait_fraction": min(1.0, (self.batches.wait_s - self.waited_from) / elapsed),
         }
-        if self.step.grad_norm is not None:
-            figures["train/grad_norm"] = float(self.step.grad_norm)
+        if self.train_step.grad_norm is not None:
+            figures["train/grad_norm"] = float(self.train_step.grad_norm)
         for counter in ("nonfinite_skipped", "overflow_skipped"):
             if getattr(self.state, counter):
                 figures[f"train/{counter}"] = getattr(self.state, counter)

@@ -19,9 +19,9 @@ from mlrun.config.schema import Duration
 from mlrun.data.batch import batch_len
 from mlrun.engine.allocation import of_config
 from mlrun.engine.build import Components
-from mlrun.engine.callbacks import EarlyStopping, improved
 from mlrun.engine.checkpoint import CheckpointWriter, latest_checkpoint
 from mlrun.engine.dcp_state import DcpState, dcp_state_for_run
+from mlrun.engine.early_stopping import EarlyStopping, improved
 from mlrun.engine.evaluate import evaluate
 from mlrun.engine.log_window import LogWindow
 from mlrun.engine.run_weights import RunWeights
@@ -43,7 +43,7 @@ class TrainingLoop:
         if config.train.early_stopping:
             self.callbacks.append(EarlyStopping(config.train.early_stopping))
         prepared = prepare_training(parts, accelerator, self.callbacks)
-        self.model, self.step, self.batches, self.val_loader = (
+        self.model, self.train_step, self.batches, self.val_loader = (
             prepared.model,
             prepared.step,
             prepared.batches,
@@ -59,7 +59,7 @@ class TrainingLoop:
         self.checkpoints = CheckpointWriter(accelerator, run_dir, keep, allocation, saved, dcp_state)
         stop_on_nonfinite = config.train.on_nonfinite != "skip"
         hint = self.checkpoints.resume_hint
-        self.window = LogWindow(self.state, accelerator, self.batches, self.step, parts, stop_on_nonfinite, hint)
+        self.window = LogWindow(self.state, accelerator, self.batches, self.train_step, parts, stop_on_nonfinite, hint)
         self.signals = StopSignals()
 
     def restore(self, checkpoint: Path) -> None:
@@ -107,7 +107,7 @@ class TrainingLoop:
             callback.on_epoch_start(self.model, state)
         for batch in self.batches.epoch(state.epoch, state.batch_in_epoch):
             step_number = state.step + 1  # the optimizer step this micro-batch belongs to
-            loss, stepped = self.step(batch, state)
+            loss, stepped = self.train_step(batch, state)
             self.window.add(loss, step_number, batch_len(batch) * processes)
             if stepped and self._after_optimizer_step():
                 return  # stopping mid-epoch: the position is in the state

@@ -1,4 +1,7 @@
-"""Callbacks of the loop itself: early stopping. Techniques bring their own (mlrun.techniques)."""
+"""Early stopping, the loop's own callback, and `improved`, which it shares with `train.best`.
+
+Techniques bring their own callbacks (mlrun.techniques; the base class is mlrun.callbacks).
+"""
 
 from __future__ import annotations
 
