@@ -1,0 +1,50 @@
+"""Durations of training written as '3ep' (epochs) or '200st' / 200 (optimizer steps).
+
+Used by `train.eval_every`, `log_every`, `checkpoint_every` and the freeze technique's `unfreeze_every`:
+`mlrun validate <config> train.eval_every=200st` checks one.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, NamedTuple
+
+from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+
+
+class Duration(NamedTuple):
+    """A span of training: `count` epochs ("3ep") or optimizer steps ("200st" or a bare 200)."""
+
+    count: int
+    unit: Literal["ep", "st"]
+
+    def __str__(self) -> str:
+        return f"{self.count}{self.unit}"
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(ep|st)?\s*$")
+
+
+def parse_duration(value: Any) -> Duration:
+    if isinstance(value, Duration):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like '1ep' or '200st'")
+    if isinstance(value, int):
+        count, unit = value, "st"
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"'{value}' is not a duration: write '<N>ep' (epochs) or '<N>st' (optimizer steps)")
+        count, unit = int(match.group(1)), match.group(2) or "st"
+    if count <= 0:
+        raise ValueError("a duration must be at least 1")
+    return Duration(count, unit)
+
+
+DurationField = Annotated[
+    Duration,
+    BeforeValidator(parse_duration),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": r"^\d+(ep|st)?$"}]}),
+]

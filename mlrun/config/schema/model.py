@@ -1,0 +1,49 @@
+"""`model` (the registry entry that builds the network) and `init_from` (pretrained weights copied in
+before training).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, model_validator
+
+from mlrun.config.schema.base import ComponentSpec, Section
+
+
+class ModelSpec(ComponentSpec):
+    registry_kind = "models"
+
+
+def _weights_path(value: Any) -> Any:
+    """A bare string is the path of a weights file or folder."""
+    return {"path": value} if isinstance(value, str) else value
+
+
+class InitFrom(Section):
+    """Pretrained weights copied into the model before training (not on resume: a resume continues the run)."""
+
+    run: str | None = None
+    """An mlrun run directory to take weights from (with `checkpoint`)."""
+    checkpoint: str = "final"
+    """With `run`: final (model.safetensors) | best (best.safetensors) | latest | step-N (checkpoints/step-N)."""
+    path: str | None = None
+    """Instead of `run`: a .safetensors file, a .pt/.pth/.bin file (loaded with weights_only) or a folder
+    written by save_pretrained (model.safetensors, pytorch_model.bin or their shards)."""
+    exclude: list[str] = []
+    """Glob patterns of the model's keys left as freshly initialised, e.g. ['head.*'] for a new head."""
+    prefix: dict[str, str] = {}
+    """Renaming of source keys before matching: {source prefix: model prefix}, e.g. {'bert.': 'encoder.'}."""
+    warn_below: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    """Warn when less than this share of the model's parameter elements was loaded."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_path(cls, value: Any) -> Any:
+        return _weights_path(value)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InitFrom:
+        if (self.run is None) == (self.path is None):
+            raise ValueError("init_from needs exactly one of `run` (an mlrun run directory) or `path`")
+        return self

@@ -1,0 +1,114 @@
+"""`tune`: the hyperparameter search of `mlrun tune`: searched keys (`space`), Optuna's sampler and pruner, or
+population-based training (`strategy: pbt`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+
+from mlrun.config.schema.base import Section
+
+
+class ParamSpec(Section):
+    """One searched key: a float or int range, or a list of choices."""
+
+    type: Literal["float", "int", "categorical"]
+    """float | int (a range from low to high) or categorical (one of choices)."""
+    low: float | None = None
+    """Lowest value of a float or int range."""
+    high: float | None = None
+    """Highest value of a float or int range (included)."""
+    log: bool = False
+    """Sample the range on a log scale (learning rates, weight decay)."""
+    step: float | None = None
+    """Spacing of the values in the range, e.g. 16 for batch sizes 16, 32, 48."""
+    choices: list[Any] | None = None
+    """The values of a categorical key; any YAML value, lists included."""
+
+    @model_validator(mode="after")
+    def _complete(self) -> ParamSpec:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical key needs a non-empty `choices` list")
+        elif self.low is None or self.high is None or self.low > self.high:
+            raise ValueError(f"a {self.type} key needs low <= high")
+        elif self.log and self.low <= 0:
+            raise ValueError("log: true needs low > 0")
+        elif self.log and self.step:
+            raise ValueError(
+                "`step` and `log: true` cannot be combined (a range is sampled either on a log scale or on "
+                "an even grid); for log-spaced grid values use type: categorical with choices: [...]"
+            )
+        return self
+
+
+class SamplerConfig(Section):
+    name: Literal["tpe", "random", "grid", "cmaes", "gp", "nsga2"] = "tpe"
+    """Optuna sampler: tpe | random | grid | cmaes | gp | nsga2."""
+    seed: int | None = None
+    """Seed of the sampler, for repeatable searches."""
+    startup_trials: NonNegativeInt | None = None
+    """tpe / gp / cmaes: trials sampled at random before the model-based search starts (null:
+    Optuna's default, 10 for tpe and gp). Small studies gain from fewer."""
+    population_size: Annotated[int, Field(ge=2)] | None = None
+    """nsga2: individuals per generation (null: Optuna's 50). The first generation is sampled at
+    random, so a study needs several times this many trials to search; e.g. 10 for a 50-trial study."""
+    multivariate: bool = False
+    """tpe: model the parameters jointly (Optuna's multivariate TPE, with grouping of conditional
+    parameters) instead of one at a time; usually better when parameters interact, such as lr and batch."""
+
+
+class PrunerConfig(Section):
+    name: Literal["none", "median", "successive_halving", "hyperband", "wilcoxon"] = "median"
+    """Stops hopeless trials at their evaluations: none | median | successive_halving | hyperband | wilcoxon.
+    Budgets count evaluations (`train.eval_every`); keep eval_every in epochs when batch size is searched."""
+    warmup_evaluations: NonNegativeInt = 0
+    """median: evaluations a trial completes before it may be pruned."""
+    startup_trials: NonNegativeInt = 2
+    """median: trials that finish before pruning starts."""
+    min_resource: PositiveInt | Literal["auto"] = "auto"
+    """hyperband / successive_halving: the evaluations every trial gets before it can be pruned (auto: 1)."""
+    reduction_factor: Annotated[int, Field(ge=2)] = 3
+    """hyperband / successive_halving: 1 / reduction_factor of trials go on to the next rung."""
+
+
+class PBTConfig(Section):
+    """Population-based training: members train in rounds; the worst copy the best and perturb."""
+
+    population: Annotated[int, Field(ge=2)] = 8
+    """Members trained side by side."""
+    rounds: PositiveInt = 5
+    """Rounds; the run's train.max_steps is split evenly between them."""
+    quantile: Annotated[float, Field(gt=0.0, le=0.5)] = 0.25
+    """Share of the population replaced by copies of the best members after each round."""
+    perturb: tuple[PositiveFloat, PositiveFloat] = (0.8, 1.2)
+    """Factors a copied float or int hyperparameter is multiplied by (one chosen at random)."""
+    resample_probability: Annotated[float, Field(ge=0.0, le=1.0)] = 0.25
+    """Chance that a copied hyperparameter is sampled afresh instead of perturbed."""
+
+
+class TuneConfig(Section):
+    """Hyperparameter search over keys of this config (`mlrun tune`)."""
+
+    metric: str = "val/loss"
+    """Logged figure to optimise, e.g. val/accuracy."""
+    direction: Literal["minimize", "maximize"] = "minimize"
+    """Whether smaller (minimize) or larger (maximize) is better."""
+    trials: PositiveInt = 20
+    """Trials the study should hold when the command ends (a rerun continues to this number)."""
+    timeout_s: PositiveFloat | None = None
+    """Stop starting trials after this many seconds."""
+    sampler: SamplerConfig = SamplerConfig()
+    """How trial values are chosen."""
+    pruner: PrunerConfig = PrunerConfig()
+    """How hopeless trials are stopped early."""
+    storage: str | None = None
+    """Study storage: default a journal file in <run>/tune/; or a PostgreSQL/MySQL URL for many hosts."""
+    space: dict[str, ParamSpec]
+    """Searched keys: dotted config paths, e.g. optimizer.lr: {type: float, low: 1e-4, high: 1e-1, log: true}."""
+    strategy: Literal["optuna", "pbt"] = "optuna"
+    """optuna: independent trials; pbt: population-based training on mlrun checkpoints."""
+    pbt: PBTConfig = PBTConfig()
+    """Settings of strategy: pbt."""
