@@ -4,18 +4,30 @@ The docstrings are the user's reference: `mlrun schema` turns them into JSON Sch
 and README's config reference lists them. Components (model, data, loss, metrics, optimizer,
 scheduler, techniques, tracking) are `name` plus keyword settings; those settings are checked
 against the registered function's signature in `mlrun.config.components`.
+
+Import every name from here (`from mlrun.config.schema import TrainConfig`); each section lives in
+its own module:
+
+    base.py         Section, ComponentSpec (the two kinds of section), component_fields
+    duration.py     Duration, parse_duration, DurationField ('3ep', '200st')
+    experiment.py   ExperimentConfig: the root, one field per section below
+    model.py        model: ModelSpec; init_from: InitFrom
+    data.py         data: DataSpec (augment: AugmentSpec)
+    objective.py    loss: LossSpec; objective: ObjectiveSpec; metrics: MetricSpec
+    optimizer.py    optimizer: OptimizerSpec (param_groups: ParamGroupRule); scheduler: SchedulerSpec
+    train.py        train: TrainConfig (best: Monitor; early_stopping: EarlyStopping)
+    techniques.py   techniques: TechniqueSpec; compress: StageSpec
+    tracking.py     tracking: TrackerSpec; energy: EnergyConfig
+    distributed.py  distributed: DistributedConfig
+    tune.py         tune: TuneConfig (space: ParamSpec; sampler: SamplerConfig; pruner: PrunerConfig;
+                    pbt: PBTConfig)
 """
-
-from __future__ import annotations
-
-from typing import Annotated, Any
-
-from pydantic import Field
 
 from mlrun.config.schema.base import ComponentSpec, Section, component_fields
 from mlrun.config.schema.data import AugmentSpec, DataSpec
 from mlrun.config.schema.distributed import DistributedConfig
 from mlrun.config.schema.duration import Duration, DurationField, parse_duration
+from mlrun.config.schema.experiment import ExperimentConfig
 from mlrun.config.schema.model import InitFrom, ModelSpec
 from mlrun.config.schema.objective import LossSpec, MetricSpec, ObjectiveSpec
 from mlrun.config.schema.optimizer import OptimizerSpec, ParamGroupRule, SchedulerSpec
@@ -56,54 +68,3 @@ __all__ = [
     "component_fields",
     "parse_duration",
 ]
-
-
-class ExperimentConfig(Section):
-    """One experiment: everything `mlrun train` needs."""
-
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
-    """Run name; the run directory is <output_dir>/<name>."""
-    seed: int = 0
-    """Seed for every random number generator (python, numpy, torch, data order)."""
-    output_dir: str = "runs"
-    """Folder that holds run directories, relative to the working directory."""
-    base: str | None = None
-    """Path of a config this one extends (deep merge, lists replace); resolved before validation."""
-    model: ModelSpec
-    """The model: a registry name and its settings; input shape and classes come from the data."""
-    data: DataSpec
-    """The dataset and its loaders."""
-    loss: LossSpec = LossSpec(name="cross_entropy")
-    """The training loss: a registry name or {name: ..., settings}."""
-    objective: ObjectiveSpec = ObjectiveSpec(name="supervised")
-    """How a batch becomes a loss: supervised (loss of logits vs targets) | causal_lm (next token) | model_loss
-    (the loss the model returns)."""
-    metrics: list[MetricSpec] = []
-    """Metrics computed at each evaluation, logged as val/<name>."""
-    init_from: InitFrom | None = None
-    """Pretrained start: {run: runs/x, checkpoint: best} | a .safetensors/.pt file | a save_pretrained folder."""
-    optimizer: OptimizerSpec = OptimizerSpec(name="adamw")
-    """The optimizer; weight decay skips biases and norm weights."""
-    scheduler: SchedulerSpec = SchedulerSpec()
-    """The learning-rate schedule, stepped once per optimizer step."""
-    train: TrainConfig
-    """Length, precision, accumulation, clipping, evaluation, logging and checkpoints."""
-    techniques: list[TechniqueSpec] = []
-    """Training and memory techniques applied to the model, e.g. activation_checkpointing, ema."""
-    tracking: list[TrackerSpec] = [TrackerSpec(name="console")]
-    """Where figures go besides metrics.jsonl (always written): console, tensorboard, wandb, mlflow."""
-    distributed: DistributedConfig = DistributedConfig()
-    """Data or model parallelism when launched as several processes."""
-    tune: TuneConfig | None = None
-    """Hyperparameter search settings, used by `mlrun tune` (ignored by `mlrun train`)."""
-    energy: EnergyConfig = EnergyConfig()
-    """Energy (kWh), carbon (g CO2) and energy per sample, measured during training and profiling."""
-    compress: list[StageSpec] = []
-    """Stages `mlrun compress` runs in order from the trained weights: prune, prune_structured, distill,
-    qat, low_rank, cluster (`mlrun list stages`)."""
-    model_edits: list[dict[str, Any]] = []
-    """Structural edits of the built model (pruned shapes, factorized layers), recorded by `mlrun compress`
-    in a stage's config.yaml and replayed when the model is built; not written by hand."""
-
-    def has_technique(self, name: str) -> bool:
-        return any(technique.name == name for technique in self.techniques)
