@@ -17,7 +17,7 @@ from mlrun.data.batch import split_batch
 from mlrun.data.bundle import DataMeta, fetch_batch
 from mlrun.export.formats import ExportFormat
 from mlrun.export.signature import InferenceModule, Runner, as_tensors
-from mlrun.metrics import Metric
+from mlrun.metrics import Metric, samples_in, score_batches
 
 
 def batches(dataset: Dataset, size: int, meta: DataMeta, limit: int | None = None):
@@ -42,18 +42,14 @@ def agreement(reference: Runner, candidate: Runner, inputs: tuple[torch.Tensor, 
 def evaluate(
     run: Runner, dataset: Dataset, meta: DataMeta, batch_size: int, loss_fn, metrics: list[Metric]
 ) -> dict[str, float]:
-    """val/loss and val/<metric> of `run` over the whole split (mirrors engine.evaluate, on CPU)."""
-    for metric in metrics:
-        metric.reset(torch.device("cpu"))
-    loss_sum, count = 0.0, 0
-    for inputs, targets in batches(dataset, batch_size, meta):
-        outputs = run(*inputs).float()
-        n = targets.numel() if not targets.is_floating_point() else targets.shape[0]
-        loss_sum += float(loss_fn(outputs, targets)) * n
-        count += n
-        for metric in metrics:
-            metric.update(outputs, targets)
-    return {"val/loss": loss_sum / max(count, 1), **{f"val/{m.name}": m.compute() for m in metrics}}
+    """val/loss and val/<metric> of `run` over the whole split, on CPU (the arithmetic of engine.evaluate)."""
+
+    def scored():
+        for inputs, targets in batches(dataset, batch_size, meta):
+            outputs = run(*inputs).float()
+            yield loss_fn(outputs, targets), samples_in(outputs, targets), outputs, targets
+
+    return score_batches(scored(), metrics, torch.device("cpu"))
 
 
 SPREAD_LIMIT = 0.25  # latency figures whose spread exceeds this share of the median are flagged, not trusted
