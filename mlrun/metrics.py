@@ -1,11 +1,14 @@
 """Built-in metrics (registry `metrics`), accumulated on the device over a whole evaluation.
 
 A metric keeps summable statistics (counts, sums, a confusion matrix) as tensors: `update` costs
-no device sync, `compute` syncs once at the end. Logged as `val/<name>`.
+no device sync, `compute` syncs once at the end. Logged as `val/<name>`. `score_batches` is the one
+evaluation loop's arithmetic (val/loss and every metric over a split), shared by training's
+evaluation (engine.evaluate) and an exported file's (export.verify).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Annotated
 
 import torch
@@ -37,6 +40,46 @@ class Metric:
 
     def finish(self, state: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+
+def samples_in(predictions: torch.Tensor, targets: torch.Tensor | None) -> int:
+    """What a mean loss averages over: class ids and tokens count one each, other targets one per row."""
+    if targets is None:
+        return len(predictions)
+    return targets.numel() if not targets.is_floating_point() else targets.shape[0]
+
+
+# One validation batch for score_batches: (its mean loss, the samples that mean is over, predictions, targets).
+Scored = tuple[torch.Tensor, int, torch.Tensor | None, torch.Tensor | None]
+
+
+def score_batches(
+    scored: Iterable[Scored],
+    metrics: list[Metric],
+    device: torch.device,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """val/loss (the mean over every sample) and val/<metric> over a split's batches.
+
+    Each batch gives its mean loss, the samples that mean is over, and the predictions and targets the
+    metrics update with (None: the batch counts towards the loss only). Sums stay float64 tensors on
+    `device`, so a batch costs no sync. `reduce` sums [loss sum, count] across processes.
+    """
+    for metric in metrics:
+        metric.reset(device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.float64, device=device)
+    for loss, n, predictions, targets in scored:
+        loss_sum += loss.detach().double() * n  # the loss is a mean: weight it by its size
+        count += n
+        if predictions is not None:
+            for metric in metrics:
+                metric.update(predictions, targets)
+    if reduce is not None:
+        loss_sum, count = reduce(torch.stack([loss_sum, count]))
+    results = {"val/loss": float(loss_sum / count.clamp(min=1))}  # one sync per figure, once per evaluation
+    results.update({f"val/{metric.name}": metric.compute() for metric in metrics})
+    return results
 
 
 def predicted_classes(outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -135,6 +135,19 @@ def test_export_of_a_plain_tensor_dataset_and_best_beside_final(tmp_path):
     assert exported["safetensors-none-best"]["source_weights"].endswith("best.safetensors")
 
 
+def test_export_verification_scores_the_fp32_model_as_eval_does(tmp_path):
+    # One evaluation loop (metrics.score_batches): uneven batches (128 = 48 + 48 + 32) weigh by their size in both.
+    config = tiny_config(name="uneven", data={**tiny_config()["data"], "eval_batch_size": 48})
+    assert run_cli("train", write_config(tmp_path, config), "train.epochs=1", cwd=tmp_path).returncode == 0
+    run = tmp_path / "runs" / "uneven"
+    check = export(run, "safetensors", "none", tmp_path)["verification"]
+    result = run_cli("eval", run, "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)["metrics"]
+    assert check["metric"] == "val/accuracy" and check["metric_fp32"] == metrics["val/accuracy"]
+    assert check["metrics_export"]["val/loss"] == pytest.approx(metrics["val/loss"], rel=1e-6)
+
+
 def test_a_quantized_export_slower_than_fp32_is_warned():
     from mlrun.commands.export import slower_than_fp32
 

@@ -1,4 +1,8 @@
-"""One pass over the validation split: loss and metrics over every sample, gathered across processes."""
+"""One pass over the validation split: loss and metrics over every sample, gathered across processes.
+
+The batches are scored here (a second forward where Accelerate padded the last one); the sums are
+metrics.score_batches', which export verification uses too.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mlrun.data.batch import batch_len, take
-from mlrun.metrics import Metric
+from mlrun.metrics import Metric, samples_in, score_batches
 from mlrun.objectives.base import Objective
-
-
-def samples_in(predictions: torch.Tensor, targets: torch.Tensor | None) -> int:
-    """What a mean loss averages over: class ids and tokens count one each, other targets one per row."""
-    if targets is None:
-        return len(predictions)
-    return targets.numel() if not targets.is_floating_point() else targets.shape[0]
 
 
 def real_rows(accelerator: Accelerator, batch) -> int | None:
@@ -41,10 +38,15 @@ def evaluate(
 ) -> dict:
     was_training = model.training
     model.eval()
-    for metric in metrics:
-        metric.reset(accelerator.device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-    count = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    reduce = (lambda sums: accelerator.reduce(sums, reduction="sum")) if accelerator.num_processes > 1 else None
+    batches = _scored(accelerator, model, loader, objective, metrics)
+    results = score_batches(batches, metrics, accelerator.device, reduce)
+    model.train(was_training)
+    return results
+
+
+def _scored(accelerator: Accelerator, model: nn.Module, loader: DataLoader, objective: Objective, metrics):
+    """(mean loss, samples, gathered predictions, targets) of each validation batch, for score_batches."""
     for batch in loader:
         out = objective(model, batch)
         scored = out
@@ -55,16 +57,8 @@ def evaluate(
             # the collectives inside the model (DDP buffer broadcasts, FSDP all-gathers) stay paired.
             scored = objective(model, take(batch, real or batch_len(batch)))
         n = samples_in(scored.predictions, scored.targets) if real != 0 else 0
-        loss_sum += scored.loss.double() * n  # the loss is a mean: weight it by its size
-        count += n
+        predictions = targets = None
         if metrics and out.targets is not None:
             # gather_for_metrics drops the samples padded in to even out the last batch across processes.
             predictions, targets = accelerator.gather_for_metrics((out.predictions, out.targets))
-            for metric in metrics:
-                metric.update(predictions, targets)
-    if accelerator.num_processes > 1:
-        loss_sum, count = accelerator.reduce(torch.stack([loss_sum, count]), reduction="sum")
-    model.train(was_training)
-    results = {"val/loss": float(loss_sum / count.clamp(min=1))}  # one sync per figure, once per evaluation
-    results.update({f"val/{metric.name}": metric.compute() for metric in metrics})
-    return results
+        yield scored.loss, n, predictions, targets

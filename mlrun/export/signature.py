@@ -7,11 +7,15 @@ used for every format (so reloading a safetensors export rebuilds the same struc
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from mlrun.data.bundle import DataMeta
 from mlrun.models.outputs import call_model, logits_of
+
+Runner = Callable[..., torch.Tensor]  # run(*inputs) -> logits: an exported file loaded back, or the fp32 model
 
 
 def input_names(meta: DataMeta) -> tuple[str, ...]:

@@ -89,8 +89,7 @@ def _from_export(folder: Path) -> Predictor:
     from mlrun.config.load import load_config
     from mlrun.data.bundle import DataMeta
     from mlrun.engine.build import build
-    from mlrun.export import formats
-    from mlrun.export.reload import load_exported_model
+    from mlrun.export.formats import EXPORT_FORMATS
     from mlrun.export.verify import evaluate
 
     info = json.loads((folder / "export.json").read_text())
@@ -104,7 +103,7 @@ def _from_export(folder: Path) -> Predictor:
             transform = pickle.load(file)
     from mlrun.export.signature import as_tensors
 
-    run = formats.load(info["format"], folder / info["file"], reload=lambda: load_exported_model(folder))
+    run = EXPORT_FORMATS[info["format"]].load(folder / info["file"])
 
     def forward(features):  # exported files take the features as positional inputs
         return run(*as_tensors(features, meta))

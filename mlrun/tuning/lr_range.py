@@ -3,21 +3,116 @@
 Train a few hundred steps while the learning rate grows exponentially from tiny to huge; the loss
 first stays flat (too small to learn), then falls, then blows up. A good rate sits where the loss
 falls fastest, before the blow-up. The sweep is an ordinary run of the one training loop with the
-`lr_range` schedule and `DivergenceStop`; this module reads its curve back and suggests a value.
+`lr_range` schedule and `DivergenceStop`: `plan_sweep` turns a config into it, `run_sweep` trains
+it, reads its curve back, suggests a value and writes lr_find.json and lr_find.png.
 
 Try: `mlrun lr-find configs/quickstart.yaml`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mlrun.callbacks import Callback
+from mlrun.config.load import load_config
+from mlrun.errors import UsageError
 
+if TYPE_CHECKING:
+    from mlrun.config.schema import ExperimentConfig
+
+METHODS = ("steepest", "min10")  # how `suggest` picks a rate: the steepest fall, or a tenth of the minimum
 SMOOTHING = 0.98  # the slowest EMA of the loss: the per-batch loss is too noisy to differentiate
 DIVERGED = 4.0  # the smoothed loss above 4x its minimum: the rate is past the useful range
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A range test ready to run: the sweep's config and the folder it writes (runs/<name>/lr_find/)."""
+
+    config: ExperimentConfig
+    folder: Path
+    source: Path  # the user's config file, for the suggested `mlrun train` line
+    steps: int
+    start: float
+    end: float
+
+
+def plan_sweep(path: Path, overrides: list[str], steps: int, start: float, end: float) -> Sweep:
+    """The user's config turned into a sweep from `start` to `end` over up to `steps` steps."""
+    user = load_config(path, overrides)
+    sweep = load_config(path, [*overrides, *sweep_overrides(user.output_dir, user.name, steps, start, end)])
+    return Sweep(sweep, Path(user.output_dir) / user.name / "lr_find", path, steps, start, end)
+
+
+def sweep_overrides(output_dir: str, name: str, steps: int, start: float, end: float) -> list[str]:
+    """The config changes that turn a training config into a range-test sweep."""
+    return [
+        f"output_dir={Path(output_dir) / name}",
+        "name=lr_find",
+        f"optimizer.lr={start!r}",
+        f"scheduler={{name: lr_range, end_factor: {end / start!r}}}",
+        f"train.max_steps={steps}",
+        "train.epochs=null",
+        "train.log_every=1",  # every step's loss is a point of the curve
+        f"train.eval_every={steps + 1}st",  # one evaluation, at the end
+        "train.checkpoint_every=null",
+        "train.early_stopping=null",
+        "train.best=null",
+        "train.on_nonfinite=skip",  # a NaN ends the sweep through DivergenceStop, not as a failed run
+        "tracking=[jsonl]",
+    ]
+
+
+def run_sweep(sweep: Sweep, method: str) -> dict:
+    """Train the sweep, read its curve, suggest a rate with `method`, draw lr_find.png; returns the report
+    (also written to lr_find.json)."""
+    from mlrun.engine.run import run_training
+
+    beta = smoothing_for(sweep.steps)
+    state = run_training(sweep.config, overwrite=True, callbacks=(DivergenceStop(beta),))
+    lrs, losses = read_curve(sweep.folder / "metrics.jsonl", sweep.start)
+    if len([v for v in losses if math.isfinite(v)]) < 5:
+        raise UsageError(
+            f"lr-find: the loss was not finite for long enough to read a curve ({len(losses)} steps); "
+            "lower --start or --end"
+        )
+    suggestion = suggest(lrs, losses, beta, method)
+    plot(lrs, losses, beta, suggestion, sweep.folder / "lr_find.png")
+    report = {
+        "suggested_lr": suggestion.lr,
+        "method": suggestion.method,
+        "reason": suggestion.reason,
+        "steepest_lr": suggestion.steepest_lr,
+        "min_loss_lr": suggestion.min_loss_lr,
+        "min10_lr": suggestion.min_loss_lr / 10,
+        "diverged_at_lr": suggestion.diverged_at_lr,
+        "steps_run": state.step,
+        "stopped_early": state.step < sweep.steps,
+        "smoothing": beta,
+        "start_lr": sweep.start,
+        "end_lr": sweep.end,
+        "plot": str(sweep.folder / "lr_find.png"),
+        "curve": [{"lr": lr, "loss": loss} for lr, loss in zip(lrs, losses)],
+        # No rate from a curve too short or too flat: `reason` says what to change.
+        "next": f"mlrun train {sweep.source} optimizer.lr={suggestion.lr:.3g}" if suggestion.lr is not None else None,
+    }
+    (sweep.folder / "lr_find.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def read_curve(metrics: Path, start: float) -> tuple[list[float], list[float]]:
+    """(lr each step trained with, its training loss) from the sweep's metrics.jsonl.
+
+    A line's train/lr is the rate after that step's schedule update, i.e. the next step's.
+    """
+    lines = [json.loads(line) for line in metrics.read_text().splitlines() if line]
+    train = [line for line in lines if "train/loss" in line]
+    lrs = [start] + [line["train/lr"] for line in train[:-1]]
+    return lrs, [float(line["train/loss"]) for line in train]
 
 
 def smoothing_for(steps: int) -> float:

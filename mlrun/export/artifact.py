@@ -1,0 +1,186 @@
+"""An export folder from a trained run: the model file, what it needs beside it, export.json, verification.
+
+    runs/<name>/export/<format>-<quant>[-best|-<checkpoint>]/
+        model.<ext>          the model in its format (`mlrun.export.formats`), quantized as asked
+        config.yaml          the run's resolved config
+        preprocessing.json   the data's fitted preprocessing, when it has some (preprocessing.pkl: the
+                             fitted tabular transform; tokenizer/: a transformers tokenizer)
+        export.json          inputs, outputs, how to load, notes and the verification's figures
+
+`export_trained` is `mlrun export` once the command has checked its options and loaded the run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the module imports torch only when an export runs: `mlrun export --help` stays light
+    from mlrun.export.formats import ExportFormat
+
+
+def export_folder_name(fmt: str, quantize: str, checkpoint: str) -> str:
+    """`<format>-<quant>` for the final weights; `-best` or `-<checkpoint>` otherwise, so exports never collide."""
+    if checkpoint == "final":
+        return f"{fmt}-{quantize}"
+    if checkpoint == "best":
+        return f"{fmt}-{quantize}-best"
+    path = Path(checkpoint)
+    return f"{fmt}-{quantize}-{path.stem if path.suffix == '.safetensors' else path.name}"
+
+
+def export_trained(
+    trained,
+    folder: Path,
+    *,
+    fmt: str,
+    quantize: str,
+    calibration_batches: int,
+    verify: bool,
+    merge: Callable | None = None,
+) -> dict:
+    """Write the run's model into `folder` (rebuilt) and, with `verify`, check it against the fp32 model.
+
+    Returns export.json's fields, also written to folder/export.json. `merge(model) -> layers` folds
+    LoRA adapters into plain layers in place (mlrun.techniques.lora.merge_adapters, handed in by the
+    command: export does not import techniques); None when the model has no adapters.
+    """
+    from mlrun.export.formats import EXPORT_FORMATS
+    from mlrun.export.verify import verify_artifact
+
+    spec = EXPORT_FORMATS[fmt]
+    shutil.rmtree(folder, ignore_errors=True)  # an earlier export of the same kind: export's own, rebuilt now
+    folder.mkdir(parents=True)
+    merged, lora = merged_for_export(trained, merge)
+    info = write_artifact(trained, spec, quantize, folder, calibration_batches, model=merged)
+    if lora:
+        info["lora"] = lora
+        info["notes"].append(f"LoRA adapters merged in fp32 into {lora['merged_layers']} layers")
+    (folder / "export.json").write_text(json.dumps(info, indent=2) + "\n")  # the reload below reads it
+    if verify:
+        info["verification"] = verify_artifact(trained, spec, folder, info)
+        if slower := slower_than_fp32(info):
+            info["notes"].append(slower)
+        (folder / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def slower_than_fp32(info: dict) -> str | None:
+    """A quantized export that runs slower than fp32 PyTorch defeats its purpose: say so, with the figures."""
+    v = info.get("verification") or {}
+    if info["quantize"] == "none" or not v:
+        return None
+    slower = [f"{v[f'speedup_{b}']:.2f}x at batch {b[1:]}" for b in ("b1", "b64") if v[f"speedup_{b}"] < 1.0]
+    if not slower:
+        return None
+    return (
+        f"{info['format']} {info['quantize']} runs slower than fp32 PyTorch on this machine "
+        f"({' and '.join(slower)} its speed); try another format (e.g. --format onnx) or --quantize none "
+        "where latency matters."
+    )
+
+
+def merged_for_export(trained, merge: Callable | None):
+    """(the model to write, LoRA merge figures or None): adapters folded into plain layers in fp32.
+
+    The adapted model stays as it is: verification compares the exported (merged) file with it.
+    """
+    import torch
+
+    adapted = trained.parts.model
+    if merge is None:
+        return adapted, None
+    from mlrun.export.signature import InferenceModule
+    from mlrun.export.verify import agreement, batches
+
+    meta = trained.parts.bundle.meta
+    merged = copy.deepcopy(adapted)
+    count = merge(merged)
+    merged.eval()
+    inputs = next(batches(trained.parts.bundle.val, 256, meta))[0]
+    with torch.inference_mode():
+        figures = agreement(InferenceModule(adapted, meta), InferenceModule(merged, meta), inputs)
+    return merged, {"merged_layers": count, "merged_vs_adapted": figures}
+
+
+def write_artifact(
+    trained, spec: ExportFormat, quantize: str, folder: Path, calibration_batches: int, model=None
+) -> dict:
+    """Write `model` (default the run's model) in `spec`'s format; returns export.json's fields."""
+    import torch
+
+    from mlrun.export.quantize import apply_quantization, linear_layers
+    from mlrun.export.signature import InferenceModule, input_names
+    from mlrun.export.verify import batches
+
+    parts = trained.parts
+    val, meta = parts.bundle.val, parts.bundle.meta
+    model, names = InferenceModule(parts.model if model is None else model, meta), input_names(meta)
+    example = next(batches(val, min(8, len(val)), meta))[0]  # batch >= 2 so export keeps the batch dimension dynamic
+    calibration = None
+    if quantize == "int8-static":
+        size = parts.config.data.batch_size
+        calibration = [x for x, _ in batches(parts.bundle.train, size, meta, limit=calibration_batches * size)]
+    notes = []
+    if spec.quantize_file is not None:  # the fp32 file written, then converted by the format's own tools
+        # They quantize the linear layers (ONNX Runtime: MatMul/Gemm); fp16 converts every float tensor.
+        changed = len(linear_layers(model)) if quantize.startswith("int8") else 1
+        written = spec.write(copy.deepcopy(model), example, names, folder)
+        path = spec.quantize_file(written, quantize, calibration or [], names)
+        if quantize != "none":
+            notes.append(spec.quantize_note.format(quantize=quantize))
+    else:
+        converted, changed = apply_quantization(copy.deepcopy(model), quantize, calibration)
+        path = spec.write(converted, example, names, folder)
+        if quantize.startswith("int8"):
+            notes.append("int8 linear layers: per-channel int8 weights, torch._int_mm")
+    if spec.note:
+        notes.append(spec.note)
+    if quantize != "none" and changed == 0:
+        print(
+            f"mlrun: warning: --quantize {quantize}: the model has no layer to quantize; the file is unchanged",
+            file=sys.stderr,
+        )
+        notes.append("nothing to quantize")
+    copy_run_files(trained, folder, notes)
+    return {
+        "format": spec.name,
+        "quantize": quantize,
+        "file": path.name,
+        "file_bytes": path.stat().st_size,
+        "source_weights": str(trained.weights),
+        "how_to_load": spec.how_to_load,
+        "inputs": [
+            {"name": name, "shape": ["batch", *t.shape[1:]], "dtype": "int64" if t.dtype == torch.long else "float32"}
+            for name, t in zip(names, example)
+        ],
+        "outputs": [{"name": "outputs", "dtype": "float32"}],
+        "preprocessing": "preprocessing.json" if parts.bundle.preprocessing else None,
+        "data_meta": dataclasses.asdict(meta),
+        "notes": notes,
+    }
+
+
+def copy_run_files(trained, folder: Path, notes: list[str]) -> None:
+    """What a user needs beside the model file: the config, the fitted preprocessing, the tokenizer."""
+    bundle = trained.parts.bundle
+    shutil.copy(trained.run_dir / "config.yaml", folder / "config.yaml")
+    if bundle.preprocessing:
+        (folder / "preprocessing.json").write_text(json.dumps(bundle.preprocessing, indent=2) + "\n")
+    fitted = trained.run_dir / "preprocessing.pkl"  # the transform fitted during training (tabular data)
+    if fitted.exists():
+        shutil.copy(fitted, folder / fitted.name)
+    tokenizer = (bundle.preprocessing or {}).get("tokenizer", {})
+    if tokenizer.get("kind") == "transformers":  # the exported model's own tokenizer travels with it
+        shutil.copytree(
+            tokenizer["path"], folder / "tokenizer", ignore=shutil.ignore_patterns("*.safetensors", "*.bin")
+        )
+        notes.append(
+            "tokenizer/: the transformers tokenizer the model was trained with (AutoTokenizer.from_pretrained)"
+        )
