@@ -24,7 +24,7 @@ def clustered(shape: tuple[int, ...], clusters: int, sparsity: float = 0.0, seed
         values[0] = 0.0
     index = torch.randint(1 if sparsity else 0, clusters, shape, generator=generator)
     index[torch.rand(shape, generator=generator) < sparsity] = 0
-    index.view(-1)[: clusters] = torch.arange(clusters)  # every value used once at least
+    index.view(-1)[:clusters] = torch.arange(clusters)  # every value used once at least
     return values[index]
 
 
@@ -56,7 +56,11 @@ def test_packed_weights_decode_to_the_same_weights_at_log2_k_bits(clusters, shap
         assert sparsity and entry["bits"] == max(1, math.ceil(math.log2(clusters - 1)))
         assert entry["count"] == int((weight != 0).sum())
     dense_bytes = math.ceil(total * math.ceil(math.log2(clusters)) / 8)
-    stored = sum(packed.tensors[f"layer.weight.{p}"].numel() for p in ("indices", "mask", "gaps") if f"layer.weight.{p}" in packed.tensors)
+    stored = sum(
+        packed.tensors[f"layer.weight.{p}"].numel()
+        for p in ("indices", "mask", "gaps")
+        if f"layer.weight.{p}" in packed.tensors
+    )
     assert stored <= dense_bytes  # the layout chosen is never larger than dense indices
 
 

@@ -70,7 +70,21 @@ def text_table(rows: list[dict[str, Any]]) -> str:
     from mlrun.tracking.figures import format_figure
 
     metric = next((k for k in rows[0]["metrics"] if k != "val/loss"), "val/loss")
-    header = ["stage", metric, "change", "MB", "file MB", "file x", "huff MB", "huff x", "params", "MACs", "b1 ms", "b64 ms", "b64 x"]
+    header = [
+        "stage",
+        metric,
+        "change",
+        "MB",
+        "file MB",
+        "file x",
+        "huff MB",
+        "huff x",
+        "params",
+        "MACs",
+        "b1 ms",
+        "b64 ms",
+        "b64 x",
+    ]
     lines = [header]
     for row in rows:
         vs = row.get("vs_trained", {})

@@ -27,7 +27,9 @@ def resolve_weights(run_dir: Path, checkpoint: str) -> Path:
     checkpoint folder. In a compress stage folder that holds compressed.safetensors (a cluster stage's
     packed file) `final` is that file: eval, predict and export then score the stored file itself."""
     packed = run_dir / "compressed.safetensors"
-    if checkpoint == "compressed" or (checkpoint == "final" and packed.is_file() and (run_dir / "stage.json").is_file()):
+    if checkpoint == "compressed" or (
+        checkpoint == "final" and packed.is_file() and (run_dir / "stage.json").is_file()
+    ):
         if not packed.is_file():
             raise UsageError(
                 f"'{run_dir}' has no compressed.safetensors (a cluster compress stage writes one); "

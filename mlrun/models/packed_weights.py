@@ -96,7 +96,9 @@ class PackedWeights:
 
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     layout: dict[str, dict] = field(default_factory=dict)
-    symbols: list[tuple[np.ndarray, int]] = field(default_factory=list)  # (symbols, alphabet size) of each packed stream
+    symbols: list[tuple[np.ndarray, int]] = field(
+        default_factory=list
+    )  # (symbols, alphabet size) of each packed stream
     raw: dict[str, torch.Tensor] = field(default_factory=dict)  # tensors stored as they are (codebooks included)
 
     @property
@@ -222,7 +224,8 @@ def read_packed(path: Path) -> dict[str, torch.Tensor]:
         raise UsageError(
             f"'{path}' is not a packed weights file this mlrun reads (format {metadata.get('format')!r}, "
             f"version {metadata.get('version')!r}; expected {FORMAT!r} version {VERSION}): "
-            "run `mlrun compress` again with this mlrun, or pass --checkpoint <stage>/model.safetensors for the dense weights"
+            "run `mlrun compress` again with this mlrun, "
+            "or pass --checkpoint <stage>/model.safetensors for the dense weights"
         )
     try:
         layout = json.loads(metadata["layout"])
