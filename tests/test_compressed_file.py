@@ -11,7 +11,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mlrun.models.packed_weights import gap_codes, gap_positions, pack_bits, pack_state, read_packed, unpack_bits
+from mlrun.models.packed_weights import (
+    COLUMNS,
+    gap_codes,
+    gap_positions,
+    pack_bits,
+    pack_state,
+    read_packed,
+    unpack_bits,
+)
 from tests.conftest import run_cli
 from tests.test_compress import compress, trained, with_stages
 
@@ -47,21 +55,17 @@ def test_packed_weights_decode_to_the_same_weights_at_log2_k_bits(clusters, shap
     state = read_packed_bytes(packed.to_bytes())
     assert torch.equal(state["layer.weight"], weight) and state["layer.weight"].shape == weight.shape
     assert torch.equal(state["layer.bias"], bias)
-    entry = packed.layout["layer.weight"]
+    entry = dict(zip(COLUMNS, packed.rows[0]))
     total = weight.numel()
     if entry["layout"] == "dense":
-        assert entry["bits"] == math.ceil(math.log2(clusters))
-        assert packed.tensors["layer.weight.indices"].numel() == math.ceil(total * entry["bits"] / 8)
+        assert entry["bits"] == math.ceil(math.log2(clusters)) and entry["count"] == total
     else:  # pruned: indices of the non-zero weights only, into the K - 1 non-zero values
         assert sparsity and entry["bits"] == max(1, math.ceil(math.log2(clusters - 1)))
         assert entry["count"] == int((weight != 0).sum())
-    dense_bytes = math.ceil(total * math.ceil(math.log2(clusters)) / 8)
-    stored = sum(
-        packed.tensors[f"layer.weight.{p}"].numel()
-        for p in ("indices", "mask", "gaps")
-        if f"layer.weight.{p}" in packed.tensors
-    )
-    assert stored <= dense_bytes  # the layout chosen is never larger than dense indices
+    # Every packed stream together is never larger than dense indices at ceil(log2 K) bits.
+    assert packed.tensors["streams"].numel() <= math.ceil(total * math.ceil(math.log2(clusters)) / 8)
+    # The values are the codebook and the bias, nothing else: the weight itself is not stored.
+    assert packed.tensors["values.float32"].numel() == entry["clusters"] + bias.numel()
 
 
 def test_relative_positions_skip_long_runs_of_zeros() -> None:

@@ -9,16 +9,17 @@ and their positions are stored as a bitmask (1 bit per weight) or as Deep Compre
 indices: b-bit gaps between non-zero weights, a gap of 2^b - 1 meaning "skip that many, no weight".
 The layout (dense, bitmask or gaps) and b are chosen per tensor as the smallest. Every other tensor
 (biases, normalisation, an unclustered layer) is stored as it is. The file is plain safetensors
-(uint8 payloads); its metadata says how to decode it:
+with few tensors, so its header stays small beside a small model's payload:
 
-    format: mlrun.packed   version: 1
-    layout: JSON {tensor name: {"layout": raw | dense | bitmask | gaps, "shape", "dtype", "clusters",
-            "bits", "count", "gap_bits", "codes", "crc32"}}
+    streams          uint8: every bit-packed stream (positions, then indices, per weight), in table order
+    values.<dtype>   flat: every codebook and every tensor stored as it is, in table order
+    metadata         format: mlrun.packed, version: 1, columns: name,layout,shape,dtype,clusters,bits,
+                     count,gap_bits,codes; tensors: JSON rows of those columns; crc32: per file tensor
 
-A reader checks the format and version, every payload's length and CRC-32, and that the positions
-decode to the recorded count; anything else is a damaged file (exit 2, naming it). Bit packing is
-numpy's packbits on a (count, bits) bit matrix, most significant bit first: no library packs
-arbitrary widths as plainly, and this is ten lines.
+A reader checks the format and version, the CRC-32 of each file tensor, that the table reads every
+tensor exactly to its end, and that the positions decode to the recorded count; anything else is a
+damaged file (exit 2, naming it). Bit packing is numpy's packbits on a (count, bits) bit matrix,
+most significant bit first: no library packs arbitrary widths as plainly, and this is ten lines.
 """
 
 from __future__ import annotations
@@ -89,33 +90,48 @@ def gap_code_count(positions: np.ndarray, bits: int) -> int:
 
 # --- writing ------------------------------------------------------------------------------------------
 
+COLUMNS = ["name", "layout", "shape", "dtype", "clusters", "bits", "count", "gap_bits", "codes"]
+
 
 @dataclass
 class PackedWeights:
-    """A model's packed file in memory: what safetensors writes, and the symbol streams (for entropy estimates)."""
+    """A model's packed file in memory: its tensor table, the blobs safetensors writes, and the symbol
+    streams and stored-as-is tensors (for the entropy-coded estimate)."""
 
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
-    layout: dict[str, dict] = field(default_factory=dict)
-    symbols: list[tuple[np.ndarray, int]] = field(
-        default_factory=list
-    )  # (symbols, alphabet size) of each packed stream
-    raw: dict[str, torch.Tensor] = field(default_factory=dict)  # tensors stored as they are (codebooks included)
+    rows: list[list] = field(default_factory=list)  # one a tensor, COLUMNS, in storage order
+    streams: list[np.ndarray] = field(default_factory=list)  # bit-packed uint8 streams, in order
+    values: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # dtype -> codebooks and raw tensors
+    symbols: list[tuple[np.ndarray, int]] = field(default_factory=list)  # (symbols, alphabet size) a stream
+    raw: dict[str, torch.Tensor] = field(default_factory=dict)  # tensors stored as they are (codebooks too)
 
     @property
-    def metadata(self) -> dict[str, str]:
-        return {"format": FORMAT, "version": VERSION, "layout": json.dumps(self.layout, separators=(",", ":"))}
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The file's tensors: `streams` (every packed stream, uint8) and `values.<dtype>` (flat)."""
+        tensors = {"streams": torch.from_numpy(np.concatenate([np.zeros(0, np.uint8), *self.streams]))}
+        for dtype, parts in self.values.items():
+            tensors[f"values.{dtype}"] = torch.cat([part.reshape(-1) for part in parts])
+        return tensors
+
+    def metadata(self, tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+        crc = {key: _crc(tensor) for key, tensor in tensors.items()}
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "columns": ",".join(COLUMNS),
+            "tensors": json.dumps(self.rows, separators=(",", ":")),
+            "crc32": json.dumps(crc, separators=(",", ":")),
+        }
 
     def to_bytes(self) -> bytes:
         from safetensors.torch import save
 
-        return save(self.tensors, self.metadata)
+        tensors = self.tensors
+        return save(tensors, self.metadata(tensors))
 
     def write(self, path: Path) -> None:
-        from safetensors.torch import save_file
-
         from mlrun.models.weights_file import share_like_umask
 
-        save_file(self.tensors, str(path), self.metadata)
+        path.write_bytes(self.to_bytes())
         share_like_umask(path)
 
 
@@ -128,8 +144,8 @@ def pack_state(state: dict[str, torch.Tensor]) -> PackedWeights:
         if name.endswith("weight") and tensor.dim() >= 2 and tensor.is_floating_point():
             codebook, inverse = torch.unique(tensor.reshape(-1), return_inverse=True)
         if codebook is None or len(codebook) > MAX_SHARED:
-            _add(packed, name, tensor, raw=True)
-            packed.layout[name] = {"layout": "raw", "crc32": _crc(tensor)}
+            _add_values(packed, name, tensor)
+            packed.rows.append([name, "raw", list(tensor.shape), _dtype(tensor), 0, 0, 0, 0, 0])
             continue
         _pack_weight(packed, name, tensor, codebook, inverse.numpy())
     return packed
@@ -138,18 +154,17 @@ def pack_state(state: dict[str, torch.Tensor]) -> PackedWeights:
 def _pack_weight(packed: PackedWeights, name: str, tensor: torch.Tensor, codebook: torch.Tensor, inverse) -> None:
     """The smallest of: dense indices; non-zero indices + bitmask; non-zero indices + b-bit gaps."""
     total, clusters = tensor.numel(), len(codebook)
-    entry = {"shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch."), "clusters": clusters}
-    best = ("dense", packed_bytes(total, index_bits(clusters)), None)
+    best = ("dense", packed_bytes(total, index_bits(clusters)), 0)
     zero = torch.nonzero(codebook == 0).flatten()
     if len(zero) and clusters > 1:
         positions = np.flatnonzero(inverse != int(zero[0]))
         values_bytes = packed_bytes(len(positions), index_bits(clusters - 1))
-        best = min(best, ("bitmask", values_bytes + packed_bytes(total, 1), None), key=lambda c: c[1])
+        best = min(best, ("bitmask", values_bytes + packed_bytes(total, 1), 0), key=lambda c: c[1])
         for bits in GAP_BITS:
             size = values_bytes + packed_bytes(gap_code_count(positions, bits), bits)
             best = min(best, ("gaps", size, bits), key=lambda c: c[1])
     layout, _, gap_bits = best
-    indices = inverse
+    indices, codes = inverse, 0
     if layout != "dense":  # indices into the codebook without zero, for the non-zero weights only
         indices = inverse[positions]
         indices = indices - (indices > int(zero[0]))
@@ -157,41 +172,35 @@ def _pack_weight(packed: PackedWeights, name: str, tensor: torch.Tensor, codeboo
         if layout == "bitmask":
             mask = np.zeros(total, dtype=np.int64)
             mask[positions] = 1
-            _add_stream(packed, f"{name}.mask", mask, 1)
+            _add_stream(packed, mask, 1)
         else:
-            codes = gap_codes(positions, gap_bits)
-            _add_stream(packed, f"{name}.gaps", codes, gap_bits)
-            entry.update(gap_bits=gap_bits, codes=len(codes))
+            gaps = gap_codes(positions, gap_bits)
+            _add_stream(packed, gaps, gap_bits)
+            codes = len(gaps)
     bits = index_bits(len(codebook))
-    _add_stream(packed, f"{name}.indices", indices, bits)
-    _add(packed, f"{name}.codebook", codebook.contiguous(), raw=True)
-    entry.update(layout=layout, bits=bits, count=len(indices))
-    entry["crc32"] = _crc(*(packed.tensors[f"{name}.{part}"] for part in _parts(layout)))
-    packed.layout[name] = entry
-
-
-def _add_stream(packed: PackedWeights, key: str, symbols: np.ndarray, bits: int) -> None:
-    packed.tensors[key] = torch.from_numpy(pack_bits(symbols, bits))
-    packed.symbols.append((symbols, 1 << bits))
-
-
-def _add(packed: PackedWeights, key: str, tensor: torch.Tensor, raw: bool) -> None:
-    packed.tensors[key] = tensor
-    if raw:
-        packed.raw[key] = tensor
-
-
-def _parts(layout: str) -> list[str]:
-    return {"dense": ["indices", "codebook"], "bitmask": ["mask", "indices", "codebook"]}.get(
-        layout, ["gaps", "indices", "codebook"]
+    _add_stream(packed, indices, bits)
+    _add_values(packed, f"{name}.codebook", codebook.contiguous())
+    packed.rows.append(
+        [name, layout, list(tensor.shape), _dtype(tensor), len(codebook), bits, len(indices), gap_bits, codes]
     )
 
 
-def _crc(*tensors: torch.Tensor) -> int:
-    crc = 0
-    for tensor in tensors:
-        crc = zlib.crc32(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(), crc)
-    return crc
+def _add_stream(packed: PackedWeights, symbols: np.ndarray, bits: int) -> None:
+    packed.streams.append(pack_bits(symbols, bits))
+    packed.symbols.append((symbols, 1 << bits))
+
+
+def _add_values(packed: PackedWeights, key: str, tensor: torch.Tensor) -> None:
+    packed.values.setdefault(_dtype(tensor), []).append(tensor)
+    packed.raw[key] = tensor
+
+
+def _dtype(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def _crc(tensor: torch.Tensor) -> int:
+    return zlib.crc32(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 # --- reading ------------------------------------------------------------------------------------------
@@ -228,56 +237,76 @@ def read_packed(path: Path) -> dict[str, torch.Tensor]:
             "or pass --checkpoint <stage>/model.safetensors for the dense weights"
         )
     try:
-        layout = json.loads(metadata["layout"])
-        return {name: _decode(name, entry, tensors) for name, entry in layout.items()}
+        return _decode_file(metadata, tensors)
     except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
         raise UsageError(
             f"packed weights file '{path}' is damaged ({type(exc).__name__}: {exc}); run `mlrun compress` again"
         ) from None
 
 
-def _decode(name: str, entry: dict, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    if entry["layout"] == "raw":
-        _check_crc(name, entry, [tensors[name]])
-        return tensors[name]
-    parts = [tensors[f"{name}.{part}"] for part in _parts(entry["layout"])]
-    _check_crc(name, entry, parts)
-    shape, count, bits = entry["shape"], entry["count"], entry["bits"]
+class _Cursor:
+    """Reads a flat tensor front to back; the file is damaged if a read runs past its end or leaves a tail."""
+
+    def __init__(self, key: str, tensor: torch.Tensor) -> None:
+        self.key, self.tensor, self.at = key, tensor, 0
+
+    def take(self, count: int) -> torch.Tensor:
+        if self.at + count > self.tensor.numel():
+            raise ValueError(f"{self.key} ends at {self.tensor.numel()} where {self.at + count} are read")
+        self.at += count
+        return self.tensor[self.at - count : self.at]
+
+    def done(self) -> None:
+        if self.at != self.tensor.numel():
+            raise ValueError(f"{self.key} holds {self.tensor.numel()}, the tensor table reads {self.at}")
+
+
+def _decode_file(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if metadata["columns"].split(",") != COLUMNS:
+        raise ValueError(f"columns {metadata['columns']}")
+    crc = json.loads(metadata["crc32"])
+    if set(crc) != set(tensors) or any(_crc(tensors[key]) != value for key, value in crc.items()):
+        raise ValueError("CRC-32 mismatch")
+    cursors = {key: _Cursor(key, tensor) for key, tensor in tensors.items()}
+    state = {}
+    for row in json.loads(metadata["tensors"]):
+        entry = dict(zip(COLUMNS, row, strict=True))
+        state[entry["name"]] = _decode(entry, cursors)
+    for cursor in cursors.values():
+        cursor.done()
+    return state
+
+
+def _decode(entry: dict, cursors: dict[str, _Cursor]) -> torch.Tensor:
+    name, shape, count, bits = entry["name"], entry["shape"], entry["count"], entry["bits"]
     total = math.prod(shape)
-    codebook = tensors[f"{name}.codebook"]
-    if str(codebook.dtype).removeprefix("torch.") != entry["dtype"] or len(codebook) > MAX_SHARED:
-        raise ValueError(f"{name}: codebook of {len(codebook)} {codebook.dtype} values")
-    indices = _stream(tensors[f"{name}.indices"], bits, count, f"{name}.indices")
+    values = cursors[f"values.{entry['dtype']}"]
+    if entry["layout"] == "raw":
+        return values.take(total).clone().reshape(shape)
+    streams = cursors["streams"]
+    if entry["layout"] == "bitmask":
+        positions = np.flatnonzero(unpack_bits(streams.take(packed_bytes(total, 1)).numpy(), 1, total))
+    elif entry["layout"] == "gaps":
+        gap_bits, codes = entry["gap_bits"], entry["codes"]
+        positions = gap_positions(
+            unpack_bits(streams.take(packed_bytes(codes, gap_bits)).numpy(), gap_bits, codes), gap_bits
+        )
+    elif entry["layout"] != "dense":
+        raise ValueError(f"{name}: unknown layout {entry['layout']!r}")
+    indices = unpack_bits(streams.take(packed_bytes(count, bits)).numpy(), bits, count)
+    codebook = values.take(entry["clusters"])
     if indices.max(initial=0) >= len(codebook):
         raise ValueError(f"{name}: an index past its codebook of {len(codebook)}")
-    values = codebook[torch.from_numpy(indices)]
+    decoded = codebook[torch.from_numpy(indices)]
     if entry["layout"] == "dense":
         if count != total:
             raise ValueError(f"{name}: {count} indices for {total} weights")
-        return values.reshape(shape)
-    if entry["layout"] == "bitmask":
-        positions = np.flatnonzero(_stream(tensors[f"{name}.mask"], 1, total, f"{name}.mask"))
-    elif entry["layout"] == "gaps":
-        codes = _stream(tensors[f"{name}.gaps"], entry["gap_bits"], entry["codes"], f"{name}.gaps")
-        positions = gap_positions(codes, entry["gap_bits"])
-    else:
-        raise ValueError(f"{name}: unknown layout {entry['layout']!r}")
+        return decoded.reshape(shape)
     if len(positions) != count or (count and positions[-1] >= total):
         raise ValueError(f"{name}: positions of {len(positions)} weights for {count} indices in {total}")
     dense = torch.zeros(total, dtype=codebook.dtype)
-    dense[torch.from_numpy(positions)] = values
+    dense[torch.from_numpy(positions)] = decoded
     return dense.reshape(shape)
-
-
-def _stream(data: torch.Tensor, bits: int, count: int, key: str) -> np.ndarray:
-    if data.dtype != torch.uint8 or data.numel() != packed_bytes(count, bits):
-        raise ValueError(f"{key}: {data.numel()} bytes where {count} x {bits} bits need {packed_bytes(count, bits)}")
-    return unpack_bits(data.numpy(), bits, count)
-
-
-def _check_crc(name: str, entry: dict, parts: list[torch.Tensor]) -> None:
-    if _crc(*parts) != entry["crc32"]:
-        raise ValueError(f"{name}: CRC-32 mismatch")
 
 
 def load_packed(model: torch.nn.Module, path: Path) -> tuple[list[str], list[str]]:
@@ -291,5 +320,5 @@ def load_packed(model: torch.nn.Module, path: Path) -> tuple[list[str], list[str
     missing = sorted(k for k in expected if k not in state and k not in tied)
     unexpected = sorted(k for k in state if k not in expected)
     if not missing and not unexpected:
-        model.load_state_dict({k: v for k, v in state.items()}, strict=False)
+        model.load_state_dict(state, strict=False)
     return missing, unexpected
