@@ -144,3 +144,15 @@ def test_a_truncated_or_unknown_version_file_exits_2_naming_it(tmp_path: Path) -
     truncated = run_cli("eval", stage, "--checkpoint", "compressed", cwd=tmp_path)
     assert truncated.returncode == 2 and "compressed.safetensors" in truncated.stderr
     assert "Traceback" not in truncated.stderr + unknown.stderr
+
+
+@pytest.mark.parametrize("offset", [-1, -300, -600])  # in each of the two file tensors
+def test_a_flipped_bit_anywhere_in_the_payload_is_a_damaged_file(offset: int) -> None:
+    from mlrun.errors import UsageError
+
+    packed = pack_state({"layer.weight": clustered((64, 48), 16, 0.9), "layer.bias": torch.randn(64)})
+    data = bytearray(packed.to_bytes())
+    assert len(data) - 600 > len(data) - sum(t.numel() * t.element_size() for t in packed.tensors.values())
+    data[offset] ^= 0x10
+    with pytest.raises(UsageError, match="compressed.safetensors.*damaged"):
+        read_packed_bytes(bytes(data))
