@@ -125,7 +125,7 @@ def test_eval_predict_and_export_of_a_pruned_cluster_stage_use_the_compressed_fi
         assert "Traceback" not in broken.stderr
 
 
-def test_a_truncated_or_unknown_version_file_exits_2_naming_it(tmp_path: Path) -> None:
+def test_a_truncated_unknown_version_or_unmarked_file_exits_2_naming_it(tmp_path: Path) -> None:
     base = trained(tmp_path)
     config = with_stages(tmp_path, base, [{"name": "cluster", "clusters": 4, "finetune": False}])
     assert compress(tmp_path, config).returncode == 0
@@ -140,10 +140,13 @@ def test_a_truncated_or_unknown_version_file_exits_2_naming_it(tmp_path: Path) -
     save_file(tensors, str(packed), {**metadata, "version": "99"})
     unknown = run_cli("eval", stage, cwd=tmp_path)
     assert unknown.returncode == 2 and "version '99'" in unknown.stderr and str(packed.name) in unknown.stderr
+    save_file(tensors, str(packed))  # no format in its metadata: an older mlrun's file, or another tool's
+    older = run_cli("eval", stage, cwd=tmp_path)
+    assert older.returncode == 2 and "not a packed weights file" in older.stderr and packed.name in older.stderr
     packed.write_bytes(original[: len(original) // 2])
     truncated = run_cli("eval", stage, "--checkpoint", "compressed", cwd=tmp_path)
     assert truncated.returncode == 2 and "compressed.safetensors" in truncated.stderr
-    assert "Traceback" not in truncated.stderr + unknown.stderr
+    assert "Traceback" not in truncated.stderr + unknown.stderr + older.stderr
 
 
 @pytest.mark.parametrize("offset", [-1, -300, -600])  # in each of the two file tensors

@@ -210,11 +210,13 @@ def is_packed(path: Path) -> bool:
     """Whether `path` is a packed file (its metadata names the format); False for a plain weights file."""
     from safetensors import safe_open
 
+    if path.name == "compressed.safetensors":  # also an unreadable or older one: read_packed says why
+        return True
     try:
         with safe_open(str(path), "pt") as handle:
             return (handle.metadata() or {}).get("format") == FORMAT
-    except Exception:  # noqa: BLE001 - unreadable: read_packed or load_weights will name the file
-        return path.name == "compressed.safetensors"
+    except Exception:  # noqa: BLE001 - unreadable: load_weights names the file
+        return False
 
 
 def read_packed(path: Path) -> dict[str, torch.Tensor]:
@@ -233,14 +235,15 @@ def read_packed(path: Path) -> dict[str, torch.Tensor]:
         raise UsageError(
             f"'{path}' is not a packed weights file this mlrun reads (format {metadata.get('format')!r}, "
             f"version {metadata.get('version')!r}; expected {FORMAT!r} version {VERSION}): "
-            "run `mlrun compress` again with this mlrun, "
+            "delete the stage folder and run `mlrun compress` again with this mlrun, "
             "or pass --checkpoint <stage>/model.safetensors for the dense weights"
         )
     try:
         return _decode_file(metadata, tensors)
     except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
         raise UsageError(
-            f"packed weights file '{path}' is damaged ({type(exc).__name__}: {exc}); run `mlrun compress` again"
+            f"packed weights file '{path}' is damaged ({type(exc).__name__}: {exc}); "
+            "delete the stage folder and run `mlrun compress` again"
         ) from None
 
 
