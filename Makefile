@@ -43,6 +43,7 @@ bench: install
 	$(PY) scripts/bench/memory.py
 	$(PY) scripts/bench/data.py
 	$(PY) scripts/bench/compress.py
+	$(PY) scripts/bench/compressed_file.py
 	$(PY) scripts/bench/scale.py
 	$(PY) scripts/bench/optimizers.py
 	$(PY) scripts/bench/shards.py

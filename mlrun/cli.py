@@ -127,7 +127,12 @@ def export(
             help="none | int8 | int8-static | fp16 | bf16; default none (int8 for a compress stage after qat)."
         ),
     ] = None,
-    checkpoint: Annotated[str, typer.Option(help="best, final or a checkpoint path.")] = "final",
+    checkpoint: Annotated[
+        str,
+        typer.Option(
+            help="best, final (a cluster stage: its compressed.safetensors), compressed or a checkpoint path."
+        ),
+    ] = "final",
     out: Annotated[Optional[Path], typer.Option(help="Output folder; default RUN_DIR/export/<format>-<quant>.")] = None,
     calibration_batches: Annotated[int, typer.Option(help="Training batches to calibrate int8-static.")] = 8,
     verify: Annotated[bool, typer.Option(help="Load the file with its runtime and compare with fp32.")] = True,
@@ -143,7 +148,12 @@ def export(
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory, e.g. runs/quickstart.")],
     overrides: Overrides = None,
-    checkpoint: Annotated[str, typer.Option(help="best, final or a checkpoint path.")] = "final",
+    checkpoint: Annotated[
+        str,
+        typer.Option(
+            help="best, final (a cluster stage: its compressed.safetensors), compressed or a checkpoint path."
+        ),
+    ] = "final",
     exit_thresholds: Annotated[
         Optional[str], typer.Option(help="Early-exit runs: confidences to evaluate, e.g. 0.8,0.9,0.99.")
     ] = None,
@@ -225,7 +235,12 @@ def predict(
     out: Annotated[
         Optional[Path], typer.Option(help="Write predictions here (.csv or .jsonl); default CSV on stdout.")
     ] = None,
-    checkpoint: Annotated[str, typer.Option(help="Run directories: best, final or a checkpoint path.")] = "final",
+    checkpoint: Annotated[
+        str,
+        typer.Option(
+            help="Run directories: best, final (a cluster stage: compressed.safetensors), compressed or a path."
+        ),
+    ] = "final",
     json_output: Json = False,
 ) -> None:
     """Predict on a new file with the run's own preprocessing; scores it when labels are present."""

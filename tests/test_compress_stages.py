@@ -57,8 +57,12 @@ def test_structured_low_rank_qat_cluster_chain_ends_in_a_verified_int8_onnx(tmp_
     for key, tensor in clustered.items():
         if key.endswith("weight"):
             assert torch.unique(tensor).numel() <= 8, key
-    stored = load_file(root / "4-cluster/compressed.safetensors")
-    assert stored["head.weight.indices"].dtype == torch.uint8 and stored["head.weight.codebook"].numel() <= 8
+    from mlrun.models.packed_weights import read_packed
+
+    packed = root / "4-cluster/compressed.safetensors"
+    decoded = read_packed(packed)  # 3-bit indices + codebooks, decoded to exactly the stage's weights
+    assert set(decoded) == set(clustered) and all(torch.equal(decoded[k], clustered[k]) for k in clustered)
+    assert rows[4]["bytes"] == packed.stat().st_size
     assert rows[4]["quantize"] == "int8" and rows[4]["huffman_bytes"] < rows[0]["bytes"] / 8
 
     exported = run_cli("export", root / "4-cluster", "--format", "onnx", "--json", cwd=tmp_path)

@@ -70,7 +70,21 @@ def text_table(rows: list[dict[str, Any]]) -> str:
     from mlrun.tracking.figures import format_figure
 
     metric = next((k for k in rows[0]["metrics"] if k != "val/loss"), "val/loss")
-    header = ["stage", metric, "change", "MB", "huff MB", "smaller", "params", "MACs", "b1 ms", "b64 ms", "b64 x"]
+    header = [
+        "stage",
+        metric,
+        "change",
+        "MB",
+        "file MB",
+        "file x",
+        "huff MB",
+        "huff x",
+        "params",
+        "MACs",
+        "b1 ms",
+        "b64 ms",
+        "b64 x",
+    ]
     lines = [header]
     for row in rows:
         vs = row.get("vs_trained", {})
@@ -80,6 +94,8 @@ def text_table(rows: list[dict[str, Any]]) -> str:
                 format_figure(row["metrics"].get(metric, float("nan"))),
                 f"{vs[f'delta_{metric}']:+.4f}" if f"delta_{metric}" in vs else "",
                 f"{row['bytes'] / 1e6:.3f}",
+                f"{row['file_bytes'] / 1e6:.3f}",
+                f"{vs['smaller_file']:.1f}x" if vs else "",
                 f"{row['huffman_bytes'] / 1e6:.3f}",
                 f"{vs['smaller_huffman']:.1f}x" if vs else "",
                 f"{row['nonzero_parameters']:,}",

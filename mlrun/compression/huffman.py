@@ -2,7 +2,10 @@
 
 Each stored tensor is coded on its own over its bytes (int8 values and cluster indices are one byte
 per weight; fp32 weights four), with its code table (one length per symbol used) counted in.
-Tensors under 1,024 bytes are counted raw: a table would cost more than it saves.
+Tensors under 1,024 bytes are counted raw: a table would cost more than it saves. A packed file
+(mlrun.models.packed_weights) is coded per symbol stream instead: its cluster indices and relative
+positions as symbols of their own width, as Deep Compression codes them, its codebooks and other
+tensors over their bytes.
 """
 
 from __future__ import annotations
@@ -28,6 +31,19 @@ def huffman_bits(counts: np.ndarray) -> int:
         total += merged
         heapq.heappush(used, merged)
     return total
+
+
+def stream_bytes(symbols: np.ndarray, alphabet: int) -> int:
+    """Bytes of a stream of symbols (0..alphabet-1) Huffman-coded, its table included."""
+    if symbols.size * max(alphabet - 1, 1).bit_length() < 8 * SMALL:
+        return (symbols.size * max(alphabet - 1, 1).bit_length() + 7) // 8  # packed as it is
+    counts = np.bincount(symbols, minlength=alphabet)
+    return (huffman_bits(counts) + 7) // 8 + int((counts > 0).sum()) + 1
+
+
+def packed_entropy_bytes(packed) -> int:
+    """Bytes of a PackedWeights Huffman-coded: each symbol stream on its own, the raw tensors over their bytes."""
+    return sum(stream_bytes(s, a) for s, a in packed.symbols) + entropy_coded_bytes(packed.raw)
 
 
 def tensor_bytes(tensor: torch.Tensor) -> np.ndarray:

@@ -14,11 +14,12 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
-from mlrun.compression.huffman import entropy_coded_bytes
+from mlrun.compression.huffman import entropy_coded_bytes, packed_entropy_bytes
 from mlrun.data.bundle import DataMeta
 from mlrun.export.quantize import apply_quantization
 from mlrun.export.signature import InferenceModule
 from mlrun.export.verify import batches, evaluate, first, timed
+from mlrun.models.packed_weights import PackedWeights
 
 
 def deployable(model: nn.Module, meta: DataMeta, quantize: str | None) -> nn.Module:
@@ -63,12 +64,16 @@ def measure(
     model: nn.Module,
     parts,
     quantize: str | None,
-    stored: dict[str, torch.Tensor] | None = None,
+    packed: PackedWeights | None = None,
 ) -> dict[str, Any]:
-    """Size, parameters, MACs, latency and validation metrics of `model` (parts: the run's components)."""
+    """Size, parameters, MACs, latency and validation metrics of `model` (parts: the run's components).
+
+    With `packed` (a cluster stage's compressed.safetensors) the sizes are that file's: `bytes` its
+    length on disk, `huffman_bytes` its symbol streams entropy-coded; otherwise those of the model's
+    tensors as safetensors stores them (fp32, or int8 once quantized)."""
     meta, val = parts.bundle.meta, parts.bundle.val
     module = deployable(model, meta, quantize)
-    stored = stored if stored is not None else stored_tensors(module.model)
+    stored = stored_tensors(module.model)
     params = list(model.parameters())
     inputs = next(batches(val, 64, meta))[0]
     metrics = _evaluate(module, parts)
@@ -82,8 +87,8 @@ def measure(
         "nonzero_parameters": int(sum(int(torch.count_nonzero(p)) for p in params)),
         # Counted on the fp32 model: the same MACs as int8, whose torch._int_mm FlopCounter does not see.
         "macs": count_macs(InferenceModule(model, meta), inputs),
-        "bytes": len(save(stored)),
-        "huffman_bytes": entropy_coded_bytes(stored),
+        "bytes": len(packed.to_bytes()) if packed else len(save(stored)),
+        "huffman_bytes": packed_entropy_bytes(packed) if packed else entropy_coded_bytes(stored),
         "quantize": quantize or "none",
         **latency,
     }

@@ -10,8 +10,9 @@ data, so the fine-tuning is a normal run of the training loop (checkpoints, exac
         return Stage(model, edits=edits, report={"ranks": ...})
 
 What only the stage knows is declared with its registry entry: `quantize="int8"` (its result is
-measured and exported int8, and so are later stages' results) and `stored=fn` (fn(model) -> the
-tensors the result is stored as, e.g. cluster indices and codebook; default its state dict).
+measured and exported int8, and so are later stages' results) and `stored=fn` (fn(model) -> a
+mlrun.models.packed_weights.PackedWeights, written as the stage's compressed.safetensors, measured
+as the stage's size and loaded by eval/predict/export; default: none, the state dict is the size).
 
 A stage that cannot apply (no layer of its kind, a ratio that empties a layer) raises UsageError
 naming the layer, before any work is written.

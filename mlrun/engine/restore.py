@@ -11,6 +11,7 @@ from mlrun.engine.build import Components, build_components
 from mlrun.engine.dcp_state import has_dcp_state, load_dcp_weights
 from mlrun.engine.run_dir import read_summary
 from mlrun.errors import UsageError
+from mlrun.models.packed_weights import is_packed, load_packed
 from mlrun.models.weights_file import load_weights
 
 
@@ -22,7 +23,19 @@ class TrainedRun:
 
 
 def resolve_weights(run_dir: Path, checkpoint: str) -> Path:
-    """`final` (model.safetensors), `best` (best.safetensors), a .safetensors file or a checkpoint folder."""
+    """`final` (model.safetensors), `best` (best.safetensors), `compressed`, a .safetensors file or a
+    checkpoint folder. In a compress stage folder that holds compressed.safetensors (a cluster stage's
+    packed file) `final` is that file: eval, predict and export then score the stored file itself."""
+    packed = run_dir / "compressed.safetensors"
+    if checkpoint == "compressed" or (
+        checkpoint == "final" and packed.is_file() and (run_dir / "stage.json").is_file()
+    ):
+        if not packed.is_file():
+            raise UsageError(
+                f"'{run_dir}' has no compressed.safetensors (a cluster compress stage writes one); "
+                "pass a cluster stage's folder, or --checkpoint <stage>/model.safetensors for the dense weights"
+            )
+        return packed
     if checkpoint in ("final", "best"):
         path = run_dir / ("model.safetensors" if checkpoint == "final" else "best.safetensors")
         if not path.is_file():
@@ -75,6 +88,8 @@ def load_trained(run_dir: Path, checkpoint: str = "final", overrides: list[str] 
     parts = build_components(config, fitted_transform=load_fitted_transform(run_dir), init_weights=False)
     if weights.is_dir():
         missing, unexpected = load_dcp_weights(parts.model, weights)
+    elif is_packed(weights):  # a cluster stage's bit-packed file, decoded to the exact dense weights
+        missing, unexpected = load_packed(parts.model, weights)
     else:
         missing, unexpected = load_weights(parts.model, weights, strict=False)
     if missing or unexpected:

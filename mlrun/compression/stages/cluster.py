@@ -5,11 +5,12 @@
 
 With fine-tuning the `weight_clustering` technique clusters each layer when training starts and
 keeps its weights tied to their centroids; without, the stage clusters the weights once. The
-stage folder holds `compressed.safetensors` (per clustered layer `<layer>.weight.indices`, uint8,
-and `<layer>.weight.codebook`, fp32; every other tensor as it is): decode a layer with
-`codebook[indices.long()]`. model.safetensors keeps the decoded dense weights for eval and export.
-The stage's raw and Huffman sizes are those of the compressed file (Deep Compression's
-"quantization + Huffman coding"). Pruned zeros stay zero: zero is one of the K values.
+stage folder holds `compressed.safetensors`: per clustered layer the codebook and the indices
+bit-packed at ceil(log2 K) bits, pruned layers as non-zero indices + compact positions (format in
+mlrun.models.packed_weights); eval, predict and export of the stage load it. model.safetensors keeps
+the dense weights. The stage's raw size is that file's, its Huffman size the file's streams
+entropy-coded (Deep Compression's "quantization + Huffman coding"). Pruned zeros stay zero: zero is
+one of the K values.
 """
 
 from __future__ import annotations
@@ -19,27 +20,17 @@ from torch import nn
 
 from mlrun.compression.stage import Stage, StageContext
 from mlrun.errors import UsageError
+from mlrun.models.packed_weights import PackedWeights, pack_state
 from mlrun.models.parts import weight_layers
 from mlrun.registry import stages
 from mlrun.techniques.weight_clustering import Clusters, assign, tie
 
-MAX_SHARED = 256  # a layer with at most this many distinct values is stored as uint8 indices
 
-
-def compressed_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors the clustered model is stored as: indices + codebook where a weight has <= 256 values."""
+def packed_model(model: nn.Module) -> PackedWeights:
+    """The clustered model as stored: bit-packed indices + codebooks (non-zero weights only where pruned)."""
     from mlrun.compression.measure import stored_tensors
 
-    stored = {}
-    for name, tensor in stored_tensors(model).items():
-        if name.endswith("weight") and tensor.dim() >= 2 and tensor.is_floating_point():
-            codebook, indices = torch.unique(tensor, return_inverse=True)
-            if len(codebook) <= MAX_SHARED:
-                stored[f"{name}.indices"] = indices.to(torch.uint8)
-                stored[f"{name}.codebook"] = codebook.float()
-                continue
-        stored[name] = tensor
-    return stored
+    return pack_state(stored_tensors(model))
 
 
 def check_clustered(clusters: int, layers: list[str]):
@@ -55,7 +46,7 @@ def check_clustered(clusters: int, layers: list[str]):
     return finish
 
 
-@stages.register("cluster", stored=compressed_tensors)
+@stages.register("cluster", stored=packed_model)
 def cluster(
     model: nn.Module,
     context: StageContext,
@@ -68,7 +59,7 @@ def cluster(
     """K-means weight sharing per layer (K values, zero kept for pruned weights), then tied fine-tuning.
 
     Args:
-        clusters: shared values per layer, 2-256 (indices are stored in one byte).
+        clusters: shared values per layer, 2-256 (indices stored at ceil(log2 clusters) bits).
         layers: module names (globs) of the Linear/Conv layers to cluster; default all.
         include_head: cluster the output layer too.
     """
