@@ -281,6 +281,38 @@ def test_raw_rows_of_a_standardised_array_run_score_as_eval(tmp_path):
     assert from_export["scores"]["loss"] == pytest.approx(evaluated["metrics"]["val/loss"], rel=1e-4)
 
 
+def test_eval_on_another_split_keeps_an_array_runs_standardisation(tmp_path):
+    """`mlrun eval RUN data.val_fraction=0.5` on wine: the features are standardised with the run's
+    recorded statistics, not with ones fitted anew on the smaller training split (predict agrees)."""
+    from sklearn.datasets import load_wine
+
+    from mlrun.data.sklearn_sets import split_and_scale
+
+    x, y = load_wine(return_X_y=True)
+    _, x_val, _, y_val, _ = split_and_scale(x, y, 0, 0.5, standardize=False)  # eval's rows, raw
+    with (tmp_path / "raw.csv").open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow([f"f{i}" for i in range(x.shape[1])] + ["label"])
+        writer.writerows([*row, int(label)] for row, label in zip(x_val, y_val))
+    config = {
+        "name": "wine",
+        "seed": 0,
+        "model": {"name": "mlp", "hidden_sizes": [16]},
+        "data": {"name": "wine", "batch_size": 16, "val_fraction": 0.2},
+        "metrics": ["accuracy"],
+        "optimizer": {"name": "adamw", "lr": 1e-2},
+        "train": {"epochs": 2},
+        "tracking": [{"name": "console", "plain": True}],
+    }
+    assert run_cli("train", write_config(tmp_path, config), cwd=tmp_path).returncode == 0
+    evaluated = cli_json(tmp_path, "eval", "runs/wine", "data.val_fraction=0.5")
+    predicted = cli_json(tmp_path, "predict", "runs/wine", "raw.csv")
+    assert evaluated["samples"] == predicted["samples"] == len(y_val)
+    assert predicted["scores"]["loss"] == pytest.approx(evaluated["metrics"]["val/loss"], rel=1e-5)
+    bad = run_cli("eval", "runs/wine", "data.mean=[0.0]", "data.std=[1.0]", cwd=tmp_path)
+    assert bad.returncode == 2 and "one value per feature (13)" in bad.stderr
+
+
 def test_eval_on_another_folder_keeps_the_runs_normalisation(tmp_path):
     """`mlrun eval RUN data.val_root=NEW` makes the whole root the training split; normalising with
     statistics fitted on it anew would score other inputs than the weights were trained on."""
