@@ -245,6 +245,32 @@ def test_json_lines_texts_scored_like_eval_and_unlabelled_lines_predicted(tmp_pa
     assert plain["scores"] is None and [row["line"] for row in plain["predictions"]] == [1, 3, 5, 7, 9]
 
 
+def test_eval_on_other_texts_keeps_a_char_runs_alphabet(tmp_path):
+    """A char tokenizer learns its alphabet from the training texts; `mlrun eval RUN data.path=OTHER`
+    keeps the run's ids (as predict does) instead of refitting them on texts with other characters."""
+    lines = (REPO / "configs" / "data" / "digits_ascii.jsonl").read_text().splitlines()
+    (tmp_path / "train.jsonl").write_text("\n".join(lines[:240]) + "\n")
+    (tmp_path / "new.jsonl").write_text("\n".join(lines[240:300]) + "\n")
+    # '!' sorts between ' ' and '#': an alphabet refitted on these texts shifts nearly every id.
+    other = [json.dumps({**json.loads(line), "text": "!" + json.loads(line)["text"]}) for line in lines[:240]]
+    (tmp_path / "other.jsonl").write_text("\n".join(other) + "\n")
+    config = {
+        "name": "texts",
+        "model": {"name": "transformer_classifier", "dim": 16, "depth": 1, "heads": 2},
+        "data": {"name": "jsonl_text", "path": "train.jsonl", "val_path": "new.jsonl", "tokenizer": "char"},
+        "metrics": ["accuracy"],
+        "train": {"epochs": 1},
+        "tracking": [{"name": "console", "plain": True}],
+    }
+    config["data"]["max_length"], config["data"]["batch_size"] = 72, 32
+    assert run_cli("train", write_config(tmp_path, config), cwd=tmp_path).returncode == 0
+    evaluated = cli_json(tmp_path, "eval", "runs/texts", "data.path=other.jsonl")
+    predicted = cli_json(tmp_path, "predict", "runs/texts", "new.jsonl")
+    assert predicted["scores"]["loss"] == pytest.approx(evaluated["metrics"]["val/loss"], rel=1e-5)
+    bad = run_cli("eval", "runs/texts", "data.tokenizer=byte", "data.alphabet=ab", cwd=tmp_path)
+    assert bad.returncode == 2 and "only the char tokenizer takes an alphabet" in bad.stderr
+
+
 def test_raw_rows_of_a_standardised_array_run_score_as_eval(tmp_path):
     """iris trains on standardised features; predict reads raw measurements and applies the run's
     recorded mean and std (from the run, and from an ONNX export's preprocessing.json)."""
