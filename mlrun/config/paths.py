@@ -51,7 +51,7 @@ def _absolute(text: str, cwd: str, globs: bool) -> str:
 
 
 def with_local_paths_resolved(config):
-    """The validated config (ExperimentConfig) with `resolve_local_paths` applied; the same object if nothing changed."""
+    """The validated config with `resolve_local_paths` applied; the same object when nothing changed."""
     dumped = config.model_dump(mode="json")
     resolved = resolve_local_paths(dumped)
     return config if resolved == dumped else type(config).model_validate(resolved)

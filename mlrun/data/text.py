@@ -87,7 +87,9 @@ def text_bundle(
     alphabet: str | None = None,
 ) -> DatasetBundle:
     """Tokenized, padded text classification splits; the tokenizer is fitted on training texts only,
-    so the split comes first."""
+    so the split comes first (or its `alphabet` is given: a trained run's, for eval on other texts)."""
+    if alphabet is not None and tokenizer != "char":
+        raise UsageError(f"data.alphabet: only the char tokenizer takes an alphabet (data.tokenizer is '{tokenizer}')")
     if val is None:
         train_idx, val_idx = split_indices(len(texts), val_fraction, seed, labels)
         val = [texts[i] for i in val_idx], labels[val_idx]
@@ -121,13 +123,13 @@ def _named(split: ArrayDataset, mask: np.ndarray) -> TensorDictDataset:
     )
 
 
-def _recorded_settings(preprocessing: dict) -> dict:
+def recorded_alphabet(preprocessing: dict) -> dict:
     """The char alphabet a trained run keeps when its data is rebuilt on other texts (eval)."""
     described = preprocessing.get("tokenizer") or {}
     return {"alphabet": described["alphabet"]} if described.get("kind") == "char" else {}
 
 
-@datasets.register("jsonl_text", recorded_settings=_recorded_settings)
+@datasets.register("jsonl_text", recorded_settings=recorded_alphabet)
 def jsonl_text(
     seed: int,
     /,
@@ -155,12 +157,17 @@ def jsonl_text(
         classes: keep only records with these labels (compared as text), e.g. [5, 6, 7, 8, 9].
         alphabet: with tokenizer char, the characters known instead of the training texts' (eval pins the run's).
     """
-    if alphabet is not None and tokenizer != "char":
-        raise UsageError(f"data.alphabet: only the char tokenizer takes an alphabet (data.tokenizer is '{tokenizer}')")
     texts, labels = keep_classes(read_jsonl(path, "data.path", text_field, label_field), classes)
     val = keep_classes(read_jsonl(val_path, "data.val_path", text_field, label_field), classes) if val_path else None
     where = f"data.path ('{Path(path)}')"
     return text_bundle(
-        texts, labels, seed, val=val, val_fraction=val_fraction, tokenizer=tokenizer, max_length=max_length, where=where,
+        texts,
+        labels,
+        seed,
+        val=val,
+        val_fraction=val_fraction,
+        tokenizer=tokenizer,
+        max_length=max_length,
+        where=where,
         alphabet=alphabet,
     )
