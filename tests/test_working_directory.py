@@ -27,7 +27,7 @@ def _project(tmp_path):
     return project, write_config(project, config)
 
 
-def test_eval_works_from_another_directory_than_train(tmp_path):
+def test_eval_and_predict_work_from_another_directory_than_train(tmp_path):
     project, config = _project(tmp_path)
     assert run_cli("train", config, cwd=project).returncode == 0
     run = project / "runs" / "portable"
@@ -40,6 +40,11 @@ def test_eval_works_from_another_directory_than_train(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     final = json.loads((run / "summary.json").read_text())["final"]
     assert json.loads(result.stdout)["metrics"]["val/accuracy"] == pytest.approx(final["val/accuracy"])
+    rows = "\n".join(",".join(str(v) for v in row) for row in np.eye(6)[:3])
+    (elsewhere / "new.csv").write_text("f0,f1,f2,f3,f4,f5\n" + rows + "\n")
+    predicted = run_cli("predict", run, "new.csv", "--json", cwd=elsewhere)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert len(json.loads(predicted.stdout)["predictions"]) == 3
 
 
 def test_a_run_recorded_with_relative_paths_resumes_without_a_config_change(tmp_path):
