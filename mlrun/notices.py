@@ -22,6 +22,10 @@ HIDDEN = (
     # Accelerate drops the duplicate of tied weights (embeddings tied to the output) when saving,
     # and the model ties them again on load: the saved checkpoint is complete.
     ("accelerate.utils.other", "Removed shared tensor"),
+    # onnxscript's constant folding (torch.onnx's optimizer) tries numpy's reference ops on constant
+    # subgraphs and leaves one unfolded when numpy cannot evaluate it (seen in a LoRA BERT's export): the
+    # graph stays correct, and export verifies its outputs against the PyTorch model.
+    ("onnxscript.optimizer._constant_folding", "Evaluation failed"),
 )
 
 

@@ -224,6 +224,11 @@ def test_hf_disk_dataset_and_dataset_dict(tmp_path):
     )
     text = build("hf_disk", path=str(tmp_path / "dict"), text_field="text", max_length=12)
     assert len(text.val) == 20 and text.meta.vocab_size == 257
+    # A char run's recorded alphabet (eval on other texts) sets the ids, not the texts' own characters.
+    pinned = build("hf_disk", path=str(tmp_path / "dict"), text_field="text", tokenizer="char", alphabet="a ehlo")
+    assert pinned.meta.vocab_size == 8 and pinned.preprocessing["tokenizer"]["alphabet"] == " aehlo"
+    with pytest.raises(UsageError, match="only text"):
+        build("hf_disk", path=str(tmp_path / "single"), alphabet="ab")
 
 
 # --- augmentation ---------------------------------------------------------------------------------

@@ -245,6 +245,32 @@ def test_json_lines_texts_scored_like_eval_and_unlabelled_lines_predicted(tmp_pa
     assert plain["scores"] is None and [row["line"] for row in plain["predictions"]] == [1, 3, 5, 7, 9]
 
 
+def test_eval_on_other_texts_keeps_a_char_runs_alphabet(tmp_path):
+    """A char tokenizer learns its alphabet from the training texts; `mlrun eval RUN data.path=OTHER`
+    keeps the run's ids (as predict does) instead of refitting them on texts with other characters."""
+    lines = (REPO / "configs" / "data" / "digits_ascii.jsonl").read_text().splitlines()
+    (tmp_path / "train.jsonl").write_text("\n".join(lines[:240]) + "\n")
+    (tmp_path / "new.jsonl").write_text("\n".join(lines[240:300]) + "\n")
+    # '!' sorts between ' ' and '#': an alphabet refitted on these texts shifts nearly every id.
+    other = [json.dumps({**json.loads(line), "text": "!" + json.loads(line)["text"]}) for line in lines[:240]]
+    (tmp_path / "other.jsonl").write_text("\n".join(other) + "\n")
+    config = {
+        "name": "texts",
+        "model": {"name": "transformer_classifier", "dim": 16, "depth": 1, "heads": 2},
+        "data": {"name": "jsonl_text", "path": "train.jsonl", "val_path": "new.jsonl", "tokenizer": "char"},
+        "metrics": ["accuracy"],
+        "train": {"epochs": 1},
+        "tracking": [{"name": "console", "plain": True}],
+    }
+    config["data"]["max_length"], config["data"]["batch_size"] = 72, 32
+    assert run_cli("train", write_config(tmp_path, config), cwd=tmp_path).returncode == 0
+    evaluated = cli_json(tmp_path, "eval", "runs/texts", "data.path=other.jsonl")
+    predicted = cli_json(tmp_path, "predict", "runs/texts", "new.jsonl")
+    assert predicted["scores"]["loss"] == pytest.approx(evaluated["metrics"]["val/loss"], rel=1e-5)
+    bad = run_cli("eval", "runs/texts", "data.tokenizer=byte", "data.alphabet=ab", cwd=tmp_path)
+    assert bad.returncode == 2 and "only the char tokenizer takes an alphabet" in bad.stderr
+
+
 def test_raw_rows_of_a_standardised_array_run_score_as_eval(tmp_path):
     """iris trains on standardised features; predict reads raw measurements and applies the run's
     recorded mean and std (from the run, and from an ONNX export's preprocessing.json)."""
@@ -279,6 +305,38 @@ def test_raw_rows_of_a_standardised_array_run_score_as_eval(tmp_path):
     from_export = cli_json(tmp_path, "predict", "runs/iris/export/onnx-none", "raw.csv")
     assert from_export["scores"]["accuracy"] == evaluated["metrics"]["val/accuracy"]
     assert from_export["scores"]["loss"] == pytest.approx(evaluated["metrics"]["val/loss"], rel=1e-4)
+
+
+def test_eval_on_another_split_keeps_an_array_runs_standardisation(tmp_path):
+    """`mlrun eval RUN data.val_fraction=0.5` on wine: the features are standardised with the run's
+    recorded statistics, not with ones fitted anew on the smaller training split (predict agrees)."""
+    from sklearn.datasets import load_wine
+
+    from mlrun.data.sklearn_sets import split_and_scale
+
+    x, y = load_wine(return_X_y=True)
+    _, x_val, _, y_val, _ = split_and_scale(x, y, 0, 0.5, standardize=False)  # eval's rows, raw
+    with (tmp_path / "raw.csv").open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow([f"f{i}" for i in range(x.shape[1])] + ["label"])
+        writer.writerows([*row, int(label)] for row, label in zip(x_val, y_val))
+    config = {
+        "name": "wine",
+        "seed": 0,
+        "model": {"name": "mlp", "hidden_sizes": [16]},
+        "data": {"name": "wine", "batch_size": 16, "val_fraction": 0.2},
+        "metrics": ["accuracy"],
+        "optimizer": {"name": "adamw", "lr": 1e-2},
+        "train": {"epochs": 2},
+        "tracking": [{"name": "console", "plain": True}],
+    }
+    assert run_cli("train", write_config(tmp_path, config), cwd=tmp_path).returncode == 0
+    evaluated = cli_json(tmp_path, "eval", "runs/wine", "data.val_fraction=0.5")
+    predicted = cli_json(tmp_path, "predict", "runs/wine", "raw.csv")
+    assert evaluated["samples"] == predicted["samples"] == len(y_val)
+    assert predicted["scores"]["loss"] == pytest.approx(evaluated["metrics"]["val/loss"], rel=1e-5)
+    bad = run_cli("eval", "runs/wine", "data.mean=[0.0]", "data.std=[1.0]", cwd=tmp_path)
+    assert bad.returncode == 2 and "one value per feature (13)" in bad.stderr
 
 
 def test_eval_on_another_folder_keeps_the_runs_normalisation(tmp_path):

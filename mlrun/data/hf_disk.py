@@ -17,7 +17,7 @@ from pydantic import PositiveInt
 from mlrun.data.arrays import bundle_from_arrays, check_features
 from mlrun.data.bundle import DatasetBundle
 from mlrun.data.splits import ValFraction, require_columns
-from mlrun.data.text import text_bundle
+from mlrun.data.text import recorded_alphabet, text_bundle
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
 
@@ -48,7 +48,7 @@ def _features(split, columns: list[str]) -> np.ndarray:
     return check_features(np.concatenate(parts, axis=1), "data.features")
 
 
-@datasets.register("hf_disk")
+@datasets.register("hf_disk", recorded_settings=recorded_alphabet)
 def hf_disk(
     seed: int,
     /,
@@ -63,6 +63,7 @@ def hf_disk(
     tokenizer: str = "byte",
     max_length: PositiveInt = 128,
     task: Literal["auto", "classification", "regression"] = "auto",
+    alphabet: str | None = None,
 ) -> DatasetBundle:
     """A Hugging Face datasets folder written by save_to_disk (Dataset or DatasetDict).
 
@@ -77,6 +78,7 @@ def hf_disk(
         tokenizer: with text_field: byte, char, a tokenizer.json path or a transformers tokenizer folder.
         max_length: with text_field: tokens per sample.
         task: auto (integer or string labels classify, float labels regress), classification or regression.
+        alphabet: with tokenizer char, the characters known instead of the training texts' (eval pins the run's).
     """
     loaded = _load(path)
     if hasattr(loaded, "keys"):  # DatasetDict
@@ -100,7 +102,10 @@ def hf_disk(
             tokenizer=tokenizer,
             max_length=max_length,
             where=where,
+            alphabet=alphabet,
         )
+    if alphabet is not None:
+        raise UsageError("data.alphabet: only text (data.text_field with tokenizer char) takes an alphabet")
     columns = features or [c for c in train.column_names if c != label]
     for split in filter(None, (train, val)):
         _columns(split, [*columns, label], where)

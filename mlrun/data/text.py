@@ -84,14 +84,17 @@ def text_bundle(
     tokenizer: str,
     max_length: int,
     where: str,
+    alphabet: str | None = None,
 ) -> DatasetBundle:
     """Tokenized, padded text classification splits; the tokenizer is fitted on training texts only,
-    so the split comes first."""
+    so the split comes first (or its `alphabet` is given: a trained run's, for eval on other texts)."""
+    if alphabet is not None and tokenizer != "char":
+        raise UsageError(f"data.alphabet: only the char tokenizer takes an alphabet (data.tokenizer is '{tokenizer}')")
     if val is None:
         train_idx, val_idx = split_indices(len(texts), val_fraction, seed, labels)
         val = [texts[i] for i in val_idx], labels[val_idx]
         texts, labels = [texts[i] for i in train_idx], labels[train_idx]
-    encoder = make_tokenizer(tokenizer, texts, "data.tokenizer", pad=True)
+    encoder = make_tokenizer(tokenizer, texts, "data.tokenizer", pad=True, alphabet=alphabet)
     train_ids, train_mask = encode_padded(encoder, texts, max_length)
     val_ids, val_mask = encode_padded(encoder, val[0], max_length)
     pad_id = getattr(encoder, "pad_id", 0)
@@ -120,7 +123,13 @@ def _named(split: ArrayDataset, mask: np.ndarray) -> TensorDictDataset:
     )
 
 
-@datasets.register("jsonl_text")
+def recorded_alphabet(preprocessing: dict) -> dict:
+    """The char alphabet a trained run keeps when its data is rebuilt on other texts (eval)."""
+    described = preprocessing.get("tokenizer") or {}
+    return {"alphabet": described["alphabet"]} if described.get("kind") == "char" else {}
+
+
+@datasets.register("jsonl_text", recorded_settings=recorded_alphabet)
 def jsonl_text(
     seed: int,
     /,
@@ -133,6 +142,7 @@ def jsonl_text(
     tokenizer: str = "byte",
     max_length: PositiveInt = 128,
     classes: list[str | int] | None = None,
+    alphabet: str | None = None,
 ) -> DatasetBundle:
     """Text classification from a JSON Lines file of {"text": ..., "label": ...} records.
 
@@ -145,10 +155,19 @@ def jsonl_text(
         tokenizer: byte (UTF-8), char (training alphabet), a tokenizer.json path or a transformers tokenizer folder.
         max_length: tokens per sample; longer texts are truncated, shorter ones padded with id 0.
         classes: keep only records with these labels (compared as text), e.g. [5, 6, 7, 8, 9].
+        alphabet: with tokenizer char, the characters known instead of the training texts' (eval pins the run's).
     """
     texts, labels = keep_classes(read_jsonl(path, "data.path", text_field, label_field), classes)
     val = keep_classes(read_jsonl(val_path, "data.val_path", text_field, label_field), classes) if val_path else None
     where = f"data.path ('{Path(path)}')"
     return text_bundle(
-        texts, labels, seed, val=val, val_fraction=val_fraction, tokenizer=tokenizer, max_length=max_length, where=where
+        texts,
+        labels,
+        seed,
+        val=val,
+        val_fraction=val_fraction,
+        tokenizer=tokenizer,
+        max_length=max_length,
+        where=where,
+        alphabet=alphabet,
     )

@@ -34,8 +34,9 @@ class ByteTokenizer:
 class CharTokenizer:
     """Characters of the training texts in sorted order, after the pad (0) and unknown (1) ids."""
 
-    def __init__(self, texts: list[str]):
-        self.chars = sorted(set("".join(texts)))
+    def __init__(self, texts: list[str], alphabet: str | None = None):
+        # A recorded alphabet (eval of a trained run on other texts) keeps the ids the weights learned.
+        self.chars = sorted(set("".join(texts) if alphabet is None else alphabet))
         self.ids = {c: i + 2 for i, c in enumerate(self.chars)}
         self.vocab_size = len(self.chars) + 2
 
@@ -104,12 +105,13 @@ class FolderTokenizer:
         return {"kind": "transformers", "path": str(Path(self.path).resolve()), "vocab_size": self.vocab_size}
 
 
-def make_tokenizer(spec: str, train_texts: list[str], key: str, pad: bool):
-    """`byte`, `char` (fitted on `train_texts`), a tokenizer file or folder; `pad` reserves id 0 for padding."""
+def make_tokenizer(spec: str, train_texts: list[str], key: str, pad: bool, alphabet: str | None = None):
+    """`byte`, `char` (fitted on `train_texts`, or the given `alphabet`), a tokenizer file or folder; `pad`
+    reserves id 0 for padding."""
     if spec == "byte":
         return ByteTokenizer(offset=1 if pad else 0)
     if spec == "char":
-        return CharTokenizer(train_texts)
+        return CharTokenizer(train_texts, alphabet)
     if Path(spec).is_dir():
         return FolderTokenizer(spec, key)
     return FileTokenizer(spec, key)

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from mlrun.config.paths import resolve_local_paths
 from mlrun.config.schema import ExperimentConfig
 from mlrun.errors import UsageError
 
@@ -63,7 +64,8 @@ def check_resume_config(
     if stored is None:
         return config, {}
     config = keep_batch_size(config, stored)
-    changes = diff_configs(stored, config.model_dump(mode="json"))
+    # A run recorded before paths were stored absolute compares by the same resolution.
+    changes = diff_configs(resolve_local_paths(stored), config.model_dump(mode="json"))
     if changes and not allowed:
         hint = ""
         if any(key.startswith("model.") for key in changes):

@@ -47,12 +47,15 @@ def run_training(
     Nothing in the run directory is touched until the components are built, the dry run passed and
     the checkpoint (if any) loaded, so a start that fails leaves a finished run's records as they were.
     """
+    from mlrun.config.paths import with_local_paths_resolved
     from mlrun.data.bundle import load_fitted_transform
     from mlrun.engine.autobatch import resolve_batch_size
     from mlrun.engine.build import build_components
     from mlrun.engine.loop import TrainingLoop
     from mlrun.engine.preflight import check_components, check_prepared_batch
 
+    # config.yaml keeps data, model and init_from paths absolute: eval and predict then work from any directory.
+    config = with_local_paths_resolved(config)
     run_dir = Path(config.output_dir) / config.name
     check_writable(run_dir)  # exit 2 naming the folder, before any work
     accelerator = make_accelerator(config)

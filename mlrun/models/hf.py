@@ -32,13 +32,19 @@ Task = Literal["auto", "sequence_classification", "causal_lm", "masked_lm", "tok
 
 
 def import_transformers():
+    from mlrun.notices import import_quietly
+
     try:
-        import transformers
+        transformers = import_quietly("transformers")
+        # Its model classes import torchao (through the quantizers) when it is installed: torchao's notices
+        # (CUDA kernels that do not load on CPU, torch.compile deprecations) come from this import.
+        import_quietly("transformers.modeling_utils")
     except ImportError:
         raise UsageError(
             "model 'transformers' needs the transformers package: pip install 'mlrun[transformers]'"
         ) from None
     transformers.logging.set_verbosity_error()  # load reports and hub notices a user cannot act on
+    transformers.logging.disable_progress_bar()  # "Loading weights" bars of a few milliseconds
     logging.getLogger("transformers").setLevel(logging.ERROR)
     return transformers
 
