@@ -59,15 +59,23 @@ def run_tune(
 
 
 def print_study(summary: dict, tune) -> None:
-    counts, tune_dir = summary["states"], Path(summary["folder"])
+    counts, tune_dir, compute = summary["states"], Path(summary["folder"]), summary["compute"]
     print(
         f"mlrun: {summary['trials']} trials: {counts['complete']} complete, {counts['pruned']} pruned, "
         f"{counts['fail']} failed"
     )
+    print(
+        f"mlrun: compute spent: {compute['epochs']:g} epochs ({compute['steps']} optimizer steps) over "
+        f"{summary['trials']} trials, {compute['pruned_epochs']:g} of them in pruned trials"
+    )
     if "best" in summary:
-        best = summary["best"]
+        best, near = summary["best"], summary["near_best"]
         print(f"mlrun: best trial {best['number']}: {tune.metric} = {best['value']:.6g} with {best['params']}")
         print(
+            f"mlrun: {near['trials']} completed trials within {near['tolerance']:g} of the best {tune.metric} "
+            f"(tune.near_best, in the metric's own units)"
+        )
+        print(
             f"mlrun: wrote {tune_dir / 'best.yaml'} (train it: mlrun train {tune_dir / 'best.yaml'}), "
-            f"trials.csv, {', '.join(summary['plots']) or 'no plots'}"
+            f"trials.csv, summary.json, {', '.join(summary['plots']) or 'no plots'}"
         )

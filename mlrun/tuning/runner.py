@@ -87,6 +87,8 @@ def run_study(config: ExperimentConfig, options: StudyOptions, tune_dir: Path) -
             direction=tune.direction,
             load_if_exists=True,
         )
+    if main and not options.worker and not study.trials:
+        enqueue_config(study, config)
     if main and not options.worker:  # before workers start: they read the trials' trackers it writes
         from mlrun.tuning.tracked import open_study_run
 
@@ -121,6 +123,24 @@ def run_study(config: ExperimentConfig, options: StudyOptions, tune_dir: Path) -
     for helper in helpers:
         helper.wait()
     return None if options.worker else finish(study, study_run, options, tune, tune_dir)
+
+
+def enqueue_config(study, config: ExperimentConfig) -> None:
+    """A new study's first trial: the config's own values, when they lie inside the space (else say why not).
+
+    Hand-set values are often good; run first, they give the sampler a strong point and Hyperband
+    its maximum budget (it prunes nothing before a trial completes). A grid is searched in full anyway.
+    """
+    from mlrun.tuning.space import config_point
+
+    tune = config.tune
+    if not tune.enqueue_config or tune.sampler.name == "grid":
+        return
+    point, reason = config_point(config, tune.space)
+    if point is None:
+        print(f"mlrun: the config's own values are not the first trial: {reason}", file=sys.stderr, flush=True)
+        return
+    study.enqueue_trial(point, user_attrs={"from_config": True}, skip_if_exists=True)
 
 
 def training_processes():
@@ -158,14 +178,18 @@ def finish(study, study_run, options: StudyOptions, tune, tune_dir: Path) -> dic
 def summarize(study, options: StudyOptions, tune, tune_dir: Path) -> dict:
     import optuna
 
+    from mlrun.engine.run_dir import write_json
     from mlrun.tuning import report
 
     report.write_csv(study, tune_dir / "trials.csv")
     counts = {s.name.lower(): len(study.get_trials(states=(s,))) for s in optuna.trial.TrialState}
     summary = {"study": study.study_name, "trials": len(study.trials), "states": counts, "folder": str(tune_dir)}
+    summary["compute"] = report.compute_spent(study)
     if counts["complete"]:
         best = report.write_best_config(study, options.path, list(options.overrides), tune, tune_dir / "best.yaml")
         summary["best"] = {"number": study.best_trial.number, "value": study.best_value, "params": best}
+        summary["near_best"] = report.near_best(study, tune)
         summary["importances"] = report.write_importances(study, tune_dir)
         summary["plots"] = report.write_plots(study, tune_dir, bool(summary["importances"]))
+    write_json(tune_dir / "summary.json", summary)
     return summary
