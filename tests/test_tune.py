@@ -280,9 +280,9 @@ def test_nsga2_population_reaches_optuna_and_a_too_small_study_is_warned(tmp_pat
 
 
 def test_config_values_are_the_first_trial_and_compute_counts_pruned_trials_epochs(tmp_path):
-    path = tune_config(tmp_path, trials=6, pruner={"name": "median", "startup_trials": 1})
+    path = tune_config(tmp_path, trials=5, pruner={"name": "median", "startup_trials": 1})
     # quickstart's lr (3e-3) and this width lie inside the space: they are trial 0.
-    result = run_cli("tune", path, "model.hidden_sizes=[32]", "--json", cwd=tmp_path)
+    result = run_cli("tune", path, "model.hidden_sizes=[32]", "train.epochs=2", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     tune_dir = tmp_path / "runs" / "study" / "tune"
@@ -293,7 +293,7 @@ def test_config_values_are_the_first_trial_and_compute_counts_pruned_trials_epoc
     # Compute: every trial's epochs as its own summary.json records them, pruned trials included.
     epochs = {t.number: read_summary(tune_dir, t.number)["epochs"] for t in study.trials}
     pruned = [t.number for t in study.trials if t.state.name == "PRUNED"]
-    assert pruned and all(0 < epochs[n] < 4 for n in pruned)  # stopped early, yet counted
+    assert pruned and all(0 < epochs[n] < 2 for n in pruned)  # stopped early, yet counted
     assert summary["compute"]["epochs"] == pytest.approx(sum(epochs.values()), abs=0.01)
     assert summary["compute"]["pruned_epochs"] == pytest.approx(sum(epochs[n] for n in pruned), abs=0.01)
     assert summary["compute"]["steps"] == sum(read_summary(tune_dir, t.number)["steps"] for t in study.trials)
@@ -306,7 +306,7 @@ def test_config_values_are_the_first_trial_and_compute_counts_pruned_trials_epoc
         "trials": near,
     }
     assert json.loads((tune_dir / "summary.json").read_text())["compute"] == summary["compute"]
-    again = run_cli("tune", path, "model.hidden_sizes=[32]", "--trials", "7", cwd=tmp_path)
+    again = run_cli("tune", path, "model.hidden_sizes=[32]", "train.epochs=2", "--trials", "6", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     spent = sum(read_summary(tune_dir, t.number)["epochs"] for t in load_study(tune_dir).trials)
     assert f"compute spent: {round(spent, 2):g} epochs" in again.stdout

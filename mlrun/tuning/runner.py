@@ -102,8 +102,9 @@ def run_study(config: ExperimentConfig, options: StudyOptions, tune_dir: Path) -
     helpers = [] if options.worker else start_workers(options, store_text, options.workers - 1)
     if len(study.get_trials(states=ended)) < options.trials:
         if not options.worker:
+            started = [t for t in study.trials if t.state != optuna.trial.TrialState.WAITING]  # not the enqueued
             print(
-                f"mlrun: study '{options.study_name}' ({store_text}): {len(study.trials)} trials so far, "
+                f"mlrun: study '{options.study_name}' ({store_text}): {len(started)} trials so far, "
                 f"target {options.trials}",
                 flush=True,
             )
