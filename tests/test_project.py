@@ -143,8 +143,10 @@ ALLOWED_IMPORTS = {
         "tracking",
     },
     "export": {"config", "data", "errors", "metrics", "models", "registry"},
-    "profiling": {"config", "data", "energy", "engine", "errors", "memory"},
-    "tuning": {"callbacks", "config", "engine", "errors", "tracking"},  # tracking: the study's MLflow run
+    # child_process: profile --matrix runs each case, tune --workers each worker, as `python -m mlrun`;
+    # tracking: the study's MLflow run.
+    "profiling": {"child_process", "config", "data", "energy", "engine", "errors", "memory"},
+    "tuning": {"callbacks", "child_process", "config", "engine", "errors", "tracking"},
     "reporting": {"errors"},
     "prediction": {"config", "data", "engine", "errors", "export", "models"},
     # engine: fine-tuning runs the training loop; techniques: masks and tied weights of the stages.

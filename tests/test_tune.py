@@ -277,3 +277,62 @@ def test_nsga2_population_reaches_optuna_and_a_too_small_study_is_warned(tmp_pat
     assert "population_size" in result.stderr and "random" in result.stderr
     refused = run_cli("tune", study_config(tmp_path, 2, sampler={"name": "tpe", "population_size": 4}), cwd=tmp_path)
     assert refused.returncode == 2 and "only nsga2" in refused.stderr
+
+
+def test_config_values_are_the_first_trial_and_compute_counts_pruned_trials_epochs(tmp_path):
+    path = tune_config(tmp_path, trials=5, pruner={"name": "median", "startup_trials": 1})
+    # quickstart's lr (3e-3) and this width lie inside the space: they are trial 0.
+    result = run_cli("tune", path, "model.hidden_sizes=[32]", "train.epochs=2", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    tune_dir = tmp_path / "runs" / "study" / "tune"
+    study = load_study(tune_dir)
+    assert study.trials[0].params == {"optimizer.lr": 0.003, "model.hidden_sizes": "[32]"}
+    first = yaml.safe_load((tune_dir / "trial-0000" / "config.yaml").read_text())
+    assert first["optimizer"]["lr"] == 0.003 and first["model"]["hidden_sizes"] == [32]
+    # Compute: every trial's epochs as its own summary.json records them, pruned trials included.
+    epochs = {t.number: read_summary(tune_dir, t.number)["epochs"] for t in study.trials}
+    pruned = [t.number for t in study.trials if t.state.name == "PRUNED"]
+    assert pruned and all(0 < epochs[n] < 2 for n in pruned)  # stopped early, yet counted
+    assert summary["compute"]["epochs"] == pytest.approx(sum(epochs.values()), abs=0.01)
+    assert summary["compute"]["pruned_epochs"] == pytest.approx(sum(epochs[n] for n in pruned), abs=0.01)
+    assert summary["compute"]["steps"] == sum(read_summary(tune_dir, t.number)["steps"] for t in study.trials)
+    values = [t.value for t in study.trials if t.state.name == "COMPLETE"]
+    near = sum(1 for v in values if max(values) - v <= 0.005)
+    assert summary["near_best"] == {
+        **summary["near_best"],
+        "metric": "val/accuracy",
+        "tolerance": 0.005,
+        "trials": near,
+    }
+    assert json.loads((tune_dir / "summary.json").read_text())["compute"] == summary["compute"]
+    again = run_cli("tune", path, "model.hidden_sizes=[32]", "train.epochs=2", "--trials", "6", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    spent = sum(read_summary(tune_dir, t.number)["epochs"] for t in load_study(tune_dir).trials)
+    assert f"compute spent: {round(spent, 2):g} epochs" in again.stdout
+    assert f"{near_after(tune_dir)} completed trials within 0.005 of the best val/accuracy" in again.stdout
+
+
+def near_after(tune_dir: Path) -> int:
+    values = [t.value for t in load_study(tune_dir).trials if t.state.name == "COMPLETE"]
+    return sum(1 for v in values if max(values) - v <= 0.005)
+
+
+def read_summary(tune_dir: Path, number: int) -> dict:
+    return json.loads((tune_dir / f"trial-{number:04d}" / "summary.json").read_text())
+
+
+def test_config_values_outside_the_space_are_not_enqueued_and_the_user_is_told(tmp_path):
+    from mlrun.config.load import load_config
+    from mlrun.tuning.space import config_point
+
+    path = tune_config(tmp_path)
+    config = load_config(path, ["model.hidden_sizes=[32]"])
+    assert config_point(config, config.tune.space) == ({"optimizer.lr": 0.003, "model.hidden_sizes": "[32]"}, "")
+    outside = load_config(path, ["optimizer.lr=0.1"])
+    assert config_point(outside, config.tune.space) == (None, "optimizer.lr = 0.1 lies outside tune.space.optimizer.lr")
+    stepped = load_config(path, ["tune.space={data.batch_size: {type: int, low: 16, high: 128, step: 32}}"])
+    assert config_point(stepped, stepped.tune.space)[0] is None  # quickstart's 64 is not on 16, 48, 80, 112
+    result = run_cli("tune", path, "--trials", "1", "train.epochs=1", cwd=tmp_path)  # width [64]: not a choice
+    assert result.returncode == 0, result.stderr
+    assert "not the first trial: model.hidden_sizes = [64] lies outside tune.space.model.hidden_sizes" in result.stderr

@@ -8,11 +8,10 @@ in its own process, so its memory peak is its own.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
+from mlrun.child_process import start_mlrun
 from mlrun.config.load import as_override
 from mlrun.config.schema import ExperimentConfig
 from mlrun.errors import UsageError
@@ -115,21 +114,10 @@ def write_chart(rows: list[dict], path: Path) -> Path | None:
 
 def profile_in_subprocess(path: Path, overrides: list[str], steps: int, warmup: int) -> dict:
     """One case in a fresh process, so its memory peak is its own."""
-    command = [
-        sys.executable,
-        "-m",
-        "mlrun",
-        "profile",
-        str(path),
-        *overrides,
-        "--steps",
-        str(steps),
-        "--warmup",
-        str(warmup),
-        "--estimate",
-        "--json",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ})
-    if result.returncode != 0:
-        raise UsageError(f"profiling with {' '.join(overrides[-3:])} failed: {result.stderr.strip().splitlines()[-1]}")
-    return json.loads(result.stdout)  # --json: the child's stdout holds its one document
+    arguments = ["profile", str(path), *overrides, "--steps", str(steps), "--warmup", str(warmup)]
+    arguments += ["--estimate", "--json"]
+    child = start_mlrun(arguments, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = child.communicate()
+    if child.returncode != 0:
+        raise UsageError(f"profiling with {' '.join(overrides[-3:])} failed: {stderr.strip().splitlines()[-1]}")
+    return json.loads(stdout)  # --json: the child's stdout holds its one document

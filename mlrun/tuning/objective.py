@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -83,13 +84,33 @@ def train_trial(path: Path, overrides: list[str], tune: TuneConfig, tune_dir: Pa
         if trial is not None:
             trial.set_user_attr("error", str(exc))
         raise
-    started = time.perf_counter()
-    state = run_training(config, resume="never", overwrite=True, callbacks=(PruningReporter(trial, tune.metric),))
+    started, started_at = time.perf_counter(), time.time()
+    try:
+        state = run_training(config, resume="never", overwrite=True, callbacks=(PruningReporter(trial, tune.metric),))
+    finally:  # a failed trial spent compute too: its summary.json says how much
+        if trial is not None:
+            record_compute(trial, tune_dir / name / "summary.json", started_at)
+            trial.set_user_attr("train_time_s", round(time.perf_counter() - started, 3))
     if trial is not None:
-        trial.set_user_attr("steps", state.step)
-        trial.set_user_attr("samples_seen", state.samples_seen)  # the compute a trial spent
-        trial.set_user_attr("train_time_s", round(time.perf_counter() - started, 3))
+        trial.set_user_attr("samples_seen", state.samples_seen)
     return state
+
+
+def record_compute(trial, summary_path: Path, started_at: float) -> None:
+    """The trial's epochs (fractional) and optimizer steps, from the summary.json its run wrote.
+
+    Epochs are the unit `mlrun tune` reports compute in: they compare trials of different sampled
+    batch sizes, where steps do not. A run that never started training wrote none (an older one
+    left in a reused trial folder is not this trial's): it spent nothing.
+    """
+    try:
+        if summary_path.stat().st_mtime < started_at:
+            return
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError):
+        return
+    trial.set_user_attr("epochs", summary.get("epochs", 0.0))
+    trial.set_user_attr("steps", summary.get("steps", 0))
 
 
 def objective(path: Path, overrides: list[str], tune: TuneConfig, tune_dir: Path):

@@ -1,4 +1,5 @@
-"""What a study leaves in runs/<name>/tune/: trials.csv, best.yaml, importances.json and PNG plots."""
+"""What a study leaves in runs/<name>/tune/: trials.csv, best.yaml, importances.json and PNG plots,
+and the end report's figures: the compute the study spent and how many trials came near the best."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def write_csv(study, path: Path) -> None:
     keys = sorted({k for t in study.trials for k in t.params})
     with path.open("w", newline="") as handle:
         out = csv.writer(handle)
-        out.writerow(["number", "state", "value", "duration_s", "steps", *keys, "error"])
+        out.writerow(["number", "state", "value", "duration_s", "epochs", "steps", *keys, "error"])
         for t in study.trials:
             duration = t.duration.total_seconds() if t.duration else ""
             out.writerow(
@@ -39,11 +40,36 @@ def write_csv(study, path: Path) -> None:
                     t.state.name,
                     t.value,
                     duration,
+                    t.user_attrs.get("epochs", ""),
                     t.user_attrs.get("steps", ""),
                     *(t.params.get(k, "") for k in keys),
                     t.user_attrs.get("error", ""),
                 ]
             )
+
+
+def compute_spent(study) -> dict:
+    """Training epochs and optimizer steps summed over every trial that trained, pruned and failed included.
+
+    Epochs (fractional: a trial pruned after 3.5 epochs counts 3.5) compare trials of different
+    sampled batch sizes; steps do not, and are given beside them.
+    """
+    epochs = [t.user_attrs.get("epochs", 0.0) for t in study.trials]
+    pruned = [t.user_attrs.get("epochs", 0.0) for t in study.trials if t.state.name == "PRUNED"]
+    return {
+        "epochs": round(sum(epochs), 2),
+        "steps": sum(t.user_attrs.get("steps", 0) for t in study.trials),
+        "pruned_epochs": round(sum(pruned), 2),
+        "trials": sum(1 for t in study.trials if "epochs" in t.user_attrs),  # those that recorded it
+    }
+
+
+def near_best(study, tune) -> dict:
+    """The completed trials whose value lies within `tune.near_best` of the best (metric's units)."""
+    completed = [t for t in study.trials if t.state.name == "COMPLETE" and t.value is not None]
+    best = study.best_value if completed else None
+    numbers = [t.number for t in completed if abs(t.value - best) <= tune.near_best + 1e-12]
+    return {"metric": tune.metric, "tolerance": tune.near_best, "trials": len(numbers), "numbers": numbers}
 
 
 def write_best_config(study, path: Path, overrides: list[str], tune, out: Path) -> dict:

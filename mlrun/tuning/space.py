@@ -86,3 +86,46 @@ def check_space(path: Path, overrides: list[str], tune: TuneConfig) -> None:
                 load_config(path, [*overrides, as_override(key, value)])
             except UsageError as exc:
                 raise UsageError(f"tune.space.{key} = {value!r} gives an invalid config: {exc}") from None
+
+
+def config_point(config, space: dict[str, ParamSpec]) -> tuple[dict[str, Any] | None, str]:
+    """The config's own values of the space's keys, as Optuna stores them, to enqueue as a first trial.
+
+    None, with the reason, when a key's value lies outside its range or choices, or the config does
+    not set it (a factory default is not in the config): a trial outside the space would be one the
+    sampler cannot model.
+    """
+    dump = config.model_dump(mode="json")
+    point = {}
+    for key, spec in space.items():
+        value = dump
+        for part in key.split("."):
+            if isinstance(value, dict) and part in value:
+                value = value[part]
+            elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+                value = value[int(part)]
+            else:
+                return None, f"the config does not set {key}"
+        inside = _inside(value, spec)
+        if inside is _OUTSIDE:
+            return None, f"{key} = {value!r} lies outside tune.space.{key}"
+        point[key] = inside
+    return point, ""
+
+
+_OUTSIDE = object()  # not None: null can be a categorical choice
+
+
+def _inside(value: Any, spec: ParamSpec) -> Any:
+    """`value` as Optuna's distribution holds it when the spec contains it, else _OUTSIDE."""
+    if spec.type == "categorical":
+        return next((_encode(choice) for choice in spec.choices if choice == value), _OUTSIDE)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not spec.low <= value <= spec.high:
+        return _OUTSIDE
+    if spec.type == "int":
+        if value != int(value) or (spec.step and (int(value) - int(spec.low)) % int(spec.step)):
+            return _OUTSIDE
+        return int(value)
+    if spec.step and not math.isclose((value - spec.low) / spec.step, round((value - spec.low) / spec.step)):
+        return _OUTSIDE
+    return float(value)

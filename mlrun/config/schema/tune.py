@@ -108,6 +108,12 @@ class TuneConfig(Section):
     """Study storage: default a journal file in <run>/tune/; or a PostgreSQL/MySQL URL for many hosts."""
     space: dict[str, ParamSpec]
     """Searched keys: dotted config paths, e.g. optimizer.lr: {type: float, low: 1e-4, high: 1e-1, log: true}."""
+    enqueue_config: bool = True
+    """strategy optuna: run the config's own values of the space's keys as the first trial of a new study,
+    when all lie inside the space (a good config then guides the sampler from the start); false: all sampled."""
+    near_best: PositiveFloat = 0.005
+    """strategy optuna: the end report counts the completed trials within this distance of the best value,
+    in the metric's own units (0.005: half a point of a 0-1 figure such as accuracy)."""
     strategy: Literal["optuna", "pbt"] = "optuna"
     """optuna: independent trials; pbt: population-based training on mlrun checkpoints."""
     pbt: PBTConfig = PBTConfig()
