@@ -4,6 +4,7 @@ from mlrun.data import (  # noqa: F401
     arrays,
     hf_disk,
     images,
+    jsonl_shards,
     parquet_shards,
     sklearn_sets,
     synthetic,
