@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, run_cli, tiny_config, write_config
+from tests.test_predict import cli_json
 from tests.test_train import PROBE, summary, train, weights
 
 TEXTS = REPO / "configs" / "data" / "digits_ascii.jsonl"  # each digit drawn as ASCII art, 1,797 lines
@@ -63,6 +64,8 @@ def test_jsonl_shards_train_exactly_like_jsonl_text_on_the_same_records(tmp_path
         everything = list(range(len(b)))
         assert len(a) == len(b) and all(torch.equal(a.__getitems__(everything)[k], b[everything][k]) for k in b[0])
     assert (b[everything]["attention_mask"].sum(1) > 20).all()
+    a, b = (cli_json(tmp_path, "predict", f"runs/{run}", "whole.jsonl") for run in ("shards", "whole"))
+    assert a["scores"] == b["scores"] and len(a["predictions"]) == 900  # the run's recorded tokenizer
     cached = sorted(p.name for p in (tmp_path / "texts" / ".mlrun-cache").iterdir())
     assert len(cached) == 3 and all(name.startswith("part-") and name.endswith(".npz") for name in cached)
 
@@ -173,9 +176,11 @@ def test_image_shards_train_exactly_like_the_image_folder_of_the_same_pngs(tmp_p
     result, in_memory = train(tmp_path, folder)
     assert result.returncode == 0, result.stderr
     assert summary(shards)["final"] == summary(in_memory)["final"] and same_weights(shards, in_memory)
-    assert summary(shards)["final"]["val/accuracy"] > 0.8
+    assert summary(shards)["final"]["val/accuracy"] > 0.7  # 10 classes: chance is 0.1
     recorded = json.loads((shards / "preprocessing.json").read_text())
     assert recorded == json.loads((in_memory / "preprocessing.json").read_text())  # statistics, classes
+    a, b = (cli_json(tmp_path, "predict", f"runs/{run}", "png") for run in ("shards", "folder"))
+    assert a["scores"] == b["scores"] and len(a["predictions"]) == 1797  # predict prepares images as training did
 
 
 def test_image_shards_two_workers_give_the_weights_of_none(tmp_path):
@@ -202,9 +207,11 @@ def test_a_broken_tar_exits_2_naming_shard_and_offset_or_its_samples_are_skipped
     result = run_cli("train", path, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"shard '{Path('tars/part-1.tar')}' byte offset" in result.stderr and "skip_corrupt" in result.stderr
+    assert "the tar ends without its end-of-archive blocks" in result.stderr
     result = run_cli("train", path, "data.skip_corrupt=true", "train.epochs=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "skipped 2 corrupt sample(s) or tar region(s)" in result.stderr
+    # The cut tar loses its tail and the sample whose label was cut off; the zeroed PNG is one sample.
+    assert "skipped 3 corrupt sample(s) or tar region(s)" in result.stderr
     assert f"'{Path('tars/part-2.tar')}' byte offset {image.offset_data}" in result.stderr
 
 
@@ -227,7 +234,7 @@ def test_image_shards_resume_after_sigkill_with_two_workers_is_bit_identical(tmp
     assert "resumed at step 28" in resumed.stdout and same_weights(straight, run)
 
 
-def test_prepare_writes_image_tars_and_jsonl_shards_that_train_like_their_sources(tmp_path):
+def test_prepare_writes_image_tars_that_train_like_the_image_folder(tmp_path):
     runs, common = tmp_path / "runs", ["train.epochs=1", "data.num_workers=0", "model.channels=[8]"]
     common.append(f"output_dir={runs}")
     out = tmp_path / "digits_tars"
@@ -246,6 +253,9 @@ def test_prepare_writes_image_tars_and_jsonl_shards_that_train_like_their_source
     # Lossless PNGs of the pixels the model saw, the source's split, statistics and order: the same run.
     assert summary(runs / "digits_images")["final"] == summary(runs / "digits_images_shards")["final"]
 
+
+def test_prepare_writes_jsonl_shards_that_train_like_the_jsonl_text_source(tmp_path):
+    runs = tmp_path / "runs"
     out = tmp_path / "text_shards"
     texts = REPO / "configs" / "text_classification.yaml"
     prepared = run_cli("prepare", texts, "--out", out, "--format", "jsonl", "--rows-per-shard", "500", cwd=REPO)
@@ -261,7 +271,9 @@ def test_prepare_writes_image_tars_and_jsonl_shards_that_train_like_their_source
 
 
 def test_prepare_refuses_a_format_the_source_cannot_give(tmp_path):
-    texts = run_cli("prepare", REPO / "configs" / "quickstart.yaml", "--out", tmp_path / "a", "--format", "jsonl", cwd=REPO)
+    texts = run_cli(
+        "prepare", REPO / "configs" / "quickstart.yaml", "--out", tmp_path / "a", "--format", "jsonl", cwd=REPO
+    )
     assert texts.returncode == 2 and "writes the records of a jsonl_text source" in texts.stderr
     images = run_cli(
         "prepare", REPO / "configs" / "quickstart.yaml", "--out", tmp_path / "b", "--format", "image_tar", cwd=REPO

@@ -121,9 +121,13 @@ def prepare_jsonl(config, out: Path, settings: dict) -> tuple[dict, dict]:
         )
     source = {s.name: s.default for s in datasets.settings("jsonl_text")} | config.data.settings
     fields = (source["text_field"], source["label_field"])
-    texts, labels = keep_classes(read_jsonl(source["path"], "data.path", *fields), source["classes"])
+
+    def records(key: str) -> tuple[list[str], object]:
+        return keep_classes(read_jsonl(source[key], f"data.{key}", *fields), source["classes"])
+
+    texts, labels = records("path")
     if source["val_path"]:
-        val_texts, val_labels = keep_classes(read_jsonl(source["val_path"], "data.val_path", *fields), source["classes"])
+        val_texts, val_labels = records("val_path")
     else:  # jsonl_text's own split (text.text_bundle): the same records train and validate
         train_idx, val_idx = split_indices(len(texts), source["val_fraction"], config.seed, labels)
         val_texts, val_labels = [texts[i] for i in val_idx], labels[val_idx]
