@@ -111,14 +111,14 @@ KINDS = {
         write_images,
         1 / 64,
         ("image_folder", {"root": "whole"}),
-        ("image_shards", {"path": "shards"}),
+        ("image_shards", {"path": "shards", "cache_samples": 0}),  # every sample read and decoded, no cache hits
         {"name": "mlp", "hidden_sizes": [256, 256], "dropout": 0.0},
     ),
     "jsonl": (
         write_texts,
         1 / 16,
         ("jsonl_text", {"path": "whole.jsonl", "max_length": 112}),
-        ("jsonl_shards", {"path": "shards", "max_length": 112}),
+        ("jsonl_shards", {"path": "shards", "max_length": 112, "cache_samples": 0}),
         {"name": "transformer_classifier", "dim": 64, "depth": 2, "heads": 4, "dropout": 0.0},
     ),
 }
@@ -212,6 +212,7 @@ def main() -> None:
                     f = run_arm(config(folder, kind, sharded, workers, args.steps), args.steps)
                     source = KINDS[kind][3 if sharded else 2][0]
                     results.append({"kind": kind, "samples": size, "source": source, "workers": workers, **f})
+                    print(f"arm: {json.dumps(results[-1])}", file=sys.stderr, flush=True)  # progress of a long run
             rate = {(r["source"], r["workers"]): r["samples_per_s"] for r in results if r["samples"] == size}
             ratios[f"{kind}@{size}"] = rate[KINDS[kind][3][0], 2] / rate[KINDS[kind][2][0], 2]
     print(f"{'samples':>8} {'source':<15} {'workers':>7} {'samples/s':>10} {'peak RSS MiB':>12} {'data wait':>9}")
