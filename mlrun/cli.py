@@ -182,13 +182,21 @@ def prepare(
     config: Config,
     overrides: Overrides = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for the shards (train/, val/, prepare.json).")] = ...,
-    rows_per_shard: Annotated[int, typer.Option(min=1, help="Rows in each Parquet shard.")] = 65536,
-    row_group: Annotated[int, typer.Option(min=1, help="Rows in each row group (the unit read).")] = 4096,
+    rows_per_shard: Annotated[int, typer.Option(min=1, help="Samples in each shard.")] = 65536,
+    row_group: Annotated[int, typer.Option(min=1, help="Rows in each Parquet row group (the unit read).")] = 4096,
+    shard_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="parquet (any array source, for parquet_shards) | image_tar (images as PNG in webdataset tars, "
+            "for image_shards) | jsonl (a jsonl_text source's records, for jsonl_shards).",
+        ),
+    ] = "parquet",
 ) -> None:
-    """Write the config's data, as training builds it, as Parquet shards for `parquet_shards`."""
+    """Write the config's data as shards: Parquet (parquet_shards), image tars (image_shards) or JSON Lines."""
     from mlrun.commands.prepare import run_prepare
 
-    run_prepare(config, overrides or [], out, rows_per_shard, row_group)
+    run_prepare(config, overrides or [], out, rows_per_shard, row_group, shard_format)
 
 
 @app.command(name="lr-find")

@@ -12,6 +12,10 @@ source's preprocessing (statistics, classes); `DIR/config.yaml` is the config wi
 swapped for `parquet_shards` over the shards (batching and augmentation kept). A shard is written
 under a temporary name and renamed when complete, so an interrupted prepare continues where it
 stopped when run again.
+
+`--format` chooses the shards: `parquet` (the default, above), `image_tar` (an image source's samples as
+PNG files with `.cls` labels in webdataset tars, read by `image_shards` with the source's normalisation)
+or `jsonl` (a `jsonl_text` source's records, split as it splits them, read by `jsonl_shards`).
 """
 
 from __future__ import annotations
@@ -25,20 +29,35 @@ from mlrun.config.load import load_config
 from mlrun.data.parquet_shards import META_KEY
 from mlrun.errors import UsageError
 
+FORMATS = ("parquet", "image_tar", "jsonl")
 
-def run_prepare(path: Path, overrides: list[str], out: Path, rows_per_shard: int, row_group: int) -> None:
+
+def run_prepare(
+    path: Path, overrides: list[str], out: Path, rows_per_shard: int, row_group: int, shard_format: str = "parquet"
+) -> None:
+    if shard_format not in FORMATS:
+        raise UsageError(f"--format: '{shard_format}' is not one of {', '.join(FORMATS)}.")
     config = load_config(path, overrides)
-    from mlrun.engine.build import build_data
-
-    bundle = build_data(config.data, config.seed)
-    meta = bundle.meta
-    if meta.input_names is not None or meta.task == "lm":
-        raise UsageError(
-            f"mlrun prepare: dataset '{config.data.name}' gives token or named-tensor batches; prepare writes "
-            "array samples (tables, images, npz) only. Token files are already memory-mapped (text_lm)."
-        )
     settings = {"source": config.data.model_dump(mode="json"), "seed": config.seed}
     settings |= {"rows_per_shard": rows_per_shard, "row_group": row_group}
+    if shard_format != "parquet":  # parquet folders prepared before --format existed stay resumable
+        settings["format"] = shard_format
+    if shard_format == "jsonl":
+        summary, reader = prepare_jsonl(config, out, settings)
+    else:
+        summary, reader = prepare_samples(config, out, settings, shard_format)
+    (out / "prepare.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    trains_on_shards = write_config(config, out, reader)
+    written = summary["splits"]
+    print(
+        f"mlrun: prepared {written['train']['rows']} train / {written['val']['rows']} val samples of "
+        f"'{config.data.name}' into {out} ({written['train']['shards']} + {written['val']['shards']} shards)\n"
+        f"next: mlrun train {trains_on_shards}"
+    )
+
+
+def start_folder(out: Path, settings: dict) -> None:
+    """`out` empty, or holding an earlier prepare of the same settings (continued); else exit 2."""
     started = out / ".prepare-settings.json"
     if started.exists() and json.loads(started.read_text()) != settings:
         raise UsageError(
@@ -49,29 +68,110 @@ def run_prepare(path: Path, overrides: list[str], out: Path, rows_per_shard: int
         raise UsageError(f"mlrun prepare: {out} is not empty and was not written by mlrun prepare; give another --out.")
     out.mkdir(parents=True, exist_ok=True)
     started.write_text(json.dumps(settings, sort_keys=True))
+
+
+def prepare_samples(config, out: Path, settings: dict, shard_format: str) -> tuple[dict, dict]:
+    """The source built as training builds it, each split written as Parquet or image tar shards;
+    (prepare.json's record, the data settings that read the shards)."""
+    from mlrun.data import shard_writers
+    from mlrun.engine.build import build_data
+
+    bundle = build_data(config.data, config.seed)
+    meta = bundle.meta
+    if meta.input_names is not None or meta.task == "lm":
+        raise UsageError(
+            f"mlrun prepare: dataset '{config.data.name}' gives token or named-tensor batches; prepare writes "
+            "array samples (tables, images, npz) only, and JSON Lines text with --format jsonl. Token files are "
+            "already memory-mapped (text_lm)."
+        )
+    if shard_format == "image_tar":
+        shard_writers.check_images(meta, config.data.name)
+    start_folder(out, settings)
+    per_shard, row_group = settings["rows_per_shard"], settings["row_group"]
+    classes = (bundle.preprocessing or {}).get("classes")
     written = {}
     for split in ("train", "val"):
-        written[split] = write_split(getattr(bundle, split), out / split, meta, rows_per_shard, row_group)
-    summary = {
-        **settings,
-        "task": meta.task,
-        "input_shape": list(meta.input_shape),
-        "num_classes": meta.num_classes,
-        "splits": written,
-        "preprocessing": bundle.preprocessing,
+        dataset, folder = getattr(bundle, split), out / split
+        if shard_format == "image_tar":
+            written[split] = shard_writers.write_image_tars(dataset, folder, meta, classes, per_shard)
+        else:
+            written[split] = write_split(dataset, folder, meta, per_shard, row_group)
+    record = {**settings, "task": meta.task, "input_shape": list(meta.input_shape), "num_classes": meta.num_classes}
+    record |= {"splits": written, "preprocessing": bundle.preprocessing}
+    if shard_format == "image_tar":  # the source's normalisation, so the shards train on the same inputs
+        reader = {"name": "image_shards", "grayscale": meta.input_shape[0] == 1}
+        reader |= {"mean": list(meta.pixel_mean), "std": list(meta.pixel_std)}
+    else:
+        reader = {"name": "parquet_shards", "target": "label", "scale": "none"}  # the samples were written normalised
+    return record, reader
+
+
+def prepare_jsonl(config, out: Path, settings: dict) -> tuple[dict, dict]:
+    """A jsonl_text source's records, split as jsonl_text splits them, as JSON Lines shards."""
+    from mlrun.data import shard_writers
+    from mlrun.data.splits import encode_labels, split_indices
+    from mlrun.data.text import keep_classes, read_jsonl
+    from mlrun.data.tokenize import make_tokenizer
+    from mlrun.registry import datasets
+
+    if config.data.name != "jsonl_text":
+        raise UsageError(
+            f"mlrun prepare --format jsonl: writes the records of a jsonl_text source, not of '{config.data.name}'; "
+            "use --format parquet or image_tar for it."
+        )
+    source = {s.name: s.default for s in datasets.settings("jsonl_text")} | config.data.settings
+    fields = (source["text_field"], source["label_field"])
+
+    def records(key: str) -> tuple[list[str], object]:
+        return keep_classes(read_jsonl(source[key], f"data.{key}", *fields), source["classes"])
+
+    texts, labels = records("path")
+    if source["val_path"]:
+        val_texts, val_labels = records("val_path")
+    else:  # jsonl_text's own split (text.text_bundle): the same records train and validate
+        train_idx, val_idx = split_indices(len(texts), source["val_fraction"], config.seed, labels)
+        val_texts, val_labels = [texts[i] for i in val_idx], labels[val_idx]
+        texts, labels = [texts[i] for i in train_idx], labels[train_idx]
+    splits = {"train": _records(texts, labels, fields), "val": _records(val_texts, val_labels, fields)}
+    cleaning = {}
+    if config.data.dedup:  # exact duplicate records, first copy kept (the shards then need no dedup)
+        for split, records in splits.items():
+            splits[split] = _unique(records)
+            cleaning[split] = len(records) - len(splits[split])
+    start_folder(out, settings)
+    written = {
+        split: shard_writers.write_jsonl_shards(records, out / split, settings["rows_per_shard"])
+        for split, records in splits.items()
     }
-    (out / "prepare.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    trains_on_shards = write_config(config, out)
-    print(
-        f"mlrun: prepared {written['train']['rows']} train / {written['val']['rows']} val samples of "
-        f"'{config.data.name}' into {out} ({written['train']['shards']} + {written['val']['shards']} shards)\n"
-        f"next: mlrun train {trains_on_shards}"
-    )
+    classes = encode_labels(labels, val_labels, "data.val_path")[2]
+    tokenizer = make_tokenizer(source["tokenizer"], texts, "data.tokenizer", pad=True)
+    preprocessing = {"tokenizer": tokenizer.describe(), "max_length": source["max_length"], "classes": classes}
+    record = {**settings, "task": "classification", "input_shape": [source["max_length"]]}
+    record |= {"num_classes": len(classes), "splits": written, "preprocessing": preprocessing}
+    if cleaning:
+        record["duplicates_dropped"] = cleaning
+    reader = {"name": "jsonl_shards", "text_field": fields[0], "label_field": fields[1]}
+    reader |= {"tokenizer": source["tokenizer"], "max_length": source["max_length"], "dedup": False}
+    return record, reader
 
 
-def write_config(config, out: Path) -> Path:
+def _records(texts: list[str], labels, fields: tuple[str, str]) -> list[dict]:
+    return [{fields[0]: text, fields[1]: label.item()} for text, label in zip(texts, labels)]
+
+
+def _unique(records: list[dict]) -> list[dict]:
+    seen, kept = set(), []
+    for record in records:
+        key = json.dumps(record, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            kept.append(record)
+    return kept
+
+
+def write_config(config, out: Path, reader: dict) -> Path:
     """The config with its data section reading the shards: the source's own settings swapped for
-    parquet_shards', the batching and augmentation settings kept."""
+    `reader`'s, the batching and augmentation settings kept."""
     import yaml
 
     from mlrun.registry import datasets
@@ -80,8 +180,7 @@ def write_config(config, out: Path) -> Path:
     source_settings = {setting.name for setting in datasets.settings(config.data.name)}
     data = {key: value for key, value in resolved["data"].items() if key not in source_settings}
     folder = out.resolve()
-    data |= {"name": "parquet_shards", "path": str(folder / "train"), "val_path": str(folder / "val")}
-    data |= {"target": "label", "scale": "none"}  # the samples were written normalised
+    data |= {"path": str(folder / "train"), "val_path": str(folder / "val")} | reader
     resolved["data"] = data
     resolved["name"] = f"{config.name}_shards"  # its own run folder, beside the run on the source
     path = out / "config.yaml"
@@ -90,21 +189,15 @@ def write_config(config, out: Path) -> Path:
 
 
 def write_split(dataset, folder: Path, meta, rows_per_shard: int, row_group: int) -> dict:
-    """Write `dataset` as shards in `folder`, skipping shards an earlier, interrupted prepare completed."""
+    """Write `dataset` as Parquet shards in `folder`, skipping shards an earlier, interrupted prepare completed."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from mlrun.data.bundle import fetch_batch
+    from mlrun.data.shard_writers import write_resumable
 
-    folder.mkdir(parents=True, exist_ok=True)
-    total = len(dataset)
-    count = -(-total // rows_per_shard)
-    for shard in range(count):
-        target = folder / f"part-{shard:05d}.parquet"
-        if target.exists():
-            print(f"mlrun: {folder.name} shard {shard + 1}/{count}: already written", flush=True)
-            continue
-        inputs, labels = fetch_batch(dataset, range(shard * rows_per_shard, min(total, (shard + 1) * rows_per_shard)))
+    def write(path: Path, samples: range) -> None:
+        inputs, labels = fetch_batch(dataset, samples)
         values = inputs.reshape(len(inputs), -1).float().numpy()
         columns = {f"x{i}": values[:, i] for i in range(values.shape[1])}
         labels = labels.numpy()
@@ -113,8 +206,7 @@ def write_split(dataset, folder: Path, meta, rows_per_shard: int, row_group: int
         table = pa.table({**columns, "label": labels.astype(np.int64 if meta.task == "classification" else np.float32)})
         stored = {"input_shape": meta.input_shape, "pixel_mean": meta.pixel_mean, "pixel_std": meta.pixel_std}
         table = table.replace_schema_metadata({META_KEY: json.dumps(stored).encode()})
-        temporary = target.with_name(f".{target.name}.tmp")
-        pq.write_table(table, temporary, row_group_size=row_group)
-        temporary.rename(target)
-        print(f"mlrun: {folder.name} shard {shard + 1}/{count}: {len(labels)} rows", flush=True)
-    return {"rows": total, "shards": count, "path": str(folder)}
+        pq.write_table(table, path, row_group_size=row_group)
+
+    count = write_resumable(folder, len(dataset), rows_per_shard, ".parquet", write)
+    return {"rows": len(dataset), "shards": count, "path": str(folder)}

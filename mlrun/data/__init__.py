@@ -3,7 +3,9 @@
 from mlrun.data import (  # noqa: F401
     arrays,
     hf_disk,
+    image_shards,
     images,
+    jsonl_shards,
     parquet_shards,
     sklearn_sets,
     synthetic,

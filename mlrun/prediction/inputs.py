@@ -1,8 +1,8 @@
 """New inputs prepared as the run prepared its training data, chosen by the run's data source.
 
     csv / parquet runs      a CSV, Parquet or JSON Lines table with the training columns (tables.py)
-    image_folder runs       a folder of images, or of class sub-folders when labelled (images.py)
-    jsonl_text runs         a JSON Lines file of {"text": ...} records (texts.py)
+    image_folder, image_shards runs   a folder of images, or of class sub-folders when labelled (images.py)
+    jsonl_text, jsonl_shards runs     a JSON Lines file of {"text": ...} records (texts.py)
     other array sources     a CSV / JSON Lines table of numeric feature columns (tables.py)
 
 Each reader returns `Inputs` (prepared.py).
@@ -20,11 +20,11 @@ def read_inputs(path: Path, predictor) -> Inputs:
     if not path.exists():
         raise UsageError(f"INPUT: '{path}' not found (paths are relative to {Path.cwd()})")
     source = predictor.config.data.name
-    if source == "image_folder":
+    if source in ("image_folder", "image_shards"):  # the same decoding and recorded normalisation
         from mlrun.prediction.images import read_images
 
         return read_images(path, predictor)
-    if source == "jsonl_text":
+    if source in ("jsonl_text", "jsonl_shards"):  # the same fields and recorded tokenizer
         from mlrun.prediction.texts import read_texts
 
         return read_texts(path, predictor)

@@ -1,0 +1,282 @@
+"""`jsonl_shards` and `image_shards`: JSON Lines and tar shards read through cached indexes train exactly
+like the in-memory sources on the same samples, with any number of workers, and say which shard and
+byte offset is broken; `mlrun prepare --format jsonl | image_tar` writes them."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import REPO, run_cli, tiny_config, write_config
+from tests.test_predict import cli_json
+from tests.test_train import PROBE, summary, train, weights
+
+TEXTS = REPO / "configs" / "data" / "digits_ascii.jsonl"  # each digit drawn as ASCII art, 1,797 lines
+
+
+def text_shards(folder: Path, per_shard: int = 300) -> Path:
+    """The first 900 ASCII-art digits as JSON Lines shards of 300 lines, and as one file (whole.jsonl)."""
+    lines = TEXTS.read_text().splitlines(keepends=True)[:900]
+    (folder / "whole.jsonl").write_text("".join(lines))
+    shards = folder / "texts"
+    shards.mkdir()
+    for i, start in enumerate(range(0, len(lines), per_shard)):
+        (shards / f"part-{i}.jsonl").write_text("".join(lines[start : start + per_shard]))
+    return shards
+
+
+def text_config(name: str, **data) -> dict:
+    config = tiny_config(name=name, model={"name": "transformer_classifier", "dim": 16, "depth": 1, "heads": 2})
+    config["data"] = {"name": "jsonl_shards", "path": "texts", "tokenizer": "char", "max_length": 72, **data}
+    config["data"] = {"batch_size": 64, "num_workers": 0, **config["data"]}
+    config["train"] = {**config["train"], "epochs": 1, "eval_every": "1ep", "checkpoint_every": "1ep"}
+    return config
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    x, y = weights(a), weights(b)
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_jsonl_shards_train_exactly_like_jsonl_text_on_the_same_records(tmp_path):
+    text_shards(tmp_path)
+    result, shards = train(tmp_path, text_config("shards"))
+    assert result.returncode == 0, result.stderr
+    whole = text_config("whole", path="whole.jsonl")
+    whole["data"]["name"] = "jsonl_text"
+    result, in_memory = train(tmp_path, whole)
+    assert result.returncode == 0, result.stderr
+    # The same split, alphabet and (seed, epoch) order: the lazy reader changes nothing the model sees.
+    assert summary(shards)["final"] == summary(in_memory)["final"] and same_weights(shards, in_memory)
+    from mlrun.data.jsonl_shards import jsonl_shards
+    from mlrun.data.text import jsonl_text
+
+    lazy, held = jsonl_shards(0, path=str(tmp_path / "texts")), jsonl_text(0, path=str(tmp_path / "whole.jsonl"))
+    for split in ("train", "val"):  # every batch, not just the outcome: the texts themselves arrive
+        a, b = getattr(lazy, split), getattr(held, split)
+        everything = list(range(len(b)))
+        assert len(a) == len(b) and all(torch.equal(a.__getitems__(everything)[k], b[everything][k]) for k in b[0])
+    assert (b[everything]["attention_mask"].sum(1) > 20).all()
+    a, b = (cli_json(tmp_path, "predict", f"runs/{run}", "whole.jsonl") for run in ("shards", "whole"))
+    assert a["scores"] == b["scores"] and len(a["predictions"]) == 900  # the run's recorded tokenizer
+    cached = sorted(p.name for p in (tmp_path / "texts" / ".mlrun-cache").iterdir())
+    assert len(cached) == 3 and all(name.startswith("part-") and name.endswith(".npz") for name in cached)
+
+
+def test_jsonl_shards_two_workers_give_the_weights_of_none(tmp_path):
+    text_shards(tmp_path)
+    runs = []
+    for workers in (0, 2):
+        result, run = train(tmp_path, text_config(f"w{workers}", num_workers=workers, cache_samples=0))
+        assert result.returncode == 0, result.stderr
+        runs.append(run)
+    assert same_weights(*runs)
+
+
+def test_the_line_index_is_reused_until_a_shard_changes_and_goes_to_temp_when_read_only(tmp_path, monkeypatch, capsys):
+    from mlrun.data import shard_files
+    from mlrun.data.jsonl_shards import jsonl_shards
+
+    shards = text_shards(tmp_path)
+    first = jsonl_shards(0, path=str(shards))
+    index = sorted((shards / ".mlrun-cache").iterdir())[0]
+    stamp = index.stat().st_mtime_ns
+    assert len(jsonl_shards(0, path=str(shards)).train) == len(first.train) and index.stat().st_mtime_ns == stamp
+    with (shards / "part-0.jsonl").open("a") as extra:  # 200 more records: the shard's size changes
+        extra.writelines(json.dumps({"text": f"more {i}", "label": str(i % 10)}) + "\n" for i in range(200))
+    grown = jsonl_shards(0, path=str(shards))
+    assert len(grown.train) + len(grown.val) == 900 + 200 and index.stat().st_mtime_ns != stamp
+    monkeypatch.setattr(shard_files.os, "access", lambda path, mode: False)  # a read-only dataset mount
+    monkeypatch.setattr(shard_files.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    jsonl_shards(0, path=str(shards))
+    assert "is read-only; shard indexes are cached under" in capsys.readouterr().err
+    assert len(list((tmp_path / "tmp" / "mlrun-index-cache").glob("*/part-*.npz"))) == 3
+
+
+def test_a_corrupt_jsonl_line_exits_2_naming_shard_and_offset_or_is_skipped_and_counted(tmp_path):
+    shards = text_shards(tmp_path)
+    part = shards / "part-1.jsonl"
+    lines = part.read_text().splitlines(keepends=True)
+    offset = sum(len(line.encode()) for line in lines[:5])
+    part.write_text("".join(lines[:5]) + '{"text": "cut sho\n' + "".join(lines[5:]))
+    path = write_config(tmp_path, text_config("broken"))
+    result = run_cli("train", path, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"shard '{Path('texts/part-1.jsonl')}' line 6 (byte offset {offset}): not valid JSON" in result.stderr
+    assert not (tmp_path / "runs" / "broken" / "checkpoints").exists()
+    result = run_cli("train", path, "data.skip_corrupt=true", "train.epochs=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "skipped 1 corrupt line(s)" in result.stderr and f"byte offset {offset}" in result.stderr
+
+
+@pytest.mark.parametrize("source", ["jsonl", "tar"])
+def test_a_missing_shard_of_a_glob_exits_2_before_training(tmp_path, source):
+    if source == "jsonl":
+        text_shards(tmp_path)
+        config = text_config("missing", path=["texts/*.jsonl", "more/*.jsonl"])
+    else:
+        digits_pngs(tmp_path)
+        config = image_config("missing", path=["tars/part-*.tar", "tars/part-9.tar"])
+    result = run_cli("train", write_config(tmp_path, config), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "no file matches" in result.stderr and ("more/*.jsonl" in result.stderr or "part-9.tar" in result.stderr)
+    assert not (tmp_path / "runs" / "missing").exists()
+
+
+def digits_pngs(folder: Path, per_tar: int = 600, tree: bool = False) -> Path:
+    """scikit-learn's digits as 8x8 PNG files in tar shards (webdataset layout: <key>.png + <key>.cls), and with
+    `tree` the same files as a class-folder tree for image_folder, in the order image_folder lists them."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    pixels = (x.reshape(-1, 8, 8) * 255 / 16).round().astype(np.uint8)
+    samples = []
+    for i in np.argsort(y, kind="stable"):  # image_folder's order: class folders, then file names
+        png = io.BytesIO()
+        Image.fromarray(pixels[i]).save(png, "PNG")
+        if tree:
+            (folder / "png" / str(y[i])).mkdir(parents=True, exist_ok=True)
+            (folder / "png" / str(y[i]) / f"{i:04d}.png").write_bytes(png.getvalue())
+        samples.append((f"{y[i]}_{i:04d}", png.getvalue(), str(y[i]).encode()))
+    (folder / "tars").mkdir()
+    for shard, start in enumerate(range(0, len(samples), per_tar)):
+        with tarfile.open(folder / "tars" / f"part-{shard}.tar", "w") as tar:
+            for key, png, label in samples[start : start + per_tar]:
+                for name, data in ((f"{key}.png", png), (f"{key}.cls", label)):
+                    member = tarfile.TarInfo(name)
+                    member.size = len(data)
+                    tar.addfile(member, io.BytesIO(data))
+    return folder / "tars"
+
+
+def image_config(name: str, **data) -> dict:
+    config = tiny_config(name=name, model={"name": "mlp", "hidden_sizes": [32], "dropout": 0.0})
+    config["data"] = {"name": "image_shards", "path": "tars", "grayscale": True, "batch_size": 64, "num_workers": 0}
+    config["data"] |= data
+    config["train"] = {**config["train"], "epochs": 2, "eval_every": "1ep", "checkpoint_every": "1ep"}
+    return config
+
+
+def test_image_shards_train_exactly_like_the_image_folder_of_the_same_pngs(tmp_path):
+    digits_pngs(tmp_path, tree=True)
+    augment = [{"name": "random_crop", "padding": 1}]  # augmentation runs on the batch, seeded as for the folder
+    result, shards = train(tmp_path, image_config("shards", augment=augment))
+    assert result.returncode == 0, result.stderr
+    folder = image_config("folder", augment=augment)
+    folder["data"] = {**folder["data"], "name": "image_folder", "root": "png"}
+    del folder["data"]["path"]
+    result, in_memory = train(tmp_path, folder)
+    assert result.returncode == 0, result.stderr
+    assert summary(shards)["final"] == summary(in_memory)["final"] and same_weights(shards, in_memory)
+    assert summary(shards)["final"]["val/accuracy"] > 0.7  # 10 classes: chance is 0.1
+    recorded = json.loads((shards / "preprocessing.json").read_text())
+    assert recorded == json.loads((in_memory / "preprocessing.json").read_text())  # statistics, classes
+    a, b = (cli_json(tmp_path, "predict", f"runs/{run}", "png") for run in ("shards", "folder"))
+    assert a["scores"] == b["scores"] and len(a["predictions"]) == 1797  # predict prepares images as training did
+
+
+def test_image_shards_two_workers_give_the_weights_of_none(tmp_path):
+    digits_pngs(tmp_path)
+    runs = []
+    for workers in (0, 2):
+        config = image_config(f"w{workers}", num_workers=workers, cache_samples=0)
+        result, run = train(tmp_path, config, "train.epochs=1")
+        assert result.returncode == 0, result.stderr
+        runs.append(run)
+    assert same_weights(*runs)
+
+
+def test_a_broken_tar_exits_2_naming_shard_and_offset_or_its_samples_are_skipped_and_counted(tmp_path):
+    tars = digits_pngs(tmp_path)
+    data = (tars / "part-1.tar").read_bytes()
+    (tars / "part-1.tar").write_bytes(data[: len(data) // 2])  # a copy that stopped half way
+    with tarfile.open(tars / "part-2.tar") as tar:  # a damaged image: its bytes overwritten in place
+        image = next(m for m in tar.getmembers() if m.name.endswith(".png"))
+    with (tars / "part-2.tar").open("r+b") as raw:
+        raw.seek(image.offset_data)
+        raw.write(b"\0" * image.size)
+    path = write_config(tmp_path, image_config("broken"))
+    result = run_cli("train", path, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"shard '{Path('tars/part-1.tar')}' byte offset" in result.stderr and "skip_corrupt" in result.stderr
+    assert "the tar ends without its end-of-archive blocks" in result.stderr
+    result = run_cli("train", path, "data.skip_corrupt=true", "train.epochs=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    # The cut tar loses its tail and the sample whose label was cut off; the zeroed PNG is one sample.
+    assert "skipped 3 corrupt sample(s) or tar region(s)" in result.stderr
+    assert f"'{Path('tars/part-2.tar')}' byte offset {image.offset_data}" in result.stderr
+
+
+@pytest.mark.e2e
+def test_image_shards_resume_after_sigkill_with_two_workers_is_bit_identical(tmp_path):
+    digits_pngs(tmp_path)
+
+    def config(name: str, **model) -> dict:
+        c = image_config(name, num_workers=2, persistent_workers=True)
+        c["model"] = {"name": PROBE, **model}
+        c["train"] = {**c["train"], "epochs": 2, "checkpoint_every": "7st"}  # 23 batches an epoch
+        return c
+
+    result, straight = train(tmp_path, config("straight"))
+    assert result.returncode == 0, result.stderr
+    killed, run = train(tmp_path, config("resumed", kill_at=30))  # after the step-28 checkpoint, in epoch 2
+    assert killed.returncode == -signal.SIGKILL
+    resumed, _ = train(tmp_path, config("resumed"), "--allow-config-change")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step 28" in resumed.stdout and same_weights(straight, run)
+
+
+def test_prepare_writes_image_tars_that_train_like_the_image_folder(tmp_path):
+    runs, common = tmp_path / "runs", ["train.epochs=1", "data.num_workers=0", "model.channels=[8]"]
+    common.append(f"output_dir={runs}")
+    out = tmp_path / "digits_tars"
+    prepare = ("prepare", REPO / "configs" / "digits_images.yaml", "--out", out, "--format", "image_tar")
+    prepared = run_cli(*prepare, "--rows-per-shard", "500", cwd=REPO)
+    assert prepared.returncode == 0, prepared.stderr
+    assert sorted(p.name for p in (out / "train").iterdir()) == [f"part-0000{i}.tar" for i in range(3)]
+    again = run_cli(*prepare, "--rows-per-shard", "500", cwd=REPO)
+    assert again.returncode == 0 and "train shard 2/3: already written" in again.stdout  # resumable
+    as_parquet = run_cli(*prepare[:-2], "--rows-per-shard", "500", cwd=REPO)
+    assert as_parquet.returncode == 2 and "other settings" in as_parquet.stderr
+    folder = run_cli("train", REPO / "configs" / "digits_images.yaml", *common, cwd=REPO)
+    assert folder.returncode == 0, folder.stderr
+    shards = run_cli("train", out / "config.yaml", *common, cwd=REPO)
+    assert shards.returncode == 0, shards.stderr
+    # Lossless PNGs of the pixels the model saw, the source's split, statistics and order: the same run.
+    assert summary(runs / "digits_images")["final"] == summary(runs / "digits_images_shards")["final"]
+
+
+def test_prepare_writes_jsonl_shards_that_train_like_the_jsonl_text_source(tmp_path):
+    runs = tmp_path / "runs"
+    out = tmp_path / "text_shards"
+    texts = REPO / "configs" / "text_classification.yaml"
+    prepared = run_cli("prepare", texts, "--out", out, "--format", "jsonl", "--rows-per-shard", "500", cwd=REPO)
+    assert prepared.returncode == 0, prepared.stderr
+    record = json.loads((out / "prepare.json").read_text())
+    assert record["splits"]["train"]["rows"] == 1438 and record["preprocessing"]["tokenizer"]["kind"] == "char"
+    small = ["train.epochs=1", "model.dim=16", "model.depth=1", f"output_dir={runs}"]
+    source = run_cli("train", texts, *small, cwd=REPO)
+    assert source.returncode == 0, source.stderr
+    shards = run_cli("train", out / "config.yaml", *small, cwd=REPO)
+    assert shards.returncode == 0, shards.stderr
+    assert summary(runs / "text_classification")["final"] == summary(runs / "text_classification_shards")["final"]
+
+
+def test_prepare_refuses_a_format_the_source_cannot_give(tmp_path):
+    texts = run_cli(
+        "prepare", REPO / "configs" / "quickstart.yaml", "--out", tmp_path / "a", "--format", "jsonl", cwd=REPO
+    )
+    assert texts.returncode == 2 and "writes the records of a jsonl_text source" in texts.stderr
+    images = run_cli(
+        "prepare", REPO / "configs" / "quickstart.yaml", "--out", tmp_path / "b", "--format", "image_tar", cwd=REPO
+    )
+    assert images.returncode == 2 and "does not give normalised images" in images.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
