@@ -40,16 +40,25 @@ class Normalize:
         return (pixels.float() / 255.0 - self.mean) / self.std
 
 
-def _list_images(root: str, key: str) -> tuple[list[Path], np.ndarray]:
-    folder = Path(root)
-    if not folder.is_dir():
-        raise UsageError(f"{key}: folder '{root}' not found (paths are relative to {Path.cwd()}).")
+def images_by_class(folder: Path) -> tuple[list[Path], list[str]]:
+    """The image files of each class sub-folder of `folder` (sorted), and each one's class: its folder's name.
+
+    Shared by training (`image_folder`) and `mlrun predict` on a labelled folder.
+    """
     files, labels = [], []
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         for file in sorted(class_dir.iterdir()):
             if file.suffix.lower() in EXTENSIONS:
                 files.append(file)
                 labels.append(class_dir.name)
+    return files, labels
+
+
+def _list_images(root: str, key: str) -> tuple[list[Path], np.ndarray]:
+    folder = Path(root)
+    if not folder.is_dir():
+        raise UsageError(f"{key}: folder '{root}' not found (paths are relative to {Path.cwd()}).")
+    files, labels = images_by_class(folder)
     if not files:
         raise UsageError(
             f"{key}: '{root}' holds no images: expected one sub-folder per class with "

@@ -85,7 +85,7 @@ def _read(path: str, key: str, reader: str, na_values: list[str] = ()):
     except ImportError:
         raise UsageError(f"dataset '{reader}' needs pandas: pip install 'mlrun[tabular]'") from None
     files = resolve_files(path, key)
-    frames = [_read_file(file, key, reader, na_values) for file in files]
+    frames = [read_table_file(file, key, reader, na_values) for file in files]
     for file, frame in zip(files[1:], frames[1:]):
         if list(frame.columns) != list(frames[0].columns):
             raise UsageError(
@@ -98,12 +98,16 @@ def _read(path: str, key: str, reader: str, na_values: list[str] = ()):
     return pd.concat(frames, ignore_index=True), f"{path} ({len(files)} files read as one table, in sorted order)"
 
 
-def _read_file(file: Path, key: str, reader: str, na_values: list[str]):
+def read_table_file(file: Path, key: str, reader: str, na_values: list[str] = ()):
+    """One table file (`reader`: csv | parquet | jsonl) as a DataFrame; exit 2 naming `key` and the file
+    when it cannot be read or holds no rows. Shared by training's sources and `mlrun predict`."""
     import pandas as pd
 
     try:
         if reader == "csv":
             frame = pd.read_csv(file, na_values=list(na_values) or None)
+        elif reader == "jsonl":
+            frame = pd.read_json(file, lines=True)
         else:
             frame = pd.read_parquet(file).replace(list(na_values), np.nan) if na_values else pd.read_parquet(file)
     except ImportError as exc:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlrun.data.images import EXTENSIONS, Normalize, _Decoder
+from mlrun.data.images import EXTENSIONS, Normalize, _Decoder, images_by_class
 from mlrun.errors import UsageError
 from mlrun.prediction.prepared import Inputs
 from mlrun.prediction.tables import labels_to_targets
@@ -27,12 +27,7 @@ def list_images(path: Path) -> tuple[list[Path], list[str] | None]:
         if not loose:
             raise UsageError(f"INPUT: '{path}' holds no images ({', '.join(EXTENSIONS)})")
         return loose, None
-    files, labels = [], []
-    for folder in folders:
-        for file in sorted(folder.iterdir()):
-            if file.suffix.lower() in EXTENSIONS:
-                files.append(file)
-                labels.append(folder.name)
+    files, labels = images_by_class(path)
     if not files:
         raise UsageError(f"INPUT: the sub-folders of '{path}' hold no images ({', '.join(EXTENSIONS)})")
     return files, labels

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
+from mlrun.data.tabular import read_table_file
 from mlrun.errors import UsageError, did_you_mean
 from mlrun.prediction.prepared import Inputs
 
 
 def read_frame(path: Path):
+    """The table file INPUT names (by its suffix: .csv, .parquet, .jsonl/.ndjson/.json)."""
     try:
-        import pandas as pd
+        import pandas  # noqa: F401 - missing pandas gets the extra to install, before anything is read
     except ImportError:
         raise UsageError("reading tables needs pandas: pip install 'mlrun[tabular]'") from None
     if path.is_dir():
@@ -25,18 +27,8 @@ def read_frame(path: Path):
             "training columns"
         )
     suffix = path.suffix.lower()
-    try:
-        if suffix in (".jsonl", ".ndjson", ".json"):
-            frame = pd.read_json(path, lines=True)
-        elif suffix == ".parquet":
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
-        raise UsageError(f"INPUT: cannot read '{path}' as a table: {exc}") from None
-    if frame.empty:
-        raise UsageError(f"INPUT: '{path}' has no rows")
-    return frame
+    reader = "jsonl" if suffix in (".jsonl", ".ndjson", ".json") else "parquet" if suffix == ".parquet" else "csv"
+    return read_table_file(path, "INPUT", reader)
 
 
 def _first_rows(mask: np.ndarray) -> str:
