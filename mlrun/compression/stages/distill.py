@@ -101,7 +101,7 @@ def distill(
         model,
         objective=objective,
         model_spec=student,
-        report={"student_parameters": params, "teacher": taught, "temperature": temperature, "alpha": alpha},
+        report={"student_parameters": params, **{k: v for k, v in objective.items() if k != "name"}},
         compare=compare,
     )
 
