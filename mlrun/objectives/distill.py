@@ -60,8 +60,7 @@ def distill(
     """Match a trained teacher's softened outputs (weight alpha) and the labels (weight 1 - alpha).
 
     Args:
-        teacher: the teacher's run directory or compress stage folder (config.yaml + weights), or a
-            list of them: an ensemble whose logits are averaged.
+        teacher: the teacher's run or compress stage folder (config.yaml + weights), or a list: logits averaged.
         weights: the teacher's weights file in that folder: model.safetensors or best.safetensors.
         temperature: softens both distributions; higher shows more of the teacher's ranking of wrong classes.
         alpha: weight of the teacher's soft targets; 1 - alpha weighs the hard-label loss.

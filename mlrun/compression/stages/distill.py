@@ -51,15 +51,12 @@ def distill(
     """Knowledge distillation: KL to the teacher's softened outputs (alpha) plus the label loss.
 
     Args:
-        teacher: run directory or stage folder of the teacher, or a list of them (an ensemble: logits
-            averaged); default the trained run being compressed.
+        teacher: the teacher's run or stage folder, or a list (an ensemble: logits averaged); default the trained run.
         student: a model spec ({name: mlp, hidden_sizes: [64]}) trained from scratch; default the current model.
         temperature: softening of both distributions.
         alpha: weight of the soft targets; 1 - alpha weighs the label loss.
-        baseline: also train the same student alone (same start, batches, augmentation and schedule) and
-            report distilled vs alone; needs `student`.
-        seeds: paired seeds of the baseline: each draws the student's initial weights (the run's seed,
-            then the next ones); default 5.
+        baseline: also train the student alone (same start, batches, augmentation, schedule): distilled vs alone.
+        seeds: the baseline's paired seeds, each drawing the student's initial weights; default 5.
     """
     if context.config.objective.name != "supervised":
         raise UsageError(
