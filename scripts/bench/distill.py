@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,14 +79,13 @@ def bench_variant(work: Path, label: str, settings: dict, seeds: int) -> dict:
     report = mlrun(work, "compress", str(config_file(work, name, compress=[stage])))
     teacher, row = report["stages"][0], report["stages"][1]
     arm = row["report"]["baseline"]
-    mean = lambda values: sum(values) / len(values)  # noqa: E731
     return {
         "variant": label,
         "teacher": teacher["metrics"][arm["metric"]],
         "teacher_parameters": teacher["parameters"],
         "student_parameters": row["parameters"],
-        "distilled": mean(arm["distilled"]),
-        "alone": mean(arm["alone"]),
+        "distilled": statistics.fmean(arm["distilled"]),
+        "alone": statistics.fmean(arm["alone"]),
         **{k: arm[k] for k in ("mean_gain", "sd", "interval95", "seeds")},
         "per_seed": {"distilled": arm["distilled"], "alone": arm["alone"]},
     }
