@@ -46,6 +46,7 @@ VARIANTS = {  # in the order they run; --variants picks by the first word
     "mixup T4 a0.9 10ep": {"alpha": 0.9, "finetune": finetune(10, [MIXUP])},
     "noise T4 a0.9 10ep": {"alpha": 0.9, "finetune": finetune(10, [NOISE])},
     "patient mixup+noise T4 a0.9 30ep": {"alpha": 0.9, "finetune": finetune(30, [MIXUP, NOISE])},
+    "patientT1 mixup+noise T1 a0.5 30ep": {"temperature": 1.0, "finetune": finetune(30, [MIXUP, NOISE])},
 }
 
 
