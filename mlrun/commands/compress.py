@@ -34,9 +34,30 @@ def run_compress_command(target: Path, overrides: list[str], json_output: bool) 
         print_json(report)
     else:
         print(text_table(report["stages"]))
-        for note in latency_notes(report["stages"]):
+        for note in [*baseline_notes(report["stages"]), *latency_notes(report["stages"])]:
             print(f"  note: {note}")
         print(f"mlrun: wrote {Path(report['folder']) / 'compress.json'}; export a stage with mlrun export <stage dir>")
+
+
+def baseline_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """distill's baseline arm: the student distilled against the same student trained alone."""
+    from statistics import fmean as mean
+
+    notes = []
+    for row in rows:
+        arm = row.get("report", {}).get("baseline")
+        if not arm:
+            continue
+        spread = (
+            f"95% interval {arm['interval95'][0]:+.4f} to {arm['interval95'][1]:+.4f}"
+            if arm["interval95"]
+            else "one seed: no interval"
+        )
+        notes.append(
+            f"{row['stage']}: {arm['metric']} distilled {mean(arm['distilled']):.4f} vs alone {mean(arm['alone']):.4f} "
+            f"over {len(arm['seeds'])} paired seed(s): gain {arm['mean_gain']:+.4f} ({spread})"
+        )
+    return notes
 
 
 def latency_notes(rows: list[dict[str, Any]]) -> list[str]:

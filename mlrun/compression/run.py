@@ -220,6 +220,8 @@ def run_round(
         tuned = finetune_config(output, stage, spec, start, train_dir, stage.objective)
         _train(tuned, train_dir)
         model = load_trained(train_dir).parts.model
+        if stage.compare is not None:  # the baseline arm of distill: figures of runs beside this one
+            stage.report.update(stage.compare(tuned, train_dir))
     if stage.finish is not None and round_ == spec.rounds:
         model = stage.finish(model)
     save_weights(model, stage_dir / "model.safetensors")

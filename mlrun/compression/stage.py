@@ -62,3 +62,6 @@ class Stage:
     """After fine-tuning: the plain deployable model (convert fake quantization, check clusters)."""
     report: dict[str, Any] = field(default_factory=dict)
     """What the stage did, for the table and compress.json (sparsity, ranks, channels removed)."""
+    compare: Callable[[ExperimentConfig, Path], dict[str, Any]] | None = None
+    """After the fine-tuning: runs beside it (distill's baseline arm), given the fine-tuning's config
+    and folder; what it returns joins the report."""

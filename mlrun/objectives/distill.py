@@ -5,7 +5,10 @@
     loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * loss(student, labels)
 
 The teacher is rebuilt from its run (or compress stage) folder, frozen and kept in eval mode; it
-runs under no_grad on the student's device. T^2 keeps the soft term's gradients on the scale of the
+runs under no_grad on the student's device, on exactly the batch the student sees: after the
+loop's augmentation, so with mixup or noise both see the same mixed or noisy inputs (Beyer et al.
+2022's "consistent" teaching; the hard term then uses the mixed labels). `teacher: [a, b, c]` is an
+ensemble: the teachers' logits are averaged. T^2 keeps the soft term's gradients on the scale of the
 hard term's as T changes. The student may be any architecture whose outputs have the teacher's
 shape (same classes or vocabulary); for sequence outputs the KL is averaged over tokens.
 Evaluation reports this loss as val/loss; metrics score the student's own predictions.
@@ -37,13 +40,18 @@ def soft_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) 
     return F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * temperature**2
 
 
+def ensemble_logits(logits: list[torch.Tensor]) -> torch.Tensor:
+    """The teachers' logits averaged (one teacher: its own logits)."""
+    return logits[0] if len(logits) == 1 else torch.stack(logits).float().mean(dim=0)
+
+
 @objectives.register("distill")
 def distill(
     loss_fn,
     meta: DataMeta,
     /,
     *,
-    teacher: str,
+    teacher: str | list[str],
     weights: str = "model.safetensors",
     temperature: PositiveFloat = 4.0,
     alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5,
@@ -52,7 +60,7 @@ def distill(
     """Match a trained teacher's softened outputs (weight alpha) and the labels (weight 1 - alpha).
 
     Args:
-        teacher: the teacher's run directory or compress stage folder (config.yaml + weights).
+        teacher: the teacher's run or compress stage folder (config.yaml + weights), or a list: logits averaged.
         weights: the teacher's weights file in that folder: model.safetensors or best.safetensors.
         temperature: softens both distributions; higher shows more of the teacher's ranking of wrong classes.
         alpha: weight of the teacher's soft targets; 1 - alpha weighs the hard-label loss.
@@ -60,24 +68,29 @@ def distill(
     """
     if meta.task == "regression":
         raise UsageError(f"objective distill: soft targets need class scores; the data's task is '{meta.task}'")
-    frozen = load_saved_model(Path(teacher), meta, weights).requires_grad_(False)
+    names = [teacher] if isinstance(teacher, str) else list(teacher)
+    if not names:
+        raise UsageError("objective distill: teacher is an empty list; name one run or more")
+    frozen = [load_saved_model(Path(name), meta, weights).requires_grad_(False) for name in names]
     checked = False
 
     def objective(model, batch) -> ObjectiveOutput:
         nonlocal frozen, checked
         features, targets = split_batch(batch, target_key)
         logits = logits_of(call_model(model, features))
-        if not checked:  # once: the teacher's device, and outputs the student can match
-            frozen = frozen.to(logits.device)
+        if not checked:  # once: the teachers' device, and outputs the student can match
+            frozen = [one.to(logits.device) for one in frozen]
         with torch.no_grad():
-            taught = logits_of(call_model(frozen, features))
+            outputs = [logits_of(call_model(one, features)) for one in frozen]
         if not checked:
-            if taught.shape != logits.shape:
-                raise UsageError(
-                    f"objective distill: the teacher '{teacher}' outputs {tuple(taught.shape[1:])} per sample, "
-                    f"the student {tuple(logits.shape[1:])}; a student must predict the teacher's classes"
-                )
+            for name, output in zip(names, outputs):
+                if output.shape != logits.shape:
+                    raise UsageError(
+                        f"objective distill: the teacher '{name}' outputs {tuple(output.shape[1:])} per sample, "
+                        f"the student {tuple(logits.shape[1:])}; a student must predict the teacher's classes"
+                    )
             checked = True
+        taught = ensemble_logits(outputs)
         loss = alpha * soft_loss(logits, taught, temperature)
         if alpha < 1.0:
             loss = loss + (1.0 - alpha) * loss_fn(logits, targets)

@@ -1,0 +1,102 @@
+"""The baseline arm of `distill`: the same student trained alone, over paired seeds.
+
+    compress:
+      - {name: distill, student: {name: mlp, hidden_sizes: [384, 128]}, baseline: true, seeds: 5,
+         finetune: {train.epochs: 30}}
+
+For each seed s (the run's seed, then s + 1, ...) two runs differ only in the objective: `distilled`
+(the stage's) and `alone` (the run's own). Both start from the same student, initialised under seed
+s, and train for the same steps with the same schedule, batches and augmentation. The seed draws
+the student's initial weights only: the runs keep the trained run's `seed`, because mlrun's data
+split follows `seed`, and a teacher trained on the run's split must not have seen the student's
+validation samples (another split would favour distillation unfairly). The first seed's distilled
+run is the stage's own fine-tuning. Runs live in <stage>/baseline/seed-<s>/{distilled,alone} and,
+like any run, resume when interrupted and are reused when finished.
+
+The report holds both arms' final metric per seed, the mean paired difference (distilled - alone)
+and its 95% Student-t interval: differences of the same seed remove what the seed alone decides.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mlrun.config.errors import SourceMap
+from mlrun.config.load import validate_raw
+from mlrun.config.schema import ExperimentConfig
+from mlrun.engine.run_dir import read_summary
+
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (seeds - 1); stage settings cap seeds at 31.
+T_975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+MAX_SEEDS = len(T_975) + 1
+
+
+def paired_difference(distilled: list[float], alone: list[float]) -> dict[str, Any]:
+    """Mean of distilled - alone over paired seeds, its standard deviation and 95% t-interval."""
+    gains = [d - a for d, a in zip(distilled, alone, strict=True)]
+    mean = statistics.fmean(gains)
+    if len(gains) < 2:
+        return {"mean_gain": mean, "sd": None, "interval95": None}
+    sd = statistics.stdev(gains)
+    half = T_975[len(gains) - 2] * sd / math.sqrt(len(gains))
+    return {"mean_gain": mean, "sd": sd, "interval95": [mean - half, mean + half]}
+
+
+def baseline_arm(
+    seeds: int, own_objective: dict[str, Any], start_for: Callable[[int, Path], Path]
+) -> Callable[[ExperimentConfig, Path], dict[str, Any]]:
+    """The stage's `compare`: trains the arms beside the fine-tuning and reports them.
+
+    start_for(seed, folder) writes and returns the start weights of that seed (a fresh student).
+    """
+
+    def compare(tuned: ExperimentConfig, train_dir: Path) -> dict[str, Any]:
+        first = tuned.seed
+        metric = _compared_metric(tuned, train_dir)
+        arms: dict[str, list[float]] = {"distilled": [], "alone": []}
+        for seed in range(first, first + seeds):
+            folder = train_dir.parent / "baseline" / f"seed-{seed}"
+            start = tuned.init_from.path if seed == first else str(start_for(seed, folder))
+            distilled = train_dir if seed == first else _train_arm(tuned, folder, "distilled", start)
+            alone = _train_arm(tuned, folder, "alone", start, own_objective)
+            arms["distilled"].append(_final(distilled, metric))
+            arms["alone"].append(_final(alone, metric))
+        seed_list = list(range(first, first + seeds))
+        return {"baseline": {"metric": metric, "seeds": seed_list, **arms, **paired_difference(**arms)}}
+
+    return compare
+
+
+def _train_arm(tuned: ExperimentConfig, folder: Path, name: str, start: str, objective: dict | None = None) -> Path:
+    """One arm's run (skipped when it finished before an interruption); returns its folder."""
+    from mlrun.engine.run import run_training
+
+    data = tuned.model_dump(mode="json")
+    data.update(name=name, output_dir=str(folder), init_from={**data["init_from"], "path": start})
+    if objective is not None:
+        data["objective"] = objective
+    run_dir = folder / name
+    summary = read_summary(run_dir)
+    if not (summary and summary.get("status") in ("completed", "early_stopped")):
+        run_training(validate_raw(data, SourceMap()), resume="auto")
+    return run_dir
+
+
+def _compared_metric(tuned: ExperimentConfig, train_dir: Path) -> str:
+    """The run's monitored metric, else its first metric: val/loss differs between the arms' objectives."""
+    if tuned.train.best and tuned.train.best.monitor != "val/loss":
+        return tuned.train.best.monitor
+    final = (read_summary(train_dir) or {}).get("final") or {}
+    return next((k for k in final if k.startswith("val/") and k != "val/loss"), "val/loss")
+
+
+def _final(run_dir: Path, metric: str) -> float:
+    return float(read_summary(run_dir)["final"][metric])

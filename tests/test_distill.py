@@ -1,0 +1,135 @@
+"""Distillation that can be judged: the baseline arm, teacher ensembles, the same-view transfer set."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch.nn import functional as F
+
+from tests.conftest import run_cli, tiny_config, write_config
+
+STUDENT = {"name": "mlp", "hidden_sizes": [8]}
+
+
+def trained(folder: Path, name: str, seed: int = 0) -> Path:
+    """A trained tiny MLP run (2 epochs); returns its config path."""
+    config = tiny_config(name=name, seed=seed, train={**tiny_config()["train"], "epochs": 2})
+    path = write_config(folder, config, f"{name}.yaml")
+    result = run_cli("train", path, cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def test_baseline_arm_reports_distilled_and_alone_over_paired_seeds(tmp_path: Path) -> None:
+    base = trained(tmp_path, "base")
+    config = yaml.safe_load(base.read_text())
+    config["compress"] = [
+        {"name": "distill", "student": STUDENT, "baseline": True, "seeds": 2, "finetune": {"train.epochs": 1}}
+    ]
+    result = run_cli("compress", write_config(tmp_path, config, "c.yaml"), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)["stages"][1]
+    arm = row["report"]["baseline"]
+    assert arm["metric"] == "val/accuracy" and arm["seeds"] == [0, 1]
+    stage = tmp_path / "runs/base/compress/1-distill"
+    runs = {
+        ("distilled", 0): stage / "train",
+        ("alone", 0): stage / "baseline/seed-0/alone",
+        ("distilled", 1): stage / "baseline/seed-1/distilled",
+        ("alone", 1): stage / "baseline/seed-1/alone",
+    }
+    for (name, seed), run in runs.items():  # each arm's figure is its own run's final metric
+        summary = json.loads((run / "summary.json").read_text())
+        assert arm[name][seed] == summary["final"]["val/accuracy"], (name, seed)
+        run_config = yaml.safe_load((run / "config.yaml").read_text())
+        # The run's seed, so the teacher's split: the paired seeds draw the students' initial weights.
+        assert run_config["seed"] == 0 and run_config["train"]["epochs"] == 1
+        assert run_config["objective"]["name"] == ("distill" if name == "distilled" else "supervised")
+    # A pair starts from the same student weights; the seeds' students differ.
+    starts = {key: yaml.safe_load((run / "config.yaml").read_text())["init_from"]["path"] for key, run in runs.items()}
+    assert starts["distilled", 0] == starts["alone", 0] and starts["distilled", 1] == starts["alone", 1]
+    assert starts["distilled", 0] != starts["distilled", 1]
+    gains = [d - a for d, a in zip(arm["distilled"], arm["alone"])]
+    assert arm["mean_gain"] == pytest.approx(statistics.fmean(gains))
+    half = 12.706 * statistics.stdev(gains) / 2**0.5  # t(0.975, 1 degree of freedom)
+    assert arm["interval95"] == pytest.approx([arm["mean_gain"] - half, arm["mean_gain"] + half])
+    assert row["metrics"]["val/accuracy"] == pytest.approx(arm["distilled"][0], abs=1e-6)  # the stage's result
+    table = run_cli("compress", tmp_path / "c.yaml", cwd=tmp_path)  # reused: the table's note
+    assert table.returncode == 0 and "reusing it" in table.stderr, table.stderr
+    assert "distilled" in table.stdout and "vs alone" in table.stdout and "over 2 paired seed(s)" in table.stdout
+
+
+def test_a_baseline_needs_a_student_and_seeds_need_the_baseline(tmp_path: Path) -> None:
+    base = trained(tmp_path, "base")
+    config = yaml.safe_load(base.read_text())
+    cases = {
+        "baseline: true": {"student": STUDENT, "seeds": 3},
+        "give the stage a student": {"baseline": True},
+    }
+    for message, settings in cases.items():
+        config["compress"] = [{"name": "distill", **settings, "finetune": {"train.epochs": 1}}]
+        result = run_cli("compress", write_config(tmp_path, config, "c.yaml"), cwd=tmp_path)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_teacher_ensemble_distils_the_mean_of_the_teachers_logits(tmp_path: Path) -> None:
+    from mlrun.data.bundle import DataMeta
+    from mlrun.engine.restore import load_trained
+    from mlrun.registry import objectives
+
+    trained(tmp_path, "one", seed=0)
+    trained(tmp_path, "two", seed=5)
+    teachers = [load_trained(tmp_path / "runs" / name).parts.model for name in ("one", "two")]
+    meta: DataMeta = load_trained(tmp_path / "runs/one").parts.bundle.meta
+    settings = {"teacher": [str(tmp_path / "runs/one"), str(tmp_path / "runs/two")], "temperature": 2.0, "alpha": 1.0}
+    objective = objectives.build("distill", F.cross_entropy, meta, **settings)
+    torch.manual_seed(0)
+    student = torch.nn.Linear(16, 4)
+    inputs, labels = torch.randn(32, 16), torch.randint(0, 4, (32,))
+    loss = objective(student, (inputs, labels)).loss
+    with torch.no_grad():
+        one, two, mine = teachers[0](inputs), teachers[1](inputs), student(inputs)
+    assert not torch.allclose(one, two, atol=0.1)  # two different teachers
+    mean = (one + two) / 2
+    by_hand = (mean / 2).softmax(-1) * ((mean / 2).log_softmax(-1) - (mine / 2).log_softmax(-1))
+    assert loss.item() == pytest.approx(4 * float(by_hand.sum(-1).mean()), rel=1e-5)  # T^2 KL to the mean
+
+
+def test_teacher_sees_exactly_the_augmented_batch_the_student_sees(tmp_path: Path, monkeypatch) -> None:
+    import mlrun.objectives.distill as distill_module
+
+    trained(tmp_path, "teacher")
+    seen: list[tuple[str, torch.Tensor]] = []
+    original = distill_module.call_model
+
+    def recording(model, features):
+        seen.append(("student" if model.training else "teacher", features.detach().clone()))
+        return original(model, features)
+
+    monkeypatch.setattr(distill_module, "call_model", recording)
+    runs = {}
+    for name, augment in {"plain": [], "mixed": [{"name": "mixup", "alpha": 1.0}, {"name": "gaussian_noise"}]}.items():
+        seen.clear()
+        data = {**tiny_config()["data"], "augment": augment}
+        config = tiny_config(
+            name=name,
+            model={**STUDENT, "dropout": 0.0},
+            data=data,
+            objective={"name": "distill", "teacher": "runs/teacher"},
+            train={**tiny_config()["train"], "epochs": 1, "eval_every": "1ep"},
+        )
+        result = run_cli("train", write_config(tmp_path, config, f"{name}.yaml"), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        pairs = [(seen[i], seen[i + 1]) for i in range(len(seen) - 1) if seen[i][0] == "student"]
+        steps = json.loads((tmp_path / "runs" / name / "summary.json").read_text())["steps"]
+        assert len(pairs) == steps  # every training step called both, the student first
+        for (_, student_inputs), (who, teacher_inputs) in pairs:
+            assert who == "teacher" and torch.equal(student_inputs, teacher_inputs)
+        runs[name] = pairs[0][0][1]
+    assert not torch.allclose(runs["plain"], runs["mixed"])  # the augmentation reached both models
