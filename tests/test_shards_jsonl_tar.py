@@ -109,7 +109,9 @@ def test_a_corrupt_jsonl_line_exits_2_naming_shard_and_offset_or_is_skipped_and_
     path = write_config(tmp_path, text_config("broken"))
     result = run_cli("train", path, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"shard '{Path('texts/part-1.jsonl')}' line 6 (byte offset {offset}): not valid JSON" in result.stderr
+    assert (
+        f"shard '{tmp_path / 'texts' / 'part-1.jsonl'}' line 6 (byte offset {offset}): not valid JSON" in result.stderr
+    )
     assert not (tmp_path / "runs" / "broken" / "checkpoints").exists()
     result = run_cli("train", path, "data.skip_corrupt=true", "train.epochs=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -206,13 +208,15 @@ def test_a_broken_tar_exits_2_naming_shard_and_offset_or_its_samples_are_skipped
     path = write_config(tmp_path, image_config("broken"))
     result = run_cli("train", path, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"shard '{Path('tars/part-1.tar')}' byte offset" in result.stderr and "skip_corrupt" in result.stderr
+    assert (
+        f"shard '{tmp_path / 'tars' / 'part-1.tar'}' byte offset" in result.stderr and "skip_corrupt" in result.stderr
+    )
     assert "the tar ends without its end-of-archive blocks" in result.stderr
     result = run_cli("train", path, "data.skip_corrupt=true", "train.epochs=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     # The cut tar loses its tail and the sample whose label was cut off; the zeroed PNG is one sample.
     assert "skipped 3 corrupt sample(s) or tar region(s)" in result.stderr
-    assert f"'{Path('tars/part-2.tar')}' byte offset {image.offset_data}" in result.stderr
+    assert f"'{tmp_path / 'tars' / 'part-2.tar'}' byte offset {image.offset_data}" in result.stderr
 
 
 @pytest.mark.e2e
