@@ -30,8 +30,16 @@ import torch
 from pydantic import Field, NonNegativeInt, PositiveInt
 from torch.utils.data import Dataset
 
-from mlrun.data.bundle import DataMeta, DatasetBundle
-from mlrun.data.images import EXTENSIONS, STATS_SAMPLE, Normalize, _channel_stats, _Decoder, _recorded_settings
+from mlrun.data.bundle import DatasetBundle
+from mlrun.data.images import (
+    EXTENSIONS,
+    STATS_SAMPLE,
+    Normalize,
+    _channel_stats,
+    _Decoder,
+    _recorded_settings,
+    image_description,
+)
 from mlrun.data.shard_files import LRU, OpenFiles, cached_index, locate, report_skipped, shard_paths
 from mlrun.data.splits import ValFraction, encode_labels, split_indices
 from mlrun.errors import UsageError
@@ -238,15 +246,5 @@ def image_shards(
     normalize = Normalize(mean, std)
     train = ImageShardSet(indexed, train_rows, y_train, decoder, normalize, cache_samples)
     val = ImageShardSet(val_indexed, val_rows, y_val, decoder, normalize, cache_samples)
-    meta = DataMeta(
-        task="classification",
-        input_shape=shape,
-        num_classes=len(classes),
-        pixel_mean=tuple(mean),
-        pixel_std=tuple(std),
-    )
-    preprocessing = {
-        "image": {"size": list(shape[1:]), "mode": decoder.mode, "scale": 1 / 255.0, "mean": mean, "std": std},
-        "classes": classes,
-    }
+    meta, preprocessing = image_description(shape, classes, decoder, mean, std)
     return DatasetBundle(train, val, meta, preprocessing=preprocessing)

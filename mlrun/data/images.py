@@ -67,6 +67,23 @@ def _list_images(root: str, key: str) -> tuple[list[Path], np.ndarray]:
     return files, np.array(labels)
 
 
+def image_description(shape, classes: list[str], decoder, mean: list[float], std: list[float]):
+    """(DataMeta, preprocessing record) of an image classification source: what eval, predict and export
+    read to prepare new images as training did. Shared by `image_folder` and `image_shards`."""
+    meta = DataMeta(
+        task="classification",
+        input_shape=tuple(int(d) for d in shape),
+        num_classes=len(classes),
+        pixel_mean=tuple(mean),
+        pixel_std=tuple(std),
+    )
+    preprocessing = {
+        "image": {"size": list(shape[1:]), "mode": decoder.mode, "scale": 1 / 255.0, "mean": mean, "std": std},
+        "classes": classes,
+    }
+    return meta, preprocessing
+
+
 class _Decoder:
     """Opens one file as a (C, H, W) uint8 array in the configured mode and size; None when corrupt."""
 
@@ -230,17 +247,7 @@ def image_folder(
     else:
         train = ImageFiles([files[i] for i in train_idx], to_long(y_train), decoder, normalize)
         val = ImageFiles([files[i] for i in val_idx], to_long(y_val), decoder, normalize)
-    meta = DataMeta(
-        task="classification",
-        input_shape=tuple(int(d) for d in shape),
-        num_classes=len(classes),
-        pixel_mean=tuple(mean),
-        pixel_std=tuple(std),
-    )
-    preprocessing = {
-        "image": {"size": list(shape[1:]), "mode": decoder.mode, "scale": 1 / 255.0, "mean": mean, "std": std},
-        "classes": classes,
-    }
+    meta, preprocessing = image_description(shape, classes, decoder, mean, std)
     if len(kept) < len(files):
         preprocessing["skipped_corrupt"] = len(files) - len(kept)
     return DatasetBundle(train, val, meta, preprocessing=preprocessing)
