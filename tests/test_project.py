@@ -144,9 +144,9 @@ ALLOWED_IMPORTS = {
     },
     "export": {"config", "data", "errors", "metrics", "models", "registry"},
     # child_process: profile --matrix runs each case, tune --workers each worker, as `python -m mlrun`;
-    # tracking: the study's MLflow run.
+    # tracking: the study's MLflow run; compression: a compress search (tune.objectives) runs the chain per trial.
     "profiling": {"child_process", "config", "data", "energy", "engine", "errors", "memory"},
-    "tuning": {"callbacks", "child_process", "config", "engine", "errors", "tracking"},
+    "tuning": {"callbacks", "child_process", "compression", "config", "engine", "errors", "tracking"},
     "reporting": {"errors"},
     "prediction": {"config", "data", "engine", "errors", "export", "models"},
     # engine: fine-tuning runs the training loop; techniques: masks and tied weights of the stages.

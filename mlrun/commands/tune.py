@@ -43,7 +43,8 @@ def run_tune(
         trials=trials or tune.trials,
         timeout_s=timeout or tune.timeout_s,
         storage=storage or tune.storage,
-        study_name=study_name or config.name,
+        # A compress search is a study of its own (other objectives) beside the training search's.
+        study_name=study_name or (f"{config.name}-compress" if tune.objectives is not None else config.name),
         workers=workers,
         worker=worker,
     )
@@ -52,6 +53,8 @@ def run_tune(
         return
     if json_output:
         print_json(summary)
+    elif tune.objectives is not None:
+        print_front(summary)
     elif tune.strategy == "pbt":
         print(f"mlrun: population-based training done: {summary['summary']}")
     else:
@@ -79,3 +82,25 @@ def print_study(summary: dict, tune) -> None:
             f"mlrun: wrote {tune_dir / 'best.yaml'} (train it: mlrun train {tune_dir / 'best.yaml'}), "
             f"trials.csv, summary.json, {', '.join(summary['plots']) or 'no plots'}"
         )
+
+
+def print_front(summary: dict) -> None:
+    from mlrun.tuning.pareto import front_table
+
+    counts, folder = summary["states"], Path(summary["folder"])
+    print(f"mlrun: {summary['trials']} trials: {counts['complete']} complete, {counts['fail']} failed")
+    if not summary["front"]:
+        return
+    trained = summary["trained"] or {}
+    base = ", ".join(f"{k} {v:.4g}" for k, v in trained.get("metrics", {}).items())
+    print(
+        f"mlrun: Pareto front, {len(summary['front'])} of {counts['complete']} completed trials "
+        f"(trained model: {base}, file {trained.get('file_bytes', 0) / 1e6:.4f} MB, "
+        f"b1 {trained.get('latency_ms_b1', float('nan')):.3f} ms):"
+    )
+    print(front_table(summary))
+    plot = f"{summary['plot']}, " if summary["plot"] else "no PNG (needs matplotlib and two objectives), "
+    print(
+        f"mlrun: wrote {folder / 'pareto.json'}, {plot}trials.csv, summary.json; "
+        f"export a member: mlrun export {summary['front'][0]['dir']}"
+    )

@@ -55,8 +55,11 @@ class ModelSource:
     key: str  # identifies these weights and how they were made
 
 
-def run_compress(specs: list[StageSpec], source_dir: Path) -> dict[str, Any]:
-    """Run `specs` in order from the final weights of `source_dir`; returns compress.json's content."""
+def run_compress(specs: list[StageSpec], source_dir: Path, root: Path | None = None) -> dict[str, Any]:
+    """Run `specs` in order from the final weights of `source_dir`; returns compress.json's content.
+
+    `root`: the folder of the chain's stages (a compress search's trial folder); default compress/ or
+    the compress-N/ chosen by `chain_folder`."""
     from mlrun.engine.restore import load_trained
 
     if not specs:
@@ -65,7 +68,7 @@ def run_compress(specs: list[StageSpec], source_dir: Path) -> dict[str, Any]:
     weights = trained.weights
     source = ModelSource(load_config(source_dir / "config.yaml"), weights, source_dir, None, _file_key(weights))
     check_stages(specs, trained, source)  # every stage applies, before any work is written
-    root = chain_folder(source_dir, specs, source.key)
+    root = root or chain_folder(source_dir, specs, source.key)
     rows = [{"stage": "trained", "dir": str(source_dir), **measure(trained.parts.model, trained.parts, None)}]
     rows[0]["file_bytes"] = weights.stat().st_size
     for index, spec in enumerate(specs, 1):

@@ -12,6 +12,7 @@ from typing import Any
 
 from mlrun.errors import UsageError
 from mlrun.reporting.curves import panels
+from mlrun.reporting.fronts import fronts_html
 from mlrun.reporting.runs import RunRecord, curve
 
 PAGE = """<!DOCTYPE html>
@@ -29,6 +30,7 @@ th {{ background: #f2f2f2; }} td:first-child, th:first-child {{ text-align: left
 {table}
 <h2>Curves</h2>
 {figure}
+{fronts}
 </body></html>
 """
 
@@ -83,6 +85,7 @@ def write_report(runs: list[RunRecord], rows: list[dict[str, Any]], metric: str,
         subtitle=subtitle,
         table=table_html(rows, format_cell),
         figure=figure_html(runs, metric),
+        fronts=fronts_html(runs),
     )
     path.write_text(page, encoding="utf-8")
     return path

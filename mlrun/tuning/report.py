@@ -16,7 +16,12 @@ from mlrun.tuning.space import as_override, decode
 
 def trial_line(trial) -> str:
     """One line per finished trial, for the live log."""
-    value = "" if trial.value is None else f" value {trial.value:.6g}"
+    if trial.values is None:
+        value = ""
+    elif len(trial.values) == 1:
+        value = f" value {trial.values[0]:.6g}"
+    else:  # a multi-objective study (compress search): every objective's value
+        value = " values " + ", ".join(f"{v:.6g}" for v in trial.values)
     duration = f" ({trial.duration.total_seconds():.1f}s)" if trial.duration else ""
     params = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
     error = f" error: {trial.user_attrs['error'].splitlines()[0]}" if "error" in trial.user_attrs else ""

@@ -38,9 +38,24 @@ def run_search(config: ExperimentConfig, options: StudyOptions) -> dict | None:
     from mlrun.engine.run_dir import check_writable
     from mlrun.tuning.space import check_space
 
+    if config.tune.objectives is not None:  # a search over compress settings: checked before the space
+        from mlrun.tuning.compress_search import check_objectives
+
+        check_objectives(config)
     check_space(options.path, list(options.overrides), config.tune)
     tune_dir = Path(config.output_dir) / config.name / "tune"
     check_writable(tune_dir)
+    if config.tune.objectives is not None:
+        from mlrun.tuning.compress_search import run_compress_search
+
+        (tune_dir / "compress").mkdir(parents=True, exist_ok=True)
+        return run_compress_search(
+            config,
+            options,
+            tune_dir / "compress",
+            enqueue=enqueue_config,
+            processes=training_processes().num_processes,
+        )
     tune_dir.mkdir(parents=True, exist_ok=True)
     if config.tune.strategy == "pbt":
         return run_population(config, options, tune_dir)

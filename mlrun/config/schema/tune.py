@@ -108,6 +108,12 @@ class TuneConfig(Section):
     """Study storage: default a journal file in <run>/tune/; or a PostgreSQL/MySQL URL for many hosts."""
     space: dict[str, ParamSpec]
     """Searched keys: dotted config paths, e.g. optimizer.lr: {type: float, low: 1e-4, high: 1e-1, log: true}."""
+    objectives: dict[str, Literal["minimize", "maximize"]] | None = None
+    """A search for the best compressed model: each trial runs the `compress:` stages, with the space's
+    `compress.<n>.<setting>` values, on the trained run, and is scored on these figures of its last stage
+    (val/<metric>, file_bytes, huffman_bytes, latency_ms_b1, latency_ms_b64, macs, nonzero_parameters),
+    e.g. {val/accuracy: maximize, file_bytes: minimize, latency_ms_b1: minimize}; the result is the
+    Pareto front in tune/compress/. metric and direction are then not used."""
     enqueue_config: bool = True
     """strategy optuna: run the config's own values of the space's keys as the first trial of a new study,
     when all lie inside the space (a good config then guides the sampler from the start); false: all sampled."""

@@ -1,0 +1,154 @@
+"""A search for the best compressed model: `mlrun tune` over `compress.<n>.<setting>` keys, scored on
+several figures at once (accuracy, stored size, latency) by a multi-objective Optuna sampler.
+
+    mlrun train configs/pareto_digits.yaml && mlrun tune configs/pareto_digits.yaml
+
+Each trial runs the config's `compress:` chain, with the trial's values, from the trained run's final
+weights into runs/<name>/tune/compress/trial-<n>/ (no training from scratch: trials cost a few
+fine-tuning epochs). Its scores are the figures `mlrun compress` measures of the chain's last stage:
+validation metrics, the loadable file's bytes (compressed.safetensors where a stage bit-packs its
+weights), MACs and CPU latency. What is left is the Pareto front (tuning/pareto.py); any member's
+last stage folder exports with `mlrun export`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from mlrun.config.load import as_override, load_config
+from mlrun.config.schema import ExperimentConfig
+from mlrun.errors import RunFailed, UsageError, did_you_mean
+from mlrun.tuning.space import suggest
+
+# Figures of a compress stage row (compression/measure.py) that a search may score, besides val/<metric>.
+STAGE_FIGURES = (
+    "file_bytes",
+    "bytes",
+    "huffman_bytes",
+    "latency_ms_b1",
+    "latency_ms_b64",
+    "macs",
+    "nonzero_parameters",
+    "parameters",
+)
+
+
+def check_objectives(config: ExperimentConfig) -> None:
+    """Every objective a figure a stage measures, every searched key a compress setting; exit 2 before any trial."""
+    tune = config.tune
+    metric_names = ["val/loss", *(f"val/{spec.name}" for spec in config.metrics)]
+    known = [*metric_names, *STAGE_FIGURES]
+    if not tune.objectives:
+        raise UsageError("tune.objectives: name at least one figure to optimise, e.g. {val/accuracy: maximize}")
+    for key in tune.objectives:
+        if key not in known:
+            raise UsageError(
+                f"tune.objectives.{key}: not a figure a compress stage measures.{did_you_mean(key, known)} "
+                f"Choose from: {', '.join(known)}"
+            )
+    if not config.compress:
+        raise UsageError("tune.objectives: a compress search needs the compress: stages whose settings it varies")
+    for key in tune.space:
+        if not key.startswith("compress."):
+            raise UsageError(
+                f"tune.space.{key}: a search with tune.objectives varies compress stage settings only "
+                f"(compress.<n>.<setting>, e.g. compress.0.sparsity); train-time keys need a separate tune"
+            )
+    if "pruner" in tune.model_fields_set and tune.pruner.name != "none":
+        raise UsageError("tune.pruner: a compress search scores finished chains only; set pruner: {name: none}")
+    if tune.strategy != "optuna":
+        raise UsageError("tune.strategy: a compress search (tune.objectives) runs with strategy optuna")
+
+
+def trained_run(config: ExperimentConfig) -> Path:
+    source_dir = Path(config.output_dir) / config.name
+    if not (source_dir / "model.safetensors").is_file():
+        raise UsageError(
+            f"a compress search starts from a trained run, and '{source_dir}' has no final weights "
+            f"(model.safetensors); train it first: mlrun train <this config>"
+        )
+    return source_dir
+
+
+def score(row: dict, key: str) -> float:
+    """One objective's value from a stage row: val/<metric> from its metrics, else the row's own figure."""
+    return float(row["metrics"][key]) if key.startswith("val/") else float(row[key])
+
+
+def objective(path: Path, overrides: list[str], config: ExperimentConfig, tune_dir: Path):
+    """The function Optuna calls per trial: the compress chain with the trial's values, its figures."""
+    from mlrun.compression.run import run_compress
+
+    tune, source_dir = config.tune, trained_run(config)
+
+    def run(trial) -> list[float]:
+        params = {key: suggest(trial, key, spec) for key, spec in tune.space.items()}
+        try:
+            trial_config = load_config(path, [*overrides, *(as_override(k, v) for k, v in params.items())])
+        except UsageError as exc:  # a sampled combination the config rejects: recorded, not fatal
+            trial.set_user_attr("error", str(exc))
+            raise
+        report = run_compress(trial_config.compress, source_dir, root=tune_dir / f"trial-{trial.number:04d}")
+        trained, last = report["stages"][0], report["stages"][-1]
+        trial.set_user_attr("dir", last["dir"])  # `mlrun export` takes this folder
+        trial.set_user_attr("figures", {k: score(last, k) for k in ("file_bytes", "latency_ms_b1", "latency_ms_b64")})
+        trial.set_user_attr("metrics", last["metrics"])
+        trial.set_user_attr("vs_trained", last["vs_trained"])
+        trial.set_user_attr(
+            "trained", {k: trained[k] for k in ("metrics", "file_bytes", "latency_ms_b1", "latency_ms_b64")}
+        )
+        return [score(last, key) for key in tune.objectives]
+
+    return run
+
+
+def run_compress_search(config: ExperimentConfig, options, tune_dir: Path, *, enqueue, processes: int) -> dict:
+    """The study over compress settings, to `options.trials`; returns the summary with its Pareto front.
+
+    `enqueue(study, config)` queues the config's own values (runner.enqueue_config); `processes`: how many
+    processes this command runs on (torchrun)."""
+    from mlrun.tuning import report
+    from mlrun.tuning.pareto import summarize_front
+    from mlrun.tuning.storage import optimize
+    from mlrun.tuning.study import make_sampler, make_storage, optuna_module
+
+    check_objectives(config)
+    trained_run(config)
+    if options.workers > 1 or processes > 1:
+        raise UsageError("a compress search (tune.objectives) runs in one process: drop --workers and torchrun")
+    optuna = optuna_module()
+    tune = config.tune
+    store, store_text = make_storage(options.storage, tune_dir, 1)
+    study = optuna.create_study(
+        storage=store,
+        sampler=make_sampler(tune.sampler, tune),
+        study_name=options.study_name,
+        directions=list(tune.objectives.values()),
+        load_if_exists=True,
+    )
+    if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in tune.objectives.values()]:
+        raise UsageError(
+            f"study '{options.study_name}' in {store_text} has other objectives; give another --study or --storage"
+        )
+    if not study.trials:
+        enqueue(study, config)
+    ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+    if len(study.get_trials(states=ended)) < options.trials:
+        print(
+            f"mlrun: compress search '{options.study_name}' ({store_text}): target {options.trials} trials", flush=True
+        )
+        optimize(
+            study,
+            objective(options.path, list(options.overrides), config, tune_dir),
+            target=options.trials,
+            timeout=options.timeout_s,
+            callbacks=[
+                optuna.study.MaxTrialsCallback(options.trials, states=ended),
+                lambda s, t: print(report.trial_line(t), flush=True),
+            ],
+            catch=(UsageError, RunFailed),
+        )
+    if not study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        print("mlrun: no trial of the compress search completed; see the errors above", file=sys.stderr)
+    return summarize_front(study, tune, tune_dir)

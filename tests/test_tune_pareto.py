@@ -1,0 +1,109 @@
+"""`mlrun tune` with tune.objectives: a multi-objective search over compress settings and its Pareto front."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli, tiny_config, write_config
+
+# Prune then cluster, no fine-tuning: a trial is a few seconds of measuring, not training.
+STAGES = [
+    {"name": "prune", "sparsity": 0.3, "schedule": "one_shot", "finetune": False},
+    {"name": "cluster", "clusters": 16, "finetune": False},
+]
+SEARCH = {
+    "trials": 8,
+    "sampler": {"name": "nsga2", "seed": 0, "population_size": 4},
+    "objectives": {"val/accuracy": "maximize", "file_bytes": "minimize"},
+    "space": {
+        "compress.0.sparsity": {"type": "categorical", "choices": [0.3, 0.6, 0.9]},
+        "compress.1.clusters": {"type": "categorical", "choices": [2, 4, 16, 64]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory) -> tuple[Path, dict]:
+    """A trained tiny MLP and a finished compress search on it: (folder, tune --json summary)."""
+    folder = tmp_path_factory.mktemp("pareto")
+    config = tiny_config(name="base", model={"name": "mlp", "hidden_sizes": [64, 32], "dropout": 0.0})
+    config.update(tracking=["jsonl"], compress=STAGES, tune=SEARCH)
+    path = write_config(folder, config, "base.yaml")
+    assert (trained := run_cli("train", path, cwd=folder)).returncode == 0, trained.stderr
+    result = run_cli("tune", path, "--json", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return folder, json.loads(result.stdout)
+
+
+def dominates(a: list[float], b: list[float], signs: list[float]) -> bool:
+    """a at least as good as b on every objective and better on one (signs: +1 maximise, -1 minimise)."""
+    better_or_equal = all(s * x >= s * y for x, y, s in zip(a, b, signs))
+    return better_or_equal and any(s * x > s * y for x, y, s in zip(a, b, signs))
+
+
+def test_compress_search_writes_a_front_of_non_dominated_trials(searched) -> None:
+    folder, summary = searched
+    tune_dir = folder / "runs/base/tune/compress"
+    objectives = list(SEARCH["objectives"])
+    signs = [1.0 if SEARCH["objectives"][k] == "maximize" else -1.0 for k in objectives]
+    trials = list((tune_dir / "trials.csv").read_text().splitlines()[1:])
+    assert len(trials) == SEARCH["trials"] and summary["states"]["complete"] == SEARCH["trials"]
+    values = {}
+    for line in trials:
+        cells = line.split(",")
+        values[int(cells[0])] = [float(cells[3]), float(cells[4])]
+    front = {m["number"]: [m["values"][k] for k in objectives] for m in summary["front"]}
+    assert front and summary["dominated"], "the search should leave both front members and dominated trials"
+    for number, point in front.items():  # nothing beats a front member
+        assert point == values[number]
+        assert not any(dominates(other, point, signs) for other in values.values())
+    for number in summary["dominated"]:  # every excluded trial is beaten by a member
+        assert number not in front
+        assert any(dominates(point, values[number], signs) for point in front.values())
+    # The size objective is the real file the last stage wrote (bit-packed cluster indices).
+    for member in summary["front"]:
+        stored = folder / member["dir"] / "compressed.safetensors"
+        assert member["values"]["file_bytes"] == stored.stat().st_size
+    on_disk = json.loads((tune_dir / "pareto.json").read_text())
+    assert [m["number"] for m in on_disk["front"]] == sorted(front)
+    assert (tune_dir / "pareto.png").stat().st_size > 0
+
+
+def test_a_front_member_exports_with_its_recorded_accuracy(searched) -> None:
+    folder, summary = searched
+    member = max(summary["front"], key=lambda m: m["values"]["val/accuracy"])
+    stage_dir = folder / member["dir"]
+    assert stage_dir.parent.parent == folder / "runs/base/tune/compress"  # its own trial folder
+    result = run_cli("export", stage_dir, "--json", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["verification"]["metric_export"] == pytest.approx(member["values"]["val/accuracy"], abs=1e-6)
+
+
+def test_compare_html_shows_the_front(searched) -> None:
+    folder, summary = searched
+    result = run_cli("compare", "runs/base", "--out", "cmp", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    page = (folder / "cmp/report.html").read_text()
+    assert "Pareto front" in page
+    for member in summary["front"]:
+        assert f"trial {member['number']}" in page
+
+
+def test_unknown_objective_exits_2_naming_the_key(tmp_path: Path) -> None:
+    config = tiny_config(name="bad", compress=STAGES, tune={**SEARCH, "objectives": {"file_size": "minimize"}})
+    path = write_config(tmp_path, config, "bad.yaml")
+    result = run_cli("tune", path, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "tune.objectives.file_size" in result.stderr and "file_bytes" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_space_key_outside_compress_exits_2(tmp_path: Path) -> None:
+    space = {**SEARCH["space"], "optimizer.lr": {"type": "float", "low": 1e-4, "high": 1e-2}}
+    path = write_config(tmp_path, tiny_config(name="bad", compress=STAGES, tune={**SEARCH, "space": space}), "b.yaml")
+    result = run_cli("tune", path, cwd=tmp_path)
+    assert result.returncode == 2 and "tune.space.optimizer.lr" in result.stderr
