@@ -57,6 +57,11 @@ def check_objectives(config: ExperimentConfig) -> None:
             )
     if "pruner" in tune.model_fields_set and tune.pruner.name != "none":
         raise UsageError("tune.pruner: a compress search scores finished chains only; set pruner: {name: none}")
+    if set_aside := sorted({"metric", "direction"} & tune.model_fields_set):
+        raise UsageError(
+            f"tune.{set_aside[0]}: a compress search scores tune.objectives (figure: direction); "
+            f"remove tune.{' and tune.'.join(set_aside)}"
+        )
     if tune.strategy != "optuna":
         raise UsageError("tune.strategy: a compress search (tune.objectives) runs with strategy optuna")
 
