@@ -63,6 +63,11 @@ def test_compress_search_writes_a_front_of_non_dominated_trials(searched) -> Non
     for number in summary["dominated"]:  # every excluded trial is beaten by a member
         assert number not in front
         assert any(dominates(point, values[number], signs) for point in front.values())
+    # Every trial is a member, a repeat of a member's settings (a tie, listed once), or dominated.
+    repeats = {n: m for m in summary["front"] for n in m["repeats"]}
+    assert set(values) == set(front) | set(repeats) | set(summary["dominated"])
+    for number, member in repeats.items():
+        assert values[number] == front[member["number"]]
     # The size objective is the real file the last stage wrote (bit-packed cluster indices).
     for member in summary["front"]:
         stored = folder / member["dir"] / "compressed.safetensors"

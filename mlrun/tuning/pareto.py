@@ -36,7 +36,7 @@ def summarize_front(study, tune, tune_dir: Path) -> dict:
         "folder": str(tune_dir),
         "objectives": dict(tune.objectives),
         "trained": completed[0].user_attrs.get("trained") if completed else None,
-        "front": [member(t, tune) for t in front],
+        "front": unique_members([member(t, tune) for t in front]),
         "dominated": [t.number for t in completed if t.number not in on_front],
     }
     write_csv(study, tune, tune_dir / "trials.csv", on_front)
@@ -55,6 +55,19 @@ def member(trial, tune) -> dict:
         "metrics": trial.user_attrs.get("metrics", {}),
         "vs_trained": trial.user_attrs.get("vs_trained", {}),
     }
+
+
+def unique_members(members: list[dict]) -> list[dict]:
+    """One member per setting: a sampler that draws the same values again (NSGA-II does, from a small
+    space) ties with itself on the front; the repeats are listed under the first (`repeats`)."""
+    first: dict[str, dict] = {}
+    for row in members:
+        key = repr(sorted(row["params"].items()))
+        if key in first:
+            first[key]["repeats"].append(row["number"])
+        else:
+            first[key] = {**row, "repeats": []}
+    return list(first.values())
 
 
 def write_csv(study, tune, path: Path, on_front: set[int]) -> None:
@@ -85,6 +98,8 @@ def front_table(summary: dict) -> str:
     for row in summary["front"]:
         vs = row["vs_trained"]
         settings = " ".join(f"{k.removeprefix('compress.')}={v}" for k, v in row["params"].items())
+        if row["repeats"]:
+            settings += f" (also trials {', '.join(map(str, row['repeats']))})"
         lines.append(
             [
                 str(row["number"]),
