@@ -35,6 +35,9 @@ from mlrun.registry import techniques
 PROBE = "3ep"
 BODY_LR_SCALE = 0.5
 WARMUP_STEPS = 5
+# Marks the body's optimizer groups; a key of the group survives optimizer.load_state_dict, which
+# replaces the group dicts (a resume, the dry run), so the groups are looked up at each step.
+BODY_GROUP = "lp_ft_body"
 
 
 class LinearProbeThenFineTune(Callback):
@@ -59,11 +62,11 @@ class LinearProbeThenFineTune(Callback):
                 groups.append({**settings, "params": head})
             if body:
                 name = f"{group.get('name', 'group')} body"
-                groups.append({**settings, "params": body, "lr": group["lr"] * self.body_lr_scale, "name": name})
+                scaled = group["lr"] * self.body_lr_scale
+                groups.append({**settings, "params": body, "lr": scaled, "name": name, BODY_GROUP: True})
         optimizer.param_groups.clear()
         for group in groups:
             optimizer.add_param_group(group)
-        self.body_groups = [g for g in optimizer.param_groups if g["name"].endswith(" body")]
         optimizer.register_step_pre_hook(self._ramp_body_lr)
         optimizer.register_step_post_hook(self._restore_body_lr)
         self._apply(None)  # the optimizer holds the body already; freeze it until the probe ends
@@ -98,7 +101,7 @@ class LinearProbeThenFineTune(Callback):
         if self.released_at is None or not self.warmup_steps:
             return
         factor = min(1.0, (self.step - self.released_at + 1) / self.warmup_steps)
-        self._held = [(group, group["lr"]) for group in self.body_groups]
+        self._held = [(group, group["lr"]) for group in optimizer.param_groups if group.get(BODY_GROUP)]
         for group, lr in self._held:
             group["lr"] = lr * factor
 
