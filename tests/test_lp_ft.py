@@ -66,6 +66,10 @@ def test_lp_ft_trains_only_the_head_in_the_probe_then_the_body(tmp_path, source)
     assert all(not torch.equal(probed_head[k], fresh_head[k]) for k in fresh_head)
     tuned_body, _ = body_and_head(load_file(run / "model.safetensors"))
     assert all(not torch.equal(tuned_body[k], pretrained_body[k]) for k in pretrained_body)
+    # The body's warm-up acts in a real run: without it the same run ends elsewhere.
+    result, unwarmed = train(tmp_path, finetune("unwarmed", warmup=None))
+    assert result.returncode == 0, result.stderr
+    assert not torch.equal(load_file(unwarmed / "model.safetensors")["blocks.0.0.weight"], tuned_body["blocks.0.0.weight"])
 
 
 def test_lp_ft_body_joins_at_the_scaled_lr_warmed_up_from_zero(tmp_path, source):
