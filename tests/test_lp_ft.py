@@ -69,7 +69,9 @@ def test_lp_ft_trains_only_the_head_in_the_probe_then_the_body(tmp_path, source)
     # The body's warm-up acts in a real run: without it the same run ends elsewhere.
     result, unwarmed = train(tmp_path, finetune("unwarmed", warmup=None))
     assert result.returncode == 0, result.stderr
-    assert not torch.equal(load_file(unwarmed / "model.safetensors")["blocks.0.0.weight"], tuned_body["blocks.0.0.weight"])
+    assert not torch.equal(
+        load_file(unwarmed / "model.safetensors")["blocks.0.0.weight"], tuned_body["blocks.0.0.weight"]
+    )
 
 
 def test_lp_ft_body_joins_at_the_scaled_lr_warmed_up_from_zero(tmp_path, source):

@@ -110,7 +110,9 @@ def lpft_part(work: Path, seeds: int, source_epochs: int, lpft_overrides: list[s
     start, out = time.time(), {}
     for model, model_args in LPFT_MODELS.items():
         source = f"{model}_0to4"
-        mlrun("train", *CNN_SOURCE, f"name={source}", *model_args, f"output_dir={work}", f"train.epochs={source_epochs}")
+        mlrun(
+            "train", *CNN_SOURCE, f"name={source}", *model_args, f"output_dir={work}", f"train.epochs={source_epochs}"
+        )
         for setting, (data_args, steps) in LPFT_SETTINGS.items():
             accuracy: dict[str, list[float]] = {arm: [] for arm in LPFT_ARMS}
             for seed in range(seeds):
@@ -146,12 +148,10 @@ def _print_lpft(model: str, setting: str, steps: int, seeds: int, rows: dict) ->
     print(f"\nlpft: {model}, {setting}, {steps} steps, {seeds} seeds")
     print(f"  {'arm':<13} {'mean acc':>9}  {'vs scratch (pt)':>16} {'95% interval':>17}  per seed")
     for arm, row in rows.items():
-        diff = row.get("vs_scratch")
-        shown = (
-            f"{100 * diff['mean_gain']:>+16.2f} [{100 * diff['interval95'][0]:+.2f}, {100 * diff['interval95'][1]:+.2f}]"
-            if diff and diff["interval95"]
-            else f"{'':>16} {'':>17}"
-        )
+        diff, shown = row.get("vs_scratch"), f"{'':>16} {'':>17}"
+        if diff and diff["interval95"]:
+            low, high = (100 * x for x in diff["interval95"])
+            shown = f"{100 * diff['mean_gain']:>+16.2f} [{low:+.2f}, {high:+.2f}]"
         print(f"  {arm:<13} {row['mean']:>9.4f}  {shown}  " + " ".join(f"{v:.3f}" for v in row["values"]))
     d = rows["lp_ft"]["vs_fine-tune"]
     if d["interval95"]:
@@ -237,7 +237,12 @@ def main() -> None:
     parser.add_argument("--cnn-steps", type=int, default=30)
     parser.add_argument("--text-source-steps", type=int, default=300)
     parser.add_argument("--lora-steps", type=int, default=150)
-    parser.add_argument("--lpft", nargs="*", default=[], help="overrides for the lp_ft arm, e.g. 'techniques=[{name: lp_ft, probe: 2ep}]'")
+    parser.add_argument(
+        "--lpft",
+        nargs="*",
+        default=[],
+        help="overrides for the lp_ft arm, e.g. 'techniques=[{name: lp_ft, probe: 2ep}]'",
+    )
     parser.add_argument("--text-source", help="an existing run of the BERT source command (skips making it)")
     args = parser.parse_args()
     results = {}
