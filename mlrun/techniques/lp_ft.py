@@ -33,7 +33,7 @@ from mlrun.registry import techniques
 
 # Defaults measured on digits transfer (scripts/bench/transfer.py --part lpft, RESULTS.md).
 PROBE = "3ep"
-BODY_LR_SCALE = 0.5
+BODY_LR_SCALE = 1.0
 WARMUP_STEPS = 5
 # Marks the body's optimizer groups; a key of the group survives optimizer.load_state_dict, which
 # replaces the group dicts (a resume, the dry run), so the groups are looked up at each step.
