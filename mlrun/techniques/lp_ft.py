@@ -148,7 +148,7 @@ def lp_ft(
     warmup: DurationField | None = WARMUP,
     head: list[str] = [],  # noqa: B006 - never mutated
 ) -> LinearProbeThenFineTune:
-    """Linear probe, then fine-tuning (Kumar et al. 2022): the head alone first, then all at a lower body lr.
+    """Linear probe, then fine-tuning (Kumar et al. 2022): the head alone first, then all, the body warmed up.
 
     Args:
         probe: how long only the head trains ('3ep' epochs or '20st' optimizer steps); must end before the run.
