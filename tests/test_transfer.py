@@ -422,7 +422,7 @@ def header_commands(config: Path) -> list[str]:
         ("finetune_digits_cnn.yaml", 4),
         ("finetune_digits_cnn_gradual.yaml", 4),
         ("finetune_text_lora.yaml", 4),
-        ("finetune_digits_lpft.yaml", 8),  # past its 6-step probe, so the body trains too
+        ("finetune_digits_lpft.yaml", 4),  # past its 2-step probe, so the body trains too
     ],
 )
 def test_finetune_configs_run_after_the_command_in_their_header(tmp_path, name, steps):

@@ -1,7 +1,7 @@
 """LP-FT: fit the new head alone (a linear probe), then fine-tune everything, the body at a lower rate.
 
     techniques:
-      - {name: lp_ft, probe: 3ep, body_lr_scale: 1.0, warmup: 5st}     # the defaults; needs init_from
+      - {name: lp_ft, probe: 1ep, body_lr_scale: 1.0, warmup: 5st}     # the defaults; needs init_from
 
 Kumar et al. 2022 ("Fine-tuning can distort pretrained features"): a randomly initialised head sends
 large, noisy gradients into the pretrained body and distorts its features in the first steps; fitting
@@ -34,7 +34,7 @@ from mlrun.registry import techniques
 # Defaults measured on digits transfer (scripts/bench/transfer.py --part lpft, RESULTS.md): the body
 # at half the lr lost to plain fine-tuning there, so it keeps the full lr and is only warmed up.
 # Durations, not strings: pydantic does not validate a default.
-PROBE = Duration(3, "ep")
+PROBE = Duration(1, "ep")
 BODY_LR_SCALE = 1.0
 WARMUP = Duration(5, "st")
 # Marks the body's optimizer groups; a key of the group survives optimizer.load_state_dict, which
