@@ -417,9 +417,15 @@ def header_commands(config: Path) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "name", ["finetune_digits_cnn.yaml", "finetune_digits_cnn_gradual.yaml", "finetune_text_lora.yaml"]
+    "name, steps",
+    [
+        ("finetune_digits_cnn.yaml", 4),
+        ("finetune_digits_cnn_gradual.yaml", 4),
+        ("finetune_text_lora.yaml", 4),
+        ("finetune_digits_lpft.yaml", 4),  # past its 2-step probe, so the body trains too
+    ],
 )
-def test_finetune_configs_run_after_the_command_in_their_header(tmp_path, name):
+def test_finetune_configs_run_after_the_command_in_their_header(tmp_path, name, steps):
     import shlex
 
     from tests.conftest import REPO
@@ -431,6 +437,6 @@ def test_finetune_configs_run_after_the_command_in_their_header(tmp_path, name):
     shutil.copytree(REPO / "configs", workdir / "configs")  # a fresh clone's layout: runs/ made here
     result = run_cli(*words, "train.max_steps=2", cwd=workdir)
     assert result.returncode == 0, result.stderr
-    result = run_cli("train", workdir / "configs" / name, "train.max_steps=4", cwd=workdir)
+    result = run_cli("train", workdir / "configs" / name, f"train.max_steps={steps}", cwd=workdir)
     assert result.returncode == 0, result.stderr
     assert "init_from: loaded" in result.stderr

@@ -96,6 +96,7 @@ def build_components(
         from mlrun.models.edits import apply_edits
 
         apply_edits(model, config.model_edits)
+    check_technique_plans(config, plan)  # before reading pretrained weights: a bad setting fails fast
     init_report = None
     if config.init_from is not None and init_weights:
         from mlrun.engine.init_from import load_pretrained
@@ -147,6 +148,15 @@ def check_in_backward(config: ExperimentConfig) -> None:
                 "ready, so it cannot accumulate or clip: set train.grad_accum_steps: 1 and "
                 "train.max_grad_norm: null"
             )
+
+
+def check_technique_plans(config: ExperimentConfig, plan: StepPlan) -> None:
+    """A technique that depends on the run's length or setup (trait `check_plan`, e.g. lp_ft's probe) checks it."""
+    from mlrun.registry import techniques
+
+    for spec in config.techniques:
+        if check := techniques.trait(spec.name, "check_plan"):
+            check(config, plan, **spec.settings)
 
 
 def check_objective_uses_loss(config: ExperimentConfig) -> None:

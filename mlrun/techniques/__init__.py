@@ -10,6 +10,7 @@ from mlrun.techniques import (  # noqa: F401
     ema,
     freeze,
     lora,
+    lp_ft,
     magnitude_pruning,
     optimizer_in_backward,
     qat,

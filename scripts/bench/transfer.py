@@ -1,6 +1,6 @@
 """Transfer learning: fine-tuning against training from scratch, and LoRA against full fine-tuning.
 
-    python scripts/bench/transfer.py [--seeds 5] [--part cnn|lora|all]
+    python scripts/bench/transfer.py [--seeds 5] [--part cnn|lora|lpft|all]
 
 cnn:  a CNN pretrained on digits 0-4 (configs/digits_cnn.yaml with data.classes) learns digits 5-9
       from 10 labelled images per class (configs/finetune_digits_cnn.yaml): fine-tuned from the
@@ -11,6 +11,11 @@ lora: a small BERT (transformers, configs/finetune_text_lora.yaml) pretrained on
       0-4 is adapted to 5-9: LoRA (adapters + new head) against full fine-tuning (every parameter),
       with the same steps: trainable parameters, peak training memory (live tensors of one step,
       `mlrun profile`), samples/s (`mlrun profile`) and validation accuracy (`mlrun train`).
+lpft: from scratch vs plain fine-tuning vs LP-FT (techniques lp_ft, configs/finetune_digits_lpft.yaml) on
+      digits 5-9 after pretraining on 0-4, for the digits CNN and an MLP (256-128), few-shot (10
+      images per class, 30 steps) and larger (every training image of 5-9, about 450, 90 steps),
+      over --seeds paired seeds: each arm's mean accuracy and the paired difference to from scratch
+      with its 95% t-interval (mlrun.compression.paired_arms.paired_difference).
 
 Every run is the real CLI in a temporary output folder. Prints tables, then one JSON line.
 """
@@ -82,6 +87,76 @@ def cnn_part(work: Path, seeds: int, source_epochs: int, steps: int) -> dict:
         + " ".join(f"{g:+.3f}" for g in paired)
     )
     return out
+
+
+MLP = "model={name: mlp, hidden_sizes: [256, 128], dropout: 0.1}"
+LPFT_MODELS = {"cnn": [], "mlp": [MLP]}
+LPFT_SETTINGS = {  # name: (overrides, optimizer steps)
+    "few-shot 10/class": (["data.train_per_class=10"], 30),
+    "larger (all ~450)": (["data.train_per_class=null", "data.batch_size=32"], 90),
+}
+LPFT_ARMS = {
+    "from scratch": ["init_from=null", "techniques=[]"],
+    "fine-tune": ["techniques=[]"],
+    "lp_ft": [],
+}
+
+
+def lpft_part(work: Path, seeds: int, source_epochs: int, lpft_overrides: list[str]) -> dict:
+    """Every (model, setting, arm) over `seeds` paired seeds; differences to from scratch per seed."""
+    sys.path.insert(0, str(REPO))
+    from mlrun.compression.paired_arms import paired_difference
+
+    start, out = time.time(), {}
+    for model, model_args in LPFT_MODELS.items():
+        source = f"{model}_0to4"
+        mlrun(
+            "train", *CNN_SOURCE, f"name={source}", *model_args, f"output_dir={work}", f"train.epochs={source_epochs}"
+        )
+        for setting, (data_args, steps) in LPFT_SETTINGS.items():
+            accuracy: dict[str, list[float]] = {arm: [] for arm in LPFT_ARMS}
+            for seed in range(seeds):
+                for arm, arm_args in LPFT_ARMS.items():
+                    name = f"{model}_{setting.split()[0]}_{arm.split()[0]}_{seed}"
+                    mlrun(
+                        "train",
+                        "configs/finetune_digits_lpft.yaml",
+                        f"name={name}",
+                        f"output_dir={work}",
+                        f"init_from.run={work}/{source}",
+                        f"seed={seed}",
+                        f"train.max_steps={steps}",
+                        f"train.eval_every={steps}st",
+                        f"train.checkpoint_every={steps}st",
+                        *model_args,
+                        *data_args,
+                        *(lpft_overrides if arm == "lp_ft" else []),
+                        *arm_args,
+                    )
+                    accuracy[arm].append(summary(work, name)["final"]["val/accuracy"])
+            rows = {arm: {"mean": statistics.fmean(v), "values": v} for arm, v in accuracy.items()}
+            for arm in ("fine-tune", "lp_ft"):
+                rows[arm]["vs_scratch"] = paired_difference(accuracy[arm], accuracy["from scratch"])
+            rows["lp_ft"]["vs_fine-tune"] = paired_difference(accuracy["lp_ft"], accuracy["fine-tune"])
+            out[f"{model} {setting}"] = {"steps": steps, **rows}
+            _print_lpft(model, setting, steps, seeds, rows)
+    out["seconds"] = time.time() - start
+    return out
+
+
+def _print_lpft(model: str, setting: str, steps: int, seeds: int, rows: dict) -> None:
+    print(f"\nlpft: {model}, {setting}, {steps} steps, {seeds} seeds")
+    print(f"  {'arm':<13} {'mean acc':>9}  {'vs scratch (pt)':>16} {'95% interval':>17}  per seed")
+    for arm, row in rows.items():
+        diff, shown = row.get("vs_scratch"), f"{'':>16} {'':>17}"
+        if diff and diff["interval95"]:
+            low, high = (100 * x for x in diff["interval95"])
+            shown = f"{100 * diff['mean_gain']:>+16.2f} [{low:+.2f}, {high:+.2f}]"
+        print(f"  {arm:<13} {row['mean']:>9.4f}  {shown}  " + " ".join(f"{v:.3f}" for v in row["values"]))
+    d = rows["lp_ft"]["vs_fine-tune"]
+    if d["interval95"]:
+        low, high = (100 * x for x in d["interval95"])
+        print(f"  lp_ft - fine-tune: {100 * d['mean_gain']:+.2f} pt [{low:+.2f}, {high:+.2f}]")
 
 
 def lora_part(work: Path, source_steps: int, steps: int, existing_source: str | None) -> dict:
@@ -156,12 +231,18 @@ def _trainable_counts(work: Path) -> dict[str, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["cnn", "lora", "all"], default="all")
+    parser.add_argument("--part", choices=["cnn", "lora", "lpft", "all"], default="all")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--cnn-source-epochs", type=int, default=10)
     parser.add_argument("--cnn-steps", type=int, default=30)
     parser.add_argument("--text-source-steps", type=int, default=300)
     parser.add_argument("--lora-steps", type=int, default=150)
+    parser.add_argument(
+        "--lpft",
+        nargs="*",
+        default=[],
+        help="overrides for the lp_ft arm, e.g. 'techniques=[{name: lp_ft, probe: 2ep}]'",
+    )
     parser.add_argument("--text-source", help="an existing run of the BERT source command (skips making it)")
     args = parser.parse_args()
     results = {}
@@ -169,6 +250,8 @@ def main() -> None:
         work = Path(tmp)
         if args.part in ("cnn", "all"):
             results["cnn"] = cnn_part(work, args.seeds, args.cnn_source_epochs, args.cnn_steps)
+        if args.part in ("lpft", "all"):
+            results["lpft"] = lpft_part(work, args.seeds, args.cnn_source_epochs, args.lpft)
         if args.part in ("lora", "all"):
             results["lora"] = lora_part(work, args.text_source_steps, args.lora_steps, args.text_source)
     print(json.dumps({"bench": "transfer", **results}))
