@@ -170,6 +170,10 @@ def _fresh_process(args: list[str], cwd: Path) -> Iterator[None]:
     for sig in _SIGNALS:  # a fresh process: Python's Ctrl-C handler, defaults for the others
         signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
     _reset_singletons()
+    # What lived before the run is moved out of the collector's sight, so the collection after it frees
+    # the cycles the run left (open files, Accelerate objects) without walking the whole heap of torch,
+    # transformers and earlier tests (a full collection took ~0.2 s a run, a tenth of make test-fast).
+    gc.freeze()
     try:
         with _fresh_warnings(), _fresh_logging(), _torch_restored():
             yield
@@ -184,6 +188,7 @@ def _fresh_process(args: list[str], cwd: Path) -> Iterator[None]:
         sys.excepthook, sys.unraisablehook = saved_hooks
         _forget_user_modules(saved_modules, Path(cwd))
         gc.collect()
+        gc.unfreeze()
 
 
 @contextlib.contextmanager
