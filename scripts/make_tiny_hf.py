@@ -76,6 +76,30 @@ def tiny_model(kind: str, vocab_size: int, num_labels: int, context: int):
     return AutoModelForCausalLM.from_config(config)
 
 
+def write_tiny_hf(out: Path, kind: str, corpus: Path, num_labels: int = 10, context: int = 256, seed: int = 0) -> str:
+    """Build the model and tokenizer and save_pretrained both to `out`; a line saying what was written.
+
+    The caller's torch RNG and transformers' log level are left as they were (tests call this in-process).
+    """
+    import torch
+    from transformers import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            tokenizer = char_tokenizer(corpus_text(corpus), sentence_pair=kind == "bert")
+            model = tiny_model(kind, len(tokenizer), num_labels, context)
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    finally:
+        logging.set_verbosity(level)
+    params = sum(p.numel() for p in model.parameters())
+    return f"wrote {kind} ({params:,} parameters, vocabulary {len(tokenizer)}) and its tokenizer to {out}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kind", choices=["bert", "gpt2"], default="bert")
@@ -85,19 +109,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=256, help="longest sequence the model takes")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-
-    import torch
-    from transformers import logging
-
-    logging.set_verbosity_error()
-    torch.manual_seed(args.seed)
-    tokenizer = char_tokenizer(corpus_text(args.corpus), sentence_pair=args.kind == "bert")
-    model = tiny_model(args.kind, len(tokenizer), args.num_labels, args.context)
-    args.out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.out)
-    tokenizer.save_pretrained(args.out)
-    params = sum(p.numel() for p in model.parameters())
-    print(f"wrote {args.kind} ({params:,} parameters, vocabulary {len(tokenizer)}) and its tokenizer to {args.out}")
+    print(write_tiny_hf(args.out, args.kind, args.corpus, args.num_labels, args.context, args.seed))
 
 
 if __name__ == "__main__":

@@ -113,6 +113,37 @@ def train_run(folder: Path, config: dict, *args: str) -> Path:
     return folder / "runs" / config["name"]
 
 
+_TINY_HF_BUILT: dict[tuple[str, str], Path] = {}
+
+
+def make_tiny_hf(folder: Path, kind: str, corpus: str | Path | None = None) -> Path:
+    """A "pretrained" transformers model and tokenizer (scripts/make_tiny_hf.py: save_pretrained, nothing
+    downloaded) copied into `folder`. Each (kind, corpus) is built once per test process, in it: the script
+    in its own process cost ~7 s of transformers start-up per test."""
+    import importlib.util
+    import shutil
+    import tempfile
+
+    corpus = Path(corpus or REPO / "configs/data/digits_ascii.jsonl")
+    key = (kind, str(corpus))
+    if key not in _TINY_HF_BUILT:
+        spec = importlib.util.spec_from_file_location("make_tiny_hf", REPO / "scripts/make_tiny_hf.py")
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+        built = Path(tempfile.mkdtemp(prefix=f"mlrun-tiny-{kind}-"))
+        script.write_tiny_hf(built, kind, corpus)
+        _TINY_HF_BUILT[key] = built
+    shutil.copytree(_TINY_HF_BUILT[key], folder)
+    return folder
+
+
+def pytest_sessionfinish(session) -> None:
+    import shutil
+
+    for built in _TINY_HF_BUILT.values():
+        shutil.rmtree(built, ignore_errors=True)
+
+
 def summary(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
 

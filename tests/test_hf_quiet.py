@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import run_cli, tiny_config, write_config
-from tests.test_model_contract import DIGITS_TEXT, make_tiny_hf
+from tests.conftest import make_tiny_hf, run_cli, tiny_config, write_config
+from tests.test_model_contract import DIGITS_TEXT
 
 NOISE = (
     "Failed to load",  # torchao's CUDA kernels on a CPU machine, imported by transformers' quantizers and peft

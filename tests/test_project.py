@@ -9,7 +9,7 @@ import pytest
 
 from mlrun.config.load import load_config
 from mlrun.engine.build import build_components
-from tests.conftest import REPO
+from tests.conftest import REPO, make_tiny_hf
 
 PACKAGE = REPO / "mlrun"
 COMPONENTS = ["models", "data", "optim", "techniques", "tracking", "metrics.py", "losses.py", "callbacks.py"]
@@ -32,20 +32,16 @@ def modules_under(name: str) -> list[Path]:
 
 # Shipped configs whose "pretrained" source a user makes first (their header says how): the test
 # makes it in a temporary folder and points the config there.
-PRETRAINED_SOURCES = {
-    "bert_text.yaml": ["--kind", "bert"],
-    "gpt2_lm.yaml": ["--kind", "gpt2", "--corpus", "configs/data/public_domain.txt"],
+PRETRAINED_SOURCES = {  # (kind, corpus) of scripts/make_tiny_hf.py
+    "bert_text.yaml": ("bert", None),
+    "gpt2_lm.yaml": ("gpt2", REPO / "configs/data/public_domain.txt"),
 }
 
 
 def pretrained_overrides(config: Path, folder: Path) -> list[str]:
     if config.name not in PRETRAINED_SOURCES:
         return []
-    import subprocess
-    import sys
-
-    command = [sys.executable, "scripts/make_tiny_hf.py", "--out", str(folder), *PRETRAINED_SOURCES[config.name]]
-    subprocess.run(command, check=True, capture_output=True, cwd=REPO)
+    make_tiny_hf(folder, *PRETRAINED_SOURCES[config.name])
     return [f"model.path={folder}", f"data.tokenizer={folder}"]
 
 

@@ -380,17 +380,9 @@ def test_library_models_build_or_say_why_not(tmp_path, library):
 
 def test_lora_on_a_save_pretrained_bert_trains_and_exports_merged(tmp_path):
     pytest.importorskip("transformers")
-    import subprocess
-    import sys
+    from tests.conftest import REPO, make_tiny_hf
 
-    from tests.conftest import REPO
-
-    made = subprocess.run(
-        [sys.executable, REPO / "scripts" / "make_tiny_hf.py", "--kind", "bert", "--out", tmp_path / "bert"],
-        capture_output=True,
-        text=True,
-    )
-    assert made.returncode == 0, made.stderr
+    make_tiny_hf(tmp_path / "bert", "bert")
     config = tiny_config(
         name="bert_lora",
         model={"name": "transformers", "path": "bert", "task": "sequence_classification"},
