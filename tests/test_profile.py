@@ -91,6 +91,7 @@ def test_trace_is_written(tmp_path):
     assert f["trace_dir"].endswith("trace")
 
 
+@pytest.mark.slow  # eight profile processes, a minute on two cores
 def test_matrix_compares_techniques_at_equal_effective_batch(tmp_path):
     # Smaller than DEEP x BIG_BATCH: bf16 runs 20x slower than fp32 on CPUs without bf16 instructions (AMD EPYC
     # without AVX512-BF16), and the matrix runs six of its eight cases in bf16.

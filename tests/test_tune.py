@@ -103,6 +103,7 @@ def test_best_yaml_trains(tmp_path):
     assert (tmp_path / "runs" / "study-best" / "model.safetensors").exists()
 
 
+@pytest.mark.e2e  # two worker processes
 def test_two_workers_share_one_journal(tmp_path):
     path = tune_config(tmp_path, trials=6, pruner={"name": "none"})
     result = run_cli("tune", path, "--workers", "2", cwd=tmp_path)

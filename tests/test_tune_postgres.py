@@ -37,6 +37,7 @@ def load(url: str, name: str):
     return optuna.load_study(study_name=name, storage=with_driver(url))
 
 
+@pytest.mark.e2e  # two worker processes and a server
 def test_two_workers_fill_one_study_without_duplicates_and_it_resumes(postgres, tmp_path):  # noqa: F811
     import optuna
 
