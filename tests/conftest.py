@@ -78,6 +78,15 @@ def _cli_runner(request):
     _real_process = False
 
 
+def needs(*packages: str) -> pytest.MarkDecorator:
+    """Skip where a package is not installed, without importing it: a module-level importorskip imports
+    mlflow, wandb or transformers (1-1.5 s each) in every test process that merely collects the file."""
+    import importlib.util
+
+    missing = [name for name in packages if importlib.util.find_spec(name) is None]
+    return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)}")
+
+
 def tiny_config(**sections) -> dict:
     """A fast config on synthetic data; keyword arguments replace whole sections."""
     config = {

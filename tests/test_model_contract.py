@@ -17,9 +17,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, make_tiny_hf, read_jsonl, run_cli, tiny_config, write_config
+from tests.conftest import REPO, make_tiny_hf, needs, read_jsonl, run_cli, tiny_config, write_config
 
-pytest.importorskip("transformers")
+pytestmark = needs("transformers")
 
 DIGITS_TEXT = str(REPO / "configs/data/digits_ascii.jsonl")
 PUBLIC_DOMAIN = str(REPO / "configs/data/public_domain.txt")

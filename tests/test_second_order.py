@@ -10,10 +10,10 @@ from mlrun.memory.estimate import optimizer_state_estimate
 from mlrun.memory.measure import optimizer_state_bytes
 from mlrun.models.mlp import MLP
 from mlrun.registry import optimizers
-from tests.conftest import read_jsonl, tiny_config
+from tests.conftest import needs, read_jsonl, tiny_config
 from tests.test_train import straight_and_resumed, train, weights
 
-pytest.importorskip("pytorch_optimizer")
+pytestmark = needs("pytorch_optimizer")
 
 SETTINGS = {
     "soap": {"lr": 3e-2, "precondition_frequency": 3},

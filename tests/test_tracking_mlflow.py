@@ -15,12 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import read_jsonl, run_cli, tiny_config, write_config
+from mlrun.tracking.tensorboard import flatten
+from tests.conftest import needs, read_jsonl, run_cli, tiny_config, write_config
 
-pytest.importorskip("mlflow")
-from mlflow import MlflowClient  # noqa: E402
+pytestmark = needs("mlflow")
 
-from mlrun.tracking.tensorboard import flatten  # noqa: E402
+
+def mlflow_client(tracking_uri: str):
+    from mlflow import MlflowClient  # imported when used (conftest.needs)
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
 
 PROBE = "tests.fixtures:probe_mlp"
 
@@ -33,11 +38,11 @@ def train(tmp_path: Path, config: dict, *args: str):
 def tracked(run_dir: Path):
     """(client, run) of the MLflow run this run directory records."""
     record = json.loads((run_dir / "mlflow_run.json").read_text())
-    client = MlflowClient(tracking_uri=record["tracking_uri"])
+    client = mlflow_client(record["tracking_uri"])
     return client, client.get_run(record["run_id"])
 
 
-def histories(client: MlflowClient, run) -> dict[str, list[tuple[int, float]]]:
+def histories(client, run) -> dict[str, list[tuple[int, float]]]:
     """Each figure's (step, value) points as MLflow holds them (system metrics aside), by step."""
     return {
         key: sorted((point.step, point.value) for point in client.get_metric_history(run.info.run_id, key))
@@ -212,7 +217,7 @@ def test_a_run_logged_to_a_real_mlflow_server_reads_back(tmp_path, mlflow_server
     result, run_dir = train(tmp_path, mlflow_config("served", uri=mlflow_server, system_metrics=False))
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "runs" / "mlflow.db").exists()  # everything went to the server
-    client = MlflowClient(tracking_uri=mlflow_server)
+    client = mlflow_client(mlflow_server)
     experiment = client.get_experiment_by_name("served")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.run_id == json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
@@ -238,7 +243,7 @@ def test_tune_study_is_one_parent_run_with_a_child_run_per_trial(tmp_path):
     path = write_config(tmp_path, config, "study.yaml")
     result = run_cli("tune", path, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    client = mlflow_client(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("study")
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [run for run in runs if run.data.tags.get("mlrun.kind") == "study"]

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import read_jsonl, run_cli, tiny_config, write_config
+from mlrun.tracking import wandb_files as wandb_offline
+from tests.conftest import needs, read_jsonl, run_cli, tiny_config, write_config
 
-pytest.importorskip("wandb")
-from mlrun.tracking import wandb_files as wandb_offline  # noqa: E402
+pytestmark = needs("wandb")
 
 PROBE = "tests.fixtures:probe_mlp"
 
