@@ -25,9 +25,10 @@ def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def train(tmp_path: Path, config: dict, *args: str) -> tuple:
+def train(tmp_path: Path, config: dict, *args: str, **run) -> tuple:
+    """`mlrun train` of `config`: (result, run directory); `run` goes to run_cli (subprocess=...)."""
     path = write_config(tmp_path, config, f"{config['name']}.yaml")
-    result = run_cli("train", path, *args, cwd=tmp_path)
+    result = run_cli("train", path, *args, cwd=tmp_path, **run)
     return result, tmp_path / "runs" / config["name"]
 
 
@@ -97,13 +98,16 @@ def exact_resume_config(name: str, **model) -> dict:
 
 def straight_and_resumed(tmp_path: Path, **sections) -> tuple[Path, Path]:
     """The exact-resume probe (with `sections` replaced) trained straight, and trained again killed by
-    SIGKILL at forward 24 (after the step-21 checkpoint) then resumed: (straight run, resumed run)."""
-    result, straight = train(tmp_path, {**exact_resume_config("straight"), **sections})
+    SIGKILL at forward 24 (after the step-21 checkpoint) then resumed: (straight run, resumed run).
+    Only the killed run needs a process of its own; the others run in this one (tests/cli_runner.py)."""
+    result, straight = train(tmp_path, {**exact_resume_config("straight"), **sections}, subprocess=False)
     assert result.returncode == 0, result.stderr
-    killed, run = train(tmp_path, {**exact_resume_config("resumed", kill_at=24), **sections})
+    killed, run = train(tmp_path, {**exact_resume_config("resumed", kill_at=24), **sections}, subprocess=True)
     assert killed.returncode == -signal.SIGKILL
     # The config differs from the killed one's only in kill_at (the probe's kill switch).
-    resumed, _ = train(tmp_path, {**exact_resume_config("resumed"), **sections}, "--allow-config-change")
+    resumed, _ = train(
+        tmp_path, {**exact_resume_config("resumed"), **sections}, "--allow-config-change", subprocess=False
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed at step 21" in resumed.stdout
     return straight, run
@@ -111,14 +115,15 @@ def straight_and_resumed(tmp_path: Path, **sections) -> tuple[Path, Path]:
 
 @pytest.mark.e2e  # a run dies by SIGKILL
 def test_resume_after_sigkill_mid_epoch_is_bit_identical(tmp_path):
-    result, straight = train(tmp_path, exact_resume_config("straight"))
+    # The straight run and the resume run in this process, the run that dies in its own (tests/cli_runner.py).
+    result, straight = train(tmp_path, exact_resume_config("straight"), subprocess=False)
     assert result.returncode == 0, result.stderr
     # Dies by SIGKILL at the 24th training forward: after the step-21 checkpoint, inside epoch 2.
-    killed, run = train(tmp_path, exact_resume_config("resumed", kill_at=24))
+    killed, run = train(tmp_path, exact_resume_config("resumed", kill_at=24), subprocess=True)
     assert killed.returncode == -signal.SIGKILL
     assert [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step")][-1] == "step-00000021"
     # Same run dir, --resume auto; the config differs from the killed one's only in kill_at.
-    resumed, _ = train(tmp_path, exact_resume_config("resumed"), "--allow-config-change")
+    resumed, _ = train(tmp_path, exact_resume_config("resumed"), "--allow-config-change", subprocess=False)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed at step 21" in resumed.stdout
     a, b = weights(straight), weights(run)
@@ -272,10 +277,10 @@ def test_data_loader_workers_train_and_resume_exactly(tmp_path):
     killed = exact_resume_config("w_resumed", kill_at=24)
     for config in (straight, killed):
         config["data"] = data
-    assert train(tmp_path, straight)[0].returncode == 0
-    assert train(tmp_path, killed)[0].returncode == -signal.SIGKILL
+    assert train(tmp_path, straight, subprocess=False)[0].returncode == 0
+    assert train(tmp_path, killed, subprocess=True)[0].returncode == -signal.SIGKILL
     del killed["model"]["kill_at"]
-    assert train(tmp_path, killed, "--allow-config-change")[0].returncode == 0
+    assert train(tmp_path, killed, "--allow-config-change", subprocess=False)[0].returncode == 0
     a, b = weights(tmp_path / "runs" / "w_straight"), weights(tmp_path / "runs" / "w_resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
