@@ -20,7 +20,7 @@ def trained(folder: Path, name: str = "base", **sections) -> Path:
     """A trained tiny MLP run; returns its config path."""
     config = tiny_config(name=name, model={"name": "mlp", "hidden_sizes": HIDDEN, "dropout": 0.0}, **sections)
     path = write_config(folder, config, f"{name}.yaml")
-    result = run_cli("train", path, cwd=folder)
+    result = run_cli("train", path, cwd=folder, subprocess=False)  # a source: in this process, even in e2e tests
     assert result.returncode == 0, result.stderr
     return path
 
@@ -35,8 +35,8 @@ def with_stages(folder: Path, config_path: Path, stages: list[dict], name: str |
     return write_config(folder, config, f"{config['name']}-compress.yaml")
 
 
-def compress(folder: Path, config: Path, *extra: str):
-    return run_cli("compress", config, *extra, cwd=folder)
+def compress(folder: Path, config: Path, *extra: str, **run):
+    return run_cli("compress", config, *extra, cwd=folder, **run)
 
 
 def pruned_share(weights: dict[str, torch.Tensor], layers: list[str]) -> float:
@@ -52,16 +52,16 @@ def test_prune_reaches_the_sparsity_and_a_killed_fine_tuning_resumes_exactly(tmp
     stage = {"name": "prune", "sparsity": 0.75, "every": 5, "finetune": {"train.epochs": 3, "techniques": [kill]}}
     config = with_stages(tmp_path, base, [stage])
     armed.touch()
-    killed = compress(tmp_path, config)
+    killed = compress(tmp_path, config, subprocess=True)  # the only run that needs a process of its own
     assert killed.returncode != 0 and not armed.exists()  # died by SIGKILL after step 25, a checkpoint at 16
-    resumed = compress(tmp_path, config, "--json")
+    resumed = compress(tmp_path, config, "--json", subprocess=False)
     assert resumed.returncode == 0, resumed.stderr
     report = json.loads(resumed.stdout)
     stage_dir = tmp_path / "runs/base/compress/1-prune"
     assert report["stages"][1]["dir"] == str(Path("runs/base/compress/1-prune"))
     # The same chain uninterrupted, in a copy of the trained run.
     shutil.copytree(tmp_path / "runs/base", tmp_path / "runs/copy", ignore=shutil.ignore_patterns("compress"))
-    straight = compress(tmp_path, with_stages(tmp_path, base, [stage], name="copy"))
+    straight = compress(tmp_path, with_stages(tmp_path, base, [stage], name="copy"), subprocess=False)
     assert straight.returncode == 0, straight.stderr
     mine = load_file(stage_dir / "model.safetensors")
     theirs = load_file(tmp_path / "runs/copy/compress/1-prune/model.safetensors")

@@ -361,12 +361,13 @@ def test_augmented_run_with_workers_resumes_bit_identically_and_logs_data_wait(t
         c["train"] = {"epochs": 2, "log_every": "3st", "checkpoint_every": "5st"}  # 9 batches an epoch
         return c
 
-    straight = run_cli("train", write_config(tmp_path, config("straight"), "s.yaml"), cwd=tmp_path)
+    # Only the run that dies needs a process of its own; the others run in this one.
+    straight = run_cli("train", write_config(tmp_path, config("straight"), "s.yaml"), cwd=tmp_path, subprocess=False)
     assert straight.returncode == 0, straight.stderr
     killed = run_cli("train", write_config(tmp_path, config("resumed", kill_at=13), "k.yaml"), cwd=tmp_path)
     assert killed.returncode == -signal.SIGKILL
     r = write_config(tmp_path, config("resumed"), "r.yaml")
-    resumed = run_cli("train", r, "--allow-config-change", cwd=tmp_path)  # kill_at differs
+    resumed = run_cli("train", r, "--allow-config-change", cwd=tmp_path, subprocess=False)  # kill_at differs
     assert resumed.returncode == 0 and "resumed at step 10" in resumed.stdout, resumed.stderr
     from safetensors.torch import load_file
 

@@ -140,7 +140,7 @@ def test_a_run_resumed_after_sigkill_counts_the_killed_attempts_energy(tmp_path)
     assert killed.returncode == -signal.SIGKILL  # after step 7; the newest checkpoint is step 6
     run = tmp_path / "runs" / "tiny"
     assert not (run / "summary.json").exists()
-    resumed = run_cli("train", path, cwd=tmp_path)
+    resumed = run_cli("train", path, cwd=tmp_path, subprocess=False)  # only the killed attempt needs its own process
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     energy = json.loads((run / "summary.json").read_text())["energy"]
     # Each training forward heats 2 J: 6 steps before the checkpoint, then steps 7 and 8 again.

@@ -89,11 +89,12 @@ def test_resume_after_sigkill_with_two_workers_is_bit_identical(tmp_path):
         c["train"] = {**c["train"], "epochs": 2, "checkpoint_every": "7st"}  # 26 batches an epoch
         return c
 
-    result, straight = train(tmp_path, config("straight"))
+    result, straight = train(tmp_path, config("straight"), subprocess=False)  # only the killed run needs a process
     assert result.returncode == 0, result.stderr
-    killed, run = train(tmp_path, config("resumed", kill_at=33))  # after the step-28 checkpoint, in epoch 2
+    # Dies after the step-28 checkpoint, in epoch 2.
+    killed, run = train(tmp_path, config("resumed", kill_at=33), subprocess=True)
     assert killed.returncode == -signal.SIGKILL
-    resumed, _ = train(tmp_path, config("resumed"), "--allow-config-change")
+    resumed, _ = train(tmp_path, config("resumed"), "--allow-config-change", subprocess=False)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed at step 28" in resumed.stdout
     a, b = weights(straight), weights(run)

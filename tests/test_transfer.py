@@ -22,9 +22,9 @@ def in_tmp_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # in-process builds resolve relative paths like the CLI runs below
 
 
-def train(tmp_path: Path, config: dict, *args: str) -> tuple:
+def train(tmp_path: Path, config: dict, *args: str, **run) -> tuple:
     path = write_config(tmp_path, config, f"{config['name']}.yaml")
-    result = run_cli("train", path, *args, cwd=tmp_path)
+    result = run_cli("train", path, *args, cwd=tmp_path, **run)
     return result, tmp_path / "runs" / config["name"]
 
 
@@ -211,14 +211,15 @@ def test_gradual_unfreeze_finetune_resumes_bit_identical_after_sigkill_without_r
         config["techniques"] = [{"name": "freeze", "but_head": True, "unfreeze_every": "1ep"}]
         return config
 
-    result, straight = train(tmp_path, finetune("straight"))
+    result, straight = train(tmp_path, finetune("straight"), subprocess=False)  # only the killed run needs a process
     assert result.returncode == 0, result.stderr
     assert "released 1/2 groups" in result.stdout and "released 2/2 groups" in result.stdout
-    killed, run = train(tmp_path, finetune("resumed", kill_at=24))  # inside epoch 2, after step 21's checkpoint
+    # Dies inside epoch 2, after step 21's checkpoint.
+    killed, run = train(tmp_path, finetune("resumed", kill_at=24), subprocess=True)
     assert killed.returncode == -signal.SIGKILL
     shutil.rmtree(tmp_path / "runs" / "pre")  # a resume must not need the pretrained source any more
     # The probe's kill_at leaves the config: a change the resume is told to accept.
-    resumed, _ = train(tmp_path, finetune("resumed"), "--allow-config-change")
+    resumed, _ = train(tmp_path, finetune("resumed"), "--allow-config-change", subprocess=False)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed at step 21" in resumed.stdout and "mlrun: init_from" not in resumed.stderr
     a, b = weights(straight), weights(run)
@@ -281,12 +282,12 @@ def lora_config(name: str, **model) -> dict:
 
 @pytest.mark.e2e  # a run dies by SIGKILL
 def test_lora_run_resumes_bit_identical_after_sigkill_and_exports_merged(tmp_path):
-    result, straight = train(tmp_path, lora_config("straight"))
+    result, straight = train(tmp_path, lora_config("straight"), subprocess=False)  # only the killed run needs a process
     assert result.returncode == 0, result.stderr
     assert "lora: r=4 on 2 layers; 1,092 trainable parameters of 5,508" in result.stderr
-    killed, run = train(tmp_path, lora_config("resumed", kill_at=24))
+    killed, run = train(tmp_path, lora_config("resumed", kill_at=24), subprocess=True)
     assert killed.returncode == -signal.SIGKILL
-    resumed, _ = train(tmp_path, lora_config("resumed"), "--allow-config-change")  # kill_at leaves the config
+    resumed, _ = train(tmp_path, lora_config("resumed"), "--allow-config-change", subprocess=False)  # kill_at left
     assert resumed.returncode == 0, resumed.stderr
     a, b = weights(straight), weights(run)
     assert all(torch.equal(a[k], b[k]) for k in a)
