@@ -82,15 +82,18 @@ def test_fsdp_two_processes_shard_every_parameter_and_train_like_ddp(tmp_path):
     for key in ("model.blocks.0.0.weight", "model.blocks.1.0.weight", "model.head.weight"):
         assert len(metadata[key].chunks) == 2, key
     assert {p.name for p in checkpoint.glob("*.distcp")} == {"__0_0.distcp", "__1_0.distcp"}
-    # model.safetensors holds the whole model, so eval (and export) read an FSDP run like any other.
-    evaluated = run_cli("eval", "runs/fsdp", "--json", cwd=tmp_path)
+    # model.safetensors holds the whole model, so eval (and export) read an FSDP run like any other
+    # (in this process: one-process commands need no process of their own).
+    evaluated = run_cli("eval", "runs/fsdp", "--json", cwd=tmp_path, subprocess=False)
     assert evaluated.returncode == 0, evaluated.stderr
     final = json.loads((tmp_path / "runs/fsdp/summary.json").read_text())["final"]
     assert json.loads(evaluated.stdout)["metrics"]["val/accuracy"] == pytest.approx(final["val/accuracy"])
-    checkpoint_eval = run_cli("eval", "runs/fsdp", "--checkpoint", str(checkpoint.parent), "--json", cwd=tmp_path)
+    checkpoint_eval = run_cli(
+        "eval", "runs/fsdp", "--checkpoint", str(checkpoint.parent), "--json", cwd=tmp_path, subprocess=False
+    )
     assert checkpoint_eval.returncode == 0, checkpoint_eval.stderr  # the shards of the last checkpoint, read whole
     assert json.loads(checkpoint_eval.stdout)["metrics"] == json.loads(evaluated.stdout)["metrics"]
-    exported = run_cli("export", "runs/fsdp", cwd=tmp_path)
+    exported = run_cli("export", "runs/fsdp", cwd=tmp_path, subprocess=False)
     assert exported.returncode == 0, exported.stderr
 
 
@@ -294,5 +297,5 @@ def test_sigterm_during_async_checkpoints_exits_with_a_whole_checkpoint(tmp_path
     assert (newest / "model_optimizer" / ".metadata").is_file()
     assert not list((run / "checkpoints").glob(".tmp-*"))
     longer = f"train.max_steps={done['steps'] + 2}"
-    again = run_cli("train", write_config(tmp_path, c), longer, "--allow-config-change", cwd=tmp_path)
+    again = run_cli("train", write_config(tmp_path, c), longer, "--allow-config-change", cwd=tmp_path, subprocess=False)
     assert again.returncode == 0 and f"resumed at step {done['steps']}" in again.stdout, again.stderr
