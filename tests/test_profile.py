@@ -95,8 +95,8 @@ def test_trace_is_written(tmp_path):
 def test_matrix_compares_techniques_at_equal_effective_batch(tmp_path):
     # Smaller than DEEP x BIG_BATCH: bf16 runs 20x slower than fp32 on CPUs without bf16 instructions (AMD EPYC
     # without AVX512-BF16), and the matrix runs six of its eight cases in bf16.
-    model = {**DEEP, "hidden_sizes": [256] * 4}
-    data = {**BIG_BATCH, "num_samples": 512, "batch_size": 128}
+    model = {**DEEP, "hidden_sizes": [128] * 4}
+    data = {**BIG_BATCH, "num_samples": 256, "batch_size": 64}
     result = run_cli(
         "profile",
         write_config(tmp_path, tiny_config(model=model, data=data)),

@@ -29,21 +29,25 @@ def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
     return rate, f"measured {precision} matmul on {device.type}"
 
 
-def measured_matmul_rate(device: torch.device, dtype: torch.dtype, size: int = 1024, seconds: float = 0.3) -> float:
+def measured_matmul_rate(
+    device: torch.device, dtype: torch.dtype, largest: int = 1024, seconds: float = 0.3
+) -> float:
     """FLOP/s of square matmuls, timed for about `seconds`.
 
-    A dtype the CPU only emulates (bf16 without AVX512-BF16 or AMX: ~2 s per 1024 x 1024 matmul on an
-    AMD EPYC) is measured on smaller matrices instead of for half a minute per profile.
+    The matrices grow from 128 until one product takes a tenth of `seconds` or `largest` is reached:
+    a dtype the CPU only emulates (bf16 without AVX512-BF16 or AMX: ~2 s per 1024 x 1024 matmul on an
+    AMD EPYC) is measured on small matrices, without first paying for a large product.
     """
+    size = 128
     while True:
         a = torch.randn(size, size, device=device, dtype=dtype)
         b = torch.randn(size, size, device=device, dtype=dtype)
         start = time.perf_counter()
         a @ b  # also the warm-up
         synchronize(device)
-        if time.perf_counter() - start < seconds / 10 or size <= 128:
+        if time.perf_counter() - start >= seconds / 10 or size >= largest:
             break
-        size //= 2
+        size *= 2
     repeats, start = 0, time.perf_counter()
     while repeats < 3 or time.perf_counter() - start < seconds:
         a @ b
