@@ -29,9 +29,7 @@ def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
     return rate, f"measured {precision} matmul on {device.type}"
 
 
-def measured_matmul_rate(
-    device: torch.device, dtype: torch.dtype, largest: int = 1024, seconds: float = 0.3
-) -> float:
+def measured_matmul_rate(device: torch.device, dtype: torch.dtype, largest: int = 1024, seconds: float = 0.3) -> float:
     """FLOP/s of square matmuls, timed for about `seconds`.
 
     The matrices grow from 128 until one product takes a tenth of `seconds` or `largest` is reached:
