@@ -112,3 +112,39 @@ def test_a_space_key_outside_compress_exits_2(tmp_path: Path) -> None:
     path = write_config(tmp_path, tiny_config(name="bad", compress=STAGES, tune={**SEARCH, "space": space}), "b.yaml")
     result = run_cli("tune", path, cwd=tmp_path)
     assert result.returncode == 2 and "tune.space.optimizer.lr" in result.stderr
+
+
+def test_a_stage_left_out_runs_the_chain_without_it(searched) -> None:
+    folder, _ = searched
+    result = run_cli("compress", "base.yaml", "compress.1.enabled=false", "--json", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [row["stage"] for row in report["stages"]] == ["trained", "prune"]
+    assert not (folder / report["folder"] / "2-cluster").exists()
+    none = run_cli("compress", "base.yaml", "compress.0.enabled=false", "compress.1.enabled=false", cwd=folder)
+    assert none.returncode == 2 and "every stage has enabled: false" in none.stderr
+
+
+def test_a_search_tries_the_chain_with_and_without_a_stage(tmp_path: Path) -> None:
+    space = {"compress.1.enabled": {"type": "categorical", "choices": [True, False]}}
+    search = {**SEARCH, "trials": 4, "sampler": {"name": "nsga2", "seed": 0, "population_size": 2}, "space": space}
+    config = tiny_config(name="toggle", model={"name": "mlp", "hidden_sizes": [64, 32], "dropout": 0.0})
+    config.update(tracking=["jsonl"], compress=STAGES, tune=search)
+    path = write_config(tmp_path, config, "toggle.yaml")
+    assert (trained := run_cli("train", path, cwd=tmp_path)).returncode == 0, trained.stderr
+    result = run_cli("tune", path, "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = tmp_path / "runs/toggle/tune/compress"
+    chains = {tuple(sorted(p.name for p in d.iterdir() if p.is_dir())) for d in trials.glob("trial-*")}
+    assert chains == {("1-prune", "2-cluster"), ("1-prune",)}  # both arms were tried
+    # Clustering (bit-packed 4-bit indices) is what makes the file small: the front's smallest has it.
+    smallest = min(json.loads(result.stdout)["front"], key=lambda m: m["values"]["file_bytes"])
+    assert smallest["dir"].endswith("2-cluster")
+
+
+@pytest.mark.parametrize("key", ["metric", "direction"])
+def test_metric_or_direction_beside_objectives_exits_2(tmp_path: Path, key: str) -> None:
+    value = {"metric": "val/accuracy", "direction": "maximize"}[key]
+    config = tiny_config(name="bad", compress=STAGES, tune={**SEARCH, key: value})
+    result = run_cli("tune", write_config(tmp_path, config, "bad.yaml"), cwd=tmp_path)
+    assert result.returncode == 2 and f"tune.{key}" in result.stderr and "Traceback" not in result.stderr

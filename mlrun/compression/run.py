@@ -64,6 +64,9 @@ def run_compress(specs: list[StageSpec], source_dir: Path, root: Path | None = N
 
     if not specs:
         raise UsageError(f"compress: the config lists no stages; add a section such as\n{EXAMPLE}")
+    specs = [spec for spec in specs if spec.enabled]
+    if not specs:
+        raise UsageError("compress: every stage has enabled: false; enable at least one")
     trained = load_trained(source_dir)  # exit 2 when the run has no final weights
     weights = trained.weights
     source = ModelSource(load_config(source_dir / "config.yaml"), weights, source_dir, None, _file_key(weights))
@@ -92,8 +95,10 @@ CHAIN_FOLDER = re.compile(r"compress(-\d+)?")
 
 
 def stage_key(spec: StageSpec, input_key: str) -> str:
-    """Identifies a stage's result: its settings and the key of its input."""
-    return hashlib.sha256(json.dumps([spec.model_dump(mode="json"), input_key]).encode()).hexdigest()[:16]
+    """Identifies a stage's result: its settings and the key of its input (`enabled` is not a setting of
+    the result: the keys of chains made before it existed stay the same)."""
+    settings = spec.model_dump(mode="json", exclude={"enabled"})
+    return hashlib.sha256(json.dumps([settings, input_key]).encode()).hexdigest()[:16]
 
 
 def chain_folder(source_dir: Path, specs: list[StageSpec], trained_key: str) -> Path:

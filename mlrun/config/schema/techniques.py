@@ -26,3 +26,7 @@ class StageSpec(ComponentSpec):
     rounds: PositiveInt = 1
     """Apply the stage and fine-tune this many times, each round taking a share of the stage's target
     (iterative pruning)."""
+    enabled: bool = True
+    """false: the chain runs without this stage (`compress.2.enabled=false` on the command line; a
+    compress search's space may hold `compress.<n>.enabled: {type: categorical, choices: [true, false]}`
+    to try the chain with and without it)."""
