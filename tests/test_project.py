@@ -118,7 +118,7 @@ ALLOWED_IMPORTS = {
     "losses": {"data", "registry"},
     "metrics": {"data", "registry"},
     "objectives": {"data", "errors", "models", "registry"},
-    # config: the param_groups rules' type; models: parameter globs, blocks and head (models.parts).
+    # config: the param_groups rules' type; models: parameter globs, blocks and head (models.addressing).
     "optim": {"config", "errors", "models", "notices", "registry"},  # notices: torchao's import noise
     "techniques": {"callbacks", "config", "errors", "models", "notices", "registry"},  # models: early-exit heads, parts
     "tracking": {"energy", "errors", "registry"},

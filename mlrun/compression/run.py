@@ -330,9 +330,9 @@ def finetune_config(
 
 def keep_pruned(stage: Stage, share: float = 0.05) -> list[dict[str, Any]]:
     """A technique holding earlier stages' zeros at zero while this stage fine-tunes (prune, then distill)."""
-    from mlrun.models.parts import weight_layers
+    from mlrun.models.addressing import weight_layers
 
-    if any(t["name"] == "magnitude_pruning" for t in stage.techniques):
+    if any(techniques.trait(t["name"], "holds_zeros", False) for t in stage.techniques):
         return []  # the stage prunes itself: magnitude ranking keeps the zeros lowest
     sparse = [n for n, m in weight_layers(stage.model, [], True) if float((m.weight == 0).float().mean()) >= share]
     if not sparse:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from torch import nn
 
-from mlrun.models.parts import declared_blocks
+from mlrun.models.addressing import declared_blocks
 
 
 def compile_model(model: nn.Module, mode: bool | str, backend: str | Callable = "inductor") -> None:

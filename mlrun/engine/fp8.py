@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mlrun.errors import UsageError
-from mlrun.models.parts import head_prefix
+from mlrun.models.addressing import head_prefix
 
 FP8_CAPABILITY = (8, 9)
 FP8_GPUS = "compute capability 8.9 or newer: Ada (L4, L40, RTX 40xx), Hopper (H100, H200), Blackwell (B200)"

@@ -4,7 +4,7 @@ Muon orthogonalises each weight matrix's momentum (Newton-Schulz) before the upd
 for hidden layers only. Embeddings, the output layer, norms and biases take AdamW, as in Keller
 Jordan's and Moonshot's recipes. Which parameters are "hidden" is one declared rule:
 
-    default:     the weight of every nn.Linear except the output layer (models.parts.HEAD_NAMES,
+    default:     the weight of every nn.Linear except the output layer (models.addressing.HEAD_NAMES,
                  else the last Linear); embeddings are nn.Embedding, never Linear, so never Muon
     override:    optimizer.muon_params: ['blocks.*.weight']  (globs over parameter names)
 
@@ -23,7 +23,7 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
 from mlrun.errors import UsageError
-from mlrun.models.parts import check_patterns, head_prefix, matching
+from mlrun.models.addressing import check_patterns, head_prefix, matching
 from mlrun.optim.optimizers import Beta, Betas
 from mlrun.optim.param_groups import decay_groups
 from mlrun.registry import optimizers

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mlrun.config.schema import OptimizerSpec, ParamGroupRule
-from mlrun.models.parts import block_index, check_patterns, matching
+from mlrun.models.addressing import block_index, check_patterns, matching
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mlrun.errors import UsageError
-from mlrun.models.parts import declared_blocks
+from mlrun.models.addressing import declared_blocks
 from mlrun.registry import techniques
 
 

@@ -23,7 +23,7 @@ from torch import nn
 from mlrun.callbacks import Callback
 from mlrun.config.schema import Duration, DurationField
 from mlrun.errors import UsageError
-from mlrun.models.parts import block_index, check_patterns, head_prefix, matching
+from mlrun.models.addressing import block_index, check_patterns, head_prefix, matching
 from mlrun.registry import techniques
 
 

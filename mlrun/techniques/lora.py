@@ -20,7 +20,7 @@ from pydantic import Field, PositiveFloat, PositiveInt
 from torch import nn
 
 from mlrun.errors import UsageError
-from mlrun.models.parts import HEAD_NAMES, check_patterns, matching
+from mlrun.models.addressing import HEAD_NAMES, check_patterns, matching
 from mlrun.registry import techniques
 
 # Layer types peft's LoRA adapts (transformers' GPT-2 Conv1D is matched by name: no import needed).

@@ -28,7 +28,7 @@ from torch import nn
 from mlrun.callbacks import Callback
 from mlrun.config.schema import Duration, DurationField, parse_duration
 from mlrun.errors import UsageError
-from mlrun.models.parts import check_patterns, head_prefix, matching
+from mlrun.models.addressing import check_patterns, head_prefix, matching
 from mlrun.registry import techniques
 
 # Defaults measured on digits transfer (scripts/bench/transfer.py --part lpft, RESULTS.md): the body

@@ -24,7 +24,7 @@ from torch import nn
 
 from mlrun.callbacks import Callback
 from mlrun.errors import UsageError
-from mlrun.models.parts import weight_layers
+from mlrun.models.addressing import weight_layers
 from mlrun.registry import techniques
 
 Sparsity = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -119,7 +119,8 @@ class MagnitudePruning(Callback):
         self._apply()
 
 
-@techniques.register("magnitude_pruning")
+# holds_zeros: weights at zero stay at zero while it trains (a compress stage adds no second holder).
+@techniques.register("magnitude_pruning", holds_zeros=True)
 def magnitude_pruning(
     model: nn.Module,
     /,

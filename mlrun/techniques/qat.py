@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from mlrun.errors import UsageError
-from mlrun.models.parts import weight_layers
+from mlrun.models.addressing import weight_layers
 from mlrun.notices import torchao_quiet
 from mlrun.registry import techniques
 

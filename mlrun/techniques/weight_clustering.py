@@ -22,7 +22,7 @@ from torch import nn
 
 from mlrun.callbacks import Callback
 from mlrun.errors import UsageError
-from mlrun.models.parts import weight_layers
+from mlrun.models.addressing import weight_layers
 from mlrun.registry import techniques
 
 Clusters = Annotated[int, Field(ge=2, le=256)]

@@ -20,8 +20,8 @@ from torch import nn
 
 from mlrun.compression.stage import Stage, StageContext
 from mlrun.errors import UsageError
+from mlrun.models.addressing import weight_layers
 from mlrun.models.packed_weights import PackedWeights, pack_state
-from mlrun.models.parts import weight_layers
 from mlrun.registry import stages
 from mlrun.techniques.weight_clustering import Clusters, assign, tie
 

@@ -19,8 +19,8 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 from mlrun.compression.stage import Stage, StageContext
+from mlrun.models.addressing import weight_layers
 from mlrun.models.edits import replace_module, thin_pair
-from mlrun.models.parts import weight_layers
 from mlrun.registry import stages
 
 

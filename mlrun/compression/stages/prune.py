@@ -20,7 +20,7 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 from mlrun.compression.stage import Stage, StageContext
-from mlrun.models.parts import weight_layers
+from mlrun.models.addressing import weight_layers
 from mlrun.registry import stages
 from mlrun.techniques.magnitude_pruning import Sparsity, check_not_emptied, magnitude_masks
 

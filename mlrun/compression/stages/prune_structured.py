@@ -26,8 +26,8 @@ from torch import nn
 from mlrun.compression.measure import count_macs
 from mlrun.compression.stage import Stage, StageContext
 from mlrun.errors import UsageError
+from mlrun.models.addressing import weight_layers
 from mlrun.models.edits import resize_edits, snapshot
-from mlrun.models.parts import weight_layers
 from mlrun.registry import stages
 
 Ratio = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -115,7 +115,7 @@ def _kept_modules(model: nn.Module, ignored: list[str]) -> list[nn.Module]:
     everything = weight_layers(model, [], include_head=True)
     body = {name for name, _ in weight_layers(model, [], include_head=False)}
     layers = [name for name, _ in everything]
-    kept = [layer for name, layer in everything if name not in body]  # the output layer (models.parts' rule)
+    kept = [layer for name, layer in everything if name not in body]  # the output layer (models.addressing' rule)
     for pattern in ignored:
         matched = [m for n, m in names.items() if n and fnmatch.fnmatchcase(n, pattern)]
         if not matched:

@@ -16,7 +16,7 @@ from torch import nn
 
 from mlrun.compression.stage import Stage, StageContext
 from mlrun.errors import UsageError
-from mlrun.models.parts import weight_layers
+from mlrun.models.addressing import weight_layers
 from mlrun.registry import stages
 from mlrun.techniques.qat import convert
 
