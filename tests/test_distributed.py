@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, tiny_config, write_config
+from tests.conftest import REPO, run_cli, tiny_config, write_config
 
 pytestmark = pytest.mark.e2e  # torchrun: several processes
 
@@ -43,7 +43,9 @@ def torchrun(config: dict, folder: Path, *args: str) -> subprocess.CompletedProc
 
 
 def single(config: dict, folder: Path) -> subprocess.CompletedProcess:
-    return launch(folder, "train", write_config(folder, config, f"{config['name']}.yaml"), processes=1)
+    """`mlrun train` as one process: in this one (tests/cli_runner.py), as only the torchrun launches need their own."""
+    path = write_config(folder, config, f"{config['name']}.yaml")
+    return run_cli("train", path, cwd=folder, subprocess=False)
 
 
 def test_two_processes_with_batch_b_match_one_with_batch_2b(tmp_path):
@@ -119,7 +121,7 @@ def test_two_process_val_loss_counts_every_sample_once(tmp_path, config):
     result = torchrun(config, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "runs" / "padded" / "summary.json").read_text())
-    evaluated = launch(tmp_path, "eval", "runs/padded", "--json", processes=1)
+    evaluated = run_cli("eval", "runs/padded", "--json", cwd=tmp_path, subprocess=False)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     report = json.loads(evaluated.stdout)
     assert report["samples"] % (2 * config["data"]["eval_batch_size"]) != 0  # the last round is padded
@@ -135,7 +137,7 @@ def test_resuming_a_two_process_checkpoint_on_one_process_keeps_the_global_batch
     run = tmp_path / "runs" / "moved"
     checkpoint = run / "checkpoints" / "step-00000004"
     path = tmp_path / "moved.yaml"
-    resumed = launch(tmp_path, "train", path, "train.max_steps=6", "--resume", checkpoint, processes=1)
+    resumed = run_cli("train", path, "train.max_steps=6", "--resume", checkpoint, cwd=tmp_path, subprocess=False)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed on 1 process(es)" in resumed.stderr and "global batch of 64" in resumed.stderr
     manifest = json.loads((run / "manifest.json").read_text())

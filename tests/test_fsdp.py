@@ -34,7 +34,11 @@ def config(name: str, tmp_path: Path, strategy: str = "fsdp", **train) -> dict:
 
 
 def train(tmp_path: Path, c: dict, *args: str, processes: int = 2) -> subprocess.CompletedProcess:
+    """`mlrun train` on `processes` CPU processes (torchrun), or with processes=0 as one process in this
+    one (tests/cli_runner.py): a one-process run that is not killed needs no process of its own."""
     path = write_config(tmp_path, c, f"{c['name']}.yaml")
+    if processes == 0:
+        return run_cli("train", path, *args, cwd=tmp_path, subprocess=False)
     return launch(tmp_path, "train", path, *args, processes=processes)
 
 
@@ -127,7 +131,7 @@ def test_two_process_fsdp_run_goes_on_with_one_process_on_the_same_samples(tmp_p
     cut = {**config("cut", tmp_path, checkpoint_every="4st"), "techniques": kill_after(6, armed)}
     assert train(tmp_path, cut).returncode != 0  # killed after step 6: the checkpoint of step 4 is the newest
     cut["data"] = {**cut["data"], "ids_file": str(tmp_path / "ids-alone")}  # record the continuation apart
-    alone = train(tmp_path, cut, "--allow-config-change", processes=1)
+    alone = train(tmp_path, cut, "--allow-config-change", processes=0)
     assert alone.returncode == 0, why(alone)
     assert "resumed at step 4" in alone.stdout
     assert "going on with 1 process(es) x batch 32 x accumulation 2" in alone.stderr
@@ -147,7 +151,7 @@ def test_one_process_ddp_run_goes_on_with_two_processes_on_the_same_samples(tmp_
     def one(name: str) -> dict:
         return config(name, tmp_path, strategy="ddp", checkpoint_every="4st", grad_accum_steps=2)
 
-    assert train(tmp_path, one("straight"), processes=1).returncode == 0
+    assert train(tmp_path, one("straight"), processes=0).returncode == 0
     armed = tmp_path / "armed"
     armed.touch()
     cut = {**one("cut"), "techniques": kill_after(6, armed)}
@@ -165,7 +169,7 @@ def test_resume_on_a_process_count_that_cannot_keep_the_global_batch_exits_2_wit
     c = config("odd", tmp_path, strategy="ddp", max_steps=2, checkpoint_every="2st")
     c["data"] = {**c["data"], "batch_size": 5}  # a global batch of 5 on one process
     c["train"].pop("epochs")
-    assert train(tmp_path, c, processes=1).returncode == 0
+    assert train(tmp_path, c, processes=0).returncode == 0
     c["train"]["max_steps"] = 4
     result = train(tmp_path, c, "--resume", "runs/odd/checkpoints/step-00000002")
     assert result.returncode != 0
