@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import tiny_config, write_config
+from tests.conftest import run_cli, tiny_config, write_config
 from tests.test_distributed import launch
 
 pytestmark = pytest.mark.e2e  # torchrun: several processes
@@ -34,7 +34,8 @@ def test_two_stage_pipeline_matches_one_process(tmp_path, schedule):
     one = config("one", 64)  # the pipeline's global batch: 2 processes x 32
     result = launch(tmp_path, "train", write_config(tmp_path, pipe, "pipe.yaml"), timeout=TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert launch(tmp_path, "train", write_config(tmp_path, one, "one.yaml"), processes=1).returncode == 0
+    # The one-process reference runs in this process (tests/cli_runner.py): only torchrun needs its own.
+    assert run_cli("train", write_config(tmp_path, one, "one.yaml"), cwd=tmp_path, subprocess=False).returncode == 0
     a = load_file(tmp_path / "runs" / "one" / "model.safetensors")
     b = load_file(tmp_path / "runs" / "pipe" / "model.safetensors")
     assert a.keys() == b.keys()
