@@ -133,3 +133,84 @@ def test_teacher_sees_exactly_the_augmented_batch_the_student_sees(tmp_path: Pat
             assert who == "teacher" and torch.equal(student_inputs, teacher_inputs)
         runs[name] = pairs[0][0][1]
     assert not torch.allclose(runs["plain"], runs["mixed"])  # the augmentation reached both models
+
+
+def deep_teacher(folder: Path) -> Path:
+    """A trained MLP of four blocks of 16 (1 epoch); returns its config path."""
+    config = tiny_config(name="deep", model={"name": "mlp", "hidden_sizes": [16] * 4, "dropout": 0.0})
+    config["train"] = {**config["train"], "epochs": 1}
+    path = write_config(folder, config, "deep.yaml")
+    assert (result := run_cli("train", path, cwd=folder)).returncode == 0, result.stderr
+    return path
+
+
+def test_a_shallower_student_starts_from_evenly_spaced_teacher_blocks(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    config = yaml.safe_load(deep_teacher(tmp_path).read_text())
+    student = {"name": "mlp", "hidden_sizes": [16, 16], "dropout": 0.0}
+    config["compress"] = [
+        {"name": "distill", "student": student, "init": "teacher_layers", "finetune": {"train.epochs": 1}}
+    ]
+    result = run_cli("compress", write_config(tmp_path, config, "c.yaml"), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "the student starts from teacher blocks [0, 2] of 4" in result.stderr
+    teacher = load_file(tmp_path / "runs/deep/model.safetensors")
+    start = load_file(tmp_path / "runs/deep/compress/1-distill/start-1.safetensors")
+    assert set(start) == {f"blocks.{i}.0.{p}" for i in (0, 1) for p in ("weight", "bias")} | {
+        "head.weight",
+        "head.bias",
+    }
+    for name, tensor in start.items():  # DistilBERT's every other layer; the head by name
+        source = name.replace("blocks.1.", "blocks.2.")
+        assert torch.equal(tensor, teacher[source]), name
+    assert json.loads(result.stdout)["stages"][1]["report"]["init"] == "teacher_layers"
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"student": {"name": "mlp", "hidden_sizes": [8, 8]}}, "keep the teacher's widths"),
+        ({"student": {"name": "mlp", "hidden_sizes": [16] * 5}}, "at most the teacher's 4 blocks"),
+        ({}, "starts a new student"),
+        ({"student": {"name": "mlp", "hidden_sizes": [16, 16]}, "baseline": True}, "set seeds: 1"),
+    ],
+)
+def test_teacher_layers_that_do_not_fit_exit_2(tmp_path: Path, settings: dict, message: str) -> None:
+    config = yaml.safe_load(deep_teacher(tmp_path).read_text())
+    config["compress"] = [{"name": "distill", "init": "teacher_layers", "finetune": {"train.epochs": 1}, **settings}]
+    result = run_cli("compress", write_config(tmp_path, config, "c.yaml"), cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs/deep/compress").exists()
+
+
+def test_a_two_layer_gpt_learns_from_a_four_layer_one_starting_from_its_layers(tmp_path: Path) -> None:
+    """Causal LM distillation (text_lm's token pairs): the KL per token, the student from teacher layers."""
+    from safetensors.torch import load_file
+
+    text = str(Path(__file__).resolve().parents[1] / "configs/data/public_domain.txt")
+    config = tiny_config(
+        name="lm",
+        model={"name": "gpt", "n_layer": 4, "n_head": 2, "n_embd": 32, "dropout": 0.0},
+        data={"name": "text_lm", "path": text, "block_size": 32, "batch_size": 16},
+        objective="causal_lm",
+        metrics=["perplexity"],
+        train={"max_steps": 30, "log_every": "10st", "eval_every": "30st", "checkpoint_every": None},
+    )
+    path = write_config(tmp_path, config, "lm.yaml")
+    assert (result := run_cli("train", path, cwd=tmp_path)).returncode == 0, result.stderr
+    student = {"name": "gpt", "n_layer": 2, "n_head": 2, "n_embd": 32, "dropout": 0.0}
+    stage = {"name": "distill", "student": student, "init": "teacher_layers", "finetune": {"train.max_steps": 10}}
+    config["compress"] = [stage]
+    result = run_cli("compress", write_config(tmp_path, config, "c.yaml"), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)["stages"][1]
+    assert row["metrics"]["val/perplexity"] > 1.0 and row["report"]["student_parameters"] < 0.6 * sum(
+        t.numel() for t in load_file(tmp_path / "runs/lm/model.safetensors").values()
+    )
+    teacher = load_file(tmp_path / "runs/lm/model.safetensors")
+    start = load_file(tmp_path / "runs/lm/compress/1-distill/start-1.safetensors")
+    for name, tensor in start.items():  # embeddings and final norm by name, blocks 0 and 2 of 4
+        assert torch.equal(tensor, teacher[name.replace("blocks.1.", "blocks.2.")]), name
+    distilled = yaml.safe_load((tmp_path / "runs/lm/compress/1-distill/train/config.yaml").read_text())
+    assert distilled["objective"]["name"] == "distill"

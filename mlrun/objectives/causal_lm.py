@@ -31,7 +31,9 @@ def _shifted(logits: torch.Tensor, batch: Mapping, input_key: str) -> tuple[torc
     return logits[counted], targets[counted]  # one device sync: the price of padding
 
 
-@objectives.register("causal_lm")
+# distillable "pairs": for (tokens, next_tokens) batches the distill objective's label term is this loss;
+# tokenizer mappings, whose targets are the inputs shifted here, are not.
+@objectives.register("causal_lm", distillable="pairs")
 def causal_lm(loss_fn, meta: DataMeta, /, *, input_key: str = "input_ids") -> Objective:
     """Next-token loss (the configured loss, cross_entropy by default) over every counted position.
 

@@ -9,7 +9,8 @@ from mlrun.objectives.base import Objective, ObjectiveOutput
 from mlrun.registry import objectives
 
 
-@objectives.register("supervised")
+# distillable: the distill objective's label term (the loss on split_batch's targets) is this objective's loss.
+@objectives.register("supervised", distillable=True)
 def supervised(loss_fn, meta: DataMeta, /, *, target_key: str = TARGET_KEY) -> Objective:
     """loss(logits, targets) for `(inputs, targets)` batches, or mapping batches whose targets are `target_key`.
 

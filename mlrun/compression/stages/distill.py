@@ -15,12 +15,18 @@ architecture does, and becomes the stage's result (its config's `model:`). Fine-
 A list of teachers is an ensemble: their logits are averaged. `baseline: true` also trains the same
 student alone (mlrun.compression.paired_arms) over `seeds` paired seeds and reports both arms, the
 mean gain of distilling and its 95% interval.
+
+`init: teacher_layers` starts a student of the teacher's widths but fewer blocks from the (first)
+teacher, as DistilBERT did: every tensor outside `blocks` by name, and student block i from teacher
+block floor(i * T / S) of T (every other layer for half the depth). Both arms of a baseline start so.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field, PositiveFloat
@@ -29,10 +35,11 @@ from torch import nn
 from mlrun.compression.paired_arms import MAX_SEEDS, baseline_arm
 from mlrun.compression.stage import Stage, StageContext
 from mlrun.errors import UsageError
+from mlrun.models.addressing import declared_blocks
 from mlrun.models.outputs import call_model, logits_of
 from mlrun.models.saved import load_saved_model
 from mlrun.models.weights_file import save_weights
-from mlrun.registry import models, stages
+from mlrun.registry import models, objectives, stages
 
 
 @stages.register("distill")
@@ -47,6 +54,7 @@ def distill(
     alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5,
     baseline: bool = False,
     seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)] | None = None,
+    init: Literal["random", "teacher_layers"] = "random",
 ) -> Stage:
     """Knowledge distillation: KL to the teacher's softened outputs (alpha) plus the label loss.
 
@@ -57,11 +65,20 @@ def distill(
         alpha: weight of the soft targets; 1 - alpha weighs the label loss.
         baseline: also train the student alone (same start, batches, augmentation, schedule): distilled vs alone.
         seeds: the baseline's paired seeds, each drawing the student's initial weights; default 5.
+        init: the student's start: random, or teacher_layers (DistilBERT: the teacher's tensors outside
+            `blocks`, and evenly spaced teacher blocks; the widths must match).
     """
-    if context.config.objective.name != "supervised":
+    objective_name = context.config.objective.name
+    distillable = objectives.trait(objective_name, "distillable", False)
+    if not distillable:
         raise UsageError(
-            f"distill trains with the teacher's logits beside the labels of supervised batches; this run's "
-            f"objective is '{context.config.objective.name}'"
+            f"distill trains with the teacher's logits beside the labels of supervised or causal_lm batches; "
+            f"this run's objective is '{objective_name}'"
+        )
+    if distillable == "pairs" and isinstance(context.example, Mapping):
+        raise UsageError(
+            f"distill with objective {objective_name} takes (tokens, next tokens) batches as text_lm yields them; "
+            "this data gives tokenizer mappings (input_ids, attention_mask), which it does not shift yet"
         )
     if context.finetune_steps == 0:
         raise UsageError("distill is learning from the teacher: give it fine-tuning (finetune: {train.epochs: N})")
@@ -71,14 +88,32 @@ def distill(
     sources = [context.source_run] if named is None else [Path(t) for t in named]
     if not sources:
         raise UsageError("distill: teacher is an empty list; name one run or more, or leave it out")
+    if init != "random" and student is None:
+        raise UsageError(f"distill: init: {init} starts a new student; give the stage a student: {{name: ...}}")
+    if init == "teacher_layers" and baseline and seeds != 1:
+        raise UsageError(
+            "distill: with init: teacher_layers every seed starts from the same weights, so paired seeds would "
+            "repeat one comparison; set seeds: 1, or init: random for a baseline over seeds"
+        )
+    teachers = [load_saved_model(source, context.meta) for source in sources]
+    start_from = teachers[0] if init == "teacher_layers" else None
     if student is not None:
         name, spec = _student_spec(student)
-        model = build_student(name, spec, context, context.config.seed)
-    for source in sources:
-        check_outputs_fit(model, load_saved_model(source, context.meta), context.example, source)
+        model = build_student(name, spec, context, context.config.seed, start_from)
+        if start_from is not None:
+            depth = len(declared_blocks(start_from))
+            picked = teacher_blocks(len(declared_blocks(model)), depth)
+            print(
+                f"mlrun: distill: the student starts from teacher blocks {picked} of {depth} "
+                "and the teacher's tensors outside blocks",
+                file=sys.stderr,
+            )
+    for source, teacher_model in zip(sources, teachers):
+        check_outputs_fit(model, teacher_model, context.example, source)
     taught = [str(s) for s in sources]
     objective = {"name": "distill", "teacher": taught[0] if len(taught) == 1 else taught}
     objective.update(temperature=temperature, alpha=alpha)
+    report = {"student_parameters": sum(p.numel() for p in model.parameters()), "init": init}
     compare = None
     if baseline:
         if student is None:
@@ -89,16 +124,15 @@ def distill(
 
         def start_for(seed: int, folder: Path) -> Path:  # the student of that seed, as the stage builds it
             folder.mkdir(parents=True, exist_ok=True)
-            save_weights(build_student(name, spec, context, seed), folder / "start.safetensors")
+            save_weights(build_student(name, spec, context, seed, start_from), folder / "start.safetensors")
             return folder / "start.safetensors"
 
         compare = baseline_arm(seeds or 5, context.config.objective.model_dump(mode="json"), start_for)
-    params = sum(p.numel() for p in model.parameters())
     return Stage(
         model,
         objective=objective,
         model_spec=student,
-        report={"student_parameters": params, **{k: v for k, v in objective.items() if k != "name"}},
+        report={**report, **{k: v for k, v in objective.items() if k != "name"}},
         compare=compare,
     )
 
@@ -115,10 +149,50 @@ def _student_spec(student: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return name, spec
 
 
-def build_student(name: str, spec: dict[str, Any], context: StageContext, seed: int) -> nn.Module:
-    """A freshly initialised student; the seed fixes its initial weights."""
+def build_student(
+    name: str, spec: dict[str, Any], context: StageContext, seed: int, teacher: nn.Module | None = None
+) -> nn.Module:
+    """A freshly initialised student (the seed fixes its initial weights), started from `teacher`'s
+    layers when one is given."""
     torch.manual_seed(seed)
-    return models.build(name, context.meta, **spec)
+    student = models.build(name, context.meta, **spec)
+    if teacher is not None:
+        copy_teacher_layers(student, teacher)
+    return student
+
+
+def teacher_blocks(student_blocks: int, teacher_blocks: int) -> list[int]:
+    """The teacher block each student block starts from: evenly spaced from the first (DistilBERT)."""
+    return [i * teacher_blocks // student_blocks for i in range(student_blocks)]
+
+
+@torch.no_grad()
+def copy_teacher_layers(student: nn.Module, teacher: nn.Module) -> None:
+    """DistilBERT's start: the teacher's tensors outside `blocks` by name, and student block i from
+    teacher block floor(i * T / S). Exit 2 naming the first tensor that does not fit (the student
+    must keep the teacher's widths)."""
+    mine, theirs = declared_blocks(student), declared_blocks(teacher)
+    if len(mine) > len(theirs):
+        raise UsageError(
+            f"distill: init: teacher_layers needs a student with at most the teacher's {len(theirs)} blocks; "
+            f"this one has {len(mine)}"
+        )
+    picked = teacher_blocks(len(mine), len(theirs))
+    in_blocks = {id(t) for block in mine for t in [*block.parameters(), *block.buffers()]}
+    outside = {k: v for k, v in student.state_dict(keep_vars=True).items() if id(v) not in in_blocks}
+    whole = teacher.state_dict()
+    pairs = [(k, v, whole.get(k)) for k, v in outside.items()]
+    for i, j in enumerate(picked):
+        source = theirs[j].state_dict()
+        pairs += [(f"block {i} <- teacher block {j}: {k}", v, source.get(k)) for k, v in mine[i].state_dict().items()]
+    for where, tensor, value in pairs:
+        if value is None or value.shape != tensor.shape:
+            found = "missing" if value is None else tuple(value.shape)
+            raise UsageError(
+                f"distill: init: teacher_layers: {where} is {tuple(tensor.shape)} in the student, {found} in the "
+                "teacher; keep the teacher's widths (fewer blocks only) or use init: random"
+            )
+        tensor.copy_(value)
 
 
 @torch.no_grad()
