@@ -206,13 +206,13 @@ def recall(meta: DataMeta, /) -> Metric:
     return ConfusionMetric("recall", _classes(meta))
 
 
-@metrics.register("mae", tasks=("regression",))
+@metrics.register("mae", tasks=("regression",), lower_is_better=True)
 def mae(meta: DataMeta, /) -> Metric:
     """Mean absolute error."""
     return RegressionMetric("mae")
 
 
-@metrics.register("rmse", tasks=("regression",))
+@metrics.register("rmse", tasks=("regression",), lower_is_better=True)
 def rmse(meta: DataMeta, /) -> Metric:
     """Root mean squared error."""
     return RegressionMetric("rmse")
@@ -224,7 +224,7 @@ def r2(meta: DataMeta, /) -> Metric:
     return RegressionMetric("r2")
 
 
-@metrics.register("perplexity", tasks=("lm",))
+@metrics.register("perplexity", tasks=("lm",), lower_is_better=True)
 def perplexity(meta: DataMeta, /) -> Metric:
     """exp(mean token cross-entropy), for language models."""
     return Perplexity()

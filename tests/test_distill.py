@@ -201,6 +201,7 @@ def test_a_two_layer_gpt_learns_from_a_four_layer_one_starting_from_its_layers(t
     assert (result := run_cli("train", path, cwd=tmp_path)).returncode == 0, result.stderr
     student = {"name": "gpt", "n_layer": 2, "n_head": 2, "n_embd": 32, "dropout": 0.0}
     stage = {"name": "distill", "student": student, "init": "teacher_layers", "finetune": {"train.max_steps": 10}}
+    stage.update(baseline=True, seeds=1)
     config["compress"] = [stage]
     result = run_cli("compress", write_config(tmp_path, config, "c.yaml"), "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -214,3 +215,7 @@ def test_a_two_layer_gpt_learns_from_a_four_layer_one_starting_from_its_layers(t
         assert torch.equal(tensor, teacher[name.replace("blocks.1.", "blocks.2.")]), name
     distilled = yaml.safe_load((tmp_path / "runs/lm/compress/1-distill/train/config.yaml").read_text())
     assert distilled["objective"]["name"] == "distill"
+    # The arms compare perplexity, where lower is better: the gain is alone - distilled.
+    arm = row["report"]["baseline"]
+    assert arm["metric"] == "val/perplexity" and arm["better"] == "lower"
+    assert arm["mean_gain"] == pytest.approx(arm["alone"][0] - arm["distilled"][0])

@@ -55,7 +55,8 @@ def baseline_notes(rows: list[dict[str, Any]]) -> list[str]:
         )
         notes.append(
             f"{row['stage']}: {arm['metric']} distilled {mean(arm['distilled']):.4f} vs alone {mean(arm['alone']):.4f} "
-            f"over {len(arm['seeds'])} paired seed(s): gain {arm['mean_gain']:+.4f} ({spread})"
+            f"over {len(arm['seeds'])} paired seed(s): gain {arm['mean_gain']:+.4f}"
+            f"{' (lower is better: alone - distilled)' if arm.get('better') == 'lower' else ''} ({spread})"
         )
     return notes
 

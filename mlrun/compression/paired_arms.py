@@ -13,8 +13,9 @@ validation samples (another split would favour distillation unfairly). The first
 run is the stage's own fine-tuning. Runs live in <stage>/baseline/seed-<s>/{distilled,alone} and,
 like any run, resume when interrupted and are reused when finished.
 
-The report holds both arms' final metric per seed, the mean paired difference (distilled - alone)
-and its 95% Student-t interval: differences of the same seed remove what the seed alone decides.
+The report holds both arms' final metric per seed, the mean paired gain of distilling (distilled -
+alone, or alone - distilled for a metric where lower is better, such as perplexity) and its 95%
+Student-t interval: differences of the same seed remove what the seed alone decides.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from mlrun.config.errors import SourceMap
 from mlrun.config.load import validate_raw
 from mlrun.config.schema import ExperimentConfig
 from mlrun.engine.run_dir import read_summary
+from mlrun.errors import UsageError
+from mlrun.registry import metrics
 
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (seeds - 1); stage settings cap seeds at 31.
 T_975 = (
@@ -39,9 +42,10 @@ T_975 = (
 MAX_SEEDS = len(T_975) + 1
 
 
-def paired_difference(distilled: list[float], alone: list[float]) -> dict[str, Any]:
-    """Mean of distilled - alone over paired seeds, its standard deviation and 95% t-interval."""
-    gains = [d - a for d, a in zip(distilled, alone, strict=True)]
+def paired_difference(distilled: list[float], alone: list[float], sign: float = 1.0) -> dict[str, Any]:
+    """Mean of sign * (distilled - alone) over paired seeds (sign -1 where lower is better), its standard
+    deviation and 95% t-interval."""
+    gains = [sign * (d - a) for d, a in zip(distilled, alone, strict=True)]
     mean = statistics.fmean(gains)
     if len(gains) < 2:
         return {"mean_gain": mean, "sd": None, "interval95": None}
@@ -60,7 +64,7 @@ def baseline_arm(
 
     def compare(tuned: ExperimentConfig, train_dir: Path) -> dict[str, Any]:
         first = tuned.seed
-        metric = _compared_metric(tuned, train_dir)
+        metric, higher_is_better = _compared_metric(tuned, train_dir)
         arms: dict[str, list[float]] = {"distilled": [], "alone": []}
         for seed in range(first, first + seeds):
             folder = train_dir.parent / "baseline" / f"seed-{seed}"
@@ -70,7 +74,9 @@ def baseline_arm(
             arms["distilled"].append(_final(distilled, metric))
             arms["alone"].append(_final(alone, metric))
         seed_list = list(range(first, first + seeds))
-        return {"baseline": {"metric": metric, "seeds": seed_list, **arms, **paired_difference(**arms)}}
+        better = "higher" if higher_is_better else "lower"
+        gain = paired_difference(**arms, sign=1.0 if higher_is_better else -1.0)
+        return {"baseline": {"metric": metric, "better": better, "seeds": seed_list, **arms, **gain}}
 
     return compare
 
@@ -90,12 +96,23 @@ def _train_arm(tuned: ExperimentConfig, folder: Path, name: str, start: str, obj
     return run_dir
 
 
-def _compared_metric(tuned: ExperimentConfig, train_dir: Path) -> str:
-    """The run's monitored metric, else its first metric: val/loss differs between the arms' objectives."""
+def _compared_metric(tuned: ExperimentConfig, train_dir: Path) -> tuple[str, bool]:
+    """(metric, whether higher is better): the run's monitored metric, else its first metric where higher
+    is better (accuracy before perplexity), else its first; val/loss differs between the arms' objectives."""
     if tuned.train.best and tuned.train.best.monitor != "val/loss":
-        return tuned.train.best.monitor
+        return tuned.train.best.monitor, tuned.train.best.mode == "max"
     final = (read_summary(train_dir) or {}).get("final") or {}
-    return next((k for k in final if k.startswith("val/") and k != "val/loss"), "val/loss")
+    names = [k for k in final if k.startswith("val/") and k != "val/loss"]
+    lower = {k for k in names if _lower_is_better(k.removeprefix("val/"))}
+    chosen = next((k for k in names if k not in lower), names[0] if names else "val/loss")
+    return chosen, chosen not in lower and chosen != "val/loss"
+
+
+def _lower_is_better(metric: str) -> bool:
+    try:
+        return bool(metrics.trait(metric, "lower_is_better", False))
+    except (UsageError, ValueError, KeyError):  # a figure that is no registry metric (an exit's accuracy)
+        return False
 
 
 def _final(run_dir: Path, metric: str) -> float:
