@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mlrun.config.load import as_override, load_config
 from mlrun.config.schema import ExperimentConfig
-from mlrun.errors import RunFailed, UsageError, did_you_mean
+from mlrun.errors import UsageError, did_you_mean
 from mlrun.tuning.space import suggest
 
 # Figures of a compress stage row (compression/measure.py) that a search may score, besides val/<metric>.
@@ -113,9 +113,8 @@ def run_compress_search(config: ExperimentConfig, options, tune_dir: Path, *, en
 
     `enqueue(study, config)` queues the config's own values (runner.enqueue_config); `processes`: how many
     processes this command runs on (torchrun)."""
-    from mlrun.tuning import report
     from mlrun.tuning.pareto import summarize_front
-    from mlrun.tuning.storage import optimize
+    from mlrun.tuning.storage import run_trials
     from mlrun.tuning.study import make_sampler, make_storage, optuna_module
 
     check_objectives(config)
@@ -143,17 +142,8 @@ def run_compress_search(config: ExperimentConfig, options, tune_dir: Path, *, en
         print(
             f"mlrun: compress search '{options.study_name}' ({store_text}): target {options.trials} trials", flush=True
         )
-        optimize(
-            study,
-            objective(options.path, list(options.overrides), config, tune_dir),
-            target=options.trials,
-            timeout=options.timeout_s,
-            callbacks=[
-                optuna.study.MaxTrialsCallback(options.trials, states=ended),
-                lambda s, t: print(report.trial_line(t), flush=True),
-            ],
-            catch=(UsageError, RunFailed),
-        )
+        trial_objective = objective(options.path, list(options.overrides), config, tune_dir)
+        run_trials(study, trial_objective, options.trials, options.timeout_s, ended)
     if not study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
         print("mlrun: no trial of the compress search completed; see the errors above", file=sys.stderr)
     return summarize_front(study, tune, tune_dir)

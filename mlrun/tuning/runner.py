@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlrun.config.schema import ExperimentConfig
-from mlrun.errors import RunFailed, UsageError
+from mlrun.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,6 @@ def run_population(config: ExperimentConfig, options: StudyOptions, tune_dir: Pa
 
 
 def run_study(config: ExperimentConfig, options: StudyOptions, tune_dir: Path) -> dict | None:
-    from mlrun.tuning import report
     from mlrun.tuning.objective import objective
     from mlrun.tuning.study import make_pruner, make_sampler, make_storage, optuna_module, warn_small_generation
 
@@ -123,19 +122,10 @@ def run_study(config: ExperimentConfig, options: StudyOptions, tune_dir: Path) -
                 f"target {options.trials}",
                 flush=True,
             )
-        from mlrun.tuning.storage import optimize
+        from mlrun.tuning.storage import run_trials
 
-        optimize(  # study.optimize that survives a lost database connection
-            study,
-            objective(path, overrides, tune, tune_dir),
-            target=options.trials,
-            timeout=options.timeout_s,
-            callbacks=[
-                optuna.study.MaxTrialsCallback(options.trials, states=ended),
-                lambda s, t: print(report.trial_line(t), flush=True),
-            ],
-            catch=(UsageError, RunFailed),
-        )
+        # study.optimize that survives a lost database connection
+        run_trials(study, objective(path, overrides, tune, tune_dir), options.trials, options.timeout_s, ended)
     for helper in helpers:
         helper.wait()
     return None if options.worker else finish(study, study_run, options, tune, tune_dir)

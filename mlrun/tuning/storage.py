@@ -101,6 +101,27 @@ def optimize(study, objective: Callable, *, target: int, timeout: float | None, 
             fail_interrupted(study, current)
 
 
+def run_trials(study, objective: Callable, trials: int, timeout: float | None, ended: tuple) -> None:
+    """`optimize` until `trials` trials ended in one of the `ended` states, a line printed per trial;
+    a trial whose config is refused (UsageError) or whose run fails fails alone."""
+    import optuna
+
+    from mlrun.errors import RunFailed
+    from mlrun.tuning import report
+
+    optimize(
+        study,
+        objective,
+        target=trials,
+        timeout=timeout,
+        callbacks=[
+            optuna.study.MaxTrialsCallback(trials, states=ended),
+            lambda s, t: print(report.trial_line(t), flush=True),
+        ],
+        catch=(UsageError, RunFailed),
+    )
+
+
 def stop_when_filled(target: int):
     """Stop when finished plus running trials reach the target, so that workers finishing together do
     not each start one more (MaxTrialsCallback counts finished ones only). Only with heartbeats: there
