@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import yaml
-
-REPO = Path(__file__).resolve().parents[2]
+from cli_json import REPO, mlrun
 
 
 def finetune(epochs: int) -> dict:
@@ -63,19 +60,6 @@ CHAINS = {
         },
     },
 }
-
-
-def mlrun(work: Path, *args: str) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-m", "mlrun", *args, "--json"],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"mlrun {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout)
 
 
 def config_file(work: Path, name: str, spec: dict, **changes) -> Path:

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import yaml
+from cli_json import REPO, mlrun
 
-REPO = Path(__file__).resolve().parents[2]
 STUDENT = {"name": "mlp", "hidden_sizes": [384, 128], "dropout": 0.1}
 MIXUP = {"name": "mixup", "alpha": 0.2}
 NOISE = {"name": "gaussian_noise", "std": 0.3}  # digits features are standardised: 0.3 of a feature's spread
@@ -48,19 +46,6 @@ VARIANTS = {  # in the order they run; --variants picks by the first word
     "patient mixup+noise T4 a0.9 30ep": {"alpha": 0.9, "finetune": finetune(30, [MIXUP, NOISE])},
     "patientT1 mixup+noise T1 a0.5 30ep": {"temperature": 1.0, "finetune": finetune(30, [MIXUP, NOISE])},
 }
-
-
-def mlrun(work: Path, *args: str) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-m", "mlrun", *args, "--json"],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"mlrun {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout)
 
 
 def config_file(work: Path, name: str, **changes) -> Path:

@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import yaml
+from cli_json import REPO, mlrun
 
-REPO = Path(__file__).resolve().parents[2]
 HALF = {"name": "gpt", "n_layer": 2, "n_head": 4, "n_embd": 128, "dropout": 0.1}
 NARROW = {"name": "gpt", "n_layer": 2, "n_head": 4, "n_embd": 64, "dropout": 0.1}
 VARIANTS = {
@@ -37,19 +34,6 @@ VARIANTS = {
     "half-depth teacher": {"student": HALF, "init": "teacher_layers", "seeds": 1},
     "narrow random": {"student": NARROW},
 }
-
-
-def mlrun(work: Path, *args: str) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-m", "mlrun", *args, "--json"],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"mlrun {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout)
 
 
 def config_file(work: Path, name: str, epochs: int, **changes) -> Path:
