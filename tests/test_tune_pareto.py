@@ -25,17 +25,22 @@ SEARCH = {
 }
 
 
+def train_and_search(folder: Path, name: str, search: dict) -> dict:
+    """Train a tiny MLP as `name` in `folder`, run the compress search `search` on it; tune --json's summary."""
+    config = tiny_config(name=name, model={"name": "mlp", "hidden_sizes": [64, 32], "dropout": 0.0})
+    config.update(tracking=["jsonl"], compress=STAGES, tune=search)
+    path = write_config(folder, config, f"{name}.yaml")
+    assert (trained := run_cli("train", path, cwd=folder)).returncode == 0, trained.stderr
+    result = run_cli("tune", path, "--json", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory) -> tuple[Path, dict]:
     """A trained tiny MLP and a finished compress search on it: (folder, tune --json summary)."""
     folder = tmp_path_factory.mktemp("pareto")
-    config = tiny_config(name="base", model={"name": "mlp", "hidden_sizes": [64, 32], "dropout": 0.0})
-    config.update(tracking=["jsonl"], compress=STAGES, tune=SEARCH)
-    path = write_config(folder, config, "base.yaml")
-    assert (trained := run_cli("train", path, cwd=folder)).returncode == 0, trained.stderr
-    result = run_cli("tune", path, "--json", cwd=folder)
-    assert result.returncode == 0, result.stderr
-    return folder, json.loads(result.stdout)
+    return folder, train_and_search(folder, "base", SEARCH)
 
 
 def dominates(a: list[float], b: list[float], signs: list[float]) -> bool:
@@ -128,17 +133,12 @@ def test_a_stage_left_out_runs_the_chain_without_it(searched) -> None:
 def test_a_search_tries_the_chain_with_and_without_a_stage(tmp_path: Path) -> None:
     space = {"compress.1.enabled": {"type": "categorical", "choices": [True, False]}}
     search = {**SEARCH, "trials": 4, "sampler": {"name": "nsga2", "seed": 0, "population_size": 2}, "space": space}
-    config = tiny_config(name="toggle", model={"name": "mlp", "hidden_sizes": [64, 32], "dropout": 0.0})
-    config.update(tracking=["jsonl"], compress=STAGES, tune=search)
-    path = write_config(tmp_path, config, "toggle.yaml")
-    assert (trained := run_cli("train", path, cwd=tmp_path)).returncode == 0, trained.stderr
-    result = run_cli("tune", path, "--json", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    summary = train_and_search(tmp_path, "toggle", search)
     trials = tmp_path / "runs/toggle/tune/compress"
     chains = {tuple(sorted(p.name for p in d.iterdir() if p.is_dir())) for d in trials.glob("trial-*")}
     assert chains == {("1-prune", "2-cluster"), ("1-prune",)}  # both arms were tried
     # Clustering (bit-packed 4-bit indices) is what makes the file small: the front's smallest has it.
-    smallest = min(json.loads(result.stdout)["front"], key=lambda m: m["values"]["file_bytes"])
+    smallest = min(summary["front"], key=lambda m: m["values"]["file_bytes"])
     assert smallest["dir"].endswith("2-cluster")
 
 
