@@ -96,3 +96,34 @@ def test_a_server_restart_mid_study_fails_the_trial_not_the_study(postgres, tmp_
     assert states[1] == optuna.trial.TrialState.FAIL, (states, err)
     assert states.count(optuna.trial.TrialState.COMPLETE) == 2
     assert "lost the study database" in err
+
+
+@pytest.mark.e2e  # a server
+def test_workers_asking_together_never_create_more_trials_than_the_target(postgres):  # noqa: F811
+    """Counting the trials and creating the next one happen under one lock: eight workers asking at the
+    same instant for a 3-trial study create exactly 3 (without the lock each sees fewer than 3 and asks)."""
+    import threading
+
+    import optuna
+
+    from mlrun.tuning.storage import StudyFilled, ask_within_target, database_storage
+
+    optuna.create_study(study_name="race", storage=database_storage(postgres.url))
+    start, created, filled = threading.Barrier(8), [], []
+
+    def worker() -> None:
+        study = optuna.load_study(study_name="race", storage=database_storage(postgres.url))
+        ask_within_target(study, 3)
+        start.wait()
+        try:
+            created.append(study.ask().number)
+        except StudyFilled:
+            filled.append(True)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(created) == [0, 1, 2] and len(filled) == 5
+    assert len(load(postgres.url, "race").get_trials()) == 3

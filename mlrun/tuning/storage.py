@@ -11,6 +11,7 @@ costs one trial, not the study. Start a throwaway server with scripts/postgres/s
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -73,7 +74,7 @@ def first_line(exc: BaseException) -> str:
 def optimize(study, objective: Callable, *, target: int, timeout: float | None, callbacks: list, catch: tuple) -> None:
     """`study.optimize` that outlives database outages: each outage fails the trial it interrupted."""
     errors = storage_errors()
-    callbacks = [*callbacks, stop_when_filled(target)]
+    ask_within_target(study, target)
     started = time.monotonic()
     current: list[int] = []  # the number of the trial this process is running
 
@@ -88,6 +89,8 @@ def optimize(study, objective: Callable, *, target: int, timeout: float | None, 
         try:
             # Storage errors inside a trial fail that trial (Optuna records it) and the study goes on.
             study.optimize(tracked, timeout=left, callbacks=callbacks, catch=(*catch, *errors))
+            return
+        except StudyFilled:
             return
         except Exception as exc:  # the database was gone even for recording the failure, or for asking
             exc = storage_cause(exc, errors)
@@ -122,20 +125,52 @@ def run_trials(study, objective: Callable, trials: int, timeout: float | None, e
     )
 
 
-def stop_when_filled(target: int):
-    """Stop when finished plus running trials reach the target, so that workers finishing together do
-    not each start one more (MaxTrialsCallback counts finished ones only). Only with heartbeats: there
-    a trial left running by a dead worker is failed by the others, so it cannot hold the count up."""
+class StudyFilled(Exception):
+    """The study holds its target number of trials: this worker stops."""
+
+
+def ask_within_target(study, target: int) -> None:
+    """Make `study.ask` count the study's trials and create the next one under one database lock, and
+    raise StudyFilled at the target, so that workers finishing together do not each start one more
+    (Optuna's MaxTrialsCallback counts finished trials, after the fact). Only with heartbeats: there a
+    trial left running by a dead worker is failed by the others, so counting running trials is safe."""
     import optuna
     from optuna.storages._heartbeat import is_heartbeat_enabled
 
-    counted = tuple(optuna.trial.TrialState)  # every state: waiting, running and the ended ones
+    if not is_heartbeat_enabled(study._storage):
+        return
+    ask, counted = study.ask, tuple(optuna.trial.TrialState)  # every state: waiting, running and ended
 
-    def callback(study, trial) -> None:
-        if is_heartbeat_enabled(study._storage) and len(study.get_trials(deepcopy=False, states=counted)) >= target:
-            study.stop()
+    def ask_unless_filled(*args, **kwargs):
+        with database_lock(study):
+            if len(study.get_trials(deepcopy=False, states=counted)) >= target:
+                raise StudyFilled
+            return ask(*args, **kwargs)
 
-    return callback
+    study.ask = ask_unless_filled  # Optuna's optimize loop calls study.ask() for each trial
+
+
+@contextlib.contextmanager
+def database_lock(study):
+    """A lock named after the study, held across the workers of every host (PostgreSQL advisory lock,
+    MySQL GET_LOCK); other databases (SQLite) take one worker only and need none."""
+    from sqlalchemy import text
+
+    storage = getattr(study._storage, "_backend", study._storage)  # Optuna wraps RDBStorage in a cache
+    engine, name = storage.engine, f"mlrun-study-{study.study_name}"
+    lock, unlock = {
+        "postgresql": ("SELECT pg_advisory_lock(hashtext(:name))", "SELECT pg_advisory_unlock(hashtext(:name))"),
+        "mysql": ("SELECT GET_LOCK(:name, -1)", "SELECT RELEASE_LOCK(:name)"),
+    }.get(engine.dialect.name, (None, None))
+    if lock is None:
+        yield
+        return
+    with engine.connect() as connection:
+        connection.execute(text(lock), {"name": name})
+        try:
+            yield
+        finally:
+            connection.execute(text(unlock), {"name": name})
 
 
 def storage_cause(exc: Exception, errors: tuple) -> Exception:
