@@ -1,10 +1,12 @@
 """TPE + Hyperband against random search without pruning: compute to reach a good value.
 
-    python scripts/bench/tune.py [--repeats 3] [--trials 30] [--arms tpe+hyperband random ...]
+    python scripts/bench/tune.py [--problem digits|breast_cancer] [--repeats 3] [--trials 30] [--arms ...]
 
-Each arm searches a wide space over configs/tune_digits.yaml (learning rate over six decades, weight
-decay, batch size, width, dropout, schedule), where good settings are rare as in real searches,
-with the same seeds and 30 trials. Arms: `tpe+hyperband` as `mlrun tune` runs it by default (the
+Each arm searches a wide space (learning rate over six decades, weight decay, batch size, width,
+dropout, schedule), where good settings are rare as in real searches, with the same seeds and 30
+trials. Problems: `digits` (configs/tune_digits.yaml: 10-class 8x8 images, an MLP, 10 epochs a
+trial) and `breast_cancer` (configs/tabular_breast_cancer.yaml with the same tune settings: a
+30-feature binary table, 20 epochs a trial). Arms: `tpe+hyperband` as `mlrun tune` runs it by default (the
 config's own values enqueued as trial 0), `tpe+hyperband-noconfig` (every trial sampled) and
 `random` (every trial sampled, no pruning). Compute is counted in training epochs (samples seen /
 training-set size, pruned trials included). Two figures per repetition and arm: the epochs spent
@@ -25,8 +27,6 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = REPO / "configs" / "tune_digits.yaml"
-TRAIN_SAMPLES = 1437  # digits with val_fraction 0.2
 # Sampler settings beyond name and seed, and the pruner: TPE as configs/tune_digits.yaml ships it.
 STRATEGIES = {
     "tpe+hyperband": ("{name: tpe, startup_trials: 5, multivariate: true", "hyperband", True),
@@ -41,15 +41,36 @@ WIDE_SPACE = (
     "model.dropout: {type: float, low: 0.0, high: 0.8}, "
     "scheduler.name: {type: categorical, choices: [cosine, linear, constant]}}"
 )
+# Per problem: the config, its training-set size (for samples seen -> epochs), the epochs of a full
+# trial, and the overrides that make it a tuning config (the breast-cancer config ships without
+# `tune`: it gets tune_digits.yaml's settings, and evaluates every epoch like it).
+PROBLEMS = {
+    "digits": (REPO / "configs" / "tune_digits.yaml", 1437, 10, []),
+    "breast_cancer": (
+        REPO / "configs" / "tabular_breast_cancer.yaml",
+        455,
+        20,
+        [
+            "tracking=[jsonl]",
+            "train.eval_every=1ep",
+            "train.checkpoint_every=null",
+            "train.early_stopping=null",
+            "train.best={monitor: val/accuracy, mode: max}",
+            "tune={metric: val/accuracy, direction: maximize}",
+        ],
+    ),
+}
 
 
-def run_study(work: Path, label: str, seed: int, trials: int, epochs: int):
+def run_study(work: Path, problem: str, label: str, seed: int, trials: int, epochs: int):
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
+    config, _, _, setup = PROBLEMS[problem]
     sampler, pruner, enqueue = STRATEGIES[label]
     name = f"{label.replace('+', '_').replace('-', '_')}_{seed}"
     overrides = [
+        *setup,
         f"name={name}",
         f"output_dir={work}",
         f"tune.sampler={sampler}, seed: {seed}}}",
@@ -60,7 +81,7 @@ def run_study(work: Path, label: str, seed: int, trials: int, epochs: int):
         WIDE_SPACE,
     ]
     subprocess.run(
-        [sys.executable, "-m", "mlrun", "tune", str(CONFIG), *overrides, "--json"],
+        [sys.executable, "-m", "mlrun", "tune", str(config), *overrides, "--json"],
         cwd=REPO,
         check=True,
         capture_output=True,
@@ -70,15 +91,15 @@ def run_study(work: Path, label: str, seed: int, trials: int, epochs: int):
     return optuna.load_study(study_name=name, storage=storage).trials
 
 
-def trial_epochs(trial) -> float:
+def trial_epochs(trial, train_samples: int) -> float:
     """What `mlrun tune` records (failed trials included), else samples seen / training-set size."""
-    return trial.user_attrs.get("epochs", trial.user_attrs.get("samples_seen", 0) / TRAIN_SAMPLES)
+    return trial.user_attrs.get("epochs", trial.user_attrs.get("samples_seen", 0) / train_samples)
 
 
-def epochs_to_reach(trials, target: float) -> tuple[float, bool]:
+def epochs_to_reach(trials, target: float, train_samples: int) -> tuple[float, bool]:
     spent = 0.0
     for trial in sorted(trials, key=lambda t: t.number):
-        spent += trial_epochs(trial)
+        spent += trial_epochs(trial, train_samples)
         if trial.state.name == "COMPLETE" and trial.value >= target:
             return spent, True
     return spent, False
@@ -86,29 +107,32 @@ def epochs_to_reach(trials, target: float) -> tuple[float, bool]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--problem", choices=list(PROBLEMS), default="digits")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--trials", type=int, default=30)
-    parser.add_argument("--epochs", type=int, default=10, help="epochs of a full trial (fewer: a quick smoke run)")
+    parser.add_argument("--epochs", type=int, help="epochs of a full trial (default: the problem's)")
     parser.add_argument("--seeds", type=int, nargs="*", help="seeds to run (default: 0 .. repeats - 1)")
     parser.add_argument("--arms", nargs="*", default=list(STRATEGIES), choices=list(STRATEGIES))
     args = parser.parse_args()
+    _, train_samples, default_epochs, _ = PROBLEMS[args.problem]
+    epochs = args.epochs or default_epochs
     arms = args.arms if "random" in args.arms else [*args.arms, "random"]  # random's best is the target
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds if args.seeds is not None else range(args.repeats):
-            studies = {label: run_study(Path(tmp), label, seed, args.trials, args.epochs) for label in arms}
+            studies = {label: run_study(Path(tmp), args.problem, label, seed, args.trials, epochs) for label in arms}
             best = max(t.value for ts in studies.values() for t in ts if t.state.name == "COMPLETE")
             random_best = max(t.value for t in studies["random"] if t.state.name == "COMPLETE")
             row = {"seed": seed, "best": round(best, 4), "random_best": round(random_best, 4)}
             for label, trials in studies.items():
-                spent, reached = epochs_to_reach(trials, best - 0.005)
-                to_random, reached_random = epochs_to_reach(trials, random_best)
+                spent, reached = epochs_to_reach(trials, best - 0.005, train_samples)
+                to_random, reached_random = epochs_to_reach(trials, random_best, train_samples)
                 row[label] = {
                     "epochs": round(spent, 1),
                     "reached": reached,
                     "epochs_to_random_best": round(to_random, 1),
                     "reached_random_best": reached_random,
-                    "total_epochs": round(sum(trial_epochs(t) for t in trials), 1),
+                    "total_epochs": round(sum(trial_epochs(t, train_samples) for t in trials), 1),
                     "pruned": sum(t.state.name == "PRUNED" for t in trials),
                 }
             rows.append(row)
@@ -130,7 +154,8 @@ def main() -> None:
                 ours = statistics.mean(r[label][measure] for r in rows)
                 saved[f"{label} {measure}"] = round(1 - ours / theirs, 3)
                 print(f"mean {measure}: {label} {ours:.1f}, random {theirs:.1f}: {100 * (1 - ours / theirs):.0f}% less")
-    document = {"bench": "tune", "trials": args.trials, "epochs": args.epochs, "rows": rows, "compute_saved": saved}
+    document = {"bench": "tune", "problem": args.problem, "trials": args.trials, "epochs": epochs}
+    document.update(rows=rows, compute_saved=saved)
     print(json.dumps(document))
 
 
