@@ -10,8 +10,9 @@ transfer less), then, per variant, runs `mlrun compress` with one `distill` stag
 (`baseline: true, seeds: N`) trains the same student (mlp [384, 128], 75.5k parameters; cnn
 channels [8, 16]) alone with the same start, batches, augmentation and schedule, over paired seeds
 (each draws the student's initial weights; the split, batch order and augmentation are the teacher
-run's, so the teacher never trained on the student's validation set). Prints one line per variant: both arms' mean, the mean gain and its 95% t-interval, then one JSON
-line. Target (issue 29): mean gain > 0 with the interval above 0.
+run's, so the teacher never trained on the student's validation set). Prints one line per variant:
+both arms' mean, the mean gain and its 95% t-interval, then one JSON line. Target (issue 29): mean
+gain > 0 with the interval above 0.
 """
 
 from __future__ import annotations
