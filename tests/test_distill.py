@@ -16,9 +16,9 @@ from tests.conftest import run_cli, tiny_config, write_config
 STUDENT = {"name": "mlp", "hidden_sizes": [8]}
 
 
-def trained(folder: Path, name: str, seed: int = 0) -> Path:
+def trained(folder: Path, name: str, seed: int = 0, **changes) -> Path:
     """A trained tiny MLP run (2 epochs); returns its config path."""
-    config = tiny_config(name=name, seed=seed, train={**tiny_config()["train"], "epochs": 2})
+    config = tiny_config(name=name, seed=seed, train={**tiny_config()["train"], "epochs": 2}, **changes)
     path = write_config(folder, config, f"{name}.yaml")
     result = run_cli("train", path, cwd=folder)
     assert result.returncode == 0, result.stderr
@@ -26,7 +26,7 @@ def trained(folder: Path, name: str, seed: int = 0) -> Path:
 
 
 def test_baseline_arm_reports_distilled_and_alone_over_paired_seeds(tmp_path: Path) -> None:
-    base = trained(tmp_path, "base")
+    base = trained(tmp_path, "base", metrics=["accuracy", "f1"])
     config = yaml.safe_load(base.read_text())
     config["compress"] = [
         {"name": "distill", "student": STUDENT, "baseline": True, "seeds": 2, "finetune": {"train.epochs": 1}}
@@ -43,9 +43,11 @@ def test_baseline_arm_reports_distilled_and_alone_over_paired_seeds(tmp_path: Pa
         ("distilled", 1): stage / "baseline/seed-1/distilled",
         ("alone", 1): stage / "baseline/seed-1/alone",
     }
+    assert set(arm["others"]) == {"val/f1"}  # every other validation metric, val/loss aside
     for (name, seed), run in runs.items():  # each arm's figure is its own run's final metric
         summary = json.loads((run / "summary.json").read_text())
         assert arm[name][seed] == summary["final"]["val/accuracy"], (name, seed)
+        assert arm["others"]["val/f1"][name][seed] == summary["final"]["val/f1"], (name, seed)
         run_config = yaml.safe_load((run / "config.yaml").read_text())
         # The run's seed, so the teacher's split: the paired seeds draw the students' initial weights.
         assert run_config["seed"] == 0 and run_config["train"]["epochs"] == 1
@@ -62,6 +64,7 @@ def test_baseline_arm_reports_distilled_and_alone_over_paired_seeds(tmp_path: Pa
     table = run_cli("compress", tmp_path / "c.yaml", cwd=tmp_path)  # reused: the table's note
     assert table.returncode == 0 and "reusing it" in table.stderr, table.stderr
     assert "distilled" in table.stdout and "vs alone" in table.stdout and "over 2 paired seed(s)" in table.stdout
+    assert "val/f1 distilled" in table.stdout
 
 
 def test_a_baseline_needs_a_student_and_seeds_need_the_baseline(tmp_path: Path) -> None:

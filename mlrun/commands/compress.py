@@ -40,25 +40,32 @@ def run_compress_command(target: Path, overrides: list[str], json_output: bool) 
 
 
 def baseline_notes(rows: list[dict[str, Any]]) -> list[str]:
-    """distill's baseline arm: the student distilled against the same student trained alone."""
-    from statistics import fmean as mean
-
+    """distill's baseline arm: the student distilled against the same student trained alone, on the
+    compared metric and then on each of the runs' other validation metrics."""
     notes = []
     for row in rows:
         arm = row.get("report", {}).get("baseline")
         if not arm:
             continue
-        spread = (
-            f"95% interval {arm['interval95'][0]:+.4f} to {arm['interval95'][1]:+.4f}"
-            if arm["interval95"]
-            else "one seed: no interval"
-        )
-        notes.append(
-            f"{row['stage']}: {arm['metric']} distilled {mean(arm['distilled']):.4f} vs alone {mean(arm['alone']):.4f} "
-            f"over {len(arm['seeds'])} paired seed(s): gain {arm['mean_gain']:+.4f}"
-            f"{' (lower is better: alone - distilled)' if arm.get('better') == 'lower' else ''} ({spread})"
-        )
+        seeds = f"over {len(arm['seeds'])} paired seed(s)"
+        notes.append(f"{row['stage']}: {arm_text(arm['metric'], arm)} {seeds}")
+        notes += [f"{row['stage']}: {arm_text(metric, other)}" for metric, other in arm.get("others", {}).items()]
     return notes
+
+
+def arm_text(metric: str, arm: dict[str, Any]) -> str:
+    from statistics import fmean as mean
+
+    spread = (
+        f"95% interval {arm['interval95'][0]:+.4f} to {arm['interval95'][1]:+.4f}"
+        if arm["interval95"]
+        else "one seed: no interval"
+    )
+    lower = " (lower is better: alone - distilled)" if arm["better"] == "lower" else ""
+    return (
+        f"{metric} distilled {mean(arm['distilled']):.4f} vs alone {mean(arm['alone']):.4f}: "
+        f"gain {arm['mean_gain']:+.4f}{lower} ({spread})"
+    )
 
 
 def latency_notes(rows: list[dict[str, Any]]) -> list[str]:

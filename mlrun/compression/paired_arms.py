@@ -15,7 +15,9 @@ like any run, resume when interrupted and are reused when finished.
 
 The report holds both arms' final metric per seed, the mean paired gain of distilling (distilled -
 alone, or alone - distilled for a metric where lower is better, such as perplexity) and its 95%
-Student-t interval: differences of the same seed remove what the seed alone decides.
+Student-t interval: differences of the same seed remove what the seed alone decides. `others` gives
+the same for every other validation metric of the runs (val/loss aside: each arm's objective has its
+own loss), so a language model's perplexity is compared beside its accuracy.
 """
 
 from __future__ import annotations
@@ -65,20 +67,37 @@ def baseline_arm(
     def compare(tuned: ExperimentConfig, train_dir: Path) -> dict[str, Any]:
         first = tuned.seed
         metric, higher_is_better = _compared_metric(tuned, train_dir)
-        arms: dict[str, list[float]] = {"distilled": [], "alone": []}
+        finals: dict[str, list[dict[str, float]]] = {"distilled": [], "alone": []}
         for seed in range(first, first + seeds):
             folder = train_dir.parent / "baseline" / f"seed-{seed}"
             start = tuned.init_from.path if seed == first else str(start_for(seed, folder))
             distilled = train_dir if seed == first else _train_arm(tuned, folder, "distilled", start)
             alone = _train_arm(tuned, folder, "alone", start, own_objective)
-            arms["distilled"].append(_final(distilled, metric))
-            arms["alone"].append(_final(alone, metric))
+            finals["distilled"].append(read_summary(distilled)["final"])
+            finals["alone"].append(read_summary(alone)["final"])
+        # Every validation figure both arms have, except val/loss (each arm's own objective's loss).
+        shared = [k for k in finals["alone"][0] if k.startswith("val/") and k != "val/loss"]
+        others = {
+            k: _compared(finals, k, not _lower_is_better(k.removeprefix("val/")))
+            for k in shared
+            if k != metric and _in_every_run(finals, k)
+        }
         seed_list = list(range(first, first + seeds))
-        better = "higher" if higher_is_better else "lower"
-        gain = paired_difference(**arms, sign=1.0 if higher_is_better else -1.0)
-        return {"baseline": {"metric": metric, "better": better, "seeds": seed_list, **arms, **gain}}
+        compared = _compared(finals, metric, higher_is_better)
+        return {"baseline": {"metric": metric, "seeds": seed_list, **compared, "others": others}}
 
     return compare
+
+
+def _compared(finals: dict[str, list[dict[str, float]]], metric: str, higher: bool) -> dict[str, Any]:
+    """Both arms' `metric` per seed, which direction is better, and the paired gain."""
+    arms = {arm: [float(final[metric]) for final in runs] for arm, runs in finals.items()}
+    gain = paired_difference(**arms, sign=1.0 if higher else -1.0)
+    return {"better": "higher" if higher else "lower", **arms, **gain}
+
+
+def _in_every_run(finals: dict[str, list[dict[str, float]]], metric: str) -> bool:
+    return all(metric in final for runs in finals.values() for final in runs)
 
 
 def _train_arm(tuned: ExperimentConfig, folder: Path, name: str, start: str, objective: dict | None = None) -> Path:
@@ -113,7 +132,3 @@ def _lower_is_better(metric: str) -> bool:
         return bool(metrics.trait(metric, "lower_is_better", False))
     except (UsageError, ValueError, KeyError):  # a figure that is no registry metric (an exit's accuracy)
         return False
-
-
-def _final(run_dir: Path, metric: str) -> float:
-    return float(read_summary(run_dir)["final"][metric])

@@ -10,7 +10,8 @@ alone, same start, batches and schedule; causal_lm objective). Variants:
   half-depth teacher:  the same student started from teacher blocks 0 and 2 and its embeddings
                        (init: teacher_layers, DistilBERT), one seed (both arms share that start)
   narrow random:       2 layers of 64 (about 1/6 of the teacher), random start, paired seeds
-The compared figure is next-character val/accuracy (higher is better); perplexity is printed too.
+The compared figure is next-character val/accuracy (higher is better); perplexity is paired the same
+way (the stage's `others`) and printed below it.
 Prints one line per variant, then one JSON line. Target (issue 29): mean gain > 0 with the interval
 above 0.
 """
@@ -68,6 +69,7 @@ def bench_variant(work: Path, label: str, settings: dict, seeds: int, epochs: in
         "alone": statistics.fmean(arm["alone"]),
         **{k: arm[k] for k in ("mean_gain", "sd", "interval95", "seeds")},
         "per_seed": {"distilled": arm["distilled"], "alone": arm["alone"]},
+        "perplexity": arm["others"].get("val/perplexity"),  # paired too; lower is better: gain = alone - distilled
     }
 
 
@@ -96,6 +98,14 @@ def main() -> None:
             f"teacher {row['teacher_perplexity']:.2f})",
             flush=True,
         )
+        if ppl := row["perplexity"]:
+            low, high = ppl["interval95"] or (float("nan"), float("nan"))
+            print(
+                f"{'':20s} perplexity distilled {statistics.fmean(ppl['distilled']):.3f}  alone "
+                f"{statistics.fmean(ppl['alone']):.3f}  gain (alone - distilled) {ppl['mean_gain']:+.3f} "
+                f"[{low:+.3f}, {high:+.3f}]",
+                flush=True,
+            )
     print(json.dumps({"work": str(work), "rows": rows}))
 
 
