@@ -232,16 +232,15 @@ def test_async_checkpoint_killed_before_its_write_is_committed_leaves_the_previo
     assert all(torch.equal(a[k], b[k]) for k in a)  # the background writes held the state of their step
 
 
-@pytest.mark.e2e
 def test_settings_that_cannot_be_honoured_exit_2(tmp_path):
     c = config("bad", tmp_path)
     c["distributed"] = {"strategy": "fsdp", "fsdp_sharding": "no_shard"}
-    result = run_cli("train", write_config(tmp_path, c), cwd=tmp_path)
+    result = run_cli("train", write_config(tmp_path, c), cwd=tmp_path, subprocess=False)
     assert result.returncode == 2
     assert "no_shard keeps a whole copy per process: use strategy: ddp" in result.stderr
     c["distributed"] = {"strategy": "pipeline"}
     c["train"]["checkpoint_async"] = True
-    result = run_cli("train", write_config(tmp_path, c), cwd=tmp_path)
+    result = run_cli("train", write_config(tmp_path, c), cwd=tmp_path, subprocess=False)
     assert result.returncode == 2 and "set train.checkpoint_async: false" in result.stderr
 
 

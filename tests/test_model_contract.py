@@ -70,12 +70,14 @@ def test_tiny_bert_fine_tunes_from_its_folder_resumes_bit_exactly_and_exports_in
     embedding = "bert.embeddings.word_embeddings.weight"
     assert (a[embedding] - start[embedding]).abs().max() < 0.1
 
-    evaluated = run_cli("eval", run, "--json", cwd=tmp_path)
+    evaluated = run_cli("eval", run, "--json", cwd=tmp_path, subprocess=False)
     assert evaluated.returncode == 0, evaluated.stderr
     final = json.loads((run / "summary.json").read_text())["final"]
     assert json.loads(evaluated.stdout)["metrics"]["val/accuracy"] == pytest.approx(final["val/accuracy"])
 
-    exported = run_cli("export", run, "--format", "onnx", "--quantize", "int8", "--json", cwd=tmp_path)
+    exported = run_cli(
+        "export", run, "--format", "onnx", "--quantize", "int8", "--json", cwd=tmp_path, subprocess=False
+    )
     assert exported.returncode == 0, exported.stderr
     info = json.loads(exported.stdout.strip().splitlines()[-1])
     assert [i["name"] for i in info["inputs"]] == ["input_ids", "attention_mask"]

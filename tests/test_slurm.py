@@ -49,7 +49,7 @@ def test_preempted_job_requeues_and_resumes_exactly(slurm, tmp_path):
     config = tiny_config(name="preempt", model={"name": "tests.fixtures:slow_mlp", "sleep_s": 0.03})
     config["train"] = {**config["train"], "epochs": 30, "checkpoint_every": "5st", "log_every": "1st"}
     path = write_config(tmp_path, config)
-    assert run_cli("train", path, "output_dir=straight", cwd=tmp_path).returncode == 0
+    assert run_cli("train", path, "output_dir=straight", cwd=tmp_path, subprocess=False).returncode == 0
 
     env = {**slurm, "CONFIG": str(path), "PYTHON": sys.executable, "PYTHONPATH": str(REPO)}
     submitted = subprocess.run(

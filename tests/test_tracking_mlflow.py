@@ -214,7 +214,9 @@ def mlflow_server(tmp_path):
 
 @pytest.mark.e2e
 def test_a_run_logged_to_a_real_mlflow_server_reads_back(tmp_path, mlflow_server):
-    result, run_dir = train(tmp_path, mlflow_config("served", uri=mlflow_server, system_metrics=False))
+    result, run_dir = train(
+        tmp_path, mlflow_config("served", uri=mlflow_server, system_metrics=False), subprocess=False
+    )
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "runs" / "mlflow.db").exists()  # everything went to the server
     client = mlflow_client(mlflow_server)

@@ -219,7 +219,14 @@ def test_signal_saves_a_checkpoint_and_marks_interrupted(tmp_path, sig, code):
     done = summary(run)
     assert done["status"] == "interrupted" and 0 < done["steps"] < done["total_steps"]
     assert done["last_checkpoint"].endswith(f"step-{done['steps']:08d}")
-    again = run_cli("train", path, "train.max_steps=" + str(done["steps"] + 2), "--allow-config-change", cwd=tmp_path)
+    again = run_cli(
+        "train",
+        path,
+        "train.max_steps=" + str(done["steps"] + 2),
+        "--allow-config-change",
+        cwd=tmp_path,
+        subprocess=False,
+    )
     assert again.returncode == 0 and f"resumed at step {done['steps']}" in again.stdout
 
 

@@ -301,7 +301,7 @@ def test_lora_run_resumes_bit_identical_after_sigkill_and_exports_merged(tmp_pat
         a["blocks.0.0.lora_B.default.weight"], torch.zeros_like(a["blocks.0.0.lora_B.default.weight"])
     )
 
-    result = run_cli("export", run, "--format", "safetensors", "--json", cwd=tmp_path)
+    result = run_cli("export", run, "--format", "safetensors", "--json", cwd=tmp_path, subprocess=False)
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["lora"]["merged_layers"] == 2

@@ -56,7 +56,9 @@ def test_two_workers_fill_one_study_without_duplicates_and_it_resumes(postgres, 
     for trial in trials:  # run_dir is relative to where mlrun ran
         assert (tmp_path / trial.user_attrs["run_dir"] / "summary.json").is_file()
     before = {t.number: t.params for t in trials}
-    again = run_cli("tune", config, "--trials", "7", "--storage", postgres.url, "--study", "two", cwd=tmp_path)
+    again = run_cli(
+        "tune", config, "--trials", "7", "--storage", postgres.url, "--study", "two", cwd=tmp_path, subprocess=False
+    )
     assert again.returncode == 0, again.stderr
     resumed = load(postgres.url, "two").get_trials()
     assert len(resumed) == 7 and {t.number: t.params for t in resumed[:6]} == before
