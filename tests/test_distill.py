@@ -170,6 +170,43 @@ def test_a_shallower_student_starts_from_evenly_spaced_teacher_blocks(tmp_path: 
     assert json.loads(result.stdout)["stages"][1]["report"]["init"] == "teacher_layers"
 
 
+def test_hidden_adds_the_cosine_distance_of_each_student_block_to_its_teacher_block(tmp_path: Path) -> None:
+    from mlrun.engine.restore import load_trained
+    from mlrun.registry import models, objectives
+
+    deep_teacher(tmp_path)
+    teacher = load_trained(tmp_path / "runs/deep").parts.model
+    meta = load_trained(tmp_path / "runs/deep").parts.bundle.meta
+    torch.manual_seed(0)
+    student = models.build("mlp", meta, hidden_sizes=[16, 16], dropout=0.0)
+    batch = torch.randn(32, 16), torch.randint(0, 4, (32,))
+    settings = {"teacher": str(tmp_path / "runs/deep"), "alpha": 0.5}
+    plain = objectives.build("distill", F.cross_entropy, meta, **settings)(student, batch).loss
+    with_hidden = objectives.build("distill", F.cross_entropy, meta, hidden=0.5, **settings)(student, batch).loss
+
+    def block_outputs(model) -> list[torch.Tensor]:
+        outputs, x = [], batch[0]
+        for block in model.blocks:
+            outputs.append(x := block(x))
+        return outputs
+
+    with torch.no_grad():
+        mine, theirs = block_outputs(student), block_outputs(teacher)
+    by_hand = statistics.fmean(  # student blocks 0 and 1 against teacher blocks 0 and 2 of 4
+        float(1 - F.cosine_similarity(mine[i], theirs[j], dim=-1).mean()) for i, j in ((0, 0), (1, 2))
+    )
+    assert by_hand > 0.05 and float((with_hidden - plain).detach()) == pytest.approx(0.5 * by_hand, rel=1e-4)
+
+
+def test_hidden_with_a_narrower_student_exits_2_before_training(tmp_path: Path) -> None:
+    config = yaml.safe_load(deep_teacher(tmp_path).read_text())
+    student = {"name": "mlp", "hidden_sizes": [8, 8]}
+    config["compress"] = [{"name": "distill", "student": student, "hidden": 1.0, "finetune": {"train.epochs": 1}}]
+    result = run_cli("compress", write_config(tmp_path, config, "c.yaml"), cwd=tmp_path)
+    assert result.returncode == 2 and "needs the teacher's widths" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs/deep/compress/1-distill/train").exists()
+
+
 @pytest.mark.parametrize(
     "settings, message",
     [
@@ -204,7 +241,7 @@ def test_a_two_layer_gpt_learns_from_a_four_layer_one_starting_from_its_layers(t
     assert (result := run_cli("train", path, cwd=tmp_path)).returncode == 0, result.stderr
     student = {"name": "gpt", "n_layer": 2, "n_head": 2, "n_embd": 32, "dropout": 0.0}
     stage = {"name": "distill", "student": student, "init": "teacher_layers", "finetune": {"train.max_steps": 10}}
-    stage.update(baseline=True, seeds=1)
+    stage.update(baseline=True, seeds=1, hidden=1.0)  # DistilBERT's hidden-state loss on the paired blocks
     config["compress"] = [stage]
     result = run_cli("compress", write_config(tmp_path, config, "c.yaml"), "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -217,7 +254,7 @@ def test_a_two_layer_gpt_learns_from_a_four_layer_one_starting_from_its_layers(t
     for name, tensor in start.items():  # embeddings and final norm by name, blocks 0 and 2 of 4
         assert torch.equal(tensor, teacher[name.replace("blocks.1.", "blocks.2.")]), name
     distilled = yaml.safe_load((tmp_path / "runs/lm/compress/1-distill/train/config.yaml").read_text())
-    assert distilled["objective"]["name"] == "distill"
+    assert distilled["objective"]["name"] == "distill" and distilled["objective"]["hidden"] == 1.0
     # The arms compare perplexity, where lower is better: the gain is alone - distilled.
     arm = row["report"]["baseline"]
     assert arm["metric"] == "val/perplexity" and arm["better"] == "lower"

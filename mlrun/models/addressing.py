@@ -28,6 +28,12 @@ def declared_blocks(model: nn.Module) -> nn.ModuleList | nn.Sequential:
     return blocks
 
 
+def evenly_spaced_blocks(student_blocks: int, teacher_blocks: int) -> list[int]:
+    """The teacher block each of a shallower student's blocks pairs with: floor(i * T / S), from the
+    first (DistilBERT: every other layer for half the depth)."""
+    return [i * teacher_blocks // student_blocks for i in range(student_blocks)]
+
+
 def head_prefix(model: nn.Module) -> str:
     """The parameter-name prefix of the model's output layer, e.g. 'head.'."""
     for name in HEAD_NAMES:

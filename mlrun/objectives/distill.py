@@ -12,6 +12,13 @@ ensemble: the teachers' logits are averaged. T^2 keeps the soft term's gradients
 hard term's as T changes. The student may be any architecture whose outputs have the teacher's
 shape (same classes or vocabulary); for sequence outputs the KL is averaged over tokens.
 Evaluation reports this loss as val/loss; metrics score the student's own predictions.
+
+`hidden: w` adds DistilBERT's hidden-state loss, w * mean over student blocks of (1 - cosine) between
+student block i's output and the (first) teacher's block floor(i * T / S), the blocks that
+`init: teacher_layers` copies. It needs models that declare `blocks` and outputs of equal width
+(a shallower student of the teacher's width). TinyBERT's learned projection for narrower students is
+not built: it would be trainable state outside the model, which checkpoints and the optimizer do
+not hold.
 """
 
 from __future__ import annotations
@@ -20,12 +27,14 @@ from pathlib import Path
 from typing import Annotated
 
 import torch
-from pydantic import Field, PositiveFloat
+from pydantic import Field, NonNegativeFloat, PositiveFloat
 from torch.nn import functional as F
 
 from mlrun.data.batch import TARGET_KEY, split_batch
 from mlrun.data.bundle import DataMeta
 from mlrun.errors import UsageError
+from mlrun.models.addressing import evenly_spaced_blocks
+from mlrun.models.block_outputs import BlockTap, check_hidden_widths
 from mlrun.models.outputs import call_model, logits_of
 from mlrun.models.saved import load_saved_model
 from mlrun.objectives.base import Objective, ObjectiveOutput
@@ -45,6 +54,13 @@ def ensemble_logits(logits: list[torch.Tensor]) -> torch.Tensor:
     return logits[0] if len(logits) == 1 else torch.stack(logits).float().mean(dim=0)
 
 
+def hidden_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+    """DistilBERT's cosine loss: student block i against teacher block floor(i * T / S), averaged."""
+    picked = [teacher[j] for j in evenly_spaced_blocks(len(student), len(teacher))]
+    losses = [1.0 - F.cosine_similarity(s.float(), t.float(), dim=-1).mean() for s, t in zip(student, picked)]
+    return torch.stack(losses).mean()
+
+
 @objectives.register("distill")
 def distill(
     loss_fn,
@@ -55,6 +71,7 @@ def distill(
     weights: str = "model.safetensors",
     temperature: PositiveFloat = 4.0,
     alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5,
+    hidden: NonNegativeFloat = 0.0,
     target_key: str = TARGET_KEY,
 ) -> Objective:
     """Match a trained teacher's softened outputs (weight alpha) and the labels (weight 1 - alpha).
@@ -64,6 +81,8 @@ def distill(
         weights: the teacher's weights file in that folder: model.safetensors or best.safetensors.
         temperature: softens both distributions; higher shows more of the teacher's ranking of wrong classes.
         alpha: weight of the teacher's soft targets; 1 - alpha weighs the hard-label loss.
+        hidden: weight of DistilBERT's hidden-state cosine loss against the (first) teacher's blocks
+            (0: off); needs student blocks of the teacher's width.
         target_key: the key of a mapping batch that holds the targets; every other key goes to the model.
     """
     if meta.task == "regression":
@@ -73,9 +92,12 @@ def distill(
         raise UsageError("objective distill: teacher is an empty list; name one run or more")
     frozen = [load_saved_model(Path(name), meta, weights).requires_grad_(False) for name in names]
     checked = False
+    taps: tuple[BlockTap, BlockTap] | None = None  # (student, first teacher) when hidden > 0
 
     def objective(model, batch) -> ObjectiveOutput:
-        nonlocal frozen, checked
+        nonlocal frozen, checked, taps
+        if hidden > 0 and taps is None:
+            taps = BlockTap(model, "student"), BlockTap(frozen[0], "teacher")
         features, targets = split_batch(batch, target_key)
         logits = logits_of(call_model(model, features))
         if not checked:  # once: the teachers' device, and outputs the student can match
@@ -89,11 +111,15 @@ def distill(
                         f"objective distill: the teacher '{name}' outputs {tuple(output.shape[1:])} per sample, "
                         f"the student {tuple(logits.shape[1:])}; a student must predict the teacher's classes"
                     )
+            if taps is not None:
+                check_hidden_widths(taps[0].outputs, taps[1].outputs)
             checked = True
         taught = ensemble_logits(outputs)
         loss = alpha * soft_loss(logits, taught, temperature)
         if alpha < 1.0:
             loss = loss + (1.0 - alpha) * loss_fn(logits, targets)
+        if taps is not None:
+            loss = loss + hidden * hidden_loss(taps[0].outputs, taps[1].outputs)
         return ObjectiveOutput(loss, logits, targets)
 
     return objective

@@ -19,23 +19,25 @@ mean gain of distilling and its 95% interval.
 `init: teacher_layers` starts a student of the teacher's widths but fewer blocks from the (first)
 teacher, as DistilBERT did: every tensor outside `blocks` by name, and student block i from teacher
 block floor(i * T / S) of T (every other layer for half the depth). Both arms of a baseline start so.
+`hidden: w` adds DistilBERT's cosine loss between those paired blocks' outputs (same widths only).
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field, PositiveFloat
+from pydantic import Field, NonNegativeFloat, PositiveFloat
 from torch import nn
 
 from mlrun.compression.paired_arms import MAX_SEEDS, baseline_arm
 from mlrun.compression.stage import Stage, StageContext
 from mlrun.errors import UsageError
-from mlrun.models.addressing import declared_blocks
+from mlrun.models.addressing import declared_blocks, evenly_spaced_blocks
 from mlrun.models.outputs import call_model, logits_of
 from mlrun.models.saved import load_saved_model
 from mlrun.models.weights_file import save_weights
@@ -55,6 +57,7 @@ def distill(
     baseline: bool = False,
     seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)] | None = None,
     init: Literal["random", "teacher_layers"] = "random",
+    hidden: NonNegativeFloat = 0.0,
 ) -> Stage:
     """Knowledge distillation: KL to the teacher's softened outputs (alpha) plus the label loss.
 
@@ -67,6 +70,8 @@ def distill(
         seeds: the baseline's paired seeds, each drawing the student's initial weights; default 5.
         init: the student's start: random, or teacher_layers (DistilBERT: the teacher's tensors outside
             `blocks`, and evenly spaced teacher blocks; the widths must match).
+        hidden: weight of DistilBERT's hidden-state cosine loss between student blocks and the teacher
+            blocks init: teacher_layers pairs them with (0: off); needs the teacher's widths.
     """
     objective_name = context.config.objective.name
     distillable = objectives.trait(objective_name, "distillable", False)
@@ -102,7 +107,7 @@ def distill(
         model = build_student(name, spec, context, context.config.seed, start_from)
         if start_from is not None:
             depth = len(declared_blocks(start_from))
-            picked = teacher_blocks(len(declared_blocks(model)), depth)
+            picked = evenly_spaced_blocks(len(declared_blocks(model)), depth)
             print(
                 f"mlrun: distill: the student starts from teacher blocks {picked} of {depth} "
                 "and the teacher's tensors outside blocks",
@@ -110,9 +115,11 @@ def distill(
             )
     for source, teacher_model in zip(sources, teachers):
         check_outputs_fit(model, teacher_model, context.example, source)
+    if hidden > 0:
+        check_hidden_fits(model, teachers[0], context.example)
     taught = [str(s) for s in sources]
     objective = {"name": "distill", "teacher": taught[0] if len(taught) == 1 else taught}
-    objective.update(temperature=temperature, alpha=alpha)
+    objective.update(temperature=temperature, alpha=alpha, **({"hidden": hidden} if hidden > 0 else {}))
     report = {"student_parameters": sum(p.numel() for p in model.parameters()), "init": init}
     compare = None
     if baseline:
@@ -161,11 +168,6 @@ def build_student(
     return student
 
 
-def teacher_blocks(student_blocks: int, teacher_blocks: int) -> list[int]:
-    """The teacher block each student block starts from: evenly spaced from the first (DistilBERT)."""
-    return [i * teacher_blocks // student_blocks for i in range(student_blocks)]
-
-
 @torch.no_grad()
 def copy_teacher_layers(student: nn.Module, teacher: nn.Module) -> None:
     """DistilBERT's start: the teacher's tensors outside `blocks` by name, and student block i from
@@ -177,7 +179,7 @@ def copy_teacher_layers(student: nn.Module, teacher: nn.Module) -> None:
             f"distill: init: teacher_layers needs a student with at most the teacher's {len(theirs)} blocks; "
             f"this one has {len(mine)}"
         )
-    picked = teacher_blocks(len(mine), len(theirs))
+    picked = evenly_spaced_blocks(len(mine), len(theirs))
     in_blocks = {id(t) for block in mine for t in [*block.parameters(), *block.buffers()]}
     outside = {k: v for k, v in student.state_dict(keep_vars=True).items() if id(v) not in in_blocks}
     whole = teacher.state_dict()
@@ -193,6 +195,18 @@ def copy_teacher_layers(student: nn.Module, teacher: nn.Module) -> None:
                 "teacher; keep the teacher's widths (fewer blocks only) or use init: random"
             )
         tensor.copy_(value)
+
+
+@torch.no_grad()
+def check_hidden_fits(student: nn.Module, teacher: nn.Module, example: Any) -> None:
+    """Exit 2 before any training when the hidden-state loss cannot pair the models' blocks."""
+    from mlrun.models.block_outputs import BlockTap, check_hidden_widths
+
+    copies = copy.deepcopy(student).eval(), copy.deepcopy(teacher).eval()  # the taps' hooks stay off the stage's
+    student_tap, teacher_tap = BlockTap(copies[0], "student"), BlockTap(copies[1], "teacher")
+    for model in copies:
+        call_model(model, example)
+    check_hidden_widths(student_tap.outputs, teacher_tap.outputs)
 
 
 @torch.no_grad()
