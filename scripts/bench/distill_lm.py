@@ -9,6 +9,7 @@ alone, same start, batches and schedule; causal_lm objective). Variants:
   half-depth random:   2 layers of 128 (half the teacher), random start, paired seeds
   half-depth teacher:  the same student started from teacher blocks 0 and 2 and its embeddings
                        (init: teacher_layers, DistilBERT), one seed (both arms share that start)
+  half-depth teacher+hidden: that, plus DistilBERT's hidden-state cosine loss (hidden: 1.0)
   narrow random:       2 layers of 64 (about 1/6 of the teacher), random start, paired seeds
 The compared figure is next-character val/accuracy (higher is better); perplexity is paired the same
 way (the stage's `others`) and printed below it.
@@ -33,6 +34,7 @@ NARROW = {"name": "gpt", "n_layer": 2, "n_head": 4, "n_embd": 64, "dropout": 0.1
 VARIANTS = {
     "half-depth random": {"student": HALF},
     "half-depth teacher": {"student": HALF, "init": "teacher_layers", "seeds": 1},
+    "half-depth teacher+hidden": {"student": HALF, "init": "teacher_layers", "seeds": 1, "hidden": 1.0},
     "narrow random": {"student": NARROW},
 }
 
