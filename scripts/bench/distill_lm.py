@@ -71,7 +71,7 @@ def bench_variant(work: Path, label: str, settings: dict, seeds: int, epochs: in
         "alone": statistics.fmean(arm["alone"]),
         **{k: arm[k] for k in ("mean_gain", "sd", "interval95", "seeds")},
         "per_seed": {"distilled": arm["distilled"], "alone": arm["alone"]},
-        "perplexity": arm["others"].get("val/perplexity"),  # paired too; lower is better: gain = alone - distilled
+        "perplexity": arm.get("others", {}).get("val/perplexity"),  # paired; lower is better: alone - distilled
     }
 
 
