@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -33,9 +34,15 @@ def launch(folder: Path, *args, processes: int = 2, timeout: float = 300) -> sub
         prefix += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(free_port())]
     # CPU processes even on a GPU machine: two ranks cannot share one GPU (tests/test_gpu.py covers GPUs).
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run(
-        [*prefix, "-m", "mlrun", *map(str, args)], cwd=folder, capture_output=True, text=True, timeout=timeout, env=env
-    )
+    command = [*prefix, "-m", "mlrun", *map(str, args)]
+    result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=timeout, env=env)
+    if processes > 1 and "(SIGABRT) received by PID" in result.stderr:
+        # Seen once in about ten full runs on a loaded 2-core machine: a rank aborting inside torch (gloo)
+        # with no Python error, not reproduced alone. It is reported and the launch repeated once (as
+        # mlrun resumes it); the test's assertions then hold for the second launch as for a first.
+        warnings.warn(f"a torchrun rank aborted (SIGABRT); launching once more:\n{result.stderr[-2000:]}", stacklevel=2)
+        result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=timeout, env=env)
+    return result
 
 
 def torchrun(config: dict, folder: Path, *args: str) -> subprocess.CompletedProcess:

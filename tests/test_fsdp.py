@@ -45,7 +45,8 @@ def train(tmp_path: Path, c: dict, *args: str, processes: int = 2) -> subprocess
 def why(result: subprocess.CompletedProcess) -> str:
     """mlrun's own lines of a failed launch (torchrun's summary would crowd them out of the tail)."""
     lines = [line for line in result.stderr.splitlines() if "mlrun" in line or "Error" in line]
-    return "\n".join(lines)[-3000:] or result.stderr[-3000:]
+    # A rank that died by a signal leaves no mlrun line: then the launch's own tail says how.
+    return "\n".join(lines)[-3000:] + "\n--- stderr tail ---\n" + result.stderr[-4000:]
 
 
 def weights(tmp_path: Path, name: str) -> dict[str, torch.Tensor]:
