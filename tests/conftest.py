@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cli_runner import REPO, run_in_process
+# pytest-xdist workers share the machine's cores: with torch's default (one thread per core) in each,
+# n workers run n x cores threads, and the tiny models' many short ops then wait on each other's
+# OpenMP spinning. Each worker gets its share, set before torch is imported (the runs it starts inherit it).
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+
+from tests.cli_runner import REPO, run_in_process  # noqa: E402 - after the thread count
 
 _CUDA_VISIBLE_AT_START = os.environ.get("CUDA_VISIBLE_DEVICES")
 _real_process = False  # set for each test: marked e2e, so run_cli starts `python -m mlrun`
