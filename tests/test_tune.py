@@ -280,7 +280,6 @@ def test_nsga2_population_reaches_optuna_and_a_too_small_study_is_warned(tmp_pat
     assert refused.returncode == 2 and "only nsga2" in refused.stderr
 
 
-@pytest.mark.slow  # a whole study of trained trials
 def test_config_values_are_the_first_trial_and_compute_counts_pruned_trials_epochs(tmp_path):
     path = tune_config(tmp_path, trials=5, pruner={"name": "median", "startup_trials": 1})
     # quickstart's lr (3e-3) and this width lie inside the space: they are trial 0.

@@ -49,7 +49,6 @@ def dominates(a: list[float], b: list[float], signs: list[float]) -> bool:
     return better_or_equal and any(s * x > s * y for x, y, s in zip(a, b, signs))
 
 
-@pytest.mark.slow  # a trained run and a multi-trial search (the module's fixture or its own)
 def test_compress_search_writes_a_front_of_non_dominated_trials(searched) -> None:
     folder, summary = searched
     tune_dir = folder / "runs/base/tune/compress"
@@ -83,7 +82,6 @@ def test_compress_search_writes_a_front_of_non_dominated_trials(searched) -> Non
     assert (tune_dir / "pareto.png").stat().st_size > 0
 
 
-@pytest.mark.slow  # a trained run and a multi-trial search (the module's fixture or its own)
 def test_a_front_member_exports_with_its_recorded_accuracy(searched) -> None:
     folder, summary = searched
     member = max(summary["front"], key=lambda m: m["values"]["val/accuracy"])
@@ -95,7 +93,6 @@ def test_a_front_member_exports_with_its_recorded_accuracy(searched) -> None:
     assert info["verification"]["metric_export"] == pytest.approx(member["values"]["val/accuracy"], abs=1e-6)
 
 
-@pytest.mark.slow  # a trained run and a multi-trial search (the module's fixture or its own)
 def test_compare_html_shows_the_front(searched) -> None:
     folder, summary = searched
     result = run_cli("compare", "runs/base", "--out", "cmp", cwd=folder)
@@ -122,7 +119,6 @@ def test_a_space_key_outside_compress_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2 and "tune.space.optimizer.lr" in result.stderr
 
 
-@pytest.mark.slow  # a trained run and a multi-trial search (the module's fixture or its own)
 def test_a_stage_left_out_runs_the_chain_without_it(searched) -> None:
     folder, _ = searched
     result = run_cli("compress", "base.yaml", "compress.1.enabled=false", "--json", cwd=folder)
@@ -134,7 +130,6 @@ def test_a_stage_left_out_runs_the_chain_without_it(searched) -> None:
     assert none.returncode == 2 and "every stage has enabled: false" in none.stderr
 
 
-@pytest.mark.slow  # a trained run and a multi-trial search (the module's fixture or its own)
 def test_a_search_tries_the_chain_with_and_without_a_stage(tmp_path: Path) -> None:
     space = {"compress.1.enabled": {"type": "categorical", "choices": [True, False]}}
     search = {**SEARCH, "trials": 4, "sampler": {"name": "nsga2", "seed": 0, "population_size": 2}, "space": space}
