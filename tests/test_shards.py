@@ -180,7 +180,6 @@ def test_shards_larger_than_the_process_memory_cap_train(tmp_path):
     assert peak <= cap and json.loads((tmp_path / "runs" / "large" / "summary.json").read_text())["steps"] == 40
 
 
-@pytest.mark.slow  # three digits trainings of 3 epochs on decoded PNGs beside the prepares: half a minute
 def test_prepare_turns_the_image_folder_into_shards_that_train_like_it(tmp_path):
     out = tmp_path / "digits_shards"
     prepare = ("prepare", REPO / "configs" / "digits_images.yaml", "--out", out)

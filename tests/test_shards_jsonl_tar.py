@@ -259,7 +259,6 @@ def test_prepare_writes_image_tars_that_train_like_the_image_folder(tmp_path):
     assert summary(runs / "digits_images")["final"] == summary(runs / "digits_images_shards")["final"]
 
 
-@pytest.mark.slow  # two text trainings (a char tokenizer) beside the prepare
 def test_prepare_writes_jsonl_shards_that_train_like_the_jsonl_text_source(tmp_path):
     runs = tmp_path / "runs"
     out = tmp_path / "text_shards"
