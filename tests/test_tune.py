@@ -337,3 +337,23 @@ def test_config_values_outside_the_space_are_not_enqueued_and_the_user_is_told(t
     result = run_cli("tune", path, "--trials", "1", "train.epochs=1", cwd=tmp_path)  # width [64]: not a choice
     assert result.returncode == 0, result.stderr
     assert "not the first trial: model.hidden_sizes = [64] lies outside tune.space.model.hidden_sizes" in result.stderr
+
+
+def test_workers_on_one_host_share_its_cores_unless_the_user_set_the_threads(monkeypatch):
+    import os
+
+    import torch
+
+    from mlrun.tuning.runner import share_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setattr(os, "cpu_count", lambda: 8)
+        assert share_threads(3) == {"OMP_NUM_THREADS": "2"} and torch.get_num_threads() == 2  # this study too
+        assert share_threads(16) == {"OMP_NUM_THREADS": "1"}
+        monkeypatch.setenv("OMP_NUM_THREADS", "4")
+        torch.set_num_threads(3)
+        assert share_threads(2) == {} and torch.get_num_threads() == 3  # the user's setting stands
+    finally:
+        torch.set_num_threads(before)

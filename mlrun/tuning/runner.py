@@ -10,6 +10,7 @@ reports nothing (a `--workers` helper, a rank other than 0).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -166,10 +167,24 @@ def start_workers(options: StudyOptions, storage: str, count: int) -> list[subpr
     if options.timeout_s:
         arguments += ["--timeout", str(options.timeout_s)]
     # Each worker numbered (MLRUN_TUNE_WORKER) for its log; samplers seed each trial by its number (tuning/study.py).
+    threads = share_threads(count + 1)
     return [
-        start_mlrun(arguments, env={"MLRUN_TUNE_WORKER": str(index)}, stdout=sys.stderr)
+        start_mlrun(arguments, env={"MLRUN_TUNE_WORKER": str(index), **threads}, stdout=sys.stderr)
         for index in range(1, count + 1)
     ]
+
+
+def share_threads(processes: int) -> dict[str, str]:
+    """Give each of `processes` studies on this host its share of the cores (this one now, the workers
+    through OMP_NUM_THREADS), unless the user set OMP_NUM_THREADS: with torch's default of a thread per
+    core in each, they oversubscribe the machine and small models' ops wait on each other's threads."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return {}
+    import torch
+
+    share = max(1, (os.cpu_count() or 1) // processes)
+    torch.set_num_threads(share)
+    return {"OMP_NUM_THREADS": str(share)}
 
 
 def finish(study, study_run, options: StudyOptions, tune, tune_dir: Path) -> dict:
