@@ -300,6 +300,7 @@ def main() -> None:
         jsonout.reserve_stdout()  # from here on only the command's JSON document reaches stdout
     try:
         app(standalone_mode=False)
+        _close_process_group()
     except MlrunError as exc:
         _fail(exc.exit_code, exc, "interrupted" if isinstance(exc, RunInterrupted) else "error")
     except typer.Exit as exc:
@@ -319,6 +320,22 @@ def main() -> None:
         _fail(EXIT_INTERRUPTED, None, "interrupted", "interrupted")
     except Exception as exc:  # a bug or an unexpected failure: say so, keep the traceback for --debug
         _fail(EXIT_RUN_FAILED, exc, "unexpected error")
+
+
+def _close_process_group() -> None:
+    """Destroy the torchrun process group of a command that finished well, while the interpreter is whole.
+
+    Left to interpreter shutdown, gloo's worker threads can still hold work when their objects are torn
+    down, and a rank dies by SIGABRT ("terminate called without an active exception") after a run that
+    completed (pytorch/pytorch#190489). Only on success: a rank that failed while the others wait in a
+    collective would block in the teardown (torchtitan does the same, pytorch/torchtitan#1342).
+    """
+    if "torch.distributed" not in sys.modules:  # no command that ran here started one
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _fail(code: int, exc: BaseException | None, prefix: str, message: str | None = None) -> None:

@@ -126,7 +126,8 @@ def kill_after(step: int, armed: Path) -> list[dict]:
 @pytest.mark.e2e
 def test_two_process_fsdp_run_goes_on_with_one_process_on_the_same_samples(tmp_path):
     straight = config("straight", tmp_path, checkpoint_every="4st")
-    assert train(tmp_path, straight).returncode == 0
+    first = train(tmp_path, straight)
+    assert first.returncode == 0, why(first)
     armed = tmp_path / "armed"
     armed.touch()
     cut = {**config("cut", tmp_path, checkpoint_every="4st"), "techniques": kill_after(6, armed)}
