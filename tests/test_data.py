@@ -464,3 +464,23 @@ def test_augmentation_is_applied_by_the_training_loop(tmp_path):
     plain, noisy = torch.load(tmp_path / "plain.pt"), torch.load(tmp_path / "noisy.pt")
     assert plain.shape == noisy.shape
     assert math.isclose(float((noisy - plain).std()), 0.5, rel_tol=0.1)  # the same batch, with the noise
+
+
+def test_data_seed_keeps_one_split_while_the_run_seed_varies_the_weights():
+    from mlrun.config.schema import ExperimentConfig
+    from mlrun.engine.build import build_components
+
+    def built(seed: int, data_seed: int | None):
+        data = {"name": "digits", "val_fraction": 0.2, "batch_size": 32, "seed": data_seed}
+        return build_components(ExperimentConfig.model_validate(tiny_config(seed=seed, data=data)))
+
+    def split(parts) -> torch.Tensor:
+        return torch.stack([parts.bundle.val[i][0] for i in range(len(parts.bundle.val))])
+
+    def first_weight(parts) -> torch.Tensor:
+        return next(parts.model.parameters()).detach()
+
+    pinned_1, pinned_2, default_2 = built(1, 0), built(2, 0), built(2, None)
+    assert torch.equal(split(pinned_1), split(pinned_2))  # one split for both seeds
+    assert not torch.equal(first_weight(pinned_1), first_weight(pinned_2))  # the run seed still draws the weights
+    assert not torch.equal(split(pinned_2), split(default_2))  # unset: the split follows the run's seed

@@ -183,9 +183,11 @@ def check_technique_objectives(config: ExperimentConfig) -> None:
             )
 
 
-def build_data(spec: DataSpec, seed: int, fitted_transform=None) -> DatasetBundle:
+def build_data(spec: DataSpec, run_seed: int, fitted_transform=None) -> DatasetBundle:
+    """The dataset of `spec`, split by `data.seed` (default the run's seed)."""
     from mlrun.registry import datasets
 
+    seed = run_seed if spec.seed is None else spec.seed
     # Only sources that fit preprocessing (their registry entry says so) take the run's fitted one.
     takes_fitted = datasets.trait(spec.name, "fits_transform", False)
     bundle = build(spec, seed, fitted_transform) if takes_fitted else build(spec, seed)

@@ -39,6 +39,9 @@ class DataSpec(ComponentSpec):
     """Keep worker processes alive between epochs (with num_workers > 0)."""
     prefetch_factor: PositiveInt | None = None
     """Batches each worker loads ahead (with num_workers > 0); default 2."""
+    seed: int | None = None
+    """The seed the dataset gets (its train/validation split, a synthetic set's draws); default the run's `seed`.
+    Fix it to vary a run's initialisation and batch order over `seed` on one split (seed studies, ensembles)."""
     shuffle: bool = True
     """Shuffle the training split every epoch (seeded by `seed` and the epoch)."""
     drop_last: bool = False
