@@ -172,3 +172,39 @@ def test_structural_stages_that_cannot_apply_exit_2(tmp_path: Path) -> None:
     assert run_cli("train", write_config(tmp_path, cnn), cwd=tmp_path).returncode == 0
     result = compress(tmp_path, write_config(tmp_path, cnn))
     assert result.returncode == 2 and "no Linear or 1x1 Conv2d" in result.stderr, result.stderr
+
+
+def test_fold_batchnorm_keeps_the_function_drops_the_norms_and_shrinks_the_packed_file(tmp_path: Path) -> None:
+    cnn = tiny_config(
+        name="cnn",
+        model={"name": "cnn", "channels": [4, 8]},
+        data={"name": "synthetic", "task": "images", "num_samples": 128, "image_size": 8, "channels": 1},
+    )
+    cnn["train"]["epochs"] = 2  # the norms' running statistics move away from 0 and 1
+    path = write_config(tmp_path, cnn)
+    assert run_cli("train", path, cwd=tmp_path, subprocess=False).returncode == 0
+    cluster = {"name": "cluster", "clusters": 4, "finetune": False}
+    plain = with_stages(tmp_path, path, [{"name": "prune", "sparsity": 0.5, "finetune": False}, cluster])
+    assert compress(tmp_path, plain, subprocess=False).returncode == 0
+    root = tmp_path / "runs/cnn/compress"
+    packed_with_norms = (root / "2-cluster/compressed.safetensors").stat().st_size
+    folded = with_stages(
+        tmp_path, path, [{"name": "prune", "sparsity": 0.5, "finetune": False}, {"name": "fold_batchnorm"}, cluster]
+    )
+    result = compress(tmp_path, folded, "--json", subprocess=False)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["stages"]
+    root = tmp_path / "runs/cnn/compress-2"  # a different chain goes beside the first
+
+    # Exact: the folded model scores what the pruned one did, and is not fine-tuned (trait `exact`).
+    assert rows[2]["metrics"]["val/loss"] == pytest.approx(rows[1]["metrics"]["val/loss"], rel=1e-5)
+    assert not (root / "2-fold_batchnorm/train").exists()
+    weights = load_file(root / "2-fold_batchnorm/model.safetensors")
+    assert not any("running_mean" in key for key in weights)
+    edits = yaml.safe_load((root / "2-fold_batchnorm/config.yaml").read_text())["model_edits"]
+    assert [e["op"] for e in edits] == ["fold_norm", "fold_norm"]
+    # Rebuilt from its config: the pruned zeros stay zeros through the per-channel scaling.
+    evaluated = run_cli("eval", root / "2-fold_batchnorm", "--json", cwd=tmp_path, subprocess=False)
+    reloaded = json.loads(evaluated.stdout)["metrics"]["val/loss"]
+    assert reloaded == pytest.approx(rows[2]["metrics"]["val/loss"], rel=1e-6)
+    assert (root / "3-cluster/compressed.safetensors").stat().st_size < packed_with_norms

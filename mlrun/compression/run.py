@@ -220,7 +220,7 @@ def run_round(
     output = output_config(current.config, stage, stage_dir)
     quantize = stages.trait(spec.name, "quantize") or current.quantize
     train_dir = stage_dir / ("train" if spec.rounds == 1 else f"train-{round_}")
-    if spec.finetune is False:
+    if not fine_tunes(spec):
         model = stage.model
     else:
         start = stage_dir / f"start-{round_}.safetensors"
@@ -272,10 +272,18 @@ def _source_run(source: ModelSource) -> Path:
     return run.parent.parent if CHAIN_FOLDER.fullmatch(run.parent.name) else run
 
 
+def fine_tunes(spec: StageSpec) -> bool:
+    """Whether the stage's result is fine-tuned: `finetune: false` says no, and a stage that keeps the
+    model's function (registry trait `exact`, e.g. fold_batchnorm) needs `finetune:` given to be."""
+    if spec.finetune is False:
+        return False
+    return "finetune" in spec.model_fields_set or not stages.trait(spec.name, "exact", False)
+
+
 def _finetune_steps(spec: StageSpec, parts) -> int:
     from mlrun.engine.build import plan_steps
 
-    if spec.finetune is False:
+    if not fine_tunes(spec):
         return 0
     config = _with_overrides(parts.config.model_dump(mode="json"), spec.finetune)
     return plan_steps(len(parts.bundle.train), config.data, config.train).total_steps

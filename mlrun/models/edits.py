@@ -2,14 +2,17 @@
 
 A compressed model is the configured model plus a list of edits (`model_edits:` in a stage's
 config.yaml), so training, resume, eval and export rebuild it from the config alone and load plain
-safetensors weights: no pickled modules. Two kinds:
+safetensors weights: no pickled modules. Three kinds:
 
     {op: resize, module: mlp.0, attributes: {out_features: 96}, shapes: {weight: [96, 64], bias: [96]}}
     {op: factorize, module: head, rank: 12}
+    {op: fold_norm, module: features.0, norm: features.1}
 
 `resize` (structured pruning) sets a module's integer attributes and gives its own parameters and
 buffers the recorded shapes; the weights loaded next fill them. `factorize` (low-rank) replaces a
 Linear or 1x1 Conv2d by two thin layers, `module.0` (in -> rank) then `module.1` (rank -> out).
+`fold_norm` (batch norm folded into the layer before it) gives `module` a bias and replaces `norm`
+by an identity.
 """
 
 from __future__ import annotations
@@ -115,4 +118,15 @@ def _factorize(model: nn.Module, edit: dict[str, Any]) -> None:
     replace_module(model, edit["module"], thin_pair(model.get_submodule(edit["module"]), int(edit["rank"])))
 
 
-EDITS = {"resize": _resize, "factorize": _factorize}
+# --- fold_norm ----------------------------------------------------------------------------------------
+
+
+def _fold_norm(model: nn.Module, edit: dict[str, Any]) -> None:
+    layer = model.get_submodule(edit["module"])
+    model.get_submodule(edit["norm"])  # it must exist: an AttributeError names the edit
+    if layer.bias is None:
+        layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype))
+    replace_module(model, edit["norm"], nn.Identity())
+
+
+EDITS = {"resize": _resize, "factorize": _factorize, "fold_norm": _fold_norm}

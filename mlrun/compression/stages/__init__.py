@@ -3,4 +3,12 @@
 Importing this package registers the built-in stages; `mlrun list stages` shows their settings.
 """
 
-from mlrun.compression.stages import cluster, distill, low_rank, prune, prune_structured, qat  # noqa: F401
+from mlrun.compression.stages import (  # noqa: F401
+    cluster,
+    distill,
+    fold_batchnorm,
+    low_rank,
+    prune,
+    prune_structured,
+    qat,
+)

@@ -63,10 +63,10 @@ class ExperimentConfig(Section):
     """Energy (kWh), carbon (g CO2) and energy per sample, measured during training and profiling."""
     compress: list[StageSpec] = []
     """Stages `mlrun compress` runs in order from the trained weights: prune, prune_structured, distill,
-    qat, low_rank, cluster (`mlrun list stages`)."""
+    qat, low_rank, fold_batchnorm, cluster (`mlrun list stages`)."""
     model_edits: list[dict[str, Any]] = []
-    """Structural edits of the built model (pruned shapes, factorized layers), recorded by `mlrun compress`
-    in a stage's config.yaml and replayed when the model is built; not written by hand."""
+    """Structural edits of the built model (pruned shapes, factorized layers, folded norms), recorded by
+    `mlrun compress` in a stage's config.yaml and replayed when the model is built; not written by hand."""
 
     def has_technique(self, name: str) -> bool:
         return any(technique.name == name for technique in self.techniques)
