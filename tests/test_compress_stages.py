@@ -208,3 +208,16 @@ def test_fold_batchnorm_keeps_the_function_drops_the_norms_and_shrinks_the_packe
     reloaded = json.loads(evaluated.stdout)["metrics"]["val/loss"]
     assert reloaded == pytest.approx(rows[2]["metrics"]["val/loss"], rel=1e-6)
     assert (root / "3-cluster/compressed.safetensors").stat().st_size < packed_with_norms
+
+
+def test_an_exact_stage_is_fine_tuned_only_when_asked_even_after_its_config_is_written_and_read() -> None:
+    from mlrun.compression.run import fine_tunes
+    from mlrun.config.schema import StageSpec
+
+    def read_back(spec: dict) -> StageSpec:  # as a run's config.yaml holds it, every default written out
+        return StageSpec.model_validate(StageSpec.model_validate(spec).model_dump(mode="json"))
+
+    assert not fine_tunes(read_back({"name": "fold_batchnorm"}))
+    assert fine_tunes(read_back({"name": "fold_batchnorm", "finetune": {}}))
+    assert fine_tunes(read_back({"name": "prune"}))
+    assert not fine_tunes(read_back({"name": "prune", "finetune": False}))

@@ -274,10 +274,10 @@ def _source_run(source: ModelSource) -> Path:
 
 def fine_tunes(spec: StageSpec) -> bool:
     """Whether the stage's result is fine-tuned: `finetune: false` says no, and a stage that keeps the
-    model's function (registry trait `exact`, e.g. fold_batchnorm) needs `finetune:` given to be."""
-    if spec.finetune is False:
-        return False
-    return "finetune" in spec.model_fields_set or not stages.trait(spec.name, "exact", False)
+    model's function (registry trait `exact`, e.g. fold_batchnorm) is not unless `finetune:` is given."""
+    if spec.finetune is None:
+        return not stages.trait(spec.name, "exact", False)
+    return spec.finetune is not False
 
 
 def _finetune_steps(spec: StageSpec, parts) -> int:
@@ -285,7 +285,7 @@ def _finetune_steps(spec: StageSpec, parts) -> int:
 
     if not fine_tunes(spec):
         return 0
-    config = _with_overrides(parts.config.model_dump(mode="json"), spec.finetune)
+    config = _with_overrides(parts.config.model_dump(mode="json"), spec.finetune or {})
     return plan_steps(len(parts.bundle.train), config.data, config.train).total_steps
 
 

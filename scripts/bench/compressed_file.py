@@ -2,6 +2,7 @@
 
     python scripts/bench/compressed_file.py                      # wide MLP and digits CNN
     python scripts/bench/compressed_file.py --models cnn         # one model
+    python scripts/bench/compressed_file.py --models cnn --chains fold_batchnorm
 
 For each model: train its config once, then run `mlrun compress` for each chain on its own copy of
 the trained run, and `mlrun eval` the last stage (it loads compressed.safetensors, the bit-packed
@@ -57,6 +58,27 @@ CHAINS = {
                 {"name": "prune", "sparsity": 0.9, "include_head": True, "finetune": finetune(4)},
                 {"name": "cluster", "clusters": 8, "finetune": finetune(2)},
             ],
+            # Batch norm folded into the convolutions before clustering (exact): 4 values a channel become 1.
+            "prune 80% + fold_batchnorm + cluster 16": [
+                {"name": "prune", "sparsity": 0.8, "include_head": True, "finetune": finetune(4)},
+                {"name": "fold_batchnorm"},
+                {"name": "cluster", "clusters": 16, "finetune": finetune(2)},
+            ],
+            "prune 90% + fold_batchnorm + cluster 8": [
+                {"name": "prune", "sparsity": 0.9, "include_head": True, "finetune": finetune(4)},
+                {"name": "fold_batchnorm"},
+                {"name": "cluster", "clusters": 8, "finetune": finetune(2)},
+            ],
+            "prune 90% + fold_batchnorm + cluster 16": [
+                {"name": "prune", "sparsity": 0.9, "include_head": True, "finetune": finetune(4)},
+                {"name": "fold_batchnorm"},
+                {"name": "cluster", "clusters": 16, "finetune": finetune(2)},
+            ],
+            "prune 85% + fold_batchnorm + cluster 8": [
+                {"name": "prune", "sparsity": 0.85, "include_head": True, "finetune": finetune(4)},
+                {"name": "fold_batchnorm"},
+                {"name": "cluster", "clusters": 8, "finetune": finetune(2)},
+            ],
         },
     },
 }
@@ -70,11 +92,13 @@ def config_file(work: Path, name: str, spec: dict, **changes) -> Path:
     return path
 
 
-def bench_model(model: str, spec: dict, work: Path) -> list[dict]:
+def bench_model(model: str, spec: dict, work: Path, only: list[str] | None = None) -> list[dict]:
     mlrun(work, "train", str(config_file(work, model, spec)))
     trained = work / "runs" / model
     rows = []
     for index, (label, stages) in enumerate(spec["chains"].items()):
+        if only and not any(word in label for word in only):
+            continue
         name = f"{model}-chain{index}"
         shutil.copytree(trained, work / "runs" / name, ignore=shutil.ignore_patterns("export", "compress"))
         report = mlrun(work, "compress", str(config_file(work, name, spec, compress=stages)))
@@ -133,13 +157,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=list(CHAINS), default=list(CHAINS))
     parser.add_argument("--keep", action="store_true", help="Keep the work folder (its path is printed).")
+    parser.add_argument("--chains", nargs="+", help="only the chains whose label holds one of these words")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mlrun-bench-compressed-file-"))
     (work / "configs").symlink_to(REPO / "configs")  # configs name their data files relative to the repository
     rows = []
     try:
         for model in args.models:
-            rows += bench_model(model, CHAINS[model], work)
+            rows += bench_model(model, CHAINS[model], work, args.chains)
             print_table([r for r in rows if r["model"] == model])
             sys.stdout.flush()
     finally:

@@ -20,9 +20,10 @@ class StageSpec(ComponentSpec):
 
     registry_kind = "stages"
 
-    finetune: dict[str, Any] | Literal[False] = {}
+    finetune: dict[str, Any] | Literal[False] | None = None
     """Fine-tuning after the stage, through the training loop, as overrides of the run's config
-    (`{train.epochs: 2, optimizer.lr: 1.0e-4}`; {} trains with the run's own settings); false: none."""
+    (`{train.epochs: 2, optimizer.lr: 1.0e-4}`; {} trains with the run's own settings); false: none.
+    Default: {}, or none for a stage that keeps the model's function (fold_batchnorm)."""
     rounds: PositiveInt = 1
     """Apply the stage and fine-tune this many times, each round taking a share of the stage's target
     (iterative pruning)."""
