@@ -3,6 +3,7 @@ prune sparsity and cluster count, each stage fine-tuned one epoch); reports the 
 latency within 1 accuracy point of the trained model, as ratios against it.
 
     python scripts/bench/pareto.py [--trials 10]
+    python scripts/bench/pareto.py --config configs/pareto_wide_mlp_structured.yaml --trials 16
 
 Trains the config into a temporary folder first (the reference in the same run).
 """
@@ -30,8 +31,9 @@ def mlrun(*args: str, cwd: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--config", type=Path, default=ROOT / "configs/pareto_wide_mlp.yaml")
     args = parser.parse_args()
-    config = ROOT / "configs/pareto_wide_mlp.yaml"
+    config = args.config.resolve()
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         settings = [f"output_dir={work / 'runs'}", f"tune.trials={args.trials}"]
