@@ -1,6 +1,6 @@
 """Transfer learning: fine-tuning against training from scratch, and LoRA against full fine-tuning.
 
-    python scripts/bench/transfer.py [--seeds 5] [--part cnn|lora|lpft|all]
+    python scripts/bench/transfer.py [--seeds 5] [--part cnn|lora|lpft|lpft-bert|all]
 
 cnn:  a CNN pretrained on digits 0-4 (configs/digits_cnn.yaml with data.classes) learns digits 5-9
       from 10 labelled images per class (configs/finetune_digits_cnn.yaml): fine-tuned from the
@@ -16,6 +16,8 @@ lpft: from scratch vs plain fine-tuning vs LP-FT (techniques lp_ft, configs/fine
       images per class, 30 steps) and larger (every training image of 5-9, about 450, 90 steps),
       over --seeds paired seeds: each arm's mean accuracy and the paired difference to from scratch
       with its 95% t-interval (mlrun.compression.paired_arms.paired_difference).
+lpft-bert: the same three arms for lora's BERT (pretrained on ASCII-art digits 0-4, then every
+      training sample of 5-9, --bert-steps optimizer steps), full fine-tuning in place of LoRA.
 
 Every run is the real CLI in a temporary output folder. Prints tables, then one JSON line.
 """
@@ -144,6 +146,41 @@ def lpft_part(work: Path, seeds: int, source_epochs: int, lpft_overrides: list[s
     return out
 
 
+def lpft_bert_part(work: Path, seeds: int, source_steps: int, steps: int, existing_source: str | None) -> dict:
+    """From scratch vs fine-tune vs LP-FT for the BERT of `lora_part`, over `seeds` paired seeds."""
+    sys.path.insert(0, str(REPO))
+    from mlrun.compression.paired_arms import paired_difference
+
+    start = time.time()
+    if existing_source is None:
+        mlrun("train", *TEXT_SOURCE, f"output_dir={work}", f"train.max_steps={source_steps}")
+    source = existing_source or str(work / "text_digits_0to4")
+    arms = {**LPFT_ARMS, "lp_ft": ["techniques=[{name: lp_ft}]"]}  # the text config's own technique is LoRA
+    accuracy: dict[str, list[float]] = {arm: [] for arm in arms}
+    for seed in range(seeds):
+        for arm, arm_args in arms.items():
+            name = f"bert_{arm.split()[0]}_{seed}"
+            mlrun(
+                "train",
+                "configs/finetune_text_lora.yaml",
+                f"name={name}",
+                f"output_dir={work}",
+                f"init_from.run={source}",
+                f"seed={seed}",
+                f"train.max_steps={steps}",
+                f"train.eval_every={steps}st",
+                f"train.checkpoint_every={steps}st",
+                *arm_args,
+            )
+            accuracy[arm].append(summary(work, name)["final"]["val/accuracy"])
+    rows = {arm: {"mean": statistics.fmean(v), "values": v} for arm, v in accuracy.items()}
+    for arm in ("fine-tune", "lp_ft"):
+        rows[arm]["vs_scratch"] = paired_difference(accuracy[arm], accuracy["from scratch"])
+    rows["lp_ft"]["vs_fine-tune"] = paired_difference(accuracy["lp_ft"], accuracy["fine-tune"])
+    _print_lpft("bert", "every 5-9 sample", steps, seeds, rows)
+    return {"bert": {"steps": steps, "source_steps": source_steps, **rows}, "seconds": time.time() - start}
+
+
 def _print_lpft(model: str, setting: str, steps: int, seeds: int, rows: dict) -> None:
     print(f"\nlpft: {model}, {setting}, {steps} steps, {seeds} seeds")
     print(f"  {'arm':<13} {'mean acc':>9}  {'vs scratch (pt)':>16} {'95% interval':>17}  per seed")
@@ -231,12 +268,13 @@ def _trainable_counts(work: Path) -> dict[str, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["cnn", "lora", "lpft", "all"], default="all")
+    parser.add_argument("--part", choices=["cnn", "lora", "lpft", "lpft-bert", "all"], default="all")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--cnn-source-epochs", type=int, default=10)
     parser.add_argument("--cnn-steps", type=int, default=30)
     parser.add_argument("--text-source-steps", type=int, default=300)
     parser.add_argument("--lora-steps", type=int, default=150)
+    parser.add_argument("--bert-steps", type=int, default=100, help="each lpft-bert arm's optimizer steps")
     parser.add_argument(
         "--lpft",
         nargs="*",
@@ -252,6 +290,10 @@ def main() -> None:
             results["cnn"] = cnn_part(work, args.seeds, args.cnn_source_epochs, args.cnn_steps)
         if args.part in ("lpft", "all"):
             results["lpft"] = lpft_part(work, args.seeds, args.cnn_source_epochs, args.lpft)
+        if args.part in ("lpft-bert", "all"):
+            results["lpft_bert"] = lpft_bert_part(
+                work, args.seeds, args.text_source_steps, args.bert_steps, args.text_source
+            )
         if args.part in ("lora", "all"):
             results["lora"] = lora_part(work, args.text_source_steps, args.lora_steps, args.text_source)
     print(json.dumps({"bench": "transfer", **results}))

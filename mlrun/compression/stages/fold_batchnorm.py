@@ -29,19 +29,18 @@ CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(layer, norm) module names: a batch norm right after a convolution or Linear of its width in one
-    container (nn.Sequential order is the forward order)."""
+    """(layer, norm) module names: a batch norm with running statistics right after a convolution or
+    Linear of its width in one nn.Sequential (whose order is the forward order)."""
     pairs = []
     for parent_name, parent in model.named_modules():
         if not isinstance(parent, nn.Sequential):
             continue
+        prefix = f"{parent_name}." if parent_name else ""
         children = list(parent.named_children())
         for (name, layer), (norm_name, norm) in zip(children, children[1:]):
-            widths_match = (
-                isinstance(norm, NORMS) and norm.num_features == getattr(layer, "weight", torch.empty(0)).shape[0]
-            )
-            if widths_match and isinstance(layer, (*CONVS, nn.Linear)) and norm.track_running_stats:
-                prefix = f"{parent_name}." if parent_name else ""
+            if not (isinstance(layer, (*CONVS, nn.Linear)) and isinstance(norm, NORMS)):
+                continue
+            if norm.track_running_stats and norm.num_features == layer.weight.shape[0]:
                 pairs.append((prefix + name, prefix + norm_name))
     return pairs
 
@@ -56,11 +55,11 @@ def fold_batchnorm(model: nn.Module, context: StageContext, /) -> Stage:
     with torch.no_grad():
         for layer_name, norm_name in pairs:
             layer, norm = model.get_submodule(layer_name), model.get_submodule(norm_name)
-            layer.eval(), norm.eval()  # the fused layer uses the running statistics
+            layer.eval()  # the fused layer uses the norm's running statistics
+            norm.eval()
+            added_bias = 0 if layer.bias is not None else norm.num_features
+            removed += sum(t.numel() for t in norm.state_dict().values()) - added_bias
             fuse = fuse_linear_bn_eval if isinstance(layer, nn.Linear) else fuse_conv_bn_eval
-            removed += sum(t.numel() for t in norm.state_dict().values()) - (
-                0 if layer.bias is not None else norm.num_features
-            )
             replace_module(model, layer_name, fuse(layer, norm))
             replace_module(model, norm_name, nn.Identity())
             edits.append({"op": "fold_norm", "module": layer_name, "norm": norm_name})
