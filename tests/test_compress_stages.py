@@ -211,7 +211,7 @@ def test_fold_batchnorm_keeps_the_function_drops_the_norms_and_shrinks_the_packe
 
 
 def test_an_exact_stage_is_fine_tuned_only_when_asked_even_after_its_config_is_written_and_read() -> None:
-    from mlrun.compression.run import fine_tunes
+    from mlrun.compression.run import fine_tunes, stage_key
     from mlrun.config.schema import StageSpec
 
     def read_back(spec: dict) -> StageSpec:  # as a run's config.yaml holds it, every default written out
@@ -221,3 +221,8 @@ def test_an_exact_stage_is_fine_tuned_only_when_asked_even_after_its_config_is_w
     assert fine_tunes(read_back({"name": "fold_batchnorm", "finetune": {}}))
     assert fine_tunes(read_back({"name": "prune"}))
     assert not fine_tunes(read_back({"name": "prune", "finetune": False}))
+    # A stage's key (which reuses finished stages) reads the default as what it means, so chains made
+    # when the default was {} are still found.
+    assert stage_key(StageSpec(name="prune"), "k") == stage_key(StageSpec(name="prune", finetune={}), "k")
+    fold = StageSpec(name="fold_batchnorm")
+    assert stage_key(fold, "k") == stage_key(StageSpec(name="fold_batchnorm", finetune=False), "k")

@@ -98,6 +98,8 @@ def stage_key(spec: StageSpec, input_key: str) -> str:
     """Identifies a stage's result: its settings and the key of its input (`enabled` is not a setting of
     the result: the keys of chains made before it existed stay the same)."""
     settings = spec.model_dump(mode="json", exclude={"enabled"})
+    if spec.finetune is None:  # keyed as what it means: chains made when the default was {} keep their keys
+        settings["finetune"] = {} if fine_tunes(spec) else False
     return hashlib.sha256(json.dumps([settings, input_key]).encode()).hexdigest()[:16]
 
 
