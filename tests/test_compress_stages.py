@@ -158,6 +158,8 @@ def test_structural_stages_that_cannot_apply_exit_2(tmp_path: Path) -> None:
         "ignored": ({"name": "prune_structured", "ignored": ["nothing*"]}, "nothing*"),
         "rank": ({"name": "low_rank", "rank": 30}, "no layer gets smaller"),
         "qat without fine-tuning": ({"name": "qat", "finetune": False}, "finetune"),
+        "fold without norms": ({"name": "fold_batchnorm"}, "no batch norm right after"),
+        "fold in rounds": ({"name": "fold_batchnorm", "rounds": 2}, "remove rounds"),
     }
     for label, (stage, message) in cases.items():
         result = compress(tmp_path, with_stages(tmp_path, base, [stage]))
@@ -226,3 +228,31 @@ def test_an_exact_stage_is_fine_tuned_only_when_asked_even_after_its_config_is_w
     assert stage_key(StageSpec(name="prune"), "k") == stage_key(StageSpec(name="prune", finetune={}), "k")
     fold = StageSpec(name="fold_batchnorm")
     assert stage_key(fold, "k") == stage_key(StageSpec(name="fold_batchnorm", finetune=False), "k")
+
+
+def test_folding_is_exact_for_linear_and_conv_norms_with_or_without_affine_and_skips_custom_sequentials() -> None:
+    from mlrun.compression.stages.fold_batchnorm import foldable_pairs, folded
+
+    torch.manual_seed(0)
+    cases = [
+        (nn.Linear(6, 4), nn.BatchNorm1d(4, affine=False), torch.randn(5, 6)),
+        (nn.Linear(6, 4, bias=False), nn.BatchNorm1d(4), torch.randn(5, 6)),
+        (nn.Conv2d(2, 3, 3, bias=False), nn.BatchNorm2d(3), torch.randn(5, 2, 6, 6)),
+        (nn.Conv1d(2, 3, 3), nn.BatchNorm1d(3, affine=False), torch.randn(5, 2, 9)),
+    ]
+    for layer, norm, x in cases:
+        pair = nn.Sequential(layer, norm)
+        for _ in range(3):  # running statistics away from 0 and 1
+            pair(torch.randn_like(x) * 3 + 1)
+        if norm.affine:
+            nn.init.uniform_(norm.weight, 0.5, 2.0)
+            nn.init.normal_(norm.bias)
+        pair.eval()
+        assert foldable_pairs(pair) == [("0", "1")]
+        torch.testing.assert_close(folded(layer, norm)(x), pair(x), rtol=1e-5, atol=1e-5)
+
+    class Reversed(nn.Sequential):  # its own forward: the children's order is not the computation's
+        def forward(self, x):
+            return self[0](self[1](x))
+
+    assert foldable_pairs(nn.Sequential(Reversed(nn.Linear(4, 4), nn.BatchNorm1d(4)))) == []

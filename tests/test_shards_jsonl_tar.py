@@ -263,12 +263,13 @@ def test_prepare_writes_jsonl_shards_that_train_like_the_jsonl_text_source(tmp_p
     runs = tmp_path / "runs"
     out = tmp_path / "text_shards"
     texts = REPO / "configs" / "text_classification.yaml"
-    prepared = run_cli("prepare", texts, "--out", out, "--format", "jsonl", "--rows-per-shard", "500", cwd=REPO)
+    split = "data.seed=3"  # the split prepared is the one training uses: data.seed's, not the run seed's
+    prepared = run_cli("prepare", texts, split, "--out", out, "--format", "jsonl", "--rows-per-shard", "500", cwd=REPO)
     assert prepared.returncode == 0, prepared.stderr
     record = json.loads((out / "prepare.json").read_text())
     assert record["splits"]["train"]["rows"] == 1438 and record["preprocessing"]["tokenizer"]["kind"] == "char"
     small = ["train.epochs=1", "model.dim=16", "model.depth=1", f"output_dir={runs}"]
-    source = run_cli("train", texts, *small, cwd=REPO)
+    source = run_cli("train", texts, *small, split, cwd=REPO)
     assert source.returncode == 0, source.stderr
     shards = run_cli("train", out / "config.yaml", *small, cwd=REPO)
     assert shards.returncode == 0, shards.stderr

@@ -38,7 +38,8 @@ def run_prepare(
     if shard_format not in FORMATS:
         raise UsageError(f"--format: '{shard_format}' is not one of {', '.join(FORMATS)}.")
     config = load_config(path, overrides)
-    settings = {"source": config.data.model_dump(mode="json"), "seed": config.seed}
+    # The seed that splits the data (data.seed, default the run's): the prepared split is training's.
+    settings = {"source": config.data.model_dump(mode="json"), "seed": config.data.seed_for(config.seed)}
     settings |= {"rows_per_shard": rows_per_shard, "row_group": row_group}
     if shard_format != "parquet":  # parquet folders prepared before --format existed stay resumable
         settings["format"] = shard_format
@@ -129,7 +130,8 @@ def prepare_jsonl(config, out: Path, settings: dict) -> tuple[dict, dict]:
     if source["val_path"]:
         val_texts, val_labels = records("val_path")
     else:  # jsonl_text's own split (text.text_bundle): the same records train and validate
-        train_idx, val_idx = split_indices(len(texts), source["val_fraction"], config.seed, labels)
+        seed = config.data.seed_for(config.seed)
+        train_idx, val_idx = split_indices(len(texts), source["val_fraction"], seed, labels)
         val_texts, val_labels = [texts[i] for i in val_idx], labels[val_idx]
         texts, labels = [texts[i] for i in train_idx], labels[train_idx]
     splits = {"train": _records(texts, labels, fields), "val": _records(val_texts, val_labels, fields)}

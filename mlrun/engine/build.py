@@ -187,7 +187,7 @@ def build_data(spec: DataSpec, run_seed: int, fitted_transform=None) -> DatasetB
     """The dataset of `spec`, split by `data.seed` (default the run's seed)."""
     from mlrun.registry import datasets
 
-    seed = run_seed if spec.seed is None else spec.seed
+    seed = spec.seed_for(run_seed)
     # Only sources that fit preprocessing (their registry entry says so) take the run's fitted one.
     takes_fitted = datasets.trait(spec.name, "fits_transform", False)
     bundle = build(spec, seed, fitted_transform) if takes_fitted else build(spec, seed)

@@ -42,7 +42,8 @@ def finetune(epochs: int, augment: list[dict] | None = None, batch_size: int = 1
     # MLP batches of 128: 9 steps an epoch, half the teacher's, so a variant's 10 runs fit a busy 2-core machine.
     settings = {"train.epochs": epochs, "data.batch_size": batch_size, "train.log_every": "1ep"}
     settings.update({"train.checkpoint_every": f"{epochs}ep", "train.eval_every": f"{epochs}ep"})
-    return {**settings, "data.augment": augment} if augment is not None else settings
+    # None: no augmentation, said explicitly, as the stage's run inherits the teacher run's (a patient teacher's mixup).
+    return {**settings, "data.augment": augment or []}
 
 
 MLP_VARIANTS = {  # in the order they run; --variants picks by the first word

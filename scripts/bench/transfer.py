@@ -104,11 +104,33 @@ LPFT_ARMS = {
 }
 
 
-def lpft_part(work: Path, seeds: int, source_epochs: int, lpft_overrides: list[str]) -> dict:
-    """Every (model, setting, arm) over `seeds` paired seeds; differences to from scratch per seed."""
+def paired_arms(work: Path, prefix: str, arms: dict[str, list[str]], seeds: int, steps: int, common: list[str]) -> dict:
+    """`mlrun train` of every arm for seeds 0..seeds-1 (a seed's arms share its data), each `steps`
+    optimizer steps; per arm the mean and values, with the paired differences to from scratch (and
+    LP-FT's to plain fine-tuning) and their 95% t-intervals."""
     sys.path.insert(0, str(REPO))
     from mlrun.compression.paired_arms import paired_difference
 
+    accuracy: dict[str, list[float]] = {arm: [] for arm in arms}
+    for seed in range(seeds):
+        for arm, arm_args in arms.items():
+            name = f"{prefix}_{arm.split()[0]}_{seed}"
+            steps_args = [
+                f"train.max_steps={steps}",
+                f"train.eval_every={steps}st",
+                f"train.checkpoint_every={steps}st",
+            ]
+            mlrun("train", *common, f"name={name}", f"output_dir={work}", f"seed={seed}", *steps_args, *arm_args)
+            accuracy[arm].append(summary(work, name)["final"]["val/accuracy"])
+    rows = {arm: {"mean": statistics.fmean(v), "values": v} for arm, v in accuracy.items()}
+    for arm in ("fine-tune", "lp_ft"):
+        rows[arm]["vs_scratch"] = paired_difference(accuracy[arm], accuracy["from scratch"])
+    rows["lp_ft"]["vs_fine-tune"] = paired_difference(accuracy["lp_ft"], accuracy["fine-tune"])
+    return rows
+
+
+def lpft_part(work: Path, seeds: int, source_epochs: int, lpft_overrides: list[str]) -> dict:
+    """Every (model, setting, arm) over `seeds` paired seeds; differences to from scratch per seed."""
     start, out = time.time(), {}
     for model, model_args in LPFT_MODELS.items():
         source = f"{model}_0to4"
@@ -116,30 +138,9 @@ def lpft_part(work: Path, seeds: int, source_epochs: int, lpft_overrides: list[s
             "train", *CNN_SOURCE, f"name={source}", *model_args, f"output_dir={work}", f"train.epochs={source_epochs}"
         )
         for setting, (data_args, steps) in LPFT_SETTINGS.items():
-            accuracy: dict[str, list[float]] = {arm: [] for arm in LPFT_ARMS}
-            for seed in range(seeds):
-                for arm, arm_args in LPFT_ARMS.items():
-                    name = f"{model}_{setting.split()[0]}_{arm.split()[0]}_{seed}"
-                    mlrun(
-                        "train",
-                        "configs/finetune_digits_lpft.yaml",
-                        f"name={name}",
-                        f"output_dir={work}",
-                        f"init_from.run={work}/{source}",
-                        f"seed={seed}",
-                        f"train.max_steps={steps}",
-                        f"train.eval_every={steps}st",
-                        f"train.checkpoint_every={steps}st",
-                        *model_args,
-                        *data_args,
-                        *(lpft_overrides if arm == "lp_ft" else []),
-                        *arm_args,
-                    )
-                    accuracy[arm].append(summary(work, name)["final"]["val/accuracy"])
-            rows = {arm: {"mean": statistics.fmean(v), "values": v} for arm, v in accuracy.items()}
-            for arm in ("fine-tune", "lp_ft"):
-                rows[arm]["vs_scratch"] = paired_difference(accuracy[arm], accuracy["from scratch"])
-            rows["lp_ft"]["vs_fine-tune"] = paired_difference(accuracy["lp_ft"], accuracy["fine-tune"])
+            arms = {**LPFT_ARMS, "lp_ft": [*lpft_overrides, *LPFT_ARMS["lp_ft"]]}
+            common = ["configs/finetune_digits_lpft.yaml", f"init_from.run={work}/{source}", *model_args, *data_args]
+            rows = paired_arms(work, f"{model}_{setting.split()[0]}", arms, seeds, steps, common)
             out[f"{model} {setting}"] = {"steps": steps, **rows}
             _print_lpft(model, setting, steps, seeds, rows)
     out["seconds"] = time.time() - start
@@ -148,35 +149,13 @@ def lpft_part(work: Path, seeds: int, source_epochs: int, lpft_overrides: list[s
 
 def lpft_bert_part(work: Path, seeds: int, source_steps: int, steps: int, existing_source: str | None) -> dict:
     """From scratch vs fine-tune vs LP-FT for the BERT of `lora_part`, over `seeds` paired seeds."""
-    sys.path.insert(0, str(REPO))
-    from mlrun.compression.paired_arms import paired_difference
-
     start = time.time()
     if existing_source is None:
         mlrun("train", *TEXT_SOURCE, f"output_dir={work}", f"train.max_steps={source_steps}")
     source = existing_source or str(work / "text_digits_0to4")
     arms = {**LPFT_ARMS, "lp_ft": ["techniques=[{name: lp_ft}]"]}  # the text config's own technique is LoRA
-    accuracy: dict[str, list[float]] = {arm: [] for arm in arms}
-    for seed in range(seeds):
-        for arm, arm_args in arms.items():
-            name = f"bert_{arm.split()[0]}_{seed}"
-            mlrun(
-                "train",
-                "configs/finetune_text_lora.yaml",
-                f"name={name}",
-                f"output_dir={work}",
-                f"init_from.run={source}",
-                f"seed={seed}",
-                f"train.max_steps={steps}",
-                f"train.eval_every={steps}st",
-                f"train.checkpoint_every={steps}st",
-                *arm_args,
-            )
-            accuracy[arm].append(summary(work, name)["final"]["val/accuracy"])
-    rows = {arm: {"mean": statistics.fmean(v), "values": v} for arm, v in accuracy.items()}
-    for arm in ("fine-tune", "lp_ft"):
-        rows[arm]["vs_scratch"] = paired_difference(accuracy[arm], accuracy["from scratch"])
-    rows["lp_ft"]["vs_fine-tune"] = paired_difference(accuracy["lp_ft"], accuracy["fine-tune"])
+    common = ["configs/finetune_text_lora.yaml", f"init_from.run={source}"]
+    rows = paired_arms(work, "bert", arms, seeds, steps, common)
     _print_lpft("bert", "every 5-9 sample", steps, seeds, rows)
     return {"bert": {"steps": steps, "source_steps": source_steps, **rows}, "seconds": time.time() - start}
 

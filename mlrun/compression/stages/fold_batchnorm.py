@@ -16,11 +16,15 @@ without those norms (their statistics are spent), so fold after the stages that 
 
 from __future__ import annotations
 
+import copy
+import sys
+
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from mlrun.compression.stage import Stage, StageContext
+from mlrun.errors import UsageError
 from mlrun.models.edits import replace_module
 from mlrun.registry import stages
 
@@ -30,11 +34,11 @@ CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(layer, norm) module names: a batch norm with running statistics right after a convolution or
-    Linear of its width in one nn.Sequential (whose order is the forward order)."""
+    Linear of its width in one plain nn.Sequential (whose order is the forward order)."""
     pairs = []
     for parent_name, parent in model.named_modules():
-        if not isinstance(parent, nn.Sequential):
-            continue
+        if not isinstance(parent, nn.Sequential) or type(parent).forward is not nn.Sequential.forward:
+            continue  # a subclass with its own forward may not call its children in order
         prefix = f"{parent_name}." if parent_name else ""
         children = list(parent.named_children())
         for (name, layer), (norm_name, norm) in zip(children, children[1:]):
@@ -45,22 +49,45 @@ def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
+@torch.no_grad()
+def folded(layer: nn.Module, norm: nn.Module) -> nn.Module:
+    """A copy of `layer` computing layer then `norm` (in eval mode); a norm without affine parameters
+    is gamma 1, beta 0 (torch's Linear fusion needs them given)."""
+    gamma = norm.weight if norm.affine else torch.ones_like(norm.running_mean)
+    beta = norm.bias if norm.affine else torch.zeros_like(norm.running_mean)
+    fuse = fuse_linear_bn_weights if isinstance(layer, nn.Linear) else fuse_conv_bn_weights
+    fused = copy.deepcopy(layer)
+    fused.weight, fused.bias = fuse(
+        layer.weight, layer.bias, norm.running_mean, norm.running_var, norm.eps, gamma, beta
+    )
+    return fused
+
+
 @stages.register("fold_batchnorm", exact=True)
 def fold_batchnorm(model: nn.Module, context: StageContext, /) -> Stage:
     """Fold every batch norm that directly follows a convolution or Linear into it (exact in eval mode)."""
+    if context.rounds > 1:
+        raise UsageError("fold_batchnorm folds every norm at once; remove rounds (it is exact: nothing to spread)")
     pairs = foldable_pairs(model)
+    folding = {norm for _, norm in pairs}
+    left = [name for name, module in model.named_modules() if isinstance(module, NORMS) and name not in folding]
     if not pairs:
-        raise ValueError("the model has no batch norm right after a convolution or Linear layer to fold")
+        raise ValueError(
+            "the model has no batch norm right after a convolution or Linear in an nn.Sequential to fold"
+            + (f" (batch norms elsewhere: {', '.join(left)})" if left else "")
+        )
+    if left:  # e.g. a residual block's conv1/bn1 attributes: their order is in forward(), not in a container
+        print(
+            f"mlrun: fold_batchnorm: left unfolded (not right after their layer in an nn.Sequential): {left}",
+            file=sys.stderr,
+        )
     edits, removed = [], 0
-    with torch.no_grad():
-        for layer_name, norm_name in pairs:
-            layer, norm = model.get_submodule(layer_name), model.get_submodule(norm_name)
-            layer.eval()  # the fused layer uses the norm's running statistics
-            norm.eval()
-            added_bias = 0 if layer.bias is not None else norm.num_features
-            removed += sum(t.numel() for t in norm.state_dict().values()) - added_bias
-            fuse = fuse_linear_bn_eval if isinstance(layer, nn.Linear) else fuse_conv_bn_eval
-            replace_module(model, layer_name, fuse(layer, norm))
-            replace_module(model, norm_name, nn.Identity())
-            edits.append({"op": "fold_norm", "module": layer_name, "norm": norm_name})
-    return Stage(model, edits=edits, report={"folded": [norm for _, norm in pairs], "values_removed": removed})
+    for layer_name, norm_name in pairs:
+        layer, norm = model.get_submodule(layer_name), model.get_submodule(norm_name)
+        added_bias = 0 if layer.bias is not None else norm.num_features
+        removed += sum(t.numel() for t in norm.state_dict().values()) - added_bias
+        replace_module(model, layer_name, folded(layer, norm))
+        replace_module(model, norm_name, nn.Identity())
+        edits.append({"op": "fold_norm", "module": layer_name, "norm": norm_name})
+    report = {"folded": sorted(folding), "left_unfolded": left, "values_removed": removed}
+    return Stage(model, edits=edits, report=report)

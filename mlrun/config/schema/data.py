@@ -54,3 +54,7 @@ class DataSpec(ComponentSpec):
     """For batches of named tensors: the image field augmentation applies to (targets: `labels`)."""
     dedup: bool = False
     """Drop exact duplicate samples within each split and report samples shared by train and validation (leakage)."""
+
+    def seed_for(self, run_seed: int) -> int:
+        """The seed the dataset is built and split with: `seed` here, else the run's."""
+        return run_seed if self.seed is None else self.seed
