@@ -158,7 +158,7 @@ def test_structural_stages_that_cannot_apply_exit_2(tmp_path: Path) -> None:
         "ignored": ({"name": "prune_structured", "ignored": ["nothing*"]}, "nothing*"),
         "rank": ({"name": "low_rank", "rank": 30}, "no layer gets smaller"),
         "qat without fine-tuning": ({"name": "qat", "finetune": False}, "finetune"),
-        "fold without norms": ({"name": "fold_batchnorm"}, "no batch norm right after"),
+        "fold without norms": ({"name": "fold_batchnorm"}, "no batch norm whose only input"),
         "fold in rounds": ({"name": "fold_batchnorm", "rounds": 2}, "remove rounds"),
     }
     for label, (stage, message) in cases.items():
@@ -256,3 +256,30 @@ def test_folding_is_exact_for_linear_and_conv_norms_with_or_without_affine_and_s
             return self[0](self[1](x))
 
     assert foldable_pairs(nn.Sequential(Reversed(nn.Linear(4, 4), nn.BatchNorm1d(4)))) == []
+
+
+def test_fold_batchnorm_folds_a_resnets_attribute_pairs_through_its_traced_graph() -> None:
+    from mlrun.compression.stage import StageContext
+    from mlrun.compression.stages.fold_batchnorm import fold_batchnorm, sequential_pairs
+    from mlrun.data.bundle import DataMeta
+    from mlrun.models.edits import apply_edits
+    from mlrun.registry import models
+
+    meta = DataMeta(task="classification", input_shape=(3, 8, 8), num_classes=4)
+    torch.manual_seed(0)
+    model = models.build("resnet", meta, depth=8, width=4)
+    x = torch.randn(6, 3, 8, 8)
+    for _ in range(3):
+        model(x * 2 + 1)  # training mode: running statistics away from 0 and 1
+    model.eval()
+    expected = model(x)
+    norms = [name for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(sequential_pairs(model)) < len(norms)  # bn1/bn2 are attributes: only the trace finds them
+    context = StageContext(None, meta, x, Path("."), 1, 1, 0, lambda *_: {})
+    stage = fold_batchnorm(model, context)
+    assert sorted(stage.report["folded"]) == sorted(norms) and stage.report["left_unfolded"] == []
+    torch.testing.assert_close(stage.model(x), expected, rtol=1e-5, atol=1e-5)
+    rebuilt = models.build("resnet", meta, depth=8, width=4)  # as a stage's config.yaml rebuilds it
+    apply_edits(rebuilt, stage.edits)
+    rebuilt.load_state_dict(stage.model.state_dict())
+    torch.testing.assert_close(rebuilt.eval()(x), expected, rtol=1e-5, atol=1e-5)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections import Counter
 
 import torch
 from torch import nn
@@ -33,8 +34,35 @@ CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(layer, norm) module names: a batch norm with running statistics right after a convolution or
-    Linear of its width in one plain nn.Sequential (whose order is the forward order)."""
+    """(layer, norm) module names: a batch norm with running statistics whose only input is a convolution
+    or Linear of its width, each called once. Read from the model's traced graph (torch.fx), which also
+    finds pairs held as attributes (a residual block's conv1/bn1); a model that does not trace (dict
+    inputs, data-dependent control flow) is read from its plain nn.Sequential containers instead."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # any tracing failure: the container scan below needs no trace
+        return sequential_pairs(model)
+    modules = dict(model.named_modules())
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], NORMS) or not node.args:
+            continue
+        source = node.args[0]
+        if not (isinstance(source, torch.fx.Node) and source.op == "call_module" and len(source.users) == 1):
+            continue
+        if (
+            calls[node.target] == 1
+            and calls[source.target] == 1
+            and _fits(modules[source.target], modules[node.target])
+        ):
+            pairs.append((source.target, node.target))
+    return pairs
+
+
+def sequential_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """The pairs of `foldable_pairs` found next to each other in a plain nn.Sequential (whose order is the
+    forward order)."""
     pairs = []
     for parent_name, parent in model.named_modules():
         if not isinstance(parent, nn.Sequential) or type(parent).forward is not nn.Sequential.forward:
@@ -42,11 +70,18 @@ def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
         prefix = f"{parent_name}." if parent_name else ""
         children = list(parent.named_children())
         for (name, layer), (norm_name, norm) in zip(children, children[1:]):
-            if not (isinstance(layer, (*CONVS, nn.Linear)) and isinstance(norm, NORMS)):
-                continue
-            if norm.track_running_stats and norm.num_features == layer.weight.shape[0]:
+            if _fits(layer, norm):
                 pairs.append((prefix + name, prefix + norm_name))
     return pairs
+
+
+def _fits(layer: nn.Module, norm: nn.Module) -> bool:
+    return (
+        isinstance(layer, (*CONVS, nn.Linear))
+        and isinstance(norm, NORMS)
+        and norm.track_running_stats
+        and norm.num_features == layer.weight.shape[0]
+    )
 
 
 @torch.no_grad()
@@ -73,12 +108,12 @@ def fold_batchnorm(model: nn.Module, context: StageContext, /) -> Stage:
     left = [name for name, module in model.named_modules() if isinstance(module, NORMS) and name not in folding]
     if not pairs:
         raise ValueError(
-            "the model has no batch norm right after a convolution or Linear in an nn.Sequential to fold"
+            "the model has no batch norm whose only input is a convolution or Linear layer to fold"
             + (f" (batch norms elsewhere: {', '.join(left)})" if left else "")
         )
-    if left:  # e.g. a residual block's conv1/bn1 attributes: their order is in forward(), not in a container
+    if left:  # e.g. a norm after an addition, or in a model that does not trace and outside nn.Sequential
         print(
-            f"mlrun: fold_batchnorm: left unfolded (not right after their layer in an nn.Sequential): {left}",
+            f"mlrun: fold_batchnorm: left unfolded (their input is not one convolution or Linear): {left}",
             file=sys.stderr,
         )
     edits, removed = [], 0
