@@ -69,7 +69,7 @@ def distill(
     *,
     teacher: str | list[str],
     weights: str = "model.safetensors",
-    temperature: PositiveFloat = 4.0,
+    temperature: PositiveFloat = 2.0,
     alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5,
     hidden: NonNegativeFloat = 0.0,
     target_key: str = TARGET_KEY,
@@ -79,7 +79,8 @@ def distill(
     Args:
         teacher: the teacher's run or compress stage folder (config.yaml + weights), or a list: logits averaged.
         weights: the teacher's weights file in that folder: model.safetensors or best.safetensors.
-        temperature: softens both distributions; higher shows more of the teacher's ranking of wrong classes.
+        temperature: softens both distributions; higher shows more of the teacher's ranking of wrong classes
+            (2 by default: the digits students lost more at 4 than at 1 or 2, scripts/bench/RESULTS.md).
         alpha: weight of the teacher's soft targets; 1 - alpha weighs the hard-label loss.
         hidden: weight of DistilBERT's hidden-state cosine loss against the (first) teacher's blocks
             (0: off); needs student blocks of the teacher's width.

@@ -47,12 +47,12 @@ def finetune(epochs: int, augment: list[dict] | None = None, batch_size: int = 1
 
 
 MLP_VARIANTS = {  # in the order they run; --variants picks by the first word
-    "mixup+noise T4 a0.9 10ep": {"alpha": 0.9, "finetune": finetune(10, [MIXUP, NOISE])},
-    "plain T4 a0.5 10ep": {"finetune": finetune(10)},
+    "mixup+noise T4 a0.9 10ep": {"temperature": 4.0, "alpha": 0.9, "finetune": finetune(10, [MIXUP, NOISE])},
+    "plain T4 a0.5 10ep": {"temperature": 4.0, "finetune": finetune(10)},
     "lowT mixup+noise T1 a0.5 10ep": {"temperature": 1.0, "finetune": finetune(10, [MIXUP, NOISE])},
-    "mixup T4 a0.9 10ep": {"alpha": 0.9, "finetune": finetune(10, [MIXUP])},
-    "noise T4 a0.9 10ep": {"alpha": 0.9, "finetune": finetune(10, [NOISE])},
-    "patient mixup+noise T4 a0.9 30ep": {"alpha": 0.9, "finetune": finetune(30, [MIXUP, NOISE])},
+    "mixup T4 a0.9 10ep": {"temperature": 4.0, "alpha": 0.9, "finetune": finetune(10, [MIXUP])},
+    "noise T4 a0.9 10ep": {"temperature": 4.0, "alpha": 0.9, "finetune": finetune(10, [NOISE])},
+    "patient mixup+noise T4 a0.9 30ep": {"temperature": 4.0, "alpha": 0.9, "finetune": finetune(30, [MIXUP, NOISE])},
     "patientT1 mixup+noise T1 a0.5 30ep": {"temperature": 1.0, "finetune": finetune(30, [MIXUP, NOISE])},
     # Function matching (Beyer et al. 2022): soft targets only, on the same mixed views, over a long schedule.
     "fm mixup+noise T1 a1.0 30ep": {"temperature": 1.0, "alpha": 1.0, "finetune": finetune(30, [MIXUP, NOISE])},
@@ -61,7 +61,7 @@ MLP_VARIANTS = {  # in the order they run; --variants picks by the first word
     "longT1a0.5 mixup+noise T1 a0.5 100ep": {"temperature": 1.0, "finetune": finetune(100, [MIXUP, NOISE])},
 }
 CNN_VARIANTS = {  # the teacher's 20 epochs of batch 64 (460 steps)
-    "T4 a0.9 20ep": {"alpha": 0.9, "finetune": finetune(20, batch_size=64)},
+    "T4 a0.9 20ep": {"temperature": 4.0, "alpha": 0.9, "finetune": finetune(20, batch_size=64)},
     "T2 a0.5 20ep": {"temperature": 2.0, "finetune": finetune(20, batch_size=64)},
     # Consistent teaching on mixed and shifted views (Beyer et al. 2022), twice the teacher's epochs.
     "fm mixup+shift T1 a1.0 40ep": {"temperature": 1.0, "alpha": 1.0, "finetune": finetune(40, [MIXUP, SHIFT], 64)},

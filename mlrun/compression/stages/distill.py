@@ -52,7 +52,7 @@ def distill(
     *,
     teacher: str | list[str] | None = None,
     student: dict[str, Any] | None = None,
-    temperature: PositiveFloat = 4.0,
+    temperature: PositiveFloat = 2.0,
     alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5,
     baseline: bool = False,
     seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)] | None = None,
