@@ -30,6 +30,14 @@ def finetune(epochs: int) -> dict:
     return {"train.epochs": epochs, "train.checkpoint_every": f"{epochs}ep"}
 
 
+def cnn_chain(sparsity: float, clusters: int, fold: bool) -> tuple[str, list[dict]]:
+    """(label, stages): prune (the head too), optionally fold_batchnorm, then cluster."""
+    prune = {"name": "prune", "sparsity": sparsity, "include_head": True, "finetune": finetune(4)}
+    cluster = {"name": "cluster", "clusters": clusters, "finetune": finetune(2)}
+    label = f"prune {round(sparsity * 100)}%" + (" + fold_batchnorm" if fold else "") + f" + cluster {clusters}"
+    return label, [prune, *([{"name": "fold_batchnorm"}] if fold else []), cluster]
+
+
 CHAINS = {
     "wide_mlp": {
         "config": "configs/digits_wide_mlp.yaml",
@@ -49,37 +57,19 @@ CHAINS = {
     "cnn": {
         "config": "configs/digits_cnn.yaml",
         "targets": {"file": 20.0},
-        "chains": {
-            "prune 80% + cluster 16": [
-                {"name": "prune", "sparsity": 0.8, "include_head": True, "finetune": finetune(4)},
-                {"name": "cluster", "clusters": 16, "finetune": finetune(2)},
-            ],
-            "prune 90% + cluster 8": [
-                {"name": "prune", "sparsity": 0.9, "include_head": True, "finetune": finetune(4)},
-                {"name": "cluster", "clusters": 8, "finetune": finetune(2)},
-            ],
-            # Batch norm folded into the convolutions before clustering (exact): 4 values a channel become 1.
-            "prune 80% + fold_batchnorm + cluster 16": [
-                {"name": "prune", "sparsity": 0.8, "include_head": True, "finetune": finetune(4)},
-                {"name": "fold_batchnorm"},
-                {"name": "cluster", "clusters": 16, "finetune": finetune(2)},
-            ],
-            "prune 90% + fold_batchnorm + cluster 8": [
-                {"name": "prune", "sparsity": 0.9, "include_head": True, "finetune": finetune(4)},
-                {"name": "fold_batchnorm"},
-                {"name": "cluster", "clusters": 8, "finetune": finetune(2)},
-            ],
-            "prune 90% + fold_batchnorm + cluster 16": [
-                {"name": "prune", "sparsity": 0.9, "include_head": True, "finetune": finetune(4)},
-                {"name": "fold_batchnorm"},
-                {"name": "cluster", "clusters": 16, "finetune": finetune(2)},
-            ],
-            "prune 85% + fold_batchnorm + cluster 8": [
-                {"name": "prune", "sparsity": 0.85, "include_head": True, "finetune": finetune(4)},
-                {"name": "fold_batchnorm"},
-                {"name": "cluster", "clusters": 8, "finetune": finetune(2)},
-            ],
-        },
+        # With fold_batchnorm, batch norm is folded into the convolutions before clustering (exact): 4
+        # values a channel become 1.
+        "chains": dict(
+            cnn_chain(sparsity, clusters, fold)
+            for fold, sparsity, clusters in [
+                (False, 0.8, 16),
+                (False, 0.9, 8),
+                (True, 0.8, 16),
+                (True, 0.9, 8),
+                (True, 0.9, 16),
+                (True, 0.85, 8),
+            ]
+        ),
     },
 }
 
