@@ -327,8 +327,10 @@ def _close_process_group() -> None:
 
     Left to interpreter shutdown, gloo's worker threads can still hold work when their objects are torn
     down, and a rank dies by SIGABRT ("terminate called without an active exception") after a run that
-    completed (pytorch/pytorch#190489). Only on success: a rank that failed while the others wait in a
-    collective would block in the teardown (torchtitan does the same, pytorch/torchtitan#1342).
+    completed (pytorch/pytorch#190489). This does not yet prevent every such abort: where other objects
+    still hold the group (an FSDP model's device mesh), its threads outlive this call (README, known
+    issue). Only on success: a rank that failed while the others wait in a collective would block in
+    the teardown (torchtitan does the same, pytorch/torchtitan#1342).
     """
     if "torch.distributed" not in sys.modules:  # no command that ran here started one
         return

@@ -130,8 +130,7 @@ def prepare_jsonl(config, out: Path, settings: dict) -> tuple[dict, dict]:
     if source["val_path"]:
         val_texts, val_labels = records("val_path")
     else:  # jsonl_text's own split (text.text_bundle): the same records train and validate
-        seed = config.data.seed_for(config.seed)
-        train_idx, val_idx = split_indices(len(texts), source["val_fraction"], seed, labels)
+        train_idx, val_idx = split_indices(len(texts), source["val_fraction"], settings["seed"], labels)
         val_texts, val_labels = [texts[i] for i in val_idx], labels[val_idx]
         texts, labels = [texts[i] for i in train_idx], labels[train_idx]
     splits = {"train": _records(texts, labels, fields), "val": _records(val_texts, val_labels, fields)}
