@@ -128,8 +128,12 @@ def test_a_command_that_finished_well_destroys_its_process_group_and_a_failed_on
     # mlrun.cli.main is called directly: the in-process runner resets process groups after each command.
     import torch.distributed as dist
 
+    import mlrun.notices
     from mlrun.cli import main
 
+    # Outside the runner nothing would remove the notice filters main installs for the rest of this
+    # worker's tests (a later --debug run would miss its notices).
+    monkeypatch.setattr(mlrun.notices, "hide_third_party_notices", lambda: None)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         monkeypatch.setattr(sys, "argv", ["mlrun", "validate", str(tmp_path / "missing.yaml")])
