@@ -300,7 +300,8 @@ def main() -> None:
         jsonout.reserve_stdout()  # from here on only the command's JSON document reaches stdout
     try:
         app(standalone_mode=False)
-        _close_process_group()
+        if _close_process_group():
+            _exit_before_finalization()
     except MlrunError as exc:
         _fail(exc.exit_code, exc, "interrupted" if isinstance(exc, RunInterrupted) else "error")
     except typer.Exit as exc:
@@ -322,25 +323,47 @@ def main() -> None:
         _fail(EXIT_RUN_FAILED, exc, "unexpected error")
 
 
-def _close_process_group() -> None:
-    """Destroy the torchrun process group of a command that finished well, while the interpreter is whole.
+def _close_process_group() -> bool:
+    """Destroy the torchrun process group of a command that finished well; True when there was one.
 
-    Left to interpreter shutdown, gloo's worker threads can still hold work when their objects are torn
-    down, and a rank dies by SIGABRT ("terminate called without an active exception") after a run that
-    completed (pytorch/pytorch#190489). This does not yet prevent every such abort: where other objects
-    still hold the group (an FSDP model's device mesh), its threads outlive this call (README, known
-    issue). Only on success: a rank that failed while the others wait in a collective would block in
-    the teardown (torchtitan does the same, pytorch/torchtitan#1342).
+    Only on success: a rank that failed while the others wait in a collective would block in the
+    teardown (torchtitan does the same, pytorch/torchtitan#1342).
     """
     if "torch.distributed" not in sys.modules:  # no command that ran here started one
-        return
+        return False
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        try:
-            dist.destroy_process_group()
-        except Exception as exc:  # the command's work is done: a failed teardown must not fail it
-            print(f"mlrun: warning: destroying the process group failed: {exc}", file=sys.stderr)
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    try:
+        dist.destroy_process_group()
+    except Exception as exc:  # the command's work is done: a failed teardown must not fail it
+        print(f"mlrun: warning: destroying the process group failed: {exc}", file=sys.stderr)
+    return True
+
+
+def _exit_before_finalization() -> None:
+    """End a rank that finished well without Python's finalization, after everything exit would run.
+
+    The process group outlives `destroy_process_group()`: torch's DDP reducer and FSDP2's device meshes
+    (kept by DTensor's caches) still hold it, so gloo's worker threads live on. When one of them frees a
+    finished collective's tensors while the interpreter is finalizing, it needs the GIL and the rank dies
+    by SIGABRT ("terminate called without an active exception") after a completed run: about 1 launch in
+    50-100 on a loaded 2-core machine (pytorch/pytorch#179291 describes the mechanism). So: wait for the
+    non-daemon threads and run the atexit handlers (trackers, logging) as a normal exit does, flush, and
+    leave with os._exit, which skips only the interpreter's own teardown where the abort happens.
+    """
+    import atexit
+    import os
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(0)
 
 
 def _fail(code: int, exc: BaseException | None, prefix: str, message: str | None = None) -> None:

@@ -36,6 +36,7 @@ import types
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,12 +70,19 @@ def run_in_process(args: list[str], cwd: Path, timeout: float) -> subprocess.Com
 
     if not Path(mlrun.__file__).resolve().is_relative_to(REPO):
         raise RuntimeError(f"tests import mlrun from {mlrun.__file__}, not {REPO}: export PYTHONPATH={REPO}")
+    import mlrun.cli
     from mlrun.cli import main
 
     command = [sys.executable, "-m", "mlrun", *args]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
-            with _fresh_process(args, cwd), _captured(out, err), _watchdog(timeout):
+            # A command that started a process group ends its rank with os._exit: here it returns instead.
+            with (
+                _fresh_process(args, cwd),
+                _captured(out, err),
+                _watchdog(timeout),
+                mock.patch.object(mlrun.cli, "_exit_before_finalization", lambda: None),
+            ):
                 returncode = _call(main)
         except _Timeout:
             raise subprocess.TimeoutExpired(command, timeout, _read(out), _read(err)) from None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import textwrap
 
 import jsonschema
 import pytest
@@ -123,26 +125,65 @@ def test_version(tmp_path):
 
 
 def test_a_command_that_finished_well_destroys_its_process_group_and_a_failed_one_leaves_it(tmp_path, monkeypatch):
-    # Left to interpreter shutdown, gloo's threads made a rank of a completed torchrun run die by SIGABRT
-    # about once in fifty launches; a failed rank must not tear down a group the others may still wait in.
+    # A failed rank must not tear down a group the others may still wait in; a rank that finished well
+    # destroys it and leaves before Python's finalization (next test).
     # mlrun.cli.main is called directly: the in-process runner resets process groups after each command.
     import torch.distributed as dist
 
+    import mlrun.cli
     import mlrun.notices
-    from mlrun.cli import main
 
     # Outside the runner nothing would remove the notice filters main installs for the rest of this
     # worker's tests (a later --debug run would miss its notices).
     monkeypatch.setattr(mlrun.notices, "hide_third_party_notices", lambda: None)
+    exits = []
+    monkeypatch.setattr(mlrun.cli, "_exit_before_finalization", lambda: exits.append(dist.is_initialized()))
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         monkeypatch.setattr(sys, "argv", ["mlrun", "validate", str(tmp_path / "missing.yaml")])
         with pytest.raises(SystemExit) as failed:
-            main()
-        assert failed.value.code == 2 and dist.is_initialized()
+            mlrun.cli.main()
+        assert failed.value.code == 2 and dist.is_initialized() and exits == []
         monkeypatch.setattr(sys, "argv", ["mlrun", "list"])
-        main()
-        assert not dist.is_initialized()
+        mlrun.cli.main()
+        assert not dist.is_initialized() and exits == [False]  # destroyed first, then the early exit
+        monkeypatch.setattr(sys, "argv", ["mlrun", "list"])
+        mlrun.cli.main()
+        assert exits == [False]  # no process group: a plain exit
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_a_rank_that_finished_well_exits_after_threads_and_atexit_handlers_but_skips_finalization(tmp_path):
+    # gloo's threads outlive destroy_process_group (DDP and FSDP2 hold the group) and could abort the
+    # rank while Python finalizes; what a normal exit does before finalizing must still happen.
+    script = tmp_path / "rank.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import atexit, pathlib, sys, threading, time
+        from mlrun.cli import _exit_before_finalization
+        folder = pathlib.Path({str(tmp_path)!r})
+
+        class Finalized:
+            def __del__(self):
+                (folder / "finalized").touch()
+
+        kept = Finalized()  # a module global: freed only by the interpreter's teardown
+        atexit.register(lambda: (folder / "atexit").touch())
+        threading.Thread(target=lambda: (time.sleep(0.5), (folder / "thread").touch())).start()
+        sys.stdout.write("no newline yet")
+        _exit_before_finalization()
+        """)
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "no newline yet"
+    assert (tmp_path / "thread").exists() and (tmp_path / "atexit").exists()
+    assert not (tmp_path / "finalized").exists()

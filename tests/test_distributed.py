@@ -47,10 +47,10 @@ def launch(folder: Path, *args, processes: int = 2, timeout: float = 300) -> sub
         result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=timeout, env=env)
         if EXIT_ABORT in result.stderr:
             # A rank died in torch's C++ teardown after its run ("terminate called without an active
-            # exception": a joinable thread destroyed at exit). mlrun.cli._close_process_group did not
-            # remove it: about 1 launch in 50-100 on a loaded 2-core machine still does it. The folder is put
-            # back as it was before the launch and the launch repeated once, so the test's assertions hold
-            # as for a first launch; the warning keeps it visible.
+            # exception": gloo's threads outlive the group's destroy). mlrun.cli._exit_before_finalization
+            # removed it (0 in 150 launches under load, against about 1 in 50-100 before); should it come
+            # back, the folder is put back as it was and the launch repeated once, so the assertions hold
+            # as for a first launch, and the warning shows it.
             warnings.warn(
                 f"a torchrun rank aborted at exit; launching once more:\n{result.stderr[-1500:]}", stacklevel=2
             )
