@@ -95,6 +95,20 @@ def test_init_from_a_pt_file_with_a_prefix_and_a_nested_state_dict(tmp_path):
     assert all(torch.all(p == 0.5) for p in model.parameters())
 
 
+def test_init_from_shrink_and_perturb_mixes_the_pretrained_weights_with_the_fresh_initialisation(tmp_path):
+    config = tiny_config(name="sp")
+    fresh = build(tmp_path, config).model.state_dict()  # the same seed builds the same fresh weights
+    torch.save({k: torch.full_like(v, 0.5) for k, v in fresh.items()}, tmp_path / "weights.pt")
+    config["init_from"] = {"path": "weights.pt", "shrink": 0.4, "perturb": 0.1}
+    result = run_cli("validate", write_config(tmp_path, config), cwd=tmp_path)
+    assert "parameters shrunk to 0.4 x pretrained + 0.1 x fresh" in result.stderr, result.stderr
+    model = build(tmp_path, config).model
+    for key, value in model.state_dict().items():
+        assert torch.allclose(value, 0.4 * 0.5 + 0.1 * fresh[key]), key
+    config["init_from"] = {"path": "weights.pt"}  # the defaults copy as is
+    assert all(torch.all(p == 0.5) for p in build(tmp_path, config).model.parameters())
+
+
 def test_init_from_that_matches_nothing_exits_2_and_shows_both_key_styles(tmp_path):
     torch.save({"encoder.layer.0.weight": torch.zeros(3)}, tmp_path / "other.pt")
     config = tiny_config(name="nomatch", init_from="other.pt")

@@ -148,16 +148,21 @@ def load_pretrained(model: nn.Module, spec: InitFrom) -> dict[str, Any]:
     if not to_load:
         raise UsageError(_nothing_matched(model, source, spec, path, report))
     target = model.state_dict()  # tensors sharing the parameters' storage: copy_ writes the model
+    params = dict(model.named_parameters(remove_duplicate=False))
     with torch.no_grad():
         for key, tensor in to_load.items():
+            if key in params and (spec.shrink, spec.perturb) != (1.0, 0.0):
+                # target[key] still holds the fresh initialisation the model was built with.
+                tensor = spec.shrink * tensor.to(target[key].dtype) + spec.perturb * target[key]
             target[key].copy_(tensor)  # casts to the model's dtype
-    params = dict(model.named_parameters(remove_duplicate=False))
     total = sum(p.numel() for p in model.parameters())
     # Tied weights appear under two keys; count each parameter once.
     loaded_ids = {id(params[k]) for k in to_load if k in params}
     loaded_elements = sum(p.numel() for p in model.parameters() if id(p) in loaded_ids)
     fraction = loaded_elements / total if total else 0.0
     full = {"source": str(path), "loaded": sorted(to_load), "loaded_fraction": round(fraction, 4), **report}
+    if (spec.shrink, spec.perturb) != (1.0, 0.0):
+        full["shrink_perturb"] = {"shrink": spec.shrink, "perturb": spec.perturb}
     print(f"mlrun: init_from: {describe(full)}", file=sys.stderr, flush=True)  # stdout may be --json
     if fraction < spec.warn_below:
         print(
@@ -186,6 +191,8 @@ def describe(report: dict[str, Any]) -> str:
     """One line: what was loaded from where, and what was not."""
     share = f"{report['loaded_fraction']:.1%} of parameters"
     parts = [f"loaded {len(report['loaded'])} tensors ({share}) from {report['source']}"]
+    if mix := report.get("shrink_perturb"):
+        parts.append(f"parameters shrunk to {mix['shrink']} x pretrained + {mix['perturb']} x fresh")
     for label, key in (("missing", "missing"), ("unexpected", "unexpected"), ("excluded", "excluded")):
         if report[key]:
             parts.append(f"{label} {len(report[key])} ({_few(report[key])})")

@@ -36,6 +36,11 @@ class InitFrom(Section):
     """Renaming of source keys before matching: {source prefix: model prefix}, e.g. {'bert.': 'encoder.'}."""
     warn_below: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
     """Warn when less than this share of the model's parameter elements was loaded."""
+    shrink: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    """Shrink and perturb (Ash & Adams 2020): each loaded parameter becomes shrink x pretrained + perturb x
+    its fresh initialisation; 1.0 and 0.0 copy it as is. Buffers (norm statistics) are copied as is."""
+    perturb: Annotated[float, Field(ge=0.0)] = 0.0
+    """With `shrink`: the share of the fresh initialisation added to each loaded parameter."""
 
     @model_validator(mode="before")
     @classmethod
