@@ -345,8 +345,9 @@ def _close_process_group() -> bool:
 def _exit_before_finalization() -> None:
     """End a rank that finished well without Python's finalization, after everything exit would run.
 
-    The process group outlives `destroy_process_group()`: torch's DDP reducer and FSDP2's device meshes
-    (kept by DTensor's caches) still hold it, so gloo's worker threads live on. When one of them frees a
+    The process group outlives `destroy_process_group()` once DDP or FSDP2 has used it: their C++ and
+    DTensor state keeps a reference, so gloo's worker threads live on (a rank's `pt_gloo_runloop` threads
+    are still there after the destroy; with plain collectives alone they end). When one of them frees a
     finished collective's tensors while the interpreter is finalizing, it needs the GIL and the rank dies
     by SIGABRT ("terminate called without an active exception") after a completed run: about 1 launch in
     50-100 on a loaded 2-core machine (pytorch/pytorch#179291 describes the mechanism). So: wait for the

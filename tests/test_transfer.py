@@ -95,6 +95,9 @@ def test_init_from_a_pt_file_with_a_prefix_and_a_nested_state_dict(tmp_path):
     assert all(torch.all(p == 0.5) for p in model.parameters())
 
 
+GPT_TOKENS = {"name": "synthetic", "task": "tokens", "num_samples": 64, "vocab_size": 16, "seq_len": 8, "batch_size": 8}
+
+
 def test_init_from_shrink_and_perturb_mixes_the_pretrained_weights_with_the_fresh_initialisation(tmp_path):
     config = tiny_config(name="sp")
     fresh = build(tmp_path, config).model.state_dict()  # the same seed builds the same fresh weights
@@ -107,6 +110,18 @@ def test_init_from_shrink_and_perturb_mixes_the_pretrained_weights_with_the_fres
         assert torch.allclose(value, 0.4 * 0.5 + 0.1 * fresh[key]), key
     config["init_from"] = {"path": "weights.pt"}  # the defaults copy as is
     assert all(torch.all(p == 0.5) for p in build(tmp_path, config).model.parameters())
+    # A GPT's tied embedding and output weights are one parameter under two keys: mixed once.
+    gpt = tiny_config(name="spgpt", data=GPT_TOKENS, model={"name": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 8})
+    gpt["metrics"] = []
+    fresh = build(tmp_path, gpt).model.state_dict()
+    torch.save({k: torch.full_like(v, 0.5) for k, v in fresh.items()}, tmp_path / "gpt.pt")
+    gpt["init_from"] = {"path": "gpt.pt", "shrink": 0.4, "perturb": 0.1}
+    mixed = build(tmp_path, gpt).model.state_dict()
+    tied = [k for k in mixed if mixed[k].data_ptr() == mixed["lm_head.weight"].data_ptr()]
+    assert len(tied) == 2
+    for key, value in mixed.items():
+        if value.is_floating_point():
+            assert torch.allclose(value, 0.4 * 0.5 + 0.1 * fresh[key]), key
 
 
 def test_init_from_that_matches_nothing_exits_2_and_shows_both_key_styles(tmp_path):
@@ -348,9 +363,10 @@ def test_lora_target_that_matches_nothing_exits_2_listing_layers(tmp_path):
 
 
 def test_lora_on_gpt_adapts_the_blocks_and_leaves_tied_embeddings_frozen(tmp_path):
-    data = {"name": "synthetic", "task": "tokens", "num_samples": 64, "vocab_size": 16, "seq_len": 8, "batch_size": 8}
     model = {"name": "gpt", "n_layer": 2, "n_head": 2, "n_embd": 16}
-    config = tiny_config(name="gptlora", data=data, model=model, metrics=[], techniques=[{"name": "lora", "r": 2}])
+    config = tiny_config(
+        name="gptlora", data=GPT_TOKENS, model=model, metrics=[], techniques=[{"name": "lora", "r": 2}]
+    )
     parts = build(tmp_path, config)
     trainable = [n for n, p in parts.model.named_parameters() if p.requires_grad]
     assert trainable and all(".lora_" in n for n in trainable)

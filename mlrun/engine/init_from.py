@@ -149,9 +149,13 @@ def load_pretrained(model: nn.Module, spec: InitFrom) -> dict[str, Any]:
         raise UsageError(_nothing_matched(model, source, spec, path, report))
     target = model.state_dict()  # tensors sharing the parameters' storage: copy_ writes the model
     params = dict(model.named_parameters(remove_duplicate=False))
+    mixed: set[int] = set()  # tied weights appear under two keys: mix each parameter once
     with torch.no_grad():
         for key, tensor in to_load.items():
             if key in params and (spec.shrink, spec.perturb) != (1.0, 0.0):
+                if id(params[key]) in mixed:
+                    continue
+                mixed.add(id(params[key]))
                 # target[key] still holds the fresh initialisation the model was built with.
                 tensor = spec.shrink * tensor.to(target[key].dtype) + spec.perturb * target[key]
             target[key].copy_(tensor)  # casts to the model's dtype
