@@ -120,7 +120,7 @@ def test_two_workers_share_one_journal(tmp_path):
     assert len({json.dumps(t.params, sort_keys=True) for t in study.trials}) == len(study.trials)
 
 
-def asked_values(journal: Path, studies: int, asks: int, name: str) -> list[list[float]]:
+def asked_values(journal: Path, studies: int, asks: int, name: str, seed: int = 1) -> list[list[float]]:
     """`studies` copies of one seeded study on one journal (as separate `mlrun tune` processes hold
     them), asking in turn; the values each copy drew."""
     import optuna
@@ -131,7 +131,7 @@ def asked_values(journal: Path, studies: int, asks: int, name: str) -> list[list
 
     def copy():
         storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
-        sampler = make_sampler(SamplerConfig(name=name, seed=1), None)
+        sampler = make_sampler(SamplerConfig(name=name, seed=seed), None)
         return optuna.create_study(storage=storage, sampler=sampler, study_name="s", load_if_exists=True)
 
     copies, drawn = [copy() for _ in range(studies)], [[] for _ in range(studies)]
@@ -149,6 +149,14 @@ def test_two_tune_processes_on_one_journal_draw_different_trials_and_a_study_rer
         assert not set(first) & set(second), sampler  # one configured seed, yet no trial drawn twice
         alone = asked_values(tmp_path / f"{sampler}-a.log", 1, 4, sampler)[0]
         assert asked_values(tmp_path / f"{sampler}-b.log", 1, 4, sampler)[0] == alone  # reproducible
+
+
+def test_studies_with_neighbouring_seeds_draw_different_trials(tmp_path):
+    # Per-trial seeds of seed + trial number gave seed 1's study seed 0's trials shifted by one: repeats
+    # of a search (seeds 0, 1, 2 ...) shared all but one trial.
+    zero = asked_values(tmp_path / "zero.log", 1, 6, "random", seed=0)[0]
+    one = asked_values(tmp_path / "one.log", 1, 6, "random", seed=1)[0]
+    assert not set(zero) & set(one)
 
 
 def test_invalid_space_key_fails_before_any_trial(tmp_path):

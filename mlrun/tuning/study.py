@@ -58,8 +58,17 @@ def _build_sampler(config: SamplerConfig, tune: TuneConfig, seed: int | None):
     return samplers.CmaEsSampler(seed=seed, **startup)
 
 
+def trial_seed(seed: int, number: int) -> int:
+    """The seed of trial `number` of a study seeded `seed`: mixed from both, not `seed + number`, which
+    would give study seed s + 1 the draws of study seed s shifted by one trial (repeats of a search
+    with seeds 0, 1, 2 ... would share all but one of their trials)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
 def seeded_per_trial(build, seed: int):
-    """A sampler that samples trial n with `build(seed + n)`.
+    """A sampler that samples trial n with `build(trial_seed(seed, n))`.
 
     Processes sharing a study (two `mlrun tune` on one journal, `--workers`, SLURM copies) hold
     distinct trial numbers, which the storage hands out atomically, so with one configured seed they
@@ -73,7 +82,7 @@ def seeded_per_trial(build, seed: int):
             self.inner = build(seed)
 
         def before_trial(self, study, trial) -> None:
-            self.inner = build(seed + trial.number)
+            self.inner = build(trial_seed(seed, trial.number))
             self.inner.before_trial(study, trial)
 
         def infer_relative_search_space(self, study, trial):
@@ -92,7 +101,7 @@ def seeded_per_trial(build, seed: int):
             self.inner.reseed_rng()
 
         def __str__(self) -> str:
-            return f"{self.inner} (seed {seed} + trial number)"
+            return f"{self.inner} (seed {seed}, mixed with the trial number)"
 
     return SeededPerTrial()
 
