@@ -48,7 +48,7 @@ def launch(folder: Path, *args, processes: int = 2, timeout: float = 300) -> sub
         if EXIT_ABORT in result.stderr:
             # A rank died in torch's C++ teardown after its run ("terminate called without an active
             # exception": gloo's threads outlive the group's destroy). mlrun.cli._exit_before_finalization
-            # removed it (0 in 150 launches under load, against about 1 in 50-100 before); should it come
+            # removed it (0 in 230 launches under load, against about 1 in 50-100 before); should it come
             # back, the folder is put back as it was and the launch repeated once, so the assertions hold
             # as for a first launch, and the warning shows it.
             warnings.warn(
