@@ -149,10 +149,11 @@ def load_pretrained(model: nn.Module, spec: InitFrom) -> dict[str, Any]:
         raise UsageError(_nothing_matched(model, source, spec, path, report))
     target = model.state_dict()  # tensors sharing the parameters' storage: copy_ writes the model
     params = dict(model.named_parameters(remove_duplicate=False))
+    shrink_perturb = (spec.shrink, spec.perturb) != (1.0, 0.0)
     mixed: set[int] = set()  # tied weights appear under two keys: mix each parameter once
     with torch.no_grad():
         for key, tensor in to_load.items():
-            if key in params and (spec.shrink, spec.perturb) != (1.0, 0.0):
+            if key in params and shrink_perturb:
                 if id(params[key]) in mixed:
                     continue
                 mixed.add(id(params[key]))
@@ -165,7 +166,7 @@ def load_pretrained(model: nn.Module, spec: InitFrom) -> dict[str, Any]:
     loaded_elements = sum(p.numel() for p in model.parameters() if id(p) in loaded_ids)
     fraction = loaded_elements / total if total else 0.0
     full = {"source": str(path), "loaded": sorted(to_load), "loaded_fraction": round(fraction, 4), **report}
-    if (spec.shrink, spec.perturb) != (1.0, 0.0):
+    if shrink_perturb:
         full["shrink_perturb"] = {"shrink": spec.shrink, "perturb": spec.perturb}
     print(f"mlrun: init_from: {describe(full)}", file=sys.stderr, flush=True)  # stdout may be --json
     if fraction < spec.warn_below:
