@@ -117,7 +117,8 @@ ALLOWED_IMPORTS = {
     "models": {"config", "data", "errors", "notices", "registry"},
     "losses": {"data", "registry"},
     "metrics": {"data", "registry"},
-    "objectives": {"data", "errors", "models", "registry"},
+    # callbacks: an objective that trains parameters of its own (distill's projections) checkpoints as one.
+    "objectives": {"callbacks", "data", "errors", "models", "registry"},
     # config: the param_groups rules' type; models: parameter globs, blocks and head (models.addressing).
     "optim": {"config", "errors", "models", "notices", "registry"},  # notices: torchao's import noise
     "techniques": {"callbacks", "config", "errors", "models", "notices", "registry"},  # models: early-exit heads, parts

@@ -21,6 +21,7 @@ from mlrun.data.augment import Augmentations
 from mlrun.data.bundle import DataMeta, DatasetBundle
 from mlrun.errors import MlrunError, UsageError
 from mlrun.metrics import Metric
+from mlrun.objectives.base import ObjectiveWithParameters
 from mlrun.optim.param_groups import regroup
 from mlrun.optim.schedulers import LRSchedule
 from mlrun.registry import REGISTRIES, schedulers, trackers
@@ -104,6 +105,14 @@ def build_components(
         # Before techniques (LoRA renames keys, freeze reads names) and before the optimizer copies nothing.
         init_report = load_pretrained(model, config.init_from)
     callbacks = [cb for spec in config.techniques if (cb := build(spec, model)) is not None]
+    loss_fn = build(config.loss, bundle.meta)
+    check_objective_uses_loss(config)
+    check_technique_objectives(config)
+    objective = build(config.objective, loss_fn, bundle.meta)
+    if isinstance(objective, ObjectiveWithParameters):  # trained beside the model: optimizer and checkpoints
+        check_objective_parameters_fit(config)
+        objective.attach(model)
+        callbacks.append(objective)
     optimizer = build(config.optimizer, model)
     regroup(optimizer, model, config.optimizer)  # optimizer.param_groups rules and layer_decay
     for callback in callbacks:
@@ -115,15 +124,12 @@ def build_components(
     metric_objects = [build(spec, bundle.meta) for spec in config.metrics]
     check_monitors(config, metric_objects)
     augment = build_augmentations(config, bundle.meta)
-    loss_fn = build(config.loss, bundle.meta)
-    check_objective_uses_loss(config)
-    check_technique_objectives(config)
     return Components(
         config=config,
         bundle=bundle,
         model=model,
         loss_fn=loss_fn,
-        objective=build(config.objective, loss_fn, bundle.meta),
+        objective=objective,
         metrics=metric_objects,
         optimizer=optimizer,
         schedule=schedule,
@@ -167,6 +173,25 @@ def check_objective_uses_loss(config: ExperimentConfig) -> None:
         raise UsageError(
             f"loss: objective '{config.objective.name}' uses the loss the model returns, so loss "
             f"'{config.loss.name}' would be ignored; remove `loss:` or use objective: supervised"
+        )
+
+
+def check_objective_parameters_fit(config: ExperimentConfig) -> None:
+    """An objective's own parameters join the optimizer and checkpoint of one process or of DDP; FSDP's
+    distributed checkpoint, DeepSpeed's engine and the pipeline's per-stage optimizers hold the model's
+    only, and a technique stepping in backward hooks the model's parameters only."""
+    from mlrun.registry import techniques
+
+    strategy = config.distributed.strategy
+    blocker = f"distributed.strategy: {strategy}" if strategy in ("fsdp", "deepspeed", "pipeline") else None
+    for spec in config.techniques:
+        if techniques.trait(spec.name, "steps_in_backward", False):
+            blocker = f"techniques: {spec.name}"
+    if blocker:
+        raise UsageError(
+            f"objective {config.objective.name}: its settings train parameters beside the model's (distill's "
+            f"projection), which {blocker} does not checkpoint or step; use one process or ddp without it, "
+            "or drop those settings"
         )
 
 

@@ -16,6 +16,8 @@ from mlrun.errors import UsageError
 
 # Attribute names of a model's output layer, in the order looked for (mlrun, transformers, torchvision, timm).
 HEAD_NAMES = ("head", "classifier", "score", "lm_head", "fc")
+# Attributes that give a block's output width, looked up from its last layer backwards.
+WIDTH_ATTRIBUTES = ("num_features", "out_channels", "out_features", "normalized_shape", "embedding_dim")
 
 
 def declared_blocks(model: nn.Module) -> nn.ModuleList | nn.Sequential:
@@ -26,6 +28,16 @@ def declared_blocks(model: nn.Module) -> nn.ModuleList | nn.Sequential:
             "keep the repeated layers of your model in self.blocks"
         )
     return blocks
+
+
+def block_width(block: nn.Module, index: int, user: str) -> int:
+    """The width of block `index`'s output (features, channels), read from its last layer that has one."""
+    for layer in reversed(list(block.modules())):
+        for name in WIDTH_ATTRIBUTES:
+            value = getattr(layer, name, None)
+            if isinstance(value, int) or (isinstance(value, tuple) and len(value) == 1):
+                return value if isinstance(value, int) else value[0]
+    raise UsageError(f"{user}: cannot tell the output width of block {index} ({type(block).__name__})")
 
 
 def evenly_spaced_blocks(student_blocks: int, teacher_blocks: int) -> list[int]:

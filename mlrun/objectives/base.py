@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from mlrun.callbacks import Callback
+
 
 class ObjectiveOutput(NamedTuple):
     loss: torch.Tensor  # a scalar mean over samples (and tokens): what backward starts from
@@ -21,3 +23,19 @@ class ObjectiveOutput(NamedTuple):
 
 
 Objective = Callable[[nn.Module, Any], ObjectiveOutput]
+
+
+class ObjectiveWithParameters(Callback):
+    """An objective that trains parameters of its own beside the model's (distill's TinyBERT projections).
+
+    The engine calls `attach(model)` before it builds the optimizer (the parameters may take the
+    model's widths), then treats the objective as a callback: `wrap_optimizer` adds its parameters as
+    a group of their own, and its state_dict is checkpointed with the techniques'. They are not the
+    model's: saved weights, exports and parameter counts never hold them.
+    """
+
+    def attach(self, model: nn.Module) -> None:
+        raise NotImplementedError
+
+    def __call__(self, model: nn.Module, batch: Any) -> ObjectiveOutput:
+        raise NotImplementedError

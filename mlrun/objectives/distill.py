@@ -13,12 +13,16 @@ hard term's as T changes. The student may be any architecture whose outputs have
 shape (same classes or vocabulary); for sequence outputs the KL is averaged over tokens.
 Evaluation reports this loss as val/loss; metrics score the student's own predictions.
 
-`hidden: w` adds DistilBERT's hidden-state loss, w * mean over student blocks of (1 - cosine) between
-student block i's output and the (first) teacher's block floor(i * T / S), the blocks that
-`init: teacher_layers` copies. It needs models that declare `blocks` and outputs of equal width
-(a shallower student of the teacher's width). TinyBERT's learned projection for narrower students is
-not built: it would be trainable state outside the model, which checkpoints and the optimizer do
-not hold.
+`hidden: w` adds a hidden-state loss, w * mean over student blocks of a distance between student
+block i's output and the (first) teacher's block floor(i * T / S), the blocks that
+`init: teacher_layers` copies (models that declare `blocks`):
+- DistilBERT's (default): 1 - cosine of the feature vectors; the widths must be equal (a shallower
+  student of the teacher's width).
+- `projection: true`, TinyBERT's: the mean squared error between W_i (student block i's output) and
+  the teacher block's, through a learned linear map W_i per block, so a narrower student can learn
+  the teacher's hidden states. The maps are trained with the student (a group of their own in the
+  optimizer, averaged across processes), checkpointed for resume, and dropped at the end: the
+  student's saved weights and exports are the student's alone.
 """
 
 from __future__ import annotations
@@ -33,11 +37,11 @@ from torch.nn import functional as F
 from mlrun.data.batch import TARGET_KEY, split_batch
 from mlrun.data.bundle import DataMeta
 from mlrun.errors import UsageError
-from mlrun.models.addressing import evenly_spaced_blocks
-from mlrun.models.block_outputs import BlockTap, check_hidden_widths
+from mlrun.models.addressing import block_width, evenly_spaced_blocks
+from mlrun.models.block_outputs import BlockTap, FeatureProjections, blocks_of, check_hidden_widths, feature_axis
 from mlrun.models.outputs import call_model, logits_of
 from mlrun.models.saved import load_saved_model
-from mlrun.objectives.base import Objective, ObjectiveOutput
+from mlrun.objectives.base import Objective, ObjectiveOutput, ObjectiveWithParameters
 from mlrun.registry import objectives
 
 
@@ -57,8 +61,135 @@ def ensemble_logits(logits: list[torch.Tensor]) -> torch.Tensor:
 def hidden_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
     """DistilBERT's cosine loss: student block i against teacher block floor(i * T / S), averaged."""
     picked = [teacher[j] for j in evenly_spaced_blocks(len(student), len(teacher))]
-    losses = [1.0 - F.cosine_similarity(s.float(), t.float(), dim=-1).mean() for s, t in zip(student, picked)]
+    losses = [
+        1.0 - F.cosine_similarity(s.float(), t.float(), dim=feature_axis(s)).mean() for s, t in zip(student, picked)
+    ]
     return torch.stack(losses).mean()
+
+
+def projected_hidden_loss(projected: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+    """TinyBERT's loss: MSE between the projected student block i and teacher block floor(i * T / S), averaged."""
+    picked = [teacher[j] for j in evenly_spaced_blocks(len(projected), len(teacher))]
+    return torch.stack([F.mse_loss(s.float(), t.float()) for s, t in zip(projected, picked)]).mean()
+
+
+class Distillation:
+    """The objective: soft targets from the frozen teachers, the label loss, and the hidden-state term."""
+
+    projects = False  # whether the hidden term maps student features to the teacher's widths
+
+    def __init__(self, loss_fn, names: list[str], frozen: list[torch.nn.Module], settings: dict) -> None:
+        self.loss_fn, self.names, self.frozen = loss_fn, names, frozen
+        self.temperature, self.alpha = settings["temperature"], settings["alpha"]
+        self.hidden, self.target_key = settings["hidden"], settings["target_key"]
+        self.checked = False
+        self.taps: tuple[BlockTap, BlockTap] | None = None  # (student, first teacher) when hidden > 0
+
+    def __call__(self, model, batch) -> ObjectiveOutput:
+        if self.hidden > 0 and self.taps is None:
+            self.taps = BlockTap(model, "student"), BlockTap(self.frozen[0], "teacher")
+        features, targets = split_batch(batch, self.target_key)
+        logits = logits_of(call_model(model, features))
+        if not self.checked:  # once: the teachers' device, and outputs the student can match
+            self.frozen = [one.to(logits.device) for one in self.frozen]
+        with torch.no_grad():
+            outputs = [logits_of(call_model(one, features)) for one in self.frozen]
+        if not self.checked:
+            self.check(logits, outputs)
+            self.checked = True
+        loss = self.alpha * soft_loss(logits, ensemble_logits(outputs), self.temperature)
+        if self.alpha < 1.0:
+            loss = loss + (1.0 - self.alpha) * self.loss_fn(logits, targets)
+        if self.taps is not None:
+            loss = loss + self.hidden * self.hidden_term(self.taps[0].outputs, self.taps[1].outputs)
+        return ObjectiveOutput(loss, logits, targets)
+
+    def check(self, logits: torch.Tensor, outputs: list[torch.Tensor]) -> None:
+        for name, output in zip(self.names, outputs):
+            if output.shape != logits.shape:
+                raise UsageError(
+                    f"objective distill: the teacher '{name}' outputs {tuple(output.shape[1:])} per sample, "
+                    f"the student {tuple(logits.shape[1:])}; a student must predict the teacher's classes"
+                )
+        if self.taps is not None:
+            check_hidden_widths(self.taps[0].outputs, self.taps[1].outputs, projected=self.projects)
+
+    def hidden_term(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+        return hidden_loss(student, teacher)
+
+
+class ProjectedDistillation(Distillation, ObjectiveWithParameters):
+    """Distillation whose hidden term goes through TinyBERT's learned projections (`projection: true`)."""
+
+    name = "distill"  # its state's key in checkpoints
+    projects = True
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.projections: FeatureProjections | None = None
+        self.averaging = False
+
+    def attach(self, model: torch.nn.Module) -> None:
+        """One map per student block, from its width to its paired teacher block's (read from the layers)."""
+        mine, theirs = blocks_of(model, "student"), blocks_of(self.frozen[0], "teacher")
+        if len(mine) > len(theirs):
+            raise UsageError(
+                f"distill hidden: the student has {len(mine)} blocks, the teacher {len(theirs)}; the hidden-state "
+                "loss pairs each student block with a teacher block, so the student needs at most as many"
+            )
+        picked = evenly_spaced_blocks(len(mine), len(theirs))
+        student_widths = [block_width(block, i, "distill projection") for i, block in enumerate(mine)]
+        teacher_widths = [block_width(theirs[j], j, "distill projection (teacher)") for j in picked]
+        self.projections = FeatureProjections(student_widths, teacher_widths)
+
+    def wrap_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        # The optimizer's defaults (lr, weight decay) apply; the schedule scales this group like the others.
+        optimizer.add_param_group({"params": list(self.projections.parameters()), "name": "distill projections"})
+        return optimizer
+
+    def on_train_start(self, model: torch.nn.Module) -> None:
+        # Each process trains the maps on its own batches; averaging their gradients keeps them equal,
+        # as DDP and FSDP do for the model's own parameters.
+        from torch import distributed
+
+        if self.averaging or not (distributed.is_initialized() and distributed.get_world_size() > 1):
+            return
+        self.averaging = True
+        for parameter in self.projections.parameters():
+            parameter.register_hook(_averaged_across_processes)
+
+    def hidden_term(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+        device = student[0].device
+        if next(self.projections.parameters()).device != device:
+            self.projections.to(device)  # in place: the optimizer keeps the same parameters
+        if not self.checked:
+            self.check_projection_widths(student, teacher)
+        return projected_hidden_loss(self.projections(student), teacher)
+
+    def check_projection_widths(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> None:
+        picked = evenly_spaced_blocks(len(student), len(teacher))
+        for i, (project, output) in enumerate(zip(self.projections.maps, student)):
+            found = (output.shape[feature_axis(output)], teacher[picked[i]].shape[feature_axis(output)])
+            if found != (project.in_features, project.out_features):
+                raise UsageError(
+                    f"distill projection: student block {i} outputs {found[0]} features and its teacher block "
+                    f"{found[1]}, but the blocks' last layers say {project.in_features} and {project.out_features}; "
+                    "a block must end in the layer that sets its width"
+                )
+
+    def state_dict(self) -> dict:
+        return {"projections": {k: v.cpu() for k, v in self.projections.state_dict().items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.projections.load_state_dict(state["projections"])  # copies in place: the optimizer's tensors
+
+
+def _averaged_across_processes(gradient: torch.Tensor) -> torch.Tensor:
+    from torch import distributed
+
+    gradient = gradient.clone()
+    distributed.all_reduce(gradient)
+    return gradient / distributed.get_world_size()
 
 
 @objectives.register("distill")
@@ -72,6 +203,7 @@ def distill(
     temperature: PositiveFloat = 2.0,
     alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5,
     hidden: NonNegativeFloat = 0.0,
+    projection: bool = False,
     target_key: str = TARGET_KEY,
 ) -> Objective:
     """Match a trained teacher's softened outputs (weight alpha) and the labels (weight 1 - alpha).
@@ -82,45 +214,19 @@ def distill(
         temperature: softens both distributions; higher shows more of the teacher's ranking of wrong classes
             (2 by default: the digits students lost more at 4 than at 1 or 2, scripts/bench/RESULTS.md).
         alpha: weight of the teacher's soft targets; 1 - alpha weighs the hard-label loss.
-        hidden: weight of DistilBERT's hidden-state cosine loss against the (first) teacher's blocks
-            (0: off); needs student blocks of the teacher's width.
+        hidden: weight of the hidden-state loss against the (first) teacher's blocks (0: off): DistilBERT's
+            cosine, which needs student blocks of the teacher's width, or TinyBERT's with projection.
+        projection: learn a linear map from each student block's features to its teacher block's and
+            match them by mean squared error (TinyBERT): a narrower student's hidden states can be taught.
         target_key: the key of a mapping batch that holds the targets; every other key goes to the model.
     """
     if meta.task == "regression":
         raise UsageError(f"objective distill: soft targets need class scores; the data's task is '{meta.task}'")
+    if projection and hidden == 0:
+        raise UsageError("objective distill: projection maps the hidden states, which hidden: 0 leaves out; set hidden")
     names = [teacher] if isinstance(teacher, str) else list(teacher)
     if not names:
         raise UsageError("objective distill: teacher is an empty list; name one run or more")
     frozen = [load_saved_model(Path(name), meta, weights).requires_grad_(False) for name in names]
-    checked = False
-    taps: tuple[BlockTap, BlockTap] | None = None  # (student, first teacher) when hidden > 0
-
-    def objective(model, batch) -> ObjectiveOutput:
-        nonlocal frozen, checked, taps
-        if hidden > 0 and taps is None:
-            taps = BlockTap(model, "student"), BlockTap(frozen[0], "teacher")
-        features, targets = split_batch(batch, target_key)
-        logits = logits_of(call_model(model, features))
-        if not checked:  # once: the teachers' device, and outputs the student can match
-            frozen = [one.to(logits.device) for one in frozen]
-        with torch.no_grad():
-            outputs = [logits_of(call_model(one, features)) for one in frozen]
-        if not checked:
-            for name, output in zip(names, outputs):
-                if output.shape != logits.shape:
-                    raise UsageError(
-                        f"objective distill: the teacher '{name}' outputs {tuple(output.shape[1:])} per sample, "
-                        f"the student {tuple(logits.shape[1:])}; a student must predict the teacher's classes"
-                    )
-            if taps is not None:
-                check_hidden_widths(taps[0].outputs, taps[1].outputs)
-            checked = True
-        taught = ensemble_logits(outputs)
-        loss = alpha * soft_loss(logits, taught, temperature)
-        if alpha < 1.0:
-            loss = loss + (1.0 - alpha) * loss_fn(logits, targets)
-        if taps is not None:
-            loss = loss + hidden * hidden_loss(taps[0].outputs, taps[1].outputs)
-        return ObjectiveOutput(loss, logits, targets)
-
-    return objective
+    settings = {"temperature": temperature, "alpha": alpha, "hidden": hidden, "target_key": target_key}
+    return (ProjectedDistillation if projection else Distillation)(loss_fn, names, frozen, settings)

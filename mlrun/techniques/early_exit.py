@@ -15,22 +15,12 @@ from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import nn
 
 from mlrun.errors import UsageError
+from mlrun.models.addressing import block_width
 from mlrun.models.exits import EarlyExits, ExitHead
 from mlrun.registry import techniques
 from mlrun.techniques.activation_checkpointing import declared_blocks
 
 Confidence = Annotated[float, Field(gt=0.0, le=1.0)]
-# Attributes that give a block's output width, looked up from its last layer backwards.
-WIDTH_ATTRIBUTES = ("num_features", "out_channels", "out_features", "normalized_shape", "embedding_dim")
-
-
-def block_width(block: nn.Module, index: int) -> int:
-    for layer in reversed(list(block.modules())):
-        for name in WIDTH_ATTRIBUTES:
-            value = getattr(layer, name, None)
-            if isinstance(value, int) or (isinstance(value, tuple) and len(value) == 1):
-                return value if isinstance(value, int) else value[0]
-    raise UsageError(f"technique early_exit: cannot tell the output width of block {index} ({type(block).__name__})")
 
 
 def final_classes(model: nn.Module) -> int:
@@ -76,6 +66,6 @@ def early_exit(
             f"technique early_exit: weights needs {len(after) + 1} values (one per exit, then the final head)"
         )
     classes = final_classes(model)
-    heads = [ExitHead(block_width(blocks[i], i), classes, pool, hidden) for i in after]
+    heads = [ExitHead(block_width(blocks[i], i, "technique early_exit"), classes, pool, hidden) for i in after]
     model.exits = EarlyExits(blocks, list(after), weights, sorted(thresholds), heads)
     return None

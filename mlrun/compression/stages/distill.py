@@ -19,7 +19,9 @@ mean gain of distilling and its 95% interval.
 `init: teacher_layers` starts a student of the teacher's widths but fewer blocks from the (first)
 teacher, as DistilBERT did: every tensor outside `blocks` by name, and student block i from teacher
 block floor(i * T / S) of T (every other layer for half the depth). Both arms of a baseline start so.
-`hidden: w` adds DistilBERT's cosine loss between those paired blocks' outputs (same widths only).
+`hidden: w` adds DistilBERT's cosine loss between those paired blocks' outputs (same widths only);
+with `projection: true`, TinyBERT's: a learned map per block from the student's width to the teacher's
+and the mean squared error, for a narrower student (the maps are not part of the result).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def distill(
     seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)] | None = None,
     init: Literal["random", "teacher_layers"] = "random",
     hidden: NonNegativeFloat = 0.0,
+    projection: bool = False,
 ) -> Stage:
     """Knowledge distillation: KL to the teacher's softened outputs (alpha) plus the label loss.
 
@@ -70,8 +73,10 @@ def distill(
         seeds: the baseline's paired seeds, each drawing the student's initial weights; default 5.
         init: the student's start: random, or teacher_layers (DistilBERT: the teacher's tensors outside
             `blocks`, and evenly spaced teacher blocks; the widths must match).
-        hidden: weight of DistilBERT's hidden-state cosine loss between student blocks and the teacher
-            blocks init: teacher_layers pairs them with (0: off); needs the teacher's widths.
+        hidden: weight of the hidden-state loss between student blocks and the teacher blocks
+            init: teacher_layers pairs them with (0: off): DistilBERT's cosine (the teacher's widths).
+        projection: TinyBERT's instead: learned maps from student to teacher widths, mean squared error;
+            for a narrower student.
     """
     objective_name = context.config.objective.name
     distillable = objectives.trait(objective_name, "distillable", False)
@@ -115,11 +120,14 @@ def distill(
             )
     for source, teacher_model in zip(sources, teachers):
         check_outputs_fit(model, teacher_model, context.example, source)
+    if projection and hidden == 0:
+        raise UsageError("distill: projection maps the hidden states, which hidden: 0 leaves out; set hidden")
     if hidden > 0:
-        check_hidden_fits(model, teachers[0], context.example)
+        check_hidden_fits(model, teachers[0], context.example, projection)
     taught = [str(s) for s in sources]
     objective = {"name": "distill", "teacher": taught[0] if len(taught) == 1 else taught}
     objective.update(temperature=temperature, alpha=alpha, **({"hidden": hidden} if hidden > 0 else {}))
+    objective.update({"projection": True} if projection else {})
     report = {"student_parameters": sum(p.numel() for p in model.parameters()), "init": init}
     compare = None
     if baseline:
@@ -198,7 +206,7 @@ def copy_teacher_layers(student: nn.Module, teacher: nn.Module) -> None:
 
 
 @torch.no_grad()
-def check_hidden_fits(student: nn.Module, teacher: nn.Module, example: Any) -> None:
+def check_hidden_fits(student: nn.Module, teacher: nn.Module, example: Any, projection: bool) -> None:
     """Exit 2 before any training when the hidden-state loss cannot pair the models' blocks."""
     from mlrun.models.block_outputs import BlockTap, check_hidden_widths
 
@@ -206,7 +214,7 @@ def check_hidden_fits(student: nn.Module, teacher: nn.Module, example: Any) -> N
     student_tap, teacher_tap = BlockTap(copies[0], "student"), BlockTap(copies[1], "teacher")
     for model in copies:
         call_model(model, example)
-    check_hidden_widths(student_tap.outputs, teacher_tap.outputs)
+    check_hidden_widths(student_tap.outputs, teacher_tap.outputs, projected=projection)
 
 
 @torch.no_grad()

@@ -1,0 +1,148 @@
+"""TinyBERT's learned projections: a narrower student learns the teacher's hidden states through maps
+that train with it, resume with it, average across processes and never reach its saved weights."""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from torch.nn import functional as F
+
+from tests.conftest import run_cli, tiny_config, write_config
+from tests.test_distill import deep_teacher
+
+NARROW = {"name": "mlp", "hidden_sizes": [8, 8], "dropout": 0.0}
+
+
+def objective(teacher: Path, **settings) -> dict:
+    return {"name": "distill", "teacher": str(teacher), "alpha": 0.5, "hidden": 1.0, "projection": True, **settings}
+
+
+def checkpointed_maps(run: Path, step: int) -> dict[str, torch.Tensor]:
+    saved = torch.load(run / "checkpoints" / f"step-{step:08d}" / "custom_checkpoint_0.pkl", weights_only=False)
+    return saved["callbacks"]["distill"]["projections"]
+
+
+def test_projection_adds_the_mse_of_each_mapped_student_block_to_its_teacher_block(tmp_path: Path) -> None:
+    from mlrun.engine.restore import load_trained
+    from mlrun.registry import models, objectives
+
+    deep_teacher(tmp_path)
+    parts = load_trained(tmp_path / "runs/deep").parts
+    torch.manual_seed(0)
+    student = models.build("mlp", parts.bundle.meta, hidden_sizes=[8, 8], dropout=0.0)
+    batch = torch.randn(32, 16), torch.randint(0, 4, (32,))
+    settings = {"teacher": str(tmp_path / "runs/deep"), "alpha": 0.5}
+    plain = objectives.build("distill", F.cross_entropy, parts.bundle.meta, **settings)(student, batch).loss
+    projected = objectives.build("distill", F.cross_entropy, parts.bundle.meta, hidden=0.5, projection=True, **settings)
+    projected.attach(student)
+    maps = projected.projections.maps
+    assert [(m.in_features, m.out_features) for m in maps] == [(8, 16), (8, 16)]
+    loss = projected(student, batch).loss
+
+    def block_outputs(model) -> list[torch.Tensor]:
+        outputs, x = [], batch[0]
+        for block in model.blocks:
+            outputs.append(x := block(x))
+        return outputs
+
+    with torch.no_grad():
+        mine, theirs = block_outputs(student), block_outputs(parts.model)
+        by_hand = statistics.fmean(  # student blocks 0 and 1, mapped, against teacher blocks 0 and 2 of 4
+            float(F.mse_loss(maps[i](mine[i]), theirs[j])) for i, j in ((0, 0), (1, 2))
+        )
+    assert by_hand > 0.01 and float((loss - plain).detach()) == pytest.approx(0.5 * by_hand, rel=1e-4)
+
+
+def test_the_maps_train_resume_exactly_and_stay_out_of_the_students_weights(tmp_path: Path) -> None:
+    deep_teacher(tmp_path)
+
+    def student(name: str) -> Path:
+        config = tiny_config(name=name, model=NARROW, objective=objective(tmp_path / "runs/deep"))
+        return write_config(tmp_path, config, f"{name}.yaml")
+
+    result = run_cli("train", student("straight"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    straight = tmp_path / "runs/straight"
+    first, last = checkpointed_maps(straight, 32), checkpointed_maps(straight, 48)
+    assert set(first) == {f"maps.{i}.{p}" for i in (0, 1) for p in ("weight", "bias")}
+    assert first["maps.0.weight"].shape == (16, 8)
+    assert not torch.equal(first["maps.0.weight"], last["maps.0.weight"])  # the optimizer trains them
+    weights = load_file(straight / "model.safetensors")
+    assert set(weights) == {f"blocks.{i}.0.{p}" for i in (0, 1) for p in ("weight", "bias")} | {
+        "head.weight",
+        "head.bias",
+    }
+
+    run = tmp_path / "runs/resumed"
+    shutil.copytree(straight, run)
+    shutil.rmtree(run / "checkpoints" / "step-00000048")
+    for finished in ("summary.json", "model.safetensors", "best.safetensors"):
+        (run / finished).unlink(missing_ok=True)
+    resumed = run_cli("train", student("resumed"), "--allow-config-change", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step 32" in resumed.stdout
+    again = load_file(run / "model.safetensors")
+    assert all(torch.equal(again[k], weights[k]) for k in weights)  # the maps came back with the student
+
+
+def test_a_narrower_student_distils_hidden_states_through_the_compress_stage(tmp_path: Path) -> None:
+    config = yaml.safe_load(deep_teacher(tmp_path).read_text())
+    stage = {"name": "distill", "student": NARROW, "hidden": 1.0, "projection": True, "finetune": {"train.epochs": 1}}
+    config["compress"] = [stage]
+    result = run_cli("compress", write_config(tmp_path, config, "c.yaml"), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = yaml.safe_load(result.stdout)["stages"][1]["report"]
+    assert report["projection"] is True and report["hidden"] == 1.0
+    trained = yaml.safe_load((tmp_path / "runs/deep/compress/1-distill/train/config.yaml").read_text())
+    assert trained["objective"]["projection"] is True
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"hidden": 0.0}, "projection maps the hidden states, which hidden: 0 leaves out"),
+        ({"student": {"name": "mlp", "hidden_sizes": [8] * 5}}, "the student needs at most as many"),
+    ],
+)
+def test_projection_that_cannot_apply_exits_2_before_training(tmp_path: Path, settings: dict, message: str) -> None:
+    config = yaml.safe_load(deep_teacher(tmp_path).read_text())
+    stage = {"name": "distill", "student": NARROW, "hidden": 1.0, "projection": True, "finetune": {"train.epochs": 1}}
+    config["compress"] = [{**stage, **settings}]
+    result = run_cli("compress", write_config(tmp_path, config, "c.yaml"), cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs/deep/compress/1-distill/train").exists()
+
+
+@pytest.mark.parametrize(
+    ("section", "blocker"),
+    [
+        ({"distributed": {"strategy": "fsdp"}}, "distributed.strategy: fsdp"),
+        ({"techniques": ["optimizer_in_backward"]}, "techniques: optimizer_in_backward"),
+    ],
+)
+def test_projection_where_its_maps_would_not_train_exits_2_at_validate(tmp_path, section, blocker) -> None:
+    deep_teacher(tmp_path)
+    config = tiny_config(name="blocked", model=NARROW, objective=objective(tmp_path / "runs/deep"), **section)
+    result = run_cli("validate", write_config(tmp_path, config, "blocked.yaml"), cwd=tmp_path)
+    assert result.returncode == 2 and f"which {blocker} does not checkpoint or step" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.e2e
+def test_two_processes_average_the_maps_gradients_like_the_models(tmp_path: Path) -> None:
+    from tests.test_distributed import single, torchrun
+
+    deep_teacher(tmp_path)
+    two = tiny_config(name="two", model=NARROW, objective=objective(tmp_path / "runs/deep"))
+    two["train"] = {**two["train"], "epochs": 1}
+    one = {**two, "name": "one", "data": {**two["data"], "batch_size": 64}}
+    assert (result := torchrun(two, tmp_path)).returncode == 0, result.stderr
+    assert (result := single(one, tmp_path)).returncode == 0, result.stderr
+    a, b = (load_file(tmp_path / "runs" / name / "model.safetensors") for name in ("one", "two"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
