@@ -62,14 +62,18 @@ class FeatureProjections(nn.Module):
         return projected
 
 
+def check_block_count(student: int, teacher: int) -> None:
+    if student > teacher:
+        raise UsageError(
+            f"distill hidden: the student has {student} blocks, the teacher {teacher}; the hidden-state "
+            "loss pairs each student block with a teacher block, so the student needs at most as many"
+        )
+
+
 def check_hidden_widths(student: list[torch.Tensor], teacher: list[torch.Tensor], projected: bool = False) -> None:
     """Exit 2 unless every student block can be compared with its teacher block: the same shape, or
     with `projected` the same shape but for the feature axis (the projections bridge the widths)."""
-    if len(student) > len(teacher):
-        raise UsageError(
-            f"distill hidden: the student has {len(student)} blocks, the teacher {len(teacher)}; the hidden-state "
-            "loss pairs each student block with a teacher block, so the student needs at most as many"
-        )
+    check_block_count(len(student), len(teacher))
     picked = [teacher[j] for j in evenly_spaced_blocks(len(student), len(teacher))]
     for i, (mine, theirs) in enumerate(zip(student, picked)):
         if not projected and mine.shape != theirs.shape:

@@ -38,7 +38,14 @@ from mlrun.data.batch import TARGET_KEY, split_batch
 from mlrun.data.bundle import DataMeta
 from mlrun.errors import UsageError
 from mlrun.models.addressing import block_width, evenly_spaced_blocks
-from mlrun.models.block_outputs import BlockTap, FeatureProjections, blocks_of, check_hidden_widths, feature_axis
+from mlrun.models.block_outputs import (
+    BlockTap,
+    FeatureProjections,
+    blocks_of,
+    check_block_count,
+    check_hidden_widths,
+    feature_axis,
+)
 from mlrun.models.outputs import call_model, logits_of
 from mlrun.models.saved import load_saved_model
 from mlrun.objectives.base import Objective, ObjectiveOutput, ObjectiveWithParameters
@@ -113,6 +120,8 @@ class Distillation:
                 )
         if self.taps is not None:
             check_hidden_widths(self.taps[0].outputs, self.taps[1].outputs, projected=self.projects)
+            if self.projects:
+                self.check_projection_widths(self.taps[0].outputs, self.taps[1].outputs)
 
     def hidden_term(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
         return hidden_loss(student, teacher)
@@ -132,11 +141,7 @@ class ProjectedDistillation(Distillation, ObjectiveWithParameters):
     def attach(self, model: torch.nn.Module) -> None:
         """One map per student block, from its width to its paired teacher block's (read from the layers)."""
         mine, theirs = blocks_of(model, "student"), blocks_of(self.frozen[0], "teacher")
-        if len(mine) > len(theirs):
-            raise UsageError(
-                f"distill hidden: the student has {len(mine)} blocks, the teacher {len(theirs)}; the hidden-state "
-                "loss pairs each student block with a teacher block, so the student needs at most as many"
-            )
+        check_block_count(len(mine), len(theirs))
         picked = evenly_spaced_blocks(len(mine), len(theirs))
         student_widths = [block_width(block, i, "distill projection") for i, block in enumerate(mine)]
         teacher_widths = [block_width(theirs[j], j, "distill projection (teacher)") for j in picked]
@@ -149,7 +154,7 @@ class ProjectedDistillation(Distillation, ObjectiveWithParameters):
 
     def on_train_start(self, model: torch.nn.Module) -> None:
         # Each process trains the maps on its own batches; averaging their gradients keeps them equal,
-        # as DDP and FSDP do for the model's own parameters.
+        # as DDP does for the model's own parameters.
         from torch import distributed
 
         if self.averaging or not (distributed.is_initialized() and distributed.get_world_size() > 1):
@@ -162,8 +167,6 @@ class ProjectedDistillation(Distillation, ObjectiveWithParameters):
         device = student[0].device
         if next(self.projections.parameters()).device != device:
             self.projections.to(device)  # in place: the optimizer keeps the same parameters
-        if not self.checked:
-            self.check_projection_widths(student, teacher)
         return projected_hidden_loss(self.projections(student), teacher)
 
     def check_projection_widths(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> None:

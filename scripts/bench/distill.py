@@ -36,6 +36,7 @@ from cli_json import REPO, mlrun
 MIXUP = {"name": "mixup", "alpha": 0.2}
 NOISE = {"name": "gaussian_noise", "std": 0.3}  # digits features are standardised: 0.3 of a feature's spread
 SHIFT = {"name": "random_crop", "padding": 1}  # 8x8 digit images: shifts of up to one pixel
+HINT = {"hidden": 1.0, "projection": True}  # TinyBERT: each student block mapped to its teacher block's width
 
 
 def finetune(epochs: int, augment: list[dict] | None = None, batch_size: int = 128) -> dict:
@@ -59,6 +60,12 @@ MLP_VARIANTS = {  # in the order they run; --variants picks by the first word
     "fmT2 mixup+noise T2 a1.0 30ep": {"temperature": 2.0, "alpha": 1.0, "finetune": finetune(30, [MIXUP, NOISE])},
     "long mixup+noise T1 a1.0 100ep": {"temperature": 1.0, "alpha": 1.0, "finetune": finetune(100, [MIXUP, NOISE])},
     "longT1a0.5 mixup+noise T1 a0.5 100ep": {"temperature": 1.0, "finetune": finetune(100, [MIXUP, NOISE])},
+    # TinyBERT's hidden-state loss through learned projections ([384, 128] blocks mapped to the teacher's widths).
+    "hint mixup+noise T1 a0.5 hidden 1 projected 30ep": {
+        "temperature": 1.0,
+        **HINT,
+        "finetune": finetune(30, [MIXUP, NOISE]),
+    },
 }
 CNN_VARIANTS = {  # the teacher's 20 epochs of batch 64 (460 steps)
     "T4 a0.9 20ep": {"temperature": 4.0, "alpha": 0.9, "finetune": finetune(20, batch_size=64)},
@@ -68,6 +75,12 @@ CNN_VARIANTS = {  # the teacher's 20 epochs of batch 64 (460 steps)
     "mixT2 mixup+shift T2 a0.5 40ep": {"temperature": 2.0, "finetune": finetune(40, [MIXUP, SHIFT], 64)},
     "shiftT2 shift T2 a0.5 40ep": {"temperature": 2.0, "finetune": finetune(40, [SHIFT], 64)},
     "plain40 T2 a0.5 40ep": {"temperature": 2.0, "finetune": finetune(40, batch_size=64)},
+    "hintshift shift T2 a0.5 hidden 1 projected 40ep": {
+        "temperature": 2.0,
+        **HINT,
+        "finetune": finetune(40, [SHIFT], 64),
+    },
+    "hintplain T2 a0.5 hidden 1 projected 40ep": {"temperature": 2.0, **HINT, "finetune": finetune(40, batch_size=64)},
 }
 # Per model: the teacher's config, changes to it for the whole bench, the student, the variants.
 MODELS = {

@@ -9,7 +9,8 @@ trial), `breast_cancer` (configs/tabular_breast_cancer.yaml with the same tune s
 binary table, 20 epochs a trial) and `charlm` (configs/charlm.yaml's GPT at 2 layers and 64 wide:
 byte-level language modelling, val/loss minimised, 4 epochs a trial). Arms: `tpe+hyperband` as
 `mlrun tune` runs it by default (the config's own values enqueued as trial 0),
-`tpe+hyperband-noconfig` (every trial sampled) and `random` (every trial sampled, no pruning).
+`tpe+hyperband-noconfig` (every trial sampled), `gp+hyperband` (Optuna's Gaussian-process sampler
+in TPE's place, trial 0 enqueued too) and `random` (every trial sampled, no pruning).
 Compute is counted in training epochs (samples seen / training-set size, pruned trials included).
 Two figures per repetition and arm: the epochs spent before the first trial within the problem's
 tolerance (0.5 point of accuracy, 0.01 nats of loss) of the best any arm found, and before the first
@@ -34,6 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 STRATEGIES = {
     "tpe+hyperband": ("{name: tpe, startup_trials: 5, multivariate: true", "hyperband", True),
     "tpe+hyperband-noconfig": ("{name: tpe, startup_trials: 5, multivariate: true", "hyperband", False),
+    "gp+hyperband": ("{name: gp, startup_trials: 5", "hyperband", True),
     "random": ("{name: random", "none", False),
 }
 WIDE_SPACE = (
