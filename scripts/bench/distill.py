@@ -80,6 +80,12 @@ CNN_VARIANTS = {  # the teacher's 20 epochs of batch 64 (460 steps)
         **HINT,
         "finetune": finetune(40, [SHIFT], 64),
     },
+    "hint01shift shift T2 a0.5 hidden 0.1 projected 40ep": {
+        "temperature": 2.0,
+        **HINT,
+        "hidden": 0.1,
+        "finetune": finetune(40, [SHIFT], 64),
+    },
     "hintplain T2 a0.5 hidden 1 projected 40ep": {"temperature": 2.0, **HINT, "finetune": finetune(40, batch_size=64)},
 }
 # Per model: the teacher's config, changes to it for the whole bench, the student, the variants.

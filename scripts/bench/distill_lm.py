@@ -11,6 +11,8 @@ alone, same start, batches and schedule; causal_lm objective). Variants:
                        (init: teacher_layers, DistilBERT), one seed (both arms share that start)
   half-depth teacher+hidden: that, plus DistilBERT's hidden-state cosine loss (hidden: 1.0)
   narrow random:       2 layers of 64 (about 1/6 of the teacher), random start, paired seeds
+  narrow projected:    that, plus TinyBERT's hidden-state loss through learned 64 -> 128 maps
+                       (hidden: 1.0, projection: true)
 The compared figure is next-character val/accuracy (higher is better); perplexity is paired the same
 way (the stage's `others`) and printed below it.
 Prints one line per variant, then one JSON line. Target (issue 29): mean gain > 0 with the interval
@@ -36,6 +38,7 @@ VARIANTS = {
     "half-depth teacher": {"student": HALF, "init": "teacher_layers", "seeds": 1},
     "half-depth teacher+hidden": {"student": HALF, "init": "teacher_layers", "seeds": 1, "hidden": 1.0},
     "narrow random": {"student": NARROW},
+    "narrow projected": {"student": NARROW, "hidden": 1.0, "projection": True},
 }
 
 
