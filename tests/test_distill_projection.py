@@ -146,3 +146,36 @@ def test_two_processes_average_the_maps_gradients_like_the_models(tmp_path: Path
     assert (result := single(one, tmp_path)).returncode == 0, result.stderr
     a, b = (load_file(tmp_path / "runs" / name / "model.safetensors") for name in ("one", "two"))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+class _Doubled(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, x], dim=-1)
+
+
+class _MisreportedWidth(torch.nn.Module):
+    """A block whose last layer with a width (Linear 16 -> 8) is not its output's width (16)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(16, 8), _Doubled())])
+        self.head = torch.nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks[0](x))
+
+
+def test_a_block_whose_width_cannot_be_read_from_its_layers_exits_2_on_the_first_batch(tmp_path: Path) -> None:
+    from mlrun.engine.restore import load_trained
+    from mlrun.errors import UsageError
+    from mlrun.registry import objectives
+
+    deep_teacher(tmp_path)
+    meta = load_trained(tmp_path / "runs/deep").parts.bundle.meta
+    projected = objectives.build(
+        "distill", F.cross_entropy, meta, teacher=str(tmp_path / "runs/deep"), hidden=1.0, projection=True
+    )
+    student = _MisreportedWidth()
+    projected.attach(student)
+    with pytest.raises(UsageError, match="outputs 16 features and its teacher block 16, but the blocks' last layers"):
+        projected(student, (torch.randn(8, 16), torch.randint(0, 4, (8,))))
