@@ -4,6 +4,7 @@ latency within 1 accuracy point of the trained model, as ratios against it.
 
     python scripts/bench/pareto.py [--trials 10]
     python scripts/bench/pareto.py --config configs/pareto_wide_mlp_structured.yaml --trials 16
+    python scripts/bench/pareto.py --config configs/pareto_wide_mlp_structured.yaml --trials 48 --population 8
 
 Trains the config into a temporary folder first (the reference in the same run).
 """
@@ -32,12 +33,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--config", type=Path, default=ROOT / "configs/pareto_wide_mlp.yaml")
+    parser.add_argument("--population", type=int, help="NSGA-II's generation size (default: half the trials)")
     args = parser.parse_args()
     config = args.config.resolve()
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         settings = [f"output_dir={work / 'runs'}", f"tune.trials={args.trials}"]
-        settings.append(f"tune.sampler.population_size={max(2, args.trials // 2)}")
+        settings.append(f"tune.sampler.population_size={args.population or max(2, args.trials // 2)}")
         mlrun("train", str(config), *settings[:1], cwd=work)
         summary = json.loads(mlrun("tune", str(config), *settings, "--json", cwd=work))
     trained = summary["trained"]

@@ -202,13 +202,19 @@ def main() -> None:
                 flush=True,
             )
     saved = {}
-    for measure in ("epochs", "epochs_to_random_best"):
+    # A study that never reaches the target counts its whole spend, which is less than random search's
+    # for a pruned study: so each mean is printed with how many studies reached the target at all.
+    for measure, flag in (("epochs", "reached"), ("epochs_to_random_best", "reached_random_best")):
         theirs = statistics.mean(r["random"][measure] for r in rows)
         for label in arms:
             if label != "random":
                 ours = statistics.mean(r[label][measure] for r in rows)
                 saved[f"{label} {measure}"] = round(1 - ours / theirs, 3)
-                print(f"mean {measure}: {label} {ours:.1f}, random {theirs:.1f}: {100 * (1 - ours / theirs):.0f}% less")
+                print(
+                    f"mean {measure}: {label} {ours:.1f} (reached in {sum(r[label][flag] for r in rows)} of "
+                    f"{len(rows)}), random {theirs:.1f} (reached in {sum(r['random'][flag] for r in rows)}): "
+                    f"{100 * (1 - ours / theirs):.0f}% less"
+                )
     document = {"bench": "tune", "problem": args.problem, "trials": args.trials, "epochs": epochs}
     document.update(rows=rows, compute_saved=saved)
     print(json.dumps(document))
