@@ -110,6 +110,9 @@ class TrainStep:
         # Collected once: model.parameters() walks every module, which costs more than a tiny model's step.
         # All of them: gradual unfreezing releases parameters later; clipping skips those without a grad.
         self.params = list(model.parameters())
+        # And what the optimizer steps beside the model (an objective's own parameters: distill's projections).
+        in_model = {id(p) for p in self.params}
+        self.params += [p for group in optimizer.param_groups for p in group["params"] if id(p) not in in_model]
         self.grad_norm: torch.Tensor | None = None
         self.window_bad = False  # a non-finite loss in this accumulation window (on_nonfinite: skip)
         self.mark = _no_mark

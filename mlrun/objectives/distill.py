@@ -11,7 +11,8 @@ loop's augmentation, so with mixup or noise both see the same mixed or noisy inp
 ensemble: the teachers' logits are averaged. T^2 keeps the soft term's gradients on the scale of the
 hard term's as T changes. The student may be any architecture whose outputs have the teacher's
 shape (same classes or vocabulary); for sequence outputs the KL is averaged over tokens.
-Evaluation reports this loss as val/loss; metrics score the student's own predictions.
+Evaluation reports the soft-target and label terms as val/loss (a hidden-state term, below, only trains);
+metrics score the student's own predictions.
 
 `hidden: w` adds a hidden-state loss, w * mean over student blocks of a distance between student
 block i's output and the (first) teacher's block floor(i * T / S), the blocks that
@@ -107,7 +108,7 @@ class Distillation:
         loss = self.alpha * soft_loss(logits, ensemble_logits(outputs), self.temperature)
         if self.alpha < 1.0:
             loss = loss + (1.0 - self.alpha) * self.loss_fn(logits, targets)
-        if self.taps is not None:
+        if self.taps is not None and model.training:  # a training signal: val/loss is soft targets + labels
             loss = loss + self.hidden * self.hidden_term(self.taps[0].outputs, self.taps[1].outputs)
         return ObjectiveOutput(loss, logits, targets)
 
@@ -148,26 +149,46 @@ class ProjectedDistillation(Distillation, ObjectiveWithParameters):
         self.projections = FeatureProjections(student_widths, teacher_widths)
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-        # The optimizer's defaults (lr, weight decay) apply; the schedule scales this group like the others.
-        optimizer.add_param_group({"params": list(self.projections.parameters()), "name": "distill projections"})
+        """The maps step like the model's own matrices: the settings (lr, betas; Muon's AdamW side) of the
+        optimizer's first group AdamW-like steps, the largest weight decay of any group on the maps'
+        matrices and none on their biases. (The optimizer's constructor defaults would not do: mlrun's
+        factories put the configured values in the groups.)"""
+        groups = optimizer.param_groups
+        template = next((g for g in groups if g.get("algorithm", "adamw") == "adamw"), groups[0])
+        settings = {k: v for k, v in template.items() if k not in ("params", "name")}
+        decay = max((g.get("weight_decay", 0.0) for g in groups), default=0.0)
+        maps = list(self.projections.parameters())
+        for kind, params, weight_decay in (
+            ("matrices", [p for p in maps if p.ndim >= 2], decay),
+            ("biases", [p for p in maps if p.ndim < 2], 0.0),
+        ):
+            group = {**settings, "params": params, "weight_decay": weight_decay, "name": f"distill projections {kind}"}
+            optimizer.add_param_group(group)
         return optimizer
 
     def on_train_start(self, model: torch.nn.Module) -> None:
-        # Each process trains the maps on its own batches; averaging their gradients keeps them equal,
-        # as DDP does for the model's own parameters.
+        """On the model's device before any resume (so restored optimizer state lands beside the maps);
+        under several processes, rank 0's maps everywhere and their gradients averaged, as DDP does
+        for the model's own parameters."""
         from torch import distributed
 
+        self.projections.to(next(model.parameters()).device)  # in place: the optimizer keeps the same tensors
         if self.averaging or not (distributed.is_initialized() and distributed.get_world_size() > 1):
             return
         self.averaging = True
         for parameter in self.projections.parameters():
+            distributed.broadcast(parameter.data, src=0)
+            # Every micro-batch's gradient is averaged, those of DDP's no_sync accumulation steps too:
+            # the same sum, a little more communication.
             parameter.register_hook(_averaged_across_processes)
 
     def hidden_term(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
         device = student[0].device
-        if next(self.projections.parameters()).device != device:
-            self.projections.to(device)  # in place: the optimizer keeps the same parameters
-        return projected_hidden_loss(self.projections(student), teacher)
+        if next(self.projections.parameters()).device != device:  # evaluation outside training (mlrun eval)
+            self.projections.to(device)
+        # In float32 like the maps: under mixed precision the block outputs are bf16/fp16, and the
+        # objective runs outside the model's autocast.
+        return projected_hidden_loss(self.projections([s.float() for s in student]), teacher)
 
     def check_projection_widths(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> None:
         picked = evenly_spaced_blocks(len(student), len(teacher))
