@@ -236,3 +236,12 @@ def test_a_block_whose_width_cannot_be_read_from_its_layers_exits_2_on_the_first
     projected.attach(student)
     with pytest.raises(UsageError, match="outputs 16 features and its teacher block 16, but the blocks' last layers"):
         projected(student, (torch.randn(8, 16), torch.randint(0, 4, (8,))))
+
+
+def test_validate_print_counts_the_maps_beside_the_model(tmp_path: Path) -> None:
+    deep_teacher(tmp_path)
+    result = run_cli("validate", narrow_student(tmp_path, "shown"), "--print", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    # The student: 16*8+8 + 8*8+8 + 8*4+4 = 244; the maps: 2 x (8*16+16) = 288.
+    assert "(532 of 532 parameters train, 288 of them beside the model)" in result.stdout
+    assert "distill projections matrices" in result.stdout
