@@ -138,6 +138,14 @@ def test_teacher_sees_exactly_the_augmented_batch_the_student_sees(tmp_path: Pat
     assert not torch.allclose(runs["plain"], runs["mixed"])  # the augmentation reached both models
 
 
+def block_outputs(model, x: torch.Tensor) -> list[torch.Tensor]:
+    """Each of an MLP's blocks' outputs, by hand."""
+    outputs = []
+    for block in model.blocks:
+        outputs.append(x := block(x))
+    return outputs
+
+
 def deep_teacher(folder: Path) -> Path:
     """A trained MLP of four blocks of 16 (1 epoch); returns its config path."""
     config = tiny_config(name="deep", model={"name": "mlp", "hidden_sizes": [16] * 4, "dropout": 0.0})
@@ -184,14 +192,8 @@ def test_hidden_adds_the_cosine_distance_of_each_student_block_to_its_teacher_bl
     plain = objectives.build("distill", F.cross_entropy, meta, **settings)(student, batch).loss
     with_hidden = objectives.build("distill", F.cross_entropy, meta, hidden=0.5, **settings)(student, batch).loss
 
-    def block_outputs(model) -> list[torch.Tensor]:
-        outputs, x = [], batch[0]
-        for block in model.blocks:
-            outputs.append(x := block(x))
-        return outputs
-
     with torch.no_grad():
-        mine, theirs = block_outputs(student), block_outputs(teacher)
+        mine, theirs = block_outputs(student, batch[0]), block_outputs(teacher, batch[0])
     by_hand = statistics.fmean(  # student blocks 0 and 1 against teacher blocks 0 and 2 of 4
         float(1 - F.cosine_similarity(mine[i], theirs[j], dim=-1).mean()) for i, j in ((0, 0), (1, 2))
     )

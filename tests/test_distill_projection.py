@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from torch.nn import functional as F
 
 from tests.conftest import run_cli, tiny_config, write_config
-from tests.test_distill import deep_teacher
+from tests.test_distill import block_outputs, deep_teacher
 
 NARROW = {"name": "mlp", "hidden_sizes": [8, 8], "dropout": 0.0}
 
@@ -45,14 +45,8 @@ def test_projection_adds_the_mse_of_each_mapped_student_block_to_its_teacher_blo
     assert [(m.in_features, m.out_features) for m in maps] == [(8, 16), (8, 16)]
     loss = projected(student, batch).loss
 
-    def block_outputs(model) -> list[torch.Tensor]:
-        outputs, x = [], batch[0]
-        for block in model.blocks:
-            outputs.append(x := block(x))
-        return outputs
-
     with torch.no_grad():
-        mine, theirs = block_outputs(student), block_outputs(parts.model)
+        mine, theirs = block_outputs(student, batch[0]), block_outputs(parts.model, batch[0])
         by_hand = statistics.fmean(  # student blocks 0 and 1, mapped, against teacher blocks 0 and 2 of 4
             float(F.mse_loss(maps[i](mine[i]), theirs[j])) for i, j in ((0, 0), (1, 2))
         )
