@@ -173,7 +173,7 @@ def test_projection_that_cannot_apply_exits_2_before_training(tmp_path: Path, se
 @pytest.mark.parametrize(
     ("section", "blocker"),
     [
-        ({"distributed": {"strategy": "fsdp"}}, "distributed.strategy: fsdp"),
+        *(({"distributed": {"strategy": s}}, f"distributed.strategy: {s}") for s in ("fsdp", "deepspeed", "pipeline")),
         ({"techniques": ["optimizer_in_backward"]}, "techniques: optimizer_in_backward"),
     ],
 )

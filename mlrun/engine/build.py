@@ -183,15 +183,19 @@ def check_objective_parameters_fit(config: ExperimentConfig) -> None:
     from mlrun.registry import techniques
 
     strategy = config.distributed.strategy
-    blocker = f"distributed.strategy: {strategy}" if strategy in ("fsdp", "deepspeed", "pipeline") else None
-    for spec in config.techniques:
-        if techniques.trait(spec.name, "steps_in_backward", False):
-            blocker = f"techniques: {spec.name}"
-    if blocker:
+    blockers = []
+    if strategy in ("fsdp", "deepspeed", "pipeline"):
+        blockers.append((f"distributed.strategy: {strategy}", "use strategy ddp or auto"))
+    blockers += [
+        (f"techniques: {spec.name}", f"remove {spec.name}")
+        for spec in config.techniques
+        if techniques.trait(spec.name, "steps_in_backward", False)
+    ]
+    if blockers:
+        blocker, fix = blockers[0]
         raise UsageError(
             f"objective {config.objective.name}: its settings train parameters beside the model's (distill's "
-            f"projection), which {blocker} does not checkpoint or step; use one process or ddp without it, "
-            "or drop those settings"
+            f"projection), which {blocker} does not checkpoint or step; {fix}, or drop those settings"
         )
 
 
