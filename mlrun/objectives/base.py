@@ -31,7 +31,8 @@ class ObjectiveWithParameters(Callback):
     The engine calls `attach(model)` before it builds the optimizer (the parameters may take the
     model's widths), then treats the objective as a callback: `wrap_optimizer` adds its parameters as
     a group of their own, and its state_dict is checkpointed with the techniques'. They are not the
-    model's: saved weights, exports and parameter counts never hold them.
+    model's: saved weights, exports and the model's parameter count never hold them (`validate --print`
+    lists them as trained beside the model).
     """
 
     def attach(self, model: nn.Module) -> None:
