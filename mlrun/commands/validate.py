@@ -40,10 +40,10 @@ def print_param_groups(parts) -> None:
 
     rows = describe_groups(parts.optimizer, parts.schedule.base_lrs)
     trainable = sum(row.parameters for row in rows)
-    in_model = {id(p) for p in parts.model.parameters()}
+    in_model = {id(p): p.numel() for p in parts.model.parameters()}
     # Parameters an objective trains beside the model (distill's projections) count in both figures.
     beside = sum(p.numel() for g in parts.optimizer.param_groups for p in g["params"] if id(p) not in in_model)
-    total = sum(p.numel() for p in parts.model.parameters()) + beside
+    total = sum(in_model.values()) + beside
     outside = f", {beside:,} of them beside the model" if beside else ""
     print(f"optimizer groups ({trainable:,} of {total:,} parameters train{outside}):")
     print(f"  {'group':<40} {'tensors':>7} {'parameters':>11} {'peak lr':>10} {'weight decay':>12}")

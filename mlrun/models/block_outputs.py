@@ -91,6 +91,7 @@ def check_hidden_widths(student: list[torch.Tensor], teacher: list[torch.Tensor]
 
 
 def _without_features(output: torch.Tensor) -> tuple[int, ...]:
-    shape = list(output.shape[1:])
-    del shape[feature_axis(output) - 1 if feature_axis(output) > 0 else -1]
-    return (output.dim(), *shape)
+    """The rank, and the sizes but for the batch and the feature axis."""
+    shape = list(output.shape)
+    del shape[feature_axis(output)]
+    return (output.dim(), *shape[1:])

@@ -84,8 +84,6 @@ def projected_hidden_loss(projected: list[torch.Tensor], teacher: list[torch.Ten
 class Distillation:
     """The objective: soft targets from the frozen teachers, the label loss, and the hidden-state term."""
 
-    projects = False  # whether the hidden term maps student features to the teacher's widths
-
     def __init__(self, loss_fn, names: list[str], frozen: list[torch.nn.Module], settings: dict) -> None:
         self.loss_fn, self.names, self.frozen = loss_fn, names, frozen
         self.temperature, self.alpha = settings["temperature"], settings["alpha"]
@@ -120,9 +118,10 @@ class Distillation:
                     f"the student {tuple(logits.shape[1:])}; a student must predict the teacher's classes"
                 )
         if self.taps is not None:
-            check_hidden_widths(self.taps[0].outputs, self.taps[1].outputs, projected=self.projects)
-            if self.projects:
-                self.check_projection_widths(self.taps[0].outputs, self.taps[1].outputs)
+            self.check_hidden(self.taps[0].outputs, self.taps[1].outputs)
+
+    def check_hidden(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> None:
+        check_hidden_widths(student, teacher)
 
     def hidden_term(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
         return hidden_loss(student, teacher)
@@ -132,7 +131,6 @@ class ProjectedDistillation(Distillation, ObjectiveWithParameters):
     """Distillation whose hidden term goes through TinyBERT's learned projections (`projection: true`)."""
 
     name = "distill"  # its state's key in checkpoints
-    projects = True
 
     def __init__(self, *args) -> None:
         super().__init__(*args)
@@ -184,13 +182,16 @@ class ProjectedDistillation(Distillation, ObjectiveWithParameters):
 
     def hidden_term(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
         device = student[0].device
-        if next(self.projections.parameters()).device != device:  # evaluation outside training (mlrun eval)
+        # Profiling and the batch-size probe train without on_train_start, which moves the maps.
+        if next(self.projections.parameters()).device != device:
             self.projections.to(device)
         # In float32 like the maps: under mixed precision the block outputs are bf16/fp16, and the
         # objective runs outside the model's autocast.
         return projected_hidden_loss(self.projections([s.float() for s in student]), teacher)
 
-    def check_projection_widths(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> None:
+    def check_hidden(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> None:
+        """The shapes but for the feature axis, then the features the maps were built for."""
+        check_hidden_widths(student, teacher, projected=True)
         picked = evenly_spaced_blocks(len(student), len(teacher))
         for i, (project, output) in enumerate(zip(self.projections.maps, student)):
             found = (output.shape[feature_axis(output)], teacher[picked[i]].shape[feature_axis(output)])
