@@ -3,6 +3,7 @@ that train with it, resume with it, average across processes and never reach its
 
 from __future__ import annotations
 
+import json
 import shutil
 import statistics
 from pathlib import Path
@@ -21,6 +22,17 @@ NARROW = {"name": "mlp", "hidden_sizes": [8, 8], "dropout": 0.0}
 
 def objective(teacher: Path, **settings) -> dict:
     return {"name": "distill", "teacher": str(teacher), "alpha": 0.5, "hidden": 1.0, "projection": True, **settings}
+
+
+def narrow_config(folder: Path, name: str, train: dict | None = None, **sections) -> dict:
+    """The NARROW student distilled from runs/deep with projections; `train` changes, `sections` replace."""
+    config = tiny_config(name=name, model=NARROW, objective=objective(folder / "runs/deep"), **sections)
+    config["train"].update(train or {})
+    return config
+
+
+def narrow_student(folder: Path, name: str, train: dict | None = None, **sections) -> Path:
+    return write_config(folder, narrow_config(folder, name, train, **sections), f"{name}.yaml")
 
 
 def checkpointed_maps(run: Path, step: int) -> dict[str, torch.Tensor]:
@@ -55,12 +67,7 @@ def test_projection_adds_the_mse_of_each_mapped_student_block_to_its_teacher_blo
 
 def test_the_maps_train_resume_exactly_and_stay_out_of_the_students_weights(tmp_path: Path) -> None:
     deep_teacher(tmp_path)
-
-    def student(name: str) -> Path:
-        config = tiny_config(name=name, model=NARROW, objective=objective(tmp_path / "runs/deep"))
-        return write_config(tmp_path, config, f"{name}.yaml")
-
-    result = run_cli("train", student("straight"), cwd=tmp_path)
+    result = run_cli("train", narrow_student(tmp_path, "straight"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     straight = tmp_path / "runs/straight"
     first, last = checkpointed_maps(straight, 32), checkpointed_maps(straight, 48)
@@ -78,19 +85,11 @@ def test_the_maps_train_resume_exactly_and_stay_out_of_the_students_weights(tmp_
     shutil.rmtree(run / "checkpoints" / "step-00000048")
     for finished in ("summary.json", "model.safetensors", "best.safetensors"):
         (run / finished).unlink(missing_ok=True)
-    resumed = run_cli("train", student("resumed"), "--allow-config-change", cwd=tmp_path)
+    resumed = run_cli("train", narrow_student(tmp_path, "resumed"), "--allow-config-change", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed at step 32" in resumed.stdout
     again = load_file(run / "model.safetensors")
     assert all(torch.equal(again[k], weights[k]) for k in weights)  # the maps came back with the student
-
-
-def narrow_student(folder: Path, name: str, **changes) -> Path:
-    config = tiny_config(name=name, model=NARROW, objective=objective(folder / "runs/deep"))
-    for key, value in changes.items():
-        section, field = key.split(".")
-        config[section] = {**config.get(section, {}), field: value}
-    return write_config(folder, config, f"{name}.yaml")
 
 
 @pytest.mark.parametrize(
@@ -101,10 +100,7 @@ def test_the_maps_step_with_the_models_settings_decay_on_matrices_only(tmp_path:
     from mlrun.engine.build import build_components
 
     deep_teacher(tmp_path)
-    path = narrow_student(tmp_path, "opt")
-    config = yaml.safe_load(path.read_text())
-    config["optimizer"] = optimizer
-    path.write_text(yaml.safe_dump(config))
+    path = narrow_student(tmp_path, "opt", optimizer=optimizer)
     parts = build_components(load_config(path))
     groups = {g["name"]: g for g in parts.optimizer.param_groups if "projections" in g.get("name", "")}
     assert sorted(groups) == ["distill projections biases", "distill projections matrices"]
@@ -118,10 +114,8 @@ def test_the_maps_step_with_the_models_settings_decay_on_matrices_only(tmp_path:
 
 def test_clipping_covers_the_maps(tmp_path: Path) -> None:
     deep_teacher(tmp_path)
-    path = narrow_student(tmp_path, "clipped", **{"train.max_grad_norm": 1e-6})
-    config = yaml.safe_load(path.read_text())
-    config["optimizer"] = {"name": "sgd", "lr": 0.1}  # steps in proportion to the (clipped) gradient
-    path.write_text(yaml.safe_dump(config))
+    # SGD steps in proportion to the (clipped) gradient.
+    path = narrow_student(tmp_path, "clipped", {"max_grad_norm": 1e-6}, optimizer={"name": "sgd", "lr": 0.1})
     assert (result := run_cli("train", path, cwd=tmp_path)).returncode == 0, result.stderr
     first, last = (checkpointed_maps(tmp_path / "runs/clipped", step) for step in (32, 48))
     moved = max(float((first[k] - last[k]).abs().max()) for k in first)
@@ -129,10 +123,8 @@ def test_clipping_covers_the_maps(tmp_path: Path) -> None:
 
 
 def test_bf16_training_and_eval_of_a_projected_run(tmp_path: Path) -> None:
-    import json
-
     deep_teacher(tmp_path)
-    path = narrow_student(tmp_path, "mixed", **{"train.precision": "bf16"})
+    path = narrow_student(tmp_path, "mixed", {"precision": "bf16"})
     assert (result := run_cli("train", path, cwd=tmp_path)).returncode == 0, result.stderr
     final = json.loads((tmp_path / "runs/mixed/summary.json").read_text())["final"]
     evaluated = run_cli("eval", tmp_path / "runs/mixed", "--json", cwd=tmp_path)
@@ -148,7 +140,7 @@ def test_a_narrower_student_distils_hidden_states_through_the_compress_stage(tmp
     config["compress"] = [stage]
     result = run_cli("compress", write_config(tmp_path, config, "c.yaml"), "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    report = yaml.safe_load(result.stdout)["stages"][1]["report"]
+    report = json.loads(result.stdout)["stages"][1]["report"]
     assert report["projection"] is True and report["hidden"] == 1.0
     trained = yaml.safe_load((tmp_path / "runs/deep/compress/1-distill/train/config.yaml").read_text())
     assert trained["objective"]["projection"] is True
@@ -179,8 +171,7 @@ def test_projection_that_cannot_apply_exits_2_before_training(tmp_path: Path, se
 )
 def test_projection_where_its_maps_would_not_train_exits_2_at_validate(tmp_path, section, blocker) -> None:
     deep_teacher(tmp_path)
-    config = tiny_config(name="blocked", model=NARROW, objective=objective(tmp_path / "runs/deep"), **section)
-    result = run_cli("validate", write_config(tmp_path, config, "blocked.yaml"), cwd=tmp_path)
+    result = run_cli("validate", narrow_student(tmp_path, "blocked", **section), cwd=tmp_path)
     assert result.returncode == 2 and f"which {blocker} does not checkpoint or step" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
 
@@ -190,8 +181,7 @@ def test_two_processes_average_the_maps_gradients_like_the_models(tmp_path: Path
     from tests.test_distributed import single, torchrun
 
     deep_teacher(tmp_path)
-    two = tiny_config(name="two", model=NARROW, objective=objective(tmp_path / "runs/deep"))
-    two["train"] = {**two["train"], "epochs": 1}
+    two = narrow_config(tmp_path, "two", {"epochs": 1})
     one = {**two, "name": "one", "data": {**two["data"], "batch_size": 64}}
     assert (result := torchrun(two, tmp_path)).returncode == 0, result.stderr
     assert (result := single(one, tmp_path)).returncode == 0, result.stderr
