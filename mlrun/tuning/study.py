@@ -27,9 +27,21 @@ def make_sampler(config: SamplerConfig, tune: TuneConfig):
         raise UsageError(f"tune.sampler.multivariate: only tpe has it, not {config.name}")
     if config.population_size is not None and config.name != "nsga2":
         raise UsageError(f"tune.sampler.population_size: only nsga2 has a population, not {config.name}")
+    several_objectives = getattr(tune, "objectives", None) is not None
+    if config.local_share and (config.name in ("grid", "nsga2") or several_objectives):
+        raise UsageError(
+            f"tune.sampler.local_share: local search needs one objective and a sampler that proposes "
+            f"values, not {'tune.objectives' if several_objectives else config.name}; set it to 0"
+        )
     if seed is None:
-        return _build_sampler(config, tune, None)
-    return seeded_per_trial(lambda trial_seed: _build_sampler(config, tune, trial_seed), seed)
+        sampler = _build_sampler(config, tune, None)
+    else:
+        sampler = seeded_per_trial(lambda trial_seed: _build_sampler(config, tune, trial_seed), seed)
+    if not config.local_share:
+        return sampler
+    from mlrun.tuning.local_search import around_best
+
+    return around_best(sampler, config.local_share, config.local_scale, seed)
 
 
 def _build_sampler(config: SamplerConfig, tune: TuneConfig, seed: int | None):

@@ -10,7 +10,10 @@ binary table, 20 epochs a trial) and `charlm` (configs/charlm.yaml's GPT at 2 la
 byte-level language modelling, val/loss minimised, 4 epochs a trial). Arms: `tpe+hyperband` as
 `mlrun tune` runs it by default (the config's own values enqueued as trial 0),
 `tpe+hyperband-noconfig` (every trial sampled), `gp+hyperband` (Optuna's Gaussian-process sampler
-in TPE's place, trial 0 enqueued too) and `random` (every trial sampled, no pruning).
+in TPE's place, trial 0 enqueued too), `tpe+local+hyperband` (half the trials drawn near the
+best so far: `sampler.local_share: 0.5, local_scale: 0.15`, or `--local SHARE SCALE`) and `random`
+(every trial sampled, no pruning). `--work DIR` keeps the studies: a rerun reuses every finished one
+(the random arm need not run again).
 Compute is counted in training epochs (samples seen / training-set size, pruned trials included).
 Two figures per repetition and arm: the epochs spent before the first trial within the problem's
 tolerance (0.5 point of accuracy, 0.01 nats of loss) of the best any arm found, and before the first
@@ -36,6 +39,7 @@ STRATEGIES = {
     "tpe+hyperband": ("{name: tpe, startup_trials: 5, multivariate: true", "hyperband", True),
     "tpe+hyperband-noconfig": ("{name: tpe, startup_trials: 5, multivariate: true", "hyperband", False),
     "gp+hyperband": ("{name: gp, startup_trials: 5", "hyperband", True),
+    "tpe+local+hyperband": ("{name: tpe, startup_trials: 5, multivariate: true", "hyperband", True),
     "random": ("{name: random", "none", False),
 }
 WIDE_SPACE = (
@@ -114,13 +118,16 @@ PROBLEMS = {
 }
 
 
-def run_study(work: Path, problem: str, label: str, seed: int, trials: int, epochs: int):
+def run_study(work: Path, problem: str, label: str, seed: int, trials: int, epochs: int, local: tuple[float, float]):
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
     spec = PROBLEMS[problem]
     sampler, pruner, enqueue = STRATEGIES[label]
     name = f"{label.replace('+', '_').replace('-', '_')}_{seed}"
+    if "local" in label:
+        sampler += f", local_share: {local[0]}, local_scale: {local[1]}"
+        name += f"_{local[0]}_{local[1]}".replace(".", "")
     overrides = [
         *spec.setup,
         f"name={name}",
@@ -166,6 +173,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="epochs of a full trial (default: the problem's)")
     parser.add_argument("--seeds", type=int, nargs="*", help="seeds to run (default: 0 .. repeats - 1)")
     parser.add_argument("--arms", nargs="*", default=list(STRATEGIES), choices=list(STRATEGIES))
+    parser.add_argument(
+        "--local",
+        type=float,
+        nargs=2,
+        default=(0.5, 0.15),
+        metavar=("SHARE", "SCALE"),
+        help="the local arm's local_share and local_scale",
+    )
+    parser.add_argument("--work", type=Path, help="keep the studies here; a rerun reuses finished ones")
     args = parser.parse_args()
     spec = PROBLEMS[args.problem]
     epochs = args.epochs or spec.epochs
@@ -174,8 +190,12 @@ def main() -> None:
     arms = args.arms if "random" in args.arms else [*args.arms, "random"]  # random's best is the target
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = args.work or tmp
         for seed in args.seeds if args.seeds is not None else range(args.repeats):
-            studies = {label: run_study(Path(tmp), args.problem, label, seed, args.trials, epochs) for label in arms}
+            studies = {
+                label: run_study(Path(tmp), args.problem, label, seed, args.trials, epochs, args.local)
+                for label in arms
+            }
             best = best_of(t.value for ts in studies.values() for t in ts if t.state.name == "COMPLETE")
             random_best = best_of(t.value for t in studies["random"] if t.state.name == "COMPLETE")
             row = {"seed": seed, "best": round(best, 4), "random_best": round(random_best, 4)}

@@ -58,6 +58,13 @@ class SamplerConfig(Section):
     multivariate: bool = False
     """tpe: model the parameters jointly (Optuna's multivariate TPE, with grouping of conditional
     parameters) instead of one at a time; usually better when parameters interact, such as lr and batch."""
+    local_share: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    """Share of trials drawn near the best completed trial so far (at first the config's own values,
+    tune.enqueue_config) instead of by the sampler: each number moved by a Gaussian step of
+    `local_scale` of its range (log space for log parameters), each choice changed with probability
+    `local_scale`. PriorBand-style local search; single-objective studies only."""
+    local_scale: Annotated[float, Field(gt=0.0, le=1.0)] = 0.15
+    """Size of a local trial's step, as a share of each parameter's range (see local_share)."""
 
 
 class PrunerConfig(Section):

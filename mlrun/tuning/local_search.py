@@ -1,0 +1,109 @@
+"""Local search around the best trial: a share of trials drawn near the best one so far.
+
+    tune:
+      sampler: {name: tpe, local_share: 0.5, local_scale: 0.15}
+
+A model-based sampler (TPE, GP) spreads its proposals over the whole space, and with a handful of
+finished trials in a wide space most proposals are far from anything good. PriorBand (Mallik et al.
+2023) and πBO (Hvarfner et al. 2022) draw part of a search from a distribution around a known good
+point, at first the user's own config and later the incumbent, and reach good values with a fraction
+of the budget. This wrapper is that idea in its simplest form, on top of any single-objective Optuna
+sampler:
+
+- before each trial, a draw seeded by the trial decides whether it is local (probability
+  `local_share`); the first trial is the config's own values (`tune.enqueue_config`), so until a
+  better one finishes, "the best" is the user's config, as PriorBand's prior;
+- a local trial copies the best completed trial's values and perturbs each: a number moves by a
+  Gaussian step of `local_scale` of its range (in log space for `log: true` parameters), reflected at
+  the bounds and rounded to its step; a choice is re-drawn among the others with probability
+  `local_scale`;
+- every other trial, and every trial before one has completed, is the wrapped sampler's.
+
+Optuna ships no such sampler (OptunaHub's are downloaded from GitHub at run time, which clusters
+without internet cannot do), so this is ours; it is a few lines on `BaseSampler`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def around_best(inner, share: float, scale: float, seed: int | None):
+    """`inner` with a `share` of its trials replaced by perturbations of the best completed trial."""
+    from optuna.samplers import BaseSampler
+
+    class LocalAroundBest(BaseSampler):
+        def __init__(self) -> None:
+            self.inner = inner
+            self.rng = np.random.default_rng(seed)
+            self.best: dict | None = None  # the incumbent's params while the current trial is local
+
+        def before_trial(self, study, trial) -> None:
+            self.inner.before_trial(study, trial)
+            self.rng = np.random.default_rng(None if seed is None else [seed, trial.number])
+            self.best = None
+            if self.rng.random() < share:
+                self.best = _best_params(study)
+
+        def infer_relative_search_space(self, study, trial):
+            return {} if self.best is not None else self.inner.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return {} if self.best is not None else self.inner.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            if self.best is None or param_name not in self.best:
+                return self.inner.sample_independent(study, trial, param_name, param_distribution)
+            return perturb(self.best[param_name], param_distribution, scale, self.rng)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            self.inner.after_trial(study, trial, state, values)
+
+        def reseed_rng(self) -> None:
+            self.inner.reseed_rng()
+
+        def __str__(self) -> str:
+            return f"{self.inner}, {share:.0%} of trials near the best (scale {scale})"
+
+    return LocalAroundBest()
+
+
+def _best_params(study) -> dict | None:
+    """The best completed trial's values, or None before any trial completed (single objective)."""
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
+        return None
+    pick = max if study.direction.name == "MAXIMIZE" else min
+    return dict(pick(done, key=lambda t: t.value).params)
+
+
+def perturb(value, distribution, scale: float, rng: np.random.Generator):
+    """`value` moved by a step of `scale` of the distribution's range, kept inside it."""
+    from optuna.distributions import CategoricalDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        others = [c for c in distribution.choices if c != value]
+        if others and rng.random() < scale:
+            return others[rng.integers(len(others))]
+        return value
+    low, high, log = distribution.low, distribution.high, distribution.log
+    if low == high:
+        return value
+    to_unit = (
+        (lambda x: (math.log(x) - math.log(low)) / (math.log(high) - math.log(low)))
+        if log
+        else (lambda x: (x - low) / (high - low))
+    )
+    unit = to_unit(value) + rng.normal(0.0, scale)
+    unit = abs(unit) % 2.0  # reflect at 0 and 1: a step past a bound comes back inside
+    unit = 2.0 - unit if unit > 1.0 else unit
+    moved = math.exp(math.log(low) + unit * (math.log(high) - math.log(low))) if log else low + unit * (high - low)
+    step = getattr(distribution, "step", None)
+    if step is not None:
+        moved = low + round((moved - low) / step) * step
+    moved = min(max(moved, low), high)
+    return int(round(moved)) if isinstance(low, int) and not isinstance(low, bool) else float(moved)
