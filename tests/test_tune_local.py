@@ -78,3 +78,24 @@ def test_local_share_is_refused_where_there_is_no_sampler_to_share_with(tmp_path
     result = run_cli("tune", path, cwd=tmp_path)
     assert result.returncode == 2 and "tune.sampler.local_share" in result.stderr
     assert not (tmp_path / "runs" / "study" / "tune" / "trial-0000").exists()
+
+
+def test_a_parameter_whose_range_changed_since_the_best_trial_is_left_to_the_sampler():
+    import optuna
+
+    from mlrun.config.schema import SamplerConfig
+    from mlrun.tuning.study import make_sampler
+
+    sampler = make_sampler(SamplerConfig(name="random", seed=0, local_share=0.99, local_scale=0.02), None)
+    study = optuna.create_study(sampler=sampler, direction="maximize")
+    study.enqueue_trial({"lr": 1e-3})
+    trial = study.ask()
+    study.tell(trial, trial.suggest_float("lr", 1e-6, 1.0, log=True))
+    lrs = []
+    for _ in range(10):  # a resumed study whose space now starts at 1e-2 (the best trial's 1e-3 lies outside)
+        trial = study.ask()
+        lrs.append(trial.suggest_float("lr", 1e-2, 1.0, log=True))
+        study.tell(trial, 0.0)
+    assert all(1e-2 <= lr <= 1.0 for lr in lrs)
+    spread = math.log10(max(lrs)) - math.log10(min(lrs))
+    assert spread > 0.5  # drawn over the new range, not steps of 0.04 decade from 1e-3 folded into it

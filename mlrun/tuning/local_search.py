@@ -38,14 +38,14 @@ def around_best(inner, share: float, scale: float, seed: int | None):
         def __init__(self) -> None:
             self.inner = inner
             self.rng = np.random.default_rng(seed)
-            self.best: dict | None = None  # the incumbent's params while the current trial is local
+            self.best = None  # the best completed trial while the current trial is local
 
         def before_trial(self, study, trial) -> None:
             self.inner.before_trial(study, trial)
             self.rng = np.random.default_rng(None if seed is None else [seed, trial.number])
             self.best = None
             if self.rng.random() < share:
-                self.best = _best_params(study)
+                self.best = _best_trial(study)
 
         def infer_relative_search_space(self, study, trial):
             return {} if self.best is not None else self.inner.infer_relative_search_space(study, trial)
@@ -54,9 +54,10 @@ def around_best(inner, share: float, scale: float, seed: int | None):
             return {} if self.best is not None else self.inner.sample_relative(study, trial, search_space)
 
         def sample_independent(self, study, trial, param_name, param_distribution):
-            if self.best is None or param_name not in self.best:
+            # A parameter the best trial lacks, or drew from another range (a space changed on resume)
+            if self.best is None or self.best.distributions.get(param_name) != param_distribution:
                 return self.inner.sample_independent(study, trial, param_name, param_distribution)
-            return perturb(self.best[param_name], param_distribution, scale, self.rng)
+            return perturb(self.best.params[param_name], param_distribution, scale, self.rng)
 
         def after_trial(self, study, trial, state, values) -> None:
             self.inner.after_trial(study, trial, state, values)
@@ -70,15 +71,15 @@ def around_best(inner, share: float, scale: float, seed: int | None):
     return LocalAroundBest()
 
 
-def _best_params(study) -> dict | None:
-    """The best completed trial's values, or None before any trial completed (single objective)."""
+def _best_trial(study):
+    """The best completed trial, or None before any trial completed (single objective)."""
     from optuna.trial import TrialState
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not done:
         return None
     pick = max if study.direction.name == "MAXIMIZE" else min
-    return dict(pick(done, key=lambda t: t.value).params)
+    return pick(done, key=lambda t: t.value)
 
 
 def perturb(value, distribution, scale: float, rng: np.random.Generator):
