@@ -99,3 +99,21 @@ def test_a_parameter_whose_range_changed_since_the_best_trial_is_left_to_the_sam
     assert all(1e-2 <= lr <= 1.0 for lr in lrs)
     spread = math.log10(max(lrs)) - math.log10(min(lrs))
     assert spread > 0.5  # drawn over the new range, not steps of 0.04 decade from 1e-3 folded into it
+
+
+def test_tune_marks_each_trials_origin_in_its_line_and_trials_csv(tmp_path):
+    from tests.test_tune import trials_csv
+
+    sampler = {"name": "tpe", "seed": 0, "startup_trials": 2, "local_share": 0.6}
+    space = {
+        "optimizer.lr": {"type": "float", "low": 1e-6, "high": 3e-2, "log": True},
+        "model.hidden_sizes": {"type": "categorical", "choices": [[32], [64]]},
+    }
+    path = tune_config(tmp_path, trials=6, sampler=sampler, pruner={"name": "none"}, space=space)
+    result = run_cli("tune", path, "train.epochs=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    origins = [t["origin"] for t in trials_csv(tmp_path)]
+    assert origins[0] == "config"
+    near_trials = [o for o in origins if o.startswith("near trial ")]
+    assert near_trials and "sampler" in origins
+    assert f"[{near_trials[0]}]" in result.stdout and "[config]" in result.stdout

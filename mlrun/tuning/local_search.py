@@ -29,6 +29,8 @@ import math
 
 import numpy as np
 
+NEAR_TRIAL = "mlrun:near_trial"  # system attr of a local trial: the number of the trial it stepped from
+
 
 def around_best(inner, share: float, scale: float, seed: int | None):
     """`inner` with a `share` of its trials replaced by perturbations of the best completed trial."""
@@ -44,8 +46,10 @@ def around_best(inner, share: float, scale: float, seed: int | None):
             self.inner.before_trial(study, trial)
             self.rng = np.random.default_rng(None if seed is None else [seed, trial.number])
             self.best = None
-            if self.rng.random() < share:
+            if self.rng.random() < share and "fixed_params" not in trial.system_attrs:  # not an enqueued trial
                 self.best = _best_trial(study)
+            if self.best is not None:  # recorded as Optuna's own samplers record theirs (NSGA-II's generation)
+                study._storage.set_trial_system_attr(trial._trial_id, NEAR_TRIAL, self.best.number)
 
         def infer_relative_search_space(self, study, trial):
             return {} if self.best is not None else self.inner.infer_relative_search_space(study, trial)

@@ -25,7 +25,19 @@ def trial_line(trial) -> str:
     duration = f" ({trial.duration.total_seconds():.1f}s)" if trial.duration else ""
     params = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
     error = f" error: {trial.user_attrs['error'].splitlines()[0]}" if "error" in trial.user_attrs else ""
-    return f"trial {trial.number:>4} {trial.state.name:<8}{value}{duration} {params}{error}"
+    origin = "" if origin_of(trial) == "sampler" else f" [{origin_of(trial)}]"
+    return f"trial {trial.number:>4} {trial.state.name:<8}{value}{duration}{origin} {params}{error}"
+
+
+def origin_of(trial) -> str:
+    """Where a trial's values came from: the config (enqueued), a step near trial n (local search), the sampler."""
+    from mlrun.tuning.local_search import NEAR_TRIAL
+
+    if trial.user_attrs.get("from_config"):
+        return "config"
+    if NEAR_TRIAL in trial.system_attrs:
+        return f"near trial {trial.system_attrs[NEAR_TRIAL]}"
+    return "sampler"
 
 
 def _short(value) -> str:
@@ -36,7 +48,7 @@ def write_csv(study, path: Path) -> None:
     keys = sorted({k for t in study.trials for k in t.params})
     with path.open("w", newline="") as handle:
         out = csv.writer(handle)
-        out.writerow(["number", "state", "value", "duration_s", "epochs", "steps", *keys, "error"])
+        out.writerow(["number", "state", "value", "duration_s", "epochs", "steps", "origin", *keys, "error"])
         for t in study.trials:
             duration = t.duration.total_seconds() if t.duration else ""
             out.writerow(
@@ -47,6 +59,7 @@ def write_csv(study, path: Path) -> None:
                     duration,
                     t.user_attrs.get("epochs", ""),
                     t.user_attrs.get("steps", ""),
+                    origin_of(t),
                     *(t.params.get(k, "") for k in keys),
                     t.user_attrs.get("error", ""),
                 ]
