@@ -19,7 +19,8 @@ def drawn_lrs(share: float, best_at: dict[int, float], asks: int = 30) -> list[t
     from mlrun.config.schema import SamplerConfig
     from mlrun.tuning.study import make_sampler
 
-    sampler = make_sampler(SamplerConfig(name="random", seed=3, local_share=share, local_scale=0.02), None)
+    local = {"local_share": share, "local_scale": 0.02} if share else {}
+    sampler = make_sampler(SamplerConfig(name="random", seed=3, **local), None)
     study = optuna.create_study(sampler=sampler, direction="maximize")
     study.enqueue_trial({"lr": 1e-3, "choice": "b"})
     drawn = []
@@ -72,11 +73,18 @@ def test_a_step_stays_inside_the_range_on_its_step_and_changes_a_choice_at_the_s
     assert 60 < sum(c != "b" for c in choices) < 140
 
 
-@pytest.mark.parametrize("sampler", [{"name": "nsga2", "local_share": 0.5}, {"name": "grid", "local_share": 0.5}])
-def test_local_share_is_refused_where_there_is_no_sampler_to_share_with(tmp_path, sampler):
+@pytest.mark.parametrize(
+    "sampler, key",
+    [
+        ({"name": "nsga2", "local_share": 0.5}, "local_share"),
+        ({"name": "grid", "local_share": 0.5}, "local_share"),
+        ({"name": "tpe", "local_scale": 0.3}, "local_scale"),  # without local_share it would do nothing
+    ],
+)
+def test_local_search_settings_are_refused_where_they_would_do_nothing(tmp_path, sampler, key):
     path = tune_config(tmp_path, sampler=sampler)
     result = run_cli("tune", path, cwd=tmp_path)
-    assert result.returncode == 2 and "tune.sampler.local_share" in result.stderr
+    assert result.returncode == 2 and f"tune.sampler.{key}" in result.stderr
     assert not (tmp_path / "runs" / "study" / "tune" / "trial-0000").exists()
 
 

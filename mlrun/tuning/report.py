@@ -25,7 +25,8 @@ def trial_line(trial) -> str:
     duration = f" ({trial.duration.total_seconds():.1f}s)" if trial.duration else ""
     params = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
     error = f" error: {trial.user_attrs['error'].splitlines()[0]}" if "error" in trial.user_attrs else ""
-    origin = "" if origin_of(trial) == "sampler" else f" [{origin_of(trial)}]"
+    origin = origin_of(trial)
+    origin = "" if origin == "sampler" else f" [{origin}]"
     return f"trial {trial.number:>4} {trial.state.name:<8}{value}{duration}{origin} {params}{error}"
 
 

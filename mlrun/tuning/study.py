@@ -27,6 +27,8 @@ def make_sampler(config: SamplerConfig, tune: TuneConfig):
         raise UsageError(f"tune.sampler.multivariate: only tpe has it, not {config.name}")
     if config.population_size is not None and config.name != "nsga2":
         raise UsageError(f"tune.sampler.population_size: only nsga2 has a population, not {config.name}")
+    if "local_scale" in config.model_fields_set and not config.local_share:
+        raise UsageError("tune.sampler.local_scale: sizes the steps of local trials; set local_share (e.g. 0.5) too")
     several_objectives = getattr(tune, "objectives", None) is not None
     if config.local_share and (config.name in ("grid", "nsga2") or several_objectives):
         raise UsageError(
