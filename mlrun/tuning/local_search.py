@@ -19,6 +19,10 @@ sampler:
   `local_scale`;
 - every other trial, and every trial before one has completed, is the wrapped sampler's.
 
+Under the Hyperband pruner Optuna hands every sampler a view of the new trial's bracket only, so
+"the best" is the best of that bracket: a local trial can step from a trial that is not the study's
+best (its line says which: `near trial 2`). The benchmark figures were measured so.
+
 Optuna ships no such sampler (OptunaHub's are downloaded from GitHub at run time, which clusters
 without internet cannot do), so this is ours; it is a few lines on `BaseSampler`.
 """
