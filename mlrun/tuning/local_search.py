@@ -38,9 +38,9 @@ NEAR_TRIAL = "mlrun:near_trial"  # system attr of a local trial: the number of t
 
 def around_best(inner, share: float, scale: float, seed: int | None):
     """`inner` with a `share` of its trials replaced by perturbations of the best completed trial."""
-    from optuna.samplers import BaseSampler
+    from mlrun.tuning.forwarding import forwarding_sampler
 
-    class LocalAroundBest(BaseSampler):
+    class LocalAroundBest(forwarding_sampler()):
         def __init__(self) -> None:
             self.inner = inner
             self.rng = np.random.default_rng(seed)
@@ -67,12 +67,6 @@ def around_best(inner, share: float, scale: float, seed: int | None):
                 return self.inner.sample_independent(study, trial, param_name, param_distribution)
             return perturb(self.best.params[param_name], param_distribution, scale, self.rng)
 
-        def after_trial(self, study, trial, state, values) -> None:
-            self.inner.after_trial(study, trial, state, values)
-
-        def reseed_rng(self) -> None:
-            self.inner.reseed_rng()
-
         def __str__(self) -> str:
             return f"{self.inner}, {share:.0%} of trials near the best (scale {scale})"
 
@@ -92,27 +86,25 @@ def _best_trial(study):
 
 def perturb(value, distribution, scale: float, rng: np.random.Generator):
     """`value` moved by a step of `scale` of the distribution's range, kept inside it."""
-    from optuna.distributions import CategoricalDistribution
+    from optuna.distributions import CategoricalDistribution, IntDistribution
 
     if isinstance(distribution, CategoricalDistribution):
         others = [c for c in distribution.choices if c != value]
         if others and rng.random() < scale:
             return others[rng.integers(len(others))]
         return value
-    low, high, log = distribution.low, distribution.high, distribution.log
+    low, high = distribution.low, distribution.high
     if low == high:
         return value
-    to_unit = (
-        (lambda x: (math.log(x) - math.log(low)) / (math.log(high) - math.log(low)))
-        if log
-        else (lambda x: (x - low) / (high - low))
-    )
-    unit = to_unit(value) + rng.normal(0.0, scale)
+    # Steps are taken on the unit interval of the range, in log space for log parameters.
+    to_space, from_space = (math.log, math.exp) if distribution.log else (float, float)
+    lo, hi = to_space(low), to_space(high)
+    unit = (to_space(value) - lo) / (hi - lo) + rng.normal(0.0, scale)
     unit = abs(unit) % 2.0  # reflect at 0 and 1: a step past a bound comes back inside
     unit = 2.0 - unit if unit > 1.0 else unit
-    moved = math.exp(math.log(low) + unit * (math.log(high) - math.log(low))) if log else low + unit * (high - low)
+    moved = from_space(lo + unit * (hi - lo))
     step = getattr(distribution, "step", None)
     if step is not None:
         moved = low + round((moved - low) / step) * step
     moved = min(max(moved, low), high)
-    return int(round(moved)) if isinstance(low, int) and not isinstance(low, bool) else float(moved)
+    return int(round(moved)) if isinstance(distribution, IntDistribution) else float(moved)

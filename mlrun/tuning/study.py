@@ -89,30 +89,16 @@ def seeded_per_trial(build, seed: int):
     still never draw the same values; and a study rerun draws, trial by trial, what it drew before.
     The samplers keep what they learn in the study's storage, so a fresh one per trial loses nothing.
     """
-    base = optuna_module().samplers.BaseSampler
 
-    class SeededPerTrial(base):
+    from mlrun.tuning.forwarding import forwarding_sampler
+
+    class SeededPerTrial(forwarding_sampler()):
         def __init__(self) -> None:
             self.inner = build(seed)
 
         def before_trial(self, study, trial) -> None:
             self.inner = build(trial_seed(seed, trial.number))
             self.inner.before_trial(study, trial)
-
-        def infer_relative_search_space(self, study, trial):
-            return self.inner.infer_relative_search_space(study, trial)
-
-        def sample_relative(self, study, trial, search_space):
-            return self.inner.sample_relative(study, trial, search_space)
-
-        def sample_independent(self, study, trial, param_name, param_distribution):
-            return self.inner.sample_independent(study, trial, param_name, param_distribution)
-
-        def after_trial(self, study, trial, state, values) -> None:
-            self.inner.after_trial(study, trial, state, values)
-
-        def reseed_rng(self) -> None:
-            self.inner.reseed_rng()
 
         def __str__(self) -> str:
             return f"{self.inner} (seed {seed}, mixed with the trial number)"
