@@ -52,7 +52,7 @@ def test_projection_adds_the_mse_of_each_mapped_student_block_to_its_teacher_blo
     settings = {"teacher": str(tmp_path / "runs/deep"), "alpha": 0.5}
     plain = objectives.build("distill", F.cross_entropy, parts.bundle.meta, **settings)(student, batch).loss
     projected = objectives.build("distill", F.cross_entropy, parts.bundle.meta, hidden=0.5, projection=True, **settings)
-    projected.attach(student)
+    projected.attach(student, batch[0])
     maps = projected.projections.maps
     assert [(m.in_features, m.out_features) for m in maps] == [(8, 16), (8, 16)]
     loss = projected(student, batch).loss
@@ -206,9 +206,8 @@ class _MisreportedWidth(torch.nn.Module):
         return self.head(self.blocks[0](x))
 
 
-def test_a_block_whose_width_cannot_be_read_from_its_layers_exits_2_on_the_first_batch(tmp_path: Path) -> None:
+def test_the_maps_take_the_widths_blocks_output_not_those_their_last_layers_declare(tmp_path: Path) -> None:
     from mlrun.engine.restore import load_trained
-    from mlrun.errors import UsageError
     from mlrun.registry import objectives
 
     deep_teacher(tmp_path)
@@ -216,10 +215,12 @@ def test_a_block_whose_width_cannot_be_read_from_its_layers_exits_2_on_the_first
     projected = objectives.build(
         "distill", F.cross_entropy, meta, teacher=str(tmp_path / "runs/deep"), hidden=1.0, projection=True
     )
-    student = _MisreportedWidth()
-    projected.attach(student)
-    with pytest.raises(UsageError, match="outputs 16 features and its teacher block 16, but the blocks' last layers"):
-        projected(student, (torch.randn(8, 16), torch.randint(0, 4, (8,))))
+    student, batch = _MisreportedWidth(), (torch.randn(8, 16), torch.randint(0, 4, (8,)))
+    projected.attach(student, batch[0])
+    assert [(m.in_features, m.out_features) for m in projected.projections.maps] == [(16, 16)]
+    assert student.training and not student.blocks[0]._forward_hooks  # mode and hooks as they were
+    projected(student, batch).loss.backward()
+    assert projected.projections.maps[0].weight.grad.abs().sum() > 0
 
 
 def test_validate_print_counts_the_maps_beside_the_model(tmp_path: Path) -> None:

@@ -244,12 +244,10 @@ def run_round(
 
 def _plan(spec: StageSpec, model: nn.Module, trained, first_input: ModelSource, round_: int, rounds: int) -> Stage:
     """Call the stage's factory (a usage error names the stage)."""
-    from mlrun.data.batch import split_batch
-    from mlrun.data.bundle import fetch_batch
+    from mlrun.data.bundle import example_features
 
     parts = trained.parts
-    size = min(parts.config.data.batch_size, len(parts.bundle.train))
-    example = split_batch(fetch_batch(parts.bundle.train, range(size)))[0]
+    example = example_features(parts.bundle.train, parts.config.data.batch_size)
     context = StageContext(
         config=parts.config,
         meta=parts.bundle.meta,

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from mlrun.data.batch import TARGET_KEY
+from mlrun.data.batch import TARGET_KEY, split_batch
 
 
 @dataclass(frozen=True)
@@ -157,3 +157,8 @@ def fetch_batch(dataset: Dataset, indices) -> object:
     if hasattr(dataset, "__getitems__"):
         return dataset.__getitems__(list(indices))
     return collate([dataset[i] for i in indices])
+
+
+def example_features(dataset: Dataset, size: int = 2):
+    """The model inputs of the first `size` samples (targets dropped): what a dry-run forward needs."""
+    return split_batch(fetch_batch(dataset, range(min(size, len(dataset)))))[0]

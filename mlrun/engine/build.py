@@ -18,7 +18,7 @@ from torch import nn
 from mlrun.callbacks import Callback
 from mlrun.config.schema import ComponentSpec, DataSpec, ExperimentConfig, TrainConfig
 from mlrun.data.augment import Augmentations
-from mlrun.data.bundle import DataMeta, DatasetBundle
+from mlrun.data.bundle import DataMeta, DatasetBundle, example_features
 from mlrun.errors import MlrunError, UsageError
 from mlrun.metrics import Metric
 from mlrun.objectives.base import ObjectiveWithParameters
@@ -111,7 +111,7 @@ def build_components(
     objective = build(config.objective, loss_fn, bundle.meta)
     if isinstance(objective, ObjectiveWithParameters):  # trained beside the model: optimizer and checkpoints
         check_objective_parameters_fit(config)
-        objective.attach(model)
+        objective.attach(model, example_features(bundle.train))
         callbacks.append(objective)
     optimizer = build(config.optimizer, model)
     regroup(optimizer, model, config.optimizer)  # optimizer.param_groups rules and layer_decay

@@ -11,6 +11,7 @@ from torch import nn
 
 from mlrun.errors import UsageError
 from mlrun.models.addressing import evenly_spaced_blocks
+from mlrun.models.outputs import call_model
 
 
 def feature_axis(output: torch.Tensor) -> int:
@@ -44,6 +45,37 @@ class BlockTap:
             self.outputs[index] = output[0] if isinstance(output, tuple) else output
 
         return keep
+
+
+@torch.no_grad()
+def measured_block_widths(model: nn.Module, role: str, example) -> list[int]:
+    """The feature width of each declared block's output, measured in one eval-mode forward of
+    `example` (any block works, whatever layer it ends in); the model's mode and hooks are restored."""
+    blocks = blocks_of(model, role)
+    widths: list[int | None] = [None] * len(blocks)
+
+    def keeper(index: int):
+        def keep(module, args, output) -> None:
+            output = output[0] if isinstance(output, tuple) else output
+            widths[index] = output.shape[feature_axis(output)]
+
+        return keep
+
+    handles = [block.register_forward_hook(keeper(i)) for i, block in enumerate(blocks)]
+    was_training = model.training
+    model.eval()
+    try:
+        call_model(model, example)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    if None in widths:
+        raise UsageError(
+            f"distill projection: the {role}'s block {widths.index(None)} did not run in a forward; "
+            "every declared block must be called by the model's forward"
+        )
+    return widths
 
 
 class FeatureProjections(nn.Module):

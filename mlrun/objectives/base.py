@@ -28,14 +28,15 @@ Objective = Callable[[nn.Module, Any], ObjectiveOutput]
 class ObjectiveWithParameters(Callback):
     """An objective that trains parameters of its own beside the model's (distill's TinyBERT projections).
 
-    The engine calls `attach(model)` before it builds the optimizer (the parameters may take the
-    model's widths), then treats the objective as a callback: `wrap_optimizer` adds its parameters as
-    a group of their own, and its state_dict is checkpointed with the techniques'. They are not the
+    The engine calls `attach(model, example)` before it builds the optimizer (the parameters may take
+    widths measured on `example`, the features of the first training samples), then treats the
+    objective as a callback: `wrap_optimizer` adds its parameters as a group of their own, and its
+    state_dict is checkpointed with the techniques'. They are not the
     model's: saved weights, exports and the model's parameter count never hold them (`validate --print`
     lists them as trained beside the model).
     """
 
-    def attach(self, model: nn.Module) -> None:
+    def attach(self, model: nn.Module, example: Any) -> None:
         raise NotImplementedError
 
     def __call__(self, model: nn.Module, batch: Any) -> ObjectiveOutput:

@@ -38,14 +38,14 @@ from torch.nn import functional as F
 from mlrun.data.batch import TARGET_KEY, split_batch
 from mlrun.data.bundle import DataMeta
 from mlrun.errors import UsageError
-from mlrun.models.addressing import block_width, evenly_spaced_blocks
+from mlrun.models.addressing import evenly_spaced_blocks
 from mlrun.models.block_outputs import (
     BlockTap,
     FeatureProjections,
-    blocks_of,
     check_block_count,
     check_hidden_widths,
     feature_axis,
+    measured_block_widths,
 )
 from mlrun.models.outputs import call_model, logits_of
 from mlrun.models.saved import load_saved_model
@@ -137,14 +137,14 @@ class ProjectedDistillation(Distillation, ObjectiveWithParameters):
         self.projections: FeatureProjections | None = None
         self.averaging = False
 
-    def attach(self, model: torch.nn.Module) -> None:
-        """One map per student block, from its width to its paired teacher block's (read from the layers)."""
-        mine, theirs = blocks_of(model, "student"), blocks_of(self.frozen[0], "teacher")
+    def attach(self, model: torch.nn.Module, example) -> None:
+        """One map per student block, from its width to its paired teacher block's, both measured on
+        `example` (a block's last layer need not be the one that sets its width)."""
+        mine = measured_block_widths(model, "student", example)
+        theirs = measured_block_widths(self.frozen[0], "teacher", example)
         check_block_count(len(mine), len(theirs))
         picked = evenly_spaced_blocks(len(mine), len(theirs))
-        student_widths = [block_width(block, i, "distill projection") for i, block in enumerate(mine)]
-        teacher_widths = [block_width(theirs[j], j, "distill projection (teacher)") for j in picked]
-        self.projections = FeatureProjections(student_widths, teacher_widths)
+        self.projections = FeatureProjections(mine, [theirs[j] for j in picked])
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """The maps step like the model's own matrices: the settings (lr, betas; Muon's AdamW side) of the
@@ -190,17 +190,7 @@ class ProjectedDistillation(Distillation, ObjectiveWithParameters):
         return projected_hidden_loss(self.projections([s.float() for s in student]), teacher)
 
     def check_hidden(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> None:
-        """The shapes but for the feature axis, then the features the maps were built for."""
         check_hidden_widths(student, teacher, projected=True)
-        picked = evenly_spaced_blocks(len(student), len(teacher))
-        for i, (project, output) in enumerate(zip(self.projections.maps, student)):
-            found = (output.shape[feature_axis(output)], teacher[picked[i]].shape[feature_axis(output)])
-            if found != (project.in_features, project.out_features):
-                raise UsageError(
-                    f"distill projection: student block {i} outputs {found[0]} features and its teacher block "
-                    f"{found[1]}, but the blocks' last layers say {project.in_features} and {project.out_features}; "
-                    "a block must end in the layer that sets its width"
-                )
 
     def state_dict(self) -> dict:
         return {"projections": {k: v.cpu() for k, v in self.projections.state_dict().items()}}
