@@ -13,7 +13,11 @@ byte-level language modelling, val/loss minimised, 4 epochs a trial). Arms: `tpe
 in TPE's place, trial 0 enqueued too), `tpe+local+hyperband` (half the trials drawn near the
 best so far: `sampler.local_share: 0.5, local_scale: 0.15`, or `--local SHARE SCALE`) and `random`
 (every trial sampled, no pruning). `--work DIR` keeps the studies: a rerun reuses every finished one
-(the random arm need not run again).
+(the random arm need not run again). `--pruner '{name: successive_halving, min_resource: 1}'` gives
+the pruned arms another pruner or other rungs (their study names say which). `--extend 60` runs a
+pruned search that missed random's best on to 60 trials and reports a third measure, epochs to
+random's best in the longer search: a pruned search that misses spends less than random search in
+all, so without it a miss can look like a saving.
 Compute is counted in training epochs (samples seen / training-set size, pruned trials included).
 Two figures per repetition and arm: the epochs spent before the first trial within the problem's
 tolerance (0.5 point of accuracy, 0.01 nats of loss) of the best any arm found, and before the first
@@ -24,8 +28,10 @@ epochs up to its best trial). Prints a table, then one JSON line.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -118,7 +124,16 @@ PROBLEMS = {
 }
 
 
-def run_study(work: Path, problem: str, label: str, seed: int, trials: int, epochs: int, local: tuple[float, float]):
+def run_study(
+    work: Path,
+    problem: str,
+    label: str,
+    seed: int,
+    trials: int,
+    epochs: int,
+    local: tuple[float, float],
+    pruner_override: str | None = None,
+):
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
@@ -128,12 +143,17 @@ def run_study(work: Path, problem: str, label: str, seed: int, trials: int, epoc
     if "local" in label:
         sampler += f", local_share: {local[0]}, local_scale: {local[1]}"
         name += f"_{local[0]}_{local[1]}".replace(".", "")
+    pruner = f"{{name: {pruner}}}"
+    if pruner_override and label != "random":
+        # Another pruner or other rungs for every pruned arm; the study name says which.
+        pruner = pruner_override
+        name += "_" + "_".join(re.findall(r":\s*([\w.]+)", pruner_override)).replace(".", "")
     overrides = [
         *spec.setup,
         f"name={name}",
         f"output_dir={work}",
         f"tune.sampler={sampler}, seed: {seed}}}",
-        f"tune.pruner={{name: {pruner}}}",
+        f"tune.pruner={pruner}",
         f"tune.trials={trials}",
         f"train.epochs={epochs}",
         f"tune.enqueue_config={str(enqueue).lower()}",
@@ -165,6 +185,14 @@ def epochs_to_reach(trials, target: float, spec: Problem) -> tuple[float, bool]:
     return spent, False
 
 
+def extended(trials, target: float, spec: Problem, extend: int | None) -> dict:
+    """Epochs to random's best in the search run on to `extend` trials (the whole spend where never)."""
+    if not extend:
+        return {}
+    spent, reached = epochs_to_reach(trials, target, spec)
+    return {"epochs_extended": round(spent, 1), "reached_extended": reached}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problem", choices=list(PROBLEMS), default="digits")
@@ -181,6 +209,18 @@ def main() -> None:
         metavar=("SHARE", "SCALE"),
         help="the local arm's local_share and local_scale",
     )
+    parser.add_argument(
+        "--pruner",
+        help="the pruned arms' tune.pruner instead of {name: hyperband}, e.g. "
+        "'{name: successive_halving, min_resource: 2, reduction_factor: 3}' (random is never pruned)",
+    )
+    parser.add_argument(
+        "--extend",
+        type=int,
+        metavar="TRIALS",
+        help="run a pruned search that missed random's best on to this many trials, and report a third "
+        "measure: epochs to random's best in the longer search",
+    )
     parser.add_argument("--work", type=Path, help="keep the studies here; a rerun reuses finished ones")
     args = parser.parse_args()
     spec = PROBLEMS[args.problem]
@@ -189,15 +229,24 @@ def main() -> None:
     sign = 1 if spec.maximize else -1
     arms = args.arms if "random" in args.arms else [*args.arms, "random"]  # random's best is the target
     rows = []
+    if args.pruner:  # the arms keep their names (and their studies' names' start) under another pruner
+        print(f"pruned arms under tune.pruner={args.pruner}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = args.work or tmp
         for seed in args.seeds if args.seeds is not None else range(args.repeats):
-            studies = {
-                label: run_study(Path(tmp), args.problem, label, seed, args.trials, epochs, args.local)
-                for label in arms
-            }
-            best = best_of(t.value for ts in studies.values() for t in ts if t.state.name == "COMPLETE")
+            run = functools.partial(run_study, Path(tmp), args.problem, seed=seed, epochs=epochs, local=args.local)
+            studies = {label: run(label, trials=args.trials, pruner_override=args.pruner) for label in arms}
             random_best = best_of(t.value for t in studies["random"] if t.state.name == "COMPLETE")
+            # --extend: a pruned search that missed random's best goes on (the same trials first: samplers
+            # and pruners are seeded per trial number), so a miss no longer counts only its smaller spend.
+            longer = {
+                label: run(label, trials=args.extend, pruner_override=args.pruner)
+                if args.extend and label != "random" and not epochs_to_reach(trials, random_best, spec)[1]
+                else trials
+                for label, trials in studies.items()
+            }
+            studies = {label: [t for t in trials if t.number < args.trials] for label, trials in longer.items()}
+            best = best_of(t.value for ts in studies.values() for t in ts if t.state.name == "COMPLETE")
             row = {"seed": seed, "best": round(best, 4), "random_best": round(random_best, 4)}
             for label, trials in studies.items():
                 spent, reached = epochs_to_reach(trials, best - sign * spec.tolerance, spec)
@@ -208,6 +257,7 @@ def main() -> None:
                     "epochs_to_random_best": round(to_random, 1),
                     "reached_random_best": reached_random,
                     "total_epochs": round(sum(trial_epochs(t, spec.train_samples) for t in trials), 1),
+                    **extended(longer[label], random_best, spec, args.extend),
                     "pruned": sum(t.state.name == "PRUNED" for t in trials),
                 }
             rows.append(row)
@@ -224,7 +274,8 @@ def main() -> None:
     saved = {}
     # A study that never reaches the target counts its whole spend, which is less than random search's
     # for a pruned study: so each mean is printed with how many studies reached the target at all.
-    for measure, flag in (("epochs", "reached"), ("epochs_to_random_best", "reached_random_best")):
+    measures = [("epochs", "reached"), ("epochs_to_random_best", "reached_random_best")]
+    for measure, flag in measures + ([("epochs_extended", "reached_extended")] if args.extend else []):
         theirs = statistics.mean(r["random"][measure] for r in rows)
         for label in arms:
             if label != "random":
@@ -236,6 +287,7 @@ def main() -> None:
                     f"{100 * (1 - ours / theirs):.0f}% less"
                 )
     document = {"bench": "tune", "problem": args.problem, "trials": args.trials, "epochs": epochs}
+    document.update(pruner=args.pruner or "{name: hyperband}", extend=args.extend)
     document.update(rows=rows, compute_saved=saved)
     print(json.dumps(document))
 
