@@ -7,8 +7,10 @@ dropout, schedule), where good settings are rare as in real searches, with the s
 trials. Problems: `digits` (configs/tune_digits.yaml: 10-class 8x8 images, an MLP, 10 epochs a
 trial), `breast_cancer` (configs/tabular_breast_cancer.yaml with the same tune settings: a 30-feature
 binary table, 20 epochs a trial) and `charlm` (configs/charlm.yaml's GPT at 2 layers and 64 wide:
-byte-level language modelling, val/loss minimised, 4 epochs a trial). Arms: `tpe+hyperband` as
-`mlrun tune` runs it by default (the config's own values enqueued as trial 0),
+byte-level language modelling, val/loss minimised, 4 epochs a trial). Arms: `tpe+hyperband`, TPE as
+configs/tune_digits.yaml ships it (the config's own values enqueued as trial 0) under Hyperband,
+which that config shipped with until `--pruner '{name: median}'` measured better (the arms keep
+their names under another pruner),
 `tpe+hyperband-noconfig` (every trial sampled), `gp+hyperband` (Optuna's Gaussian-process sampler
 in TPE's place, trial 0 enqueued too), `tpe+local+hyperband` (half the trials drawn near the
 best so far: `sampler.local_share: 0.5, local_scale: 0.15`, or `--local SHARE SCALE`) and `random`
