@@ -288,6 +288,25 @@ def test_nsga2_population_reaches_optuna_and_a_too_small_study_is_warned(tmp_pat
     assert refused.returncode == 2 and "only nsga2" in refused.stderr
 
 
+def test_a_short_hyperband_study_under_a_model_based_sampler_is_warned(tmp_path):
+    from mlrun.config.schema import PrunerConfig, SamplerConfig
+    from mlrun.tuning.study import warn_split_hyperband
+
+    hyperband = PrunerConfig(name="hyperband")
+    assert warn_split_hyperband(SamplerConfig(name="random"), hyperband, 30) is None  # no model to starve
+    assert warn_split_hyperband(SamplerConfig(name="tpe"), hyperband, 500) is None
+    stderr = {}
+    for pruner in ("hyperband", "median"):
+        folder = tmp_path / pruner
+        folder.mkdir()
+        config = study_config(folder, 2, sampler={"name": "tpe", "seed": 0}, pruner={"name": pruner})
+        result = run_cli("tune", config, cwd=folder)
+        assert result.returncode == 0, result.stderr
+        stderr[pruner] = result.stderr
+    assert "hyperband splits 2 trials into brackets" in stderr["hyperband"] and "{name: median}" in stderr["hyperband"]
+    assert "brackets" not in stderr["median"]
+
+
 def test_config_values_are_the_first_trial_and_compute_counts_pruned_trials_epochs(tmp_path):
     path = tune_config(tmp_path, trials=5, pruner={"name": "median", "startup_trials": 1})
     # quickstart's lr (3e-3) and this width lie inside the space: they are trial 0.

@@ -78,7 +78,14 @@ def run_population(config: ExperimentConfig, options: StudyOptions, tune_dir: Pa
 
 def run_study(config: ExperimentConfig, options: StudyOptions, tune_dir: Path) -> dict | None:
     from mlrun.tuning.objective import objective
-    from mlrun.tuning.study import make_pruner, make_sampler, make_storage, optuna_module, warn_small_generation
+    from mlrun.tuning.study import (
+        make_pruner,
+        make_sampler,
+        make_storage,
+        optuna_module,
+        warn_small_generation,
+        warn_split_hyperband,
+    )
 
     optuna = optuna_module()
     tune, path, overrides = config.tune, options.path, list(options.overrides)
@@ -89,8 +96,13 @@ def run_study(config: ExperimentConfig, options: StudyOptions, tune_dir: Path) -
             "several processes: use one or the other"
         )
     main = processes.is_main_process
-    if main and not options.worker and (note := warn_small_generation(tune.sampler, options.trials)):
-        print(f"mlrun: warning: {note}", file=sys.stderr, flush=True)
+    if main and not options.worker:
+        for note in (
+            warn_small_generation(tune.sampler, options.trials),
+            warn_split_hyperband(tune.sampler, tune.pruner, options.trials),
+        ):
+            if note:
+                print(f"mlrun: warning: {note}", file=sys.stderr, flush=True)
     study, store_text, study_run = None, None, None
     if main:  # under several processes only rank 0 talks to the storage
         store, store_text = make_storage(options.storage, tune_dir, options.workers)

@@ -106,6 +106,10 @@ def seeded_per_trial(build, seed: int):
     return SeededPerTrial()
 
 
+# Below this many trials Hyperband's brackets leave a sampler too few trials each (measured at 30).
+SHORT_STUDY = 100
+
+
 def warn_small_generation(config: SamplerConfig, trials: int) -> str | None:
     """NSGA-II samples its whole first generation at random: a study of fewer trials is a random search."""
     if config.name != "nsga2":
@@ -117,6 +121,18 @@ def warn_small_generation(config: SamplerConfig, trials: int) -> str | None:
         f"tune.sampler: nsga2 breeds generations of {population}; with {trials} trials "
         f"{'every trial is in the first, random, generation' if trials <= population else 'it barely starts'}. "
         f"Set tune.sampler.population_size to about {max(2, trials // 5)} (or use tpe)."
+    )
+
+
+def warn_split_hyperband(sampler: SamplerConfig, pruner: PrunerConfig, trials: int) -> str | None:
+    """Hyperband splits a study into brackets and Optuna shows a model-based sampler only the new
+    trial's bracket: in a short study each model learns from a fraction of the trials."""
+    if pruner.name != "hyperband" or sampler.name in ("random", "grid") or trials >= SHORT_STUDY:
+        return None
+    return (
+        f"tune.pruner: hyperband splits {trials} trials into brackets and {sampler.name} sees only the new "
+        "trial's bracket; in 30-trial searches the median rule saved more compute (README, Pruning): "
+        "consider pruner: {name: median}"
     )
 
 
