@@ -37,8 +37,7 @@ class BlockTap:
     def __init__(self, model: nn.Module, role: str) -> None:
         blocks = blocks_of(model, role)
         self.outputs: list[torch.Tensor | None] = [None] * len(blocks)
-        for index, block in enumerate(blocks):
-            block.register_forward_hook(self._keeper(index))
+        self.handles = [block.register_forward_hook(self._keeper(i)) for i, block in enumerate(blocks)]
 
     def _keeper(self, index: int):
         def keep(module, args, output) -> None:
@@ -46,36 +45,28 @@ class BlockTap:
 
         return keep
 
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
 
 @torch.no_grad()
 def measured_block_widths(model: nn.Module, role: str, example) -> list[int]:
     """The feature width of each declared block's output, measured in one eval-mode forward of
     `example` (any block works, whatever layer it ends in); the model's mode and hooks are restored."""
-    blocks = blocks_of(model, role)
-    widths: list[int | None] = [None] * len(blocks)
-
-    def keeper(index: int):
-        def keep(module, args, output) -> None:
-            output = output[0] if isinstance(output, tuple) else output
-            widths[index] = output.shape[feature_axis(output)]
-
-        return keep
-
-    handles = [block.register_forward_hook(keeper(i)) for i, block in enumerate(blocks)]
-    was_training = model.training
+    tap, was_training = BlockTap(model, role), model.training
     model.eval()
     try:
         call_model(model, example)
     finally:
         model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    if None in widths:
+        tap.remove()
+    if None in tap.outputs:
         raise UsageError(
-            f"distill projection: the {role}'s block {widths.index(None)} did not run in a forward; "
+            f"distill projection: the {role}'s block {tap.outputs.index(None)} did not run in a forward; "
             "every declared block must be called by the model's forward"
         )
-    return widths
+    return [output.shape[feature_axis(output)] for output in tap.outputs]
 
 
 class FeatureProjections(nn.Module):

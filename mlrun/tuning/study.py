@@ -106,10 +106,6 @@ def seeded_per_trial(build, seed: int):
     return SeededPerTrial()
 
 
-# Below this many trials Hyperband's brackets leave a sampler too few trials each (measured at 30).
-SHORT_STUDY = 100
-
-
 def warn_small_generation(config: SamplerConfig, trials: int) -> str | None:
     """NSGA-II samples its whole first generation at random: a study of fewer trials is a random search."""
     if config.name != "nsga2":
@@ -122,6 +118,10 @@ def warn_small_generation(config: SamplerConfig, trials: int) -> str | None:
         f"{'every trial is in the first, random, generation' if trials <= population else 'it barely starts'}. "
         f"Set tune.sampler.population_size to about {max(2, trials // 5)} (or use tpe)."
     )
+
+
+# Below this many trials Hyperband's brackets leave a sampler too few trials each (measured at 30).
+SHORT_STUDY = 100
 
 
 def warn_split_hyperband(sampler: SamplerConfig, pruner: PrunerConfig, trials: int) -> str | None:
