@@ -384,3 +384,28 @@ def test_workers_on_one_host_share_its_cores_unless_the_user_set_the_threads(mon
         assert share_threads(2) == {} and torch.get_num_threads() == 3  # the user's setting stands
     finally:
         torch.set_num_threads(before)
+
+
+def test_value_best_scores_each_trial_at_its_best_evaluation_and_early_stopping_ends_it(tmp_path):
+    early = {"monitor": "val/accuracy", "mode": "max", "patience": 2}
+    path = tune_config(
+        tmp_path,
+        trials=3,
+        value="best",
+        sampler={"name": "random", "seed": 0},
+        pruner={"name": "none"},
+        space={"optimizer.lr": {"type": "float", "low": 3e-2, "high": 3e-1, "log": True}},
+    )
+    result = run_cli("tune", path, "train.epochs=6", f"train.early_stopping={json.dumps(early)}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    tune_dir = tmp_path / "runs" / "study" / "tune"
+    below_best = 0
+    for trial in load_study(tune_dir).trials:
+        lines = (tune_dir / f"trial-{trial.number:04d}" / "metrics.jsonl").read_text().splitlines()
+        curve = [row["val/accuracy"] for row in map(json.loads, lines) if "val/accuracy" in row]
+        assert trial.value == max(curve)
+        below_best += curve[-1] < max(curve)
+        assert read_summary(tune_dir, trial.number)["epochs"] < 6  # early stopping ended it
+    assert below_best  # some trial ended below its best: the last value would have scored it lower
+    refused = run_cli("tune", tune_config(tmp_path, value="best", strategy="pbt"), cwd=tmp_path)
+    assert refused.returncode == 2 and "value: best" in refused.stderr and "Traceback" not in refused.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 from accelerate import PartialState
 
 from mlrun.errors import RunFailed, UsageError
-from mlrun.tuning.objective import broadcast, figure, train_trial
+from mlrun.tuning.objective import broadcast, train_trial
 from mlrun.tuning.report import trial_line
 from mlrun.tuning.space import suggest
 
@@ -28,15 +28,15 @@ def run_distributed_trials(path: Path, overrides: list[str], tune, tune_dir: Pat
         sampled = ({k: suggest(trial, k, s) for k, s in tune.space.items()}, trial.number) if main else None
         params, number = broadcast(sampled)
         try:
-            state = train_trial(path, overrides, tune, tune_dir, trial, params, number)
+            _, value = train_trial(path, overrides, tune, tune_dir, trial, params, number)
         except (UsageError, RunFailed) as exc:
             if main:
                 trial.set_user_attr("error", str(exc))
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
             continue
         if main:
-            if state.stop_reason == "pruned":
+            if value is None:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             else:
-                study.tell(trial, figure(state, tune.metric))
+                study.tell(trial, value)
             print(trial_line(study.trials[number]), flush=True)

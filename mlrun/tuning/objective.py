@@ -37,13 +37,19 @@ class PruningReporter(Callback):
     first three steps). `trial` is None on the other ranks of a trial that trains on several processes.
     """
 
-    def __init__(self, trial, metric: str):
-        self.trial, self.metric = trial, metric
+    def __init__(self, trial, tune: TuneConfig):
+        self.trial, self.metric = trial, tune.metric
+        self.mode = "max" if tune.direction == "maximize" else "min"
         self.evaluations = 0
+        self.best: float | None = None  # the trial's best evaluation of the metric (tune.value: best)
 
     def on_evaluate(self, metrics: dict[str, float], state: Any) -> None:
+        from mlrun.engine.early_stopping import improved
+
         self.evaluations += 1
         prune = False
+        if self.metric in metrics and improved(metrics[self.metric], self.best, self.mode):
+            self.best = metrics[self.metric]
         if self.trial is not None and self.metric in metrics:
             self.trial.report(metrics[self.metric], step=self.evaluations)
             prune = self.trial.should_prune()
@@ -63,6 +69,18 @@ def trial_overrides(overrides: list[str], params: dict[str, Any], name: str, out
     ]
 
 
+def trial_value(state, reporter: PruningReporter, tune: TuneConfig) -> float:
+    """What Optuna ranks a completed trial by: its last value of tune.metric, or its best evaluation."""
+    if tune.value == "last":
+        return figure(state, tune.metric)
+    if reporter.best is None:
+        raise UsageError(
+            f"tune.value: best takes the best evaluation of tune.metric, and '{tune.metric}' was never evaluated "
+            "(a training figure?): tune a val/ figure or set tune.value: last"
+        )
+    return reporter.best
+
+
 def figure(state, metric: str) -> float:
     figures = {**state.last_train, **state.last_eval}
     if metric not in figures:
@@ -71,7 +89,9 @@ def figure(state, metric: str) -> float:
 
 
 def train_trial(path: Path, overrides: list[str], tune: TuneConfig, tune_dir: Path, trial, params: dict, number: int):
-    """One trial's full run in tune_dir/trial-<number>; records what it spent on `trial` (rank 0's)."""
+    """One trial's full run in tune_dir/trial-<number>; records what it spent on `trial` (rank 0's).
+
+    Returns the run's state and the trial's value (None for a pruned trial)."""
     from mlrun.engine.run import run_training
 
     name = f"trial-{number:04d}"
@@ -85,15 +105,16 @@ def train_trial(path: Path, overrides: list[str], tune: TuneConfig, tune_dir: Pa
             trial.set_user_attr("error", str(exc))
         raise
     started, started_at = time.perf_counter(), time.time()
+    reporter = PruningReporter(trial, tune)
     try:
-        state = run_training(config, resume="never", overwrite=True, callbacks=(PruningReporter(trial, tune.metric),))
+        state = run_training(config, resume="never", overwrite=True, callbacks=(reporter,))
     finally:  # a failed trial spent compute too: its summary.json says how much
         if trial is not None:
             record_compute(trial, tune_dir / name / "summary.json", started_at)
             trial.set_user_attr("train_time_s", round(time.perf_counter() - started, 3))
     if trial is not None:
         trial.set_user_attr("samples_seen", state.samples_seen)
-    return state
+    return state, None if state.stop_reason == "pruned" else trial_value(state, reporter, tune)
 
 
 def record_compute(trial, summary_path: Path, started_at: float) -> None:
@@ -119,9 +140,9 @@ def objective(path: Path, overrides: list[str], tune: TuneConfig, tune_dir: Path
 
     def run(trial) -> float:
         params = {key: suggest(trial, key, spec) for key, spec in tune.space.items()}
-        state = train_trial(path, overrides, tune, tune_dir, trial, params, trial.number)
-        if state.stop_reason == "pruned":
+        state, value = train_trial(path, overrides, tune, tune_dir, trial, params, trial.number)
+        if value is None:
             raise optuna.TrialPruned(f"pruned at step {state.step}")
-        return figure(state, tune.metric)
+        return value
 
     return run

@@ -127,7 +127,20 @@ class TuneConfig(Section):
     near_best: PositiveFloat = 0.005
     """strategy optuna: the end report counts the completed trials within this distance of the best value,
     in the metric's own units (0.005: half a point of a 0-1 figure such as accuracy)."""
+    value: Literal["last", "best"] = "last"
+    """strategy optuna: the figure a trial is ranked by: its last evaluation of `metric`, or its best one (as
+    KerasTuner does), which with train.early_stopping makes a trial end, scored at its peak, once its curve
+    flattens; set train.best on the same figure to keep those weights in the trial's best.safetensors."""
     strategy: Literal["optuna", "pbt"] = "optuna"
     """optuna: independent trials; pbt: population-based training on mlrun checkpoints."""
     pbt: PBTConfig = PBTConfig()
     """Settings of strategy: pbt."""
+
+    @model_validator(mode="after")
+    def _value_of_a_training_search(self) -> TuneConfig:
+        if self.value == "best" and (self.strategy == "pbt" or self.objectives is not None):
+            raise ValueError(
+                "value: best ranks the trials of a training search (strategy: optuna) by their best evaluation; "
+                "population-based training and compress searches (objectives) score their own figures: remove it"
+            )
+        return self
