@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from mlrun.config.load import load_config
-from tests.conftest import run_cli, tiny_config, write_config
+from tests.conftest import REPO, run_cli, tiny_config, write_config
 
 PROBE = "tests.fixtures:probe_mlp"
 
@@ -394,6 +394,28 @@ def test_digits_can_keep_some_classes_and_few_training_images_per_class():
         digits(0, classes=[5, 10])
     with pytest.raises(UsageError, match="train_per_class"):
         digits(0, classes=[0, 1], train_per_class=500)
+
+
+def test_text_keeps_few_training_texts_per_class_drawn_by_the_seed():
+    from mlrun.data.text import jsonl_text
+    from mlrun.errors import UsageError
+
+    path = str(REPO / "configs" / "data" / "digits_ascii.jsonl")
+    full = jsonl_text(0, path=path, classes=[5, 6, 7, 8, 9], max_length=72)
+    few = {
+        seed: jsonl_text(seed, path=path, classes=[5, 6, 7, 8, 9], max_length=72, train_per_class=5) for seed in (0, 1)
+    }
+    for bundle in few.values():
+        assert torch.bincount(bundle.train.tensors["labels"]).tolist() == [5] * 5
+    assert torch.equal(few[0].val.tensors["input_ids"], full.val.tensors["input_ids"])  # validation stays whole
+    assert not torch.equal(few[0].train.tensors["input_ids"], few[1].train.tensors["input_ids"])  # seeds draw others
+    labels = full.train.tensors["labels"]
+    first = torch.cat([torch.nonzero(labels == c).flatten()[:5] for c in range(5)]).sort().values
+    assert not torch.equal(
+        few[0].train.tensors["input_ids"], full.train.tensors["input_ids"][first]
+    )  # drawn, not the first
+    with pytest.raises(UsageError, match="train_per_class"):
+        jsonl_text(0, path=path, classes=[5, 6], max_length=72, train_per_class=5000)
 
 
 @pytest.mark.parametrize("library", ["timm", "torchvision"])

@@ -15,7 +15,7 @@ import torch
 from pydantic import Field, PositiveInt
 
 from mlrun.data.bundle import ArrayDataset, DataMeta, DatasetBundle
-from mlrun.data.splits import ValFraction
+from mlrun.data.splits import ValFraction, first_per_class
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
 
@@ -116,19 +116,6 @@ def select_classes(x: np.ndarray, y: np.ndarray, classes: list[int], name: str) 
     keep = np.isin(y, classes)
     relabel = {c: i for i, c in enumerate(classes)}
     return x[keep], np.array([relabel[int(v)] for v in y[keep]], dtype=y.dtype)
-
-
-def first_per_class(y: np.ndarray, count: int) -> np.ndarray:
-    """Indices of the first `count` samples of each class (the split is already shuffled by the seed)."""
-    keep, seen = [], {}
-    for index, label in enumerate(y.tolist()):
-        if seen.get(label, 0) < count:
-            seen[label] = seen.get(label, 0) + 1
-            keep.append(index)
-    short = {label: n for label, n in seen.items() if n < count}
-    if short:
-        raise UsageError(f"data.train_per_class: {count} is more than the training split holds for classes {short}")
-    return np.array(keep)
 
 
 Std = list[Annotated[float, Field(gt=0.0)]]

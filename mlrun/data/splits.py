@@ -74,6 +74,20 @@ def split_indices(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
+def first_per_class(y: np.ndarray, count: int) -> np.ndarray:
+    """Indices, in order, of the first `count` samples of each class in `y` (a few-shot training split:
+    `y` comes shuffled by the seed, so each seed draws other samples)."""
+    keep, seen = [], {}
+    for index, label in enumerate(y.tolist()):
+        if seen.get(label, 0) < count:
+            seen[label] = seen.get(label, 0) + 1
+            keep.append(index)
+    short = {label: n for label, n in seen.items() if n < count}
+    if short:
+        raise UsageError(f"data.train_per_class: {count} is more than the training split holds for classes {short}")
+    return np.array(keep)
+
+
 def encode_labels(train: np.ndarray, val: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray, list]:
     """Class ids 0..C-1 in sorted order of the training labels; a validation label outside them is an error."""
     classes = np.unique(train)

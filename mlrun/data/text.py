@@ -19,7 +19,7 @@ from pydantic import PositiveInt
 from mlrun.data.arrays import bundle_from_arrays
 from mlrun.data.batch import TARGET_KEY
 from mlrun.data.bundle import ArrayDataset, DatasetBundle, TensorDictDataset
-from mlrun.data.splits import ValFraction, resolve_one_file, split_indices
+from mlrun.data.splits import ValFraction, first_per_class, resolve_one_file, split_indices
 from mlrun.data.tokenize import encode_padded, make_tokenizer
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
@@ -85,15 +85,21 @@ def text_bundle(
     max_length: int,
     where: str,
     alphabet: str | None = None,
+    train_per_class: int | None = None,
 ) -> DatasetBundle:
     """Tokenized, padded text classification splits; the tokenizer is fitted on training texts only,
-    so the split comes first (or its `alphabet` is given: a trained run's, for eval on other texts)."""
+    so the split comes first (or its `alphabet` is given: a trained run's, for eval on other texts).
+    With `train_per_class`, the training split keeps that many texts of each class, drawn by `seed`."""
     if alphabet is not None and tokenizer != "char":
         raise UsageError(f"data.alphabet: only the char tokenizer takes an alphabet (data.tokenizer is '{tokenizer}')")
     if val is None:
         train_idx, val_idx = split_indices(len(texts), val_fraction, seed, labels)
         val = [texts[i] for i in val_idx], labels[val_idx]
         texts, labels = [texts[i] for i in train_idx], labels[train_idx]
+    if train_per_class is not None:
+        order = np.random.default_rng(seed).permutation(len(texts))
+        keep = np.sort(order[first_per_class(labels[order], train_per_class)])
+        texts, labels = [texts[i] for i in keep], labels[keep]
     encoder = make_tokenizer(tokenizer, texts, "data.tokenizer", pad=True, alphabet=alphabet)
     train_ids, train_mask = encode_padded(encoder, texts, max_length)
     val_ids, val_mask = encode_padded(encoder, val[0], max_length)
@@ -142,6 +148,7 @@ def jsonl_text(
     tokenizer: str = "byte",
     max_length: PositiveInt = 128,
     classes: list[str | int] | None = None,
+    train_per_class: PositiveInt | None = None,
     alphabet: str | None = None,
 ) -> DatasetBundle:
     """Text classification from a JSON Lines file of {"text": ..., "label": ...} records.
@@ -155,6 +162,8 @@ def jsonl_text(
         tokenizer: byte (UTF-8), char (training alphabet), a tokenizer.json path or a transformers tokenizer folder.
         max_length: tokens per sample; longer texts are truncated, shorter ones padded with id 0.
         classes: keep only records with these labels (compared as text), e.g. [5, 6, 7, 8, 9].
+        train_per_class: keep only this many training texts of each class, drawn by the seed (few-shot);
+            validation stays whole.
         alphabet: with tokenizer char, the characters known instead of the training texts' (eval pins the run's).
     """
     texts, labels = keep_classes(read_jsonl(path, "data.path", text_field, label_field), classes)
@@ -170,4 +179,5 @@ def jsonl_text(
         max_length=max_length,
         where=where,
         alphabet=alphabet,
+        train_per_class=train_per_class,
     )
