@@ -81,7 +81,7 @@ TUNE_SETUP = [
 class Problem:
     """A config to tune, its training-set size (samples seen -> epochs, for runs that record no
     epochs), the epochs of a full trial, the overrides that make it a tuning config, the space, and
-    what "as good" means: the metric's direction and the tolerance of the "within" measure."""
+    what "as good" means: the metric's direction and the tolerance of the "within" measure, and the metric."""
 
     config: Path
     train_samples: int
@@ -90,6 +90,7 @@ class Problem:
     space: str
     maximize: bool = True
     tolerance: float = 0.005  # half a point of accuracy
+    metric: str = "val/accuracy"  # the tuned figure (what --patience watches)
 
 
 PROBLEMS = {
@@ -122,6 +123,7 @@ PROBLEMS = {
         WIDE_LM_SPACE,
         maximize=False,
         tolerance=0.01,  # nats/byte
+        metric="val/loss",
     ),
 }
 
@@ -135,6 +137,8 @@ def run_study(
     epochs: int,
     local: tuple[float, float],
     pruner_override: str | None = None,
+    value: str = "last",
+    patience: int | None = None,
 ):
     import optuna
     from optuna.storages.journal import JournalFileBackend
@@ -150,6 +154,15 @@ def run_study(
         # Another pruner or other rungs for every pruned arm; the study name says which.
         pruner = pruner_override
         name += "_" + "_".join(re.findall(r":\s*([\w.]+)", pruner_override)).replace(".", "")
+    stopping = []
+    if patience and label != "random":
+        # Learning-curve early stopping for the pruned arms: a trial ends once its curve has been flat for
+        # `patience` evaluations (with --value best, scored at its peak).
+        mode = "max" if spec.maximize else "min"
+        stopping = [f"train.early_stopping={{monitor: {spec.metric}, mode: {mode}, patience: {patience}}}"]
+        name += f"_es{patience}"
+    if value != "last":
+        name += f"_v{value}"
     overrides = [
         *spec.setup,
         f"name={name}",
@@ -159,6 +172,8 @@ def run_study(
         f"tune.trials={trials}",
         f"train.epochs={epochs}",
         f"tune.enqueue_config={str(enqueue).lower()}",
+        f"tune.value={value}",
+        *stopping,
         spec.space,
     ]
     subprocess.run(
@@ -223,6 +238,18 @@ def main() -> None:
         help="run a pruned search that missed random's best on to this many trials, and report a third "
         "measure: epochs to random's best in the longer search",
     )
+    parser.add_argument(
+        "--value",
+        choices=["last", "best"],
+        default="last",
+        help="every arm's tune.value (random's too, so its best is the same figure): a trial's last or best evaluation",
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        help="train.early_stopping with this patience (evaluations) in the pruned arms (random search trains every "
+        "trial to the end)",
+    )
     parser.add_argument("--work", type=Path, help="keep the studies here; a rerun reuses finished ones")
     args = parser.parse_args()
     spec = PROBLEMS[args.problem]
@@ -236,7 +263,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = args.work or tmp
         for seed in args.seeds if args.seeds is not None else range(args.repeats):
-            run = functools.partial(run_study, Path(tmp), args.problem, seed=seed, epochs=epochs, local=args.local)
+            run = functools.partial(
+                run_study,
+                Path(tmp),
+                args.problem,
+                seed=seed,
+                epochs=epochs,
+                local=args.local,
+                value=args.value,
+                patience=args.patience,
+            )
             studies = {label: run(label, trials=args.trials, pruner_override=args.pruner) for label in arms}
             random_best = best_of(t.value for t in studies["random"] if t.state.name == "COMPLETE")
             # --extend: a pruned search that missed random's best goes on (the same trials first: samplers
@@ -289,7 +325,8 @@ def main() -> None:
                     f"{100 * (1 - ours / theirs):.0f}% less"
                 )
     document = {"bench": "tune", "problem": args.problem, "trials": args.trials, "epochs": epochs}
-    document.update(pruner=args.pruner or "{name: hyperband}", extend=args.extend)
+    document.update(pruner=args.pruner or "{name: hyperband}", extend=args.extend, value=args.value)
+    document.update(patience=args.patience)
     document.update(rows=rows, compute_saved=saved)
     print(json.dumps(document))
 
