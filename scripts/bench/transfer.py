@@ -16,8 +16,9 @@ lpft: from scratch vs plain fine-tuning vs LP-FT (techniques lp_ft, configs/fine
       images per class, 30 steps) and larger (every training image of 5-9, about 450, 90 steps),
       over --seeds paired seeds: each arm's mean accuracy and the paired difference to from scratch
       with its 95% t-interval (mlrun.compression.paired_arms.paired_difference).
-lpft-bert: the same three arms for lora's BERT (pretrained on ASCII-art digits 0-4, then every
-      training sample of 5-9, --bert-steps optimizer steps), full fine-tuning in place of LoRA.
+lpft-bert: the same three arms for lora's BERT (pretrained on ASCII-art digits 0-4), full fine-tuning in
+      place of LoRA: few-shot (10 texts per class, batch 25, --bert-few-shot-steps optimizer steps) and
+      every training sample of 5-9 (--bert-steps); --bert-setting few-shot|every runs one of them.
 
 Every run is the real CLI in a temporary output folder. Prints tables, then one JSON line.
 """
@@ -147,17 +148,30 @@ def lpft_part(work: Path, seeds: int, source_epochs: int, lpft_overrides: list[s
     return out
 
 
-def lpft_bert_part(work: Path, seeds: int, source_steps: int, steps: int, existing_source: str | None) -> dict:
-    """From scratch vs fine-tune vs LP-FT for the BERT of `lora_part`, over `seeds` paired seeds."""
-    start = time.time()
+def bert_settings(few_shot_steps: int, steps: int) -> dict[str, tuple[list[str], int]]:
+    """The BERT's cells, as LPFT_SETTINGS: 10 texts per class (batch 25), and every 5-9 sample (about 720)."""
+    return {
+        "few-shot 10/class": (["data.train_per_class=10", "data.batch_size=25"], few_shot_steps),
+        "every 5-9 sample": ([], steps),
+    }
+
+
+def lpft_bert_part(
+    work: Path, seeds: int, source_steps: int, settings: dict[str, tuple[list[str], int]], existing_source: str | None
+) -> dict:
+    """From scratch vs fine-tune vs LP-FT for the BERT of `lora_part`, over `seeds` paired seeds, per setting."""
+    start, out = time.time(), {"source_steps": source_steps}
     if existing_source is None:
         mlrun("train", *TEXT_SOURCE, f"output_dir={work}", f"train.max_steps={source_steps}")
     source = existing_source or str(work / "text_digits_0to4")
     arms = {**LPFT_ARMS, "lp_ft": ["techniques=[{name: lp_ft}]"]}  # the text config's own technique is LoRA
-    common = ["configs/finetune_text_lora.yaml", f"init_from.run={source}"]
-    rows = paired_arms(work, "bert", arms, seeds, steps, common)
-    _print_lpft("bert", "every 5-9 sample", steps, seeds, rows)
-    return {"bert": {"steps": steps, "source_steps": source_steps, **rows}, "seconds": time.time() - start}
+    for setting, (data_args, steps) in settings.items():
+        common = ["configs/finetune_text_lora.yaml", f"init_from.run={source}", *data_args]
+        rows = paired_arms(work, f"bert_{setting.split()[0]}", arms, seeds, steps, common)
+        out[f"bert {setting}"] = {"steps": steps, **rows}
+        _print_lpft("bert", setting, steps, seeds, rows)
+    out["seconds"] = time.time() - start
+    return out
 
 
 def _print_lpft(model: str, setting: str, steps: int, seeds: int, rows: dict) -> None:
@@ -253,7 +267,13 @@ def main() -> None:
     parser.add_argument("--cnn-steps", type=int, default=30)
     parser.add_argument("--text-source-steps", type=int, default=300)
     parser.add_argument("--lora-steps", type=int, default=150)
-    parser.add_argument("--bert-steps", type=int, default=100, help="each lpft-bert arm's optimizer steps")
+    parser.add_argument("--bert-steps", type=int, default=100, help="each lpft-bert arm's steps on every sample")
+    parser.add_argument("--bert-few-shot-steps", type=int, default=50, help="each lpft-bert arm's few-shot steps")
+    parser.add_argument(
+        "--bert-setting",
+        choices=["few-shot", "every"],
+        help="run only this lpft-bert cell (default: both)",
+    )
     parser.add_argument(
         "--lpft",
         nargs="*",
@@ -270,9 +290,10 @@ def main() -> None:
         if args.part in ("lpft", "all"):
             results["lpft"] = lpft_part(work, args.seeds, args.cnn_source_epochs, args.lpft)
         if args.part in ("lpft-bert", "all"):
-            results["lpft_bert"] = lpft_bert_part(
-                work, args.seeds, args.text_source_steps, args.bert_steps, args.text_source
-            )
+            settings = bert_settings(args.bert_few_shot_steps, args.bert_steps)
+            if args.bert_setting:
+                settings = {k: v for k, v in settings.items() if k.startswith(args.bert_setting)}
+            results["lpft_bert"] = lpft_bert_part(work, args.seeds, args.text_source_steps, settings, args.text_source)
         if args.part in ("lora", "all"):
             results["lora"] = lora_part(work, args.text_source_steps, args.lora_steps, args.text_source)
     print(json.dumps({"bench": "transfer", **results}))
