@@ -6,6 +6,7 @@ latency within 1 accuracy point of the trained model, as ratios against it.
     python scripts/bench/pareto.py --config configs/pareto_wide_mlp_structured.yaml --trials 16
     python scripts/bench/pareto.py --config configs/pareto_wide_mlp_structured.yaml --trials 48 --population 8
     python scripts/bench/pareto.py --config configs/pareto_wide_mlp_structured.yaml --trials 48 --population 8 --seed 1
+    python scripts/bench/pareto.py --config configs/pareto_wide_mlp_structured.yaml --trials 128 --sampler grid
 
 Trains the config into a temporary folder first (the reference in the same run).
 """
@@ -36,13 +37,22 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs/pareto_wide_mlp.yaml")
     parser.add_argument("--population", type=int, help="NSGA-II's generation size (default: half the trials)")
     parser.add_argument("--seed", type=int, default=0, help="the sampler's seed (a second search: another seed)")
+    parser.add_argument(
+        "--sampler",
+        choices=["nsga2", "grid"],
+        default="nsga2",
+        help="grid tries every chain of the space (--trials: the grid's size), so its front is the true one",
+    )
     args = parser.parse_args()
     config = args.config.resolve()
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         settings = [f"output_dir={work / 'runs'}", f"tune.trials={args.trials}"]
-        settings.append(f"tune.sampler.population_size={args.population or max(2, args.trials // 2)}")
-        settings.append(f"tune.sampler.seed={args.seed}")
+        if args.sampler == "grid":
+            settings.append(f"tune.sampler={{name: grid, seed: {args.seed}}}")
+        else:
+            settings.append(f"tune.sampler.population_size={args.population or max(2, args.trials // 2)}")
+            settings.append(f"tune.sampler.seed={args.seed}")
         mlrun("train", str(config), *settings[:1], cwd=work)
         summary = json.loads(mlrun("tune", str(config), *settings, "--json", cwd=work))
     trained = summary["trained"]
@@ -57,7 +67,8 @@ def main() -> None:
             f"({trained['file_bytes'] / v['file_bytes']:.1f}x) b1 {v['latency_ms_b1']:.3f} ms "
             f"({m['vs_trained']['speedup_b1']:.2f}x, timed beside the trained model) {m['params']}"
         )
-    result = {"bench": "pareto", "seed": args.seed, "trials": summary["trials"], "front": len(summary["front"])}
+    result = {"bench": "pareto", "sampler": args.sampler, "seed": args.seed, "trials": summary["trials"]}
+    result["front"] = len(summary["front"])
     result["trained_accuracy"] = base
     if near:
         small = min(near, key=lambda m: m["values"]["file_bytes"])
