@@ -93,6 +93,33 @@ def test_sampler_options_reach_optuna_and_are_refused_where_they_do_not_apply(tm
     assert not (tmp_path / "runs" / "study" / "tune" / "trial-0000").exists()
 
 
+def test_the_percentile_pruner_stops_the_bottom_share_and_settings_of_other_pruners_are_refused(tmp_path):
+    import optuna
+
+    from mlrun.config.schema import PrunerConfig
+    from mlrun.tuning.study import make_pruner
+
+    def pruned(config: PrunerConfig, value: float) -> bool:
+        study = optuna.create_study(direction="maximize", pruner=make_pruner(config))
+        for finished in (0.1, 0.2, 0.3, 0.4, 0.5):  # earlier trials' value at evaluation 1
+            trial = study.ask()
+            trial.report(finished, step=1)
+            study.tell(trial, finished)
+        trial = study.ask()
+        trial.report(value, step=1)
+        return trial.should_prune()
+
+    # percentile: the top share that goes on. 0.25 is in the top 75% (above 0.2), not in the top 25% (0.4).
+    assert not pruned(PrunerConfig(name="percentile", percentile=75), 0.25)
+    assert pruned(PrunerConfig(name="percentile", percentile=75), 0.15)
+    assert pruned(PrunerConfig(name="percentile", percentile=25), 0.25)
+    assert not pruned(PrunerConfig(name="percentile", percentile=25), 0.45)
+    assert not pruned(PrunerConfig(name="percentile", percentile=25, warmup_evaluations=2), 0.25)  # at evaluation 1
+    refused = run_cli("tune", tune_config(tmp_path, pruner={"name": "median", "reduction_factor": 2}), cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr
+    assert "reduction_factor is a setting of successive_halving and hyperband" in refused.stderr
+
+
 def test_best_yaml_trains(tmp_path):
     path = tune_config(tmp_path, trials=3)
     assert run_cli("tune", path, cwd=tmp_path).returncode == 0

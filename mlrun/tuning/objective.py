@@ -35,6 +35,7 @@ class PruningReporter(Callback):
     epochs, trials with different sampled batch sizes are then compared after the same number of
     epochs (in steps, a batch-512 trial's first epoch would be weighed against a batch-16 trial's
     first three steps). `trial` is None on the other ranks of a trial that trains on several processes.
+    It also keeps the trial's best evaluation, its value under `tune.value: best`.
     """
 
     def __init__(self, trial, tune: TuneConfig):
@@ -47,12 +48,13 @@ class PruningReporter(Callback):
         from mlrun.engine.early_stopping import improved
 
         self.evaluations += 1
-        prune = False
-        if self.metric in metrics and improved(metrics[self.metric], self.best, self.mode):
-            self.best = metrics[self.metric]
-        if self.trial is not None and self.metric in metrics:
-            self.trial.report(metrics[self.metric], step=self.evaluations)
-            prune = self.trial.should_prune()
+        value, prune = metrics.get(self.metric), False
+        if value is not None:
+            if improved(value, self.best, self.mode):
+                self.best = value
+            if self.trial is not None:
+                self.trial.report(value, step=self.evaluations)
+                prune = self.trial.should_prune()
         if broadcast(prune):  # all ranks stop a pruned trial at the same step
             state.should_stop, state.stop_reason = True, "pruned"
 

@@ -142,6 +142,10 @@ def make_pruner(config: PrunerConfig):
         return pruners.NopPruner()
     if config.name == "median":
         return pruners.MedianPruner(n_startup_trials=config.startup_trials, n_warmup_steps=config.warmup_evaluations)
+    if config.name == "percentile":
+        return pruners.PercentilePruner(
+            config.percentile, n_startup_trials=config.startup_trials, n_warmup_steps=config.warmup_evaluations
+        )
     if config.name == "successive_halving":
         return pruners.SuccessiveHalvingPruner(
             min_resource=config.min_resource, reduction_factor=config.reduction_factor

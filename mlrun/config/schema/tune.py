@@ -67,18 +67,42 @@ class SamplerConfig(Section):
     """Size of a local trial's step, as a share of each parameter's range (see local_share)."""
 
 
+# Which pruners read each setting: setting one for another pruner is refused, not ignored.
+PRUNER_SETTINGS = {
+    "warmup_evaluations": ("median", "percentile"),
+    "startup_trials": ("median", "percentile"),
+    "percentile": ("percentile",),
+    "min_resource": ("successive_halving", "hyperband"),
+    "reduction_factor": ("successive_halving", "hyperband"),
+}
+
+
 class PrunerConfig(Section):
-    name: Literal["none", "median", "successive_halving", "hyperband", "wilcoxon"] = "median"
-    """Stops hopeless trials at their evaluations: none | median | successive_halving | hyperband | wilcoxon.
-    Budgets count evaluations (`train.eval_every`); keep eval_every in epochs when batch size is searched."""
+    name: Literal["none", "median", "percentile", "successive_halving", "hyperband", "wilcoxon"] = "median"
+    """Stops hopeless trials at their evaluations: none | median | percentile | successive_halving | hyperband |
+    wilcoxon. Budgets count evaluations (`train.eval_every`); keep eval_every in epochs when batch size is searched."""
     warmup_evaluations: NonNegativeInt = 0
-    """median: evaluations a trial completes before it may be pruned."""
+    """median / percentile: evaluations a trial completes before it may be pruned."""
     startup_trials: NonNegativeInt = 2
-    """median: trials that finish before pruning starts."""
+    """median / percentile: trials that finish before pruning starts."""
+    percentile: Annotated[float, Field(gt=0.0, lt=100.0)] = 50.0
+    """percentile: a trial goes on only while its best value so far lies in this top percentile of earlier trials'
+    at the same evaluation, as Optuna's PercentilePruner (50: the median rule; 25 keeps the top quarter, so
+    stops more trials; 75 stops fewer)."""
     min_resource: PositiveInt | Literal["auto"] = "auto"
     """hyperband / successive_halving: the evaluations every trial gets before it can be pruned (auto: 1)."""
     reduction_factor: Annotated[int, Field(ge=2)] = 3
     """hyperband / successive_halving: 1 / reduction_factor of trials go on to the next rung."""
+
+    @model_validator(mode="after")
+    def _settings_of_this_pruner(self) -> PrunerConfig:
+        for setting in sorted(self.model_fields_set & PRUNER_SETTINGS.keys()):
+            if self.name not in PRUNER_SETTINGS[setting]:
+                raise ValueError(
+                    f"{setting} is a setting of {' and '.join(PRUNER_SETTINGS[setting])}, not of pruner '{self.name}': "
+                    "remove it or choose that pruner"
+                )
+        return self
 
 
 class PBTConfig(Section):
