@@ -65,9 +65,12 @@ def test_projection_adds_the_mse_of_each_mapped_student_block_to_its_teacher_blo
     assert by_hand > 0.01 and float((loss - plain).detach()) == pytest.approx(0.5 * by_hand, rel=1e-4)
 
 
-def test_the_maps_train_resume_exactly_and_stay_out_of_the_students_weights(tmp_path: Path) -> None:
+# Asynchronous checkpoints write model and optimizer through DCP, which names optimizer state by the
+# model's parameter names: the maps, beside the model, take a reserved one there.
+@pytest.mark.parametrize("train", [{}, {"checkpoint_async": True}], ids=["accelerate", "dcp"])
+def test_the_maps_train_resume_exactly_and_stay_out_of_the_students_weights(tmp_path: Path, train: dict) -> None:
     deep_teacher(tmp_path)
-    result = run_cli("train", narrow_student(tmp_path, "straight"), cwd=tmp_path)
+    result = run_cli("train", narrow_student(tmp_path, "straight", train), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     straight = tmp_path / "runs/straight"
     first, last = checkpointed_maps(straight, 32), checkpointed_maps(straight, 48)
@@ -85,7 +88,7 @@ def test_the_maps_train_resume_exactly_and_stay_out_of_the_students_weights(tmp_
     shutil.rmtree(run / "checkpoints" / "step-00000048")
     for finished in ("summary.json", "model.safetensors", "best.safetensors"):
         (run / finished).unlink(missing_ok=True)
-    resumed = run_cli("train", narrow_student(tmp_path, "resumed"), "--allow-config-change", cwd=tmp_path)
+    resumed = run_cli("train", narrow_student(tmp_path, "resumed", train), "--allow-config-change", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed at step 32" in resumed.stdout
     again = load_file(run / "model.safetensors")
@@ -165,7 +168,7 @@ def test_projection_that_cannot_apply_exits_2_before_training(tmp_path: Path, se
 @pytest.mark.parametrize(
     ("section", "blocker"),
     [
-        *(({"distributed": {"strategy": s}}, f"distributed.strategy: {s}") for s in ("fsdp", "deepspeed", "pipeline")),
+        *(({"distributed": {"strategy": s}}, f"distributed.strategy: {s}") for s in ("deepspeed", "pipeline")),
         ({"techniques": ["optimizer_in_backward"]}, "techniques: optimizer_in_backward"),
     ],
 )
@@ -187,6 +190,33 @@ def test_two_processes_average_the_maps_gradients_like_the_models(tmp_path: Path
     assert (result := single(one, tmp_path)).returncode == 0, result.stderr
     a, b = (load_file(tmp_path / "runs" / name / "model.safetensors") for name in ("one", "two"))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.e2e
+def test_fsdp_trains_the_maps_beside_the_sharded_student_like_ddp_and_resumes_them_exactly(tmp_path: Path) -> None:
+    from tests.test_distributed import torchrun
+
+    deep_teacher(tmp_path)
+    # Clipped: the global norm then takes the maps' whole gradients beside the student's sharded ones.
+    train = {"epochs": 2, "checkpoint_every": "4st", "max_grad_norm": 0.05}
+    runs = {s: narrow_config(tmp_path, s, train, distributed={"strategy": s}) for s in ("fsdp", "ddp")}
+    for config in runs.values():
+        assert (result := torchrun(config, tmp_path)).returncode == 0, result.stderr[-3000:]
+    fsdp, ddp = (load_file(tmp_path / "runs" / name / "model.safetensors") for name in runs)
+    assert all(torch.allclose(fsdp[k], ddp[k], atol=1e-6) for k in ddp)
+    maps = [checkpointed_maps(tmp_path / "runs" / name, 16) for name in runs]
+    assert all(torch.allclose(maps[0][k], maps[1][k], atol=1e-6) for k in maps[1])
+    assert not torch.equal(maps[0]["maps.0.weight"], checkpointed_maps(tmp_path / "runs/fsdp", 12)["maps.0.weight"])
+
+    run = tmp_path / "runs/resumed"
+    shutil.copytree(tmp_path / "runs/fsdp", run)
+    shutil.rmtree(run / "checkpoints" / "step-00000016")
+    for finished in ("summary.json", "model.safetensors", "best.safetensors"):
+        (run / finished).unlink(missing_ok=True)
+    resumed = torchrun({**runs["fsdp"], "name": "resumed"}, tmp_path, "--allow-config-change")
+    assert resumed.returncode == 0 and "resumed at step 12" in resumed.stdout, resumed.stderr[-3000:]
+    again = load_file(run / "model.safetensors")
+    assert all(torch.equal(again[k], fsdp[k]) for k in fsdp)  # the maps and their optimizer state came back
 
 
 class _Doubled(torch.nn.Module):

@@ -177,14 +177,15 @@ def check_objective_uses_loss(config: ExperimentConfig) -> None:
 
 
 def check_objective_parameters_fit(config: ExperimentConfig) -> None:
-    """An objective's own parameters join the optimizer and checkpoint of one process or of DDP; FSDP's
-    distributed checkpoint, DeepSpeed's engine and the pipeline's per-stage optimizers hold the model's
-    only, and a technique stepping in backward hooks the model's parameters only."""
+    """An objective's own parameters join the optimizer and checkpoint of one process, DDP or FSDP (whole
+    on every process beside the sharded model; mlrun.engine.dcp_state); DeepSpeed's engine and the
+    pipeline's per-stage optimizers hold the model's only, and a technique stepping in backward hooks
+    the model's parameters only."""
     from mlrun.registry import techniques
 
     strategy = config.distributed.strategy
     blockers = []
-    if strategy in ("fsdp", "deepspeed", "pipeline"):
+    if strategy in ("deepspeed", "pipeline"):
         blockers.append((f"distributed.strategy: {strategy}", "use strategy ddp or auto"))
     blockers += [
         (f"techniques: {spec.name}", f"remove {spec.name}")

@@ -9,6 +9,7 @@ DCP reshards on load, so such a checkpoint resumes on any number of processes (m
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 STATE_FOLDER = "model_optimizer"
+BESIDE = "_beside_model"  # the name parameters beside the model take in a checkpoint's DCP state
 
 
 def has_dcp_state(checkpoint: Path) -> bool:
@@ -56,10 +58,12 @@ class DcpState:
         import torch.distributed.checkpoint as dcp
 
         folder = str(checkpoint / STATE_FOLDER)
+        with parameters_beside_joined(self.model, self.optimizer):
+            state = self._state()
         if self.asynchronous:
-            self.pending = dcp.async_save(self._state(), checkpoint_id=folder, process_group=self.group)
+            self.pending = dcp.async_save(state, checkpoint_id=folder, process_group=self.group)
         else:
-            dcp.save(self._state(), checkpoint_id=folder, no_dist=not _distributed())
+            dcp.save(state, checkpoint_id=folder, no_dist=not _distributed())
 
     def wait(self) -> None:
         """Block until the background write (if any) is on disk."""
@@ -71,9 +75,29 @@ class DcpState:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
-        state = self._state()  # the tensors to load into, sharded as this run shards them
-        dcp.load(state, checkpoint_id=str(checkpoint / STATE_FOLDER), no_dist=not _distributed())
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        with parameters_beside_joined(self.model, self.optimizer):
+            state = self._state()  # the tensors to load into, sharded as this run shards them
+            dcp.load(state, checkpoint_id=str(checkpoint / STATE_FOLDER), no_dist=not _distributed())
+            model_state, optimizer_state = state["model"], state["optimizer"]
+            set_state_dict(self.model, self.optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
+
+
+@contextlib.contextmanager
+def parameters_beside_joined(model: nn.Module, optimizer: torch.optim.Optimizer):
+    """The parameters the optimizer steps beside the model (distill's projections) as a submodule of it,
+    under BESIDE, while DCP reads or writes: DCP names optimizer state by the model's parameter names.
+    The model's own keys keep their names, so its weights load from such a checkpoint as from any."""
+    from mlrun.optim.param_groups import parameters_beside
+
+    beside = parameters_beside(model, optimizer)
+    if not beside:
+        yield
+        return
+    model.add_module(BESIDE, nn.ParameterList(beside))  # the same tensors: the optimizer's keys still fit
+    try:
+        yield
+    finally:
+        delattr(model, BESIDE)
 
 
 def load_dcp_weights(model: nn.Module, checkpoint: Path) -> tuple[list[str], list[str]]:

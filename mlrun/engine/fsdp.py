@@ -101,21 +101,30 @@ def _mesh_names(config: DistributedConfig) -> tuple[str, ...]:
 
 
 def _repoint_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, names: dict[int, str]) -> None:
-    """The optimizer was built on the unsharded parameters; fully_shard replaced them with DTensors."""
+    """The optimizer was built on the unsharded parameters; fully_shard replaced them with DTensors.
+    Parameters beside the model (distill's projections) stay whole on every process."""
     sharded = dict(model.named_parameters(remove_duplicate=False))
     for group in optimizer.param_groups:
-        group["params"] = [sharded[names[id(param)]] for param in group["params"]]
+        group["params"] = [sharded[names[id(p)]] if id(p) in names else p for p in group["params"]]
 
 
 def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
-    """Clip sharded gradients by their global norm (one all-reduce), as torchtitan does."""
+    """Clip sharded gradients by their global norm (one all-reduce), as torchtitan does. Whole gradients
+    (parameters beside the model, already averaged across processes) join the norm as they are."""
     from torch.distributed.tensor import DTensor
 
-    grads = [p.grad for p in params if p.grad is not None]
-    total = torch.nn.utils.get_total_norm(grads, foreach=True)
-    if isinstance(total, DTensor):
-        total = total.full_tensor()  # each process holds part of the sum of squares
-    torch.nn.utils.clip_grads_with_norm_([p for p in params if p.grad is not None], max_norm, total, foreach=True)
+    sharded = [p for p in params if isinstance(p.grad, DTensor)]
+    whole = [p for p in params if p.grad is not None and not isinstance(p.grad, DTensor)]
+    norms = []
+    if sharded:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in sharded], foreach=True)
+        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)  # each process holds part of it
+    if whole:
+        norms.append(torch.nn.utils.get_total_norm([p.grad for p in whole], foreach=True))
+    total = torch.linalg.vector_norm(torch.stack(norms)) if len(norms) > 1 else norms[0]
+    for kind in (sharded, whole):  # foreach kernels take DTensors or plain tensors, not both at once
+        if kind:
+            torch.nn.utils.clip_grads_with_norm_(kind, max_norm, total, foreach=True)
     return total
 
 

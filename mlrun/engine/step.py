@@ -26,6 +26,7 @@ from mlrun.engine.batches import TrainBatches, eval_loader, train_loader
 from mlrun.engine.build import Components
 from mlrun.engine.compile import compile_model
 from mlrun.engine.step_end import end_optimizer_step
+from mlrun.optim.param_groups import parameters_beside
 from mlrun.registry import optimizers
 
 # AcceleratedOptimizer.step asks `is_lomo_available()` twice per step, and each ask is an
@@ -109,10 +110,8 @@ class TrainStep:
             self.accumulate, self.clip = accumulating(accelerator), clip_grad_norm
         # Collected once: model.parameters() walks every module, which costs more than a tiny model's step.
         # All of them: gradual unfreezing releases parameters later; clipping skips those without a grad.
-        self.params = list(model.parameters())
         # And what the optimizer steps beside the model (an objective's own parameters: distill's projections).
-        in_model = {id(p) for p in self.params}
-        self.params += [p for group in optimizer.param_groups for p in group["params"] if id(p) not in in_model]
+        self.params = [*model.parameters(), *parameters_beside(model, optimizer)]
         self.grad_norm: torch.Tensor | None = None
         self.window_bad = False  # a non-finite loss in this accumulation window (on_nonfinite: skip)
         self.mark = _no_mark

@@ -35,6 +35,13 @@ def decay_groups(params: list, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+def parameters_beside(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
+    """What the optimizer steps that is not the model's (an objective's own parameters: distill's
+    projections), in group order."""
+    in_model = {id(p) for p in model.parameters()}
+    return [p for group in optimizer.param_groups for p in group["params"] if id(p) not in in_model]
+
+
 def regroup(optimizer: torch.optim.Optimizer, model: nn.Module, spec: OptimizerSpec) -> None:
     """Split the optimizer's groups in place by `spec.param_groups` and `spec.layer_decay` (before any step)."""
     if not spec.param_groups and spec.layer_decay is None:
