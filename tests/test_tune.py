@@ -425,6 +425,7 @@ def test_value_best_scores_each_trial_at_its_best_evaluation_and_early_stopping_
     )
     result = run_cli("tune", path, "train.epochs=6", f"train.early_stopping={json.dumps(early)}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert "(its best evaluation)" in result.stdout
     tune_dir = tmp_path / "runs" / "study" / "tune"
     below_best = 0
     for trial in load_study(tune_dir).trials:
@@ -434,5 +435,6 @@ def test_value_best_scores_each_trial_at_its_best_evaluation_and_early_stopping_
         below_best += curve[-1] < max(curve)
         assert read_summary(tune_dir, trial.number)["epochs"] < 6  # early stopping ended it
     assert below_best  # some trial ended below its best: the last value would have scored it lower
+    assert json.loads((tune_dir / "summary.json").read_text())["best"]["evaluation"] == "best"
     refused = run_cli("tune", tune_config(tmp_path, value="best", strategy="pbt"), cwd=tmp_path)
     assert refused.returncode == 2 and "value: best" in refused.stderr and "Traceback" not in refused.stderr

@@ -73,7 +73,10 @@ def print_study(summary: dict, tune) -> None:
     )
     if "best" in summary:
         best, near = summary["best"], summary["near_best"]
-        print(f"mlrun: best trial {best['number']}: {tune.metric} = {best['value']:.6g} with {best['params']}")
+        print(
+            f"mlrun: best trial {best['number']}: {tune.metric} = {best['value']:.6g} (its {tune.value} evaluation) "
+            f"with {best['params']}"
+        )
         print(
             f"mlrun: {near['trials']} completed trials within {near['tolerance']:g} of the best {tune.metric} "
             f"(tune.near_best, in the metric's own units)"

@@ -221,6 +221,7 @@ def summarize(study, options: StudyOptions, tune, tune_dir: Path) -> dict:
     if counts["complete"]:
         best = report.write_best_config(study, options.path, list(options.overrides), tune, tune_dir / "best.yaml")
         summary["best"] = {"number": study.best_trial.number, "value": study.best_value, "params": best}
+        summary["best"]["evaluation"] = tune.value  # which of each trial's evaluations its value is: last or best
         summary["near_best"] = report.near_best(study, tune)
         summary["importances"] = report.write_importances(study, tune_dir)
         summary["plots"] = report.write_plots(study, tune_dir, bool(summary["importances"]))

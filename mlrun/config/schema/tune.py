@@ -96,8 +96,12 @@ class PrunerConfig(Section):
 
     @model_validator(mode="after")
     def _settings_of_this_pruner(self) -> PrunerConfig:
+        # Set and not the default: a run's config.yaml records every setting, defaults included.
         for setting in sorted(self.model_fields_set & PRUNER_SETTINGS.keys()):
-            if self.name not in PRUNER_SETTINGS[setting]:
+            if (
+                self.name not in PRUNER_SETTINGS[setting]
+                and getattr(self, setting) != type(self).model_fields[setting].default
+            ):
                 raise ValueError(
                     f"{setting} is a setting of {' and '.join(PRUNER_SETTINGS[setting])}, not of pruner '{self.name}': "
                     "remove it or choose that pruner"
