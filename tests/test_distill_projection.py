@@ -169,13 +169,14 @@ def test_projection_that_cannot_apply_exits_2_before_training(tmp_path: Path, se
     ("section", "blocker"),
     [
         *(({"distributed": {"strategy": s}}, f"distributed.strategy: {s}") for s in ("deepspeed", "pipeline")),
+        ({"distributed": {"strategy": "fsdp", "fsdp_cpu_offload": True}}, "distributed.fsdp_cpu_offload"),
         ({"techniques": ["optimizer_in_backward"]}, "techniques: optimizer_in_backward"),
     ],
 )
 def test_projection_where_its_maps_would_not_train_exits_2_at_validate(tmp_path, section, blocker) -> None:
     deep_teacher(tmp_path)
     result = run_cli("validate", narrow_student(tmp_path, "blocked", **section), cwd=tmp_path)
-    assert result.returncode == 2 and f"which {blocker} does not checkpoint or step" in result.stderr, result.stderr
+    assert result.returncode == 2 and f"which {blocker} cannot train with it" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -198,15 +199,28 @@ def test_fsdp_trains_the_maps_beside_the_sharded_student_like_ddp_and_resumes_th
 
     deep_teacher(tmp_path)
     # Clipped: the global norm then takes the maps' whole gradients beside the student's sharded ones.
-    train = {"epochs": 2, "checkpoint_every": "4st", "max_grad_norm": 0.05}
-    runs = {s: narrow_config(tmp_path, s, train, distributed={"strategy": s}) for s in ("fsdp", "ddp")}
+    train = {"epochs": 2, "max_grad_norm": 0.05}  # checkpoints at steps 8 and 16, each right after an evaluation
+    # shard_grad_op: the student stays unsharded after an evaluation's forward (no backward reshards it),
+    # which is when a checkpoint then names its state.
+    sharding = {"strategy": "fsdp", "fsdp_sharding": "shard_grad_op"}
+    runs = {
+        s: narrow_config(tmp_path, s, train, distributed=d)
+        for s, d in (("fsdp", sharding), ("ddp", {"strategy": "ddp"}))
+    }
     for config in runs.values():
         assert (result := torchrun(config, tmp_path)).returncode == 0, result.stderr[-3000:]
     fsdp, ddp = (load_file(tmp_path / "runs" / name / "model.safetensors") for name in runs)
     assert all(torch.allclose(fsdp[k], ddp[k], atol=1e-6) for k in ddp)
     maps = [checkpointed_maps(tmp_path / "runs" / name, 16) for name in runs]
     assert all(torch.allclose(maps[0][k], maps[1][k], atol=1e-6) for k in maps[1])
-    assert not torch.equal(maps[0]["maps.0.weight"], checkpointed_maps(tmp_path / "runs/fsdp", 12)["maps.0.weight"])
+    assert not torch.equal(maps[0]["maps.0.weight"], checkpointed_maps(tmp_path / "runs/fsdp", 8)["maps.0.weight"])
+
+    from torch.distributed.checkpoint import FileSystemReader
+
+    shards = tmp_path / "runs/fsdp/checkpoints/step-00000016/model_optimizer"
+    saved = FileSystemReader(str(shards)).read_metadata().state_dict_metadata
+    beside = {k for k in saved if k.startswith("model._beside_model.")}
+    assert beside == {f"model._beside_model.maps.{i}.{p}" for i in (0, 1) for p in ("weight", "bias")}  # by name
 
     run = tmp_path / "runs/resumed"
     shutil.copytree(tmp_path / "runs/fsdp", run)
@@ -214,7 +228,7 @@ def test_fsdp_trains_the_maps_beside_the_sharded_student_like_ddp_and_resumes_th
     for finished in ("summary.json", "model.safetensors", "best.safetensors"):
         (run / finished).unlink(missing_ok=True)
     resumed = torchrun({**runs["fsdp"], "name": "resumed"}, tmp_path, "--allow-config-change")
-    assert resumed.returncode == 0 and "resumed at step 12" in resumed.stdout, resumed.stderr[-3000:]
+    assert resumed.returncode == 0 and "resumed at step 8" in resumed.stdout, resumed.stderr[-3000:]
     again = load_file(run / "model.safetensors")
     assert all(torch.equal(again[k], fsdp[k]) for k in fsdp)  # the maps and their optimizer state came back
 

@@ -179,14 +179,17 @@ def check_objective_uses_loss(config: ExperimentConfig) -> None:
 def check_objective_parameters_fit(config: ExperimentConfig) -> None:
     """An objective's own parameters join the optimizer and checkpoint of one process, DDP or FSDP (whole
     on every process beside the sharded model; mlrun.engine.dcp_state); DeepSpeed's engine and the
-    pipeline's per-stage optimizers hold the model's only, and a technique stepping in backward hooks
-    the model's parameters only."""
+    pipeline's per-stage optimizers hold the model's only, a technique stepping in backward hooks the
+    model's parameters only, and FSDP's CPU offload would keep the model's state on the CPU while the
+    objective's parameters (placed beside the model's first parameter) train elsewhere."""
     from mlrun.registry import techniques
 
-    strategy = config.distributed.strategy
+    distributed = config.distributed
     blockers = []
-    if strategy in ("deepspeed", "pipeline"):
-        blockers.append((f"distributed.strategy: {strategy}", "use strategy ddp or auto"))
+    if distributed.strategy in ("deepspeed", "pipeline"):
+        blockers.append((f"distributed.strategy: {distributed.strategy}", "use strategy ddp, fsdp or auto"))
+    if distributed.strategy == "fsdp" and distributed.fsdp_cpu_offload:
+        blockers.append(("distributed.fsdp_cpu_offload", "set it to false"))
     blockers += [
         (f"techniques: {spec.name}", f"remove {spec.name}")
         for spec in config.techniques
@@ -196,7 +199,7 @@ def check_objective_parameters_fit(config: ExperimentConfig) -> None:
         blocker, fix = blockers[0]
         raise UsageError(
             f"objective {config.objective.name}: its settings train parameters beside the model's (distill's "
-            f"projection), which {blocker} does not checkpoint or step; {fix}, or drop those settings"
+            f"projection), which {blocker} cannot train with it; {fix}, or drop those settings"
         )
 
 

@@ -24,7 +24,7 @@ def has_dcp_state(checkpoint: Path) -> bool:
     return (checkpoint / STATE_FOLDER / ".metadata").is_file()
 
 
-def dcp_state_for_run(model: nn.Module, optimizer, config, sharded: bool) -> DcpState | None:
+def dcp_state_for_run(model: nn.Module, optimizer, config, sharded: bool, beside=None) -> DcpState | None:
     """The run's DcpState, or None where Accelerate's own files serve (unsharded, synchronous writes).
 
     DCP is used when sharded (each process writes its shard), when asked to write in the background,
@@ -32,16 +32,28 @@ def dcp_state_for_run(model: nn.Module, optimizer, config, sharded: bool) -> Dcp
     """
     if not (sharded or config.distributed.strategy == "fsdp" or config.train.checkpoint_async):
         return None
-    return DcpState(model, optimizer, config.train.checkpoint_async, sharded)
+    return DcpState(model, optimizer, config.train.checkpoint_async, sharded, beside)
 
 
 class DcpState:
-    """The model's and optimizer's state dicts (FQN-keyed, sharded where the model is) saved and loaded by DCP."""
+    """The model's and optimizer's state dicts (FQN-keyed, sharded where the model is) saved and loaded by DCP.
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, asynchronous=False, sharded=False):
+    `beside`: the module of parameters the optimizer steps beside the model (an objective's own:
+    distill's projections), saved with their optimizer state under BESIDE.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        asynchronous: bool = False,
+        sharded: bool = False,
+        beside: nn.Module | None = None,
+    ):
         import torch.distributed as dist
 
         self.model, self.optimizer, self.asynchronous, self.sharded = model, optimizer, asynchronous, sharded
+        self.beside = beside
         self.pending = None  # the future of the write still running in the background
         # The background write's collectives get their own gloo group: sharing the training group
         # from another thread would interleave its messages with the gradients' (a hang, or worse).
@@ -58,7 +70,7 @@ class DcpState:
         import torch.distributed.checkpoint as dcp
 
         folder = str(checkpoint / STATE_FOLDER)
-        with parameters_beside_joined(self.model, self.optimizer):
+        with joined(self.model, self.beside):
             state = self._state()
         if self.asynchronous:
             self.pending = dcp.async_save(state, checkpoint_id=folder, process_group=self.group)
@@ -75,7 +87,7 @@ class DcpState:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
-        with parameters_beside_joined(self.model, self.optimizer):
+        with joined(self.model, self.beside):
             state = self._state()  # the tensors to load into, sharded as this run shards them
             dcp.load(state, checkpoint_id=str(checkpoint / STATE_FOLDER), no_dist=not _distributed())
             model_state, optimizer_state = state["model"], state["optimizer"]
@@ -83,17 +95,15 @@ class DcpState:
 
 
 @contextlib.contextmanager
-def parameters_beside_joined(model: nn.Module, optimizer: torch.optim.Optimizer):
-    """The parameters the optimizer steps beside the model (distill's projections) as a submodule of it,
-    under BESIDE, while DCP reads or writes: DCP names optimizer state by the model's parameter names.
-    The model's own keys keep their names, so its weights load from such a checkpoint as from any."""
-    from mlrun.optim.param_groups import parameters_beside
-
-    beside = parameters_beside(model, optimizer)
-    if not beside:
+def joined(model: nn.Module, beside: nn.Module | None):
+    """`beside` as a submodule of the model, under BESIDE, while DCP reads or writes: DCP names optimizer
+    state by the model's parameter names, so the module's own names (`_beside_model.maps.0.weight`) keep
+    each parameter with its state. The model's keys are unchanged: its weights load from such a
+    checkpoint as from any."""
+    if beside is None:
         yield
         return
-    model.add_module(BESIDE, nn.ParameterList(beside))  # the same tensors: the optimizer's keys still fit
+    model.add_module(BESIDE, beside)
     try:
         yield
     finally:

@@ -39,5 +39,9 @@ class ObjectiveWithParameters(Callback):
     def attach(self, model: nn.Module, example: Any) -> None:
         raise NotImplementedError
 
+    def trained_module(self) -> nn.Module:
+        """The module that holds the parameters it trains (their names in distributed checkpoints)."""
+        raise NotImplementedError
+
     def __call__(self, model: nn.Module, batch: Any) -> ObjectiveOutput:
         raise NotImplementedError

@@ -146,6 +146,9 @@ class ProjectedDistillation(Distillation, ObjectiveWithParameters):
         picked = evenly_spaced_blocks(len(mine), len(theirs))
         self.projections = FeatureProjections(mine, [theirs[j] for j in picked])
 
+    def trained_module(self) -> torch.nn.Module:
+        return self.projections
+
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """The maps step like the model's own matrices: the settings (lr, betas; Muon's AdamW side) of the
         optimizer's first group AdamW-like steps, the largest weight decay of any group on the maps'
