@@ -93,6 +93,17 @@ def test_sampler_options_reach_optuna_and_are_refused_where_they_do_not_apply(tm
     assert not (tmp_path / "runs" / "study" / "tune" / "trial-0000").exists()
 
 
+def test_a_nan_evaluation_never_becomes_a_trials_best():
+    from mlrun.config.schema import TuneConfig
+    from mlrun.tuning.objective import PruningReporter
+
+    space = {"optimizer.lr": {"type": "float", "low": 1e-3, "high": 1e-1}}
+    reporter = PruningReporter(None, TuneConfig(metric="val/loss", direction="minimize", value="best", space=space))
+    for loss in (float("nan"), 0.7, 0.4, 0.9):
+        reporter.on_evaluate({"val/loss": loss}, state=None)
+    assert reporter.best == 0.4
+
+
 def test_the_percentile_pruner_stops_the_bottom_share_and_settings_of_other_pruners_are_refused(tmp_path):
     import optuna
 
@@ -114,7 +125,8 @@ def test_the_percentile_pruner_stops_the_bottom_share_and_settings_of_other_prun
     assert pruned(PrunerConfig(name="percentile", percentile=75), 0.15)
     assert pruned(PrunerConfig(name="percentile", percentile=25), 0.25)
     assert not pruned(PrunerConfig(name="percentile", percentile=25), 0.45)
-    assert not pruned(PrunerConfig(name="percentile", percentile=25, warmup_evaluations=2), 0.25)  # at evaluation 1
+    # A warm-up of one evaluation: the first prune comes at evaluation 2 (trials report from 1).
+    assert not pruned(PrunerConfig(name="percentile", percentile=25, warmup_evaluations=1), 0.25)
     refused = run_cli("tune", tune_config(tmp_path, pruner={"name": "median", "reduction_factor": 2}), cwd=tmp_path)
     assert refused.returncode == 2, refused.stderr
     assert "reduction_factor is a setting of successive_halving and hyperband" in refused.stderr
@@ -436,5 +448,7 @@ def test_value_best_scores_each_trial_at_its_best_evaluation_and_early_stopping_
         assert read_summary(tune_dir, trial.number)["epochs"] < 6  # early stopping ended it
     assert below_best  # some trial ended below its best: the last value would have scored it lower
     assert json.loads((tune_dir / "summary.json").read_text())["best"]["evaluation"] == "best"
+    mixed = run_cli("tune", path, "tune.value=last", "--trials", "4", cwd=tmp_path)  # the same study, scored otherwise
+    assert mixed.returncode == 2 and "would mix two scorings" in mixed.stderr, mixed.stderr
     refused = run_cli("tune", tune_config(tmp_path, value="best", strategy="pbt"), cwd=tmp_path)
     assert refused.returncode == 2 and "value: best" in refused.stderr and "Traceback" not in refused.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -50,7 +51,7 @@ class PruningReporter(Callback):
         self.evaluations += 1
         value, prune = metrics.get(self.metric), False
         if value is not None:
-            if improved(value, self.best, self.mode):
+            if math.isfinite(value) and improved(value, self.best, self.mode):  # a NaN would stick as the best
                 self.best = value
             if self.trial is not None:
                 self.trial.report(value, step=self.evaluations)
@@ -72,15 +73,11 @@ def trial_overrides(overrides: list[str], params: dict[str, Any], name: str, out
 
 
 def trial_value(state, reporter: PruningReporter, tune: TuneConfig) -> float:
-    """What Optuna ranks a completed trial by: its last value of tune.metric, or its best evaluation."""
-    if tune.value == "last":
-        return figure(state, tune.metric)
-    if reporter.best is None:
-        raise UsageError(
-            f"tune.value: best takes the best evaluation of tune.metric, and '{tune.metric}' was never evaluated "
-            "(a training figure?): tune a val/ figure or set tune.value: last"
-        )
-    return reporter.best
+    """What Optuna ranks a completed trial by: its last value of tune.metric, or its best evaluation.
+    Without a finite evaluation, the last value (a NaN fails the trial) or the error naming what was logged."""
+    if tune.value == "best" and reporter.best is not None:
+        return reporter.best
+    return figure(state, tune.metric)
 
 
 def figure(state, metric: str) -> float:

@@ -136,19 +136,26 @@ def warn_split_hyperband(sampler: SamplerConfig, pruner: PrunerConfig, trials: i
     )
 
 
+def warmup_steps(config: PrunerConfig) -> int:
+    """Optuna's n_warmup_steps for `warmup_evaluations`: trials report from evaluation 1 and Optuna may
+    prune at any step >= n_warmup_steps, so a warm-up of w evaluations first prunes at evaluation w + 1."""
+    return config.warmup_evaluations + 1
+
+
 def make_pruner(config: PrunerConfig):
     pruners = optuna_module().pruners
     if config.name == "none":
         return pruners.NopPruner()
     if config.name == "median":
-        return pruners.MedianPruner(n_startup_trials=config.startup_trials, n_warmup_steps=config.warmup_evaluations)
+        return pruners.MedianPruner(n_startup_trials=config.startup_trials, n_warmup_steps=warmup_steps(config))
     if config.name == "percentile":
         return pruners.PercentilePruner(
-            config.percentile, n_startup_trials=config.startup_trials, n_warmup_steps=config.warmup_evaluations
+            config.percentile, n_startup_trials=config.startup_trials, n_warmup_steps=warmup_steps(config)
         )
     if config.name == "successive_halving":
         return pruners.SuccessiveHalvingPruner(
-            min_resource=config.min_resource, reduction_factor=config.reduction_factor
+            min_resource=1 if config.min_resource == "auto" else config.min_resource,
+            reduction_factor=config.reduction_factor,
         )
     if config.name == "hyperband":
         return pruners.HyperbandPruner(

@@ -158,7 +158,8 @@ class TuneConfig(Section):
     value: Literal["last", "best"] = "last"
     """strategy optuna: the figure a trial is ranked by: its last evaluation of `metric`, or its best one (as
     KerasTuner does), which with train.early_stopping makes a trial end, scored at its peak, once its curve
-    flattens; set train.best on the same figure to keep those weights in the trial's best.safetensors."""
+    flattens; set train.best on the same figure to keep those weights in the trial's best.safetensors. A study
+    keeps the scoring it started with (a rerun with the other is refused)."""
     strategy: Literal["optuna", "pbt"] = "optuna"
     """optuna: independent trials; pbt: population-based training on mlrun checkpoints."""
     pbt: PBTConfig = PBTConfig()
