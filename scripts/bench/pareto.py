@@ -44,6 +44,8 @@ def main() -> None:
         help="grid tries every chain of the space (--trials: the grid's size), so its front is the true one",
     )
     args = parser.parse_args()
+    if args.sampler == "grid" and args.population:
+        parser.error("--population sets NSGA-II's generations; the grid sampler has none")
     config = args.config.resolve()
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)

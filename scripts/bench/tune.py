@@ -155,7 +155,7 @@ def run_study(
         pruner = pruner_override
         name += "_" + "_".join(re.findall(r":\s*([\w.]+)", pruner_override)).replace(".", "")
     stopping = []
-    if patience and label != "random":
+    if patience is not None and label != "random":
         # Learning-curve early stopping for the pruned arms: a trial ends once its curve has been flat for
         # `patience` evaluations (with --value best, scored at its peak).
         mode = "max" if spec.maximize else "min"
