@@ -31,7 +31,8 @@ class ObjectiveWithParameters(Callback):
     The engine calls `attach(model, example)` before it builds the optimizer (the parameters may take
     widths measured on `example`, the features of the first training samples), then treats the
     objective as a callback: `wrap_optimizer` adds its parameters as a group of their own, and its
-    state_dict is checkpointed with the techniques'. They are not the
+    state_dict is checkpointed with the techniques' (under DCP, FSDP's and asynchronous checkpoints,
+    `trained_module()` also names them and their optimizer state). They are not the
     model's: saved weights, exports and the model's parameter count never hold them (`validate --print`
     lists them as trained beside the model).
     """
