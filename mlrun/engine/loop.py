@@ -30,7 +30,7 @@ from mlrun.engine.signals import StopSignals, requeue_slurm_job
 from mlrun.engine.state import TrainState
 from mlrun.engine.step import prepare_training
 from mlrun.errors import RunInterrupted
-from mlrun.objectives.base import ObjectiveWithParameters
+from mlrun.objectives.base import trained_beside
 from mlrun.tracking.base import RunInfo
 
 
@@ -52,8 +52,8 @@ class TrainingLoop:
         )
         self.weights = RunWeights(accelerator, self.model, self.callbacks, prepared.sharded, run_dir)
         # Parameters an objective trains beside the model: named in DCP checkpoints by its own module.
-        self.beside = parts.objective.trained_module() if isinstance(parts.objective, ObjectiveWithParameters) else None
-        dcp_state = dcp_state_for_run(self.model, parts.optimizer, config, prepared.sharded, self.beside)
+        beside = trained_beside(parts.objective)
+        dcp_state = dcp_state_for_run(self.model, parts.optimizer, config, prepared.sharded, beside)
         allocation = of_config(config, accelerator.num_processes)
         keep = config.train.keep_checkpoints
         # Everything a resume needs beyond model/optimizer/scaler/RNG, which Accelerate saves itself:
@@ -68,8 +68,9 @@ class TrainingLoop:
     def restore(self, checkpoint: Path) -> None:
         """Continue from `checkpoint`; callbacks it has no state for start from the restored weights."""
         dcp_state = self.checkpoints.dcp_state
+        beside = trained_beside(self.parts.objective)
         self.checkpoints.load(
-            checkpoint, lambda: dcp_state or DcpState(self.model, self.parts.optimizer, beside=self.beside)
+            checkpoint, lambda: dcp_state or DcpState(self.model, self.parts.optimizer, beside=beside)
         )
         if (changes := self.checkpoints.saved.start_fresh(self.model)) and self.accelerator.is_main_process:
             print(f"mlrun: resume: callbacks differ from the checkpoint's: {changes}", file=sys.stderr, flush=True)

@@ -46,3 +46,8 @@ class ObjectiveWithParameters(Callback):
 
     def __call__(self, model: nn.Module, batch: Any) -> ObjectiveOutput:
         raise NotImplementedError
+
+
+def trained_beside(objective: Objective) -> nn.Module | None:
+    """The module of the parameters an objective trains beside the model, if it trains any."""
+    return objective.trained_module() if isinstance(objective, ObjectiveWithParameters) else None
