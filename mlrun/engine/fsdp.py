@@ -121,10 +121,9 @@ def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
         norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)  # each process holds part of it
     if whole:
         norms.append(torch.nn.utils.get_total_norm([p.grad for p in whole], foreach=True))
-    if len(norms) == 1:
-        total = norms[0]
-    else:  # both kinds, or no gradient at all (a norm of 0, as get_total_norm gives for none)
-        total = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+    if not norms:  # no gradient at all: a norm of 0, as get_total_norm gives for none
+        return torch.zeros(())
+    total = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))
     for kind in (sharded, whole):  # foreach kernels take DTensors or plain tensors, not both at once
         if kind:
             torch.nn.utils.clip_grads_with_norm_(kind, max_norm, total, foreach=True)

@@ -152,16 +152,14 @@ def make_pruner(config: PrunerConfig):
         return pruners.PercentilePruner(
             config.percentile, n_startup_trials=config.startup_trials, n_warmup_steps=warmup_steps(config)
         )
+    rungs = {
+        "min_resource": 1 if config.min_resource == "auto" else config.min_resource,
+        "reduction_factor": config.reduction_factor,
+    }
     if config.name == "successive_halving":
-        return pruners.SuccessiveHalvingPruner(
-            min_resource=1 if config.min_resource == "auto" else config.min_resource,
-            reduction_factor=config.reduction_factor,
-        )
+        return pruners.SuccessiveHalvingPruner(**rungs)
     if config.name == "hyperband":
-        return pruners.HyperbandPruner(
-            min_resource=1 if config.min_resource == "auto" else config.min_resource,
-            reduction_factor=config.reduction_factor,
-        )
+        return pruners.HyperbandPruner(**rungs)
     return pruners.WilcoxonPruner()
 
 
