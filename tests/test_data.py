@@ -231,6 +231,57 @@ def test_hf_disk_dataset_and_dataset_dict(tmp_path):
         build("hf_disk", path=str(tmp_path / "single"), alphabet="ab")
 
 
+def _few_shot_sources(tmp_path, source: str) -> dict:
+    """Settings of one data source holding 3 classes of 20 samples each (hf_disk text: 2 of 20)."""
+    rng = np.random.default_rng(0)
+    if source == "npz":
+        np.savez(tmp_path / "d.npz", x=rng.normal(size=(60, 4)).astype(np.float32), y=np.arange(60) % 3)
+        return {"path": str(tmp_path / "d.npz")}
+    if source == "csv":
+        return {"path": str(write_table(tmp_path, missing=False)[0]), "target": "target"}
+    if source == "image_folder":
+        return {"root": str(write_images(tmp_path / "images")), "grayscale": True}
+    hf = pytest.importorskip("datasets")
+    if source == "hf_disk":
+        columns = {"x1": rng.normal(size=60).tolist(), "label": [i % 3 for i in range(60)]}
+        hf.Dataset.from_dict(columns).save_to_disk(str(tmp_path / "hf"))
+        return {"path": str(tmp_path / "hf")}
+    texts = {"text": [f"spam offer {i}" for i in range(20)] + [f"hello friend {i}" for i in range(20)]}
+    hf.Dataset.from_dict({**texts, "label": ["spam"] * 20 + ["ham"] * 20}).save_to_disk(str(tmp_path / "hf"))
+    return {"path": str(tmp_path / "hf"), "text_field": "text", "max_length": 16}
+
+
+def _inputs(split) -> torch.Tensor:
+    return split.tensors["input_ids"] if hasattr(split, "tensors") else torch.stack([s[0] for s in split])
+
+
+def _targets(split) -> torch.Tensor:
+    return split.tensors["labels"] if hasattr(split, "tensors") else split.targets
+
+
+@pytest.mark.parametrize("source", ["npz", "csv", "image_folder", "hf_disk", "hf_disk_text"])
+def test_every_labelled_source_keeps_few_training_samples_per_class_drawn_by_the_seed(tmp_path, source):
+    name = source.removesuffix("_text")
+    settings = _few_shot_sources(tmp_path, source)
+    full = build(name, **settings)
+    few = {seed: build(name, seed, **settings, train_per_class=3) for seed in (0, 1)}
+    for bundle in few.values():
+        assert torch.bincount(_targets(bundle.train)).tolist() == [3] * full.meta.num_classes
+    # Validation keeps every sample (its inputs may differ: preprocessing is fitted on the kept rows).
+    assert torch.equal(_targets(few[0].val), _targets(full.val)) and len(few[0].val) == len(full.val)
+    assert not torch.equal(_inputs(few[0].train), _inputs(few[1].train))  # each seed draws others
+    if source == "csv":  # the scaler is fitted on the kept rows, not the whole training split
+        assert abs(float(few[0].train.inputs[:, 0].mean())) < 1e-5
+    with pytest.raises(UsageError, match="train_per_class"):
+        build(name, **settings, train_per_class=100)
+
+
+def test_train_per_class_on_a_regression_target_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "r.npz", x=rng.normal(size=(40, 3)).astype(np.float32), y=rng.normal(size=40))
+    fails(tmp_path, {"name": "npz", "path": "r.npz", "train_per_class": 5}, "data.train_per_class", "regression")
+
+
 # --- augmentation ---------------------------------------------------------------------------------
 
 IMAGES = DataMeta(task="classification", input_shape=(1, 6, 6), num_classes=3)

@@ -10,9 +10,17 @@ from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import PositiveInt
 
 from mlrun.data.bundle import ArrayDataset, DataMeta, DatasetBundle
-from mlrun.data.splits import ValFraction, encode_labels, is_classification, resolve_one_file, split_indices
+from mlrun.data.splits import (
+    ValFraction,
+    draw_per_class,
+    encode_labels,
+    is_classification,
+    resolve_one_file,
+    split_indices,
+)
 from mlrun.errors import UsageError, did_you_mean
 from mlrun.registry import datasets
 
@@ -39,6 +47,16 @@ def check_features(x: np.ndarray, where: str) -> np.ndarray:
     return x
 
 
+def few_shot_rows(labels: np.ndarray, count: int, seed: int, classify: bool) -> np.ndarray:
+    """The training rows `data.train_per_class` keeps; regression data has no classes to count."""
+    if not classify:
+        raise UsageError(
+            "data.train_per_class: the target is a regression (float values), so there are no classes to count; "
+            "remove the key, or set data.task: classification if its values are classes."
+        )
+    return draw_per_class(labels, count, seed)
+
+
 def bundle_from_arrays(
     x: np.ndarray,
     y: np.ndarray,
@@ -50,8 +68,10 @@ def bundle_from_arrays(
     val: tuple[np.ndarray, np.ndarray] | None = None,
     preprocessing: dict | None = None,
     dtype: torch.dtype = torch.float32,
+    train_per_class: int | None = None,
 ) -> DatasetBundle:
-    """Train/validation splits from arrays: `val` when given, else a seeded (stratified) split."""
+    """Train/validation splits from arrays: `val` when given, else a seeded (stratified) split.
+    With `train_per_class`, the training split keeps that many samples of each class, drawn by `seed`."""
     classify = is_classification(y, task, where)
     if val is None:
         train_idx, val_idx = split_indices(len(x), val_fraction, seed, y if classify else None)
@@ -60,6 +80,9 @@ def bundle_from_arrays(
         x_val, y_val = val
         if x_val.shape[1:] != x.shape[1:]:
             raise UsageError(f"{where}: validation samples have shape {x_val.shape[1:]}, training {x.shape[1:]}.")
+    if train_per_class is not None:
+        keep = few_shot_rows(y, train_per_class, seed, classify)
+        x, y = x[keep], y[keep]
     preprocessing = dict(preprocessing or {})
     if classify:
         y, y_val, classes = encode_labels(y, y_val, where)
@@ -109,6 +132,7 @@ def npz(
     val_path: str | None = None,
     val_fraction: ValFraction = 0.2,
     task: Task = "auto",
+    train_per_class: PositiveInt | None = None,
 ) -> DatasetBundle:
     """Features and labels from a NumPy .npz archive (samples of any shape).
 
@@ -119,10 +143,14 @@ def npz(
         val_path: a second .npz with the same keys used as the validation split (instead of val_fraction).
         val_fraction: share of samples held out for validation (stratified for classification).
         task: auto (integer or string labels classify, float labels regress), classification or regression.
+        train_per_class: keep only this many training samples of each class, drawn by the seed (few-shot);
+            validation stays whole.
     """
     x, y = _load_npz(path, "data.path", features_key, labels_key)
     val = _load_npz(val_path, "data.val_path", features_key, labels_key) if val_path else None
-    return bundle_from_arrays(x, y, seed, val_fraction=val_fraction, task=task, where="data.path", val=val)
+    return bundle_from_arrays(
+        x, y, seed, val_fraction=val_fraction, task=task, where="data.path", val=val, train_per_class=train_per_class
+    )
 
 
 def _load_npy(path: str, key: str) -> np.ndarray:
@@ -144,6 +172,7 @@ def npy(
     val_labels: str | None = None,
     val_fraction: ValFraction = 0.2,
     task: Task = "auto",
+    train_per_class: PositiveInt | None = None,
 ) -> DatasetBundle:
     """Features and labels from two NumPy .npy files (samples of any shape).
 
@@ -154,6 +183,8 @@ def npy(
         val_labels: labels of an explicit validation split.
         val_fraction: share of samples held out for validation when no explicit split is given.
         task: auto (integer or string labels classify, float labels regress), classification or regression.
+        train_per_class: keep only this many training samples of each class, drawn by the seed (few-shot);
+            validation stays whole.
     """
     if (val_features is None) != (val_labels is None):
         raise UsageError("data.val_features and data.val_labels: give both or neither.")
@@ -162,5 +193,12 @@ def npy(
     if val_features:
         val = _paired(_load_npy(val_features, "data.val_features"), _load_npy(val_labels, "data.val_labels"), "data")
     return bundle_from_arrays(
-        x, y, seed, val_fraction=val_fraction, task=task, where=f"data.features ('{features}')", val=val
+        x,
+        y,
+        seed,
+        val_fraction=val_fraction,
+        task=task,
+        where=f"data.features ('{features}')",
+        val=val,
+        train_per_class=train_per_class,
     )

@@ -64,6 +64,7 @@ def hf_disk(
     max_length: PositiveInt = 128,
     task: Literal["auto", "classification", "regression"] = "auto",
     alphabet: str | None = None,
+    train_per_class: PositiveInt | None = None,
 ) -> DatasetBundle:
     """A Hugging Face datasets folder written by save_to_disk (Dataset or DatasetDict).
 
@@ -79,6 +80,8 @@ def hf_disk(
         max_length: with text_field: tokens per sample.
         task: auto (integer or string labels classify, float labels regress), classification or regression.
         alphabet: with tokenizer char, the characters known instead of the training texts' (eval pins the run's).
+        train_per_class: keep only this many training samples of each class, drawn by the seed (few-shot);
+            validation stays whole.
     """
     loaded = _load(path)
     if hasattr(loaded, "keys"):  # DatasetDict
@@ -103,6 +106,7 @@ def hf_disk(
             max_length=max_length,
             where=where,
             alphabet=alphabet,
+            train_per_class=train_per_class,
         )
     if alphabet is not None:
         raise UsageError("data.alphabet: only text (data.text_field with tokenizer char) takes an alphabet")
@@ -111,4 +115,6 @@ def hf_disk(
         _columns(split, [*columns, label], where)
     x, y = _features(train, columns), np.array(train[label])
     val_arrays = (_features(val, columns), np.array(val[label])) if val is not None else None
-    return bundle_from_arrays(x, y, seed, val_fraction=val_fraction, task=task, where=where, val=val_arrays)
+    return bundle_from_arrays(
+        x, y, seed, val_fraction=val_fraction, task=task, where=where, val=val_arrays, train_per_class=train_per_class
+    )

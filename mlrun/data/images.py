@@ -21,7 +21,7 @@ from pydantic import Field, PositiveInt
 from torch.utils.data import Dataset
 
 from mlrun.data.bundle import ArrayDataset, DataMeta, DatasetBundle
-from mlrun.data.splits import ValFraction, encode_labels, split_indices
+from mlrun.data.splits import ValFraction, draw_per_class, encode_labels, split_indices
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
 
@@ -192,6 +192,7 @@ def image_folder(
     std: list[Annotated[float, Field(gt=0.0)]] | None = None,
     cache: bool = True,
     skip_corrupt: bool = False,
+    train_per_class: PositiveInt | None = None,
 ) -> DatasetBundle:
     """Images in one sub-folder per class (PNG, JPEG, BMP, GIF, WebP), decoded with Pillow.
 
@@ -205,6 +206,8 @@ def image_folder(
         std: per-channel standard deviation to normalise with; default computed on the training split.
         cache: decode every image once into memory (uint8); false decodes per sample at load time.
         skip_corrupt: skip (and count) images that cannot be decoded instead of stopping.
+        train_per_class: keep only this many training images of each class, drawn by the seed (few-shot); the
+            default mean and std are theirs; validation stays whole.
     """
     if (mean is None) != (std is None):
         raise UsageError("data.mean and data.std: give both or neither (neither computes them).")
@@ -228,6 +231,9 @@ def image_folder(
     keep_train = [i for i, f in enumerate(train_idx) if f in kept]
     keep_val = [i for i, f in enumerate(val_idx) if f in kept]
     train_idx, val_idx, y_train, y_val = train_idx[keep_train], val_idx[keep_val], y_train[keep_train], y_val[keep_val]
+    if train_per_class is not None:
+        rows = draw_per_class(y_train, train_per_class, seed)
+        train_idx, y_train = train_idx[rows], y_train[rows]
     shape = shapes[min(kept)]
     if cache:
         train_pixels = np.stack([decoded[i] for i in train_idx])

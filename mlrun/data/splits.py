@@ -88,6 +88,13 @@ def first_per_class(y: np.ndarray, count: int) -> np.ndarray:
     return np.array(keep)
 
 
+def draw_per_class(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Sorted indices of `count` samples of each class in `labels`, drawn by `seed` (a few-shot
+    training split: each seed draws other samples; too few of a class is an error naming it)."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    return np.sort(order[first_per_class(labels[order], count)])
+
+
 def encode_labels(train: np.ndarray, val: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray, list]:
     """Class ids 0..C-1 in sorted order of the training labels; a validation label outside them is an error."""
     classes = np.unique(train)

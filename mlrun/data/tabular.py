@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-from mlrun.data.arrays import bundle_from_arrays
+from mlrun.data.arrays import bundle_from_arrays, few_shot_rows
 from mlrun.data.bundle import DatasetBundle
 from mlrun.data.splits import ValFraction, is_classification, require_columns, resolve_files, split_indices
 from mlrun.errors import UsageError
@@ -195,6 +195,7 @@ def _tabular(
     scale: str,
     select: list[FeatureSelection],
     na_values: list[str],
+    train_per_class: int | None,
 ) -> DatasetBundle:
     frame, file = _read(path, "data.path", reader, na_values)
     _check_columns(frame, [target], "data.target", file)
@@ -224,6 +225,9 @@ def _tabular(
         train_frame, val_frame = frame.iloc[train_idx], frame.iloc[val_idx]
     else:
         train_frame = frame
+    if train_per_class is not None:  # before fitting: the preprocessing sees only the rows kept
+        rows = few_shot_rows(train_frame[target].to_numpy(), train_per_class, seed, classify)
+        train_frame = train_frame.iloc[rows]
     y_train, y_val = train_frame[target].to_numpy(), val_frame[target].to_numpy()
     pipeline = fitted  # the run's own, when eval, export or a resume rebuilds its data
     if pipeline is None:
@@ -281,6 +285,7 @@ def _register(reader: str):
         scale: Literal["standard", "minmax", "none"] = "standard",
         select: list[FeatureSelection] = [],  # noqa: B006 - validated copy, never mutated
         na_values: list[str] = [],  # noqa: B006 - validated copy, never mutated
+        train_per_class: PositiveInt | None = None,
     ) -> DatasetBundle:
         return _tabular(
             reader,
@@ -298,6 +303,7 @@ def _register(reader: str):
             scale,
             select,
             na_values,
+            train_per_class,
         )
 
     factory.__name__ = reader
@@ -316,6 +322,8 @@ def _register(reader: str):
         scale: numeric columns: standard (zero mean, unit variance), minmax or none.
         select: feature-selection steps in order, each {{method: variance|kbest|rfe|l1|pca, ...}}.
         na_values: cell texts that mean a missing value, e.g. ['?', 'n/a'] (then filled by impute).
+        train_per_class: keep only this many training rows of each class, drawn by the seed (few-shot); the
+            preprocessing is fitted on them; validation stays whole.
     """  # noqa: E501
     return datasets.register(reader, fits_transform=True)(factory)
 

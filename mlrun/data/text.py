@@ -19,7 +19,7 @@ from pydantic import PositiveInt
 from mlrun.data.arrays import bundle_from_arrays
 from mlrun.data.batch import TARGET_KEY
 from mlrun.data.bundle import ArrayDataset, DatasetBundle, TensorDictDataset
-from mlrun.data.splits import ValFraction, first_per_class, resolve_one_file, split_indices
+from mlrun.data.splits import ValFraction, draw_per_class, resolve_one_file, split_indices
 from mlrun.data.tokenize import encode_padded, make_tokenizer
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
@@ -97,8 +97,7 @@ def text_bundle(
         val = [texts[i] for i in val_idx], labels[val_idx]
         texts, labels = [texts[i] for i in train_idx], labels[train_idx]
     if train_per_class is not None:
-        order = np.random.default_rng(seed).permutation(len(texts))
-        keep = np.sort(order[first_per_class(labels[order], train_per_class)])
+        keep = draw_per_class(labels, train_per_class, seed)
         texts, labels = [texts[i] for i in keep], labels[keep]
     encoder = make_tokenizer(tokenizer, texts, "data.tokenizer", pad=True, alphabet=alphabet)
     train_ids, train_mask = encode_padded(encoder, texts, max_length)
