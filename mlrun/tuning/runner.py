@@ -109,7 +109,7 @@ def run_study(config: ExperimentConfig, options: StudyOptions, tune_dir: Path) -
         study = optuna.create_study(
             storage=store,
             sampler=make_sampler(tune.sampler, tune),
-            pruner=make_pruner(tune.pruner),
+            pruner=make_pruner(tune.pruner, tune.value),
             study_name=options.study_name,
             direction=tune.direction,
             load_if_exists=True,

@@ -142,10 +142,16 @@ def warmup_steps(config: PrunerConfig) -> int:
     return config.warmup_evaluations + 1
 
 
-def make_pruner(config: PrunerConfig):
+def make_pruner(config: PrunerConfig, value: str = "last"):
+    """Optuna's pruner for `tune.pruner`; `value` is tune.value (the curve rule credits a trial scored
+    by its best evaluation with that evaluation)."""
     pruners = optuna_module().pruners
     if config.name == "none":
         return pruners.NopPruner()
+    if config.name == "curve":
+        from mlrun.tuning.curve_pruner import CurvePruner
+
+        return CurvePruner(config.startup_trials, warmup_steps(config), config.gain_quantile, value == "best")
     if config.name == "median":
         return pruners.MedianPruner(n_startup_trials=config.startup_trials, n_warmup_steps=warmup_steps(config))
     if config.name == "percentile":

@@ -69,26 +69,33 @@ class SamplerConfig(Section):
 
 # Which pruners read each setting: setting one for another pruner is refused, not ignored.
 PRUNER_SETTINGS = {
-    "warmup_evaluations": ("median", "percentile"),
-    "startup_trials": ("median", "percentile"),
+    "warmup_evaluations": ("median", "percentile", "curve"),
+    "startup_trials": ("median", "percentile", "curve"),
     "percentile": ("percentile",),
+    "gain_quantile": ("curve",),
     "min_resource": ("successive_halving", "hyperband"),
     "reduction_factor": ("successive_halving", "hyperband"),
 }
 
 
 class PrunerConfig(Section):
-    name: Literal["none", "median", "percentile", "successive_halving", "hyperband", "wilcoxon"] = "median"
-    """Stops hopeless trials at their evaluations: none | median | percentile | successive_halving | hyperband |
-    wilcoxon. Budgets count evaluations (`train.eval_every`); keep eval_every in epochs when batch size is searched."""
+    name: Literal["none", "median", "percentile", "curve", "successive_halving", "hyperband", "wilcoxon"] = "median"
+    """Stops hopeless trials at their evaluations: none | median | percentile | curve | successive_halving |
+    hyperband | wilcoxon. Budgets count evaluations (`train.eval_every`); keep eval_every in epochs when batch size
+    is searched."""
     warmup_evaluations: NonNegativeInt = 0
-    """median / percentile: evaluations a trial completes before it may be pruned."""
+    """median / percentile / curve: evaluations a trial completes before it may be pruned."""
     startup_trials: NonNegativeInt = 2
-    """median / percentile: trials that finish before pruning starts."""
+    """median / percentile / curve: trials that finish before pruning starts."""
     percentile: Annotated[float, Field(gt=0.0, lt=100.0)] = 50.0
     """percentile: a trial goes on only while its best value so far lies in this top percentile of earlier trials'
     at the same evaluation, as Optuna's PercentilePruner (50: the median rule; 25 keeps the top quarter, so
     stops more trials; 75 stops fewer)."""
+    gain_quantile: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    """curve: a trial stops when its value plus this quantile of the gains finished trials made from the same
+    evaluation to their end cannot reach the best finished trial (learning-curve extrapolation from the study's
+    own curves). 1.0 credits the largest gain (stops only trials no finished curve could rescue); 0.5 the
+    median gain (stops more)."""
     min_resource: PositiveInt | Literal["auto"] = "auto"
     """hyperband / successive_halving: the evaluations every trial gets before it can be pruned (auto: 1)."""
     reduction_factor: Annotated[int, Field(ge=2)] = 3
