@@ -132,47 +132,55 @@ def test_the_percentile_pruner_stops_the_bottom_share_and_settings_of_other_prun
     assert "reduction_factor is a setting of successive_halving and hyperband" in refused.stderr
 
 
-def test_the_curve_pruner_stops_only_trials_no_finished_curve_could_bring_to_the_best():
+def test_the_curve_pruner_stops_only_trials_no_curve_could_bring_to_the_best():
     import optuna
+    from optuna.trial import TrialState
 
     from mlrun.config.schema import PrunerConfig
     from mlrun.tuning.study import make_pruner
 
-    # Two finished trials over 3 evaluations: one climbs 0.5 -> 0.9 (gains from evaluation 1: 0.4),
-    # one 0.7 -> 0.8 (0.1). The best finished value is 0.9.
-    def pruned(curve: list[float], value: str = "last", **settings) -> bool:
+    def add(study, curve: list[float], state=TrialState.COMPLETE):
+        trial = study.ask()
+        for step, figure in enumerate(curve, start=1):
+            trial.report(figure, step=step)
+        study.tell(trial, curve[-1] if state == TrialState.COMPLETE else None, state=state)
+
+    # Two finished trials over 4 evaluations, flat at the end (no noise): one climbs 0.5 -> 0.9 (gain
+    # from evaluation 1: 0.4), one 0.7 -> 0.8 (0.1). The best finished value is 0.9.
+    def pruned(curve: list[float], value: str = "last", pruned_trials=(), **settings) -> bool:
         config = PrunerConfig(name="curve", startup_trials=2, **settings)
         study = optuna.create_study(direction="maximize", pruner=make_pruner(config, value))
-        for finished in ([0.5, 0.7, 0.9], [0.7, 0.75, 0.8]):
-            trial = study.ask()
-            for step, figure in enumerate(finished, start=1):
-                trial.report(figure, step=step)
-            study.tell(trial, finished[-1])
+        for finished in ([0.5, 0.7, 0.9, 0.9], [0.7, 0.75, 0.8, 0.8]):
+            add(study, finished)
+        for stopped in pruned_trials:
+            add(study, stopped, TrialState.PRUNED)
         trial = study.ask()
         for step, figure in enumerate(curve, start=1):
             trial.report(figure, step=step)
         return trial.should_prune()
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     # A slow starter at 0.55 after one evaluation could still climb 0.4 (to 0.95): it goes on, where the
     # median rule (below 0.6, the finished trials' median there) stops it.
     assert not pruned([0.55])
-    assert pruned([0.45])  # 0.45 + 0.4 < 0.9: no finished curve rescues it
+    assert pruned([0.45])  # 0.45 + 0.4 < 0.9: no curve rescues it
     assert pruned([0.55], gain_quantile=0.5)  # credited the median gain (0.25): 0.8 < 0.9
     assert not pruned([0.45], warmup_evaluations=1)
-    assert not pruned([0.5, 0.7, 0.6])  # the last evaluation: nothing left to save, the value is kept
+    assert not pruned([0.5, 0.7, 0.6, 0.5])  # the last evaluation: nothing left to save, the value is kept
     # Scored at its best evaluation, a trial already past the best is never stopped by a dip.
     assert pruned([0.95, 0.5]) and not pruned([0.95, 0.5], value="best")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    minimise = optuna.create_study(direction="minimize", pruner=make_pruner(PrunerConfig(name="curve")))
+    # A pruned slow starter that climbed 0.3 -> 0.8 shows a gain of 0.5 from evaluation 1.
+    assert not pruned([0.45], pruned_trials=[[0.3, 0.8]])
+    # Noisy curves (late evaluations moving by 0.1 either way) credit 1.645 sigma: 0.45 + 0.4 + 0.16 >= 0.9.
+    assert not pruned([0.45], pruned_trials=[[0.6, 0.62, 0.7, 0.6, 0.7, 0.6]])
+    # Minimised: the finished losses fall 2.0 -> 1.0 and 1.5 -> 1.4.
+    study = optuna.create_study(direction="minimize", pruner=make_pruner(PrunerConfig(name="curve")))
     for finished in ([2.0, 1.0], [1.5, 1.4]):
-        trial = minimise.ask()
-        for step, figure in enumerate(finished, start=1):
-            trial.report(figure, step=step)
-        minimise.tell(trial, finished[-1])
-    trial = minimise.ask()
+        add(study, finished)
+    trial = study.ask()
     trial.report(2.05, step=1)  # could fall 1.0, to 1.05 > 1.0: stopped; at 1.95 it goes on
     assert trial.should_prune()
-    trial = minimise.ask()
+    trial = study.ask()
     trial.report(1.95, step=1)
     assert not trial.should_prune()
 

@@ -1,13 +1,14 @@
 """`pruner: {name: curve}`: stop a trial that its learning curve says cannot reach the best trial.
 
 At each evaluation the running trial is credited with the largest gain (or `gain_quantile` of the
-gains) that the study's finished trials made from that same evaluation to their end, and it stops
-when even then it would finish short of the best finished trial. The median rule and successive
+gains) that the study's ended trials, finished or pruned, made from that same evaluation to their
+last, plus 1.645 sigma of the evaluations' noise, and it stops when even then it would end short of
+the best finished trial. The median rule and successive
 halving rank trials by where they stand at an evaluation, so a slow starter that would end best is
 stopped; this rule asks where a trial could still end, the question of learning-curve extrapolation
 (Domhan et al. 2015; Swersky et al.'s freeze-thaw). Those fit parametric curves, which a 30-trial
-search of noisy evaluations cannot fit; here the finished trials' own curves are the model, so the
-extrapolation needs no fit and grows more confident as trials finish.
+search of noisy evaluations cannot fit; here the study's own curves are the model, so the
+extrapolation needs no fit and grows more confident as trials end.
 
 Optuna ships no learning-curve pruner (MedianPruner, PercentilePruner, SuccessiveHalving, Hyperband,
 Threshold, Patient, Wilcoxon all compare values at a step), so it is an Optuna BasePruner of our own.
@@ -22,9 +23,12 @@ from optuna.pruners import BasePruner
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+# One-sided 5%: a trial stops when its chance of reaching the best, noise included, is below 1 in 20.
+NOISE_Z = 1.645
+
 
 class CurvePruner(BasePruner):
-    """Prunes when value + gain_quantile(finished trials' gains from this evaluation) < the best value.
+    """Prunes when value + gain_quantile(ended trials' gains from this evaluation) + noise < the best value.
 
     `from_best`: trials are scored by their best evaluation (tune.value: best), so a running trial
     is credited with its best evaluation so far when that is higher than its extrapolation.
@@ -46,19 +50,46 @@ class CurvePruner(BasePruner):
         value = sign * trial.intermediate_values[step]
         if not math.isfinite(value):
             return True  # a diverged trial does not come back
-        # Only trials that went on past this evaluation say what is still to gain; at the last one
-        # nothing is left to save, and a trial stopped there would lose its finished value.
         gains = [
-            sign * t.value - sign * t.intermediate_values[step]
-            for t in finished
-            if _finite(t.intermediate_values.get(step)) and max(t.intermediate_values) > step
+            gain for t in study.get_trials(deepcopy=False) if (gain := self._gain_after(t, step, sign)) is not None
         ]
-        if not gains:
+        if not gains:  # no trial went on past this evaluation: nothing is left to save
             return False
-        reach = value + float(np.quantile(gains, self.gain_quantile))
+        # Evaluations are noisy (a validation split of a hundred samples moves in steps of 1%): the end
+        # a trial could reach is its extrapolation plus 1.645 sigma of that noise, a one-sided 5% chance.
+        ended = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        reach = value + float(np.quantile(gains, self.gain_quantile)) + NOISE_Z * _evaluation_noise(ended, sign)
         if self.from_best:
             reach = max(reach, *(sign * v for v in trial.intermediate_values.values() if _finite(v)))
         return reach < max(sign * t.value for t in finished)
+
+    def _gain_after(self, trial, step: int, sign: float) -> float | None:
+        """What an ended `trial` gained after `step`, to its last (or best) evaluation. A pruned trial
+        made its gain with fewer evaluations, a lower bound on what it would have made; it counts
+        because slow starters are what a pruner stops, and only they show how far a slow start
+        climbs. None when the trial did not go on past `step`."""
+        curve = {s: sign * v for s, v in trial.intermediate_values.items() if _finite(v)}
+        if step not in curve or max(curve) <= step:
+            return None
+        if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            return None
+        if self.from_best:  # its best evaluation after `step`; one before it is no gain from there
+            end = max(v for s, v in curve.items() if s > step)
+        else:  # its last evaluation (a finished trial's value)
+            end = curve[max(curve)]
+        return end - curve[step]
+
+
+def _evaluation_noise(trials, sign: float) -> float:
+    """The spread of one evaluation's change to the next late in the ended trials' curves, where
+    learning has flattened and what moves is noise (the second half of each curve; pruned trials
+    count: a smooth finished curve or two would say there is none)."""
+    steps = []
+    for trial in trials:
+        curve = [sign * v for _, v in sorted(trial.intermediate_values.items()) if _finite(v)]
+        late = curve[len(curve) // 2 :]
+        steps += [after - before for before, after in zip(late, late[1:])]
+    return float(np.std(steps)) if len(steps) >= 2 else 0.0
 
 
 def _finite(value) -> bool:
