@@ -84,7 +84,10 @@ def first_per_class(y: np.ndarray, count: int) -> np.ndarray:
             keep.append(index)
     short = {label: n for label, n in seen.items() if n < count}
     if short:
-        raise UsageError(f"data.train_per_class: {count} is more than the training split holds for classes {short}")
+        raise UsageError(
+            f"data.train_per_class: {count} is more than the training split holds of some classes ({short}); "
+            "lower it to at most the smallest count"
+        )
     return np.array(keep)
 
 
