@@ -232,15 +232,17 @@ def test_hf_disk_dataset_and_dataset_dict(tmp_path):
 
 
 def _few_shot_sources(tmp_path, source: str) -> dict:
-    """Settings of one data source holding 3 classes of 20 samples each (hf_disk text: 2 of 20)."""
+    """Settings of one data source (3 classes of 20; csv and hf_disk text 2 classes), with preprocessing
+    that does not depend on the training rows, so kept samples can be found among the whole split's."""
     rng = np.random.default_rng(0)
     if source == "npz":
         np.savez(tmp_path / "d.npz", x=rng.normal(size=(60, 4)).astype(np.float32), y=np.arange(60) % 3)
         return {"path": str(tmp_path / "d.npz")}
     if source == "csv":
-        return {"path": str(write_table(tmp_path, missing=False)[0]), "target": "target"}
+        table = str(write_table(tmp_path, missing=False)[0])
+        return {"path": table, "target": "target", "features": ["a", "b"], "scale": "none"}
     if source == "image_folder":
-        return {"root": str(write_images(tmp_path / "images")), "grayscale": True}
+        return {"root": str(write_images(tmp_path / "images")), "grayscale": True, "mean": [0.5], "std": [0.25]}
     hf = pytest.importorskip("datasets")
     if source == "hf_disk":
         columns = {"x1": rng.normal(size=60).tolist(), "label": [i % 3 for i in range(60)]}
@@ -259,21 +261,49 @@ def _targets(split) -> torch.Tensor:
     return split.tensors["labels"] if hasattr(split, "tensors") else split.targets
 
 
+def _rows(split) -> list[tuple]:
+    return [tuple(row.flatten().tolist()) for row in _inputs(split)]
+
+
 @pytest.mark.parametrize("source", ["npz", "csv", "image_folder", "hf_disk", "hf_disk_text"])
 def test_every_labelled_source_keeps_few_training_samples_per_class_drawn_by_the_seed(tmp_path, source):
     name = source.removesuffix("_text")
     settings = _few_shot_sources(tmp_path, source)
     full = build(name, **settings)
-    few = {seed: build(name, seed, **settings, train_per_class=3) for seed in (0, 1)}
-    for bundle in few.values():
-        assert torch.bincount(_targets(bundle.train)).tolist() == [3] * full.meta.num_classes
-    # Validation keeps every sample (its inputs may differ: preprocessing is fitted on the kept rows).
-    assert torch.equal(_targets(few[0].val), _targets(full.val)) and len(few[0].val) == len(full.val)
-    assert not torch.equal(_inputs(few[0].train), _inputs(few[1].train))  # each seed draws others
-    if source == "csv":  # the scaler is fitted on the kept rows, not the whole training split
-        assert abs(float(few[0].train.inputs[:, 0].mean())) < 1e-5
+    few = build(name, **settings, train_per_class=3)
+    assert torch.bincount(_targets(few.train)).tolist() == [3] * full.meta.num_classes
+    assert torch.equal(_inputs(few.val), _inputs(full.val))  # validation stays whole
+    # Drawn from the same training split by the seed: some of its rows, not its first three of each class.
+    kept, whole, labels = _rows(few.train), _rows(full.train), _targets(full.train).tolist()
+    assert set(kept) <= set(whole)
+    first = [row for i, row in enumerate(whole) if labels[: i + 1].count(labels[i]) <= 3]
+    assert kept != first
+    assert _rows(build(name, 1, **settings, train_per_class=3).train) != kept  # another seed, other rows
     with pytest.raises(UsageError, match="train_per_class"):
         build(name, **settings, train_per_class=100)
+
+
+def test_few_shot_preprocessing_is_fitted_on_the_kept_rows(tmp_path):
+    path = str(write_table(tmp_path, missing=False)[0])
+    few = build("csv", path=path, target="target", features=["a", "b"], train_per_class=3)
+    assert abs(float(few.train.inputs[:, 0].mean())) < 1e-5  # the scaler saw the 6 kept rows, not the split
+    root = str(write_images(tmp_path / "images"))
+    images = build("image_folder", root=root, grayscale=True, train_per_class=2)
+    pixels = torch.stack([images.train[i][0] for i in range(len(images.train))])
+    assert abs(float(pixels.mean())) < 1e-4  # mean and std of the kept images
+    with pytest.raises(UsageError, match="class0"):  # the error names the class folders
+        build("image_folder", root=root, grayscale=True, train_per_class=50)
+
+
+def test_a_few_shot_run_evaluates_on_another_file_whose_training_share_is_smaller(tmp_path):
+    path, frame = write_table(tmp_path, missing=False)
+    data = {"name": "csv", "path": path.name, "target": "target", "train_per_class": 10, "batch_size": 8}
+    run = train_run(tmp_path, tiny_config(name="few", data=data, train={"epochs": 1}))
+    frame.head(16).to_csv(tmp_path / "new.csv", index=False)  # ~6 training rows a class: fewer than 10
+    result = run_cli("eval", str(run), "data.path=new.csv", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    scored = len(build("csv", path=str(tmp_path / "new.csv"), target="target").val)  # its validation share
+    assert json.loads(result.stdout)["samples"] == scored
 
 
 def test_train_per_class_on_a_regression_target_is_refused(tmp_path):

@@ -169,6 +169,8 @@ def test_the_curve_pruner_stops_only_trials_no_curve_could_bring_to_the_best():
     assert not pruned([0.5, 0.7, 0.6, 0.5])  # the last evaluation: nothing left to save, the value is kept
     # Scored at its best evaluation, a trial already past the best is never stopped by a dip.
     assert pruned([0.95, 0.5]) and not pruned([0.95, 0.5], value="best")
+    assert pruned([0.95, float("nan")]) and not pruned([0.95, float("nan")], value="best")
+    assert pruned([0.85, 0.5], value="best")  # its best so far, 0.85, is short of 0.9 too
     # A pruned slow starter that climbed 0.3 -> 0.8 shows a gain of 0.5 from evaluation 1.
     assert not pruned([0.45], pruned_trials=[[0.3, 0.8]])
     # Noisy curves (late evaluations moving by 0.1 either way) credit 1.645 sigma: 0.45 + 0.4 + 0.16 >= 0.9.

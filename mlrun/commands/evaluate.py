@@ -12,6 +12,18 @@ from mlrun.errors import UsageError
 from mlrun.jsonout import print_json
 
 
+def few_shot_off(run_dir: Path, overrides: list[str]) -> list[str]:
+    """`data.train_per_class=null` when other data is scored: only its validation share counts (the run's
+    preprocessing is pinned), and a few-shot draw from its training share could fail on the counts."""
+    import yaml
+
+    config = run_dir / "config.yaml"
+    if not overrides or not config.is_file():  # load_trained says what a run directory needs
+        return []
+    data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
+    return ["data.train_per_class=null"] if data.get("train_per_class") is not None else []
+
+
 def run_eval(
     run_dir: Path, checkpoint: str, overrides: list[str], json_output: bool, exit_thresholds: str | None = None
 ) -> None:
@@ -21,7 +33,7 @@ def run_eval(
     from mlrun.engine.evaluate import evaluate
     from mlrun.engine.restore import load_trained
 
-    trained = load_trained(run_dir, checkpoint, overrides)
+    trained = load_trained(run_dir, checkpoint, [*few_shot_off(run_dir, overrides), *overrides])
     parts = trained.parts
     quantize = deployed_quantization(run_dir)
     if quantize != "none":  # a compress stage after qat deploys int8 layers: score those, as stage.json does

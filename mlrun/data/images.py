@@ -232,7 +232,7 @@ def image_folder(
     keep_val = [i for i, f in enumerate(val_idx) if f in kept]
     train_idx, val_idx, y_train, y_val = train_idx[keep_train], val_idx[keep_val], y_train[keep_train], y_val[keep_val]
     if train_per_class is not None:
-        rows = draw_per_class(y_train, train_per_class, seed)
+        rows = draw_per_class(np.asarray(classes)[y_train], train_per_class, seed)  # errors name the folders
         train_idx, y_train = train_idx[rows], y_train[rows]
     shape = shapes[min(kept)]
     if cache:

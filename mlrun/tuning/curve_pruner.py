@@ -2,8 +2,9 @@
 
 At each evaluation the running trial is credited with the largest gain (or `gain_quantile` of the
 gains) that the study's ended trials, finished or pruned, made from that same evaluation to their
-last, plus 1.645 sigma of the evaluations' noise, and it stops when even then it would end short of
-the best finished trial. The median rule and successive halving rank trials by where they stand at
+last, plus 1.645 times the spread of late evaluation-to-evaluation changes (the noise of a gain,
+a difference of two evaluations), and it stops when even then it would end short of the best
+finished trial. The median rule and successive halving rank trials by where they stand at
 an evaluation, so a slow starter that would end best is stopped; this rule asks where a trial could
 still end, the question of learning-curve extrapolation (Domhan et al. 2015; Swersky et al.'s
 freeze-thaw). Those fit parametric curves, which a 30-trial search of noisy evaluations cannot fit;
@@ -31,8 +32,8 @@ NOISE_Z = 1.645
 class CurvePruner(BasePruner):
     """Prunes when value + gain_quantile(ended trials' gains from this evaluation) + noise < the best value.
 
-    `from_best`: trials are scored by their best evaluation (tune.value: best), so a running trial
-    is credited with its best evaluation so far when that is higher than its extrapolation.
+    `from_best`: trials are scored by their best evaluation (tune.value: best), so a trial whose best
+    evaluation so far already reaches the best finished trial goes on, whatever it reports now.
     """
 
     def __init__(self, startup_trials: int, warmup_steps: int, gain_quantile: float, from_best: bool):
@@ -48,21 +49,27 @@ class CurvePruner(BasePruner):
             return False
         # Signs turn a minimised figure into one to maximise, so one comparison serves both directions.
         sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+        best = max(sign * t.value for t in finished)
+        so_far = max((sign * v for v in trial.intermediate_values.values() if _finite(v)), default=-math.inf)
+        if self.from_best and so_far >= best:  # scored by its best evaluation, it already ends best
+            return False
         value = sign * trial.intermediate_values[step]
         if not math.isfinite(value):
             return True  # a diverged trial does not come back
         gains = [
             gain for t in study.get_trials(deepcopy=False) if (gain := self._gain_after(t, step, sign)) is not None
         ]
-        if not gains:  # no trial went on past this evaluation: nothing is left to save
+        # No ended trial went on past this evaluation: nothing says what is left to gain, and where
+        # trials share one length (the usual search) this is the trial's last evaluation, where a stop
+        # would only lose its value. Trials of searched lengths run on from here unpruned.
+        if not gains:
             return False
-        # Evaluations are noisy (a validation split of a hundred samples moves in steps of 1%): the end
-        # a trial could reach is its extrapolation plus 1.645 sigma of that noise, a one-sided 5% chance.
+        # Evaluations are noisy (a validation split of a hundred samples moves in steps of 1%), and
+        # the gain is a difference of two of them: the spread of such differences, 1.645 times (a
+        # one-sided 5% chance), is added to what the trial could reach.
         ended = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
         reach = value + float(np.quantile(gains, self.gain_quantile)) + NOISE_Z * _evaluation_noise(ended, sign)
-        if self.from_best:
-            reach = max(reach, *(sign * v for v in trial.intermediate_values.values() if _finite(v)))
-        return reach < max(sign * t.value for t in finished)
+        return reach < best
 
     def _gain_after(self, trial, step: int, sign: float) -> float | None:
         """What an ended `trial` gained after `step`, to its last (or best) evaluation. A pruned trial
@@ -83,8 +90,9 @@ class CurvePruner(BasePruner):
 
 def _evaluation_noise(trials, sign: float) -> float:
     """The spread of one evaluation's change to the next late in the ended trials' curves, where
-    learning has flattened and what moves is noise (the second half of each curve; pruned trials
-    count: a smooth finished curve or two would say there is none)."""
+    learning has mostly flattened and what moves is noise (the second half of each curve; pruned
+    trials count: a smooth finished curve or two would say there is none). A short pruned curve's
+    second half may still be learning, which only makes the rule more cautious."""
     steps = []
     for trial in trials:
         curve = [sign * v for _, v in sorted(trial.intermediate_values.items()) if _finite(v)]
