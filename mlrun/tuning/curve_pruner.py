@@ -44,7 +44,8 @@ class CurvePruner(BasePruner):
         step = trial.last_step
         if step is None or step < self.warmup_steps:
             return False
-        finished = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _finite(t.value)]
+        ended = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        finished = [t for t in ended if t.state == TrialState.COMPLETE and _finite(t.value)]
         if len(finished) < max(1, self.startup_trials):
             return False
         # Signs turn a minimised figure into one to maximise, so one comparison serves both directions.
@@ -56,9 +57,7 @@ class CurvePruner(BasePruner):
         value = sign * trial.intermediate_values[step]
         if not math.isfinite(value):
             return True  # a diverged trial does not come back
-        gains = [
-            gain for t in study.get_trials(deepcopy=False) if (gain := self._gain_after(t, step, sign)) is not None
-        ]
+        gains = [gain for t in ended if (gain := self._gain_after(t, step, sign)) is not None]
         # No ended trial went on past this evaluation: nothing says what is left to gain, and where
         # trials share one length (the usual search) this is the trial's last evaluation, where a stop
         # would only lose its value. Trials of searched lengths run on from here unpruned.
@@ -67,19 +66,16 @@ class CurvePruner(BasePruner):
         # Evaluations are noisy (a validation split of a hundred samples moves in steps of 1%), and
         # the gain is a difference of two of them: the spread of such differences, 1.645 times (a
         # one-sided 5% chance), is added to what the trial could reach.
-        ended = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
         reach = value + float(np.quantile(gains, self.gain_quantile)) + NOISE_Z * _evaluation_noise(ended, sign)
         return reach < best
 
     def _gain_after(self, trial, step: int, sign: float) -> float | None:
-        """What an ended `trial` gained after `step`, to its last (or best) evaluation. A pruned trial
-        made its gain with fewer evaluations, a lower bound on what it would have made; it counts
-        because slow starters are what a pruner stops, and only they show how far a slow start
-        climbs. None when the trial did not go on past `step`."""
+        """What an ended (finished or pruned) `trial` gained after `step`, to its last (or best)
+        evaluation. A pruned trial made its gain with fewer evaluations, a lower bound on what it would
+        have made; it counts because slow starters are what a pruner stops, and only they show how far
+        a slow start climbs. None when the trial did not go on past `step`."""
         curve = {s: sign * v for s, v in trial.intermediate_values.items() if _finite(v)}
         if step not in curve or max(curve) <= step:
-            return None
-        if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
             return None
         if self.from_best:  # its best evaluation after `step`; one before it is no gain from there
             end = max(v for s, v in curve.items() if s > step)

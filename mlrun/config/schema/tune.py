@@ -93,8 +93,9 @@ class PrunerConfig(Section):
     stops more trials; 75 stops fewer)."""
     gain_quantile: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     """curve: a trial stops when its value plus this quantile of the gains the ended trials (finished or pruned)
-    made from the same evaluation to their last, plus 1.645 sigma of the evaluations' noise, cannot reach the best
-    finished trial (learning-curve extrapolation from the study's own curves). 1.0 credits the largest gain
+    made from the same evaluation to their last, plus 1.645 times the spread of late evaluation-to-evaluation
+    changes (the noise), cannot reach the best finished trial (learning-curve extrapolation from the study's own
+    curves). 1.0 credits the largest gain
     (stops only trials no curve could rescue); 0.5 the median gain (stops more)."""
     min_resource: PositiveInt | Literal["auto"] = "auto"
     """hyperband / successive_halving: the evaluations every trial gets before it can be pruned (auto: 1)."""
