@@ -86,7 +86,7 @@ def test_a_front_member_exports_with_its_recorded_accuracy(searched) -> None:
     folder, summary = searched
     member = max(summary["front"], key=lambda m: m["values"]["val/accuracy"])
     stage_dir = folder / member["dir"]
-    assert stage_dir.parent.parent == folder / "runs/base/tune/compress"  # its own trial folder
+    assert stage_dir.parent == folder / "runs/base/tune/compress/stages"  # the search's shared stages
     result = run_cli("export", stage_dir, "--json", cwd=folder)
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
@@ -130,16 +130,29 @@ def test_a_stage_left_out_runs_the_chain_without_it(searched) -> None:
     assert none.returncode == 2 and "every stage has enabled: false" in none.stderr
 
 
-def test_a_search_tries_the_chain_with_and_without_a_stage(tmp_path: Path) -> None:
-    space = {"compress.1.enabled": {"type": "categorical", "choices": [True, False]}}
-    search = {**SEARCH, "trials": 4, "sampler": {"name": "nsga2", "seed": 0, "population_size": 2}, "space": space}
+def test_a_search_tries_the_chain_with_and_without_a_stage_and_computes_each_stage_once(tmp_path: Path) -> None:
+    space = {
+        "compress.1.enabled": {"type": "categorical", "choices": [True, False]},
+        "compress.1.clusters": {"type": "categorical", "choices": [4, 16]},
+    }
+    search = {**SEARCH, "trials": 6, "sampler": {"name": "nsga2", "seed": 1, "population_size": 2}, "space": space}
     summary = train_and_search(tmp_path, "toggle", search)
     trials = tmp_path / "runs/toggle/tune/compress"
-    chains = {tuple(sorted(p.name for p in d.iterdir() if p.is_dir())) for d in trials.glob("trial-*")}
-    assert chains == {("1-prune", "2-cluster"), ("1-prune",)}  # both arms were tried
+    reports = [json.loads((d / "compress.json").read_text()) for d in sorted(trials.glob("trial-*"))]
+    chains = {tuple(row["stage"] for row in report["stages"][1:]) for report in reports}
+    assert chains == {("prune", "cluster"), ("prune",)}  # both arms were tried
+    # Every trial starts with the same prune: it ran once, and at most three chains exist (prune alone:
+    # the clusters of a stage left out do not matter), so 6 trials computed at most 3 stages.
+    computed = sorted(p.name for p in (trials / "stages").iterdir())
+    assert len(computed) == summary["stages"]["computed"] <= 3 < summary["stages"]["used"]
+    assert len({report["stages"][1]["dir"] for report in reports}) == 1
+    # A shared stage holds what a chain of its own would: trial 0 (the config's values) against `mlrun compress`.
+    alone = run_cli("compress", "toggle.yaml", "--json", cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr
+    assert json.loads(alone.stdout)["stages"][-1]["metrics"] == reports[0]["stages"][-1]["metrics"]
     # Clustering (bit-packed 4-bit indices) is what makes the file small: the front's smallest has it.
     smallest = min(summary["front"], key=lambda m: m["values"]["file_bytes"])
-    assert smallest["dir"].endswith("2-cluster")
+    assert Path(smallest["dir"]).name.startswith("2-cluster-")
 
 
 @pytest.mark.parametrize("key", ["metric", "direction"])

@@ -91,7 +91,12 @@ def print_front(summary: dict) -> None:
     from mlrun.tuning.pareto import front_table
 
     counts, folder = summary["states"], Path(summary["folder"])
-    print(f"mlrun: {summary['trials']} trials: {counts['complete']} complete, {counts['fail']} failed")
+    stages = summary["stages"]
+    print(
+        f"mlrun: {summary['trials']} trials: {counts['complete']} complete, {counts['fail']} failed; "
+        f"{stages['computed']} of the {stages['used']} stage results they used were computed, the rest "
+        "shared by chains that begin alike"
+    )
     if not summary["front"]:
         return
     trained = summary["trained"] or {}

@@ -55,11 +55,15 @@ class ModelSource:
     key: str  # identifies these weights and how they were made
 
 
-def run_compress(specs: list[StageSpec], source_dir: Path, root: Path | None = None) -> dict[str, Any]:
+def run_compress(
+    specs: list[StageSpec], source_dir: Path, root: Path | None = None, shared_stages: Path | None = None
+) -> dict[str, Any]:
     """Run `specs` in order from the final weights of `source_dir`; returns compress.json's content.
 
     `root`: the folder of the chain's stages (a compress search's trial folder); default compress/ or
-    the compress-N/ chosen by `chain_folder`."""
+    the compress-N/ chosen by `chain_folder`. `shared_stages`: a folder several chains share (a compress
+    search's): each stage goes to a folder named by its key (settings and input), so chains that begin
+    alike compute their common stages once; compress.json still goes to `root`."""
     from mlrun.engine.restore import load_trained
 
     if not specs:
@@ -75,7 +79,8 @@ def run_compress(specs: list[StageSpec], source_dir: Path, root: Path | None = N
     rows = [{"stage": "trained", "dir": str(source_dir), **measure(trained.parts.model, trained.parts, None)}]
     rows[0]["file_bytes"] = weights.stat().st_size
     for index, spec in enumerate(specs, 1):
-        stage_dir = root / f"{index}-{spec.name}"
+        name = f"{index}-{spec.name}"
+        stage_dir = shared_stages / f"{name}-{stage_key(spec, source.key)}" if shared_stages else root / name
         source = run_stage(spec, source, stage_dir)
         result = read_json(stage_dir / "stage.json")["result"]
         loaded = stage_dir / result.get("file", "model.safetensors")  # the file eval and export load

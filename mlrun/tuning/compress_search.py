@@ -4,8 +4,11 @@ several figures at once (accuracy, stored size, latency) by a multi-objective Op
     mlrun train configs/pareto_digits.yaml && mlrun tune configs/pareto_digits.yaml
 
 Each trial runs the config's `compress:` chain, with the trial's values, from the trained run's final
-weights into runs/<name>/tune/compress/trial-<n>/ (no training from scratch: trials cost a few
-fine-tuning epochs). Its scores are the figures `mlrun compress` measures of the chain's last stage:
+weights (no training from scratch: trials cost a few fine-tuning epochs). The stages go to
+runs/<name>/tune/compress/stages/, one folder per stage key (its settings and its input), so a trial
+whose chain begins like an earlier one's reuses those stages, and a repeated chain (NSGA-II redraws
+settings from small spaces) costs only a measurement; the trial's compress.json is in trial-<n>/.
+Its scores are the figures `mlrun compress` measures of the chain's last stage:
 validation metrics, the loadable file's bytes (compressed.safetensors where a stage bit-packs its
 weights), MACs and CPU latency. What is left is the Pareto front (tuning/pareto.py); any member's
 last stage folder exports with `mlrun export`.
@@ -94,9 +97,11 @@ def objective(path: Path, overrides: list[str], config: ExperimentConfig, tune_d
         except UsageError as exc:  # a sampled combination the config rejects: recorded, not fatal
             trial.set_user_attr("error", str(exc))
             raise
-        report = run_compress(trial_config.compress, source_dir, root=tune_dir / f"trial-{trial.number:04d}")
+        trial_dir, shared = tune_dir / f"trial-{trial.number:04d}", tune_dir / "stages"
+        report = run_compress(trial_config.compress, source_dir, root=trial_dir, shared_stages=shared)
         trained, last = report["stages"][0], report["stages"][-1]
         trial.set_user_attr("dir", last["dir"])  # `mlrun export` takes this folder
+        trial.set_user_attr("stages", [row["dir"] for row in report["stages"][1:]])
         trial.set_user_attr("figures", {k: score(last, k) for k in ("file_bytes", "latency_ms_b1", "latency_ms_b64")})
         trial.set_user_attr("metrics", last["metrics"])
         trial.set_user_attr("vs_trained", last["vs_trained"])

@@ -38,6 +38,7 @@ def summarize_front(study, tune, tune_dir: Path) -> dict:
         "trained": completed[0].user_attrs.get("trained") if completed else None,
         "front": unique_members([member(t, tune) for t in front]),
         "dominated": [t.number for t in completed if t.number not in on_front],
+        "stages": stage_counts(study.trials),
     }
     write_csv(study, tune, tune_dir / "trials.csv", on_front)
     summary["plot"] = write_plot(completed, on_front, objectives, summary["trained"], tune_dir / "pareto.png")
@@ -57,12 +58,19 @@ def member(trial, tune) -> dict:
     }
 
 
+def stage_counts(trials) -> dict[str, int]:
+    """How many stage results the trials used and how many were computed (the rest were shared)."""
+    used = [stage for t in trials for stage in t.user_attrs.get("stages", [])]
+    return {"used": len(used), "computed": len(set(used))}
+
+
 def unique_members(members: list[dict]) -> list[dict]:
-    """One member per setting: a sampler that draws the same values again (NSGA-II does, from a small
-    space) ties with itself on the front; the repeats are listed under the first (`repeats`)."""
+    """One member per chain: a sampler that draws the same values again (NSGA-II does, from a small
+    space), or values that differ only in a stage left out, ties with itself on the front; the repeats
+    are listed under the first (`repeats`). The same chain is the same last stage folder."""
     first: dict[str, dict] = {}
     for row in members:
-        key = repr(sorted(row["params"].items()))
+        key = row["dir"] or repr(sorted(row["params"].items()))
         if key in first:
             first[key]["repeats"].append(row["number"])
         else:
