@@ -508,3 +508,23 @@ def test_value_best_scores_each_trial_at_its_best_evaluation_and_early_stopping_
     assert mixed.returncode == 2 and "would mix two scorings" in mixed.stderr, mixed.stderr
     refused = run_cli("tune", tune_config(tmp_path, value="best", strategy="pbt"), cwd=tmp_path)
     assert refused.returncode == 2 and "value: best" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_rerun_that_changes_what_a_trial_is_is_refused_before_any_trial(tmp_path):
+    path = tune_config(tmp_path, trials=2, pruner={"name": "none"}, sampler={"name": "random", "seed": 0})
+    assert (first := run_cli("tune", path, "train.epochs=1", cwd=tmp_path)).returncode == 0, first.stderr
+    tune_dir = tmp_path / "runs" / "study" / "tune"
+    longer = run_cli("tune", path, "train.epochs=2", "--trials", "3", cwd=tmp_path)  # later trials unlike earlier
+    assert longer.returncode == 2 and "train.epochs: 1 -> 2" in longer.stderr, longer.stderr
+    lr = "optimizer.lr: {type: float, low: 1.0e-6, high: 3.0e-2, log: true}"
+    choices = f"tune.space={{{lr}, model.hidden_sizes: {{type: categorical, choices: [[16], [64, 32]]}}}}"
+    other_choices = run_cli("tune", path, "train.epochs=1", choices, "--trials", "3", cwd=tmp_path)
+    assert other_choices.returncode == 2, other_choices.stderr
+    assert "tune.space.model.hidden_sizes: study 'study' searched it as choices" in other_choices.stderr
+    assert "Traceback" not in longer.stderr + other_choices.stderr
+    assert len(load_study(tune_dir).trials) == 2  # nothing ran, no failed trial recorded
+    # What chooses the next trials may change: a float range, the sampler, the pruner, the count.
+    wider = choices.replace("[[16], [64, 32]]", "[[32], [64, 32]]").replace("high: 3.0e-2", "high: 1.0e-1")
+    more = run_cli("tune", path, "train.epochs=1", wider, "tune.pruner={name: median}", "--trials", "3", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert len(load_study(tune_dir).trials) == 3

@@ -91,6 +91,10 @@ def test_a_front_member_exports_with_its_recorded_accuracy(searched) -> None:
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["verification"]["metric_export"] == pytest.approx(member["values"]["val/accuracy"], abs=1e-6)
+    # Exports are dense: a safetensors export is the fp32 model's size, not a multiple of the member's packed file.
+    dense = run_cli("export", stage_dir, "--format", "safetensors", "--out", "dense", "--json", cwd=folder)
+    assert dense.returncode == 0, dense.stderr
+    assert 0.95 < json.loads(dense.stdout)["verification"]["size_ratio_to_fp32"] < 1.1
 
 
 def test_compare_html_shows_the_front(searched) -> None:
@@ -161,3 +165,10 @@ def test_metric_or_direction_beside_objectives_exits_2(tmp_path: Path, key: str)
     config = tiny_config(name="bad", compress=STAGES, tune={**SEARCH, key: value})
     result = run_cli("tune", write_config(tmp_path, config, "bad.yaml"), cwd=tmp_path)
     assert result.returncode == 2 and f"tune.{key}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_rerun_with_another_chain_is_refused(searched) -> None:
+    folder, _ = searched
+    result = run_cli("tune", "base.yaml", "compress.1.finetune={train.epochs: 1}", "--trials", "9", cwd=folder)
+    assert result.returncode == 2 and "compress.1.finetune: false -> " in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

@@ -73,7 +73,7 @@ def run_compress(
         raise UsageError("compress: every stage has enabled: false; enable at least one")
     trained = load_trained(source_dir)  # exit 2 when the run has no final weights
     weights = trained.weights
-    source = ModelSource(load_config(source_dir / "config.yaml"), weights, source_dir, None, _file_key(weights))
+    source = ModelSource(load_config(source_dir / "config.yaml"), weights, source_dir, None, file_key(weights))
     check_stages(specs, trained, source)  # every stage applies, before any work is written
     root = root or chain_folder(source_dir, specs, source.key)
     rows = [{"stage": "trained", "dir": str(source_dir), **measure(trained.parts.model, trained.parts, None)}]
@@ -377,6 +377,6 @@ def _result_source(stage_dir: Path, record: dict[str, Any]) -> ModelSource:
     return ModelSource(config, stage_dir / "model.safetensors", stage_dir, record.get("quantize"), record["key"])
 
 
-def _file_key(path: Path) -> str:
+def file_key(path: Path) -> str:
     stat = path.stat()
     return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"

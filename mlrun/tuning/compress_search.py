@@ -118,12 +118,14 @@ def run_compress_search(config: ExperimentConfig, options, tune_dir: Path, *, en
 
     `enqueue(study, config)` queues the config's own values (runner.enqueue_config); `processes`: how many
     processes this command runs on (torchrun)."""
+    from mlrun.compression.run import file_key
     from mlrun.tuning.pareto import summarize_front
     from mlrun.tuning.storage import run_trials
     from mlrun.tuning.study import make_sampler, make_storage, optuna_module
+    from mlrun.tuning.study_guard import check_continuation
 
     check_objectives(config)
-    trained_run(config)
+    weights = trained_run(config) / "model.safetensors"
     if options.workers > 1 or processes > 1:
         raise UsageError("a compress search (tune.objectives) runs in one process: drop --workers and torchrun")
     optuna = optuna_module()
@@ -140,6 +142,7 @@ def run_compress_search(config: ExperimentConfig, options, tune_dir: Path, *, en
         raise UsageError(
             f"study '{options.study_name}' in {store_text} has other objectives; give another --study or --storage"
         )
+    check_continuation(study, config, trained_weights=file_key(weights))
     if not study.trials:
         enqueue(study, config)
     ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)

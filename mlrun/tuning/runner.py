@@ -86,6 +86,7 @@ def run_study(config: ExperimentConfig, options: StudyOptions, tune_dir: Path) -
         warn_small_generation,
         warn_split_hyperband,
     )
+    from mlrun.tuning.study_guard import check_continuation
 
     optuna = optuna_module()
     tune, path, overrides = config.tune, options.path, list(options.overrides)
@@ -114,7 +115,7 @@ def run_study(config: ExperimentConfig, options: StudyOptions, tune_dir: Path) -
             direction=tune.direction,
             load_if_exists=True,
         )
-        check_scoring(study, tune)
+        check_continuation(study, config)
     if main and not options.worker and not study.trials:
         enqueue_config(study, config)
     if main and not options.worker:  # before workers start: they read the trials' trackers it writes
@@ -161,19 +162,6 @@ def enqueue_config(study, config: ExperimentConfig) -> None:
         print(f"mlrun: the config's own values are not the first trial: {reason}", file=sys.stderr, flush=True)
         return
     study.enqueue_trial(point, user_attrs={"from_config": True}, skip_if_exists=True)
-
-
-def check_scoring(study, tune) -> None:
-    """Every trial of a study is scored the same way: a rerun with another tune.value is refused (a study
-    from before tune.value existed scored its trials by their last evaluation)."""
-    recorded = study.user_attrs.get("value", "last" if study.trials else None)
-    if recorded is not None and recorded != tune.value:
-        raise UsageError(
-            f"tune.value: study '{study.study_name}' scored its trials by their {recorded} evaluation, and "
-            f"tune.value: {tune.value} would mix two scorings in one study; keep tune.value: {recorded}, or "
-            "start another study (--study NAME)"
-        )
-    study.set_user_attr("value", tune.value)
 
 
 def training_processes():

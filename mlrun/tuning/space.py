@@ -20,20 +20,20 @@ from mlrun.errors import UsageError
 FIXED_KEYS = ("name", "output_dir", "tune", "train.precision", "base")
 
 
-def _encode(value: Any) -> Any:
+def encode(value: Any) -> Any:
     """Optuna's categorical choices must be scalars: lists and mappings travel as JSON text."""
     return value if value is None or isinstance(value, (bool, int, float, str)) else json.dumps(value)
 
 
 def decode(value: Any, spec: ParamSpec) -> Any:
-    encoded = {_encode(choice): choice for choice in spec.choices or []}
+    encoded = {encode(choice): choice for choice in spec.choices or []}
     return encoded.get(value, value)
 
 
 def suggest(trial, key: str, spec: ParamSpec) -> Any:
     """A value for `key` from an Optuna trial."""
     if spec.type == "categorical":
-        return decode(trial.suggest_categorical(key, [_encode(c) for c in spec.choices]), spec)
+        return decode(trial.suggest_categorical(key, [encode(c) for c in spec.choices]), spec)
     if spec.type == "int":
         return trial.suggest_int(key, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
     return trial.suggest_float(key, spec.low, spec.high, step=spec.step, log=spec.log)
@@ -63,7 +63,7 @@ def grid(space: dict[str, ParamSpec]) -> dict[str, list[Any]]:
     values = {}
     for key, spec in space.items():
         if spec.type == "categorical":
-            values[key] = [_encode(c) for c in spec.choices]
+            values[key] = [encode(c) for c in spec.choices]
         elif spec.step:
             count = int(round((spec.high - spec.low) / spec.step)) + 1
             values[key] = [spec.low + i * spec.step for i in range(count)]
@@ -119,7 +119,7 @@ _OUTSIDE = object()  # not None: null can be a categorical choice
 def _inside(value: Any, spec: ParamSpec) -> Any:
     """`value` as Optuna's distribution holds it when the spec contains it, else _OUTSIDE."""
     if spec.type == "categorical":
-        return next((_encode(choice) for choice in spec.choices if choice == value), _OUTSIDE)
+        return next((encode(choice) for choice in spec.choices if choice == value), _OUTSIDE)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not spec.low <= value <= spec.high:
         return _OUTSIDE
     if spec.type == "int":
