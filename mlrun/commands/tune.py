@@ -69,7 +69,7 @@ def print_study(summary: dict, tune) -> None:
     )
     print(
         f"mlrun: compute spent: {compute['epochs']:g} epochs ({compute['steps']} optimizer steps) over "
-        f"{summary['trials']} trials, {compute['pruned_epochs']:g} of them in pruned trials"
+        f"{summary['trials']} trials, {compute['pruned_epochs']:g} epochs of it in pruned trials"
     )
     if "best" in summary:
         best, near = summary["best"], summary["near_best"]
@@ -94,8 +94,8 @@ def print_front(summary: dict) -> None:
     stages = summary["stages"]
     print(
         f"mlrun: {summary['trials']} trials: {counts['complete']} complete, {counts['fail']} failed; "
-        f"{stages['computed']} of the {stages['used']} stage results they used were computed, the rest "
-        "shared by chains that begin alike"
+        f"the study's trials used {stages['used']} stage results and computed {stages['computed']} of them "
+        "(chains that begin alike share their stages)"
     )
     if not summary["front"]:
         return

@@ -82,11 +82,11 @@ def first_per_class(y: np.ndarray, count: int) -> np.ndarray:
         if seen.get(label, 0) < count:
             seen[label] = seen.get(label, 0) + 1
             keep.append(index)
-    short = {label: n for label, n in seen.items() if n < count}
+    short = {label: n for label, n in sorted(seen.items()) if n < count}
     if short:
         raise UsageError(
             f"data.train_per_class: {count} is more than the training split holds of some classes ({short}); "
-            "lower it to at most the smallest count"
+            f"lower it to at most {min(seen.values())}, the smallest count"
         )
     return np.array(keep)
 

@@ -107,7 +107,8 @@ def front_table(summary: dict) -> str:
         vs = row["vs_trained"]
         settings = " ".join(f"{k.removeprefix('compress.')}={v}" for k, v in row["params"].items())
         if row["repeats"]:
-            settings += f" (also trials {', '.join(map(str, row['repeats']))})"
+            also = "trials" if len(row["repeats"]) > 1 else "trial"
+            settings += f" (also {also} {', '.join(map(str, row['repeats']))})"
         lines.append(
             [
                 str(row["number"]),
