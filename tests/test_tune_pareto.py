@@ -31,6 +31,7 @@ def train_and_search(folder: Path, name: str, search: dict) -> dict:
     config.update(tracking=["jsonl"], compress=STAGES, tune=search)
     path = write_config(folder, config, f"{name}.yaml")
     assert (trained := run_cli("train", path, cwd=folder)).returncode == 0, trained.stderr
+    assert f"completed after 48 steps; run folder runs/{name}" in trained.stdout  # said without a console tracker
     result = run_cli("tune", path, "--json", cwd=folder)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
