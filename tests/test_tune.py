@@ -332,7 +332,7 @@ def test_every_sampler_and_pruner_finishes_a_tiny_study(tmp_path, sampler, prune
     config["train"] = {"epochs": 2, "eval_every": "8st", "checkpoint_every": None}
     space = {"optimizer.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": sampler != "grid"}}
     if sampler == "grid":
-        space["optimizer.lr"]["step"] = 0.05
+        space["optimizer.lr"].update(step=0.05, high=0.101)
     settings = {"name": sampler, "seed": 0, **({"population_size": 2} if sampler == "nsga2" else {})}
     config["tune"] = {
         "metric": "val/accuracy",
@@ -347,6 +347,9 @@ def test_every_sampler_and_pruner_finishes_a_tiny_study(tmp_path, sampler, prune
     report = json.loads(result.stdout)
     assert report["trials"] == 3 and report["states"]["fail"] == 0, report
     assert report["states"]["complete"] + report["states"]["pruned"] == 3 and report["states"]["complete"] >= 1
+    if sampler == "grid":  # three trials on a three-point grid visit each point once
+        values = [t.params["optimizer.lr"] for t in load_study(tmp_path / "runs" / "study" / "tune").trials]
+        assert sorted(values) == pytest.approx([0.001, 0.051, 0.101]), values
 
 
 def study_config(tmp_path, trials: int, **tune) -> dict:
@@ -361,6 +364,17 @@ def study_config(tmp_path, trials: int, **tune) -> dict:
         **tune,
     }
     return write_config(tmp_path, config)
+
+
+def test_a_grid_range_holds_the_steps_inside_it():
+    from mlrun.config.schema import ParamSpec
+    from mlrun.tuning.space import grid
+
+    space = {
+        "lr": ParamSpec(type="float", low=0.001, high=0.1, step=0.05),
+        "n": ParamSpec(type="int", low=1, high=7, step=3),
+    }
+    assert grid(space) == {"lr": pytest.approx([0.001, 0.051]), "n": [1, 4, 7]}  # not 0.101, past the high end
 
 
 def test_grid_range_with_step_and_log_is_a_config_error(tmp_path):

@@ -65,7 +65,7 @@ def grid(space: dict[str, ParamSpec]) -> dict[str, list[Any]]:
         if spec.type == "categorical":
             values[key] = [encode(c) for c in spec.choices]
         elif spec.step:
-            count = int(round((spec.high - spec.low) / spec.step)) + 1
+            count = math.floor((spec.high - spec.low) / spec.step + 1e-9) + 1  # points within the range, as Optuna
             values[key] = [spec.low + i * spec.step for i in range(count)]
             if spec.type == "int":
                 values[key] = [int(v) for v in values[key]]

@@ -35,8 +35,10 @@ def make_sampler(config: SamplerConfig, tune: TuneConfig):
             f"tune.sampler.local_share: local search needs one objective and a sampler that proposes "
             f"values, not {'tune.objectives' if several_objectives else config.name}; set it to 0"
         )
-    if seed is None:
-        sampler = _build_sampler(config, tune, None)
+    if seed is None or config.name == "grid":
+        # The grid sampler's seed shuffles the grid, and trial n visits the n-th point of that order:
+        # one seed for every trial and process, or trials land on each other's points and leave gaps.
+        sampler = _build_sampler(config, tune, seed)
     else:
         sampler = seeded_per_trial(lambda trial_seed: _build_sampler(config, tune, trial_seed), seed)
     if not config.local_share:
