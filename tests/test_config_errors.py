@@ -69,6 +69,8 @@ def test_wrong_type_names_the_value(tmp_path):
         ("data.batch_size=0", "data.batch_size: Input should be greater than 0"),
         ("optimizer.lr=-0.1", "optimizer.lr: Input should be greater than 0"),
         ("data.val_fraction=1.5", "data.val_fraction: Input should be less than 1"),
+        ("train.precision=bf61", "train.precision: Input should be 'fp32'"),  # a misspelt choice: the closest
+        ("train.precision=bf61", "(got 'bf61'). Did you mean 'bf16'?"),
     ],
 )
 def test_out_of_range_values(tmp_path, override, needle):

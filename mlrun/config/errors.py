@@ -5,6 +5,7 @@ A pydantic error becomes `file:line: dotted.key: what is wrong. Did you mean ...
 
 from __future__ import annotations
 
+import re
 import typing
 from typing import Any
 
@@ -68,6 +69,8 @@ def _explain(error: dict[str, Any], model: type[BaseModel], loc: KeyPath) -> str
     value = error.get("input")
     if kind not in ("model_type", "dict_type") and not isinstance(value, (dict, list)):
         message += f" (got {value!r})"
+    if kind == "literal_error" and isinstance(value, str):  # a misspelt choice: name the closest one
+        return message + "." + did_you_mean(value, re.findall(r"'([^']*)'", error.get("ctx", {}).get("expected", "")))
     return message + "."
 
 
