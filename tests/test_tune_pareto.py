@@ -173,3 +173,12 @@ def test_a_rerun_with_another_chain_is_refused(searched) -> None:
     result = run_cli("tune", "base.yaml", "compress.1.finetune={train.epochs: 1}", "--trials", "9", cwd=folder)
     assert result.returncode == 2 and "compress.1.finetune: false -> " in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_space_of_few_chains_points_to_the_grid(searched) -> None:
+    folder, _ = searched  # 12 chains (3 sparsities x 4 cluster counts), 8 trials asked for
+    sampled = run_cli("tune", "base.yaml", cwd=folder)
+    assert sampled.returncode == 0, sampled.stderr
+    assert "tune.space holds 12 chains" in sampled.stderr and "tune.sampler: {name: grid}" in sampled.stderr
+    gridded = run_cli("tune", "base.yaml", "tune.sampler={name: grid, seed: 0}", cwd=folder)
+    assert gridded.returncode == 0 and "chains" not in gridded.stderr, gridded.stderr

@@ -57,8 +57,8 @@ def main() -> None:
         elif args.sampler == "tpe":
             settings.append(f"tune.sampler={{name: tpe, seed: {args.seed}, startup_trials: 8, multivariate: true}}")
         else:
-            settings.append(f"tune.sampler.population_size={args.population or max(2, args.trials // 2)}")
-            settings.append(f"tune.sampler.seed={args.seed}")
+            population = args.population or max(2, args.trials // 2)
+            settings.append(f"tune.sampler={{name: nsga2, seed: {args.seed}, population_size: {population}}}")
         mlrun("train", str(config), *settings[:1], cwd=work)
         started = time.perf_counter()
         summary = json.loads(mlrun("tune", str(config), *settings, "--json", cwd=work))
