@@ -485,3 +485,24 @@ def test_finetune_configs_run_after_the_command_in_their_header(tmp_path, name, 
     result = run_cli("train", workdir / "configs" / name, f"train.max_steps={steps}", cwd=workdir)
     assert result.returncode == 0, result.stderr
     assert "init_from: loaded" in result.stderr
+
+
+def test_a_key_tied_to_a_loaded_one_is_reported_tied_not_missing():
+    from torch import nn
+
+    from mlrun.config.schema.model import InitFrom
+    from mlrun.engine.init_from import describe, match_state
+
+    class Tied(nn.Module):  # a GPT's shape: the embedding and the output layer share one tensor
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head, self.norm = nn.Embedding(5, 3), nn.Linear(3, 5, bias=False), nn.LayerNorm(3)
+            self.emb.weight = self.head.weight
+
+    model = Tied()
+    source = {"head.weight": torch.ones(5, 3), "norm.weight": torch.ones(3)}  # saved once, as safetensors does
+    to_load, report = match_state(model, source, InitFrom(path="x.safetensors"))
+    assert set(to_load) == {"head.weight", "norm.weight"}
+    assert report["tied"] == ["emb.weight"] and report["missing"] == ["norm.bias"]
+    line = describe({**report, "loaded": list(to_load), "loaded_fraction": 1.0, "source": "x"})
+    assert "missing 1 (norm.bias)" in line and "tied 1 (emb.weight)" in line

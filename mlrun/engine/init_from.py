@@ -4,7 +4,8 @@ Sources are local files only: an mlrun run (final, best, latest or step-N weight
 or PyTorch file (read with weights_only), or a folder written by transformers' save_pretrained.
 Source keys are renamed by `prefix`, model keys matching `exclude` keep their fresh initialisation
 (a new head), and every key ends up in exactly one list of the report: loaded, missing, unexpected,
-skipped for a shape mismatch, or excluded. The report is printed and recorded in manifest.json.
+skipped for a shape mismatch, excluded, or tied (loaded through the key it shares its tensor with).
+The report is printed and recorded in manifest.json.
 
     mlrun train configs/finetune_digits_cnn.yaml
 """
@@ -135,8 +136,19 @@ def match_state(model: nn.Module, source: dict[str, torch.Tensor], spec: InitFro
             shape_skipped.append({"key": key, "model": list(tensor.shape), "source": list(by_model_key[key].shape)})
         else:
             to_load[key] = by_model_key[key]
+    # A key tied to a loaded one (a GPT's tok_emb.weight sharing the head's tensor; the source stored it
+    # once) is loaded through it, not missing.
+    loaded_storage = {target[key].untyped_storage().data_ptr() for key in to_load}
+    tied = [key for key in missing if target[key].untyped_storage().data_ptr() in loaded_storage]
+    missing = [key for key in missing if key not in tied]
     unexpected = [old for old, new in names.items() if new not in target]
-    report = {"missing": missing, "unexpected": unexpected, "skipped_shape": shape_skipped, "excluded": excluded}
+    report = {
+        "missing": missing,
+        "unexpected": unexpected,
+        "skipped_shape": shape_skipped,
+        "excluded": excluded,
+        "tied": tied,
+    }
     return to_load, report
 
 
@@ -198,7 +210,12 @@ def describe(report: dict[str, Any]) -> str:
     parts = [f"loaded {len(report['loaded'])} tensors ({share}) from {report['source']}"]
     if mix := report.get("shrink_perturb"):
         parts.append(f"parameters shrunk to {mix['shrink']} x pretrained + {mix['perturb']} x fresh")
-    for label, key in (("missing", "missing"), ("unexpected", "unexpected"), ("excluded", "excluded")):
+    for label, key in (
+        ("missing", "missing"),
+        ("unexpected", "unexpected"),
+        ("excluded", "excluded"),
+        ("tied", "tied"),
+    ):
         if report[key]:
             parts.append(f"{label} {len(report[key])} ({_few(report[key])})")
     if report["skipped_shape"]:
