@@ -176,8 +176,9 @@ def test_stages_that_cannot_apply_exit_2_before_any_work(tmp_path: Path) -> None
     empty = compress(tmp_path, base)
     assert empty.returncode == 2 and "lists no stages" in empty.stderr
     untrained = write_config(tmp_path, {**tiny_config(name="never"), "compress": [{"name": "prune"}]}, "never.yaml")
-    result = compress(tmp_path, untrained)
-    assert result.returncode == 2 and "mlrun train" in result.stderr, result.stderr
+    result = compress(tmp_path, untrained, "name=other", "train.epochs=2")  # the advice trains the run named here
+    assert result.returncode == 2, result.stderr
+    assert f"train it first: mlrun train {untrained} name=other train.epochs=2" in result.stderr, result.stderr
 
 
 def test_huffman_size_follows_the_entropy() -> None:

@@ -182,3 +182,9 @@ def test_a_space_of_few_chains_points_to_the_grid(searched) -> None:
     assert "tune.space holds 12 chains" in sampled.stderr and "tune.sampler: {name: grid}" in sampled.stderr
     gridded = run_cli("tune", "base.yaml", "tune.sampler={name: grid, seed: 0}", cwd=folder)
     assert gridded.returncode == 0 and "chains" not in gridded.stderr, gridded.stderr
+
+
+def test_a_search_of_an_untrained_run_says_how_to_train_it(tmp_path: Path) -> None:
+    path = write_config(tmp_path, tiny_config(name="fresh", compress=STAGES, tune=SEARCH), "fresh.yaml")
+    result = run_cli("tune", path, "name=other", cwd=tmp_path)
+    assert result.returncode == 2 and f"train it first: mlrun train {path} name=other" in result.stderr, result.stderr

@@ -16,6 +16,7 @@ from mlrun.jsonout import print_json
 
 
 def run_compress_command(target: Path, overrides: list[str], json_output: bool) -> None:
+    from mlrun.commands.usage import train_command
     from mlrun.compression.run import run_compress
     from mlrun.config.load import load_config
 
@@ -27,7 +28,7 @@ def run_compress_command(target: Path, overrides: list[str], json_output: bool) 
         if not (source_dir / "model.safetensors").is_file():
             raise UsageError(
                 f"compress starts from a trained run, and '{source_dir}' has no final weights "
-                f"(model.safetensors); train it first: mlrun train {target}"
+                f"(model.safetensors); train it first: {train_command(target, overrides)}"
             )
     report = run_compress(config.compress, source_dir)
     if json_output:

@@ -88,12 +88,15 @@ def warn_enumerable(tune, trials: int) -> str | None:
     )
 
 
-def trained_run(config: ExperimentConfig) -> Path:
+def trained_run(config: ExperimentConfig, path: Path, overrides: list[str]) -> Path:
+    """The run the search compresses (`path` and `overrides`, the command's, say how to train it if absent)."""
+    from mlrun.commands.usage import train_command
+
     source_dir = Path(config.output_dir) / config.name
     if not (source_dir / "model.safetensors").is_file():
         raise UsageError(
             f"a compress search starts from a trained run, and '{source_dir}' has no final weights "
-            f"(model.safetensors); train it first: mlrun train <this config>"
+            f"(model.safetensors); train it first: {train_command(path, overrides)}"
         )
     return source_dir
 
@@ -107,7 +110,7 @@ def objective(path: Path, overrides: list[str], config: ExperimentConfig, tune_d
     """The function Optuna calls per trial: the compress chain with the trial's values, its figures."""
     from mlrun.compression.run import run_compress
 
-    tune, source_dir = config.tune, trained_run(config)
+    tune, source_dir = config.tune, trained_run(config, path, overrides)
 
     def run(trial) -> list[float]:
         params = {key: suggest(trial, key, spec) for key, spec in tune.space.items()}
@@ -144,7 +147,7 @@ def run_compress_search(config: ExperimentConfig, options, tune_dir: Path, *, en
     from mlrun.tuning.study_guard import check_continuation
 
     check_objectives(config)
-    weights = trained_run(config) / "model.safetensors"
+    weights = trained_run(config, options.path, list(options.overrides)) / "model.safetensors"
     for note in (
         warn_small_generation(config.tune.sampler, options.trials),
         warn_enumerable(config.tune, options.trials),
