@@ -120,3 +120,14 @@ def test_compare_reads_files_only_and_imports_no_torch(runs):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=runs, env=CLI_ENV)
     assert result.returncode == 0, result.stderr
+
+
+def test_tune_settings_are_not_a_difference_between_runs():
+    from mlrun.reporting.runs import RunRecord, differing_keys
+
+    # A study's trial records no tune section; the run it was searched from does.
+    searched = RunRecord(
+        Path("a"), "a", {"optimizer.lr": 0.1, "tune.trials": 20, "tune.space.optimizer.lr.low": 1e-4}, {}
+    )
+    trial = RunRecord(Path("b"), "b", {"optimizer.lr": 0.01}, {})
+    assert differing_keys([searched, trial]) == ["optimizer.lr"]

@@ -117,8 +117,10 @@ def label_runs(runs: list[RunRecord]) -> None:
         run.name = name
 
 
-# Keys that differ between any two runs without being a choice: where a run writes, what it is called.
+# Keys that differ between any two runs without being a choice: where a run writes, what it is called,
+# and `tune.*`, how a run would be searched rather than how it trained (a study's trials drop it).
 IGNORED_KEYS = ("name", "output_dir")
+IGNORED_SECTIONS = ("tune",)
 
 
 def differing_keys(runs: list[RunRecord]) -> list[str]:
@@ -128,7 +130,9 @@ def differing_keys(runs: list[RunRecord]) -> list[str]:
     return [
         key
         for key in keys
-        if key not in IGNORED_KEYS and len({json.dumps(run.config.get(key, missing), default=str) for run in runs}) > 1
+        if key not in IGNORED_KEYS
+        and key.split(".")[0] not in IGNORED_SECTIONS
+        and len({json.dumps(run.config.get(key, missing), default=str) for run in runs}) > 1
     ]
 
 
