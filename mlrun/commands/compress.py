@@ -16,9 +16,8 @@ from mlrun.jsonout import print_json
 
 
 def run_compress_command(target: Path, overrides: list[str], json_output: bool) -> None:
-    from mlrun.commands.usage import train_command
     from mlrun.compression.run import run_compress
-    from mlrun.config.load import load_config
+    from mlrun.config.load import load_config, train_command
 
     if target.is_dir():
         source_dir, config = target, load_config(target / "config.yaml", overrides)

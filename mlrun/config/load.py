@@ -240,3 +240,11 @@ def override_for_option(option: str, value: str | None) -> str:
     if key is None:
         return "config keys are set as KEY=VALUE after the config (e.g. train.epochs=3); mlrun schema lists them"
     return f"config keys are set as KEY=VALUE after the config: write {key}={shown}"
+
+
+def train_command(path, overrides: list[str]) -> str:
+    """The `mlrun train` line that trains the run a command was pointed at: its config and overrides (the
+    overrides choose the run's name and folder too), quoted for a shell."""
+    import shlex
+
+    return shlex.join(["mlrun", "train", str(path), *overrides])

@@ -90,7 +90,7 @@ def warn_enumerable(tune, trials: int) -> str | None:
 
 def trained_run(config: ExperimentConfig, path: Path, overrides: list[str]) -> Path:
     """The run the search compresses (`path` and `overrides`, the command's, say how to train it if absent)."""
-    from mlrun.commands.usage import train_command
+    from mlrun.config.load import train_command
 
     source_dir = Path(config.output_dir) / config.name
     if not (source_dir / "model.safetensors").is_file():
