@@ -210,14 +210,9 @@ def describe(report: dict[str, Any]) -> str:
     parts = [f"loaded {len(report['loaded'])} tensors ({share}) from {report['source']}"]
     if mix := report.get("shrink_perturb"):
         parts.append(f"parameters shrunk to {mix['shrink']} x pretrained + {mix['perturb']} x fresh")
-    for label, key in (
-        ("missing", "missing"),
-        ("unexpected", "unexpected"),
-        ("excluded", "excluded"),
-        ("tied", "tied"),
-    ):
+    for key in ("missing", "unexpected", "excluded", "tied"):
         if report[key]:
-            parts.append(f"{label} {len(report[key])} ({_few(report[key])})")
+            parts.append(f"{key} {len(report[key])} ({_few(report[key])})")
     if report["skipped_shape"]:
         shapes = [f"{s['key']} {s['source']}->{s['model']}" for s in report["skipped_shape"]]
         parts.append(f"skipped for shape {len(shapes)} ({_few(shapes)})")

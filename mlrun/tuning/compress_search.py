@@ -106,11 +106,11 @@ def score(row: dict, key: str) -> float:
     return float(row["metrics"][key]) if key.startswith("val/") else float(row[key])
 
 
-def objective(path: Path, overrides: list[str], config: ExperimentConfig, tune_dir: Path):
+def objective(path: Path, overrides: list[str], config: ExperimentConfig, tune_dir: Path, source_dir: Path):
     """The function Optuna calls per trial: the compress chain with the trial's values, its figures."""
     from mlrun.compression.run import run_compress
 
-    tune, source_dir = config.tune, trained_run(config, path, overrides)
+    tune = config.tune
 
     def run(trial) -> list[float]:
         params = {key: suggest(trial, key, spec) for key, spec in tune.space.items()}
@@ -178,7 +178,7 @@ def run_compress_search(config: ExperimentConfig, options, tune_dir: Path, *, en
         print(
             f"mlrun: compress search '{options.study_name}' ({store_text}): target {options.trials} trials", flush=True
         )
-        trial_objective = objective(options.path, list(options.overrides), config, tune_dir)
+        trial_objective = objective(options.path, list(options.overrides), config, tune_dir, weights.parent)
         run_trials(study, trial_objective, options.trials, options.timeout_s, ended)
     if not study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
         print("mlrun: no trial of the compress search completed; see the errors above", file=sys.stderr)
