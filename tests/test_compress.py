@@ -181,6 +181,33 @@ def test_stages_that_cannot_apply_exit_2_before_any_work(tmp_path: Path) -> None
     assert f"train it first: mlrun train {untrained} name=other train.epochs=2" in result.stderr, result.stderr
 
 
+def test_validate_applies_the_stages_to_the_model_as_built_then_to_the_trained_run(tmp_path: Path) -> None:
+    """`mlrun validate` fails on a stage that cannot apply before any training; once the run exists it
+    checks the stages against the run's weights, as `mlrun compress` will. Nothing is written."""
+    config = write_config(tmp_path, tiny_config(name="base", model={"name": "mlp", "hidden_sizes": HIDDEN}), "base.yaml")
+    keep = {"name": "prune", "finetune": False}
+    cases = {
+        "teacher": ({"name": "distill", "teacher": "runs/absent", "finetune": {"train.epochs": 1}}, "'runs/absent'"),
+        "layers": ({"name": "prune", "layers": ["blocks.9*"]}, "blocks.9*"),
+    }
+    for label, (stage, message) in cases.items():
+        result = run_cli("validate", with_stages(tmp_path, config, [keep, stage]), cwd=tmp_path)
+        assert result.returncode == 2, (label, result.stdout)
+        assert message in result.stderr and "Traceback" not in result.stderr, (label, result.stderr)
+    deeper = {"name": "prune", "layers": ["blocks.2*"]}  # a third hidden layer: in the config below, not in the run
+    chain = with_stages(tmp_path, config, [keep, {"name": "distill", "finetune": {"train.epochs": 1}}, deeper])
+    before = run_cli("validate", chain, "model.hidden_sizes=[64,32,16]", cwd=tmp_path)
+    assert before.returncode == 0, before.stderr
+    assert "3 stage(s) apply to this model as built" in before.stdout, before.stdout
+    assert not (tmp_path / "runs").exists()
+    trained(tmp_path)  # runs/base: two hidden layers
+    after = run_cli("validate", chain, "model.hidden_sizes=[64,32,16]", cwd=tmp_path)
+    assert after.returncode == 2 and "'blocks.2*' matches no parameter" in after.stderr, after.stderr
+    fits = run_cli("validate", with_stages(tmp_path, config, [keep]), cwd=tmp_path)
+    assert fits.returncode == 0 and "1 stage(s) apply to the trained run runs/base" in fits.stdout, fits.stdout
+    assert not (tmp_path / "runs/base/compress").exists()
+
+
 def test_huffman_size_follows_the_entropy() -> None:
     from mlrun.compression.huffman import entropy_coded_bytes, huffman_bits
 

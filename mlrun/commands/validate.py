@@ -1,6 +1,9 @@
 """`mlrun validate CONFIG [k=v ...] [--print]`: load, validate and build every component, then one forward
 and backward pass on one real batch (no optimizer step, no files written), so parts that do not fit
-each other fail here with exit 2."""
+each other fail here with exit 2. A config with `compress:` stages has them applied once, without
+fine-tuning, to the trained run's final weights or, before training, to the model as built here: a
+stage that cannot apply (a teacher run that is missing or does not fit, a layer pattern that names
+nothing) fails now rather than after the training."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from mlrun.config.load import load_config
+from mlrun.config.schema import ExperimentConfig
 
 
 def run_validate(path: Path, overrides: list[str], print_config: bool) -> None:
@@ -24,14 +28,50 @@ def run_validate(path: Path, overrides: list[str], print_config: bool) -> None:
     parts = build_components(resolve_batch_size(config))
     check_one_batch(parts, torch.device("cpu"))
     params = sum(p.numel() for p in parts.model.parameters())
+    stages = check_compress_stages(config, parts) if any(spec.enabled for spec in config.compress) else None
     print(
         f"mlrun: {path} is valid: model {config.model.name} ({params:,} parameters), "
         f"data {config.data.name} ({len(parts.bundle.train)} train / {len(parts.bundle.val)} val samples), "
         f"{parts.plan.steps_per_epoch} steps/epoch, {parts.plan.total_steps} optimizer steps; "
         "one batch ran forward and backward"
     )
+    if stages:
+        print(stages)
     if print_config:
         print_param_groups(parts)
+
+
+def check_compress_stages(config: ExperimentConfig, parts) -> str:
+    """Apply the config's compress stages as `mlrun compress` does before its first stage. Before the run
+    is trained, the stages apply to this model as built, saved as a stand-in run in a temporary folder
+    (a distill stage's default teacher included); pruning by magnitude may choose other weights once
+    trained, so `mlrun compress` checks again."""
+    import tempfile
+
+    from mlrun.compression.run import checked_chain
+
+    run_dir = Path(config.output_dir) / config.name
+    if (run_dir / "model.safetensors").is_file():
+        specs, _, _ = checked_chain(config.compress, run_dir)
+        return f"compress: {len(specs)} stage(s) apply to the trained run {run_dir} (checked without fine-tuning)"
+    with tempfile.TemporaryDirectory(prefix="mlrun-validate-") as folder:
+        specs, _, _ = checked_chain(config.compress, stand_in_run(parts, Path(folder) / config.name))
+    return (
+        f"compress: {len(specs)} stage(s) apply to this model as built (checked without fine-tuning; "
+        f"{run_dir} is not trained yet, and mlrun compress checks them again on its weights)"
+    )
+
+
+def stand_in_run(parts, run_dir: Path) -> Path:
+    """A run folder holding the built model's weights, config and fitted preprocessing, as training writes them."""
+    from mlrun.engine.run_dir import write_config, write_fitted_transform
+    from mlrun.models.weights_file import save_weights
+
+    run_dir.mkdir(parents=True)
+    write_config(run_dir, parts.config.model_dump(mode="json"))
+    save_weights(parts.model, run_dir / "model.safetensors")
+    write_fitted_transform(run_dir, parts.bundle.transform)
+    return run_dir
 
 
 def print_param_groups(parts) -> None:

@@ -64,20 +64,10 @@ def run_compress(
     the compress-N/ chosen by `chain_folder`. `shared_stages`: a folder several chains share (a compress
     search's): each stage goes to a folder named by its key (settings and input), so chains that begin
     alike compute their common stages once; compress.json still goes to `root`."""
-    from mlrun.engine.restore import load_trained
-
-    if not specs:
-        raise UsageError(f"compress: the config lists no stages; add a section such as\n{EXAMPLE}")
-    specs = [spec for spec in specs if spec.enabled]
-    if not specs:
-        raise UsageError("compress: every stage has enabled: false; enable at least one")
-    trained = load_trained(source_dir)  # exit 2 when the run has no final weights
-    weights = trained.weights
-    source = ModelSource(load_config(source_dir / "config.yaml"), weights, source_dir, None, file_key(weights))
-    check_stages(specs, trained, source)  # every stage applies, before any work is written
+    specs, trained, source = checked_chain(specs, source_dir)  # every stage applies, before any work is written
     root = root or chain_folder(source_dir, specs, source.key)
     rows = [{"stage": "trained", "dir": str(source_dir), **measure(trained.parts.model, trained.parts, None)}]
-    rows[0]["file_bytes"] = weights.stat().st_size
+    rows[0]["file_bytes"] = source.weights.stat().st_size
     for index, spec in enumerate(specs, 1):
         name = f"{index}-{spec.name}"
         stage_dir = shared_stages / f"{name}-{stage_key(spec, source.key)}" if shared_stages else root / name
@@ -292,6 +282,24 @@ def _finetune_steps(spec: StageSpec, parts) -> int:
         return 0
     config = _with_overrides(parts.config.model_dump(mode="json"), spec.finetune or {})
     return plan_steps(len(parts.bundle.train), config.data, config.train).total_steps
+
+
+def checked_chain(specs: list[StageSpec], source_dir: Path) -> tuple[list[StageSpec], Any, ModelSource]:
+    """The enabled stages, the trained run and its weights as the chain's first input, once every stage
+    has applied to a copy of the run's model (exit 2 naming the stage that cannot; nothing is written).
+    `mlrun compress` runs the chain next; `mlrun validate` stops here."""
+    from mlrun.engine.restore import load_trained
+
+    if not specs:
+        raise UsageError(f"compress: the config lists no stages; add a section such as\n{EXAMPLE}")
+    specs = [spec for spec in specs if spec.enabled]
+    if not specs:
+        raise UsageError("compress: every stage has enabled: false; enable at least one")
+    trained = load_trained(source_dir)  # exit 2 when the run has no final weights
+    weights = trained.weights
+    source = ModelSource(load_config(source_dir / "config.yaml"), weights, source_dir, None, file_key(weights))
+    check_stages(specs, trained, source)
+    return specs, trained, source
 
 
 def check_stages(specs: list[StageSpec], trained, source: ModelSource) -> None:

@@ -6,7 +6,6 @@ Used by `mlrun train` and by `mlrun tune` (each trial is a full run in its own d
 from __future__ import annotations
 
 import os
-import pickle
 import sys
 import time
 from dataclasses import asdict
@@ -29,6 +28,7 @@ from mlrun.engine.run_dir import (
     read_json,
     read_summary,
     write_config,
+    write_fitted_transform,
     write_json,
 )
 from mlrun.engine.state import TrainState
@@ -157,9 +157,7 @@ def write_records(
     info["init_from"] = parts.init_report if resume_from is None else (previous or {}).get("init_from")
     record_changes(info, previous, step, changes)
     info["allocation"] = {**asdict(of_config(config, accelerator.num_processes)), "adjusted_on_resume": reallocated}
-    if parts.bundle.transform is not None:  # the fitted preprocessing, for eval and export
-        with open(run_dir / "preprocessing.pkl", "wb") as file:
-            pickle.dump(parts.bundle.transform, file)
+    write_fitted_transform(run_dir, parts.bundle.transform)
     # The statistics the weights were trained under (image mean/std, ...), kept from the first start:
     # eval and predict on other data pin them instead of fitting anew (engine/restore.py).
     if parts.bundle.preprocessing and (resume_from is None or not (run_dir / "preprocessing.json").is_file()):

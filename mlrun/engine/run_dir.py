@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import platform
 import socket
 import subprocess
@@ -122,6 +123,13 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
 def write_config(run_dir: Path, config_dump: dict[str, Any]) -> None:
     header = "# Resolved config of this run: `mlrun train` on this file reruns it.\n"
     (run_dir / "config.yaml").write_text(header + yaml.safe_dump(config_dump, sort_keys=False))
+
+
+def write_fitted_transform(run_dir: Path, transform: Any) -> None:
+    """preprocessing.pkl: the preprocessing fitted on the training split (tabular data), for eval and export."""
+    if transform is not None:
+        with open(run_dir / "preprocessing.pkl", "wb") as file:
+            pickle.dump(transform, file)
 
 
 def manifest(world_size: int, device: str, precision: str, effective_batch: int, fingerprints: dict) -> dict[str, Any]:
