@@ -184,7 +184,8 @@ def test_stages_that_cannot_apply_exit_2_before_any_work(tmp_path: Path) -> None
 def test_validate_applies_the_stages_to_the_model_as_built_then_to_the_trained_run(tmp_path: Path) -> None:
     """`mlrun validate` fails on a stage that cannot apply before any training; once the run exists it
     checks the stages against the run's weights, as `mlrun compress` will. Nothing is written."""
-    config = write_config(tmp_path, tiny_config(name="base", model={"name": "mlp", "hidden_sizes": HIDDEN}), "base.yaml")
+    mlp = {"name": "mlp", "hidden_sizes": HIDDEN}
+    config = write_config(tmp_path, tiny_config(name="base", model=mlp), "base.yaml")
     keep = {"name": "prune", "finetune": False}
     cases = {
         "teacher": ({"name": "distill", "teacher": "runs/absent", "finetune": {"train.epochs": 1}}, "'runs/absent'"),
