@@ -97,6 +97,15 @@ def test_override_of_missing_key_suggests_the_real_one(tmp_path):
     )
 
 
+def test_a_section_check_failing_on_an_overridden_key_names_the_override_beside_the_file(tmp_path):
+    """The pruner's own check runs on the whole section: the file's line alone would hide the culprit."""
+    tune = REPO / "configs" / "tune_digits.yaml"
+    line = next(n for n, text in enumerate(tune.read_text().splitlines(), 1) if text.strip().startswith("pruner:"))
+    result = run_cli("validate", tune, "tune.pruner.reduction_factor=4", "data.batch_size=32", cwd=REPO)
+    assert_usage_error(result, f"tune_digits.yaml:{line} with override 'tune.pruner.reduction_factor=4': tune.pruner:")
+    assert "batch_size" not in result.stderr  # an override outside the section is not blamed
+
+
 def test_malformed_override(tmp_path):
     assert_usage_error(
         run_cli("validate", QUICKSTART, "train.epochs", cwd=tmp_path), "override 'train.epochs'", "expected key=value"

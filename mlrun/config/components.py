@@ -51,7 +51,7 @@ def _settings_message(exc: ValidationError, spec: ComponentSpec, path: tuple, so
             text = f"required setting of {what} is missing."
         else:
             text = f"{error['msg'].removeprefix('Value error, ')} (got {error.get('input')!r})."
-        lines.append(f"{sources.where(loc)}: {dotted(loc)}: {text}")
+        lines.append(f"{sources.blame(loc)}: {dotted(loc)}: {text}")
     return "\n".join(lines)
 
 

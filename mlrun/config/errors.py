@@ -44,6 +44,16 @@ class SourceMap:
         return sorted(files)[0] if len(files) == 1 else "config"
 
 
+    def blame(self, path: KeyPath) -> str:
+        """Where to look for an error at `path`: where() and, for a section written in a file, the overrides
+        that changed keys inside it (a section's own check fails on what they set)."""
+        place = self.where(path)
+        if not path or place.startswith("override"):
+            return place
+        inside = [where for key, where in self.under(path).items() if key != path and where.startswith("override")]
+        return f"{place} with {', '.join(dict.fromkeys(inside))}" if inside else place
+
+
 def dotted(path: KeyPath) -> str:
     return ".".join(str(p) for p in path)
 
@@ -54,7 +64,7 @@ def validation_error_message(exc: ValidationError, sources: SourceMap, model: ty
     # Unknown keys first: a misspelt key also makes the real key look missing.
     for error in sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden"):
         loc = prefix + tuple(error["loc"])
-        lines.append(f"{sources.where(loc)}: {dotted(loc)}: {_explain(error, model, loc[len(prefix) :])}")
+        lines.append(f"{sources.blame(loc)}: {dotted(loc)}: {_explain(error, model, loc[len(prefix) :])}")
     return "\n".join(lines)
 
 
