@@ -43,7 +43,6 @@ class SourceMap:
         files = {w.rsplit(":", 1)[0] for w in self._where.values() if not w.startswith("override")}
         return sorted(files)[0] if len(files) == 1 else "config"
 
-
     def blame(self, path: KeyPath) -> str:
         """Where to look for an error at `path`: where() and, for a section written in a file, the overrides
         that changed keys inside it (a section's own check fails on what they set)."""
