@@ -78,6 +78,7 @@ def test_compress_search_writes_a_front_of_non_dominated_trials(searched) -> Non
     for member in summary["front"]:
         stored = folder / member["dir"] / "compressed.safetensors"
         assert member["values"]["file_bytes"] == stored.stat().st_size
+    assert all(isinstance(member["latency_trusted"], bool) for member in summary["front"])
     on_disk = json.loads((tune_dir / "pareto.json").read_text())
     assert [m["number"] for m in on_disk["front"]] == sorted(front)
     assert (tune_dir / "pareto.png").stat().st_size > 0
@@ -188,3 +189,27 @@ def test_a_search_of_an_untrained_run_says_how_to_train_it(tmp_path: Path) -> No
     path = write_config(tmp_path, tiny_config(name="fresh", compress=STAGES, tune=SEARCH), "fresh.yaml")
     result = run_cli("tune", path, "name=other", cwd=tmp_path)
     assert result.returncode == 2 and f"train it first: mlrun train {path} name=other" in result.stderr, result.stderr
+
+
+def test_the_front_table_marks_speedups_timed_on_a_busy_cpu() -> None:
+    from mlrun.tuning.pareto import front_table
+
+    row = {"number": 3, "values": {"file_bytes": 2e5}, "params": {"compress.0.sparsity": 0.9}, "repeats": []}
+    quiet = {**row, "vs_trained": {"smaller_file": 40.0, "speedup_b1": 1.5}, "latency_trusted": True}
+    busy = {**row, "number": 4, "vs_trained": {"smaller_file": 40.0, "speedup_b1": 395.3}, "latency_trusted": False}
+    summary = {"objectives": {"file_bytes": "minimize"}, "front": [quiet]}
+    assert "?" not in front_table(summary)
+    lines = front_table({**summary, "front": [quiet, busy]}).splitlines()
+    assert "395.30 ?" in lines[2] and "1.50 ?" not in lines[1]
+    assert lines[-1].startswith("? timed while another process held the CPU")
+
+
+def test_a_timing_another_process_disturbed_is_taken_again(monkeypatch) -> None:
+    from mlrun.compression import measure
+
+    readings = iter([{"ms": 16.0, "spread": 0.9}, {"ms": 0.2, "spread": 0.1}, {"ms": 9.0, "spread": 0.05}])
+    monkeypatch.setattr(measure, "timed", lambda module, inputs: next(readings))
+    assert measure.steady_timed(None, ()) == {"ms": 0.2, "spread": 0.1}  # the steady second; no third
+    always = iter([{"ms": 16.0, "spread": 0.9}, {"ms": 15.0, "spread": 0.5}, {"ms": 17.0, "spread": 0.7}])
+    monkeypatch.setattr(measure, "timed", lambda module, inputs: next(always))
+    assert measure.steady_timed(None, ()) == {"ms": 15.0, "spread": 0.5}  # three tries, the steadiest kept

@@ -18,7 +18,7 @@ from mlrun.compression.huffman import entropy_coded_bytes, packed_entropy_bytes
 from mlrun.data.bundle import DataMeta
 from mlrun.export.quantize import apply_quantization
 from mlrun.export.signature import InferenceModule
-from mlrun.export.verify import batches, evaluate, first, timed
+from mlrun.export.verify import SPREAD_LIMIT, batches, evaluate, first, timed
 from mlrun.models.packed_weights import PackedWeights
 
 
@@ -78,7 +78,7 @@ def measure(
     inputs = next(batches(val, 64, meta))[0]
     metrics = _evaluate(module, parts)
     with torch.inference_mode():
-        times = {n: timed(module, first(inputs, n)) for n in (1, 64)}
+        times = {n: steady_timed(module, first(inputs, n)) for n in (1, 64)}
     latency = {f"latency_ms_b{n}": t["ms"] for n, t in times.items()}
     latency["latency_spread"] = max(t["spread"] for t in times.values())  # (p90 - p10) / median, the worst
     return {
@@ -92,6 +92,19 @@ def measure(
         "quantize": quantize or "none",
         **latency,
     }
+
+
+def steady_timed(module, inputs, attempts: int = 3) -> dict[str, float]:
+    """`timed`, again while its spread says another process held the CPU (up to `attempts` in all),
+    keeping the steadiest: on a loaded 2-core machine a small model's median moved 100x in one timing,
+    which made a compress search's speedups read 300x."""
+    best = timed(module, inputs)
+    for _ in range(attempts - 1):
+        if best["spread"] <= SPREAD_LIMIT:
+            break
+        again = timed(module, inputs)
+        best = min(best, again, key=lambda t: t["spread"])
+    return best
 
 
 def cpu_has_vnni() -> bool | None:

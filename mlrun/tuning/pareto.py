@@ -12,6 +12,7 @@ import csv
 import warnings
 from pathlib import Path
 
+from mlrun.compression.measure import SPREAD_LIMIT
 from mlrun.tuning.space import decode
 
 # How a figure is shown in the table: bytes as MB, milliseconds and metrics as they are.
@@ -55,6 +56,8 @@ def member(trial, tune) -> dict:
         "dir": trial.user_attrs.get("dir"),
         "metrics": trial.user_attrs.get("metrics", {}),
         "vs_trained": trial.user_attrs.get("vs_trained", {}),
+        # False when another process held the CPU while the trained model or the stage was timed.
+        "latency_trusted": trial.user_attrs.get("latency_spread", 0.0) <= SPREAD_LIMIT,
     }
 
 
@@ -114,17 +117,23 @@ def front_table(summary: dict) -> str:
                 str(row["number"]),
                 *(show(k, row["values"][k]) for k in objectives),
                 f"{vs.get('smaller_file', float('nan')):.1f}",
-                f"{vs.get('speedup_b1', float('nan')):.2f}",
+                f"{vs.get('speedup_b1', float('nan')):.2f}" + ("" if row["latency_trusted"] else " ?"),
                 settings,
             ]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join(
+    table = "\n".join(
         "  ".join(
             cell.ljust(w) if i in (0, len(header) - 1) else cell.rjust(w)
             for i, (cell, w) in enumerate(zip(line, widths))
         ).rstrip()
         for line in lines
+    )
+    if all(row["latency_trusted"] for row in summary["front"]):
+        return table
+    return table + (
+        f"\n? timed while another process held the CPU (spread above {SPREAD_LIMIT:.0%} of the median): that "
+        "speedup and latency are not to be trusted; search on a quiet machine when latency matters"
     )
 
 

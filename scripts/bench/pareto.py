@@ -7,6 +7,7 @@ latency within 1 accuracy point of the trained model, as ratios against it.
     python scripts/bench/pareto.py --config configs/pareto_wide_mlp_structured.yaml --trials 48 --population 8
     python scripts/bench/pareto.py --config configs/pareto_wide_mlp_structured.yaml --trials 48 --population 8 --seed 1
     python scripts/bench/pareto.py --config configs/pareto_wide_mlp_structured.yaml --trials 128 --sampler grid
+    python scripts/bench/pareto.py --config configs/pareto_wide_mlp_structured.yaml --trials 48 --sampler gp --seed 1
 
 Trains the config into a temporary folder first (the reference in the same run).
 """
@@ -40,10 +41,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the sampler's seed (a second search: another seed)")
     parser.add_argument(
         "--sampler",
-        choices=["nsga2", "tpe", "grid"],
+        choices=["nsga2", "tpe", "gp", "grid"],
         default="nsga2",
         help="grid tries every chain of the space (--trials: the grid's size), so its front is the true one; "
-        "tpe: Optuna's multi-objective TPE (8 random start-up trials, multivariate)",
+        "tpe: Optuna's multi-objective TPE (8 random start-up trials, multivariate); gp: Optuna's Gaussian "
+        "process with log expected hypervolume improvement (8 random start-up trials)",
     )
     args = parser.parse_args()
     if args.sampler != "nsga2" and args.population:
@@ -56,6 +58,8 @@ def main() -> None:
             settings.append(f"tune.sampler={{name: grid, seed: {args.seed}}}")
         elif args.sampler == "tpe":
             settings.append(f"tune.sampler={{name: tpe, seed: {args.seed}, startup_trials: 8, multivariate: true}}")
+        elif args.sampler == "gp":
+            settings.append(f"tune.sampler={{name: gp, seed: {args.seed}, startup_trials: 8}}")
         else:
             population = args.population or max(2, args.trials // 2)
             settings.append(f"tune.sampler={{name: nsga2, seed: {args.seed}, population_size: {population}}}")
