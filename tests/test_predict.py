@@ -102,6 +102,24 @@ def test_export_folder_predicts_like_its_run(table_run):
     assert from_export["scores"]["loss"] == pytest.approx(from_run["scores"]["loss"], rel=1e-5)
 
 
+def test_a_stage_after_qat_predicts_with_the_int8_layers_eval_scores(table_run):
+    """A compress stage after qat is deployed int8 (stage.json): predict runs those layers, as eval does."""
+    import shutil
+
+    stage = table_run / "runs" / "wine-int8"
+    shutil.copytree(table_run / "runs/wine", stage)
+    (stage / "stage.json").write_text(json.dumps({"quantize": "int8"}))  # what compress writes after a qat stage
+    fp32 = cli_json(table_run, "predict", "runs/wine", "new.csv")
+    int8 = cli_json(table_run, "predict", "runs/wine-int8", "new.csv")
+    evaluated = cli_json(table_run, "eval", "runs/wine-int8")
+    assert (fp32["quantize"], int8["quantize"], evaluated["quantize"]) == ("none", "int8", "int8")
+    assert int8["scores"] == {k.removeprefix("val/"): v for k, v in evaluated["metrics"].items()}
+    assert int8["scores"]["loss"] != fp32["scores"]["loss"]  # int8 layers change the logits a little
+    assert int8["scores"]["loss"] == pytest.approx(fp32["scores"]["loss"], rel=0.05)
+    text = run_cli("predict", "runs/wine-int8", "new.csv", "--out", "out/q.csv", cwd=table_run)
+    assert "as deployed (int8)" in text.stdout, text.stdout
+
+
 def write_variant(folder: Path, name: str, change) -> str:
     with (folder / "new.csv").open() as file:
         rows = list(csv.DictReader(file))

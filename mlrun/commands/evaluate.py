@@ -32,14 +32,13 @@ def run_eval(
     from mlrun.engine.batches import eval_loader
     from mlrun.engine.evaluate import evaluate
     from mlrun.engine.restore import load_trained
+    from mlrun.export.quantize import apply_quantization, deployed_quantization
 
     trained = load_trained(run_dir, checkpoint, [*few_shot_off(run_dir, overrides), *overrides])
     parts = trained.parts
     quantize = deployed_quantization(run_dir)
-    if quantize != "none":  # a compress stage after qat deploys int8 layers: score those, as stage.json does
-        from mlrun.export.quantize import apply_quantization
-
-        parts.model = apply_quantization(parts.model, quantize, calibration=None)[0]
+    # A compress stage after qat deploys int8 layers: score those, as stage.json does.
+    parts.model = apply_quantization(parts.model, quantize, calibration=None)[0]
     accelerator = Accelerator(rng_types=[])
     model, loader = accelerator.prepare(parts.model, eval_loader(parts.bundle.val, parts.config.data, False))
     results = evaluate(accelerator, model, loader, parts.objective, parts.metrics)
@@ -70,13 +69,6 @@ def run_eval(
         print(f"  {key:<24} {format_figure(value)}")  # four significant digits, as train and compare print
     if "early_exit" in report:
         print_exits(report["early_exit"])
-
-
-def deployed_quantization(run_dir: Path) -> str:
-    """How a compress stage folder deploys its weights (stage.json: int8 once a qat stage ran), else none."""
-    from mlrun.engine.run_dir import read_json
-
-    return (read_json(run_dir / "stage.json") or {}).get("quantize") or "none"
 
 
 def parse_thresholds(text: str) -> list[float]:

@@ -7,7 +7,6 @@ then loads the file with its own runtime and compares it with the fp32 PyTorch m
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -38,11 +37,10 @@ def run_export(
     json_output: bool,
 ) -> None:
     from mlrun.export.formats import EXPORT_FORMATS, FORMATS
-    from mlrun.export.quantize import QUANTIZATIONS
+    from mlrun.export.quantize import QUANTIZATIONS, deployed_quantization
 
     if quantize is None:  # a compress stage trained for int8 (qat, and every stage after it) exports int8
-        stage = json.loads((run_dir / "stage.json").read_text()) if (run_dir / "stage.json").is_file() else {}
-        quantize = stage.get("quantize") or "none"
+        quantize = deployed_quantization(run_dir)
 
     for option, value, allowed in (("--format", fmt, FORMATS), ("--quantize", quantize, QUANTIZATIONS)):
         if value not in allowed:

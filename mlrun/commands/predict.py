@@ -36,6 +36,7 @@ def run_predict(model_path: Path, input_path: Path, out: Path | None, checkpoint
     report: dict[str, Any] = {
         "model": str(model_path),
         "weights": str(predictor.weights),
+        "quantize": predictor.quantize,
         "input": str(input_path),
         "samples": len(rows),
         "task": predictor.meta.task,
@@ -48,7 +49,10 @@ def run_predict(model_path: Path, input_path: Path, out: Path | None, checkpoint
     if out is None:
         sys.stdout.write(render(rows, kind))
     where = sys.stdout if out else sys.stderr  # stdout holds the predictions when there is no --out
-    print(f"mlrun: {len(rows)} predictions from {predictor.weights}" + (f" -> {out}" if out else ""), file=where)
+    deployed = f" as deployed ({predictor.quantize})" if predictor.quantize != "none" else ""
+    print(
+        f"mlrun: {len(rows)} predictions from {predictor.weights}{deployed}" + (f" -> {out}" if out else ""), file=where
+    )
     from mlrun.tracking.figures import format_figure
 
     for key, value in (scores or {}).items():

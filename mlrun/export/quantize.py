@@ -10,6 +10,9 @@ with torch.export and traces to TorchScript.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -118,3 +121,10 @@ def apply_quantization(
         count = sum(1 for p in model.parameters() if p.is_floating_point())
         return CastInputs(model, torch.float16 if quantize == "fp16" else torch.bfloat16), count
     return model, to_int8(model, static=quantize == "int8-static", calibration=calibration)
+
+
+def deployed_quantization(run_dir: Path) -> str:
+    """How a folder's weights are deployed: a compress stage's stage.json says int8 once a qat stage ran
+    (that stage and every later one); none for runs and other stages. eval, predict and export follow it."""
+    stage = run_dir / "stage.json"
+    return (json.loads(stage.read_text()).get("quantize") if stage.is_file() else None) or "none"

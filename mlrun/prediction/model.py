@@ -8,6 +8,7 @@ preprocessing.json / preprocessing.pkl and the model file, run by the format's o
 
 from __future__ import annotations
 
+import itertools
 import json
 import pickle
 from collections.abc import Callable
@@ -29,6 +30,7 @@ class Predictor:
     metrics: list
     weights: Path  # the file the model came from
     score: Callable  # dataset -> {"loss": ..., "<metric>": ...}, the same figures as `mlrun eval`
+    quantize: str = "none"  # how the weights run: int8 for a compress stage after qat and for int8 exports
 
 
 def load_predictor(path: Path, checkpoint: str) -> Predictor:
@@ -46,16 +48,20 @@ def _from_run(run_dir: Path, checkpoint: str) -> Predictor:
     import torch
 
     from mlrun.engine.restore import load_trained
+    from mlrun.export.quantize import apply_quantization, deployed_quantization
 
     trained = load_trained(run_dir, checkpoint)
     parts = trained.parts
-    model = parts.model.eval()
+    # A compress stage after qat is deployed with int8 layers: predict with those, as eval scores them.
+    quantize = deployed_quantization(run_dir)
+    model = apply_quantization(parts.model.eval(), quantize, calibration=None)[0]
 
     def forward(features):
         from mlrun.data.batch import move_batch
         from mlrun.models.outputs import call_model
 
-        device = next(model.parameters()).device  # scoring may have moved the model to the accelerator
+        # Scoring may have moved the model to the accelerator; int8 layers hold their weights as buffers.
+        device = next(itertools.chain(model.parameters(), model.buffers())).device
         features = move_batch(features, device) if isinstance(features, dict) else features.to(device)
         with torch.inference_mode():
             return call_model(model, features)
@@ -82,6 +88,7 @@ def _from_run(run_dir: Path, checkpoint: str) -> Predictor:
         parts.metrics,
         trained.weights,
         score,
+        quantize,
     )
 
 
@@ -115,7 +122,10 @@ def _from_export(folder: Path) -> Predictor:
     def score(dataset) -> dict:
         return _plain_keys(evaluate(run, dataset, meta, batch, loss_fn, metrics))
 
-    return Predictor(config, meta, preprocessing, transform, forward, loss_fn, metrics, folder / info["file"], score)
+    quantize = info.get("quantize", "none")
+    return Predictor(
+        config, meta, preprocessing, transform, forward, loss_fn, metrics, folder / info["file"], score, quantize
+    )
 
 
 def _plain_keys(results: dict) -> dict:
