@@ -26,9 +26,14 @@ class UsageError(MlrunError):
 
 
 class RunFailed(MlrunError):
-    """The run itself failed (diverged, crashed): exit code 1."""
+    """The run itself failed (diverged, crashed): exit code 1. `reason` is what went wrong without the
+    advice on resuming, which a tuning trial (never resumed by hand) leaves out of its record."""
 
     exit_code = EXIT_RUN_FAILED
+
+    def __init__(self, reason: str, resume_hint: str = ""):
+        super().__init__(f"{reason} {resume_hint}".strip())
+        self.reason = reason
 
 
 class RunInterrupted(MlrunError):

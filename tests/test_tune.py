@@ -542,3 +542,22 @@ def test_a_rerun_that_changes_what_a_trial_is_is_refused_before_any_trial(tmp_pa
     more = run_cli("tune", path, "train.epochs=1", wider, "tune.pruner={name: median}", "--trials", "3", cwd=tmp_path)
     assert more.returncode == 0, more.stderr
     assert len(load_study(tune_dir).trials) == 3
+
+
+def test_a_study_whose_every_trial_fails_exits_1_naming_the_first_error(tmp_path):
+    """Each failure is one trial line with its reason (no traceback) and an error cell in trials.csv; a study
+    with no completed trial has no result, so the command fails instead of ending quietly."""
+    diverging = {"optimizer.lr": {"type": "float", "low": 1e6, "high": 1e8, "log": True}}
+    path = tune_config(tmp_path, trials=2, space=diverging, enqueue_config=False)
+    overrides = ["train.max_grad_norm=null", "train.epochs=1"]
+    result = run_cli("tune", path, *overrides, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "failed with parameters" not in result.stderr
+    failures = [line for line in result.stdout.splitlines() if line.startswith("trial") and "FAIL" in line]
+    assert len(failures) == 2 and all("error: the loss became NaN" in line for line in failures), result.stdout
+    assert "the same command" not in result.stdout  # a trial is not resumed by hand
+    assert "no trial of the study completed (2 failed); the first, trial 0: the loss became NaN" in result.stderr
+    assert all(row["error"].startswith("the loss became NaN") for row in trials_csv(tmp_path))
+    shutil.rmtree(tmp_path / "runs")
+    as_json = run_cli("tune", path, *overrides, "--json", cwd=tmp_path)
+    assert as_json.returncode == 1 and json.loads(as_json.stdout)["exit_code"] == 1  # one document: the error

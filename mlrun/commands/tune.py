@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlrun.config.load import load_config
-from mlrun.errors import UsageError
+from mlrun.errors import RunFailed, UsageError
 from mlrun.jsonout import print_json
 
 
@@ -51,7 +51,10 @@ def run_tune(
     summary = run_search(config, options)
     if summary is None:  # a --workers helper or a rank other than 0: the main process reports
         return
+    failed = none_completed(summary)
     if json_output:
+        if failed:  # the error document is the command's one JSON document
+            raise RunFailed(failed)
         print_json(summary)
     elif tune.objectives is not None:
         print_front(summary)
@@ -59,6 +62,21 @@ def run_tune(
         print(f"mlrun: population-based training done: {summary['summary']}")
     else:
         print_study(summary, tune)
+    if failed:
+        raise RunFailed(failed)
+
+
+def none_completed(summary: dict) -> str | None:
+    """A study whose every trial failed has no result: what to say (exit 1), else None."""
+    counts = summary.get("states", {})
+    if counts.get("complete") or not counts.get("fail"):
+        return None
+    first = summary["first_failure"]
+    error = (first["error"] or "no error recorded").rstrip(".")
+    return (
+        f"no trial of the study completed ({counts['fail']} failed); the first, trial {first['number']}: "
+        f"{error}. Every trial's error is in {Path(summary['folder']) / 'trials.csv'}"
+    )
 
 
 def print_study(summary: dict, tune) -> None:

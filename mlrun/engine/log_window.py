@@ -93,7 +93,8 @@ class LogWindow:
         if bad_step is not None:
             raise RunFailed(
                 f"the loss became NaN or infinite at step {bad_step}. Lower optimizer.lr, set "
-                f"train.max_grad_norm, or set train.on_nonfinite: skip. {self.hint()}"
+                "train.max_grad_norm, or set train.on_nonfinite: skip.",
+                self.hint(),
             )
 
     def log(self) -> None:

@@ -114,7 +114,7 @@ def run_training(
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"
         raise RunFailed(
-            f"training crashed at step {loop.state.step}: {message}. {loop.checkpoints.resume_hint()}"
+            f"training crashed at step {loop.state.step}: {message}.", loop.checkpoints.resume_hint()
         ) from exc
     finally:
         summary = make_summary(config, loop, loop.state.stop_reason or "failed", time.time() - started, message)

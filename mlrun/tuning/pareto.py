@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 from mlrun.compression.measure import SPREAD_LIMIT
+from mlrun.tuning.report import first_failure
 from mlrun.tuning.space import decode
 
 # How a figure is shown in the table: bytes as MB, milliseconds and metrics as they are.
@@ -40,6 +41,7 @@ def summarize_front(study, tune, tune_dir: Path) -> dict:
         "front": unique_members([member(t, tune) for t in front]),
         "dominated": [t.number for t in completed if t.number not in on_front],
         "stages": stage_counts(study.trials),
+        "first_failure": first_failure(study),
     }
     write_csv(study, tune, tune_dir / "trials.csv", on_front)
     summary["plot"] = write_plot(completed, on_front, objectives, summary["trained"], tune_dir / "pareto.png")

@@ -30,6 +30,14 @@ def trial_line(trial) -> str:
     return f"trial {trial.number:>4} {trial.state.name:<8}{value}{duration}{origin} {params}{error}"
 
 
+def first_failure(study) -> dict | None:
+    """The first failed trial's number and recorded error (None when no trial failed)."""
+    import optuna
+
+    failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+    return {"number": failed[0].number, "error": failed[0].user_attrs.get("error", "")} if failed else None
+
+
 def origin_of(trial) -> str:
     """Where a trial's values came from: the config (enqueued), a step near trial n (local search), the sampler."""
     from mlrun.tuning.local_search import NEAR_TRIAL

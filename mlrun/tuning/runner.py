@@ -220,6 +220,7 @@ def summarize(study, options: StudyOptions, tune, tune_dir: Path) -> dict:
     counts = {s.name.lower(): len(study.get_trials(states=(s,))) for s in optuna.trial.TrialState}
     summary = {"study": study.study_name, "trials": len(study.trials), "states": counts, "folder": str(tune_dir)}
     summary["compute"] = report.compute_spent(study)
+    summary["first_failure"] = report.first_failure(study)
     if counts["complete"]:
         best = report.write_best_config(study, options.path, list(options.overrides), tune, tune_dir / "best.yaml")
         summary["best"] = {"number": study.best_trial.number, "value": study.best_value, "params": best}

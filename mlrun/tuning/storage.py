@@ -12,6 +12,7 @@ costs one trial, not the study. Start a throwaway server with scripts/postgres/s
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -80,7 +81,15 @@ def optimize(study, objective: Callable, *, target: int, timeout: float | None, 
 
     def tracked(trial):
         current[:] = [trial.number]
-        return objective(trial)
+        try:
+            values = objective(trial)
+        except catch as exc:  # the trial fails alone; its error goes to the trial line and trials.csv
+            if "error" not in trial.user_attrs:
+                trial.set_user_attr("error", getattr(exc, "reason", str(exc)))
+            raise
+        if any(math.isnan(v) for v in (values if isinstance(values, (list, tuple)) else [values])):
+            trial.set_user_attr("error", "its value is NaN: the run diverged or logged no finite figure")
+        return values
 
     while True:
         left = None if timeout is None else timeout - (time.monotonic() - started)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -16,7 +18,18 @@ def optuna_module():
     except ImportError:
         raise UsageError("mlrun tune needs optuna: pip install 'mlrun[tune]'") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # mlrun prints its own line per trial
+    logger = logging.getLogger("optuna.study._optimize")  # a filter sees only its own logger's records
+    if not any(isinstance(f, DropTrialFailures) for f in logger.filters):
+        logger.addFilter(DropTrialFailures())
     return optuna
+
+
+class DropTrialFailures(logging.Filter):
+    """Optuna's warning for a failed trial, with the error's traceback: mlrun's line for the trial names
+    the error (a rejected combination, a diverged run), and the traceback is of mlrun's own code."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not re.match(r"Trial \d+ failed", record.getMessage())
 
 
 def make_sampler(config: SamplerConfig, tune: TuneConfig):
