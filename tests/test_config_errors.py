@@ -106,6 +106,15 @@ def test_a_section_check_failing_on_an_overridden_key_names_the_override_beside_
     assert "batch_size" not in result.stderr  # an override outside the section is not blamed
 
 
+def test_an_index_past_a_list_says_how_many_entries_it_holds(tmp_path):
+    pareto = REPO / "configs" / "pareto_wide_mlp.yaml"
+    assert_usage_error(
+        run_cli("validate", pareto, "compress.5.alpha=0.5", cwd=REPO),
+        "override 'compress.5.alpha=0.5': 'compress' holds 2 entries (0..1)",
+        "set the whole list to add one: compress=[...]",
+    )
+
+
 def test_malformed_override(tmp_path):
     assert_usage_error(
         run_cli("validate", QUICKSTART, "train.epochs", cwd=tmp_path), "override 'train.epochs'", "expected key=value"
@@ -154,3 +163,28 @@ def test_hosted_tracker_whose_package_is_missing_names_its_extra(monkeypatch, tr
         UsageError, match=rf"tracker '{tracker}' needs the {tracker} package: pip install 'mlrun\[{tracker}\]'"
     ):
         trackers.build(tracker)
+
+
+def test_one_entry_of_the_search_space_is_set_by_its_dotted_key(tmp_path):
+    """tune.space's keys are dotted paths themselves: `tune.space.optimizer.lr` names one entry, and a
+    key after it one of the entry's settings."""
+    from mlrun.config.load import load_config
+
+    tune = REPO / "configs" / "tune_digits.yaml"
+    space = load_config(tune, ["tune.space.optimizer.lr={type: float, low: 0.001, high: 0.01}"]).tune.space
+    assert (space["optimizer.lr"].low, space["optimizer.lr"].high, space["optimizer.lr"].log) == (0.001, 0.01, False)
+    assert "optimizer" not in space and "model.hidden_sizes" in space  # the other entries stay
+    space = load_config(
+        tune, ["tune.space.optimizer.lr.high=0.02", "tune.space.optimizer.weight_decay.high=0.4"]
+    ).tune.space
+    assert (space["optimizer.lr"].high, space["optimizer.lr"].log, space["optimizer.weight_decay"].high) == (
+        0.02,
+        True,
+        0.4,
+    )
+    added = load_config(tune, ["tune.space.train.epochs={type: int, low: 2, high: 4}"]).tune.space
+    assert added["train.epochs"].high == 4
+    assert_usage_error(
+        run_cli("validate", tune, "tune.space.optimizer.lr.hgh=0.02", cwd=REPO),
+        "tune.space.optimizer.lr.hgh: unknown key. Did you mean 'high'? Allowed here: type, low, high",
+    )

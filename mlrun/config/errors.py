@@ -86,14 +86,21 @@ def _explain(error: dict[str, Any], model: type[BaseModel], loc: KeyPath) -> str
 def allowed_keys(model: type[BaseModel], loc: KeyPath) -> list[str]:
     """The field names of the section at `loc` inside `model`."""
     current: Any = model
+    keyed = False  # the previous part was a mapping of sections (tune.space): this part is one of its keys
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or keyed:
+            keyed = False
             continue
         field = current.model_fields.get(part) if _is_model(current) else None
         if field is None:
             return []
-        current = model_in(field.annotation)
+        current, keyed = model_in(field.annotation), _is_mapping(field.annotation)
     return list(current.model_fields) if _is_model(current) else []
+
+
+def _is_mapping(annotation: Any) -> bool:
+    """`dict[str, X]` or `dict[str, X] | None`."""
+    return typing.get_origin(annotation) is dict or any(_is_mapping(a) for a in typing.get_args(annotation))
 
 
 def _is_model(value: Any) -> bool:

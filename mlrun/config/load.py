@@ -154,6 +154,10 @@ def _deep_merge(into: dict[str, Any], top: dict[str, Any], sources: SourceMap, t
 # --- overrides --------------------------------------------------------------------------------
 
 
+# Mappings whose keys are themselves dotted config paths (a search space names the keys it searches).
+DOTTED_KEYS = {("tune", "space")}
+
+
 def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> None:
     """Apply one `dotted.key=value` override; the value is parsed as YAML."""
     key, sep, raw_value = text.partition("=")
@@ -169,13 +173,25 @@ def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> None:
         raise UsageError(f"{origin}: the value is not valid YAML: {_yaml_problem(exc)}") from None
     target: Any = data
     path: KeyPath = ()
-    for part in parts[:-1]:
+    index = 0
+    while index < len(parts) - 1:
+        if path in DOTTED_KEYS and isinstance(target, dict):  # `tune.space.optimizer.lr.high=...`
+            parts = [*parts[:index], *_dotted_key(target, parts[index:])]
+            if index == len(parts) - 1:
+                break
+        part, index = parts[index], index + 1
         step: str | int = int(part) if isinstance(target, list) and part.isdigit() else part
         path += (step,)
         if isinstance(target, dict):
             target = target.setdefault(step, {})
         elif isinstance(target, list) and isinstance(step, int) and step < len(target):
             target = target[step]
+        elif isinstance(target, list):
+            held = f"{len(target)} entries (0..{len(target) - 1})" if target else "no entries"
+            raise UsageError(
+                f"{origin}: '{_dotted(path[:-1])}' holds {held}, so '{key}' does not exist; "
+                f"set the whole list to add one: {_dotted(path[:-1])}=[...]"
+            )
         else:
             raise UsageError(f"{origin}: '{_dotted(path[:-1])}' is not a section, so '{key}' does not exist")
         if isinstance(target, str) and path[0] != "base":
@@ -192,6 +208,15 @@ def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> None:
     sources.drop_under(full)
     sources.set(full, origin)
     _record_children(value, full, origin, sources)
+
+
+def _dotted_key(mapping: dict[str, Any], rest: list[str]) -> list[str]:
+    """`rest` as [the mapping's key, what follows inside it]: the longest key it already has
+    (`optimizer.lr` of `optimizer.lr.high`), else all of `rest` as a new key."""
+    for end in range(len(rest), 0, -1):
+        if ".".join(rest[:end]) in mapping:
+            return [".".join(rest[:end]), *rest[end:]]
+    return [".".join(rest)]
 
 
 def _record_children(value: Any, at: KeyPath, origin: str, sources: SourceMap) -> None:
