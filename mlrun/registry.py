@@ -165,19 +165,25 @@ _ARG_LINE = re.compile(r"^\s{2,}(\w+):\s*(.+)$")
 
 
 def _arg_help(doc: str) -> dict[str, str]:
-    """`name: text` lines of a Google-style "Args:" block."""
+    """`name: text` entries of a Google-style "Args:" block, each with its deeper-indented continuation
+    lines (which may themselves read `word: ...`)."""
     helps: dict[str, str] = {}
-    in_args = False
+    indent, name = None, None  # the entries' indent once seen; the entry being read
     for line in doc.splitlines():
         if line.strip() in ("Args:", "Settings:"):
-            in_args = True
+            indent, name = -1, None
             continue
-        if in_args:
-            match = _ARG_LINE.match(line)
-            if match:
-                helps[match.group(1)] = match.group(2).strip()
-            elif line.strip() and not line.startswith("    " * 2):
-                in_args = False
+        if indent is None or not line.strip():
+            continue
+        depth = len(line) - len(line.lstrip())
+        match = _ARG_LINE.match(line)
+        if match and indent in (-1, depth):
+            indent, name = depth, match.group(1)
+            helps[name] = match.group(2).strip()
+        elif name is not None and depth > indent:
+            helps[name] += " " + line.strip()
+        else:
+            indent, name = None, None
     return helps
 
 

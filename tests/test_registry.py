@@ -46,3 +46,26 @@ def test_register_a_new_component_in_one_function():
 
 def test_every_kind_has_entries():
     assert all(registry.names() for registry in REGISTRIES.values())
+
+
+def test_an_argument_help_keeps_its_continuation_lines_even_one_reading_like_an_argument():
+    """distill's `hidden` help goes on with "init: teacher_layers pairs ...": that line is hidden's, not init's."""
+    from mlrun.registry import _arg_help
+
+    doc = """Summary.
+
+    Args:
+        init: the student's start: random, or teacher_layers (the
+            teacher's tensors).
+        hidden: weight of the loss between the blocks
+            init: teacher_layers pairs them with (0: off).
+        projection: learned maps.
+
+    Returns:
+        nothing: a line after the block.
+    """
+    assert _arg_help(doc) == {
+        "init": "the student's start: random, or teacher_layers (the teacher's tensors).",
+        "hidden": "weight of the loss between the blocks init: teacher_layers pairs them with (0: off).",
+        "projection": "learned maps.",
+    }
