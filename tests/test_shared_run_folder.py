@@ -125,10 +125,14 @@ def test_a_different_compress_chain_keeps_the_first_and_goes_to_a_new_folder(tmp
     # The first chain again reuses its folder; one that shares its first stage starts from a copy of it.
     again = run_cli("compress", first, cwd=tmp_path)
     assert again.returncode == 0 and "reusing" in again.stderr and "another chain" not in again.stderr
+    # The rerun's report is the first's to the digit: stages and the trained model keep their figures
+    # (a fresh timing of the trained model beside reused stage timings gave absurd speedups).
+    assert (root / "compress.json").read_text() == report
     third = compress_config(tmp_path, [PRUNE, {**LOW_RANK, "rank": 2}], "third.yaml")
     shares = run_cli("compress", third, cwd=tmp_path)
     assert shares.returncode == 0, shares.stderr
     assert "compress-3" in shares.stderr and "first 1 stage" in shares.stderr
     copied = tmp_path / "runs/base/compress-3/1-prune"
+    assert (copied.parent / "trained.json").read_text() == (root / "trained.json").read_text()
     assert load_file(copied / "model.safetensors").keys() == load_file(root / "1-prune/model.safetensors").keys()
     assert (root / "2-low_rank/stage.json").is_file()

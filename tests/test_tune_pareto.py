@@ -149,8 +149,10 @@ def test_a_search_tries_the_chain_with_and_without_a_stage_and_computes_each_sta
     assert chains == {("prune", "cluster"), ("prune",)}  # both arms were tried
     # Every trial starts with the same prune: it ran once, and at most three chains exist (prune alone:
     # the clusters of a stage left out do not matter), so 6 trials computed at most 3 stages.
-    computed = sorted(p.name for p in (trials / "stages").iterdir())
+    computed = sorted(p.name for p in (trials / "stages").iterdir() if p.is_dir())
     assert len(computed) == summary["stages"]["computed"] <= 3 < summary["stages"]["used"]
+    # The trained model was timed once for the search: every trial's ratios are against the same figures.
+    assert len({json.dumps(report["stages"][0], sort_keys=True) for report in reports}) == 1
     assert len({report["stages"][1]["dir"] for report in reports}) == 1
     # A shared stage holds what a chain of its own would: trial 0 (the config's values) against `mlrun compress`.
     alone = run_cli("compress", "toggle.yaml", "--json", cwd=tmp_path)
