@@ -380,3 +380,33 @@ def test_eval_on_another_folder_keeps_the_runs_normalisation(tmp_path):
     chosen = cli_json(tmp_path, "eval", "runs/pics", "data.val_root=new", "data.mean=[0.5]", "data.std=[0.25]")
     assert chosen["metrics"]["val/loss"] != evaluated["metrics"]["val/loss"]  # an explicit choice still wins
     assert recorded["mean"] != [0.5]
+
+
+def test_digits_as_images_predict_from_a_table_of_64_pixel_columns(tmp_path):
+    """digits `as_image` trains on 1x8x8 images scaled by 1/16: a table of raw pixels gets the same."""
+    from sklearn.datasets import load_digits
+
+    from mlrun.engine.restore import load_trained
+
+    digits = load_digits()
+    with (tmp_path / "rows.csv").open("w", newline="") as file:
+        out = csv.writer(file)
+        out.writerow([*(f"pixel_{i}" for i in range(64)), "target"])
+        out.writerows([*map(int, x), int(y)] for x, y in zip(digits.data[:40], digits.target[:40]))
+    config = {
+        "name": "cnn",
+        "model": {"name": "cnn", "channels": [8, 16]},
+        "data": {"name": "digits", "as_image": True, "batch_size": 64},
+        "metrics": ["accuracy"],
+        "optimizer": {"name": "adamw", "lr": 3e-3},
+        "train": {"epochs": 2, "eval_every": "1ep", "checkpoint_every": None},
+        "tracking": ["jsonl"],
+    }
+    assert run_cli("train", write_config(tmp_path, config), cwd=tmp_path).returncode == 0
+    report = cli_json(tmp_path, "predict", "runs/cnn", "rows.csv")
+    model = load_trained(tmp_path / "runs/cnn").parts.model
+    with torch.no_grad():
+        images = torch.tensor(digits.data[:40] / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
+        expected = model(images).argmax(-1).tolist()
+    assert [int(str(row["prediction"]).removeprefix("class_")) for row in report["predictions"]] == expected
+    assert report["scores"]["accuracy"] == pytest.approx(np.mean(np.array(expected) == digits.target[:40]))

@@ -32,7 +32,8 @@ def read_inputs(path: Path, predictor) -> Inputs:
         from mlrun.prediction.tables import read_table
 
         return read_table(path, predictor)
-    if len(predictor.meta.input_shape) == 1 and predictor.meta.vocab_size is None:
+    flat_rows = len(predictor.meta.input_shape) == 1 or "reshape" in predictor.preprocessing
+    if flat_rows and predictor.meta.vocab_size is None:
         from mlrun.prediction.tables import read_feature_columns
 
         return read_feature_columns(path, predictor)

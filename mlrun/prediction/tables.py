@@ -6,6 +6,7 @@ Rows are named by their 1-based data row (the header is not a row), as in the me
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -146,11 +147,14 @@ LABEL_COLUMNS = ("label", "target", "y")
 
 def read_feature_columns(path: Path, predictor) -> Inputs:
     """Array sources (digits, npz, ...): one numeric column per input feature, in training order,
-    plus an optional label / target / y column; raw values, standardised here as in training."""
+    plus an optional label / target / y column; raw values, standardised here as in training. A
+    source that made images of its rows (digits `as_image`: 64 pixels as 1x8x8, scaled) records
+    the scale and shape, and new rows get both."""
     frame = read_frame(path)
     label = next((c for c in LABEL_COLUMNS if c in frame.columns), None)
     columns = [c for c in frame.columns if c != label]
-    width = predictor.meta.input_shape[0]
+    shape = tuple(predictor.preprocessing.get("reshape") or predictor.meta.input_shape)
+    width = math.prod(shape)
     if len(columns) != width:
         raise UsageError(
             f"{path}: {len(columns)} feature columns, the model takes {width} (one column per feature, "
@@ -167,6 +171,7 @@ def read_feature_columns(path: Path, predictor) -> Inputs:
     fitted = predictor.preprocessing.get("standardize")
     if fitted is not None:
         values = (values - np.asarray(fitted["mean"])) / np.asarray(fitted["std"])
+    values = (values * predictor.preprocessing.get("scale", 1.0)).reshape(-1, *shape)
     targets = None
     if label is not None:
         targets = labels_to_targets(frame[label].to_numpy(), predictor, path, f"column '{label}'")
