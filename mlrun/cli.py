@@ -307,20 +307,32 @@ def main() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.TyperException as exc:  # typer's own (bundled) click: a usage error on the command line
-        exc.show()
         message = exc.format_message()
         option, context = getattr(exc, "option_name", None), getattr(exc, "ctx", None)
-        if option and context and any(p.name == "overrides" for p in context.command.params):  # `--epochs 3`
+        if option and context and _other_command_takes(option, context.command.name):  # `validate --json`
+            name = context.command.name
+            message = f"{message}: other commands take it, mlrun {name} does not; mlrun {name} --help lists its options"
+            print(f"mlrun: error: {message}", file=sys.stderr)
+        elif option and context and any(p.name == "overrides" for p in context.command.params):  # `--epochs 3`
             from mlrun.commands.usage import override_for_option
 
             message = f"{message}: {override_for_option(option, _after(option))}"
-            print(f"mlrun: {message}", file=sys.stderr)
+            print(f"mlrun: error: {message}", file=sys.stderr)
+        else:
+            exc.show()  # click's usage line and error
         _fail(EXIT_USAGE, None, "error", message)
     except (KeyboardInterrupt, typer.Abort):
         print("mlrun: interrupted", file=sys.stderr)
         _fail(EXIT_INTERRUPTED, None, "interrupted", "interrupted")
     except Exception as exc:  # a bug or an unexpected failure: say so, keep the traceback for --debug
         _fail(EXIT_RUN_FAILED, exc, "unexpected error")
+
+
+def _other_command_takes(option: str, command: str) -> bool:
+    """Whether another mlrun command takes `option` (`--json` given to validate is no config key)."""
+    flag = option.partition("=")[0]
+    commands = typer.main.get_command(app).commands
+    return any(flag in getattr(p, "opts", []) for name, c in commands.items() if name != command for p in c.params)
 
 
 def _close_process_group() -> bool:
