@@ -59,10 +59,8 @@ def run_compare(patterns: list[str], metric: str | None, out: Path, json_output:
         }
         print_json(report)
         return
-    direction = "lower" if minimise else "higher"
-    print(
-        f"mlrun: {len(runs)} runs, metric {chosen} ({direction} is better); differing keys: {', '.join(keys) or 'none'}"
-    )
+    direction, counted = "lower" if minimise else "higher", f"{len(runs)} run{'s' if len(runs) != 1 else ''}"
+    print(f"mlrun: {counted}, metric {chosen} ({direction} is better); differing keys: {', '.join(keys) or 'none'}")
     print(text_table(shown, cell))
     print(f"mlrun: wrote {png} and {page}")
 

@@ -271,10 +271,8 @@ def _plan(spec: StageSpec, model: nn.Module, trained, first_input: ModelSource, 
     )
     try:
         return stages.build(spec.name, model, context, **spec.settings)
-    except UsageError as exc:
-        raise UsageError(f"compress stage '{spec.name}': {exc}") from None
-    except ValueError as exc:
-        raise UsageError(f"compress stage '{spec.name}': {exc}") from None
+    except (UsageError, ValueError) as exc:  # a stage's own message may begin with its name already
+        raise UsageError(f"compress stage '{spec.name}': {str(exc).removeprefix(f'{spec.name}: ')}") from None
 
 
 def _source_run(source: ModelSource) -> Path:

@@ -78,7 +78,7 @@ def figure_html(runs: list[RunRecord], metric: str) -> str:
 
 
 def write_report(runs: list[RunRecord], rows: list[dict[str, Any]], metric: str, path: Path, format_cell) -> Path:
-    title = f"mlrun compare: {len(runs)} runs"
+    title = f"mlrun compare: {len(runs)} run{'s' if len(runs) != 1 else ''}"
     subtitle = html.escape(f"metric {metric}; runs: {', '.join(str(run.path) for run in runs)}")
     page = PAGE.format(
         title=html.escape(title),

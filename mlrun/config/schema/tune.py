@@ -156,7 +156,7 @@ class TuneConfig(Section):
     `compress.<n>.<setting>` values, on the trained run, and is scored on these figures of its last stage
     (val/<metric>, file_bytes, huffman_bytes, latency_ms_b1, latency_ms_b64, macs, nonzero_parameters),
     e.g. {val/accuracy: maximize, file_bytes: minimize, latency_ms_b1: minimize}; the result is the
-    Pareto front in tune/compress/. metric and direction are then not used."""
+    Pareto front in tune/compress/. Leave metric and direction out: they are the training search's."""
     enqueue_config: bool = True
     """strategy optuna: run the config's own values of the space's keys as the first trial of a new study,
     when all lie inside the space (a good config then guides the sampler from the start); false: all sampled."""
