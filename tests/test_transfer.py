@@ -506,3 +506,21 @@ def test_a_key_tied_to_a_loaded_one_is_reported_tied_not_missing():
     assert report["tied"] == ["emb.weight"] and report["missing"] == ["norm.bias"]
     line = describe({**report, "loaded": list(to_load), "loaded_fraction": 1.0, "source": "x"})
     assert "missing 1 (norm.bias)" in line and "tied 1 (emb.weight)" in line
+
+
+def test_too_little_loaded_from_a_factorized_stage_points_to_the_stage_config(tmp_path):
+    """A low_rank stage's layers are pairs of thin ones: a model without those edits loads almost
+    nothing, and the reason is the stage's model_edits, not init_from's prefix."""
+    from mlrun.engine.init_from import _why_so_little
+
+    stage = tmp_path / "2-low_rank"
+    stage.mkdir()
+    (stage / "config.yaml").write_text("model_edits:\n- {op: factorize, module: head, rank: 4}\n")
+    report = {"skipped_shape": [], "missing": ["head.weight"], "unexpected": ["head.0.weight"]}
+    advice = _why_so_little(report, stage / "model.safetensors")
+    assert "compress stage whose layers were changed (factorize" in advice
+    assert f"mlrun train {stage / 'config.yaml'}" in advice
+    plain = tmp_path / "run"
+    plain.mkdir()
+    (plain / "config.yaml").write_text("model: {name: mlp}\n")
+    assert _why_so_little(report, plain / "model.safetensors").startswith("check init_from.prefix")

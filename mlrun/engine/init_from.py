@@ -184,15 +184,27 @@ def load_pretrained(model: nn.Module, spec: InitFrom) -> dict[str, Any]:
     if fraction < spec.warn_below:
         print(
             f"mlrun: warning: init_from loaded only {fraction:.1%} of the model's parameters from {path}; "
-            + _why_so_little(report),
+            + _why_so_little(report, path),
             file=sys.stderr,
             flush=True,
         )
     return full
 
 
-def _why_so_little(report: dict[str, Any]) -> str:
-    """What to check: the shapes when same-named tensors differ, otherwise the key mapping."""
+def _why_so_little(report: dict[str, Any], path: Path) -> str:
+    """What to check: a compress stage's changed layers, the shapes when same-named tensors differ,
+    otherwise the key mapping."""
+    import yaml
+
+    config = path.parent / "config.yaml"
+    edits = (yaml.safe_load(config.read_text()) or {}).get("model_edits") if config.is_file() else None
+    if edits:
+        kinds = sorted({edit.get("op", "edit") for edit in edits if isinstance(edit, dict)})
+        return (
+            f"the source is a compress stage whose layers were changed ({', '.join(kinds)} in its config.yaml's "
+            f"model_edits), which this model does not have: train from the stage's own config "
+            f"(mlrun train {config} name=<new run> ...) to build those layers, then init_from loads them all"
+        )
     shapes = report["skipped_shape"]
     if shapes and len(shapes) >= len(report["missing"]):
         first = shapes[0]
