@@ -80,6 +80,8 @@ def none_completed(summary: dict) -> str | None:
 
 
 def print_study(summary: dict, tune) -> None:
+    from mlrun.tracking.figures import format_figure
+
     counts, tune_dir, compute = summary["states"], Path(summary["folder"]), summary["compute"]
     print(
         f"mlrun: {summary['trials']} trials: {counts['complete']} complete, {counts['pruned']} pruned, "
@@ -92,7 +94,8 @@ def print_study(summary: dict, tune) -> None:
     if "best" in summary:
         best, near = summary["best"], summary["near_best"]
         print(
-            f"mlrun: best trial {best['number']}: {tune.metric} = {best['value']:.6g} (its {tune.value} evaluation) "
+            f"mlrun: best trial {best['number']}: {tune.metric} = {format_figure(best['value'])} "
+            f"(its {tune.value} evaluation) "
             f"with {best['params']}"
         )
         print(

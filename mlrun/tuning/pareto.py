@@ -96,7 +96,9 @@ def write_csv(study, tune, path: Path, on_front: set[int]) -> None:
 
 
 def show(key: str, value: float) -> str:
-    return f"{value / _UNITS[key]:.4f}" if key in _UNITS else f"{value:.4g}"
+    from mlrun.tracking.figures import format_figure
+
+    return format_figure(value / _UNITS.get(key, 1.0))  # four significant digits, as every printed figure
 
 
 def heading(key: str) -> str:

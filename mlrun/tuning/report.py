@@ -16,12 +16,14 @@ from mlrun.tuning.space import as_override, decode
 
 def trial_line(trial) -> str:
     """One line per finished trial, for the live log."""
+    from mlrun.tracking.figures import format_figure
+
     if trial.values is None:
         value = ""
     elif len(trial.values) == 1:
-        value = f" value {trial.values[0]:.6g}"
+        value = f" value {format_figure(trial.values[0])}"
     else:  # a multi-objective study (compress search): every objective's value
-        value = " values " + ", ".join(f"{v:.6g}" for v in trial.values)
+        value = " values " + ", ".join(format_figure(v) for v in trial.values)
     duration = f" ({trial.duration.total_seconds():.1f}s)" if trial.duration else ""
     params = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
     error = f" error: {trial.user_attrs['error'].splitlines()[0]}" if "error" in trial.user_attrs else ""
