@@ -7,6 +7,7 @@ Imports of torch happen inside the commands, so `mlrun --help` answers at once.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -298,6 +299,7 @@ def main() -> None:
         from mlrun import jsonout
 
         jsonout.reserve_stdout()  # from here on only the command's JSON document reaches stdout
+    signal.signal(signal.SIGTERM, _terminated)  # a training loop installs its own while it runs
     try:
         app(standalone_mode=False)
         if _close_process_group():
@@ -333,6 +335,15 @@ def _other_command_takes(option: str, command: str) -> bool:
     flag = option.partition("=")[0]
     commands = typer.main.get_command(app).commands
     return any(flag in getattr(p, "opts", []) for name, c in commands.items() if name != command for p in c.params)
+
+
+def _terminated(signum, frame) -> None:
+    """SIGTERM outside a training loop (loading, measuring, between stages): one message and exit 143
+    instead of a silent death; the loop itself checkpoints first."""
+    raise RunInterrupted(
+        "stopped by SIGTERM outside a training loop; what was saved is kept and the same command goes on from it",
+        exit_code=128 + signal.SIGTERM,
+    )
 
 
 def _close_process_group() -> bool:

@@ -96,3 +96,34 @@ def test_third_party_notices_are_hidden_unless_debug(tmp_path):
     exported = run_cli("export", "runs/onnx", "--format", "onnx", "--quantize", "int8", "--no-verify", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
     assert "torchvision" not in exported.stderr and "pre-processing" not in exported.stderr
+
+
+def test_sigterm_outside_a_training_loop_is_one_message_and_exit_143(tmp_path):
+    """validate's one batch runs a forward that sleeps: SIGTERM there ends the command with a message
+    (it died silently), once mlrun's handler is in place (read from /proc, so no guessing at timing)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    if not Path(f"/proc/{os.getpid()}/status").is_file():
+        pytest.skip("needs /proc to see when the handler is installed")
+    model = {"name": "tests.fixtures:slow_mlp", "sleep_s": 30.0}
+    path = write_config(tmp_path, tiny_config(name="slow", model=model))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlrun", "validate", str(path)], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+    )
+    deadline, caught = time.monotonic() + 60, 1 << (signal.SIGTERM - 1)
+    while time.monotonic() < deadline:  # SigCgt: the signals the process has handlers for
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        if int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16) & caught:
+            break
+        time.sleep(0.05)
+    time.sleep(1.0)  # into the build and the sleeping forward
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert "mlrun: interrupted: stopped by SIGTERM outside a training loop" in stderr and "Traceback" not in stderr
