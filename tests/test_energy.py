@@ -151,3 +151,11 @@ def test_a_run_resumed_after_sigkill_counts_the_killed_attempts_energy(tmp_path)
     seconds = (energy["attempts_s"] - 5e-4, energy["attempts_s"] + 5e-4)
     assert energy["joules"] / seconds[1] - 1e-3 <= energy["mean_watts"] <= energy["joules"] / seconds[0] + 1e-3
     assert energy["attempts_s"] > energy["measured_s"]
+
+
+def test_an_earlier_attempt_estimated_at_zero_joules_is_reported_as_zero_not_as_none():
+    """A run of milliseconds can be estimated at 0 J; its resume still had an earlier attempt (it read None)."""
+    from mlrun.energy.meter import energy_figures
+
+    assert energy_figures([], 1.0, 10, 400.0, [], previous=(0.0, 0.014))["previous_attempts_joules"] == 0.0
+    assert energy_figures([], 1.0, 10, 400.0, [])["previous_attempts_joules"] is None

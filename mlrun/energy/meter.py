@@ -107,7 +107,8 @@ def energy_figures(
         "estimate": estimate,
         "measured_s": round(seconds, 3),
         "attempts_s": round(attempts_s, 3),
-        "previous_attempts_joules": round(previous[0], 3) if previous[0] else None,
+        # None without an earlier attempt; an earlier attempt estimated at 0 J (a run of milliseconds) is 0.0.
+        "previous_attempts_joules": round(previous[0], 3) if any(previous) else None,
         "parts": parts,
         "notes": notes,
     }
