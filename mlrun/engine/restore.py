@@ -38,6 +38,16 @@ def resolve_weights(run_dir: Path, checkpoint: str) -> Path:
         return packed
     if checkpoint in ("final", "best"):
         path = run_dir / ("model.safetensors" if checkpoint == "final" else "best.safetensors")
+        if not path.is_file() and (run_dir / "stage.json").is_file():  # a compress stage keeps one result
+            tuned = run_dir / "train"
+            raise UsageError(
+                f"'{run_dir}' is a compress stage: it holds its result only (--checkpoint final)"
+                + (
+                    f"; its fine-tuning is a run of its own: mlrun eval {tuned} --checkpoint best"
+                    if tuned.is_dir()
+                    else ""
+                )
+            )
         if not path.is_file():
             status = (read_summary(run_dir) or {}).get("status", "unknown")
             hint = "train with train.best set" if checkpoint == "best" else "finish training (mlrun train resumes it)"
