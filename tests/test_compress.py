@@ -233,12 +233,22 @@ def test_cubic_schedule_of_zhu_and_gupta() -> None:
 def test_compress_table_notes_noisy_latency_and_slow_int8_stages():
     from mlrun.commands.compress import latency_notes
 
+    def row(stage: str, quantize: str, spread: float, b1: float, b64: float) -> dict:
+        return {
+            "stage": stage,
+            "quantize": quantize,
+            "latency_spread": spread,
+            "latency_ms_b1": b1,
+            "latency_ms_b64": b64,
+        }
+
     rows = [
-        {"stage": "0-trained", "quantize": "none", "latency_spread": 0.05},
-        {"stage": "1-qat", "quantize": "int8", "latency_spread": 0.9, "vs_trained": {"speedup_b64": 0.18}},
-        {"stage": "2-prune", "quantize": "none", "latency_spread": 0.1, "vs_trained": {"speedup_b64": 1.4}},
+        row("0-trained", "none", 0.05, 0.2, 2.0),
+        row("1-low_rank", "none", 0.1, 0.08, 0.8),  # faster than the trained model
+        row("2-qat", "int8", 0.9, 0.19, 1.9),  # beats the trained model, loses 2x to its input
+        row("3-cluster", "int8", 0.1, 0.07, 0.7),  # int8 and faster than both: no note
     ]
     noisy, slow = latency_notes(rows)
-    assert "latency of 1-qat varied by up to 90%" in noisy and "not to be trusted" in noisy
-    assert slow.startswith("1-qat run int8 through torch._int_mm") and "--format onnx --quantize int8" in slow
-    assert latency_notes([{**row, "latency_spread": 0.0} for row in rows[:1]]) == []
+    assert "latency of 2-qat varied by up to 90%" in noisy and "not to be trusted" in noisy
+    assert slow.startswith("2-qat run int8 through torch._int_mm") and "--format onnx --quantize int8" in slow
+    assert latency_notes([{**r, "latency_spread": 0.0} for r in rows[:1]]) == []
