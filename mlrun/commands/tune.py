@@ -99,7 +99,8 @@ def print_study(summary: dict, tune) -> None:
             f"with {best['params']}"
         )
         print(
-            f"mlrun: {near['trials']} completed trials within {near['tolerance']:g} of the best {tune.metric} "
+            f"mlrun: {near['trials']} completed trial{'s' if near['trials'] != 1 else ''} within "
+            f"{near['tolerance']:g} of the best {tune.metric} "
             f"(tune.near_best, in the metric's own units)"
         )
         print(
