@@ -16,8 +16,10 @@ copies of the finished stages it shares with the folder it differs from.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -65,7 +67,8 @@ def run_compress(
     the compress-N/ chosen by `chain_folder`. `shared_stages`: a folder several chains share (a compress
     search's): each stage goes to a folder named by its key (settings and input), so chains that begin
     alike compute their common stages once; compress.json still goes to `root`."""
-    specs, trained, source = checked_chain(specs, source_dir)  # every stage applies, before any work is written
+    # Every stage applies, before any work is written; quietly, as each stage says its piece when it runs.
+    specs, trained, source = checked_chain(specs, source_dir, quiet=True)
     root = root or chain_folder(source_dir, specs, source.key)
     rows = [{"stage": "trained", "dir": str(source_dir), **trained_figures(trained, source, shared_stages or root)}]
     for index, spec in enumerate(specs, 1):
@@ -298,10 +301,13 @@ def _finetune_steps(spec: StageSpec, parts) -> int:
     return plan_steps(len(parts.bundle.train), config.data, config.train).total_steps
 
 
-def checked_chain(specs: list[StageSpec], source_dir: Path) -> tuple[list[StageSpec], Any, ModelSource]:
+def checked_chain(
+    specs: list[StageSpec], source_dir: Path, quiet: bool = False
+) -> tuple[list[StageSpec], Any, ModelSource]:
     """The enabled stages, the trained run and its weights as the chain's first input, once every stage
     has applied to a copy of the run's model (exit 2 naming the stage that cannot; nothing is written).
-    `mlrun compress` runs the chain next; `mlrun validate` stops here."""
+    `mlrun compress` runs the chain next (`quiet`: what the stages print now, they print again then);
+    `mlrun validate` stops here."""
     from mlrun.engine.restore import load_trained
 
     if not specs:
@@ -312,7 +318,8 @@ def checked_chain(specs: list[StageSpec], source_dir: Path) -> tuple[list[StageS
     trained = load_trained(source_dir)  # exit 2 when the run has no final weights
     weights = trained.weights
     source = ModelSource(load_config(source_dir / "config.yaml"), weights, source_dir, None, file_key(weights))
-    check_stages(specs, trained, source)
+    with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():
+        check_stages(specs, trained, source)
     return specs, trained, source
 
 
