@@ -74,6 +74,8 @@ def first_line(exc: BaseException) -> str:
 
 def optimize(study, objective: Callable, *, target: int, timeout: float | None, callbacks: list, catch: tuple) -> None:
     """`study.optimize` that outlives database outages: each outage fails the trial it interrupted."""
+    import optuna
+
     errors = storage_errors()
     ask_within_target(study, target)
     started = time.monotonic()
@@ -83,9 +85,12 @@ def optimize(study, objective: Callable, *, target: int, timeout: float | None, 
         current[:] = [trial.number]
         try:
             values = objective(trial)
-        except catch as exc:  # the trial fails alone; its error goes to the trial line and trials.csv
-            if "error" not in trial.user_attrs:
-                trial.set_user_attr("error", getattr(exc, "reason", str(exc)))
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:  # the trial fails; its error goes to the trial line and trials.csv
+            with contextlib.suppress(Exception):  # not when the storage itself is what failed
+                if "error" not in trial.user_attrs:
+                    trial.set_user_attr("error", getattr(exc, "reason", str(exc)))
             raise
         if any(math.isnan(v) for v in (values if isinstance(values, (list, tuple)) else [values])):
             trial.set_user_attr("error", "its value is NaN: the run diverged or logged no finite figure")
