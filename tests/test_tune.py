@@ -562,3 +562,22 @@ def test_a_study_whose_every_trial_fails_exits_1_naming_the_first_error(tmp_path
     shutil.rmtree(tmp_path / "runs")
     as_json = run_cli("tune", path, *overrides, "--json", cwd=tmp_path)
     assert as_json.returncode == 1 and json.loads(as_json.stdout)["exit_code"] == 1  # one document: the error
+
+
+def test_another_study_of_the_same_run_has_a_folder_of_its_own(tmp_path):
+    """`--study NAME` (what a refused rerun advises) beside the run's own study: its trials, trials.csv and
+    best.yaml go to runs/<name>/tune-<study>/, and the first study's trial folders stay as they ran."""
+    path = tune_config(tmp_path, trials=2)
+    first = run_cli("tune", path, "train.epochs=1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    own = tmp_path / "runs/study/tune"
+    config_before = (own / "trial-0000/config.yaml").read_text()
+    other = run_cli("tune", path, "train.epochs=2", "--study", "longer runs", "--json", cwd=tmp_path)
+    assert other.returncode == 0, other.stderr
+    assert json.loads(other.stdout)["folder"] == str(Path("runs/study/tune-longer_runs"))
+    assert (
+        yaml.safe_load((tmp_path / "runs/study/tune-longer_runs/trial-0000/config.yaml").read_text())["train"]["epochs"]
+        == 2
+    )
+    assert (own / "trial-0000/config.yaml").read_text() == config_before
+    assert [row["number"] for row in trials_csv(tmp_path)] == ["0", "1"]  # the run's own study's table

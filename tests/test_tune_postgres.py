@@ -79,7 +79,7 @@ def test_a_server_restart_mid_study_fails_the_trial_not_the_study(postgres, tmp_
             except KeyError:  # the study is not created yet
                 continue
             if running and running[0].state == optuna.trial.TrialState.RUNNING:
-                metrics = tmp_path / "runs" / "pg" / "tune" / "trial-0001" / "metrics.jsonl"
+                metrics = tmp_path / "runs" / "pg" / "tune-restart" / "trial-0001" / "metrics.jsonl"  # its study
                 if metrics.is_file() and metrics.read_text().strip():
                     break
         else:

@@ -11,6 +11,7 @@ reports nothing (a `--workers` helper, a rank other than 0).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ def run_search(config: ExperimentConfig, options: StudyOptions) -> dict | None:
 
         check_objectives(config)
     check_space(options.path, list(options.overrides), config.tune)
-    tune_dir = Path(config.output_dir) / config.name / "tune"
+    tune_dir = study_folder(config, options.study_name)
     check_writable(tune_dir)
     if config.tune.objectives is not None:
         from mlrun.tuning.compress_search import run_compress_search
@@ -61,6 +62,15 @@ def run_search(config: ExperimentConfig, options: StudyOptions) -> dict | None:
     if config.tune.strategy == "pbt":
         return run_population(config, options, tune_dir)
     return run_study(config, options, tune_dir)
+
+
+def study_folder(config: ExperimentConfig, study_name: str) -> Path:
+    """runs/<name>/tune/ for the run's own study (named after the run; `<name>-compress` for a compress
+    search); runs/<name>/tune-<study>/ for another (`--study NAME`), so two studies never write each
+    other's trial folders, trials.csv or best.yaml."""
+    run = Path(config.output_dir) / config.name
+    own = f"{config.name}-compress" if config.tune.objectives is not None else config.name
+    return run / "tune" if study_name == own else run / f"tune-{re.sub(r'[^A-Za-z0-9._-]', '_', study_name)}"
 
 
 def run_population(config: ExperimentConfig, options: StudyOptions, tune_dir: Path) -> dict:
