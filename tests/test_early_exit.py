@@ -164,3 +164,32 @@ def test_the_objective_is_the_weighted_sum_of_every_exit_loss():
     every = find_exits(model).collect(model, x)
     want = 0.5 * loss_fn(every[0], y) + 2.0 * loss_fn(every[1], y) + 1.0 * loss_fn(every[2], y)
     assert torch.allclose(out.loss, want) and torch.equal(out.predictions, every[2])
+
+
+def test_a_text_model_with_exits_is_evaluated_on_its_named_inputs(tmp_path):
+    """A transformer_classifier's batches are named tensors (ids, mask): eval's sweep reads them (it died
+    unpacking them as (x, y)); accuracy and depth are exact, FLOPs and latency are left out and said so."""
+    from tests.conftest import REPO
+
+    config = {
+        "base": str(REPO / "configs/text_classification.yaml"),
+        "name": "text_exits",
+        "model": {"name": "transformer_classifier", "dim": 32, "depth": 2, "heads": 2},
+        "data": {"path": str(REPO / "configs/data/digits_ascii.jsonl")},
+        "objective": "early_exit",
+        "techniques": [{"name": "early_exit", "after": [0], "thresholds": [0.3, 0.9]}],
+        "train": {"max_steps": 20, "eval_every": "20st", "checkpoint_every": None},
+        "tracking": ["jsonl"],
+    }
+    assert run_cli("train", write_config(tmp_path, config), cwd=tmp_path).returncode == 0
+    result = run_cli("eval", "runs/text_exits", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    exits = report["early_exit"]
+    assert exits["timed"] is False and exits["samples"] == report["samples"]
+    full = exits["thresholds"][0]
+    assert full["accuracy"] == pytest.approx(report["metrics"]["val/accuracy"]) and "speedup_b1" not in full
+    for row in exits["thresholds"][1:]:
+        assert sum(row["exit_fractions"]) == pytest.approx(1.0) and 0.5 <= row["mean_depth"] <= 1.0
+    text = run_cli("eval", "runs/text_exits", cwd=tmp_path)
+    assert "FLOPs and latency: not measured for named inputs" in text.stdout, text.stdout
