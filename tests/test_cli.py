@@ -110,6 +110,13 @@ def test_init_writes_a_config_that_validates_and_refuses_to_overwrite(tmp_path):
     assert run_cli("validate", "start.yaml", cwd=tmp_path).returncode == 0
     again = run_cli("init", "start.yaml", cwd=tmp_path)
     assert again.returncode == 2 and "--force" in again.stderr
+    nested = run_cli("init", "new/folder/start.yaml", cwd=tmp_path)  # folders it needs are made
+    assert nested.returncode == 0 and (tmp_path / "new/folder/start.yaml").is_file(), nested.stderr
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    for args in (["init", "blocker/start.yaml"], ["schema", "--out", "blocker/s.json"]):
+        blocked = run_cli(*args, cwd=tmp_path)
+        assert blocked.returncode == 2 and "cannot write 'blocker/" in blocked.stderr, blocked.stderr
+        assert "Traceback" not in blocked.stderr and "unexpected" not in blocked.stderr
 
 
 def test_validate_print_shows_the_resolved_config(tmp_path):

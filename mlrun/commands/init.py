@@ -52,7 +52,9 @@ tracking: [console, jsonl]
 
 
 def run_init(path: Path, force: bool) -> None:
+    from mlrun.commands.usage import write_named_file
+
     if path.exists() and not force:
         raise UsageError(f"'{path}' already exists: pass --force to overwrite it, or give another path.")
-    path.write_text(STARTER.replace("{path}", str(path)))
+    write_named_file(path, STARTER.replace("{path}", str(path)), "init")
     print(f"mlrun: wrote {path}; train it with `mlrun train {path}`")

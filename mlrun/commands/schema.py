@@ -75,5 +75,7 @@ def run_schema(out: Path | None) -> None:
     if out is None:
         print(text)
     else:
-        out.write_text(text + "\n")
+        from mlrun.commands.usage import write_named_file
+
+        write_named_file(out, text + "\n", "--out")
         print(f"mlrun: wrote {out}")
