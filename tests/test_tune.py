@@ -581,3 +581,19 @@ def test_another_study_of_the_same_run_has_a_folder_of_its_own(tmp_path):
     )
     assert (own / "trial-0000/config.yaml").read_text() == config_before
     assert [row["number"] for row in trials_csv(tmp_path)] == ["0", "1"]  # the run's own study's table
+
+
+def test_a_trial_is_not_pruned_at_its_last_evaluation(tmp_path):
+    """One evaluation a trial, at its last step: a pruner that finds it below the median there would stop a
+    trial that has already trained in full (it was recorded PRUNED, its epochs counted as pruned)."""
+    path = tune_config(
+        tmp_path,
+        trials=4,
+        sampler={"name": "random", "seed": 0},
+        pruner={"name": "median", "startup_trials": 1},
+        space={"optimizer.lr": {"type": "float", "low": 1e-6, "high": 1e-4, "log": True}},  # worse than the config
+    )
+    result = run_cli("tune", path, "train.epochs=1", "train.eval_every=1ep", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["states"]["complete"] == 4 and summary["compute"]["pruned_epochs"] == 0, summary["states"]

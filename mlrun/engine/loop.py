@@ -80,6 +80,7 @@ class TrainingLoop:
     def run(self) -> TrainState:
         self.window.start()  # a resumed run's unlogged losses are in the restored state
         plan, state = self.parts.plan, self.state
+        state.total_steps = plan.total_steps  # callbacks read it (a pruner does not stop a finished trial)
         info = RunInfo(
             self.checkpoints.run_dir,
             self.parts.config.model_dump(mode="json"),

@@ -9,6 +9,7 @@ from typing import Any
 @dataclass
 class TrainState:
     step: int = 0  # optimizer steps taken
+    total_steps: int = 0  # the plan's optimizer steps (set at each start: a resume may change the plan)
     epoch: int = 0  # completed epochs
     batch_in_epoch: int = 0  # micro-batches consumed in the current epoch (the resume position)
     samples_seen: int = 0

@@ -55,7 +55,8 @@ class PruningReporter(Callback):
                 self.best = value
             if self.trial is not None:
                 self.trial.report(value, step=self.evaluations)
-                prune = self.trial.should_prune()
+                # At the last step the trial has trained in full: it completes, whatever the pruner says.
+                prune = state.step < state.total_steps and self.trial.should_prune()
         if broadcast(prune):  # all ranks stop a pruned trial at the same step
             state.should_stop, state.stop_reason = True, "pruned"
 
