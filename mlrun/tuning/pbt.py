@@ -40,6 +40,7 @@ class StopAt(Callback):
 def run_pbt(path: Path, overrides: list[str], config: ExperimentConfig, tune_dir: Path) -> dict:
     from mlrun.engine.autobatch import resolve_batch_size
     from mlrun.engine.build import build_components
+    from mlrun.tracking.figures import format_figure
 
     tune, pbt = config.tune, config.tune.pbt
     rng = random.Random(tune.sampler.seed)
@@ -67,7 +68,7 @@ def run_pbt(path: Path, overrides: list[str], config: ExperimentConfig, tune_dir
         )
         print(
             f"pbt round {round_index + 1}/{pbt.rounds} (step {target}): {tune.metric} mean "
-            f"{history[-1]['mean']:.6g}, best {best:.6g}",
+            f"{format_figure(history[-1]['mean'])}, best {format_figure(best)}",
             flush=True,
         )
         if round_index + 1 < pbt.rounds:
@@ -90,8 +91,9 @@ def run_pbt(path: Path, overrides: list[str], config: ExperimentConfig, tune_dir
         "rounds": history,
         "best_member": leader["id"],
         "best_params": leader["params"],
-        "summary": f"{tune.metric} mean {history[0]['mean']:.4g} -> {history[-1]['mean']:.4g} over "
-        f"{pbt.rounds} rounds; best {leader['value']:.4g} (member {leader['id']})",
+        "summary": f"{tune.metric} mean {format_figure(history[0]['mean'])} -> {format_figure(history[-1]['mean'])} "
+        f"over {pbt.rounds} rounds; best {format_figure(leader['value'])} (member {leader['id']}); wrote "
+        f"{tune_dir / 'best.yaml'} (train it: mlrun train {tune_dir / 'best.yaml'}) and {tune_dir / 'pbt.json'}",
     }
     (tune_dir / "pbt.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
