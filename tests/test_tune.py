@@ -204,6 +204,8 @@ def test_two_workers_share_one_journal(tmp_path):
     assert result.returncode == 0, result.stderr
     trials = trials_csv(tmp_path)
     assert len(trials) >= 6 and all(t["state"] == "COMPLETE" for t in trials)
+    # Every trial's line, the worker's too, is on stdout with the rest of the report.
+    assert sum(line.startswith("trial ") for line in result.stdout.splitlines()) == len(trials), result.stdout
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
