@@ -448,7 +448,7 @@ def test_config_values_are_the_first_trial_and_compute_counts_pruned_trials_epoc
     again = run_cli("tune", path, "model.hidden_sizes=[32]", "train.epochs=2", "--trials", "6", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     spent = sum(read_summary(tune_dir, t.number)["epochs"] for t in load_study(tune_dir).trials)
-    assert f"compute spent: {round(spent, 2):g} epochs" in again.stdout
+    assert f"compute spent: {round(spent, 2):g} epoch{'' if round(spent, 2) == 1 else 's'}" in again.stdout
     near = near_after(tune_dir)
     assert f"{near} completed trial{'s' if near != 1 else ''} within 0.005 of the best val/accuracy" in again.stdout
 

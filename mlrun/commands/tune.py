@@ -66,6 +66,11 @@ def run_tune(
         raise RunFailed(failed)
 
 
+def counted(number: float, unit: str) -> str:
+    """`3 epochs`, `1 epoch`, `2.5 epochs`."""
+    return f"{number:g} {unit}{'' if number == 1 else 's'}"
+
+
 def none_completed(summary: dict) -> str | None:
     """A study whose every trial failed has no result: what to say (exit 1), else None."""
     counts = summary.get("states", {})
@@ -87,9 +92,10 @@ def print_study(summary: dict, tune) -> None:
         f"mlrun: {summary['trials']} trials: {counts['complete']} complete, {counts['pruned']} pruned, "
         f"{counts['fail']} failed"
     )
+    epochs, steps = counted(compute["epochs"], "epoch"), counted(compute["steps"], "optimizer step")
     print(
-        f"mlrun: compute spent: {compute['epochs']:g} epochs ({compute['steps']} optimizer steps) over "
-        f"{summary['trials']} trials, {compute['pruned_epochs']:g} epochs of it in pruned trials"
+        f"mlrun: compute spent: {epochs} ({steps}) over {counted(summary['trials'], 'trial')}, "
+        f"{counted(compute['pruned_epochs'], 'epoch')} of it in pruned trials"
     )
     if "best" in summary:
         best, near = summary["best"], summary["near_best"]
