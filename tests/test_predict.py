@@ -410,3 +410,32 @@ def test_digits_as_images_predict_from_a_table_of_64_pixel_columns(tmp_path):
         expected = model(images).argmax(-1).tolist()
     assert [int(str(row["prediction"]).removeprefix("class_")) for row in report["predictions"]] == expected
     assert report["scores"]["accuracy"] == pytest.approx(np.mean(np.array(expected) == digits.target[:40]))
+
+
+def test_npz_images_predict_from_a_table_of_their_values_in_row_major_order(tmp_path):
+    """An npz source keeps its samples' shape (1x8x8 here) and values as stored: a row of 64 values is one sample."""
+    from sklearn.datasets import load_digits
+
+    from mlrun.engine.restore import load_trained
+
+    digits = load_digits()
+    images = (digits.data / 16.0).reshape(-1, 1, 8, 8).astype(np.float32)
+    np.savez(tmp_path / "digits.npz", x=images, y=digits.target)
+    with (tmp_path / "rows.csv").open("w", newline="") as file:
+        out = csv.writer(file)
+        out.writerow([f"v{i}" for i in range(64)])
+        out.writerows(image.reshape(-1).tolist() for image in images[:30])
+    config = {
+        "name": "npz_cnn",
+        "model": {"name": "cnn", "channels": [8]},
+        "data": {"name": "npz", "path": "digits.npz", "batch_size": 64},
+        "train": {"epochs": 1, "eval_every": "1ep", "checkpoint_every": None},
+        "tracking": ["jsonl"],
+    }
+    assert run_cli("train", write_config(tmp_path, config), cwd=tmp_path).returncode == 0
+    report = cli_json(tmp_path, "predict", "runs/npz_cnn", "rows.csv")
+    model = load_trained(tmp_path / "runs/npz_cnn").parts.model
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images[:30])).argmax(-1).tolist()
+    assert [int(str(row["prediction"]).removeprefix("class_")) for row in report["predictions"]] == expected
+    assert report["scores"] is None

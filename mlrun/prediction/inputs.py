@@ -3,7 +3,8 @@
     csv / parquet runs      a CSV, Parquet or JSON Lines table with the training columns (tables.py)
     image_folder, image_shards runs   a folder of images, or of class sub-folders when labelled (images.py)
     jsonl_text, jsonl_shards runs     a JSON Lines file of {"text": ...} records (texts.py)
-    other array sources     a CSV / JSON Lines table of numeric feature columns (tables.py)
+    other array sources     a CSV / JSON Lines table of numeric feature columns, a sample of several
+                            dimensions (npz images) as its values in row-major order (tables.py)
 
 Each reader returns `Inputs` (prepared.py).
 """
@@ -14,6 +15,8 @@ from pathlib import Path
 
 from mlrun.errors import UsageError
 from mlrun.prediction.prepared import Inputs
+
+ARRAYS = ("npz", "npy")  # sources that give their arrays as stored, whatever their shape
 
 
 def read_inputs(path: Path, predictor) -> Inputs:
@@ -32,7 +35,9 @@ def read_inputs(path: Path, predictor) -> Inputs:
         from mlrun.prediction.tables import read_table
 
         return read_table(path, predictor)
-    flat_rows = len(predictor.meta.input_shape) == 1 or "reshape" in predictor.preprocessing
+    # Rows of features, or of an array source's samples flattened in row-major order (npz / npy images
+    # as stored; digits as_image records its own scale and shape).
+    flat_rows = len(predictor.meta.input_shape) == 1 or "reshape" in predictor.preprocessing or source in ARRAYS
     if flat_rows and predictor.meta.vocab_size is None:
         from mlrun.prediction.tables import read_feature_columns
 

@@ -147,9 +147,10 @@ LABEL_COLUMNS = ("label", "target", "y")
 
 def read_feature_columns(path: Path, predictor) -> Inputs:
     """Array sources (digits, npz, ...): one numeric column per input feature, in training order,
-    plus an optional label / target / y column; raw values, standardised here as in training. A
-    source that made images of its rows (digits `as_image`: 64 pixels as 1x8x8, scaled) records
-    the scale and shape, and new rows get both."""
+    plus an optional label / target / y column; raw values, standardised here as in training. Samples
+    of more dimensions (npz images) are rows of all their values in row-major order, reshaped here; a
+    source that made images of its rows (digits `as_image`: 64 pixels as 1x8x8, scaled) records the
+    scale and shape, and new rows get both."""
     frame = read_frame(path)
     label = next((c for c in LABEL_COLUMNS if c in frame.columns), None)
     columns = [c for c in frame.columns if c != label]
