@@ -300,6 +300,7 @@ def main() -> None:
 
         jsonout.reserve_stdout()  # from here on only the command's JSON document reaches stdout
     signal.signal(signal.SIGTERM, _terminated)  # a training loop installs its own while it runs
+    _MAIN_PID.append(os.getpid())
     try:
         app(standalone_mode=False)
         if _close_process_group():
@@ -311,11 +312,13 @@ def main() -> None:
     except typer.TyperException as exc:  # typer's own (bundled) click: a usage error on the command line
         message = exc.format_message()
         option, context = getattr(exc, "option_name", None), getattr(exc, "ctx", None)
-        if option and context and _other_command_takes(option, context.command.name):  # `validate --json`
-            name = context.command.name
-            message = f"{message}: other commands take it, mlrun {name} does not; mlrun {name} --help lists its options"
+        command = context.command.name if context and context.parent is not None else None  # None: `mlrun --x`
+        if option and command and _other_command_takes(option, command):  # `validate --json`
+            message = (
+                f"{message}: other commands take it, mlrun {command} does not; mlrun {command} --help lists its options"
+            )
             print(f"mlrun: error: {message}", file=sys.stderr)
-        elif option and context and any(p.name == "overrides" for p in context.command.params):  # `--epochs 3`
+        elif option and command and any(p.name == "overrides" for p in context.command.params):  # `--epochs 3`
             from mlrun.commands.usage import override_for_option
 
             message = f"{message}: {override_for_option(option, _after(option))}"
@@ -337,11 +340,18 @@ def _other_command_takes(option: str, command: str) -> bool:
     return any(flag in getattr(p, "opts", []) for name, c in commands.items() if name != command for p in c.params)
 
 
+_MAIN_PID: list[int] = []  # the process whose SIGTERM is reported; forked data workers die as before
+
+
 def _terminated(signum, frame) -> None:
     """SIGTERM outside a training loop (loading, measuring, between stages): one message and exit 143
     instead of a silent death; the loop itself checkpoints first."""
+    if os.getpid() not in _MAIN_PID:  # a DataLoader worker forked with this handler: die by the signal
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     raise RunInterrupted(
-        "stopped by SIGTERM outside a training loop; what was saved is kept and the same command goes on from it",
+        "stopped by SIGTERM outside a training loop; the files it wrote so far are kept (a rerun reuses finished work)",
         exit_code=128 + signal.SIGTERM,
     )
 

@@ -19,6 +19,7 @@ from tests.conftest import REPO, run_cli, tiny_config, write_config
             ["validate", "c.yaml", "--trials", "3"],
             "other commands take it, mlrun validate does not; mlrun validate --help",
         ),
+        (["--trials", "3"], "No such option: --trials"),
     ],
 )
 def test_command_line_usage_errors_exit_2_with_a_suggestion(tmp_path, args, says):
@@ -98,6 +99,7 @@ def test_third_party_notices_are_hidden_unless_debug(tmp_path):
     assert "torchvision" not in exported.stderr and "pre-processing" not in exported.stderr
 
 
+@pytest.mark.e2e  # a process of its own, signalled
 def test_sigterm_outside_a_training_loop_is_one_message_and_exit_143(tmp_path):
     """validate's one batch runs a forward that sleeps: SIGTERM there ends the command with a message
     (it died silently), once mlrun's handler is in place (read from /proc, so no guessing at timing)."""
@@ -122,8 +124,12 @@ def test_sigterm_outside_a_training_loop_is_one_message_and_exit_143(tmp_path):
         if int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16) & caught:
             break
         time.sleep(0.05)
-    time.sleep(1.0)  # into the build and the sleeping forward
+    time.sleep(1.0)  # somewhere in loading, building or the sleeping forward: all outside a training loop
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
+    try:
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
     assert process.returncode == 143, stderr
     assert "mlrun: interrupted: stopped by SIGTERM outside a training loop" in stderr and "Traceback" not in stderr

@@ -192,14 +192,8 @@ def start_workers(options: StudyOptions, storage: str, count: int) -> list[subpr
         arguments += ["--timeout", str(options.timeout_s)]
     # Each worker numbered (MLRUN_TUNE_WORKER) for its log; samplers seed each trial by its number (tuning/study.py).
     threads = share_threads(count + 1)
-    from mlrun import jsonout
-
-    # Their trial lines go where this process's go: stdout, unless --json keeps stdout for its document.
-    out = sys.stderr if jsonout.active() else None
-    return [
-        start_mlrun(arguments, env={"MLRUN_TUNE_WORKER": str(index), **threads}, stdout=out)
-        for index in range(1, count + 1)
-    ]
+    # Their trial lines go where this process's go: stdout, which --json has already pointed at stderr.
+    return [start_mlrun(arguments, env={"MLRUN_TUNE_WORKER": str(index), **threads}) for index in range(1, count + 1)]
 
 
 def share_threads(processes: int) -> dict[str, str]:
