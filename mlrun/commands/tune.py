@@ -68,7 +68,7 @@ def run_tune(
 
 def counted(number: float, unit: str) -> str:
     """`3 epochs`, `1 epoch`, `2.5 epochs`."""
-    return f"{number:g} {unit}{'' if number == 1 else 's'}"
+    return f"{number:.10g} {unit}{'' if number == 1 else 's'}"  # whole counts stay whole, however large
 
 
 def none_completed(summary: dict) -> str | None:

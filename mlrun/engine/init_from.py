@@ -197,7 +197,11 @@ def _why_so_little(report: dict[str, Any], path: Path) -> str:
     import yaml
 
     config = path.parent / "config.yaml"
-    edits = (yaml.safe_load(config.read_text()) or {}).get("model_edits") if config.is_file() else None
+    try:
+        recorded = yaml.safe_load(config.read_text()) if config.is_file() else None
+    except (OSError, yaml.YAMLError):  # advice only: a config it cannot read gives the general advice
+        recorded = None
+    edits = recorded.get("model_edits") if isinstance(recorded, dict) else None
     if edits:
         kinds = sorted({edit.get("op", "edit") for edit in edits if isinstance(edit, dict)})
         return (

@@ -42,11 +42,7 @@ def resolve_weights(run_dir: Path, checkpoint: str) -> Path:
             tuned = run_dir / "train"
             raise UsageError(
                 f"'{run_dir}' is a compress stage: it holds its result only (--checkpoint final)"
-                + (
-                    f"; its fine-tuning is a run of its own: mlrun eval {tuned} --checkpoint best"
-                    if tuned.is_dir()
-                    else ""
-                )
+                + (f"; its fine-tuning is a run of its own, with its checkpoints: {tuned}" if tuned.is_dir() else "")
             )
         if not path.is_file():
             status = (read_summary(run_dir) or {}).get("status", "unknown")

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mlrun.errors import UsageError
+
 QUANTIZATIONS = ("none", "int8", "int8-static", "fp16", "bf16")
 
 
@@ -127,4 +129,9 @@ def deployed_quantization(run_dir: Path) -> str:
     """How a folder's weights are deployed: a compress stage's stage.json says int8 once a qat stage ran
     (that stage and every later one); none for runs and other stages. eval, predict and export follow it."""
     stage = run_dir / "stage.json"
-    return (json.loads(stage.read_text()).get("quantize") if stage.is_file() else None) or "none"
+    if not stage.is_file():
+        return "none"
+    try:
+        return json.loads(stage.read_text()).get("quantize") or "none"
+    except (ValueError, AttributeError):
+        raise UsageError(f"'{stage}' is damaged (not a JSON record); rerun mlrun compress to write it again") from None
