@@ -574,15 +574,27 @@ def test_another_study_of_the_same_run_has_a_folder_of_its_own(tmp_path):
     assert first.returncode == 0, first.stderr
     own = tmp_path / "runs/study/tune"
     config_before = (own / "trial-0000/config.yaml").read_text()
-    other = run_cli("tune", path, "train.epochs=2", "--study", "longer runs", "--json", cwd=tmp_path)
+    other = run_cli("tune", path, "train.epochs=2", "--study", "longer", "--json", cwd=tmp_path)
     assert other.returncode == 0, other.stderr
-    assert json.loads(other.stdout)["folder"] == str(Path("runs/study/tune-longer_runs"))
-    assert (
-        yaml.safe_load((tmp_path / "runs/study/tune-longer_runs/trial-0000/config.yaml").read_text())["train"]["epochs"]
-        == 2
-    )
+    assert json.loads(other.stdout)["folder"] == str(Path("runs/study/tune-longer"))
+    longer = yaml.safe_load((tmp_path / "runs/study/tune-longer/trial-0000/config.yaml").read_text())
+    assert longer["train"]["epochs"] == 2
     assert (own / "trial-0000/config.yaml").read_text() == config_before
     assert [row["number"] for row in trials_csv(tmp_path)] == ["0", "1"]  # the run's own study's table
+    # A name that is no folder name keeps apart from its look-alike: "a b" and "a_b" get two folders.
+    from mlrun.config.load import load_config
+    from mlrun.tuning.runner import study_folder
+
+    config = load_config(path)
+    assert study_folder(config, "a b") != study_folder(config, "a_b") == Path("runs/study/tune-a_b")
+    # A study begun in tune/'s journal before studies had folders of their own goes on there.
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = optuna.storages.JournalStorage(JournalFileBackend(str(own / "journal.log")))
+    optuna.create_study(study_name="earlier", storage=journal, direction="maximize")
+    earlier = run_cli("tune", path, "train.epochs=1", "--study", "earlier", "--trials", "1", "--json", cwd=tmp_path)
+    assert earlier.returncode == 0 and json.loads(earlier.stdout)["folder"] == str(Path("runs/study/tune"))
 
 
 def test_a_trial_is_not_pruned_at_its_last_evaluation(tmp_path):

@@ -10,6 +10,7 @@ reports nothing (a `--workers` helper, a rank other than 0).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -45,7 +46,7 @@ def run_search(config: ExperimentConfig, options: StudyOptions) -> dict | None:
 
         check_objectives(config)
     check_space(options.path, list(options.overrides), config.tune)
-    tune_dir = study_folder(config, options.study_name)
+    tune_dir = study_folder(config, options.study_name, options.storage)
     check_writable(tune_dir)
     if config.tune.objectives is not None:
         from mlrun.tuning.compress_search import run_compress_search
@@ -64,13 +65,32 @@ def run_search(config: ExperimentConfig, options: StudyOptions) -> dict | None:
     return run_study(config, options, tune_dir)
 
 
-def study_folder(config: ExperimentConfig, study_name: str) -> Path:
+def study_folder(config: ExperimentConfig, study_name: str, storage: str | None = None) -> Path:
     """runs/<name>/tune/ for the run's own study (named after the run; `<name>-compress` for a compress
     search); runs/<name>/tune-<study>/ for another (`--study NAME`), so two studies never write each
-    other's trial folders, trials.csv or best.yaml."""
+    other's trial folders, trials.csv or best.yaml. A name changed to fit a folder name gets a hash of
+    itself ("a b" and "a_b" stay apart); a study begun in tune/'s journal before studies had folders
+    of their own goes on there."""
     run = Path(config.output_dir) / config.name
     own = f"{config.name}-compress" if config.tune.objectives is not None else config.name
-    return run / "tune" if study_name == own else run / f"tune-{re.sub(r'[^A-Za-z0-9._-]', '_', study_name)}"
+    if study_name == own:
+        return run / "tune"
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", study_name)
+    if safe != study_name:
+        safe += "-" + hashlib.sha1(study_name.encode()).hexdigest()[:8]
+    folder, earlier = run / f"tune-{safe}", run / "tune" / "journal.log"
+    if storage is None and not folder.exists() and earlier.is_file() and study_name in journal_studies(earlier):
+        return run / "tune"
+    return folder
+
+
+def journal_studies(path: Path) -> set[str]:
+    """The names of the studies a journal file holds."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    return {study.study_name for study in storage.get_all_studies()}
 
 
 def run_population(config: ExperimentConfig, options: StudyOptions, tune_dir: Path) -> dict:
