@@ -253,3 +253,26 @@ def test_compress_table_notes_noisy_latency_and_slow_int8_stages():
     assert "latency of 2-qat varied by up to 90%" in noisy and "not to be trusted" in noisy
     assert slow.startswith("2-qat run int8 through torch._int_mm") and "--format onnx --quantize int8" in slow
     assert latency_notes([{**r, "latency_spread": 0.0} for r in rows[:1]]) == []
+
+
+def test_the_trained_models_figures_are_kept_unless_a_busy_cpu_timed_them(tmp_path: Path, monkeypatch) -> None:
+    """trained.json is reused by reruns (same key), except a record whose timing spread says the CPU was
+    busy: a rerun on a quiet machine then measures again and mends it."""
+    from types import SimpleNamespace
+
+    from mlrun.compression import run
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"0" * 10)
+    source = SimpleNamespace(key="k1", weights=weights)
+    measured = []
+    monkeypatch.setattr(run, "measure", lambda model, parts, q: measured.append(1) or {"latency_spread": 0.1})
+    trained = SimpleNamespace(parts=SimpleNamespace(model=None))
+    (tmp_path / "trained.json").write_text(json.dumps({"key": "k1", "figures": {"latency_spread": 0.05, "x": 1}}))
+    assert run.trained_figures(trained, source, tmp_path) == {"latency_spread": 0.05, "x": 1} and not measured
+    (tmp_path / "trained.json").write_text(json.dumps({"key": "k1", "figures": {"latency_spread": 0.9}}))
+    assert run.trained_figures(trained, source, tmp_path)["latency_spread"] == 0.1 and measured == [1]
+    assert json.loads((tmp_path / "trained.json").read_text())["figures"]["file_bytes"] == 10  # mended on disk
+    source.key = "retrained"
+    run.trained_figures(trained, source, tmp_path)
+    assert measured == [1, 1]  # other weights: measured again

@@ -80,7 +80,7 @@ def latency_notes(rows: list[dict[str, Any]]) -> list[str]:
         notes.append(
             f"latency of {', '.join(row['stage'] for row in noisy)} varied by up to {100 * worst:.0f}% between "
             "repeats (another process busy on the CPU): the ms and speedup columns are not to be trusted; "
-            "rerun on a quiet machine"
+            "on a quiet machine a rerun times the trained model again, and a stage again once its folder is removed"
         )
     slow = slower_int8_stages(rows)
     if slow:

@@ -127,8 +127,8 @@ def objective(path: Path, overrides: list[str], config: ExperimentConfig, tune_d
         trial.set_user_attr("figures", {k: score(last, k) for k in ("file_bytes", "latency_ms_b1", "latency_ms_b64")})
         trial.set_user_attr("metrics", last["metrics"])
         trial.set_user_attr("vs_trained", last["vs_trained"])
-        # The worst timing spread behind the speedup: the trained model's (timed once a search) and the stage's.
-        trial.set_user_attr("latency_spread", max(row.get("latency_spread", 0.0) for row in (trained, last)))
+        # Whether the timings behind the speedup are trusted: the trained model's (once a search) and the stage's.
+        trial.set_user_attr("latency_trusted", trained["latency_trusted"] and last["latency_trusted"])
         trial.set_user_attr(
             "trained", {k: trained[k] for k in ("metrics", "file_bytes", "latency_ms_b1", "latency_ms_b64")}
         )

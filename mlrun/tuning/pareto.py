@@ -12,7 +12,6 @@ import csv
 import warnings
 from pathlib import Path
 
-from mlrun.compression.measure import SPREAD_LIMIT
 from mlrun.tuning.report import first_failure
 from mlrun.tuning.space import decode
 
@@ -59,7 +58,7 @@ def member(trial, tune) -> dict:
         "metrics": trial.user_attrs.get("metrics", {}),
         "vs_trained": trial.user_attrs.get("vs_trained", {}),
         # False when another process held the CPU while the trained model or the stage was timed.
-        "latency_trusted": trial.user_attrs.get("latency_spread", 0.0) <= SPREAD_LIMIT,
+        "latency_trusted": trial.user_attrs.get("latency_trusted", True),
     }
 
 
@@ -136,8 +135,8 @@ def front_table(summary: dict) -> str:
     if all(row["latency_trusted"] for row in summary["front"]):
         return table
     return table + (
-        f"\n? timed while another process held the CPU (spread above {SPREAD_LIMIT:.0%} of the median): that "
-        "speedup and latency are not to be trusted; search on a quiet machine when latency matters"
+        "\n? timed while another process held the CPU (its timings spread too wide): that speedup and latency "
+        "are not to be trusted; search on a quiet machine when latency matters"
     )
 
 
