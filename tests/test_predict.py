@@ -382,41 +382,45 @@ def test_eval_on_another_folder_keeps_the_runs_normalisation(tmp_path):
     assert recorded["mean"] != [0.5]
 
 
+def cnn_predictions(folder: Path, name: str, data: dict, images: np.ndarray) -> tuple[dict, list[int], list[int]]:
+    """Train a small CNN on `data`, predict folder/rows.csv with it: (predict's report, the classes it
+    predicted, the model's own classes for `images`, the samples those rows hold)."""
+    from mlrun.engine.restore import load_trained
+
+    config = {
+        "name": name,
+        "model": {"name": "cnn", "channels": [8]},
+        "data": {**data, "batch_size": 64},
+        "metrics": ["accuracy"],
+        "train": {"epochs": 1, "eval_every": "1ep", "checkpoint_every": None},
+        "tracking": ["jsonl"],
+    }
+    assert run_cli("train", write_config(folder, config), cwd=folder).returncode == 0
+    report = cli_json(folder, "predict", f"runs/{name}", "rows.csv")
+    model = load_trained(folder / "runs" / name).parts.model
+    with torch.no_grad():
+        expected = model(torch.as_tensor(images, dtype=torch.float32)).argmax(-1).tolist()
+    return report, [int(str(row["prediction"]).removeprefix("class_")) for row in report["predictions"]], expected
+
+
 def test_digits_as_images_predict_from_a_table_of_64_pixel_columns(tmp_path):
     """digits `as_image` trains on 1x8x8 images scaled by 1/16: a table of raw pixels gets the same."""
     from sklearn.datasets import load_digits
-
-    from mlrun.engine.restore import load_trained
 
     digits = load_digits()
     with (tmp_path / "rows.csv").open("w", newline="") as file:
         out = csv.writer(file)
         out.writerow([*(f"pixel_{i}" for i in range(64)), "target"])
         out.writerows([*map(int, x), int(y)] for x, y in zip(digits.data[:40], digits.target[:40]))
-    config = {
-        "name": "cnn",
-        "model": {"name": "cnn", "channels": [8, 16]},
-        "data": {"name": "digits", "as_image": True, "batch_size": 64},
-        "metrics": ["accuracy"],
-        "optimizer": {"name": "adamw", "lr": 3e-3},
-        "train": {"epochs": 2, "eval_every": "1ep", "checkpoint_every": None},
-        "tracking": ["jsonl"],
-    }
-    assert run_cli("train", write_config(tmp_path, config), cwd=tmp_path).returncode == 0
-    report = cli_json(tmp_path, "predict", "runs/cnn", "rows.csv")
-    model = load_trained(tmp_path / "runs/cnn").parts.model
-    with torch.no_grad():
-        images = torch.tensor(digits.data[:40] / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
-        expected = model(images).argmax(-1).tolist()
-    assert [int(str(row["prediction"]).removeprefix("class_")) for row in report["predictions"]] == expected
+    images = (digits.data[:40] / 16.0).reshape(-1, 1, 8, 8)
+    report, got, expected = cnn_predictions(tmp_path, "cnn", {"name": "digits", "as_image": True}, images)
+    assert got == expected
     assert report["scores"]["accuracy"] == pytest.approx(np.mean(np.array(expected) == digits.target[:40]))
 
 
 def test_npz_images_predict_from_a_table_of_their_values_in_row_major_order(tmp_path):
     """An npz source keeps its samples' shape (1x8x8 here) and values as stored: a row of 64 values is one sample."""
     from sklearn.datasets import load_digits
-
-    from mlrun.engine.restore import load_trained
 
     digits = load_digits()
     images = (digits.data / 16.0).reshape(-1, 1, 8, 8).astype(np.float32)
@@ -425,17 +429,5 @@ def test_npz_images_predict_from_a_table_of_their_values_in_row_major_order(tmp_
         out = csv.writer(file)
         out.writerow([f"v{i}" for i in range(64)])
         out.writerows(image.reshape(-1).tolist() for image in images[:30])
-    config = {
-        "name": "npz_cnn",
-        "model": {"name": "cnn", "channels": [8]},
-        "data": {"name": "npz", "path": "digits.npz", "batch_size": 64},
-        "train": {"epochs": 1, "eval_every": "1ep", "checkpoint_every": None},
-        "tracking": ["jsonl"],
-    }
-    assert run_cli("train", write_config(tmp_path, config), cwd=tmp_path).returncode == 0
-    report = cli_json(tmp_path, "predict", "runs/npz_cnn", "rows.csv")
-    model = load_trained(tmp_path / "runs/npz_cnn").parts.model
-    with torch.no_grad():
-        expected = model(torch.from_numpy(images[:30])).argmax(-1).tolist()
-    assert [int(str(row["prediction"]).removeprefix("class_")) for row in report["predictions"]] == expected
-    assert report["scores"] is None
+    report, got, expected = cnn_predictions(tmp_path, "npz_cnn", {"name": "npz", "path": "digits.npz"}, images[:30])
+    assert got == expected and report["scores"] is None
