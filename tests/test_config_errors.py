@@ -188,3 +188,8 @@ def test_one_entry_of_the_search_space_is_set_by_its_dotted_key(tmp_path):
         run_cli("validate", tune, "tune.space.optimizer.lr.hgh=0.02", cwd=REPO),
         "tune.space.optimizer.lr.hgh: unknown key. Did you mean 'high'? Allowed here: type, low, high",
     )
+    assert_usage_error(  # a setting of an entry the space does not have
+        run_cli("validate", tune, "tune.space.optimizer.momentum.high=0.3", cwd=REPO),
+        "tune.space has no entry 'optimizer.momentum' (it has: optimizer.lr,",
+        "add it whole, e.g. tune.space.optimizer.momentum={type: float",
+    )

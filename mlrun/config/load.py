@@ -17,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from mlrun.config.errors import SourceMap, validation_error_message
-from mlrun.config.schema import ExperimentConfig
+from mlrun.config.schema import ExperimentConfig, ParamSpec
 from mlrun.errors import UsageError
 
 KeyPath = tuple[str | int, ...]
@@ -178,6 +178,7 @@ def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> None:
         if path in DOTTED_KEYS and isinstance(target, dict):  # `tune.space.optimizer.lr.high=...`
             parts = [*parts[:index], *_dotted_key(target, parts[index:])]
             if index == len(parts) - 1:
+                _check_new_entry(parts[-1], _dotted(path), origin, target)
                 break
         part, index = parts[index], index + 1
         step: str | int = int(part) if isinstance(target, list) and part.isdigit() else part
@@ -217,6 +218,18 @@ def _dotted_key(mapping: dict[str, Any], rest: list[str]) -> list[str]:
         if ".".join(rest[:end]) in mapping:
             return [".".join(rest[:end]), *rest[end:]]
     return [".".join(rest)]
+
+
+def _check_new_entry(key: str, mapping: str, origin: str, target: dict[str, Any]) -> None:
+    """A new search-space key that ends in an entry's setting (`optimizer.momentum.high`) meant an entry
+    the space does not have: say so, rather than fail on a malformed entry named with the setting."""
+    entry, _, setting = key.rpartition(".")
+    if entry and setting in ParamSpec.model_fields:
+        existing = ", ".join(target) or "none"
+        raise UsageError(
+            f"{origin}: {mapping} has no entry '{entry}' (it has: {existing}); add it whole, e.g. "
+            f"{mapping}.{entry}={{type: float, low: ..., high: ...}}"
+        )
 
 
 def _record_children(value: Any, at: KeyPath, origin: str, sources: SourceMap) -> None:
