@@ -105,9 +105,8 @@ def print_study(summary: dict, tune) -> None:
             f"with {best['params']}"
         )
         print(
-            f"mlrun: {near['trials']} completed trial{'s' if near['trials'] != 1 else ''} within "
-            f"{near['tolerance']:g} of the best {tune.metric} "
-            f"(tune.near_best, in the metric's own units)"
+            f"mlrun: {counted(near['trials'], 'completed trial')} within {near['tolerance']:g} of the best "
+            f"{tune.metric} (tune.near_best, in the metric's own units)"
         )
         print(
             f"mlrun: wrote {tune_dir / 'best.yaml'} (train it: mlrun train {tune_dir / 'best.yaml'}), "

@@ -114,11 +114,8 @@ def objective(path: Path, overrides: list[str], config: ExperimentConfig, tune_d
 
     def run(trial) -> list[float]:
         params = {key: suggest(trial, key, spec) for key, spec in tune.space.items()}
-        try:
-            trial_config = load_config(path, [*overrides, *(as_override(k, v) for k, v in params.items())])
-        except UsageError as exc:  # a sampled combination the config rejects: recorded, not fatal
-            trial.set_user_attr("error", str(exc))
-            raise
+        # A sampled combination the config rejects fails the trial alone (run_trials records the error).
+        trial_config = load_config(path, [*overrides, *(as_override(k, v) for k, v in params.items())])
         trial_dir, shared = tune_dir / f"trial-{trial.number:04d}", tune_dir / "stages"
         report = run_compress(trial_config.compress, source_dir, root=trial_dir, shared_stages=shared)
         trained, last = report["stages"][0], report["stages"][-1]

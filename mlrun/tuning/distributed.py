@@ -13,7 +13,7 @@ from accelerate import PartialState
 
 from mlrun.errors import RunFailed, UsageError
 from mlrun.tuning.objective import broadcast, train_trial
-from mlrun.tuning.report import trial_line
+from mlrun.tuning.report import record_failure, trial_line
 from mlrun.tuning.space import suggest
 
 
@@ -31,7 +31,7 @@ def run_distributed_trials(path: Path, overrides: list[str], tune, tune_dir: Pat
             _, value = train_trial(path, overrides, tune, tune_dir, trial, params, number)
         except (UsageError, RunFailed) as exc:
             if main:
-                trial.set_user_attr("error", str(exc))
+                record_failure(trial, exc)
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
             continue
         if main:

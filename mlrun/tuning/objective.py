@@ -98,12 +98,8 @@ def train_trial(path: Path, overrides: list[str], tune: TuneConfig, tune_dir: Pa
     if trial is not None:
         trial.set_user_attr("run_dir", str(tune_dir / name))
         trial.set_user_attr("pid", os.getpid())  # which worker process ran it
-    try:
-        config = load_config(path, trial_overrides(overrides, params, name, tune_dir))
-    except UsageError as exc:  # a sampled combination the config rejects: recorded, not fatal
-        if trial is not None:
-            trial.set_user_attr("error", str(exc))
-        raise
+    # A sampled combination the config rejects fails the trial alone (its caller records the error).
+    config = load_config(path, trial_overrides(overrides, params, name, tune_dir))
     started, started_at = time.perf_counter(), time.time()
     reporter = PruningReporter(trial, tune)
     try:

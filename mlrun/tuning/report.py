@@ -3,6 +3,7 @@ and the end report's figures: the compute the study spent and how many trials ca
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import warnings
@@ -30,6 +31,16 @@ def trial_line(trial) -> str:
     origin = origin_of(trial)
     origin = "" if origin == "sampler" else f" [{origin}]"
     return f"trial {trial.number:>4} {trial.state.name:<8}{value}{duration}{origin} {params}{error}"
+
+
+def record_failure(trial, exc: BaseException) -> None:
+    """A failed trial's error, for its line and trials.csv: a run's failure without its advice on resuming
+    (a trial is not resumed by hand). Skipped when the storage cannot take it: it may be what failed."""
+    from mlrun.errors import RunFailed
+
+    with contextlib.suppress(Exception):
+        if "error" not in trial.user_attrs:
+            trial.set_user_attr("error", exc.reason if isinstance(exc, RunFailed) else str(exc))
 
 
 def first_failure(study) -> dict | None:

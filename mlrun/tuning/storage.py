@@ -76,7 +76,7 @@ def optimize(study, objective: Callable, *, target: int, timeout: float | None, 
     """`study.optimize` that outlives database outages: each outage fails the trial it interrupted."""
     import optuna
 
-    from mlrun.errors import RunFailed
+    from mlrun.tuning.report import record_failure
 
     errors = storage_errors()
     ask_within_target(study, target)
@@ -90,9 +90,7 @@ def optimize(study, objective: Callable, *, target: int, timeout: float | None, 
         except optuna.TrialPruned:
             raise
         except Exception as exc:  # the trial fails; its error goes to the trial line and trials.csv
-            with contextlib.suppress(Exception):  # not when the storage itself is what failed
-                if "error" not in trial.user_attrs:
-                    trial.set_user_attr("error", exc.reason if isinstance(exc, RunFailed) else str(exc))
+            record_failure(trial, exc)
             raise
         if any(math.isnan(v) for v in (values if isinstance(values, (list, tuple)) else [values])):
             trial.set_user_attr("error", "its value is NaN: the run diverged or logged no finite figure")
