@@ -82,7 +82,7 @@ def latency_notes(rows: list[dict[str, Any]]) -> list[str]:
             "repeats (another process busy on the CPU): the ms and speedup columns are not to be trusted; "
             "on a quiet machine a rerun times the trained model again, and a stage again once its folder is removed"
         )
-    slow = slower_int8_stages(rows)
+    slow = slower_int8_stages(rows, margin=1.0 + SPREAD_LIMIT)
     if slow:
         why = "this CPU has no VNNI int8 instructions" if cpu_has_vnni() is False else "on this CPU"
         notes.append(
@@ -93,8 +93,8 @@ def latency_notes(rows: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
-def slower_int8_stages(rows: list[dict[str, Any]], margin: float = 1.25) -> list[dict[str, Any]]:
-    """int8 stages slower by more than timing noise (`margin`, the spread the latency notes trust), at
+def slower_int8_stages(rows: list[dict[str, Any]], margin: float) -> list[dict[str, Any]]:
+    """int8 stages slower by more than timing noise (`margin`: 1 + the spread the latency notes trust), at
     batch 1 or 64, than the trained model or than the last fp32 model before them (a qat stage after a
     factorized, faster stage can beat the trained model and still lose 3x to its input)."""
     slow, fp32 = [], []
