@@ -1,7 +1,8 @@
 """Third-party notices a user can do nothing about, hidden unless `--debug`.
 
 Each is matched by the logger it comes from and the opening words of its text, so every other warning of
-those libraries still shows. `mlrun train c.yaml --debug` shows them all.
+those libraries still shows; torch's C++ profiler writes past any logger, so its notices are filtered from
+file descriptor 2 while it runs. `mlrun train c.yaml --debug` shows them all.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import contextlib
 import importlib
 import logging
 import os
+import sys
+import tempfile
 import warnings
 
 # (logger name, message prefix); "" is the root logger, which onnxruntime logs to directly.
@@ -26,6 +29,15 @@ HIDDEN = (
     # subgraphs and leaves one unfolded when numpy cannot evaluate it (seen in a LoRA BERT's export): the
     # graph stays correct, and export verifies its outputs against the PyTorch model.
     ("onnxscript.optimizer._constant_folding", "Evaluation failed"),
+)
+
+
+# Lines torch's C++ side writes straight to file descriptor 2 while its profiler runs, past any logger:
+# Kineto's trace points at the profile's start and stop, and the allocator's note that blocks allocated
+# before the profile will show no deallocation (mlrun's memory figure counts them from the timeline).
+NATIVE_HIDDEN = (
+    b"SyncActivityProfilerHandler.cpp",
+    b"Memory block of unknown size was allocated before the profiling started",
 )
 
 
@@ -50,6 +62,29 @@ def hide_third_party_notices() -> None:
         logger = logging.getLogger(name or None)
         if not any(isinstance(f, _Drop) for f in logger.filters):
             logger.addFilter(_Drop(prefixes))
+
+
+@contextlib.contextmanager
+def native_notices_hidden():
+    """Runs the block with file descriptor 2 captured, then writes back every line but NATIVE_HIDDEN's (in
+    order, after the block). A no-op under --debug."""
+    if os.environ.get("MLRUN_DEBUG"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured if not any(notice in line for notice in NATIVE_HIDDEN)]
+            with os.fdopen(os.dup(2), "wb") as stderr:
+                stderr.writelines(kept)
 
 
 @contextlib.contextmanager

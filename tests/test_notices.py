@@ -44,3 +44,21 @@ def test_onnxscript_constant_folding_failures_are_hidden_and_its_other_warnings_
     messages = [record.getMessage() for record in caplog.records]
     assert not [m for m in messages if "Evaluation failed" in m], messages
     assert "Some other warning" in messages  # the library's other warnings still show
+
+
+def test_the_profilers_native_notices_are_hidden_and_other_native_lines_kept(capfd, monkeypatch):
+    """Kineto's trace points and the allocator's note reach file descriptor 2 past any logger; the block's
+    other lines on that descriptor come back in order after it."""
+    import os
+
+    from mlrun.notices import native_notices_hidden
+
+    monkeypatch.delenv("MLRUN_DEBUG", raising=False)
+    with native_notices_hidden():
+        os.write(2, b"USDT:2026-12-07 14:55:52 1:1 SyncActivityProfilerHandler.cpp:52] profiler_start\n")
+        os.write(2, b"a C library's own error\n")
+        os.write(
+            2, b"[W1207 CPUAllocator.cpp:245] Memory block of unknown size was allocated before the profiling started\n"
+        )
+        os.write(2, b"and its second line\n")
+    assert capfd.readouterr().err == "a C library's own error\nand its second line\n"

@@ -85,6 +85,13 @@ def test_memory_advice_speaks_only_of_savings_worth_a_change(tmp_path, monkeypat
     assert "bf16" not in lines(parameters=mb, optimizer_state=2 * mb, activations=60 * mb, device="cpu")
 
 
+def test_profile_prints_no_native_profiler_notices(tmp_path):
+    """torch.profiler's C++ side writes its start/stop trace points and an allocator note to stderr."""
+    result = run_cli("profile", write_config(tmp_path, tiny_config()), "--steps", "3", "--warmup", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "profiler_start" not in result.stderr and "Memory block of unknown size" not in result.stderr, result.stderr
+
+
 def test_trace_is_written(tmp_path):
     f = profile(tmp_path, tiny_config(), "--trace")
     assert list((tmp_path / "runs" / "tiny" / "profile" / "trace").glob("*.json"))

@@ -142,7 +142,8 @@ ALLOWED_IMPORTS = {
     "export": {"config", "data", "errors", "metrics", "models", "registry"},
     # child_process: profile --matrix runs each case, tune --workers each worker, as `python -m mlrun`;
     # tracking: the study's MLflow run; compression: a compress search (tune.objectives) runs the chain per trial.
-    "profiling": {"child_process", "config", "data", "energy", "engine", "errors", "memory"},
+    # notices: the profiler's native notices on file descriptor 2.
+    "profiling": {"child_process", "config", "data", "energy", "engine", "errors", "memory", "notices"},
     "tuning": {"callbacks", "child_process", "compression", "config", "engine", "errors", "tracking"},
     "reporting": {"errors"},
     "prediction": {"config", "data", "engine", "errors", "export", "models"},

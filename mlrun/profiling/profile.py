@@ -28,6 +28,7 @@ from mlrun.memory.measure import (
     optimizer_state_bytes,
     parameter_bytes,
 )
+from mlrun.notices import native_notices_hidden
 from mlrun.profiling.device import peak_flops, synchronize
 
 PHASES = ("data", "forward", "backward", "optimizer")
@@ -75,7 +76,7 @@ def profile_config(
             _optimizer_step(step, batches, augment, state, accum, None)
         timer = PhaseTimer(device, times)
         step.mark = timer
-        with _trace(trace_dir) as tracer:
+        with native_notices_hidden(), _trace(trace_dir) as tracer:
             meter = _energy_meter(config, device)
             start = time.perf_counter()
             samples = sum(_optimizer_step(step, batches, augment, state, accum, timer, tracer) for _ in range(steps))
@@ -100,7 +101,8 @@ def profile_config(
     else:
         # What training added to resident memory, on top of the parameters that existed before it.
         memory["resident_peak"] = memory["parameters"] + resident.peak - resident.base
-        tensors = live_tensor_peak(lambda: _optimizer_step(step, batches, augment, state, accum, None), device)
+        with native_notices_hidden():
+            tensors = live_tensor_peak(lambda: _optimizer_step(step, batches, augment, state, accum, None), device)
         memory["measured_peak"] = memory["resident_peak"] if tensors is None else tensors
         peak_source = "resident memory" if tensors is None else "live tensors: profiler memory timeline of one step"
     predicted = None
