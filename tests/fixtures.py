@@ -258,3 +258,14 @@ def recording_data(seed: int, /, *, ids_file: str):
     bundle = synthetic(seed, num_samples=640, num_features=16)
     bundle.train = _RecordingArrays(bundle.train.inputs, bundle.train.targets, ids_file)
     return bundle
+
+
+def warning_stage(model: nn.Module, context, /):
+    """A compress stage that changes nothing and warns, as a library it calls might (Python shows a
+    UserWarning once per place in the code)."""
+    import warnings
+
+    from mlrun.compression.stage import Stage
+
+    warnings.warn("the stage's own warning", UserWarning, stacklevel=1)
+    return Stage(model=model)

@@ -212,6 +212,15 @@ def test_validate_applies_the_stages_to_the_model_as_built_then_to_the_trained_r
     assert not (tmp_path / "runs/base/compress").exists()
 
 
+def test_a_warning_a_stage_gives_while_the_chain_is_checked_shows_when_it_runs(tmp_path: Path) -> None:
+    """The check before the chain applies every stage quietly; a warning it hid there (shown once per place
+    in the code) still shows once, when the stage runs."""
+    config = with_stages(tmp_path, trained(tmp_path), [{"name": "tests.fixtures:warning_stage", "finetune": False}])
+    result = compress(tmp_path, config)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("UserWarning: the stage's own warning") == 1, result.stderr
+
+
 def test_huffman_size_follows_the_entropy() -> None:
     from mlrun.compression.huffman import entropy_coded_bytes, huffman_bits
 

@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ def run_compress(
     root = root or chain_folder(source_dir, specs, source.key)
     rows = [{"stage": "trained", "dir": str(source_dir), **trained_figures(trained, source, shared_stages or root)}]
     for index, spec in enumerate(specs, 1):
-        name = f"{index}-{spec.name}"
+        name = f"{index}-{re.sub(r'[^A-Za-z0-9._-]', '-', spec.name)}"  # user code "module:function" too
         stage_dir = shared_stages / f"{name}-{stage_key(spec, source.key)}" if shared_stages else root / name
         source = run_stage(spec, source, stage_dir)
         result = read_json(stage_dir / "stage.json")["result"]
@@ -321,9 +322,17 @@ def checked_chain(
     trained = load_trained(source_dir)  # exit 2 when the run has no final weights
     weights = trained.weights
     source = ModelSource(load_config(source_dir / "config.yaml"), weights, source_dir, None, file_key(weights))
-    with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():
+    with _quietly() if quiet else contextlib.nullcontext():
         check_stages(specs, trained, source)
     return specs, trained, source
+
+
+@contextlib.contextmanager
+def _quietly():
+    """Without stderr. The warnings hidden here are not marked as shown: Python shows a warning once per
+    place in the code, and catch_warnings resets that record on exit, so the run shows them."""
+    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        yield
 
 
 def check_stages(specs: list[StageSpec], trained, source: ModelSource) -> None:
