@@ -68,6 +68,21 @@ def test_changed_patience_restarts_the_early_stopping_count(tmp_path):
     assert done["status"] == "early_stopped" and done["steps"] == 64
 
 
+def test_a_finished_run_extended_starts_its_next_epoch_without_evaluating_its_last_step_again(tmp_path):
+    """A run that ends at an epoch's last step has ended that epoch: extended, it trains the next one, and
+    the step it ended at is evaluated once (a second evaluation counted as a bad one for early stopping)."""
+    config = early_stopping_config("more", patience=2)
+    config["train"]["epochs"] = 2
+    result, run = train(tmp_path, config)
+    assert result.returncode == 0 and read(run / "summary.json")["status"] == "completed", result.stderr
+    extended, _ = train(tmp_path, config, "train.epochs=4", "--resume", str(run / "checkpoints" / "step-00000032"))
+    assert extended.returncode == 0, extended.stderr
+    done = read(run / "summary.json")
+    assert done["status"] == "early_stopped" and done["steps"] == 48, done  # bad evaluations at 32 and 48
+    evaluated = [row["step"] for row in read_jsonl(run / "metrics.jsonl") if "val/loss" in row]
+    assert evaluated == [16, 32, 48], evaluated
+
+
 def interrupted_run(tmp_path: Path, name: str, keep_newest: bool = False) -> Path:
     """A run as a crash in its second epoch leaves it: a checkpoint at step 16, no summary.json."""
     config = tiny_config(name=name)

@@ -117,7 +117,9 @@ class TrainingLoop:
             loss, stepped = self.train_step(batch, state)
             self.window.add(loss, step_number, batch_len(batch) * processes)
             if stepped and self._after_optimizer_step():
-                return  # stopping mid-epoch: the position is in the state
+                if state.batch_in_epoch < self.parts.plan.batches_per_epoch:
+                    return  # stopping mid-epoch: the position is in the state
+                break  # at the epoch's last batch the epoch ends here, so that a resume starts the next one
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
         self._at_boundary("ep", state.epoch)
 
