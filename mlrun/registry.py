@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from mlrun.errors import UsageError, did_you_mean
+from mlrun.errors import MlrunError, UsageError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -127,8 +127,21 @@ class Registry:
         return dict(model.model_validate(settings))
 
     def build(self, name: str, *runtime: Any, **settings: Any) -> Any:
-        """Call the factory with runtime inputs and validated settings."""
-        return self.get(name)(*runtime, **self.validate(name, settings))
+        """Call the factory with runtime inputs and validated settings. The user's own factory
+        ("module:function") failing is named as theirs (exit 2); a ValueError is left to the caller, which
+        names the component, and a built-in entry failing is mlrun's bug (exit 1, traceback on --debug)."""
+        factory, settings = self.get(name), self.validate(name, settings)
+        if ":" not in name:
+            return factory(*runtime, **settings)
+        try:
+            return factory(*runtime, **settings)
+        except (ValueError, MlrunError):
+            raise
+        except Exception as exc:
+            raise UsageError(
+                f"{self.kind[:-1]} '{name}' (your factory) raised {type(exc).__name__}: {exc}; "
+                "fix it there (--debug shows its traceback)"
+            ) from exc
 
 
 def _import_path(path: str, kind: str) -> Callable[..., Any]:
@@ -142,10 +155,16 @@ def _import_path(path: str, kind: str) -> Callable[..., Any]:
             f"cannot import '{module_name}' for {kind[:-1]} '{path}': {exc}. Is it on PYTHONPATH?"
         ) from exc
     try:
-        return getattr(module, attr)
+        factory = getattr(module, attr)
     except AttributeError:
         public = [n for n in dir(module) if not n.startswith("_")]
         raise UsageError(f"module '{module_name}' has no '{attr}'.{did_you_mean(attr, public)}") from None
+    if not callable(factory):
+        raise UsageError(
+            f"{kind[:-1]} '{path}' is {type(factory).__name__} {factory!r:.40}, not a function or class; "
+            f"name the factory that builds the {kind[:-1]}"
+        )
+    return factory
 
 
 def _settings_model(factory: Callable[..., Any], title: str) -> type[BaseModel]:

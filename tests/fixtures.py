@@ -269,3 +269,13 @@ def warning_stage(model: nn.Module, context, /):
 
     warnings.warn("the stage's own warning", UserWarning, stacklevel=1)
     return Stage(model=model)
+
+
+def raising_stage(model: nn.Module, context, /):
+    """A compress stage with a bug of its own."""
+    raise RuntimeError("the stage's own bug")
+
+
+def model_not_stage(model: nn.Module, context, /):
+    """A compress stage that returns the model instead of a Stage."""
+    return model

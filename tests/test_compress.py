@@ -221,6 +221,23 @@ def test_a_warning_a_stage_gives_while_the_chain_is_checked_shows_when_it_runs(t
     assert result.stderr.count("UserWarning: the stage's own warning") == 1, result.stderr
 
 
+@pytest.mark.parametrize(
+    "stage, says",
+    [
+        (
+            "raising_stage",
+            "compress stage 'tests.fixtures:raising_stage' (your factory) raised RuntimeError: the stage's own bug",
+        ),
+        ("model_not_stage", "compress stage 'tests.fixtures:model_not_stage' returned MLP, not a mlrun.compression"),
+    ],
+)
+def test_a_user_stage_that_fails_or_returns_no_stage_exits_2_naming_it(tmp_path: Path, stage: str, says: str) -> None:
+    config = with_stages(tmp_path, trained(tmp_path), [{"name": f"tests.fixtures:{stage}", "finetune": False}])
+    result = compress(tmp_path, config)
+    assert result.returncode == 2 and says in result.stderr, result.stderr
+    assert not (tmp_path / "runs/base/compress").exists()
+
+
 def test_huffman_size_follows_the_entropy() -> None:
     from mlrun.compression.huffman import entropy_coded_bytes, huffman_bits
 

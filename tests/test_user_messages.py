@@ -104,6 +104,17 @@ def positional(meta, width=8):
 
 def five_outputs(meta, /):
     return nn.Linear(meta.input_shape[0], 5)
+
+
+def twelve_outputs(meta, /):
+    return nn.Linear(meta.input_shape[0], 12)
+
+
+def returns_none(meta, /):
+    nn.Linear(meta.input_shape[0], meta.num_classes)
+
+
+WIDTH = 3
 """
 
 
@@ -113,6 +124,9 @@ def five_outputs(meta, /):
         ({"name": "usermodels:raises"}, ["usermodels:raises", "RuntimeError: cannot find my weights"]),
         ({"name": "usermodels:positional", "width": 4}, ["positional parameter", "/, *, width"]),
         ({"name": "usermodels:five_outputs"}, ["5 outputs", "10 classes"]),
+        ({"name": "usermodels:twelve_outputs"}, ["12 outputs", "10 classes", "must be 10 wide"]),
+        ({"name": "usermodels:returns_none"}, ["'usermodels:returns_none' returned NoneType, not a torch.nn"]),
+        ({"name": "usermodels:WIDTH"}, ["'usermodels:WIDTH' is int 3, not a function or class"]),
     ],
 )
 def test_user_model_factories_that_fail_are_named_and_told_what_to_do(tmp_path: Path, model, says) -> None:
@@ -122,6 +136,21 @@ def test_user_model_factories_that_fail_are_named_and_told_what_to_do(tmp_path: 
     result = run_cli("validate", path, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert all(s in result.stderr for s in says) and "unexpected error" not in result.stderr, result.stderr
+
+
+def test_a_data_factory_returning_no_bundle_and_two_metrics_of_one_name_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "userdata.py").write_text("def rows(seed, /):\n    return [[0.0, 1.0]]\n")
+    cases = {
+        "data": (
+            ["data={name: 'userdata:rows'}"],
+            "'userdata:rows' returned list, not a mlrun.data.bundle.DatasetBundle",
+        ),
+        "metrics": (["metrics=[accuracy, f1, accuracy]"], "'accuracy' and 'accuracy' both log val/accuracy"),
+    }
+    path = write_config(tmp_path, tiny_config(name="user"))
+    for label, (overrides, says) in cases.items():
+        result = run_cli("validate", path, *overrides, cwd=tmp_path)
+        assert result.returncode == 2 and says in result.stderr, (label, result.stderr)
 
 
 def test_init_from_with_the_same_names_and_other_shapes_says_the_shapes_differ(tmp_path: Path, trained: Path) -> None:

@@ -277,9 +277,17 @@ def _plan(spec: StageSpec, model: nn.Module, trained, first_input: ModelSource, 
         evaluate=lambda candidate, quantize: evaluate_deployed(candidate, parts, quantize),
     )
     try:
-        return stages.build(spec.name, model, context, **spec.settings)
+        stage = stages.build(spec.name, model, context, **spec.settings)
     except (UsageError, ValueError) as exc:  # a stage's own message may begin with its name already
-        raise UsageError(f"compress stage '{spec.name}': {str(exc).removeprefix(f'{spec.name}: ')}") from None
+        text = str(exc).removeprefix(f"{spec.name}: ")
+        named = text.startswith(f"stage '{spec.name}'")  # the user's own stage failing (the registry names it)
+        raise UsageError(f"compress {text}" if named else f"compress stage '{spec.name}': {text}") from None
+    if not isinstance(stage, Stage):  # the user's own stage
+        raise UsageError(
+            f"compress stage '{spec.name}' returned {type(stage).__name__}, not a mlrun.compression.stage.Stage; "
+            "return Stage(model=...) with what the stage did"
+        )
+    return stage
 
 
 def _source_run(source: ModelSource) -> Path:

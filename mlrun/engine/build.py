@@ -19,7 +19,7 @@ from mlrun.callbacks import Callback
 from mlrun.config.schema import ComponentSpec, DataSpec, ExperimentConfig, TrainConfig
 from mlrun.data.augment import Augmentations
 from mlrun.data.bundle import DataMeta, DatasetBundle, example_features
-from mlrun.errors import MlrunError, UsageError
+from mlrun.errors import UsageError
 from mlrun.metrics import Metric
 from mlrun.objectives.base import ObjectiveWithParameters
 from mlrun.optim.param_groups import regroup
@@ -60,23 +60,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build(spec: ComponentSpec, *runtime):
-    """Call a component's factory; a ValueError from its own checks becomes a usage error."""
+def build(spec: ComponentSpec, *runtime, returns: type | None = None):
+    """Call a component's factory; a ValueError from its own checks becomes a usage error, and the user's
+    own factory returning something other than `returns` exits 2 naming it."""
     registry = REGISTRIES[spec.registry_kind]
     try:
-        return registry.build(spec.name, *runtime, **spec.settings)
+        built = registry.build(spec.name, *runtime, **spec.settings)
     except (ValueError, ValidationError) as exc:
         if isinstance(exc, UsageError):
             raise
         raise UsageError(f"{registry.kind[:-1]} '{spec.name}': {exc}") from None
-    except Exception as exc:
-        if ":" not in spec.name or isinstance(exc, MlrunError):
-            raise  # a built-in entry failing is mlrun's bug: exit 1, its traceback on --debug
-        # The user's own factory: name it, and keep its traceback for --debug.
+    if returns is not None and not isinstance(built, returns):
         raise UsageError(
-            f"{registry.kind[:-1]} '{spec.name}' (your factory) raised {type(exc).__name__}: {exc}; "
-            "fix it there (--debug shows its traceback)"
-        ) from exc
+            f"{registry.kind[:-1]} '{spec.name}' returned {type(built).__name__}, not a "
+            f"{returns.__module__}.{returns.__qualname__}; return one from the factory"
+        )
+    return built
 
 
 def build_components(
@@ -92,7 +91,7 @@ def build_components(
     seed_everything(config.seed)
     bundle = build_data(config.data, config.seed, fitted_transform)
     plan = plan_steps(len(bundle.train), config.data, config.train, num_processes)
-    model = build(config.model, bundle.meta)
+    model = build(config.model, bundle.meta, returns=nn.Module)
     if config.model_edits:  # a compressed model: pruned shapes, factorized layers (mlrun compress)
         from mlrun.models.edits import apply_edits
 
@@ -122,6 +121,7 @@ def build_components(
     curve = build(config.scheduler, plan.total_steps, warmup)
     schedule = LRSchedule(optimizer, curve, warmup, config.scheduler.warmup_start_factor)
     metric_objects = [build(spec, bundle.meta) for spec in config.metrics]
+    check_metric_names(config, metric_objects)
     check_monitors(config, metric_objects)
     augment = build_augmentations(config, bundle.meta)
     return Components(
@@ -223,7 +223,8 @@ def build_data(spec: DataSpec, run_seed: int, fitted_transform=None) -> DatasetB
     seed = spec.seed_for(run_seed)
     # Only sources that fit preprocessing (their registry entry says so) take the run's fitted one.
     takes_fitted = datasets.trait(spec.name, "fits_transform", False)
-    bundle = build(spec, seed, fitted_transform) if takes_fitted else build(spec, seed)
+    runtime = (seed, fitted_transform) if takes_fitted else (seed,)
+    bundle = build(spec, *runtime, returns=DatasetBundle)
     if spec.dedup:
         from mlrun.data.dedup import deduplicate, describe
 
@@ -277,6 +278,19 @@ def build_trackers(config: ExperimentConfig) -> list[Tracker]:
     if not any(spec.name == "jsonl" for spec in specs):
         specs.append(ComponentSpec.model_construct(name="jsonl"))  # metrics.jsonl is always written
     return [trackers.build(spec.name, **spec.settings) for spec in specs]
+
+
+def check_metric_names(config: ExperimentConfig, metric_objects: list[Metric]) -> None:
+    """Each metric logs its own figure: two under one name would keep only the last one's value."""
+    by_name: dict[str, list[str]] = {}
+    for spec, metric in zip(config.metrics, metric_objects):
+        by_name.setdefault(metric.name, []).append(spec.name)
+    for name, specs in by_name.items():
+        if len(specs) > 1:
+            raise UsageError(
+                f"metrics: {' and '.join(repr(s) for s in specs)} both log val/{name}; list each metric once, "
+                "or give your own metric another name (its `name` attribute)"
+            )
 
 
 def check_monitors(config: ExperimentConfig, metric_objects: list[Metric]) -> None:

@@ -77,6 +77,21 @@ def check_one_batch(parts: Components, device: torch.device, autocast=contextlib
                     buffer.copy_(buffers[name])
         model.train(was_training)
     check_loss_fits_task(parts, batch)  # what ran without an error may still mean nothing
+    check_outputs_fit_classes(parts, out)
+
+
+def check_outputs_fit_classes(parts: Components, out) -> None:
+    """A class loss over more outputs than the data has classes trains without an error, and the model
+    then gives probability to classes that do not exist (predict prints columns for them)."""
+    loss, classes = parts.config.loss.name, parts.bundle.meta.num_classes
+    if parts.config.objective.name != "supervised" or losses.trait(loss, "targets") != "classes" or not classes:
+        return
+    outputs = out.predictions.shape[-1]
+    if out.targets is not None and not out.targets.is_floating_point() and outputs > classes:
+        raise UsageError(
+            f"{describe(parts)}: the model gives {outputs} outputs per sample, but the data has {classes} classes: "
+            f"its output layer must be {classes} wide (a model factory receives the count as meta.num_classes)"
+        )
 
 
 def describe(parts: Components) -> str:
