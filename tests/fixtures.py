@@ -279,3 +279,10 @@ def raising_stage(model: nn.Module, context, /):
 def model_not_stage(model: nn.Module, context, /):
     """A compress stage that returns the model instead of a Stage."""
     return model
+
+
+def restructuring_stage(model: nn.Module, context, /):
+    """A compress stage that swaps in a model of another structure without recording it (no edits)."""
+    from mlrun.compression.stage import Stage
+
+    return Stage(model=nn.Sequential(nn.Flatten(), nn.Linear(flat_features(context.meta), context.meta.num_classes)))

@@ -229,6 +229,7 @@ def test_a_warning_a_stage_gives_while_the_chain_is_checked_shows_when_it_runs(t
             "compress stage 'tests.fixtures:raising_stage' (your factory) raised RuntimeError: the stage's own bug",
         ),
         ("model_not_stage", "compress stage 'tests.fixtures:model_not_stage' returned MLP, not a mlrun.compression"),
+        ("restructuring_stage", "returned a model its config does not rebuild: only in the stage's ['1.bias'"),
     ],
 )
 def test_a_user_stage_that_fails_or_returns_no_stage_exits_2_naming_it(tmp_path: Path, stage: str, says: str) -> None:
@@ -236,6 +237,23 @@ def test_a_user_stage_that_fails_or_returns_no_stage_exits_2_naming_it(tmp_path:
     result = compress(tmp_path, config)
     assert result.returncode == 2 and says in result.stderr, result.stderr
     assert not (tmp_path / "runs/base/compress").exists()
+
+
+def test_an_edited_user_stage_is_run_again_not_reused(tmp_path: Path) -> None:
+    """A chain's stage is reused when its settings and input are the same; the user's own stage also
+    when its code is: after an edit of its module the next compress computes it afresh."""
+    stage = (
+        "from mlrun.compression.stage import Stage\n\n"
+        "def mark(model, context, /):\n    return Stage(model, report={'version': %d})\n"
+    )
+    (tmp_path / "mystage.py").write_text(stage % 1)
+    config = with_stages(tmp_path, trained(tmp_path), [{"name": "mystage:mark", "finetune": False}])
+    first = compress(tmp_path, config, "--json")
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "mystage.py").write_text(stage % 2)
+    again = compress(tmp_path, config, "--json", subprocess=True)  # a fresh import of the edited module
+    assert again.returncode == 0 and "reusing it" not in again.stderr, again.stderr
+    assert json.loads(again.stdout)["stages"][1]["report"] == {"version": 2}
 
 
 def test_huffman_size_follows_the_entropy() -> None:

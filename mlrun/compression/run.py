@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import inspect
 import io
 import itertools
 import json
@@ -102,7 +103,16 @@ def stage_key(spec: StageSpec, input_key: str) -> str:
     settings = spec.model_dump(mode="json", exclude={"enabled"})
     if spec.finetune is None:  # keyed as what it means: chains made when the default was {} keep their keys
         settings["finetune"] = {} if fine_tunes(spec) else False
+    if ":" in spec.name:  # the user's own stage: an edit of its module makes a new result, not a reused one
+        settings["code"] = _source_hash(stages.get(spec.name))
     return hashlib.sha256(json.dumps([settings, input_key]).encode()).hexdigest()[:16]
+
+
+def _source_hash(factory) -> str | None:
+    try:
+        return hashlib.sha256(Path(inspect.getfile(factory)).read_bytes()).hexdigest()[:16]
+    except (TypeError, OSError):  # not defined in a file of its own
+        return None
 
 
 def chain_folder(source_dir: Path, specs: list[StageSpec], trained_key: str) -> Path:
@@ -238,6 +248,7 @@ def run_round(
     trained = load_trained(current.run_dir, str(current.weights))
     stage = _plan(spec, trained.parts.model, trained, first_input, round_, spec.rounds)
     output = output_config(current.config, stage, stage_dir)
+    check_rebuilds(spec, stage, output, trained.parts.bundle.meta)
     quantize = stages.trait(spec.name, "quantize") or current.quantize
     train_dir = stage_dir / ("train" if spec.rounds == 1 else f"train-{round_}")
     if not fine_tunes(spec):
@@ -346,9 +357,31 @@ def _quietly():
 def check_stages(specs: list[StageSpec], trained, source: ModelSource) -> None:
     """Apply every stage once, in order, to a copy of the trained model, without fine-tuning: a stage
     that cannot apply exits 2 here, before any stage writes anything."""
-    model = copy.deepcopy(trained.parts.model)
-    for spec in specs:
-        model = _plan(spec, model, trained, source, 1, spec.rounds).model
+    model, config = copy.deepcopy(trained.parts.model), trained.parts.config
+    for index, spec in enumerate(specs, 1):
+        stage = _plan(spec, model, trained, source, 1, spec.rounds)
+        config = output_config(config, stage, Path(f"{index}-check"))
+        check_rebuilds(spec, stage, config, trained.parts.bundle.meta)
+        model = stage.model
+
+
+def check_rebuilds(spec: StageSpec, stage: Stage, output: ExperimentConfig, meta) -> None:
+    """The stage's model has the tensors its config rebuilds (the structure recorded as edits or a
+    student), so that its weights load back for fine-tuning, eval and export: exit 2 otherwise."""
+    from mlrun.models.saved import build_configured_model
+
+    def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+    made, rebuilt = shapes(stage.model), shapes(build_configured_model(output, meta))
+    if made != rebuilt:
+        differ = sorted(k for k in made.keys() & rebuilt.keys() if made[k] != rebuilt[k])
+        only_made, only_rebuilt = sorted(made.keys() - rebuilt.keys()), sorted(rebuilt.keys() - made.keys())
+        raise UsageError(
+            f"compress stage '{spec.name}' returned a model its config does not rebuild: only in the stage's "
+            f"{only_made[:4]}, only in the rebuilt {only_rebuilt[:4]}, other shapes {differ[:4]}. A stage that "
+            "changes the structure records it in Stage.edits (mlrun.models.edits) or Stage.model_spec"
+        )
 
 
 # --- configs ------------------------------------------------------------------------------------------

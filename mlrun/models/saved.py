@@ -14,6 +14,7 @@ from pathlib import Path
 from torch import nn
 
 from mlrun.config.load import load_config
+from mlrun.config.schema import ExperimentConfig
 from mlrun.data.bundle import DataMeta
 from mlrun.errors import UsageError
 from mlrun.models.edits import apply_edits
@@ -23,7 +24,11 @@ from mlrun.registry import models, techniques
 
 def build_saved_model(config_path: Path, meta: DataMeta) -> nn.Module:
     """The model `config_path` describes, as built for training (weights still to be loaded)."""
-    config = load_config(config_path)
+    return build_configured_model(load_config(config_path), meta)
+
+
+def build_configured_model(config: ExperimentConfig, meta: DataMeta) -> nn.Module:
+    """The model a config describes, as built for training (weights still to be loaded)."""
     model = models.build(config.model.name, meta, **config.model.settings)
     apply_edits(model, config.model_edits)
     for spec in config.techniques:  # techniques that add parameters (early-exit heads) are part of the structure
