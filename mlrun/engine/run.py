@@ -102,6 +102,9 @@ def run_training(
             raise explain_load_failure(resume_from, exc, changes) from exc
         if reallocated is not None:
             rescale_position(loop.state, saved_allocation, of_config(config, accelerator.num_processes))
+            # Accelerate steps the optimizer when its count of the epoch's micro-batches reaches a multiple
+            # of the accumulation; the checkpoint's count is the old allocation's.
+            accelerator.step = loop.state.batch_in_epoch
     if accelerator.is_main_process:
         write_records(run_dir, parts, accelerator, resume_from, loop.state.step, changes, recorded, reallocated)
     meter, previous = start_energy(config, accelerator, run_dir, energy_total, resumed=resume_from is not None)
