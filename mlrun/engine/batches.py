@@ -33,8 +33,11 @@ class EpochBatchSampler:
         seed: int,
         index_tensors: bool = False,
         epoch_order=None,
+        processes: int = 1,
     ):
         self.size, self.batch_size, self.shuffle, self.drop_last, self.seed = size, batch_size, shuffle, drop_last, seed
+        # The processes Accelerate deals the batches to (round-robin): the epoch is evened out for them here.
+        self.processes = processes
         # A dataset's own shuffle, `epoch_order(seed, epoch) -> index tensor` (None: the plain permutation),
         # where a plain permutation would read badly (files read by row group); a pure function of (seed, epoch).
         self.epoch_order = epoch_order
@@ -51,7 +54,10 @@ class EpochBatchSampler:
         self.start_batch = batch
 
     def batches_per_epoch(self) -> int:
-        return self.size // self.batch_size if self.drop_last else -(-self.size // self.batch_size)
+        if self.drop_last:
+            return self.size // self.batch_size
+        batches = -(-self.size // self.batch_size)
+        return -(-batches // self.processes) * self.processes  # evened out for the processes
 
     def __len__(self) -> int:
         return self.batches_per_epoch() - self.start_batch
@@ -63,9 +69,31 @@ class EpochBatchSampler:
             order = torch.randperm(self.size, generator=gen)
         elif order is None:
             order = torch.arange(self.size)
-        for b in range(self.start_batch, self.batches_per_epoch()):
-            batch = order[b * self.batch_size : (b + 1) * self.batch_size]
+        batches = list(order.split(self.batch_size))
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        elif not self.drop_last and self.processes > 1:
+            batches = evened(batches, self.processes, self.batch_size)
+        for batch in batches[self.start_batch :]:
             yield batch if self.index_tensors else batch.tolist()
+
+
+def evened(batches: list[torch.Tensor], processes: int, batch_size: int) -> list[torch.Tensor]:
+    """The epoch as Accelerate's BatchSamplerShard (even_batches) would deal it from its start: the last
+    batch filled, and batches added until every process has as many, from the epoch's first samples.
+    Done here over the whole epoch, so that a pass that starts mid-epoch (a resume) pads with the same
+    samples; the shard then receives full batches in a multiple of the processes and adds none."""
+    first = torch.cat(batches[:processes])
+    while len(first) < processes * batch_size:
+        first = torch.cat([first, first])
+    batches, used = list(batches), 0
+    if len(batches[-1]) < batch_size:
+        used = batch_size - len(batches[-1])
+        batches[-1] = torch.cat([batches[-1], first[:used]])
+    while len(batches) % processes:
+        batches.append(first[used : used + batch_size])
+        used += batch_size
+    return batches
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
@@ -126,12 +154,15 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def train_loader(
-    dataset: Dataset, spec: DataSpec, seed: int, on_cuda: bool, sharded: bool = True
+    dataset: Dataset, spec: DataSpec, seed: int, on_cuda: bool, processes: int = 1, sharded: bool = True
 ) -> tuple[DataLoader, EpochBatchSampler]:
-    """The training loader and its sampler; `sharded`: the loader will go through Accelerate's prepare."""
+    """The training loader and its sampler; `sharded`: the loader will go through Accelerate's prepare,
+    which deals its batches to `processes`."""
     index_tensors = not sharded and hasattr(dataset, "__getitems__")
     order = getattr(dataset, "epoch_order", None)
-    sampler = EpochBatchSampler(len(dataset), spec.batch_size, spec.shuffle, spec.drop_last, seed, index_tensors, order)
+    sampler = EpochBatchSampler(
+        len(dataset), spec.batch_size, spec.shuffle, spec.drop_last, seed, index_tensors, order, processes
+    )
     # Its own generator: creating an iterator draws a worker base seed, which must not consume the
     # global torch RNG (that would shift dropout masks after a mid-epoch resume).
     generator = torch.Generator().manual_seed(seed)

@@ -93,7 +93,7 @@ def prepare_pipeline(parts: Components, accelerator: Accelerator, callbacks) -> 
     config, processes, rank = parts.config, accelerator.num_processes, accelerator.process_index
     split = check_supported(parts, processes)
     data, seed, device = config.data, config.seed, accelerator.device
-    loader, sampler = train_loader(parts.bundle.train, data, seed, device.type == "cuda", sharded=True)
+    loader, sampler = train_loader(parts.bundle.train, data, seed, device.type == "cuda", processes, sharded=True)
     loader, val_loader = accelerator.prepare(loader, eval_loader(parts.bundle.val, data, device.type == "cuda"))
     model = parts.model.to(device)
     micro = data.batch_size * processes // config.distributed.pipeline_microbatches
