@@ -83,6 +83,31 @@ def test_a_finished_run_extended_starts_its_next_epoch_without_evaluating_its_la
     assert evaluated == [16, 32, 48], evaluated
 
 
+def test_an_extension_killed_before_its_end_goes_on_from_its_newest_checkpoint(tmp_path):
+    """A requeued job reruns the command without --resume: the run's summary.json still says the first
+    training finished, but a newer checkpoint of the extension is where it goes on."""
+    config = tiny_config(name="ext")  # 16 steps an epoch, a checkpoint at each epoch's end
+    assert train(tmp_path, config)[0].returncode == 0
+    armed = tmp_path / "armed"
+    armed.touch()
+    config["techniques"] = [{"name": "tests.fixtures:kill_at_step", "step": 70, "armed_file": str(armed)}]
+    extend = ("train.epochs=5", "--allow-config-change")
+    killed = run_cli(
+        "train",
+        write_config(tmp_path, config, "ext.yaml"),
+        *extend,
+        "--resume",
+        "runs/ext/checkpoints/step-00000048",
+        cwd=tmp_path,
+        subprocess=True,
+    )
+    assert killed.returncode != 0 and not armed.exists(), killed.stderr
+    again, run = train(tmp_path, config, *extend)
+    assert again.returncode == 0, again.stderr
+    assert "resumed at step 64" in again.stdout
+    assert read(run / "summary.json")["steps"] == 80
+
+
 def interrupted_run(tmp_path: Path, name: str, keep_newest: bool = False) -> Path:
     """A run as a crash in its second epoch leaves it: a checkpoint at step 16, no summary.json."""
     config = tiny_config(name=name)

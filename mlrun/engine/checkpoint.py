@@ -31,6 +31,12 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / CHECKPOINTS / f"step-{step:08d}"
 
 
+def checkpoint_step(checkpoint: Path) -> int | None:
+    """The optimizer step a `step-N` checkpoint holds (None for another folder)."""
+    found = _NAME.match(checkpoint.name)
+    return int(found.group(1)) if found else None
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     folder = run_dir / CHECKPOINTS

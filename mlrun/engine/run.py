@@ -14,7 +14,7 @@ from pathlib import Path
 from mlrun.callbacks import Callback
 from mlrun.config.schema import ExperimentConfig
 from mlrun.engine.allocation import keep_global_batch, of_config, read_allocation, rescale_position
-from mlrun.engine.checkpoint import latest_checkpoint, resolve_resume
+from mlrun.engine.checkpoint import checkpoint_step, latest_checkpoint, resolve_resume
 from mlrun.engine.config_change import Changes, check_resume_config, describe, explain_load_failure, record_changes
 from mlrun.engine.energy_attempts import EnergyTotal, earlier_attempts
 from mlrun.engine.run_dir import (
@@ -196,6 +196,8 @@ def decide_resume(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | N
     summary = read_summary(run_dir)
     if summary and summary["status"] in FINISHED and resume == "auto":
         latest = latest_checkpoint(run_dir)
+        if latest is not None and (checkpoint_step(latest) or 0) > summary.get("steps", 0):
+            return latest, False  # an extension (--resume with more epochs) that stopped before its end goes on
         extend = f"--resume {latest} to continue from its last checkpoint (e.g. with more epochs), " if latest else ""
         raise UsageError(
             f"run '{run_dir}' already finished ({summary['status']}). Pass --overwrite to train it again "
