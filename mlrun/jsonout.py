@@ -8,6 +8,7 @@ at stderr for the rest of the process (Python prints, C libraries and child proc
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -28,12 +29,28 @@ def active() -> bool:
 
 
 def print_json(document: Any) -> None:
-    """The command's JSON document: to the real stdout under --json, else to stdout as it is."""
+    """The command's JSON document: to the real stdout under --json, else to stdout as it is. Strict JSON
+    (a NaN or infinite figure is null). Under torchrun only the first process prints: the others hold the
+    same document."""
     global printed
-    text = json.dumps(document, default=str) + "\n"
+    printed = True
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    text = json.dumps(_finite(document), default=str, allow_nan=False) + "\n"
     if _stdout_fd is None:
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
-        os.write(_stdout_fd, text.encode())
-    printed = True
+        data = text.encode()
+        while data:  # a pipe may take a large document in parts
+            data = data[os.write(_stdout_fd, data) :]
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value

@@ -194,3 +194,16 @@ def test_a_rank_that_finished_well_exits_after_threads_and_atexit_handlers_but_s
     assert result.stdout == "no newline yet"
     assert (tmp_path / "thread").exists() and (tmp_path / "atexit").exists()
     assert not (tmp_path / "finalized").exists()
+
+
+def test_the_json_document_is_strict_json_and_printed_by_the_first_process_only(capsys, monkeypatch):
+    """A NaN figure (a diverged stage's loss) is null, not the bare NaN strict parsers refuse; under torchrun
+    every rank holds the document and only rank 0 prints it."""
+    from mlrun import jsonout
+
+    monkeypatch.delenv("RANK", raising=False)
+    jsonout.print_json({"val/loss": float("nan"), "rows": [{"ms": float("inf")}, 1.5]})
+    assert json.loads(capsys.readouterr().out) == {"val/loss": None, "rows": [{"ms": None}, 1.5]}
+    monkeypatch.setenv("RANK", "1")
+    jsonout.print_json({"step": 3})
+    assert capsys.readouterr().out == ""
