@@ -246,6 +246,13 @@ def test_settings_that_cannot_be_honoured_exit_2(tmp_path):
     c["train"]["checkpoint_async"] = True
     result = run_cli("train", write_config(tmp_path, c), cwd=tmp_path, subprocess=False)
     assert result.returncode == 2 and "set train.checkpoint_async: false" in result.stderr
+    # A strategy's settings under another strategy would be ignored (defaults, as config.yaml records, pass).
+    c["train"]["checkpoint_async"] = False
+    for strategy, settings in {"ddp": {"fsdp_cpu_offload": True}, "fsdp": {"pipeline_microbatches": 8}}.items():
+        c["distributed"] = {"strategy": strategy, "fsdp_sharding": "full_shard", **settings}
+        result = run_cli("validate", write_config(tmp_path, c), cwd=tmp_path)
+        setting = next(iter(settings))
+        assert result.returncode == 2 and f"{setting} is a setting of strategy" in result.stderr, result.stderr
 
 
 def test_choose_keeps_the_per_process_batch_then_the_accumulation():

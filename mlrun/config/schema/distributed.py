@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, model_validator
 
 from mlrun.config.schema.base import Section
 
@@ -40,3 +40,23 @@ class DistributedConfig(Section):
     """pipeline: micro-batches each global batch is cut into; more keeps more stages busy at once."""
     pipeline_split: list[PositiveInt] | None = None
     """pipeline: indices of the blocks that start stages 2, 3, ... (one fewer than processes); default even."""
+
+    @model_validator(mode="after")
+    def _settings_of_this_strategy(self) -> DistributedConfig:
+        # Set and not the default: a run's config.yaml records every setting, defaults included.
+        for setting in sorted(self.model_fields_set):
+            readers = _READERS.get(setting.split("_")[0], ())
+            if (
+                readers
+                and self.strategy not in readers
+                and getattr(self, setting) != type(self).model_fields[setting].default
+            ):
+                raise ValueError(
+                    f"{setting} is a setting of strategy {' and '.join(readers)}, not of '{self.strategy}': "
+                    f"remove it or set distributed.strategy: {readers[-1]}"
+                )
+        return self
+
+
+# The strategies that read the settings named by a prefix (find_unused_parameters: DDP, also under auto).
+_READERS = {"find": ("auto", "ddp"), "fsdp": ("fsdp",), "deepspeed": ("deepspeed",), "pipeline": ("pipeline",)}
