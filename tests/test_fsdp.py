@@ -313,3 +313,16 @@ def test_sigterm_during_async_checkpoints_exits_with_a_whole_checkpoint(tmp_path
     longer = f"train.max_steps={done['steps'] + 2}"
     again = run_cli("train", write_config(tmp_path, c), longer, "--allow-config-change", cwd=tmp_path, subprocess=False)
     assert again.returncode == 0 and f"resumed at step {done['steps']}" in again.stdout, again.stderr
+
+
+@pytest.mark.e2e
+def test_profile_under_torchrun_with_fsdp_reports_one_process_share_once(tmp_path):
+    """Sharded parameters have no storage of their own to measure (it crashed); each process measures its
+    shard, and only the first prints (--json: one document) and writes profile.json."""
+    c = config("prof", tmp_path)
+    result = launch(tmp_path, "profile", write_config(tmp_path, c), "--steps", "3", "--warmup", "1", "--json")
+    assert result.returncode == 0, why(result)
+    figures = json.loads(result.stdout)  # the whole of stdout: one document
+    memory = figures["memory_bytes"]
+    whole = (16 * 32 + 32) + (32 * 32 + 32) + (32 * 4 + 4)  # the MLP's parameters
+    assert figures["processes"] == 2 and memory["parameters"] == memory["gradients"] < 4 * whole * 0.75, memory

@@ -8,6 +8,7 @@ process so memory peaks do not mix, and writes a table and a chart to runs/<name
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from mlrun.config.load import load_config
@@ -47,6 +48,9 @@ def run_profile(
             print_json(rows)
         return
     figures = profile_one(config, steps, warmup, estimate, folder / "trace" if trace else None)
+    figures["processes"] = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun: the figures are one process's
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # every process measured its own part alike; the first one reports
     (folder / "profile.json").write_text(json.dumps(figures, indent=2) + "\n")
     if json_output:
         print_json(figures)
@@ -67,26 +71,27 @@ def profile_one(config, steps: int, warmup: int, estimate: bool, trace_dir: Path
 
 def print_figures(f: dict, folder: Path) -> None:
     tokens = f" ({f['tokens_per_s']:.0f} tokens/s)" if "tokens_per_s" in f else ""
+    where = f"{f['device']}, one of {f['processes']} processes" if f.get("processes", 1) > 1 else f["device"]
     print(
-        f"mlrun: profiled {f['steps']} steps on {f['device']} ({f['precision']}, batch {f['batch_size']} x "
-        f"{f['grad_accum_steps']} accumulation): {f['step_ms']:.2f} ms/step, {f['samples_per_s']:.0f} samples/s"
+        f"mlrun: profiled {f['steps']} steps on {where} ({f['precision']}, batch {f['batch_size']} x "
+        f"{f['grad_accum_steps']} accumulation): {f['step_ms']:.4g} ms/step, {f['samples_per_s']:.0f} samples/s"
         f"{tokens}"
     )
-    parts = "  ".join(f"{k} {v:.2f} ms ({100 * v / f['step_ms']:.0f}%)" for k, v in f["breakdown_ms"].items())
+    parts = "  ".join(f"{k} {v:.4g} ms ({100 * v / f['step_ms']:.0f}%)" for k, v in f["breakdown_ms"].items())
     print(f"  step time: {parts}")
     print(
-        f"  FLOPs/step {f['flops_per_step'] / 1e9:.3f} G, achieved {f['achieved_flops'] / 1e9:.2f} GFLOP/s, "
-        f"peak {f['peak_flops'] / 1e9:.1f} GFLOP/s ({f['peak_flops_source']}): MFU {100 * f['mfu']:.1f}%"
+        f"  FLOPs/step {f['flops_per_step'] / 1e9:.4g} G, achieved {f['achieved_flops'] / 1e9:.4g} GFLOP/s, "
+        f"peak {f['peak_flops'] / 1e9:.4g} GFLOP/s ({f['peak_flops_source']}): MFU {100 * f['mfu']:.2g}%"
     )
     m = f["memory_bytes"]
     print(
-        f"  memory: parameters {m['parameters'] / MB:.1f} MB, gradients {m['gradients'] / MB:.1f} MB, optimizer "
-        f"state {m['optimizer_state'] / MB:.1f} MB, activations {m['activations'] / MB:.1f} MB; measured peak "
-        f"{m['measured_peak'] / MB:.1f} MB ({f['peak_source']})"
+        f"  memory: parameters {m['parameters'] / MB:.4g} MB, gradients {m['gradients'] / MB:.4g} MB, optimizer "
+        f"state {m['optimizer_state'] / MB:.4g} MB, activations {m['activations'] / MB:.4g} MB; measured peak "
+        f"{m['measured_peak'] / MB:.4g} MB ({f['peak_source']})"
     )
     if "resident_peak" in m:
         print(
-            f"  resident memory added by training: {m['resident_peak'] / MB:.1f} MB (freed memory glibc keeps included)"
+            f"  resident memory added by training: {m['resident_peak'] / MB:.4g} MB (freed memory glibc keeps included)"
         )
     if "estimate_bytes" in f:
         e = f["estimate_bytes"]

@@ -19,7 +19,9 @@ def _plain_tensors(tensor: torch.Tensor):
     if hasattr(tensor, "__tensor_flatten__"):
         names, _ = tensor.__tensor_flatten__()
         for name in names:
-            yield from _plain_tensors(getattr(tensor, name))
+            inner = getattr(tensor, name)
+            if torch.is_tensor(inner):  # a DTensor (FSDP2's sharded parameter) also names its device mesh
+                yield from _plain_tensors(inner)
     else:
         yield tensor
 
@@ -41,7 +43,9 @@ def parameter_bytes(model: nn.Module) -> int:
 def gradient_bytes(model: nn.Module, in_backward: bool = False) -> int:
     """What gradients take at the peak: every trainable parameter's, or the largest one's when the
     optimizer steps and frees each gradient during backward."""
-    sizes = [p.numel() * p.element_size() for p in model.parameters() if p.requires_grad]
+    sizes = [  # a sharded (FSDP2) parameter's gradient is sharded alike: this process holds its shard's
+        sum(t.numel() * t.element_size() for t in _plain_tensors(p)) for p in model.parameters() if p.requires_grad
+    ]
     return max(sizes, default=0) if in_backward else sum(sizes)
 
 
@@ -71,12 +75,14 @@ class SavedActivations:
 
     def __init__(self, model: nn.Module | None = None) -> None:
         self.storages: dict[int, int] = {}
-        self.parameters = set() if model is None else {p.untyped_storage().data_ptr() for p in model.parameters()}
+        parameters = [] if model is None else [t for p in model.parameters() for t in _plain_tensors(p)]
+        self.parameters = {t.untyped_storage().data_ptr() for t in parameters}
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in self.parameters:
-            self.storages[storage.data_ptr()] = storage.nbytes()
+        for plain in _plain_tensors(tensor):
+            storage = plain.untyped_storage()
+            if storage.data_ptr() not in self.parameters:
+                self.storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
     def __enter__(self) -> SavedActivations:
@@ -155,6 +161,6 @@ def live_tensor_peak(run_step, device: torch.device) -> int | None:
         from torch.profiler._memory_profiler import MemoryProfileTimeline
 
         _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline(str(device))
-    except (AttributeError, ImportError, TypeError, ValueError):
+    except (AssertionError, AttributeError, ImportError, TypeError, ValueError):  # its checks fail under FSDP2
         return None
     return max((sum(row) for row in sizes), default=None)
