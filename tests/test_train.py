@@ -216,6 +216,7 @@ def test_signal_saves_a_checkpoint_and_marks_interrupted(tmp_path, sig, code):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == code, stderr
     assert "mlrun: interrupted: stopped by signal" in stderr and "error" not in stderr
+    assert ("Ctrl-C again" in stderr) == (sig == signal.SIGINT), stderr  # a second SIGTERM is no keypress
     done = summary(run)
     assert done["status"] == "interrupted" and 0 < done["steps"] < done["total_steps"]
     assert done["last_checkpoint"].endswith(f"step-{done['steps']:08d}")

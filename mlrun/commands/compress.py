@@ -143,9 +143,9 @@ def text_table(rows: list[dict[str, Any]]) -> str:
                 f"{vs['smaller_huffman']:.1f}x" if vs else "",
                 f"{row['nonzero_parameters']:,}",
                 f"{row['macs']:,}",
-                f"{row['latency_ms_b1']:.3f}",
-                f"{row['latency_ms_b64']:.3f}",
-                f"{vs['speedup_b64']:.2f}" if vs else "",
+                format_figure(row["latency_ms_b1"]),
+                format_figure(row["latency_ms_b64"]),
+                format_figure(vs["speedup_b64"]) if vs else "",
             ]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]

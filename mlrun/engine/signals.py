@@ -37,9 +37,9 @@ class StopSignals:
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: stop now, without a checkpoint
         self.received = signum
+        again = " (Ctrl-C again to exit at once)" if signum == signal.SIGINT else ""
         print(
-            f"\nmlrun: {signal.Signals(signum).name} received: saving a checkpoint at the next step "
-            "(Ctrl-C again to exit at once)",
+            f"\nmlrun: {signal.Signals(signum).name} received: saving a checkpoint at the next step{again}",
             file=sys.stderr,
             flush=True,
         )
