@@ -60,13 +60,13 @@ def test_overwrite_restarts_training_and_keeps_other_commands_folders(tmp_path: 
     for name in kept:
         (run / name).parent.mkdir(parents=True, exist_ok=True)
         (run / name).write_text("{}\n")
-    (run / "checkpoints/step-99999999").mkdir()  # a checkpoint of the old training: train's own
+    (run / "checkpoints/step-00000001").mkdir()  # a checkpoint of the old training: train's own
     refused = run_cli("train", path, cwd=tmp_path)
     assert refused.returncode == 2 and "--overwrite" in refused.stderr and "tune/" in refused.stderr
     again = run_cli("train", path, "--overwrite", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert all((run / name).read_text() == "{}\n" for name in kept)
-    assert not (run / "checkpoints/step-99999999").exists()
+    assert not (run / "checkpoints/step-00000001").exists()
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
 
 
