@@ -326,3 +326,24 @@ def test_profile_under_torchrun_with_fsdp_reports_one_process_share_once(tmp_pat
     memory = figures["memory_bytes"]
     whole = (16 * 32 + 32) + (32 * 32 + 32) + (32 * 4 + 4)  # the MLP's parameters
     assert figures["processes"] == 2 and memory["parameters"] == memory["gradients"] < 4 * whole * 0.75, memory
+
+
+def test_drop_last_keeps_whole_global_batches_so_another_allocation_keeps_the_run():
+    """1437 samples in batches of 16 are 89 batches: two processes took 44 steps an epoch and one process
+    with accumulation 2 took 45 (a half window at the end), so a resume on one process changed the run's
+    length and learning-rate schedule. Cut to whole global batches, both take the same 88 batches."""
+    from mlrun.config.schema import DataSpec, TrainConfig
+    from mlrun.engine.batches import EpochBatchSampler
+    from mlrun.engine.build import plan_steps
+
+    data = DataSpec(name="digits", batch_size=16, drop_last=True)
+    for global_batch in ((2, 1), (1, 2)), ((4, 1), (2, 2), (1, 4)):
+        plans = {
+            plan_steps(1437, data, TrainConfig(epochs=3, grad_accum_steps=a), p).total_steps for p, a in global_batch
+        }
+        orders = {
+            tuple(map(tuple, EpochBatchSampler(1437, 16, True, True, 0, processes=p, accumulation=a)))
+            for p, a in global_batch
+        }
+        assert len(plans) == 1 and len(orders) == 1, (global_batch, plans)
+    assert plan_steps(1437, data, TrainConfig(epochs=1), 2).total_steps == 44

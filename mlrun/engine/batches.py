@@ -34,10 +34,12 @@ class EpochBatchSampler:
         index_tensors: bool = False,
         epoch_order=None,
         processes: int = 1,
+        accumulation: int = 1,
     ):
         self.size, self.batch_size, self.shuffle, self.drop_last, self.seed = size, batch_size, shuffle, drop_last, seed
-        # The processes Accelerate deals the batches to (round-robin): the epoch is evened out for them here.
-        self.processes = processes
+        # The processes Accelerate deals the batches to (round-robin): the epoch is evened out for them here,
+        # or with drop_last cut to whole global batches (one batch per process for each accumulation step).
+        self.processes, self.accumulation = processes, accumulation
         # A dataset's own shuffle, `epoch_order(seed, epoch) -> index tensor` (None: the plain permutation),
         # where a plain permutation would read badly (files read by row group); a pure function of (seed, epoch).
         self.epoch_order = epoch_order
@@ -55,7 +57,8 @@ class EpochBatchSampler:
 
     def batches_per_epoch(self) -> int:
         if self.drop_last:
-            return self.size // self.batch_size
+            window = self.processes * self.accumulation
+            return self.size // self.batch_size // window * window
         batches = -(-self.size // self.batch_size)
         return -(-batches // self.processes) * self.processes  # evened out for the processes
 
@@ -70,9 +73,9 @@ class EpochBatchSampler:
         elif order is None:
             order = torch.arange(self.size)
         batches = list(order.split(self.batch_size))
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
-            batches.pop()
-        elif not self.drop_last and self.processes > 1:
+        if self.drop_last:
+            batches = batches[: self.batches_per_epoch()]
+        elif self.processes > 1:
             batches = evened(batches, self.processes, self.batch_size)
         for batch in batches[self.start_batch :]:
             yield batch if self.index_tensors else batch.tolist()
@@ -154,14 +157,20 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def train_loader(
-    dataset: Dataset, spec: DataSpec, seed: int, on_cuda: bool, processes: int = 1, sharded: bool = True
+    dataset: Dataset,
+    spec: DataSpec,
+    seed: int,
+    on_cuda: bool,
+    processes: int = 1,
+    sharded: bool = True,
+    accumulation: int = 1,
 ) -> tuple[DataLoader, EpochBatchSampler]:
     """The training loader and its sampler; `sharded`: the loader will go through Accelerate's prepare,
-    which deals its batches to `processes`."""
+    which deals its batches to `processes`; each optimizer step takes `accumulation` of them a process."""
     index_tensors = not sharded and hasattr(dataset, "__getitems__")
     order = getattr(dataset, "epoch_order", None)
     sampler = EpochBatchSampler(
-        len(dataset), spec.batch_size, spec.shuffle, spec.drop_last, seed, index_tensors, order, processes
+        len(dataset), spec.batch_size, spec.shuffle, spec.drop_last, seed, index_tensors, order, processes, accumulation
     )
     # Its own generator: creating an iterator draws a worker base seed, which must not consume the
     # global torch RNG (that would shift dropout masks after a mid-epoch resume).

@@ -261,12 +261,14 @@ def build_augmentations(config: ExperimentConfig, meta: DataMeta) -> Augmentatio
 
 def plan_steps(train_size: int, data: DataSpec, train: TrainConfig, num_processes: int = 1) -> StepPlan:
     """Batches and optimizer steps per epoch as each process sees them (batches are dealt round-robin)."""
-    batches = train_size // data.batch_size if data.drop_last else math.ceil(train_size / data.batch_size)
-    batches = batches // num_processes if data.drop_last else math.ceil(batches / num_processes)
+    if data.drop_last:  # whole global batches only (mlrun.engine.batches.EpochBatchSampler)
+        batches = train_size // data.batch_size // (num_processes * train.grad_accum_steps) * train.grad_accum_steps
+    else:
+        batches = math.ceil(math.ceil(train_size / data.batch_size) / num_processes)
     if batches == 0:
         raise UsageError(
-            f"data.batch_size: {data.batch_size} is larger than the {train_size} training samples "
-            "with drop_last; lower the batch size"
+            f"data.batch_size: {data.batch_size} x {num_processes} process(es) x train.grad_accum_steps "
+            f"{train.grad_accum_steps} is larger than the {train_size} training samples with drop_last; lower one"
         )
     steps_per_epoch = math.ceil(batches / train.grad_accum_steps)
     candidates = [n for n in (train.max_steps, train.epochs and train.epochs * steps_per_epoch) if n]

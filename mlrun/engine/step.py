@@ -167,7 +167,10 @@ def prepare_training(parts: Components, accelerator: Accelerator, callbacks) -> 
     direct = calls_torch_directly(accelerator) and not sharded
     on_cuda = accelerator.device.type == "cuda"
     processes = accelerator.num_processes if not direct else 1
-    loader, sampler = train_loader(parts.bundle.train, config.data, config.seed, on_cuda, processes, sharded=not direct)
+    accumulation = config.train.grad_accum_steps
+    loader, sampler = train_loader(
+        parts.bundle.train, config.data, config.seed, on_cuda, processes, not direct, accumulation
+    )
     val = eval_loader(parts.bundle.val, config.data, on_cuda)
     if config.train.precision == "fp8":  # before FSDP shards the layers and compile fuses the casts
         from mlrun.engine.fp8 import convert_to_fp8

@@ -45,7 +45,9 @@ class DataSpec(ComponentSpec):
     shuffle: bool = True
     """Shuffle the training split every epoch (seeded by `seed` and the epoch)."""
     drop_last: bool = False
-    """Drop the last incomplete training batch of each epoch."""
+    """Drop the end of each epoch that does not fill a whole global batch (batch_size x processes x
+    train.grad_accum_steps samples): every optimizer step then sees as many samples, and a resume on another
+    number of processes keeps the run's length."""
     pin_memory: bool | None = None
     """Page-locked host memory for faster copies to a GPU; default: on when training on CUDA."""
     augment: list[AugmentSpec] = []
