@@ -524,3 +524,25 @@ def test_too_little_loaded_from_a_factorized_stage_points_to_the_stage_config(tm
     plain.mkdir()
     (plain / "config.yaml").write_text("model: {name: mlp}\n")
     assert _why_so_little(report, plain / "model.safetensors").startswith("check init_from.prefix")
+
+
+def test_init_from_a_stage_that_folded_layers_away_warns_though_most_loaded(tmp_path, capsys):
+    """A fold_batchnorm stage's weights load into a model with its batch norms at 71% of the parameters,
+    above warn_below, and the fresh norms make another function: said, with the stage's config to train from."""
+    from safetensors.torch import save_file
+    from torch import nn
+
+    from mlrun.config.schema.model import InitFrom
+    from mlrun.engine.init_from import load_pretrained
+
+    stage = tmp_path / "2-fold_batchnorm"
+    stage.mkdir()
+    (stage / "config.yaml").write_text("model_edits:\n- {op: fold_batchnorm, module: '0', norm: '1'}\n")
+    folded = nn.Linear(4, 4)
+    save_file({"0.weight": folded.weight.detach(), "0.bias": folded.bias.detach()}, stage / "model.safetensors")
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    report = load_pretrained(model, InitFrom(path=str(stage / "model.safetensors")))
+    assert report["loaded_fraction"] > 0.5
+    err = capsys.readouterr().err
+    assert "left 5 of the model's tensors fresh (1.weight, 1.bias, 1.running_mean)" in err, err
+    assert f"mlrun train {stage / 'config.yaml'}" in err

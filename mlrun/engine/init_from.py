@@ -188,12 +188,19 @@ def load_pretrained(model: nn.Module, spec: InitFrom) -> dict[str, Any]:
             file=sys.stderr,
             flush=True,
         )
+    elif report["missing"] and _stage_edits(path):  # e.g. batch norms a fold_batchnorm stage folded away
+        print(
+            f"mlrun: warning: init_from left {len(report['missing'])} of the model's tensors fresh "
+            f"({', '.join(report['missing'][:3])}) beside the stage's weights, a different function; "
+            + _why_so_little(report, path),
+            file=sys.stderr,
+            flush=True,
+        )
     return full
 
 
-def _why_so_little(report: dict[str, Any], path: Path) -> str:
-    """What to check: a compress stage's changed layers, the shapes when same-named tensors differ,
-    otherwise the key mapping."""
+def _stage_edits(path: Path) -> list[str]:
+    """The kinds of structural edits the source's config.yaml records (a compress stage's), if any."""
     import yaml
 
     config = path.parent / "config.yaml"
@@ -202,12 +209,18 @@ def _why_so_little(report: dict[str, Any], path: Path) -> str:
     except (OSError, yaml.YAMLError):  # advice only: a config it cannot read gives the general advice
         recorded = None
     edits = recorded.get("model_edits") if isinstance(recorded, dict) else None
-    if edits:
-        kinds = sorted({edit.get("op", "edit") for edit in edits if isinstance(edit, dict)})
+    return sorted({edit.get("op", "edit") for edit in edits if isinstance(edit, dict)}) if edits else []
+
+
+def _why_so_little(report: dict[str, Any], path: Path) -> str:
+    """What to check: a compress stage's changed layers, the shapes when same-named tensors differ,
+    otherwise the key mapping."""
+    if kinds := _stage_edits(path):
         return (
             f"the source is a compress stage whose layers were changed ({', '.join(kinds)} in its config.yaml's "
             f"model_edits), which this model does not have: train from the stage's own config "
-            f"(mlrun train {config} name=<new run> ...) to build those layers, then init_from loads them all"
+            f"(mlrun train {path.parent / 'config.yaml'} name=<new run> ...) to build those layers, then init_from "
+            "loads them all"
         )
     shapes = report["skipped_shape"]
     if shapes and len(shapes) >= len(report["missing"]):
