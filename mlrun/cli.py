@@ -402,8 +402,8 @@ def _exit_before_finalization() -> None:
 
 def _fail(code: int, exc: BaseException | None, prefix: str, message: str | None = None) -> None:
     """Report on stderr, and under --json also as the one document on stdout; then exit with `code`."""
-    if exc is not None:
-        _report(exc, prefix)
+    if exc is not None and not (isinstance(exc, RunInterrupted) and os.environ.get("RANK", "0") != "0"):
+        _report(exc, prefix)  # an interrupted run's message is every process's alike: the first one prints it
     from mlrun import jsonout
 
     if jsonout.active() and not jsonout.printed:

@@ -81,6 +81,8 @@ def test_usr1_before_the_time_limit_checkpoints_every_process_and_requeues(tmp_p
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
     assert "checkpoint saved at step" in output, output[-3000:]
+    # Both processes got the signal and stopped alike; the first one says so, once.
+    assert output.count("SIGTERM received") == 1 and output.count("stopped by signal") == 1, output[-3000:]
     assert (tmp_path / "requeued").read_text().split() == ["4242"], output[-3000:]
     summary = json.loads((tmp_path / "runs/pre/summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["steps"] < 800, summary

@@ -16,6 +16,7 @@ adjustment is said on stderr and recorded in manifest.json (`allocation`).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -90,7 +91,8 @@ def keep_global_batch(
         "message": f"resumed on {processes} process(es): {current.describe()} would change the global batch "
         f"of {saved.global_batch} ({saved.describe()}); going on with {target.describe()}",
     }
-    print(f"mlrun: {note['message']}", file=sys.stderr, flush=True)
+    if os.environ.get("RANK", "0") == "0":  # every process adjusts alike; the first one says so
+        print(f"mlrun: {note['message']}", file=sys.stderr, flush=True)
     return config, note
 
 

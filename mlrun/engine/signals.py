@@ -7,6 +7,7 @@ restored when training ends.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -37,6 +38,8 @@ class StopSignals:
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: stop now, without a checkpoint
         self.received = signum
+        if os.environ.get("RANK", "0") != "0":
+            return  # SLURM signals every process; the first one says so
         again = " (Ctrl-C again to exit at once)" if signum == signal.SIGINT else ""
         print(
             f"\nmlrun: {signal.Signals(signum).name} received: saving a checkpoint at the next step{again}",
@@ -60,7 +63,6 @@ class StopSignals:
 
 def requeue_slurm_job() -> str:
     """Ask SLURM to requeue this job (it then resumes from the checkpoint just written); a line for the log."""
-    import os
     import subprocess
 
     job = (
