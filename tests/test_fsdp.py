@@ -347,3 +347,22 @@ def test_drop_last_keeps_whole_global_batches_so_another_allocation_keeps_the_ru
         }
         assert len(plans) == 1 and len(orders) == 1, (global_batch, plans)
     assert plan_steps(1437, data, TrainConfig(epochs=1), 2).total_steps == 44
+
+
+def test_resume_errors_that_another_checkpoint_cannot_fix_say_what_can(tmp_path):
+    """A pipeline checkpoint read on another number of processes, and a checkpoint read under another
+    strategy, named the right fix instead of 'pass an older checkpoint' (all have the same layout)."""
+    from mlrun.config.errors import SourceMap
+    from mlrun.config.load import validate_raw
+    from mlrun.engine.allocation import Allocation, check_pipeline_allocation
+    from mlrun.engine.config_change import explain_load_failure
+    from mlrun.errors import UsageError
+
+    c = validate_raw({**tiny_config(), "distributed": {"strategy": "pipeline"}}, SourceMap())
+    with pytest.raises(UsageError, match="written by 2; resume on 2 processes"):
+        check_pipeline_allocation(c, Allocation(2, 32, 1), 1, tmp_path / "step-00000050")
+    check_pipeline_allocation(c, Allocation(2, 32, 1), 2, tmp_path / "step-00000050")  # the same: fine
+    error = explain_load_failure(
+        tmp_path / "step-00000050", RuntimeError("Missing key in checkpoint"), {"distributed.strategy": ("ddp", "fsdp")}
+    )
+    assert "resume with distributed.strategy=ddp" in str(error) and "older checkpoint" not in str(error)

@@ -118,6 +118,17 @@ def impossible(saved: Allocation, processes: int) -> str:
     )
 
 
+def check_pipeline_allocation(config, saved: Allocation, processes: int, checkpoint: Path) -> None:
+    """A pipeline checkpoint holds each stage in the files of the process that ran it: only as many
+    processes read it back (a global batch kept on other processes would still find no stage files)."""
+    if config.distributed.strategy == "pipeline" and saved.processes != processes:
+        raise UsageError(
+            f"cannot resume from {checkpoint} on {processes} process(es): a pipeline checkpoint holds one stage per "
+            f"process, written by {saved.processes}; resume on {saved.processes} processes (torchrun "
+            f"--nproc_per_node {saved.processes}), or start a new run from its weights (init_from)"
+        )
+
+
 def rescale_position(state, saved: Allocation, now: Allocation) -> None:
     """The loop's position in the epoch counts per-process micro-batches: convert it to the new allocation."""
     samples = state.batch_in_epoch * saved.processes * saved.batch_size  # consumed in this epoch, globally

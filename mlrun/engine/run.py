@@ -13,7 +13,13 @@ from pathlib import Path
 
 from mlrun.callbacks import Callback
 from mlrun.config.schema import ExperimentConfig
-from mlrun.engine.allocation import keep_global_batch, of_config, read_allocation, rescale_position
+from mlrun.engine.allocation import (
+    check_pipeline_allocation,
+    keep_global_batch,
+    of_config,
+    read_allocation,
+    rescale_position,
+)
 from mlrun.engine.checkpoint import checkpoint_step, latest_checkpoint, resolve_resume
 from mlrun.engine.config_change import Changes, check_resume_config, describe, explain_load_failure, record_changes
 from mlrun.engine.energy_attempts import EnergyTotal, earlier_attempts
@@ -70,6 +76,7 @@ def run_training(
         if changes and accelerator.is_main_process:
             print(f"mlrun: resume from {resume_from.name} with config changes:\n{describe(changes)}", file=sys.stderr)
         recorded, saved_allocation = config, read_allocation(resume_from, config)
+        check_pipeline_allocation(config, saved_allocation, accelerator.num_processes, resume_from)
         config, reallocated = keep_global_batch(config, saved_allocation, accelerator.num_processes, set(changes))
         accelerator.gradient_accumulation_steps = config.train.grad_accum_steps  # made before the adjustment
     batch_was_auto = config.data.batch_size == "auto"
