@@ -83,29 +83,36 @@ def test_a_finished_run_extended_starts_its_next_epoch_without_evaluating_its_la
     assert evaluated == [16, 32, 48], evaluated
 
 
-def test_an_extension_killed_before_its_end_goes_on_from_its_newest_checkpoint(tmp_path):
-    """A requeued job reruns the command without --resume: the run's summary.json still says the first
-    training finished, but a newer checkpoint of the extension is where it goes on."""
+def test_an_extension_killed_before_its_end_goes_on_from_its_newest_whole_checkpoint(tmp_path):
+    """A requeued job reruns the extension's command as it was, `--resume` of the finished run's last
+    checkpoint included (since rotated away); summary.json still says the first training finished. It goes
+    on from the extension's newest whole checkpoint; `train` without --resume does the same."""
     config = tiny_config(name="ext")  # 16 steps an epoch, a checkpoint at each epoch's end
+    config["train"] = {**config["train"], "keep_checkpoints": 2}
     assert train(tmp_path, config)[0].returncode == 0
     armed = tmp_path / "armed"
     armed.touch()
-    config["techniques"] = [{"name": "tests.fixtures:kill_at_step", "step": 70, "armed_file": str(armed)}]
-    extend = ("train.epochs=5", "--allow-config-change")
-    killed = run_cli(
+    config["techniques"] = [{"name": "tests.fixtures:kill_at_step", "step": 90, "armed_file": str(armed)}]
+    path = write_config(tmp_path, config, "ext.yaml")
+    command = (
         "train",
-        write_config(tmp_path, config, "ext.yaml"),
-        *extend,
+        path,
+        "train.epochs=6",
+        "--allow-config-change",
         "--resume",
         "runs/ext/checkpoints/step-00000048",
-        cwd=tmp_path,
-        subprocess=True,
     )
+    killed = run_cli(*command, cwd=tmp_path, subprocess=True)
     assert killed.returncode != 0 and not armed.exists(), killed.stderr
-    again, run = train(tmp_path, config, *extend)
+    run = tmp_path / "runs/ext"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000064", "step-00000080"]
+    (run / "checkpoints/step-00000080/model.safetensors").write_bytes(b"cut short")  # the kill hit its write
+    again = run_cli(*command, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert "resumed at step 64" in again.stdout
-    assert read(run / "summary.json")["steps"] == 80
+    assert "resumed at step 64" in again.stdout, again.stdout  # the damaged newest skipped
+    assert read(run / "summary.json")["steps"] == 96
+    rewind = run_cli(*command[:-1], "runs/ext/checkpoints/step-00000080", "train.epochs=7", cwd=tmp_path)
+    assert "resumed at step 80" in rewind.stdout, rewind.stderr  # an older checkpoint named on purpose
 
 
 def interrupted_run(tmp_path: Path, name: str, keep_newest: bool = False) -> Path:

@@ -201,10 +201,10 @@ def decide_resume(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | N
     if overwrite:
         return None, run_dir.exists()
     summary = read_summary(run_dir)
+    if summary and summary["status"] in FINISHED and (going_on := unfinished_extension(run_dir, resume, summary)):
+        return going_on, False
     if summary and summary["status"] in FINISHED and resume == "auto":
         latest = latest_checkpoint(run_dir)
-        if latest is not None and (checkpoint_step(latest) or 0) > summary.get("steps", 0):
-            return latest, False  # an extension (--resume with more epochs) that stopped before its end goes on
         extend = f"--resume {latest} to continue from its last checkpoint (e.g. with more epochs), " if latest else ""
         raise UsageError(
             f"run '{run_dir}' already finished ({summary['status']}). Pass --overwrite to train it again "
@@ -215,6 +215,25 @@ def decide_resume(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | N
     checkpoint = resolve_resume(run_dir, resume)
     # A start that died before its first checkpoint leaves nothing worth keeping.
     return checkpoint, checkpoint is None and run_dir.exists()
+
+
+def unfinished_extension(run_dir: Path, resume: str, summary: dict) -> Path | None:
+    """The newest checkpoint of an extension of this finished run that stopped before its end (killed,
+    preempted), when the command is run again as it was (a requeued job: `--resume` of the finished
+    run's last checkpoint, or auto). None otherwise: an older checkpoint named on purpose is a rewind."""
+    finished = summary.get("steps", 0)
+    if resume != "auto":
+        named = Path(resume)
+        if named.parent.resolve() != (run_dir / "checkpoints").resolve() or checkpoint_step(named) != finished:
+            return None
+    newest = latest_checkpoint(run_dir)
+    if newest is None or (checkpoint_step(newest) or 0) <= finished:
+        return None
+    going_on = resolve_resume(run_dir, "auto")  # the newest whole one: a kill may have damaged the last
+    if going_on is not None and (checkpoint_step(going_on) or 0) > finished:
+        print(f"mlrun: resume: the extension of this finished run goes on from {going_on}", file=sys.stderr)
+        return going_on
+    return None
 
 
 def make_accelerator(config: ExperimentConfig):
