@@ -366,3 +366,18 @@ def test_resume_errors_that_another_checkpoint_cannot_fix_say_what_can(tmp_path)
         tmp_path / "step-00000050", RuntimeError("Missing key in checkpoint"), {"distributed.strategy": ("ddp", "fsdp")}
     )
     assert "resume with distributed.strategy=ddp" in str(error) and "older checkpoint" not in str(error)
+
+
+def test_a_run_recorded_with_another_strategys_setting_still_loads(tmp_path):
+    """Runs made before another strategy's settings were refused recorded them (ignored): eval, export and
+    resume read those runs' config.yaml; only a config given to train or validate is refused."""
+    c = tiny_config(name="old")
+    c["train"] = {**c["train"], "epochs": 1}
+    assert run_cli("train", write_config(tmp_path, c), cwd=tmp_path).returncode == 0
+    recorded = tmp_path / "runs/old/config.yaml"
+    recorded.write_text(recorded.read_text().replace("fsdp_cpu_offload: false", "fsdp_cpu_offload: true"))
+    assert run_cli("eval", "runs/old", cwd=tmp_path).returncode == 0
+    copied = tmp_path / "again.yaml"
+    copied.write_text(recorded.read_text())  # the same settings as a user's config
+    refused = run_cli("validate", copied, cwd=tmp_path)
+    assert refused.returncode == 2 and "fsdp_cpu_offload is a setting of strategy fsdp" in refused.stderr

@@ -24,9 +24,13 @@ KeyPath = tuple[str | int, ...]
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """The validated config of `path` with its base chain and overrides applied."""
+    """The validated config of `path` with its base chain and overrides applied. A run's own config.yaml
+    (beside its manifest.json) is read as recorded: checks added since the run was made do not lock it out."""
     data, sources = resolve_raw(path, overrides)
-    return validate_raw(data, sources)
+    path = Path(path)
+    return validate_raw(
+        data, sources, recorded=path.name == "config.yaml" and (path.parent / "manifest.json").is_file()
+    )
 
 
 def resolve_raw(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, Any], SourceMap]:
@@ -38,12 +42,12 @@ def resolve_raw(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return data, sources
 
 
-def validate_raw(data: dict[str, Any], sources: SourceMap) -> ExperimentConfig:
+def validate_raw(data: dict[str, Any], sources: SourceMap, recorded: bool = False) -> ExperimentConfig:
     # Imported here: components pull in the registries and, through them, torch.
     from mlrun.config.components import check_components
 
     try:
-        config = ExperimentConfig.model_validate(data)
+        config = ExperimentConfig.model_validate(data, context={"recorded": recorded})
     except ValidationError as exc:
         raise UsageError(validation_error_message(exc, sources, ExperimentConfig)) from None
     check_components(config, sources)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, ValidationInfo, model_validator
 
 from mlrun.config.schema.base import Section
 
@@ -42,8 +42,11 @@ class DistributedConfig(Section):
     """pipeline: indices of the blocks that start stages 2, 3, ... (one fewer than processes); default even."""
 
     @model_validator(mode="after")
-    def _settings_of_this_strategy(self) -> DistributedConfig:
-        # Set and not the default: a run's config.yaml records every setting, defaults included.
+    def _settings_of_this_strategy(self, info: ValidationInfo) -> DistributedConfig:
+        # Set and not the default: a run's config.yaml records every setting, defaults included. A run made
+        # before this check may record another strategy's setting, which it ignored: it still loads.
+        if info.context and info.context.get("recorded"):
+            return self
         for setting in sorted(self.model_fields_set):
             readers = _READERS.get(setting.split("_")[0], ())
             if (
