@@ -17,6 +17,7 @@ import typer
 
 from mlrun import __version__
 from mlrun.errors import EXIT_INTERRUPTED, EXIT_RUN_FAILED, EXIT_USAGE, MlrunError, RunInterrupted
+from mlrun.ranks import first_process
 
 app = typer.Typer(
     name="mlrun",
@@ -402,7 +403,7 @@ def _exit_before_finalization() -> None:
 
 def _fail(code: int, exc: BaseException | None, prefix: str, message: str | None = None) -> None:
     """Report on stderr, and under --json also as the one document on stdout; then exit with `code`."""
-    if exc is not None and not (isinstance(exc, RunInterrupted) and os.environ.get("RANK", "0") != "0"):
+    if exc is not None and not (isinstance(exc, RunInterrupted) and not first_process()):
         _report(exc, prefix)  # an interrupted run's message is every process's alike: the first one prints it
     from mlrun import jsonout
 

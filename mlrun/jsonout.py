@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Any
 
+from mlrun.ranks import first_process
+
 _stdout_fd: int | None = None
 printed = False  # whether the command's document went out (the CLI prints an error document otherwise)
 
@@ -34,7 +36,7 @@ def print_json(document: Any) -> None:
     same document."""
     global printed
     printed = True
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not first_process():
         return
     text = json.dumps(_finite(document), default=str, allow_nan=False) + "\n"
     if _stdout_fd is None:

@@ -366,6 +366,9 @@ def test_resume_errors_that_another_checkpoint_cannot_fix_say_what_can(tmp_path)
         tmp_path / "step-00000050", RuntimeError("Missing key in checkpoint"), {"distributed.strategy": ("ddp", "fsdp")}
     )
     assert "resume with distributed.strategy=ddp" in str(error) and "older checkpoint" not in str(error)
+    same_layout = explain_load_failure(tmp_path, RuntimeError("boom"), {"distributed.strategy": ("auto", "ddp")})
+    assert "distributed.strategy=" not in str(same_layout)  # auto is ddp on several processes
+    check_pipeline_allocation(c, None, 1, tmp_path)  # a checkpoint that recorded no allocation: loading decides
 
 
 def test_a_run_recorded_with_another_strategys_setting_still_loads(tmp_path):

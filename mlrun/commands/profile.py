@@ -15,6 +15,7 @@ from mlrun.config.load import load_config
 from mlrun.errors import UsageError
 from mlrun.jsonout import print_json
 from mlrun.profiling.units import MB
+from mlrun.ranks import first_process
 
 
 def run_profile(
@@ -49,7 +50,7 @@ def run_profile(
         return
     figures = profile_one(config, steps, warmup, estimate, folder / "trace" if trace else None)
     figures["processes"] = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun: the figures are one process's
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not first_process():
         return  # every process measured its own part alike; the first one reports
     (folder / "profile.json").write_text(json.dumps(figures, indent=2) + "\n")
     if json_output:

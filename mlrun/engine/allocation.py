@@ -16,13 +16,13 @@ adjustment is said on stderr and recorded in manifest.json (`allocation`).
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mlrun.config.schema import ExperimentConfig
 from mlrun.errors import UsageError
+from mlrun.ranks import first_process
 
 ALLOCATION = "allocation.json"
 
@@ -91,7 +91,7 @@ def keep_global_batch(
         "message": f"resumed on {processes} process(es): {current.describe()} would change the global batch "
         f"of {saved.global_batch} ({saved.describe()}); going on with {target.describe()}",
     }
-    if os.environ.get("RANK", "0") == "0":  # every process adjusts alike; the first one says so
+    if first_process():  # every process adjusts alike; the first one says so
         print(f"mlrun: {note['message']}", file=sys.stderr, flush=True)
     return config, note
 
@@ -118,10 +118,11 @@ def impossible(saved: Allocation, processes: int) -> str:
     )
 
 
-def check_pipeline_allocation(config, saved: Allocation, processes: int, checkpoint: Path) -> None:
+def check_pipeline_allocation(config, saved: Allocation | None, processes: int, checkpoint: Path) -> None:
     """A pipeline checkpoint holds each stage in the files of the process that ran it: only as many
-    processes read it back (a global batch kept on other processes would still find no stage files)."""
-    if config.distributed.strategy == "pipeline" and saved.processes != processes:
+    processes read it back (a global batch kept on other processes would still find no stage files).
+    `saved` None: a checkpoint that recorded no allocation (its loading says what is wrong, if anything)."""
+    if config.distributed.strategy == "pipeline" and saved is not None and saved.processes != processes:
         raise UsageError(
             f"cannot resume from {checkpoint} on {processes} process(es): a pipeline checkpoint holds one stage per "
             f"process, written by {saved.processes}; resume on {saved.processes} processes (torchrun "

@@ -95,15 +95,15 @@ def explain_load_failure(checkpoint: Path, exc: BaseException, changes: Changes)
     # torch's load_state_dict puts the telling line ("size mismatch for net.0.weight: ...") second.
     telling = next((line for line in lines if any(m in line for m in _MISFIT)), lines[0] if lines else "")
     cause = f"{type(exc).__name__}: {telling}".rstrip(":. ")
-    if "distributed.strategy" in changes:  # each strategy lays its checkpoint out its own way
-        old, new = changes["distributed.strategy"]
+    old, new = changes.get("distributed.strategy", ("auto", "auto"))
+    model_keys = [key for key in changes if key.startswith("model.")]
+    if {old, new} - {"auto", "ddp"} and not model_keys:  # each strategy lays its checkpoint out its own way
         return UsageError(
             f"cannot resume from {checkpoint}: {cause}. It was written under distributed.strategy: {old}, which "
             f"{new} cannot read: resume with distributed.strategy={old}, or start a new run from its weights "
             "(init_from)."
         )
     if any(marker in text for marker in _MISFIT):
-        model_keys = [key for key in changes if key.startswith("model.")]
         named = f" (changed: {', '.join(model_keys)})" if model_keys else ""
         return UsageError(
             f"cannot resume from {checkpoint}: its weights do not fit the model of this config{named}: {cause}. "

@@ -12,6 +12,7 @@ import signal
 import sys
 
 from mlrun.errors import EXIT_INTERRUPTED
+from mlrun.ranks import first_process
 
 EXIT_CODES = {
     signal.SIGINT: EXIT_INTERRUPTED,
@@ -38,7 +39,7 @@ class StopSignals:
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: stop now, without a checkpoint
         self.received = signum
-        if os.environ.get("RANK", "0") != "0":
+        if not first_process():
             return  # SLURM signals every process; the first one says so
         again = " (Ctrl-C again to exit at once)" if signum == signal.SIGINT else ""
         print(
