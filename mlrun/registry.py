@@ -128,14 +128,15 @@ class Registry:
 
     def build(self, name: str, *runtime: Any, **settings: Any) -> Any:
         """Call the factory with runtime inputs and validated settings. The user's own factory
-        ("module:function") failing is named as theirs (exit 2); a ValueError is left to the caller, which
-        names the component, and a built-in entry failing is mlrun's bug (exit 1, traceback on --debug)."""
+        ("module:function") failing is named as theirs (exit 2) wherever it is built; a built-in entry's
+        ValueError is left to the caller, which names the component, and any other failure of it is
+        mlrun's bug (exit 1, traceback on --debug)."""
         factory, settings = self.get(name), self.validate(name, settings)
         if ":" not in name:
             return factory(*runtime, **settings)
         try:
             return factory(*runtime, **settings)
-        except (ValueError, MlrunError):
+        except MlrunError:
             raise
         except Exception as exc:
             raise UsageError(

@@ -106,6 +106,10 @@ def five_outputs(meta, /):
     return nn.Linear(meta.input_shape[0], 5)
 
 
+def rejects(meta, /, *, width: int = 8):
+    raise ValueError("width must be a power of two")
+
+
 def twelve_outputs(meta, /):
     return nn.Linear(meta.input_shape[0], 12)
 
@@ -125,6 +129,8 @@ WIDTH = 3
         ({"name": "usermodels:positional", "width": 4}, ["positional parameter", "/, *, width"]),
         ({"name": "usermodels:five_outputs"}, ["5 outputs", "10 classes"]),
         ({"name": "usermodels:twelve_outputs"}, ["12 outputs", "10 classes", "must be 10 wide"]),
+        # wherever a model is built (also as a teacher, a saved run): named as the user's own
+        ({"name": "usermodels:rejects"}, ["'usermodels:rejects' (your factory) raised ValueError: width must be"]),
         ({"name": "usermodels:returns_none"}, ["'usermodels:returns_none' returned NoneType, not a torch.nn"]),
         ({"name": "usermodels:WIDTH"}, ["'usermodels:WIDTH' is int 3, not a function or class"]),
     ],
