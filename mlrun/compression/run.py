@@ -377,10 +377,15 @@ def check_rebuilds(spec: StageSpec, stage: Stage, output: ExperimentConfig, meta
     if made != rebuilt:
         differ = sorted(k for k in made.keys() & rebuilt.keys() if made[k] != rebuilt[k])
         only_made, only_rebuilt = sorted(made.keys() - rebuilt.keys()), sorted(rebuilt.keys() - made.keys())
+        fix = (
+            "A stage that changes the structure records it in Stage.edits (mlrun.models.edits) or Stage.model_spec"
+            if ":" in spec.name  # the user's own stage
+            else "A gap in mlrun, not in your config (seen with early-exit heads and LoRA adapters): leave the "
+            "stage out for this model"
+        )
         raise UsageError(
             f"compress stage '{spec.name}' returned a model its config does not rebuild: only in the stage's "
-            f"{only_made[:4]}, only in the rebuilt {only_rebuilt[:4]}, other shapes {differ[:4]}. A stage that "
-            "changes the structure records it in Stage.edits (mlrun.models.edits) or Stage.model_spec"
+            f"{only_made[:4]}, only in the rebuilt {only_rebuilt[:4]}, other shapes {differ[:4]}. {fix}"
         )
 
 
