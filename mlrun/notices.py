@@ -2,7 +2,7 @@
 
 Each is matched by the logger it comes from and the opening words of its text, so every other warning of
 those libraries still shows; torch's C++ profiler writes past any logger, so its notices are filtered from
-file descriptor 2 while it runs. `mlrun train c.yaml --debug` shows them all.
+file descriptor 2 (read through a pipe) while it runs. `mlrun train c.yaml --debug` shows them all.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import importlib
 import logging
 import os
 import sys
-import tempfile
+import threading
 import warnings
 
 # (logger name, message prefix); "" is the root logger, which onnxruntime logs to directly.
@@ -66,25 +66,35 @@ def hide_third_party_notices() -> None:
 
 @contextlib.contextmanager
 def native_notices_hidden():
-    """Runs the block with file descriptor 2 captured, then writes back every line but NATIVE_HIDDEN's (in
-    order, after the block). A no-op under --debug."""
+    """Runs the block with file descriptor 2 read through a pipe: a thread passes every line on as it
+    comes, but NATIVE_HIDDEN's, so a crash inside the block loses nothing already written. A no-op under
+    --debug."""
     if os.environ.get("MLRUN_DEBUG"):
         yield
         return
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            kept = [line for line in captured if not any(notice in line for notice in NATIVE_HIDDEN)]
-            with os.fdopen(os.dup(2), "wb") as stderr:
-                stderr.writelines(kept)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    forwarding = threading.Thread(target=_forward, args=(read_end, os.dup(saved)), daemon=True)
+    forwarding.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last write end closes: the thread reads to its end and stops
+        os.close(saved)
+        # Not longer: a data-loader worker forked inside the block holds the pipe open, and its lines
+        # still pass through the thread (a daemon) until it exits.
+        forwarding.join(timeout=2.0)
+
+
+def _forward(read_end: int, out: int) -> None:
+    with os.fdopen(read_end, "rb") as lines, os.fdopen(out, "wb", buffering=0) as stderr:
+        for line in lines:
+            if not any(notice in line for notice in NATIVE_HIDDEN):
+                stderr.write(line)
 
 
 @contextlib.contextmanager
