@@ -70,8 +70,8 @@ def test_two_processes_with_batch_b_match_one_with_batch_2b(tmp_path):
 def test_two_processes_resume_after_sigkill_bit_identically(tmp_path):
     def config(name: str, **model) -> dict:
         c = tiny_config(name=name, model={"name": "tests.fixtures:probe_mlp", **model})  # dropout on
-        # 512 samples in batches of 24: 22 batches, the last of 8, which Accelerate fills for the processes
-        # with samples of the epoch's start (also when the pass begins mid-epoch, as a resumed one does).
+        # 512 samples in batches of 24: 22 batches, the last of 8, filled for the processes with samples of
+        # the epoch's start by mlrun's sampler (also when the pass begins mid-epoch, as a resumed one does).
         c["data"] = {**c["data"], "batch_size": 24}
         c["train"] = {**c["train"], "checkpoint_every": "3st"}  # 11 steps an epoch: mid-epoch checkpoints
         return c

@@ -384,3 +384,38 @@ def test_a_run_recorded_with_another_strategys_setting_still_loads(tmp_path):
     copied.write_text(recorded.read_text())  # the same settings as a user's config
     refused = run_cli("validate", copied, cwd=tmp_path)
     assert refused.returncode == 2 and "fsdp_cpu_offload is a setting of strategy fsdp" in refused.stderr
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize(
+    "size, batch, processes, accumulation", [(37, 4, 2, 1), (37, 4, 3, 2), (100, 8, 4, 1), (5, 8, 2, 1), (97, 3, 2, 4)]
+)
+def test_each_process_gets_the_planned_batches_from_any_position_through_accelerates_shard(
+    drop_last, size, batch, processes, accumulation
+):
+    """The sampler as Accelerate's BatchSamplerShard deals it: every process gets the plan's batches, all
+    full, and a pass from any position of the epoch (a resume) is the tail of the whole pass."""
+    from accelerate.data_loader import BatchSamplerShard
+
+    from mlrun.config.schema import DataSpec, TrainConfig
+    from mlrun.engine.batches import EpochBatchSampler
+    from mlrun.engine.build import plan_steps
+    from mlrun.errors import UsageError
+
+    data = DataSpec(name="digits", batch_size=batch, drop_last=drop_last)
+    try:
+        plan = plan_steps(size, data, TrainConfig(epochs=1, grad_accum_steps=accumulation), processes)
+    except UsageError:
+        assert drop_last and size // batch < processes * accumulation
+        return
+
+    def dealt(start: int, rank: int) -> list[list[int]]:
+        sampler = EpochBatchSampler(size, batch, True, drop_last, 0, processes=processes, accumulation=accumulation)
+        sampler.start_at(start * processes)
+        return list(BatchSamplerShard(sampler, processes, rank))
+
+    for rank in range(processes):
+        whole = dealt(0, rank)
+        assert len(whole) == plan.batches_per_epoch and all(len(b) == batch for b in whole)
+        for start in range(len(whole)):
+            assert dealt(start, rank) == whole[start:], (rank, start)

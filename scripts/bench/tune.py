@@ -64,6 +64,7 @@ WIDE_SPACE = (
 # The same with tabular_breast_cancer.yaml's own hidden sizes among the choices: otherwise its values lie
 # outside the space and no arm can start from them (mlrun says so and samples trial 0).
 WIDE_SPACE_WITH_64_32 = WIDE_SPACE.replace("[[8], [32], [128], [256, 128]]", "[[8], [32], [64, 32], [128], [256, 128]]")
+assert WIDE_SPACE_WITH_64_32 != WIDE_SPACE, "the choices of WIDE_SPACE's hidden sizes changed: update the line above"
 # The GPT's counterpart: width instead of hidden sizes, batches of 64-byte blocks.
 WIDE_LM_SPACE = (
     "tune.space={optimizer.lr: {type: float, low: 1.0e-6, high: 1.0, log: true}, "
