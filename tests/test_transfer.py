@@ -546,3 +546,20 @@ def test_init_from_a_stage_that_folded_layers_away_warns_though_most_loaded(tmp_
     err = capsys.readouterr().err
     assert "left 5 of the model's tensors fresh (1.weight, 1.bias, 1.running_mean)" in err, err
     assert f"mlrun train {stage / 'config.yaml'}" in err
+
+
+def test_init_from_patterns_that_name_nothing_and_every_shape_wrong_exit_2_saying_so(tmp_path):
+    """An exclude or prefix that names nothing was a silent no-op (a typo kept the old head); every loadable
+    tensor of another shape crashed the explanation (exit 1)."""
+    result, _ = train(tmp_path, short(tiny_config(name="src"), epochs=1))
+    assert result.returncode == 0, result.stderr
+    cases = {
+        "exclude": ("init_from={run: runs/src, exclude: ['nomatch.*']}", "init_from.exclude: 'nomatch.*' matches no"),
+        "prefix": ("init_from={run: runs/src, prefix: {'bert.': ''}}", "no key of the source begins with 'bert.'"),
+        "shapes": ("init_from={run: runs/src, exclude: ['head.*']}", "tensors have the same names but other shapes"),
+    }
+    path = write_config(tmp_path, tiny_config(name="dst"))
+    for label, (override, says) in cases.items():
+        widths = ["model.hidden_sizes=[8]"] if label == "shapes" else []
+        result = run_cli("validate", path, override, *widths, cwd=tmp_path)
+        assert result.returncode == 2 and says in result.stderr, (label, result.stderr)

@@ -123,6 +123,18 @@ def rename(keys: list[str], prefix: dict[str, str]) -> dict[str, str]:
 def match_state(model: nn.Module, source: dict[str, torch.Tensor], spec: InitFrom) -> tuple[dict, dict]:
     """(model key -> tensor to load, the report's lists) without touching the model."""
     target = model.state_dict()
+    for old in spec.prefix:  # a mapping or pattern that names nothing is a typo, not a choice
+        if not any(key.startswith(old) for key in source):
+            raise UsageError(
+                f"init_from.prefix: no key of the source begins with '{old}' (source keys look like "
+                f"{_few(list(source), 3)})"
+            )
+    for pattern in spec.exclude:
+        if not any(fnmatch.fnmatchcase(key, pattern) for key in target):
+            raise UsageError(
+                f"init_from.exclude: '{pattern}' matches no tensor of the model (model keys look like "
+                f"{_few(list(target), 3)})"
+            )
     names = rename(list(source), spec.prefix)
     by_model_key = {new: source[old] for old, new in names.items()}
     excluded = [k for k in target if any(fnmatch.fnmatchcase(k, p) for p in spec.exclude)]
@@ -256,7 +268,7 @@ def _few(items: list[str], limit: int = 4) -> str:
 def _nothing_matched(model: nn.Module, source: dict, spec: InitFrom, path: Path, report: dict) -> str:
     model_keys = list(model.state_dict())
     if report["skipped_shape"] and not report["missing"]:
-        return f"init_from: nothing loaded from {path}: {_why_so_little(report)}."
+        return f"init_from: nothing loaded from {path}: {_why_so_little(report, path)}."
     return (
         f"init_from: nothing loaded from {path}: no key of the source names a tensor of the model. Model keys "
         f"look like {_few(model_keys, 3)}; source keys look like {_few(list(source), 3)}. Map them with "
