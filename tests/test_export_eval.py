@@ -201,3 +201,24 @@ def test_eval_of_a_stage_after_qat_scores_the_int8_model_it_deploys(trained, tmp
     assert int8["metrics"]["val/loss"] == pytest.approx(fp32["metrics"]["val/loss"], rel=0.05)
     text = run_cli("eval", stage, cwd=tmp_path)
     assert "as deployed (int8 linear layers)" in text.stdout
+
+
+def test_eval_on_data_the_model_cannot_take_or_relabelled_classes_exits_2(tmp_path):
+    """Another file whose classes are fewer made a model of other output size: its weights failed to load
+    with torch's error (exit 1). Another `data.classes` scored samples against outputs meant for others."""
+    data = {"name": "digits", "classes": [0, 1, 2], "batch_size": 64}
+    config = tiny_config(name="three", data=data)
+    config["train"] = {**config["train"], "epochs": 1}
+    assert run_cli("train", write_config(tmp_path, config), cwd=tmp_path).returncode == 0
+    relabelled = run_cli("eval", "runs/three", "data.classes=[3,4,5]", cwd=tmp_path)
+    assert relabelled.returncode == 2 and "scores classes [0, 1, 2] as its outputs" in relabelled.stderr, (
+        relabelled.stderr
+    )
+    assert run_cli("eval", "runs/three", "data.classes=[0,1,2]", cwd=tmp_path).returncode == 0  # the same: fine
+    synthetic = tiny_config(name="four")
+    synthetic["train"] = {**synthetic["train"], "epochs": 1}
+    assert run_cli("train", write_config(tmp_path, synthetic), cwd=tmp_path).returncode == 0
+    other = run_cli("eval", "runs/four", "data.num_classes=6", cwd=tmp_path)
+    assert other.returncode == 2 and "does not fit the model built for this data (6 classes" in other.stderr, (
+        other.stderr
+    )

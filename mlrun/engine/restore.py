@@ -88,6 +88,12 @@ def load_trained(run_dir: Path, checkpoint: str = "final", overrides: list[str] 
     weights = resolve_weights(run_dir, checkpoint)
     # Inputs prepared as in training, also for data given by overrides; the run's weights are loaded next.
     config = load_config(config_path, overrides)
+    kept = load_config(config_path).data.settings.get("classes") if overrides else None
+    if overrides and config.data.settings.get("classes") != kept:  # the outputs are the run's classes, in order
+        raise UsageError(
+            f"data.classes: the run's model scores classes {kept or 'all'} as its outputs; another list would "
+            "relabel the samples against them. Give a file of the samples to score instead (data.path=...)"
+        )
     pinned = recorded_statistics(run_dir, config.data.name)
     if pinned:  # the user's own overrides come last, so an explicit data.mean still wins
         config = load_config(config_path, [*pinned, *overrides])
@@ -97,7 +103,14 @@ def load_trained(run_dir: Path, checkpoint: str = "final", overrides: list[str] 
     elif is_packed(weights):  # a cluster stage's bit-packed file, decoded to the exact dense weights
         missing, unexpected = load_packed(parts.model, weights)
     else:
-        missing, unexpected = load_weights(parts.model, weights, strict=False)
+        try:
+            missing, unexpected = load_weights(parts.model, weights, strict=False)
+        except RuntimeError as exc:  # other shapes: the data given gives the model other input or output sizes
+            raise UsageError(
+                f"{weights} does not fit the model built for this data ({parts.bundle.meta.num_classes} classes, "
+                f"inputs {parts.bundle.meta.input_shape}): {str(exc).strip().splitlines()[-1].strip()}. The run's "
+                "model takes data like its own: the same classes and features"
+            ) from None
     if missing or unexpected:
         raise UsageError(
             f"{weights} does not fit the model of {config_path}: missing {sorted(missing)[:5]}, "
