@@ -563,3 +563,20 @@ def test_init_from_patterns_that_name_nothing_and_every_shape_wrong_exit_2_sayin
         widths = ["model.hidden_sizes=[8]"] if label == "shapes" else []
         result = run_cli("validate", path, override, *widths, cwd=tmp_path)
         assert result.returncode == 2 and says in result.stderr, (label, result.stderr)
+
+
+def test_compress_refuses_a_lora_run_and_says_how_to_merge_it_first(tmp_path):
+    """A stage pruned the adapters as layers, or rebuilt the model without them and failed to load its
+    weights; the merged export, trained from without LoRA, is what compresses."""
+    result, run = train(tmp_path, short(lora_config("adapted"), epochs=1))
+    assert result.returncode == 0, result.stderr
+    stages = "compress=[{name: prune, sparsity: 0.5, finetune: false}]"
+    refused = run_cli("compress", "runs/adapted", stages, cwd=tmp_path)
+    assert refused.returncode == 2 and "trained with LoRA adapters" in refused.stderr, refused.stderr
+    assert not (run / "compress").exists()
+    assert run_cli("export", "runs/adapted", "--format", "safetensors", cwd=tmp_path).returncode == 0
+    merged = short({**lora_config("merged"), "techniques": []}, epochs=1)
+    merged["init_from"] = {"path": "runs/adapted/export/safetensors-none/model.safetensors", "prefix": {"model.": ""}}
+    result, _ = train(tmp_path, merged)
+    assert result.returncode == 0 and "(100.0% of parameters)" in result.stderr, result.stderr
+    assert run_cli("compress", "runs/merged", stages, cwd=tmp_path).returncode == 0

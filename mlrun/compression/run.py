@@ -339,6 +339,13 @@ def checked_chain(
     if not specs:
         raise UsageError("compress: every stage has enabled: false; enable at least one")
     trained = load_trained(source_dir)  # exit 2 when the run has no final weights
+    if any(spec.name == "lora" for spec in trained.parts.config.techniques):
+        raise UsageError(
+            f"compress: {source_dir} was trained with LoRA adapters, which no stage handles yet (a stage would prune "
+            "them, or rebuild the model without them). Compress a run trained without LoRA, or merge the adapters "
+            f"(mlrun export {source_dir} --format safetensors) and train briefly from that file without LoRA: "
+            f"init_from={{path: {source_dir}/export/safetensors-none/model.safetensors, prefix: {{'model.': ''}}}}"
+        )
     weights = trained.weights
     source = ModelSource(load_config(source_dir / "config.yaml"), weights, source_dir, None, file_key(weights))
     with _quietly() if quiet else contextlib.nullcontext():
