@@ -114,6 +114,7 @@ def test_two_input_model_on_named_tensors_trains_evaluates_and_exports(tmp_path)
     assert exported.returncode == 0, exported.stderr
     info = json.loads(exported.stdout.strip().splitlines()[-1])
     assert [i["name"] for i in info["inputs"]] == ["image", "features"]
+    assert "session.run(None, {'image': image, 'features': features})" in info["how_to_load"]  # by its names
     assert info["verification"]["max_abs_diff"] < 1e-3
 
 

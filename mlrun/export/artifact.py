@@ -81,8 +81,8 @@ def slower_than_fp32(info: dict) -> str | None:
         return None
     return (
         f"{info['format']} {info['quantize']} runs slower than fp32 PyTorch on this machine "
-        f"({' and '.join(slower)} its speed); try another format (e.g. --format onnx) or --quantize none "
-        "where latency matters."
+        f"({' and '.join(slower)} its speed); try another format "
+        f"(e.g. --format {'pt2' if info['format'] == 'onnx' else 'onnx'}) or --quantize none where latency matters."
     )
 
 
@@ -155,7 +155,8 @@ def write_artifact(
         "file": path.name,
         "file_bytes": path.stat().st_size,
         "source_weights": str(trained.weights),
-        "how_to_load": spec.how_to_load,
+        # ONNX takes a feed by the recorded input names ({'input_ids': input_ids, 'attention_mask': ...}).
+        "how_to_load": spec.how_to_load.replace("{'inputs': x}", "{" + ", ".join(f"'{n}': {n}" for n in names) + "}"),
         "inputs": [
             {"name": name, "shape": ["batch", *t.shape[1:]], "dtype": "int64" if t.dtype == torch.long else "float32"}
             for name, t in zip(names, example)
