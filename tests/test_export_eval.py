@@ -222,3 +222,12 @@ def test_eval_on_data_the_model_cannot_take_or_relabelled_classes_exits_2(tmp_pa
     assert other.returncode == 2 and "does not fit the model built for this data (6 classes" in other.stderr, (
         other.stderr
     )
+
+
+def test_eval_on_an_export_folder_says_to_predict_with_it(trained, tmp_path):
+    """Its weights are named for the deployable wrapper ('model.blocks...'): eval read them as the run's and
+    reported missing tensors, or, for ONNX, a run without weights."""
+    exported = run_cli("export", trained, "--format", "safetensors", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    result = run_cli("eval", trained / "export/safetensors-none", cwd=tmp_path)
+    assert result.returncode == 2 and "is an export folder: mlrun predict takes it" in result.stderr, result.stderr

@@ -85,6 +85,11 @@ def load_trained(run_dir: Path, checkpoint: str = "final", overrides: list[str] 
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise UsageError(f"'{run_dir}' is not a run directory (no config.yaml); pass runs/<name>")
+    if (run_dir / "export.json").is_file():  # its weights are the deployable model's, under other names
+        raise UsageError(
+            f"'{run_dir}' is an export folder: mlrun predict takes it; eval, compress and init_from={{run: ...}} "
+            f"take the run it came from ({run_dir.parent.parent})"
+        )
     weights = resolve_weights(run_dir, checkpoint)
     # Inputs prepared as in training, also for data given by overrides; the run's weights are loaded next.
     config = load_config(config_path, overrides)
