@@ -431,3 +431,34 @@ def test_npz_images_predict_from_a_table_of_their_values_in_row_major_order(tmp_
         out.writerows(image.reshape(-1).tolist() for image in images[:30])
     report, got, expected = cnn_predictions(tmp_path, "npz_cnn", {"name": "npz", "path": "digits.npz"}, images[:30])
     assert got == expected and report["scores"] is None
+
+
+def test_an_export_predicts_with_its_own_copy_of_a_tokenizer_file(tmp_path):
+    """The export read the tokenizer from the run's recorded path: once that file moved, the export could
+    not predict (and a tokenizer.json was not even copied into it)."""
+    pytest.importorskip("tokenizers")
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    lines = (REPO / "configs" / "data" / "digits_ascii.jsonl").read_text().splitlines()
+    (tmp_path / "train.jsonl").write_text("\n".join(lines[:240]) + "\n")
+    (tmp_path / "new.jsonl").write_text("\n".join(lines[240:280]) + "\n")
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split("", "isolated")  # one token per character
+    texts = [json.loads(line)["text"] for line in lines[:240]]
+    tokenizer.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]"]))
+    (tmp_path / "tok").mkdir()
+    tokenizer.save(str(tmp_path / "tok" / "tokenizer.json"))
+    data = {"name": "jsonl_text", "path": "train.jsonl", "val_path": "new.jsonl", "tokenizer": "tok/tokenizer.json"}
+    config = {
+        "name": "texts",
+        "model": {"name": "transformer_classifier", "dim": 16, "depth": 1, "heads": 2},
+        "data": {**data, "max_length": 72, "batch_size": 32},
+        "train": {"epochs": 1},
+        "tracking": [{"name": "console", "plain": True}],
+    }
+    assert run_cli("train", write_config(tmp_path, config), cwd=tmp_path).returncode == 0
+    assert run_cli("export", "runs/texts", "--format", "onnx", cwd=tmp_path).returncode == 0
+    before = cli_json(tmp_path, "predict", "runs/texts/export/onnx-none", "new.jsonl")
+    (tmp_path / "tok").rename(tmp_path / "moved")
+    after = cli_json(tmp_path, "predict", "runs/texts/export/onnx-none", "new.jsonl")
+    assert after["predictions"] == before["predictions"] and after["scores"] == before["scores"]

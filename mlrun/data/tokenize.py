@@ -58,7 +58,8 @@ class FileTokenizer:
                 f"{key}: a tokenizer file needs the tokenizers package: pip install 'mlrun[text]'"
             ) from None
         if not Path(path).is_file():
-            raise UsageError(f"{key}: '{path}' is neither byte, char nor a tokenizer file (relative to {Path.cwd()}).")
+            what = "does not exist" if not Path(path).exists() else "is neither byte, char nor a tokenizer file"
+            raise UsageError(f"{key}: '{path}' {what} (relative to {Path.cwd()}).")
         try:
             self.tokenizer = Tokenizer.from_file(path)
         except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message

@@ -172,16 +172,20 @@ def copy_run_files(trained, folder: Path, notes: list[str]) -> None:
     """What a user needs beside the model file: the config, the fitted preprocessing, the tokenizer."""
     bundle = trained.parts.bundle
     shutil.copy(trained.run_dir / "config.yaml", folder / "config.yaml")
-    if bundle.preprocessing:
-        (folder / "preprocessing.json").write_text(json.dumps(bundle.preprocessing, indent=2) + "\n")
+    preprocessing = copy.deepcopy(bundle.preprocessing or {})
+    tokenizer = preprocessing.get("tokenizer", {})
+    if tokenizer.get("kind") in ("transformers", "file"):  # the model's own tokenizer travels with it
+        source = Path(tokenizer["path"])
+        if source.is_dir():  # a transformers tokenizer folder (AutoTokenizer.from_pretrained)
+            shutil.copytree(source, folder / "tokenizer", ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+            tokenizer["path"] = "tokenizer"
+        else:  # a tokenizers file (tokenizer.json)
+            (folder / "tokenizer").mkdir(exist_ok=True)
+            shutil.copy(source, folder / "tokenizer" / source.name)
+            tokenizer["path"] = f"tokenizer/{source.name}"
+        notes.append("tokenizer/: the tokenizer the model was trained with (mlrun predict reads it from here)")
+    if preprocessing:  # paths in it relative to this folder, which can then move
+        (folder / "preprocessing.json").write_text(json.dumps(preprocessing, indent=2) + "\n")
     fitted = trained.run_dir / "preprocessing.pkl"  # the transform fitted during training (tabular data)
     if fitted.exists():
         shutil.copy(fitted, folder / fitted.name)
-    tokenizer = (bundle.preprocessing or {}).get("tokenizer", {})
-    if tokenizer.get("kind") == "transformers":  # the exported model's own tokenizer travels with it
-        shutil.copytree(
-            tokenizer["path"], folder / "tokenizer", ignore=shutil.ignore_patterns("*.safetensors", "*.bin")
-        )
-        notes.append(
-            "tokenizer/: the transformers tokenizer the model was trained with (AutoTokenizer.from_pretrained)"
-        )

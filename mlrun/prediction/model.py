@@ -104,6 +104,9 @@ def _from_export(folder: Path) -> Predictor:
     config = load_config(folder / "config.yaml")
     preprocessing_file = folder / "preprocessing.json"
     preprocessing = json.loads(preprocessing_file.read_text()) if preprocessing_file.is_file() else {}
+    tokenizer = preprocessing.get("tokenizer", {})
+    if "path" in tokenizer and not Path(tokenizer["path"]).is_absolute():  # the export's own copy
+        tokenizer["path"] = str(folder / tokenizer["path"])
     transform = None
     if (folder / "preprocessing.pkl").is_file():
         with (folder / "preprocessing.pkl").open("rb") as file:
