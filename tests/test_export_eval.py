@@ -231,3 +231,16 @@ def test_eval_on_an_export_folder_says_to_predict_with_it(trained, tmp_path):
     assert exported.returncode == 0, exported.stderr
     result = run_cli("eval", trained / "export/safetensors-none", cwd=tmp_path)
     assert result.returncode == 2 and "is an export folder: mlrun predict takes it" in result.stderr, result.stderr
+
+
+def test_int8_export_names_weight_layers_it_leaves_in_fp32():
+    """transformers' GPT-2 keeps its blocks' matrices in Conv1D, which int8 export (nn.Linear only) left in
+    fp32 without a word: the export of a GPT-2 came out larger than promised."""
+    pytest.importorskip("transformers")
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    from mlrun.export.artifact import matrices_left_in_fp32
+
+    model = nn.Sequential(nn.Embedding(10, 8), Conv1D(16, 8), Conv1D(8, 16), nn.Linear(8, 3), nn.LayerNorm(3))
+    assert matrices_left_in_fp32(model) == {"Conv1D": 2}
