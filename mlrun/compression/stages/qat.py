@@ -12,10 +12,13 @@ Export it with `mlrun export runs/<name>/compress/N-qat --quantize int8 --format
 
 from __future__ import annotations
 
+import sys
+
 from torch import nn
 
 from mlrun.compression.stage import Stage, StageContext
 from mlrun.errors import UsageError
+from mlrun.export.artifact import matrices_left_in_fp32
 from mlrun.models.addressing import weight_layers
 from mlrun.registry import stages
 from mlrun.techniques.qat import convert
@@ -38,10 +41,16 @@ def qat(
         raise UsageError("the model has no Linear layer for int8 (mlrun's int8 quantizes Linear layers)")
     if context.finetune_steps == 0:
         raise UsageError("qat learns the int8 grid while fine-tuning: give it finetune: {train.epochs: N}")
+    if kept := matrices_left_in_fp32(model):  # e.g. a transformers GPT-2's Conv1D blocks
+        print(
+            f"mlrun: qat: {sum(kept.values())} weight layers ({', '.join(sorted(kept))}) are not nn.Linear and "
+            "stay fp32",
+            file=sys.stderr,
+        )
     fp32, ptq = context.evaluate(model, None), context.evaluate(model, "int8")
     return Stage(
         model,
         techniques=[{"name": "qat", "activations": activations}],
         finish=convert,
-        report={"input_fp32": fp32, "ptq_int8": ptq},
+        report={"input_fp32": fp32, "ptq_int8": ptq, "left_fp32": kept},
     )
