@@ -132,6 +132,13 @@ def test_lp_ft_without_init_from_or_with_a_probe_as_long_as_the_run_exits_2(tmp_
     result = run_cli("validate", write_config(tmp_path, finetune("bad", probe="2ep")), cwd=tmp_path)
     assert result.returncode == 2 and "techniques.lp_ft.probe: 2ep (32 optimizer steps)" in result.stderr
     assert "shorten the probe" in result.stderr and "Traceback" not in result.stderr
+    frozen = run_cli(  # freeze kept the body frozen that lp_ft said it released
+        "validate",
+        write_config(tmp_path, finetune("ok")),
+        "techniques=[lp_ft, {name: freeze, but_head: true}]",
+        cwd=tmp_path,
+    )
+    assert frozen.returncode == 2 and "techniques.freeze keeps it frozen" in frozen.stderr, frozen.stderr
     # The defaults (a 1-epoch probe, 5 warm-up steps) build, given a run longer than the probe.
     result = run_cli(
         "validate", write_config(tmp_path, finetune("ok")), "techniques=[lp_ft]", "train.max_steps=20", cwd=tmp_path

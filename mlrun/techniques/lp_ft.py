@@ -128,6 +128,11 @@ def check_lp_ft_plan(config: Any, plan: Any, /, **settings: Any) -> None:
             "techniques.lp_ft: fits a new head on a pretrained body, but init_from is not set; set "
             "init_from: {run: runs/<source>, exclude: ['head.*']} or remove lp_ft to train from scratch"
         )
+    if any(spec.name == "freeze" for spec in config.techniques):
+        raise UsageError(
+            "techniques.lp_ft releases the body after its probe, and techniques.freeze keeps it frozen (the body "
+            "never trained, whatever lp_ft said): use lp_ft to fit the head first, or freeze for a probe alone"
+        )
     probe = parse_duration(settings.get("probe", PROBE))
     steps = probe.count * (plan.steps_per_epoch if probe.unit == "ep" else 1)
     if steps >= plan.total_steps:
