@@ -229,6 +229,8 @@ def test_signal_saves_a_checkpoint_and_marks_interrupted(tmp_path, sig, code):
         subprocess=False,
     )
     assert again.returncode == 0 and f"resumed at step {done['steps']}" in again.stdout
+    ended = json.loads((run / "summary.json").read_text())  # the end line: the whole run's training time and rate
+    assert f"{ended['train_time_s']:.1f}s of training" in again.stdout, again.stdout
 
 
 def test_finished_run_is_not_overwritten_without_flag(tmp_path):

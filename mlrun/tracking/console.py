@@ -133,9 +133,11 @@ class Console(Tracker):
         if self.enabled:
             best = summary.get("best") or {}
             extra = f", best {best['monitor']} {format_figure(best['value'])} at step {best['step']}" if best else ""
+            # Both figures over the whole run's training (a resumed run's earlier attempts too), never this
+            # attempt's wall time beside the run's rate.
             self._print(
-                f"mlrun: {summary['status']} after {summary['steps']} steps in {summary['wall_time_s']:.1f}s "
-                f"({format_figure(float(summary['samples_per_s']))} samples/s){extra}"
+                f"mlrun: {summary['status']} after {summary['steps']} steps, {summary['train_time_s']:.1f}s of "
+                f"training ({format_figure(float(summary['samples_per_s']))} samples/s){extra}"
             )
             if summary.get("energy"):
                 from mlrun.energy.meter import describe_energy
