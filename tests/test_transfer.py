@@ -580,3 +580,12 @@ def test_compress_refuses_a_lora_run_and_says_how_to_merge_it_first(tmp_path):
     result, _ = train(tmp_path, merged)
     assert result.returncode == 0 and "(100.0% of parameters)" in result.stderr, result.stderr
     assert run_cli("compress", "runs/merged", stages, cwd=tmp_path).returncode == 0
+
+
+def test_nothing_matched_suggests_the_prefix_that_would_match():
+    from mlrun.engine.init_from import _prefix_hint
+
+    model = {"blocks.0.0.weight", "head.weight"}
+    assert _prefix_hint(["model.blocks.0.0.weight", "model.head.weight"], model) == {"model.": ""}  # an export
+    assert _prefix_hint(["0.0.weight"], model) == {"": "blocks."}
+    assert _prefix_hint(["other.weight"], model) == {"bert.": ""}

@@ -272,5 +272,18 @@ def _nothing_matched(model: nn.Module, source: dict, spec: InitFrom, path: Path,
     return (
         f"init_from: nothing loaded from {path}: no key of the source names a tensor of the model. Model keys "
         f"look like {_few(model_keys, 3)}; source keys look like {_few(list(source), 3)}. Map them with "
-        "init_from.prefix (e.g. {'bert.': ''}), or check the source."
+        f"init_from.prefix (e.g. {_prefix_hint(list(source), set(model_keys))}), or check the source."
     )
+
+
+def _prefix_hint(source_keys: list[str], model_keys: set[str]) -> dict[str, str]:
+    """A prefix mapping that would match: the source's first name part dropped (an export's 'model.') or the
+    model's added; a generic example when neither does."""
+    for key in source_keys:
+        head, _, rest = key.partition(".")
+        if rest in model_keys:
+            return {f"{head}.": ""}
+        for model_key in model_keys:
+            if model_key.endswith("." + key):
+                return {"": model_key[: -len(key)]}
+    return {"bert.": ""}
