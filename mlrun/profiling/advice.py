@@ -92,8 +92,8 @@ def advice(figures: dict, config) -> list[str]:
                     else f"in the {available / 2**30:.1f} GiB available"
                 )
                 lines.append(
-                    f"the batch could grow to about {grow} samples per process {limit} "
-                    f"(now {config.data.batch_size}); raise optimizer.lr with it"
+                    f"the batch could grow from {config.data.batch_size} to about {grow} samples per process "
+                    f"{limit}; raise optimizer.lr with it"
                 )
     if figures["device"].startswith("cuda") and figures["mfu"] < 0.2:
         lines.append(f"MFU is {100 * figures['mfu']:.0f}%: try train.compile: true, bf16, and a larger batch")
