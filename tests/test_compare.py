@@ -131,3 +131,15 @@ def test_tune_settings_are_not_a_difference_between_runs():
     )
     trial = RunRecord(Path("b"), "b", {"optimizer.lr": 0.01}, {})
     assert differing_keys([searched, trial]) == ["optimizer.lr"]
+
+
+def test_a_key_one_run_lacks_and_another_has_null_is_no_difference():
+    """`init_from: null` beside `init_from: {run: a, path: null}` showed init_from and init_from.path as
+    differing columns of dashes; only init_from.run differs."""
+    from pathlib import Path
+
+    from mlrun.reporting.runs import RunRecord, differing_keys, flatten
+
+    plain = RunRecord(Path("a"), "a", flatten({"init_from": None, "seed": 0}), {}, [])
+    tuned = RunRecord(Path("b"), "b", flatten({"init_from": {"run": "runs/a", "path": None}, "seed": 0}), {}, [])
+    assert differing_keys([plain, tuned]) == ["init_from.run"]

@@ -124,15 +124,15 @@ IGNORED_SECTIONS = ("tune",)
 
 
 def differing_keys(runs: list[RunRecord]) -> list[str]:
-    """Config keys whose values are not the same in every run (a key only some runs have counts)."""
+    """Config keys whose values are not the same in every run. A key a run lacks is null there, as
+    `init_from: null` in one run and `init_from: {run: ...}` in another are: only init_from.run differs."""
     keys = sorted({key for run in runs for key in run.config})
-    missing = object()
     return [
         key
         for key in keys
         if key not in IGNORED_KEYS
         and key.split(".")[0] not in IGNORED_SECTIONS
-        and len({json.dumps(run.config.get(key, missing), default=str) for run in runs}) > 1
+        and len({json.dumps(run.config.get(key), default=str) for run in runs}) > 1
     ]
 
 
