@@ -126,10 +126,12 @@ def test_training_teaches_every_exit_and_eval_reports_each_threshold(trained_exi
 
 def test_eval_takes_other_thresholds_and_rejects_bad_ones(trained_exits):
     folder, run = trained_exits
-    report = json.loads(run_cli("eval", run, "--exit-thresholds", "0.5,0.99", "--json", cwd=folder).stdout)
-    assert [row["threshold"] for row in report["early_exit"]["thresholds"]] == [None, 0.5, 0.99]
-    bad = run_cli("eval", run, "--exit-thresholds", "0.5,2", cwd=folder)
-    assert bad.returncode == 2 and "--exit-thresholds" in bad.stderr and "Traceback" not in bad.stderr
+    report = json.loads(run_cli("eval", run, "--exit-thresholds", "0.99,0.5,0.99", "--json", cwd=folder).stdout)
+    assert [row["threshold"] for row in report["early_exit"]["thresholds"]] == [None, 0.5, 0.99]  # each once
+    for text in ("0.5,2", ""):  # an empty list fell back to the config's thresholds
+        bad = run_cli("eval", run, "--exit-thresholds", text, cwd=folder)
+        assert bad.returncode == 2 and "--exit-thresholds" in bad.stderr and "Traceback" not in bad.stderr
+        assert "validation samples" not in bad.stdout  # refused before the evaluation, not after it
 
 
 def test_a_safetensors_export_keeps_the_exits(trained_exits):

@@ -34,6 +34,7 @@ def run_eval(
     from mlrun.engine.restore import load_trained
     from mlrun.export.quantize import apply_quantization, deployed_quantization
 
+    thresholds = parse_thresholds(exit_thresholds) if exit_thresholds is not None else None  # before the work
     trained = load_trained(run_dir, checkpoint, [*few_shot_off(run_dir, overrides), *overrides])
     parts = trained.parts
     quantize = deployed_quantization(run_dir)
@@ -51,11 +52,10 @@ def run_eval(
     }
     from mlrun.models.exit_eval import evaluate_exits
 
-    thresholds = parse_thresholds(exit_thresholds) if exit_thresholds else None
     exits_report = evaluate_exits(model, loader, thresholds)  # None: the model has no exits
     if exits_report is not None:
         report["early_exit"] = exits_report
-    elif exit_thresholds:
+    elif thresholds is not None:
         raise UsageError(f"--exit-thresholds: run '{run_dir}' has no exits; train it with techniques: [early_exit]")
     if json_output:
         print_json(report)
@@ -73,7 +73,7 @@ def run_eval(
 
 def parse_thresholds(text: str) -> list[float]:
     try:
-        values = sorted(float(v) for v in text.split(","))
+        values = sorted({float(v) for v in text.split(",")})  # each once: a repeat would be a repeated row
     except ValueError:
         values = []
     if not values or not all(0.0 < v <= 1.0 for v in values):
