@@ -152,6 +152,7 @@ def test_a_data_factory_returning_no_bundle_and_two_metrics_of_one_name_exit_2(t
             "'userdata:rows' returned list, not a mlrun.data.bundle.DatasetBundle",
         ),
         "metrics": (["metrics=[accuracy, f1, accuracy]"], "'accuracy' and 'accuracy' both log val/accuracy"),
+        "classes": (["data={name: digits, classes: [5, 5, 6]}"], "data.classes: [5, 5, 6] names a class twice"),
     }
     path = write_config(tmp_path, tiny_config(name="user"))
     for label, (overrides, says) in cases.items():

@@ -221,6 +221,9 @@ def build_data(spec: DataSpec, run_seed: int, fitted_transform=None) -> DatasetB
     from mlrun.registry import datasets
 
     seed = spec.seed_for(run_seed)
+    classes = spec.settings.get("classes")
+    if isinstance(classes, list) and len({str(c) for c in classes}) != len(classes):
+        raise UsageError(f"data.classes: {classes} names a class twice; list each class once")
     # Only sources that fit preprocessing (their registry entry says so) take the run's fitted one.
     takes_fitted = datasets.trait(spec.name, "fits_transform", False)
     runtime = (seed, fitted_transform) if takes_fitted else (seed,)
