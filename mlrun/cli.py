@@ -438,4 +438,6 @@ def _report(exc: BaseException, prefix: str = "error") -> None:
         "" if os.environ.get("MLRUN_DEBUG") or isinstance(exc, MlrunError) else " (run with --debug for the traceback)"
     )
     message = str(exc) if isinstance(exc, MlrunError) else f"{type(exc).__name__}: {exc}"
-    print(f"mlrun: {prefix}: {message}{hint}", file=sys.stderr)
+    # Under torchrun every process reports its own failure (one may fail alone): the others' say whose.
+    rank = "" if first_process() else f" (rank {os.environ.get('RANK')})"
+    print(f"mlrun: {prefix}{rank}: {message}{hint}", file=sys.stderr)

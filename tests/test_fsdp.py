@@ -179,6 +179,7 @@ def test_resume_on_a_process_count_that_cannot_keep_the_global_batch_exits_2_wit
     assert result.returncode != 0
     assert "cannot resume on 2 process(es): the checkpoint trained with a global batch of 5" in result.stderr
     assert "Resume on 1, 5 processes" in result.stderr
+    assert "mlrun: error: cannot resume" in result.stderr and "mlrun: error (rank 1): cannot resume" in result.stderr
     assert re.search(r"exitcode\s*:\s*2\b", result.stderr)  # the processes' own exit: bad usage
     assert "mlrun/engine" not in result.stderr  # one message, no traceback from mlrun
 
