@@ -589,3 +589,20 @@ def test_nothing_matched_suggests_the_prefix_that_would_match():
     assert _prefix_hint(["model.blocks.0.0.weight", "model.head.weight"], model) == {"model.": ""}  # an export
     assert _prefix_hint(["0.0.weight"], model) == {"": "blocks."}
     assert _prefix_hint(["other.weight"], model) == {"bert.": ""}
+
+
+def test_init_from_a_file_torch_will_not_load_safely_gets_no_advice_to_unpickle(tmp_path):
+    """torch's own message advised weights_only=False ('can result in arbitrary code execution')."""
+    import pathlib
+    import pickle
+
+    from mlrun.config.schema.model import InitFrom
+    from mlrun.engine.init_from import load_pretrained
+    from mlrun.errors import UsageError
+
+    path = tmp_path / "model.pt"
+    with path.open("wb") as file:
+        pickle.dump({"weight": pathlib.PurePosixPath("a")}, file, protocol=2)  # weights-only refuses the object
+    with pytest.raises(UsageError) as refused:
+        load_pretrained(torch.nn.Linear(2, 2), InitFrom(path=str(path)))
+    assert "init_from does not unpickle" in str(refused.value) and "weights_only" not in str(refused.value)

@@ -91,7 +91,17 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
     except Exception as exc:  # a file torch cannot read, or one that needs arbitrary unpickling
-        raise UsageError(f"init_from: cannot read '{path}' as PyTorch weights ({exc})") from None
+        # Not torch's advice to unpickle with weights_only=False: init_from never runs a file's code.
+        text = str(exc).strip()
+        cause = (
+            "not tensors alone: an ONNX graph, or pickled objects, which init_from does not unpickle"
+            if "Weights only load failed" in text
+            else (text.splitlines()[0] if text else type(exc).__name__)
+        )
+        raise UsageError(
+            f"init_from: cannot read '{path}' as PyTorch weights ({cause}); give a .safetensors or PyTorch state "
+            "dict file, or a run (init_from: {run: ...})"
+        ) from None
     return _state_in(loaded, path)
 
 
