@@ -264,3 +264,22 @@ def test_tune_study_is_one_parent_run_with_a_child_run_per_trial(tmp_path):
     assert sorted(point.step for point in values) == [0, 1, 2]
     assert parent.info.status == "FINISHED" and parent.data.params["tune.metric"] == "val/accuracy"
     assert {"trials.csv", "best.yaml"} <= {item.path for item in client.list_artifacts(parent.info.run_id)}
+
+
+def test_a_stop_signal_inside_a_trackers_call_ends_the_run_as_interrupted():
+    """SIGTERM's RunInterrupted raised inside mlflow's HTTP call came back wrapped in MlflowException, and
+    the run said 'the mlflow tracker failed (... stopped by SIGTERM ...)' and went on."""
+    from mlrun.errors import RunInterrupted
+    from mlrun.tracking.hosted import HostedTracker
+
+    def wrapped_stop():
+        try:
+            raise RunInterrupted("stopped by SIGTERM", exit_code=143)
+        except RunInterrupted as stop:
+            raise RuntimeError("the library's own error") from stop
+
+    tracker = HostedTracker()
+    with pytest.raises(RunInterrupted):
+        tracker.guarded(wrapped_stop)
+    assert not tracker.failed
+    assert tracker.guarded(lambda: (_ for _ in ()).throw(RuntimeError("down"))) is False and tracker.failed

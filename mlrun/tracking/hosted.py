@@ -25,12 +25,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlrun.errors import UsageError, failure_reason
+from mlrun.errors import RunInterrupted, UsageError, failure_reason
 from mlrun.tracking.base import RunInfo, Tracker
 
 Figures = dict[str, float]
 Batch = dict[int, tuple[float, Figures]]  # step -> (unix time it was logged, its figures)
 CHECKPOINT = re.compile(r"^step-\d{8}$")
+
+
+def _stop_inside(exc: BaseException) -> RunInterrupted | None:
+    """The stop signal's RunInterrupted behind a library's own exception (mlflow wraps what its calls
+    raise), so that the run ends as interrupted, not with "the tracker failed"."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, RunInterrupted):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def require(package: str, tracker: str) -> None:
@@ -88,6 +100,8 @@ class HostedTracker(Tracker):
             action(*args)
             return True
         except Exception as exc:
+            if stop := _stop_inside(exc):  # SIGTERM arrived inside the library's call, which wrapped it
+                raise stop from None
             self.failed, self.active = True, False
             print(
                 f"mlrun: warning: the {self.label} tracker failed ({failure_reason(exc)}) and is off for "
