@@ -248,7 +248,8 @@ def run_round(
     trained = load_trained(current.run_dir, str(current.weights))
     stage = _plan(spec, trained.parts.model, trained, first_input, round_, spec.rounds)
     output = output_config(current.config, stage, stage_dir)
-    check_rebuilds(spec, stage, output, trained.parts.bundle.meta)
+    if round_ > 1:  # the first round was checked with the whole chain (checked_chain), before any work
+        check_rebuilds(spec, stage, output, trained.parts.bundle.meta)
     quantize = stages.trait(spec.name, "quantize") or current.quantize
     train_dir = stage_dir / ("train" if spec.rounds == 1 else f"train-{round_}")
     if not fine_tunes(spec):
