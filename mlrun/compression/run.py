@@ -179,14 +179,22 @@ def trained_figures(trained, source: ModelSource, folder: Path) -> dict[str, Any
     """The trained model's figures, measured once per weights and kept beside the stages (trained.json).
     A rerun reuses its stages' figures, so it reuses these too: a fresh timing of the trained model
     beside a stage timed on another, quieter moment made speedups read 250x. A record timed on a busy
-    CPU (spread above the limit) is measured again, so a rerun on a quiet machine mends it."""
-    cached = read_json(folder / TRAINED) or {}
-    if cached.get("key") == source.key and cached["figures"].get("latency_spread", 0.0) <= SPREAD_LIMIT:
+    CPU (spread above the limit) is measured again by the next command, so a rerun on a quiet machine
+    mends it; within one command (a search's trials) it stays as measured, so every trial's ratios are
+    against the same figures."""
+    cached, here = read_json(folder / TRAINED) or {}, (str(folder.resolve()), source.key)
+    if cached.get("key") == source.key and (
+        cached["figures"].get("latency_spread", 0.0) <= SPREAD_LIMIT or here in _TIMED_IN_THIS_COMMAND
+    ):
         return cached["figures"]
     figures = {**measure(trained.parts.model, trained.parts, None), "file_bytes": source.weights.stat().st_size}
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / TRAINED, {"key": source.key, "figures": figures})
+    _TIMED_IN_THIS_COMMAND.add(here)
     return figures
+
+
+_TIMED_IN_THIS_COMMAND: set[tuple[str, str]] = set()  # (folder, key) of trained.json records measured here
 
 
 def ratios(base: dict[str, Any], row: dict[str, Any]) -> dict[str, float]:
