@@ -240,7 +240,7 @@ def test_int8_export_names_weight_layers_it_leaves_in_fp32():
     from torch import nn
     from transformers.pytorch_utils import Conv1D
 
-    from mlrun.export.artifact import matrices_left_in_fp32
+    from mlrun.export.quantize import matrices_left_in_fp32
 
     model = nn.Sequential(nn.Embedding(10, 8), Conv1D(16, 8), Conv1D(8, 16), nn.Linear(8, 3), nn.LayerNorm(3))
     assert matrices_left_in_fp32(model) == {"Conv1D": 2}

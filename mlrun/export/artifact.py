@@ -115,7 +115,7 @@ def write_artifact(
     """Write `model` (default the run's model) in `spec`'s format; returns export.json's fields."""
     import torch
 
-    from mlrun.export.quantize import apply_quantization, linear_layers
+    from mlrun.export.quantize import apply_quantization, left_in_fp32, linear_layers, matrices_left_in_fp32
     from mlrun.export.signature import InferenceModule, input_names
     from mlrun.export.verify import batches
 
@@ -149,9 +149,8 @@ def write_artifact(
         )
         notes.append("nothing to quantize")
     elif quantize.startswith("int8") and (kept := matrices_left_in_fp32(model)):
-        left = f"{sum(kept.values())} weight layers ({', '.join(sorted(kept))}) are not nn.Linear and stay fp32"
-        print(f"mlrun: warning: --quantize {quantize}: {left}", file=sys.stderr)
-        notes.append(left)
+        print(f"mlrun: warning: --quantize {quantize}: {left_in_fp32(kept)}", file=sys.stderr)
+        notes.append(left_in_fp32(kept))
     copy_run_files(trained, folder, notes)
     return {
         "format": spec.name,
@@ -170,19 +169,6 @@ def write_artifact(
         "data_meta": dataclasses.asdict(meta),
         "notes": notes,
     }
-
-
-def matrices_left_in_fp32(model) -> dict[str, int]:
-    """Layers with a weight matrix int8 export does not quantize (only nn.Linear is), by type: e.g.
-    transformers' GPT-2 Conv1D, where every block's matrices would stay fp32. Embeddings are left out on purpose."""
-    from torch import nn
-
-    kept: dict[str, int] = {}
-    for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if isinstance(weight, nn.Parameter) and weight.dim() == 2 and not isinstance(module, nn.Linear | nn.Embedding):
-            kept[type(module).__name__] = kept.get(type(module).__name__, 0) + 1
-    return kept
 
 
 def copy_run_files(trained, folder: Path, notes: list[str]) -> None:

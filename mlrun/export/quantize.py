@@ -66,6 +66,22 @@ def linear_layers(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
     ]
 
 
+def matrices_left_in_fp32(model: nn.Module) -> dict[str, int]:
+    """Layers with a weight matrix int8 does not quantize (only nn.Linear is, linear_layers), by type: e.g.
+    transformers' GPT-2 Conv1D, where every block's matrices would stay fp32. Embeddings are left out on purpose."""
+    kept: dict[str, int] = {}
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, nn.Parameter) and weight.dim() == 2 and not isinstance(module, nn.Linear | nn.Embedding):
+            kept[type(module).__name__] = kept.get(type(module).__name__, 0) + 1
+    return kept
+
+
+def left_in_fp32(kept: dict[str, int]) -> str:
+    """matrices_left_in_fp32's layers as one line for warnings and notes."""
+    return f"{sum(kept.values())} weight layers ({', '.join(sorted(kept))}) are not nn.Linear and stay fp32"
+
+
 def to_int8(model: nn.Module, static: bool, calibration: list[tuple[torch.Tensor, ...]] | None = None) -> int:
     """Replace every nn.Linear by Int8Linear in place; returns how many were replaced.
 

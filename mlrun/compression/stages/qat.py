@@ -18,7 +18,7 @@ from torch import nn
 
 from mlrun.compression.stage import Stage, StageContext
 from mlrun.errors import UsageError
-from mlrun.export.artifact import matrices_left_in_fp32
+from mlrun.export.quantize import left_in_fp32, matrices_left_in_fp32
 from mlrun.models.addressing import weight_layers
 from mlrun.registry import stages
 from mlrun.techniques.qat import convert
@@ -42,11 +42,7 @@ def qat(
     if context.finetune_steps == 0:
         raise UsageError("qat learns the int8 grid while fine-tuning: give it finetune: {train.epochs: N}")
     if kept := matrices_left_in_fp32(model):  # e.g. a transformers GPT-2's Conv1D blocks
-        print(
-            f"mlrun: qat: {sum(kept.values())} weight layers ({', '.join(sorted(kept))}) are not nn.Linear and "
-            "stay fp32",
-            file=sys.stderr,
-        )
+        print(f"mlrun: qat: {left_in_fp32(kept)}", file=sys.stderr)
     fp32, ptq = context.evaluate(model, None), context.evaluate(model, "int8")
     return Stage(
         model,
