@@ -56,11 +56,7 @@ class EpochBatchSampler:
         self.start_batch = batch
 
     def batches_per_epoch(self) -> int:
-        if self.drop_last:
-            window = self.processes * self.accumulation
-            return self.size // self.batch_size // window * window
-        batches = -(-self.size // self.batch_size)
-        return -(-batches // self.processes) * self.processes  # evened out for the processes
+        return batches_per_epoch(self.size, self.batch_size, self.drop_last, self.processes, self.accumulation)
 
     def __len__(self) -> int:
         return self.batches_per_epoch() - self.start_batch
@@ -79,6 +75,16 @@ class EpochBatchSampler:
             batches = evened(batches, self.processes, self.batch_size)
         for batch in batches[self.start_batch :]:
             yield batch if self.index_tensors else batch.tolist()
+
+
+def batches_per_epoch(size: int, batch_size: int, drop_last: bool, processes: int = 1, accumulation: int = 1) -> int:
+    """The epoch's batches over all processes: with drop_last, whole global batches (one batch a process for
+    each accumulation step); without, every sample, evened out to a multiple of the processes."""
+    if drop_last:
+        window = processes * accumulation
+        return size // batch_size // window * window
+    batches = -(-size // batch_size)
+    return -(-batches // processes) * processes
 
 
 def evened(batches: list[torch.Tensor], processes: int, batch_size: int) -> list[torch.Tensor]:

@@ -19,6 +19,7 @@ from mlrun.callbacks import Callback
 from mlrun.config.schema import ComponentSpec, DataSpec, ExperimentConfig, TrainConfig
 from mlrun.data.augment import Augmentations
 from mlrun.data.bundle import DataMeta, DatasetBundle, example_features
+from mlrun.engine.batches import batches_per_epoch
 from mlrun.errors import UsageError
 from mlrun.metrics import Metric
 from mlrun.objectives.base import ObjectiveWithParameters
@@ -264,10 +265,9 @@ def build_augmentations(config: ExperimentConfig, meta: DataMeta) -> Augmentatio
 
 def plan_steps(train_size: int, data: DataSpec, train: TrainConfig, num_processes: int = 1) -> StepPlan:
     """Batches and optimizer steps per epoch as each process sees them (batches are dealt round-robin)."""
-    if data.drop_last:  # whole global batches only (mlrun.engine.batches.EpochBatchSampler)
-        batches = train_size // data.batch_size // (num_processes * train.grad_accum_steps) * train.grad_accum_steps
-    else:
-        batches = math.ceil(math.ceil(train_size / data.batch_size) / num_processes)
+    # This process's share of what the sampler deals (mlrun.engine.batches): the same count, by construction.
+    everyone = batches_per_epoch(train_size, data.batch_size, data.drop_last, num_processes, train.grad_accum_steps)
+    batches = everyone // num_processes
     if batches == 0:
         raise UsageError(
             f"data.batch_size: {data.batch_size} x {num_processes} process(es) x train.grad_accum_steps "
