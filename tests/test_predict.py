@@ -462,3 +462,32 @@ def test_an_export_predicts_with_its_own_copy_of_a_tokenizer_file(tmp_path):
     (tmp_path / "tok").rename(tmp_path / "moved")
     after = cli_json(tmp_path, "predict", "runs/texts/export/onnx-none", "new.jsonl")
     assert after["predictions"] == before["predictions"] and after["scores"] == before["scores"]
+
+
+def test_an_export_predicts_without_the_user_model_code_it_was_made_from(tmp_path):
+    """predict on an export loaded the run's config with every component looked up, so a user model's
+    module had to travel with a file that runs the model by itself (exit 2: cannot import)."""
+    split_csv(tmp_path)
+    (tmp_path / "my_models.py").write_text(
+        "from torch import nn\n\n"
+        "def tiny(meta, /, *, width: int = 8):\n"
+        "    layers = [nn.Linear(meta.input_shape[0], width), nn.ReLU(), nn.Linear(width, meta.num_classes)]\n"
+        "    return nn.Sequential(*layers)\n"
+    )
+    config = {
+        "name": "mine",
+        "model": {"name": "my_models:tiny", "width": 16},
+        "data": {"name": "csv", "path": "train.csv", "val_path": "new.csv", "target": "cultivar", "impute": "median"},
+        "metrics": ["accuracy"],
+        "train": {"epochs": 2},
+        "tracking": [{"name": "console", "plain": True}],
+    }
+    assert run_cli("train", write_config(tmp_path, config), cwd=tmp_path).returncode == 0
+    exported = run_cli("export", "runs/mine", "--format", "pt2", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    before = cli_json(tmp_path, "predict", "runs/mine/export/pt2-none", "new.csv")
+    (tmp_path / "my_models.py").unlink()
+    after = cli_json(tmp_path, "predict", "runs/mine/export/pt2-none", "new.csv")
+    assert after["predictions"] == before["predictions"] and after["scores"] == before["scores"]
+    from_run = run_cli("predict", "runs/mine", "new.csv", cwd=tmp_path)  # the run itself rebuilds the model
+    assert from_run.returncode == 2 and "my_models" in from_run.stderr

@@ -14,9 +14,11 @@ from mlrun.errors import UsageError, did_you_mean
 from mlrun.registry import REGISTRIES
 
 
-def check_components(config: ExperimentConfig, sources: SourceMap) -> None:
+def check_components(config: ExperimentConfig, sources: SourceMap, sections: tuple[str, ...] | None = None) -> None:
+    """Every component's name and settings, or only those under `sections` (top-level keys)."""
     for path, spec in component_fields(config):
-        check_component(spec, path, sources)
+        if sections is None or path[0] in sections:
+            check_component(spec, path, sources)
 
 
 def check_component(spec: ComponentSpec, path: tuple, sources: SourceMap) -> None:

@@ -23,14 +23,17 @@ from mlrun.errors import UsageError
 KeyPath = tuple[str | int, ...]
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+def load_config(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), components: tuple[str, ...] | None = None
+) -> ExperimentConfig:
     """The validated config of `path` with its base chain and overrides applied. A run's own config.yaml
-    (beside its manifest.json) is read as recorded: checks added since the run was made do not lock it out."""
+    (beside its manifest.json) is read as recorded: checks added since the run was made do not lock it out.
+    `components` names the sections whose components are looked up in their registries (default all): an
+    export's runtime file holds the model, so predicting with it imports no user model code."""
     data, sources = resolve_raw(path, overrides)
     path = Path(path)
-    return validate_raw(
-        data, sources, recorded=path.name == "config.yaml" and (path.parent / "manifest.json").is_file()
-    )
+    recorded = path.name == "config.yaml" and (path.parent / "manifest.json").is_file()
+    return validate_raw(data, sources, recorded=recorded, components=components)
 
 
 def resolve_raw(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, Any], SourceMap]:
@@ -42,7 +45,9 @@ def resolve_raw(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return data, sources
 
 
-def validate_raw(data: dict[str, Any], sources: SourceMap, recorded: bool = False) -> ExperimentConfig:
+def validate_raw(
+    data: dict[str, Any], sources: SourceMap, recorded: bool = False, components: tuple[str, ...] | None = None
+) -> ExperimentConfig:
     # Imported here: components pull in the registries and, through them, torch.
     from mlrun.config.components import check_components
 
@@ -50,7 +55,7 @@ def validate_raw(data: dict[str, Any], sources: SourceMap, recorded: bool = Fals
         config = ExperimentConfig.model_validate(data, context={"recorded": recorded})
     except ValidationError as exc:
         raise UsageError(validation_error_message(exc, sources, ExperimentConfig)) from None
-    check_components(config, sources)
+    check_components(config, sources, components)
     return config
 
 

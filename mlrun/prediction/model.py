@@ -101,7 +101,9 @@ def _from_export(folder: Path) -> Predictor:
 
     info = json.loads((folder / "export.json").read_text())
     meta = DataMeta(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["data_meta"].items()})
-    config = load_config(folder / "config.yaml")
+    # Only what is built here: the exported file runs the model by itself (a safetensors export rebuilds
+    # it, importing its code, in its loader), so a user model's module need not travel with an ONNX file.
+    config = load_config(folder / "config.yaml", components=("loss", "metrics"))
     preprocessing_file = folder / "preprocessing.json"
     preprocessing = json.loads(preprocessing_file.read_text()) if preprocessing_file.is_file() else {}
     tokenizer = preprocessing.get("tokenizer", {})
