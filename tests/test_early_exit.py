@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from mlrun.data.bundle import DataMeta
 from mlrun.errors import UsageError
@@ -195,3 +196,25 @@ def test_a_text_model_with_exits_is_evaluated_on_its_named_inputs(tmp_path):
         assert sum(row["exit_fractions"]) == pytest.approx(1.0) and 0.5 <= row["mean_depth"] <= 1.0
     text = run_cli("eval", "runs/text_exits", cwd=tmp_path)
     assert "FLOPs and latency: not measured for named inputs" in text.stdout, text.stdout
+
+
+def test_compress_stages_keep_the_trained_exits_and_factorize_them(trained_exits):
+    """A stage's fine-tune loaded its start weights before the exit heads were added, so every stage
+    retrained the exits from fresh (manifest: 'unexpected' exits.*); low_rank's factorized exit heads
+    could not be rebuilt (model_edits named a module the model did not have yet)."""
+    folder, _ = trained_exits
+    stages = [
+        {"name": "prune", "sparsity": 0.3, "schedule": "one_shot", "finetune": {"train.epochs": 1}},
+        {"name": "low_rank", "rank": 2, "finetune": {"train.epochs": 1}},
+    ]
+    config = write_config(folder, exit_config(compress=stages), name="exits_compress.yaml")
+    result = run_cli("compress", config, "--json", cwd=folder)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for stage in json.loads(result.stdout)["stages"][1:]:  # the first row is the trained model
+        stage_dir = folder / stage["dir"]
+        started = json.loads((stage_dir / "train" / "manifest.json").read_text())["init_from"]
+        assert started["unexpected"] == [] and any(key.startswith("exits.") for key in started["loaded"])
+        report = json.loads(run_cli("eval", stage_dir, "--json", cwd=folder).stdout)["early_exit"]
+        assert len(report["exit_accuracy"]) == 3  # both exits and the final head, each scored
+    edits = yaml.safe_load((stage_dir / "config.yaml").read_text())["model_edits"]
+    assert any(edit["module"].startswith("exits.") for edit in edits)  # low_rank factorized the exit heads

@@ -22,6 +22,7 @@ from mlrun.data.bundle import DataMeta, DatasetBundle, example_features
 from mlrun.engine.batches import batches_per_epoch
 from mlrun.errors import UsageError
 from mlrun.metrics import Metric
+from mlrun.models.saved import add_structure, adds_layers
 from mlrun.objectives.base import ObjectiveWithParameters
 from mlrun.optim.param_groups import regroup
 from mlrun.optim.schedulers import LRSchedule
@@ -93,18 +94,18 @@ def build_components(
     bundle = build_data(config.data, config.seed, fitted_transform)
     plan = plan_steps(len(bundle.train), config.data, config.train, num_processes)
     model = build(config.model, bundle.meta, returns=nn.Module)
-    if config.model_edits:  # a compressed model: pruned shapes, factorized layers (mlrun compress)
-        from mlrun.models.edits import apply_edits
-
-        apply_edits(model, config.model_edits)
     check_technique_plans(config, plan)  # before reading pretrained weights: a bad setting fails fast
+    # The whole structure before weights are loaded into it: a compressed model's edits (pruned shapes,
+    # factorized layers) and the layers techniques add (early-exit heads, which init_from then fills).
+    structure = add_structure(model, config)
     init_report = None
     if config.init_from is not None and init_weights:
         from mlrun.engine.init_from import load_pretrained
 
-        # Before techniques (LoRA renames keys, freeze reads names) and before the optimizer copies nothing.
+        # Before the other techniques (LoRA renames keys, freeze reads names) and before the optimizer.
         init_report = load_pretrained(model, config.init_from)
-    callbacks = [cb for spec in config.techniques if (cb := build(spec, model)) is not None]
+    others = [build(spec, model) for spec in config.techniques if not adds_layers(spec.name)]
+    callbacks = [callback for callback in (*structure, *others) if callback is not None]
     loss_fn = build(config.loss, bundle.meta)
     check_objective_uses_loss(config)
     check_technique_objectives(config)

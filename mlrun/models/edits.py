@@ -27,12 +27,18 @@ from mlrun.errors import UsageError
 Snapshot = dict[str, tuple[dict[str, Any], dict[str, list[int]]]]
 
 
-def apply_edits(model: nn.Module, edits: list[dict[str, Any]]) -> None:
-    """Replay `edits` on a freshly built `model`, in order (in place)."""
+def apply_edits(model: nn.Module, edits: list[dict[str, Any]], defer_absent: bool = False) -> list[dict[str, Any]]:
+    """Replay `edits` on a freshly built `model`, in order (in place). With `defer_absent`, the edits of
+    modules the model does not have yet are returned, not applied: layers a technique adds later (early-exit
+    heads) are edited once they exist."""
+    deferred = []
     for index, edit in enumerate(edits):
         op = edit.get("op")
         if op not in EDITS:
             raise UsageError(f"model_edits.{index}: unknown op '{op}' (expected {' or '.join(EDITS)})")
+        if defer_absent and not _has_module(model, edit.get("module")):
+            deferred.append(edit)
+            continue
         try:
             EDITS[op](model, edit)
         except AttributeError:
@@ -40,6 +46,15 @@ def apply_edits(model: nn.Module, edits: list[dict[str, Any]]) -> None:
                 f"model_edits.{index}: the model has no module '{edit.get('module')}'; model_edits belong to "
                 "the model they were recorded on (a compress stage's config.yaml)"
             ) from None
+    return deferred
+
+
+def _has_module(model: nn.Module, name: Any) -> bool:
+    try:
+        model.get_submodule(str(name))
+    except AttributeError:
+        return False
+    return True
 
 
 # --- resize -------------------------------------------------------------------------------------------
