@@ -303,7 +303,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminated)  # a training loop installs its own while it runs
     _MAIN_PID.append(os.getpid())
     try:
-        app(standalone_mode=False)
+        # Without standalone mode typer returns an exit code instead of raising: Ctrl-C outside a training
+        # loop (loading, measuring) comes back as 130, which must not end the process with 0.
+        if app(standalone_mode=False) == EXIT_INTERRUPTED:
+            raise KeyboardInterrupt
         if _close_process_group():
             _exit_before_finalization()
     except MlrunError as exc:
