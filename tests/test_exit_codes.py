@@ -102,7 +102,10 @@ def test_third_party_notices_are_hidden_unless_debug(tmp_path):
 @pytest.mark.e2e  # a process of its own, signalled
 @pytest.mark.parametrize(
     ("signal_name", "code", "says"),
-    [("SIGTERM", 143, "mlrun: interrupted: stopped by SIGTERM outside a training loop"), ("SIGINT", 130, "interrupted")],
+    [
+        ("SIGTERM", 143, "mlrun: interrupted: stopped by SIGTERM outside a training loop"),
+        ("SIGINT", 130, "mlrun: interrupted"),
+    ],
 )
 def test_a_signal_outside_a_training_loop_is_one_message_and_its_exit_code(tmp_path, signal_name, code, says):
     """validate's one batch runs a forward that sleeps: SIGTERM there ends the command with a message
