@@ -491,3 +491,31 @@ def test_an_export_predicts_without_the_user_model_code_it_was_made_from(tmp_pat
     assert after["predictions"] == before["predictions"] and after["scores"] == before["scores"]
     from_run = run_cli("predict", "runs/mine", "new.csv", cwd=tmp_path)  # the run itself rebuilds the model
     assert from_run.returncode == 2 and "my_models" in from_run.stderr
+
+
+@pytest.mark.parametrize("as_image", [False, True])
+def test_a_run_on_some_digits_predicts_and_reads_labels_as_those_digits(tmp_path, as_image):
+    """data.classes [7, 3] trains outputs 0 and 1: predict named them 0 and 1 and refused rows labelled 7 or 3."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    keep = np.isin(digits.target, [7, 3])
+    with (tmp_path / "rows.csv").open("w", newline="") as file:
+        out = csv.writer(file)
+        out.writerow([*(f"pixel_{i}" for i in range(64)), "target"])
+        out.writerows([*map(int, x), int(y)] for x, y in zip(digits.data[keep][:60], digits.target[keep][:60]))
+    config = {
+        "name": "some",
+        "model": {"name": "mlp", "hidden_sizes": [32]},
+        "data": {"name": "digits", "as_image": as_image, "classes": [7, 3]},
+        "metrics": ["accuracy"],
+        "train": {"epochs": 2},
+        "tracking": [{"name": "console", "plain": True}],
+    }
+    assert run_cli("train", write_config(tmp_path, config), cwd=tmp_path).returncode == 0
+    report = cli_json(tmp_path, "predict", "runs/some", "rows.csv")
+    rows = report["predictions"]
+    assert {row["prediction"] for row in rows} <= {7, 3} and {row["label"] for row in rows} == {7, 3}
+    assert set(rows[0]) >= {"p_7", "p_3"}
+    assert np.mean([row["prediction"] == row["label"] for row in rows]) == pytest.approx(report["scores"]["accuracy"])
+    assert report["scores"]["accuracy"] > 0.9

@@ -84,6 +84,8 @@ def _classification(
     to_y = lambda a: torch.tensor(a, dtype=torch.long)  # noqa: E731
     meta = DataMeta(task="classification", input_shape=(x.shape[1],), num_classes=num_classes)
     train, val = ArrayDataset(to_x(x_train), to_y(y_train)), ArrayDataset(to_x(x_val), to_y(y_val))
+    if classes is not None:  # output i is digit classes[i]: predict names it, and reads labels as the digits
+        fitted = {**(fitted or {}), "classes": list(classes)}
     return DatasetBundle(train, val, meta, preprocessing=fitted)
 
 
@@ -149,7 +151,7 @@ def digits(
     for split in (bundle.train, bundle.val):
         split.inputs = split.inputs.reshape(-1, 1, 8, 8) / 16.0  # pixel values are 0..16
     bundle.meta = DataMeta(task="classification", input_shape=(1, 8, 8), num_classes=bundle.meta.num_classes)
-    bundle.preprocessing = {"scale": 1 / 16.0, "reshape": [1, 8, 8]}
+    bundle.preprocessing = {**(bundle.preprocessing or {}), "scale": 1 / 16.0, "reshape": [1, 8, 8]}
     return bundle
 
 
