@@ -557,6 +557,12 @@ def test_init_from_patterns_that_name_nothing_and_every_shape_wrong_exit_2_sayin
         "exclude": ("init_from={run: runs/src, exclude: ['nomatch.*']}", "init_from.exclude: 'nomatch.*' matches no"),
         "prefix": ("init_from={run: runs/src, prefix: {'bert.': ''}}", "no key of the source begins with 'bert.'"),
         "shapes": ("init_from={run: runs/src, exclude: ['head.*']}", "tensors have the same names but other shapes"),
+        # a user trial: nothing loaded for the exclude, and a checkpoint silently ignored
+        "all excluded": ("init_from={run: runs/src, exclude: ['*']}", "leaves out every parameter the source has"),
+        "path checkpoint": (
+            "init_from={path: runs/src, checkpoint: best}",
+            "checkpoint 'best' picks a file of init_from.run, and init_from.path names the file itself",
+        ),
     }
     path = write_config(tmp_path, tiny_config(name="dst"))
     for label, (override, says) in cases.items():
@@ -606,3 +612,20 @@ def test_init_from_a_file_torch_will_not_load_safely_gets_no_advice_to_unpickle(
     with pytest.raises(UsageError) as refused:
         load_pretrained(torch.nn.Linear(2, 2), InitFrom(path=str(path)))
     assert "init_from does not unpickle" in str(refused.value) and "weights_only" not in str(refused.value)
+
+
+def test_init_from_that_loads_only_batch_norm_counters_exits_2(tmp_path):
+    """A CNN of other widths matched only its num_batches_tracked counters: 0.0% loaded, a warning, and
+    training from scratch under the name of a fine-tune."""
+    from mlrun.data.bundle import DataMeta
+    from mlrun.registry import models
+
+    meta = DataMeta(task="classification", input_shape=(1, 8, 8), num_classes=5)  # no tensor fits but counters
+    source = models.build("cnn", meta, channels=[8]).state_dict()
+    torch.save(source, tmp_path / "wider.pt")
+    images = {"name": "synthetic", "task": "images", "num_samples": 64, "image_size": 8, "channels": 1}
+    images["num_classes"] = 4
+    config = tiny_config(name="narrow", model={"name": "cnn", "channels": [4]}, data=images, init_from="wider.pt")
+    result = run_cli("validate", write_config(tmp_path, config), cwd=tmp_path)
+    assert result.returncode == 2 and "no parameter loaded from wider.pt" in result.stderr, result.stderr
+    assert "other shapes" in result.stderr and "Traceback" not in result.stderr

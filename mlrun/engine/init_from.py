@@ -179,10 +179,10 @@ def load_pretrained(model: nn.Module, spec: InitFrom) -> dict[str, Any]:
     path = resolve_source(spec)
     source = read_state(path)
     to_load, report = match_state(model, source, spec)
-    if not to_load:
+    params = dict(model.named_parameters(remove_duplicate=False))
+    if not any(key in params for key in to_load):  # batch-norm counters alone are a fresh model, not a start
         raise UsageError(_nothing_matched(model, source, spec, path, report))
     target = model.state_dict()  # tensors sharing the parameters' storage: copy_ writes the model
-    params = dict(model.named_parameters(remove_duplicate=False))
     shrink_perturb = (spec.shrink, spec.perturb) != (1.0, 0.0)
     mixed: set[int] = set()  # tied weights appear under two keys: mix each parameter once
     with torch.no_grad():
@@ -277,8 +277,13 @@ def _few(items: list[str], limit: int = 4) -> str:
 
 def _nothing_matched(model: nn.Module, source: dict, spec: InitFrom, path: Path, report: dict) -> str:
     model_keys = list(model.state_dict())
-    if report["skipped_shape"] and not report["missing"]:
-        return f"init_from: nothing loaded from {path}: {_why_so_little(report, path)}."
+    if report["excluded"] and not report["missing"] and not report["skipped_shape"]:
+        return (
+            f"init_from: nothing loaded from {path}: init_from.exclude {spec.exclude} leaves out every parameter "
+            "the source has; exclude only the layers to start fresh (e.g. ['head.*'])"
+        )
+    if report["skipped_shape"]:
+        return f"init_from: no parameter loaded from {path}: {_why_so_little(report, path)}."
     return (
         f"init_from: nothing loaded from {path}: no key of the source names a tensor of the model. Model keys "
         f"look like {_few(model_keys, 3)}; source keys look like {_few(list(source), 3)}. Map them with "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from mlrun.config.schema.base import ComponentSpec, Section
 
@@ -48,7 +48,14 @@ class InitFrom(Section):
         return _weights_path(value)
 
     @model_validator(mode="after")
-    def _one_source(self) -> InitFrom:
+    def _one_source(self, info: ValidationInfo) -> InitFrom:
         if (self.run is None) == (self.path is None):
             raise ValueError("init_from needs exactly one of `run` (an mlrun run directory) or `path`")
+        # A path names its file itself; a run recorded before this check keeps loading.
+        if self.path is not None and self.checkpoint != "final" and not (info.context or {}).get("recorded"):
+            raise ValueError(
+                f"checkpoint '{self.checkpoint}' picks a file of init_from.run, and init_from.path names the file "
+                "itself: use run: <run directory> with checkpoint, or point path at the file "
+                "(e.g. runs/<name>/best.safetensors, runs/<name>/checkpoints/step-N)"
+            )
         return self
