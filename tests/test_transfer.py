@@ -295,6 +295,11 @@ def test_param_group_rules_and_layer_decay_scale_each_group_through_the_schedule
     assert "optimizer groups" in result.stdout and "decay head.* layer 3/3" in result.stdout
     result = run_cli("validate", path, "optimizer.param_groups=[{match: 'backbone.*', lr_scale: 0.1}]", cwd=tmp_path)
     assert result.returncode == 2 and "pattern 'backbone.*' matches no parameter" in result.stderr
+    # a narrower rule after a wider one got nothing, silently (a user trial)
+    shadowed = "optimizer.param_groups=[{match: 'blocks.*', lr_scale: 0.1}, {match: 'blocks.0.*', lr_scale: 0.5}]"
+    result = run_cli("validate", path, shadowed, cwd=tmp_path)
+    assert result.returncode == 2 and "param_groups[1] (blocks.0.*) gets no parameter" in result.stderr
+    assert "earlier rule [0] (blocks.*)" in result.stderr
 
 
 # --- LoRA ----------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mlrun.config.schema import OptimizerSpec, ParamGroupRule
+from mlrun.errors import UsageError
 from mlrun.models.addressing import block_index, check_patterns, matching
 
 
@@ -51,6 +52,7 @@ def regroup(optimizer: torch.optim.Optimizer, model: nn.Module, spec: OptimizerS
     for index, rule in enumerate(spec.param_groups):
         # Frozen parameters are not in the optimizer, so a rule naming only them is a mistake too.
         check_patterns(in_optimizer, rule.match, f"optimizer.param_groups[{index}].match (trainable parameters)")
+    _check_every_rule_applies(in_optimizer, spec.param_groups)
     depth = layer_depths(model) if spec.layer_decay is not None else {}
     top = max(depth.values(), default=0)
     split: dict[tuple, dict] = {}
@@ -65,6 +67,23 @@ def regroup(optimizer: torch.optim.Optimizer, model: nn.Module, spec: OptimizerS
     optimizer.param_groups.clear()
     for group in split.values():
         optimizer.add_param_group(group)
+
+
+def _check_every_rule_applies(names: list[str], rules: list[ParamGroupRule]) -> None:
+    """The first matching rule wins: a rule whose parameters all fall to earlier rules would do nothing."""
+    won = {_first_rule(name, rules)[0] for name in names}
+    for index, rule in enumerate(rules):
+        if index not in won:
+            earlier = next(i for i in sorted(won - {None}) if i < index and _shadows(rules[i], rule, names))
+            raise UsageError(
+                f"optimizer.param_groups[{index}] ({'|'.join(rule.match)}) gets no parameter: every one it matches "
+                f"is taken by the earlier rule [{earlier}] ({'|'.join(rules[earlier].match)}), as the first "
+                "matching rule wins; put the narrower rule first"
+            )
+
+
+def _shadows(earlier: ParamGroupRule, rule: ParamGroupRule, names: list[str]) -> bool:
+    return any(matching([n], earlier.match) and matching([n], rule.match) for n in names)
 
 
 def _first_rule(name: str, rules: list[ParamGroupRule]) -> tuple[int | None, ParamGroupRule | None]:
