@@ -132,15 +132,35 @@ def test_lp_ft_without_init_from_or_with_a_probe_as_long_as_the_run_exits_2(tmp_
     result = run_cli("validate", write_config(tmp_path, finetune("bad", probe="2ep")), cwd=tmp_path)
     assert result.returncode == 2 and "techniques.lp_ft.probe: 2ep (32 optimizer steps)" in result.stderr
     assert "shorten the probe" in result.stderr and "Traceback" not in result.stderr
-    frozen = run_cli(  # freeze kept the body frozen that lp_ft said it released
+    frozen = run_cli(  # freeze kept the whole body frozen that lp_ft said it released
         "validate",
         write_config(tmp_path, finetune("ok")),
         "techniques=[lp_ft, {name: freeze, but_head: true}]",
         cwd=tmp_path,
     )
-    assert frozen.returncode == 2 and "techniques.freeze keeps it frozen" in frozen.stderr, frozen.stderr
+    assert frozen.returncode == 2 and "freezes the whole body" in frozen.stderr, frozen.stderr
     # The defaults (a 1-epoch probe, 5 warm-up steps) build, given a run longer than the probe.
     result = run_cli(
         "validate", write_config(tmp_path, finetune("ok")), "techniques=[lp_ft]", "train.max_steps=20", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("freeze_first", [True, False])
+def test_lp_ft_beside_a_freeze_of_the_lowest_block_keeps_it_frozen_and_trains_the_rest(tmp_path, freeze_first):
+    """lp_ft refused any freeze (a user trial: keeping the lowest block frozen is a normal recipe), in
+    either order."""
+    two_blocks = {"name": "mlp", "hidden_sizes": [32, 16], "dropout": 0.0}
+    pre = tiny_config(name="pre2", model=two_blocks)
+    pre["train"] = {**pre["train"], "epochs": 1}
+    assert train(tmp_path, pre)[0].returncode == 0
+    config = finetune("partial")
+    config["model"], config["init_from"]["run"] = two_blocks, "runs/pre2"
+    freeze = {"name": "freeze", "patterns": ["blocks.0.*"]}
+    config["techniques"] = [freeze, *config["techniques"]] if freeze_first else [*config["techniques"], freeze]
+    result, run = train(tmp_path, config)
+    assert result.returncode == 0, result.stderr
+    assert "probe done at step 16" in result.stdout
+    pretrained, tuned = load_file(tmp_path / "runs/pre2/model.safetensors"), load_file(run / "model.safetensors")
+    assert all(torch.equal(tuned[k], pretrained[k]) for k in pretrained if k.startswith("blocks.0."))
+    assert all(not torch.equal(tuned[k], pretrained[k]) for k in pretrained if k.startswith("blocks.1."))

@@ -54,7 +54,17 @@ class LinearProbeThenFineTune(Callback):
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """Split every group into its head and body part (the body's lr scaled), freeze the body, hook the steps."""
+        # Only what the optimizer steps: parameters techniques.freeze keeps frozen (left out of it) stay so,
+        # without gradients computed for nothing after the probe.
+        stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        self.body = [p for p in self.body if id(p) in stepped]
         body_ids = {id(p) for p in self.body}
+        print(
+            f"mlrun: lp_ft: {len(stepped - body_ids)} head tensors train alone for {self.probe}, then "
+            f"{len(self.body)} body tensors join",
+            file=sys.stderr,
+            flush=True,
+        )
         groups = []
         for group in optimizer.param_groups:
             settings = {k: v for k, v in group.items() if k != "params"}
@@ -128,11 +138,14 @@ def check_lp_ft_plan(config: Any, plan: Any, /, **settings: Any) -> None:
             "techniques.lp_ft: fits a new head on a pretrained body, but init_from is not set; set "
             "init_from: {run: runs/<source>, exclude: ['head.*']} or remove lp_ft to train from scratch"
         )
-    if any(spec.name == "freeze" for spec in config.techniques):
-        raise UsageError(
-            "techniques.lp_ft releases the body after its probe, and techniques.freeze keeps it frozen (the body "
-            "never trained, whatever lp_ft said): use lp_ft to fit the head first, or freeze for a probe alone"
-        )
+    for spec in config.techniques:  # freeze by patterns (a lower block kept frozen) works beside it
+        if spec.name == "freeze" and (spec.settings.get("but_head") or spec.settings.get("unfreeze_every")):
+            raise UsageError(
+                "techniques.lp_ft releases the body after its probe, and techniques.freeze with but_head or "
+                "unfreeze_every freezes the whole body or releases it on its own schedule: use lp_ft to fit the "
+                "head first, freeze {but_head: true} for a probe alone, or freeze {patterns: [...]} beside lp_ft "
+                "to keep some layers frozen"
+            )
     probe = parse_duration(settings.get("probe", PROBE))
     steps = probe.count * (plan.steps_per_epoch if probe.unit == "ep" else 1)
     if steps >= plan.total_steps:
@@ -174,9 +187,4 @@ def lp_ft(
         raise UsageError("techniques.lp_ft: every trainable parameter is in the head, so there is no body to fine-tune")
     if warmup is not None and warmup.unit == "ep":
         raise UsageError(f"techniques.lp_ft.warmup: give it in optimizer steps ('{warmup.count}st'), not epochs")
-    print(
-        f"mlrun: lp_ft: {len(head_names)} head tensors train alone for {probe}, then {len(body)} body tensors join",
-        file=sys.stderr,
-        flush=True,
-    )
     return LinearProbeThenFineTune(body, probe, body_lr_scale, warmup.count if warmup else 0)
