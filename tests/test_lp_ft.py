@@ -139,6 +139,14 @@ def test_lp_ft_without_init_from_or_with_a_probe_as_long_as_the_run_exits_2(tmp_
         cwd=tmp_path,
     )
     assert frozen.returncode == 2 and "freezes the whole body" in frozen.stderr, frozen.stderr
+    # durations that never took effect, silently (a user trial): a warm-up past the run's end, an unfreeze after it
+    never = {
+        "techniques=[{name: lp_ft, probe: 1ep, warmup: 20st}]": "longer than the 16 steps after the probe",
+        "techniques=[{name: freeze, but_head: true, unfreeze_every: 40st}]": "so nothing is released",
+    }
+    for override, says in never.items():
+        result = run_cli("validate", write_config(tmp_path, finetune("ok")), override, cwd=tmp_path)
+        assert result.returncode == 0 and "mlrun: warning:" in result.stderr and says in result.stderr
     # The defaults (a 1-epoch probe, 5 warm-up steps) build, given a run longer than the probe.
     result = run_cli(
         "validate", write_config(tmp_path, finetune("ok")), "techniques=[lp_ft]", "train.max_steps=20", cwd=tmp_path

@@ -558,12 +558,15 @@ def test_init_from_patterns_that_name_nothing_and_every_shape_wrong_exit_2_sayin
     tensor of another shape crashed the explanation (exit 1)."""
     result, _ = train(tmp_path, short(tiny_config(name="src"), epochs=1))
     assert result.returncode == 0, result.stderr
+    assert run_cli("export", "runs/src", "--format", "onnx", "--no-verify", cwd=tmp_path).returncode == 0
     cases = {
         "exclude": ("init_from={run: runs/src, exclude: ['nomatch.*']}", "init_from.exclude: 'nomatch.*' matches no"),
         "prefix": ("init_from={run: runs/src, prefix: {'bert.': ''}}", "no key of the source begins with 'bert.'"),
         "shapes": ("init_from={run: runs/src, exclude: ['head.*']}", "tensors have the same names but other shapes"),
         # a user trial: nothing loaded for the exclude, and a checkpoint silently ignored
         "all excluded": ("init_from={run: runs/src, exclude: ['*']}", "leaves out every parameter the source has"),
+        "an export": ("init_from={run: runs/src/export/onnx-none}", "is an export folder, not a run"),
+        "no best yet": ("init_from={run: runs/src, checkpoint: best}", "train it with train.best set"),
         "path checkpoint": (
             "init_from={path: runs/src, checkpoint: best}",
             "checkpoint 'best' picks a file of init_from.run, and init_from.path names the file itself",

@@ -51,11 +51,16 @@ def resolve_source(spec: InitFrom) -> Path:
 def _run_weights(run: Path, checkpoint: str) -> Path:
     if not (run / "config.yaml").is_file():
         raise UsageError(f"init_from.run: '{run}' is not an mlrun run directory (no config.yaml); train it first")
+    if (run / "export.json").is_file():
+        raise UsageError(
+            f"init_from.run: '{run}' is an export folder, not a run: name the run it came from, or a safetensors "
+            "export's file with init_from.path"
+        )
     from mlrun.engine.checkpoint import checkpoint_dir, latest_checkpoint
 
     if checkpoint in ("final", "best"):
         path = run / ("model.safetensors" if checkpoint == "final" else "best.safetensors")
-        hint = "finish training it" if checkpoint == "final" else "train it with train.best set"
+        hint = "finish training it" if checkpoint == "final" else _why_no_best(run)
     elif checkpoint == "latest":
         latest = latest_checkpoint(run)
         path = (latest or run / "checkpoints" / "none") / "model.safetensors"
@@ -68,6 +73,18 @@ def _run_weights(run: Path, checkpoint: str) -> Path:
     if not path.is_file():
         raise UsageError(f"init_from: run '{run}' has no {checkpoint} weights ({path} is missing); {hint}")
     return path
+
+
+def _why_no_best(run: Path) -> str:
+    import yaml
+
+    try:
+        best = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("train", {}).get("best")
+    except (OSError, yaml.YAMLError, AttributeError):  # advice only
+        best = None
+    if best:
+        return "it sets train.best but has not evaluated yet (stopped early?): resume it, or use checkpoint: latest"
+    return "train it with train.best set"
 
 
 def _checkpoints(run: Path) -> list[Path]:

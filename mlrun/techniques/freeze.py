@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from mlrun.callbacks import Callback
-from mlrun.config.schema import Duration, DurationField
+from mlrun.config.schema import Duration, DurationField, parse_duration
 from mlrun.errors import UsageError
 from mlrun.models.addressing import block_index, check_patterns, head_prefix, matching
 from mlrun.registry import techniques
@@ -65,7 +65,24 @@ class GradualUnfreeze(Callback):
         self._apply(state["stage"])
 
 
-@techniques.register("freeze")
+def check_freeze_plan(config: Any, plan: Any, /, **settings: Any) -> None:
+    """Gradual unfreezing that releases nothing within the run is a plain freeze in disguise: said, not refused
+    (a short smoke run of a real config is legitimate)."""
+    every = settings.get("unfreeze_every")
+    if every is None:
+        return
+    every = parse_duration(every)
+    steps = every.count * (plan.steps_per_epoch if every.unit == "ep" else 1)
+    if steps >= plan.total_steps:
+        print(
+            f"mlrun: warning: techniques.freeze.unfreeze_every: {every} ({steps} optimizer steps) is not shorter "
+            f"than the run ({plan.total_steps} steps), so nothing is released: a fixed freeze",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+@techniques.register("freeze", check_plan=check_freeze_plan)
 def freeze(
     model: nn.Module,
     /,

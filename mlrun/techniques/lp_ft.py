@@ -154,6 +154,15 @@ def check_lp_ft_plan(config: Any, plan: Any, /, **settings: Any) -> None:
             f"({plan.total_steps} steps, {plan.steps_per_epoch} an epoch), so the body would never train; "
             "shorten the probe or train longer"
         )
+    warmup = settings.get("warmup", WARMUP)
+    warmup = parse_duration(warmup) if warmup is not None else None
+    if warmup is not None and warmup.unit == "st" and warmup.count > plan.total_steps - steps:
+        print(  # said, not refused: a short smoke run of a real config is legitimate
+            f"mlrun: warning: techniques.lp_ft.warmup: {warmup} is longer than the {plan.total_steps - steps} steps "
+            "after the probe, so the body never reaches its lr",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 @techniques.register("lp_ft", check_plan=check_lp_ft_plan)
