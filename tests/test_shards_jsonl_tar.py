@@ -219,6 +219,22 @@ def test_a_broken_tar_exits_2_naming_shard_and_offset_or_its_samples_are_skipped
     assert f"'{tmp_path / 'tars' / 'part-2.tar'}' byte offset {image.offset_data}" in result.stderr
 
 
+def test_an_empty_or_non_tar_shard_exits_2_naming_it_or_is_skipped_and_counted(tmp_path):
+    tars = digits_pngs(tmp_path)
+    (tars / "part-3.tar").write_bytes(b"")  # a download that never started
+    (tars / "part-4.tar").write_bytes(b"<html>404 Not Found</html>\n" * 40)  # a web page saved as a shard
+    path = write_config(tmp_path, image_config("not_tars"))
+    result = run_cli("validate", path, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "shard 'tars/part-3.tar' byte offset 0" in result.stderr and "skip_corrupt" in result.stderr
+    assert "not an uncompressed tar" in result.stderr
+    result = run_cli("validate", path, "data.skip_corrupt=true", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "skipped 2 corrupt sample(s) or tar region(s)" in result.stderr
+    assert "(1438 train / 359 val" in result.stdout  # all 1,797 digits kept
+    assert "'tars/part-4.tar' byte offset 0" in result.stderr
+
+
 @pytest.mark.e2e
 def test_image_shards_resume_after_sigkill_with_two_workers_is_bit_identical(tmp_path):
     digits_pngs(tmp_path)

@@ -51,7 +51,11 @@ END_OF_ARCHIVE = 1024  # two zero blocks close every tar; without them the file 
 def scan_tar(shard: Path) -> dict[str, np.ndarray]:
     """Each sample's image offset, size, label and pixel size; where and why the others are unusable."""
     members, bad = {}, []
-    with tarfile.open(shard, "r:") as tar, open(shard, "rb") as raw:
+    with open(shard, "rb") as raw:
+        try:
+            tar = tarfile.open(fileobj=raw, mode="r:")
+        except tarfile.TarError as exc:  # an empty file, or no tar header where the first one belongs
+            return _index([], [(0, f"the file is not an uncompressed tar ({exc})")])
         while True:
             at = tar.offset
             try:
@@ -68,7 +72,11 @@ def scan_tar(shard: Path) -> dict[str, np.ndarray]:
                 key, _, extension = member.name.partition(".")
                 members.setdefault(key, {})[extension.lower()] = member
         samples = [_sample(raw, key, parts, bad) for key, parts in members.items()]
-    samples = [s for s in samples if s is not None]
+    return _index([s for s in samples if s is not None], bad)
+
+
+def _index(samples: list[tuple], bad: list[tuple[int, str]]) -> dict[str, np.ndarray]:
+    """The index arrays of a shard's usable samples and of its problems (byte offset, reason)."""
     columns = list(zip(*samples)) or [[]] * 6
     return {
         "keys": np.asarray(columns[0], dtype=str),
