@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import signal
 import tarfile
 from pathlib import Path
@@ -233,6 +234,25 @@ def test_an_empty_or_non_tar_shard_exits_2_naming_it_or_is_skipped_and_counted(t
     assert "skipped 2 corrupt sample(s) or tar region(s)" in result.stderr
     assert "(1438 train / 359 val" in result.stdout  # all 1,797 digits kept
     assert "'tars/part-4.tar' byte offset 0" in result.stderr
+
+
+def test_a_damaged_header_mid_tar_exits_2_naming_its_offset_or_only_the_damaged_bytes_are_lost(tmp_path):
+    tars = digits_pngs(tmp_path)
+    shard = tars / "part-0.tar"
+    with shard.open("r+b") as raw:  # 3,000 bytes in the middle overwritten in place, member headers among them
+        raw.seek(shard.stat().st_size // 2)
+        raw.write(b"\xff" * 3000)
+    path = write_config(tmp_path, image_config("damaged"))
+    result = run_cli("validate", path, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "shard 'tars/part-0.tar' byte offset" in result.stderr and "no readable tar header in bytes" in result.stderr
+    result = run_cli("validate", path, "data.skip_corrupt=true", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    # Read on past the damage: only the two or three samples stored in those bytes are lost, not half the shard.
+    train, val = re.search(r"\((\d+) train / (\d+) val", result.stdout).groups()
+    assert 1797 - 3 <= int(train) + int(val) < 1797
+    lost = re.search(r"no readable tar header in bytes \d+-\d+ \(([\d,]+) bytes\)", result.stderr).group(1)
+    assert 3000 <= int(lost.replace(",", "")) < 8192  # the damage, rounded out to whole members and blocks
 
 
 @pytest.mark.e2e
