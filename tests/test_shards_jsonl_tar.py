@@ -255,6 +255,20 @@ def test_a_damaged_header_mid_tar_exits_2_naming_its_offset_or_only_the_damaged_
     assert 3000 <= int(lost.replace(",", "")) < 8192  # the damage, rounded out to whole members and blocks
 
 
+def test_a_sample_missing_its_label_or_image_is_named_in_plain_english(tmp_path):
+    from mlrun.data.image_shards import scan_tar
+
+    shard = tmp_path / "part.tar"
+    with tarfile.open(shard, "w") as tar:  # "a.png" without its label, "b.cls" without its image
+        for name, data in (("a.png", b"\x89PNG"), ("b.cls", b"3")):
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    reasons = sorted(scan_tar(shard)["bad_reasons"].tolist())
+    assert reasons[0] == "'a' has no .cls label"
+    assert reasons[1].startswith("'b' has no image (.png, .jpg")
+
+
 @pytest.mark.e2e
 def test_image_shards_resume_after_sigkill_with_two_workers_is_bit_identical(tmp_path):
     digits_pngs(tmp_path)

@@ -123,7 +123,7 @@ def _sample(raw, key: str, parts: dict, bad: list) -> tuple | None:
     images = [parts[e] for e in (x.lstrip(".") for x in EXTENSIONS) if e in parts]
     if not images or "cls" not in parts:
         first = next(iter(parts.values()))
-        missing = "a .cls label" if images else f"an image ({', '.join(EXTENSIONS)})"
+        missing = ".cls label" if images else f"image ({', '.join(EXTENSIONS)})"
         bad.append((first.offset, f"'{key}' has no {missing}"))
         return None
     image, label = images[0], parts["cls"]
