@@ -336,3 +336,14 @@ def test_prepare_refuses_a_format_the_source_cannot_give(tmp_path):
     )
     assert images.returncode == 2 and "does not give normalised images" in images.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_prepare_on_jsonl_shards_says_what_it_can_and_cannot_do_without_sending_the_user_in_a_loop(tmp_path):
+    text_shards(tmp_path)
+    path = write_config(tmp_path, text_config("texts"))
+    for shard_format in ("jsonl", "parquet", "image_tar"):
+        result = run_cli("prepare", path, "--out", tmp_path / shard_format, "--format", shard_format, cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        # Each refusal says the shards are ready to train on; none points at another --format (which refuses too).
+        assert "already JSON Lines shards" in result.stderr and "use --format" not in result.stderr, result.stderr
+        assert "--format jsonl writes" not in result.stderr and not (tmp_path / shard_format).exists()
