@@ -122,8 +122,24 @@ def test_a_glob_of_parquet_shards_reads_every_shard(tmp_path):
     bundle = build("parquet", path=str(tmp_path / "shards" / "*.parquet"), target="target", val_fraction=0.25)
     assert (len(bundle.train), len(bundle.val)) == (90, 30)
     frame.iloc[:30].drop(columns="b").to_parquet(tmp_path / "shards" / "part-9.parquet")
-    with pytest.raises(UsageError, match="part-9.parquet' has columns .* must have the same columns"):
+    with pytest.raises(UsageError, match="part-9.parquet' lacks b; every file .* must have the same columns"):
         build("parquet", path=str(tmp_path / "shards" / "*.parquet"), target="target")
+
+
+def test_csv_shards_with_other_columns_are_named_by_the_columns_that_differ(tmp_path):
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    columns = [f"p{i}" for i in range(64)] + ["target"]  # 65 columns, as in sklearn's digits as a table
+    (tmp_path / "shards").mkdir()
+    for i in range(3):
+        frame = pd.DataFrame(rng.integers(0, 16, size=(20, 65)), columns=columns)
+        frame.rename(columns={"p5": "q5"} if i == 1 else {}).to_csv(tmp_path / "shards" / f"part-{i}.csv", index=False)
+    with pytest.raises(UsageError) as error:
+        build("csv", path=str(tmp_path / "shards" / "*.csv"), target="target")
+    message = str(error.value)
+    assert "part-1.csv' lacks p5 and has q5" in message and "part-0.csv" in message
+    assert "p63" not in message and len(message) < 600  # the differing columns, not both lists of 65
 
 
 def test_a_glob_of_several_npz_files_exits_2_naming_them(tmp_path):

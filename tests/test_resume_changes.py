@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from tests.conftest import read_jsonl, run_cli, tiny_config, write_config
@@ -115,9 +116,10 @@ def test_an_extension_killed_before_its_end_goes_on_from_its_newest_whole_checkp
     assert "resumed at step 80" in rewind.stdout, rewind.stderr  # an older checkpoint named on purpose
 
 
-def interrupted_run(tmp_path: Path, name: str, keep_newest: bool = False) -> Path:
-    """A run as a crash in its second epoch leaves it: a checkpoint at step 16, no summary.json."""
-    config = tiny_config(name=name)
+def interrupted_run(tmp_path: Path, name: str, keep_newest: bool = False, data: dict | None = None) -> Path:
+    """A run as a crash in its second epoch leaves it: a checkpoint at step 16, no summary.json. `data`
+    replaces the synthetic data section (its training split must make 16 batches of 32)."""
+    config = tiny_config(name=name, **({"data": data} if data else {}))
     config["train"] = {**config["train"], "epochs": 2}
     result, run = train(tmp_path, config)
     assert result.returncode == 0, result.stderr
@@ -144,6 +146,37 @@ def test_auto_resume_with_a_changed_config_is_refused_then_accepted_and_recorded
     # The new rate took effect at the resume: the first log after step 16 is under the new peak.
     lrs = [line["train/lr"] for line in read_jsonl(run / "metrics.jsonl") if "train/lr" in line and line["step"] > 16]
     assert lrs and max(lrs) <= 0.001
+
+
+def csv_shard(path: Path, seed: int, rows: int = 320) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 4)).round(4)
+    lines = ["f0,f1,f2,f3,label", *(",".join(map(str, [*r, int(r[0] > 0)])) for r in x)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_auto_resume_on_other_data_is_refused_then_accepted_and_recorded(tmp_path):
+    """The same config reading other data (a shard added to its glob) changes the epoch under the checkpoint."""
+    (tmp_path / "shards").mkdir()
+    for seed in (0, 1):
+        csv_shard(tmp_path / "shards" / f"part-{seed}.csv", seed)
+    data = {"name": "csv", "path": "shards/*.csv", "target": "label", "batch_size": 32}
+    run = interrupted_run(tmp_path, "grown", data=data)
+    before = read(run / "manifest.json")["data_fingerprint"]
+    csv_shard(tmp_path / "shards" / "part-2.csv", 2)
+    config = tiny_config(name="grown", data=data)
+    config["train"] = {**config["train"], "epochs": 2}
+    refused, _ = train(tmp_path, config)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"data_fingerprint.train: {before['train']} -> " in refused.stderr
+    assert "--allow-config-change" in refused.stderr
+    assert read(run / "manifest.json")["data_fingerprint"] == before and not (run / "summary.json").exists()
+    accepted, _ = train(tmp_path, config, "--allow-config-change")
+    assert accepted.returncode == 0, accepted.stderr
+    after = read(run / "manifest.json")
+    assert after["data_fingerprint"]["train"] != before["train"]
+    expected = {f"data_fingerprint.{s}": [before[s], after["data_fingerprint"][s]] for s in ("train", "val")}
+    assert after["config_changes"] == [{"step": 16, "changes": expected}]
 
 
 def test_a_model_shape_change_is_named_and_the_finished_run_stays_intact(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import signal
 import tarfile
 from pathlib import Path
@@ -219,6 +220,55 @@ def test_a_broken_tar_exits_2_naming_shard_and_offset_or_its_samples_are_skipped
     assert f"'{tmp_path / 'tars' / 'part-2.tar'}' byte offset {image.offset_data}" in result.stderr
 
 
+def test_an_empty_or_non_tar_shard_exits_2_naming_it_or_is_skipped_and_counted(tmp_path):
+    tars = digits_pngs(tmp_path)
+    (tars / "part-3.tar").write_bytes(b"")  # a download that never started
+    (tars / "part-4.tar").write_bytes(b"<html>404 Not Found</html>\n" * 40)  # a web page saved as a shard
+    path = write_config(tmp_path, image_config("not_tars"))
+    result = run_cli("validate", path, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "shard 'tars/part-3.tar' byte offset 0" in result.stderr and "skip_corrupt" in result.stderr
+    assert "not an uncompressed tar" in result.stderr
+    result = run_cli("validate", path, "data.skip_corrupt=true", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "skipped 2 corrupt sample(s) or tar region(s)" in result.stderr
+    assert "(1438 train / 359 val" in result.stdout  # all 1,797 digits kept
+    assert "'tars/part-4.tar' byte offset 0" in result.stderr
+
+
+def test_a_damaged_header_mid_tar_exits_2_naming_its_offset_or_only_the_damaged_bytes_are_lost(tmp_path):
+    tars = digits_pngs(tmp_path)
+    shard = tars / "part-0.tar"
+    with shard.open("r+b") as raw:  # 3,000 bytes in the middle overwritten in place, member headers among them
+        raw.seek(shard.stat().st_size // 2)
+        raw.write(b"\xff" * 3000)
+    path = write_config(tmp_path, image_config("damaged"))
+    result = run_cli("validate", path, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "shard 'tars/part-0.tar' byte offset" in result.stderr and "no readable tar header in bytes" in result.stderr
+    result = run_cli("validate", path, "data.skip_corrupt=true", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    # Read on past the damage: only the two or three samples stored in those bytes are lost, not half the shard.
+    train, val = re.search(r"\((\d+) train / (\d+) val", result.stdout).groups()
+    assert 1797 - 3 <= int(train) + int(val) < 1797
+    lost = re.search(r"no readable tar header in bytes \d+-\d+ \(([\d,]+) bytes\)", result.stderr).group(1)
+    assert 3000 <= int(lost.replace(",", "")) < 8192  # the damage, rounded out to whole members and blocks
+
+
+def test_a_sample_missing_its_label_or_image_is_named_in_plain_english(tmp_path):
+    from mlrun.data.image_shards import scan_tar
+
+    shard = tmp_path / "part.tar"
+    with tarfile.open(shard, "w") as tar:  # "a.png" without its label, "b.cls" without its image
+        for name, data in (("a.png", b"\x89PNG"), ("b.cls", b"3")):
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    reasons = sorted(scan_tar(shard)["bad_reasons"].tolist())
+    assert reasons[0] == "'a' has no .cls label"
+    assert reasons[1].startswith("'b' has no image (.png, .jpg")
+
+
 @pytest.mark.e2e
 def test_image_shards_resume_after_sigkill_with_two_workers_is_bit_identical(tmp_path):
     digits_pngs(tmp_path)
@@ -286,3 +336,14 @@ def test_prepare_refuses_a_format_the_source_cannot_give(tmp_path):
     )
     assert images.returncode == 2 and "does not give normalised images" in images.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_prepare_on_jsonl_shards_says_what_it_can_and_cannot_do_without_sending_the_user_in_a_loop(tmp_path):
+    text_shards(tmp_path)
+    path = write_config(tmp_path, text_config("texts"))
+    for shard_format in ("jsonl", "parquet", "image_tar"):
+        result = run_cli("prepare", path, "--out", tmp_path / shard_format, "--format", shard_format, cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        # Each refusal says the shards are ready to train on; none points at another --format (which refuses too).
+        assert "already JSON Lines shards" in result.stderr and "use --format" not in result.stderr, result.stderr
+        assert "--format jsonl writes" not in result.stderr and not (tmp_path / shard_format).exists()

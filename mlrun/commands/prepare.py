@@ -81,9 +81,8 @@ def prepare_samples(config, out: Path, settings: dict, shard_format: str) -> tup
     meta = bundle.meta
     if meta.input_names is not None or meta.task == "lm":
         raise UsageError(
-            f"mlrun prepare: dataset '{config.data.name}' gives token or named-tensor batches; prepare writes "
-            "array samples (tables, images, npz) only, and JSON Lines text with --format jsonl. Token files are "
-            "already memory-mapped (text_lm)."
+            f"mlrun prepare --format {shard_format}: dataset '{config.data.name}' gives token or named-tensor "
+            f"batches, and this format writes array samples (tables, images, npz) only; {instead(config.data.name)}."
         )
     if shard_format == "image_tar":
         shard_writers.check_images(meta, config.data.name)
@@ -107,6 +106,18 @@ def prepare_samples(config, out: Path, settings: dict, shard_format: str) -> tup
     return record, reader
 
 
+def instead(source: str) -> str:
+    """What to do with a source that a --format cannot write: never another format that refuses it too."""
+    if source == "jsonl_text":
+        return "--format jsonl writes its records as JSON Lines shards"
+    if source == "jsonl_shards":
+        return (
+            "its data are already JSON Lines shards, read lazily: train on them as they are (prepare makes such "
+            "shards from a jsonl_text source)"
+        )
+    return "train on the source as it is (token files are already memory-mapped: text_lm)"
+
+
 def prepare_jsonl(config, out: Path, settings: dict) -> tuple[dict, dict]:
     """A jsonl_text source's records, split as jsonl_text splits them, as JSON Lines shards."""
     from mlrun.data import shard_writers
@@ -116,9 +127,10 @@ def prepare_jsonl(config, out: Path, settings: dict) -> tuple[dict, dict]:
     from mlrun.registry import datasets
 
     if config.data.name != "jsonl_text":
+        other = "--format parquet writes array samples (tables, images, npz) and image_tar images"
         raise UsageError(
             f"mlrun prepare --format jsonl: writes the records of a jsonl_text source, not of '{config.data.name}'; "
-            "use --format parquet or image_tar for it."
+            f"{instead(config.data.name) if config.data.name == 'jsonl_shards' else other}."
         )
     source = {s.name: s.default for s in datasets.settings("jsonl_text")} | config.data.settings
     fields = (source["text_field"], source["label_field"])

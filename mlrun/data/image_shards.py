@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tarfile
 from pathlib import Path
 from typing import Annotated
@@ -51,7 +52,14 @@ END_OF_ARCHIVE = 1024  # two zero blocks close every tar; without them the file 
 def scan_tar(shard: Path) -> dict[str, np.ndarray]:
     """Each sample's image offset, size, label and pixel size; where and why the others are unusable."""
     members, bad = {}, []
-    with tarfile.open(shard, "r:") as tar, open(shard, "rb") as raw:
+    with open(shard, "rb") as raw:
+        try:
+            # ignore_zeros: at a damaged header tarfile steps on block by block to the next valid one, where
+            # by default it would stop quietly and lose the rest of the shard; _lost_bytes reports the skip.
+            tar = tarfile.open(fileobj=raw, mode="r:", ignore_zeros=True)
+        except tarfile.TarError as exc:  # an empty file
+            return _index([], [(0, f"the file is not an uncompressed tar ({exc})")])
+        end = 0  # where the last readable member's data ends
         while True:
             at = tar.offset
             try:
@@ -60,15 +68,44 @@ def scan_tar(shard: Path) -> dict[str, np.ndarray]:
                 bad.append((at, f"not a readable uncompressed tar from here ({exc})"))
                 break
             if member is None:
-                raw.seek(tar.offset)
-                if len(raw.read(END_OF_ARCHIVE)) < END_OF_ARCHIVE:
-                    bad.append((tar.offset, "the tar ends without its end-of-archive blocks (cut short)"))
+                bad += _tail_problems(raw, end)
                 break
+            bad += _lost_bytes(raw, end, member.offset, "; the shard is read on from the next valid header")
+            end = tar.offset
             if member.isfile():
                 key, _, extension = member.name.partition(".")
                 members.setdefault(key, {})[extension.lower()] = member
         samples = [_sample(raw, key, parts, bad) for key, parts in members.items()]
-    samples = [s for s in samples if s is not None]
+    return _index([s for s in samples if s is not None], bad)
+
+
+def _tail_problems(raw, end: int) -> list[tuple[int, str]]:
+    """What follows the last readable member: at least the two zero end-of-archive blocks, else the file was cut
+    short; anything but zeros there is data no header could be read for (damaged, or not a tar at all)."""
+    size = os.fstat(raw.fileno()).st_size
+    if size - end < END_OF_ARCHIVE:
+        return [(end, "the tar ends without its end-of-archive blocks (cut short)")]
+    return _lost_bytes(raw, end, size, "")
+
+
+def _lost_bytes(raw, start: int, stop: int, then: str) -> list[tuple[int, str]]:
+    """A problem when bytes start..stop, which tarfile skipped, are not all zeros (zero blocks between members
+    are harmless padding or concatenated archives): the members whose headers lay there are lost."""
+    raw.seek(start)
+    for _ in range(start, stop, 1 << 20):  # a MiB at a time: a damaged region can be most of the file
+        if raw.read(min(1 << 20, stop - raw.tell())).strip(b"\0"):
+            return [
+                (
+                    start,
+                    f"no readable tar header in bytes {start}-{stop} ({stop - start:,} bytes): damaged, or not an "
+                    f"uncompressed tar; the samples stored there are lost{then}",
+                )
+            ]
+    return []
+
+
+def _index(samples: list[tuple], bad: list[tuple[int, str]]) -> dict[str, np.ndarray]:
+    """The index arrays of a shard's usable samples and of its problems (byte offset, reason)."""
     columns = list(zip(*samples)) or [[]] * 6
     return {
         "keys": np.asarray(columns[0], dtype=str),
@@ -86,7 +123,7 @@ def _sample(raw, key: str, parts: dict, bad: list) -> tuple | None:
     images = [parts[e] for e in (x.lstrip(".") for x in EXTENSIONS) if e in parts]
     if not images or "cls" not in parts:
         first = next(iter(parts.values()))
-        missing = "a .cls label" if images else f"an image ({', '.join(EXTENSIONS)})"
+        missing = ".cls label" if images else f"image ({', '.join(EXTENSIONS)})"
         bad.append((first.offset, f"'{key}' has no {missing}"))
         return None
     image, label = images[0], parts["cls"]
@@ -122,7 +159,7 @@ def index_tars(paths: list[Path], key: str, skip_corrupt: bool) -> list[dict[str
                 f"{key}: shard '{shard}' byte offset {offset}: {reason}. {len(bad)} such problem(s) in this shard; "
                 "replace the shard, or set data.skip_corrupt: true to skip and count the samples it loses."
             )
-        skipped += [f"'{shard}' byte offset {offset}" for offset, _ in bad]
+        skipped += [f"'{shard}' byte offset {offset} ({reason})" for offset, reason in bad]
         indexed.append({**arrays, "path": shard})
     report_skipped(skipped, "sample(s) or tar region(s)")
     if not sum(len(a["keys"]) for a in indexed):

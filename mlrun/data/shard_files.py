@@ -22,7 +22,7 @@ import numpy as np
 from mlrun.data.splits import resolve_files
 from mlrun.errors import UsageError
 
-INDEX_VERSION = 1  # bump when an index's arrays change meaning, so old caches are rebuilt
+INDEX_VERSION = 2  # bump when an index's arrays change meaning, so old caches are rebuilt
 
 
 def shard_paths(path: str | list[str], suffixes: tuple[str, ...], key: str) -> list[Path]:

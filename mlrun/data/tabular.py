@@ -86,12 +86,16 @@ def _read(path: str, key: str, reader: str, na_values: list[str] = ()):
         raise UsageError(f"dataset '{reader}' needs pandas: pip install 'mlrun[tabular]'") from None
     files = resolve_files(path, key)
     frames = [read_table_file(file, key, reader, na_values) for file in files]
-    for file, frame in zip(files[1:], frames[1:]):
-        if list(frame.columns) != list(frames[0].columns):
-            raise UsageError(
-                f"{key}: '{file}' has columns {list(frame.columns)}, '{files[0]}' {list(frames[0].columns)}; "
-                f"every file matching '{path}' must have the same columns in the same order."
-            )
+    first = list(frames[0].columns)
+    differ = [
+        f"'{f}' {_column_difference(list(t.columns), first)}" for f, t in zip(files, frames) if list(t.columns) != first
+    ]
+    if differ:
+        more = f"; and {len(differ) - 3} more file(s)" if len(differ) > 3 else ""
+        raise UsageError(
+            f"{key}: {'; '.join(differ[:3])}{more}; every file matching '{path}' must have the same columns in the "
+            f"same order as the first, '{files[0]}'."
+        )
     if len(files) == 1:
         return frames[0], files[0]
     # Data rows in messages count through the files in this order, as one table.
@@ -117,6 +121,20 @@ def read_table_file(file: Path, key: str, reader: str, na_values: list[str] = ()
     if frame.empty:
         raise UsageError(f"{key}: '{file}' has no rows.")
     return frame
+
+
+def _column_difference(columns: list[str], first: list[str]) -> str:
+    """How a shard's columns differ from the first shard's, by the columns themselves: a table of 65 columns
+    with one renamed reads 'lacks p5 and has q5', not as two lists of 65."""
+    missing = [c for c in first if c not in columns]
+    extra = [c for c in columns if c not in first]
+    if missing or extra:
+        said = [f"lacks {', '.join(map(str, missing))}"] if missing else []
+        return " and ".join(said + ([f"has {', '.join(map(str, extra))}"] if extra else []))
+    at = next((i for i, (a, b) in enumerate(zip(columns, first)) if a != b), None)
+    if at is None:  # only a repeated name differs
+        return f"has the columns {columns}, the first {first}"
+    return f"has the same columns in another order (column {at + 1} is {columns[at]}, in the first {first[at]})"
 
 
 def _check_columns(frame, names: list[str], key: str, file: Path) -> None:

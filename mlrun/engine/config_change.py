@@ -10,6 +10,7 @@ it, and manifest.json records each accepted change with the step it took effect 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,29 @@ def check_resume_config(
             "to start from these weights)."
         )
     return config, changes
+
+
+def check_resume_data(run_dir: Path, prints: dict[str, str | None], allowed: bool) -> Changes:
+    """The data's fingerprint against the one the run recorded (manifest.json) when resuming; exit 2 if it
+    changed and that is not allowed. The same config can read other data (a glob that now matches another
+    shard, files rewritten in place): the epoch length and split would change under the checkpoint's
+    position, so this is a change of the run like a changed key, refused or accepted and recorded alike."""
+    manifest = run_dir / "manifest.json"
+    recorded = (json.loads(manifest.read_text()) if manifest.is_file() else {}).get("data_fingerprint") or {}
+    changes = {
+        f"data_fingerprint.{split}": (recorded[split], new)
+        for split, new in prints.items()
+        if recorded.get(split) and new and recorded[split] != new  # None: a dataset that cannot say
+    }
+    if changes and not allowed:
+        raise UsageError(
+            f"run '{run_dir}' would resume on other data than it trained on (the same config now reads other "
+            f"samples: files added to a glob, changed or removed):\n{describe(changes)}\nThe epoch length, the "
+            "split and the checkpoint's position in the epoch would no longer match. Restore the data, pass "
+            "--allow-config-change to continue on the new data (recorded in manifest.json), --overwrite to "
+            "start over, or another name=..."
+        )
+    return changes
 
 
 def explain_load_failure(checkpoint: Path, exc: BaseException, changes: Changes) -> UsageError:

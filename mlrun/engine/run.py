@@ -21,7 +21,14 @@ from mlrun.engine.allocation import (
     rescale_position,
 )
 from mlrun.engine.checkpoint import checkpoint_step, latest_checkpoint, resolve_resume
-from mlrun.engine.config_change import Changes, check_resume_config, describe, explain_load_failure, record_changes
+from mlrun.engine.config_change import (
+    Changes,
+    check_resume_config,
+    check_resume_data,
+    describe,
+    explain_load_failure,
+    record_changes,
+)
 from mlrun.engine.energy_attempts import EnergyTotal, earlier_attempts
 from mlrun.engine.run_dir import (
     FINISHED,
@@ -54,7 +61,7 @@ def run_training(
     the checkpoint (if any) loaded, so a start that fails leaves a finished run's records as they were.
     """
     from mlrun.config.paths import with_local_paths_resolved
-    from mlrun.data.bundle import load_fitted_transform
+    from mlrun.data.bundle import fingerprint, load_fitted_transform
     from mlrun.engine.autobatch import resolve_batch_size
     from mlrun.engine.build import build_components
     from mlrun.engine.loop import TrainingLoop
@@ -88,8 +95,14 @@ def run_training(
     parts = build_components(
         config, accelerator.num_processes, fitted_transform=fitted, init_weights=resume_from is None
     )
+    prints = {split: fingerprint(getattr(parts.bundle, split)) for split in ("train", "val")}
     if resume_from is None:  # a resumed run was checked when it started
         check_components(parts, batch_was_auto, accelerator.device.type)
+    else:
+        data_changes = check_resume_data(run_dir, prints, allowed)
+        if data_changes and accelerator.is_main_process:
+            print(f"mlrun: resume from {resume_from.name} on changed data:\n{describe(data_changes)}", file=sys.stderr)
+        changes = {**changes, **data_changes}
     if clear and accelerator.is_main_process:  # only now: a start that cannot build keeps the old run
         clear_train_outputs(run_dir)  # lr_find/, tune/, compress/, export/ and a user's files stay
     accelerator.wait_for_everyone()
@@ -113,7 +126,7 @@ def run_training(
             # of the accumulation; the checkpoint's count is the old allocation's.
             accelerator.step = loop.state.batch_in_epoch
     if accelerator.is_main_process:
-        write_records(run_dir, parts, accelerator, resume_from, loop.state.step, changes, recorded, reallocated)
+        write_records(run_dir, parts, accelerator, resume_from, loop.state.step, changes, recorded, reallocated, prints)
     meter, previous = start_energy(config, accelerator, run_dir, energy_total, resumed=resume_from is not None)
     started, message = time.time(), None
     try:
@@ -147,17 +160,16 @@ def write_records(
     changes: Changes,
     recorded: ExperimentConfig,
     reallocated: dict | None,
+    prints: dict[str, str | None],
 ) -> None:
     """config.yaml (`recorded`: the run's own settings), manifest.json (with the history of accepted
-    config changes and the allocation), preprocessing.pkl / .json."""
-    from mlrun.data.bundle import fingerprint
+    config changes, the allocation and the data's fingerprints `prints`), preprocessing.pkl / .json."""
     from mlrun.engine.batches import resolve_workers
 
     config = parts.config
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(run_dir, recorded.model_dump(mode="json"))
     effective_batch = config.data.batch_size * accelerator.num_processes * config.train.grad_accum_steps
-    prints = {split: fingerprint(getattr(parts.bundle, split)) for split in ("train", "val")}
     info = manifest(accelerator.num_processes, str(accelerator.device), config.train.precision, effective_batch, prints)
     info["resumed_from"] = str(resume_from) if resume_from else None
     info["data_cleaning"] = parts.bundle.cleaning
