@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import read_jsonl, run_cli, tiny_config, write_config
@@ -170,4 +171,26 @@ def test_truncated_newest_checkpoint_is_passed_over_with_a_warning(tmp_path):
     resumed, _ = train(tmp_path, config)
     assert resumed.returncode == 0, resumed.stderr
     assert "skipping checkpoint" in resumed.stderr and "truncated" in resumed.stderr
+    assert "resumed at step 16" in resumed.stdout
+
+
+@pytest.mark.parametrize("harm", ["zeroed", "deleted"])
+def test_newest_checkpoint_without_a_readable_rng_file_is_passed_over_or_refused_by_name(tmp_path, harm):
+    # Accelerate's load_state skips such a file with an info-level line, and the resume would not be exact.
+    run = interrupted_run(tmp_path, f"rng-{harm}", keep_newest=True)
+    newest = run / "checkpoints" / "step-00000032"
+    states = newest / "random_states_0.pkl"
+    if harm == "zeroed":  # damaged in place: the same size, so files.json's sizes still match
+        states.write_bytes(bytes(64) + states.read_bytes()[64:])
+    else:  # deleted with the list of sizes that would have missed it
+        states.unlink()
+        (newest / "files.json").unlink()
+    config = tiny_config(name=f"rng-{harm}")
+    config["train"] = {**config["train"], "epochs": 2}
+    named, _ = train(tmp_path, config, "--resume", str(newest))
+    assert named.returncode == 2, named.stderr
+    assert "random_states_0.pkl is" in named.stderr and "Traceback" not in named.stderr
+    resumed, _ = train(tmp_path, config)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "skipping checkpoint" in resumed.stderr and "random_states_0.pkl" in resumed.stderr
     assert "resumed at step 16" in resumed.stdout
