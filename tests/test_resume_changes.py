@@ -194,3 +194,18 @@ def test_newest_checkpoint_without_a_readable_rng_file_is_passed_over_or_refused
     assert resumed.returncode == 0, resumed.stderr
     assert "skipping checkpoint" in resumed.stderr and "random_states_0.pkl" in resumed.stderr
     assert "resumed at step 16" in resumed.stdout
+
+
+def test_unreadable_optimizer_state_names_the_file_and_the_checkpoint_before_it(tmp_path):
+    run = interrupted_run(tmp_path, "opt", keep_newest=True)
+    optimizer = run / "checkpoints" / "step-00000032" / "optimizer.bin"
+    optimizer.write_bytes(bytes(64) + optimizer.read_bytes()[64:])  # damaged in place, its size unchanged
+    config = tiny_config(name="opt")
+    config["train"] = {**config["train"], "epochs": 2}
+    failed, _ = train(tmp_path, config)
+    assert failed.returncode == 2, failed.stderr
+    assert "optimizer.bin is damaged" in failed.stderr
+    assert "--resume runs/opt/checkpoints/step-00000016" in failed.stderr  # how to go on
+    # Not torch's advice for a file it refused to unpickle: running a damaged file's bytes mends nothing.
+    assert "weights_only" not in failed.stderr and "arbitrary code" not in failed.stderr
+    assert "Traceback" not in failed.stderr

@@ -224,7 +224,38 @@ def read_error(exc: BaseException) -> str:
         detail = text.partition("WeightsUnpickler error:")[2].strip()
         return f"not a valid PyTorch file: {detail.splitlines()[0]}" if detail else "not a valid PyTorch file"
     first = text.splitlines()[0] if text else type(exc).__name__
-    return first.split(". ")[0]  # torch's miniz error goes on with several sentences of guesses
+    return first.split(". ")[0].rstrip(".")  # torch's miniz error goes on with several sentences of guesses
+
+
+def unreadable_file(checkpoint: Path) -> str | None:
+    """The first of `checkpoint`'s files that will not load, with why ("its optimizer.bin is damaged, ...").
+
+    Only asked after a load failed that no config change explains: torch's error names no file, and
+    reading them all again costs a resume's load once more.
+    """
+    from accelerate.utils import load
+    from safetensors.torch import load_file
+
+    if not checkpoint.is_dir():
+        return None
+    for path in sorted(f for f in checkpoint.iterdir() if f.suffix in (".safetensors", ".bin", ".pt", ".pkl")):
+        try:
+            if path.suffix == ".safetensors":
+                load_file(path)
+            else:  # as load_state reads it: our own registered state unpickled in full, the rest weights only
+                load(path, map_location="cpu", weights_only=not path.name.startswith("custom_checkpoint_"))
+        except Exception as exc:
+            return f"its {path.name} is damaged, torch cannot read it ({read_error(exc)})"
+    return None
+
+
+def older_whole_checkpoint(checkpoint: Path) -> Path | None:
+    """The newest whole checkpoint beside `checkpoint` and before it, to name in a message."""
+    step = checkpoint_step(checkpoint)
+    if step is None or not checkpoint.parent.is_dir():
+        return None
+    beside = sorted(p for p in checkpoint.parent.iterdir() if p.is_dir() and (checkpoint_step(p) or step) < step)
+    return next((p for p in reversed(beside) if damage(p) is None), None)
 
 
 def resolve_resume(run_dir: Path, resume: str) -> Path | None:
