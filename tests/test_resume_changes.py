@@ -209,3 +209,27 @@ def test_unreadable_optimizer_state_names_the_file_and_the_checkpoint_before_it(
     # Not torch's advice for a file it refused to unpickle: running a damaged file's bytes mends nothing.
     assert "weights_only" not in failed.stderr and "arbitrary code" not in failed.stderr
     assert "Traceback" not in failed.stderr
+
+
+def test_wall_time_of_a_resumed_run_counts_every_attempt_like_its_training_time(tmp_path):
+    # Each training forward sleeps: 32 steps take at least 32 x sleep_s of wall time, over two attempts.
+    sleep_s = 0.05
+    config = tiny_config(name="wall", model={"name": "tests.fixtures:slow_mlp", "sleep_s": sleep_s})
+    config["train"] = {**config["train"], "epochs": 2}
+    result, run = train(tmp_path, config)
+    assert result.returncode == 0, result.stderr
+    (run / "summary.json").unlink()  # as a kill after the step-16 checkpoint leaves it
+    shutil.rmtree(run / "checkpoints" / "step-00000032")
+    resumed, _ = train(tmp_path, config)
+    assert "resumed at step 16" in resumed.stdout, resumed.stderr
+    done = read(run / "summary.json")
+    assert done["wall_time_s"] >= done["train_time_s"], done  # mlrun compare shows it beside unbroken runs
+    assert done["wall_time_s"] >= 32 * sleep_s, done
+
+
+def test_a_checkpoint_from_before_wall_time_was_kept_resumes_with_its_training_time_as_wall_time():
+    from mlrun.engine.state import TrainState
+
+    state = TrainState()
+    state.load_state_dict({"step": 16, "train_time_s": 5.0})  # no wall_time_s in it
+    assert state.wall_time_s == 5.0  # a lower bound: never a wall time shorter than the training in it
