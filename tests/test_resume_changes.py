@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from tests.conftest import read_jsonl, run_cli, tiny_config, write_config
@@ -204,3 +205,64 @@ def test_truncated_newest_checkpoint_is_passed_over_with_a_warning(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "skipping checkpoint" in resumed.stderr and "truncated" in resumed.stderr
     assert "resumed at step 16" in resumed.stdout
+
+
+@pytest.mark.parametrize("harm", ["zeroed", "deleted"])
+def test_newest_checkpoint_without_a_readable_rng_file_is_passed_over_or_refused_by_name(tmp_path, harm):
+    # Accelerate's load_state skips such a file with an info-level line, and the resume would not be exact.
+    run = interrupted_run(tmp_path, f"rng-{harm}", keep_newest=True)
+    newest = run / "checkpoints" / "step-00000032"
+    states = newest / "random_states_0.pkl"
+    if harm == "zeroed":  # damaged in place: the same size, so files.json's sizes still match
+        states.write_bytes(bytes(64) + states.read_bytes()[64:])
+    else:  # deleted with the list of sizes that would have missed it
+        states.unlink()
+        (newest / "files.json").unlink()
+    config = tiny_config(name=f"rng-{harm}")
+    config["train"] = {**config["train"], "epochs": 2}
+    named, _ = train(tmp_path, config, "--resume", str(newest))
+    assert named.returncode == 2, named.stderr
+    assert "random_states_0.pkl is" in named.stderr and "Traceback" not in named.stderr
+    resumed, _ = train(tmp_path, config)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "skipping checkpoint" in resumed.stderr and "random_states_0.pkl" in resumed.stderr
+    assert "resumed at step 16" in resumed.stdout
+
+
+def test_unreadable_optimizer_state_names_the_file_and_the_checkpoint_before_it(tmp_path):
+    run = interrupted_run(tmp_path, "opt", keep_newest=True)
+    optimizer = run / "checkpoints" / "step-00000032" / "optimizer.bin"
+    optimizer.write_bytes(bytes(64) + optimizer.read_bytes()[64:])  # damaged in place, its size unchanged
+    config = tiny_config(name="opt")
+    config["train"] = {**config["train"], "epochs": 2}
+    failed, _ = train(tmp_path, config)
+    assert failed.returncode == 2, failed.stderr
+    assert "optimizer.bin is damaged" in failed.stderr
+    assert "--resume runs/opt/checkpoints/step-00000016" in failed.stderr  # how to go on
+    # Not torch's advice for a file it refused to unpickle: running a damaged file's bytes mends nothing.
+    assert "weights_only" not in failed.stderr and "arbitrary code" not in failed.stderr
+    assert "Traceback" not in failed.stderr
+
+
+def test_wall_time_of_a_resumed_run_counts_every_attempt_like_its_training_time(tmp_path):
+    # Each training forward sleeps: 32 steps take at least 32 x sleep_s of wall time, over two attempts.
+    sleep_s = 0.05
+    config = tiny_config(name="wall", model={"name": "tests.fixtures:slow_mlp", "sleep_s": sleep_s})
+    config["train"] = {**config["train"], "epochs": 2}
+    result, run = train(tmp_path, config)
+    assert result.returncode == 0, result.stderr
+    (run / "summary.json").unlink()  # as a kill after the step-16 checkpoint leaves it
+    shutil.rmtree(run / "checkpoints" / "step-00000032")
+    resumed, _ = train(tmp_path, config)
+    assert "resumed at step 16" in resumed.stdout, resumed.stderr
+    done = read(run / "summary.json")
+    assert done["wall_time_s"] >= done["train_time_s"], done  # mlrun compare shows it beside unbroken runs
+    assert done["wall_time_s"] >= 32 * sleep_s, done
+
+
+def test_a_checkpoint_from_before_wall_time_was_kept_resumes_with_its_training_time_as_wall_time():
+    from mlrun.engine.state import TrainState
+
+    state = TrainState()
+    state.load_state_dict({"step": 16, "train_time_s": 5.0})  # no wall_time_s in it
+    assert state.wall_time_s == 5.0  # a lower bound: never a wall time shorter than the training in it

@@ -3,7 +3,8 @@
 A directory named `step-*` is therefore always a whole checkpoint; a crash mid-write leaves only
 a `.tmp-*` folder, which resume ignores and the next save clears. Each checkpoint also lists its
 files' sizes (`files.json`), so one truncated later (a full disk, an interrupted copy) is passed
-over by `--resume auto` for the newest complete one.
+over by `--resume auto` for the newest complete one; so is one whose RNG file is missing or
+unreadable, which Accelerate's load_state would skip without a word.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from mlrun.engine.allocation import write_allocation
+from mlrun.engine.allocation import ALLOCATION, write_allocation
 from mlrun.errors import UsageError
 from mlrun.models.weights_file import share_like_umask
 
@@ -162,10 +163,14 @@ def _record_sizes(folder: Path) -> None:
 
 
 def damage(checkpoint: Path) -> str | None:
-    """Why `checkpoint` cannot be whole (a missing or truncated file), or None when it looks whole.
+    """Why `checkpoint` cannot be whole (a missing, truncated or unreadable file), or None when it looks whole.
 
-    Checkpoints written before `files.json` existed are trusted as they are.
+    Checkpoints written before `files.json` existed are trusted as they are, but for their RNG files.
     """
+    return _size_damage(checkpoint) or _rng_damage(checkpoint)
+
+
+def _size_damage(checkpoint: Path) -> str | None:
     listing = checkpoint / FILE_SIZES
     if not listing.is_file():
         return None
@@ -180,6 +185,77 @@ def damage(checkpoint: Path) -> str | None:
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes of {size} (truncated)"
     return None
+
+
+def _rng_damage(checkpoint: Path) -> str | None:
+    """A missing or unreadable `random_states_<process>.pkl`, read as Accelerate reads it.
+
+    Accelerate's load_state passes over such a file with an info-level log line and the run goes on
+    with other random numbers (dropout, augmentation) than an unbroken run's: not the exact resume a
+    checkpoint promises, so it counts as damage. Every process writes one; the sizes check cannot
+    see a file damaged in place or one deleted together with files.json.
+    """
+    from accelerate.utils import load  # the reader load_state uses (weights_only)
+
+    try:
+        processes = int(json.loads((checkpoint / ALLOCATION).read_text())["processes"])
+    except FileNotFoundError:  # written before allocation.json: process 0's file at least
+        processes = 1
+    except (ValueError, KeyError, TypeError):
+        return f"{ALLOCATION} is unreadable"
+    for index in range(processes):
+        name = f"random_states_{index}.pkl"
+        if not (checkpoint / name).is_file():
+            return f"{name} is missing"
+        try:
+            states = load(checkpoint / name)
+        except Exception as exc:
+            return f"{name} is unreadable ({read_error(exc)})"
+        if not isinstance(states, dict) or "torch_manual_seed" not in states:
+            return f"{name} is unreadable (no torch RNG state in it)"
+    return None
+
+
+def read_error(exc: BaseException) -> str:
+    """Why torch could not read a checkpoint file, in one line, without its advice to unpickle with
+    weights_only=False: a damaged file needs an older checkpoint, and running its bytes as code mends nothing."""
+    text = str(exc).strip()
+    if "Weights only load failed" in text:
+        detail = text.partition("WeightsUnpickler error:")[2].strip()
+        return f"not a valid PyTorch file: {detail.splitlines()[0]}" if detail else "not a valid PyTorch file"
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first.split(". ")[0].rstrip(".")  # torch's miniz error goes on with several sentences of guesses
+
+
+def unreadable_file(checkpoint: Path) -> str | None:
+    """The first of `checkpoint`'s files that will not load, with why ("its optimizer.bin is damaged, ...").
+
+    Only asked after a load failed that no config change explains: torch's error names no file, and
+    reading them all again costs a resume's load once more.
+    """
+    from accelerate.utils import load
+    from safetensors.torch import load_file
+
+    if not checkpoint.is_dir():
+        return None
+    for path in sorted(f for f in checkpoint.iterdir() if f.suffix in (".safetensors", ".bin", ".pt", ".pkl")):
+        try:
+            if path.suffix == ".safetensors":
+                load_file(path)
+            else:  # as load_state reads it: our own registered state unpickled in full, the rest weights only
+                load(path, map_location="cpu", weights_only=not path.name.startswith("custom_checkpoint_"))
+        except Exception as exc:
+            return f"its {path.name} is damaged, torch cannot read it ({read_error(exc)})"
+    return None
+
+
+def older_whole_checkpoint(checkpoint: Path) -> Path | None:
+    """The newest whole checkpoint beside `checkpoint` and before it, to name in a message."""
+    step = checkpoint_step(checkpoint)
+    if step is None or not checkpoint.parent.is_dir():
+        return None
+    beside = sorted(p for p in checkpoint.parent.iterdir() if p.is_dir() and (checkpoint_step(p) or step) < step)
+    return next((p for p in reversed(beside) if damage(p) is None), None)
 
 
 def resolve_resume(run_dir: Path, resume: str) -> Path | None:

@@ -114,10 +114,15 @@ def check_resume_data(run_dir: Path, prints: dict[str, str | None], allowed: boo
 
 def explain_load_failure(checkpoint: Path, exc: BaseException, changes: Changes) -> UsageError:
     """A checkpoint that will not load, with its real cause and the changed keys that explain it."""
+    # Imported here: checkpoint.py imports Accelerate, which the tuning guard's use of this module needs not.
+    from mlrun.engine.checkpoint import older_whole_checkpoint, read_error, unreadable_file
+
     text = str(exc)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     # torch's load_state_dict puts the telling line ("size mismatch for net.0.weight: ...") second.
     telling = next((line for line in lines if any(m in line for m in _MISFIT)), lines[0] if lines else "")
+    if "weights_only" in telling:  # never relay torch's advice to unpickle a damaged file in full
+        telling = read_error(exc)
     cause = f"{type(exc).__name__}: {telling}".rstrip(":. ")
     old, new = changes.get("distributed.strategy", ("auto", "auto"))
     model_keys = [key for key in changes if key.startswith("model.")]
@@ -133,10 +138,14 @@ def explain_load_failure(checkpoint: Path, exc: BaseException, changes: Changes)
             f"cannot resume from {checkpoint}: its weights do not fit the model of this config{named}: {cause}. "
             "A model of another shape needs a new run (another name=..., init_from to start from these weights)."
         )
+    older = older_whole_checkpoint(checkpoint)
+    back = f"resume from the one before it with --resume {older}" if older else "pass an older one with --resume PATH"
+    damaged = unreadable_file(checkpoint)  # torch's error names no file
+    if damaged:
+        return UsageError(f"cannot resume from {checkpoint}: {damaged}; {back}, or --overwrite to start over.")
     changed = f" The config changed in: {', '.join(changes)}." if changes else ""
     return UsageError(
-        f"cannot resume from {checkpoint}: {cause}.{changed} Pass an older checkpoint with --resume PATH, "
-        "or --overwrite to start over."
+        f"cannot resume from {checkpoint}: {cause}.{changed} To go on, {back}, or --overwrite to start over."
     )
 
 

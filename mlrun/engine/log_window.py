@@ -2,8 +2,10 @@
 
 Losses stay device tensors until a log, an evaluation or a checkpoint reads them (the one device
 sync of those boundaries). Wall time spent evaluating and writing checkpoints is paused out of both
-the window's throughput and the run's `train_time_s`. A checkpoint saves the unlogged losses into the
-loop's state, so the first log of a resumed run averages exactly what an unbroken run's would.
+the window's throughput and the run's `train_time_s`, not out of its `wall_time_s`; both times go
+into each checkpoint, so a resumed run's summary counts every attempt. A checkpoint saves the
+unlogged losses into the loop's state, so the first log of a resumed run averages exactly what an
+unbroken run's would.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class LogWindow:
         self.steps = list(self.state.window_steps)
         self._open(time.perf_counter())
         self.clock, self.clock_paused_s, self.wait_counted = self.opened, 0.0, self.batches.wait_s
+        self.wall_clock = self.opened
 
     def _open(self, now: float) -> None:
         self.samples, self.opened, self.paused_s, self.waited_from = 0, now, 0.0, self.batches.wait_s
@@ -65,8 +68,10 @@ class LogWindow:
             self.clock_paused_s += spent
 
     def account_time(self) -> None:
-        """Move the training and data-wait time since the last call into the state (saved with checkpoints)."""
+        """Move the wall, training and data-wait time since the last call into the state (saved with checkpoints)."""
         now = time.perf_counter()
+        self.state.wall_time_s += now - self.wall_clock
+        self.wall_clock = now
         self.state.train_time_s += now - self.clock - self.clock_paused_s
         self.clock, self.clock_paused_s = now, 0.0
         self.state.data_wait_s += self.batches.wait_s - self.wait_counted

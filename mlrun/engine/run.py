@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -128,7 +127,7 @@ def run_training(
     if accelerator.is_main_process:
         write_records(run_dir, parts, accelerator, resume_from, loop.state.step, changes, recorded, reallocated, prints)
     meter, previous = start_energy(config, accelerator, run_dir, energy_total, resumed=resume_from is not None)
-    started, message = time.time(), None
+    message = None
     try:
         return loop.run()
     except (RunFailed, RunInterrupted, UsageError) as exc:
@@ -140,7 +139,7 @@ def run_training(
             f"training crashed at step {loop.state.step}: {message}.", loop.checkpoints.resume_hint()
         ) from exc
     finally:
-        summary = make_summary(config, loop, loop.state.stop_reason or "failed", time.time() - started, message)
+        summary = make_summary(config, loop, loop.state.stop_reason or "failed", message)
         if meter is not None:
             summary["energy"] = meter.stop(loop.state.samples_seen, previous)
         if accelerator.is_main_process:
@@ -290,7 +289,9 @@ def make_accelerator(config: ExperimentConfig):
     )
 
 
-def make_summary(config: ExperimentConfig, loop, status: str, wall_time_s: float, message: str | None) -> dict:
+def make_summary(config: ExperimentConfig, loop, status: str, message: str | None) -> dict:
+    """summary.json's record. Wall and training time sum every attempt of the run, each up to the checkpoint
+    the next resumed from (both travel in the loop's state), so a killed-and-resumed run compares fairly."""
     state, plan = loop.state, loop.parts.plan
     best = config.train.best
     return {
@@ -303,7 +304,7 @@ def make_summary(config: ExperimentConfig, loop, status: str, wall_time_s: float
         "best": {"monitor": best.monitor, "value": state.best_value, "step": state.best_step}
         if best and state.best_value is not None
         else None,
-        "wall_time_s": round(wall_time_s, 3),
+        "wall_time_s": round(state.wall_time_s, 3),
         "train_time_s": round(state.train_time_s, 3),
         "samples_per_s": state.samples_seen / state.train_time_s if state.train_time_s > 0 else 0.0,
         "data_wait_fraction": round(min(1.0, state.data_wait_s / state.train_time_s), 4) if state.train_time_s else 0.0,

@@ -21,6 +21,7 @@ class TrainState:
     nonfinite_skipped: int = 0
     overflow_skipped: int = 0
     train_time_s: float = 0.0  # wall time spent training, summed over resumes
+    wall_time_s: float = 0.0  # wall time of the loop, evaluations and checkpoint writes too, summed over resumes
     data_wait_s: float = 0.0  # of which waiting for the next batch
     # The unlogged part of the current log window, so the logs of a resumed run are exact too.
     window_losses: list[float] = field(default_factory=list)
@@ -35,3 +36,5 @@ class TrainState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             setattr(self, key, value)
+        if "wall_time_s" not in state:  # a checkpoint from before it was kept: its training time is a lower bound
+            self.wall_time_s = self.train_time_s
