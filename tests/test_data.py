@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -582,3 +583,28 @@ def test_data_seed_keeps_one_split_while_the_run_seed_varies_the_weights():
     assert torch.equal(split(pinned_1), split(pinned_2))  # one split for both seeds
     assert not torch.equal(first_weight(pinned_1), first_weight(pinned_2))  # the run seed still draws the weights
     assert not torch.equal(split(pinned_2), split(default_2))  # unset: the split follows the run's seed
+
+
+def test_a_copy_of_the_data_elsewhere_keeps_its_fingerprint_and_an_edit_changes_it(tmp_path):
+    """A resume compares the data's fingerprint with the run's (changed data exits 2): the image folder's
+    and the text's held their absolute paths (and the text's file time), so data staged to another
+    allocation's local disk would have been refused as other data."""
+    from mlrun.data.bundle import fingerprint
+
+    root = write_images(tmp_path / "a" / "images")
+    shutil.copytree(root, tmp_path / "b" / "images")
+    (tmp_path / "a" / "text.txt").write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    shutil.copy(tmp_path / "a" / "text.txt", tmp_path / "b" / "text.txt")
+
+    def prints(folder) -> list:  # images decoded lazily: the files, not their pixels, are fingerprinted
+        images = build("image_folder", root=str(folder / "images"), grayscale=True, cache=False)
+        text = build("text_lm", path=str(folder / "text.txt"), block_size=16)
+        return [fingerprint(split) for bundle in (images, text) for split in (bundle.train, bundle.val)]
+
+    assert prints(tmp_path / "a") == prints(tmp_path / "b")
+    (tmp_path / "b" / "text.txt").write_text("the quick brown cat jumps over the lazy dog. " * 200)
+    first = sorted((tmp_path / "b" / "images" / "class0").iterdir())[0]
+    first.write_bytes(first.read_bytes() + b"\0")  # a rewritten image of another size
+    before, after = prints(tmp_path / "a"), prints(tmp_path / "b")
+    assert before[0:2] != after[0:2]  # the split holding the rewritten image
+    assert before[2] != after[2] and before[3] != after[3]  # the text's training and validation tokens
