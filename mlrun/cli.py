@@ -307,6 +307,9 @@ def main() -> None:
         # loop (loading, measuring) comes back as 130, which must not end the process with 0.
         if app(standalone_mode=False) == EXIT_INTERRUPTED:
             raise KeyboardInterrupt
+        # The command finished and said so: a Ctrl-C during the exit (trackers' atexit handlers) must not turn
+        # that into exit 130 or print a traceback from an atexit callback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if _close_process_group():
             _exit_before_finalization()
     except MlrunError as exc:

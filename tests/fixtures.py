@@ -236,6 +236,20 @@ def count_steps(model: nn.Module, /, *, count_file: str):
     return CountSteps()
 
 
+def slow_exit(model: nn.Module, /, *, marker: str, sleep_s: float = 3.0):
+    """Test technique: an exit handler that writes `marker`, then sleeps, so a test can press Ctrl-C
+    while a command that finished is exiting (trackers close in such handlers)."""
+    import atexit
+    import time
+
+    def linger() -> None:
+        with open(marker, "w") as file:
+            file.write("exiting")
+        time.sleep(sleep_s)
+
+    atexit.register(linger)
+
+
 class _RecordingArrays(torch.utils.data.Dataset):
     def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, ids_file: str):
         self.inputs, self.targets, self.ids_file = inputs, targets, ids_file

@@ -141,3 +141,37 @@ def test_a_signal_outside_a_training_loop_is_one_message_and_its_exit_code(tmp_p
             process.kill()
     assert process.returncode == code, stderr
     assert says in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.e2e  # a process of its own, signalled
+def test_ctrl_c_while_a_finished_command_exits_keeps_its_exit_0_and_prints_no_traceback(tmp_path):
+    """A Ctrl-C in the exit handlers after a completed run gave exit 130 without a word, or a traceback
+    ('Exception ignored in atexit callback')."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "exiting"
+    config = tiny_config(name="done", techniques=[{"name": "tests.fixtures:slow_exit", "marker": str(marker)}])
+    config["train"] = {**config["train"], "epochs": 1}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlrun", "train", str(write_config(tmp_path, config))],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    try:
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert marker.exists() and process.returncode == 0, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
