@@ -132,7 +132,8 @@ def export(
     checkpoint: Annotated[
         str,
         typer.Option(
-            help="best, final (a cluster stage: its compressed.safetensors), compressed or a checkpoint path."
+            help="best, final (a cluster stage: its compressed.safetensors), compressed, latest, step-N "
+            "or a checkpoint path."
         ),
     ] = "final",
     out: Annotated[Optional[Path], typer.Option(help="Output folder; default RUN_DIR/export/<format>-<quant>.")] = None,
@@ -153,7 +154,8 @@ def evaluate(
     checkpoint: Annotated[
         str,
         typer.Option(
-            help="best, final (a cluster stage: its compressed.safetensors), compressed or a checkpoint path."
+            help="best, final (a cluster stage: its compressed.safetensors), compressed, latest, step-N "
+            "or a checkpoint path."
         ),
     ] = "final",
     exit_thresholds: Annotated[
@@ -248,7 +250,8 @@ def predict(
     checkpoint: Annotated[
         str,
         typer.Option(
-            help="Run directories: best, final (a cluster stage: compressed.safetensors), compressed or a path."
+            help="Run directories: best, final (a cluster stage: compressed.safetensors), compressed, latest, "
+            "step-N or a path."
         ),
     ] = "final",
     json_output: Json = False,

@@ -113,6 +113,14 @@ def test_eval_best_checkpoint_and_other_data(trained):
     assert best.returncode == 0 and json.loads(best.stdout)["weights"].endswith("best.safetensors")
     other = run_cli("eval", trained, "data.val_fraction=0.5", "--json", cwd=trained.parent.parent)
     assert other.returncode == 0 and json.loads(other.stdout)["samples"] == 320
+    # checkpoints by the names init_from.checkpoint takes (a user trial: eval took only best, final or a path)
+    folders = sorted((trained / "checkpoints").iterdir())
+    for name, folder in (("latest", folders[-1]), (f"step-{int(folders[0].name[5:])}", folders[0])):
+        named = run_cli("eval", trained, "--checkpoint", name, "--json", cwd=trained.parent.parent)
+        assert named.returncode == 0, named.stderr
+        assert json.loads(named.stdout)["weights"] == str(folder / "model.safetensors")
+    missing = run_cli("eval", trained, "--checkpoint", "step-999", cwd=trained.parent.parent)
+    assert missing.returncode == 2 and f"its checkpoints: {folders[0].name}" in missing.stderr
 
 
 def test_eval_of_a_missing_run_is_exit_2(tmp_path):

@@ -23,9 +23,10 @@ class TrainedRun:
 
 
 def resolve_weights(run_dir: Path, checkpoint: str) -> Path:
-    """`final` (model.safetensors), `best` (best.safetensors), `compressed`, a .safetensors file or a
-    checkpoint folder. In a compress stage folder that holds compressed.safetensors (a cluster stage's
-    packed file) `final` is that file: eval, predict and export then score the stored file itself."""
+    """`final` (model.safetensors), `best` (best.safetensors), `compressed`, `latest` or `step-N` (a checkpoint
+    by name), a .safetensors file or a checkpoint folder. In a compress stage folder that holds
+    compressed.safetensors (a cluster stage's packed file) `final` is that file: eval, predict and export then
+    score the stored file itself."""
     packed = run_dir / "compressed.safetensors"
     if checkpoint == "compressed" or (
         checkpoint == "final" and packed.is_file() and (run_dir / "stage.json").is_file()
@@ -52,6 +53,8 @@ def resolve_weights(run_dir: Path, checkpoint: str) -> Path:
                 "or pass --checkpoint PATH (a checkpoints/step-N folder or a .safetensors file)"
             )
         return path
+    if checkpoint == "latest" or (checkpoint.startswith("step-") and checkpoint[5:].isdigit()):
+        checkpoint = str(_named_checkpoint(run_dir, checkpoint))  # the names init_from.checkpoint takes
     path = Path(checkpoint)
     if path.is_dir() and (path / "model.safetensors").is_file():
         return path / "model.safetensors"
@@ -60,8 +63,20 @@ def resolve_weights(run_dir: Path, checkpoint: str) -> Path:
     if path.is_file() and path.suffix == ".safetensors":
         return path
     raise UsageError(
-        f"--checkpoint: '{checkpoint}' is neither best, final, a checkpoint folder nor a .safetensors file"
+        f"--checkpoint: '{checkpoint}' is neither best, final, latest, step-N, a checkpoint folder nor a "
+        ".safetensors file"
     )
+
+
+def _named_checkpoint(run_dir: Path, name: str) -> Path:
+    """checkpoints/<the newest> for `latest`, checkpoints/step-<N> for `step-N`; exit 2 naming those there are."""
+    from mlrun.engine.checkpoint import checkpoint_dir, latest_checkpoint, list_checkpoints
+
+    found = latest_checkpoint(run_dir) if name == "latest" else checkpoint_dir(run_dir, int(name[5:]))
+    if found is None or not found.is_dir():
+        have = ", ".join(p.name for p in list_checkpoints(run_dir)) or "none"
+        raise UsageError(f"--checkpoint {name}: run '{run_dir}' has no such checkpoint (its checkpoints: {have})")
+    return found
 
 
 def recorded_statistics(run_dir: Path, source: str) -> list[str]:
