@@ -55,7 +55,9 @@ def body_and_head(weights: dict[str, torch.Tensor]) -> tuple[dict, dict]:
 def test_lp_ft_trains_only_the_head_in_the_probe_then_the_body(tmp_path, source):
     result, run = train(tmp_path, finetune("lpft"))
     assert result.returncode == 0, result.stderr
-    assert "probe done at step 16" in result.stdout
+    assert "probe done at step 16" in result.stdout and "head tensors train alone" in result.stderr
+    evaluated = run_cli("eval", run, cwd=tmp_path)  # builds the optimizer too, and trains nothing (a user trial)
+    assert evaluated.returncode == 0 and "train alone" not in evaluated.stderr + evaluated.stdout
     from mlrun.engine.build import build_components
 
     start = build_components(load_config(write_config(tmp_path, finetune("lpft")))).model.state_dict()

@@ -48,6 +48,7 @@ class LinearProbeThenFineTune(Callback):
     def __init__(self, body: list[nn.Parameter], probe: Duration, body_lr_scale: float, warmup_steps: int):
         self.body, self.probe = body, probe
         self.body_lr_scale, self.warmup_steps = body_lr_scale, warmup_steps
+        self.head_count = 0  # the tensors the probe trains, counted once the optimizer is known
         self.released_at: int | None = None  # the optimizer step the body joined at
         self.step = 0  # optimizer steps taken, as the loop last said
         self._held: list[tuple[dict, Any]] = []
@@ -59,12 +60,7 @@ class LinearProbeThenFineTune(Callback):
         stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
         self.body = [p for p in self.body if id(p) in stepped]
         body_ids = {id(p) for p in self.body}
-        print(
-            f"mlrun: lp_ft: {len(stepped - body_ids)} head tensors train alone for {self.probe}, then "
-            f"{len(self.body)} body tensors join",
-            file=sys.stderr,
-            flush=True,
-        )
+        self.head_count = len(stepped - body_ids)
         groups = []
         for group in optimizer.param_groups:
             settings = {k: v for k, v in group.items() if k != "params"}
@@ -83,6 +79,15 @@ class LinearProbeThenFineTune(Callback):
         optimizer.register_step_post_hook(self._restore_body_lr)
         self._apply(None)  # the optimizer holds the body already; freeze it until the probe ends
         return optimizer
+
+    def on_train_start(self, model: nn.Module) -> None:
+        # Here, not when built: eval, export and predict build the optimizer too, and train nothing.
+        print(
+            f"mlrun: lp_ft: {self.head_count} head tensors train alone for {self.probe}, then "
+            f"{len(self.body)} body tensors join",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def on_epoch_start(self, model: nn.Module, state: Any) -> None:
         self._follow(state)
