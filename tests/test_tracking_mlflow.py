@@ -128,6 +128,24 @@ def test_mlflow_run_continues_across_sigkills_and_resumes_with_each_step_once(tm
     assert {"config.yaml", "summary.json", "manifest.json", "model.safetensors"} <= artifacts
 
 
+@pytest.mark.e2e  # a run dies by SIGKILL
+def test_a_restart_after_a_kill_before_any_checkpoint_ends_the_abandoned_mlflow_run(tmp_path):
+    """The killed attempt's MLflow run stayed RUNNING for ever beside the restart's new run (a user trial)."""
+    config = mlflow_config("early")
+    config["train"] = {**config["train"], "checkpoint_every": None}
+    config["model"] = {"name": PROBE, "kill_at": 3}
+    killed, run_dir = train(tmp_path, config)
+    assert killed.returncode == -signal.SIGKILL
+    abandoned = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
+    config["model"] = {"name": PROBE}
+    restarted, _ = train(tmp_path, config, "--allow-config-change", subprocess=False)
+    assert restarted.returncode == 0, restarted.stderr
+    client, run = tracked(run_dir)
+    assert run.info.run_id != abandoned and run.info.status == "FINISHED"
+    old = client.get_run(abandoned)
+    assert old.info.status == "KILLED" and old.data.tags["mlrun.status"].startswith("abandoned")
+
+
 def sent_steps(tracker) -> list[int]:
     return [point.step for point in tracker.client.get_metric_history(tracker.run_id, "train/loss")]
 

@@ -33,9 +33,9 @@ TRAIN_OUTPUTS = (
     "best.safetensors",
     "tensorboard",
     # A hosted tracker's record of its run id: a restart starts a new tracked run. The offline
-    # stores (mlruns/, wandb/) keep the earlier tracked runs' history.
+    # stores (mlruns/, wandb/) keep the earlier tracked runs' history. mlflow_run.json stays: the
+    # restart's tracker ends the run it names if an attempt killed before any checkpoint left it running.
     "hosted_run.json",
-    "mlflow_run.json",
     "wandb_run.json",
 )
 # Records of commands whose folder is not a training run: training into it would replace their results.

@@ -56,6 +56,9 @@ class MLflowTracker(HostedTracker):
         self.client = connect(uri)
         record = self.read_record()
         run = previous_run(self.client, record, uri)
+        if run is not None and info.start_step == 0:  # a restart, not a resume: a new tracked run
+            close_abandoned(self.client, run)
+            run = None
         params = {key: str(value)[:MAX_PARAM_CHARS] for key, value in flatten(info.config).items()}
         if run is None:
             name = experiment_name(self.experiment, info.config)
@@ -165,6 +168,14 @@ def previous_run(client, record: dict[str, Any], uri: str):
     except MlflowException:  # deleted from the server, or another database: a new run
         return None
     return run if run.info.lifecycle_stage == "active" else None
+
+
+def close_abandoned(client, run) -> None:
+    """An attempt killed before its first checkpoint left its MLflow run RUNNING; the restart that replaces it
+    ends it as KILLED, so the server shows no run that is no longer going on."""
+    if run.info.status == "RUNNING":
+        client.set_tag(run.info.run_id, "mlrun.status", "abandoned: the run restarted from step 0")
+        client.set_terminated(run.info.run_id, "KILLED")
 
 
 def experiment_name(setting: str | None, config: dict[str, Any]) -> str:
