@@ -218,3 +218,50 @@ def test_compress_stages_keep_the_trained_exits_and_factorize_them(trained_exits
         assert len(report["exit_accuracy"]) == 3  # both exits and the final head, each scored
     edits = yaml.safe_load((stage_dir / "config.yaml").read_text())["model_edits"]
     assert any(edit["module"].startswith("exits.") for edit in edits)  # low_rank factorized the exit heads
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        {"name": "freeze", "but_head": True},
+        {"name": "lora", "r": 2, "target_modules": ["blocks.*.0"], "trainable": ["head.*"]},
+        {"name": "lp_ft", "probe": "1ep"},
+    ],
+    ids=["freeze", "lora", "lp_ft"],
+)
+def test_exit_heads_train_as_heads_whatever_the_order_of_the_techniques(tmp_path, before, monkeypatch):
+    """The exits are built before init_from (so their trained weights load), and so before the techniques
+    listed ahead of early_exit: freeze's but_head froze them, LoRA froze and adapted them, lp_ft's probe
+    froze them as body (a review)."""
+    from mlrun.config.load import load_config
+    from mlrun.engine.build import build_components
+
+    if before["name"] == "lora":
+        pytest.importorskip("peft")
+    monkeypatch.chdir(tmp_path)
+    source = run_cli("train", write_config(tmp_path, exit_config(train={"epochs": 1})), cwd=tmp_path)
+    assert source.returncode == 0, source.stderr[-2000:]
+    config = exit_config(name="after", init_from={"run": "runs/exits"})
+    config["techniques"] = [before, *config["techniques"]]
+    parts = build_components(load_config(write_config(tmp_path, config, name="after.yaml")))
+    exits = {name: p for name, p in parts.model.named_parameters() if name.startswith("exits.")}
+    assert exits and all(p.requires_grad for p in exits.values())
+    assert not any("lora_" in name for name in exits)
+    stepped = {id(p) for group in parts.optimizer.param_groups for p in group["params"]}
+    assert all(id(p) in stepped for p in exits.values())
+
+
+def test_an_edit_of_a_module_no_structure_adds_names_its_own_index():
+    """Edits of modules that do not exist yet wait for the techniques that add layers; one that never finds
+    its module is named by its index in model_edits, not in the deferred list."""
+    from mlrun.config.schema import ExperimentConfig
+    from mlrun.models.structure import add_structure
+
+    model = models.build("cnn", IMAGES, channels=[8, 16], pool_every=2)
+    edits = [{"op": "factorize", "module": "exits.heads.0.classify", "rank": 2}, {"op": "factorize", "module": "typo"}]
+    config = ExperimentConfig.model_validate(
+        exit_config(model={"name": "cnn", "channels": [8, 16]}, model_edits=edits)
+        | {"techniques": [{"name": "early_exit", "after": [0], "pool": 2}]}
+    )
+    with pytest.raises(UsageError, match=r"model_edits\.1: the model has no module 'typo'"):
+        add_structure(model, config)

@@ -41,6 +41,7 @@ from mlrun.config.load import apply_override, as_override, load_config, validate
 from mlrun.config.schema import ExperimentConfig, StageSpec
 from mlrun.engine.run_dir import read_json, read_summary, write_config, write_json
 from mlrun.errors import UsageError
+from mlrun.models.structure import adds_layers
 from mlrun.models.weights_file import save_weights
 from mlrun.registry import stages, techniques
 
@@ -418,7 +419,7 @@ def output_config(input_config: ExperimentConfig, stage: Stage, stage_dir: Path)
         init_from=None,
         model_edits=[*data["model_edits"], *stage.edits],
         # Training techniques (EMA, masks) are not part of the result; those that add layers are.
-        techniques=[t for t in data["techniques"] if techniques.trait(t["name"], "adds_parameters", False)],
+        techniques=[t for t in data["techniques"] if adds_layers(t["name"])],
     )
     if stage.model_spec is not None:
         data["model"], data["model_edits"] = stage.model_spec, [*stage.edits]

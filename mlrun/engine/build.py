@@ -22,7 +22,7 @@ from mlrun.data.bundle import DataMeta, DatasetBundle, example_features
 from mlrun.engine.batches import batches_per_epoch
 from mlrun.errors import UsageError
 from mlrun.metrics import Metric
-from mlrun.models.saved import add_structure, adds_layers
+from mlrun.models.structure import add_structure, adds_layers
 from mlrun.objectives.base import ObjectiveWithParameters
 from mlrun.optim.param_groups import regroup
 from mlrun.optim.schedulers import LRSchedule
@@ -97,7 +97,7 @@ def build_components(
     check_technique_plans(config, plan)  # before reading pretrained weights: a bad setting fails fast
     # The whole structure before weights are loaded into it: a compressed model's edits (pruned shapes,
     # factorized layers) and the layers techniques add (early-exit heads, which init_from then fills).
-    structure = add_structure(model, config)
+    structure = add_structure(model, config, build)
     init_report = None
     if config.init_from is not None and init_weights:
         from mlrun.engine.init_from import load_pretrained

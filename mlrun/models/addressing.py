@@ -16,6 +16,10 @@ from mlrun.errors import UsageError
 
 # Attribute names of a model's output layer, in the order looked for (mlrun, transformers, torchvision, timm).
 HEAD_NAMES = ("head", "classifier", "score", "lm_head", "fc")
+# Classifiers a technique adds beside the output layer (early-exit heads, built before init_from so that
+# their trained weights load): heads too, for freeze's but_head, lp_ft's probe and LoRA, whatever the
+# order the techniques are listed in.
+ADDED_HEADS = ("exits",)
 # Attributes that give a block's output width, looked up from its last layer backwards.
 WIDTH_ATTRIBUTES = ("num_features", "out_channels", "out_features", "normalized_shape", "embedding_dim")
 
@@ -56,6 +60,11 @@ def head_prefix(model: nn.Module) -> str:
         f"{type(model).__name__} has no output layer named {' | '.join(HEAD_NAMES)}; "
         "name the parameters to keep with patterns instead"
     )
+
+
+def added_head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """The parameter-name prefixes of the classifiers techniques added (ADDED_HEADS), e.g. ('exits.',)."""
+    return tuple(f"{name}." for name in ADDED_HEADS if isinstance(getattr(model, name, None), nn.Module))
 
 
 def matching(names: list[str], patterns: list[str]) -> list[str]:

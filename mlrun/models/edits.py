@@ -27,17 +27,21 @@ from mlrun.errors import UsageError
 Snapshot = dict[str, tuple[dict[str, Any], dict[str, list[int]]]]
 
 
-def apply_edits(model: nn.Module, edits: list[dict[str, Any]], defer_absent: bool = False) -> list[dict[str, Any]]:
-    """Replay `edits` on a freshly built `model`, in order (in place). With `defer_absent`, the edits of
-    modules the model does not have yet are returned, not applied: layers a technique adds later (early-exit
-    heads) are edited once they exist."""
+def apply_edits(
+    model: nn.Module, edits: list[dict[str, Any]], defer_absent: bool = False, only: list[int] | None = None
+) -> list[int]:
+    """Replay `edits` (those at the indices `only`, if given) on a freshly built `model`, in order (in place).
+    With `defer_absent`, the indices of edits of modules the model does not have yet are returned, not
+    applied: layers a technique adds later (early-exit heads) are edited once they exist (`only`)."""
     deferred = []
     for index, edit in enumerate(edits):
+        if only is not None and index not in only:
+            continue
         op = edit.get("op")
         if op not in EDITS:
             raise UsageError(f"model_edits.{index}: unknown op '{op}' (expected {' or '.join(EDITS)})")
         if defer_absent and not _has_module(model, edit.get("module")):
-            deferred.append(edit)
+            deferred.append(index)
             continue
         try:
             EDITS[op](model, edit)

@@ -10,7 +10,6 @@ teachers and for reloading exports.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
@@ -18,9 +17,9 @@ from mlrun.config.load import load_config
 from mlrun.config.schema import ExperimentConfig
 from mlrun.data.bundle import DataMeta
 from mlrun.errors import UsageError
-from mlrun.models.edits import apply_edits
+from mlrun.models.structure import add_structure
 from mlrun.models.weights_file import load_weights
-from mlrun.registry import models, techniques
+from mlrun.registry import models
 
 
 def build_saved_model(config_path: Path, meta: DataMeta) -> nn.Module:
@@ -33,24 +32,6 @@ def build_configured_model(config: ExperimentConfig, meta: DataMeta) -> nn.Modul
     model = models.build(config.model.name, meta, **config.model.settings)
     add_structure(model, config)
     return model
-
-
-def add_structure(model: nn.Module, config: ExperimentConfig) -> list[Any]:
-    """The rest of the config's structure on its freshly built model, in place, before any weights are
-    loaded into it: the recorded `model_edits` and the techniques that add layers (early-exit heads; what
-    they return, callbacks or None, comes back). Edits of layers such a technique adds (a factorized exit
-    head) are replayed once it has added them."""
-    deferred = apply_edits(model, config.model_edits, defer_absent=True)
-    added = [
-        techniques.build(spec.name, model, **spec.settings) for spec in config.techniques if adds_layers(spec.name)
-    ]
-    apply_edits(model, deferred)
-    return added
-
-
-def adds_layers(technique: str) -> bool:
-    """Whether a technique adds layers to the model (trait `adds_parameters`): part of its structure."""
-    return techniques.trait(technique, "adds_parameters", False)
 
 
 def load_saved_model(run_dir: Path, meta: DataMeta, weights: str = "model.safetensors") -> nn.Module:

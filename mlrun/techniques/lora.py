@@ -20,7 +20,7 @@ from pydantic import Field, PositiveFloat, PositiveInt
 from torch import nn
 
 from mlrun.errors import UsageError
-from mlrun.models.addressing import HEAD_NAMES, check_patterns, matching
+from mlrun.models.addressing import ADDED_HEADS, HEAD_NAMES, check_patterns, matching
 from mlrun.registry import techniques
 
 # Layer types peft's LoRA adapts (transformers' GPT-2 Conv1D is matched by name: no import needed).
@@ -49,7 +49,8 @@ def resolve_targets(model: nn.Module, patterns: list[str] | None) -> list[str]:
     names = adaptable_modules(model)
     if patterns is None:  # every linear layer but the output layer, like peft's 'all-linear'
         modules = dict(model.named_modules())
-        return [n for n in names if isinstance(modules[n], nn.Linear) and n.split(".")[0] not in HEAD_NAMES]
+        heads = (*HEAD_NAMES, *ADDED_HEADS)
+        return [n for n in names if isinstance(modules[n], nn.Linear) and n.split(".")[0] not in heads]
     chosen = []
     for pattern in patterns:
         found = [n for n in names if fnmatch.fnmatchcase(n, pattern) or n.endswith(f".{pattern}")]
@@ -92,8 +93,9 @@ def lora(
     peft.inject_adapter_in_model(config, model)  # in place; freezes every non-adapter parameter
     names = [n for n, _ in model.named_parameters()]
     check_patterns(names, trainable, "techniques.lora.trainable")
+    added = tuple(f"{name}." for name in ADDED_HEADS)  # a technique's classifiers train like a new head
     for name, param in model.named_parameters():
-        if matching([name], trainable):
+        if matching([name], trainable) or (name.startswith(added) and "lora_" not in name):
             param.requires_grad_(True)
     count = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(
