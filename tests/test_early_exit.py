@@ -258,7 +258,7 @@ def test_an_edit_of_a_module_no_structure_adds_names_its_own_index():
     from mlrun.models.structure import add_structure
 
     model = models.build("cnn", IMAGES, channels=[8, 16], pool_every=2)
-    edits = [{"op": "factorize", "module": "exits.heads.0.classify", "rank": 2}, {"op": "factorize", "module": "typo"}]
+    edits = [{"op": "factorize", "module": "head.3", "rank": 2}, {"op": "factorize", "module": "typo"}]  # 1 waits
     config = ExperimentConfig.model_validate(
         exit_config(model={"name": "cnn", "channels": [8, 16]}, model_edits=edits)
         | {"techniques": [{"name": "early_exit", "after": [0], "pool": 2}]}
