@@ -180,6 +180,21 @@ def test_auto_resume_on_other_data_is_refused_then_accepted_and_recorded(tmp_pat
     assert after["config_changes"] == [{"step": 16, "changes": expected}]
 
 
+def test_a_run_recorded_before_fingerprints_were_compared_resumes_on_its_data(tmp_path):
+    """A run whose manifest holds fingerprints of an older kind (absolute paths, file times) is not refused
+    as other data: nothing comparable was recorded (a review)."""
+    run = interrupted_run(tmp_path, "older")
+    manifest = read(run / "manifest.json")
+    manifest["data_fingerprint"] = {"train": "0123456789abcdef", "val": "fedcba9876543210"}
+    del manifest["data_fingerprint_version"]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    config = tiny_config(name="older")
+    config["train"] = {**config["train"], "epochs": 2}
+    resumed, _ = train(tmp_path, config)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step 16" in resumed.stdout
+
+
 def test_a_model_shape_change_is_named_and_the_finished_run_stays_intact(tmp_path):
     result, run = train(tmp_path, tiny_config(name="fin"), "train.epochs=1")
     assert result.returncode == 0

@@ -133,6 +133,11 @@ def collate(batch):
     return batch if isinstance(batch, (tuple, dict)) else default_collate(batch)
 
 
+# Bumped when a dataset's fingerprint is computed another way: a resume compares only fingerprints of
+# the same version (2: image folders and text_lm without absolute paths or file times).
+FINGERPRINT_VERSION = 2
+
+
 def fingerprint(dataset: Dataset) -> str | None:
     """A short content hash of a split, for manifest.json (None when the dataset cannot say)."""
     method = getattr(dataset, "fingerprint", None)

@@ -94,8 +94,13 @@ def check_resume_data(run_dir: Path, prints: dict[str, str | None], allowed: boo
     changed and that is not allowed. The same config can read other data (a glob that now matches another
     shard, files rewritten in place): the epoch length and split would change under the checkpoint's
     position, so this is a change of the run like a changed key, refused or accepted and recorded alike."""
+    from mlrun.data.bundle import FINGERPRINT_VERSION
+
     manifest = run_dir / "manifest.json"
-    recorded = (json.loads(manifest.read_text()) if manifest.is_file() else {}).get("data_fingerprint") or {}
+    info = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    if info.get("data_fingerprint_version") != FINGERPRINT_VERSION:  # a run recorded before: nothing to compare
+        return {}
+    recorded = info.get("data_fingerprint") or {}
     changes = {
         f"data_fingerprint.{split}": (recorded[split], new)
         for split, new in prints.items()

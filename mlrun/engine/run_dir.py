@@ -136,6 +136,8 @@ def manifest(world_size: int, device: str, precision: str, effective_batch: int,
     import accelerate
     import torch
 
+    from mlrun.data.bundle import FINGERPRINT_VERSION
+
     return {
         "command": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -154,6 +156,7 @@ def manifest(world_size: int, device: str, precision: str, effective_batch: int,
         "precision": precision,
         "effective_batch_size": effective_batch,
         "data_fingerprint": fingerprints,
+        "data_fingerprint_version": FINGERPRINT_VERSION,
     }
 
 
