@@ -255,6 +255,31 @@ def test_a_damaged_header_mid_tar_exits_2_naming_its_offset_or_only_the_damaged_
     assert 3000 <= int(lost.replace(",", "")) < 8192  # the damage, rounded out to whole members and blocks
 
 
+PAX_GLOBAL = {"format": tarfile.PAX_FORMAT, "pax_headers": {"comment": "git archive writes one"}}
+
+
+@pytest.mark.parametrize("tar_format", [PAX_GLOBAL, {"format": tarfile.GNU_FORMAT}], ids=["pax global", "gnu long"])
+def test_tars_with_extended_headers_are_read_whole(tmp_path, tar_format):
+    """A pax global header before the first member looked like damaged bytes to the gap check (a review):
+    a shard `git archive` or a pax writer made was refused."""
+    from PIL import Image
+
+    from mlrun.data.image_shards import scan_tar
+
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(png, format="PNG")
+    shard = tmp_path / "part.tar"
+    with tarfile.open(shard, "w", **tar_format) as tar:
+        for index in range(3):
+            key = f"{'long-name-' * 12}{index:05d}"  # past ustar's 100 characters: extended headers per member
+            for extension, data in (("png", png.getvalue()), ("cls", b"3")):
+                member = tarfile.TarInfo(f"{key}.{extension}")
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+    scanned = scan_tar(shard)
+    assert len(scanned["keys"]) == 3 and scanned["bad_reasons"].tolist() == []
+
+
 def test_a_sample_missing_its_label_or_image_is_named_in_plain_english(tmp_path):
     from mlrun.data.image_shards import scan_tar
 

@@ -46,6 +46,7 @@ from mlrun.data.splits import ValFraction, encode_labels, split_indices
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
 
+BLOCK = 512  # a tar is 512-byte blocks: headers and data padded to them
 END_OF_ARCHIVE = 1024  # two zero blocks close every tar; without them the file was cut short
 
 
@@ -91,6 +92,7 @@ def _tail_problems(raw, end: int) -> list[tuple[int, str]]:
 def _lost_bytes(raw, start: int, stop: int, then: str) -> list[tuple[int, str]]:
     """A problem when bytes start..stop, which tarfile skipped, are not all zeros (zero blocks between members
     are harmless padding or concatenated archives): the members whose headers lay there are lost."""
+    start = _past_global_headers(raw, start, stop)
     raw.seek(start)
     for _ in range(start, stop, 1 << 20):  # a MiB at a time: a damaged region can be most of the file
         if raw.read(min(1 << 20, stop - raw.tell())).strip(b"\0"):
@@ -102,6 +104,21 @@ def _lost_bytes(raw, start: int, stop: int, then: str) -> list[tuple[int, str]]:
                 )
             ]
     return []
+
+
+def _past_global_headers(raw, start: int, stop: int) -> int:
+    """Where the bytes after `start` stop being pax global headers (`git archive` and pax writers put one
+    first): tarfile reads them without returning a member, so they look like a gap between members."""
+    while start + BLOCK <= stop:
+        raw.seek(start)
+        try:
+            header = tarfile.TarInfo.frombuf(raw.read(BLOCK), tarfile.ENCODING, "surrogateescape")
+        except tarfile.HeaderError:
+            break
+        if header.type != tarfile.XGLTYPE:
+            break
+        start += BLOCK + -(-header.size // BLOCK) * BLOCK  # the header, then its records padded to blocks
+    return start
 
 
 def _index(samples: list[tuple], bad: list[tuple[int, str]]) -> dict[str, np.ndarray]:
