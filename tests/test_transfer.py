@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from mlrun.config.load import load_config
@@ -300,6 +301,13 @@ def test_param_group_rules_and_layer_decay_scale_each_group_through_the_schedule
     result = run_cli("validate", path, shadowed, cwd=tmp_path)
     assert result.returncode == 2 and "param_groups[1] (blocks.0.*) gets no parameter" in result.stderr
     assert "earlier rule [0] (blocks.*)" in result.stderr
+    # ... but a run recorded before that check still evaluates (and resumes) with its rules
+    trained, run = train(tmp_path, {**config, "name": "recorded", "metrics": ["accuracy"]}, "train.epochs=1")
+    assert trained.returncode == 0, trained.stderr
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    recorded["optimizer"]["param_groups"] = [{"match": "blocks.*"}, {"match": "blocks.0.*", "lr_scale": 0.5}]
+    (run / "config.yaml").write_text(yaml.safe_dump(recorded))
+    assert run_cli("eval", run, cwd=tmp_path).returncode == 0
 
 
 # --- LoRA ----------------------------------------------------------------------------------------

@@ -86,7 +86,8 @@ def build_components(
     """Every component of a resolved config (`data.batch_size: auto` already a number: mlrun.engine.autobatch).
 
     `fitted_transform`: the run's own fitted preprocessing (eval, export, resume), applied instead of
-    fitting anew by sources that fit one (tabular).
+    fitting anew by sources that fit one (tabular). `init_weights`: a fresh start, which loads init_from and
+    enforces every check; False for a resume, eval and export of a recorded run.
     """
     if config.data.batch_size == "auto":
         raise ValueError("build_components needs a resolved batch size: call engine.autobatch.resolve_batch_size first")
@@ -115,7 +116,7 @@ def build_components(
         objective.attach(model, example_features(bundle.train))
         callbacks.append(objective)
     optimizer = build(config.optimizer, model)
-    regroup(optimizer, model, config.optimizer)  # optimizer.param_groups rules and layer_decay
+    regroup(optimizer, model, config.optimizer, refuse_dead_rules=init_weights)  # param_groups rules, layer_decay
     for callback in callbacks:
         optimizer = callback.wrap_optimizer(optimizer)
     check_in_backward(config)

@@ -43,8 +43,12 @@ def parameters_beside(model: nn.Module, optimizer: torch.optim.Optimizer) -> lis
     return [p for group in optimizer.param_groups for p in group["params"] if id(p) not in in_model]
 
 
-def regroup(optimizer: torch.optim.Optimizer, model: nn.Module, spec: OptimizerSpec) -> None:
-    """Split the optimizer's groups in place by `spec.param_groups` and `spec.layer_decay` (before any step)."""
+def regroup(
+    optimizer: torch.optim.Optimizer, model: nn.Module, spec: OptimizerSpec, refuse_dead_rules: bool = True
+) -> None:
+    """Split the optimizer's groups in place by `spec.param_groups` and `spec.layer_decay` (before any step).
+    `refuse_dead_rules`: exit 2 on a rule earlier rules leave nothing to (a fresh start; a run recorded
+    before that check still resumes and evaluates)."""
     if not spec.param_groups and spec.layer_decay is None:
         return
     names = {id(p): n for n, p in model.named_parameters()}
@@ -52,7 +56,8 @@ def regroup(optimizer: torch.optim.Optimizer, model: nn.Module, spec: OptimizerS
     for index, rule in enumerate(spec.param_groups):
         # Frozen parameters are not in the optimizer, so a rule naming only them is a mistake too.
         check_patterns(in_optimizer, rule.match, f"optimizer.param_groups[{index}].match (trainable parameters)")
-    _check_every_rule_applies(in_optimizer, spec.param_groups)
+    if refuse_dead_rules:
+        _check_every_rule_applies(in_optimizer, spec.param_groups)
     depth = layer_depths(model) if spec.layer_decay is not None else {}
     top = max(depth.values(), default=0)
     split: dict[tuple, dict] = {}
