@@ -141,6 +141,13 @@ def test_lp_ft_without_init_from_or_with_a_probe_as_long_as_the_run_exits_2(tmp_
         cwd=tmp_path,
     )
     assert frozen.returncode == 2 and "freezes the whole body" in frozen.stderr, frozen.stderr
+    frozen = run_cli(  # patterns after lp_ft that cover its whole body: a probe only, said so (a review)
+        "validate",
+        write_config(tmp_path, finetune("ok")),
+        "techniques=[lp_ft, {name: freeze, patterns: ['blocks.*']}]",
+        cwd=tmp_path,
+    )
+    assert frozen.returncode == 2 and "every body parameter is frozen" in frozen.stderr, frozen.stderr
     # durations that never took effect, silently (a user trial): a warm-up past the run's end, an unfreeze after it
     never = {
         "techniques=[{name: lp_ft, probe: 1ep, warmup: 20st}]": "longer than the 16 steps after the probe",

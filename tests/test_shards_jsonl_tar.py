@@ -372,3 +372,14 @@ def test_prepare_on_jsonl_shards_says_what_it_can_and_cannot_do_without_sending_
         # Each refusal says the shards are ready to train on; none points at another --format (which refuses too).
         assert "already JSON Lines shards" in result.stderr and "use --format" not in result.stderr, result.stderr
         assert "--format jsonl writes" not in result.stderr and not (tmp_path / shard_format).exists()
+
+
+def test_prepare_on_a_text_lm_config_points_at_no_format_that_refuses_it_too(tmp_path):
+    """--format jsonl on text_lm sent the user to --format parquet, which refuses token batches too (a review)."""
+    (tmp_path / "book.txt").write_text("the quick brown fox jumps over the lazy dog. " * 100)
+    config = tiny_config(name="lm", data={"name": "text_lm", "path": "book.txt", "block_size": 16})
+    path = write_config(tmp_path, config)
+    for shard_format in ("jsonl", "parquet"):
+        result = run_cli("prepare", path, "--out", tmp_path / shard_format, "--format", shard_format, cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert "--format parquet writes" not in result.stderr and "memory-mapped" in result.stderr, result.stderr

@@ -130,7 +130,7 @@ def prepare_jsonl(config, out: Path, settings: dict) -> tuple[dict, dict]:
         other = "--format parquet writes array samples (tables, images, npz) and image_tar images"
         raise UsageError(
             f"mlrun prepare --format jsonl: writes the records of a jsonl_text source, not of '{config.data.name}'; "
-            f"{instead(config.data.name) if config.data.name == 'jsonl_shards' else other}."
+            f"{instead(config.data.name) if config.data.name in ('jsonl_shards', 'text_lm') else other}."
         )
     source = {s.name: s.default for s in datasets.settings("jsonl_text")} | config.data.settings
     fields = (source["text_field"], source["label_field"])

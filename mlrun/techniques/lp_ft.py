@@ -59,6 +59,8 @@ class LinearProbeThenFineTune(Callback):
         # without gradients computed for nothing after the probe.
         stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
         self.body = [p for p in self.body if id(p) in stepped]
+        if not self.body:  # techniques.freeze (listed after lp_ft) froze all of it
+            raise UsageError("techniques.lp_ft: every body parameter is frozen (techniques.freeze), so none would join")
         body_ids = {id(p) for p in self.body}
         self.head_count = len(stepped - body_ids)
         groups = []
