@@ -72,7 +72,7 @@ def check_freeze_plan(config: Any, plan: Any, /, **settings: Any) -> None:
     if every is None:
         return
     every = parse_duration(every)
-    steps = every.count * (plan.steps_per_epoch if every.unit == "ep" else 1)
+    steps = every.steps(plan.steps_per_epoch)
     if steps >= plan.total_steps:
         print(
             f"mlrun: warning: techniques.freeze.unfreeze_every: {every} ({steps} optimizer steps) is not shorter "

@@ -154,7 +154,7 @@ def check_lp_ft_plan(config: Any, plan: Any, /, **settings: Any) -> None:
                 "to keep some layers frozen"
             )
     probe = parse_duration(settings.get("probe", PROBE))
-    steps = probe.count * (plan.steps_per_epoch if probe.unit == "ep" else 1)
+    steps = probe.steps(plan.steps_per_epoch)
     if steps >= plan.total_steps:
         raise UsageError(
             f"techniques.lp_ft.probe: {probe} ({steps} optimizer steps) is not shorter than the run "

@@ -21,6 +21,10 @@ class Duration(NamedTuple):
     def __str__(self) -> str:
         return f"{self.count}{self.unit}"
 
+    def steps(self, steps_per_epoch: int) -> int:
+        """The span in optimizer steps, for a run of `steps_per_epoch` steps an epoch."""
+        return self.count * (steps_per_epoch if self.unit == "ep" else 1)
+
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(ep|st)?\s*$")
 
