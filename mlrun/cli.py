@@ -307,7 +307,8 @@ def main() -> None:
     _MAIN_PID.append(os.getpid())
     try:
         # Without standalone mode typer returns an exit code instead of raising: Ctrl-C outside a training
-        # loop (loading, measuring) comes back as 130, which must not end the process with 0.
+        # loop (loading, measuring) comes back as 130, which must not end the process with 0. (No command
+        # raises typer.Exit with another code: failures are MlrunErrors, handled below.)
         if app(standalone_mode=False) == EXIT_INTERRUPTED:
             raise KeyboardInterrupt
         # The command finished and said so: a Ctrl-C during the exit (trackers' atexit handlers) must not turn

@@ -84,7 +84,7 @@ def _classification(
     to_y = lambda a: torch.tensor(a, dtype=torch.long)  # noqa: E731
     meta = DataMeta(task="classification", input_shape=(x.shape[1],), num_classes=num_classes)
     train, val = ArrayDataset(to_x(x_train), to_y(y_train)), ArrayDataset(to_x(x_val), to_y(y_val))
-    if classes is not None:  # output i is digit classes[i]: predict names it, and reads labels as the digits
+    if classes is not None:  # output i is label classes[i]: predict names it so, and reads labels as such
         fitted = {**(fitted or {}), "classes": list(classes)}
     return DatasetBundle(train, val, meta, preprocessing=fitted)
 
