@@ -523,6 +523,13 @@ def test_value_best_scores_each_trial_at_its_best_evaluation_and_early_stopping_
     assert json.loads((tune_dir / "summary.json").read_text())["best"]["evaluation"] == "best"
     mixed = run_cli("tune", path, "tune.value=last", "--trials", "4", cwd=tmp_path)  # the same study, scored otherwise
     assert mixed.returncode == 2 and "would mix two scorings" in mixed.stderr, mixed.stderr
+    # another figure or direction was accepted silently: the best trial became the worst model (a user trial)
+    for change, says in (
+        ("tune.metric=val/loss", "scored its trials by val/accuracy"),
+        ("tune.direction=minimize", "was made to maximize"),
+    ):
+        mixed = run_cli("tune", path, change, "--trials", "4", cwd=tmp_path)
+        assert mixed.returncode == 2 and says in mixed.stderr, mixed.stderr
     refused = run_cli("tune", tune_config(tmp_path, value="best", strategy="pbt"), cwd=tmp_path)
     assert refused.returncode == 2 and "value: best" in refused.stderr and "Traceback" not in refused.stderr
 

@@ -4,7 +4,7 @@ A rerun of `mlrun tune` continues the study of the same name (more trials, a res
 are ranked against each other, so a rerun may change how the next trials are chosen (`tune.trials`,
 the sampler, the pruner, a float or int range) but not what a trial is:
 
-- the scoring (`tune.value`);
+- the scoring (`tune.value`, `tune.metric`, `tune.direction`);
 - the config a trial trains with (every key outside `tune` and the searched keys: more epochs or
   another dataset would make later trials incomparable with earlier ones); for a compress search,
   the `compress:` chain outside the searched keys and the trained weights it starts from (a retrained run);
@@ -75,6 +75,20 @@ def check_scoring(study, tune) -> None:
             "start another study (--study NAME)"
         )
     study.set_user_attr("value", tune.value)
+    metric = study.user_attrs.get("metric")
+    if metric is not None and metric != tune.metric:
+        raise UsageError(
+            f"tune.metric: study '{study.study_name}' scored its trials by {metric}, and {tune.metric} would rank "
+            f"other figures against them; keep tune.metric: {metric}, or start another study (--study NAME)"
+        )
+    study.set_user_attr("metric", tune.metric)
+    direction = study.direction.name.lower()  # fixed when the study was made; Optuna ignores another
+    if study.trials and direction != tune.direction:
+        raise UsageError(
+            f"tune.direction: study '{study.study_name}' was made to {direction} {tune.metric}, and Optuna keeps "
+            f"that direction whatever tune.direction says; keep tune.direction: {direction}, or start another "
+            "study (--study NAME)"
+        )
 
 
 def check_space_kinds(study, space) -> None:
