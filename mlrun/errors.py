@@ -36,6 +36,11 @@ class RunFailed(MlrunError):
         self.reason = reason
 
 
+class StudyMisconfigured(MlrunError):
+    """A tuning study whose every trial would fail the same way (a tune.metric nothing logs): exit code 2,
+    raised past Optuna's per-trial catch (it is no UsageError) so the study stops at its first trial."""
+
+
 class RunInterrupted(MlrunError):
     """Stopped by a signal after saving a checkpoint."""
 

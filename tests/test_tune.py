@@ -618,3 +618,12 @@ def test_a_trial_is_not_pruned_at_its_last_evaluation(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["states"]["complete"] == 4 and summary["compute"]["pruned_epochs"] == 0, summary["states"]
+
+
+def test_a_metric_no_evaluation_logs_stops_the_study_at_its_first_trial(tmp_path):
+    """A mistyped tune.metric trained every trial in full, failed each, then exited 1 (a user trial)."""
+    path = tune_config(tmp_path, trials=5, metric="val/acc", pruner={"name": "none"})
+    result = run_cli("tune", path, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "tune.metric: 'val/acc' is not among" in result.stderr and "Did you mean 'val/accuracy'?" in result.stderr
+    assert not (tmp_path / "runs" / "study" / "tune" / "trial-0001").exists()  # trial 0 only, stopped early

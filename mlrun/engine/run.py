@@ -44,7 +44,7 @@ from mlrun.engine.run_dir import (
     write_json,
 )
 from mlrun.engine.state import TrainState
-from mlrun.errors import RunFailed, RunInterrupted, UsageError
+from mlrun.errors import MlrunError, RunFailed, UsageError
 
 
 def run_training(
@@ -130,7 +130,7 @@ def run_training(
     message = None
     try:
         return loop.run()
-    except (RunFailed, RunInterrupted, UsageError) as exc:
+    except MlrunError as exc:  # already says what went wrong (a usage error, a failed run, a study's own)
         message = str(exc)
         raise
     except Exception as exc:

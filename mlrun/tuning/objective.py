@@ -12,7 +12,7 @@ from typing import Any
 from mlrun.callbacks import Callback
 from mlrun.config.load import load_config
 from mlrun.config.schema import TuneConfig
-from mlrun.errors import UsageError
+from mlrun.errors import StudyMisconfigured, UsageError, did_you_mean
 from mlrun.tuning.space import as_override, suggest
 from mlrun.tuning.tracked import trial_tracking
 
@@ -49,6 +49,8 @@ class PruningReporter(Callback):
         from mlrun.engine.early_stopping import improved
 
         self.evaluations += 1
+        if self.evaluations == 1 and self.metric.startswith("val/"):  # train/ figures may come later
+            check_metric_logged(self.metric, metrics)
         value, prune = metrics.get(self.metric), False
         if value is not None:
             if math.isfinite(value) and improved(value, self.best, self.mode):  # a NaN would stick as the best
@@ -84,8 +86,19 @@ def trial_value(state, reporter: PruningReporter, tune: TuneConfig) -> float:
 def figure(state, metric: str) -> float:
     figures = {**state.last_train, **state.last_eval}
     if metric not in figures:
-        raise UsageError(f"tune.metric: '{metric}' was never logged; logged: {', '.join(sorted(figures))}")
+        logged = ", ".join(sorted(figures))
+        raise UsageError(f"tune.metric: '{metric}' was never logged;{did_you_mean(metric, figures)} logged: {logged}")
     return figures[metric]
+
+
+def check_metric_logged(metric: str, figures: dict[str, float]) -> None:
+    """At a trial's first evaluation: a tune.metric that is not among its figures would fail every trial of
+    the study after training it in full, so the study stops here (exit 2)."""
+    if metric not in figures:
+        raise StudyMisconfigured(
+            f"tune.metric: '{metric}' is not among the figures the first trial's evaluation logged "
+            f"({', '.join(sorted(figures))}): set tune.metric to one of them.{did_you_mean(metric, figures)}"
+        )
 
 
 def train_trial(path: Path, overrides: list[str], tune: TuneConfig, tune_dir: Path, trial, params: dict, number: int):
