@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -373,10 +374,33 @@ def test_a_grid_range_holds_the_steps_inside_it():
     from mlrun.tuning.space import grid
 
     space = {
-        "lr": ParamSpec(type="float", low=0.001, high=0.1, step=0.05),
+        "lr": ParamSpec(type="float", low=0.001, high=0.101, step=0.05),
         "n": ParamSpec(type="int", low=1, high=7, step=3),
     }
-    assert grid(space) == {"lr": pytest.approx([0.001, 0.051]), "n": [1, 4, 7]}  # not 0.101, past the high end
+    assert grid(space) == {"lr": pytest.approx([0.001, 0.051, 0.101]), "n": [1, 4, 7]}
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ({"type": "float", "low": 0.001, "high": 0.1, "step": -0.01}, "step must be above 0"),  # was exit 1
+        ({"type": "int", "low": 16, "high": 64, "step": 0}, "step must be above 0"),  # sampled as step 1
+        ({"type": "int", "low": 16, "high": 64, "step": 100}, "at most high - low (48)"),  # every trial got 16
+        ({"type": "float", "low": 0.001, "high": 0.1, "step": 0.05}, "not a whole number of steps"),  # high lowered
+        ({"type": "int", "low": 16.5, "high": 64}, "whole numbers"),
+        ({"type": "float", "low": 0.1, "choices": [0.1, 0.2]}, "choices are for type: categorical"),
+        ({"type": "float", "low": 0.1}, "needs high"),
+        ({"type": "categorical", "choices": [1, 2], "low": 1}, "a categorical key has choices"),
+    ],
+)
+def test_a_range_optuna_would_change_or_refuse_is_a_config_error(spec, says):
+    """A user trial: these were accepted and changed by Optuna in silence, or crashed (exit 1)."""
+    from pydantic import ValidationError
+
+    from mlrun.config.schema import ParamSpec
+
+    with pytest.raises(ValidationError, match=re.escape(says)):
+        ParamSpec(**spec)
 
 
 def test_grid_range_with_step_and_log_is_a_config_error(tmp_path):
@@ -627,3 +651,15 @@ def test_a_metric_no_evaluation_logs_stops_the_study_at_its_first_trial(tmp_path
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "tune.metric: 'val/acc' is not among" in result.stderr and "Did you mean 'val/accuracy'?" in result.stderr
     assert not (tmp_path / "runs" / "study" / "tune" / "trial-0001").exists()  # trial 0 only, stopped early
+
+
+def test_a_sampler_seed_optuna_cannot_take_is_a_config_error():
+    """tune.sampler.seed=-5 crashed with Optuna's ValueError (exit 1: 'unexpected error')."""
+    from pydantic import ValidationError
+
+    from mlrun.config.schema import SamplerConfig
+
+    for seed in (-5, 2**32):
+        with pytest.raises(ValidationError):
+            SamplerConfig(seed=seed)
+    assert SamplerConfig(seed=2**32 - 1).seed == 2**32 - 1

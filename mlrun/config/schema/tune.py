@@ -32,9 +32,21 @@ class ParamSpec(Section):
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("a categorical key needs a non-empty `choices` list")
-        elif self.low is None or self.high is None or self.low > self.high:
-            raise ValueError(f"a {self.type} key needs low <= high")
-        elif self.log and self.low <= 0:
+            if self.log or any(getattr(self, bound) is not None for bound in ("low", "high", "step")):
+                raise ValueError("low, high, log and step are for float and int keys; a categorical key has choices")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"choices are for type: categorical; a {self.type} key is a range from low to high")
+        missing = [bound for bound in ("low", "high") if getattr(self, bound) is None]
+        if missing:
+            raise ValueError(f"a {self.type} key needs {' and '.join(missing)}")
+        if self.type == "int" and any(v is not None and v != int(v) for v in (self.low, self.high, self.step)):
+            raise ValueError("an int key needs whole numbers for low, high and step")
+        if self.low > self.high:
+            raise ValueError(f"a {self.type} key needs low <= high (got {self.low} > {self.high})")
+        if self.step is not None:
+            self._check_step(self.high - self.low)
+        if self.log and self.low <= 0:
             raise ValueError("log: true needs low > 0")
         elif self.log and self.step:
             raise ValueError(
@@ -43,12 +55,23 @@ class ParamSpec(Section):
             )
         return self
 
+    def _check_step(self, span: float) -> None:
+        """Every value is low + k x step up to high: a step of 0, one past the range or one that does not
+        divide it was silently changed by Optuna (step 1, a range of one value, a lower high)."""
+        if self.step <= 0 or (span > 0 and self.step > span):
+            raise ValueError(f"step must be above 0 and at most high - low ({span:g}), got {self.step:g}")
+        if span > 0 and abs(round(span / self.step) * self.step - span) > 1e-9 * max(1.0, abs(self.high)):
+            raise ValueError(
+                f"high - low ({span:g}) is not a whole number of steps ({self.step:g}), so Optuna would lower "
+                "high; make high = low + k x step"
+            )
+
 
 class SamplerConfig(Section):
     name: Literal["tpe", "random", "grid", "cmaes", "gp", "nsga2"] = "tpe"
     """Optuna sampler: tpe | random | grid | cmaes | gp | nsga2."""
-    seed: int | None = None
-    """Seed of the sampler, for repeatable searches."""
+    seed: Annotated[int, Field(ge=0, lt=2**32)] | None = None
+    """Seed of the sampler, for repeatable searches (0 to 2**32 - 1)."""
     startup_trials: NonNegativeInt | None = None
     """tpe / gp / cmaes: trials sampled at random before the model-based search starts (null:
     Optuna's default, 10 for tpe and gp). Small studies gain from fewer."""
