@@ -105,8 +105,12 @@ def profile(
 def tune(
     config: Config,
     overrides: Overrides = None,
-    trials: Annotated[Optional[int], typer.Option(help="Trials the study should hold; default tune.trials.")] = None,
-    timeout: Annotated[Optional[float], typer.Option(help="Stop starting trials after this many seconds.")] = None,
+    trials: Annotated[
+        Optional[int], typer.Option(min=1, help="Trials the study should hold; default tune.trials.")
+    ] = None,
+    timeout: Annotated[
+        Optional[float], typer.Option(help="Stop starting trials after this many seconds (above 0).")
+    ] = None,
     storage: Annotated[Optional[str], typer.Option(help="Journal file path or PostgreSQL/MySQL URL.")] = None,
     study: Annotated[Optional[str], typer.Option(help="Study name; default the config's name.")] = None,
     workers: Annotated[int, typer.Option(help="Trial processes on this host sharing the study.")] = 1,

@@ -285,6 +285,17 @@ def test_pbt_improves_the_population_over_rounds(tmp_path):
     assert means[-1] > means[0]
     assert (tmp_path / "runs" / "study" / "tune" / "best.yaml").exists()
     assert [len(r["members"]) for r in report["rounds"]] == [4, 4, 4]
+    # more rounds than steps failed after 90 one-step rounds, exit 1 (a user trial)
+    result = run_cli("tune", path, "train.epochs=null", "train.max_steps=90", "tune.pbt.rounds=100", cwd=tmp_path)
+    assert result.returncode == 2 and "set at most 90 rounds" in result.stderr, result.stderr
+
+
+def test_tune_refuses_no_trials_and_a_timeout_of_no_time(tmp_path):
+    """--trials 0 ran the config's trials; --timeout -1 ran nothing and exited 0 (a user trial)."""
+    path = tune_config(tmp_path, trials=2)
+    for option in (["--trials", "0"], ["--timeout", "-1"], ["--timeout", "0"]):
+        result = run_cli("tune", path, *option, cwd=tmp_path)
+        assert result.returncode == 2 and option[0] in result.stderr, result.stderr
 
 
 def test_pbt_exploit_copies_the_winners_checkpoint_and_explore_perturbs_its_values(tmp_path):

@@ -26,6 +26,8 @@ def run_tune(
     json_output: bool,
     worker: bool = False,
 ) -> None:
+    if timeout is not None and timeout <= 0:  # no time to start a trial: nothing would run
+        raise UsageError(f"--timeout: {timeout:g} seconds leaves no time to start a trial; give a time above 0")
     config = load_config(path, overrides)
     if config.tune is None:
         raise UsageError(

@@ -21,6 +21,7 @@ from mlrun.callbacks import Callback
 from mlrun.config.load import load_config
 from mlrun.config.schema import ExperimentConfig
 from mlrun.engine.checkpoint import CHECKPOINTS, latest_checkpoint
+from mlrun.errors import UsageError
 from mlrun.tuning.objective import figure
 from mlrun.tuning.space import as_override, perturb, sample
 from mlrun.tuning.tracked import trial_tracking
@@ -45,6 +46,11 @@ def run_pbt(path: Path, overrides: list[str], config: ExperimentConfig, tune_dir
     tune, pbt = config.tune, config.tune.pbt
     rng = random.Random(tune.sampler.seed)
     total = build_components(resolve_batch_size(config)).plan.total_steps
+    if pbt.rounds > total:  # the rounds past the last step would find every member finished
+        raise UsageError(
+            f"tune.pbt.rounds: {pbt.rounds} rounds of a {total}-step run leave rounds without a step; "
+            f"set at most {total} rounds, or train longer (train.max_steps)"
+        )
     per_round = math.ceil(total / pbt.rounds)
     folder = tune_dir / "pbt"
     members = [
