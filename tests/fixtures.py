@@ -205,9 +205,10 @@ def rapl_heater(meta: DataMeta, /, *, counter: str, uj_per_forward: int = 1000) 
     return model
 
 
-def kill_at_step(model: nn.Module, /, *, step: int, armed_file: str):
-    """Test technique: dies by SIGKILL after optimizer step `step` while `armed_file` exists, removing it
-    first (so the killed run and its resume have the same config, and the resume runs through)."""
+def kill_at_step(model: nn.Module, /, *, step: int, armed_file: str, signal_name: str = "SIGKILL"):
+    """Test technique: dies by SIGKILL (or sends itself `signal_name`) after optimizer step `step` while
+    `armed_file` exists, removing it first (so the killed run and its resume have the same config, and the
+    resume runs through)."""
     from pathlib import Path
 
     from mlrun.callbacks import Callback
@@ -216,7 +217,7 @@ def kill_at_step(model: nn.Module, /, *, step: int, armed_file: str):
         def on_step_end(self, model, state) -> None:
             if state.step == step and Path(armed_file).exists():
                 Path(armed_file).unlink()
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), getattr(signal, signal_name))
 
     return KillAtStep()
 

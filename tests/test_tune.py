@@ -674,3 +674,21 @@ def test_a_sampler_seed_optuna_cannot_take_is_a_config_error():
         with pytest.raises(ValidationError):
             SamplerConfig(seed=seed)
     assert SamplerConfig(seed=2**32 - 1).seed == 2**32 - 1
+
+
+@pytest.mark.e2e  # a process of its own, signalled
+def test_a_trial_stopped_by_a_signal_is_trained_again_when_the_study_is_rerun(tmp_path):
+    """The interrupt said 'run the same command again to resume', and the rerun never trained that trial's
+    values again: it stayed failed and counted (a user trial)."""
+    armed = tmp_path / "armed"
+    armed.write_text("")
+    stop = {"name": "tests.fixtures:kill_at_step", "step": 3, "armed_file": str(armed), "signal_name": "SIGINT"}
+    path = tune_config(tmp_path, trials=3, pruner={"name": "none"}, sampler={"name": "random", "seed": 0})
+    stopped = run_cli("tune", path, f"techniques=[{json.dumps(stop)}]", cwd=tmp_path, subprocess=True)
+    assert stopped.returncode == 130, stopped.stderr
+    assert "stopped by signal in trial 0" in stopped.stderr and "trains that trial's values again" in stopped.stderr
+    rerun = run_cli("tune", path, f"techniques=[{json.dumps(stop)}]", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    trials = load_study(tmp_path / "runs" / "study" / "tune").trials
+    retry = next(t for t in trials if t.user_attrs.get("retries") == 0)
+    assert retry.params == trials[0].params and retry.state.name == "COMPLETE"

@@ -167,8 +167,10 @@ def run_study(config: ExperimentConfig, options: StudyOptions, tune_dir: Path) -
                 f"target {options.trials}",
                 flush=True,
             )
-        from mlrun.tuning.storage import run_trials
+        from mlrun.tuning.storage import requeue_interrupted, run_trials
 
+        if not options.worker:
+            requeue_interrupted(study)
         # study.optimize that survives a lost database connection
         run_trials(study, objective(path, overrides, tune, tune_dir), options.trials, options.timeout_s, ended)
     for helper in helpers:

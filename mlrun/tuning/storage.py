@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from mlrun.errors import UsageError
+from mlrun.errors import RunInterrupted, UsageError
 
 HEARTBEAT_S = 60  # a trial silent for two heartbeats is failed by the other workers (Optuna's grace period)
 RECONNECT_S = 300.0  # how long a worker waits for the database to come back before giving up
@@ -89,6 +89,13 @@ def optimize(study, objective: Callable, *, target: int, timeout: float | None, 
             values = objective(trial)
         except optuna.TrialPruned:
             raise
+        except RunInterrupted as exc:  # the study is not resumed trial by trial: its rerun retrains these values
+            record_failure(trial, RunInterrupted(INTERRUPTED))
+            raise RunInterrupted(
+                f"stopped by signal in trial {trial.number}, recorded as failed ({INTERRUPTED}). Run the same "
+                "command again to continue the study: it trains that trial's values again as a new trial",
+                exit_code=exc.exit_code,
+            ) from None
         except Exception as exc:  # the trial fails; its error goes to the trial line and trials.csv
             record_failure(trial, exc)
             raise
@@ -212,6 +219,21 @@ def wait_for_database(study, errors: tuple, limit_s: float = RECONNECT_S) -> Non
                     "rerun the same mlrun tune command to continue the study when it is back"
                 ) from None
             time.sleep(1.0)
+
+
+INTERRUPTED = "interrupted by a signal"
+
+
+def requeue_interrupted(study) -> None:
+    """The values of trials a signal stopped, enqueued once for the study's rerun (they fail as they stop)."""
+    import optuna
+
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retries") for t in trials}
+    for trial in trials:
+        stopped = trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs.get("error") == INTERRUPTED
+        if stopped and trial.number not in retried:
+            study.enqueue_trial(trial.params, user_attrs={"retries": trial.number}, skip_if_exists=False)
 
 
 def fail_interrupted(study, current: list[int]) -> None:
