@@ -1,7 +1,7 @@
 """`mlrun tune CONFIG [k=v ...] [--trials N] [--timeout S] [--storage URL] [--study NAME] [--workers N] [--json]`.
 
 Searches the `tune.space` keys of the config with Optuna; each trial is a full run in
-runs/<name>/tune/trial-<n>/. A rerun continues the study. `--workers N` runs N processes against
+runs/<name>/tune/trial-<nnnn>/. A rerun continues the study. `--workers N` runs N processes against
 the same storage on this host; on a cluster, N copies of the command share a database URL.
 The search itself is tuning/runner.py; this module reads the arguments and prints the summary.
 """
