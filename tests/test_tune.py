@@ -506,7 +506,7 @@ def test_config_values_outside_the_space_are_not_enqueued_and_the_user_is_told(t
     assert config_point(config, config.tune.space) == ({"optimizer.lr": 0.003, "model.hidden_sizes": "[32]"}, "")
     outside = load_config(path, ["optimizer.lr=0.1"])
     assert config_point(outside, config.tune.space) == (None, "optimizer.lr = 0.1 lies outside tune.space.optimizer.lr")
-    stepped = load_config(path, ["tune.space={data.batch_size: {type: int, low: 16, high: 128, step: 32}}"])
+    stepped = load_config(path, ["tune.space={data.batch_size: {type: int, low: 16, high: 112, step: 32}}"])
     assert config_point(stepped, stepped.tune.space)[0] is None  # quickstart's 64 is not on 16, 48, 80, 112
     result = run_cli("tune", path, "--trials", "1", "train.epochs=1", cwd=tmp_path)  # width [64]: not a choice
     assert result.returncode == 0, result.stderr
