@@ -110,6 +110,10 @@ def test_init_writes_a_config_that_validates_and_refuses_to_overwrite(tmp_path):
     assert run_cli("validate", "start.yaml", cwd=tmp_path).returncode == 0
     again = run_cli("init", "start.yaml", cwd=tmp_path)
     assert again.returncode == 2 and "--force" in again.stderr
+    for args in (["init", "new"], ["init", "new", "--force"]):  # a folder: --force was advised, then failed
+        (tmp_path / "new").mkdir(exist_ok=True)
+        folder = run_cli(*args, cwd=tmp_path)
+        assert folder.returncode == 2 and "is a folder" in folder.stderr and "--force" not in folder.stderr
     nested = run_cli("init", "new/folder/start.yaml", cwd=tmp_path)  # folders it needs are made
     assert nested.returncode == 0 and (tmp_path / "new/folder/start.yaml").is_file(), nested.stderr
     (tmp_path / "blocker").write_text("a file where a folder should be")

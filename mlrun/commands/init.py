@@ -54,6 +54,8 @@ tracking: [console, jsonl]
 def run_init(path: Path, force: bool) -> None:
     from mlrun.commands.usage import write_named_file
 
+    if path.is_dir():  # --force would not help: a folder is not overwritten by a file
+        raise UsageError(f"'{path}' is a folder: give the config file's path, e.g. {path / 'config.yaml'}")
     if path.exists() and not force:
         raise UsageError(f"'{path}' already exists: pass --force to overwrite it, or give another path.")
     write_named_file(path, STARTER.replace("{path}", str(path)), "init")
