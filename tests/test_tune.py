@@ -692,3 +692,13 @@ def test_a_trial_stopped_by_a_signal_is_trained_again_when_the_study_is_rerun(tm
     trials = load_study(tmp_path / "runs" / "study" / "tune").trials
     retry = next(t for t in trials if t.user_attrs.get("retries") == 0)
     assert retry.params == trials[0].params and retry.state.name == "COMPLETE"
+
+
+def test_a_figure_searched_against_its_names_sense_is_warned(capsys):
+    """A compress search minimizing accuracy and maximizing file size ran without a word (a user trial)."""
+    from mlrun.tuning.runner import warn_unusual_directions
+
+    warn_unusual_directions({"val/accuracy": "minimize", "file_bytes": "maximize", "latency_ms_b1": "minimize"})
+    warn_unusual_directions({"val/loss": "minimize", "val/my_score": "minimize"})
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and "minimize val/accuracy" in lines[0] and "maximize file_bytes" in lines[1]

@@ -46,6 +46,7 @@ def run_search(config: ExperimentConfig, options: StudyOptions) -> dict | None:
 
         check_objectives(config)
     check_space(options.path, list(options.overrides), config.tune)
+    warn_unusual_directions(config.tune.objectives or {config.tune.metric: config.tune.direction})
     tune_dir = study_folder(config, options.study_name, options.storage)
     check_writable(tune_dir)
     if config.tune.objectives is not None:
@@ -104,6 +105,31 @@ def run_population(config: ExperimentConfig, options: StudyOptions, tune_dir: Pa
         final = {m["id"]: m["value"] for m in report["rounds"][-1]["members"]}
         study_run.finish(final, {"best": {**leader, "value": final[leader["number"]]}}, config.tune.metric)
     return report
+
+
+# Figures whose better direction their name says: a study set the other way searches for the worst model.
+_SMALLER_IS_BETTER = ("loss", "error", "bytes", "latency", "_ms", "perplexity", "mse", "mae")
+_LARGER_IS_BETTER = ("accuracy", "f1", "auc", "precision", "recall", "r2", "samples_per_s")
+
+
+def warn_unusual_directions(objectives: dict[str, str]) -> None:
+    """A warning (not a refusal: a user may mean it) for each figure searched against its name's sense."""
+    for figure, direction in objectives.items():
+        name = figure.lower()
+        expected = (
+            "minimize"
+            if any(word in name for word in _SMALLER_IS_BETTER)
+            else "maximize"
+            if any(word in name for word in _LARGER_IS_BETTER)
+            else direction
+        )
+        if direction != expected:
+            print(
+                f"mlrun: warning: the study will {direction} {figure}, which its name says is better "
+                f"{'smaller' if expected == 'minimize' else 'larger'}; set {expected} if that was meant",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def run_study(config: ExperimentConfig, options: StudyOptions, tune_dir: Path) -> dict | None:
