@@ -181,7 +181,9 @@ def make_pruner(config: PrunerConfig, value: str = "last"):
         return pruners.SuccessiveHalvingPruner(**rungs)
     if config.name == "hyperband":
         return pruners.HyperbandPruner(**rungs)
-    return pruners.WilcoxonPruner()
+    with warnings.catch_warnings():  # experimental in Optuna, and warned at every study: the user's choice
+        warnings.simplefilter("ignore", optuna_module().exceptions.ExperimentalWarning)
+        return pruners.WilcoxonPruner()
 
 
 def make_storage(url: str | None, tune_dir: Path, workers: int):
