@@ -67,6 +67,11 @@ def added_head_prefixes(model: nn.Module) -> tuple[str, ...]:
     return tuple(f"{name}." for name in ADDED_HEADS if isinstance(getattr(model, name, None), nn.Module))
 
 
+def head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """The output layer's prefix and those of the classifiers techniques added: every head, e.g. ('head.', 'exits.')."""
+    return (head_prefix(model), *added_head_prefixes(model))
+
+
 def matching(names: list[str], patterns: list[str]) -> list[str]:
     return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 

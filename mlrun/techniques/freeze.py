@@ -23,7 +23,7 @@ from torch import nn
 from mlrun.callbacks import Callback
 from mlrun.config.schema import Duration, DurationField, parse_duration
 from mlrun.errors import UsageError
-from mlrun.models.addressing import added_head_prefixes, block_index, check_patterns, head_prefix, matching
+from mlrun.models.addressing import block_index, check_patterns, head_prefixes, matching
 from mlrun.registry import techniques
 
 
@@ -106,8 +106,7 @@ def freeze(
         raise UsageError("techniques.freeze: name what to freeze with patterns: [...] or but_head: true")
     chosen = set(matching(names, patterns))
     if but_head:
-        heads = (head_prefix(model), *added_head_prefixes(model))
-        chosen |= {n for n in names if not n.startswith(heads)}
+        chosen |= {n for n in names if not n.startswith(head_prefixes(model))}
     chosen -= set(matching(names, keep))
     if not chosen:
         raise UsageError("techniques.freeze: the patterns leave nothing to freeze")

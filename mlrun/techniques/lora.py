@@ -20,7 +20,7 @@ from pydantic import Field, PositiveFloat, PositiveInt
 from torch import nn
 
 from mlrun.errors import UsageError
-from mlrun.models.addressing import ADDED_HEADS, HEAD_NAMES, check_patterns, matching
+from mlrun.models.addressing import ADDED_HEADS, HEAD_NAMES, added_head_prefixes, check_patterns, matching
 from mlrun.registry import techniques
 
 # Layer types peft's LoRA adapts (transformers' GPT-2 Conv1D is matched by name: no import needed).
@@ -93,7 +93,7 @@ def lora(
     peft.inject_adapter_in_model(config, model)  # in place; freezes every non-adapter parameter
     names = [n for n, _ in model.named_parameters()]
     check_patterns(names, trainable, "techniques.lora.trainable")
-    added = tuple(f"{name}." for name in ADDED_HEADS)  # a technique's classifiers train like a new head
+    added = added_head_prefixes(model)  # a technique's classifiers train like a new head
     for name, param in model.named_parameters():
         if matching([name], trainable) or (name.startswith(added) and "lora_" not in name):
             param.requires_grad_(True)

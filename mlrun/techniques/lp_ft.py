@@ -28,7 +28,7 @@ from torch import nn
 from mlrun.callbacks import Callback
 from mlrun.config.schema import Duration, DurationField, parse_duration
 from mlrun.errors import UsageError
-from mlrun.models.addressing import added_head_prefixes, check_patterns, head_prefix, matching
+from mlrun.models.addressing import check_patterns, head_prefixes, matching
 from mlrun.registry import techniques
 
 # Defaults measured on digits transfer (scripts/bench/transfer.py --part lpft, RESULTS.md): the body
@@ -195,8 +195,7 @@ def lp_ft(
         check_patterns(names, head, "techniques.lp_ft.head")
         head_names = set(matching(names, head))
     else:
-        heads = (head_prefix(model), *added_head_prefixes(model))
-        head_names = {n for n in names if n.startswith(heads)}
+        head_names = {n for n in names if n.startswith(head_prefixes(model))}
     params = dict(model.named_parameters())
     body = [params[n] for n in names if n not in head_names]
     if not body:
