@@ -94,7 +94,10 @@ def run_training(
     parts = build_components(
         config, accelerator.num_processes, fitted_transform=fitted, init_weights=resume_from is None
     )
-    prints = {split: fingerprint(getattr(parts.bundle, split)) for split in ("train", "val")}
+    # For manifest.json (the first process writes it) and a resume's data check (every process): a lazy
+    # dataset's fingerprint reads its files' sizes, not worth doing where nothing uses it.
+    wanted = accelerator.is_main_process or resume_from is not None
+    prints = {split: fingerprint(getattr(parts.bundle, split)) for split in ("train", "val")} if wanted else {}
     if resume_from is None:  # a resumed run was checked when it started
         check_components(parts, batch_was_auto, accelerator.device.type)
     else:
