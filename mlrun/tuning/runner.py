@@ -115,21 +115,23 @@ _LARGER_IS_BETTER = ("accuracy", "f1", "auc", "precision", "recall", "r2", "samp
 def warn_unusual_directions(objectives: dict[str, str]) -> None:
     """A warning (not a refusal: a user may mean it) for each figure searched against its name's sense."""
     for figure, direction in objectives.items():
-        name = figure.lower()
-        expected = (
-            "minimize"
-            if any(word in name for word in _SMALLER_IS_BETTER)
-            else "maximize"
-            if any(word in name for word in _LARGER_IS_BETTER)
-            else direction
-        )
-        if direction != expected:
+        expected = _named_direction(figure.lower())
+        if expected is not None and direction != expected:
             print(
                 f"mlrun: warning: the study will {direction} {figure}, which its name says is better "
                 f"{'smaller' if expected == 'minimize' else 'larger'}; set {expected} if that was meant",
                 file=sys.stderr,
                 flush=True,
             )
+
+
+def _named_direction(name: str) -> str | None:
+    """The direction a figure's name says is better, or None when its name says nothing."""
+    if any(word in name for word in _SMALLER_IS_BETTER):
+        return "minimize"
+    if any(word in name for word in _LARGER_IS_BETTER):
+        return "maximize"
+    return None
 
 
 def run_study(config: ExperimentConfig, options: StudyOptions, tune_dir: Path) -> dict | None:
