@@ -113,6 +113,11 @@ def test_a_different_compress_chain_keeps_the_first_and_goes_to_a_new_folder(tmp
     root = tmp_path / "runs/base/compress"
     (root / "2-low_rank/export/onnx").mkdir(parents=True)  # an export made inside a stage
     report = (root / "compress.json").read_text()
+    # As timed on a quiet CPU: a record timed on a busy one is measured again by the next command
+    # (tests/test_compress.py), which would change the figures this test expects to stay.
+    record = json.loads((root / "trained.json").read_text())
+    record["figures"]["latency_spread"] = 0.0
+    (root / "trained.json").write_text(json.dumps(record))
     # A shorter chain that shares nothing: the first chain's stages, exports and report stay.
     other = {**PRUNE, "sparsity": 0.9}
     second = run_cli("compress", compress_config(tmp_path, [other], "second.yaml"), "--json", cwd=tmp_path)
@@ -127,7 +132,9 @@ def test_a_different_compress_chain_keeps_the_first_and_goes_to_a_new_folder(tmp
     assert again.returncode == 0 and "reusing" in again.stderr and "another chain" not in again.stderr
     # The rerun's report is the first's to the digit: stages and the trained model keep their figures
     # (a fresh timing of the trained model beside reused stage timings gave absurd speedups).
-    assert (root / "compress.json").read_text() == report
+    first_report = json.loads(report)
+    first_report["stages"][0].update(latency_spread=0.0, latency_trusted=True)  # the record made quiet above
+    assert json.loads((root / "compress.json").read_text()) == first_report
     third = compress_config(tmp_path, [PRUNE, {**LOW_RANK, "rank": 2}], "third.yaml")
     shares = run_cli("compress", third, cwd=tmp_path)
     assert shares.returncode == 0, shares.stderr
