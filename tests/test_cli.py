@@ -92,6 +92,19 @@ def test_shipped_configs_validate_against_the_json_schema():
         validator.validate(without_model)
 
 
+def test_schema_lets_a_base_file_set_one_nested_key_and_still_refuses_typos():
+    validator = jsonschema.Draft202012Validator(config_schema())
+    derived = {"base": "digits_wide_mlp.yaml", "model": {"hidden_sizes": [32]}, "compress": [{"sparsity": 0.5}]}
+    validator.validate(derived)
+    for typo in ({"model": {"hidden": [32]}}, {"optimizer": {"lrr": 0.1}}, {"trian": {}}):
+        with pytest.raises(jsonschema.ValidationError):
+            validator.validate({"base": "digits_wide_mlp.yaml", **typo})
+    nameless = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    del nameless["model"]["name"]  # without a base, a component names its factory
+    with pytest.raises(jsonschema.ValidationError, match="not valid under any"):
+        validator.validate(nameless)
+
+
 def test_schema_rejects_a_misspelt_setting():
     bad = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
     bad["optimizer"]["lrr"] = 0.1

@@ -19,14 +19,47 @@ DRAFT = "https://json-schema.org/draft/2020-12/schema"
 def config_schema() -> dict[str, Any]:
     schema = ExperimentConfig.model_json_schema()
     schema["$schema"] = DRAFT
-    # A file with `base:` is completed by its base chain, so it may leave required sections out.
-    schema["if"] = {"not": {"required": ["base"]}}
-    schema["then"] = {"required": schema.pop("required", [])}
     for spec_type in _spec_types():
         name = spec_type.__name__
         if name in schema.get("$defs", {}):
             schema["$defs"][name] = _component_schema(spec_type, schema["$defs"][name], schema["$defs"])
-    return schema
+    return _completed_by_base(schema)
+
+
+def _completed_by_base(schema: dict[str, Any]) -> dict[str, Any]:
+    """A file with `base:` is completed by its base chain, so it may leave out any required key at any
+    depth (`model: {hidden_sizes: [64]}` without the base's `name`); unknown keys are still refused.
+
+    The top level checks every file against a copy of the schema that requires nothing (editors complete
+    from it); a file without `base:` must also satisfy the whole schema."""
+    defs = schema.pop("$defs", {})
+    partial = {key: value for key, value in _requiring_nothing(schema).items() if key != "$schema"}
+    whole = {key: value for key, value in schema.items() if key not in ("$schema", "title", "description")}
+    return {
+        "$schema": DRAFT,
+        **partial,
+        "if": {"not": {"required": ["base"]}},
+        "then": whole,
+        "$defs": {**defs, **{f"{name}{PARTIAL}": _requiring_nothing(value) for name, value in defs.items()}},
+    }
+
+
+PARTIAL = "-partial"
+
+
+def _requiring_nothing(node: Any) -> Any:
+    """A copy without `required` (and with references to such copies), except in open objects (a user's
+    own factory), where the required `name` is what identifies the variant."""
+    if isinstance(node, list):
+        return [_requiring_nothing(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    copy = {key: _requiring_nothing(value) for key, value in node.items()}
+    if copy.get("additionalProperties") is not True:
+        copy.pop("required", None)
+    if isinstance(ref := copy.get("$ref"), str) and ref.startswith("#/$defs/"):
+        copy["$ref"] = ref + PARTIAL
+    return copy
 
 
 def _spec_types() -> list[type[ComponentSpec]]:
