@@ -50,7 +50,7 @@ def test_table_has_differing_keys_and_each_runs_results(runs):
         assert row["best val/accuracy"] == max(accuracy)
         assert row["final val/accuracy"] == summary["final"]["val/accuracy"]
         assert row["steps"] == summary["steps"] and row["samples/s"] == summary["samples_per_s"]
-        assert row["peak memory MB"] == pytest.approx(summary["peak_memory_bytes"] / 2**20)
+        assert row["peak memory MiB"] == pytest.approx(summary["peak_memory_bytes"] / 2**20)
     assert [row["optimizer.lr"] for row in report["runs"]] == [1e-2, 1e-3]
 
 

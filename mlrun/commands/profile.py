@@ -14,7 +14,7 @@ from pathlib import Path
 from mlrun.config.load import load_config
 from mlrun.errors import UsageError
 from mlrun.jsonout import print_json
-from mlrun.profiling.units import MB
+from mlrun.profiling.units import MIB
 from mlrun.ranks import first_process
 
 
@@ -86,18 +86,18 @@ def print_figures(f: dict, folder: Path) -> None:
     )
     m = f["memory_bytes"]
     print(
-        f"  memory: parameters {m['parameters'] / MB:.4g} MB, gradients {m['gradients'] / MB:.4g} MB, optimizer "
-        f"state {m['optimizer_state'] / MB:.4g} MB, activations {m['activations'] / MB:.4g} MB; measured peak "
-        f"{m['measured_peak'] / MB:.4g} MB ({f['peak_source']})"
+        f"  memory: parameters {m['parameters'] / MIB:.4g} MiB, gradients {m['gradients'] / MIB:.4g} MiB, optimizer "
+        f"state {m['optimizer_state'] / MIB:.4g} MiB, activations {m['activations'] / MIB:.4g} MiB; measured peak "
+        f"{m['measured_peak'] / MIB:.4g} MiB ({f['peak_source']})"
     )
     if "resident_peak" in m:
         print(
-            f"  resident memory added by training: {m['resident_peak'] / MB:.4g} MB (freed memory glibc keeps included)"
+            f"  resident memory added by training: {m['resident_peak'] / MIB:.4g} MiB (freed memory glibc keeps included)"
         )
     if "estimate_bytes" in f:
         e = f["estimate_bytes"]
         print(
-            f"  estimated peak before running: {e['total'] / MB:.1f} MB, at the {e['peak_at']} "
+            f"  estimated peak before running: {e['total'] / MIB:.1f} MiB, at the {e['peak_at']} "
             f"({100 * (e['total'] / m['measured_peak'] - 1):+.0f}% of measured)"
         )
     if "energy" in f:

@@ -15,7 +15,7 @@ from mlrun.child_process import start_mlrun
 from mlrun.config.load import as_override
 from mlrun.config.schema import ExperimentConfig
 from mlrun.errors import UsageError
-from mlrun.profiling.units import MB
+from mlrun.profiling.units import MIB
 
 
 def cases(config: ExperimentConfig) -> list[tuple[str, list[str]]]:
@@ -53,7 +53,7 @@ def run_matrix(
             }
         )
         print(
-            f"  {name}: peak {rows[-1]['peak_bytes'] / MB:.1f} MB, {rows[-1]['samples_per_s']:.0f} samples/s",
+            f"  {name}: peak {rows[-1]['peak_bytes'] / MIB:.1f} MiB, {rows[-1]['samples_per_s']:.0f} samples/s",
             flush=True,
         )
     base = rows[0]
@@ -72,12 +72,12 @@ def print_matrix(rows: list[dict], config: ExperimentConfig) -> None:
     effective = config.data.batch_size * config.train.grad_accum_steps
     print(f"\nmemory techniques at effective batch {effective} (peak: measured; estimate: predicted before running)")
     print(
-        f"{'case':<28} {'peak MB':>8} {'saved':>6} {'samples/s':>10} {'slowdown':>8} {'estimate MB':>11} {'error':>6}"
+        f"{'case':<28} {'peak MiB':>8} {'saved':>6} {'samples/s':>10} {'slowdown':>8} {'estimate MiB':>11} {'error':>6}"
     )
     for r in rows:
         print(
-            f"{r['case']:<28} {r['peak_bytes'] / MB:>8.1f} {100 * r['memory_saved']:>5.0f}% "
-            f"{r['samples_per_s']:>10.0f} {r['slowdown']:>7.2f}x {r['estimate_bytes'] / MB:>11.1f} "
+            f"{r['case']:<28} {r['peak_bytes'] / MIB:>8.1f} {100 * r['memory_saved']:>5.0f}% "
+            f"{r['samples_per_s']:>10.0f} {r['slowdown']:>7.2f}x {r['estimate_bytes'] / MIB:>11.1f} "
             f"{100 * r['estimate_error']:>+5.0f}%"
         )
 
@@ -92,9 +92,9 @@ def write_chart(rows: list[dict], path: Path) -> Path | None:
         return None
     figure, (memory, speed) = plt.subplots(1, 2, figsize=(11, 0.5 * len(rows) + 1.5), sharey=True)
     names = [r["case"] for r in rows][::-1]
-    memory.barh(names, [r["peak_bytes"] / MB for r in rows][::-1], color="tab:blue", label="measured")
+    memory.barh(names, [r["peak_bytes"] / MIB for r in rows][::-1], color="tab:blue", label="measured")
     memory.scatter(
-        [r["estimate_bytes"] / MB for r in rows][::-1],
+        [r["estimate_bytes"] / MIB for r in rows][::-1],
         names,
         color="black",
         marker="|",
@@ -102,7 +102,7 @@ def write_chart(rows: list[dict], path: Path) -> Path | None:
         label="estimate",
         zorder=3,
     )
-    memory.set_xlabel("peak training memory (MB)")
+    memory.set_xlabel("peak training memory (MiB)")
     memory.legend(loc="lower right")
     speed.barh(names, [r["samples_per_s"] for r in rows][::-1], color="tab:orange")
     speed.set_xlabel("samples/s")

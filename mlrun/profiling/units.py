@@ -1,3 +1,4 @@
-"""Byte units for printed figures."""
+"""Byte units for printed figures: memory in binary mebibytes (MiB, as allocators and `nvidia-smi` count),
+file sizes in decimal megabytes (MB, as `ls -h --si` and the export/compress tables count)."""
 
-MB = 2**20
+MIB = 2**20

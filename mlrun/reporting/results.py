@@ -69,5 +69,5 @@ def result_row(run: RunRecord, metric: str, minimise: bool) -> dict[str, Any]:
         f"final {metric}": final,
         "wall time s": summary.get("wall_time_s"),
         "samples/s": summary.get("samples_per_s"),
-        "peak memory MB": summary["peak_memory_bytes"] / 2**20 if summary.get("peak_memory_bytes") else None,
+        "peak memory MiB": summary["peak_memory_bytes"] / 2**20 if summary.get("peak_memory_bytes") else None,
     }

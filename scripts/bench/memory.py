@@ -69,7 +69,7 @@ def main() -> int:
             losses[name] = json.loads((Path(tmp) / name / "summary.json").read_text())["final"]["val/loss"]
     combined = next(r for r in rows if r["case"] == "bf16+ckpt+accum4")
     loss_change = losses["combined"] / losses["fp32"] - 1
-    print(f"\n{'case':<28} {'peak MB':>8} {'saved':>6} {'slowdown':>8} {'estimate err':>12}")
+    print(f"\n{'case':<28} {'peak MiB':>8} {'saved':>6} {'slowdown':>8} {'estimate err':>12}")
     for r in rows:
         print(
             f"{r['case']:<28} {r['peak_bytes'] / 2**20:>8.1f} {100 * r['memory_saved']:>5.0f}% "
