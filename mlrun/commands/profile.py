@@ -92,7 +92,8 @@ def print_figures(f: dict, folder: Path) -> None:
     )
     if "resident_peak" in m:
         print(
-            f"  resident memory added by training: {m['resident_peak'] / MIB:.4g} MiB (freed memory glibc keeps included)"
+            f"  resident memory added by training: {m['resident_peak'] / MIB:.4g} MiB"
+            " (freed memory glibc keeps included)"
         )
     if "estimate_bytes" in f:
         e = f["estimate_bytes"]
