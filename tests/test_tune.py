@@ -270,14 +270,23 @@ def test_sqlite_is_refused_for_parallel_workers(tmp_path):
     assert result.returncode == 2 and "SQLite" in result.stderr
 
 
-def test_pbt_improves_the_population_over_rounds(tmp_path):
+def pbt_config(folder: Path, **pbt) -> Path:
+    """tune_config's search as population-based training: without the settings only Optuna reads."""
     path = tune_config(
-        tmp_path,
+        folder,
         strategy="pbt",
-        pbt={"population": 4, "rounds": 3},
+        pbt=pbt,
         sampler={"seed": 0},
         space={"optimizer.lr": {"type": "float", "low": 1e-5, "high": 3e-2, "log": True}},
     )
+    config = yaml.safe_load(path.read_text())
+    del config["tune"]["trials"], config["tune"]["pruner"]
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_pbt_improves_the_population_over_rounds(tmp_path):
+    path = pbt_config(tmp_path, population=4, rounds=3)
     result = run_cli("tune", path, "train.epochs=null", "train.max_steps=90", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -288,6 +297,23 @@ def test_pbt_improves_the_population_over_rounds(tmp_path):
     # more rounds than steps failed after 90 one-step rounds, exit 1 (a user trial)
     result = run_cli("tune", path, "train.epochs=null", "train.max_steps=90", "tune.pbt.rounds=100", cwd=tmp_path)
     assert result.returncode == 2 and "set at most 90 rounds" in result.stderr, result.stderr
+
+
+def test_settings_the_strategy_does_not_read_are_refused(tmp_path):
+    """PBT ran with a configured pruner, sampler or trial count silently unused, and Optuna with pbt settings."""
+    path = pbt_config(tmp_path, population=2, rounds=1)
+    assert run_cli("validate", path, cwd=tmp_path).returncode == 0
+    for override, named in (
+        ("tune.pruner={name: hyperband}", "pruner"),
+        ("tune.trials=50", "trials"),
+        ("tune.sampler.name=random", "sampler.name"),
+        ("tune.strategy=optuna", "pbt"),
+    ):
+        refused = run_cli("validate", path, override, cwd=tmp_path)
+        assert refused.returncode == 2 and named in refused.stderr and "Traceback" not in refused.stderr, override
+    for option in (["--trials", "3"], ["--workers", "2"], ["--study", "other"]):
+        refused = run_cli("tune", path, *option, cwd=tmp_path)
+        assert refused.returncode == 2 and option[0] in refused.stderr, refused.stderr
 
 
 def test_tune_refuses_no_trials_and_a_timeout_of_no_time(tmp_path):
@@ -307,6 +333,7 @@ def test_pbt_exploit_copies_the_winners_checkpoint_and_explore_perturbs_its_valu
     tune = TuneConfig(
         metric="val/accuracy",
         direction="maximize",
+        strategy="pbt",
         space={"optimizer.lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True}},
         pbt={"population": 2, "quantile": 0.5, "resample_probability": 0.0, "perturb": (0.8, 1.2)},
     )

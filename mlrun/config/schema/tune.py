@@ -155,6 +155,10 @@ class PBTConfig(Section):
     """Chance that a copied hyperparameter is sampled afresh instead of perturbed."""
 
 
+# What population-based training does not read (it has its own population, rounds and draws).
+OPTUNA_SETTINGS = ("trials", "timeout_s", "pruner", "storage", "objectives", "enqueue_config", "near_best")
+
+
 class TuneConfig(Section):
     """Hyperparameter search over keys of this config (`mlrun tune`)."""
 
@@ -202,5 +206,26 @@ class TuneConfig(Section):
             raise ValueError(
                 "value: best ranks the trials of a training search (strategy: optuna) by their best evaluation; "
                 "population-based training and compress searches (objectives) score their own figures: remove it"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _settings_of_this_strategy(self) -> TuneConfig:
+        # Set and not the default: a run's config.yaml records every setting, defaults included.
+        if self.strategy == "optuna":
+            if self.pbt != PBTConfig():
+                raise ValueError("pbt: settings of strategy: pbt, which this search does not use: remove them")
+            return self
+        unread = [key for key in OPTUNA_SETTINGS if getattr(self, key) != type(self).model_fields[key].default]
+        unread += [
+            f"sampler.{key}"
+            for key, field in SamplerConfig.model_fields.items()
+            if key != "seed" and getattr(self.sampler, key) != field.default
+        ]
+        if unread:
+            raise ValueError(
+                f"{', '.join(unread)}: read by strategy: optuna, not by population-based training, which trains "
+                "pbt.population members in pbt.rounds rounds and draws their values with sampler.seed: remove them "
+                "(set by a base: file, set them back to their defaults)"
             )
         return self
