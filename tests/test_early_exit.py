@@ -201,15 +201,19 @@ def test_a_text_model_with_exits_is_evaluated_on_its_named_inputs(tmp_path):
 def test_compress_stages_keep_the_trained_exits_and_factorize_them(trained_exits):
     """A stage's fine-tune loaded its start weights before the exit heads were added, so every stage
     retrained the exits from fresh (manifest: 'unexpected' exits.*); low_rank's factorized exit heads
-    could not be rebuilt (model_edits named a module the model did not have yet)."""
+    could not be rebuilt (model_edits named a module the model did not have yet); prune_structured narrowed
+    the blocks but not the exit heads reading them, nor did it keep their outputs whole (exit 2)."""
     folder, _ = trained_exits
     stages = [
+        {"name": "prune_structured", "ratio": 0.5, "finetune": {"train.epochs": 1}},
         {"name": "prune", "sparsity": 0.3, "schedule": "one_shot", "finetune": {"train.epochs": 1}},
         {"name": "low_rank", "rank": 2, "finetune": {"train.epochs": 1}},
     ]
     config = write_config(folder, exit_config(compress=stages), name="exits_compress.yaml")
     result = run_cli("compress", config, "--json", cwd=folder)
     assert result.returncode == 0, result.stderr[-2000:]
+    narrowed = yaml.safe_load((folder / "runs/exits/compress/1-prune_structured/config.yaml").read_text())
+    assert {"exits.heads.0.classify", "exits.heads.1.classify"} <= {e["module"] for e in narrowed["model_edits"]}
     for stage in json.loads(result.stdout)["stages"][1:]:  # the first row is the trained model
         stage_dir = folder / stage["dir"]
         started = json.loads((stage_dir / "train" / "manifest.json").read_text())["init_from"]

@@ -26,8 +26,9 @@ from torch import nn
 from mlrun.compression.measure import count_macs
 from mlrun.compression.stage import Stage, StageContext
 from mlrun.errors import UsageError
-from mlrun.models.addressing import weight_layers
+from mlrun.models.addressing import added_head_prefixes, weight_layers
 from mlrun.models.edits import resize_edits, snapshot
+from mlrun.models.exits import find_exits
 from mlrun.registry import stages
 
 Ratio = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -78,6 +79,7 @@ def prune_structured(
         # (prune_head_dims=False) this ratio is what makes it visit the group, it removes no dim.
         pruning_ratio_dict={m.qkv: 0.5 for m in attention.values()},
         ignored_layers=kept,
+        forward_fn=_forward_through_exits if find_exits(model) else None,
         round_to=round_to,
         num_heads={m.qkv: m.heads for m in attention.values()},
         prune_num_heads=bool(attention),
@@ -106,16 +108,25 @@ def prune_structured(
     return Stage(model, edits=resize_edits(before, model), report=report)
 
 
+def _forward_through_exits(model: nn.Module, inputs) -> list:
+    """Every exit's logits and the final head's: the dependency graph is traced from the outputs, and an
+    exit head left out of it would keep its input width while its block narrows."""
+    features = inputs[0] if isinstance(inputs, (list, tuple)) and len(inputs) == 1 else inputs
+    return find_exits(model).collect(model, features)
+
+
 # --- what is pruned -----------------------------------------------------------------------------------
 
 
 def _kept_modules(model: nn.Module, ignored: list[str]) -> list[nn.Module]:
-    """Modules whose outputs keep their width: the output layer, embeddings, `ignored` globs."""
+    """Modules whose outputs keep their width: the output layers, embeddings, `ignored` globs."""
     names = dict(model.named_modules())
     everything = weight_layers(model, [], include_head=True)
     body = {name for name, _ in weight_layers(model, [], include_head=False)}
     layers = [name for name, _ in everything]
     kept = [layer for name, layer in everything if name not in body]  # the output layer (models.addressing' rule)
+    # The classifiers a technique added (early exits) keep their outputs too; their inputs narrow with their block.
+    kept += [layer for name, layer in everything if name.startswith(added_head_prefixes(model))]
     for pattern in ignored:
         matched = [m for n, m in names.items() if n and fnmatch.fnmatchcase(n, pattern)]
         if not matched:
