@@ -36,13 +36,14 @@ def run_tune(
         )
     if workers < 1:
         raise UsageError("--workers must be at least 1")
-    options_given = {"--trials": trials, "--timeout": timeout, "--storage": storage, "--study": study_name}
-    unread = [name for name, value in {**options_given, "--workers": workers > 1 or None}.items() if value is not None]
-    if config.tune.strategy == "pbt" and unread:
-        raise UsageError(
-            f"{', '.join(unread)}: options of an Optuna study; population-based training (tune.strategy: pbt) trains "
-            "tune.pbt.population members in tune.pbt.rounds rounds in this process: remove them"
-        )
+    if config.tune.strategy == "pbt":
+        study_options = {"--trials": trials, "--timeout": timeout, "--storage": storage, "--study": study_name}
+        given = [name for name, value in study_options.items() if value is not None] + ["--workers"] * (workers > 1)
+        if given:
+            raise UsageError(
+                f"{', '.join(given)}: options of an Optuna study; population-based training (tune.strategy: pbt) "
+                "trains tune.pbt.population members in tune.pbt.rounds rounds in this process: remove them"
+            )
     from mlrun.tuning.runner import StudyOptions, run_search
 
     tune = config.tune
