@@ -115,6 +115,13 @@ def test_schema_rejects_a_misspelt_setting():
 def test_schema_command_prints_draft_2020_12(tmp_path):
     result = run_cli("schema", cwd=tmp_path)
     assert json.loads(result.stdout)["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    # --out replaced any file (a config, a run's config.yaml) with the schema (a user trial); an old schema is fine.
+    (tmp_path / "mlrun.yaml").write_text("name: mine\n")
+    refused = run_cli("schema", "--out", "mlrun.yaml", cwd=tmp_path)
+    assert refused.returncode == 2 and "not a JSON Schema" in refused.stderr
+    assert (tmp_path / "mlrun.yaml").read_text() == "name: mine\n"
+    for _ in range(2):
+        assert run_cli("schema", "--out", "schema.json", cwd=tmp_path).returncode == 0
 
 
 def test_init_writes_a_config_that_validates_and_refuses_to_overwrite(tmp_path):

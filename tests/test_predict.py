@@ -190,6 +190,18 @@ def test_unknown_output_suffix_exits_2(table_run):
     assert result.returncode == 2 and "should end in .csv or .jsonl" in result.stderr
 
 
+def test_out_never_replaces_the_input_or_a_runs_records(table_run):
+    """--out replaced a finished run's metrics.jsonl, and the input file itself, with predictions (a user trial)."""
+    records, data = (table_run / "runs/wine/metrics.jsonl").read_bytes(), (table_run / "new.csv").read_bytes()
+    for out, says in (("runs/wine/metrics.jsonl", "inside the mlrun folder"), ("new.csv", "input")):
+        result = run_cli("predict", "runs/wine", "new.csv", "--out", out, cwd=table_run)
+        assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert (table_run / "runs/wine/metrics.jsonl").read_bytes() == records
+    assert (table_run / "new.csv").read_bytes() == data
+    beside = run_cli("predict", "runs/wine", "new.csv", "--out", "runs/wine/predictions.csv", cwd=table_run)
+    assert beside.returncode == 0, beside.stderr  # a new file in the run's folder is the user's own
+
+
 def draw_images(root: Path, per_class: int, seed: int, size: int = 8) -> None:
     """Three classes told apart by which third of the image is bright, with noise."""
     from PIL import Image

@@ -18,11 +18,14 @@ from mlrun.jsonout import print_json
 
 
 def run_predict(model_path: Path, input_path: Path, out: Path | None, checkpoint: str, json_output: bool) -> None:
+    from mlrun.commands.usage import check_not_overwriting
     from mlrun.prediction.inputs import read_inputs
     from mlrun.prediction.model import load_predictor, predict_rows
     from mlrun.prediction.outputs import output_kind, render
 
     kind = output_kind(out)  # a bad suffix is reported before the model loads
+    if out is not None:
+        check_not_overwriting(out, "--out", inputs=(input_path,))
     # Notes printed while the run's data is rebuilt (dedup counts, ...) go to stderr: stdout holds
     # only the predictions or the --json document.
     with contextlib.redirect_stdout(sys.stderr):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mlrun.config.schema import ComponentSpec, ExperimentConfig
+from mlrun.errors import UsageError
 from mlrun.registry import REGISTRIES
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
@@ -108,7 +109,18 @@ def run_schema(out: Path | None) -> None:
     if out is None:
         print(text)
     else:
-        from mlrun.commands.usage import write_named_file
+        from mlrun.commands.usage import check_not_overwriting, write_named_file
 
+        check_not_overwriting(out, "--out")
+        if out.is_file() and not _a_schema(out):
+            raise UsageError(f"--out: '{out}' exists and is not a JSON Schema; give a new file name or remove it")
         write_named_file(out, text + "\n", "--out")
         print(f"mlrun: wrote {out}")
+
+
+def _a_schema(path: Path) -> bool:
+    """Whether `path` holds a JSON Schema (one written before, which --out may replace)."""
+    try:
+        return "$schema" in json.loads(path.read_text())
+    except (ValueError, OSError, TypeError):
+        return False

@@ -3,6 +3,11 @@ and writing a file the command line named."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+# Records that mark a folder as mlrun's: a run (manifest.json), a compress stage or folder, an export.
+_MLRUN_RECORDS = ("manifest.json", "stage.json", "compress.json", "export.json")
+
 
 def override_for_option(option: str, value: str | None) -> str:
     """How to write `--epochs 3` as an override (`train.epochs=3`), from the config's own fields."""
@@ -21,3 +26,22 @@ def write_named_file(path, text: str, what: str) -> None:
         path.write_text(text)
     except OSError as exc:
         raise UsageError(f"{what}: cannot write '{path}' ({exc.strerror or exc}); give a writable path") from None
+
+
+def check_not_overwriting(path: Path, what: str, inputs: tuple[Path, ...] = ()) -> None:
+    """Exit 2 when a file the command line named would replace the command's own input, or a file in
+    a folder mlrun made (a run's metrics.jsonl, a stage's records): no command overwrites another's
+    results (DESIGN §3). New files there are fine."""
+    from mlrun.errors import UsageError
+
+    target = path.resolve()
+    if any(target == given.resolve() for given in inputs):
+        raise UsageError(f"{what}: '{path}' is the command's input; writing it would replace it. Give another file")
+    if not path.exists():
+        return
+    for folder in target.parents:
+        if any((folder / record).is_file() for record in _MLRUN_RECORDS):
+            raise UsageError(
+                f"{what}: '{path}' exists inside the mlrun folder '{folder}', whose records it could be; "
+                "give a new file name, or a path outside that folder"
+            )
