@@ -64,6 +64,16 @@ def test_quickstart_reaches_its_accuracy_and_writes_the_run_directory(tmp_path):
     assert len(list((run / "checkpoints").iterdir())) <= 2  # keep_checkpoints
 
 
+@pytest.mark.parametrize("every, steps", [("1ep", [16, 32, 48]), ("2ep", [32, 48]), ("15st", [15, 30, 45, 48])])
+def test_training_figures_are_logged_in_the_unit_asked(tmp_path, every, steps):
+    """log_every: 1ep logged every step (the count was read as steps, the unit ignored; a user trial)."""
+    config = tiny_config(name=f"log{every}", tracking=["jsonl"])  # 512 training samples of 32: 16 steps an epoch
+    config["train"] = {**config["train"], "log_every": every}
+    run = train_run(tmp_path, config)
+    logged = [line["step"] for line in read_jsonl(run / "metrics.jsonl") if "train/loss" in line]
+    assert logged == steps  # the run's last step is always logged, once
+
+
 def test_tensorboard_events_read_back(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -128,16 +128,17 @@ class TrainingLoop:
         state = self.state
         for tracker in self.parts.trackers:
             tracker.progress(state.step, state.epoch)
-        if state.step % self.parts.config.train.log_every.count == 0 or state.step == self.parts.plan.total_steps:
-            self.window.log()
         self._at_boundary("st", state.step)
         if self.signals.agreed(self.accelerator):
             self._interrupt()
         return self._should_end()
 
     def _at_boundary(self, unit: str, count: int) -> None:
-        """Evaluate and checkpoint when `eval_every` / `checkpoint_every` fall due in this unit."""
+        """Log, evaluate and checkpoint when `log_every` / `eval_every` / `checkpoint_every` fall due in this unit."""
         train = self.parts.config.train
+        last = unit == "st" and count == self.parts.plan.total_steps
+        if (_due(train.log_every, unit, count) or last) and self.window.losses:  # the end of an epoch may be both
+            self.window.log()
         if _due(train.eval_every, unit, count):
             self._evaluate()
         if _due(train.checkpoint_every, unit, count):
