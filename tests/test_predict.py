@@ -443,6 +443,11 @@ def test_npz_images_predict_from_a_table_of_their_values_in_row_major_order(tmp_
         out.writerows(image.reshape(-1).tolist() for image in images[:30])
     report, got, expected = cnn_predictions(tmp_path, "npz_cnn", {"name": "npz", "path": "digits.npz"}, images[:30])
     assert got == expected and report["scores"] is None
+    # A table without its header row lost its first sample as column names; the npz itself failed to decode.
+    np.savetxt(tmp_path / "headless.csv", images[:5].reshape(5, -1), delimiter=",")
+    for given, says in (("headless.csv", "the first row holds numbers"), ("digits.npz", "is an array file")):
+        refused = run_cli("predict", "runs/npz_cnn", given, cwd=tmp_path)
+        assert refused.returncode == 2 and says in refused.stderr, refused.stderr
 
 
 def test_an_export_predicts_with_its_own_copy_of_a_tokenizer_file(tmp_path):

@@ -7,6 +7,7 @@ Rows are named by their 1-based data row (the header is not a row), as in the me
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,24 @@ def read_frame(path: Path):
             "training columns"
         )
     suffix = path.suffix.lower()
+    if suffix in (".npz", ".npy", ".pt", ".safetensors", ".pkl"):  # read as text, they failed on a decode error
+        raise UsageError(
+            f"INPUT: '{path}' is an array file; predict reads a table (.csv, .parquet or .jsonl) of feature "
+            "columns, one row per sample (an image as its values in row-major order)"
+        )
     reader = "jsonl" if suffix in (".jsonl", ".ndjson", ".json") else "parquet" if suffix == ".parquet" else "csv"
     return read_table_file(path, "INPUT", reader)
+
+
+def _a_number(name) -> bool:
+    """Whether a column name is a number (pandas renames a repeated name "0.0" to "0.0.1")."""
+    for text in (str(name), re.sub(r"\.\d+$", "", str(name))):
+        try:
+            float(text)
+            return True
+        except ValueError:
+            pass
+    return False
 
 
 def _first_rows(mask: np.ndarray) -> str:
@@ -152,6 +169,12 @@ def read_feature_columns(path: Path, predictor) -> Inputs:
     source that made images of its rows (digits `as_image`: 64 pixels as 1x8x8, scaled) records the
     scale and shape, and new rows get both."""
     frame = read_frame(path)
+    if len(frame.columns) and all(_a_number(column) for column in frame.columns):  # its first sample became the names
+        raise UsageError(
+            f"{path}: the first row holds numbers, not column names, so it would be taken as the header and "
+            f"not predicted; add a header row (any names, one per feature, plus an optional "
+            f"{'/'.join(LABEL_COLUMNS)} column)"
+        )
     label = next((c for c in LABEL_COLUMNS if c in frame.columns), None)
     columns = [c for c in frame.columns if c != label]
     shape = tuple(predictor.preprocessing.get("reshape") or predictor.meta.input_shape)
