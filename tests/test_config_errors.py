@@ -69,6 +69,8 @@ def test_wrong_type_names_the_value(tmp_path):
         ("data.batch_size=0", "data.batch_size: Input should be greater than 0"),
         ("optimizer.lr=-0.1", "optimizer.lr: Input should be greater than 0"),
         ("data.val_fraction=1.5", "data.val_fraction: Input should be less than 1"),
+        ("seed=-1", "seed: Input should be greater than or equal to 0"),  # numpy's traceback, exit 1
+        ("seed=99999999999", "seed: Input should be less than 4294967296"),
         ("train.precision=bf61", "train.precision: Input should be 'fp32'"),  # a misspelt choice: the closest
         ("train.precision=bf61", "(got 'bf61'). Did you mean 'bf16'?"),
     ],
@@ -81,6 +83,12 @@ def test_base_cycle_is_reported(tmp_path):
     (tmp_path / "a.yaml").write_text("base: b.yaml\nname: a\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     assert_usage_error(run_cli("validate", "a.yaml", cwd=tmp_path), "b.yaml:1: base: cycle")
+
+
+def test_base_given_as_an_override_is_refused(tmp_path):
+    """`base=other.yaml` was silently ignored (a user trial)."""
+    (tmp_path / "a.yaml").write_text(f"base: {QUICKSTART}\nname: a\n")
+    assert_usage_error(run_cli("validate", "a.yaml", "base=other.yaml", cwd=tmp_path), "base is read from the file")
 
 
 def test_missing_base_file_is_reported(tmp_path):

@@ -176,6 +176,11 @@ def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> None:
     parts = key.strip().split(".")
     if any(not p for p in parts):
         raise UsageError(f"{origin}: '{key}' is not a dotted key path like optimizer.lr")
+    if parts[0] == "base":  # it was silently ignored: bases are merged before any override applies
+        raise UsageError(
+            f"{origin}: base is read from the file, before overrides apply; write a config with "
+            f"base: {raw_value.strip() or '...'} and this file's keys, or pass that base's file itself"
+        )
     try:
         value = yaml.load(raw_value, Loader=ConfigLoader) if raw_value.strip() else None
     except yaml.YAMLError as exc:
@@ -204,7 +209,7 @@ def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> None:
             )
         else:
             raise UsageError(f"{origin}: '{_dotted(path[:-1])}' is not a section, so '{key}' does not exist")
-        if isinstance(target, str) and path[0] != "base":
+        if isinstance(target, str):
             # `loss=cross_entropy` then `loss.label_smoothing=0.1`: a bare name becomes {name: ...}.
             _set(data, path, {"name": target})
             target = _get(data, path)

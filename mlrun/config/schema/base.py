@@ -7,9 +7,12 @@ keyword settings (`optimizer: {name: adamw, lr: 3e-4}`), checked against the fac
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# What numpy's and torch's generators take: 0 to 2**32 - 1 (numpy refuses others with a traceback).
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
 class Section(BaseModel):

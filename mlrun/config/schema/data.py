@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, NonNegativeInt, PositiveInt
 
-from mlrun.config.schema.base import ComponentSpec
+from mlrun.config.schema.base import ComponentSpec, Seed
 
 
 def _batch_size(value: Any) -> Any:
@@ -39,7 +39,7 @@ class DataSpec(ComponentSpec):
     """Keep worker processes alive between epochs (with num_workers > 0)."""
     prefetch_factor: PositiveInt | None = None
     """Batches each worker loads ahead (with num_workers > 0); default 2."""
-    seed: int | None = None
+    seed: Seed | None = None
     """The seed the dataset gets (its train/validation split, a synthetic set's draws); default the run's `seed`.
     Fix it to vary a run's initialisation and batch order over `seed` on one split (seed studies, ensembles)."""
     shuffle: bool = True

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from mlrun.config.schema.base import Section
+from mlrun.config.schema.base import Seed, Section
 from mlrun.config.schema.data import DataSpec
 from mlrun.config.schema.distributed import DistributedConfig
 from mlrun.config.schema.model import InitFrom, ModelSpec
@@ -26,8 +26,8 @@ class ExperimentConfig(Section):
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     """Run name; the run directory is <output_dir>/<name>."""
-    seed: int = 0
-    """Seed for every random number generator (python, numpy, torch, data order)."""
+    seed: Seed = 0
+    """Seed for every random number generator (python, numpy, torch, data order); 0 to 2**32 - 1."""
     output_dir: str = "runs"
     """Folder that holds run directories, relative to the working directory."""
     base: str | None = None

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-from mlrun.config.schema.base import Section
+from mlrun.config.schema.base import Seed, Section
 
 
 class ParamSpec(Section):
@@ -70,7 +70,7 @@ class ParamSpec(Section):
 class SamplerConfig(Section):
     name: Literal["tpe", "random", "grid", "cmaes", "gp", "nsga2"] = "tpe"
     """Optuna sampler: tpe | random | grid | cmaes | gp | nsga2."""
-    seed: Annotated[int, Field(ge=0, lt=2**32)] | None = None
+    seed: Seed | None = None
     """Seed of the sampler, for repeatable searches (0 to 2**32 - 1)."""
     startup_trials: NonNegativeInt | None = None
     """tpe / gp / cmaes: trials sampled at random before the model-based search starts (null:
