@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from mlrun.config.schema.base import Seed, Section
+from mlrun.config.schema.base import Section, Seed
 from mlrun.config.schema.data import DataSpec
 from mlrun.config.schema.distributed import DistributedConfig
 from mlrun.config.schema.model import InitFrom, ModelSpec

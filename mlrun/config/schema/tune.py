@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-from mlrun.config.schema.base import Seed, Section
+from mlrun.config.schema.base import Section, Seed
 
 
 class ParamSpec(Section):
