@@ -47,6 +47,7 @@ class Registry:
 
     def __init__(self, kind: str, package: str):
         self.kind = kind
+        self.one = kind[:-2] if kind.endswith("sses") else kind[:-1]  # "loss" of "losses", "model" of "models"
         self.package = package
         self._entries: dict[str, Callable[..., Any]] = {}
         self._traits: dict[str, dict[str, Any]] = {}
@@ -86,9 +87,9 @@ class Registry:
         if name in self._entries:
             return self._entries[name]
         if ":" in name:
-            return _import_path(name, self.kind)
+            return _import_path(name, self.one)
         raise UsageError(
-            f"unknown {self.kind[:-1]} '{name}'.{did_you_mean(name, self._entries)} "
+            f"unknown {self.one} '{name}'.{did_you_mean(name, self._entries)} "
             f"Known: {', '.join(self.names())} (or 'package.module:function' for your own code)."
         )
 
@@ -140,20 +141,32 @@ class Registry:
             raise
         except Exception as exc:
             raise UsageError(
-                f"{self.kind[:-1]} '{name}' (your factory) raised {type(exc).__name__}: {exc}; "
+                f"{self.one} '{name}' (your factory) raised {type(exc).__name__}: {exc}; "
                 "fix it there (--debug shows its traceback)"
             ) from exc
 
 
-def _import_path(path: str, kind: str) -> Callable[..., Any]:
+def _import_path(path: str, one: str) -> Callable[..., Any]:
     module_name, _, attr = path.partition(":")
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", module_name):  # ./mods, mods.py, a/b
+        dotted = re.sub(r"\.py$", "", module_name).strip("./").replace("/", ".")
+        raise UsageError(
+            f"{one} '{path}': '{module_name}' is not a module name; write '{dotted}:{attr}' (a module importable "
+            "from the working directory or PYTHONPATH, dotted, without ./ or .py)"
+        )
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())  # user modules next to the config, without PYTHONPATH=.
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
+        raise UsageError(f"cannot import '{module_name}' for {one} '{path}': {exc}. Is it on PYTHONPATH?") from exc
+    except SyntaxError as exc:
         raise UsageError(
-            f"cannot import '{module_name}' for {kind[:-1]} '{path}': {exc}. Is it on PYTHONPATH?"
+            f"{one} '{path}': {exc.filename}:{exc.lineno}: syntax error ({exc.msg}); fix the module"
+        ) from None
+    except Exception as exc:  # the module's own code failed as it was imported
+        raise UsageError(
+            f"{one} '{path}': importing '{module_name}' raised {type(exc).__name__}: {exc}; fix the module"
         ) from exc
     try:
         factory = getattr(module, attr)
@@ -162,8 +175,8 @@ def _import_path(path: str, kind: str) -> Callable[..., Any]:
         raise UsageError(f"module '{module_name}' has no '{attr}'.{did_you_mean(attr, public)}") from None
     if not callable(factory):
         raise UsageError(
-            f"{kind[:-1]} '{path}' is {type(factory).__name__} {factory!r:.40}, not a function or class; "
-            f"name the factory that builds the {kind[:-1]}"
+            f"{one} '{path}' is {type(factory).__name__} {factory!r:.40}, not a function or class; "
+            f"name the factory that builds the {one}"
         )
     return factory
 

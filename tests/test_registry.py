@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from pydantic import ValidationError
 
 from mlrun.errors import UsageError
-from mlrun.registry import REGISTRIES, Registry, models, optimizers
+from mlrun.registry import REGISTRIES, Registry, losses, models, optimizers
 
 
 def test_unknown_name_suggests_the_closest():
@@ -29,6 +31,24 @@ def test_user_code_by_module_path():
         models.get("tests.fixtures:nope")
     with pytest.raises(UsageError, match="cannot import"):
         models.get("not_a_module_xyz:thing")
+
+
+def test_user_code_that_fails_to_import_or_is_named_as_a_file_exits_2(tmp_path, monkeypatch):
+    """A syntax error or an error raised at import was an "unexpected error" (exit 1); `./mods:f` a TypeError."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "broken_syntax_mod.py").write_text("def make(:\n    pass\n")
+    (tmp_path / "raising_mod.py").write_text("raise RuntimeError('no GPU here')\n")
+    for path, says in (
+        ("broken_syntax_mod:make", "broken_syntax_mod.py:1: syntax error"),
+        ("raising_mod:make", "raised RuntimeError: no GPU here"),
+        ("./mods:make", "write 'mods:make'"),
+        ("pkg/mods.py:make", "write 'pkg.mods:make'"),
+    ):
+        with pytest.raises(UsageError, match=re.escape(says)):
+            models.get(path)
+    with pytest.raises(UsageError, match="unknown loss 'mse2'"):  # was "losse"
+        losses.get("mse2")
 
 
 def test_register_a_new_component_in_one_function():

@@ -40,7 +40,7 @@ def _settings_message(exc: ValidationError, spec: ComponentSpec, path: tuple, so
     lines = []
     for error in exc.errors():
         loc = (*path, *error["loc"])
-        what = f"{registry.kind[:-1]} '{spec.name}'"
+        what = f"{registry.one} '{spec.name}'"
         if error["type"] == "extra_forbidden":
             key = str(error["loc"][-1])
             text = f"unknown setting of {what}.{did_you_mean(key, allowed)} Allowed: {', '.join(allowed)}."

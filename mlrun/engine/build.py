@@ -71,10 +71,10 @@ def build(spec: ComponentSpec, *runtime, returns: type | None = None):
     except (ValueError, ValidationError) as exc:
         if isinstance(exc, UsageError):
             raise
-        raise UsageError(f"{registry.kind[:-1]} '{spec.name}': {exc}") from None
+        raise UsageError(f"{registry.one} '{spec.name}': {exc}") from None
     if returns is not None and not isinstance(built, returns):
         raise UsageError(
-            f"{registry.kind[:-1]} '{spec.name}' returned {type(built).__name__}, not a "
+            f"{registry.one} '{spec.name}' returned {type(built).__name__}, not a "
             f"{returns.__module__}.{returns.__qualname__}; return one from the factory"
         )
     return built
