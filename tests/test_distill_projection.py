@@ -272,5 +272,5 @@ def test_validate_print_counts_the_maps_beside_the_model(tmp_path: Path) -> None
     result = run_cli("validate", narrow_student(tmp_path, "shown"), "--print", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     # The student: 16*8+8 + 8*8+8 + 8*4+4 = 244; the maps: 2 x (8*16+16) = 288.
-    assert "(532 of 532 parameters train, 288 of them beside the model)" in result.stdout
-    assert "distill projections matrices" in result.stdout
+    assert "(532 of 532 parameters train, 288 of them beside the model)" in result.stderr
+    assert "distill projections matrices" in result.stderr

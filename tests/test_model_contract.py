@@ -244,7 +244,7 @@ def test_layer_decay_and_gradual_unfreezing_reach_a_bert_models_layers(tmp_path)
     groups = run_cli("validate", path, "--print", cwd=tmp_path)
     assert groups.returncode == 0, groups.stderr[-2000:]
     # embeddings (layer 0), the 2 BertLayers (1, 2), pooler and classifier (3): lr halves per layer down.
-    assert re.search(r"decay layer 1/3 +6 +[\d,]+ +0\.00025 ", groups.stdout), groups.stdout
+    assert re.search(r"decay layer 1/3 +6 +[\d,]+ +0\.00025 ", groups.stderr), groups.stderr
     result, run = train(tmp_path, config)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "released 1/3 groups" in result.stdout and "released 3/3 groups" in result.stdout

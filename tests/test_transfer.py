@@ -293,7 +293,7 @@ def test_param_group_rules_and_layer_decay_scale_each_group_through_the_schedule
     path = write_config(tmp_path, config)
     result = run_cli("validate", path, "--print", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "optimizer groups" in result.stdout and "decay head.* layer 3/3" in result.stdout
+    assert "optimizer groups" in result.stderr and "decay head.* layer 3/3" in result.stderr
     result = run_cli("validate", path, "optimizer.param_groups=[{match: 'backbone.*', lr_scale: 0.1}]", cwd=tmp_path)
     assert result.returncode == 2 and "pattern 'backbone.*' matches no parameter" in result.stderr
     # a narrower rule after a wider one got nothing, silently (a user trial)

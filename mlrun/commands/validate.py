@@ -7,6 +7,8 @@ nothing) fails now rather than after the training."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 import yaml
@@ -17,8 +19,16 @@ from mlrun.config.schema import ExperimentConfig
 
 def run_validate(path: Path, overrides: list[str], print_config: bool) -> None:
     config = load_config(path, overrides)
-    if print_config:
-        print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+    if not print_config:
+        return check_config(path, config, print_config)
+    # stdout holds the resolved config alone (`mlrun validate c.yaml --print > resolved.yaml` is a config).
+    print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="", flush=True)
+    with contextlib.redirect_stdout(sys.stderr):
+        check_config(path, config, print_config)
+
+
+def check_config(path: Path, config: ExperimentConfig, print_config: bool) -> None:
+    """Build everything, run one batch, apply the compress stages; say so (and the optimizer's groups)."""
     import torch
 
     from mlrun.engine.autobatch import resolve_batch_size
