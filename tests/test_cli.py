@@ -105,6 +105,24 @@ def test_schema_lets_a_base_file_set_one_nested_key_and_still_refuses_typos():
         validator.validate(nameless)
 
 
+def test_schema_agrees_with_the_loader_on_durations_paths_and_ranges():
+    """Found by a user trial: defaults shown as [1, "ep"] (which configs refuse), a bare init_from path
+    refused, batch_size 0, eval_every 0st and seed -1 accepted."""
+    schema = config_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    text = json.dumps(schema)
+    assert '"default": "1ep"' in text and '[1, "ep"]' not in text and '[20, "st"]' not in text
+    quick = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    validator.validate({**quick, "init_from": "runs/starter", "train": {**quick["train"], "eval_every": "2 ep"}})
+    for bad in (
+        {"data": {**quick["data"], "batch_size": 0}},
+        {"train": {**quick["train"], "eval_every": "0st"}},
+        {"seed": -1},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            validator.validate({**quick, **bad})
+
+
 def test_schema_rejects_a_misspelt_setting():
     bad = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
     bad["optimizer"]["lrr"] = 0.1

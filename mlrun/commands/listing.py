@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mlrun.config.schema.duration import as_written
 from mlrun.errors import UsageError, did_you_mean
 from mlrun.jsonout import print_json
 from mlrun.registry import REGISTRIES
@@ -15,7 +16,7 @@ def run_list(kind: str | None, json_output: bool) -> None:
         k: {
             name: {
                 "summary": REGISTRIES[k].summary(name),
-                "settings": [s.__dict__ for s in REGISTRIES[k].settings(name)],
+                "settings": [{**s.__dict__, "default": as_written(s.default)} for s in REGISTRIES[k].settings(name)],
             }
             for name in REGISTRIES[k].names()
         }

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mlrun.config.schema import ComponentSpec, ExperimentConfig
+from mlrun.config.schema.duration import as_written
 from mlrun.errors import UsageError
 from mlrun.registry import REGISTRIES
 
@@ -24,7 +25,19 @@ def config_schema() -> dict[str, Any]:
         name = spec_type.__name__
         if name in schema.get("$defs", {}):
             schema["$defs"][name] = _component_schema(spec_type, schema["$defs"][name], schema["$defs"])
-    return _completed_by_base(schema)
+    return _completed_by_base(_durations_as_written(schema))
+
+
+def _durations_as_written(node: Any) -> Any:
+    """Defaults of durations as configs write them ('1ep'), not as pydantic encodes the tuple ([1, "ep"])."""
+    if isinstance(node, list):
+        return [_durations_as_written(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    copy = {key: _durations_as_written(value) for key, value in node.items()}
+    if "default" in node:
+        copy["default"] = as_written(node["default"])
+    return copy
 
 
 def _completed_by_base(schema: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ class DataSpec(ComponentSpec):
 
     registry_kind = "datasets"
 
-    batch_size: Annotated[int | Literal["auto"], BeforeValidator(_batch_size)] = 64
+    batch_size: Annotated[PositiveInt | Literal["auto"], BeforeValidator(_batch_size)] = 64
     """Samples per training micro-batch, per process; auto: the largest that fits (train.memory_budget_gb)."""
     eval_batch_size: PositiveInt | None = None
     """Samples per evaluation batch; default: 4x batch_size."""

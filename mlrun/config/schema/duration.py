@@ -50,5 +50,18 @@ DurationField = Annotated[
     Duration,
     BeforeValidator(parse_duration),
     PlainSerializer(str, return_type=str),
-    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": r"^\d+(ep|st)?$"}]}),
+    # As parse_duration reads it: at least 1, spaces allowed ("1 ep").
+    WithJsonSchema(
+        {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": r"^\s*0*[1-9]\d*\s*(ep|st)?\s*$"}]}
+    ),
 ]
+
+
+def as_written(value: Any) -> Any:
+    """A duration as a config writes it ('1ep'); anything else as it is (for schemas and listings, where
+    pydantic and json would show the tuple, [1, "ep"], which no config accepts)."""
+    if isinstance(value, Duration):
+        return str(value)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], int) and value[1] in ("ep", "st"):
+        return f"{value[0]}{value[1]}"
+    return value

@@ -47,6 +47,12 @@ class InitFrom(Section):
     def _bare_path(cls, value: Any) -> Any:
         return _weights_path(value)
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema, handler):
+        # The JSON Schema takes the bare path too (`init_from: runs/base`), as _bare_path does.
+        section = handler.resolve_ref_schema(handler(core_schema))
+        return {"anyOf": [{"type": "string", "description": "the path of a weights file or folder"}, section]}
+
     @model_validator(mode="after")
     def _one_source(self, info: ValidationInfo) -> InitFrom:
         if (self.run is None) == (self.path is None):
