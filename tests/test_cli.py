@@ -69,6 +69,8 @@ def test_list_json_has_every_kind(tmp_path):
     }
     assert {"mlp", "cnn", "resnet", "transformer_classifier", "gpt", "transformers"} <= set(entries["models"])
     assert {"supervised", "causal_lm", "model_loss"} <= set(entries["objectives"])
+    probe = next(s for s in entries["techniques"]["lp_ft"]["settings"] if s["name"] == "probe")
+    assert probe["default"] == "1ep"  # as a config writes it (was [1, "ep"])
 
 
 def test_list_unknown_kind_suggests(tmp_path):
