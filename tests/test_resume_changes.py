@@ -149,6 +149,20 @@ def test_auto_resume_with_a_changed_config_is_refused_then_accepted_and_recorded
     assert lrs and max(lrs) <= 0.001
 
 
+def test_a_run_started_from_another_runs_checkpoint_records_what_differs_from_that_run(tmp_path):
+    """A new name with --resume runs/a/checkpoints/step-N recorded no config changes (a user trial): the
+    comparison read the new run's config.yaml, which does not exist yet."""
+    result, _ = train(tmp_path, tiny_config(name="a"))
+    assert result.returncode == 0, result.stderr
+    config = tiny_config(name="b")
+    config["train"] = {**config["train"], "epochs": 4}
+    forked, run = train(tmp_path, config, "--resume", "runs/a/checkpoints/step-00000032")
+    assert forked.returncode == 0, forked.stderr
+    recorded = read(run / "manifest.json")["config_changes"]
+    assert recorded == [{"step": 32, "changes": {"name": ["a", "b"], "train.epochs": [3, 4]}}]
+    assert (run / "preprocessing.pkl").is_file() == (tmp_path / "runs/a/preprocessing.pkl").is_file()
+
+
 def csv_shard(path: Path, seed: int, rows: int = 320) -> None:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(rows, 4)).round(4)

@@ -19,7 +19,7 @@ from mlrun.engine.allocation import (
     read_allocation,
     rescale_position,
 )
-from mlrun.engine.checkpoint import checkpoint_step, latest_checkpoint, resolve_resume
+from mlrun.engine.checkpoint import CHECKPOINTS, checkpoint_step, latest_checkpoint, resolve_resume
 from mlrun.engine.config_change import (
     Changes,
     check_resume_config,
@@ -74,11 +74,13 @@ def run_training(
     # Every rank checks (and raises the same error); only the main process clears anything.
     resume_from, clear = decide_resume(run_dir, resume, overwrite)
     changes: Changes = {}
+    origin = run_dir  # whose records a resume compares with (checkpoint_run)
     recorded, reallocated = config, None  # config.yaml keeps the run's own batch and accumulation
     if resume_from is not None:
         # An explicit checkpoint path asks for the resume by name: a changed config is then expected.
         allowed = allow_config_change or resume != "auto"
-        config, changes = check_resume_config(run_dir, config, resume_from, allowed)  # keeps its batch size
+        origin = checkpoint_run(resume_from, run_dir)  # another run's, for a run forked from its checkpoint
+        config, changes = check_resume_config(origin, config, resume_from, allowed)  # keeps its batch size
         if changes and accelerator.is_main_process:
             print(f"mlrun: resume from {resume_from.name} with config changes:\n{describe(changes)}", file=sys.stderr)
         recorded, saved_allocation = config, read_allocation(resume_from, config)
@@ -89,7 +91,7 @@ def run_training(
     config = resolve_batch_size(config)  # auto -> a number, written to config.yaml so reruns are exact
     recorded = config if reallocated is None else recorded
     # A resumed run goes on with the preprocessing its weights were trained under, even if files changed.
-    fitted = load_fitted_transform(run_dir) if resume_from is not None else None
+    fitted = load_fitted_transform(origin) if resume_from is not None else None
     # A resume continues the run: its checkpoint holds the weights, init_from is not read again.
     parts = build_components(
         config, accelerator.num_processes, fitted_transform=fitted, init_weights=resume_from is None
@@ -101,7 +103,7 @@ def run_training(
     if resume_from is None:  # a resumed run was checked when it started
         check_components(parts, batch_was_auto, accelerator.device.type)
     else:
-        data_changes = check_resume_data(run_dir, prints, allowed)
+        data_changes = check_resume_data(origin, prints, allowed)
         if data_changes and accelerator.is_main_process:
             print(f"mlrun: resume from {resume_from.name} on changed data:\n{describe(data_changes)}", file=sys.stderr)
         changes = {**changes, **data_changes}
@@ -229,6 +231,16 @@ def decide_resume(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | N
     checkpoint = resolve_resume(run_dir, resume)
     # A start that died before its first checkpoint leaves nothing worth keeping.
     return checkpoint, checkpoint is None and run_dir.exists()
+
+
+def checkpoint_run(checkpoint: Path, run_dir: Path) -> Path:
+    """The run whose records (config.yaml, manifest.json, preprocessing) a resume compares with and goes on
+    from: `run_dir` itself, or, when a new run starts from another run's checkpoint (`--resume
+    runs/a/checkpoints/step-N` under another name), run a, so its config changes are named and recorded."""
+    if (run_dir / "config.yaml").is_file() or checkpoint.parent.name != CHECKPOINTS:
+        return run_dir
+    other = checkpoint.parent.parent
+    return other if (other / "config.yaml").is_file() else run_dir
 
 
 def unfinished_extension(run_dir: Path, resume: str, summary: dict) -> Path | None:
