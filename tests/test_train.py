@@ -250,6 +250,11 @@ def test_finished_run_is_not_overwritten_without_flag(tmp_path):
     assert again.returncode == 2 and "--overwrite" in again.stderr
     forced, _ = train(tmp_path, tiny_config(name="once"), "train.epochs=1", "--overwrite")
     assert forced.returncode == 0
+    # A run named into the first one's checkpoints/ was trained among its step folders (a user trial).
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    inside, _ = train(tmp_path, tiny_config(name="checkpoints"), "output_dir=runs/once", "train.epochs=1")
+    assert inside.returncode == 2 and "is the checkpoints of the run" in inside.stderr, inside.stderr
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == checkpoints
 
 
 def test_ema_weights_are_evaluated_and_saved(tmp_path):

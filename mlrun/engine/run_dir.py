@@ -74,6 +74,11 @@ def check_trainable(run_dir: Path, overwrite: bool) -> None:
     """
     from mlrun.errors import UsageError
 
+    if run_dir.name in TRAIN_OUTPUTS and (run_dir.parent / "manifest.json").is_file():  # runs/a/checkpoints
+        raise UsageError(
+            f"'{run_dir}' is the {run_dir.name} of the run '{run_dir.parent}': a run trained there would mix its "
+            "files with that run's. Choose another name=... or output_dir=..."
+        )
     for record, what in NOT_A_RUN.items():
         if (run_dir / record).is_file():
             raise UsageError(
