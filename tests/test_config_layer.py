@@ -21,6 +21,15 @@ def test_base_chain_merges_deeply_and_lists_replace(tmp_path):
     assert config.base is None  # resolved configs are self-contained
 
 
+def test_a_base_component_of_another_factory_is_replaced_not_merged(tmp_path):
+    """`model: {name: cnn}` over a base's mlp kept hidden_sizes, which cnn refused (a user trial)."""
+    write_config(tmp_path, tiny_config(), "base.yaml")  # model: {name: mlp, hidden_sizes: [32], dropout: 0.0}
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nmodel: {name: cnn, channels: [8]}\noptimizer: {lr: 0.5}\n")
+    config = load_config(tmp_path / "child.yaml")
+    assert config.model.name == "cnn" and config.model.settings == {"channels": [8]}
+    assert config.optimizer.name == "adamw"  # the same factory (no name given) still merges
+
+
 def test_overrides_are_yaml_typed_and_mapping_replaces_section(tmp_path):
     path = write_config(tmp_path, tiny_config())
     config = load_config(path, ["train.epochs=7", "model.hidden_sizes=[8, 8]", "optimizer={name: sgd, lr: 0.1}"])

@@ -148,16 +148,21 @@ def _load_with_bases(path: Path, sources: SourceMap, chain: tuple[Path, ...]) ->
 
 
 def _deep_merge(into: dict[str, Any], top: dict[str, Any], sources: SourceMap, top_sources: SourceMap, at: KeyPath):
-    """Mappings merge key by key; anything else (lists included) replaces."""
+    """Mappings merge key by key; anything else (lists included) replaces, and so does a component that names
+    another factory (`model: {name: cnn}` over a base's mlp: the mlp's settings are not the cnn's)."""
     for key, value in top.items():
         here = at + (key,)
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
+        if isinstance(value, dict) and isinstance(into.get(key), dict) and not _other_factory(into[key], value):
             sources.set(here, top_sources.where(here))
             _deep_merge(into[key], value, sources, top_sources, here)
         else:
             into[key] = value
             sources.drop_under(here)
             sources.update(top_sources.under(here))
+
+
+def _other_factory(base: dict[str, Any], top: dict[str, Any]) -> bool:
+    return "name" in base and "name" in top and base["name"] != top["name"]
 
 
 # --- overrides --------------------------------------------------------------------------------
