@@ -85,6 +85,22 @@ def test_base_cycle_is_reported(tmp_path):
     assert_usage_error(run_cli("validate", "a.yaml", cwd=tmp_path), "b.yaml:1: base: cycle")
 
 
+def test_folders_empty_files_and_numbers_for_names_get_their_own_message(tmp_path):
+    """Found by a user trial: "not found. It is a directory.", a bare list of missing keys for an empty
+    file, "base: '..' not found", and name=123 without a word on quoting."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("name: x\n")
+    (tmp_path / "empty.yaml").write_text("")
+    (tmp_path / "up.yaml").write_text("base: run\nname: a\n")
+    for args, says in (
+        (["run"], "'run' is a folder; give the YAML file itself (a run's is its config.yaml)"),
+        (["empty.yaml"], "empty.yaml: the file is empty"),
+        (["up.yaml"], "base: 'run' is a folder"),
+        ([str(QUICKSTART), "name=123"], "YAML reads it as a number: quote it ('123')"),
+    ):
+        assert_usage_error(run_cli("validate", *args, cwd=tmp_path), says)
+
+
 def test_base_given_as_an_override_is_refused(tmp_path):
     """`base=other.yaml` was silently ignored (a user trial)."""
     (tmp_path / "a.yaml").write_text(f"base: {QUICKSTART}\nname: a\n")

@@ -248,6 +248,8 @@ def test_finished_run_is_not_overwritten_without_flag(tmp_path):
     assert result.returncode == 0
     again, _ = train(tmp_path, tiny_config(name="once"), "train.epochs=1")
     assert again.returncode == 2 and "--overwrite" in again.stderr
+    never, _ = train(tmp_path, tiny_config(name="once"), "train.epochs=1", "--resume", "never")
+    assert never.returncode == 2 and "already finished" in never.stderr  # it advised --resume auto, which refused
     forced, _ = train(tmp_path, tiny_config(name="once"), "train.epochs=1", "--overwrite")
     assert forced.returncode == 0
     # A run named into the first one's checkpoints/ was trained among its step folders (a user trial).

@@ -80,6 +80,9 @@ def _explain(error: dict[str, Any], model: type[BaseModel], loc: KeyPath) -> str
         message += f" (got {value!r})"
     if kind == "literal_error" and isinstance(value, str):  # a misspelt choice: name the closest one
         return message + "." + did_you_mean(value, re.findall(r"'([^']*)'", error.get("ctx", {}).get("expected", "")))
+    if kind == "string_type" and isinstance(value, (int, float, bool)):  # YAML read `name: 123` as a number
+        read_as = "true/false" if isinstance(value, bool) else "a number"
+        return message + f". YAML reads it as {read_as}: quote it ('{value}')."
     return message + "."
 
 

@@ -74,16 +74,18 @@ ConfigLoader.add_implicit_resolver(
 
 def read_yaml(path: Path, sources: SourceMap) -> dict[str, Any]:
     """A YAML mapping read with the safe loader; records `file:line` for every key."""
+    if path.is_dir():
+        inside = " (a run's is its config.yaml)" if (path / "config.yaml").is_file() else ""
+        raise UsageError(f"config file '{path}' is a folder; give the YAML file itself{inside}")
     if not path.is_file():
-        hint = " It is a directory." if path.is_dir() else " Check the path (relative to the working directory)."
-        raise UsageError(f"config file '{path}' not found.{hint}")
+        raise UsageError(f"config file '{path}' not found. Check the path (relative to the working directory).")
     text = path.read_text(encoding="utf-8")
     try:
         node = yaml.compose(text, Loader=ConfigLoader)
     except yaml.YAMLError as exc:
         raise UsageError(f"{_yaml_where(path, exc)}: invalid YAML: {_yaml_problem(exc)}") from None
     if node is None:
-        return {}
+        raise UsageError(f"{path}: the file is empty; a config needs name, model, data and train (`mlrun init` writes one)")
     if not isinstance(node, yaml.MappingNode):
         raise UsageError(f"{path}:{node.start_mark.line + 1}: a config must be a mapping of keys to values")
     return _to_python(node, path, (), sources)
@@ -134,6 +136,8 @@ def _load_with_bases(path: Path, sources: SourceMap, chain: tuple[Path, ...]) ->
     if not isinstance(base, str):
         raise UsageError(f"{own_sources.where(('base',))}: base: expected a path to a YAML file, got {base!r}")
     base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+    if base_path.is_dir():
+        raise UsageError(f"{own_sources.where(('base',))}: base: '{base}' is a folder; name the YAML file it extends")
     if not base_path.is_file():
         raise UsageError(f"{own_sources.where(('base',))}: base: '{base}' not found (looked for {base_path}).")
     if base_path.resolve() in (*chain, resolved):

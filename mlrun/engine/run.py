@@ -219,7 +219,7 @@ def decide_resume(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | N
     summary = read_summary(run_dir)
     if summary and summary["status"] in FINISHED and (going_on := unfinished_extension(run_dir, resume, summary)):
         return going_on, False
-    if summary and summary["status"] in FINISHED and resume == "auto":
+    if summary and summary["status"] in FINISHED and resume in ("auto", "never"):
         latest = latest_checkpoint(run_dir)
         extend = f"--resume {latest} to continue from its last checkpoint (e.g. with more epochs), " if latest else ""
         raise UsageError(
