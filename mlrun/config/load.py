@@ -85,7 +85,9 @@ def read_yaml(path: Path, sources: SourceMap) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise UsageError(f"{_yaml_where(path, exc)}: invalid YAML: {_yaml_problem(exc)}") from None
     if node is None:
-        raise UsageError(f"{path}: the file is empty; a config needs name, model, data and train (`mlrun init` writes one)")
+        raise UsageError(
+            f"{path}: the file is empty; a config needs name, model, data and train (`mlrun init` writes one)"
+        )
     if not isinstance(node, yaml.MappingNode):
         raise UsageError(f"{path}:{node.start_mark.line + 1}: a config must be a mapping of keys to values")
     return _to_python(node, path, (), sources)
