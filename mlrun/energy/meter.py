@@ -122,13 +122,14 @@ SOURCE_TEXT = {
 
 
 def describe_energy(energy: dict) -> str:
-    """One line for terminals: '5.3e-06 kWh, 0.0025 g CO2 at 475 g/kWh, 13 mJ/sample (...) [ESTIMATE]'."""
+    """One line for terminals: '5.3e-06 kWh, 0.002518 g CO2 at 475 g/kWh, 13.07 mJ/sample (...) [ESTIMATE]' (four
+    significant digits, as every printed figure)."""
     per_sample = energy.get("joules_per_sample")
-    per = f", {per_sample * 1e3:.3g} mJ/sample" if per_sample is not None else ""
+    per = f", {per_sample * 1e3:.4g} mJ/sample" if per_sample is not None else ""
     sources = ", ".join(SOURCE_TEXT.get(part["source"], part["source"]) for part in energy["parts"])
     label = " [ESTIMATE]" if energy["estimate"] else ""
     return (
-        f"{energy['kwh']:.3g} kWh, {energy['co2_g']:.3g} g CO2 at {energy['grid_g_per_kwh']:g} g/kWh{per} "
+        f"{energy['kwh']:.4g} kWh, {energy['co2_g']:.4g} g CO2 at {energy['grid_g_per_kwh']:g} g/kWh{per} "
         f"({sources}){label}"
     )
 
