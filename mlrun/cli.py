@@ -57,10 +57,17 @@ def train(
         str, typer.Option(help="auto: continue an unfinished run; never; or a checkpoint path.")
     ] = "auto",
     overwrite: Annotated[
-        bool, typer.Option(help="Restart training from scratch (keeps lr_find/, tune/, profile/, compress/, export/).")
+        bool,
+        typer.Option(
+            "--overwrite", help="Restart training from scratch (keeps lr_find/, tune/, profile/, compress/, export/)."
+        ),
     ] = False,
     allow_config_change: Annotated[
-        bool, typer.Option(help="Resume even if the config differs from the run's (recorded in manifest.json).")
+        bool,
+        typer.Option(
+            "--allow-config-change",
+            help="Resume even if the config differs from the run's (recorded in manifest.json).",
+        ),
     ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the run's summary.json at the end.")] = False,
 ) -> None:
@@ -88,11 +95,15 @@ def profile(
     overrides: Overrides = None,
     steps: Annotated[int, typer.Option(help="Measured optimizer steps.")] = 20,
     warmup: Annotated[int, typer.Option(help="Steps run before measuring.")] = 3,
-    matrix: Annotated[bool, typer.Option(help="Compare precision, checkpointing, accumulation, optimizers.")] = False,
-    estimate: Annotated[
-        bool, typer.Option(help="Predict peak memory before running; show it beside the measure.")
+    matrix: Annotated[
+        bool, typer.Option("--matrix", help="Compare precision, checkpointing, accumulation, optimizers.")
     ] = False,
-    trace: Annotated[bool, typer.Option(help="Write a torch.profiler trace to runs/<name>/profile/trace.")] = False,
+    estimate: Annotated[
+        bool, typer.Option("--estimate", help="Predict peak memory before running; show it beside the measure.")
+    ] = False,
+    trace: Annotated[
+        bool, typer.Option("--trace", help="Write a torch.profiler trace to runs/<name>/profile/trace.")
+    ] = False,
     json_output: Json = False,
 ) -> None:
     """Measure throughput, step-time breakdown, MFU and memory of a config, with advice."""
@@ -288,7 +299,7 @@ def schema(out: Annotated[Optional[Path], typer.Option(help="Write to this file 
 @app.command()
 def init(
     path: Annotated[Path, typer.Argument(help="Where to write the starter config.")] = Path("mlrun.yaml"),
-    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a commented starter config that trains out of the box."""
     from mlrun.commands.init import run_init
