@@ -165,7 +165,9 @@ def export(
 @app.command(name="eval")
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory, e.g. runs/quickstart.")],
-    overrides: Overrides = None,
+    overrides: Annotated[
+        Optional[list[str]], typer.Argument(help="overrides of the run's config, e.g. data.path=other.csv")
+    ] = None,
     checkpoint: Annotated[
         str,
         typer.Option(
@@ -187,7 +189,10 @@ def evaluate(
 @app.command()
 def compress(
     target: Annotated[Path, typer.Argument(help="A config whose run is trained, or a run directory.")],
-    overrides: Overrides = None,
+    overrides: Annotated[
+        Optional[list[str]],
+        typer.Argument(help="compress/name/output_dir overrides, e.g. 'compress.0.finetune={optimizer.lr: 1e-4}'"),
+    ] = None,
     json_output: Json = False,
 ) -> None:
     """Run the `compress:` stages (prune, distill, QAT, low-rank, cluster) from a trained run's weights."""

@@ -182,6 +182,11 @@ def test_stages_that_cannot_apply_exit_2_before_any_work(tmp_path: Path) -> None
     result = compress(tmp_path, untrained, "name=other", "train.epochs=2")  # the advice trains the run named here
     assert result.returncode == 2, result.stderr
     assert f"train it first: mlrun train {untrained} name=other train.epochs=2" in result.stderr, result.stderr
+    # Keys outside compress were silently ignored by the stages' fine-tunes (a user trial).
+    config = with_stages(tmp_path, base, [{"name": "prune", "finetune": False}])
+    ignored = compress(tmp_path, config, "optimizer.lr=0.9")
+    assert ignored.returncode == 2 and "compress.<n>.finetune" in ignored.stderr, ignored.stderr
+    assert not (tmp_path / "runs/base/compress").exists()
 
 
 def test_validate_applies_the_stages_to_the_model_as_built_then_to_the_trained_run(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ def run_compress_command(target: Path, overrides: list[str], json_output: bool) 
                 f"compress starts from a trained run, and '{source_dir}' has no final weights "
                 f"(model.safetensors); train it first: {train_command(target, overrides)}"
             )
+    check_overrides_read(overrides)  # after the advice to train, which carries every override
     report = run_compress(config.compress, source_dir)
     if json_output:
         print_json(report)
@@ -37,6 +38,22 @@ def run_compress_command(target: Path, overrides: list[str], json_output: bool) 
         for note in [*baseline_notes(report["stages"]), *latency_notes(report["stages"])]:
             print(f"  note: {note}")
         print(f"mlrun: wrote {Path(report['folder']) / 'compress.json'}; export a stage with mlrun export <stage dir>")
+
+
+# The keys compress reads: its stages, and the run they start from. The fine-tunes train with the
+# trained run's own config.yaml, changed by each stage's `finetune:`.
+READ_KEYS = ("compress", "name", "output_dir")
+
+
+def check_overrides_read(overrides: list[str], command: str = "compress") -> None:
+    """Exit 2 on an override compress would not read (`optimizer.lr=...` was silently ignored)."""
+    unread = [text for text in overrides if text.partition("=")[0].strip().split(".")[0] not in READ_KEYS]
+    if unread:
+        raise UsageError(
+            f"{command} reads the compress stages and the run they start from (compress..., name, output_dir), "
+            f"not {', '.join(repr(text) for text in unread)}: a stage's fine-tune trains with the run's own "
+            "config; change it there with compress.<n>.finetune, e.g. 'compress.0.finetune={optimizer.lr: 1e-4}'"
+        )
 
 
 def baseline_notes(rows: list[dict[str, Any]]) -> list[str]:
