@@ -304,6 +304,18 @@ def test_compress_table_notes_noisy_latency_and_slow_int8_stages():
     assert latency_notes([{**r, "latency_spread": 0.0} for r in rows[:1]]) == []
 
 
+def test_a_stages_speedups_are_untrusted_when_the_trained_timing_is():
+    """A quiet stage beside a noisy trained timing read latency_trusted: true with a 95x speedup (a user trial)."""
+    from mlrun.compression.run import mark_latency_trust
+
+    rows = [{"latency_spread": 0.27}, {"latency_spread": 0.01}]
+    mark_latency_trust(rows)
+    assert [row["latency_trusted"] for row in rows] == [False, False]
+    rows = [{"latency_spread": 0.01}, {"latency_spread": 0.5}, {"latency_spread": 0.02}]
+    mark_latency_trust(rows)
+    assert [row["latency_trusted"] for row in rows] == [True, False, True]
+
+
 def test_the_trained_models_figures_are_kept_unless_a_busy_cpu_timed_them(tmp_path: Path, monkeypatch) -> None:
     """trained.json is reused by reruns (same key), except a record whose timing spread says the CPU was
     busy: a rerun on a quiet machine then measures again and mends it."""

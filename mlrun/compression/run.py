@@ -83,12 +83,19 @@ def run_compress(
         rows.append({"stage": spec.name, "dir": str(stage_dir), **result, "file_bytes": loaded.stat().st_size})
     for row in rows[1:]:
         row["vs_trained"] = ratios(rows[0], row)
-    for row in rows:  # timed while another process held the CPU: its ms and speedups are not to be trusted
-        row["latency_trusted"] = row.get("latency_spread", 0.0) <= SPREAD_LIMIT
+    mark_latency_trust(rows)
     report = {"source": str(source_dir), "folder": str(root), "stages": rows}
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "compress.json", report)
     return report
+
+
+def mark_latency_trust(rows: list[dict[str, Any]]) -> None:
+    """`latency_trusted` of each row (the trained model's first): false when its timing, or the trained
+    model's that its speedups divide by, varied past SPREAD_LIMIT (another process held the CPU)."""
+    quiet = [row.get("latency_spread", 0.0) <= SPREAD_LIMIT for row in rows]
+    for row, own in zip(rows, quiet):
+        row["latency_trusted"] = own and quiet[0]
 
 
 # --- which folder a chain goes to -------------------------------------------------------------------
