@@ -167,6 +167,8 @@ def test_stages_that_cannot_apply_exit_2_before_any_work(tmp_path: Path) -> None
         "teacher": ({"name": "distill", "teacher": "runs/three", "finetune": {"train.epochs": 1}}, "do not fit"),
         "layers": ({"name": "prune", "layers": ["blocks.9*"]}, "blocks.9*"),
         "no fine-tuning": ({"name": "distill", "finetune": False}, "fine-tuning"),
+        # validate passed it, then compress failed mid-chain on a pattern the user never set (a user trial)
+        "model in finetune": ({"name": "prune", "finetune": {"model.hidden_sizes": [16]}}, "stage's own model"),
     }
     for label, (stage, message) in cases.items():
         # A valid first stage: nothing of it may be written when the second cannot apply.
