@@ -183,6 +183,10 @@ def test_a_space_of_few_chains_points_to_the_grid(searched) -> None:
     sampled = run_cli("tune", "base.yaml", cwd=folder)
     assert sampled.returncode == 0, sampled.stderr
     assert "tune.space holds 12 chains" in sampled.stderr and "tune.sampler: {name: grid}" in sampled.stderr
+    # The member to export is the best on the first objective (it was trial 0's, at chance accuracy; a user trial).
+    front = json.loads(next(folder.glob("runs/base/tune*/compress/pareto.json")).read_text())["front"]
+    best = max(front, key=lambda member: member["values"]["val/accuracy"])
+    assert f"export a member (the best val/accuracy): mlrun export {best['dir']}" in sampled.stdout, sampled.stdout
     gridded = run_cli("tune", "base.yaml", "tune.sampler={name: grid, seed: 0}", cwd=folder)
     assert gridded.returncode == 0 and "chains" not in gridded.stderr, gridded.stderr
 

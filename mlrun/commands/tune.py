@@ -149,7 +149,11 @@ def print_front(summary: dict) -> None:
     )
     print(front_table(summary))
     plot = f"{summary['plot']}, " if summary["plot"] else "no PNG (needs matplotlib and two objectives), "
+    # The member best on the first objective (the trial numbered first may be any corner, e.g. chance accuracy).
+    first, direction = next(iter(summary["objectives"].items()))
+    choose = max if direction == "maximize" else min
+    best = choose(summary["front"], key=lambda member: member["values"][first])
     print(
         f"mlrun: wrote {folder / 'pareto.json'}, {plot}trials.csv, summary.json; "
-        f"export a member: mlrun export {summary['front'][0]['dir']}"
+        f"export a member (the best {first}): mlrun export {best['dir']}"
     )
