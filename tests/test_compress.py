@@ -79,13 +79,14 @@ def test_prune_reaches_the_sparsity_and_a_killed_fine_tuning_resumes_exactly(tmp
 def test_chain_prune_then_distil_a_student_exports_a_verified_onnx(tmp_path: Path) -> None:
     base = trained(tmp_path)
     stages = [
-        {"name": "prune", "sparsity": 0.5, "scope": "layer", "schedule": "one_shot", "finetune": False},
+        {"name": "prune", "sparsity": 0.5, "scope": "layer", "finetune": False},
         {"name": "distill", "student": {"name": "mlp", "hidden_sizes": [16]}, "finetune": {"train.epochs": 2}},
     ]
     config = with_stages(tmp_path, base, stages)
     first = compress(tmp_path, config, "--json")
     assert first.returncode == 0, first.stderr
     rows = json.loads(first.stdout)["stages"]
+    assert rows[1]["report"]["schedule"] == "one_shot"  # cubic has no steps to ramp over (it reported cubic)
     assert [row["stage"] for row in rows] == ["trained", "prune", "distill"]
     assert rows[2]["parameters"] < rows[0]["parameters"] / 3  # the student
     assert rows[2]["vs_trained"]["smaller"] > 3
@@ -169,6 +170,7 @@ def test_stages_that_cannot_apply_exit_2_before_any_work(tmp_path: Path) -> None
         "no fine-tuning": ({"name": "distill", "finetune": False}, "fine-tuning"),
         # validate passed it, then compress failed mid-chain on a pattern the user never set (a user trial)
         "model in finetune": ({"name": "prune", "finetune": {"model.hidden_sizes": [16]}}, "stage's own model"),
+        "ramp of one_shot": ({"name": "prune", "schedule": "one_shot", "ramp": 0.5}, "settings of schedule: cubic"),
     }
     for label, (stage, message) in cases.items():
         # A valid first stage: nothing of it may be written when the second cannot apply.

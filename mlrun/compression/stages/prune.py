@@ -20,6 +20,7 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 from mlrun.compression.stage import Stage, StageContext
+from mlrun.errors import UsageError
 from mlrun.models.addressing import weight_layers
 from mlrun.registry import stages
 from mlrun.techniques.magnitude_pruning import Sparsity, check_not_emptied, magnitude_masks
@@ -28,6 +29,9 @@ from mlrun.techniques.magnitude_pruning import Sparsity, check_not_emptied, magn
 def round_target(sparsity: float, round_: int, rounds: int) -> float:
     """Sparsity after round `round_` of `rounds`: equal shares of the remaining weights each round."""
     return 1.0 - (1.0 - sparsity) ** (round_ / rounds)
+
+
+RAMP, EVERY = 0.75, 10  # the cubic schedule's defaults
 
 
 @stages.register("prune")
@@ -39,8 +43,8 @@ def prune(
     sparsity: Sparsity = 0.8,
     scope: Literal["global", "layer"] = "global",
     schedule: Literal["cubic", "one_shot"] = "cubic",
-    ramp: Annotated[float, Field(gt=0.0, le=1.0)] = 0.75,
-    every: PositiveInt = 10,
+    ramp: Annotated[float, Field(gt=0.0, le=1.0)] = RAMP,
+    every: PositiveInt = EVERY,
     layers: list[str] = [],  # noqa: B006 - never mutated
     include_head: bool = False,
 ) -> Stage:
@@ -55,6 +59,8 @@ def prune(
         layers: module names (globs) to prune; default every Linear/Conv layer but the output layer.
         include_head: prune the output layer too.
     """
+    if schedule == "one_shot" and (ramp, every) != (RAMP, EVERY):  # they shape the cubic ramp only
+        raise UsageError("ramp and every are settings of schedule: cubic; remove them, or use schedule: cubic")
     selected = weight_layers(model, layers, include_head)
     if not selected:
         raise ValueError("the model has no Linear or Conv layer to prune")
@@ -84,5 +90,11 @@ def prune(
     return Stage(
         model,
         techniques=[technique],
-        report={"target_sparsity": target, "layers": len(names), "pruned_weights": total - kept, "schedule": schedule},
+        # The schedule that ran: cubic needs fine-tuning steps to ramp over, without them it prunes at once.
+        report={
+            "target_sparsity": target,
+            "layers": len(names),
+            "pruned_weights": total - kept,
+            "schedule": "cubic" if gradual else "one_shot",
+        },
     )
