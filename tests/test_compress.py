@@ -186,6 +186,11 @@ def test_stages_that_cannot_apply_exit_2_before_any_work(tmp_path: Path) -> None
     result = compress(tmp_path, untrained, "name=other", "train.epochs=2")  # the advice trains the run named here
     assert result.returncode == 2, result.stderr
     assert f"train it first: mlrun train {untrained} name=other train.epochs=2" in result.stderr, result.stderr
+    # An unfinished run folder: the advice named --checkpoint, which compress does not take (a user trial).
+    shutil.copytree(tmp_path / "runs/base", tmp_path / "runs/half")
+    (tmp_path / "runs/half/model.safetensors").unlink()
+    half = compress(tmp_path, tmp_path / "runs/half", "compress=[{name: prune, finetune: false}]")
+    assert half.returncode == 2 and "finish it: mlrun train" in half.stderr and "--checkpoint" not in half.stderr
     # Keys outside compress were silently ignored by the stages' fine-tunes (a user trial).
     config = with_stages(tmp_path, base, [{"name": "prune", "finetune": False}])
     ignored = compress(tmp_path, config, "optimizer.lr=0.9")

@@ -21,14 +21,16 @@ def run_compress_command(target: Path, overrides: list[str], json_output: bool) 
 
     if target.is_dir():
         source_dir, config = target, load_config(target / "config.yaml", overrides)
+        train = f"finish it: mlrun train {target / 'config.yaml'} (it resumes)"
     else:
         config = load_config(target, overrides)
         source_dir = Path(config.output_dir) / config.name
-        if not (source_dir / "model.safetensors").is_file():
-            raise UsageError(
-                f"compress starts from a trained run, and '{source_dir}' has no final weights "
-                f"(model.safetensors); train it first: {train_command(target, overrides)}"
-            )
+        train = f"train it first: {train_command(target, overrides)}"
+    if not (source_dir / "model.safetensors").is_file():
+        raise UsageError(
+            f"compress starts from a trained run, and '{source_dir}' has no final weights (model.safetensors); "
+            + train
+        )
     check_overrides_read(overrides)  # after the advice to train, which carries every override
     report = run_compress(config.compress, source_dir)
     if json_output:
