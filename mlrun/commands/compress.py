@@ -28,8 +28,7 @@ def run_compress_command(target: Path, overrides: list[str], json_output: bool) 
         train = f"train it first: {train_command(target, overrides)}"
     if not (source_dir / "model.safetensors").is_file():
         raise UsageError(
-            f"compress starts from a trained run, and '{source_dir}' has no final weights (model.safetensors); "
-            + train
+            f"compress starts from a trained run, and '{source_dir}' has no final weights (model.safetensors); " + train
         )
     check_overrides_read(overrides)  # after the advice to train, which carries every override
     report = run_compress(config.compress, source_dir)
