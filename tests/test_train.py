@@ -243,6 +243,26 @@ def test_signal_saves_a_checkpoint_and_marks_interrupted(tmp_path, sig, code):
     assert f"{ended['train_time_s']:.1f}s of training" in again.stdout, again.stdout
 
 
+def test_a_signal_during_the_final_evaluation_still_stops_the_command(tmp_path, monkeypatch):
+    """Ctrl-C while a run evaluated and saved at its end was acknowledged, then dropped: exit 0, and a
+    compress chain went on to its next stage (a user trial)."""
+    import os
+
+    from mlrun.engine.loop import TrainingLoop
+
+    finish = TrainingLoop._finish
+
+    def interrupted_finish(loop):
+        os.kill(os.getpid(), signal.SIGINT)  # handled by the loop's handler: a flag, as a real Ctrl-C
+        finish(loop)
+
+    monkeypatch.setattr(TrainingLoop, "_finish", interrupted_finish)
+    result, run = train(tmp_path, tiny_config(name="last"), "train.epochs=1")
+    assert result.returncode == 130 and "as the run finished" in result.stderr, result.stderr
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+    assert (run / "model.safetensors").is_file()
+
+
 def test_finished_run_is_not_overwritten_without_flag(tmp_path):
     result, run = train(tmp_path, tiny_config(name="once"), "train.epochs=1")
     assert result.returncode == 0

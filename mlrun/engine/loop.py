@@ -2,10 +2,10 @@
 
     prepare -> [accumulate: forward, backward, clip, step] -> log / evaluate / checkpoint -> save
 
-Figures that need a device sync (the loss value, the gradient norm, the non-finite check) are
-read only at log, evaluation and checkpoint boundaries (engine/log_window.py); nothing else syncs
-per step. Callbacks get `on_step_end` / `on_evaluate` and steer the loop only through
-`state.should_stop`. The caller runs the dry run (engine/preflight.py) before `run`.
+Figures that need a device sync (the loss value, the gradient norm, the non-finite check) are read only at
+log, evaluation and checkpoint boundaries (engine/log_window.py); nothing else syncs per step. Callbacks get
+`on_step_end` / `on_evaluate`, steer the loop only through `state.should_stop`. The caller runs the dry run
+(engine/preflight.py) before `run`.
 """
 
 from __future__ import annotations
@@ -97,6 +97,8 @@ class TrainingLoop:
                     self._train_epoch()
                 self.window.check_finite()
                 self._finish()
+                if self.signals.agreed(self.accelerator):  # came during the final evaluation and saves: still a stop
+                    raise RunInterrupted("stopped by signal as the run finished (it is whole)", self.signals.exit_code)
         except KeyboardInterrupt:
             state.stop_reason = "interrupted"
             hint = self.checkpoints.resume_hint()
@@ -179,20 +181,19 @@ class TrainingLoop:
         )
 
     def _finish(self) -> None:
-        state = self.state
         if self.window.losses:
             self.window.log()
-        if state.last_eval_step != state.step:
+        if self.state.last_eval_step != self.state.step:
             self._evaluate()  # the summary's final metrics are those of the final weights
         with self.window.paused():
             self.checkpoints.flush()
         latest = latest_checkpoint(self.checkpoints.run_dir)
-        if latest is None or latest.name != f"step-{state.step:08d}":
+        if latest is None or latest.name != f"step-{self.state.step:08d}":
             self._checkpoint()  # so a finished run can be extended with more epochs
             with self.window.paused():
                 self.checkpoints.flush()
         self.weights.save("model.safetensors")
-        state.stop_reason = state.stop_reason or "completed"
+        self.state.stop_reason = self.state.stop_reason or "completed"
 
 
 def _due(every: Duration | None, unit: str, count: int) -> bool:
