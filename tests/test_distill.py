@@ -104,6 +104,23 @@ def test_teacher_ensemble_distils_the_mean_of_the_teachers_logits(tmp_path: Path
     assert loss.item() == pytest.approx(4 * float(by_hand.sum(-1).mean()), rel=1e-5)  # T^2 KL to the mean
 
 
+def test_a_student_whose_teacher_is_gone_still_evaluates_predicts_and_exports(tmp_path: Path) -> None:
+    """eval, predict and export of a run trained with objective distill exited 2 once the teacher folder
+    moved, though the student alone is what they use (a user trial)."""
+    import shutil
+
+    trained(tmp_path, "teacher")
+    student = tiny_config(name="student", model=STUDENT, objective={"name": "distill", "teacher": "runs/teacher"})
+    trained(tmp_path, "student", **{k: v for k, v in student.items() if k in ("model", "objective")})
+    with_teacher = json.loads(run_cli("eval", "runs/student", "--json", cwd=tmp_path).stdout)["metrics"]
+    shutil.move(tmp_path / "runs/teacher", tmp_path / "moved")
+    alone = run_cli("eval", "runs/student", "--json", cwd=tmp_path)
+    assert alone.returncode == 0 and "teacher" in alone.stderr and "label loss" in alone.stderr, alone.stderr
+    assert json.loads(alone.stdout)["metrics"]["val/accuracy"] == with_teacher["val/accuracy"]
+    exported = run_cli("export", "runs/student", "--format", "safetensors", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+
+
 def test_teacher_sees_exactly_the_augmented_batch_the_student_sees(tmp_path: Path, monkeypatch) -> None:
     import mlrun.objectives.distill as distill_module
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlrun.config.load import load_config
+from mlrun.config.schema import ExperimentConfig, ObjectiveSpec
 from mlrun.data.bundle import load_fitted_transform
 from mlrun.engine.build import Components, build_components
 from mlrun.engine.dcp_state import has_dcp_state, load_dcp_weights
@@ -13,6 +15,7 @@ from mlrun.engine.run_dir import read_summary
 from mlrun.errors import UsageError
 from mlrun.models.packed_weights import is_packed, load_packed
 from mlrun.models.weights_file import load_weights
+from mlrun.registry import objectives
 
 
 @dataclass
@@ -96,6 +99,18 @@ def recorded_statistics(run_dir: Path, source: str) -> list[str]:
     return [as_override(f"data.{key}", value) for key, value in recorded.items()]
 
 
+def standalone_objective(config: ExperimentConfig) -> ExperimentConfig:
+    """The config with an objective that needs no other run, when the trained one's (a distillation
+    teacher) is gone: the model alone is what eval, predict and export use."""
+    standalone = objectives.trait(config.objective.name, "standalone")
+    replaced = standalone(config.objective.settings) if standalone else None
+    if replaced is None:
+        return config
+    spec, reason = replaced
+    print(f"mlrun: note: {reason}", file=sys.stderr)
+    return config.model_copy(update={"objective": ObjectiveSpec.model_validate(spec)})
+
+
 def load_trained(run_dir: Path, checkpoint: str = "final", overrides: list[str] | tuple[str, ...] = ()) -> TrainedRun:
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
@@ -117,6 +132,7 @@ def load_trained(run_dir: Path, checkpoint: str = "final", overrides: list[str] 
     pinned = recorded_statistics(run_dir, config.data.name)
     if pinned:  # the user's own overrides come last, so an explicit data.mean still wins
         config = load_config(config_path, [*pinned, *overrides])
+    config = standalone_objective(config)
     parts = build_components(config, fitted_transform=load_fitted_transform(run_dir), init_weights=False)
     if weights.is_dir():
         missing, unexpected = load_dcp_weights(parts.model, weights)

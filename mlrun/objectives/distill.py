@@ -210,7 +210,21 @@ def _averaged_across_processes(gradient: torch.Tensor) -> torch.Tensor:
     return gradient / distributed.get_world_size()
 
 
-@objectives.register("distill")
+def scored_without_teacher(settings: dict) -> tuple[dict, str] | None:
+    """For eval, predict and export, which need the student alone: when a teacher folder is gone, the
+    objective to score with instead (the labels, through the same loss) and why; None when all are there."""
+    teachers = settings.get("teacher")
+    names = [teachers] if isinstance(teachers, str) else list(teachers or [])
+    gone = [name for name in names if not (Path(name) / "config.yaml").is_file()]
+    if not gone:
+        return None
+    return {"name": "supervised", "target_key": settings.get("target_key", TARGET_KEY)}, (
+        f"the distillation teacher {gone[0]} is gone: val/loss is the label loss alone"
+    )
+
+
+# `standalone`: how a trained student is scored once its teachers are gone (mlrun.engine.restore).
+@objectives.register("distill", standalone=scored_without_teacher)
 def distill(
     loss_fn,
     meta: DataMeta,
