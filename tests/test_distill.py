@@ -121,6 +121,22 @@ def test_a_student_whose_teacher_is_gone_still_evaluates_predicts_and_exports(tm
     assert exported.returncode == 0, exported.stderr
 
 
+def test_a_teacher_that_cannot_take_the_students_inputs_is_named_as_such(tmp_path: Path) -> None:
+    """A CNN teacher for an MLP on flat rows gave the CNN's own advice (set data.as_image), which would
+    break the student (a user trial)."""
+    from mlrun.data.bundle import DataMeta
+    from mlrun.errors import UsageError
+    from mlrun.models.saved import load_saved_model
+
+    teacher = tmp_path / "runs/cnn"
+    teacher.mkdir(parents=True)
+    write_config(teacher, tiny_config(name="cnn", model={"name": "cnn", "channels": [4]}))
+    (teacher / "model.safetensors").write_bytes(b"")  # never read: the model cannot be built for these inputs
+    meta = DataMeta(task="classification", input_shape=(16,), num_classes=4)
+    with pytest.raises(UsageError, match=r"the model of '.*runs/cnn' cannot take this run's data \(inputs \(16,\)\)"):
+        load_saved_model(teacher, meta)
+
+
 def test_teacher_sees_exactly_the_augmented_batch_the_student_sees(tmp_path: Path, monkeypatch) -> None:
     import mlrun.objectives.distill as distill_module
 

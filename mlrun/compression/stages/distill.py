@@ -157,10 +157,14 @@ def _student_spec(student: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     name = spec.pop("name", None)
     if not name:
         raise UsageError("distill: student needs a model name, e.g. {name: mlp, hidden_sizes: [64]}")
-    try:
-        models.validate(name, spec)
-    except ValueError as exc:
-        raise UsageError(f"distill: student: {exc}") from None
+    from mlrun.config.components import check_component
+    from mlrun.config.errors import SourceMap
+    from mlrun.config.schema import ModelSpec
+
+    try:  # the messages a config's model: gets (did-you-mean, the allowed settings)
+        check_component(ModelSpec(name=name, **spec), ("student",), SourceMap())
+    except UsageError as exc:
+        raise UsageError(f"distill: {str(exc).removeprefix('config: ')}") from None
     return name, spec
 
 
