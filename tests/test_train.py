@@ -263,6 +263,25 @@ def test_a_signal_during_the_final_evaluation_still_stops_the_command(tmp_path, 
     assert (run / "model.safetensors").is_file()
 
 
+def test_a_ctrl_c_before_the_loops_handler_is_a_stop_not_a_failure(tmp_path, monkeypatch):
+    """A Ctrl-C as the loop started printed "failed after 0 steps" and wrote status failed (a user trial)."""
+    from mlrun.engine.log_window import LogWindow
+
+    opened = LogWindow.start
+    calls = []
+
+    def pressed(window):  # built with the loop, then opened again as it starts to run: Ctrl-C then
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        opened(window)
+
+    monkeypatch.setattr(LogWindow, "start", pressed)
+    result, run = train(tmp_path, tiny_config(name="early"), "train.epochs=1")
+    assert result.returncode == 130 and "failed" not in result.stdout + result.stderr, result.stdout + result.stderr
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+
+
 def test_finished_run_is_not_overwritten_without_flag(tmp_path):
     result, run = train(tmp_path, tiny_config(name="once"), "train.epochs=1")
     assert result.returncode == 0

@@ -138,6 +138,9 @@ def run_training(
     except MlrunError as exc:  # already says what went wrong (a usage error, a failed run, a study's own)
         message = str(exc)
         raise
+    except KeyboardInterrupt:  # Ctrl-C before the loop's own handler was in place: a stop, not a failure
+        loop.state.stop_reason = loop.state.stop_reason or "interrupted"
+        raise
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"
         raise RunFailed(
