@@ -87,6 +87,8 @@ def test_chain_prune_then_distil_a_student_exports_a_verified_onnx(tmp_path: Pat
     assert first.returncode == 0, first.stderr
     rows = json.loads(first.stdout)["stages"]
     assert rows[1]["report"]["schedule"] == "one_shot"  # cubic has no steps to ramp over (it reported cubic)
+    table = compress(tmp_path, config).stdout  # rows named by their folders: a chain may prune twice
+    assert [line.split()[0] for line in table.splitlines()[1:4]] == ["trained", "1-prune", "2-distill"], table
     assert [row["stage"] for row in rows] == ["trained", "prune", "distill"]
     assert rows[2]["parameters"] < rows[0]["parameters"] / 3  # the student
     assert rows[2]["vs_trained"]["smaller"] > 3

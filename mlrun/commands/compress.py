@@ -86,6 +86,11 @@ def arm_text(metric: str, arm: dict[str, Any]) -> str:
     )
 
 
+def label(row: dict[str, Any]) -> str:
+    """A row's name in the table and notes: its stage folder's (`4-prune`: a chain may prune twice)."""
+    return row["stage"] if row["stage"] == "trained" or "dir" not in row else Path(row["dir"]).name
+
+
 def latency_notes(rows: list[dict[str, Any]]) -> list[str]:
     """What the latency columns cannot say alone: stages timed on a busy CPU, int8 stages run slowly here."""
     from mlrun.compression.measure import cpu_has_vnni
@@ -96,7 +101,7 @@ def latency_notes(rows: list[dict[str, Any]]) -> list[str]:
     if noisy:
         worst = max(row["latency_spread"] for row in noisy)
         notes.append(
-            f"latency of {', '.join(row['stage'] for row in noisy)} varied by up to {100 * worst:.0f}% between "
+            f"latency of {', '.join(map(label, noisy))} varied by up to {100 * worst:.0f}% between "
             "repeats (another process busy on the CPU): the ms and speedup columns are not to be trusted; "
             "on a quiet machine a rerun times the trained model again, and a stage again once its folder is removed"
         )
@@ -104,7 +109,7 @@ def latency_notes(rows: list[dict[str, Any]]) -> list[str]:
     if slow:
         why = "this CPU has no VNNI int8 instructions" if cpu_has_vnni() is False else "on this CPU"
         notes.append(
-            f"{', '.join(row['stage'] for row in slow)} run int8 through torch._int_mm, slower than fp32 {why}; "
+            f"{', '.join(map(label, slow))} run int8 through torch._int_mm, slower than fp32 {why}; "
             "their latency here is not what deploying them gives: export a stage with "
             "mlrun export <stage dir> --format onnx --quantize int8 (ONNX Runtime) and read its speedup there"
         )
@@ -151,7 +156,7 @@ def text_table(rows: list[dict[str, Any]]) -> str:
         vs = row.get("vs_trained", {})
         lines.append(
             [
-                row["stage"],
+                label(row),
                 format_figure(row["metrics"].get(metric, float("nan"))),
                 f"{vs[f'delta_{metric}']:+.4f}" if f"delta_{metric}" in vs else "",
                 f"{row['bytes'] / 1e6:.3f}",
