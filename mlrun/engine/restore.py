@@ -113,6 +113,11 @@ def standalone_objective(config: ExperimentConfig) -> ExperimentConfig:
 
 def load_trained(run_dir: Path, checkpoint: str = "final", overrides: list[str] | tuple[str, ...] = ()) -> TrainedRun:
     config_path = run_dir / "config.yaml"
+    if run_dir.is_file() and (run_dir.parent / "config.yaml").is_file():  # runs/x/model.safetensors, a stage's file
+        raise UsageError(
+            f"'{run_dir}' is a file; pass the folder that holds it ({run_dir.parent}), and --checkpoint "
+            f"{run_dir} to score this file of it"
+        )
     if not config_path.is_file():
         raise UsageError(f"'{run_dir}' is not a run directory (no config.yaml); pass runs/<name>")
     if (run_dir / "export.json").is_file():  # its weights are the deployable model's, under other names
