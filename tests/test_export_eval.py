@@ -239,6 +239,8 @@ def test_eval_on_an_export_folder_says_to_predict_with_it(trained, tmp_path):
     assert exported.returncode == 0, exported.stderr
     result = run_cli("eval", trained / "export/safetensors-none", cwd=tmp_path)
     assert result.returncode == 2 and "is an export folder: mlrun predict takes it" in result.stderr, result.stderr
+    typo = run_cli("eval", trained, "--checkpoint", "bset", cwd=tmp_path)
+    assert typo.returncode == 2 and "Did you mean 'best'?" in typo.stderr, typo.stderr
     weights = run_cli("eval", trained / "model.safetensors", cwd=tmp_path)  # it said "pass runs/<name>"
     assert weights.returncode == 2 and f"pass the folder that holds it ({trained})" in weights.stderr, weights.stderr
 

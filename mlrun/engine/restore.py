@@ -12,7 +12,7 @@ from mlrun.data.bundle import load_fitted_transform
 from mlrun.engine.build import Components, build_components
 from mlrun.engine.dcp_state import has_dcp_state, load_dcp_weights
 from mlrun.engine.run_dir import read_summary
-from mlrun.errors import UsageError
+from mlrun.errors import UsageError, did_you_mean
 from mlrun.models.packed_weights import is_packed, load_packed
 from mlrun.models.weights_file import load_weights
 from mlrun.registry import objectives
@@ -67,7 +67,7 @@ def resolve_weights(run_dir: Path, checkpoint: str) -> Path:
         return path
     raise UsageError(
         f"--checkpoint: '{checkpoint}' is neither best, final, latest, step-N, a checkpoint folder nor a "
-        ".safetensors file"
+        f".safetensors file.{did_you_mean(checkpoint, ['best', 'final', 'latest', 'compressed'])}"
     )
 
 
