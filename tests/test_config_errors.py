@@ -139,6 +139,16 @@ def test_an_index_past_a_list_says_how_many_entries_it_holds(tmp_path):
     )
 
 
+def test_an_index_of_a_list_that_is_not_there_or_negative_says_so(tmp_path):
+    """`data.augment.0=hflip` (no augment list) read "Input should be a valid list"; `.-1` "past the end"."""
+    assert_usage_error(
+        run_cli("validate", QUICKSTART, "data.augment.0=hflip", cwd=tmp_path), "set the whole list: data.augment=[...]"
+    )
+    assert_usage_error(
+        run_cli("validate", QUICKSTART, "model.hidden_sizes.-1=3", cwd=tmp_path), "'-1' is not a list index"
+    )
+
+
 def test_malformed_override(tmp_path):
     assert_usage_error(
         run_cli("validate", QUICKSTART, "train.epochs", cwd=tmp_path), "override 'train.epochs'", "expected key=value"

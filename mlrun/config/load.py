@@ -208,6 +208,11 @@ def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> None:
         part, index = parts[index], index + 1
         step: str | int = int(part) if isinstance(target, list) and part.isdigit() else part
         path += (step,)
+        if isinstance(target, dict) and step not in target and parts[index].isdigit():  # data.augment.0 of none
+            raise UsageError(
+                f"{origin}: '{_dotted(path)}' holds no list here, so '{key}' does not exist; set the whole list: "
+                f"{_dotted(path)}=[...]"
+            )
         if isinstance(target, dict):
             target = target.setdefault(step, {})
         elif isinstance(target, list) and isinstance(step, int) and step < len(target):
@@ -225,6 +230,8 @@ def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> None:
             _set(data, path, {"name": target})
             target = _get(data, path)
     last: str | int = int(parts[-1]) if isinstance(target, list) and parts[-1].isdigit() else parts[-1]
+    if isinstance(target, list) and not isinstance(last, int):
+        raise UsageError(f"{origin}: '{parts[-1]}' is not a list index; entries count from 0 (0..{len(target) - 1})")
     if isinstance(target, list) and not (isinstance(last, int) and last < len(target)):
         raise UsageError(f"{origin}: '{key}' is past the end of a list of {len(target)}")
     if not isinstance(target, (dict, list)):
