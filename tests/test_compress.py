@@ -201,6 +201,22 @@ def test_stages_that_cannot_apply_exit_2_before_any_work(tmp_path: Path) -> None
     assert not (tmp_path / "runs/base/compress").exists()
 
 
+def test_a_stage_that_undoes_an_earlier_one_is_warned_of(tmp_path: Path) -> None:
+    """prune or fold_batchnorm after cluster, low_rank after prune: accepted without a word (a user trial)."""
+    base = trained(tmp_path)
+    stages = [
+        {"name": "cluster", "clusters": 4, "finetune": False},
+        {"name": "prune", "sparsity": 0.3, "finetune": False},
+        {"name": "low_rank", "rank": 2, "finetune": False},
+    ]
+    result = run_cli("validate", with_stages(tmp_path, base, stages), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "2-prune undoes what 1-cluster made" in result.stderr
+    assert "3-low_rank undoes what 1-cluster, 2-prune made" in result.stderr
+    fine = run_cli("validate", with_stages(tmp_path, base, stages[::-1]), cwd=tmp_path)
+    assert fine.returncode == 0 and "undoes" not in fine.stderr, fine.stderr
+
+
 def test_validate_applies_the_stages_to_the_model_as_built_then_to_the_trained_run(tmp_path: Path) -> None:
     """`mlrun validate` fails on a stage that cannot apply before any training; once the run exists it
     checks the stages against the run's weights, as `mlrun compress` will. Nothing is written."""

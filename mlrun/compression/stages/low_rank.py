@@ -44,7 +44,7 @@ def factorize(layer: nn.Module, rank: int) -> nn.Sequential:
     return pair
 
 
-@stages.register("low_rank")
+@stages.register("low_rank", undoes=("prune", "cluster"))  # dense factors: no zeros, no shared values
 def low_rank(
     model: nn.Module,
     context: StageContext,
