@@ -105,10 +105,11 @@ def _load_npz(path: str, key: str, features_key: str, labels_key: str) -> tuple[
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
         raise UsageError(f"{key}: cannot read '{file}' as .npz: {exc}") from None
     arrays = {}
-    for name in (features_key, labels_key):
+    for setting, name in (("features_key", features_key), ("labels_key", labels_key)):
         if name not in archive.files:
+            named_by = f"data.{setting}" if key == "data.path" else f"{key} ({setting})"  # the setting to change
             raise UsageError(
-                f"{key}: '{file}' has no array '{name}'.{did_you_mean(name, archive.files)} "
+                f"{named_by}: '{file}' has no array '{name}'.{did_you_mean(name, archive.files)} "
                 f"Arrays: {', '.join(archive.files)}."
             )
         arrays[name] = archive[name]
