@@ -185,6 +185,8 @@ def test_compare_shows_a_stage_folders_metrics_and_says_when_there_is_one_run(tm
     deployed = json.loads((tmp_path / stages[1] / "stage.json").read_text())["result"]["metrics"]["val/accuracy"]
     assert rows["2-low_rank"]["final val/accuracy"] == deployed and rows["2-low_rank"]["status"] == "stage done"
     assert rows["1-prune"]["steps"] == 3  # its fine-tuning
+    # The stages' settings tell them from the run (a prune stage's config.yaml is the run's: "differing keys: none")
+    assert {"stage.name", "stage.sparsity"} <= set(json.loads(result.stdout)["differing_keys"])
     table = run_cli("compare", "runs/t", *stages, cwd=tmp_path)
     assert "not started" not in table.stdout and "stage done" in table.stdout
     alone = run_cli("compare", "runs/t", cwd=tmp_path)

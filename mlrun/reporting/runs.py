@@ -89,7 +89,10 @@ def load_stage(path: Path, config: dict[str, Any]) -> RunRecord:
         "status": f"stage {stage.get('status', 'running')}",
         "final": result.get("metrics") or {},
     }
-    return RunRecord(path, path.name, config, summary, read_history(tuned / "metrics.jsonl"))
+    # The stage's own settings, as keys of its config: a prune stage's config.yaml is its run's (the weights
+    # differ, not the config), and compare then read "differing keys: none".
+    made_by = flatten({"stage": stage.get("spec") or {}})
+    return RunRecord(path, path.name, {**config, **made_by}, summary, read_history(tuned / "metrics.jsonl"))
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
