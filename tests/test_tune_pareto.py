@@ -210,6 +210,17 @@ def test_the_front_table_marks_speedups_timed_on_a_busy_cpu() -> None:
     assert lines[-1].startswith("? timed while another process held the CPU")
 
 
+def test_the_front_table_shows_a_left_out_stage_without_its_unused_settings() -> None:
+    """A trial with 0.enabled=False was listed with 0.ratio=0.875, a setting nothing read (a user trial)."""
+    from mlrun.tuning.pareto import front_table
+
+    params = {"compress.0.enabled": False, "compress.0.ratio": 0.875, "compress.1.clusters": 16}
+    row = {"number": 1, "values": {"file_bytes": 2e5}, "params": params, "repeats": []}
+    summary = {"objectives": {"file_bytes": "minimize"}, "front": [{**row, "vs_trained": {}, "latency_trusted": True}]}
+    line = front_table(summary).splitlines()[1]
+    assert "0.enabled=False" in line and "1.clusters=16" in line and "ratio" not in line
+
+
 def test_a_timing_another_process_disturbed_is_taken_again(monkeypatch) -> None:
     from mlrun.compression import measure
 

@@ -104,6 +104,12 @@ def heading(key: str) -> str:
     return f"{key} (MB)" if key in _UNITS else key
 
 
+def in_effect(params: dict) -> dict:
+    """The settings that shaped a chain: a stage left out (`compress.N.enabled: false`) shows only that."""
+    off = {key.rpartition(".")[0] for key, value in params.items() if key.endswith(".enabled") and value is False}
+    return {k: v for k, v in params.items() if k.rpartition(".")[0] not in off or k.endswith(".enabled")}
+
+
 def front_table(summary: dict) -> str:
     """The front as text: trial, each objective, the change against the trained model, the settings."""
     objectives = list(summary["objectives"])
@@ -111,7 +117,7 @@ def front_table(summary: dict) -> str:
     lines = [header]
     for row in summary["front"]:
         vs = row["vs_trained"]
-        settings = " ".join(f"{k.removeprefix('compress.')}={v}" for k, v in row["params"].items())
+        settings = " ".join(f"{k.removeprefix('compress.')}={v}" for k, v in in_effect(row["params"]).items())
         if row["repeats"]:
             also = "trials" if len(row["repeats"]) > 1 else "trial"
             settings += f" (also {also} {', '.join(map(str, row['repeats']))})"
