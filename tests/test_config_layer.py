@@ -21,12 +21,21 @@ def test_base_chain_merges_deeply_and_lists_replace(tmp_path):
     assert config.base is None  # resolved configs are self-contained
 
 
-def test_a_base_component_of_another_factory_is_replaced_not_merged(tmp_path):
-    """`model: {name: cnn}` over a base's mlp kept hidden_sizes, which cnn refused (a user trial)."""
-    write_config(tmp_path, tiny_config(), "base.yaml")  # model: {name: mlp, hidden_sizes: [32], dropout: 0.0}
-    (tmp_path / "child.yaml").write_text("base: base.yaml\nmodel: {name: cnn, channels: [8]}\noptimizer: {lr: 0.5}\n")
+def test_a_base_component_of_another_factory_keeps_only_the_keys_the_new_one_reads(tmp_path, capsys):
+    """`model: {name: cnn}` over a base's mlp kept hidden_sizes, which cnn refused (a user trial); replacing the
+    whole section then dropped the section's own keys (batch_size) and settings both take (a review)."""
+    base = tiny_config(data={**tiny_config()["data"], "name": "digits", "val_fraction": 0.3, "num_samples": None})
+    del base["data"]["num_samples"], base["data"]["num_features"], base["data"]["num_classes"]
+    write_config(tmp_path, base, "base.yaml")  # model: {name: mlp, hidden_sizes: [32], dropout: 0.0}
+    (tmp_path / "child.yaml").write_text(
+        "base: base.yaml\nmodel: {name: cnn, channels: [8]}\ndata: {name: breast_cancer}\n"
+        "optimizer: {lr: 0.5}\ntune: {metric: val/loss, sampler: {name: random}, space: {}}\n"
+    )
     config = load_config(tmp_path / "child.yaml")
-    assert config.model.name == "cnn" and config.model.settings == {"channels": [8]}
+    assert config.model.name == "cnn" and config.model.settings == {"channels": [8], "dropout": 0.0}
+    assert "the base's hidden_sizes (settings of 'mlp') do not apply to 'cnn'" in capsys.readouterr().err
+    assert config.data.name == "breast_cancer" and config.data.batch_size == 32
+    assert config.data.settings == {"val_fraction": 0.3}  # a setting both datasets take
     assert config.optimizer.name == "adamw"  # the same factory (no name given) still merges
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -154,11 +155,13 @@ def _load_with_bases(path: Path, sources: SourceMap, chain: tuple[Path, ...]) ->
 
 
 def _deep_merge(into: dict[str, Any], top: dict[str, Any], sources: SourceMap, top_sources: SourceMap, at: KeyPath):
-    """Mappings merge key by key; anything else (lists included) replaces, and so does a component that names
-    another factory (`model: {name: cnn}` over a base's mlp: the mlp's settings are not the cnn's)."""
+    """Mappings merge key by key; anything else (lists included) replaces. A component section that names
+    another factory (`model: {name: cnn}` over a base's mlp) keeps only the base's keys the new one reads."""
     for key, value in top.items():
         here = at + (key,)
-        if isinstance(value, dict) and isinstance(into.get(key), dict) and not _other_factory(into[key], value):
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            if not at:
+                _leave_other_factorys_settings(into, key, value, sources)
             sources.set(here, top_sources.where(here))
             _deep_merge(into[key], value, sources, top_sources, here)
         else:
@@ -167,8 +170,31 @@ def _deep_merge(into: dict[str, Any], top: dict[str, Any], sources: SourceMap, t
             sources.update(top_sources.under(here))
 
 
-def _other_factory(base: dict[str, Any], top: dict[str, Any]) -> bool:
-    return "name" in base and "name" in top and base["name"] != top["name"]
+def _leave_other_factorys_settings(into: dict[str, Any], key: str, top: dict[str, Any], sources: SourceMap) -> None:
+    """Drop from the base's section the settings of its factory that the one `top` names does not take
+    (hidden_sizes of an mlp under a cnn); the section's own keys (batch_size) and shared settings stay."""
+    from mlrun.config.errors import model_in
+    from mlrun.registry import REGISTRIES
+
+    spec_type = (
+        model_in(ExperimentConfig.model_fields[key].annotation) if key in ExperimentConfig.model_fields else None
+    )
+    old, new = into[key].get("name"), top.get("name")
+    if getattr(spec_type, "registry_kind", None) is None or old is None or new is None or old == new:
+        return
+    try:
+        read = {*spec_type.model_fields, *REGISTRIES[spec_type.registry_kind].settings_model(new).model_fields}
+    except UsageError:  # an unknown name: validation names it
+        return
+    left = [setting for setting in into[key] if setting not in read]
+    for setting in left:
+        del into[key][setting]
+        sources.drop_under((key, setting))
+    if left:
+        print(
+            f"mlrun: note: {key}: the base's {', '.join(left)} (settings of '{old}') do not apply to '{new}'",
+            file=sys.stderr,
+        )
 
 
 # --- overrides --------------------------------------------------------------------------------
