@@ -7,6 +7,13 @@ from pathlib import Path
 
 # Records that mark a folder as mlrun's: a run (manifest.json), a compress stage or folder, an export.
 _MLRUN_RECORDS = ("manifest.json", "stage.json", "compress.json", "export.json")
+# Files mlrun writes in such folders (a run's, a stage's, a search's, an export's): --out never replaces one.
+_WRITTEN_BY_MLRUN = {
+    *_MLRUN_RECORDS,
+    *("config.yaml", "metrics.jsonl", "summary.json", "model.safetensors", "best.safetensors", "trained.json"),
+    *("compressed.safetensors", "preprocessing.pkl", "preprocessing.json", "trials.csv", "pareto.json"),
+    *("best.yaml", "journal.log", "pbt.json", "lr_find.json", "profile.json", "mlflow_run.json"),
+}
 
 
 def override_for_option(option: str, value: str | None) -> str:
@@ -29,19 +36,19 @@ def write_named_file(path, text: str, what: str) -> None:
 
 
 def check_not_overwriting(path: Path, what: str, inputs: tuple[Path, ...] = ()) -> None:
-    """Exit 2 when a file the command line named would replace the command's own input, or a file in
-    a folder mlrun made (a run's metrics.jsonl, a stage's records): no command overwrites another's
-    results (DESIGN §3). New files there are fine."""
+    """Exit 2 when a file the command line named would replace the command's own input, or a record mlrun
+    keeps in one of its folders (a run's metrics.jsonl, a stage's stage.json, anything in checkpoints/):
+    a command replaces only what it wrote itself (DESIGN §3). Other files there are the user's."""
     from mlrun.errors import UsageError
 
     target = path.resolve()
     if any(target == given.resolve() for given in inputs):
         raise UsageError(f"{what}: '{path}' is the command's input; writing it would replace it. Give another file")
-    if not path.exists():
-        return
     for folder in target.parents:
         if any((folder / record).is_file() for record in _MLRUN_RECORDS):
-            raise UsageError(
-                f"{what}: '{path}' exists inside the mlrun folder '{folder}', whose records it could be; "
-                "give a new file name, or a path outside that folder"
-            )
+            inside = target.relative_to(folder).parts
+            if target.name in _WRITTEN_BY_MLRUN or "checkpoints" in inside[:-1]:
+                raise UsageError(
+                    f"{what}: '{path}' is a record of the mlrun folder '{folder}'; give another file name"
+                )
+            return

@@ -169,7 +169,9 @@ def read_feature_columns(path: Path, predictor) -> Inputs:
     source that made images of its rows (digits `as_image`: 64 pixels as 1x8x8, scaled) records the
     scale and shape, and new rows get both."""
     frame = read_frame(path)
-    if len(frame.columns) and all(_a_number(column) for column in frame.columns):  # its first sample became the names
+    names = [str(column) for column in frame.columns]
+    counted = names == [str(i) for i in range(len(names))]  # pandas' own header for unnamed columns: a header
+    if names and not counted and all(map(_a_number, names)):  # its first sample became the column names
         raise UsageError(
             f"{path}: the first row holds numbers, not column names, so it would be taken as the header and "
             f"not predicted; add a header row (any names, one per feature, plus an optional "
