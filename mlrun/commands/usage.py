@@ -48,7 +48,5 @@ def check_not_overwriting(path: Path, what: str, inputs: tuple[Path, ...] = ()) 
         if any((folder / record).is_file() for record in _MLRUN_RECORDS):
             inside = target.relative_to(folder).parts
             if target.name in _WRITTEN_BY_MLRUN or "checkpoints" in inside[:-1]:
-                raise UsageError(
-                    f"{what}: '{path}' is a record of the mlrun folder '{folder}'; give another file name"
-                )
+                raise UsageError(f"{what}: '{path}' is a record of the mlrun folder '{folder}'; give another file name")
             return
