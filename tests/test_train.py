@@ -258,9 +258,13 @@ def test_a_signal_during_the_final_evaluation_still_stops_the_command(tmp_path, 
 
     monkeypatch.setattr(TrainingLoop, "_finish", interrupted_finish)
     result, run = train(tmp_path, tiny_config(name="last"), "train.epochs=1")
-    assert result.returncode == 130 and "as the run finished" in result.stderr, result.stderr
-    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+    assert result.returncode == 130 and "stopped by signal" in result.stderr, result.stderr
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
     assert (run / "model.safetensors").is_file()
+    monkeypatch.setattr(TrainingLoop, "_finish", finish)
+    again, _ = train(tmp_path, tiny_config(name="last"), "train.epochs=1")  # the rerun finds it at its end
+    assert again.returncode == 0 and json.loads((run / "summary.json").read_text())["status"] == "completed"
+    assert json.loads((run / "summary.json").read_text())["steps"] == 16
 
 
 def test_a_ctrl_c_before_the_loops_handler_is_a_stop_not_a_failure(tmp_path, monkeypatch):

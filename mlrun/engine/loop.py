@@ -97,8 +97,8 @@ class TrainingLoop:
                     self._train_epoch()
                 self.window.check_finite()
                 self._finish()
-                if self.signals.agreed(self.accelerator):  # came during the final evaluation and saves: still a stop
-                    raise RunInterrupted("stopped by signal as the run finished (it is whole)", self.signals.exit_code)
+                if self.signals.agreed(self.accelerator):  # came during the final evaluation and saves: a stop
+                    self._interrupt()  # as any (a requeue included); the rerun finds the run at its end
         except KeyboardInterrupt:
             state.stop_reason = "interrupted"
             hint = self.checkpoints.resume_hint()
