@@ -194,6 +194,8 @@ def test_stages_that_cannot_apply_exit_2_before_any_work(tmp_path: Path) -> None
     (tmp_path / "runs/half/model.safetensors").unlink()
     half = compress(tmp_path, tmp_path / "runs/half", "compress=[{name: prune, finetune: false}]")
     assert half.returncode == 2 and "finish it: mlrun train" in half.stderr and "--checkpoint" not in half.stderr
+    named = compress(tmp_path, tmp_path / "runs/base", "name=other", "compress=[{name: prune, finetune: false}]")
+    assert named.returncode == 2 and "'name=other'" in named.stderr  # a run folder names its run: ignored before
     # Keys outside compress were silently ignored by the stages' fine-tunes (a user trial).
     config = with_stages(tmp_path, base, [{"name": "prune", "finetune": False}])
     ignored = compress(tmp_path, config, "optimizer.lr=0.9")

@@ -30,7 +30,8 @@ def run_compress_command(target: Path, overrides: list[str], json_output: bool) 
         raise UsageError(
             f"compress starts from a trained run, and '{source_dir}' has no final weights (model.safetensors); " + train
         )
-    check_overrides_read(overrides)  # after the advice to train, which carries every override
+    # After the advice to train, which carries every override; a run folder names the run itself.
+    check_overrides_read(overrides, read=("compress",) if target.is_dir() else READ_KEYS)
     report = run_compress(config.compress, source_dir)
     if json_output:
         print_json(report)
@@ -46,14 +47,14 @@ def run_compress_command(target: Path, overrides: list[str], json_output: bool) 
 READ_KEYS = ("compress", "name", "output_dir")
 
 
-def check_overrides_read(overrides: list[str], command: str = "compress") -> None:
+def check_overrides_read(overrides: list[str], command: str = "compress", read: tuple[str, ...] = READ_KEYS) -> None:
     """Exit 2 on an override compress would not read (`optimizer.lr=...` was silently ignored)."""
-    unread = [text for text in overrides if text.partition("=")[0].strip().split(".")[0] not in READ_KEYS]
+    unread = [text for text in overrides if text.partition("=")[0].strip().split(".")[0] not in read]
     if unread:
         raise UsageError(
-            f"{command} reads the compress stages and the run they start from (compress..., name, output_dir), "
-            f"not {', '.join(repr(text) for text in unread)}: a stage's fine-tune trains with the run's own "
-            "config; change it there with compress.<n>.finetune, e.g. 'compress.0.finetune={optimizer.lr: 1e-4}'"
+            f"{command} reads {', '.join(read)} here, not {', '.join(repr(text) for text in unread)}: a stage's "
+            "fine-tune trains with the run's own config; change it there with compress.<n>.finetune, "
+            "e.g. 'compress.0.finetune={optimizer.lr: 1e-4}'"
         )
 
 
