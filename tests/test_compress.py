@@ -204,7 +204,8 @@ def test_stages_that_cannot_apply_exit_2_before_any_work(tmp_path: Path) -> None
 
 
 def test_a_stage_that_undoes_an_earlier_one_is_warned_of(tmp_path: Path) -> None:
-    """prune or fold_batchnorm after cluster, low_rank after prune: accepted without a word (a user trial)."""
+    """Stages after cluster (stored dense, its shared values moved by fine-tunes) and low_rank after prune:
+    accepted without a word (a user trial)."""
     base = trained(tmp_path)
     stages = [
         {"name": "cluster", "clusters": 4, "finetune": False},
@@ -213,8 +214,10 @@ def test_a_stage_that_undoes_an_earlier_one_is_warned_of(tmp_path: Path) -> None
     ]
     result = run_cli("validate", with_stages(tmp_path, base, stages), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "2-prune undoes what 1-cluster made" in result.stderr
+    assert "2-prune undoes what 1-cluster made" in result.stderr  # cluster's packed file: it goes last
     assert "3-low_rank undoes what 1-cluster, 2-prune made" in result.stderr
+    ran = run_cli("compress", with_stages(tmp_path, base, stages), cwd=tmp_path)  # warned once, then run as asked
+    assert ran.returncode == 0 and ran.stderr.count("2-prune undoes") == 1, ran.stderr
     fine = run_cli("validate", with_stages(tmp_path, base, stages[::-1]), cwd=tmp_path)
     assert fine.returncode == 0 and "undoes" not in fine.stderr, fine.stderr
 

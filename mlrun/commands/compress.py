@@ -16,7 +16,7 @@ from mlrun.jsonout import print_json
 
 
 def run_compress_command(target: Path, overrides: list[str], json_output: bool) -> None:
-    from mlrun.compression.run import run_compress
+    from mlrun.compression.run import run_compress, warn_of_undoing
     from mlrun.config.load import load_config, train_command
 
     if target.is_dir():
@@ -32,6 +32,7 @@ def run_compress_command(target: Path, overrides: list[str], json_output: bool) 
         )
     # After the advice to train, which carries every override; a run folder names the run itself.
     check_overrides_read(overrides, read=("compress",) if target.is_dir() else READ_KEYS)
+    warn_of_undoing(config.compress)
     report = run_compress(config.compress, source_dir)
     if json_output:
         print_json(report)

@@ -363,7 +363,8 @@ def checked_chain(
             f"(mlrun export {source_dir} --format safetensors) and train briefly from that file without LoRA: "
             f"init_from={{path: {source_dir}/export/safetensors-none/model.safetensors, prefix: {{'model.': ''}}}}"
         )
-    warn_of_undoing(specs)
+    if not quiet:  # `mlrun compress` and a search warn once, not at every chain they check
+        warn_of_undoing(specs)
     weights = trained.weights
     source = ModelSource(load_config(source_dir / "config.yaml"), weights, source_dir, None, file_key(weights))
     with _quietly() if quiet else contextlib.nullcontext():
@@ -372,18 +373,21 @@ def checked_chain(
 
 
 def warn_of_undoing(specs: list[StageSpec]) -> None:
-    """A stage that undoes an earlier one (trait `undoes`): low_rank's dense factors after prune, prune or
-    fold_batchnorm after cluster. The chain runs as asked; the order is the user's to change."""
+    """A stage that undoes an earlier one, run as asked with a warning: any stage after one that stores its
+    own packed file (cluster: the later results are stored dense, and fine-tunes move the shared values),
+    or a stage declaring it (trait `undoes`: low_rank's dense factors after prune)."""
+    specs = [spec for spec in specs if spec.enabled]
     for later, spec in enumerate(specs, 1):
         undone = [
             f"{i}-{earlier.name}"
             for i, earlier in enumerate(specs[: later - 1], 1)
             if earlier.name in stages.trait(spec.name, "undoes", ())
+            or (stages.trait(earlier.name, "stored") and not stages.trait(spec.name, "stored"))
         ]
         if undone:
             print(
                 f"mlrun: warning: compress: {later}-{spec.name} undoes what {', '.join(undone)} made (its zeros or "
-                f"shared values are not kept); run {spec.name} before it",
+                f"packed shared values are not kept); run {spec.name} before it",
                 file=sys.stderr,
             )
 

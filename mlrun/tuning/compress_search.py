@@ -139,7 +139,7 @@ def run_compress_search(config: ExperimentConfig, options, tune_dir: Path, *, en
 
     `enqueue(study, config)` queues the config's own values (runner.enqueue_config); `processes`: how many
     processes this command runs on (torchrun)."""
-    from mlrun.compression.run import file_key
+    from mlrun.compression.run import file_key, warn_of_undoing
     from mlrun.tuning.pareto import summarize_front
     from mlrun.tuning.storage import run_trials
     from mlrun.tuning.study import make_sampler, make_storage, optuna_module, warn_small_generation
@@ -147,6 +147,7 @@ def run_compress_search(config: ExperimentConfig, options, tune_dir: Path, *, en
 
     check_objectives(config)
     weights = trained_run(config, options.path, list(options.overrides)) / "model.safetensors"
+    warn_of_undoing(config.compress)  # the chain as configured, once (its trials check theirs quietly)
     for note in (
         warn_small_generation(config.tune.sampler, options.trials),
         warn_enumerable(config.tune, options.trials),

@@ -98,7 +98,7 @@ def folded(layer: nn.Module, norm: nn.Module) -> nn.Module:
     return fused
 
 
-@stages.register("fold_batchnorm", exact=True, undoes=("cluster",))  # rescales the shared values
+@stages.register("fold_batchnorm", exact=True)
 def fold_batchnorm(model: nn.Module, context: StageContext, /) -> Stage:
     """Fold every batch norm that directly follows a convolution or Linear into it (exact in eval mode)."""
     if context.rounds > 1:

@@ -44,7 +44,7 @@ def factorize(layer: nn.Module, rank: int) -> nn.Sequential:
     return pair
 
 
-@stages.register("low_rank", undoes=("prune", "cluster"))  # dense factors: no zeros, no shared values
+@stages.register("low_rank", undoes=("prune",))  # its factors are dense: the zeros are gone
 def low_rank(
     model: nn.Module,
     context: StageContext,

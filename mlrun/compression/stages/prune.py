@@ -34,7 +34,7 @@ def round_target(sparsity: float, round_: int, rounds: int) -> float:
 RAMP, EVERY = 0.75, 10  # the cubic schedule's defaults
 
 
-@stages.register("prune", undoes=("cluster",))  # its fine-tune moves weights off the shared values
+@stages.register("prune")
 def prune(
     model: nn.Module,
     context: StageContext,

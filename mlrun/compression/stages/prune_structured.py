@@ -40,7 +40,7 @@ def round_share(ratio: float, round_: int, rounds: int) -> float:
     return (target - done) / (1.0 - done)
 
 
-@stages.register("prune_structured", undoes=("cluster",))  # as prune
+@stages.register("prune_structured")
 def prune_structured(
     model: nn.Module,
     context: StageContext,
