@@ -174,6 +174,7 @@ def test_stages_that_cannot_apply_exit_2_before_any_work(tmp_path: Path) -> None
         "model in finetune": ({"name": "prune", "finetune": {"model.hidden_sizes": [16]}}, "stage's own model"),
         "ramp of one_shot": ({"name": "prune", "schedule": "one_shot", "ramp": 0.5}, "settings of schedule: cubic"),
         "student": ({"name": "distill", "student": {"name": "mlp", "hidden_size": [3]}}, "Did you mean 'hidden_sizes'"),
+        "student name": ({"name": "distill", "student": {"name": 123}}, "student.name: Input should be a valid string"),
     }
     for label, (stage, message) in cases.items():
         # A valid first stage: nothing of it may be written when the second cannot apply.

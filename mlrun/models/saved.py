@@ -38,13 +38,15 @@ def load_saved_model(run_dir: Path, meta: DataMeta, weights: str = "model.safete
     """The run's model with its weights, in eval mode; a clear usage error when it does not fit `meta`."""
     if not (run_dir / "config.yaml").is_file() or not (run_dir / weights).is_file():
         raise UsageError(f"'{run_dir}' is not a finished mlrun run (needs config.yaml and {weights}); train it first")
+    config = load_config(run_dir / "config.yaml")
     try:
-        model = build_saved_model(run_dir / "config.yaml", meta)
+        model = models.build(config.model.name, meta, **config.model.settings)
     except UsageError as exc:  # its factory's advice is about its own config, not the data it is given here
         raise UsageError(
             f"the model of '{run_dir}' cannot take this run's data (inputs {meta.input_shape}): {exc}. It must take "
             "the same inputs as the model it is used with"
         ) from None
+    add_structure(model, config)
     try:
         load_weights(model, run_dir / weights)
     except RuntimeError as exc:

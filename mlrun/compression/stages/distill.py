@@ -157,14 +157,21 @@ def _student_spec(student: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     name = spec.pop("name", None)
     if not name:
         raise UsageError("distill: student needs a model name, e.g. {name: mlp, hidden_sizes: [64]}")
+    from pydantic import ValidationError
+
     from mlrun.config.components import check_component
-    from mlrun.config.errors import SourceMap
+    from mlrun.config.errors import SourceMap, validation_error_message
     from mlrun.config.schema import ModelSpec
 
-    try:  # the messages a config's model: gets (did-you-mean, the allowed settings)
+    try:  # the messages a config's model: gets (did-you-mean, the allowed settings, quoting)
         check_component(ModelSpec(name=name, **spec), ("student",), SourceMap())
-    except UsageError as exc:
-        raise UsageError(f"distill: {str(exc).removeprefix('config: ')}") from None
+    except (ValidationError, UsageError) as exc:
+        text = (
+            validation_error_message(exc, SourceMap(), ModelSpec, ("student",))
+            if isinstance(exc, ValidationError)
+            else str(exc)
+        )
+        raise UsageError(f"distill: {text.removeprefix('config: ')}") from None  # no file to name: a stage's setting
     return name, spec
 
 
