@@ -298,7 +298,9 @@ def test_finished_run_is_not_overwritten_without_flag(tmp_path):
     # A run named into the first one's checkpoints/ was trained among its step folders (a user trial).
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
     inside, _ = train(tmp_path, tiny_config(name="checkpoints"), "output_dir=runs/once", "train.epochs=1")
-    assert inside.returncode == 2 and "is the checkpoints of the run" in inside.stderr, inside.stderr
+    assert inside.returncode == 2 and "is inside the checkpoints of the run" in inside.stderr, inside.stderr
+    deeper, _ = train(tmp_path, tiny_config(name="x"), "output_dir=runs/once/checkpoints", "train.epochs=1")
+    assert deeper.returncode == 2 and "is inside the checkpoints of the run" in deeper.stderr, deeper.stderr
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == checkpoints
 
 

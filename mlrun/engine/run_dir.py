@@ -74,11 +74,15 @@ def check_trainable(run_dir: Path, overwrite: bool) -> None:
     """
     from mlrun.errors import UsageError
 
-    if run_dir.name in TRAIN_OUTPUTS and (run_dir.parent / "manifest.json").is_file():  # runs/a/checkpoints
-        raise UsageError(
-            f"'{run_dir}' is the {run_dir.name} of the run '{run_dir.parent}': a run trained there would mix its "
-            "files with that run's. Choose another name=... or output_dir=..."
-        )
+    for inside in (
+        run_dir,
+        *run_dir.parents,
+    ):  # runs/a/checkpoints, runs/a/checkpoints/x: an --overwrite of a clears it
+        if inside.name in TRAIN_OUTPUTS and (inside.parent / "manifest.json").is_file():
+            raise UsageError(
+                f"'{run_dir}' is inside the {inside.name} of the run '{inside.parent}', which that run replaces: "
+                "choose another name=... or output_dir=..."
+            )
     for record, what in NOT_A_RUN.items():
         if (run_dir / record).is_file():
             raise UsageError(
