@@ -173,6 +173,7 @@ def test_stages_that_cannot_apply_exit_2_before_any_work(tmp_path: Path) -> None
         # validate passed it, then compress failed mid-chain on a pattern the user never set (a user trial)
         "model in finetune": ({"name": "prune", "finetune": {"model.hidden_sizes": [16]}}, "stage's own model"),
         "ramp of one_shot": ({"name": "prune", "schedule": "one_shot", "ramp": 0.5}, "settings of schedule: cubic"),
+        "default ramp": ({"name": "prune", "schedule": "one_shot", "every": 10}, "settings of schedule: cubic"),
         "student": ({"name": "distill", "student": {"name": "mlp", "hidden_size": [3]}}, "Did you mean 'hidden_sizes'"),
         "student name": ({"name": "distill", "student": {"name": 123}}, "student.name: Input should be a valid string"),
     }

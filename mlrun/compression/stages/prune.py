@@ -31,9 +31,6 @@ def round_target(sparsity: float, round_: int, rounds: int) -> float:
     return 1.0 - (1.0 - sparsity) ** (round_ / rounds)
 
 
-RAMP, EVERY = 0.75, 10  # the cubic schedule's defaults
-
-
 @stages.register("prune")
 def prune(
     model: nn.Module,
@@ -43,8 +40,8 @@ def prune(
     sparsity: Sparsity = 0.8,
     scope: Literal["global", "layer"] = "global",
     schedule: Literal["cubic", "one_shot"] = "cubic",
-    ramp: Annotated[float, Field(gt=0.0, le=1.0)] = RAMP,
-    every: PositiveInt = EVERY,
+    ramp: Annotated[float, Field(gt=0.0, le=1.0)] | None = None,
+    every: PositiveInt | None = None,
     layers: list[str] = [],  # noqa: B006 - never mutated
     include_head: bool = False,
 ) -> Stage:
@@ -54,13 +51,14 @@ def prune(
         sparsity: share of the selected weights that end up zero.
         scope: global ranks all selected weights together; layer prunes each layer equally.
         schedule: cubic raises the sparsity gradually during fine-tuning; one_shot prunes at once.
-        ramp: share of the fine-tuning steps over which the cubic schedule reaches the target.
-        every: steps between mask updates while the sparsity rises.
+        ramp: share of the fine-tuning steps over which the cubic schedule reaches the target (default 0.75).
+        every: steps between mask updates while the sparsity rises (default 10).
         layers: module names (globs) to prune; default every Linear/Conv layer but the output layer.
         include_head: prune the output layer too.
     """
-    if schedule == "one_shot" and (ramp, every) != (RAMP, EVERY):  # they shape the cubic ramp only
+    if schedule == "one_shot" and (ramp, every) != (None, None):  # set, they would shape a ramp that never runs
         raise UsageError("ramp and every are settings of schedule: cubic; remove them, or use schedule: cubic")
+    ramp, every = ramp or 0.75, every or 10
     selected = weight_layers(model, layers, include_head)
     if not selected:
         raise ValueError("the model has no Linear or Conv layer to prune")
