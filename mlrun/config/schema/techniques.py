@@ -23,10 +23,10 @@ class StageSpec(ComponentSpec):
     finetune: dict[str, Any] | Literal[False] | None = None
     """Fine-tuning after the stage, through the training loop, as overrides of the run's config
     (`{train.epochs: 2, optimizer.lr: 1.0e-4}`; {} trains with the run's own settings, without its
-    training-only techniques such as EMA: add them with `techniques: [...]`); false: none. Keys that
-    would change the stage's model or where it is written (model, model_edits, init_from, name,
-    output_dir, compress, tune) are refused. Default: {}, or none for a stage that keeps the model's
-    function (fold_batchnorm)."""
+    training-only techniques such as EMA: add them with `techniques: [...]`); false: none. Every key of
+    the model (model.*, model_edits: the stage made it), of where it starts and is written (init_from,
+    name, output_dir) and of other commands (compress, tune, base) is refused. Default: {}, or none for
+    a stage that keeps the model's function (fold_batchnorm)."""
     rounds: PositiveInt = 1
     """Apply the stage and fine-tune this many times, each round taking a share of the stage's target
     (iterative pruning)."""
