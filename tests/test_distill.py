@@ -64,7 +64,7 @@ def test_baseline_arm_reports_distilled_and_alone_over_paired_seeds(tmp_path: Pa
     table = run_cli("compress", tmp_path / "c.yaml", cwd=tmp_path)  # reused: the table's note
     assert table.returncode == 0 and "reusing it" in table.stderr, table.stderr
     assert "distilled" in table.stdout and "vs alone" in table.stdout and "over 2 paired seed(s)" in table.stdout
-    assert "val/f1 distilled" in table.stdout
+    assert "1-distill: val/f1 distilled" in table.stdout  # named by its folder, as the table rows
 
 
 def test_a_baseline_needs_a_student_and_seeds_need_the_baseline(tmp_path: Path) -> None:

@@ -307,7 +307,7 @@ def test_settings_the_strategy_does_not_read_are_refused(tmp_path):
         ("tune.pruner={name: hyperband}", "pruner"),
         ("tune.trials=50", "trials"),
         ("tune.sampler.name=random", "sampler.name"),
-        ("tune.strategy=optuna", "pbt"),
+        ("tune.strategy=optuna", "pbt: settings of strategy: pbt"),
     ):
         refused = run_cli("validate", path, override, cwd=tmp_path)
         assert refused.returncode == 2 and named in refused.stderr and "Traceback" not in refused.stderr, override

@@ -68,8 +68,8 @@ def baseline_notes(rows: list[dict[str, Any]]) -> list[str]:
         if not arm:
             continue
         seeds = f"over {len(arm['seeds'])} paired seed(s)"
-        notes.append(f"{row['stage']}: {arm_text(arm['metric'], arm)} {seeds}")
-        notes += [f"{row['stage']}: {arm_text(metric, other)}" for metric, other in arm.get("others", {}).items()]
+        notes.append(f"{label(row)}: {arm_text(arm['metric'], arm)} {seeds}")
+        notes += [f"{label(row)}: {arm_text(metric, other)}" for metric, other in arm.get("others", {}).items()]
     return notes
 
 

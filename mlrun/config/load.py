@@ -216,7 +216,8 @@ def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> None:
     if parts[0] == "base":  # it was silently ignored: bases are merged before any override applies
         raise UsageError(
             f"{origin}: base is read from the file, before overrides apply; write a config with "
-            f"base: {raw_value.strip() or '...'} and this file's keys, or pass that base's file itself"
+            f"base: {(raw_value.strip() if len(parts) == 1 else '') or '<file>'} and this file's keys, or pass that "
+            "base's file itself"
         )
     try:
         value = yaml.load(raw_value, Loader=ConfigLoader) if raw_value.strip() else None
@@ -257,7 +258,8 @@ def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> None:
             target = _get(data, path)
     last: str | int = int(parts[-1]) if isinstance(target, list) and parts[-1].isdigit() else parts[-1]
     if isinstance(target, list) and not isinstance(last, int):
-        raise UsageError(f"{origin}: '{parts[-1]}' is not a list index; entries count from 0 (0..{len(target) - 1})")
+        held = f"0..{len(target) - 1}" if target else "the list is empty"
+        raise UsageError(f"{origin}: '{parts[-1]}' is not a list index; entries count from 0 ({held})")
     if isinstance(target, list) and not (isinstance(last, int) and last < len(target)):
         raise UsageError(f"{origin}: '{key}' is past the end of a list of {len(target)}")
     if not isinstance(target, (dict, list)):

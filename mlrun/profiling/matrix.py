@@ -72,12 +72,12 @@ def print_matrix(rows: list[dict], config: ExperimentConfig) -> None:
     effective = config.data.batch_size * config.train.grad_accum_steps
     print(f"\nmemory techniques at effective batch {effective} (peak: measured; estimate: predicted before running)")
     print(
-        f"{'case':<28} {'peak MiB':>8} {'saved':>6} {'samples/s':>10} {'slowdown':>8} {'estimate MiB':>11} {'error':>6}"
+        f"{'case':<28} {'peak MiB':>8} {'saved':>6} {'samples/s':>10} {'slowdown':>8} {'estimate MiB':>12} {'error':>6}"
     )
     for r in rows:
         print(
             f"{r['case']:<28} {r['peak_bytes'] / MIB:>8.1f} {100 * r['memory_saved']:>5.0f}% "
-            f"{r['samples_per_s']:>10.0f} {r['slowdown']:>7.2f}x {r['estimate_bytes'] / MIB:>11.1f} "
+            f"{r['samples_per_s']:>10.0f} {r['slowdown']:>7.2f}x {r['estimate_bytes'] / MIB:>12.1f} "
             f"{100 * r['estimate_error']:>+5.0f}%"
         )
 
