@@ -143,3 +143,16 @@ def test_a_key_one_run_lacks_and_another_has_null_is_no_difference():
     plain = RunRecord(Path("a"), "a", flatten({"init_from": None, "seed": 0}), {}, [])
     tuned = RunRecord(Path("b"), "b", flatten({"init_from": {"run": "runs/a", "path": None}, "seed": 0}), {}, [])
     assert differing_keys([plain, tuned]) == ["init_from.run"]
+
+
+def test_the_better_direction_of_a_named_figure_does_not_depend_on_the_order_of_the_runs():
+    """A run recorded with the old default (mode: min on val/accuracy) listed first made compare rank
+    accuracy lower-is-better; listed second, higher (a user trial)."""
+    from mlrun.reporting.results import lower_is_better
+    from mlrun.reporting.runs import RunRecord
+
+    old = RunRecord(Path("a"), "a", {"train.best.monitor": "val/accuracy", "train.best.mode": "min"}, {})
+    new = RunRecord(Path("b"), "b", {"train.best.monitor": "val/accuracy", "train.best.mode": "max"}, {})
+    assert lower_is_better([old, new], "val/accuracy") is False is lower_is_better([new, old], "val/accuracy")
+    custom = RunRecord(Path("c"), "c", {"train.best.monitor": "val/custom", "train.best.mode": "max"}, {})
+    assert lower_is_better([custom], "val/custom") is False  # a name that says nothing: the config decides

@@ -39,6 +39,17 @@ def test_a_base_component_of_another_factory_keeps_only_the_keys_the_new_one_rea
     assert config.optimizer.name == "adamw"  # the same factory (no name given) still merges
 
 
+def test_best_and_early_stopping_take_their_mode_from_the_figures_name(tmp_path):
+    """mode defaulted to min, so {monitor: val/accuracy} kept the worst weights and stopped a rising run
+    (a user trial); a name that says neither must set it."""
+    path = write_config(tmp_path, tiny_config())
+    config = load_config(path, ["train.best={monitor: val/accuracy}", "train.early_stopping={monitor: train/loss}"])
+    assert config.train.best.mode == "max" and config.train.early_stopping.mode == "min"
+    assert load_config(path, ["train.best={monitor: val/accuracy, mode: min}"]).train.best.mode == "min"
+    with pytest.raises(UsageError, match="'val/custom' does not say whether smaller or larger is better; set mode"):
+        load_config(path, ["train.best={monitor: val/custom}"])
+
+
 def test_overrides_are_yaml_typed_and_mapping_replaces_section(tmp_path):
     path = write_config(tmp_path, tiny_config())
     config = load_config(path, ["train.epochs=7", "model.hidden_sizes=[8, 8]", "optimizer={name: sgd, lr: 0.1}"])

@@ -112,7 +112,7 @@ ALLOWED_IMPORTS = {
         "tracking",
         "tuning",
     },
-    "config": {"errors", "registry"},
+    "config": {"errors", "figures", "registry"},
     "registry": {"errors"},
     "data": {"errors", "registry"},
     # config: models.saved rebuilds a run's model; notices: torchao's noise when transformers imports it
@@ -147,8 +147,8 @@ ALLOWED_IMPORTS = {
     # tracking: the study's MLflow run; compression: a compress search (tune.objectives) runs the chain per trial.
     # notices: the profiler's native notices on file descriptor 2.
     "profiling": {"child_process", "config", "data", "energy", "engine", "errors", "memory", "notices"},
-    "tuning": {"callbacks", "child_process", "compression", "config", "engine", "errors", "tracking"},
-    "reporting": {"errors"},
+    "tuning": {"callbacks", "child_process", "compression", "config", "engine", "errors", "figures", "tracking"},
+    "reporting": {"errors", "figures"},
     "prediction": {"config", "data", "engine", "errors", "export", "models"},
     # engine: fine-tuning runs the training loop; techniques: masks and tied weights of the stages.
     "compression": {"config", "data", "engine", "errors", "export", "models", "registry", "techniques"},

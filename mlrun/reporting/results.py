@@ -10,9 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from mlrun.errors import UsageError, did_you_mean
+from mlrun.figures import better
 from mlrun.reporting.runs import RunRecord, curve
-
-MINIMISED = ("loss", "error", "mse", "mae", "rmse", "perplexity", "time", "memory")
 
 
 def logged_keys(runs: list[RunRecord]) -> list[str]:
@@ -38,6 +37,11 @@ def choose_metric(runs: list[RunRecord], metric: str | None) -> str:
 
 
 def lower_is_better(runs: list[RunRecord], metric: str) -> bool:
+    """The figure's name first (runs recorded with a wrong default mode would otherwise decide by their
+    order on the command line), then what a run's config says of it, else smaller."""
+    named = better(metric)
+    if named is not None:
+        return named == "min"
     for run in runs:
         for monitor, mode in (
             ("train.best.monitor", "train.best.mode"),
@@ -47,7 +51,7 @@ def lower_is_better(runs: list[RunRecord], metric: str) -> bool:
                 return run.config[mode] == "min"
         if run.config.get("tune.metric") == metric and run.config.get("tune.direction"):
             return run.config["tune.direction"] == "minimize"
-    return any(word in metric.lower() for word in MINIMISED)
+    return True
 
 
 def result_row(run: RunRecord, metric: str, minimise: bool) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mlrun.config.schema import ExperimentConfig
 from mlrun.errors import UsageError
+from mlrun.figures import better
 
 
 @dataclass(frozen=True)
@@ -107,15 +108,10 @@ def run_population(config: ExperimentConfig, options: StudyOptions, tune_dir: Pa
     return report
 
 
-# Figures whose better direction their name says: a study set the other way searches for the worst model.
-_SMALLER_IS_BETTER = ("loss", "error", "bytes", "latency", "_ms", "perplexity", "mse", "mae")
-_LARGER_IS_BETTER = ("accuracy", "f1", "auc", "precision", "recall", "r2", "samples_per_s")
-
-
 def warn_unusual_directions(objectives: dict[str, str]) -> None:
     """A warning (not a refusal: a user may mean it) for each figure searched against its name's sense."""
     for figure, direction in objectives.items():
-        expected = _named_direction(figure.lower())
+        expected = {"min": "minimize", "max": "maximize", None: None}[better(figure)]
         if expected is not None and direction != expected:
             print(
                 f"mlrun: warning: the study will {direction} {figure}, which its name says is better "
@@ -123,15 +119,6 @@ def warn_unusual_directions(objectives: dict[str, str]) -> None:
                 file=sys.stderr,
                 flush=True,
             )
-
-
-def _named_direction(name: str) -> str | None:
-    """The direction a figure's name says is better, or None when its name says nothing."""
-    if any(word in name for word in _SMALLER_IS_BETTER):
-        return "minimize"
-    if any(word in name for word in _LARGER_IS_BETTER):
-        return "maximize"
-    return None
 
 
 def run_study(config: ExperimentConfig, options: StudyOptions, tune_dir: Path) -> dict | None:

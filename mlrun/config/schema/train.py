@@ -4,12 +4,13 @@ checkpoint, and which figure keeps `best.safetensors` or stops training early.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from mlrun.config.schema.base import Section
 from mlrun.config.schema.duration import Duration, DurationField
+from mlrun.figures import better
 
 
 class Monitor(Section):
@@ -17,8 +18,21 @@ class Monitor(Section):
 
     monitor: str = "val/loss"
     """Name of a logged figure: val/loss, val/<metric>, train/loss."""
-    mode: Literal["min", "max"] = "min"
-    """Whether smaller (min) or larger (max) is better."""
+    mode: Literal["min", "max"] | None = None
+    """Whether smaller (min) or larger (max) is better; default what the figure's name says (loss, error:
+    min; accuracy, f1, auc: max; mlrun.figures), and a name that says neither must set it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_from_the_name(cls, data: Any) -> Any:
+        # A min default kept the worst accuracy as best (a user trial). Recorded configs name their mode.
+        if isinstance(data, dict) and data.get("mode") is None:
+            monitor = data.get("monitor", "val/loss")
+            mode = better(monitor) if isinstance(monitor, str) else None
+            if mode is None:
+                raise ValueError(f"mode: '{monitor}' does not say whether smaller or larger is better; set mode")
+            data = {**data, "mode": mode}
+        return data
 
 
 class EarlyStopping(Monitor):
