@@ -37,6 +37,7 @@ class StepPlan:
     batches_per_epoch: int
     steps_per_epoch: int
     total_steps: int
+    processes: int = 1  # training processes (DDP, FSDP): a technique may work on one only
 
 
 @dataclass
@@ -277,7 +278,7 @@ def plan_steps(train_size: int, data: DataSpec, train: TrainConfig, num_processe
         )
     steps_per_epoch = math.ceil(batches / train.grad_accum_steps)
     candidates = [n for n in (train.max_steps, train.epochs and train.epochs * steps_per_epoch) if n]
-    return StepPlan(batches, steps_per_epoch, min(candidates))
+    return StepPlan(batches, steps_per_epoch, min(candidates), num_processes)
 
 
 def build_trackers(config: ExperimentConfig) -> list[Tracker]:

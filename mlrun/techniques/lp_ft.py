@@ -30,6 +30,7 @@ from mlrun.config.schema import Duration, DurationField, parse_duration
 from mlrun.errors import UsageError
 from mlrun.models.addressing import check_patterns, head_prefixes, matching
 from mlrun.registry import techniques
+from mlrun.techniques.freeze import single_process
 
 # Defaults measured on digits transfer (scripts/bench/transfer.py --part lpft, RESULTS.md): the body
 # at half the lr lost to plain fine-tuning there, so it keeps the full lr and is only warmed up.
@@ -139,7 +140,8 @@ class LinearProbeThenFineTune(Callback):
 
 
 def check_lp_ft_plan(config: Any, plan: Any, /, **settings: Any) -> None:
-    """lp_ft fine-tunes a pretrained model, and its probe must leave steps for the fine-tuning."""
+    """lp_ft fine-tunes a pretrained model, on one process, and its probe must leave steps for the fine-tuning."""
+    single_process("techniques.lp_ft", plan)
     if config.init_from is None:
         raise UsageError(
             "techniques.lp_ft: fits a new head on a pretrained body, but init_from is not set; set "
