@@ -158,6 +158,8 @@ def test_malformed_override(tmp_path):
 def test_fp16_on_cpu_is_refused_not_ignored(tmp_path, cpu_only):
     config = write_config(tmp_path, tiny_config())
     assert_usage_error(run_cli("train", config, "train.precision=fp16", cwd=tmp_path), "fp16 needs a GPU")
+    # validate passed it, then train refused at once (a user trial)
+    assert_usage_error(run_cli("validate", config, "train.precision=fp16", cwd=tmp_path), "fp16 needs a GPU")
 
 
 def test_monitor_of_an_unlogged_metric_is_refused(tmp_path):

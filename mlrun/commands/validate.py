@@ -31,6 +31,10 @@ def check_config(path: Path, config: ExperimentConfig, print_config: bool) -> No
     """Build everything, run one batch, apply the compress stages; say so (and the optimizer's groups)."""
     import torch
 
+    from mlrun.engine.run import check_device_settings
+
+    check_device_settings(config)  # what train refuses before building anything
+
     from mlrun.engine.autobatch import resolve_batch_size
     from mlrun.engine.build import build_components
     from mlrun.engine.preflight import check_one_batch

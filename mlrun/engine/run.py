@@ -265,15 +265,12 @@ def unfinished_extension(run_dir: Path, resume: str, summary: dict) -> Path | No
     return None
 
 
-def make_accelerator(config: ExperimentConfig):
+def check_device_settings(config: ExperimentConfig) -> None:
+    """Exit 2 on settings this machine or the strategy cannot run (fp16/fp8 without their GPU, ...): asked by
+    train before anything is built, and by validate, which passed them while train refused (a user trial)."""
     import torch
-    from accelerate import Accelerator
 
     train = config.train
-    if train.deterministic:
-        # cuBLAS is deterministic only with a fixed workspace; without this variable, deterministic
-        # mode makes torch raise at the first CUDA matmul. Set before any cuBLAS handle exists.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if train.precision == "fp16" and not torch.cuda.is_available():
         raise UsageError(
             "train.precision: fp16 needs a GPU (Accelerate would silently train in fp32 on CPU); use bf16 on CPU"
@@ -282,10 +279,6 @@ def make_accelerator(config: ExperimentConfig):
         from mlrun.engine.fp8 import check_fp8_device
 
         check_fp8_device()
-    if train.deterministic:
-        torch.use_deterministic_algorithms(True)
-    from mlrun.engine.parallel import accelerator_kwargs
-
     if train.checkpoint_async and config.distributed.strategy in ("pipeline", "deepspeed"):
         raise UsageError(
             f"train.checkpoint_async: the {config.distributed.strategy} strategy writes its own checkpoints, "
@@ -295,6 +288,21 @@ def make_accelerator(config: ExperimentConfig):
         from mlrun.engine.fsdp import check_settings
 
         check_settings(config.distributed, train.precision)
+
+
+def make_accelerator(config: ExperimentConfig):
+    import torch
+    from accelerate import Accelerator
+
+    train = config.train
+    if train.deterministic:
+        # cuBLAS is deterministic only with a fixed workspace; without this variable, deterministic
+        # mode makes torch raise at the first CUDA matmul. Set before any cuBLAS handle exists.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    check_device_settings(config)
+    if train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    from mlrun.engine.parallel import accelerator_kwargs
 
     return Accelerator(
         **accelerator_kwargs(config.distributed),
