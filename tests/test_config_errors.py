@@ -70,6 +70,7 @@ def test_wrong_type_names_the_value(tmp_path):
         ("optimizer.lr=-0.1", "optimizer.lr: Input should be greater than 0"),
         ("data.val_fraction=1.5", "data.val_fraction: Input should be less than 1"),
         ("seed=-1", "seed: Input should be greater than or equal to 0"),  # numpy's traceback, exit 1
+        ("techniques=[{name: ema, decay: 0.9}, {name: ema}]", "ema listed more than once"),  # two EMAs, one used
         ("seed=99999999999", "seed: Input should be less than 4294967296"),
         ("train.precision=bf61", "train.precision: Input should be 'fp32'"),  # a misspelt choice: the closest
         ("train.precision=bf61", "(got 'bf61'). Did you mean 'bf16'?"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mlrun.config.schema.base import Section, Seed
 from mlrun.config.schema.data import DataSpec
@@ -67,6 +67,18 @@ class ExperimentConfig(Section):
     model_edits: list[dict[str, Any]] = []
     """Structural edits of the built model (pruned shapes, factorized layers, folded norms), recorded by
     `mlrun compress` in a stage's config.yaml and replayed when the model is built; not written by hand."""
+
+    @field_validator("techniques")
+    @classmethod
+    def _each_technique_once(cls, techniques: list[TechniqueSpec]) -> list[TechniqueSpec]:
+        # Two EMAs kept two averages and evaluated the last alone; two freezes would fight over the same weights.
+        names = [technique.name for technique in techniques]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(
+                f"{', '.join(twice)} listed more than once: list each technique once, with all its settings"
+            )
+        return techniques
 
     def has_technique(self, name: str) -> bool:
         return any(technique.name == name for technique in self.techniques)
