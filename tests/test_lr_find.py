@@ -106,3 +106,22 @@ def test_lr_find_rejects_an_inverted_range(tmp_path):
         "lr-find", write_config(tmp_path, digits_config(name="adamw")), "--start", "1", "--end", "0.1", cwd=tmp_path
     )
     assert result.returncode == 2 and "0 < start < end" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_curve_is_in_optimizer_lr_units_when_a_group_logs_a_larger_rate(tmp_path):
+    """train/lr logs the largest group's rate, so a head at lr_scale 10 made the suggestion 10x too
+    high for optimizer.lr (a user trial)."""
+    from mlrun.tuning.lr_range import read_curve
+
+    start, ratio = 1e-6, 1.5
+    for scale in (1.0, 10.0):
+        lines = [{"step": k, "train/loss": 1.0, "train/lr": scale * start * ratio**k} for k in range(1, 6)]
+        (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        lrs, _ = read_curve(tmp_path / "metrics.jsonl", start)
+        assert lrs == pytest.approx([start * ratio**k for k in range(5)])
+
+
+def test_the_next_command_keeps_the_sweeps_overrides(tmp_path):
+    """`next:` dropped the overrides the sweep ran with (another name, batch, weight decay; a user trial)."""
+    report = lr_find(tmp_path, digits_config(name="adamw"), "optimizer.weight_decay=0.05")
+    assert report["next"].endswith(f" optimizer.weight_decay=0.05 optimizer.lr={report['suggested_lr']:.3g}")

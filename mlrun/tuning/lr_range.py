@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlrun.callbacks import Callback
-from mlrun.config.load import load_config
+from mlrun.config.load import load_config, train_command
 from mlrun.errors import UsageError
 
 if TYPE_CHECKING:
@@ -35,7 +35,8 @@ class Sweep:
 
     config: ExperimentConfig
     folder: Path
-    source: Path  # the user's config file, for the suggested `mlrun train` line
+    source: Path  # the user's config file and overrides, for the suggested `mlrun train` line
+    overrides: tuple[str, ...]
     steps: int
     start: float
     end: float
@@ -45,7 +46,7 @@ def plan_sweep(path: Path, overrides: list[str], steps: int, start: float, end: 
     """The user's config turned into a sweep from `start` to `end` over up to `steps` steps."""
     user = load_config(path, overrides)
     sweep = load_config(path, [*overrides, *sweep_overrides(user.output_dir, user.name, steps, start, end)])
-    return Sweep(sweep, Path(user.output_dir) / user.name / "lr_find", path, steps, start, end)
+    return Sweep(sweep, Path(user.output_dir) / user.name / "lr_find", path, tuple(overrides), steps, start, end)
 
 
 def sweep_overrides(output_dir: str, name: str, steps: int, start: float, end: float) -> list[str]:
@@ -98,7 +99,11 @@ def run_sweep(sweep: Sweep, method: str) -> dict:
         "plot": str(sweep.folder / "lr_find.png"),
         "curve": [{"lr": lr, "loss": loss} for lr, loss in zip(lrs, losses)],
         # No rate from a curve too short or too flat: `reason` says what to change.
-        "next": f"mlrun train {sweep.source} optimizer.lr={suggestion.lr:.3g}" if suggestion.lr is not None else None,
+        "next": (
+            train_command(sweep.source, [*sweep.overrides, f"optimizer.lr={suggestion.lr:.3g}"])
+            if suggestion.lr is not None
+            else None
+        ),
     }
     (sweep.folder / "lr_find.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -111,7 +116,12 @@ def read_curve(metrics: Path, start: float) -> tuple[list[float], list[float]]:
     """
     lines = [json.loads(line) for line in metrics.read_text().splitlines() if line]
     train = [line for line in lines if "train/loss" in line]
-    lrs = [start] + [line["train/lr"] for line in train[:-1]]
+    logged = [line["train/lr"] for line in train]
+    if len(logged) >= 2 and logged[1] > 0:
+        # train/lr is the largest parameter group's (param_groups lr_scale 10 logs 10 x optimizer.lr): back to
+        # optimizer.lr's units from the ramp's constant ratio, so the suggestion is a value for optimizer.lr.
+        logged = [lr / (logged[0] ** 2 / (start * logged[1])) for lr in logged]
+    lrs = [start] + logged[:-1]
     return lrs, [float(line["train/loss"]) for line in train]
 
 
