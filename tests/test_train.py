@@ -430,3 +430,7 @@ def test_ema_weights_are_what_evaluation_and_model_safetensors_use(tmp_path):
     figures = json.loads(evaluated.stdout)["metrics"]
     final = summary(run)["final"]
     assert math.isclose(figures["val/loss"], final["val/loss"], rel_tol=1e-5), (figures, final)
+    # A checkpoint holds the live weights, not the average training evaluated: said, not silently different.
+    latest = run_cli("eval", run, "--checkpoint", "latest", cwd=tmp_path)
+    assert latest.returncode == 0 and "holds the raw weights; training evaluated the EMA average" in latest.stderr
+    assert "raw weights" not in evaluated.stderr

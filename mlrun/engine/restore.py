@@ -15,7 +15,7 @@ from mlrun.engine.run_dir import read_summary
 from mlrun.errors import UsageError, did_you_mean
 from mlrun.models.packed_weights import is_packed, load_packed
 from mlrun.models.weights_file import load_weights
-from mlrun.registry import objectives
+from mlrun.registry import objectives, techniques
 
 
 @dataclass
@@ -99,6 +99,20 @@ def recorded_statistics(run_dir: Path, source: str) -> list[str]:
     return [as_override(f"data.{key}", value) for key, value in recorded.items()]
 
 
+def note_raw_weights(config: ExperimentConfig, weights: Path) -> None:
+    """A checkpoint of a run that evaluated averaged weights (EMA) holds the raw ones: its figures are not
+    the logged ones at that step (a user trial read 0.9028 against the logged 0.9528)."""
+    if not (weights.name.startswith("step-") or weights.parent.name.startswith("step-")):  # not a checkpoint
+        return
+    for spec in config.techniques:
+        if averaged := techniques.trait(spec.name, "averages"):
+            print(
+                f"mlrun: note: {weights} holds the raw weights; training evaluated {averaged}, which the run's "
+                "model.safetensors and best.safetensors hold",
+                file=sys.stderr,
+            )
+
+
 def standalone_objective(config: ExperimentConfig) -> ExperimentConfig:
     """The config with an objective that needs no other run, when the trained one's (a distillation
     teacher) is gone: the model alone is what eval, predict and export use."""
@@ -138,6 +152,7 @@ def load_trained(run_dir: Path, checkpoint: str = "final", overrides: list[str] 
     if pinned:  # the user's own overrides come last, so an explicit data.mean still wins
         config = load_config(config_path, [*pinned, *overrides])
     config = standalone_objective(config)
+    note_raw_weights(config, weights)
     parts = build_components(config, fitted_transform=load_fitted_transform(run_dir), init_weights=False)
     if weights.is_dir():
         missing, unexpected = load_dcp_weights(parts.model, weights)

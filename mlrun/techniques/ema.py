@@ -60,7 +60,8 @@ class EMA(Callback):
         self.shadow = [t.to(s.device) for t, s in zip(state["shadow"], self.shadow)]
 
 
-@techniques.register("ema")
+# averages: training evaluates and saves the average, while a checkpoint's model weights are the raw ones.
+@techniques.register("ema", averages="the EMA average")
 def ema(model: nn.Module, /, *, decay: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.999, warmup: bool = True) -> EMA:
     """Keep an exponential moving average of the weights; evaluate and save the average.
 
