@@ -163,6 +163,12 @@ def test_fp16_on_cpu_is_refused_not_ignored(tmp_path, cpu_only):
     assert_usage_error(run_cli("validate", config, "train.precision=fp16", cwd=tmp_path), "fp16 needs a GPU")
 
 
+def test_muon_under_fsdp_is_refused(tmp_path):
+    """Muon on FSDP's shards updated differently from one process and DDP, with no word (a user trial)."""
+    refused = run_cli("validate", QUICKSTART, "distributed.strategy=fsdp", "optimizer={name: muon}", cwd=tmp_path)
+    assert_usage_error(refused, "optimizer 'muon' updates each weight matrix as a whole")
+
+
 def test_monitor_of_an_unlogged_metric_is_refused(tmp_path):
     config = write_config(tmp_path, tiny_config())
     assert_usage_error(

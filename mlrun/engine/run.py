@@ -286,8 +286,15 @@ def check_device_settings(config: ExperimentConfig) -> None:
         )
     if config.distributed.strategy == "fsdp":
         from mlrun.engine.fsdp import check_settings
+        from mlrun.registry import optimizers
 
         check_settings(config.distributed, train.precision)
+        if optimizers.trait(config.optimizer.name, "whole_matrices", False):
+            raise UsageError(
+                f"optimizer '{config.optimizer.name}' updates each weight matrix as a whole, which FSDP shards "
+                "across processes (its updates differed from one process's); use distributed.strategy: ddp, "
+                "or another optimizer"
+            )
 
 
 def make_accelerator(config: ExperimentConfig):
