@@ -60,3 +60,4 @@ def test_resuming_inside_the_decay_with_another_length_is_refused(tmp_path):
     result = run_cli("train", path, "--resume", str(short / "checkpoints" / "step-00000040"), cwd=tmp_path)
     assert result.returncode == 2
     assert "inside the decay that began at step 30" in result.stderr and "at or before step 30" in result.stderr
+    assert "UsageError" not in result.stderr and "config changed" not in result.stderr  # the refusal, as it was raised

@@ -122,6 +122,8 @@ def run_training(
     if resume_from is not None:
         try:
             loop.restore(resume_from)
+        except UsageError:
+            raise  # a component's own refusal (wsd asked to change inside its decay) already says what to do
         except Exception as exc:
             raise explain_load_failure(resume_from, exc, changes) from exc
         if reallocated is not None:
