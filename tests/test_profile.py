@@ -169,3 +169,8 @@ def test_profile_advice_is_bounded_by_the_data_and_promises_no_bf16_saving_on_cp
     grow = [line for line in advice if "the batch could grow" in line]
     assert grow and "from 8 to about 64 samples" in grow[0] and "512 training samples" in grow[0]
     assert not any("bf16" in line for line in advice)  # the CPU matrix measures no saving from bf16
+    # Under accumulation an optimizer step takes two micro-batches: half the micro-batch keeps 8 steps an epoch.
+    config["train"] = {**config["train"], "grad_accum_steps": 2}
+    result = run_cli("profile", write_config(tmp_path, config), "--steps", "3", "--warmup", "1", "--json", cwd=tmp_path)
+    grow = [line for line in json.loads(result.stdout)["advice"] if "the batch could grow" in line]
+    assert grow and "from 8 to about 32 samples" in grow[0], grow

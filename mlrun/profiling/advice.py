@@ -83,7 +83,8 @@ def advice(figures: dict, config) -> list[str]:
         if fits > 2 * config.data.batch_size:
             # Bounded by the data: a batch past an eighth of the split leaves too few steps an epoch.
             samples = _train_samples(figures, config)
-            bound = samples // MIN_STEPS_PER_EPOCH
+            # An optimizer step takes grad_accum_steps micro-batches: the bound is on the micro-batch.
+            bound = samples // (MIN_STEPS_PER_EPOCH * config.train.grad_accum_steps)
             if bound > 2 * config.data.batch_size:
                 grow = min(fits, bound)
                 limit = (
