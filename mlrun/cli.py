@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from mlrun import __version__
-from mlrun.errors import EXIT_INTERRUPTED, EXIT_RUN_FAILED, EXIT_USAGE, MlrunError, RunInterrupted
+from mlrun.errors import EXIT_INTERRUPTED, EXIT_RUN_FAILED, EXIT_USAGE, MlrunError, RunInterrupted, Terminated
 from mlrun.ranks import first_process
 
 app = typer.Typer(
@@ -357,6 +357,8 @@ def main() -> None:
         else:
             exc.show()  # click's usage line and error
         _fail(EXIT_USAGE, None, "error", message)
+    except Terminated as exc:
+        _fail(exc.exit_code, exc, "interrupted")
     except (KeyboardInterrupt, typer.Abort):
         print("mlrun: interrupted", file=sys.stderr)
         _fail(EXIT_INTERRUPTED, None, "interrupted", "interrupted")
@@ -381,9 +383,8 @@ def _terminated(signum, frame) -> None:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
-    raise RunInterrupted(
-        "stopped by SIGTERM outside a training loop; the files it wrote so far are kept (a rerun reuses finished work)",
-        exit_code=128 + signal.SIGTERM,
+    raise Terminated(
+        "stopped by SIGTERM outside a training loop; the files it wrote so far are kept (a rerun reuses finished work)"
     )
 
 
@@ -433,12 +434,12 @@ def _exit_before_finalization() -> None:
 
 def _fail(code: int, exc: BaseException | None, prefix: str, message: str | None = None) -> None:
     """Report on stderr, and under --json also as the one document on stdout; then exit with `code`."""
-    if exc is not None and not (isinstance(exc, RunInterrupted) and not first_process()):
+    if exc is not None and not (isinstance(exc, (RunInterrupted, Terminated)) and not first_process()):
         _report(exc, prefix)  # an interrupted run's message is every process's alike: the first one prints it
     from mlrun import jsonout
 
     if jsonout.active() and not jsonout.printed:
-        text = message or (str(exc) if isinstance(exc, MlrunError) else f"{type(exc).__name__}: {exc}")
+        text = message or (str(exc) if isinstance(exc, (MlrunError, Terminated)) else f"{type(exc).__name__}: {exc}")
         jsonout.print_json({"status": prefix.replace(" ", "_"), "exit_code": code, "message": text})
     sys.exit(code)
 
@@ -464,10 +465,9 @@ def _take_debug_flag(args: list[str]) -> list[str]:
 def _report(exc: BaseException, prefix: str = "error") -> None:
     if os.environ.get("MLRUN_DEBUG"):
         traceback.print_exception(exc)
-    hint = (
-        "" if os.environ.get("MLRUN_DEBUG") or isinstance(exc, MlrunError) else " (run with --debug for the traceback)"
-    )
-    message = str(exc) if isinstance(exc, MlrunError) else f"{type(exc).__name__}: {exc}"
+    said = isinstance(exc, (MlrunError, Terminated))  # says what happened itself: no type name, no traceback hint
+    hint = "" if os.environ.get("MLRUN_DEBUG") or said else " (run with --debug for the traceback)"
+    message = str(exc) if said else f"{type(exc).__name__}: {exc}"
     # Under torchrun every process reports its own failure (one may fail alone): the others' say whose.
     rank = "" if first_process() else f" (rank {os.environ.get('RANK')})"
     print(f"mlrun: {prefix}{rank}: {message}{hint}", file=sys.stderr)

@@ -49,6 +49,14 @@ class RunInterrupted(MlrunError):
         self.exit_code = exit_code
 
 
+class Terminated(BaseException):
+    """SIGTERM outside a training loop (loading, building, validate's dry run, between stages). A BaseException,
+    as KeyboardInterrupt is: an `except Exception` that names a failing component (a model factory, a dry run)
+    would otherwise report the stop as that component's error, with exit 2."""
+
+    exit_code = 128 + 15
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)

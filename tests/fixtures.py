@@ -92,15 +92,20 @@ def probe_mlp(
     return _Probe(meta, kill_at, nan_at, dtype_file, overflow_at, inputs_file)
 
 
-def slow_mlp(meta: DataMeta, /, *, sleep_s: float = 0.05) -> nn.Module:
-    """Test model: an MLP whose training forward sleeps, so a test can signal it mid-run."""
+def slow_mlp(meta: DataMeta, /, *, sleep_s: float = 0.05, started: str | None = None) -> nn.Module:
+    """Test model: an MLP whose training forward sleeps, so a test can signal it mid-run; `started`: a file
+    written as any forward begins (a test signals then, not during imports, where CPython itself
+    may drop a KeyboardInterrupt raised in an import lock's callback)."""
     import time
+    from pathlib import Path
 
     model = MLP(meta.input_shape[0], [32], meta.num_classes, dropout=0.0, activation="relu")
     forward = model.forward
 
     def slow_forward(x):
-        if model.training:
+        if model.training or started:  # with `started`, every forward: validate's dry run is in eval mode
+            if started:
+                Path(started).touch()
             time.sleep(sleep_s)
         return forward(x)
 

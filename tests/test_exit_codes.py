@@ -109,30 +109,25 @@ def test_third_party_notices_are_hidden_unless_debug(tmp_path):
 )
 def test_a_signal_outside_a_training_loop_is_one_message_and_its_exit_code(tmp_path, signal_name, code, says):
     """validate's one batch runs a forward that sleeps: SIGTERM there ends the command with a message
-    (it died silently), once mlrun's handler is in place (read from /proc, so no guessing at timing).
-    Ctrl-C there exited 0 without a word: typer returned its 130 instead of raising it."""
+    (it died silently). Ctrl-C there exited 0 without a word: typer returned its 130 instead of raising it."""
     import os
     import signal
     import subprocess
     import sys
     import time
-    from pathlib import Path
 
-    if not Path(f"/proc/{os.getpid()}/status").is_file():
-        pytest.skip("needs /proc to see when the handler is installed")
-    model = {"name": "tests.fixtures:slow_mlp", "sleep_s": 30.0}
+    started = tmp_path / "forward-started"
+    model = {"name": "tests.fixtures:slow_mlp", "sleep_s": 30.0, "started": str(started)}
     path = write_config(tmp_path, tiny_config(name="slow", model=model))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(
         [sys.executable, "-m", "mlrun", "validate", str(path)], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
     )
-    deadline, caught = time.monotonic() + 60, 1 << (signal.SIGTERM - 1)
-    while time.monotonic() < deadline:  # SigCgt: the signals the process has handlers for
-        status = Path(f"/proc/{process.pid}/status").read_text()
-        if int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16) & caught:
-            break
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not started.exists():  # in validate's one forward: outside a loop
         time.sleep(0.05)
-    time.sleep(1.0)  # somewhere in loading, building or the sleeping forward: all outside a training loop
+    # Signalled there, not at a guessed moment during imports: CPython drops a KeyboardInterrupt raised
+    # inside an import lock's callback ("Exception ignored in _get_module_lock"), which made this flaky.
     process.send_signal(getattr(signal, signal_name))
     try:
         _, stderr = process.communicate(timeout=60)

@@ -44,7 +44,7 @@ from mlrun.engine.run_dir import (
     write_json,
 )
 from mlrun.engine.state import TrainState
-from mlrun.errors import MlrunError, RunFailed, UsageError
+from mlrun.errors import MlrunError, RunFailed, Terminated, UsageError
 
 
 def run_training(
@@ -140,7 +140,7 @@ def run_training(
     except MlrunError as exc:  # already says what went wrong (a usage error, a failed run, a study's own)
         message = str(exc)
         raise
-    except KeyboardInterrupt:  # Ctrl-C before the loop's own handler was in place: a stop, not a failure
+    except (KeyboardInterrupt, Terminated):  # a signal before the loop's own handler was in place: a stop
         loop.state.stop_reason = loop.state.stop_reason or "interrupted"
         raise
     except Exception as exc:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlrun.errors import RunInterrupted, UsageError, failure_reason
+from mlrun.errors import RunInterrupted, Terminated, UsageError, failure_reason
 from mlrun.tracking.base import RunInfo, Tracker
 
 Figures = dict[str, float]
@@ -33,12 +33,12 @@ Batch = dict[int, tuple[float, Figures]]  # step -> (unix time it was logged, it
 CHECKPOINT = re.compile(r"^step-\d{8}$")
 
 
-def _stop_inside(exc: BaseException) -> RunInterrupted | None:
-    """The stop signal's RunInterrupted behind a library's own exception (mlflow wraps what its calls
-    raise), so that the run ends as interrupted, not with "the tracker failed"."""
+def _stop_inside(exc: BaseException) -> RunInterrupted | Terminated | None:
+    """The stop signal's exception behind a library's own (mlflow wraps what its calls raise), so that the
+    run ends as interrupted, not with "the tracker failed"."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, RunInterrupted):
+        if isinstance(exc, (RunInterrupted, Terminated)):
             return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__

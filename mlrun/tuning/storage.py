@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from mlrun.errors import RunInterrupted, UsageError
+from mlrun.errors import RunInterrupted, Terminated, UsageError
 
 HEARTBEAT_S = 60  # a trial silent for two heartbeats is failed by the other workers (Optuna's grace period)
 RECONNECT_S = 300.0  # how long a worker waits for the database to come back before giving up
@@ -89,7 +89,7 @@ def optimize(study, objective: Callable, *, target: int, timeout: float | None, 
             values = objective(trial)
         except optuna.TrialPruned:
             raise
-        except RunInterrupted as exc:  # the study is not resumed trial by trial: its rerun retrains these values
+        except (RunInterrupted, Terminated) as exc:  # not resumed trial by trial: its rerun retrains these values
             record_failure(trial, RunInterrupted(INTERRUPTED))
             raise RunInterrupted(
                 f"stopped by signal in trial {trial.number}, recorded as failed ({INTERRUPTED}). Run the same "
