@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -192,6 +193,9 @@ def test_a_command_that_finished_well_destroys_its_process_group_and_a_failed_on
     exits = []
     monkeypatch.setattr(mlrun.cli, "_exit_before_finalization", lambda: exits.append(dist.is_initialized()))
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    # main leaves SIGINT ignored after a command that finished (and SIGTERM its own): kept for this worker,
+    # every process it later starts inherited an ignored Ctrl-C (a signal test then failed, in CI only).
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         monkeypatch.setattr(sys, "argv", ["mlrun", "validate", str(tmp_path / "missing.yaml")])
         with pytest.raises(SystemExit) as failed:
@@ -204,6 +208,8 @@ def test_a_command_that_finished_well_destroys_its_process_group_and_a_failed_on
         mlrun.cli.main()
         assert exits == [False]  # no process group: a plain exit
     finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         if dist.is_initialized():
             dist.destroy_process_group()
 

@@ -121,7 +121,13 @@ def test_a_signal_outside_a_training_loop_is_one_message_and_its_exit_code(tmp_p
     path = write_config(tmp_path, tiny_config(name="slow", model=model))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlrun", "validate", str(path)], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "mlrun", "validate", str(path)],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        # As a shell starts it: Ctrl-C at its default, whatever this test worker's disposition is.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not started.exists():  # in validate's one forward: outside a loop
