@@ -439,7 +439,7 @@ def _fail(code: int, exc: BaseException | None, prefix: str, message: str | None
     from mlrun import jsonout
 
     if jsonout.active() and not jsonout.printed:
-        text = message or (str(exc) if isinstance(exc, (MlrunError, Terminated)) else f"{type(exc).__name__}: {exc}")
+        text = message or _message(exc)
         jsonout.print_json({"status": prefix.replace(" ", "_"), "exit_code": code, "message": text})
     sys.exit(code)
 
@@ -462,12 +462,21 @@ def _take_debug_flag(args: list[str]) -> list[str]:
     return [a for a in args[:end] if a != "--debug"] + args[end:]
 
 
+def _says_itself(exc: BaseException) -> bool:
+    """mlrun's own errors and stops say what happened: no type name, no advice to read a traceback."""
+    return isinstance(exc, (MlrunError, Terminated))
+
+
+def _message(exc: BaseException) -> str:
+    return str(exc) if _says_itself(exc) else f"{type(exc).__name__}: {exc}"
+
+
 def _report(exc: BaseException, prefix: str = "error") -> None:
     if os.environ.get("MLRUN_DEBUG"):
         traceback.print_exception(exc)
-    said = isinstance(exc, (MlrunError, Terminated))  # says what happened itself: no type name, no traceback hint
+    said = _says_itself(exc)
     hint = "" if os.environ.get("MLRUN_DEBUG") or said else " (run with --debug for the traceback)"
-    message = str(exc) if said else f"{type(exc).__name__}: {exc}"
+    message = _message(exc)
     # Under torchrun every process reports its own failure (one may fail alone): the others' say whose.
     rank = "" if first_process() else f" (rank {os.environ.get('RANK')})"
     print(f"mlrun: {prefix}{rank}: {message}{hint}", file=sys.stderr)

@@ -191,6 +191,16 @@ def test_a_space_of_few_chains_points_to_the_grid(searched) -> None:
     assert gridded.returncode == 0 and "chains" not in gridded.stderr, gridded.stderr
 
 
+def test_a_compress_search_refuses_overrides_its_stages_would_not_read(tmp_path: Path) -> None:
+    """`optimizer.lr=0.5` beside a compress search was accepted and read by nothing (a user trial)."""
+    path = write_config(tmp_path, tiny_config(name="fresh", compress=STAGES, tune=SEARCH), "fresh.yaml")
+    result = run_cli("tune", path, "optimizer.lr=0.5", "tune.trials=2", cwd=tmp_path)
+    assert (
+        result.returncode == 2 and "a compress search reads" in result.stderr and "'optimizer.lr=0.5'" in result.stderr
+    )
+    assert "tune.trials" not in result.stderr.partition("not ")[2].partition(":")[0]  # tune.* is read
+
+
 def test_a_search_of_an_untrained_run_says_how_to_train_it(tmp_path: Path) -> None:
     path = write_config(tmp_path, tiny_config(name="fresh", compress=STAGES, tune=SEARCH), "fresh.yaml")
     result = run_cli("tune", path, "name=other", cwd=tmp_path)

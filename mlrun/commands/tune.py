@@ -37,9 +37,9 @@ def run_tune(
     if workers < 1:
         raise UsageError("--workers must be at least 1")
     if config.tune.objectives is not None:  # a compress search runs the trained run's stages, as compress does
-        from mlrun.commands.compress import check_overrides_read
+        from mlrun.commands.compress import READ_KEYS, check_overrides_read
 
-        check_overrides_read([o for o in overrides if not o.strip().startswith("tune")], "a compress search")
+        check_overrides_read(overrides, "a compress search", read=(*READ_KEYS, "tune"))
     if config.tune.strategy == "pbt":
         study_options = {"--trials": trials, "--timeout": timeout, "--storage": storage, "--study": study_name}
         given = [name for name, value in study_options.items() if value is not None] + ["--workers"] * (workers > 1)

@@ -27,7 +27,7 @@ class Monitor(Section):
     def _mode_from_the_name(cls, data: Any) -> Any:
         # A min default kept the worst accuracy as best (a user trial). Recorded configs name their mode.
         if isinstance(data, dict) and data.get("mode") is None:
-            monitor = data.get("monitor", "val/loss")
+            monitor = data.get("monitor", cls.model_fields["monitor"].default)
             mode = better(monitor) if isinstance(monitor, str) else None
             if mode is None:
                 raise ValueError(f"mode: '{monitor}' does not say whether smaller or larger is better; set mode")
