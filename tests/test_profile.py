@@ -43,9 +43,12 @@ def test_checkpointing_lowers_activation_memory_of_a_deep_model(tmp_path):
     assert checkpointed["activations"] < 0.7 * plain  # only each block's input is kept
 
 
-def test_estimate_lands_near_the_measured_peak(tmp_path, cpu_only):
+@pytest.mark.parametrize("techniques", [[], ["ema"]], ids=["plain", "ema"])
+def test_estimate_lands_near_the_measured_peak(tmp_path, cpu_only, techniques):
     # The tolerance (15%) against live tensor bytes, which do not depend on the allocator's history.
-    f = profile(tmp_path, tiny_config(model=DEEP, data=BIG_BATCH), "--estimate")
+    # EMA keeps an fp32 copy of the weights for the whole step: its entry declares the bytes.
+    f = profile(tmp_path, tiny_config(model=DEEP, data=BIG_BATCH, techniques=techniques), "--estimate")
+    assert f["estimate_bytes"]["technique_state"] == (f["memory_bytes"]["parameters"] if techniques else 0)
     assert f["peak_source"].startswith("live tensors")
     error = f["estimate_bytes"]["total"] / f["memory_bytes"]["measured_peak"] - 1
     assert abs(error) <= 0.15, f"estimate off by {100 * error:.0f}%"

@@ -98,7 +98,9 @@ def print_figures(f: dict, folder: Path) -> None:
     if "estimate_bytes" in f:
         e = f["estimate_bytes"]
         print(
-            f"  estimated peak before running: {e['total'] / MIB:.1f} MiB, at the {e['peak_at']} "
+            f"  estimated peak before running: {e['total'] / MIB:.1f} MiB, at the {e['peak_at']}"
+            + (f", {e['technique_state'] / MIB:.4g} MiB kept by techniques" if e["technique_state"] else "")
+            + " "
             f"({100 * (e['total'] / m['measured_peak'] - 1):+.0f}% of measured)"
         )
     if "energy" in f:

@@ -16,7 +16,7 @@ from mlrun.data.batch import move_batch
 from mlrun.data.bundle import fetch_batch
 from mlrun.engine.build import build_components
 from mlrun.errors import UsageError
-from mlrun.memory.estimate import estimate_peak, frees_gradients, optimizer_state_estimate
+from mlrun.memory.estimate import estimate_peak, optimizer_state_estimate, technique_state_estimate
 
 CPU_SHARE = 0.5  # without a budget, use at most half of the memory the system has available
 
@@ -77,7 +77,7 @@ def _fits_estimate(parts, config, batch, budget: int) -> bool:
         config.optimizer.name,
         config.optimizer.settings,
         _autocast_dtype(config),
-        frees_gradients([t.name for t in config.techniques]),
+        config.techniques,
         config.train.grad_accum_steps,
     )["total"]
     return peak <= budget
@@ -94,8 +94,10 @@ def _fits_cuda(parts, config, batch, budget: int) -> bool:
             loss = parts.objective(model, batch).loss
         loss.backward()
         # Optimizer state is created at the first step: count it from the rule, not a real step.
-        peak = torch.cuda.max_memory_allocated() + optimizer_state_estimate(
-            model, config.optimizer.name, config.optimizer.settings
+        peak = (
+            torch.cuda.max_memory_allocated()
+            + optimizer_state_estimate(model, config.optimizer.name, config.optimizer.settings)
+            + technique_state_estimate(model, config.techniques)
         )
         return peak <= budget
     except torch.cuda.OutOfMemoryError:

@@ -6,6 +6,8 @@ The peak falls at one of two moments, and the estimate is the larger:
                      + backward's first transient (one recomputed block under checkpointing,
                        else the gradient of the largest saved tensor and of the logits)
   optimizer step:    parameters + optimizer state + gradients + the step's per-parameter temporaries
+Techniques that keep state of their own (EMA's fp32 copy of the weights) declare its size with their
+registry entry (`state_bytes=`), as optimizers do; it is live for the whole step.
 It predicts live tensor bytes, what `mlrun profile` measures (CUDA's allocator peak; the profiler's
 memory timeline on CPU). A CPU process's resident memory is larger by what glibc keeps of freed memory.
 """
@@ -27,6 +29,14 @@ def optimizer_state_estimate(model: nn.Module, optimizer_name: str, settings: di
 
     rule = optimizers.trait(optimizer_name, "state_bytes") or per_element(2)
     return rule(model, settings)
+
+
+def technique_state_estimate(model: nn.Module, techniques: list) -> int:
+    """Bytes the techniques keep beside the model (EMA's average), from each entry's `state_bytes` rule."""
+    from mlrun.registry import techniques as registry
+
+    rules = [(registry.trait(t.name, "state_bytes"), t.settings) for t in techniques]
+    return sum(rule(model, settings) for rule, settings in rules if rule is not None)
 
 
 def frees_gradients(technique_names: list[str]) -> bool:
@@ -65,9 +75,11 @@ def estimate_peak(
     optimizer_name: str,
     settings: dict,
     autocast_dtype: torch.dtype | None,
-    in_backward: bool = False,
+    techniques: list = (),
     accum: int = 1,
 ) -> dict[str, int | str]:
+    """The peak's parts in bytes (`total` the peak) for one micro-batch `batch` of the model as configured."""
+    in_backward = frees_gradients([t.name for t in techniques])
     saved, logits = _saved_by_forward(model, objective, batch, autocast_dtype)
     backward_start = 2 * max(saved.storages.values(), default=0) + logits.numel() * 4
     with _without_checkpointing(model) as wrapped:
@@ -76,6 +88,7 @@ def estimate_peak(
             backward_start = max(backward_start, (full.bytes - saved.bytes) // wrapped)
     parameters = parameter_bytes(model)
     state = optimizer_state_estimate(model, optimizer_name, settings)
+    kept_by_techniques = technique_state_estimate(model, list(techniques))
     gradients = gradient_bytes(model, in_backward)
     largest = gradient_bytes(model, in_backward=True)  # the largest trainable parameter's bytes
     at_forward_end = saved.bytes + (gradients if accum > 1 else 0) + backward_start
@@ -85,8 +98,9 @@ def estimate_peak(
         "parameters": parameters,
         "gradients": gradients,
         "optimizer_state": state,
+        "technique_state": kept_by_techniques,
         "activations": saved.bytes,
         "transient": backward_start if forward_peaks else 2 * largest,
         "peak_at": "end of forward" if forward_peaks else "optimizer step",
-        "total": parameters + state + max(at_forward_end, at_optimizer_step),
+        "total": parameters + state + kept_by_techniques + max(at_forward_end, at_optimizer_step),
     }

@@ -117,7 +117,7 @@ def profile_config(
             config.optimizer.name,
             config.optimizer.settings,
             dtype,
-            in_backward,
+            config.techniques,
             accum,
         )
 

@@ -60,8 +60,13 @@ class EMA(Callback):
         self.shadow = [t.to(s.device) for t, s in zip(state["shadow"], self.shadow)]
 
 
+def shadow_bytes(model: nn.Module, settings: dict) -> int:
+    """The average's size: an fp32 copy of every floating-point parameter and buffer."""
+    return 4 * sum(t.numel() for t in EMA(0.0, False)._tensors(model))
+
+
 # averages: training evaluates and saves the average, while a checkpoint's model weights are the raw ones.
-@techniques.register("ema", averages="the EMA average")
+@techniques.register("ema", averages="the EMA average", state_bytes=shadow_bytes)
 def ema(model: nn.Module, /, *, decay: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.999, warmup: bool = True) -> EMA:
     """Keep an exponential moving average of the weights; evaluate and save the average.
 
