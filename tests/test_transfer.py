@@ -375,6 +375,24 @@ def test_lora_target_that_matches_nothing_exits_2_listing_layers(tmp_path):
     assert "blocks.0.0, head" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "earlier", [{"name": "freeze", "patterns": ["head.*"]}, {"name": "lp_ft"}], ids=["freeze", "lp_ft"]
+)
+def test_a_technique_choosing_trainable_parameters_before_lora_exits_2(tmp_path, earlier):
+    # LoRA re-opened head.* whatever freeze chose, and lp_ft's release would have trained the frozen base.
+    config = lora_config("order")
+    lora = config["techniques"][0]
+    config["techniques"] = [earlier, lora]
+    result = run_cli("validate", write_config(tmp_path, config), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{earlier['name']} is listed before lora" in result.stderr and "list lora first" in result.stderr
+    # listed after LoRA, freeze acts on LoRA's trainable parameters (its 1,092, not the model's 5,508)
+    config["techniques"] = [lora, {"name": "freeze", "patterns": ["head.*"]}]
+    result = run_cli("validate", write_config(tmp_path, config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "of 1,092 trainable parameters frozen" in result.stderr
+
+
 def test_lora_on_gpt_adapts_the_blocks_and_leaves_tied_embeddings_frozen(tmp_path):
     model = {"name": "gpt", "n_layer": 2, "n_head": 2, "n_embd": 16}
     config = tiny_config(

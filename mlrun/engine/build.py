@@ -96,6 +96,7 @@ def build_components(
     bundle = build_data(config.data, config.seed, fitted_transform)
     plan = plan_steps(len(bundle.train), config.data, config.train, num_processes)
     model = build(config.model, bundle.meta, returns=nn.Module)
+    check_technique_order(config)
     check_technique_plans(config, plan)  # before reading pretrained weights: a bad setting fails fast
     # The whole structure before weights are loaded into it: a compressed model's edits (pruned shapes,
     # factorized layers) and the layers techniques add (early-exit heads, which init_from then fills).
@@ -167,6 +168,26 @@ def check_technique_plans(config: ExperimentConfig, plan: StepPlan) -> None:
     for spec in config.techniques:
         if check := techniques.trait(spec.name, "check_plan"):
             check(config, plan, **spec.settings)
+
+
+def check_technique_order(config: ExperimentConfig) -> None:
+    """A technique that chooses which parameters train (trait `chooses_trainable`: freeze, lp_ft) listed before
+    one that freezes all but its own (trait `freezes_the_rest`: lora) is undone by it: LoRA re-opens its
+    `trainable` patterns whatever freeze chose, and a release later in the run (unfreeze_every, lp_ft's
+    probe) would train the base weights LoRA froze. Techniques apply in list order, so the fix is the order."""
+    from mlrun.registry import techniques
+
+    names = [spec.name for spec in config.techniques]
+    for later, name in enumerate(names):
+        if not techniques.trait(name, "freezes_the_rest", False):
+            continue
+        earlier = [n for n in names[:later] if techniques.trait(n, "chooses_trainable", False)]
+        if earlier:
+            raise UsageError(
+                f"techniques: {earlier[0]} is listed before {name}, which freezes every parameter but its own and "
+                f"would undo {earlier[0]}'s choice (or have it release weights {name} froze); list {name} first, "
+                f"so {earlier[0]} acts on {name}'s trainable parameters"
+            )
 
 
 def check_objective_uses_loss(config: ExperimentConfig) -> None:

@@ -94,7 +94,7 @@ def check_freeze_plan(config: Any, plan: Any, /, **settings: Any) -> None:
         )
 
 
-@techniques.register("freeze", check_plan=check_freeze_plan)
+@techniques.register("freeze", check_plan=check_freeze_plan, chooses_trainable=True)
 def freeze(
     model: nn.Module,
     /,

@@ -63,7 +63,7 @@ def resolve_targets(model: nn.Module, patterns: list[str] | None) -> list[str]:
     return chosen
 
 
-@techniques.register("lora")
+@techniques.register("lora", freezes_the_rest=True)
 def lora(
     model: nn.Module,
     /,

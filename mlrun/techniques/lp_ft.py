@@ -174,7 +174,7 @@ def check_lp_ft_plan(config: Any, plan: Any, /, **settings: Any) -> None:
         )
 
 
-@techniques.register("lp_ft", check_plan=check_lp_ft_plan)
+@techniques.register("lp_ft", check_plan=check_lp_ft_plan, chooses_trainable=True)
 def lp_ft(
     model: nn.Module,
     /,
