@@ -65,6 +65,20 @@ def test_baseline_arm_reports_distilled_and_alone_over_paired_seeds(tmp_path: Pa
     assert table.returncode == 0 and "reusing it" in table.stderr, table.stderr
     assert "distilled" in table.stdout and "vs alone" in table.stdout and "over 2 paired seed(s)" in table.stdout
     assert "1-distill: val/f1 distilled" in table.stdout  # named by its folder, as the table rows
+    # One more seed reuses the stage and the arms trained: only seed 2's pair trains.
+    trained_before = {key: (run / "summary.json").stat().st_mtime_ns for key, run in runs.items()}
+    config["compress"][0]["seeds"] = 3
+    more = run_cli("compress", write_config(tmp_path, config, "c.yaml"), "--json", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert "reporting again" in more.stderr and not (tmp_path / "runs/base/compress-2").exists()
+    assert {key: (run / "summary.json").stat().st_mtime_ns for key, run in runs.items()} == trained_before
+    arm3 = json.loads(more.stdout)["stages"][1]["report"]["baseline"]
+    assert arm3["seeds"] == [0, 1, 2] and arm3["alone"][:2] == arm["alone"]
+    assert (stage / "baseline/seed-2/alone/summary.json").is_file()
+    config["compress"][0].update(baseline=False, seeds=None)  # the report drops the arm; the result stays
+    fewer = run_cli("compress", write_config(tmp_path, config, "c.yaml"), "--json", cwd=tmp_path)
+    assert fewer.returncode == 0, fewer.stderr
+    assert "baseline" not in json.loads(fewer.stdout)["stages"][1]["report"]
 
 
 def test_a_baseline_needs_a_student_and_seeds_need_the_baseline(tmp_path: Path) -> None:

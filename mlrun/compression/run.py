@@ -109,11 +109,19 @@ def stage_key(spec: StageSpec, input_key: str) -> str:
     """Identifies a stage's result: its settings and the key of its input (`enabled` is not a setting of
     the result: the keys of chains made before it existed stay the same)."""
     settings = spec.model_dump(mode="json", exclude={"enabled"})
+    for name in _report_settings(spec):  # what the stage reports beside its result, not the result
+        settings.pop(name, None)
     if spec.finetune is None:  # keyed as what it means: chains made when the default was {} keep their keys
         settings["finetune"] = {} if fine_tunes(spec) else False
     if ":" in spec.name:  # the user's own stage: an edit of its module makes a new result, not a reused one
         settings["code"] = _source_hash(stages.get(spec.name))
     return hashlib.sha256(json.dumps([settings, input_key]).encode()).hexdigest()[:16]
+
+
+def _report_settings(spec: StageSpec) -> tuple[str, ...]:
+    """Settings that change only what a single-round stage reports (trait `report_settings`: distill's baseline
+    arm and its seeds), so changing them reuses its result and the arms already trained."""
+    return stages.trait(spec.name, "report_settings", ()) if spec.rounds == 1 else ()
 
 
 def _source_hash(factory) -> str | None:
@@ -230,7 +238,10 @@ def run_stage(spec: StageSpec, source: ModelSource, stage_dir: Path) -> ModelSou
     if stage_dir.exists() and record.get("key") != key:  # chain_folder chose a folder of this chain
         raise UsageError(f"compress: '{stage_dir}' holds another stage ({record.get('key')}); move it away and rerun")
     if record.get("status") == "done":
-        print(f"mlrun: compress: {stage_dir.name} was done with these settings; reusing it", file=sys.stderr)
+        if _reported(record["spec"], spec) != _reported(spec.model_dump(mode="json"), spec):
+            report_again(spec, source, stage_dir, record)
+        else:
+            print(f"mlrun: compress: {stage_dir.name} was done with these settings; reusing it", file=sys.stderr)
         return _result_source(stage_dir, record)
     stage_dir.mkdir(parents=True, exist_ok=True)
     record = {"key": key, "spec": spec.model_dump(mode="json"), "status": "running", **record}
@@ -253,6 +264,30 @@ def run_stage(spec: StageSpec, source: ModelSource, stage_dir: Path) -> ModelSou
     record.update(status="done", result={**figures, "report": record.pop("report", {})})
     write_json(stage_dir / "stage.json", record)
     return _result_source(stage_dir, record)
+
+
+def _reported(spec_data: dict[str, Any], spec: StageSpec) -> dict[str, Any]:
+    return {name: spec_data.get(name) for name in _report_settings(spec)}
+
+
+def report_again(spec: StageSpec, source: ModelSource, stage_dir: Path, record: dict[str, Any]) -> None:
+    """A done stage whose report settings changed (distill's seeds): the report is made again from its
+    fine-tuning run, reusing every arm that finished (paired_arms trains only the new seeds)."""
+    from mlrun.engine.restore import load_trained
+
+    print(
+        f"mlrun: compress: {stage_dir.name} was done; only what it reports changed "
+        f"({', '.join(_report_settings(spec))}): reusing its result and the runs that finished, reporting again",
+        file=sys.stderr,
+    )
+    trained = load_trained(source.run_dir, str(source.weights))
+    stage = _plan(spec, trained.parts.model, trained, source, 1, 1)
+    train_dir = stage_dir / "train"
+    if stage.compare is not None:
+        stage.report.update(stage.compare(load_config(train_dir / "config.yaml"), train_dir))
+    record.update(spec=spec.model_dump(mode="json"))
+    record["result"]["report"] = stage.report
+    write_json(stage_dir / "stage.json", record)
 
 
 def run_round(

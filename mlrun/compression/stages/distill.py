@@ -46,7 +46,7 @@ from mlrun.models.weights_file import save_weights
 from mlrun.registry import models, objectives, stages
 
 
-@stages.register("distill")
+@stages.register("distill", report_settings=("baseline", "seeds"))
 def distill(
     model: nn.Module,
     context: StageContext,
