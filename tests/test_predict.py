@@ -481,6 +481,13 @@ def test_an_export_predicts_with_its_own_copy_of_a_tokenizer_file(tmp_path):
     assert run_cli("train", write_config(tmp_path, config), cwd=tmp_path).returncode == 0
     assert run_cli("export", "runs/texts", "--format", "onnx", cwd=tmp_path).returncode == 0
     before = cli_json(tmp_path, "predict", "runs/texts/export/onnx-none", "new.jsonl")
+    # Replaced in place by one of the same size with the ids reversed: the run read it silently (1.000 -> 0.75).
+    vocab = tokenizer.get_vocab()
+    reversed_ids = {token: len(vocab) - 1 - i for token, i in vocab.items()}
+    Tokenizer(models.WordLevel(reversed_ids, unk_token="[UNK]")).save(str(tmp_path / "tok" / "tokenizer.json"))
+    for command in (("eval", "runs/texts"), ("predict", "runs/texts", "new.jsonl")):
+        refused = run_cli(*command, cwd=tmp_path)
+        assert refused.returncode == 2 and "changed since run" in refused.stderr, refused.stderr
     (tmp_path / "tok").rename(tmp_path / "moved")
     after = cli_json(tmp_path, "predict", "runs/texts/export/onnx-none", "new.jsonl")
     assert after["predictions"] == before["predictions"] and after["scores"] == before["scores"]

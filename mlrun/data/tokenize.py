@@ -3,11 +3,14 @@
 `tokenizer: byte` needs nothing fitted; `char` learns its alphabet from the training split (id 0
 pads, 1 stands for characters never seen in training); a file path names a `tokenizer.json` saved by
 the `tokenizers` library (installed with mlrun[text]); a folder is a transformers tokenizer written by
-`save_pretrained` (special tokens and its own pad id included; mlrun[transformers]).
+`save_pretrained` (special tokens and its own pad id included; mlrun[transformers]). A file or folder
+is recorded with a digest of its content, so a run whose tokenizer was replaced in place is refused
+(mlrun.engine.restore.check_tokenizer) rather than read with other token ids.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +77,8 @@ class FileTokenizer:
         return [e.ids for e in self.tokenizer.encode_batch(texts)]
 
     def describe(self) -> dict:
-        return {"kind": "file", "path": str(Path(self.path).resolve()), "vocab_size": self.vocab_size}
+        path = Path(self.path)
+        return {"kind": "file", "path": str(path.resolve()), "vocab_size": self.vocab_size, "sha256": digest([path])}
 
 
 class FolderTokenizer:
@@ -103,7 +107,24 @@ class FolderTokenizer:
         return self.tokenizer(texts, truncation=max_length is not None, max_length=max_length)["input_ids"]
 
     def describe(self) -> dict:
-        return {"kind": "transformers", "path": str(Path(self.path).resolve()), "vocab_size": self.vocab_size}
+        files = [f for f in sorted(Path(self.path).iterdir()) if f.is_file() and f.suffix not in WEIGHTS]
+        return {
+            "kind": "transformers",
+            "path": str(Path(self.path).resolve()),
+            "vocab_size": self.vocab_size,
+            "sha256": digest(files),
+        }
+
+
+WEIGHTS = (".safetensors", ".bin", ".pt")  # a model folder's weights are no part of its tokenizer
+
+
+def digest(files: list[Path]) -> str:
+    """sha256 of the files' names and contents."""
+    hashed = hashlib.sha256()
+    for file in files:
+        hashed.update(file.name.encode() + b"\0" + file.read_bytes())
+    return hashed.hexdigest()
 
 
 def make_tokenizer(spec: str, train_texts: list[str], key: str, pad: bool, alphabet: str | None = None):

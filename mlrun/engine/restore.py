@@ -99,6 +99,22 @@ def recorded_statistics(run_dir: Path, source: str) -> list[str]:
     return [as_override(f"data.{key}", value) for key, value in recorded.items()]
 
 
+def check_tokenizer(run_dir: Path, preprocessing: dict | None) -> None:
+    """A tokenizer file or folder replaced since training (same path, other content) would give the model other
+    token ids with no error when the vocabulary size stays: exit 2 (runs recorded before the digest pass)."""
+    import json
+
+    path = run_dir / "preprocessing.json"
+    recorded = (json.loads(path.read_text()).get("tokenizer") or {}) if path.is_file() else {}
+    built = (preprocessing or {}).get("tokenizer") or {}
+    if recorded.get("sha256") and built.get("sha256") and recorded["sha256"] != built["sha256"]:
+        raise UsageError(
+            f"data.tokenizer: '{built['path']}' changed since run '{run_dir}' was trained (its content differs from "
+            "the one recorded in preprocessing.json), so the model's token ids would mean other tokens; restore "
+            "it, or train anew. An export folder keeps its own copy (tokenizer/)"
+        )
+
+
 def note_raw_weights(config: ExperimentConfig, weights: Path) -> None:
     """A checkpoint of a run that evaluated averaged weights (EMA) holds the raw ones: its figures are not
     the logged ones at that step (a user trial read 0.9028 against the logged 0.9528)."""
@@ -154,6 +170,7 @@ def load_trained(run_dir: Path, checkpoint: str = "final", overrides: list[str] 
     config = standalone_objective(config)
     note_raw_weights(config, weights)
     parts = build_components(config, fitted_transform=load_fitted_transform(run_dir), init_weights=False)
+    check_tokenizer(run_dir, parts.bundle.preprocessing)
     if weights.is_dir():
         missing, unexpected = load_dcp_weights(parts.model, weights)
     elif is_packed(weights):  # a cluster stage's bit-packed file, decoded to the exact dense weights

@@ -65,6 +65,7 @@ def run_training(
     from mlrun.engine.build import build_components
     from mlrun.engine.loop import TrainingLoop
     from mlrun.engine.preflight import check_components, check_prepared_batch
+    from mlrun.engine.restore import check_tokenizer
 
     # config.yaml keeps data, model and init_from paths absolute: eval and predict then work from any directory.
     config = with_local_paths_resolved(config)
@@ -96,6 +97,8 @@ def run_training(
     parts = build_components(
         config, accelerator.num_processes, fitted_transform=fitted, init_weights=resume_from is None
     )
+    if resume_from is not None:
+        check_tokenizer(origin, parts.bundle.preprocessing)
     # For manifest.json (the first process writes it) and a resume's data check (every process): a lazy
     # dataset's fingerprint reads its files' sizes, not worth doing where nothing uses it.
     wanted = accelerator.is_main_process or resume_from is not None
