@@ -115,6 +115,16 @@ def hf_disk(
         _columns(split, [*columns, label], where)
     x, y = _features(train, columns), np.array(train[label])
     val_arrays = (_features(val, columns), np.array(val[label])) if val is not None else None
+    # One value per column: predict then takes a table's columns by these names, not by position.
+    named = {"feature_columns": columns} if x.ndim == 2 and x.shape[1] == len(columns) else None
     return bundle_from_arrays(
-        x, y, seed, val_fraction=val_fraction, task=task, where=where, val=val_arrays, train_per_class=train_per_class
+        x,
+        y,
+        seed,
+        val_fraction=val_fraction,
+        task=task,
+        where=where,
+        val=val_arrays,
+        preprocessing=named,
+        train_per_class=train_per_class,
     )

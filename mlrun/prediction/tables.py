@@ -164,10 +164,11 @@ LABEL_COLUMNS = ("label", "target", "y")
 
 def read_feature_columns(path: Path, predictor) -> Inputs:
     """Array sources (digits, npz, ...): one numeric column per input feature, in training order,
-    plus an optional label / target / y column; raw values, standardised here as in training. Samples
-    of more dimensions (npz images) are rows of all their values in row-major order, reshaped here; a
-    source that made images of its rows (digits `as_image`: 64 pixels as 1x8x8, scaled) records the
-    scale and shape, and new rows get both."""
+    plus an optional label column (the run's data.target / data.label, or label / target / y); sources
+    that read named columns (parquet_shards, hf_disk) take the training columns by name; raw values,
+    standardised here as in training. Samples of more dimensions (npz images) are rows of all their
+    values in row-major order, reshaped here; a source that made images of its rows (digits `as_image`:
+    64 pixels as 1x8x8, scaled) records the scale and shape, and new rows get both."""
     frame = read_frame(path)
     names = [str(column) for column in frame.columns]
     counted = names == [str(i) for i in range(len(names))]  # pandas' own header for unnamed columns: a header
@@ -177,8 +178,17 @@ def read_feature_columns(path: Path, predictor) -> Inputs:
             f"not predicted; add a header row (any names, one per feature, plus an optional "
             f"{'/'.join(LABEL_COLUMNS)} column)"
         )
-    label = next((c for c in LABEL_COLUMNS if c in frame.columns), None)
+    settings = predictor.config.data.settings
+    own_label = settings.get("target") or settings.get("label")  # parquet_shards' target, hf_disk's label
+    label = next((c for c in (own_label, *LABEL_COLUMNS) if isinstance(c, str) and c in frame.columns), None)
     columns = [c for c in frame.columns if c != label]
+    # Sources that read named columns record their names: those are taken by name, in training order.
+    named = predictor.preprocessing.get("feature_columns") or (predictor.preprocessing.get("standardize") or {}).get(
+        "features"
+    )
+    if named:
+        require_features(named, [str(c) for c in columns], path)
+        columns = [next(c for c in columns if str(c) == name) for name in named]
     shape = tuple(predictor.preprocessing.get("reshape") or predictor.meta.input_shape)
     width = math.prod(shape)
     if len(columns) != width:
