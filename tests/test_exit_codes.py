@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -176,3 +179,36 @@ def test_ctrl_c_while_a_finished_command_exits_keeps_its_exit_0_and_prints_no_tr
             process.kill()
     assert marker.exists() and process.returncode == 0, stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+
+
+@pytest.mark.e2e  # the lock's holder is a process of its own, killed
+def test_a_second_trainer_of_a_live_run_exits_2_and_a_killed_holder_leaves_no_lock(tmp_path):
+    """Two trainers of one run folder (a job submitted twice) resumed from the same checkpoint and
+    interleaved their steps in metrics.jsonl, with no error."""
+    path = write_config(tmp_path, tiny_config(name="live"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_RUN, str(tmp_path / "runs" / "live")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        second = run_cli("train", path, cwd=tmp_path)
+        assert second.returncode == 2, second.stderr
+        assert f"is being trained by another mlrun (pid {holder.pid} on" in second.stderr
+        assert not (tmp_path / "runs" / "live" / "metrics.jsonl").exists()  # nothing of the run written
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert run_cli("train", path, cwd=tmp_path).returncode == 0  # the kernel dropped the killed holder's lock
+
+
+HOLD_THE_RUN = """
+import sys, time
+from pathlib import Path
+from mlrun.engine.run_lock import held_run_folder
+with held_run_folder(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(120)
+"""

@@ -54,6 +54,20 @@ def run_training(
     callbacks: tuple[Callback, ...] = (),
     allow_config_change: bool = False,
 ) -> TrainState:
+    """Train `config` in <output_dir>/<name>, the only trainer of that folder while it runs (run_lock)."""
+    from mlrun.engine.run_lock import held_run_folder
+
+    with held_run_folder(Path(config.output_dir).resolve() / config.name):
+        return _train_in_folder(config, resume, overwrite, callbacks, allow_config_change)
+
+
+def _train_in_folder(
+    config: ExperimentConfig,
+    resume: str,
+    overwrite: bool,
+    callbacks: tuple[Callback, ...],
+    allow_config_change: bool,
+) -> TrainState:
     """Train `config` in <output_dir>/<name>; summary.json is written whatever happens once training starts.
 
     Nothing in the run directory is touched until the components are built, the dry run passed and
