@@ -129,6 +129,41 @@ def test_mlflow_run_continues_across_sigkills_and_resumes_with_each_step_once(tm
 
 
 @pytest.mark.e2e  # a run dies by SIGKILL
+def test_a_resume_from_an_older_checkpoint_sends_no_step_twice(tmp_path):
+    """A resume that passed over a truncated newest checkpoint (or rewound a finished run with --resume
+    .../step-N) sent the steps after its checkpoint again: MLflow held 55 twice, W&B went 55, 35, 40."""
+    config = mlflow_config("older")
+    config["train"] = {**config["train"], "checkpoint_every": "7st", "log_every": "2st", "keep_checkpoints": 10}
+    config["model"] = {"name": PROBE, "kill_at": 31}  # after step 30 logged: steps up to checkpoint 28 sent
+    killed, run_dir = train(tmp_path, config)
+    assert killed.returncode == -signal.SIGKILL
+    newest = run_dir / "checkpoints" / "step-00000028"
+    damaged = max(
+        (f for f in newest.iterdir() if f.is_file() and f.name != "files.json"), key=lambda f: f.stat().st_size
+    )
+    damaged.write_bytes(damaged.read_bytes()[:100])  # passed over: the resume starts from step 21
+    config["model"] = {"name": PROBE}
+    resumed, _ = train(tmp_path, config, "--allow-config-change", subprocess=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step 21" in resumed.stdout and "already holds steps 22-28" in resumed.stderr
+    client, run = tracked(run_dir)
+    timing = ("train/samples_per_s", "train/data_wait_fraction")  # measured again by the resume, not recomputed
+    tracked_points, logged = histories(client, run), jsonl_histories(run_dir)
+    assert {k: v for k, v in tracked_points.items() if k not in timing} == {
+        k: v for k, v in logged.items() if k not in timing
+    }  # each step once, with the values metrics.jsonl holds
+    assert all([s for s, _ in tracked_points[k]] == [s for s, _ in logged[k]] for k in timing)
+    # A finished run rewound to step 21 with one more epoch: no step twice.
+    rewound, _ = train(
+        tmp_path, config, "train.epochs=3", "--resume", str(run_dir / "checkpoints" / "step-00000021"), subprocess=False
+    )
+    assert rewound.returncode == 0, rewound.stderr
+    for key, points in histories(client, run).items():
+        steps = [step for step, _ in points]
+        assert len(steps) == len(set(steps)), f"{key}: a step logged twice: {steps}"
+
+
+@pytest.mark.e2e  # a run dies by SIGKILL
 def test_a_restart_after_a_kill_before_any_checkpoint_ends_the_abandoned_mlflow_run(tmp_path):
     """The killed attempt's MLflow run stayed RUNNING for ever beside the restart's new run (a user trial)."""
     config = mlflow_config("early")

@@ -9,6 +9,11 @@ figure at once: it resumes only from a checkpoint written where it stopped. At e
 tracker also sends what metrics.jsonl holds up to the resumed step and the tracked run lacks
 (figures of a step the previous attempt checkpointed but had not sent yet, or sent while the
 server was down). The tracked run then holds every step once, with the values metrics.jsonl holds.
+A resume from an older checkpoint than the newest (a truncated newest one passed over, `--resume
+.../step-N` of a finished run) logs steps the tracked run already holds: the record file keeps the
+last step sent (`sent_through`), and those steps are not sent again (before, they came twice and
+out of order). Where such a rewind changed the config, the tracked run keeps the earlier values of
+those steps, said in a note; metrics.jsonl holds the new ones.
 
 Trackers are observers (DESIGN §3): a call that fails (server unreachable, disk full) is reported
 once on stderr and the tracker is off for the rest of this attempt; training goes on.
@@ -66,10 +71,23 @@ class HostedTracker(Tracker):
         # Without periodic checkpoints a resume can only start from where a signal stopped the run (a
         # checkpoint at that step) or from scratch (a new tracked run): each figure can go at once.
         self.live = not (info.config.get("train") or {}).get("checkpoint_every")
+        previous = self.read_record()  # before open, which may rewrite it
         self.active = self.guarded(self.open, info)
+        # A restart (step 0) is a new tracked run; a resume continues one that holds steps up to sent_through.
+        self.sent_through = previous.get("sent_through", 0) if info.start_step > 0 else 0
         if self.active:
+            self.guarded(self.note_sent, 0)
             earlier = logged_figures(info.run_dir, info.start_step)
             self.guarded(self.backfill, earlier)
+            if info.start_step < self.sent_through:
+                print(
+                    f"mlrun: note: the {self.label} run already holds steps {info.start_step + 1}-{self.sent_through}"
+                    f" from before this resume (from step {info.start_step}); they are not sent again, since a tracked"
+                    " run cannot take points back, so where this attempt's figures differ (a changed config) "
+                    "metrics.jsonl holds the new ones",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def log(self, figures: Figures, step: int, epoch: float) -> None:
         if not self.active:
@@ -89,8 +107,16 @@ class HostedTracker(Tracker):
 
     def release(self, through: int) -> None:
         ready = sorted(step for step in self.pending if step <= through)
-        if ready:
-            self.guarded(self.send, {step: self.pending.pop(step) for step in ready})
+        batch = {step: self.pending.pop(step) for step in ready}
+        fresh = {step: entry for step, entry in batch.items() if step > self.sent_through}  # never twice
+        if fresh and self.guarded(self.send, fresh):
+            self.guarded(self.note_sent, max(fresh))
+
+    def note_sent(self, step: int) -> None:
+        """Record the last step the tracked run holds (a later resume from before it sends nothing twice)."""
+        self.sent_through = max(self.sent_through, step)
+        if self.sent_through:
+            self.write_record({**self.read_record(), "sent_through": self.sent_through})
 
     def guarded(self, action, *args) -> bool:
         """Run one tracker call; the first failure warns once and turns the tracker off."""
