@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from safetensors.torch import load_file
 
 from tests.conftest import read_jsonl, run_cli, tiny_config, write_config
 
@@ -295,3 +296,29 @@ def test_a_checkpoint_from_before_wall_time_was_kept_resumes_with_its_training_t
     state = TrainState()
     state.load_state_dict({"step": 16, "train_time_s": 5.0})  # no wall_time_s in it
     assert state.wall_time_s == 5.0  # a lower bound: never a wall time shorter than the training in it
+
+
+def test_a_resume_keeps_the_global_batch_and_goes_on_mid_epoch_with_another_split_of_it(tmp_path):
+    """A batch size changed on resume was 'taken as is': the epoch went back (1.96 -> 1.6), part of it was
+    trained twice and the run ended past train.epochs (4.49 of 4), while another split of the same global
+    batch resumed at the wrong position in the epoch."""
+    config = tiny_config(name="split")
+    config["train"] = {**config["train"], "epochs": 2, "checkpoint_every": "5st", "keep_checkpoints": 10}
+    straight, run = train(tmp_path, config)
+    assert straight.returncode == 0, straight.stderr
+    whole = {k: v.clone() for k, v in load_file(run / "model.safetensors").items()}
+    for name in ("summary.json", "model.safetensors"):
+        (run / name).unlink()
+    for later in ("step-00000015", "step-00000020", "step-00000025", "step-00000030", "step-00000032"):
+        shutil.rmtree(run / "checkpoints" / later)  # the newest left: step 10, batch 10 of 16 in epoch 0
+    refused, _ = train(tmp_path, config, "data.batch_size=64", "--allow-config-change")
+    assert refused.returncode == 2 and "global batch of 64, the checkpoint's was 32" in refused.stderr
+    resumed, _ = train(tmp_path, config, "data.batch_size=16", "train.grad_accum_steps=2", "--allow-config-change")
+    assert resumed.returncode == 0, resumed.stderr
+    done = read(run / "summary.json")
+    assert done["steps"] == 32 and done["epochs"] == pytest.approx(2.0)
+    epochs = [line["epoch"] for line in read_jsonl(run / "metrics.jsonl")]
+    assert epochs == sorted(epochs)  # never back
+    split = load_file(run / "model.safetensors")
+    for key, tensor in whole.items():  # the same samples in each step: equal up to float summation order
+        assert np.allclose(split[key].numpy(), tensor.numpy(), atol=1e-5), key

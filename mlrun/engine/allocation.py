@@ -66,9 +66,13 @@ def keep_global_batch(
 ) -> tuple[ExperimentConfig, dict | None]:
     """The config to go on with on `processes` processes, and the adjustment made (None if none).
 
-    A batch size or accumulation the user changed on purpose (`changed`) is theirs: nothing is adjusted.
+    A batch size or accumulation the user changed on purpose (`changed`) is theirs: nothing is adjusted,
+    but it must keep the global batch (refuse_new_global_batch).
     """
-    if saved is None or {"data.batch_size", "train.grad_accum_steps"} & changed:
+    if saved is None:
+        return config, None
+    if {"data.batch_size", "train.grad_accum_steps"} & changed:
+        refuse_new_global_batch(saved, of_config(config, processes))
         return config, None
     if not isinstance(config.data.batch_size, int):
         config = config.model_copy(update={"data": config.data.model_copy(update={"batch_size": saved.batch_size})})
@@ -94,6 +98,21 @@ def keep_global_batch(
     if first_process():  # every process adjusts alike; the first one says so
         print(f"mlrun: {note['message']}", file=sys.stderr, flush=True)
     return config, note
+
+
+def refuse_new_global_batch(saved: Allocation, now: Allocation) -> None:
+    """A resume counts the checkpoint's steps, its position in the epoch and the schedule's length in optimizer
+    steps of the saved global batch; another global batch would re-train part of the epoch and end past
+    train.epochs (a user trial: epoch 1.96 -> 1.6, 4.49 epochs of 4). Same samples per step, split otherwise
+    (batch 32 x accumulation 2 for 64 x 1), goes on exactly."""
+    if now.global_batch != saved.global_batch:
+        raise UsageError(
+            f"data.batch_size / train.grad_accum_steps: {now.describe()} is a global batch of {now.global_batch}, "
+            f"the checkpoint's was {saved.global_batch} ({saved.describe()}); its step count, position in the "
+            f"epoch and schedule are counted in steps of {saved.global_batch} samples, so a resume keeps that: "
+            f"split it otherwise (batch x accumulation x processes = {saved.global_batch}), or start a new run "
+            "from these weights with init_from={run: ..., checkpoint: step-N}"
+        )
 
 
 def choose(saved: Allocation, processes: int) -> Allocation | None:

@@ -57,7 +57,9 @@ def run_training(
     """Train `config` in <output_dir>/<name>, the only trainer of that folder while it runs (run_lock)."""
     from mlrun.engine.run_lock import held_run_folder
 
-    with held_run_folder(Path(config.output_dir).resolve() / config.name):
+    run_dir = Path(config.output_dir).resolve() / config.name
+    check_trainable(run_dir, overwrite)  # a folder train never writes (a run's checkpoints/) gets no lock file
+    with held_run_folder(run_dir):
         return _train_in_folder(config, resume, overwrite, callbacks, allow_config_change)
 
 
@@ -143,8 +145,9 @@ def _train_in_folder(
             raise  # a component's own refusal (wsd asked to change inside its decay) already says what to do
         except Exception as exc:
             raise explain_load_failure(resume_from, exc, changes) from exc
-        if reallocated is not None:
-            rescale_position(loop.state, saved_allocation, of_config(config, accelerator.num_processes))
+        now = of_config(config, accelerator.num_processes)
+        if saved_allocation is not None and now != saved_allocation:  # another split of the same global batch
+            rescale_position(loop.state, saved_allocation, now)
             # Accelerate steps the optimizer when its count of the epoch's micro-batches reaches a multiple
             # of the accumulation; the checkpoint's count is the old allocation's.
             accelerator.step = loop.state.batch_in_epoch
