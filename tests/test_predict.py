@@ -248,8 +248,8 @@ def test_model_outputs_of_any_shape_give_the_same_predictions():
     assert [r["prediction"] for r in expected] == ["a", "b"]
     for wrapped in ((logits, torch.zeros(2)), {"logits": logits, "hidden": torch.zeros(2, 5)}):
         assert records(prediction_tensor(wrapped), "classification", ["a", "b", "c"]) == expected
-    values = records(torch.tensor([[1.5], [-2.0]]), "regression", None)
-    assert values == [{"prediction": 1.5}, {"prediction": -2.0}]
+    values = records(torch.tensor([[1.5], [-2.0], [12.16]]), "regression", None)
+    assert values == [{"prediction": 1.5}, {"prediction": -2.0}, {"prediction": 12.16}]  # not 12.15999984741211
 
 
 def test_json_lines_texts_scored_like_eval_and_unlabelled_lines_predicted(tmp_path):
@@ -336,6 +336,20 @@ def test_raw_rows_of_a_standardised_array_run_score_as_eval(tmp_path):
     from_export = cli_json(tmp_path, "predict", "runs/iris/export/onnx-none", "raw.csv")
     assert from_export["scores"]["accuracy"] == evaluated["metrics"]["val/accuracy"]
     assert from_export["scores"]["loss"] == pytest.approx(evaluated["metrics"]["val/loss"], rel=1e-4)
+    # --checkpoint on an export folder was ignored: the export's own model predicted
+    chosen = run_cli("predict", "runs/iris/export/onnx-none", "raw.csv", "--checkpoint", "best", cwd=tmp_path)
+    assert chosen.returncode == 2 and "is an export folder, which holds one model" in chosen.stderr
+    # Labels written as floats (2.0) are the classes eval scores them as; predict refused them ("no class")
+    text = (tmp_path / "raw.csv").read_text().splitlines()
+    floats = [text[0], *(line.rsplit(",", 1)[0] + "," + line.rsplit(",", 1)[1] + ".0" for line in text[1:])]
+    (tmp_path / "floats.csv").write_text("\n".join(floats) + "\n")
+    assert cli_json(tmp_path, "predict", "runs/iris", "floats.csv")["scores"] == predicted["scores"]
+    # A file with one label missing is predicted, not scored: said on stderr, not silent
+    partly = [*floats[:3], floats[3].rsplit(",", 1)[0] + ",", *floats[4:]]
+    (tmp_path / "partly.csv").write_text("\n".join(partly) + "\n")
+    unscored = run_cli("predict", "runs/iris", "partly.csv", "--json", cwd=tmp_path)
+    assert unscored.returncode == 0 and json.loads(unscored.stdout)["scores"] is None
+    assert "column 'label' is empty for 1 of" in unscored.stderr and "(data rows 3)" in unscored.stderr
 
 
 def test_eval_on_another_split_keeps_an_array_runs_standardisation(tmp_path):

@@ -35,6 +35,11 @@ class Predictor:
 
 def load_predictor(path: Path, checkpoint: str) -> Predictor:
     if (path / "export.json").is_file():
+        if checkpoint != "final":  # was ignored: the export's own model predicted
+            raise UsageError(
+                f"--checkpoint {checkpoint}: '{path}' is an export folder, which holds one model; predict with the "
+                f"run it came from ({path.parent.parent}) to choose a checkpoint, or export that checkpoint"
+            )
         return _from_export(path)
     if (path / "config.yaml").is_file():
         return _from_run(path, checkpoint)

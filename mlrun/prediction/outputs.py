@@ -42,9 +42,15 @@ def records(outputs: torch.Tensor, task: str, classes: list | None) -> list[dict
             }
             for index, row in zip(chosen, probabilities)
         ]
+    # float32 printed as float64 shows noise digits (12.15999984741211 for 12.16): 7 significant digits
+    # are what float32 holds.
     if outputs.shape[1] == 1:
-        return [{"prediction": float(value)} for value in outputs[:, 0]]
-    return [{f"prediction_{i}": float(v) for i, v in enumerate(row)} for row in outputs]
+        return [{"prediction": _float32(value)} for value in outputs[:, 0]]
+    return [{f"prediction_{i}": _float32(v) for i, v in enumerate(row)} for row in outputs]
+
+
+def _float32(value: torch.Tensor) -> float:
+    return float(f"{float(value):.7g}")
 
 
 def render(rows: list[dict[str, Any]], kind: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -106,8 +107,8 @@ def labels_to_targets(values: np.ndarray, predictor, path: Path, where: str):
     if predictor.meta.task != "classification":
         return torch.as_tensor(np.asarray(values, dtype=np.float32))
     classes = predictor.preprocessing.get("classes") or list(range(predictor.meta.num_classes))
-    index = {str(c): i for i, c in enumerate(classes)}
-    keys = [str(v.item() if hasattr(v, "item") else v) for v in values]
+    index = {_label_key(c): i for i, c in enumerate(classes)}
+    keys = [_label_key(v.item() if hasattr(v, "item") else v) for v in values]
     unknown = np.array([k not in index for k in keys])
     if unknown.any():
         raise UsageError(
@@ -116,6 +117,26 @@ def labels_to_targets(values: np.ndarray, predictor, path: Path, where: str):
             f"{', '.join(map(str, classes[:10]))})"
         )
     return torch.as_tensor([index[k] for k in keys], dtype=torch.long)
+
+
+def _label_key(value) -> str:
+    """A label as text, a whole number written as a float (2.0, "2.0": pandas reads a column with an empty
+    cell as floats) as the integer, as `mlrun eval` reads it."""
+    text = str(value)
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() else text
+
+
+def note_unscored(path: Path, where: str, missing: np.ndarray) -> None:
+    """Some samples lack a label: the file is predicted, not scored; said, not silent."""
+    print(
+        f"mlrun: note: {path}: {where} is empty for {int(missing.sum())} of {len(missing)} samples (data rows "
+        f"{_first_rows(missing)}), so the file is not scored; label every sample to score it",
+        file=sys.stderr,
+    )
 
 
 def _dataset(x: np.ndarray, targets, rows: int) -> Inputs:
@@ -152,11 +173,18 @@ def read_table(path: Path, predictor) -> Inputs:
         x = predictor.transform.transform(frame[features])
     except ValueError as exc:
         raise UsageError(f"{path}: the run's preprocessing cannot read these columns: {exc}") from None
-    target = settings.get("target")
-    targets = None
-    if target in frame.columns and frame[target].notna().all():
-        targets = labels_to_targets(frame[target].to_numpy(), predictor, path, f"column '{target}'")
-    return _dataset(x, targets, len(frame))
+    return _dataset(x, _labels(frame, settings.get("target"), predictor, path), len(frame))
+
+
+def _labels(frame, column, predictor, path: Path):
+    """The label column's targets when every row has one; None (a note when only some do) otherwise."""
+    if column is None or column not in frame.columns:
+        return None
+    missing = frame[column].isna().to_numpy()
+    if missing.any():
+        note_unscored(path, f"column '{column}'", missing)
+        return None
+    return labels_to_targets(frame[column].to_numpy(), predictor, path, f"column '{column}'")
 
 
 LABEL_COLUMNS = ("label", "target", "y")
@@ -208,7 +236,4 @@ def read_feature_columns(path: Path, predictor) -> Inputs:
     if fitted is not None:
         values = (values - np.asarray(fitted["mean"])) / np.asarray(fitted["std"])
     values = (values * predictor.preprocessing.get("scale", 1.0)).reshape(-1, *shape)
-    targets = None
-    if label is not None:
-        targets = labels_to_targets(frame[label].to_numpy(), predictor, path, f"column '{label}'")
-    return _dataset(values, targets, len(frame))
+    return _dataset(values, _labels(frame, label, predictor, path), len(frame))

@@ -13,7 +13,7 @@ import numpy as np
 from mlrun.data.tokenize import ByteTokenizer, encode_padded, make_tokenizer
 from mlrun.errors import UsageError
 from mlrun.prediction.prepared import Inputs
-from mlrun.prediction.tables import labels_to_targets
+from mlrun.prediction.tables import labels_to_targets, note_unscored
 
 
 class _Alphabet:
@@ -55,7 +55,10 @@ def read_texts(path: Path, predictor) -> Inputs:
         raise UsageError(f"INPUT: '{path}' has no records")
     preprocessing = predictor.preprocessing
     ids, mask = encode_padded(tokenizer_of(preprocessing["tokenizer"]), texts, preprocessing["max_length"])
-    labelled = all(label is not None for label in labels)
+    missing = np.array([label is None for label in labels])
+    labelled = not missing.any()
+    if missing.any() and not missing.all():
+        note_unscored(path, f"field '{label_field}'", missing)
     targets = (
         labels_to_targets(np.array(labels), predictor, path, f"field '{label_field}'")
         if labelled
