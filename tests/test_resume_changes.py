@@ -295,3 +295,14 @@ def test_a_checkpoint_from_before_wall_time_was_kept_resumes_with_its_training_t
     state = TrainState()
     state.load_state_dict({"step": 16, "train_time_s": 5.0})  # no wall_time_s in it
     assert state.wall_time_s == 5.0  # a lower bound: never a wall time shorter than the training in it
+
+
+def test_resume_from_a_rotated_away_checkpoint_lists_the_ones_kept(tmp_path):
+    config = tiny_config(name="kept")
+    config["train"] = {**config["train"], "epochs": 2, "keep_checkpoints": 1}
+    result, _ = train(tmp_path, config)
+    assert result.returncode == 0, result.stderr
+    named, _ = train(tmp_path, config, "train.epochs=3", "--resume", "runs/kept/checkpoints/step-00000016")
+    assert named.returncode == 2, named.stderr
+    assert "'runs/kept/checkpoints/step-00000016' does not exist (removed by keep_checkpoints?)" in named.stderr
+    assert "this run's checkpoints: step-00000032" in named.stderr
