@@ -306,3 +306,18 @@ def test_resume_from_a_rotated_away_checkpoint_lists_the_ones_kept(tmp_path):
     assert named.returncode == 2, named.stderr
     assert "'runs/kept/checkpoints/step-00000016' does not exist (removed by keep_checkpoints?)" in named.stderr
     assert "this run's checkpoints: step-00000032" in named.stderr
+
+
+def test_resume_by_hand_of_a_slurm_run_drops_requeue_on_signal_without_being_refused(tmp_path):
+    # scripts/slurm/train.sbatch adds train.requeue_on_signal=true; the same `mlrun train CONFIG` by hand lacks it.
+    config = tiny_config(name="slurm")
+    config["train"] = {**config["train"], "epochs": 2}
+    result, run = train(tmp_path, config, "train.requeue_on_signal=true")
+    assert result.returncode == 0, result.stderr
+    (run / "summary.json").unlink()  # as a kill after the step-16 checkpoint leaves it
+    shutil.rmtree(run / "checkpoints" / "step-00000032")
+    resumed, _ = train(tmp_path, config)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step 16" in resumed.stdout
+    changes = read(run / "manifest.json")["config_changes"]
+    assert changes[-1] == {"step": 16, "changes": {"train.requeue_on_signal": [True, False]}}
