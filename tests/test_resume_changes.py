@@ -321,3 +321,18 @@ def test_resume_by_hand_of_a_slurm_run_drops_requeue_on_signal_without_being_ref
     assert "resumed at step 16" in resumed.stdout
     changes = read(run / "manifest.json")["config_changes"]
     assert changes[-1] == {"step": 16, "changes": {"train.requeue_on_signal": [True, False]}}
+
+
+def test_an_interrupted_run_whose_checkpoints_were_deleted_is_not_restarted_silently(tmp_path):
+    config = tiny_config(name="gone", model={"name": "tests.fixtures:probe_mlp", "nan_at": [20]})
+    config["train"] = {**config["train"], "epochs": 2, "log_every": "1st"}
+    failed, run = train(tmp_path, config)  # a NaN at step 20, after the step-16 checkpoint
+    assert failed.returncode == 1, failed.stderr
+    assert read(run / "summary.json")["last_checkpoint"] == "runs/gone/checkpoints/step-00000016"
+    shutil.rmtree(run / "checkpoints" / "step-00000016")
+    metrics = (run / "metrics.jsonl").read_text()
+    refused, _ = train(tmp_path, config)
+    assert refused.returncode == 2, refused.stderr
+    assert "summary.json records a checkpoint at step 16" in refused.stderr
+    assert "holds none (deleted or moved?)" in refused.stderr and "--overwrite" in refused.stderr
+    assert (run / "metrics.jsonl").read_text() == metrics  # the earlier attempt's records are kept

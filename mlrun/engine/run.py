@@ -250,6 +250,14 @@ def decide_resume(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | N
         )
     if resume == "never" and latest_checkpoint(run_dir):
         raise UsageError(f"run '{run_dir}' has checkpoints; pass --overwrite to discard them, or --resume auto.")
+    recorded = (summary or {}).get("last_checkpoint")
+    if resume == "auto" and recorded and latest_checkpoint(run_dir) is None:  # never a silent start from step 0
+        raise UsageError(
+            f"run '{run_dir}': summary.json records a checkpoint at step {checkpoint_step(Path(recorded))} "
+            f"({recorded}) but {run_dir / CHECKPOINTS} holds none (deleted or moved?). Put the checkpoints back "
+            "to resume, pass --overwrite to start over from step 0 (the earlier metrics.jsonl and records are "
+            "cleared), or choose another name=..."
+        )
     checkpoint = resolve_resume(run_dir, resume)
     # A start that died before its first checkpoint leaves nothing worth keeping.
     return checkpoint, checkpoint is None and run_dir.exists()
