@@ -77,6 +77,69 @@ def test_a_failure_before_any_checkpoint_says_so_plainly(tmp_path):
     assert summary["status"] == "failed" and summary["last_checkpoint"] is None
 
 
+def enospc() -> OSError:
+    import errno
+
+    return OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.fixture
+def summary_unwritable(monkeypatch):
+    """summary.json's write fails with ENOSPC after creating its temporary file, as on a full disk."""
+    from pathlib import Path
+
+    write_text = Path.write_text
+
+    def failing_write_text(path, text, *args, **kwargs):
+        if path.name != "summary.tmp":
+            return write_text(path, text, *args, **kwargs)
+        path.touch()
+        raise enospc()
+
+    monkeypatch.setattr(Path, "write_text", failing_write_text)
+
+
+@pytest.fixture
+def full_disk(monkeypatch, summary_unwritable):
+    """The disk fills after the first checkpoint: the next asynchronous checkpoint write fails, then summary.json's."""
+    from concurrent.futures import Future
+
+    import torch.distributed.checkpoint as dcp
+
+    saves, async_save = [], dcp.async_save
+
+    def failing_async_save(state, **kwargs):
+        saves.append(kwargs)
+        if len(saves) == 1:
+            return async_save(state, **kwargs)
+        failed = Future()  # DCP's background write reports its error when waited on
+        failed.set_exception(enospc())
+        return failed
+
+    monkeypatch.setattr(dcp, "async_save", failing_async_save)
+
+
+def test_a_failed_async_checkpoint_on_a_full_disk_is_a_crash_report_naming_the_checkpoint(tmp_path, full_disk):
+    config = tiny_config(name="full")
+    config["train"] = {**config["train"], "checkpoint_async": True}
+    result = run_cli("train", write_config(tmp_path, config), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "training crashed at step 48: OSError: [Errno 28] No space left on device." in result.stderr
+    assert "The newest checkpoint is runs/full/checkpoints/step-00000016; the same command resumes" in result.stderr
+    assert "could not write runs/full/summary.json" in result.stderr
+    assert "unexpected error" not in result.stderr
+    run = tmp_path / "runs" / "full"
+    assert not (run / "summary.tmp").exists()  # no 0-byte file left beside the records
+
+
+def test_a_finished_run_whose_summary_cannot_be_written_fails_and_says_how_to_go_on(tmp_path, summary_unwritable):
+    result = run_cli("train", write_config(tmp_path, tiny_config(name="end")), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "training ended but summary.json could not be written." in result.stderr
+    assert "The newest checkpoint is runs/end/checkpoints/step-00000048; the same command resumes" in result.stderr
+    assert not (tmp_path / "runs" / "end" / "summary.tmp").exists()
+
+
 def gpt_config(name: str) -> dict:
     config = tiny_config(name=name, model={"name": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.0})
     config["data"] = {"name": "text_lm", "path": str(REPO / "configs" / "data" / "public_domain.txt"), "block_size": 16}

@@ -184,25 +184,31 @@ def test_resume_on_a_process_count_that_cannot_keep_the_global_batch_exits_2_wit
     assert "mlrun/engine" not in result.stderr  # one message, no traceback from mlrun
 
 
-def two_nodes(tmp_path: Path, path: Path, timeout: float = 300) -> list[subprocess.CompletedProcess]:
-    """Two `torchrun --nnodes 2 --nproc-per-node 1` launches meeting at a c10d rendezvous on 127.0.0.1."""
+def two_nodes(
+    tmp_path: Path, path: Path, timeout: float = 300, per_node: tuple[int, int] = (1, 1)
+) -> list[subprocess.CompletedProcess]:
+    """Two `torchrun --nnodes 2 --nproc-per-node N` launches (N of `per_node`) meeting at a c10d rendezvous
+    on 127.0.0.1."""
     endpoint = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-        "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "mlrun-test",
-        "-m", "mlrun", "train", str(path),
-    ]  # fmt: skip
+
+    def command(processes: int) -> list[str]:
+        return [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", str(processes),
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "mlrun-test",
+            "-m", "mlrun", "train", str(path),
+        ]  # fmt: skip
+
     nodes = [
-        subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
+        subprocess.Popen(command(n), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for n in per_node
     ]
     try:
         outputs = [node.communicate(timeout=timeout) for node in nodes]
     finally:
         for node in nodes:
             node.kill()
-    return [subprocess.CompletedProcess(command, n.returncode, out, err) for n, (out, err) in zip(nodes, outputs)]
+    return [subprocess.CompletedProcess(node.args, node.returncode, *output) for node, output in zip(nodes, outputs)]
 
 
 @pytest.mark.e2e
@@ -213,6 +219,19 @@ def test_two_nodes_train_to_the_weights_of_one_node_with_two_processes(tmp_path)
     assert all(node.returncode == 0 for node in nodes), [node.stderr[-2000:] for node in nodes]
     assert max_difference(weights(tmp_path, "one-node"), weights(tmp_path, "two-nodes")) == 0.0
     assert json.loads((tmp_path / "runs/two-nodes/manifest.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.e2e
+def test_hybrid_shard_on_nodes_of_unequal_size_exits_2_on_every_node(tmp_path):
+    c = config("uneven", tmp_path)
+    c["distributed"] = {"strategy": "fsdp", "fsdp_sharding": "hybrid_shard"}
+    nodes = two_nodes(tmp_path, write_config(tmp_path, c, "uneven.yaml"), timeout=110, per_node=(1, 2))
+    # The node of one process too: it went on alone to the device mesh's set-up and lost its peers there.
+    # (Exit codes are not compared: torchrun stops a node's other ranks once one has failed.)
+    for node in nodes:
+        assert "hybrid_shard shards within a node and replicates across nodes" in node.stderr, why(node)
+        assert "(3 processes, 1 and 2 per node); use full_shard" in node.stderr
+        assert "Connection closed" not in node.stderr
 
 
 @pytest.mark.e2e
@@ -254,6 +273,16 @@ def test_settings_that_cannot_be_honoured_exit_2(tmp_path):
         result = run_cli("validate", write_config(tmp_path, c), cwd=tmp_path)
         setting = next(iter(settings))
         assert result.returncode == 2 and f"{setting} is a setting of strategy" in result.stderr, result.stderr
+
+
+def test_hybrid_shard_needs_several_nodes_of_one_size():
+    from mlrun.engine.fsdp import hybrid_mesh_shape
+    from mlrun.errors import UsageError
+
+    assert hybrid_mesh_shape([2, 2, 2, 2]) == (2, 2)  # (replicas across nodes, shards within a node)
+    for local_sizes in ([2, 2], [1, 2, 2]):  # one node; nodes of 1 and 2 processes
+        with pytest.raises(UsageError, match="needs several nodes of equal size"):
+            hybrid_mesh_shape(local_sizes)
 
 
 def test_choose_keeps_the_per_process_batch_then_the_accumulation():

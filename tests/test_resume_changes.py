@@ -322,3 +322,44 @@ def test_a_resume_keeps_the_global_batch_and_goes_on_mid_epoch_with_another_spli
     split = load_file(run / "model.safetensors")
     for key, tensor in whole.items():  # the same samples in each step: equal up to float summation order
         assert np.allclose(split[key].numpy(), tensor.numpy(), atol=1e-5), key
+
+
+def test_resume_from_a_rotated_away_checkpoint_lists_the_ones_kept(tmp_path):
+    config = tiny_config(name="kept")
+    config["train"] = {**config["train"], "epochs": 2, "keep_checkpoints": 1}
+    result, _ = train(tmp_path, config)
+    assert result.returncode == 0, result.stderr
+    named, _ = train(tmp_path, config, "train.epochs=3", "--resume", "runs/kept/checkpoints/step-00000016")
+    assert named.returncode == 2, named.stderr
+    assert "'runs/kept/checkpoints/step-00000016' does not exist (removed by keep_checkpoints?)" in named.stderr
+    assert "this run's checkpoints: step-00000032" in named.stderr
+
+
+def test_resume_by_hand_of_a_slurm_run_drops_requeue_on_signal_without_being_refused(tmp_path):
+    # scripts/slurm/train.sbatch adds train.requeue_on_signal=true; the same `mlrun train CONFIG` by hand lacks it.
+    config = tiny_config(name="slurm")
+    config["train"] = {**config["train"], "epochs": 2}
+    result, run = train(tmp_path, config, "train.requeue_on_signal=true")
+    assert result.returncode == 0, result.stderr
+    (run / "summary.json").unlink()  # as a kill after the step-16 checkpoint leaves it
+    shutil.rmtree(run / "checkpoints" / "step-00000032")
+    resumed, _ = train(tmp_path, config)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step 16" in resumed.stdout
+    changes = read(run / "manifest.json")["config_changes"]
+    assert changes[-1] == {"step": 16, "changes": {"train.requeue_on_signal": [True, False]}}
+
+
+def test_an_interrupted_run_whose_checkpoints_were_deleted_is_not_restarted_silently(tmp_path):
+    config = tiny_config(name="gone", model={"name": "tests.fixtures:probe_mlp", "nan_at": [20]})
+    config["train"] = {**config["train"], "epochs": 2, "log_every": "1st"}
+    failed, run = train(tmp_path, config)  # a NaN at step 20, after the step-16 checkpoint
+    assert failed.returncode == 1, failed.stderr
+    assert read(run / "summary.json")["last_checkpoint"] == "runs/gone/checkpoints/step-00000016"
+    shutil.rmtree(run / "checkpoints" / "step-00000016")
+    metrics = (run / "metrics.jsonl").read_text()
+    refused, _ = train(tmp_path, config)
+    assert refused.returncode == 2, refused.stderr
+    assert "summary.json records a checkpoint at step 16" in refused.stderr
+    assert "holds none (deleted or moved?)" in refused.stderr and "--overwrite" in refused.stderr
+    assert (run / "metrics.jsonl").read_text() == metrics  # the earlier attempt's records are kept

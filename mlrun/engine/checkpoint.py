@@ -276,6 +276,12 @@ def resolve_resume(run_dir: Path, resume: str) -> Path | None:
             )
         return None
     path = Path(resume)
+    if _NAME.match(path.name) and not path.exists():  # the right form: most likely rotated away
+        kept = ", ".join(p.name for p in list_checkpoints(path.parent.parent)) or "none"
+        raise UsageError(
+            f"--resume: checkpoint '{resume}' does not exist (removed by keep_checkpoints?); "
+            f"this run's checkpoints: {kept}; pass one of them or auto"
+        )
     if not (path.is_dir() and (_NAME.match(path.name) or (path / "random_states_0.pkl").exists())):
         raise UsageError(
             f"--resume: '{resume}' is not a checkpoint folder (expected .../checkpoints/step-XXXXXXXX); "

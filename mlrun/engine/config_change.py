@@ -21,6 +21,10 @@ from mlrun.config.schema import ExperimentConfig
 from mlrun.errors import UsageError
 
 Changes = dict[str, tuple[Any, Any]]  # dotted key -> (old, new)
+# Keys that say how a job is operated, not what it trains: they may change on resume without
+# --allow-config-change (still shown and recorded). scripts/slurm/train.sbatch sets requeue_on_signal,
+# and resuming that run by hand without it must not be refused.
+OPERATIONAL = frozenset({"train.requeue_on_signal"})
 _MISFIT = ("size mismatch", "Missing key", "Unexpected key")
 
 
@@ -67,15 +71,16 @@ def check_resume_config(
     config = keep_batch_size(config, stored)
     # A run recorded before paths were stored absolute compares by the same resolution.
     changes = diff_configs(resolve_local_paths(stored), config.model_dump(mode="json"))
-    if changes and not allowed:
+    refused = {key: change for key, change in changes.items() if key not in OPERATIONAL}
+    if refused and not allowed:
         hint = ""
-        if any(key.startswith("model.") for key in changes):
+        if any(key.startswith("model.") for key in refused):
             hint = (
                 "\nA change of model settings that changes the weights' shapes cannot apply to a resumed run; "
                 "start a new run (another name=..., with init_from to start from these weights)."
             )
         raise UsageError(
-            f"run '{run_dir}' would resume from {checkpoint.name} with a changed config:\n{describe(changes)}\n"
+            f"run '{run_dir}' would resume from {checkpoint.name} with a changed config:\n{describe(refused)}\n"
             "Its config.yaml would then no longer reproduce the run. Pass --allow-config-change to continue "
             "with the change (recorded in manifest.json), --overwrite to start over, or another name=..." + hint
         )

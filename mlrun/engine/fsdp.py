@@ -87,13 +87,26 @@ def _mesh_shape(config: DistributedConfig, world: int) -> tuple[int, ...]:
         return (world,)
     import os
 
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    if world % local or world == local:
+    import torch.distributed as dist
+
+    # Every process judges by every node's size, not its own: nodes of unequal size would otherwise
+    # refuse on some nodes only, and the rest would wait in init_device_mesh for processes that left.
+    local_sizes: list[int | None] = [None] * world
+    dist.all_gather_object(local_sizes, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+    return hybrid_mesh_shape(local_sizes)
+
+
+def hybrid_mesh_shape(local_sizes: list[int]) -> tuple[int, int]:
+    """(replicas across nodes, shards within a node) for hybrid_shard, from each process's LOCAL_WORLD_SIZE;
+    exit 2 unless there are several nodes of one size."""
+    world, local = len(local_sizes), local_sizes[0]
+    if len(set(local_sizes)) > 1 or world % local or world == local:
+        sizes = " and ".join(map(str, sorted(set(local_sizes))))
         raise UsageError(
             f"distributed.fsdp_sharding: hybrid_shard shards within a node and replicates across nodes, "
-            f"which needs several nodes of equal size ({world} processes, {local} on this node); use full_shard"
+            f"which needs several nodes of equal size ({world} processes, {sizes} per node); use full_shard"
         )
-    return (world // local, local)  # (replicas across nodes, shards within a node)
+    return (world // local, local)
 
 
 def _mesh_names(config: DistributedConfig) -> tuple[str, ...]:

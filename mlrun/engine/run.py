@@ -154,9 +154,9 @@ def _train_in_folder(
     if accelerator.is_main_process:
         write_records(run_dir, parts, accelerator, resume_from, loop.state.step, changes, recorded, reallocated, prints)
     meter, previous = start_energy(config, accelerator, run_dir, energy_total, resumed=resume_from is not None)
-    message = None
+    message, written = None, True
     try:
-        return loop.run()
+        state = loop.run()
     except MlrunError as exc:  # already says what went wrong (a usage error, a failed run, a study's own)
         message = str(exc)
         raise
@@ -173,11 +173,25 @@ def _train_in_folder(
         if meter is not None:
             summary["energy"] = meter.stop(loop.state.samples_seen, previous)
         if accelerator.is_main_process:
-            write_json(run_dir / "summary.json", summary)
+            written = write_summary(run_dir, summary)
             if compile_cache is not None:
                 compile_cache.save()
         for tracker in parts.trackers:
             tracker.finish(summary)
+    if not written:  # after a crash its own report says how to go on; here the run would look interrupted
+        raise RunFailed("training ended but summary.json could not be written.", loop.checkpoints.resume_hint())
+    return state
+
+
+def write_summary(run_dir: Path, summary: dict) -> bool:
+    """summary.json; False, with a warning, where it cannot be written (a full disk): the report of how the
+    run ended (a crash's included) must still reach the user instead of this OSError."""
+    try:
+        write_json(run_dir / "summary.json", summary)
+    except OSError as exc:
+        print(f"mlrun: warning: could not write {run_dir / 'summary.json'}: {exc}", file=sys.stderr, flush=True)
+        return False
+    return True
 
 
 def write_records(
@@ -253,6 +267,14 @@ def decide_resume(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | N
         )
     if resume == "never" and latest_checkpoint(run_dir):
         raise UsageError(f"run '{run_dir}' has checkpoints; pass --overwrite to discard them, or --resume auto.")
+    recorded = (summary or {}).get("last_checkpoint")
+    if resume == "auto" and recorded and latest_checkpoint(run_dir) is None:  # never a silent start from step 0
+        raise UsageError(
+            f"run '{run_dir}': summary.json records a checkpoint at step {checkpoint_step(Path(recorded))} "
+            f"({recorded}) but {run_dir / CHECKPOINTS} holds none (deleted or moved?). Put the checkpoints back "
+            "to resume, pass --overwrite to start over from step 0 (the earlier metrics.jsonl and records are "
+            "cleared), or choose another name=..."
+        )
     checkpoint = resolve_resume(run_dir, resume)
     # A start that died before its first checkpoint leaves nothing worth keeping.
     return checkpoint, checkpoint is None and run_dir.exists()

@@ -84,7 +84,8 @@ class TrainConfig(Section):
     """Use only deterministic kernels (torch.use_deterministic_algorithms); slower on GPU."""
     requeue_on_signal: bool = False
     """Under SLURM, after the checkpoint a stop signal (SIGUSR1/SIGTERM) triggers, requeue the job
-    (scontrol requeue); the requeued job resumes the same run directory."""
+    (scontrol requeue); the requeued job resumes the same run directory. It may change on resume without
+    --allow-config-change (scripts/slurm/train.sbatch sets it; a resume by hand need not)."""
 
     @model_validator(mode="after")
     def _has_a_length(self) -> TrainConfig:
