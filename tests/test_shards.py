@@ -207,3 +207,15 @@ def test_prepare_turns_the_image_folder_into_shards_that_train_like_it(tmp_path)
     assert blocked.returncode == 0, blocked.stderr
     c = summary(runs / "blocked")["final"]["val/accuracy"]
     assert abs(c - a["val/accuracy"]) < 0.03 and c != a["val/accuracy"]
+
+
+def test_prepare_of_a_deduplicating_table_config_writes_a_config_that_trains(tmp_path):
+    """tabular_csv.yaml deduplicates (data.dedup: true); prepare copied that into the shards' config, which
+    then exited 2 (parquet_shards cannot deduplicate) although prepare had written the rows deduplicated."""
+    out = tmp_path / "wine_shards"
+    to_file = run_cli("prepare", REPO / "configs" / "tabular_csv.yaml", "--out", REPO / "README.md", cwd=REPO)
+    assert to_file.returncode == 2 and "is a file; give a folder" in to_file.stderr
+    prepared = run_cli("prepare", REPO / "configs" / "tabular_csv.yaml", "--out", out, cwd=REPO)
+    assert prepared.returncode == 0, prepared.stderr
+    trained = run_cli("train", out / "config.yaml", "train.epochs=1", f"output_dir={tmp_path / 'runs'}", cwd=REPO)
+    assert trained.returncode == 0, trained.stderr

@@ -332,6 +332,13 @@ def test_prepare_writes_image_tars_that_train_like_the_image_folder(tmp_path):
     assert shards.returncode == 0, shards.stderr
     # Lossless PNGs of the pixels the model saw, the source's split, statistics and order: the same run.
     assert summary(runs / "digits_images")["final"] == summary(runs / "digits_images_shards")["final"]
+    # New 8x8 images are resized to the source's data.size, which the shards' config keeps (it was dropped:
+    # "the run was trained on (1, 12, 12) without resizing").
+    new_images = REPO / "configs" / "data" / "digits_png" / "3"
+    by_folder = run_cli("predict", runs / "digits_images", new_images, "--json", cwd=REPO)
+    by_shards = run_cli("predict", runs / "digits_images_shards", new_images, "--json", cwd=REPO)
+    assert by_shards.returncode == 0, by_shards.stderr
+    assert json.loads(by_shards.stdout)["predictions"] == json.loads(by_folder.stdout)["predictions"]
 
 
 def test_prepare_writes_jsonl_shards_that_train_like_the_jsonl_text_source(tmp_path):

@@ -59,6 +59,8 @@ def run_prepare(
 
 def start_folder(out: Path, settings: dict) -> None:
     """`out` empty, or holding an earlier prepare of the same settings (continued); else exit 2."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"mlrun prepare: --out {out} is a file; give a folder (new, or one prepare wrote)")
     started = out / ".prepare-settings.json"
     if started.exists() and json.loads(started.read_text()) != settings:
         raise UsageError(
@@ -101,9 +103,11 @@ def prepare_samples(config, out: Path, settings: dict, shard_format: str) -> tup
     if shard_format == "image_tar":  # the source's normalisation, so the shards train on the same inputs
         reader = {"name": "image_shards", "grayscale": meta.input_shape[0] == 1}
         reader |= {"mean": list(meta.pixel_mean), "std": list(meta.pixel_std)}
+        # The images were written resized; the size stays in the config so that predict resizes new images too.
+        reader |= {"size": config.data.settings["size"]} if config.data.settings.get("size") else {}
     else:
         reader = {"name": "parquet_shards", "target": "label", "scale": "none"}  # the samples were written normalised
-    return record, reader
+    return record, reader | {"dedup": False}  # written deduplicated; lazy shards cannot deduplicate
 
 
 def instead(source: str) -> str:
