@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import torch
 from torch import nn
@@ -306,3 +307,26 @@ def restructuring_stage(model: nn.Module, context, /):
     from mlrun.compression.stage import Stage
 
     return Stage(model=nn.Sequential(nn.Flatten(), nn.Linear(flat_features(context.meta), context.meta.num_classes)))
+
+
+class _SlowTracker:
+    """A tracker whose server answers slowly: `start_s` to open the run, `log_s` for each call."""
+
+    def __init__(self, start_s: float, log_s: float):
+        self.start_s, self.log_s = start_s, log_s
+
+    def start(self, info) -> None:
+        time.sleep(self.start_s)
+
+    def progress(self, step: int, epoch: int) -> None:
+        pass
+
+    def log(self, figures, step: int, epoch: float) -> None:
+        time.sleep(self.log_s)
+
+    def finish(self, summary) -> None:
+        pass
+
+
+def slow_tracker(*, start_s: float = 1.0, log_s: float = 0.1) -> _SlowTracker:
+    return _SlowTracker(start_s, log_s)

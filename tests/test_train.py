@@ -434,3 +434,14 @@ def test_ema_weights_are_what_evaluation_and_model_safetensors_use(tmp_path):
     latest = run_cli("eval", run, "--checkpoint", "latest", cwd=tmp_path)
     assert latest.returncode == 0 and "holds the raw weights; training evaluated the EMA average" in latest.stderr
     assert "raw weights" not in evaluated.stderr
+
+
+def test_time_in_trackers_is_no_training_time(tmp_path):
+    """An unanswering MLflow server made 5 s of training read 53 s (108 instead of ~1000 samples/s)."""
+    config = tiny_config(name="slowtracked", tracking=[{"name": "tests.fixtures:slow_tracker", "start_s": 1.5}])
+    result, run = train(tmp_path, config)
+    assert result.returncode == 0, result.stderr
+    done = summary(run)
+    logs = sum(1 for line in read_jsonl(run / "metrics.jsonl"))  # one tracker call each, 0.1 s
+    slept = 1.5 + 0.1 * logs
+    assert done["wall_time_s"] - done["train_time_s"] >= slept  # the tracker's time is paused out

@@ -123,13 +123,15 @@ class LogWindow:
         self.emit(figures)
         self.state.last_train = figures
         self.losses, self.steps = [], []
-        self._open(now)
+        self._open(time.perf_counter())  # after the trackers: their time is no window's
 
     def emit(self, figures: dict[str, float]) -> None:
-        """Figures to every tracker, at the current step and (fractional) epoch."""
+        """Figures to every tracker, at the current step and (fractional) epoch. Paused: a slow or hung tracking
+        server is no training time (a user trial's unanswering MLflow made 5 s of training read 53 s)."""
         epoch = self.state.epoch + self.state.batch_in_epoch / max(1, self.batches_per_epoch)
-        for tracker in self.trackers:
-            tracker.log(figures, self.state.step, epoch)
+        with self.paused():
+            for tracker in self.trackers:
+                tracker.log(figures, self.state.step, epoch)
 
     def save_into_state(self) -> None:
         """Before a checkpoint: the clock and the unlogged losses into the state it saves."""

@@ -44,12 +44,8 @@ class TrainingLoop:
         if config.train.early_stopping:
             self.callbacks.append(EarlyStopping(config.train.early_stopping))
         prepared = prepare_training(parts, accelerator, self.callbacks)
-        self.model, self.train_step, self.batches, self.val_loader = (
-            prepared.model,
-            prepared.step,
-            prepared.batches,
-            prepared.val_loader,
-        )
+        self.model, self.train_step = prepared.model, prepared.step
+        self.batches, self.val_loader = prepared.batches, prepared.val_loader
         self.weights = RunWeights(accelerator, self.model, self.callbacks, prepared.sharded, run_dir)
         # Parameters an objective trains beside the model: named in DCP checkpoints by its own module.
         beside = trained_beside(parts.objective)
@@ -89,8 +85,9 @@ class TrainingLoop:
             state.step,
             self.accelerator.is_main_process,
         )
-        for tracker in self.parts.trackers:
-            tracker.start(info)
+        with self.window.paused():  # opening a tracked run (a server's timeouts) is no training time
+            for tracker in self.parts.trackers:
+                tracker.start(info)
         try:
             with self.signals:
                 while not self._should_end():
