@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from mlrun.data.batch import TARGET_KEY
 from mlrun.data.bundle import DataMeta, DatasetBundle
-from mlrun.data.shard_files import LRU, OpenFiles, cached_index, locate, report_skipped, shard_paths
+from mlrun.data.shard_files import LRU, BatchReadError, OpenFiles, cached_index, locate, report_skipped, shard_paths
 from mlrun.data.splits import ValFraction, encode_labels, split_indices
 from mlrun.data.tokenize import encode_padded, make_tokenizer
 from mlrun.errors import UsageError
@@ -121,7 +121,7 @@ class JsonlShardTexts(Dataset):
         try:
             return json.loads(self.files.read(path, offset))[self.text_field]
         except (ValueError, KeyError, TypeError) as exc:
-            raise UsageError(
+            raise BatchReadError(
                 f"data: shard '{path}' byte offset {offset} no longer holds a record ({exc}); the shard changed "
                 "while its index was in use. Run again to index it anew."
             ) from None
