@@ -530,6 +530,11 @@ def test_bad_arrays(tmp_path):
     fails(tmp_path, {"name": "npz", "path": "nan.npz"}, "1 samples have NaN", "sample 4")
 
 
+def test_labels_of_mixed_kinds_exit_2_naming_the_file(tmp_path):
+    np.savez(tmp_path / "mixed.npz", x=np.ones((20, 3), np.float32), y=np.array([1, "a"] * 10, dtype=object))
+    fails(tmp_path, {"name": "npz", "path": "mixed.npz"}, "mixed.npz", "labels mix number and string values")
+
+
 def test_bad_images(tmp_path):
     (tmp_path / "empty").mkdir()
     fails(tmp_path, {"name": "image_folder", "root": "empty"}, "holds no images")

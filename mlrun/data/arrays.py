@@ -6,6 +6,7 @@ string labels mean classification (ids given in sorted label order), floats regr
 
 from __future__ import annotations
 
+import numbers
 from typing import Literal
 
 import numpy as np
@@ -45,6 +46,26 @@ def check_features(x: np.ndarray, where: str) -> np.ndarray:
                 f"{int(np.flatnonzero(bad)[0])}); clean them or impute them first."
             )
     return x
+
+
+def check_labels(y: np.ndarray, where: str) -> np.ndarray:
+    """Refuses labels of mixed kinds (an object array of strings and numbers, or with None): classes are
+    the sorted labels, and Python cannot order a string against a number."""
+    if y.dtype == object:
+        kinds = [_kind(label) for label in y.ravel()]
+        if len(set(kinds)) > 1:
+            other = next(i for i, kind in enumerate(kinds) if kind != kinds[0])
+            raise UsageError(
+                f"{where}: labels mix {' and '.join(sorted(set(kinds)))} values (sample 0: {y.ravel()[0]!r}, "
+                f"sample {other}: {y.ravel()[other]!r}); give every label one kind: all strings or all numbers."
+            )
+    return y
+
+
+def _kind(label) -> str:
+    if isinstance(label, str):
+        return "string"
+    return "number" if isinstance(label, numbers.Number) else type(label).__name__
 
 
 def few_shot_rows(labels: np.ndarray, count: int, seed: int, classify: bool) -> np.ndarray:
@@ -119,7 +140,7 @@ def _load_npz(path: str, key: str, features_key: str, labels_key: str) -> tuple[
 def _paired(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
     if len(x) != len(y):
         raise UsageError(f"{where}: {len(x)} samples but {len(y)} labels.")
-    return check_features(x, where), y
+    return check_features(x, where), check_labels(y, where)
 
 
 @datasets.register("npz")
