@@ -535,6 +535,15 @@ def test_labels_of_mixed_kinds_exit_2_naming_the_file(tmp_path):
     fails(tmp_path, {"name": "npz", "path": "mixed.npz"}, "mixed.npz", "labels mix number and string values")
 
 
+def test_bad_json_lines_exit_2_naming_the_file_and_line(tmp_path):
+    records = [json.dumps({"text": "some words", "label": "yes" if i % 2 else "no"}) for i in range(10)]
+    (tmp_path / "null.jsonl").write_text("\n".join([*records[:4], '{"text": "more", "label": null}', *records]))
+    fails(tmp_path, {"name": "jsonl_text", "path": "null.jsonl"}, "null.jsonl:5: 'label' must be a string or a number")
+    latin1 = "\n".join([*records[:2], '{"text": "tr\u00e8s bien", "label": "yes"}', *records])
+    (tmp_path / "latin1.jsonl").write_bytes(latin1.encode("latin-1"))
+    fails(tmp_path, {"name": "jsonl_text", "path": "latin1.jsonl"}, "latin1.jsonl:3: not UTF-8 (byte 0xe8")
+
+
 def test_bad_images(tmp_path):
     (tmp_path / "empty").mkdir()
     fails(tmp_path, {"name": "image_folder", "root": "empty"}, "holds no images")
