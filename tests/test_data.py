@@ -544,6 +544,20 @@ def test_bad_json_lines_exit_2_naming_the_file_and_line(tmp_path):
     fails(tmp_path, {"name": "jsonl_text", "path": "latin1.jsonl"}, "latin1.jsonl:3: not UTF-8 (byte 0xe8")
 
 
+def test_hf_disk_mistakes_exit_2_saying_what_to_change(tmp_path):
+    hf = pytest.importorskip("datasets")
+    columns = {"x1": [0.5, 1.5] * 10, "word": ["a", "b"] * 10, "label": [0, 1] * 10}
+    splits = {"train": hf.Dataset.from_dict(columns), "test": hf.Dataset.from_dict(columns)}
+    hf.DatasetDict(splits).save_to_disk(str(tmp_path / "dict"))
+    # No 'validation' split and val_split left out: val_fraction of train, as documented.
+    assert len(build("hf_disk", path=str(tmp_path / "dict"), features=["x1"]).val) == 4
+    data = {"name": "hf_disk", "path": "dict", "features": ["x1"]}
+    fails(tmp_path, {**data, "val_split": "validation"}, "data.val_split: no split 'validation'", "Splits: train, test")
+    fails(tmp_path, {**data, "features": ["x1", "word"]}, "data.features: column 'word' does not hold numbers")
+    (tmp_path / "table.csv").write_text("x1,label\n1,0\n")
+    fails(tmp_path, {**data, "path": "table.csv"}, "data.path: 'table.csv' is a file")
+
+
 def test_bad_images(tmp_path):
     (tmp_path / "empty").mkdir()
     fails(tmp_path, {"name": "image_folder", "root": "empty"}, "holds no images")
