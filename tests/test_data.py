@@ -552,6 +552,8 @@ def test_hf_disk_mistakes_exit_2_saying_what_to_change(tmp_path):
     # No 'validation' split and val_split left out: val_fraction of train, as documented.
     assert len(build("hf_disk", path=str(tmp_path / "dict"), features=["x1"]).val) == 4
     data = {"name": "hf_disk", "path": "dict", "features": ["x1"]}
+    result = run_cli("validate", write_config(tmp_path, tiny_config(data={**data, "val_split": "test"})), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr  # one scalar column: samples of one feature
     fails(tmp_path, {**data, "val_split": "validation"}, "data.val_split: no split 'validation'", "Splits: train, test")
     fails(tmp_path, {**data, "features": ["x1", "word"]}, "data.features: column 'word' does not hold numbers")
     (tmp_path / "table.csv").write_text("x1,label\n1,0\n")

@@ -47,9 +47,11 @@ def _columns(split, names: list[str], where: str) -> None:
 
 def _features(split, columns: list[str]) -> np.ndarray:
     table = split.with_format("numpy")
-    # One array column keeps its shape (images); several are flattened side by side.
+    # One array column keeps its shape (images), one scalar column is one feature (a sample of shape (1,),
+    # not ()); several are flattened side by side.
     if len(columns) == 1:
-        return check_features(_numbers(table, columns[0]), "data.features")
+        values = _numbers(table, columns[0])
+        return check_features(values.reshape(len(split), 1) if values.ndim == 1 else values, "data.features")
     parts = [_numbers(table, c).reshape(len(split), -1) for c in columns]
     return check_features(np.concatenate(parts, axis=1), "data.features")
 
