@@ -514,7 +514,12 @@ def test_bad_labels_and_splits(tmp_path):
     frame.iloc[:60].assign(target="no").to_csv(tmp_path / "train.csv", index=False)
     frame.iloc[60:].to_csv(tmp_path / "val.csv", index=False)
     data = {"name": "csv", "path": "train.csv", "val_path": "val.csv", "target": "target"}
-    fails(tmp_path, data, "label the training split never has", "'yes'")
+    fails(tmp_path, data, "data.val_path ('", "val.csv'): 33 validation samples have a label", "(first: 'yes';")
+    y = np.arange(20) % 2
+    np.savez(tmp_path / "train.npz", x=np.zeros((20, 2), np.float32), y=y)
+    np.savez(tmp_path / "val.npz", x=np.zeros((20, 2), np.float32), y=np.where(y, 7, 0))
+    data = {"name": "npz", "path": "train.npz", "val_path": "val.npz"}
+    fails(tmp_path, data, "data.val_path ('val.npz'): 10 validation samples", "(first: 7; training classes: [0, 1])")
     np.savez(tmp_path / "one.npz", x=np.zeros((4, 2), np.float32), y=np.arange(4))
     fails(tmp_path, {"name": "npz", "path": "one.npz"}, "empty val split")
 

@@ -87,11 +87,13 @@ def bundle_from_arrays(
     task: str,
     where: str,
     val: tuple[np.ndarray, np.ndarray] | None = None,
+    val_where: str | None = None,
     preprocessing: dict | None = None,
     dtype: torch.dtype = torch.float32,
     train_per_class: int | None = None,
 ) -> DatasetBundle:
-    """Train/validation splits from arrays: `val` when given, else a seeded (stratified) split.
+    """Train/validation splits from arrays: `val` when given (`val_where` names where it came from in
+    messages about it), else a seeded (stratified) split.
     With `train_per_class`, the training split keeps that many samples of each class, drawn by `seed`."""
     classify = is_classification(y, task, where)
     if val is None:
@@ -100,13 +102,14 @@ def bundle_from_arrays(
     else:
         x_val, y_val = val
         if x_val.shape[1:] != x.shape[1:]:
-            raise UsageError(f"{where}: validation samples have shape {x_val.shape[1:]}, training {x.shape[1:]}.")
+            shapes = f"validation samples have shape {x_val.shape[1:]}, training {x.shape[1:]}"
+            raise UsageError(f"{val_where or where}: {shapes}.")
     if train_per_class is not None:
         keep = few_shot_rows(y, train_per_class, seed, classify)
         x, y = x[keep], y[keep]
     preprocessing = dict(preprocessing or {})
     if classify:
-        y, y_val, classes = encode_labels(y, y_val, where)
+        y, y_val, classes = encode_labels(y, y_val, val_where or where)
         meta = DataMeta(task="classification", input_shape=tuple(x.shape[1:]), num_classes=len(classes))
         preprocessing["classes"] = classes
         to_targets = lambda a: torch.as_tensor(a, dtype=torch.long)  # noqa: E731
@@ -171,7 +174,15 @@ def npz(
     x, y = _load_npz(path, "data.path", features_key, labels_key)
     val = _load_npz(val_path, "data.val_path", features_key, labels_key) if val_path else None
     return bundle_from_arrays(
-        x, y, seed, val_fraction=val_fraction, task=task, where="data.path", val=val, train_per_class=train_per_class
+        x,
+        y,
+        seed,
+        val_fraction=val_fraction,
+        task=task,
+        where="data.path",
+        val=val,
+        val_where=f"data.val_path ('{val_path}')",
+        train_per_class=train_per_class,
     )
 
 
@@ -222,5 +233,6 @@ def npy(
         task=task,
         where=f"data.features ('{features}')",
         val=val,
+        val_where=f"data.val_labels ('{val_labels}')",
         train_per_class=train_per_class,
     )

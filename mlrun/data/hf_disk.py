@@ -122,6 +122,7 @@ def hf_disk(
     else:
         train, val = loaded, None
     where = f"data.path ('{path}')"
+    val_where = f"data.val_split ('{val_split or 'validation'}' of '{path}')"  # when the dict gave `val`
     if text_field:
         for split in filter(None, (train, val)):
             _columns(split, [text_field, label], where)
@@ -136,6 +137,7 @@ def hf_disk(
             tokenizer=tokenizer,
             max_length=max_length,
             where=where,
+            val_where=val_where,
             alphabet=alphabet,
             train_per_class=train_per_class,
         )
@@ -147,5 +149,13 @@ def hf_disk(
     x, y = _features(train, columns), np.array(train[label])
     val_arrays = (_features(val, columns), np.array(val[label])) if val is not None else None
     return bundle_from_arrays(
-        x, y, seed, val_fraction=val_fraction, task=task, where=where, val=val_arrays, train_per_class=train_per_class
+        x,
+        y,
+        seed,
+        val_fraction=val_fraction,
+        task=task,
+        where=where,
+        val=val_arrays,
+        val_where=val_where,
+        train_per_class=train_per_class,
     )

@@ -99,6 +99,7 @@ def text_bundle(
     tokenizer: str,
     max_length: int,
     where: str,
+    val_where: str | None = None,
     alphabet: str | None = None,
     train_per_class: int | None = None,
 ) -> DatasetBundle:
@@ -126,6 +127,7 @@ def text_bundle(
         task="classification",
         where=where,
         val=(val_ids, val[1]),
+        val_where=val_where,
         preprocessing={"tokenizer": encoder.describe(), "max_length": max_length, "pad_id": pad_id},
         dtype=torch.long,
     )
@@ -192,6 +194,7 @@ def jsonl_text(
         tokenizer=tokenizer,
         max_length=max_length,
         where=where,
+        val_where=f"data.val_path ('{Path(val_path)}')" if val_path else None,
         alphabet=alphabet,
         train_per_class=train_per_class,
     )
