@@ -514,7 +514,12 @@ def test_bad_labels_and_splits(tmp_path):
     frame.iloc[:60].assign(target="no").to_csv(tmp_path / "train.csv", index=False)
     frame.iloc[60:].to_csv(tmp_path / "val.csv", index=False)
     data = {"name": "csv", "path": "train.csv", "val_path": "val.csv", "target": "target"}
-    fails(tmp_path, data, "label the training split never has", "'yes'")
+    fails(tmp_path, data, "data.val_path ('", "val.csv'): 33 validation samples have a label", "(first: 'yes';")
+    y = np.arange(20) % 2
+    np.savez(tmp_path / "train.npz", x=np.zeros((20, 2), np.float32), y=y)
+    np.savez(tmp_path / "val.npz", x=np.zeros((20, 2), np.float32), y=np.where(y, 7, 0))
+    data = {"name": "npz", "path": "train.npz", "val_path": "val.npz"}
+    fails(tmp_path, data, "data.val_path ('val.npz'): 10 validation samples", "(first: 7; training classes: [0, 1])")
     np.savez(tmp_path / "one.npz", x=np.zeros((4, 2), np.float32), y=np.arange(4))
     fails(tmp_path, {"name": "npz", "path": "one.npz"}, "empty val split")
 
@@ -528,6 +533,36 @@ def test_bad_arrays(tmp_path):
     x[4, 1] = np.nan
     np.savez(tmp_path / "nan.npz", x=x, y=np.arange(20) % 2)
     fails(tmp_path, {"name": "npz", "path": "nan.npz"}, "1 samples have NaN", "sample 4")
+
+
+def test_labels_of_mixed_kinds_exit_2_naming_the_file(tmp_path):
+    np.savez(tmp_path / "mixed.npz", x=np.ones((20, 3), np.float32), y=np.array([1, "a"] * 10, dtype=object))
+    fails(tmp_path, {"name": "npz", "path": "mixed.npz"}, "mixed.npz", "labels mix number and string values")
+
+
+def test_bad_json_lines_exit_2_naming_the_file_and_line(tmp_path):
+    records = [json.dumps({"text": "some words", "label": "yes" if i % 2 else "no"}) for i in range(10)]
+    (tmp_path / "null.jsonl").write_text("\n".join([*records[:4], '{"text": "more", "label": null}', *records]))
+    fails(tmp_path, {"name": "jsonl_text", "path": "null.jsonl"}, "null.jsonl:5: 'label' must be a string or a number")
+    latin1 = "\n".join([*records[:2], '{"text": "tr\u00e8s bien", "label": "yes"}', *records])
+    (tmp_path / "latin1.jsonl").write_bytes(latin1.encode("latin-1"))
+    fails(tmp_path, {"name": "jsonl_text", "path": "latin1.jsonl"}, "latin1.jsonl:3: not UTF-8 (byte 0xe8")
+
+
+def test_hf_disk_mistakes_exit_2_saying_what_to_change(tmp_path):
+    hf = pytest.importorskip("datasets")
+    columns = {"x1": [0.5, 1.5] * 10, "word": ["a", "b"] * 10, "label": [0, 1] * 10}
+    splits = {"train": hf.Dataset.from_dict(columns), "test": hf.Dataset.from_dict(columns)}
+    hf.DatasetDict(splits).save_to_disk(str(tmp_path / "dict"))
+    # No 'validation' split and val_split left out: val_fraction of train, as documented.
+    assert len(build("hf_disk", path=str(tmp_path / "dict"), features=["x1"]).val) == 4
+    data = {"name": "hf_disk", "path": "dict", "features": ["x1"]}
+    result = run_cli("validate", write_config(tmp_path, tiny_config(data={**data, "val_split": "test"})), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr  # one scalar column: samples of one feature
+    fails(tmp_path, {**data, "val_split": "validation"}, "data.val_split: no split 'validation'", "Splits: train, test")
+    fails(tmp_path, {**data, "features": ["x1", "word"]}, "data.features: column 'word' does not hold numbers")
+    (tmp_path / "table.csv").write_text("x1,label\n1,0\n")
+    fails(tmp_path, {**data, "path": "table.csv"}, "data.path: 'table.csv' is a file")
 
 
 def test_bad_images(tmp_path):

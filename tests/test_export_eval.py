@@ -230,6 +230,8 @@ def test_eval_on_data_the_model_cannot_take_or_relabelled_classes_exits_2(tmp_pa
     assert other.returncode == 2 and "does not fit the model built for this data (6 classes" in other.stderr, (
         other.stderr
     )
+    # torch's last line, without its tab, and one period after it (was "..")
+    assert "): size mismatch" in other.stderr and "torch.Size([6]). The run's model" in other.stderr
 
 
 def test_eval_on_an_export_folder_says_to_predict_with_it(trained, tmp_path):

@@ -276,6 +276,29 @@ def test_json_lines_texts_scored_like_eval_and_unlabelled_lines_predicted(tmp_pa
     assert plain["scores"] is None and [row["line"] for row in plain["predictions"]] == [1, 3, 5, 7, 9]
 
 
+def test_json_lines_with_a_byte_order_mark_train_and_predict_and_bad_inputs_exit_2(tmp_path):
+    lines = (REPO / "configs" / "data" / "digits_ascii.jsonl").read_text().splitlines()
+    (tmp_path / "train.jsonl").write_text("\n".join(lines[:120]) + "\n", encoding="utf-8-sig")  # as Notepad saves
+    (tmp_path / "new.jsonl").write_text("\n".join(lines[120:150]) + "\n", encoding="utf-8-sig")
+    (tmp_path / "latin1.jsonl").write_bytes(('{"text": "caf\u00e9", "label": 1}\n').encode("latin-1"))
+    config = {
+        "name": "texts",
+        "model": {"name": "transformer_classifier", "dim": 16, "depth": 1, "heads": 2},
+        "data": {"name": "jsonl_text", "path": "train.jsonl", "max_length": 72, "batch_size": 32},
+        "train": {"epochs": 1},
+        "tracking": [{"name": "console", "plain": True}],
+    }
+    result = run_cli("train", write_config(tmp_path, config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert cli_json(tmp_path, "predict", "runs/texts", "new.jsonl")["scores"] is not None
+    for given, message in (
+        ("latin1.jsonl", "latin1.jsonl:1: not UTF-8 (byte 0xe9 at column 14); save the file as UTF-8"),
+        (".", "INPUT: '.' is a folder; this run reads a JSON Lines file"),
+    ):
+        result = run_cli("predict", "runs/texts", given, cwd=tmp_path)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
 def test_eval_on_other_texts_keeps_a_char_runs_alphabet(tmp_path):
     """A char tokenizer learns its alphabet from the training texts; `mlrun eval RUN data.path=OTHER`
     keeps the run's ids (as predict does) instead of refitting them on texts with other characters."""

@@ -6,6 +6,7 @@ string labels mean classification (ids given in sorted label order), floats regr
 
 from __future__ import annotations
 
+import numbers
 from typing import Literal
 
 import numpy as np
@@ -47,6 +48,26 @@ def check_features(x: np.ndarray, where: str) -> np.ndarray:
     return x
 
 
+def check_labels(y: np.ndarray, where: str) -> np.ndarray:
+    """Refuses labels of mixed kinds (an object array of strings and numbers, or with None): classes are
+    the sorted labels, and Python cannot order a string against a number."""
+    if y.dtype == object:
+        kinds = [_kind(label) for label in y.ravel()]
+        if len(set(kinds)) > 1:
+            other = next(i for i, kind in enumerate(kinds) if kind != kinds[0])
+            raise UsageError(
+                f"{where}: labels mix {' and '.join(sorted(set(kinds)))} values (sample 0: {y.ravel()[0]!r}, "
+                f"sample {other}: {y.ravel()[other]!r}); give every label one kind: all strings or all numbers."
+            )
+    return y
+
+
+def _kind(label) -> str:
+    if isinstance(label, str):
+        return "string"
+    return "number" if isinstance(label, numbers.Number) else type(label).__name__
+
+
 def few_shot_rows(labels: np.ndarray, count: int, seed: int, classify: bool) -> np.ndarray:
     """The training rows `data.train_per_class` keeps; regression data has no classes to count."""
     if not classify:
@@ -66,11 +87,13 @@ def bundle_from_arrays(
     task: str,
     where: str,
     val: tuple[np.ndarray, np.ndarray] | None = None,
+    val_where: str | None = None,
     preprocessing: dict | None = None,
     dtype: torch.dtype = torch.float32,
     train_per_class: int | None = None,
 ) -> DatasetBundle:
-    """Train/validation splits from arrays: `val` when given, else a seeded (stratified) split.
+    """Train/validation splits from arrays: `val` when given (`val_where` names where it came from in
+    messages about it), else a seeded (stratified) split.
     With `train_per_class`, the training split keeps that many samples of each class, drawn by `seed`."""
     classify = is_classification(y, task, where)
     if val is None:
@@ -79,13 +102,14 @@ def bundle_from_arrays(
     else:
         x_val, y_val = val
         if x_val.shape[1:] != x.shape[1:]:
-            raise UsageError(f"{where}: validation samples have shape {x_val.shape[1:]}, training {x.shape[1:]}.")
+            shapes = f"validation samples have shape {x_val.shape[1:]}, training {x.shape[1:]}"
+            raise UsageError(f"{val_where or where}: {shapes}.")
     if train_per_class is not None:
         keep = few_shot_rows(y, train_per_class, seed, classify)
         x, y = x[keep], y[keep]
     preprocessing = dict(preprocessing or {})
     if classify:
-        y, y_val, classes = encode_labels(y, y_val, where)
+        y, y_val, classes = encode_labels(y, y_val, val_where or where)
         meta = DataMeta(task="classification", input_shape=tuple(x.shape[1:]), num_classes=len(classes))
         preprocessing["classes"] = classes
         to_targets = lambda a: torch.as_tensor(a, dtype=torch.long)  # noqa: E731
@@ -119,7 +143,7 @@ def _load_npz(path: str, key: str, features_key: str, labels_key: str) -> tuple[
 def _paired(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
     if len(x) != len(y):
         raise UsageError(f"{where}: {len(x)} samples but {len(y)} labels.")
-    return check_features(x, where), y
+    return check_features(x, where), check_labels(y, where)
 
 
 @datasets.register("npz")
@@ -150,7 +174,15 @@ def npz(
     x, y = _load_npz(path, "data.path", features_key, labels_key)
     val = _load_npz(val_path, "data.val_path", features_key, labels_key) if val_path else None
     return bundle_from_arrays(
-        x, y, seed, val_fraction=val_fraction, task=task, where="data.path", val=val, train_per_class=train_per_class
+        x,
+        y,
+        seed,
+        val_fraction=val_fraction,
+        task=task,
+        where="data.path",
+        val=val,
+        val_where=f"data.val_path ('{val_path}')",
+        train_per_class=train_per_class,
     )
 
 
@@ -201,5 +233,6 @@ def npy(
         task=task,
         where=f"data.features ('{features}')",
         val=val,
+        val_where=f"data.val_labels ('{val_labels}')",
         train_per_class=train_per_class,
     )

@@ -1,7 +1,8 @@
 """`hf_disk`: a Hugging Face `datasets` dataset saved with `save_to_disk` (mlrun[hf]); no download.
 
-A DatasetDict gives its `train_split` and `val_split` splits (or splits train by val_fraction when
-there is no validation split); a single Dataset is split by val_fraction. Features are either
+A DatasetDict gives its `train_split` and `val_split` splits (a split named in the config must exist;
+left out, 'validation' is used when the dict has one, else val_fraction of train); a single Dataset is
+split by val_fraction. Features are either
 numeric columns (scalars or fixed-shape arrays, stacked into one input) or one text column,
 tokenized like jsonl_text.
 """
@@ -18,7 +19,7 @@ from mlrun.data.arrays import bundle_from_arrays, check_features
 from mlrun.data.bundle import DatasetBundle
 from mlrun.data.splits import ValFraction, require_columns
 from mlrun.data.text import recorded_alphabet, text_bundle
-from mlrun.errors import UsageError
+from mlrun.errors import UsageError, did_you_mean
 from mlrun.registry import datasets
 
 
@@ -27,6 +28,11 @@ def _load(path: str):
         import datasets as hf_datasets
     except ImportError:
         raise UsageError("dataset 'hf_disk' needs the datasets package: pip install 'mlrun[hf]'") from None
+    if Path(path).is_file():
+        raise UsageError(
+            f"data.path: '{path}' is a file; hf_disk reads the folder a datasets save_to_disk wrote (with its "
+            "dataset_info.json or dataset_dict.json). Name that folder, or use a source for this file's format."
+        )
     if not Path(path).is_dir():
         raise UsageError(f"data.path: folder '{path}' not found (relative to {Path.cwd()}).")
     try:
@@ -41,11 +47,24 @@ def _columns(split, names: list[str], where: str) -> None:
 
 def _features(split, columns: list[str]) -> np.ndarray:
     table = split.with_format("numpy")
-    # One array column keeps its shape (images); several are flattened side by side.
+    # One array column keeps its shape (images), one scalar column is one feature (a sample of shape (1,),
+    # not ()); several are flattened side by side.
     if len(columns) == 1:
-        return check_features(np.asarray(table[columns[0]], dtype=np.float32), "data.features")
-    parts = [np.asarray(table[c], dtype=np.float32).reshape(len(split), -1) for c in columns]
+        values = _numbers(table, columns[0])
+        return check_features(values.reshape(len(split), 1) if values.ndim == 1 else values, "data.features")
+    parts = [_numbers(table, c).reshape(len(split), -1) for c in columns]
     return check_features(np.concatenate(parts, axis=1), "data.features")
+
+
+def _numbers(table, column: str) -> np.ndarray:
+    try:
+        return np.asarray(table[column], dtype=np.float32)
+    except (TypeError, ValueError):  # text, or ragged lists
+        raise UsageError(
+            f"data.features: column '{column}' does not hold numbers (or arrays of one shape); hf_disk reads "
+            f"numeric feature columns. List the numeric ones in data.features, or set data.text_field: {column} "
+            "to tokenize it as text."
+        ) from None
 
 
 @datasets.register("hf_disk", recorded_settings=recorded_alphabet)
@@ -58,7 +77,7 @@ def hf_disk(
     features: list[str] | None = None,
     text_field: str | None = None,
     train_split: str = "train",
-    val_split: str = "validation",
+    val_split: str | None = None,
     val_fraction: ValFraction = 0.2,
     tokenizer: str = "byte",
     max_length: PositiveInt = 128,
@@ -74,7 +93,8 @@ def hf_disk(
         features: numeric feature columns; default every column except the label (without text_field).
         text_field: a text column to tokenize instead of numeric features.
         train_split: the training split of a DatasetDict.
-        val_split: the validation split of a DatasetDict; when absent, val_fraction of the training split.
+        val_split: the validation split of a DatasetDict, which must exist; by default 'validation' when the
+            dict has one, else val_fraction of the training split.
         val_fraction: share held out for validation when there is no validation split.
         tokenizer: with text_field: byte, char, a tokenizer.json path or a transformers tokenizer folder.
         max_length: with text_field: tokens per sample.
@@ -87,10 +107,22 @@ def hf_disk(
     if hasattr(loaded, "keys"):  # DatasetDict
         if train_split not in loaded:
             raise UsageError(f"data.train_split: no split '{train_split}'; splits: {', '.join(loaded)}.")
-        train, val = loaded[train_split], loaded.get(val_split)
+        if val_split is not None and val_split not in loaded:  # named on purpose: no silent fallback
+            raise UsageError(
+                f"data.val_split: no split '{val_split}' in '{path}'.{did_you_mean(val_split, loaded)} Splits: "
+                f"{', '.join(loaded)}. Name one of them, or leave data.val_split out to hold out data.val_fraction "
+                f"of '{train_split}'."
+            )
+        train, val = loaded[train_split], loaded.get(val_split or "validation")
+    elif val_split is not None:
+        raise UsageError(
+            f"data.val_split: '{path}' is a single Dataset without splits; leave data.val_split out "
+            "(data.val_fraction holds out its share)."
+        )
     else:
         train, val = loaded, None
     where = f"data.path ('{path}')"
+    val_where = f"data.val_split ('{val_split or 'validation'}' of '{path}')"  # when the dict gave `val`
     if text_field:
         for split in filter(None, (train, val)):
             _columns(split, [text_field, label], where)
@@ -105,6 +137,7 @@ def hf_disk(
             tokenizer=tokenizer,
             max_length=max_length,
             where=where,
+            val_where=val_where,
             alphabet=alphabet,
             train_per_class=train_per_class,
         )
@@ -126,5 +159,6 @@ def hf_disk(
         where=where,
         val=val_arrays,
         preprocessing=named,
+        val_where=val_where,
         train_per_class=train_per_class,
     )

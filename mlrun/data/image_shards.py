@@ -41,7 +41,7 @@ from mlrun.data.images import (
     _recorded_settings,
     image_description,
 )
-from mlrun.data.shard_files import LRU, OpenFiles, cached_index, locate, report_skipped, shard_paths
+from mlrun.data.shard_files import LRU, BatchReadError, OpenFiles, cached_index, locate, report_skipped, shard_paths
 from mlrun.data.splits import ValFraction, encode_labels, split_indices
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
@@ -209,7 +209,7 @@ class ImageShardSet(Dataset):
         path, offset = self.paths[shard], int(self.offsets[shard][member])
         pixels = self.decoder(io.BytesIO(self.files.read(path, offset, int(self.sizes[shard][member]))))
         if pixels is None:
-            raise UsageError(
+            raise BatchReadError(
                 f"data: shard '{path}' byte offset {offset}: the image can no longer be decoded; the shard changed "
                 "while its index was in use. Run again to index it anew."
             )

@@ -25,8 +25,9 @@ from torch.utils.data import Dataset
 
 from mlrun.data.batch import TARGET_KEY
 from mlrun.data.bundle import DataMeta, DatasetBundle
-from mlrun.data.shard_files import LRU, OpenFiles, cached_index, locate, report_skipped, shard_paths
+from mlrun.data.shard_files import LRU, BatchReadError, OpenFiles, cached_index, locate, report_skipped, shard_paths
 from mlrun.data.splits import ValFraction, encode_labels, split_indices
+from mlrun.data.text import record_problem
 from mlrun.data.tokenize import encode_padded, make_tokenizer
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
@@ -64,16 +65,7 @@ def _invalid(line: bytes, text_field: str, label_field: str) -> str | None:
         record = json.loads(line)
     except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
         return f"not valid JSON ({getattr(exc, 'msg', exc)})"
-    if not isinstance(record, dict):
-        return f"a JSON {type(record).__name__}, not an object"
-    for field, setting in ((text_field, "text_field"), (label_field, "label_field")):
-        if field not in record:
-            return f"no '{field}' field (found: {', '.join(record)}); set data.{setting}"
-    if not isinstance(record[text_field], str):
-        return f"'{text_field}' must be a string"
-    if not isinstance(record[label_field], (str, int, float, bool)):
-        return f"'{label_field}' must be a string or a number"
-    return None
+    return record_problem(record, text_field, label_field)
 
 
 def index_shards(paths, key, text_field, label_field, skip_corrupt) -> list[tuple[Path, np.ndarray, np.ndarray]]:
@@ -121,7 +113,7 @@ class JsonlShardTexts(Dataset):
         try:
             return json.loads(self.files.read(path, offset))[self.text_field]
         except (ValueError, KeyError, TypeError) as exc:
-            raise UsageError(
+            raise BatchReadError(
                 f"data: shard '{path}' byte offset {offset} no longer holds a record ({exc}); the shard changed "
                 "while its index was in use. Run again to index it anew."
             ) from None

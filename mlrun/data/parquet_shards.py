@@ -33,6 +33,7 @@ from pydantic import NonNegativeInt, PositiveInt
 from torch.utils.data import Dataset
 
 from mlrun.data.bundle import DataMeta, DatasetBundle
+from mlrun.data.shard_files import BatchReadError
 from mlrun.data.splits import ValFraction, is_classification, require_columns, resolve_files, split_indices
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
@@ -61,6 +62,7 @@ class Standardize:
 class Shard:
     path: Path
     row_groups: tuple[int, ...]  # rows in each row group
+    columns: tuple[str, ...]
 
 
 def _parquet():
@@ -86,7 +88,8 @@ def index_shards(paths: list[Path], key: str, skip_corrupt: bool) -> list[Shard]
                 ) from None
             skipped.append(path)
             continue
-        shards.append(Shard(path, tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))))
+        sizes = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+        shards.append(Shard(path, sizes, tuple(meta.schema.to_arrow_schema().names)))
     if skipped:
         names = ", ".join(map(str, skipped))
         print(f"mlrun: data: skipped {len(skipped)} unreadable shard(s): {names}", file=sys.stderr)
@@ -125,15 +128,32 @@ class ShardedTable(Dataset):
         try:
             frame = self._file(shard.path).read_row_group(index, [*self.transform.features, self.target])
         except Exception as exc:  # noqa: BLE001 - a damaged page surfaces here, not in the footer
-            raise UsageError(f"data: shard '{shard.path}' row group {index} cannot be read ({exc}).") from None
+            raise BatchReadError(f"data: shard '{shard.path}' row group {index} cannot be read ({exc}).") from None
         labels = frame[self.target].to_numpy()
         if self.classify:
             labels = np.searchsorted(np.asarray(self.transform.classes), labels)
-        read = (self.transform.transform(frame), labels)
+        read = (self._finite(self.transform.transform(frame), shard, index), labels)
         self.cache[group] = read
         if len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
         return read
+
+    def _finite(self, features: np.ndarray, shard: Shard, index: int) -> np.ndarray:
+        """The row group's features, refused when any is NaN or infinite: one would turn the fitted mean, the
+        loss or a validation metric into NaN far from its cause. Checked per decoded row group, so the whole
+        data is never read for it: the row groups standardisation fits on are checked before training, the
+        others when a batch first reads them."""
+        bad = ~np.isfinite(features)
+        if not bad.any():
+            return features
+        rows, columns = np.nonzero(bad)
+        names = [self.transform.features[c] for c in np.unique(columns)]
+        first = sum(shard.row_groups[:index]) + int(rows[0])  # the row's number within the shard
+        raise BatchReadError(
+            f"data: shard '{shard.path}' has NaN or infinite features: {len(np.unique(rows))} row(s) of row group "
+            f"{index} in column(s) {', '.join(names)} (first: row {first} of the shard, column "
+            f"'{self.transform.features[columns[0]]}'). Drop or impute those rows when writing the shards."
+        )
 
     def _file(self, path: Path):
         """The shard's open ParquetFile, opened once per process (a forked loader worker opens its own)."""
@@ -250,6 +270,8 @@ def parquet_shards(
             f"data.features: {', '.join(text)} of '{shards[0].path}' are not numeric; parquet_shards reads numeric "
             "features only. Encode them when writing the shards, or use the in-memory 'parquet' source."
         )
+    require_in_every_shard([target, *features], shards, "data.path")
+    require_in_every_shard([target, *features], val_shards, "data.val_path")
     labels = _column(shards, target)
     classify = is_classification(labels, task, f"data.target ('{target}')")
     if val_path:
@@ -289,6 +311,18 @@ def _globs(path: str | list[str] | None) -> list[str]:
     """Globs of shard files; a folder means its *.parquet."""
     patterns = [] if path is None else [path] if isinstance(path, str) else path
     return [str(Path(p) / "*.parquet") if Path(p).is_dir() else p for p in patterns]
+
+
+def require_in_every_shard(columns: list[str], shards: list[Shard], key: str) -> None:
+    """Every shard holds the target and feature columns (checked on the footers, before anything is read):
+    pyarrow reads a row group without a missing column silently, and the batch would fail far from the cause."""
+    for shard in shards:
+        missing = [name for name in columns if name not in shard.columns]
+        if missing:
+            raise UsageError(
+                f"{key}: shard '{shard.path}' has no column(s) {', '.join(missing)}; data.target and data.features "
+                f"are read from every shard. Rewrite the shard with them, or leave it out of {key}."
+            )
 
 
 def _column(shards: list[Shard], name: str) -> np.ndarray:

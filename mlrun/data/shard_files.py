@@ -25,6 +25,21 @@ from mlrun.errors import UsageError
 INDEX_VERSION = 2  # bump when an index's arrays change meaning, so old caches are rebuilt
 
 
+class BatchReadError(UsageError):
+    """Bad data found while a batch is read, often in a loader worker process (exit 2, as any UsageError).
+
+    torch re-raises a worker's exception in the training process as `type(exc)(text)`, where `text` is
+    "Caught ... in DataLoader worker process N." followed by the worker's whole traceback. This type keeps
+    only what the worker raised, so the user reads the one message and no traceback.
+    """
+
+    def __init__(self, message: str):
+        raised_as = f"{type(self).__module__}.{type(self).__qualname__}: "  # the traceback's last line
+        if message.startswith("Caught ") and raised_as in message:
+            message = message.rpartition(raised_as)[2].strip()
+        super().__init__(message)
+
+
 def shard_paths(path: str | list[str], suffixes: tuple[str, ...], key: str) -> list[Path]:
     """Shard files of a glob, a folder (its files ending in `suffixes`) or a list of them; every one must
     match at least one file (exit 2 before anything is read)."""

@@ -106,7 +106,7 @@ def encode_labels(train: np.ndarray, val: np.ndarray, where: str) -> tuple[np.nd
         first = val[np.flatnonzero(unseen)[0]]
         raise UsageError(
             f"{where}: {int(unseen.sum())} validation samples have a label the training split never has "
-            f"(first: {first!r}; training classes: {_short(classes)}). Fix the labels or the split."
+            f"(first: {_plain(first)!r}; training classes: {_short(classes)}). Fix the labels or the split."
         )
     return np.searchsorted(classes, train), np.searchsorted(classes, val), [_plain(c) for c in classes]
 

@@ -279,6 +279,7 @@ def _tabular(
         task="classification" if classify else "regression",
         where=f"data.target ('{target}')",
         val=(np.asarray(x_val, dtype=np.float32), y_val),
+        val_where=f"data.val_path ('{val_file}')" if val_file else None,
         preprocessing={"tabular": described},
     )
     bundle.transform = pipeline

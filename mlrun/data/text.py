@@ -26,9 +26,20 @@ from mlrun.registry import datasets
 
 
 def json_lines(file) -> Iterator[tuple[int, object]]:
-    """(line number, parsed record) of every non-blank line; a line that is not JSON is a usage error."""
-    with open(file, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+    """(line number, parsed record) of every non-blank line of a UTF-8 file; a byte-order mark at its start
+    is allowed (Windows editors write one). A line that is not UTF-8 or not JSON is a usage error naming it.
+
+    Read as bytes and decoded line by line: a text-mode file decodes in chunks, and its error could not say
+    which line holds the bad byte."""
+    with open(file, "rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise UsageError(
+                    f"{file}:{number}: not UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1}); "
+                    "save the file as UTF-8."
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -37,18 +48,26 @@ def json_lines(file) -> Iterator[tuple[int, object]]:
                 raise UsageError(f"{file}:{number}: not valid JSON ({exc.msg}); one JSON object per line.") from None
 
 
+def record_problem(record, text_field: str, label_field: str) -> str | None:
+    """Why a parsed line is not a text record (None when it is); jsonl_shards indexes with the same words."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    for field, setting in ((text_field, "text_field"), (label_field, "label_field")):
+        if field not in record:
+            return f"no '{field}' field (found: {', '.join(record)}); set data.{setting}"
+    if not isinstance(record[text_field], str):
+        return f"'{text_field}' must be a string"
+    if not isinstance(record[label_field], (str, int, float)):  # null, a list: classes are sorted labels
+        return f"'{label_field}' must be a string or a number, not {json.dumps(record[label_field])}"
+    return None
+
+
 def read_jsonl(path: str, key: str, text_field: str, label_field: str) -> tuple[list[str], np.ndarray]:
     file = resolve_one_file(path, key)
     texts, labels = [], []
     for number, record in json_lines(file):
-        for field in (text_field, label_field):
-            if not isinstance(record, dict) or field not in record:
-                found = ", ".join(record) if isinstance(record, dict) else type(record).__name__
-                raise UsageError(
-                    f"{file}:{number}: no '{field}' field (found: {found}); set data.{_key(field, text_field)}."
-                )
-        if not isinstance(record[text_field], str):
-            raise UsageError(f"{file}:{number}: '{text_field}' must be a string.")
+        if problem := record_problem(record, text_field, label_field):
+            raise UsageError(f"{file}:{number}: {problem}.")
         texts.append(record[text_field])
         labels.append(record[label_field])
     if not texts:
@@ -70,10 +89,6 @@ def keep_classes(records: tuple[list[str], np.ndarray], classes: list | None) ->
     return [texts[i] for i in keep], labels[keep]
 
 
-def _key(field: str, text_field: str) -> str:
-    return "text_field" if field == text_field else "label_field"
-
-
 def text_bundle(
     texts: list[str],
     labels: np.ndarray,
@@ -84,6 +99,7 @@ def text_bundle(
     tokenizer: str,
     max_length: int,
     where: str,
+    val_where: str | None = None,
     alphabet: str | None = None,
     train_per_class: int | None = None,
 ) -> DatasetBundle:
@@ -111,6 +127,7 @@ def text_bundle(
         task="classification",
         where=where,
         val=(val_ids, val[1]),
+        val_where=val_where,
         preprocessing={"tokenizer": encoder.describe(), "max_length": max_length, "pad_id": pad_id},
         dtype=torch.long,
     )
@@ -177,6 +194,7 @@ def jsonl_text(
         tokenizer=tokenizer,
         max_length=max_length,
         where=where,
+        val_where=f"data.val_path ('{Path(val_path)}')" if val_path else None,
         alphabet=alphabet,
         train_per_class=train_per_class,
     )

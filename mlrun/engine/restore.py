@@ -181,8 +181,8 @@ def load_trained(run_dir: Path, checkpoint: str = "final", overrides: list[str] 
         except RuntimeError as exc:  # other shapes: the data given gives the model other input or output sizes
             raise UsageError(
                 f"{weights} does not fit the model built for this data ({parts.bundle.meta.num_classes} classes, "
-                f"inputs {parts.bundle.meta.input_shape}): {str(exc).strip().splitlines()[-1].strip()}. The run's "
-                "model takes data like its own: the same classes and features"
+                f"inputs {parts.bundle.meta.input_shape}): {str(exc).strip().splitlines()[-1].strip().rstrip('.')}. "
+                "The run's model takes data like its own: the same classes and features"
             ) from None
     if missing or unexpected:
         raise UsageError(

@@ -42,6 +42,8 @@ def read_texts(path: Path, predictor) -> Inputs:
     from mlrun.data.bundle import TensorDictDataset
     from mlrun.data.text import json_lines
 
+    if path.is_dir():
+        raise UsageError(f"INPUT: '{path}' is a folder; this run reads a JSON Lines file of {{\"text\": ...}} records")
     settings = predictor.config.data.settings
     text_field, label_field = settings.get("text_field", "text"), settings.get("label_field", "label")
     texts, labels, lines = [], [], []
