@@ -48,9 +48,11 @@ def csv_config(**data) -> dict:
 
 def test_a_training_split_with_one_class_exits_2(tmp_path):
     write_table(tmp_path, lambda i: "a")
-    result = run_cli("train", write_config(tmp_path, csv_config()), cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
-    assert "single class" in result.stderr and "Traceback" not in result.stderr
+    path = write_config(tmp_path, csv_config())
+    for command in ("validate", "train"):  # validate said "is valid" to what train refused
+        result = run_cli(command, path, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert "holds a single class (a)" in result.stderr and "Traceback" not in result.stderr  # its name, not 0
 
 
 def test_numbers_with_a_few_text_cells_are_named_and_na_values_reads_them_as_missing(tmp_path):

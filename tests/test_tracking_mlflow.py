@@ -336,3 +336,15 @@ def test_a_stop_signal_inside_a_trackers_call_ends_the_run_as_interrupted():
         tracker.guarded(wrapped_stop)
     assert not tracker.failed
     assert tracker.guarded(lambda: (_ for _ in ()).throw(RuntimeError("down"))) is False and tracker.failed
+
+
+def test_a_uri_mlflow_stores_no_runs_under_exits_2_at_validate(tmp_path, monkeypatch):
+    """foo://bar passed validate and failed mid-run with a warning; a plain folder (MLflow's file store, which
+    MLflow 3 refuses unless MLFLOW_ALLOW_FILE_STORE is set) failed the same way, its fix cut off."""
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    for uri, says in (("foo://bar", "has the scheme 'foo'"), (str(tmp_path / "store"), "MLFLOW_ALLOW_FILE_STORE")):
+        path = write_config(tmp_path, mlflow_config("uri", uri=uri))
+        result = run_cli("validate", path, cwd=tmp_path)
+        assert result.returncode == 2 and says in result.stderr, result.stderr
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the opt-out MLflow names
+    assert run_cli("validate", path, cwd=tmp_path).returncode == 0

@@ -37,9 +37,10 @@ def check_config(path: Path, config: ExperimentConfig, print_config: bool) -> No
 
     from mlrun.engine.autobatch import resolve_batch_size
     from mlrun.engine.build import build_components
-    from mlrun.engine.preflight import check_one_batch
+    from mlrun.engine.preflight import check_components, check_one_batch
 
     parts = build_components(resolve_batch_size(config))
+    check_components(parts, config.data.batch_size == "auto", "cpu")  # train's refusals (a single class) and warnings
     check_one_batch(parts, torch.device("cpu"))
     params = sum(p.numel() for p in parts.model.parameters())
     stages = check_compress_stages(config, parts) if any(spec.enabled for spec in config.compress) else None

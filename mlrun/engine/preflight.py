@@ -226,8 +226,11 @@ def check_one_class(parts) -> None:
         return
     classes = targets.unique()
     if len(classes) == 1:
+        names = (parts.bundle.preprocessing or {}).get("classes") or []
+        index = int(classes[0])
+        name = names[index] if index < len(names) else index  # the class as the data names it, not its id
         raise UsageError(
             f"data: the training split of '{parts.config.data.name}' holds a single class "
-            f"({int(classes[0])}) in all {len(train)} samples: nothing to learn. Check data.target, "
+            f"({name}) in all {len(train)} samples: nothing to learn. Check data.target, "
             "the file's rows, or data.val_fraction / data.val_path."
         )

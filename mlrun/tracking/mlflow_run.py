@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mlrun.errors import failure_reason
+from mlrun.errors import UsageError, failure_reason
 from mlrun.registry import trackers
 from mlrun.tracking.base import RunInfo, Tracker
 from mlrun.tracking.hosted import Batch, HostedTracker, require, run_tags
@@ -249,4 +249,28 @@ def mlflow(
         parent_run: id of the MLflow run this one is a child of (`mlrun tune` sets it for its trials).
     """
     require("mlflow", "mlflow")
+    if uri is not None:
+        check_uri(uri)
     return MLflowTracker(uri, experiment, system_metrics, weights, parent_run)
+
+
+# Stores MLflow's client opens (SQLAlchemy dialects may add a driver: postgresql+psycopg2).
+SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc", "file")
+
+
+def check_uri(uri: str) -> None:
+    """Exit 2 at config load on a URI MLflow cannot store runs under: it failed mid-run with a warning, the
+    run going on untracked (a user trial: foo://bar passed validate; a folder failed without its fix)."""
+    from urllib.parse import urlparse
+
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if scheme not in ("", *SCHEMES):
+        raise UsageError(
+            f"tracking.mlflow.uri: '{uri}' has the scheme '{scheme}', which MLflow stores no runs under; use "
+            "http(s)://host:port, sqlite:///file.db, postgresql://..., or leave uri out (a SQLite file in output_dir)"
+        )
+    if scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+        raise UsageError(
+            f"tracking.mlflow.uri: '{uri}' is a folder (MLflow's file store), which MLflow 3 refuses unless "
+            f"MLFLOW_ALLOW_FILE_STORE=true is set; use sqlite:///{uri.removeprefix('file://')}/mlflow.db, or set it"
+        )
