@@ -76,3 +76,31 @@ def test_float_zero_one_labels_say_they_train_a_regression(tmp_path):
     result = run_cli("train", write_config(tmp_path, config), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "data.target ('y')" in result.stderr and "data.task: classification" in result.stderr
+
+
+def test_integers_nearly_all_distinct_are_warned_as_a_quantity(tmp_path):
+    """An integer target of 133 values in 178 rows became a 133-class problem without a word (a user trial)."""
+    write_table(tmp_path, lambda i: str(i * 7))
+    classes = run_cli("validate", write_config(tmp_path, csv_config()), cwd=tmp_path)
+    assert "holds 80 distinct whole numbers in 80 rows" in classes.stderr, classes.stderr
+    config = csv_config(task="regression")
+    config["loss"], config["metrics"] = "mse", []
+    regression = run_cli("validate", write_config(tmp_path, config), cwd=tmp_path)
+    assert regression.returncode == 0 and "distinct whole numbers" not in regression.stderr, regression.stderr
+
+
+def test_the_target_as_a_feature_a_k_above_the_width_and_an_index_column_are_said(tmp_path):
+    """A user trial: features [cultivar] (the target) and kbest k: 50 of 15 columns validated; a CSV written
+    with its pandas index trained on the row number, unannounced."""
+    write_table(tmp_path, lambda i: "ab"[i % 2])
+    for data, says in (
+        ({"features": ["x1", "y"]}, "lists the target 'y'"),
+        ({"select": [{"method": "kbest", "k": 50}]}, "kbest k: 50 is more than the 2 features"),
+    ):
+        result = run_cli("validate", write_config(tmp_path, csv_config(**data)), cwd=tmp_path)
+        assert result.returncode == 2 and says in result.stderr, result.stderr
+    table = tmp_path / "table.csv"
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join([f",{lines[0]}", *(f"{i},{line}" for i, line in enumerate(lines[1:]))]) + "\n")
+    indexed = run_cli("validate", write_config(tmp_path, csv_config()), cwd=tmp_path)
+    assert indexed.returncode == 0 and "'Unnamed: 0' have no header name" in indexed.stderr, indexed.stderr

@@ -119,6 +119,8 @@ def is_classification(labels: np.ndarray, task: str, where: str = "the targets")
     """
     if task != "auto":
         return task == "classification"
+    if labels.dtype.kind in "iu":
+        _warn_if_a_quantity(labels, where)
     if labels.dtype.kind in "iubUSO":
         return True
     if labels.dtype.kind == "f":
@@ -132,6 +134,20 @@ def is_classification(labels: np.ndarray, task: str, where: str = "the targets")
                 flush=True,
             )
     return False
+
+
+def _warn_if_a_quantity(labels: np.ndarray, where: str) -> None:
+    """Integers that are nearly all distinct are most likely a count or a measure, not classes: task auto
+    would train one class per value (a user trial: 133 classes of 178 rows, split without warning)."""
+    classes = len(np.unique(labels))
+    if classes > 20 and classes > len(labels) // 2:
+        print(
+            f"mlrun: warning: {where} holds {classes} distinct whole numbers in {len(labels)} rows: task auto "
+            "trains one class per value. If it is a quantity set data.task: regression (data.task: "
+            "classification keeps the classes and silences this).",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _plain(value):

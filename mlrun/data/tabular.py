@@ -10,6 +10,7 @@ declares `fits_transform`, so the engine passes the run's fitted pipeline as a s
 
 from __future__ import annotations
 
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal
@@ -47,6 +48,8 @@ class FeatureSelection(BaseModel):
 def _selector(step: FeatureSelection, classify: bool, seed: int, features: int):
     from sklearn import decomposition, feature_selection, linear_model
 
+    if step.k is not None and step.k > features:  # was cut to the width silently: a typo kept every feature
+        raise UsageError(f"data.select: {step.method} k: {step.k} is more than the {features} features; lower k")
     k = min(step.k or max(1, features // 2), features)
     linear = linear_model.LogisticRegression(max_iter=2000) if classify else linear_model.LinearRegression()
     if step.method == "variance":
@@ -137,6 +140,19 @@ def _column_difference(columns: list[str], first: list[str]) -> str:
     return f"has the same columns in another order (column {at + 1} is {columns[at]}, in the first {first[at]})"
 
 
+def _warn_of_an_index_column(features: list[str], file: Path) -> None:
+    """A column without a header name is most often a pandas index saved with the rows (to_csv without
+    index=False): the row number as a feature, which learns the file's order (a user trial trained on it)."""
+    unnamed = [c for c in features if str(c).startswith("Unnamed: ")]
+    if unnamed:
+        print(
+            f"mlrun: warning: {file}: column(s) {', '.join(map(repr, unnamed))} have no header name (a saved pandas "
+            "index?) and train as features; list data.features without them, or write the file with index=False",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def _check_columns(frame, names: list[str], key: str, file: Path) -> None:
     require_columns(names, frame.columns, key, f"'{file}'")
 
@@ -217,7 +233,13 @@ def _tabular(
 ) -> DatasetBundle:
     frame, file = _read(path, "data.path", reader, na_values)
     _check_columns(frame, [target], "data.target", file)
-    features = features or [c for c in frame.columns if c != target]
+    if features and target in features:
+        raise UsageError(
+            f"data.features: lists the target '{target}', so the model would read its own label; remove it"
+        )
+    if not features:
+        features = [c for c in frame.columns if c != target]
+        _warn_of_an_index_column(features, file)
     _check_columns(frame, features, "data.features", file)
     if categorical is None:
         from pandas.api.types import is_numeric_dtype
