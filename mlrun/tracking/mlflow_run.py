@@ -45,7 +45,10 @@ def default_uri(config: dict[str, Any]) -> str:
 class MLflowTracker(HostedTracker):
     label = "mlflow"
     record_file = RECORD
-    recovery = "; the next resume of this run sends what the MLflow run lacks"
+    recovery = (
+        "; the next resume of this run sends what the MLflow run lacks (once it finished: the same command with "
+        "--resume <its newest checkpoint>)"
+    )
 
     def __init__(self, uri: str | None, experiment: str | None, system_metrics: bool, weights: bool, parent_run):
         self.uri, self.experiment, self.system_metrics, self.weights = uri, experiment, system_metrics, weights

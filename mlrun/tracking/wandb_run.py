@@ -28,7 +28,10 @@ RECORD = "wandb_run.json"
 class WandbTracker(HostedTracker):
     label = "wandb"
     record_file = RECORD
-    recovery = "; the next resume of this run sends what it missed"
+    recovery = (
+        "; the next resume of this run sends what it missed (once it finished: the same command with "
+        "--resume <its newest checkpoint>)"
+    )
 
     def __init__(self, project: str | None, entity: str | None, mode: str | None, group: str | None):
         self.project, self.entity, self.mode, self.group = project, entity, mode, group
