@@ -58,7 +58,10 @@ def run_training(
     from mlrun.engine.run_lock import held_run_folder
 
     run_dir = Path(config.output_dir).resolve() / config.name
-    check_trainable(run_dir, overwrite)  # a folder train never writes (a run's checkpoints/) gets no lock file
+    # Before the lock file is written beside the run: a folder train never writes (a run's checkpoints/, a
+    # user's files) exits 2, and so does an output_dir that cannot be written; each process checks.
+    check_trainable(run_dir, overwrite)
+    check_writable(run_dir)
     with held_run_folder(run_dir):
         return _train_in_folder(config, resume, overwrite, callbacks, allow_config_change)
 
@@ -86,7 +89,6 @@ def _train_in_folder(
     # config.yaml keeps data, model and init_from paths absolute: eval and predict then work from any directory.
     config = with_local_paths_resolved(config)
     run_dir = Path(config.output_dir) / config.name
-    check_writable(run_dir)  # exit 2 naming the folder, before any work
     accelerator = make_accelerator(config)
     # Every rank checks (and raises the same error); only the main process clears anything.
     resume_from, clear = decide_resume(run_dir, resume, overwrite)
@@ -250,9 +252,8 @@ def decide_resume(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | N
     """(the checkpoint to resume from or None, whether train's earlier outputs must be cleared first).
 
     Clearing removes only what train itself wrote (run_dir.TRAIN_OUTPUTS); a folder whose files train
-    did not write exits 2 here, before anything is built.
+    did not write exited 2 before (run_training's check_trainable).
     """
-    check_trainable(run_dir, overwrite)
     if overwrite:
         return None, run_dir.exists()
     summary = read_summary(run_dir)

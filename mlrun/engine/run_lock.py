@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from mlrun.engine.run_dir import check_writable
 from mlrun.errors import UsageError
 
 
@@ -35,7 +34,7 @@ def held_run_folder(run_dir: Path) -> Iterator[None]:
     if int(os.environ.get("RANK", "0")) != 0:  # the launch's other processes train in the same folder
         yield
         return
-    check_writable(run_dir)  # exit 2 naming an unwritable output_dir (its parent now exists)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)  # train checked it can (check_writable)
     with open(lock_path(run_dir), "a+") as file:
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
