@@ -394,12 +394,10 @@ def _close_process_group() -> bool:
     Only on success: a rank that failed while the others wait in a collective would block in the
     teardown (torchtitan does the same, pytorch/torchtitan#1342).
     """
-    if "torch.distributed" not in sys.modules:  # no command that ran here started one
+    if not _process_group_started():
         return False
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()):
-        return False
     try:
         dist.destroy_process_group()
     except Exception as exc:  # the command's work is done: a failed teardown must not fail it
@@ -407,8 +405,17 @@ def _close_process_group() -> bool:
     return True
 
 
-def _exit_before_finalization() -> None:
-    """End a rank that finished well without Python's finalization, after everything exit would run.
+def _process_group_started() -> bool:
+    if "torch.distributed" not in sys.modules:  # no command that ran here started one
+        return False
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _exit_before_finalization(code: int = 0) -> None:
+    """End a rank that finished well (or failed) without Python's finalization, after everything exit
+    would run.
 
     The process group outlives `destroy_process_group()` once DDP or FSDP2 has used it: their C++ and
     DTensor state keeps a reference, so gloo's worker threads live on (a rank's `pt_gloo_runloop` threads
@@ -417,7 +424,9 @@ def _exit_before_finalization() -> None:
     by SIGABRT ("terminate called without an active exception") after a completed run: about 1 launch in
     50-100 on a loaded 2-core machine (pytorch/pytorch#179291 describes the mechanism). So: wait for the
     non-daemon threads and run the atexit handlers (trackers, logging) as a normal exit does, flush, and
-    leave with os._exit, which skips only the interpreter's own teardown where the abort happens.
+    leave with os._exit, which skips only the interpreter's own teardown where the abort happens. A rank
+    that failed leaves the same way with its exit code (its group stays: see _close_process_group), or the
+    abort would replace its exit 2 with a SIGABRT.
     """
     import atexit
     import os
@@ -429,7 +438,7 @@ def _exit_before_finalization() -> None:
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 def _fail(code: int, exc: BaseException | None, prefix: str, message: str | None = None) -> None:
@@ -441,6 +450,8 @@ def _fail(code: int, exc: BaseException | None, prefix: str, message: str | None
     if jsonout.active() and not jsonout.printed:
         text = message or _message(exc)
         jsonout.print_json({"status": prefix.replace(" ", "_"), "exit_code": code, "message": text})
+    if _process_group_started():
+        _exit_before_finalization(code)
     sys.exit(code)
 
 

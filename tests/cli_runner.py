@@ -81,7 +81,7 @@ def run_in_process(args: list[str], cwd: Path, timeout: float) -> subprocess.Com
                 _fresh_process(args, cwd),
                 _captured(out, err),
                 _watchdog(timeout),
-                mock.patch.object(mlrun.cli, "_exit_before_finalization", lambda: None),
+                mock.patch.object(mlrun.cli, "_exit_before_finalization", lambda code=0: None),
             ):
                 returncode = _call(main)
         except _Timeout:

@@ -180,7 +180,8 @@ def test_version(tmp_path):
 
 def test_a_command_that_finished_well_destroys_its_process_group_and_a_failed_one_leaves_it(tmp_path, monkeypatch):
     # A failed rank must not tear down a group the others may still wait in; a rank that finished well
-    # destroys it and leaves before Python's finalization (next test).
+    # destroys it; both leave before Python's finalization (next test), a failed one with its exit code
+    # (gloo's threads could otherwise turn its exit 2 into a SIGABRT).
     # mlrun.cli.main is called directly: the in-process runner resets process groups after each command.
     import torch.distributed as dist
 
@@ -191,7 +192,7 @@ def test_a_command_that_finished_well_destroys_its_process_group_and_a_failed_on
     # worker's tests (a later --debug run would miss its notices).
     monkeypatch.setattr(mlrun.notices, "hide_third_party_notices", lambda: None)
     exits = []
-    monkeypatch.setattr(mlrun.cli, "_exit_before_finalization", lambda: exits.append(dist.is_initialized()))
+    monkeypatch.setattr(mlrun.cli, "_exit_before_finalization", lambda code=0: exits.append((code, dist.is_initialized())))
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     # main leaves SIGINT ignored after a command that finished (and SIGTERM its own): kept for this worker,
     # every process it later starts inherited an ignored Ctrl-C (a signal test then failed, in CI only).
@@ -200,13 +201,13 @@ def test_a_command_that_finished_well_destroys_its_process_group_and_a_failed_on
         monkeypatch.setattr(sys, "argv", ["mlrun", "validate", str(tmp_path / "missing.yaml")])
         with pytest.raises(SystemExit) as failed:
             mlrun.cli.main()
-        assert failed.value.code == 2 and dist.is_initialized() and exits == []
+        assert failed.value.code == 2 and dist.is_initialized() and exits == [(2, True)]
         monkeypatch.setattr(sys, "argv", ["mlrun", "list"])
         mlrun.cli.main()
-        assert not dist.is_initialized() and exits == [False]  # destroyed first, then the early exit
+        assert not dist.is_initialized() and exits[1:] == [(0, False)]  # destroyed first, then the early exit
         monkeypatch.setattr(sys, "argv", ["mlrun", "list"])
         mlrun.cli.main()
-        assert exits == [False]  # no process group: a plain exit
+        assert exits[1:] == [(0, False)]  # no process group: a plain exit
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
@@ -232,7 +233,7 @@ def test_a_rank_that_finished_well_exits_after_threads_and_atexit_handlers_but_s
         atexit.register(lambda: (folder / "atexit").touch())
         threading.Thread(target=lambda: (time.sleep(0.5), (folder / "thread").touch())).start()
         sys.stdout.write("no newline yet")
-        _exit_before_finalization()
+        _exit_before_finalization(3)  # a failed rank's code
         """)
     )
     result = subprocess.run(
@@ -242,7 +243,7 @@ def test_a_rank_that_finished_well_exits_after_threads_and_atexit_handlers_but_s
         timeout=60,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 3, result.stderr
     assert result.stdout == "no newline yet"
     assert (tmp_path / "thread").exists() and (tmp_path / "atexit").exists()
     assert not (tmp_path / "finalized").exists()
