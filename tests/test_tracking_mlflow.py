@@ -163,6 +163,26 @@ def test_a_resume_from_an_older_checkpoint_sends_no_step_twice(tmp_path):
         assert len(steps) == len(set(steps)), f"{key}: a step logged twice: {steps}"
 
 
+@pytest.mark.e2e  # a torchrun launch
+def test_a_resume_on_another_process_count_is_no_config_change_in_mlflow(tmp_path):
+    """A checkpoint of 2 processes resumed on 1 goes on with accumulation 2 (the same global batch): the
+    MLflow run was tagged `mlrun.config_changed.train.grad_accum_steps: 1 -> 2` (a user trial), though
+    config.yaml and the run's settings are unchanged; the re-split is in manifest.json."""
+    from tests.test_distributed import torchrun
+
+    config = mlflow_config("moved", system_metrics=False)
+    config["train"] = {**config["train"], "epochs": None, "max_steps": 4, "checkpoint_every": "2st"}
+    assert torchrun(config, tmp_path).returncode == 0
+    run_dir = tmp_path / "runs" / "moved"
+    checkpoint = run_dir / "checkpoints" / "step-00000002"
+    resumed, _ = train(tmp_path, config, "--resume", str(checkpoint), subprocess=False)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed on 1 process(es)" in resumed.stderr
+    client, run = tracked(run_dir)
+    assert not [tag for tag in run.data.tags if tag.startswith("mlrun.config_changed.")]
+    assert run.data.params["train.grad_accum_steps"] == "1" and run.data.params["data.batch_size"] == "32"
+
+
 @pytest.mark.e2e  # a run dies by SIGKILL
 def test_a_restart_after_a_kill_before_any_checkpoint_ends_the_abandoned_mlflow_run(tmp_path):
     """The killed attempt's MLflow run stayed RUNNING for ever beside the restart's new run (a user trial)."""

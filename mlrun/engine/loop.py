@@ -60,6 +60,7 @@ class TrainingLoop:
         hint = self.checkpoints.resume_hint
         self.window = LogWindow(self.state, accelerator, self.batches, self.train_step, parts, stop_on_nonfinite, hint)
         self.signals = StopSignals()
+        self.tracked_config = config  # trackers' params: the run's own settings (run.py: not a resume's re-split)
 
     def restore(self, checkpoint: Path) -> None:
         """Continue from `checkpoint`; callbacks it has no state for start from the restored weights."""
@@ -79,7 +80,7 @@ class TrainingLoop:
         state.total_steps = plan.total_steps  # callbacks read it (a pruner does not stop a finished trial)
         info = RunInfo(
             self.checkpoints.run_dir,
-            self.parts.config.model_dump(mode="json"),
+            self.tracked_config.model_dump(mode="json"),
             plan.total_steps,
             plan.steps_per_epoch,
             state.step,

@@ -139,6 +139,7 @@ def _train_in_folder(
         compile_cache.load()
     energy_total = EnergyTotal()  # the running energy total goes into every checkpoint
     loop = TrainingLoop(parts, accelerator, run_dir, extra_callbacks=(*callbacks, energy_total))
+    loop.tracked_config = recorded  # a batch re-split for another process count is no config change to track
     check_prepared_batch(parts, accelerator)  # exit 2 on a model/data mismatch, before anything is written
     if resume_from is not None:
         try:
