@@ -243,6 +243,17 @@ def test_unreachable_mlflow_server_warns_once_and_training_completes(tmp_path, m
     warnings = [line for line in result.stderr.splitlines() if "mlflow tracker failed" in line]
     assert len(warnings) == 1, result.stderr
     assert "training goes on" in warnings[0]
+    # Run again as it was, the finished run says its MLflow run lacks figures and how to send them; once
+    # the server answers (here the embedded database), that command catches it up without training.
+    again, _ = train(tmp_path, config)
+    assert again.returncode == 2 and "tracked run in mlflow holds steps up to 0 of 32" in again.stderr, again.stderr
+    newest = Path("runs", "offline", "checkpoints", "step-00000032")
+    assert f"--resume {newest} as it is sends the rest" in again.stderr
+    caught_up, _ = train(tmp_path, mlflow_config("offline"), "--resume", str(tmp_path / newest), subprocess=False)
+    assert caught_up.returncode == 0, caught_up.stderr
+    client, run = tracked(run_dir)
+    assert histories(client, run) == jsonl_histories(run_dir)
+    assert "tracked run in" not in train(tmp_path, mlflow_config("offline"))[0].stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert read_jsonl(run_dir / "metrics.jsonl")[-1]["step"] == summary["steps"]

@@ -45,6 +45,7 @@ from mlrun.engine.run_dir import (
 )
 from mlrun.engine.state import TrainState
 from mlrun.errors import MlrunError, RunFailed, Terminated, UsageError
+from mlrun.tracking.hosted import lagging
 
 
 def run_training(
@@ -91,7 +92,7 @@ def _train_in_folder(
     run_dir = Path(config.output_dir) / config.name
     accelerator = make_accelerator(config)
     # Every rank checks (and raises the same error); only the main process clears anything.
-    resume_from, clear = decide_resume(run_dir, resume, overwrite)
+    resume_from, clear = decide_resume(run_dir, resume, overwrite, [tracker.name for tracker in config.tracking])
     changes: Changes = {}
     origin = run_dir  # whose records a resume compares with (checkpoint_run)
     recorded, reallocated = config, None  # config.yaml keeps the run's own batch and accumulation
@@ -249,11 +250,12 @@ def start_energy(config: ExperimentConfig, accelerator, run_dir: Path, total: En
     return meter, previous
 
 
-def decide_resume(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | None, bool]:
+def decide_resume(run_dir: Path, resume: str, overwrite: bool, trackers: list[str]) -> tuple[Path | None, bool]:
     """(the checkpoint to resume from or None, whether train's earlier outputs must be cleared first).
 
     Clearing removes only what train itself wrote (run_dir.TRAIN_OUTPUTS); a folder whose files train
-    did not write exited 2 before (run_training's check_trainable).
+    did not write exited 2 before (run_training's check_trainable). `trackers`: the config's, so that a
+    finished run's message can say how to catch up a tracked run that lacks figures.
     """
     if overwrite:
         return None, run_dir.exists()
@@ -263,9 +265,16 @@ def decide_resume(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | N
     if summary and summary["status"] in FINISHED and resume in ("auto", "never"):
         latest = latest_checkpoint(run_dir)
         extend = f"--resume {latest} to continue from its last checkpoint (e.g. with more epochs), " if latest else ""
+        behind = lagging(run_dir, trackers) if latest else []
+        catch_up = (
+            f" Its tracked run in {' and '.join(behind)}: the tracker went off, and --resume {latest} as it "
+            "is sends the rest and trains nothing more."
+            if behind
+            else ""
+        )
         raise UsageError(
             f"run '{run_dir}' already finished ({summary['status']}). Pass --overwrite to train it again "
-            f"(lr_find/, tune/, profile/, compress/, export/ are kept), {extend}or choose another name=..."
+            f"(lr_find/, tune/, profile/, compress/, export/ are kept), {extend}or choose another name=...{catch_up}"
         )
     if resume == "never" and latest_checkpoint(run_dir):
         raise UsageError(f"run '{run_dir}' has checkpoints; pass --overwrite to discard them, or --resume auto.")

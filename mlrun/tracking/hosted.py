@@ -61,7 +61,7 @@ class HostedTracker(Tracker):
 
     label = "hosted"  # the tracker's name in warnings
     active = failed = False  # until start() opened the tracked run: finish() after a failed start does nothing
-    record_file = "hosted_run.json"  # in the run directory: the tracked run's id, so a resume finds it
+    record_file = "hosted_run.json"  # in the run directory (record_name): the tracked run's id, so a resume finds it
 
     def start(self, info: RunInfo) -> None:
         self.active, self.pending = False, {}
@@ -78,7 +78,8 @@ class HostedTracker(Tracker):
         if self.active:
             self.guarded(self.note_sent, 0)
             earlier = logged_figures(info.run_dir, info.start_step)
-            self.guarded(self.backfill, earlier)
+            if self.guarded(self.backfill, earlier) and earlier:  # it now holds them too (a catch-up)
+                self.guarded(self.note_sent, max(earlier))
             if info.start_step < self.sent_through:
                 print(
                     f"mlrun: note: the {self.label} run already holds steps {info.start_step + 1}-{self.sent_through}"
@@ -168,6 +169,30 @@ class HostedTracker(Tracker):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=2) + "\n")
         os.replace(tmp, path)  # a kill mid-write never leaves a half record
+
+
+def record_name(label: str) -> str:
+    """The run-directory file where a hosted tracker keeps its tracked run's id and last step sent."""
+    return f"{label}_run.json"
+
+
+def lagging(run_dir: Path, tracker_names: list[str]) -> list[str]:
+    """The hosted trackers among `tracker_names` whose tracked run lacks figures metrics.jsonl holds (one that
+    failed and went off for the rest of the run, or never opened), each as "mlflow holds steps up to 120 of 300"."""
+    from mlrun.registry import trackers
+
+    last = max(logged_figures(run_dir, sys.maxsize), default=0)
+    found = []
+    for name in tracker_names:
+        if not trackers.trait(name, "hosted", False):
+            continue
+        try:
+            sent = int(json.loads((run_dir / record_name(name)).read_text()).get("sent_through", 0))
+        except (OSError, ValueError, TypeError, AttributeError):  # no record: the tracked run never opened
+            sent = 0
+        if sent < last:
+            found.append(f"{name} holds steps up to {sent} of {last}")
+    return found
 
 
 def checkpointed_step(run_dir: Path) -> int:

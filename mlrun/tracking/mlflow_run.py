@@ -23,10 +23,10 @@ from typing import Any
 from mlrun.errors import UsageError, failure_reason
 from mlrun.registry import trackers
 from mlrun.tracking.base import RunInfo, Tracker
-from mlrun.tracking.hosted import Batch, HostedTracker, require, run_tags
+from mlrun.tracking.hosted import Batch, HostedTracker, record_name, require, run_tags
 from mlrun.tracking.tensorboard import flatten
 
-RECORD = "mlflow_run.json"
+RECORD = record_name("mlflow")
 ARTIFACTS = ("config.yaml", "summary.json", "manifest.json")
 WEIGHTS = ("model.safetensors", "best.safetensors")
 # MLflow's run states; a trial the tuner pruned stopped early on purpose, like an interrupted run.
@@ -233,7 +233,7 @@ def _tags(tags: dict[str, str]):
     return [RunTag(key, value) for key, value in tags.items()]
 
 
-@trackers.register("mlflow")
+@trackers.register("mlflow", hosted=True)  # lagging(): its tracked run can lack figures
 def mlflow(
     *,
     uri: str | None = None,

@@ -19,10 +19,10 @@ from typing import Any, Literal
 
 from mlrun.registry import trackers
 from mlrun.tracking.base import RunInfo, Tracker
-from mlrun.tracking.hosted import Batch, HostedTracker, require, run_tags
+from mlrun.tracking.hosted import Batch, HostedTracker, record_name, require, run_tags
 from mlrun.tracking.tensorboard import flatten
 
-RECORD = "wandb_run.json"
+RECORD = record_name("wandb")
 
 
 class WandbTracker(HostedTracker):
@@ -93,7 +93,7 @@ def _config_changes(info: RunInfo) -> list[dict[str, Any]]:
     return manifest.get("config_changes") or []
 
 
-@trackers.register("wandb")
+@trackers.register("wandb", hosted=True)  # lagging(): its tracked run can lack figures
 def wandb(
     *,
     project: str | None = None,
