@@ -192,7 +192,9 @@ def test_a_command_that_finished_well_destroys_its_process_group_and_a_failed_on
     # worker's tests (a later --debug run would miss its notices).
     monkeypatch.setattr(mlrun.notices, "hide_third_party_notices", lambda: None)
     exits = []
-    monkeypatch.setattr(mlrun.cli, "_exit_before_finalization", lambda code=0: exits.append((code, dist.is_initialized())))
+    monkeypatch.setattr(
+        mlrun.cli, "_exit_before_finalization", lambda code=0: exits.append((code, dist.is_initialized()))
+    )
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     # main leaves SIGINT ignored after a command that finished (and SIGTERM its own): kept for this worker,
     # every process it later starts inherited an ignored Ctrl-C (a signal test then failed, in CI only).
