@@ -108,6 +108,8 @@ def labels_to_targets(values: np.ndarray, predictor, path: Path, where: str):
         return torch.as_tensor(np.asarray(values, dtype=np.float32))
     classes = predictor.preprocessing.get("classes") or list(range(predictor.meta.num_classes))
     index = {_label_key(c): i for i, c in enumerate(classes)}
+    for i, stored in enumerate(predictor.preprocessing.get("class_ids") or []):  # hf_disk's ClassLabel runs name
+        index.setdefault(_label_key(stored), i)  # their classes; the dataset's own files (to_csv) hold the ids
     keys = [_label_key(v.item() if hasattr(v, "item") else v) for v in values]
     unknown = np.array([k not in index for k in keys])
     if unknown.any():
