@@ -127,6 +127,25 @@ def test_a_glob_of_parquet_shards_reads_every_shard(tmp_path):
         build("parquet", path=str(tmp_path / "shards" / "*.parquet"), target="target")
 
 
+@pytest.mark.parametrize("sep, named", [(";", "semicolon"), ("\t", "tab")])
+def test_a_csv_with_another_delimiter_exits_2_naming_it_and_reads_with_data_delimiter(tmp_path, sep, named):
+    """European Excel saves CSV with ';': read with ',' the file was one column, and the user was told
+    "data.target: column 'target' is not in 'excel.csv'. Columns: a;b;constant;colour;target."."""
+    _, frame = write_table(tmp_path, missing=False)
+    frame.to_csv(tmp_path / "excel.csv", sep=sep, index=False)
+    data = {"name": "csv", "path": "excel.csv", "target": "target"}
+    fails(tmp_path, data, f"data.path: 'excel.csv' looks {named}-separated", f"data.delimiter: {json.dumps(sep)}")
+    read = build("csv", path=str(tmp_path / "excel.csv"), target="target", delimiter=sep)
+    same = build("csv", path=str(tmp_path / "table.csv"), target="target")
+    assert torch.equal(read.train.inputs, same.train.inputs) and torch.equal(read.val.targets, same.val.targets)
+    # predict reads new files with the run's delimiter, and names a file written with another one.
+    run = train_run(tmp_path, tiny_config(name="excel", data={**data, "delimiter": sep}))
+    assert run_cli("predict", run, "excel.csv", cwd=tmp_path).returncode == 0
+    result = run_cli("predict", run, "table.csv", cwd=tmp_path)
+    assert result.returncode == 2 and "INPUT: 'table.csv' looks comma-separated" in result.stderr, result.stderr
+    fails(tmp_path, {"name": "parquet", "path": "excel.csv", "target": "target", "delimiter": sep}, "delimiter")
+
+
 def test_csv_shards_with_other_columns_are_named_by_the_columns_that_differ(tmp_path):
     import pandas as pd
 

@@ -623,3 +623,32 @@ def test_named_feature_columns_are_taken_by_name_with_the_runs_own_label(tmp_pat
     frame[["a", "b", "c"]].to_csv(tmp_path / "short.csv", index=False)
     missing = run_cli("predict", "runs/named", "short.csv", cwd=tmp_path)
     assert missing.returncode == 2 and "lacks the training column 'd'" in missing.stderr, missing.stderr
+
+
+def test_an_hf_disk_class_label_keeps_its_names_as_the_runs_classes(tmp_path):
+    """hf_disk recorded a ClassLabel column's ids (0, 1, 2) as the run's classes, so predict printed ids where
+    image_folder and csv runs print the names; a file the dataset writes (to_csv) still labels rows by id."""
+    hf = pytest.importorskip("datasets")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(240, 2)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0).astype(int)
+    dataset = hf.Dataset.from_dict({"a": x[:, 0], "b": x[:, 1], "label": y})
+    dataset = dataset.cast_column("label", hf.ClassLabel(names=["low", "mid", "high"]))
+    dataset.save_to_disk(str(tmp_path / "hf"))
+    config = {
+        "name": "named",
+        "model": {"name": "mlp", "hidden_sizes": [16]},
+        "data": {"name": "hf_disk", "path": "hf", "batch_size": 32},
+        "train": {"epochs": 2},
+        "tracking": [{"name": "console", "plain": True}],
+    }
+    result = run_cli("train", write_config(tmp_path, config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    preprocessing = json.loads((tmp_path / "runs" / "named" / "preprocessing.json").read_text())
+    assert preprocessing["classes"] == ["low", "mid", "high"]
+    dataset.to_csv(str(tmp_path / "rows.csv"), index=False)
+    report = cli_json(tmp_path, "predict", "runs/named", "rows.csv")
+    rows = report["predictions"]
+    assert {row["prediction"] for row in rows} <= {"low", "mid", "high"}
+    assert {"p_low", "p_mid", "p_high"} <= set(rows[0])
+    assert report["scores"] is not None and [row["label"] for row in rows[:3]] == ["mid", "high", "mid"]

@@ -121,9 +121,12 @@ def test_a_glob_that_matches_no_shard_exits_2_before_training(tmp_path):
     assert not (tmp_path / "runs" / "missing" / "checkpoints").exists()
 
 
-def small_shards(folder: Path, name: str = "shards", *, nan_at: tuple[int, int] | None = None, drop: str = "") -> Path:
+def small_shards(
+    folder: Path, name: str = "shards", *, nan_at: tuple[int, int] | None = None, drop: str = "", retype=None
+) -> Path:
     """Three shards of 100 rows (row groups of 25), features f1..f3; `nan_at` = (shard, row) puts a NaN in
-    f2 there; `drop` leaves that column out of the last shard."""
+    f2 there; `drop` leaves that column out of the last shard; `retype` = (column, arrow type) stores that
+    column of the last shard as another type (float features truncated to whole numbers for an integer type)."""
     rng = np.random.default_rng(0)
     (folder / name).mkdir()
     for s in range(3):
@@ -133,7 +136,12 @@ def small_shards(folder: Path, name: str = "shards", *, nan_at: tuple[int, int] 
         columns = {"f1": x[:, 0], "f2": x[:, 1], "f3": x[:, 2], "label": (x[:, 0] > 0).astype(np.int64)}
         if s == 2 and drop:
             del columns[drop]
-        pq.write_table(pa.table(columns), folder / name / f"part-{s}.parquet", row_group_size=25)
+        table = pa.table(columns)
+        if s == 2 and retype:
+            column, arrow_type = retype
+            kept = table.column(column).cast(arrow_type, safe=False)
+            table = table.set_column(table.schema.get_field_index(column), column, kept)
+        pq.write_table(table, folder / name / f"part-{s}.parquet", row_group_size=25)
     return folder / name
 
 
@@ -156,6 +164,37 @@ def test_a_shard_without_a_feature_column_exits_2_naming_it(tmp_path):
     result = run_cli("validate", write_config(tmp_path, shards_config("short")), cwd=tmp_path)
     assert result.returncode == 2
     assert "data.path: shard '" in result.stderr and "part-2.parquet' has no column(s) f3" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "column, arrow_type",
+    [("f2", pa.int64()), ("f2", pa.float64()), ("label", pa.int32()), ("label", pa.float64())],
+    ids=["int64 feature", "float64 feature", "int32 label", "float64 label"],
+)
+def test_a_shard_storing_a_column_as_another_numeric_type_trains_like_the_others(tmp_path, column, arrow_type):
+    small_shards(tmp_path, retype=(column, arrow_type))  # the other shards: float32 features, int64 labels
+    result, run = train(tmp_path, shards_config("mixed", batch_size=32), "train.epochs=1", "metrics=[accuracy]")
+    assert result.returncode == 0, result.stderr
+    # Labels are read as the first shard's type: whole floats stay the classes 0 and 1, not a regression.
+    assert "val/accuracy" in summary(run)["final"]
+    assert json.loads((run / "preprocessing.json").read_text())["classes"] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "column, found, expected",
+    [("f2", "string", "numbers"), ("label", "string", "numbers, as in the first shard (read as int64)")],
+    ids=["text feature", "text label"],
+)
+def test_a_shard_with_text_where_numbers_are_expected_exits_2_naming_shard_column_and_types(
+    tmp_path, column, found, expected
+):
+    small_shards(tmp_path, retype=(column, pa.string()))
+    result = run_cli("train", write_config(tmp_path, shards_config("text")), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    named = "the target column" if column == "label" else "feature column"
+    assert f"part-2.parquet' stores {named} '{column}' as {found}" in result.stderr
+    assert expected in result.stderr and "in every shard" in result.stderr
+    assert not (tmp_path / "runs" / "text" / "checkpoints").exists()
 
 
 def vm_peak_run(folder: Path, config: Path, cap_bytes: int | None) -> tuple[subprocess.CompletedProcess, int]:

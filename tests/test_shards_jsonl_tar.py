@@ -71,6 +71,26 @@ def test_jsonl_shards_train_exactly_like_jsonl_text_on_the_same_records(tmp_path
     assert len(cached) == 3 and all(name.startswith("part-") and name.endswith(".npz") for name in cached)
 
 
+def test_shards_saved_with_a_byte_order_mark_are_read_as_jsonl_text_reads_them(tmp_path):
+    """Windows editors start a UTF-8 file with a byte-order mark, Notepad often on a blank first line:
+    jsonl_text read such a file, jsonl_shards refused its first line as "not valid JSON"."""
+    from mlrun.data.jsonl_shards import jsonl_shards
+    from mlrun.data.text import jsonl_text
+
+    shards = text_shards(tmp_path)
+    lines = TEXTS.read_text().splitlines(keepends=True)[:900]
+    bom = "\ufeff".encode()
+    (shards / "part-0.jsonl").write_bytes(bom + b"\r\n" + "".join(lines[:300]).encode())  # a mark, a blank line
+    (shards / "part-1.jsonl").write_bytes(bom + "".join(lines[300:600]).encode())  # a mark before the record
+    (tmp_path / "whole.jsonl").write_bytes(bom + b"\r\n" + "".join(lines).encode())
+    lazy, held = jsonl_shards(0, path=str(shards)), jsonl_text(0, path=str(tmp_path / "whole.jsonl"))
+    for split in ("train", "val"):  # the same records, split alike, and the texts arrive without the mark
+        a, b = getattr(lazy, split), getattr(held, split)
+        everything = list(range(len(b)))
+        assert len(a) == len(b) and all(torch.equal(a.__getitems__(everything)[k], b[everything][k]) for k in b[0])
+    assert lazy.train._text(300) == json.loads(lines[300])["text"]  # part-1's first record, after the mark
+
+
 def test_jsonl_shards_two_workers_give_the_weights_of_none(tmp_path):
     text_shards(tmp_path)
     runs = []

@@ -56,6 +56,25 @@ def _features(split, columns: list[str]) -> np.ndarray:
     return check_features(np.concatenate(parts, axis=1), "data.features")
 
 
+def _class_names(split, label: str) -> list[str] | None:
+    """The names of a ClassLabel label column (the dataset stores ids 0..n-1 and keeps the names in its
+    features), None for plain labels."""
+    from datasets import ClassLabel
+
+    feature = split.features.get(label)
+    return list(feature.names) if isinstance(feature, ClassLabel) else None
+
+
+def _named_classes(bundle: DatasetBundle, names: list[str] | None) -> DatasetBundle:
+    """A ClassLabel's names as the run's classes, recorded as image_folder records its folder names: predict
+    prints them and preprocessing.json keeps them. The class ids stay the dataset's own ids (those the
+    training split holds, in order), recorded too: a file the dataset wrote (to_csv) labels rows by id."""
+    if names and bundle.meta.task == "classification":
+        ids = bundle.preprocessing["classes"]
+        bundle.preprocessing = {**bundle.preprocessing, "classes": [names[i] for i in ids], "class_ids": ids}
+    return bundle
+
+
 def _numbers(table, column: str) -> np.ndarray:
     try:
         return np.asarray(table[column], dtype=np.float32)
@@ -122,13 +141,14 @@ def hf_disk(
     else:
         train, val = loaded, None
     where = f"data.path ('{path}')"
+    names = _class_names(train, label)
     val_where = f"data.val_split ('{val_split or 'validation'}' of '{path}')"  # when the dict gave `val`
     if text_field:
         for split in filter(None, (train, val)):
             _columns(split, [text_field, label], where)
         texts, labels = list(train[text_field]), np.array(train[label])
         val_pair = (list(val[text_field]), np.array(val[label])) if val is not None else None
-        return text_bundle(
+        bundle = text_bundle(
             texts,
             labels,
             seed,
@@ -141,6 +161,7 @@ def hf_disk(
             alphabet=alphabet,
             train_per_class=train_per_class,
         )
+        return _named_classes(bundle, names)
     if alphabet is not None:
         raise UsageError("data.alphabet: only text (data.text_field with tokenizer char) takes an alphabet")
     columns = features or [c for c in train.column_names if c != label]
@@ -150,7 +171,7 @@ def hf_disk(
     val_arrays = (_features(val, columns), np.array(val[label])) if val is not None else None
     # One value per column: predict then takes a table's columns by these names, not by position.
     named = {"feature_columns": columns} if x.ndim == 2 and x.shape[1] == len(columns) else None
-    return bundle_from_arrays(
+    bundle = bundle_from_arrays(
         x,
         y,
         seed,
@@ -162,3 +183,4 @@ def hf_disk(
         val_where=val_where,
         train_per_class=train_per_class,
     )
+    return _named_classes(bundle, names)

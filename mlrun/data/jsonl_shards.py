@@ -15,7 +15,6 @@ permutation, the order of the in-memory source: on the same records and seed, tr
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from mlrun.data.batch import TARGET_KEY
 from mlrun.data.bundle import DataMeta, DatasetBundle
 from mlrun.data.shard_files import LRU, BatchReadError, OpenFiles, cached_index, locate, report_skipped, shard_paths
 from mlrun.data.splits import ValFraction, encode_labels, split_indices
-from mlrun.data.text import record_problem
+from mlrun.data.text import BadLine, parse_line, record_problem
 from mlrun.data.tokenize import encode_padded, make_tokenizer
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
@@ -36,20 +35,26 @@ SUFFIXES = (".jsonl", ".json")
 
 
 def scan_shard(shard: Path, text_field: str, label_field: str) -> dict[str, np.ndarray]:
-    """Offsets and labels of the shard's valid records; where and why the others are not valid."""
+    """Offsets and labels of the shard's valid records; where and why the others are not valid. Lines are
+    read as jsonl_text reads them (parse_line: UTF-8, a byte-order mark allowed at the start)."""
     offsets, labels, bad_offsets, bad_lines, reasons = [], [], [], [], []
     position = 0
     with open(shard, "rb") as lines:
         for number, line in enumerate(lines, start=1):
             start, position = position, position + len(line)
-            if not line.strip():
-                continue
-            reason = _invalid(line, text_field, label_field)
+            try:
+                record = parse_line(line, first=start == 0)
+            except BadLine as exc:
+                reason = str(exc)
+            else:
+                if record is None:  # a blank line
+                    continue
+                reason = record_problem(record, text_field, label_field)
             if reason:
                 bad_offsets.append(start), bad_lines.append(number), reasons.append(reason)
                 continue
             offsets.append(start)
-            labels.append(json.loads(line)[label_field])
+            labels.append(record[label_field])
     return {
         "offsets": np.asarray(offsets, dtype=np.int64),
         "labels": np.asarray(labels),
@@ -57,15 +62,6 @@ def scan_shard(shard: Path, text_field: str, label_field: str) -> dict[str, np.n
         "bad_lines": np.asarray(bad_lines, dtype=np.int64),
         "bad_reasons": np.asarray(reasons, dtype=str),
     }
-
-
-def _invalid(line: bytes, text_field: str, label_field: str) -> str | None:
-    """Why a line cannot be a record (None when it can): the messages of jsonl_text's reader."""
-    try:
-        record = json.loads(line)
-    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
-        return f"not valid JSON ({getattr(exc, 'msg', exc)})"
-    return record_problem(record, text_field, label_field)
 
 
 def index_shards(paths, key, text_field, label_field, skip_corrupt) -> list[tuple[Path, np.ndarray, np.ndarray]]:
@@ -111,8 +107,8 @@ class JsonlShardTexts(Dataset):
         shard, line = locate(self.starts, np.int64(row))
         path, offset = self.paths[shard], int(self.offsets[shard][line])
         try:
-            return json.loads(self.files.read(path, offset))[self.text_field]
-        except (ValueError, KeyError, TypeError) as exc:
+            return parse_line(self.files.read(path, offset), first=offset == 0)[self.text_field]
+        except (ValueError, KeyError, TypeError) as exc:  # BadLine is a ValueError; a blank line a TypeError
             raise BatchReadError(
                 f"data: shard '{path}' byte offset {offset} no longer holds a record ({exc}); the shard changed "
                 "while its index was in use. Run again to index it anew."

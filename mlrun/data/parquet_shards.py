@@ -62,7 +62,11 @@ class Standardize:
 class Shard:
     path: Path
     row_groups: tuple[int, ...]  # rows in each row group
-    columns: tuple[str, ...]
+    schema: object  # the footer's pyarrow Schema: column names and types
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(self.schema.names)
 
 
 def _parquet():
@@ -89,7 +93,7 @@ def index_shards(paths: list[Path], key: str, skip_corrupt: bool) -> list[Shard]
             skipped.append(path)
             continue
         sizes = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-        shards.append(Shard(path, sizes, tuple(meta.schema.to_arrow_schema().names)))
+        shards.append(Shard(path, sizes, meta.schema.to_arrow_schema()))
     if skipped:
         names = ", ".join(map(str, skipped))
         print(f"mlrun: data: skipped {len(skipped)} unreadable shard(s): {names}", file=sys.stderr)
@@ -264,15 +268,12 @@ def parquet_shards(
     require_columns([target], schema.names, "data.target", f"'{shards[0].path}'")
     features = features or [name for name in schema.names if name != target]
     require_columns(features, schema.names, "data.features", f"'{shards[0].path}'")
-    text = [name for name in features if not _numeric(schema.field(name).type)]
-    if text:
-        raise UsageError(
-            f"data.features: {', '.join(text)} of '{shards[0].path}' are not numeric; parquet_shards reads numeric "
-            "features only. Encode them when writing the shards, or use the in-memory 'parquet' source."
-        )
     require_in_every_shard([target, *features], shards, "data.path")
     require_in_every_shard([target, *features], val_shards, "data.val_path")
-    labels = _column(shards, target)
+    label_type = run_label_type(shards[0], target, task)
+    for where, key in ((shards, "data.path"), (val_shards, "data.val_path")):
+        require_types(where, features, target, label_type, key)
+    labels = _column(shards, target, label_type)
     classify = is_classification(labels, task, f"data.target ('{target}')")
     if val_path:
         train_rows, val_rows = np.arange(len(labels)), None
@@ -325,10 +326,23 @@ def require_in_every_shard(columns: list[str], shards: list[Shard], key: str) ->
             )
 
 
-def _column(shards: list[Shard], name: str) -> np.ndarray:
-    """One column of every shard (the target: classes and stratified splits need all of it)."""
+def _column(shards: list[Shard], name: str, arrow_type) -> np.ndarray:
+    """One column of every shard as `arrow_type` (the target: classes and stratified splits need all of it).
+    Cast shard by shard: an int32 shard beside int64 ones, or whole floats beside integers, are the same
+    labels, and one concatenated array of mixed types would change the classes or fail to sort them."""
     pq = _parquet()
-    return np.concatenate([pq.read_table(s.path, columns=[name]).column(0).to_numpy() for s in shards])
+    values = []
+    for shard in shards:
+        column = pq.read_table(shard.path, columns=[name]).column(0)
+        try:
+            values.append(column.cast(arrow_type).to_numpy())
+        except Exception as exc:  # noqa: BLE001 - pyarrow's ArrowInvalid: a value the run's type cannot hold
+            raise UsageError(
+                f"data: shard '{shard.path}' column '{name}' ({_type_name(column.type)}) does not convert to the "
+                f"run's label type {_type_name(arrow_type)} (the first shard's): {exc}. Write the column with one "
+                "type in every shard."
+            ) from None
+    return np.concatenate(values)
 
 
 def _stored_meta(schema, features: int) -> dict:
@@ -343,7 +357,59 @@ def _stored_meta(schema, features: int) -> dict:
     return {"input_shape": shape, **pixels}
 
 
-def _numeric(arrow_type) -> bool:
+def run_label_type(first: Shard, target: str, task: str):
+    """The type every shard's target is read as: the first shard's (a regression's numbers as float64).
+    A target that is neither numbers nor text (dates, lists) exits 2 here, before anything is read."""
+    import pyarrow as pa
+
+    found = first.schema.field(target).type
+    kind = _kind(found)
+    if kind is None:
+        raise UsageError(
+            f"data.target: column '{target}' of shard '{first.path}' is {_type_name(found)}; parquet_shards reads "
+            "labels of numbers (classes or values) or text (classes). Convert it when writing the shards."
+        )
+    return pa.float64() if kind == "numbers" and task == "regression" else found
+
+
+def require_types(shards: list[Shard], features: list[str], target: str, label_type, key: str) -> None:
+    """Every shard stores the features as numbers and the target as the run's kind of label, checked on the
+    footers. Numeric types may differ between shards (int64 in one, float64 in another: features are read as
+    float32 and labels cast to the run's type), but text where numbers are expected cannot be read."""
+    expected = _kind(label_type)
+    for shard in shards:
+        for name in features:
+            found = shard.schema.field(name).type
+            if _kind(found) != "numbers":
+                raise UsageError(
+                    f"{key}: shard '{shard.path}' stores feature column '{name}' as {_type_name(found)}, where "
+                    "parquet_shards expects numbers (any integer, float or boolean type). Write it as numbers in "
+                    "every shard (encode categories), leave it out of data.features, or use the in-memory "
+                    "'parquet' source, which encodes text columns."
+                )
+        found = shard.schema.field(target).type
+        if _kind(found) != expected:
+            raise UsageError(
+                f"{key}: shard '{shard.path}' stores the target column '{target}' as {_type_name(found)}, but the "
+                f"run's labels are {expected}, as in the first shard (read as {_type_name(label_type)}). Write "
+                f"'{target}' as {expected} in every shard, or leave this shard out of {key}."
+            )
+
+
+def _kind(arrow_type) -> str | None:
+    """'numbers' (integers, floats, booleans of any width), 'text', or None for other types (dates, lists)."""
     import pyarrow.types as t
 
-    return t.is_integer(arrow_type) or t.is_floating(arrow_type) or t.is_boolean(arrow_type)
+    if t.is_dictionary(arrow_type):  # pandas categoricals: what matters is the values' type
+        arrow_type = arrow_type.value_type
+    if t.is_integer(arrow_type) or t.is_floating(arrow_type) or t.is_boolean(arrow_type):
+        return "numbers"
+    if t.is_string(arrow_type) or t.is_large_string(arrow_type):
+        return "text"
+    return None
+
+
+def _type_name(arrow_type) -> str:
+    """Arrow's type name, with its floats named as numpy and pandas name them (double -> float64)."""
+    name = str(arrow_type)
+    return {"double": "float64", "float": "float32", "halffloat": "float16"}.get(name, name)

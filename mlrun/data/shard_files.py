@@ -22,7 +22,8 @@ import numpy as np
 from mlrun.data.splits import resolve_files
 from mlrun.errors import UsageError
 
-INDEX_VERSION = 2  # bump when an index's arrays change meaning, so old caches are rebuilt
+# Bump when an index's arrays change meaning, so old caches are rebuilt (3: jsonl lines read as jsonl_text reads them).
+INDEX_VERSION = 3
 
 
 class BatchReadError(UsageError):

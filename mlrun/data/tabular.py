@@ -10,6 +10,7 @@ declares `fits_transform`, so the engine passes the run's fitted pipeline as a s
 
 from __future__ import annotations
 
+import inspect
 import sys
 from functools import partial
 from pathlib import Path
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from mlrun.data.arrays import bundle_from_arrays, few_shot_rows
 from mlrun.data.bundle import DatasetBundle
+from mlrun.data.csv_delimiter import check_delimiter
 from mlrun.data.splits import ValFraction, is_classification, require_columns, resolve_files, split_indices
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
@@ -80,7 +82,7 @@ def _selector(step: FeatureSelection, classify: bool, seed: int, features: int):
     return decomposition.PCA(n_components=components, random_state=seed)
 
 
-def _read(path: str, key: str, reader: str, na_values: list[str] = ()):
+def _read(path: str, key: str, reader: str, na_values: list[str] = (), delimiter: str = ","):
     """The table at `path`; a glob matching several files (shards) reads them all, in sorted order,
     as one table. Returns (frame, what to name it in messages)."""
     try:
@@ -88,7 +90,7 @@ def _read(path: str, key: str, reader: str, na_values: list[str] = ()):
     except ImportError:
         raise UsageError(f"dataset '{reader}' needs pandas: pip install 'mlrun[tabular]'") from None
     files = resolve_files(path, key)
-    frames = [read_table_file(file, key, reader, na_values) for file in files]
+    frames = [read_table_file(file, key, reader, na_values, delimiter) for file in files]
     first = list(frames[0].columns)
     differ = [
         f"'{f}' {_column_difference(list(t.columns), first)}" for f, t in zip(files, frames) if list(t.columns) != first
@@ -105,14 +107,17 @@ def _read(path: str, key: str, reader: str, na_values: list[str] = ()):
     return pd.concat(frames, ignore_index=True), f"{path} ({len(files)} files read as one table, in sorted order)"
 
 
-def read_table_file(file: Path, key: str, reader: str, na_values: list[str] = ()):
-    """One table file (`reader`: csv | parquet | jsonl) as a DataFrame; exit 2 naming `key` and the file
-    when it cannot be read or holds no rows. Shared by training's sources and `mlrun predict`."""
+def read_table_file(file: Path, key: str, reader: str, na_values: list[str] = (), delimiter: str = ","):
+    """One table file (`reader`: csv | parquet | jsonl; a CSV's columns split at `delimiter`) as a DataFrame;
+    exit 2 naming `key` and the file when it cannot be read, holds no rows, or looks written with another
+    delimiter. Shared by training's sources and `mlrun predict`."""
     import pandas as pd
 
+    if reader == "csv":
+        check_delimiter(file, key, delimiter)
     try:
         if reader == "csv":
-            frame = pd.read_csv(file, na_values=list(na_values) or None)
+            frame = pd.read_csv(file, na_values=list(na_values) or None, sep=delimiter)
         elif reader == "jsonl":
             frame = pd.read_json(file, lines=True)
         else:
@@ -230,8 +235,9 @@ def _tabular(
     select: list[FeatureSelection],
     na_values: list[str],
     train_per_class: int | None,
+    delimiter: str,
 ) -> DatasetBundle:
-    frame, file = _read(path, "data.path", reader, na_values)
+    frame, file = _read(path, "data.path", reader, na_values, delimiter)
     _check_columns(frame, [target], "data.target", file)
     if features and target in features:
         raise UsageError(
@@ -248,7 +254,7 @@ def _tabular(
         _check_numbers_with_text(frame, categorical, file)  # inferred only: listed columns are meant
     _check_columns(frame, categorical, "data.categorical", file)
     numeric = [c for c in features if c not in categorical]
-    val_frame, val_file = _read(val_path, "data.val_path", reader, na_values) if val_path else (None, None)
+    val_frame, val_file = _read(val_path, "data.val_path", reader, na_values, delimiter) if val_path else (None, None)
     if val_frame is not None:
         _check_columns(val_frame, [target, *features], "data.val_path", val_file)
     for table, where in ((frame, file), (val_frame, val_file)):
@@ -308,6 +314,12 @@ def _tabular(
     return bundle
 
 
+# The csv source's one setting more, in its docstring's Args (the parquet source has no delimiter).
+_DELIMITER_HELP = """
+        delimiter: the character between a CSV's columns: ',' by default, ';' as European Excel saves CSV, '\\t'
+            for tab-separated files. A header that reads as one column holding another exits 2 naming it."""
+
+
 def _register(reader: str):
     def factory(
         seed: int,
@@ -327,6 +339,7 @@ def _register(reader: str):
         select: list[FeatureSelection] = [],  # noqa: B006 - validated copy, never mutated
         na_values: list[str] = [],  # noqa: B006 - validated copy, never mutated
         train_per_class: PositiveInt | None = None,
+        delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ",",
     ) -> DatasetBundle:
         return _tabular(
             reader,
@@ -345,6 +358,7 @@ def _register(reader: str):
             select,
             na_values,
             train_per_class,
+            delimiter,
         )
 
     factory.__name__ = reader
@@ -364,8 +378,12 @@ def _register(reader: str):
         select: feature-selection steps in order, each {{method: variance|kbest|rfe|l1|pca, ...}}.
         na_values: cell texts that mean a missing value, e.g. ['?', 'n/a'] (then filled by impute).
         train_per_class: keep only this many training rows of each class, drawn by the seed (few-shot); the
-            preprocessing is fitted on them; validation stays whole.
+            preprocessing is fitted on them; validation stays whole.{_DELIMITER_HELP if reader == "csv" else ""}
     """  # noqa: E501
+    if reader != "csv":  # a delimiter is a CSV's own: parquet's settings (load-time checks, `mlrun list`) lack it
+        signature = inspect.signature(factory)
+        kept = [param for param in signature.parameters.values() if param.name != "delimiter"]
+        factory.__signature__ = signature.replace(parameters=kept)
     return datasets.register(reader, fits_transform=True)(factory)
 
 

@@ -25,27 +25,42 @@ from mlrun.errors import UsageError
 from mlrun.registry import datasets
 
 
+class BadLine(ValueError):
+    """A line that is not UTF-8 or not JSON; the message says why, the caller says where."""
+
+
+def parse_line(raw: bytes, first: bool) -> object | None:
+    """The record of one line of a UTF-8 JSON Lines file, read as bytes; None for a blank line. The file's
+    first line may start with a byte-order mark (Windows editors write one). jsonl_text and jsonl_shards
+    read every line through here, so both accept and refuse the same files."""
+    try:
+        line = raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadLine(
+            f"not UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1}); save the file as UTF-8"
+        ) from None
+    if not line.strip():  # after the mark: a mark alone on the first line is a blank line
+        return None
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise BadLine(f"not valid JSON ({exc.msg}); one JSON object per line") from None
+
+
 def json_lines(file) -> Iterator[tuple[int, object]]:
-    """(line number, parsed record) of every non-blank line of a UTF-8 file; a byte-order mark at its start
-    is allowed (Windows editors write one). A line that is not UTF-8 or not JSON is a usage error naming it.
+    """(line number, parsed record) of every non-blank line of a UTF-8 file (parse_line); a line that is
+    not UTF-8 or not JSON is a usage error naming it.
 
     Read as bytes and decoded line by line: a text-mode file decodes in chunks, and its error could not say
     which line holds the bad byte."""
     with open(file, "rb") as lines:
         for number, raw in enumerate(lines, start=1):
             try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise UsageError(
-                    f"{file}:{number}: not UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1}); "
-                    "save the file as UTF-8."
-                ) from None
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{file}:{number}: not valid JSON ({exc.msg}); one JSON object per line.") from None
+                record = parse_line(raw, first=number == 1)
+            except BadLine as exc:
+                raise UsageError(f"{file}:{number}: {exc}.") from None
+            if record is not None:
+                yield number, record
 
 
 def record_problem(record, text_field: str, label_field: str) -> str | None:

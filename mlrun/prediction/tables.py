@@ -18,8 +18,9 @@ from mlrun.errors import UsageError, did_you_mean
 from mlrun.prediction.prepared import Inputs
 
 
-def read_frame(path: Path):
-    """The table file INPUT names (by its suffix: .csv, .parquet, .jsonl/.ndjson/.json)."""
+def read_frame(path: Path, delimiter: str = ","):
+    """The table file INPUT names (by its suffix: .csv, .parquet, .jsonl/.ndjson/.json); a CSV's columns
+    split at `delimiter` (a csv run's own data.delimiter)."""
     try:
         import pandas  # noqa: F401 - missing pandas gets the extra to install, before anything is read
     except ImportError:
@@ -36,7 +37,7 @@ def read_frame(path: Path):
             "columns, one row per sample (an image as its values in row-major order)"
         )
     reader = "jsonl" if suffix in (".jsonl", ".ndjson", ".json") else "parquet" if suffix == ".parquet" else "csv"
-    return read_table_file(path, "INPUT", reader)
+    return read_table_file(path, "INPUT", reader, delimiter=delimiter)
 
 
 def _a_number(name) -> bool:
@@ -108,6 +109,8 @@ def labels_to_targets(values: np.ndarray, predictor, path: Path, where: str):
         return torch.as_tensor(np.asarray(values, dtype=np.float32))
     classes = predictor.preprocessing.get("classes") or list(range(predictor.meta.num_classes))
     index = {_label_key(c): i for i, c in enumerate(classes)}
+    for i, stored in enumerate(predictor.preprocessing.get("class_ids") or []):  # hf_disk's ClassLabel runs name
+        index.setdefault(_label_key(stored), i)  # their classes; the dataset's own files (to_csv) hold the ids
     keys = [_label_key(v.item() if hasattr(v, "item") else v) for v in values]
     unknown = np.array([k not in index for k in keys])
     if unknown.any():
@@ -156,9 +159,9 @@ def read_table(path: Path, predictor) -> Inputs:
     features, categorical = described.get("features"), described.get("categorical") or []
     if predictor.transform is None or features is None:
         raise UsageError(f"{predictor.weights.parent}: no fitted preprocessing (preprocessing.pkl); re-export the run")
-    frame = read_frame(path)
-    require_features(features, list(frame.columns), path)
     settings = predictor.config.data.settings
+    frame = read_frame(path, settings.get("delimiter", ","))
+    require_features(features, list(frame.columns), path)
     if settings.get("impute", "error") == "error":
         for column in features:
             missing = frame[column].isna().to_numpy()
