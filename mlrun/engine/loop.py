@@ -15,7 +15,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from mlrun.config.schema import Duration
+from mlrun.config.schema import Duration, ExperimentConfig
 from mlrun.data.batch import batch_len
 from mlrun.engine.allocation import of_config
 from mlrun.engine.build import Components
@@ -60,7 +60,6 @@ class TrainingLoop:
         hint = self.checkpoints.resume_hint
         self.window = LogWindow(self.state, accelerator, self.batches, self.train_step, parts, stop_on_nonfinite, hint)
         self.signals = StopSignals()
-        self.tracked_config = config  # trackers' params: the run's own settings (run.py: not a resume's re-split)
 
     def restore(self, checkpoint: Path) -> None:
         """Continue from `checkpoint`; callbacks it has no state for start from the restored weights."""
@@ -74,13 +73,14 @@ class TrainingLoop:
         # A run paused on purpose (a PBT round, an early stop being extended) goes on from here.
         self.state.should_stop, self.state.stop_reason = False, None
 
-    def run(self) -> TrainState:
+    def run(self, tracked: ExperimentConfig | None = None) -> TrainState:
+        """Train to the end; trackers record `tracked`, the run's own settings (not a resume's re-split)."""
         self.window.start()  # a resumed run's unlogged losses are in the restored state
         plan, state = self.parts.plan, self.state
         state.total_steps = plan.total_steps  # callbacks read it (a pruner does not stop a finished trial)
         info = RunInfo(
             self.checkpoints.run_dir,
-            self.tracked_config.model_dump(mode="json"),
+            (tracked or self.parts.config).model_dump(mode="json"),
             plan.total_steps,
             plan.steps_per_epoch,
             state.step,

@@ -140,7 +140,6 @@ def _train_in_folder(
         compile_cache.load()
     energy_total = EnergyTotal()  # the running energy total goes into every checkpoint
     loop = TrainingLoop(parts, accelerator, run_dir, extra_callbacks=(*callbacks, energy_total))
-    loop.tracked_config = recorded  # a batch re-split for another process count is no config change to track
     check_prepared_batch(parts, accelerator)  # exit 2 on a model/data mismatch, before anything is written
     if resume_from is not None:
         try:
@@ -160,7 +159,7 @@ def _train_in_folder(
     meter, previous = start_energy(config, accelerator, run_dir, energy_total, resumed=resume_from is not None)
     message, written = None, True
     try:
-        state = loop.run()
+        state = loop.run(tracked=recorded)  # a batch re-split for another process count is no change to track
     except MlrunError as exc:  # already says what went wrong (a usage error, a failed run, a study's own)
         message = str(exc)
         raise
