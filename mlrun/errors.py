@@ -25,6 +25,11 @@ class UsageError(MlrunError):
     """Bad usage, config or data: exit code 2, no traceback."""
 
 
+class DataUnavailable(UsageError):
+    """A trained run's data cannot be built again (moved, deleted, unreadable): exit code 2. Apart from other
+    usage errors so that a command with a way to go on without the data (export --no-verify) can name it."""
+
+
 class RunFailed(MlrunError):
     """The run itself failed (diverged, crashed): exit code 1. `reason` is what went wrong without the
     advice on resuming, which a tuning trial (never resumed by hand) leaves out of its record."""

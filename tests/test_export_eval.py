@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from mlrun.errors import UsageError
 from mlrun.export.formats import FORMATS
 from mlrun.export.quantize import QUANTIZATIONS
 from mlrun.export.reload import load_exported_model
-from tests.conftest import run_cli, tiny_config, write_config
+from tests.conftest import REPO, run_cli, tiny_config, write_config
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +259,33 @@ def test_int8_export_names_weight_layers_it_leaves_in_fp32():
 
     model = nn.Sequential(nn.Embedding(10, 8), Conv1D(16, 8), Conv1D(8, 16), nn.Linear(8, 3), nn.LayerNorm(3))
     assert matrices_left_in_fp32(model) == {"Conv1D": 2}
+
+
+def test_export_without_verification_needs_no_data(tmp_path):
+    """A run whose data file was moved after training: `--no-verify` stopped at "data.path: no file matches",
+    though export needs only the model's inputs, which the run records (example_inputs.safetensors)."""
+    shutil.copy(REPO / "configs" / "data" / "wine_regions.csv", tmp_path / "wine.csv")
+    config = REPO / "configs" / "tabular_csv.yaml"  # a fitted scikit-learn pipeline travels with the export
+    trained = run_cli("train", config, "data.path=wine.csv", "train.epochs=1", "output_dir=runs", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    run = tmp_path / "runs" / "tabular_csv"
+    before = run_cli("export", run, "--no-verify", "--out", tmp_path / "before", cwd=tmp_path)
+    assert before.returncode == 0, before.stderr
+    (tmp_path / "wine.csv").unlink()
+
+    for fmt in FORMATS:
+        result = run_cli("export", run, "--format", fmt, "--no-verify", cwd=tmp_path)
+        assert result.returncode == 0, f"{fmt}: {result.stderr}"
+        assert (run / "export" / f"{fmt}-none" / "preprocessing.pkl").is_file()
+    info = json.loads((run / "export" / "pt2-none" / "export.json").read_text())
+    assert info["inputs"] == json.loads((tmp_path / "before" / "export.json").read_text())["inputs"]
+    x = torch.randn(5, *info["inputs"][0]["shape"][1:])
+    model, reference = (
+        torch.export.load(folder / "model.pt2").module()
+        for folder in (run / "export" / "pt2-none", tmp_path / "before")
+    )
+    assert torch.equal(model(x), reference(x))  # traced on the recorded inputs: the same model
+
+    verified = run_cli("export", run, cwd=tmp_path)
+    assert verified.returncode == 2 and "Traceback" not in verified.stderr
+    assert "missing" in verified.stderr and "wine.csv" in verified.stderr and "--no-verify" in verified.stderr

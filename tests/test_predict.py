@@ -242,6 +242,34 @@ def test_image_folder_scores_equal_eval_and_other_sizes_exit_2(tmp_path):
     assert result.returncode == 2 and "'loose/b.png' is (1, 10, 10)" in result.stderr, result.stderr
 
 
+def test_a_run_on_parquet_shards_prepared_from_images_predicts_on_image_files(tmp_path):
+    """`mlrun prepare` writes an image folder as Parquet shards by default; the run on them stopped on new image
+    files ("data source 'parquet_shards' ... has no reader for new files yet") and knew its classes as 0, 1, 2."""
+    draw_images(tmp_path / "train", 16, seed=0, size=10)
+    draw_images(tmp_path / "new", 5, seed=1, size=10)
+    data = {"name": "image_folder", "root": "train", "val_root": "new", "grayscale": True, "size": 8, "batch_size": 8}
+    config = {
+        "name": "pics",
+        "model": {"name": "cnn", "channels": [8]},
+        "data": data,  # resized: new images are resized as the source resized them
+        "metrics": ["accuracy"],
+        "optimizer": {"name": "adamw", "lr": 1e-2},
+        "train": {"epochs": 1},
+        "tracking": [{"name": "console", "plain": True}],
+    }
+    prepared = run_cli("prepare", write_config(tmp_path, config), "--out", "shards", cwd=tmp_path)
+    assert prepared.returncode == 0, prepared.stderr
+    trained = run_cli("train", tmp_path / "shards" / "config.yaml", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    evaluated = cli_json(tmp_path, "eval", "runs/pics_shards")
+    predicted = cli_json(tmp_path, "predict", "runs/pics_shards", "new")  # the images of the shards' val split
+    assert predicted["scores"] == pytest.approx({k.removeprefix("val/"): v for k, v in evaluated["metrics"].items()})
+    assert {row["label"] for row in predicted["predictions"]} == {"c0", "c1", "c2"}
+    one = run_cli("predict", "runs/pics_shards", "new/c1/000.png", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    assert one.stdout.splitlines()[0] == "file,prediction,probability,p_c0,p_c1,p_c2"
+
+
 def test_model_outputs_of_any_shape_give_the_same_predictions():
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0]])
     expected = records(logits, "classification", ["a", "b", "c"])

@@ -51,13 +51,12 @@ def run_export(
     if calibration_batches < 1:
         raise UsageError("--calibration-batches must be at least 1")
 
-    from mlrun.engine.restore import load_trained
     from mlrun.export.artifact import export_folder_name, export_trained
     from mlrun.techniques.lora import has_adapters, merge_adapters
 
     if out is not None:
         check_out(out)
-    trained = load_trained(run_dir, checkpoint)
+    trained = load_for_export(run_dir, checkpoint, verify, quantize)
     folder = out or run_dir / "export" / export_folder_name(fmt, quantize, checkpoint)
     merge = merge_adapters if has_adapters(trained.parts.model) else None  # LoRA: adapters folded in for export
     info = export_trained(
@@ -73,6 +72,34 @@ def run_export(
         print_json(info)
     else:
         print_report(info, folder)
+
+
+def load_for_export(run_dir: Path, checkpoint: str, verify: bool, quantize: str):
+    """The trained run; its data only where export uses it: verification scores on the validation split and
+    int8-static calibrates on training batches; anything else traces on the inputs the run recorded."""
+    from mlrun.engine.example_inputs import EXAMPLE_INPUTS
+    from mlrun.engine.restore import load_trained
+    from mlrun.errors import DataUnavailable
+
+    needs_data = verify or quantize == "int8-static"
+    try:
+        return load_trained(run_dir, checkpoint, needs_data=needs_data)
+    except DataUnavailable as exc:
+        if not (run_dir / EXAMPLE_INPUTS).is_file():  # trained before the record existed: only its data says
+            raise UsageError(
+                f"the data of run '{run_dir}' is missing or unreadable: {exc} This run has no {EXAMPLE_INPUTS} "
+                "(trained by an older mlrun), so export builds its data for the model's inputs even with "
+                "--no-verify: restore the data where config.yaml names it"
+            ) from None
+        if quantize == "int8-static":
+            use, instead = "--quantize int8-static calibrates on its training batches", "--quantize int8"
+        else:
+            use, instead = "verification scores the exported model on its validation split", "--no-verify"
+        raise UsageError(
+            f"the data of run '{run_dir}' is missing or unreadable: {exc} Export needs it only because {use}: "
+            f"restore the data, or pass {instead} to export without it (the model is traced on the inputs the "
+            f"run recorded in {EXAMPLE_INPUTS})"
+        ) from None
 
 
 def print_report(info: dict, folder: Path) -> None:

@@ -97,7 +97,8 @@ def prepare_samples(config, out: Path, settings: dict, shard_format: str) -> tup
         if shard_format == "image_tar":
             written[split] = shard_writers.write_image_tars(dataset, folder, meta, classes, per_shard)
         else:
-            written[split] = write_split(dataset, folder, meta, per_shard, row_group)
+            source = image_source(bundle.preprocessing, config.data.settings)
+            written[split] = write_split(dataset, folder, meta, per_shard, row_group, source)
     record = {**settings, "task": meta.task, "input_shape": list(meta.input_shape), "num_classes": meta.num_classes}
     record |= {"splits": written, "preprocessing": bundle.preprocessing}
     if shard_format == "image_tar":  # the source's normalisation, so the shards train on the same inputs
@@ -205,8 +206,19 @@ def write_config(config, out: Path, reader: dict) -> Path:
     return path
 
 
-def write_split(dataset, folder: Path, meta, rows_per_shard: int, row_group: int) -> dict:
-    """Write `dataset` as Parquet shards in `folder`, skipping shards an earlier, interrupted prepare completed."""
+def image_source(preprocessing: dict | None, settings: dict) -> dict:
+    """What `mlrun predict` needs of an image source to read new image files for a run on its Parquet shards:
+    its decoding (size, mode, statistics), whether it resized, and its class names (the shards hold class ids);
+    {} for other sources, whose runs read tables of the shards' columns and labels."""
+    image = (preprocessing or {}).get("image")
+    if not image:
+        return {}
+    return {"image": {**image, "resize": settings.get("size") is not None}, "classes": preprocessing.get("classes")}
+
+
+def write_split(dataset, folder: Path, meta, rows_per_shard: int, row_group: int, source: dict) -> dict:
+    """Write `dataset` as Parquet shards in `folder`, skipping shards an earlier, interrupted prepare completed;
+    `source` (image_source) joins the shape and pixel statistics in the shards' metadata."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -222,6 +234,7 @@ def write_split(dataset, folder: Path, meta, rows_per_shard: int, row_group: int
             raise UsageError("mlrun prepare: targets of more than one value per sample cannot be written yet.")
         table = pa.table({**columns, "label": labels.astype(np.int64 if meta.task == "classification" else np.float32)})
         stored = {"input_shape": meta.input_shape, "pixel_mean": meta.pixel_mean, "pixel_std": meta.pixel_std}
+        stored |= source
         table = table.replace_schema_metadata({META_KEY: json.dumps(stored).encode()})
         pq.write_table(table, path, row_group_size=row_group)
 

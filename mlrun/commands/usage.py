@@ -12,6 +12,7 @@ _WRITTEN_BY_MLRUN = {
     *_MLRUN_RECORDS,
     *("config.yaml", "metrics.jsonl", "summary.json", "model.safetensors", "best.safetensors", "trained.json"),
     *("compressed.safetensors", "preprocessing.pkl", "preprocessing.json", "trials.csv", "pareto.json"),
+    "example_inputs.safetensors",
     *("best.yaml", "journal.log", "pbt.json", "lr_find.json", "profile.json", "mlflow_run.json"),
 }
 

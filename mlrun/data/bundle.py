@@ -35,6 +35,12 @@ class DataMeta:
     input_names: tuple[str, ...] | None = None
 
 
+def meta_from_record(record: dict) -> DataMeta:
+    """A DataMeta back from its JSON record (`dataclasses.asdict`: export.json, example_inputs.safetensors),
+    its lists tuples again."""
+    return DataMeta(**{key: tuple(value) if isinstance(value, list) else value for key, value in record.items()})
+
+
 @dataclass
 class DatasetBundle:
     train: Dataset

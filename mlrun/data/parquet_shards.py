@@ -284,7 +284,7 @@ def parquet_shards(
         fitted = fit_standardize(shards, train_rows, features, target, classes, fit_rows, seed)
         if scale == "none":
             fitted = Standardize(fitted.features, np.zeros(len(features)), np.ones(len(features)), classes)
-    stored = _stored_meta(schema, len(features))
+    stored, source = _stored_meta(schema, len(features))
     shape = stored["input_shape"]
 
     def make(rows, where):
@@ -302,7 +302,9 @@ def parquet_shards(
     statistics = {"features": list(features), "mean": fitted.mean.tolist(), "std": fitted.std.tolist()}
     preprocessing = {"standardize": statistics}
     if classify:
-        preprocessing["classes"] = list(fitted.classes)
+        preprocessing["classes"] = _class_names(fitted.classes, source.get("classes"))
+    if source.get("image"):  # images `mlrun prepare` wrote: predict decodes new image files as the source did
+        preprocessing["image"] = source["image"]
     bundle = DatasetBundle(train, val, meta, preprocessing=preprocessing)
     bundle.transform = fitted
     return bundle
@@ -345,16 +347,26 @@ def _column(shards: list[Shard], name: str, arrow_type) -> np.ndarray:
     return np.concatenate(values)
 
 
-def _stored_meta(schema, features: int) -> dict:
-    """What `mlrun prepare` recorded of the source's DataMeta: the sample shape (images keep (C, H, W))
-    and pixel statistics; a plain table is a vector of its features."""
+def _stored_meta(schema, features: int) -> tuple[dict, dict]:
+    """What `mlrun prepare` recorded of the source: its DataMeta's sample shape (images keep (C, H, W)) and
+    pixel statistics (a plain table is a vector of its features), and an image source's decoding and class
+    names (commands/prepare.py image_source; {} otherwise)."""
 
     stored = json.loads((schema.metadata or {}).get(META_KEY, b"{}"))
     shape = tuple(stored.get("input_shape") or (features,))
     if int(np.prod(shape)) != features:
         raise UsageError(f"data.features: {features} columns do not fill the shards' sample shape {shape}.")
     pixels = {key: tuple(stored[key]) for key in ("pixel_mean", "pixel_std") if stored.get(key)}
-    return {"input_shape": shape, **pixels}
+    source = {key: stored[key] for key in ("image", "classes") if stored.get(key)}
+    return {"input_shape": shape, **pixels}, source
+
+
+def _class_names(labels: tuple, names: list | None) -> list:
+    """The classes as the run records them: the source's names where the shards' labels are ids into them
+    (`mlrun prepare` of an image folder writes 0, 1, ... for cat, dog, ...), else the labels themselves."""
+    if names and all(isinstance(label, int) and 0 <= label < len(names) for label in labels):
+        return [names[label] for label in labels]
+    return list(labels)
 
 
 def run_label_type(first: Shard, target: str, task: str):

@@ -82,19 +82,27 @@ def build(spec: ComponentSpec, *runtime, returns: type | None = None):
 
 
 def build_components(
-    config: ExperimentConfig, num_processes: int = 1, fitted_transform=None, init_weights: bool = True
+    config: ExperimentConfig,
+    num_processes: int = 1,
+    fitted_transform=None,
+    init_weights: bool = True,
+    bundle: DatasetBundle | None = None,
+    train_samples: int | None = None,
 ) -> Components:
     """Every component of a resolved config (`data.batch_size: auto` already a number: mlrun.engine.autobatch).
 
     `fitted_transform`: the run's own fitted preprocessing (eval, export, resume), applied instead of
     fitting anew by sources that fit one (tabular). `init_weights`: a fresh start, which loads init_from and
-    enforces every check; False for a resume, eval and export of a recorded run.
+    enforces every check; False for a resume, eval and export of a recorded run. `bundle`: data already
+    built (engine/restore.py), by default config.data's; `train_samples`: the training split it stands for,
+    when it holds only a run's recorded examples (engine/example_inputs.py), so steps are planned as trained.
     """
     if config.data.batch_size == "auto":
         raise ValueError("build_components needs a resolved batch size: call engine.autobatch.resolve_batch_size first")
     seed_everything(config.seed)
-    bundle = build_data(config.data, config.seed, fitted_transform)
-    plan = plan_steps(len(bundle.train), config.data, config.train, num_processes)
+    if bundle is None:
+        bundle = build_data(config.data, config.seed, fitted_transform)
+    plan = plan_steps(train_samples or len(bundle.train), config.data, config.train, num_processes)
     model = build(config.model, bundle.meta, returns=nn.Module)
     check_technique_order(config)
     check_technique_plans(config, plan)  # before reading pretrained weights: a bad setting fails fast

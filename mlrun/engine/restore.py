@@ -8,11 +8,12 @@ from pathlib import Path
 
 from mlrun.config.load import load_config
 from mlrun.config.schema import ExperimentConfig, ObjectiveSpec
-from mlrun.data.bundle import load_fitted_transform
-from mlrun.engine.build import Components, build_components
+from mlrun.data.bundle import DatasetBundle, load_fitted_transform
+from mlrun.engine.build import Components, build_components, build_data
 from mlrun.engine.dcp_state import has_dcp_state, load_dcp_weights
+from mlrun.engine.example_inputs import read_example_inputs
 from mlrun.engine.run_dir import read_summary
-from mlrun.errors import UsageError, did_you_mean
+from mlrun.errors import DataUnavailable, UsageError, did_you_mean
 from mlrun.models.packed_weights import is_packed, load_packed
 from mlrun.models.weights_file import load_weights
 from mlrun.registry import objectives, techniques
@@ -141,7 +142,23 @@ def standalone_objective(config: ExperimentConfig) -> ExperimentConfig:
     return config.model_copy(update={"objective": ObjectiveSpec.model_validate(spec)})
 
 
-def load_trained(run_dir: Path, checkpoint: str = "final", overrides: list[str] | tuple[str, ...] = ()) -> TrainedRun:
+def rebuild_data(config: ExperimentConfig, fitted) -> DatasetBundle:
+    """The run's data built again as config.yaml names it; what stops it (a moved or deleted file) is a
+    DataUnavailable, which a command that can go on without the data (export --no-verify) names."""
+    try:
+        return build_data(config.data, config.seed, fitted)
+    except DataUnavailable:
+        raise
+    except UsageError as exc:
+        raise DataUnavailable(str(exc)) from None
+
+
+def load_trained(
+    run_dir: Path, checkpoint: str = "final", overrides: list[str] | tuple[str, ...] = (), needs_data: bool = True
+) -> TrainedRun:
+    """The run's components with its weights loaded. `needs_data` False (export without verification): the
+    data the run recorded (example_inputs.safetensors) stands for its splits, so a run whose data was moved
+    or deleted still loads; a run without that record builds its data as before."""
     config_path = run_dir / "config.yaml"
     if run_dir.is_file() and (run_dir.parent / "config.yaml").is_file():  # runs/x/model.safetensors, a stage's file
         raise UsageError(
@@ -169,7 +186,15 @@ def load_trained(run_dir: Path, checkpoint: str = "final", overrides: list[str] 
         config = load_config(config_path, [*pinned, *overrides])
     config = standalone_objective(config)
     note_raw_weights(config, weights)
-    parts = build_components(config, fitted_transform=load_fitted_transform(run_dir), init_weights=False)
+    fitted = load_fitted_transform(run_dir)
+    recorded = None if needs_data or overrides else read_example_inputs(run_dir)
+    if recorded is not None:
+        bundle, train_samples = recorded.bundle, recorded.train_samples
+    else:
+        bundle, train_samples = rebuild_data(config, fitted), None
+    parts = build_components(
+        config, fitted_transform=fitted, init_weights=False, bundle=bundle, train_samples=train_samples
+    )
     check_tokenizer(run_dir, parts.bundle.preprocessing)
     if weights.is_dir():
         missing, unexpected = load_dcp_weights(parts.model, weights)

@@ -209,8 +209,10 @@ def write_records(
     prints: dict[str, str | None],
 ) -> None:
     """config.yaml (`recorded`: the run's own settings), manifest.json (with the history of accepted
-    config changes, the allocation and the data's fingerprints `prints`), preprocessing.pkl / .json."""
+    config changes, the allocation and the data's fingerprints `prints`), preprocessing.pkl / .json,
+    example_inputs.safetensors."""
     from mlrun.engine.batches import resolve_workers
+    from mlrun.engine.example_inputs import EXAMPLE_INPUTS, write_example_inputs
 
     config = parts.config
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -230,6 +232,9 @@ def write_records(
     # eval and predict on other data pin them instead of fitting anew (engine/restore.py).
     if parts.bundle.preprocessing and (resume_from is None or not (run_dir / "preprocessing.json").is_file()):
         write_json(run_dir / "preprocessing.json", parts.bundle.preprocessing)
+    # The model's inputs and DataMeta, from the same start: export needs them, not the data (example_inputs.py).
+    if resume_from is None or not (run_dir / EXAMPLE_INPUTS).is_file():
+        write_example_inputs(run_dir, parts.bundle)
     write_json(run_dir / "manifest.json", info)
 
 

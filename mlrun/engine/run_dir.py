@@ -29,6 +29,7 @@ TRAIN_OUTPUTS = (
     "summary.json",
     "preprocessing.pkl",
     "preprocessing.json",
+    "example_inputs.safetensors",
     "model.safetensors",
     "best.safetensors",
     "tensorboard",

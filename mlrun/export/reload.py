@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-from mlrun.data.bundle import DataMeta
+from mlrun.data.bundle import DataMeta, meta_from_record
 from mlrun.export.quantize import apply_quantization
 from mlrun.export.signature import InferenceModule
 from mlrun.models.saved import build_saved_model
@@ -28,9 +28,6 @@ def load_exported_model(folder: str | Path) -> nn.Module:
     """`model(*inputs) -> logits`, the exported InferenceModule with its weights."""
     folder = Path(folder)
     info = json.loads((folder / "export.json").read_text())
-    meta = DataMeta(
-        **{k: tuple(v) if k in ("input_shape", "input_names") and v else v for k, v in info["data_meta"].items()}
-    )
-    model = model_structure(folder / "config.yaml", meta, info["quantize"])
+    model = model_structure(folder / "config.yaml", meta_from_record(info["data_meta"]), info["quantize"])
     load_weights(model, folder / info["file"])
     return model

@@ -3,6 +3,8 @@
 INPUT is one image, a folder of images, or a folder of class sub-folders (then the sub-folder
 names are the labels and the file is scored). When the run resized (data.size), new images are
 resized the same way; when it kept sizes, an image of another size stops with its file name.
+A run on Parquet shards that `mlrun prepare` wrote from images records its source's decoding
+(whether it resized included) and standardises the pixels as its shards' columns after it.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ def read_images(path: Path, predictor) -> Inputs:
     image = predictor.preprocessing.get("image")
     if not image:
         raise UsageError(f"{predictor.weights.parent}: the run recorded no image preprocessing; re-export it")
-    settings = predictor.config.data.settings
-    resize = settings.get("size") is not None  # the run resized every image to data.size
+    # The run resized every image to data.size; a run on prepared shards recorded whether its source did.
+    resize = image.get("resize", predictor.config.data.settings.get("size") is not None)
     decoder = _Decoder(tuple(image["size"]) if resize else None, image["mode"] == "L")
     expected = tuple(predictor.meta.input_shape)
     files, labels = list_images(path)
@@ -63,5 +65,24 @@ def read_images(path: Path, predictor) -> Inputs:
         else torch.zeros(len(files), dtype=torch.long)
     )
     # uint8 pixels normalised per batch, as the training data was (data/images.py).
-    dataset = ArrayDataset(torch.from_numpy(np.stack(pixels)), targets, Normalize(image["mean"], image["std"]))
+    prepare = Normalize(image["mean"], image["std"])
+    if "standardize" in predictor.preprocessing:  # parquet_shards: then per column (identity with scale: none)
+        prepare = Standardized(prepare, predictor.preprocessing["standardize"], expected)
+    dataset = ArrayDataset(torch.from_numpy(np.stack(pixels)), targets, prepare)
     return Inputs(dataset, [{"file": str(file)} for file in files], labels is not None)
+
+
+class Standardized:
+    """Normalised pixels standardised per value, as parquet_shards standardises its columns x0, x1, ... (the
+    pixels of (C, H, W) in row-major order) with the statistics it fitted."""
+
+    def __init__(self, normalize: Normalize, statistics: dict, shape: tuple[int, ...]):
+        import torch
+
+        self.normalize = normalize
+        self.mean = torch.tensor(statistics["mean"], dtype=torch.float64).view(shape)
+        self.std = torch.tensor(statistics["std"], dtype=torch.float64).view(shape)
+
+    def __call__(self, pixels):
+        # float64 then float32, as the shards' reader computes it
+        return ((self.normalize(pixels).double() - self.mean) / self.std).float()

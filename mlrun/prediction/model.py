@@ -99,13 +99,13 @@ def _from_run(run_dir: Path, checkpoint: str) -> Predictor:
 
 def _from_export(folder: Path) -> Predictor:
     from mlrun.config.load import load_config
-    from mlrun.data.bundle import DataMeta
+    from mlrun.data.bundle import meta_from_record
     from mlrun.engine.build import build
     from mlrun.export.formats import EXPORT_FORMATS
     from mlrun.export.verify import evaluate
 
     info = json.loads((folder / "export.json").read_text())
-    meta = DataMeta(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["data_meta"].items()})
+    meta = meta_from_record(info["data_meta"])
     # Only what is built here: the exported file runs the model by itself (a safetensors export rebuilds
     # it, importing its code, in its loader), so a user model's module need not travel with an ONNX file.
     config = load_config(folder / "config.yaml", components=("loss", "metrics"))
