@@ -146,6 +146,22 @@ def test_a_csv_with_another_delimiter_exits_2_naming_it_and_reads_with_data_deli
     fails(tmp_path, {"name": "parquet", "path": "excel.csv", "target": "target", "delimiter": sep}, "delimiter")
 
 
+def test_decimal_commas_exit_2_naming_the_column_and_read_as_numbers_with_data_decimal(tmp_path):
+    """With data.delimiter ';' a European Excel file's numbers ('0,126') were text columns, one-hot encoded
+    without a word; data.decimal reads them, in training and in predict."""
+    _, frame = write_table(tmp_path, missing=False)
+    frame.to_csv(tmp_path / "excel.csv", sep=";", decimal=",", index=False)
+    data = {"name": "csv", "path": "excel.csv", "target": "target", "delimiter": ";"}
+    fails(tmp_path, data, "column 'a' of ", "decimal comma", 'data.decimal: ","')
+    read = build("csv", path=str(tmp_path / "excel.csv"), target="target", delimiter=";", decimal=",")
+    same = build("csv", path=str(tmp_path / "table.csv"), target="target")
+    assert torch.equal(read.train.inputs, same.train.inputs) and torch.equal(read.val.targets, same.val.targets)
+    run = train_run(tmp_path, tiny_config(name="excel", data={**data, "decimal": ","}))
+    predicted = run_cli("predict", run, "excel.csv", "--json", cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr
+    fails(tmp_path, {"name": "parquet", "path": "excel.csv", "target": "target", "decimal": ","}, "decimal")
+
+
 def test_csv_shards_with_other_columns_are_named_by_the_columns_that_differ(tmp_path):
     import pandas as pd
 

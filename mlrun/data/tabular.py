@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from mlrun.data.arrays import bundle_from_arrays, few_shot_rows
 from mlrun.data.bundle import DatasetBundle
-from mlrun.data.csv_delimiter import check_delimiter
+from mlrun.data.csv_format import CsvFormat, check_decimal_commas, check_delimiter
 from mlrun.data.splits import ValFraction, is_classification, require_columns, resolve_files, split_indices
 from mlrun.errors import UsageError
 from mlrun.registry import datasets
@@ -82,7 +82,7 @@ def _selector(step: FeatureSelection, classify: bool, seed: int, features: int):
     return decomposition.PCA(n_components=components, random_state=seed)
 
 
-def _read(path: str, key: str, reader: str, na_values: list[str] = (), delimiter: str = ","):
+def _read(path: str, key: str, reader: str, na_values: list[str] = (), csv: CsvFormat = CsvFormat()):
     """The table at `path`; a glob matching several files (shards) reads them all, in sorted order,
     as one table. Returns (frame, what to name it in messages)."""
     try:
@@ -90,7 +90,7 @@ def _read(path: str, key: str, reader: str, na_values: list[str] = (), delimiter
     except ImportError:
         raise UsageError(f"dataset '{reader}' needs pandas: pip install 'mlrun[tabular]'") from None
     files = resolve_files(path, key)
-    frames = [read_table_file(file, key, reader, na_values, delimiter) for file in files]
+    frames = [read_table_file(file, key, reader, na_values, csv) for file in files]
     first = list(frames[0].columns)
     differ = [
         f"'{f}' {_column_difference(list(t.columns), first)}" for f, t in zip(files, frames) if list(t.columns) != first
@@ -107,17 +107,17 @@ def _read(path: str, key: str, reader: str, na_values: list[str] = (), delimiter
     return pd.concat(frames, ignore_index=True), f"{path} ({len(files)} files read as one table, in sorted order)"
 
 
-def read_table_file(file: Path, key: str, reader: str, na_values: list[str] = (), delimiter: str = ","):
-    """One table file (`reader`: csv | parquet | jsonl; a CSV's columns split at `delimiter`) as a DataFrame;
-    exit 2 naming `key` and the file when it cannot be read, holds no rows, or looks written with another
-    delimiter. Shared by training's sources and `mlrun predict`."""
+def read_table_file(file: Path, key: str, reader: str, na_values: list[str] = (), csv: CsvFormat = CsvFormat()):
+    """One table file (`reader`: csv | parquet | jsonl; a CSV with `csv`'s delimiter and decimal mark) as a
+    DataFrame; exit 2 naming `key` and the file when it cannot be read, holds no rows, or looks written with
+    another delimiter. Shared by training's sources and `mlrun predict`."""
     import pandas as pd
 
     if reader == "csv":
-        check_delimiter(file, key, delimiter)
+        check_delimiter(file, key, csv.delimiter)
     try:
         if reader == "csv":
-            frame = pd.read_csv(file, na_values=list(na_values) or None, sep=delimiter)
+            frame = pd.read_csv(file, na_values=list(na_values) or None, sep=csv.delimiter, decimal=csv.decimal)
         elif reader == "jsonl":
             frame = pd.read_json(file, lines=True)
         else:
@@ -235,9 +235,9 @@ def _tabular(
     select: list[FeatureSelection],
     na_values: list[str],
     train_per_class: int | None,
-    delimiter: str,
+    csv: CsvFormat,
 ) -> DatasetBundle:
-    frame, file = _read(path, "data.path", reader, na_values, delimiter)
+    frame, file = _read(path, "data.path", reader, na_values, csv)
     _check_columns(frame, [target], "data.target", file)
     if features and target in features:
         raise UsageError(
@@ -251,10 +251,11 @@ def _tabular(
         from pandas.api.types import is_numeric_dtype
 
         categorical = [c for c in features if not is_numeric_dtype(frame[c])]
-        _check_numbers_with_text(frame, categorical, file)  # inferred only: listed columns are meant
+        check_decimal_commas(frame, categorical, file, csv)  # inferred only: listed columns are meant
+        _check_numbers_with_text(frame, categorical, file)
     _check_columns(frame, categorical, "data.categorical", file)
     numeric = [c for c in features if c not in categorical]
-    val_frame, val_file = _read(val_path, "data.val_path", reader, na_values, delimiter) if val_path else (None, None)
+    val_frame, val_file = _read(val_path, "data.val_path", reader, na_values, csv) if val_path else (None, None)
     if val_frame is not None:
         _check_columns(val_frame, [target, *features], "data.val_path", val_file)
     for table, where in ((frame, file), (val_frame, val_file)):
@@ -314,10 +315,13 @@ def _tabular(
     return bundle
 
 
-# The csv source's one setting more, in its docstring's Args (the parquet source has no delimiter).
-_DELIMITER_HELP = """
+# The csv source's settings more, in its docstring's Args (the parquet source has neither).
+_CSV_HELP = """
         delimiter: the character between a CSV's columns: ',' by default, ';' as European Excel saves CSV, '\\t'
-            for tab-separated files. A header that reads as one column holding another exits 2 naming it."""
+            for tab-separated files. A header that reads as one column holding another exits 2 naming it.
+        decimal: a CSV's decimal mark: '.' by default, ',' as European Excel writes numbers (0,126). A text column
+            of such numbers read with '.' exits 2 naming it."""
+CSV_ONLY = ("delimiter", "decimal")
 
 
 def _register(reader: str):
@@ -340,6 +344,7 @@ def _register(reader: str):
         na_values: list[str] = [],  # noqa: B006 - validated copy, never mutated
         train_per_class: PositiveInt | None = None,
         delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ",",
+        decimal: Literal[".", ","] = ".",
     ) -> DatasetBundle:
         return _tabular(
             reader,
@@ -358,7 +363,7 @@ def _register(reader: str):
             select,
             na_values,
             train_per_class,
-            delimiter,
+            CsvFormat(delimiter, decimal),
         )
 
     factory.__name__ = reader
@@ -378,11 +383,11 @@ def _register(reader: str):
         select: feature-selection steps in order, each {{method: variance|kbest|rfe|l1|pca, ...}}.
         na_values: cell texts that mean a missing value, e.g. ['?', 'n/a'] (then filled by impute).
         train_per_class: keep only this many training rows of each class, drawn by the seed (few-shot); the
-            preprocessing is fitted on them; validation stays whole.{_DELIMITER_HELP if reader == "csv" else ""}
+            preprocessing is fitted on them; validation stays whole.{_CSV_HELP if reader == "csv" else ""}
     """  # noqa: E501
-    if reader != "csv":  # a delimiter is a CSV's own: parquet's settings (load-time checks, `mlrun list`) lack it
+    if reader != "csv":  # delimiter and decimal are a CSV's own: parquet's settings (checks, `mlrun list`) lack them
         signature = inspect.signature(factory)
-        kept = [param for param in signature.parameters.values() if param.name != "delimiter"]
+        kept = [param for param in signature.parameters.values() if param.name not in CSV_ONLY]
         factory.__signature__ = signature.replace(parameters=kept)
     return datasets.register(reader, fits_transform=True)(factory)
 

@@ -13,14 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
+from mlrun.data.csv_format import CsvFormat
 from mlrun.data.tabular import read_table_file
 from mlrun.errors import UsageError, did_you_mean
 from mlrun.prediction.prepared import Inputs
 
 
-def read_frame(path: Path, delimiter: str = ","):
-    """The table file INPUT names (by its suffix: .csv, .parquet, .jsonl/.ndjson/.json); a CSV's columns
-    split at `delimiter` (a csv run's own data.delimiter)."""
+def read_frame(path: Path, csv: CsvFormat = CsvFormat()):
+    """The table file INPUT names (by its suffix: .csv, .parquet, .jsonl/.ndjson/.json); a CSV read as `csv`
+    says (a csv run's own data.delimiter and data.decimal)."""
     try:
         import pandas  # noqa: F401 - missing pandas gets the extra to install, before anything is read
     except ImportError:
@@ -37,7 +38,7 @@ def read_frame(path: Path, delimiter: str = ","):
             "columns, one row per sample (an image as its values in row-major order)"
         )
     reader = "jsonl" if suffix in (".jsonl", ".ndjson", ".json") else "parquet" if suffix == ".parquet" else "csv"
-    return read_table_file(path, "INPUT", reader, delimiter=delimiter)
+    return read_table_file(path, "INPUT", reader, csv=csv)
 
 
 def _a_number(name) -> bool:
@@ -160,7 +161,7 @@ def read_table(path: Path, predictor) -> Inputs:
     if predictor.transform is None or features is None:
         raise UsageError(f"{predictor.weights.parent}: no fitted preprocessing (preprocessing.pkl); re-export the run")
     settings = predictor.config.data.settings
-    frame = read_frame(path, settings.get("delimiter", ","))
+    frame = read_frame(path, CsvFormat.of_settings(settings))
     require_features(features, list(frame.columns), path)
     if settings.get("impute", "error") == "error":
         for column in features:
