@@ -3,6 +3,8 @@
 Values from 0.001 to 99999 are written out (0.6172, 0.009670; 12960 from 12960.4: whole numbers
 keep their digits); smaller and larger ones in scientific notation with the same four digits
 (8.300e-04). Log lines, evaluation lines, the final summary and `mlrun compare` all use it.
+Config values (a learning rate in compare's table, a trial's sampled settings) keep the same four
+digits without trailing zeros, as a user writes them: `format_setting`.
 """
 
 from __future__ import annotations
@@ -23,3 +25,11 @@ def format_figure(value: float) -> str:
     if -3 <= magnitude < 5:
         return f"{value:.{max(0, SIGNIFICANT - 1 - magnitude)}f}"
     return f"{value:.{SIGNIFICANT - 1}e}"
+
+
+def format_setting(value: object) -> str:
+    """A config value as a user would write it, with at most four significant digits: lr 0.003, not
+    0.003000; 1e+08, not 100000000.0; a sampled 0.08311, not 0.08311303692128176. Other values as text."""
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.{SIGNIFICANT}g}"
+    return str(value)

@@ -17,7 +17,7 @@ from mlrun.tuning.space import as_override, decode
 
 def trial_line(trial) -> str:
     """One line per finished trial, for the live log."""
-    from mlrun.tracking.figures import format_figure
+    from mlrun.tracking.figures import format_figure, format_setting
 
     if trial.values is None:
         value = ""
@@ -26,7 +26,7 @@ def trial_line(trial) -> str:
     else:  # a multi-objective study (compress search): every objective's value
         value = " values " + ", ".join(format_figure(v) for v in trial.values)
     duration = f" ({trial.duration.total_seconds():.1f}s)" if trial.duration else ""
-    params = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+    params = " ".join(f"{k}={format_setting(v)}" for k, v in trial.params.items())
     error = f" error: {trial.user_attrs['error'].splitlines()[0]}" if "error" in trial.user_attrs else ""
     origin = origin_of(trial)
     origin = "" if origin == "sampler" else f" [{origin}]"
@@ -60,10 +60,6 @@ def origin_of(trial) -> str:
     if NEAR_TRIAL in trial.system_attrs:
         return f"near trial {trial.system_attrs[NEAR_TRIAL]}"
     return "sampler"
-
-
-def _short(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def write_csv(study, path: Path) -> None:
