@@ -156,3 +156,63 @@ def test_the_better_direction_of_a_named_figure_does_not_depend_on_the_order_of_
     assert lower_is_better([old, new], "val/accuracy") is False is lower_is_better([new, old], "val/accuracy")
     custom = RunRecord(Path("c"), "c", {"train.best.monitor": "val/custom", "train.best.mode": "max"}, {})
     assert lower_is_better([custom], "val/custom") is False  # a name that says nothing: the config decides
+
+
+def copy_of(runs: Path, tmp_path: Path) -> Path:
+    """The module's runs in a folder of the test's own, to damage at will."""
+    shutil.copytree(runs / "runs", tmp_path / "runs", ignore=shutil.ignore_patterns("study"))
+    return tmp_path
+
+
+def test_a_damaged_summary_is_named_and_the_other_runs_are_compared(runs, tmp_path):
+    """A run killed while writing summary.json left it empty or cut short: compare ended with
+    'unexpected error: JSONDecodeError' (exit 1) without naming the file."""
+    folder = copy_of(runs, tmp_path)
+    (folder / "runs" / "slow" / "summary.json").write_text('{"status": "compl')
+    result = run_cli("compare", "runs/base", "runs/slow", "--json", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    assert "runs/slow/summary.json is not valid JSON" in result.stderr and "Traceback" not in result.stderr
+    rows = {row["run"]: row for row in json.loads(result.stdout)["runs"]}
+    assert rows["slow"]["status"] == "unknown" and rows["base"]["status"] == "completed"
+    assert rows["slow"]["best val/accuracy"] is not None  # read from its metrics.jsonl
+
+
+def test_export_folders_and_folders_train_did_not_make_are_left_out_with_a_note(runs, tmp_path):
+    """Export folders were listed as runs 'not started'; a hand-written config.yaml, diffed against resolved
+    ones, gave about 50 false differing keys."""
+    folder = copy_of(runs, tmp_path)
+    exported = folder / "runs" / "base" / "export" / "onnx-none"
+    exported.mkdir(parents=True)
+    shutil.copy(folder / "runs" / "base" / "config.yaml", exported / "config.yaml")
+    (exported / "export.json").write_text("{}")
+    (folder / "runs" / "typed").mkdir()
+    (folder / "runs" / "typed" / "config.yaml").write_text("name: typed\nmodel: {name: mlp}\n")
+    result = run_cli("compare", "runs/*", "runs/base/export/*", "--json", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [row["run"] for row in report["runs"]] == ["base", "slow"] and report["differing_keys"] == ["optimizer.lr"]
+    assert "runs/base/export/onnx-none is an export folder" in result.stderr
+    assert "runs/typed was never trained" in result.stderr
+    alone = run_cli("compare", "runs/base/export/*", cwd=folder)
+    assert alone.returncode == 2 and "nothing to compare" in alone.stderr and "export folder" in alone.stderr
+
+
+def test_config_values_in_the_table_keep_four_significant_digits():
+    """`optimizer.lr 100000000.0` and a sampled `0.08311303692128176` were printed as stored."""
+    from mlrun.commands.compare import format_cell
+
+    settings = frozenset({"optimizer.lr"})
+    assert format_cell(settings, "optimizer.lr", 1e8) == "1e+08"
+    assert format_cell(settings, "optimizer.lr", 0.08311303692128176) == "0.08311"
+    assert format_cell(settings, "optimizer.lr", 0.003) == "0.003"  # as the user wrote it
+    assert format_cell(settings, "best val/loss", 0.08311303692128176) == "0.08311"
+
+
+def test_a_run_with_no_logged_point_is_named_not_silently_left_out_of_the_curves(runs, tmp_path):
+    """A run that failed before its first log line was missing from curves.png's legend without a word."""
+    folder = copy_of(runs, tmp_path)
+    (folder / "runs" / "slow" / "metrics.jsonl").write_text("")
+    result = run_cli("compare", "runs/base", "runs/slow", "--out", "cmp", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    assert "slow has no logged point to draw" in result.stderr
+    assert "slow has no logged point to draw" in (folder / "cmp" / "report.html").read_text()

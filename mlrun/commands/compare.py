@@ -20,14 +20,16 @@ from mlrun.jsonout import print_json
 
 
 def run_compare(patterns: list[str], metric: str | None, out: Path, json_output: bool) -> None:
-    from mlrun.reporting.curves import write_png
+    from mlrun.reporting.curves import missing_curves, write_png
     from mlrun.reporting.html import write_report
     from mlrun.reporting.results import choose_metric, lower_is_better, result_row
-    from mlrun.reporting.runs import differing_keys, expand_runs, label_runs, load_run
+    from mlrun.reporting.runs import differing_keys, label_runs, load_runs
 
     if not patterns:
         raise UsageError("mlrun compare: name at least one run directory, e.g. mlrun compare runs/*")
-    runs = [load_run(path) for path in expand_runs(patterns)]
+    runs, left_out = load_runs(patterns)
+    for note in [*left_out, *(note for run in runs for note in run.notes)]:
+        print(f"mlrun: compare: {note}", file=sys.stderr)
     if len(runs) == 1:
         print(
             f"mlrun: compare: only one run ({runs[0].path}), nothing to compare it with: its figures follow. "
@@ -47,8 +49,11 @@ def run_compare(patterns: list[str], metric: str | None, out: Path, json_output:
         raise UsageError(f"--out: '{out}' is a file; give a folder for curves.png and report.html")
     out.mkdir(parents=True, exist_ok=True)
     shown = [{k: v for k, v in row.items() if k != "path"} for row in rows]
+    missing = missing_curves(runs, chosen)
+    for note in missing:
+        print(f"mlrun: compare: {note}", file=sys.stderr)
     png = write_png(runs, chosen, out / "curves.png")
-    page = write_report(runs, shown, chosen, out / "report.html", cell)
+    page = write_report(runs, shown, chosen, out / "report.html", cell, missing)
     if json_output:
         report = {
             "metric": chosen,
@@ -56,6 +61,7 @@ def run_compare(patterns: list[str], metric: str | None, out: Path, json_output:
             "differing_keys": keys,
             "runs": rows,
             "files": {"png": str(png), "html": str(page)},
+            "notes": [*left_out, *(note for run in runs for note in run.notes), *missing],
         }
         print_json(report)
         return
@@ -66,14 +72,15 @@ def run_compare(patterns: list[str], metric: str | None, out: Path, json_output:
 
 
 def format_cell(config_keys: frozenset, key: str, value: Any) -> str:
-    """Config values as written in the config (lr 0.003); results in mlrun's one number format."""
-    from mlrun.tracking.figures import format_figure
+    """Config values as written in the config (lr 0.003, a sampled lr 0.08311); results in mlrun's one number
+    format. Both keep four significant digits (--json keeps every digit)."""
+    from mlrun.tracking.figures import format_figure, format_setting
 
     if value is None:
         return "-"
     if isinstance(value, (list, dict)):
         return shorten(json.dumps(value))  # model_edits of a compress stage run to kilobytes
-    return shorten(str(value)) if key in config_keys else format_figure(value)
+    return shorten(format_setting(value)) if key in config_keys else format_figure(value)
 
 
 def shorten(text: str, limit: int = 60) -> str:

@@ -29,6 +29,7 @@ th {{ background: #f2f2f2; }} td:first-child, th:first-child {{ text-align: left
 <h2>Runs</h2>
 {table}
 <h2>Curves</h2>
+{missing}
 {figure}
 {fronts}
 </body></html>
@@ -77,13 +78,17 @@ def figure_html(runs: list[RunRecord], metric: str) -> str:
     return figure.to_html(full_html=False, include_plotlyjs=True, config={"responsive": True})
 
 
-def write_report(runs: list[RunRecord], rows: list[dict[str, Any]], metric: str, path: Path, format_cell) -> Path:
+def write_report(
+    runs: list[RunRecord], rows: list[dict[str, Any]], metric: str, path: Path, format_cell, missing: list[str]
+) -> Path:
+    """The page; `missing` says which runs have no curve in a panel (curves.missing_curves)."""
     title = f"mlrun compare: {len(runs)} run{'s' if len(runs) != 1 else ''}"
     subtitle = html.escape(f"metric {metric}; runs: {', '.join(str(run.path) for run in runs)}")
     page = PAGE.format(
         title=html.escape(title),
         subtitle=subtitle,
         table=table_html(rows, format_cell),
+        missing="".join(f"<p>{html.escape(line)}</p>" for line in missing),
         figure=figure_html(runs, metric),
         fronts=fronts_html(runs),
     )

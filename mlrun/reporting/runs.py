@@ -1,7 +1,7 @@
 """Run directories read back for comparison: config, summary, metric history, and what differs.
 
-    from mlrun.reporting.runs import expand_runs, load_run, differing_keys
-    runs = [load_run(p) for p in expand_runs(["runs/*"])]
+    from mlrun.reporting.runs import differing_keys, load_runs
+    runs, left_out = load_runs(["runs/*"])
 
 Only files are read (config.yaml, summary.json, metrics.jsonl): no torch, no model building, so a
 comparison of a hundred tuning trials takes a moment.
@@ -30,6 +30,7 @@ class RunRecord:
     config: dict[str, Any]  # flattened: {"optimizer.lr": 0.003, ...}
     summary: dict[str, Any]  # summary.json, {} while a run has none yet
     history: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl lines in order
+    notes: list[str] = field(default_factory=list)  # what could not be read (a damaged summary.json), one line each
 
 
 def expand_runs(patterns: list[str]) -> list[Path]:
@@ -56,6 +57,37 @@ def expand_runs(patterns: list[str]) -> list[Path]:
     return found
 
 
+def not_a_run(path: Path) -> str | None:
+    """Why a folder with config.yaml is not a run to compare, in one line; None when it is one.
+
+    An export folder carries its run's config.yaml; a hand-written config.yaml has no manifest.json (train
+    writes one at every start) and holds the settings as typed, not resolved: diffed against resolved runs,
+    every default read as a difference (a user trial: about 50 false keys).
+    """
+    if (path / "export.json").is_file():
+        return f"{path} is an export folder, not a run (mlrun predict takes it): left out"
+    if not any((path / record).is_file() for record in ("manifest.json", "summary.json", "stage.json")):
+        return f"{path} was never trained (no manifest.json or summary.json: mlrun train did not make it): left out"
+    return None
+
+
+def load_runs(patterns: list[str]) -> tuple[list[RunRecord], list[str]]:
+    """(the runs the patterns name, one line for each folder left out); exit 2 when no run remains."""
+    runs, left_out = [], []
+    for path in expand_runs(patterns):
+        reason = not_a_run(path)
+        if reason is None:
+            runs.append(load_run(path))
+        else:
+            left_out.append(reason)
+    if not runs:
+        more = f"; and {len(left_out) - 3} more" if len(left_out) > 3 else ""
+        raise UsageError(
+            f"nothing to compare: {'; '.join(left_out[:3])}{more}. Pass run folders mlrun train made, e.g. runs/<name>"
+        )
+    return runs, left_out
+
+
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values (a list of layers is one setting)."""
     if not isinstance(tree, dict) or not tree:
@@ -71,28 +103,45 @@ def load_run(path: Path) -> RunRecord:
         config = yaml.safe_load((path / "config.yaml").read_text()) or {}
     except yaml.YAMLError as exc:
         raise UsageError(f"{path / 'config.yaml'}: not valid YAML ({exc})") from None
-    summary_path = path / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    if not summary and (path / "stage.json").is_file():
+    notes: list[str] = []
+    summary = read_record(path / "summary.json", notes)
+    if not summary and (path / "stage.json").is_file() and not notes:
         return load_stage(path, flatten(config))
-    return RunRecord(path, path.name, flatten(config), summary, read_history(path / "metrics.jsonl"))
+    if notes:  # the run is still shown: its config and metrics.jsonl say most of what compare shows
+        summary = {"status": "unknown"}
+    return RunRecord(path, path.name, flatten(config), summary, read_history(path / "metrics.jsonl"), notes)
+
+
+def read_record(path: Path, notes: list[str]) -> dict[str, Any]:
+    """A JSON record (summary.json, stage.json), {} when absent. One cut short or emptied (a process killed
+    while writing it) is {} with a line in `notes`: one damaged run does not stop the comparison of the rest."""
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        why = f"{exc}; cut short while written?"
+        notes.append(f"{path} is not valid JSON ({why}): status unknown, figures from metrics.jsonl")
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def load_stage(path: Path, config: dict[str, Any]) -> RunRecord:
     """A compress stage folder: its metrics as deployed (stage.json), its fine-tuning's curves (train/)."""
-    stage = json.loads((path / "stage.json").read_text())
+    notes: list[str] = []
+    stage = read_record(path / "stage.json", notes)
     result = stage.get("result") or {}
     tuned = path / "train" if (path / "train").is_dir() else path / f"train-{stage.get('rounds_done', 1)}"
-    tuned_summary = json.loads((tuned / "summary.json").read_text()) if (tuned / "summary.json").is_file() else {}
+    tuned_summary = read_record(tuned / "summary.json", notes)
     summary = {
         **{k: tuned_summary[k] for k in ("steps", "wall_time_s", "samples_per_s") if k in tuned_summary},
-        "status": f"stage {stage.get('status', 'running')}",
+        "status": f"stage {stage.get('status', 'unknown' if not stage and notes else 'running')}",
         "final": result.get("metrics") or {},
     }
     # The stage's own settings, as keys of its config: a prune stage's config.yaml is its run's (the weights
     # differ, not the config), and compare then read "differing keys: none".
     made_by = flatten({"stage": stage.get("spec") or {}})
-    return RunRecord(path, path.name, {**config, **made_by}, summary, read_history(tuned / "metrics.jsonl"))
+    return RunRecord(path, path.name, {**config, **made_by}, summary, read_history(tuned / "metrics.jsonl"), notes)
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
