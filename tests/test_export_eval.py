@@ -158,7 +158,7 @@ def test_export_verification_scores_the_fp32_model_as_eval_does(tmp_path):
 
 
 def test_a_quantized_export_slower_than_fp32_is_warned():
-    from mlrun.commands.export import slower_than_fp32
+    from mlrun.export.artifact import slower_than_fp32
 
     figures = {"speedup_b1": 0.11, "speedup_b64": 1.4}
     warning = slower_than_fp32({"format": "pt2", "quantize": "int8", "verification": figures})
@@ -166,6 +166,26 @@ def test_a_quantized_export_slower_than_fp32_is_warned():
     faster = {"speedup_b1": 1.2, "speedup_b64": 1.4}
     assert slower_than_fp32({"format": "pt2", "quantize": "int8", "verification": faster}) is None
     assert slower_than_fp32({"format": "pt2", "quantize": "none", "verification": figures}) is None
+
+
+def test_a_quantized_export_larger_than_fp32_gets_a_note_and_its_size_keeps_its_digits(capsys):
+    """ONNX int8 of a small model was 2.6x the fp32 weights, printed as 'size MB 0.00' without a word."""
+    from mlrun.commands.export import print_report
+    from mlrun.export.artifact import larger_than_fp32, quantization_drawbacks
+
+    figures = {"size_ratio_to_fp32": 2.62, "speedup_b1": 1.5, "speedup_b64": 1.5}
+    info = {"format": "onnx", "quantize": "int8", "file": "model.onnx", "file_bytes": 4729, "notes": []}
+    note = larger_than_fp32({**info, "verification": figures})
+    assert note and "larger than the model's fp32 weights" in note and "4.729 KB against 1.805 KB" in note
+    assert quantization_drawbacks({**info, "verification": figures}) == [note]
+    assert larger_than_fp32({**info, "verification": {**figures, "size_ratio_to_fp32": 0.3}}) is None
+    timings = {"latency_ms_b1_fp32": 0.02919, "latency_ms_b64_fp32": 0.03121, "latency_ms_b1": 0.01285}
+    scores = {"metric": "val/accuracy", "metric_fp32": 0.8611, "metric_export": 0.8611, "metric_change": 0.0}
+    verification = {**figures, **timings, **scores, "latency_ms_b64": 0.013, "latency_trusted": True}
+    verification.update(max_abs_diff=0.009, class_agreement=1.0)
+    print_report({**info, "verification": verification}, Path("out"))
+    row = capsys.readouterr().out.splitlines()[-2].split()
+    assert row[:4] == ["onnx", "int8", "4.729", "KB"] and row[5] == "0.8611"
 
 
 def sleeper(*schedule_ms: float):

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from mlrun.errors import UsageError, did_you_mean
-from mlrun.export.artifact import slower_than_fp32
+from mlrun.export.artifact import quantization_drawbacks
 from mlrun.jsonout import print_json
 
 
@@ -62,8 +62,8 @@ def run_export(
     info = export_trained(
         trained, folder, fmt=fmt, quantize=quantize, calibration_batches=calibration_batches, verify=verify, merge=merge
     )
-    if slower := slower_than_fp32(info):
-        print(f"mlrun: warning: {slower}", file=sys.stderr)
+    for drawback in quantization_drawbacks(info):
+        print(f"mlrun: warning: {drawback}", file=sys.stderr)
     from mlrun.tracking.mlflow_run import log_export
 
     if logged := log_export(run_dir, folder):  # the run was tracked to MLflow: the model joins its run
@@ -111,18 +111,22 @@ def print_report(info: dict, folder: Path) -> None:
     v = info.get("verification")
     if not v:
         return
+    from mlrun.tracking.figures import format_bytes
+    from mlrun.tracking.figures import format_figure as fig
+
+    change = f"{'+' if v['metric_change'] >= 0 else ''}{fig(v['metric_change'])}"
     print(
-        f"  {'format':<12} {'quant':<12} {'size MB':>8} {'x fp32':>7} {v['metric']:>14} {'change':>8} "
-        f"{'b1 ms':>7} {'b64 ms':>7} {'speedup b64':>11}"
+        f"  {'format':<12} {'quant':<12} {'size':>9} {'x fp32':>7} {v['metric']:>14} {'change':>9} "
+        f"{'b1 ms':>9} {'b64 ms':>9} {'speedup b64':>11}"
     )
     print(
-        f"  {'pytorch':<12} {'fp32':<12} {'':>8} {1.0:>7.2f} {v['metric_fp32']:>14.4f} {'':>8} "
-        f"{v['latency_ms_b1_fp32']:>7.3f} {v['latency_ms_b64_fp32']:>7.3f} {1.0:>11.2f}"
+        f"  {'pytorch':<12} {'fp32':<12} {'':>9} {fig(1.0):>7} {fig(v['metric_fp32']):>14} {'':>9} "
+        f"{fig(v['latency_ms_b1_fp32']):>9} {fig(v['latency_ms_b64_fp32']):>9} {fig(1.0):>11}"
     )
     print(
-        f"  {info['format']:<12} {info['quantize']:<12} {info['file_bytes'] / 1e6:>8.2f} "
-        f"{v['size_ratio_to_fp32']:>7.2f} {v['metric_export']:>14.4f} {v['metric_change']:>+8.4f} "
-        f"{v['latency_ms_b1']:>7.3f} {v['latency_ms_b64']:>7.3f} {v['speedup_b64']:>11.2f}"
+        f"  {info['format']:<12} {info['quantize']:<12} {format_bytes(info['file_bytes']):>9} "
+        f"{fig(v['size_ratio_to_fp32']):>7} {fig(v['metric_export']):>14} {change:>9} "
+        f"{fig(v['latency_ms_b1']):>9} {fig(v['latency_ms_b64']):>9} {fig(v['speedup_b64']):>11}"
     )
     if not v["latency_trusted"]:
         spread = max(v["speedup_spread_b1"], v["speedup_spread_b64"])

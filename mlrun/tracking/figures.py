@@ -33,3 +33,12 @@ def format_setting(value: object) -> str:
     if isinstance(value, float) and math.isfinite(value):
         return f"{value:.{SIGNIFICANT}g}"
     return str(value)
+
+
+def format_bytes(count: int) -> str:
+    """A size in the unit that keeps four significant digits readable: 812 B, 2.610 KB, 145.3 KB, 1.234 MB.
+    (Megabytes alone printed a 2.6 KB model as 0.00.)"""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if count >= scale:
+            return f"{format_figure(count / scale)} {unit}"
+    return f"{count} B"
