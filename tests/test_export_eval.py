@@ -144,6 +144,17 @@ def test_export_of_a_plain_tensor_dataset_and_best_beside_final(tmp_path):
     assert exported["safetensors-none-best"]["source_weights"].endswith("best.safetensors")
 
 
+def test_one_checkpoint_named_three_ways_exports_to_one_folder(trained, tmp_path):
+    """`--checkpoint step-46` and `--checkpoint step-00000046` wrote two export folders of the same weights."""
+    run = tmp_path / "runs" / "tiny"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("export"))
+    newest = sorted((run / "checkpoints").iterdir())[-1]  # checkpoints/step-<8 digits>
+    for name in (f"step-{int(newest.name[5:])}", newest.name, str(newest), "latest"):
+        result = run_cli("export", run, "--format", "safetensors", "--checkpoint", name, "--no-verify", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    assert [p.name for p in (run / "export").iterdir()] == [f"safetensors-none-{newest.name}"]
+
+
 def test_export_verification_scores_the_fp32_model_as_eval_does(tmp_path):
     # One evaluation loop (metrics.score_batches): uneven batches (128 = 48 + 48 + 32) weigh by their size in both.
     config = tiny_config(name="uneven", data={**tiny_config()["data"], "eval_batch_size": 48})

@@ -57,7 +57,7 @@ def run_export(
     if out is not None:
         check_out(out)
     trained = load_for_export(run_dir, checkpoint, verify, quantize)
-    folder = out or run_dir / "export" / export_folder_name(fmt, quantize, checkpoint)
+    folder = out or run_dir / "export" / export_folder_name(fmt, quantize, checkpoint, trained.weights)
     merge = merge_adapters if has_adapters(trained.parts.model) else None  # LoRA: adapters folded in for export
     info = export_trained(
         trained, folder, fmt=fmt, quantize=quantize, calibration_batches=calibration_batches, verify=verify, merge=merge

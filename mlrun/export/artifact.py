@@ -25,14 +25,22 @@ if TYPE_CHECKING:  # the module imports torch only when an export runs: `mlrun e
     from mlrun.export.formats import ExportFormat
 
 
-def export_folder_name(fmt: str, quantize: str, checkpoint: str) -> str:
-    """`<format>-<quant>` for the final weights; `-best` or `-<checkpoint>` otherwise, so exports never collide."""
+def export_folder_name(fmt: str, quantize: str, checkpoint: str, weights: Path) -> str:
+    """`<format>-<quant>` for the final weights; `-best` or `-<checkpoint>` otherwise, so exports never collide.
+
+    A checkpoint is named by the weights it resolved to (`weights`), not as typed: `step-46`, `step-00000046`,
+    `latest` and the folder's path are one checkpoint, so one export folder (`-step-00000046`)."""
     if checkpoint == "final":
         return f"{fmt}-{quantize}"
     if checkpoint == "best":
         return f"{fmt}-{quantize}-best"
-    path = Path(checkpoint)
-    return f"{fmt}-{quantize}-{path.stem if path.suffix == '.safetensors' else path.name}"
+    if weights.is_dir():  # an FSDP checkpoint: its folder of shards
+        name = weights.name
+    elif weights.name == "model.safetensors" and weights.parent.name.startswith("step-"):  # checkpoints/step-N/
+        name = weights.parent.name
+    else:  # a weights file of its own
+        name = weights.stem
+    return f"{fmt}-{quantize}-{name}"
 
 
 def export_trained(
