@@ -359,9 +359,10 @@ def main() -> None:
         _fail(EXIT_USAGE, None, "error", message)
     except Terminated as exc:
         _fail(exc.exit_code, exc, "interrupted")
-    except (KeyboardInterrupt, typer.Abort):
-        print("mlrun: interrupted", file=sys.stderr)
-        _fail(EXIT_INTERRUPTED, None, "interrupted", "interrupted")
+    except (KeyboardInterrupt, typer.Abort):  # a training loop turns its own Ctrl-C into RunInterrupted
+        message = _stopped_outside_a_loop("Ctrl-C")
+        print(f"mlrun: interrupted: {message}", file=sys.stderr)
+        _fail(EXIT_INTERRUPTED, None, "interrupted", message)
     except Exception as exc:  # a bug or an unexpected failure: say so, keep the traceback for --debug
         _fail(EXIT_RUN_FAILED, exc, "unexpected error")
 
@@ -383,9 +384,12 @@ def _terminated(signum, frame) -> None:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
-    raise Terminated(
-        "stopped by SIGTERM outside a training loop; the files it wrote so far are kept (a rerun reuses finished work)"
-    )
+    raise Terminated(_stopped_outside_a_loop("SIGTERM"))
+
+
+def _stopped_outside_a_loop(signal_name: str) -> str:
+    """The one message of a stop where no training loop could checkpoint (loading, measuring, exporting)."""
+    return f"stopped by {signal_name} outside a training loop; what it completed is kept (a rerun reuses finished work)"
 
 
 def _close_process_group() -> bool:

@@ -170,7 +170,7 @@ def test_third_party_notices_are_hidden_unless_debug(tmp_path):
     ("signal_name", "code", "says"),
     [
         ("SIGTERM", 143, "mlrun: interrupted: stopped by SIGTERM outside a training loop"),
-        ("SIGINT", 130, "mlrun: interrupted"),
+        ("SIGINT", 130, "mlrun: interrupted: stopped by Ctrl-C outside a training loop"),  # README's form
     ],
 )
 def test_a_signal_outside_a_training_loop_is_one_message_and_its_exit_code(tmp_path, signal_name, code, says):

@@ -155,6 +155,27 @@ def test_one_checkpoint_named_three_ways_exports_to_one_folder(trained, tmp_path
     assert [p.name for p in (run / "export").iterdir()] == [f"safetensors-none-{newest.name}"]
 
 
+def test_an_interrupted_export_leaves_no_folder_that_looks_like_an_export(trained, tmp_path, monkeypatch):
+    """Ctrl-C during an ONNX export left an empty export/onnx-none/ (or, during verification, an unverified
+    one); an earlier export of the same kind stays as it was."""
+    import mlrun.export.verify
+
+    run = tmp_path / "runs" / "tiny"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("export"))
+    run_export(run, "safetensors", "none", "final", None, calibration_batches=1, verify=False, json_output=True)
+    earlier = (run / "export" / "safetensors-none" / "export.json").read_text()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mlrun.export.verify, "verify_artifact", interrupted)
+    for fmt in ("onnx", "safetensors"):
+        with pytest.raises(KeyboardInterrupt):
+            run_export(run, fmt, "none", "final", None, calibration_batches=1, verify=True, json_output=True)
+    assert [p.name for p in (run / "export").iterdir()] == ["safetensors-none"]  # no onnx-none, no hidden part
+    assert (run / "export" / "safetensors-none" / "export.json").read_text() == earlier
+
+
 def test_export_verification_scores_the_fp32_model_as_eval_does(tmp_path):
     # One evaluation loop (metrics.score_batches): uneven batches (128 = 48 + 48 + 32) weigh by their size in both.
     config = tiny_config(name="uneven", data={**tiny_config()["data"], "eval_batch_size": 48})

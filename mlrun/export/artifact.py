@@ -60,11 +60,29 @@ def export_trained(
     command: export does not import techniques); None when the model has no adapters.
     """
     from mlrun.export.formats import EXPORT_FORMATS
+
+    # Written under a hidden name and renamed when verified: a Ctrl-C, a kill or a failure midway never leaves
+    # a folder that looks like an export (a user trial found an empty export/onnx-none/ after Ctrl-C).
+    folder = folder.absolute()  # `--out .` has no name of its own to derive the hidden one from
+    partial = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)  # what a killed export left
+    partial.mkdir(parents=True)
+    try:
+        info = write_and_verify(trained, EXPORT_FORMATS[fmt], partial, quantize, calibration_batches, verify, merge)
+    except BaseException:  # KeyboardInterrupt and SIGTERM's Terminated too
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(folder, ignore_errors=True)  # an earlier export of the same kind: export's own, rebuilt now
+    partial.rename(folder)
+    return info
+
+
+def write_and_verify(
+    trained, spec: ExportFormat, folder: Path, quantize: str, calibration_batches: int, verify: bool, merge
+) -> dict:
+    """export_trained's work, in the folder it renames when this returns."""
     from mlrun.export.verify import verify_artifact
 
-    spec = EXPORT_FORMATS[fmt]
-    shutil.rmtree(folder, ignore_errors=True)  # an earlier export of the same kind: export's own, rebuilt now
-    folder.mkdir(parents=True)
     merged, lora = merged_for_export(trained, merge)
     info = write_artifact(trained, spec, quantize, folder, calibration_batches, model=merged)
     if lora:
