@@ -195,6 +195,19 @@ def test_nonfinite_loss_stops_with_exit_1_and_names_the_step(tmp_path):
     assert done["last_checkpoint"].endswith("step-00000016")  # the epoch-1 checkpoint, written before the NaN
 
 
+def test_a_run_that_failed_before_its_first_checkpoint_says_so_consistently(tmp_path):
+    """A NaN at step 3, read at the log of step 5: 'failed after 5 steps' beside 'NaN at step 3' read as a
+    contradiction; then export said 'mlrun train resumes it' of a run with no checkpoint to resume."""
+    result, run = train(tmp_path, tiny_config(name="nan", model={"name": PROBE, "nan_at": [3]}))
+    assert result.returncode == 1
+    assert "failed after 5 steps" in result.stdout
+    assert "NaN or infinite at step 3 (found at step 5: the loss is read every train.log_every)" in result.stderr
+    assert summary(run)["steps"] == 5 and summary(run)["last_checkpoint"] is None
+    exported = run_cli("export", run, cwd=tmp_path)
+    assert exported.returncode == 2 and "failed before writing a checkpoint" in exported.stderr
+    assert "resumes" not in exported.stderr
+
+
 def test_nonfinite_loss_skip_policy_skips_and_counts(tmp_path):
     result, run = train(
         tmp_path, tiny_config(name="skip", model={"name": PROBE, "nan_at": [5, 30]}), "train.on_nonfinite=skip"

@@ -96,9 +96,12 @@ class LogWindow:
         values = self.loss_values() if values is None else values
         bad_step = next((step for v, step in zip(values, self.steps) if not math.isfinite(v)), None)
         if bad_step is not None:
+            # The losses are read at logs only (the device sync of a log): the run went on to this step, which
+            # its summary then reports ("failed after 20 steps" beside "NaN at step 4" read as a contradiction).
+            found = f" (found at step {self.state.step}: the loss is read every train.log_every)"
             raise RunFailed(
-                f"the loss became NaN or infinite at step {bad_step}. Lower optimizer.lr, set "
-                "train.max_grad_norm, or set train.on_nonfinite: skip.",
+                f"the loss became NaN or infinite at step {bad_step}{found if bad_step != self.state.step else ''}. "
+                "Lower optimizer.lr, set train.max_grad_norm, or set train.on_nonfinite: skip.",
                 self.hint(),
             )
 

@@ -50,12 +50,9 @@ def resolve_weights(run_dir: Path, checkpoint: str) -> Path:
                 + (f"; its fine-tuning is a run of its own, with its checkpoints: {tuned}" if tuned.is_dir() else "")
             )
         if not path.is_file():
-            status = (read_summary(run_dir) or {}).get("status", "unknown")
-            hint = "train with train.best set" if checkpoint == "best" else "finish training (mlrun train resumes it)"
-            raise UsageError(
-                f"run '{run_dir}' has no {path.name} (status: {status}); {hint}, "
-                "or pass --checkpoint PATH (a checkpoints/step-N folder or a .safetensors file)"
-            )
+            summary = read_summary(run_dir) or {}
+            hint = "train with train.best set" if checkpoint == "best" else unfinished_hint(run_dir, summary)
+            raise UsageError(f"run '{run_dir}' has no {path.name} (status: {summary.get('status', 'unknown')}); {hint}")
         return path
     if checkpoint == "latest" or (checkpoint.startswith("step-") and checkpoint[5:].isdigit()):
         checkpoint = str(_named_checkpoint(run_dir, checkpoint))  # the names init_from.checkpoint takes
@@ -70,6 +67,23 @@ def resolve_weights(run_dir: Path, checkpoint: str) -> Path:
         f"--checkpoint: '{checkpoint}' is neither best, final, latest, step-N, a checkpoint folder nor a "
         f".safetensors file.{did_you_mean(checkpoint, ['best', 'final', 'latest', 'compressed'])}"
     )
+
+
+def unfinished_hint(run_dir: Path, summary: dict) -> str:
+    """What to do about a run without final weights, true to what it holds: a run that failed before its
+    first checkpoint cannot be resumed (a user trial: 'mlrun train resumes it' of a NaN run with none)."""
+    from mlrun.engine.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(run_dir)
+    if latest is not None:
+        return f"finish training (mlrun train resumes it from {latest.name}), or pass --checkpoint latest"
+    if summary.get("status") == "failed":
+        why = str(summary.get("message", "")).split(". ")[0]
+        return (
+            f"it failed before writing a checkpoint{f' ({why})' if why else ''}, so it has no trained weights: "
+            "fix the cause and train it again (mlrun train with its name starts it over)"
+        )
+    return "it has no checkpoint yet: train it (mlrun train with its name starts or resumes it)"
 
 
 def _named_checkpoint(run_dir: Path, name: str) -> Path:
