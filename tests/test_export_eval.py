@@ -208,7 +208,7 @@ def test_a_quantized_export_larger_than_fp32_gets_a_note_and_its_size_keeps_its_
     figures = {"size_ratio_to_fp32": 2.62, "speedup_b1": 1.5, "speedup_b64": 1.5}
     info = {"format": "onnx", "quantize": "int8", "file": "model.onnx", "file_bytes": 4729, "notes": []}
     note = larger_than_fp32({**info, "verification": figures})
-    assert note and "larger than the model's fp32 weights" in note and "4.729 KB against 1.805 KB" in note
+    assert note and "larger than the model's fp32 weights" in note and "4729 bytes against 1805, 2.62x" in note
     assert quantization_drawbacks({**info, "verification": figures}) == [note]
     assert larger_than_fp32({**info, "verification": {**figures, "size_ratio_to_fp32": 0.3}}) is None
     timings = {"latency_ms_b1_fp32": 0.02919, "latency_ms_b64_fp32": 0.03121, "latency_ms_b1": 0.01285}

@@ -104,15 +104,13 @@ def quantization_drawbacks(info: dict) -> list[str]:
 def larger_than_fp32(info: dict) -> str | None:
     """A quantized file larger than the fp32 weights: on a small model the quantization's scales, zero points
     and quantize/dequantize nodes outweigh the bytes int8 saves (a user trial: ONNX int8 at 2.6x)."""
-    from mlrun.tracking.figures import format_bytes
-
     v = info.get("verification") or {}
     if info["quantize"] == "none" or not v or v["size_ratio_to_fp32"] <= 1.0:
         return None
     fp32_bytes = round(info["file_bytes"] / v["size_ratio_to_fp32"])
     return (
         f"{info['format']} {info['quantize']} is larger than the model's fp32 weights "
-        f"({format_bytes(info['file_bytes'])} against {format_bytes(fp32_bytes)}, {v['size_ratio_to_fp32']:.2f}x): "
+        f"({info['file_bytes']} bytes against {fp32_bytes}, {v['size_ratio_to_fp32']:.2f}x): "
         "the model is too small for quantization to save space; --quantize none where size matters."
     )
 
