@@ -29,7 +29,7 @@ def missing_curves(runs: list[RunRecord], metric: str) -> list[str]:
         if len(missing) == len(panels(metric)):
             lines.append(f"{run.name} has no logged point to draw (metrics.jsonl): it is in the table, with no curve")
         elif missing:
-            lines.append(f"{run.name} logged no finite {' or '.join(missing)}: no curve of it there")
+            lines.append(f"{run.name} has no logged {' or '.join(missing)} to draw: no curve of it there")
     return lines
 
 
