@@ -28,7 +28,8 @@ def run_compare(patterns: list[str], metric: str | None, out: Path, json_output:
     if not patterns:
         raise UsageError("mlrun compare: name at least one run directory, e.g. mlrun compare runs/*")
     runs, left_out = load_runs(patterns)
-    for note in [*left_out, *(note for run in runs for note in run.notes)]:
+    notes = [*left_out, *(note for run in runs for note in run.notes)]  # on stderr, and in --json
+    for note in notes:
         print(f"mlrun: compare: {note}", file=sys.stderr)
     if len(runs) == 1:
         print(
@@ -61,7 +62,7 @@ def run_compare(patterns: list[str], metric: str | None, out: Path, json_output:
             "differing_keys": keys,
             "runs": rows,
             "files": {"png": str(png), "html": str(page)},
-            "notes": [*left_out, *(note for run in runs for note in run.notes), *missing],
+            "notes": [*notes, *missing],
         }
         print_json(report)
         return
