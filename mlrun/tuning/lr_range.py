@@ -89,7 +89,7 @@ def run_sweep(sweep: Sweep, method: str) -> dict:
         "reason": suggestion.reason,
         "steepest_lr": suggestion.steepest_lr,
         "min_loss_lr": suggestion.min_loss_lr,
-        "min10_lr": suggestion.min_loss_lr / 10,
+        "min10_lr": suggestion.min10_lr,
         "diverged_at_lr": suggestion.diverged_at_lr,
         "steps_run": state.step,
         "stopped_early": state.step < sweep.steps,
@@ -168,6 +168,7 @@ class Suggestion:
     reason: str
     steepest_lr: float | None
     min_loss_lr: float
+    min10_lr: float | None  # a tenth of min_loss_lr; None when that lies below the sweep (never measured)
     diverged_at_lr: float | None
     read_until_lr: float  # the last point of the curve read: the blow-up after it is left out
 
@@ -216,9 +217,19 @@ def suggest(lrs: list[float], losses: list[float], beta: float, method: str = "s
     min10 = lrs[best] / 10
     where = f"the smoothed loss is lowest ({smoothed[best]:.4g}) at lr {lrs[best]:.3g}"
     blow = f"; the loss blew up ({DIVERGED:g}x its minimum) at lr {lrs[diverged]:.3g}" if diverged is not None else ""
-    fall = (smoothed[0] - smoothed[best]) / max(abs(smoothed[0]), 1e-12)
+    scale = max(abs(smoothed[0]), 1e-12)
+    fall = (smoothed[0] - smoothed[best]) / scale
+    # How far the smoothed loss ever moves from its start: on a flat curve, noise alone puts the minimum
+    # anywhere, often in the first steps, which must not read as "too short" (a lower --start is flatter still).
+    moved = max(abs(v - smoothed[0]) for v in smoothed) / scale
     lr, used = None, None
-    if best < MIN_POINTS:
+    if moved < MIN_FALL:
+        reason = (
+            f"too flat to judge: the smoothed loss stayed within {100 * moved:.2g}% of {smoothed[0]:.4g} over the "
+            f"whole sweep (up to lr {lrs[len(smoothed) - 1]:.3g}); sweep to a higher rate (--end) or for more "
+            "steps (--steps)"
+        )
+    elif best < MIN_POINTS:
         reason = (
             f"too short to judge: {where}, step {best + 1} of the sweep{blow}; start the sweep lower "
             "(--start) or give it more steps (--steps)"
@@ -226,7 +237,9 @@ def suggest(lrs: list[float], losses: list[float], beta: float, method: str = "s
     elif fall < MIN_FALL:
         reason = (
             f"too flat to judge: the smoothed loss fell only {100 * fall:.2g}% (from {smoothed[0]:.4g}) "
-            f"before its minimum; {where}{blow}; sweep to a higher rate (--end) or for more steps (--steps)"
+            f"before its minimum; {where}{blow}; "
+            # A higher --end cannot help a curve that already blew up: only more steps resolve its short fall.
+            + ("give it more steps (--steps)" if blow else "sweep to a higher rate (--end) or for more steps (--steps)")
         )
     elif method == "steepest" and steep is not None and slopes[steep - skip] < 0:
         reason = (
@@ -246,6 +259,7 @@ def suggest(lrs: list[float], losses: list[float], beta: float, method: str = "s
         reason,
         lrs[steep] if steep is not None else None,
         lrs[best],
+        min10 if min10 >= lrs[0] else None,
         lrs[diverged] if diverged is not None else None,
         lrs[len(smoothed) - 1],
     )
