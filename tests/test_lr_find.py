@@ -137,7 +137,9 @@ def test_the_curve_is_in_optimizer_lr_units_when_a_group_logs_a_larger_rate(tmp_
         assert lrs == pytest.approx([start * ratio**k for k in range(5)])
 
 
-def test_the_next_command_keeps_the_sweeps_overrides(tmp_path):
-    """`next:` dropped the overrides the sweep ran with (another name, batch, weight decay; a user trial)."""
-    report = lr_find(tmp_path, digits_config(name="adamw"), "optimizer.weight_decay=0.05")
+def test_the_next_command_keeps_the_sweeps_overrides_but_not_the_lr_it_replaces(tmp_path):
+    """`next:` dropped the overrides the sweep ran with (another name, batch, weight decay; a user trial),
+    then echoed the user's own optimizer.lr before the suggestion (`optimizer.lr=100 optimizer.lr=0.0104`)."""
+    report = lr_find(tmp_path, digits_config(name="adamw"), "optimizer.lr=100", "optimizer.weight_decay=0.05")
     assert report["next"].endswith(f" optimizer.weight_decay=0.05 optimizer.lr={report['suggested_lr']:.3g}")
+    assert report["next"].count("optimizer.lr=") == 1

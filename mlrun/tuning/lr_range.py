@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlrun.callbacks import Callback
-from mlrun.config.load import load_config, train_command
+from mlrun.config.load import load_config, override_key, train_command
 from mlrun.errors import UsageError
 
 if TYPE_CHECKING:
@@ -100,13 +100,19 @@ def run_sweep(sweep: Sweep, method: str) -> dict:
         "curve": [{"lr": lr, "loss": loss} for lr, loss in zip(lrs, losses)],
         # No rate from a curve too short or too flat: `reason` says what to change.
         "next": (
-            train_command(sweep.source, [*sweep.overrides, f"optimizer.lr={suggestion.lr:.3g}"])
+            train_command(sweep.source, [*kept_overrides(sweep.overrides), f"optimizer.lr={suggestion.lr:.3g}"])
             if suggestion.lr is not None
             else None
         ),
     }
     (sweep.folder / "lr_find.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def kept_overrides(overrides: tuple[str, ...]) -> list[str]:
+    """The user's overrides for the suggested `mlrun train` line, less their own optimizer.lr: the suggestion
+    replaces it, and `optimizer.lr=100 optimizer.lr=0.0104` reads as two answers."""
+    return [text for text in overrides if override_key(text) != "optimizer.lr"]
 
 
 def read_curve(metrics: Path, start: float) -> tuple[list[float], list[float]]:
