@@ -229,7 +229,7 @@ def lr_find(
     overrides: Overrides = None,
     steps: Annotated[
         int, typer.Option(help="Most optimizer steps of the sweep (it stops when the loss blows up).")
-    ] = 200,
+    ] = 200,  # lr_range.DEFAULT_STEPS, not imported: --help stays light
     start: Annotated[float, typer.Option(help="Learning rate of the first step.")] = 1e-7,
     end: Annotated[float, typer.Option(help="Learning rate of the last step.")] = 10.0,
     method: Annotated[str, typer.Option(help="steepest: fastest fall of the loss; min10: a tenth of its minimum.")] = (

@@ -143,3 +143,13 @@ def test_the_next_command_keeps_the_sweeps_overrides_but_not_the_lr_it_replaces(
     report = lr_find(tmp_path, digits_config(name="adamw"), "optimizer.lr=100", "optimizer.weight_decay=0.05")
     assert report["next"].endswith(f" optimizer.weight_decay=0.05 optimizer.lr={report['suggested_lr']:.3g}")
     assert report["next"].count("optimizer.lr=") == 1
+
+
+def test_a_short_sweep_cautions_that_its_suggestion_moves_with_steps(tmp_path, adamw_sweep):
+    """quickstart suggested 1.7e-3 at 200 steps and 1.0e-2 at 60, with no word that the length matters."""
+    assert adamw_sweep[1]["caution"] is None  # 120 steps: the smoothing is ~5% of the sweep
+    config = write_config(tmp_path, digits_config(name="adamw"))
+    result = run_cli("lr-find", config, "--steps", "60", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    caution = [line for line in result.stdout.splitlines() if line.strip().startswith("caution:")]
+    assert len(caution) == 1 and "--steps 200" in caution[0], result.stdout

@@ -26,6 +26,13 @@ if TYPE_CHECKING:
 
 METHODS = ("steepest", "min10")  # how `suggest` picks a rate: the steepest fall, or a tenth of the minimum
 SMOOTHING = 0.98  # the slowest EMA of the loss: the per-batch loss is too noisy to differentiate
+FASTEST_SMOOTHING = 0.8  # the fastest: an average over ~5 steps, fewer would follow the noise
+SWEEP_SHARE = 20  # the EMA averages over ~1/20 of the sweep's steps
+DEFAULT_STEPS = 200  # lr-find's --steps default (cli.py repeats it to keep --help light): 25 steps per decade
+# Below this the EMA sits at its ~5-step floor, so it covers more than 5% of the sweep, and each decade of
+# rates gets fewer than 12.5 training steps (at 1e-7..10): the suggestion moves with --steps (quickstart:
+# 1.0e-2 at 60 steps, 4.9e-3 at 100, 1.7e-3 at 200), so a shorter sweep is flagged.
+SHORT_SWEEP_STEPS = round(SWEEP_SHARE / (1 - FASTEST_SMOOTHING))  # 100
 DIVERGED = 4.0  # the smoothed loss above 4x its minimum: the rate is past the useful range
 
 
@@ -97,6 +104,7 @@ def run_sweep(sweep: Sweep, method: str) -> dict:
         "start_lr": sweep.start,
         "end_lr": sweep.end,
         "plot": str(sweep.folder / "lr_find.png"),
+        "caution": short_sweep_caution(sweep.steps) if suggestion.lr is not None else None,
         "curve": [{"lr": lr, "loss": loss} for lr, loss in zip(lrs, losses)],
         # No rate from a curve too short or too flat: `reason` says what to change.
         "next": (
@@ -107,6 +115,16 @@ def run_sweep(sweep: Sweep, method: str) -> dict:
     }
     (sweep.folder / "lr_find.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def short_sweep_caution(steps: int) -> str | None:
+    """One line when the sweep is too short for its suggestion to hold still (SHORT_SWEEP_STEPS says why)."""
+    if steps >= SHORT_SWEEP_STEPS:
+        return None
+    return (
+        f"a sweep under {SHORT_SWEEP_STEPS} steps moves the suggestion (its smoothing covers more than "
+        f"{100 // SWEEP_SHARE}% of it); confirm with --steps {DEFAULT_STEPS} (the default)"
+    )
 
 
 def kept_overrides(overrides: tuple[str, ...]) -> list[str]:
@@ -134,7 +152,7 @@ def read_curve(metrics: Path, start: float) -> tuple[list[float], list[float]]:
 def smoothing_for(steps: int) -> float:
     """EMA factor averaging over ~5% of the sweep: a slower average lags the curve to higher rates
     (fastai's fixed 0.98 averages over 50 steps, two decades of a 200-step sweep from 1e-7 to 10)."""
-    return min(SMOOTHING, max(0.8, 1.0 - 20.0 / steps))
+    return min(SMOOTHING, max(FASTEST_SMOOTHING, 1.0 - SWEEP_SHARE / steps))
 
 
 class DivergenceStop(Callback):
