@@ -8,7 +8,7 @@ import math
 import pytest
 
 from mlrun.optim.schedulers import lr_range
-from mlrun.tuning.lr_range import suggest
+from mlrun.tuning.lr_suggest import suggest
 from tests.conftest import run_cli, tiny_config, write_config
 
 
