@@ -81,6 +81,14 @@ def test_loader_advice_never_suggests_the_workers_already_set(tmp_path, monkeypa
         assert "set data.num_workers" not in line and f"already {workers}" in line, line
 
 
+def test_profile_warns_as_validate_does_of_a_batch_larger_than_the_training_split(tmp_path):
+    """`profile data.batch_size=4096` on 1437 samples reported "batch 4096" without a word (validate warns)."""
+    config = write_config(tmp_path, tiny_config())
+    result = run_cli("profile", config, "--steps", "1", "--warmup", "0", "data.batch_size=4096", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "data.batch_size: 4096 is larger than the" in result.stderr, result.stderr
+
+
 def test_memory_advice_speaks_only_of_savings_worth_a_change(tmp_path, monkeypatch):
     from mlrun.config.load import load_config
     from mlrun.profiling import advice as advice_module
