@@ -89,6 +89,12 @@ def test_profile_warns_as_validate_does_of_a_batch_larger_than_the_training_spli
     assert "data.batch_size: 4096 is larger than the" in result.stderr, result.stderr
 
 
+def test_one_profiled_step_is_a_step_not_steps(tmp_path):
+    result = run_cli("profile", write_config(tmp_path, tiny_config()), "--steps", "1", "--warmup", "0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("mlrun: profiled 1 step on "), result.stdout
+
+
 def test_memory_advice_speaks_only_of_savings_worth_a_change(tmp_path, monkeypatch):
     from mlrun.config.load import load_config
     from mlrun.profiling import advice as advice_module
