@@ -354,6 +354,9 @@ def main() -> None:
 
             message = f"{message}: {override_for_option(option, _after(option))}"
             print(f"mlrun: error: {message}", file=sys.stderr)
+        elif context is not None and context.parent is None and message.startswith("No such command"):  # `mlrun trian`
+            message = f"{message} mlrun --help lists the commands."  # click's message has its did-you-mean
+            print(f"mlrun: error: {message}", file=sys.stderr)
         else:
             exc.show()  # click's usage line and error
         _fail(EXIT_USAGE, None, "error", message)
