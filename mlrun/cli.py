@@ -229,7 +229,7 @@ def lr_find(
     overrides: Overrides = None,
     steps: Annotated[
         int, typer.Option(help="Most optimizer steps of the sweep (it stops when the loss blows up).")
-    ] = 200,
+    ] = 200,  # lr_range.DEFAULT_STEPS, not imported: --help stays light
     start: Annotated[float, typer.Option(help="Learning rate of the first step.")] = 1e-7,
     end: Annotated[float, typer.Option(help="Learning rate of the last step.")] = 10.0,
     method: Annotated[str, typer.Option(help="steepest: fastest fall of the loss; min10: a tenth of its minimum.")] = (
@@ -353,6 +353,9 @@ def main() -> None:
             from mlrun.commands.usage import override_for_option
 
             message = f"{message}: {override_for_option(option, _after(option))}"
+            print(f"mlrun: error: {message}", file=sys.stderr)
+        elif context is not None and context.parent is None and message.startswith("No such command"):  # `mlrun trian`
+            message = f"{message} mlrun --help lists the commands."  # click's message has its did-you-mean
             print(f"mlrun: error: {message}", file=sys.stderr)
         else:
             exc.show()  # click's usage line and error

@@ -34,6 +34,16 @@ def test_unknown_top_level_key_suggests_train(tmp_path):
     assert result.stderr.index("trian") < result.stderr.index("required key is missing")
 
 
+def test_a_null_section_says_what_it_takes_and_how_to_train_without_a_schedule(tmp_path):
+    """`scheduler=null` answered "a valid dictionary or instance of SchedulerSpec" (a user trial)."""
+    result = run_cli("validate", QUICKSTART, "scheduler=null", cwd=tmp_path)
+    assert_usage_error(result, "scheduler: takes a scheduler name or {name: ...", "not null", "{name: constant}")
+    assert "SchedulerSpec" not in result.stderr and "instance of" not in result.stderr
+    result = run_cli("validate", QUICKSTART, "train=null", cwd=tmp_path)
+    assert_usage_error(result, "train: takes a mapping of its settings")
+    assert "TrainConfig" not in result.stderr
+
+
 def test_unknown_optimizer_suggests_adamw(tmp_path):
     config = write_config(tmp_path, tiny_config(optimizer={"name": "adamww", "lr": 0.01}))
     assert_usage_error(

@@ -16,7 +16,7 @@ from tests.conftest import REPO, run_cli, tiny_config, write_config
     "args, says",
     [
         (["train"], "Missing argument 'config'.\n"),
-        (["trian", "c.yaml"], "Did you mean 'train'?"),
+        (["trian", "c.yaml"], "mlrun: error: No such command 'trian'. Did you mean 'train'?"),  # one line, as ours
         (["train", "c.yaml", "--epochs", "3"], "No such option: --epochs: config keys are set as KEY=VALUE"),
         (
             ["validate", "c.yaml", "--trials", "3"],

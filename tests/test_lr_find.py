@@ -8,7 +8,7 @@ import math
 import pytest
 
 from mlrun.optim.schedulers import lr_range
-from mlrun.tuning.lr_range import suggest
+from mlrun.tuning.lr_suggest import suggest
 from tests.conftest import run_cli, tiny_config, write_config
 
 
@@ -68,6 +68,22 @@ def test_a_flat_or_short_curve_gives_no_suggestion_and_says_why():
     assert s.lr is None and s.reason.startswith("too short to judge") and "--start" in s.reason
 
 
+# `mlrun lr-find configs/quickstart.yaml --start 1e-7 --end 1e-5 --steps 30`: flat at 2.30-2.35 all the way, its
+# noisy minimum at the first step; it was called "too short: start the sweep lower", with min10_lr 1e-8.
+FLAT_NOISY_LOSSES = [
+    2.312, 2.328, 2.312, 2.331, 2.351, 2.321, 2.345, 2.315, 2.338, 2.341, 2.328, 2.320, 2.320, 2.333, 2.331,
+    2.345, 2.330, 2.302, 2.317, 2.327, 2.321, 2.314, 2.325, 2.344, 2.332, 2.321, 2.323, 2.315, 2.327, 2.321,
+]  # fmt: skip
+
+
+def test_a_flat_curve_with_its_noisy_minimum_first_is_too_flat_not_too_short():
+    lrs = [1e-7 * 10 ** (2 * i / 29) for i in range(len(FLAT_NOISY_LOSSES))]
+    s = suggest(lrs, FLAT_NOISY_LOSSES, beta=0.8)
+    assert s.lr is None and s.reason.startswith("too flat to judge") and "--end" in s.reason, s.reason
+    assert "--start" not in s.reason  # a lower start is flatter still
+    assert s.min10_lr is None  # a tenth of lr 1e-7 lies below the sweep: never measured, so not reported
+
+
 def test_lr_find_on_a_flat_sweep_exits_0_with_no_suggestion(tmp_path):
     result = run_cli(
         "lr-find", write_config(tmp_path, digits_config(name="adamw")), "--steps", "20", "--end", "1e-5", "--json",
@@ -121,7 +137,19 @@ def test_the_curve_is_in_optimizer_lr_units_when_a_group_logs_a_larger_rate(tmp_
         assert lrs == pytest.approx([start * ratio**k for k in range(5)])
 
 
-def test_the_next_command_keeps_the_sweeps_overrides(tmp_path):
-    """`next:` dropped the overrides the sweep ran with (another name, batch, weight decay; a user trial)."""
-    report = lr_find(tmp_path, digits_config(name="adamw"), "optimizer.weight_decay=0.05")
+def test_the_next_command_keeps_the_sweeps_overrides_but_not_the_lr_it_replaces(tmp_path):
+    """`next:` dropped the overrides the sweep ran with (another name, batch, weight decay; a user trial),
+    then echoed the user's own optimizer.lr before the suggestion (`optimizer.lr=100 optimizer.lr=0.0104`)."""
+    report = lr_find(tmp_path, digits_config(name="adamw"), "optimizer.lr=100", "optimizer.weight_decay=0.05")
     assert report["next"].endswith(f" optimizer.weight_decay=0.05 optimizer.lr={report['suggested_lr']:.3g}")
+    assert report["next"].count("optimizer.lr=") == 1
+
+
+def test_a_short_sweep_cautions_that_its_suggestion_moves_with_steps(tmp_path, adamw_sweep):
+    """quickstart suggested 1.7e-3 at 200 steps and 1.0e-2 at 60, with no word that the length matters."""
+    assert adamw_sweep[1]["caution"] is None  # 120 steps: the smoothing is ~5% of the sweep
+    config = write_config(tmp_path, digits_config(name="adamw"))
+    result = run_cli("lr-find", config, "--steps", "60", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    caution = [line for line in result.stdout.splitlines() if line.strip().startswith("caution:")]
+    assert len(caution) == 1 and "--steps 200" in caution[0], result.stdout

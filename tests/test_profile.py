@@ -64,6 +64,37 @@ def test_advice_names_a_slow_loader_and_stays_silent_for_a_fast_one(tmp_path):
     assert not any("data loader" in line for line in fast["advice"])
 
 
+@pytest.mark.parametrize("workers", [0, 2, 4])
+def test_loader_advice_never_suggests_the_workers_already_set(tmp_path, monkeypatch, workers):
+    """`data.num_workers=2` on 2 cores was told `set data.num_workers: 2 (now 2)` (a user trial)."""
+    from mlrun.config.load import load_config
+    from mlrun.profiling import advice as advice_module
+
+    monkeypatch.setattr(advice_module.os, "cpu_count", lambda: 2)
+    config = load_config(write_config(tmp_path, tiny_config()), [f"data.num_workers={workers}"])
+    memory = {"parameters": 1, "gradients": 1, "optimizer_state": 0, "activations": 0, "measured_peak": 4}
+    figures = {"device": "cpu", "memory_bytes": memory, "data_wait_fraction": 0.4, "mfu": 0.5}
+    line = next(a for a in advice_module.advice({**figures, "breakdown_ms": {"data": 5.0}}, config) if "loader" in a)
+    if workers < 2:
+        assert f"set data.num_workers: 2 (now {workers})" in line
+    else:
+        assert "set data.num_workers" not in line and f"already {workers}" in line, line
+
+
+def test_profile_warns_as_validate_does_of_a_batch_larger_than_the_training_split(tmp_path):
+    """`profile data.batch_size=4096` on 1437 samples reported "batch 4096" without a word (validate warns)."""
+    config = write_config(tmp_path, tiny_config())
+    result = run_cli("profile", config, "--steps", "1", "--warmup", "0", "data.batch_size=4096", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "data.batch_size: 4096 is larger than the" in result.stderr, result.stderr
+
+
+def test_one_profiled_step_is_a_step_not_steps(tmp_path):
+    result = run_cli("profile", write_config(tmp_path, tiny_config()), "--steps", "1", "--warmup", "0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("mlrun: profiled 1 step on "), result.stdout
+
+
 def test_memory_advice_speaks_only_of_savings_worth_a_change(tmp_path, monkeypatch):
     from mlrun.config.load import load_config
     from mlrun.profiling import advice as advice_module

@@ -50,9 +50,10 @@ def run_eval(
         "quantize": quantize,
         "metrics": results,
     }
+    from mlrun.export.exit_latency import add_exit_latency
     from mlrun.models.exit_eval import evaluate_exits
 
-    exits_report = evaluate_exits(model, loader, thresholds)  # None: the model has no exits
+    exits_report = evaluate_exits(model, loader, thresholds, add_exit_latency)  # None: the model has no exits
     if exits_report is not None:
         report["early_exit"] = exits_report
     elif thresholds is not None:
@@ -93,12 +94,24 @@ def print_exits(e: dict) -> None:
         shares = " ".join(f"{100 * f:.0f}%" for f in row.get("exit_fractions", []))
 
         def cell(key: str, width: int, digits: int, row=row) -> str:
-            return f"{row[key]:>{width}.{digits}f}" if key in row else f"{'-':>{width}}"
+            if key not in row:
+                return f"{'-':>{width}}"
+            # "?": timed while another process held the CPU (the warning below says by how much)
+            flag = "?" if key.startswith("speedup") and not row.get("latency_trusted", True) else ""
+            return f"{row[key]:.{digits}f}{flag}".rjust(width)
 
         print(
             f"  {t:>9} {row['accuracy']:>9.4f} {row['mean_depth']:>6.3f} {cell('flops_fraction', 6, 3)} "
             f"{cell('ms_per_sample_b1', 7, 3)} {cell('speedup_b1', 10, 2)} {cell('ms_per_sample_batch', 9, 4)} "
             f"{cell('speedup_batch', 8, 2)}  {shares}"
+        )
+    noisy = [row for row in e["thresholds"] if not row.get("latency_trusted", True)]
+    if noisy:
+        names = ", ".join(f"{row['threshold']:g}" for row in noisy)
+        print(
+            f"  warning: the latency of threshold {names} (marked ?) varied by up to {100 * e['latency_spread']:.0f}% "
+            "between timing rounds, even re-timed: another process is busy on this CPU; rerun on a quiet machine "
+            "before trusting the ms and speedup columns"
         )
     if not e.get("timed", True):
         print(

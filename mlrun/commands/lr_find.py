@@ -48,6 +48,8 @@ def print_report(report: dict) -> None:
     else:
         print(f"  suggested optimizer.lr: {report['suggested_lr']:.3g} ({report['method']})")
     print(f"  why: {report['reason']}")
+    if report["caution"]:
+        print(f"  caution: {report['caution']}")
     print(f"  plot: {report['plot']}")
     if report["next"]:
         print(f"  next: {report['next']}")

@@ -73,8 +73,9 @@ def profile_one(config, steps: int, warmup: int, estimate: bool, trace_dir: Path
 def print_figures(f: dict, folder: Path) -> None:
     tokens = f" ({f['tokens_per_s']:.0f} tokens/s)" if "tokens_per_s" in f else ""
     where = f"{f['device']}, one of {f['processes']} processes" if f.get("processes", 1) > 1 else f["device"]
+    steps = f"{f['steps']} step{'s' if f['steps'] != 1 else ''}"
     print(
-        f"mlrun: profiled {f['steps']} steps on {where} ({f['precision']}, batch {f['batch_size']} x "
+        f"mlrun: profiled {steps} on {where} ({f['precision']}, batch {f['batch_size']} x "
         f"{f['grad_accum_steps']} accumulation): {f['step_ms']:.4g} ms/step, {f['samples_per_s']:.0f} samples/s"
         f"{tokens}"
     )

@@ -18,7 +18,7 @@ from mlrun.compression.huffman import entropy_coded_bytes, packed_entropy_bytes
 from mlrun.data.bundle import DataMeta
 from mlrun.export.quantize import apply_quantization
 from mlrun.export.signature import InferenceModule
-from mlrun.export.verify import SPREAD_LIMIT, batches, evaluate, first, timed
+from mlrun.export.verify import batches, evaluate, first, steadiest, timed
 from mlrun.models.packed_weights import PackedWeights
 
 
@@ -95,16 +95,8 @@ def measure(
 
 
 def steady_timed(module, inputs, attempts: int = 3) -> dict[str, float]:
-    """`timed`, again while its spread says another process held the CPU (up to `attempts` in all),
-    keeping the steadiest: on a loaded 2-core machine a small model's median moved 100x in one timing,
-    which made a compress search's speedups read 300x."""
-    best = timed(module, inputs)
-    for _ in range(attempts - 1):
-        if best["spread"] <= SPREAD_LIMIT:
-            break
-        again = timed(module, inputs)
-        best = min(best, again, key=lambda t: t["spread"])
-    return best
+    """`timed`, re-timed while its spread says another process held the CPU (`steadiest`)."""
+    return steadiest(lambda: timed(module, inputs), attempts)
 
 
 def cpu_has_vnni() -> bool | None:

@@ -34,13 +34,14 @@ from typing import Any
 
 from torch import nn
 
-from mlrun.compression.measure import SPREAD_LIMIT, evaluate_deployed, measure
+from mlrun.compression.measure import evaluate_deployed, measure
 from mlrun.compression.stage import Stage, StageContext
 from mlrun.config.errors import SourceMap
 from mlrun.config.load import apply_override, as_override, load_config, validate_raw
 from mlrun.config.schema import ExperimentConfig, StageSpec
 from mlrun.engine.run_dir import read_json, read_summary, write_config, write_json
 from mlrun.errors import UsageError
+from mlrun.export.verify import SPREAD_LIMIT
 from mlrun.models.structure import adds_layers
 from mlrun.models.weights_file import save_weights
 from mlrun.registry import stages, techniques

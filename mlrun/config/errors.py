@@ -76,6 +76,8 @@ def _explain(error: dict[str, Any], model: type[BaseModel], loc: KeyPath) -> str
         return "required key is missing."
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
+    if kind in ("model_type", "dict_type"):  # pydantic: "a valid dictionary or instance of SchedulerSpec"
+        return section_expected(model, loc, value) or message + "."
     if kind not in ("model_type", "dict_type") and not isinstance(value, (dict, list)):
         message += f" (got {value!r})"
     if kind == "literal_error" and isinstance(value, str):  # a misspelt choice: name the closest one
@@ -86,9 +88,44 @@ def _explain(error: dict[str, Any], model: type[BaseModel], loc: KeyPath) -> str
     return message + "."
 
 
+def section_expected(model: type[BaseModel], loc: KeyPath, value: Any) -> str | None:
+    """What the section at `loc` takes, in a config's words, and how to get its default (None: not a section)."""
+    from mlrun.registry import REGISTRIES
+
+    field = field_at(model, loc)
+    section = model_in(field.annotation) if field is not None else None
+    if section is None:
+        return None
+    got = "null" if value is None else repr(value)
+    kind = getattr(section, "registry_kind", None)  # a component: name plus the factory's settings
+    if kind is None:
+        return f"takes a mapping of its settings (mlrun schema lists them), not {got}."
+    registry = REGISTRIES[kind]
+    article = "an" if registry.one[0] in "aeiou" else "a"
+    text = f"takes {article} {registry.one} name or {{name: ..., settings}} (mlrun list {registry.kind}), not {got}"
+    default = None if field.is_required() else field.get_default()
+    if getattr(default, "name", None):
+        summary = registry.summary(default.name).rstrip(".")
+        what = f": {summary[:1].lower()}{summary[1:]}" if summary else ""
+        text += f"; leave it out for the default, {{name: {default.name}}}{what}"
+    return text + "."
+
+
+def field_at(model: type[BaseModel], loc: KeyPath) -> Any:
+    """The pydantic field at `loc` inside `model` (None at the top or where `loc` leaves the schema)."""
+    return _walk(model, loc)[0]
+
+
 def allowed_keys(model: type[BaseModel], loc: KeyPath) -> list[str]:
     """The field names of the section at `loc` inside `model`."""
+    current = _walk(model, loc)[1]
+    return list(current.model_fields) if _is_model(current) else []
+
+
+def _walk(model: type[BaseModel], loc: KeyPath) -> tuple[Any, Any]:
+    """(the field at `loc`, the section model it holds), following `loc` down from `model`."""
     current: Any = model
+    field = None
     keyed = False  # the previous part was a mapping of sections (tune.space): this part is one of its keys
     for part in loc:
         if isinstance(part, int) or keyed:
@@ -96,9 +133,9 @@ def allowed_keys(model: type[BaseModel], loc: KeyPath) -> list[str]:
             continue
         field = current.model_fields.get(part) if _is_model(current) else None
         if field is None:
-            return []
+            return None, None
         current, keyed = model_in(field.annotation), _is_mapping(field.annotation)
-    return list(current.model_fields) if _is_model(current) else []
+    return field, current
 
 
 def _is_mapping(annotation: Any) -> bool:

@@ -204,6 +204,11 @@ def _leave_other_factorys_settings(into: dict[str, Any], key: str, top: dict[str
 DOTTED_KEYS = {("tune", "space")}
 
 
+def override_key(text: str) -> str:
+    """The dotted key an override sets: `optimizer.lr` of `optimizer.lr=1e-3`."""
+    return text.partition("=")[0].strip()
+
+
 def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> None:
     """Apply one `dotted.key=value` override; the value is parsed as YAML."""
     key, sep, raw_value = text.partition("=")

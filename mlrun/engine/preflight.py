@@ -196,12 +196,8 @@ def check_components(parts, batch_was_auto: bool, device_type: str) -> None:
     config, plan, train = parts.config, parts.plan, parts.bundle.train
     check_one_class(parts)
     batch, samples = config.data.batch_size, len(train)
-    if batch > samples:
-        warn(
-            f"data.batch_size: {batch} is larger than the {samples} training samples: each epoch is a single "
-            f"batch of {samples} ({plan.total_steps} optimizer steps in all). Lower data.batch_size."
-        )
-    elif batch_was_auto and device_type == "cpu" and plan.steps_per_epoch < MIN_AUTO_STEPS_PER_EPOCH:
+    fits = check_batch_fits(parts)  # a batch past the split is said once: the auto-batch note would repeat it
+    if fits and batch_was_auto and device_type == "cpu" and plan.steps_per_epoch < MIN_AUTO_STEPS_PER_EPOCH:
         warn(
             f"data.batch_size: auto chose {batch} of {samples} training samples: {plan.steps_per_epoch} "
             f"optimizer step(s) an epoch, {plan.total_steps} in all, too few to learn well. On CPU a larger batch "
@@ -214,6 +210,21 @@ def check_components(parts, batch_was_auto: bool, device_type: str) -> None:
             "optimizer steps): the learning rate never reaches optimizer.lr. Lower scheduler.warmup_steps "
             "(or use scheduler.warmup_ratio), or train longer."
         )
+
+
+def check_batch_fits(parts) -> bool:
+    """Warn when data.batch_size exceeds the training split (every batch is then the whole split); False if so.
+
+    Also run by `mlrun profile`, whose figures would otherwise describe a batch that never exists.
+    """
+    batch, samples = parts.config.data.batch_size, len(parts.bundle.train)
+    if batch <= samples:
+        return True
+    warn(
+        f"data.batch_size: {batch} is larger than the {samples} training samples: each epoch is a single "
+        f"batch of {samples} ({parts.plan.total_steps} optimizer steps in all). Lower data.batch_size."
+    )
+    return False
 
 
 def check_one_class(parts) -> None:

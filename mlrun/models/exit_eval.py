@@ -4,12 +4,11 @@ One full forward per validation batch yields every exit's logits; each threshold
 computed exactly (a sample takes the first exit whose softmax confidence reaches it, else the final
 head). Latency is measured with the real per-sample early exit (`EarlyExits.infer`: the deeper
 blocks run only on the samples still in the network) against the plain forward, at batch 1 and
-at the evaluation batch size.
+at the evaluation batch size, by the timer the caller passes (`mlrun eval` passes export's
+`add_exit_latency`: models do not import the export machinery).
 """
 
 from __future__ import annotations
-
-import time
 
 import torch
 from torch import nn
@@ -19,8 +18,13 @@ from mlrun.models.exits import EarlyExits, find_exits
 
 
 @torch.no_grad()
-def evaluate_exits(model: nn.Module, loader, thresholds: list[float] | None, latency_samples: int = 100) -> dict | None:
-    """The early-exit report of `model` (None when it has no exits); `thresholds` default to the technique's."""
+def evaluate_exits(
+    model: nn.Module, loader, thresholds: list[float] | None, add_latency=None, latency_samples: int = 100
+) -> dict | None:
+    """The early-exit report of `model` (None when it has no exits); `thresholds` default to the technique's.
+
+    add_latency(model, exits, inputs, batch, rows) times each row and returns the report's latency keys.
+    """
     exits = find_exits(model)
     if exits is None:
         return None
@@ -54,10 +58,12 @@ def evaluate_exits(model: nn.Module, loader, thresholds: list[float] | None, lat
             }
         )
     timed = all(isinstance(x, torch.Tensor) for x in inputs)
+    latency = {}
     if timed:  # the per-sample exit (EarlyExits.infer) narrows one input tensor as samples leave
         x = torch.cat(inputs)
         add_flops(model, exits, x, rows)
-        add_latency(model, exits, x[:latency_samples], loader.batch_size or 256, rows)
+        if add_latency is not None:
+            latency = add_latency(model, exits, x[:latency_samples], loader.batch_size or 256, rows)
     return {
         "exits_after_blocks": list(exits.after),
         "blocks": exits.num_blocks,
@@ -67,6 +73,7 @@ def evaluate_exits(model: nn.Module, loader, thresholds: list[float] | None, lat
         # Named inputs (a text model's ids and mask) are not narrowed per sample yet: FLOPs and latency
         # are left out, accuracy, depth and exit shares are exact.
         "timed": timed,
+        **latency,
     }
 
 
@@ -83,38 +90,3 @@ def add_flops(model: nn.Module, exits: EarlyExits, x: torch.Tensor, rows: list[d
     for row in rows:
         spent = full if row["threshold"] is None else flops(lambda t=row["threshold"]: exits.infer(model, x, t))
         row.update(flops_fraction=spent / full, flops_speedup=full / spent)
-
-
-def add_latency(model: nn.Module, exits: EarlyExits, x: torch.Tensor, batch: int, rows: list[dict]) -> None:
-    """ms per sample at batch 1 and at `batch`, and the speedup over the full forward, into each row.
-
-    Each threshold is timed alternately with the full forward, so both see the same load on the machine.
-    """
-    for row in rows:
-        t = row["threshold"]
-        run = (lambda s: model(s)) if t is None else (lambda s, t=t: exits.infer(model, s, t))
-        full_b1, b1 = _interleaved(lambda s: model(s), run, x, 1)
-        full_batch, batched = _interleaved(lambda s: model(s), run, x, batch)
-        if t is None:  # the reference row: the full forward against itself
-            b1, batched = full_b1, full_batch
-        row.update(
-            ms_per_sample_b1=b1,
-            speedup_b1=full_b1 / b1,
-            ms_per_sample_batch=batched,
-            speedup_batch=full_batch / batched,
-        )
-
-
-@torch.inference_mode()
-def _interleaved(full, candidate, x: torch.Tensor, batch: int, repeats: int = 5) -> tuple[float, float]:
-    """Best-of-`repeats` ms per sample of two runs over `x`, timed in alternation (least disturbed by other work)."""
-    best = [float("inf"), float("inf")]
-    for run in (full, candidate):
-        run(x[:batch])  # warm-up
-    for _ in range(repeats):
-        for i, run in enumerate((full, candidate)):
-            start = time.perf_counter()
-            for j in range(0, len(x), batch):
-                run(x[j : j + batch])
-            best[i] = min(best[i], time.perf_counter() - start)
-    return 1e3 * best[0] / len(x), 1e3 * best[1] / len(x)

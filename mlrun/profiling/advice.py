@@ -33,7 +33,23 @@ def _train_samples(figures: dict, config) -> int:
     return len(build_data(config.data, config.seed).train)
 
 
+def _loader_fix(config) -> str:
+    """What to change when the step waits for data: more workers, unless the config already has enough."""
+    cores = os.cpu_count() or 2
+    # At least 2 (one worker only moves the wait into one other process), at most 8 or the cores: past that
+    # workers compete with the training step for the CPU.
+    enough = max(2, min(8, cores))
+    workers = config.data.num_workers
+    if workers < enough:
+        return f"set data.num_workers: {enough} (now {workers})"
+    return (
+        f"data.num_workers is already {workers} on {cores} cores, and more would compete with the step: make "
+        "loading itself cheaper (lighter augmentation, or the data decoded once with mlrun prepare)"
+    )
+
+
 def advice(figures: dict, config) -> list[str]:
+    """The profile's advice lines, each naming the setting to change and why; none without a reason."""
     lines = []
     memory = figures["memory_bytes"]
     peak = max(1, memory["measured_peak"])
@@ -41,10 +57,8 @@ def advice(figures: dict, config) -> list[str]:
     # Only a wait long enough for worker processes to hide: in-memory batches of a tiny model take a
     # visible share of a short step, and workers would only add overhead there.
     if wait > 0.10 and figures["breakdown_ms"]["data"] > 1.0:
-        workers = config.data.num_workers
         lines.append(
-            f"the data loader is the bottleneck: {100 * wait:.0f}% of each step waits for data; "
-            f"set data.num_workers: {max(2, min(8, (os.cpu_count() or 2)))} (now {workers})"
+            f"the data loader is the bottleneck: {100 * wait:.0f}% of each step waits for data; " + _loader_fix(config)
         )
     share = memory["activations"] / peak
     # Savings under 10% of the peak are not worth a change of settings (nor a line of output). Only

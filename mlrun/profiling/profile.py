@@ -17,6 +17,7 @@ import torch
 from mlrun.config.schema import ExperimentConfig
 from mlrun.data.batch import batch_len
 from mlrun.engine.build import build_components
+from mlrun.engine.preflight import check_batch_fits
 from mlrun.engine.state import TrainState
 from mlrun.engine.step import TrainStep, prepare_training
 from mlrun.memory.estimate import estimate_peak, frees_gradients
@@ -58,6 +59,7 @@ def profile_config(
 
     accelerator = make_accelerator(config)
     parts = build_components(config)
+    check_batch_fits(parts)  # as validate and train warn: the figures would describe a batch that never exists
     device = accelerator.device
     prepared = prepare_training(parts, accelerator, parts.callbacks)
     model, step = prepared.model, prepared.step

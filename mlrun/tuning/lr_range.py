@@ -18,15 +18,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlrun.callbacks import Callback
-from mlrun.config.load import load_config, train_command
+from mlrun.config.load import load_config, override_key, train_command
 from mlrun.errors import UsageError
+from mlrun.tuning.lr_suggest import DIVERGED, Suggestion, smooth_centred, suggest
 
 if TYPE_CHECKING:
     from mlrun.config.schema import ExperimentConfig
 
 METHODS = ("steepest", "min10")  # how `suggest` picks a rate: the steepest fall, or a tenth of the minimum
 SMOOTHING = 0.98  # the slowest EMA of the loss: the per-batch loss is too noisy to differentiate
-DIVERGED = 4.0  # the smoothed loss above 4x its minimum: the rate is past the useful range
+FASTEST_SMOOTHING = 0.8  # the fastest: an average over ~5 steps, fewer would follow the noise
+SWEEP_SHARE = 20  # the EMA averages over ~1/20 of the sweep's steps
+DEFAULT_STEPS = 200  # lr-find's --steps default (cli.py repeats it to keep --help light): 25 steps per decade
+# Below this the EMA sits at its ~5-step floor, so it covers more than 5% of the sweep, and each decade of
+# rates gets fewer than 12.5 training steps (at 1e-7..10): the suggestion moves with --steps (quickstart:
+# 1.0e-2 at 60 steps, 4.9e-3 at 100, 1.7e-3 at 200), so a shorter sweep is flagged.
+SHORT_SWEEP_STEPS = round(SWEEP_SHARE / (1 - FASTEST_SMOOTHING))  # 100
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,7 @@ def run_sweep(sweep: Sweep, method: str) -> dict:
         "reason": suggestion.reason,
         "steepest_lr": suggestion.steepest_lr,
         "min_loss_lr": suggestion.min_loss_lr,
-        "min10_lr": suggestion.min_loss_lr / 10,
+        "min10_lr": suggestion.min10_lr,
         "diverged_at_lr": suggestion.diverged_at_lr,
         "steps_run": state.step,
         "stopped_early": state.step < sweep.steps,
@@ -97,16 +104,33 @@ def run_sweep(sweep: Sweep, method: str) -> dict:
         "start_lr": sweep.start,
         "end_lr": sweep.end,
         "plot": str(sweep.folder / "lr_find.png"),
+        "caution": short_sweep_caution(sweep.steps) if suggestion.lr is not None else None,
         "curve": [{"lr": lr, "loss": loss} for lr, loss in zip(lrs, losses)],
         # No rate from a curve too short or too flat: `reason` says what to change.
         "next": (
-            train_command(sweep.source, [*sweep.overrides, f"optimizer.lr={suggestion.lr:.3g}"])
+            train_command(sweep.source, [*kept_overrides(sweep.overrides), f"optimizer.lr={suggestion.lr:.3g}"])
             if suggestion.lr is not None
             else None
         ),
     }
     (sweep.folder / "lr_find.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def short_sweep_caution(steps: int) -> str | None:
+    """One line when the sweep is too short for its suggestion to hold still (SHORT_SWEEP_STEPS says why)."""
+    if steps >= SHORT_SWEEP_STEPS:
+        return None
+    return (
+        f"a sweep under {SHORT_SWEEP_STEPS} steps moves the suggestion (its smoothing covers more than "
+        f"{100 // SWEEP_SHARE}% of it); confirm with --steps {DEFAULT_STEPS} (the default)"
+    )
+
+
+def kept_overrides(overrides: tuple[str, ...]) -> list[str]:
+    """The user's overrides for the suggested `mlrun train` line, less their own optimizer.lr: the suggestion
+    replaces it, and `optimizer.lr=100 optimizer.lr=0.0104` reads as two answers."""
+    return [text for text in overrides if override_key(text) != "optimizer.lr"]
 
 
 def read_curve(metrics: Path, start: float) -> tuple[list[float], list[float]]:
@@ -128,7 +152,7 @@ def read_curve(metrics: Path, start: float) -> tuple[list[float], list[float]]:
 def smoothing_for(steps: int) -> float:
     """EMA factor averaging over ~5% of the sweep: a slower average lags the curve to higher rates
     (fastai's fixed 0.98 averages over 50 steps, two decades of a 200-step sweep from 1e-7 to 10)."""
-    return min(SMOOTHING, max(0.8, 1.0 - 20.0 / steps))
+    return min(SMOOTHING, max(FASTEST_SMOOTHING, 1.0 - SWEEP_SHARE / steps))
 
 
 class DivergenceStop(Callback):
@@ -155,100 +179,6 @@ class DivergenceStop(Callback):
         self.best = min(self.best, smoothed)
         if self.seen > self.skip_steps and smoothed > self.factor * self.best:
             state.should_stop = True
-
-
-MIN_POINTS = 5  # steps the smoothed loss needs before its minimum for a slope to mean anything
-MIN_FALL = 0.02  # the smoothed loss must fall by 2% of its start before its minimum to show a useful range
-
-
-@dataclass
-class Suggestion:
-    lr: float | None  # None: the curve is too short or too flat to judge; `reason` says what to change
-    method: str | None
-    reason: str
-    steepest_lr: float | None
-    min_loss_lr: float
-    diverged_at_lr: float | None
-    read_until_lr: float  # the last point of the curve read: the blow-up after it is left out
-
-
-def smooth(losses: list[float], beta: float) -> list[float]:
-    """Bias-corrected exponential moving average (the first values are not pulled towards 0)."""
-    out, average = [], 0.0
-    for i, loss in enumerate(losses, start=1):
-        average = beta * average + (1 - beta) * loss
-        out.append(average / (1 - beta**i))
-    return out
-
-
-def smooth_centred(losses: list[float], beta: float) -> list[float]:
-    """The EMA run forwards, then backwards: as smooth, without the forward pass's lag to higher rates.
-
-    The sweep is over when this is read, so the smoothing may look ahead (DivergenceStop cannot).
-    """
-    return smooth(smooth(losses, beta)[::-1], beta)[::-1]
-
-
-def suggest(lrs: list[float], losses: list[float], beta: float, method: str = "steepest") -> Suggestion:
-    """A learning rate inside the sweep: the steepest fall of the smoothed loss, or a tenth of its minimum.
-
-    Only the curve before the blow-up is read: smoothed backwards, a loss spike hundreds of times
-    the minimum would smear over the falling part and pull the minimum towards the sweep's start.
-    A curve that is too short or too flat to judge gives no rate (lr None) and says what to change.
-    """
-    finite = [i for i, loss in enumerate(losses) if math.isfinite(loss)]
-    lrs, losses = [lrs[i] for i in finite], [losses[i] for i in finite]
-    # Divergence as DivergenceStop saw it (the causal average), so it agrees with where the sweep stopped.
-    causal = smooth(losses, beta)
-    low = min(range(len(causal)), key=causal.__getitem__)
-    diverged = next((i for i in range(low, len(causal)) if causal[i] > DIVERGED * causal[low]), None)
-    # The raw loss leaves the range a few steps before the lagging average says so: read up to there.
-    cut = next((i for i in range(low, len(losses)) if losses[i] > DIVERGED * causal[low]), len(losses))
-    smoothed = smooth_centred(losses[: max(cut, 1)], beta)
-    best = min(range(len(smoothed)), key=smoothed.__getitem__)
-    # Slope per decade of lr, up to the minimum; the first points are skipped: the EMA is still warming up.
-    skip = max(1, min(len(smoothed) // 10, best))
-    slopes = [
-        (smoothed[i + 1] - smoothed[i - 1]) / (math.log10(lrs[i + 1]) - math.log10(lrs[i - 1]))
-        for i in range(skip, best)
-    ]
-    steep = skip + min(range(len(slopes)), key=slopes.__getitem__) if slopes else None
-    min10 = lrs[best] / 10
-    where = f"the smoothed loss is lowest ({smoothed[best]:.4g}) at lr {lrs[best]:.3g}"
-    blow = f"; the loss blew up ({DIVERGED:g}x its minimum) at lr {lrs[diverged]:.3g}" if diverged is not None else ""
-    fall = (smoothed[0] - smoothed[best]) / max(abs(smoothed[0]), 1e-12)
-    lr, used = None, None
-    if best < MIN_POINTS:
-        reason = (
-            f"too short to judge: {where}, step {best + 1} of the sweep{blow}; start the sweep lower "
-            "(--start) or give it more steps (--steps)"
-        )
-    elif fall < MIN_FALL:
-        reason = (
-            f"too flat to judge: the smoothed loss fell only {100 * fall:.2g}% (from {smoothed[0]:.4g}) "
-            f"before its minimum; {where}{blow}; sweep to a higher rate (--end) or for more steps (--steps)"
-        )
-    elif method == "steepest" and steep is not None and slopes[steep - skip] < 0:
-        reason = (
-            f"the smoothed loss falls fastest at lr {lrs[steep]:.3g} "
-            f"({slopes[steep - skip]:.3g} per tenfold increase); {where}{blow}"
-        )
-        lr, used = lrs[steep], "steepest"
-    elif min10 >= lrs[0]:
-        why = "" if method == "min10" else "the loss never fell before its minimum, so "
-        reason = f"{why}{where}{blow}; a tenth of that rate is {min10:.3g}, safely below the blow-up"
-        lr, used = min10, "min10"
-    else:
-        reason = f"{where}{blow}; a tenth of that rate ({min10:.3g}) lies below the sweep: lower --start"
-    return Suggestion(
-        lr,
-        used,
-        reason,
-        lrs[steep] if steep is not None else None,
-        lrs[best],
-        lrs[diverged] if diverged is not None else None,
-        lrs[len(smoothed) - 1],
-    )
 
 
 def plot(lrs: list[float], losses: list[float], beta: float, suggestion: Suggestion, path) -> None:
