@@ -323,7 +323,10 @@ def test_export_without_verification_needs_no_data(tmp_path):
     run = tmp_path / "runs" / "tabular_csv"
     before = run_cli("export", run, "--no-verify", "--out", tmp_path / "before", cwd=tmp_path)
     assert before.returncode == 0, before.stderr
+    stage = ("compress=[{name: prune, sparsity: 0.5}]", "compress.0.finetune=null")  # a stage folder exports alike
+    assert run_cli("compress", config, "output_dir=runs", *stage, cwd=tmp_path).returncode == 0
     (tmp_path / "wine.csv").unlink()
+    assert run_cli("export", run / "compress" / "1-prune", "--no-verify", cwd=tmp_path).returncode == 0
 
     for fmt in FORMATS:
         result = run_cli("export", run, "--format", fmt, "--no-verify", cwd=tmp_path)
@@ -341,3 +344,33 @@ def test_export_without_verification_needs_no_data(tmp_path):
     verified = run_cli("export", run, cwd=tmp_path)
     assert verified.returncode == 2 and "Traceback" not in verified.stderr
     assert "missing" in verified.stderr and "wine.csv" in verified.stderr and "--no-verify" in verified.stderr
+
+
+def test_the_example_inputs_record_round_trips_named_and_numpy_metas_and_never_fails_a_start(tmp_path, capsys):
+    """A user dataset's DataMeta holding numpy numbers failed the training start (json.dumps, exit 1, and a
+    folder the rerun refused); a dict batch without input_names was read back as one tensor (KeyError)."""
+    import numpy as np
+
+    from mlrun.data.bundle import ArrayDataset, DataMeta, DatasetBundle, TensorDictDataset
+    from mlrun.engine.example_inputs import read_example_inputs, write_example_inputs
+
+    meta = DataMeta("classification", (3,), num_classes=np.int64(4))
+    single = ArrayDataset(torch.randn(10, 3), torch.zeros(10, dtype=torch.long))
+    write_example_inputs(tmp_path, DatasetBundle(single, single, meta))
+    recorded = read_example_inputs(tmp_path)
+    assert recorded.bundle.meta.num_classes == 4 and recorded.train_samples == 10
+    assert torch.equal(recorded.bundle.val.inputs, single.inputs[:8])
+
+    named = TensorDictDataset({"ids": torch.arange(12).view(6, 2), "mask": torch.ones(6, 2)})
+    write_example_inputs(tmp_path, DatasetBundle(named, named, DataMeta("classification", (2,), num_classes=2)))
+    batch = read_example_inputs(tmp_path).bundle.val
+    assert set(batch.tensors) == {"ids", "mask"}
+
+    class Broken(ArrayDataset):
+        def __len__(self):
+            raise OSError("disk gone")
+
+    (tmp_path / "broken").mkdir()
+    write_example_inputs(tmp_path / "broken", DatasetBundle(single, Broken(single.inputs, single.targets), meta))
+    assert "could not record example_inputs.safetensors" in capsys.readouterr().err  # a warning, not a failure
+    assert not list((tmp_path / "broken").iterdir())

@@ -39,6 +39,7 @@ from mlrun.compression.stage import Stage, StageContext
 from mlrun.config.errors import SourceMap
 from mlrun.config.load import apply_override, as_override, load_config, validate_raw
 from mlrun.config.schema import ExperimentConfig, StageSpec
+from mlrun.engine.example_inputs import EXAMPLE_INPUTS
 from mlrun.engine.run_dir import read_json, read_summary, write_config, write_json
 from mlrun.errors import UsageError
 from mlrun.export.verify import SPREAD_LIMIT
@@ -49,6 +50,8 @@ from mlrun.registry import stages, techniques
 EXAMPLE = """compress:
   - {name: prune_structured, ratio: 0.5, finetune: {train.epochs: 3}}
   - {name: qat, finetune: {train.epochs: 2, optimizer.lr: 1.0e-4}}"""
+
+DATA_RECORDS = ("preprocessing.pkl", "preprocessing.json", EXAMPLE_INPUTS)
 
 
 @dataclass(frozen=True)
@@ -318,9 +321,12 @@ def run_round(
         model = stage.finish(model)
     save_weights(model, stage_dir / "model.safetensors")
     write_config(stage_dir, output.model_dump(mode="json"))
-    fitted = current.run_dir / "preprocessing.pkl"
-    if fitted.is_file() and fitted.parent != stage_dir:
-        shutil.copy(fitted, stage_dir / fitted.name)
+    # The records that stand for the run's data (its fitted preprocessing, the model's example inputs): the stage
+    # exports, evaluates and predicts like its run, with --no-verify without the data (engine/example_inputs.py).
+    for name in DATA_RECORDS:
+        recorded = current.run_dir / name
+        if recorded.is_file() and recorded.parent != stage_dir:
+            shutil.copy(recorded, stage_dir / name)
     return ModelSource(output, stage_dir / "model.safetensors", stage_dir, quantize, current.key), stage.report
 
 

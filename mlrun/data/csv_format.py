@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from mlrun.errors import UsageError
@@ -27,10 +27,14 @@ class CsvFormat:
     @classmethod
     def of_settings(cls, settings: dict) -> CsvFormat:
         """A csv run's format from its data settings (predict reads new files as the run read its own)."""
-        return cls(settings.get("delimiter", ","), settings.get("decimal", "."))
+        return cls(**{name: settings[name] for name in SETTINGS if name in settings})
 
 
-DECIMAL_COMMA = re.compile(r"^\s*[+-]?\d+,\d+\s*$")  # 0,126 (a thousands group 1,234 reads alike: counted below)
+SETTINGS = tuple(field.name for field in fields(CsvFormat))  # the csv source's settings that parquet lacks
+
+
+# 0,126; a thousands group (1,234) reads alike, so the message names that case too.
+DECIMAL_COMMA = re.compile(r"^\s*[+-]?\d+,\d+\s*$")
 NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}  # the delimiters a header is checked for
 
 
@@ -78,6 +82,6 @@ def check_decimal_commas(frame, columns: list[str], file: Path, csv: CsvFormat) 
             raise UsageError(
                 f"data: column '{column}' of '{file}' holds numbers written with a decimal comma ({shown}), "
                 'read as text, so it would be one-hot encoded. Set data.decimal: "," to read them as numbers '
-                '(with data.delimiter: ";" as European Excel saves CSV), or list the column in '
-                "data.categorical if it is meant as categories."
+                '(with data.delimiter: ";" as European Excel saves CSV); if the commas group thousands (1,234), '
+                "save the column without them; if it is meant as categories, list it in data.categorical."
             )

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from mlrun.data.arrays import bundle_from_arrays, few_shot_rows
 from mlrun.data.bundle import DatasetBundle
+from mlrun.data.csv_format import SETTINGS as CSV_SETTINGS
 from mlrun.data.csv_format import CsvFormat, check_decimal_commas, check_delimiter
 from mlrun.data.splits import ValFraction, is_classification, require_columns, resolve_files, split_indices
 from mlrun.errors import UsageError
@@ -251,7 +252,8 @@ def _tabular(
         from pandas.api.types import is_numeric_dtype
 
         categorical = [c for c in features if not is_numeric_dtype(frame[c])]
-        check_decimal_commas(frame, categorical, file, csv)  # inferred only: listed columns are meant
+        if reader == "csv":  # a parquet column of such text was written as text: no setting reads it otherwise
+            check_decimal_commas(frame, categorical, file, csv)  # inferred only: listed columns are meant
         _check_numbers_with_text(frame, categorical, file)
     _check_columns(frame, categorical, "data.categorical", file)
     numeric = [c for c in features if c not in categorical]
@@ -321,7 +323,6 @@ _CSV_HELP = """
             for tab-separated files. A header that reads as one column holding another exits 2 naming it.
         decimal: a CSV's decimal mark: '.' by default, ',' as European Excel writes numbers (0,126). A text column
             of such numbers read with '.' exits 2 naming it."""
-CSV_ONLY = ("delimiter", "decimal")
 
 
 def _register(reader: str):
@@ -387,7 +388,7 @@ def _register(reader: str):
     """  # noqa: E501
     if reader != "csv":  # delimiter and decimal are a CSV's own: parquet's settings (checks, `mlrun list`) lack them
         signature = inspect.signature(factory)
-        kept = [param for param in signature.parameters.values() if param.name not in CSV_ONLY]
+        kept = [param for param in signature.parameters.values() if param.name not in CSV_SETTINGS]
         factory.__signature__ = signature.replace(parameters=kept)
     return datasets.register(reader, fits_transform=True)(factory)
 

@@ -232,10 +232,10 @@ def write_records(
     # eval and predict on other data pin them instead of fitting anew (engine/restore.py).
     if parts.bundle.preprocessing and (resume_from is None or not (run_dir / "preprocessing.json").is_file()):
         write_json(run_dir / "preprocessing.json", parts.bundle.preprocessing)
+    write_json(run_dir / "manifest.json", info)
     # The model's inputs and DataMeta, from the same start: export needs them, not the data (example_inputs.py).
     if resume_from is None or not (run_dir / EXAMPLE_INPUTS).is_file():
         write_example_inputs(run_dir, parts.bundle)
-    write_json(run_dir / "manifest.json", info)
 
 
 def start_energy(config: ExperimentConfig, accelerator, run_dir: Path, total: EnergyTotal, resumed: bool):
