@@ -379,3 +379,18 @@ def test_a_uri_mlflow_stores_no_runs_under_exits_2_at_validate(tmp_path, monkeyp
         assert result.returncode == 2 and says in result.stderr, result.stderr
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the opt-out MLflow names
     assert run_cli("validate", path, cwd=tmp_path).returncode == 0
+
+
+def test_lagging_names_hosted_trackers_whose_record_is_behind_metrics_jsonl(tmp_path):
+    """The finished-run hint reads each tracker's own record file (its registry trait) and passes over a
+    record written before mlrun kept `sent_through`, which says nothing of what the tracked run holds."""
+    from mlrun.tracking.hosted import lagging
+
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "train/loss": 1.0}) + "\n" for s in (5, 10)))
+    record = tmp_path / "mlflow_run.json"
+    assert lagging(tmp_path, ["console", "mlflow"]) == ["mlflow holds steps up to 0 of 10"]  # never opened
+    for held, expected in (({"run_id": "r"}, []), ({"sent_through": 5}, ["mlflow holds steps up to 5 of 10"])):
+        record.write_text(json.dumps(held))
+        assert lagging(tmp_path, ["mlflow"]) == expected
+    record.write_text(json.dumps({"sent_through": 10}))
+    assert lagging(tmp_path, ["mlflow", "jsonl"]) == []

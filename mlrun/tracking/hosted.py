@@ -116,8 +116,8 @@ class HostedTracker(Tracker):
     def note_sent(self, step: int) -> None:
         """Record the last step the tracked run holds (a later resume from before it sends nothing twice)."""
         self.sent_through = max(self.sent_through, step)
-        if self.sent_through:
-            self.write_record({**self.read_record(), "sent_through": self.sent_through})
+        # Written from the start (0 too): a record without it was written before mlrun kept it (lagging()).
+        self.write_record({**self.read_record(), "sent_through": self.sent_through})
 
     def guarded(self, action, *args) -> bool:
         """Run one tracker call; the first failure warns once and turns the tracker off."""
@@ -178,19 +178,22 @@ def record_name(label: str) -> str:
 
 def lagging(run_dir: Path, tracker_names: list[str]) -> list[str]:
     """The hosted trackers among `tracker_names` whose tracked run lacks figures metrics.jsonl holds (one that
-    failed and went off for the rest of the run, or never opened), each as "mlflow holds steps up to 120 of 300"."""
+    failed and went off for the rest of the run, or never opened), each as "mlflow holds steps up to 120 of 300".
+
+    A tracker says where it keeps its record with the registry trait `record_file`; a record without
+    `sent_through` (written before mlrun kept it) tells nothing and is passed over."""
     from mlrun.registry import trackers
 
     last = max(logged_figures(run_dir, sys.maxsize), default=0)
     found = []
     for name in tracker_names:
-        if not trackers.trait(name, "hosted", False):
+        if not (record_file := trackers.trait(name, "record_file")):
             continue
         try:
-            sent = int(json.loads((run_dir / record_name(name)).read_text()).get("sent_through", 0))
-        except (OSError, ValueError, TypeError, AttributeError):  # no record: the tracked run never opened
+            sent = json.loads((run_dir / record_file).read_text()).get("sent_through")
+        except (OSError, ValueError):  # no record: the tracked run never opened
             sent = 0
-        if sent < last:
+        if isinstance(sent, int) and sent < last:
             found.append(f"{name} holds steps up to {sent} of {last}")
     return found
 

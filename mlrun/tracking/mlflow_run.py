@@ -233,7 +233,7 @@ def _tags(tags: dict[str, str]):
     return [RunTag(key, value) for key, value in tags.items()]
 
 
-@trackers.register("mlflow", hosted=True)  # lagging(): its tracked run can lack figures
+@trackers.register("mlflow", record_file=RECORD)  # hosted.lagging() reads it
 def mlflow(
     *,
     uri: str | None = None,

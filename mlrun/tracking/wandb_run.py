@@ -93,7 +93,7 @@ def _config_changes(info: RunInfo) -> list[dict[str, Any]]:
     return manifest.get("config_changes") or []
 
 
-@trackers.register("wandb", hosted=True)  # lagging(): its tracked run can lack figures
+@trackers.register("wandb", record_file=RECORD)  # hosted.lagging() reads it
 def wandb(
     *,
     project: str | None = None,
