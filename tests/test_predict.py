@@ -680,3 +680,8 @@ def test_an_hf_disk_class_label_keeps_its_names_as_the_runs_classes(tmp_path):
     assert {row["prediction"] for row in rows} <= {"low", "mid", "high"}
     assert {"p_low", "p_mid", "p_high"} <= set(rows[0])
     assert report["scores"] is not None and [row["label"] for row in rows[:3]] == ["mid", "high", "mid"]
+    # -1, the datasets library's "no label", was read as the last name ("high") without a word.
+    unlabelled = hf.Dataset.from_dict({"a": x[:, 0], "b": x[:, 1], "label": np.where(y == 2, -1, y)})
+    unlabelled.cast_column("label", hf.ClassLabel(names=["low", "mid", "high"])).save_to_disk(str(tmp_path / "hf"))
+    refused = run_cli("validate", write_config(tmp_path, config), cwd=tmp_path)
+    assert refused.returncode == 2 and "id(s) [-1] that its ClassLabel names none of" in refused.stderr, refused.stderr

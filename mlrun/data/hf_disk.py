@@ -71,6 +71,12 @@ def _named_classes(bundle: DatasetBundle, names: list[str] | None) -> DatasetBun
     training split holds, in order), recorded too: a file the dataset wrote (to_csv) labels rows by id."""
     if names and bundle.meta.task == "classification":
         ids = bundle.preprocessing["classes"]
+        if unnamed := [i for i in ids if not 0 <= i < len(names)]:  # -1 is the datasets library's "no label"
+            raise UsageError(
+                f"data: the label column holds id(s) {unnamed} that its ClassLabel names none of ({len(names)} "
+                "names; -1 means no label in the datasets library): drop those rows (dataset.filter) before "
+                "save_to_disk"
+            )
         bundle.preprocessing = {**bundle.preprocessing, "classes": [names[i] for i in ids], "class_ids": ids}
     return bundle
 
