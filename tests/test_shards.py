@@ -180,6 +180,20 @@ def test_a_shard_storing_a_column_as_another_numeric_type_trains_like_the_others
     assert json.loads((run / "preprocessing.json").read_text())["classes"] == [0, 1]
 
 
+def test_an_int32_first_shard_does_not_cut_a_later_shards_large_label_ids(tmp_path):
+    """Labels were read as the first shard's type: int32 there, and a later shard's id 3e9 failed to cast."""
+    small_shards(tmp_path, retype=("label", pa.int32()))
+    first, last = tmp_path / "shards" / "part-0.parquet", tmp_path / "shards" / "part-2.parquet"
+    first.rename(tmp_path / "shards" / "part-9.parquet")  # the int32 shard now sorts first
+    last.rename(first)
+    table = pq.read_table(tmp_path / "shards" / "part-1.parquet")
+    ids = pa.array(np.where(table.column("label").to_numpy() == 1, 3_000_000_000, 0), pa.int64())
+    pq.write_table(table.set_column(3, "label", ids), tmp_path / "shards" / "part-1.parquet", row_group_size=25)
+    result, run = train(tmp_path, shards_config("wide", batch_size=32), "train.epochs=1")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run / "preprocessing.json").read_text())["classes"] == [0, 1, 3_000_000_000]
+
+
 @pytest.mark.parametrize(
     "column, found, expected",
     [("f2", "string", "numbers"), ("label", "string", "numbers, as in the first shard (read as int64)")],

@@ -341,8 +341,8 @@ def _column(shards: list[Shard], name: str, arrow_type) -> np.ndarray:
         except Exception as exc:  # noqa: BLE001 - pyarrow's ArrowInvalid: a value the run's type cannot hold
             raise UsageError(
                 f"data: shard '{shard.path}' column '{name}' ({_type_name(column.type)}) does not convert to the "
-                f"run's label type {_type_name(arrow_type)} (the first shard's): {exc}. Write the column with one "
-                "type in every shard."
+                f"run's label type {_type_name(arrow_type)} (the first shard's, at full width): {exc}. Write the "
+                "column with one type in every shard."
             ) from None
     return np.concatenate(values)
 
@@ -370,9 +370,12 @@ def _class_names(labels: tuple, names: list | None) -> list:
 
 
 def run_label_type(first: Shard, target: str, task: str):
-    """The type every shard's target is read as: the first shard's (a regression's numbers as float64).
-    A target that is neither numbers nor text (dates, lists) exits 2 here, before anything is read."""
+    """The type every shard's target is read as: the first shard's kind at full width, int64 for integers and
+    booleans (an int32 first shard must not cut a later shard's large ids), float64 for floats and for any
+    regression, text as it is stored. Whole floats in a later shard then stay classes. A target that is
+    neither numbers nor text (dates, lists) exits 2 here, before anything is read."""
     import pyarrow as pa
+    import pyarrow.types as t
 
     found = first.schema.field(target).type
     kind = _kind(found)
@@ -381,7 +384,9 @@ def run_label_type(first: Shard, target: str, task: str):
             f"data.target: column '{target}' of shard '{first.path}' is {_type_name(found)}; parquet_shards reads "
             "labels of numbers (classes or values) or text (classes). Convert it when writing the shards."
         )
-    return pa.float64() if kind == "numbers" and task == "regression" else found
+    if kind == "text":
+        return found
+    return pa.float64() if task == "regression" or t.is_floating(_values(found)) else pa.int64()
 
 
 def require_types(shards: list[Shard], features: list[str], target: str, label_type, key: str) -> None:
@@ -412,13 +417,19 @@ def _kind(arrow_type) -> str | None:
     """'numbers' (integers, floats, booleans of any width), 'text', or None for other types (dates, lists)."""
     import pyarrow.types as t
 
-    if t.is_dictionary(arrow_type):  # pandas categoricals: what matters is the values' type
-        arrow_type = arrow_type.value_type
+    arrow_type = _values(arrow_type)
     if t.is_integer(arrow_type) or t.is_floating(arrow_type) or t.is_boolean(arrow_type):
         return "numbers"
     if t.is_string(arrow_type) or t.is_large_string(arrow_type):
         return "text"
     return None
+
+
+def _values(arrow_type):
+    """A dictionary column's (pandas categoricals) value type: what its cells hold; other types as they are."""
+    import pyarrow.types as t
+
+    return arrow_type.value_type if t.is_dictionary(arrow_type) else arrow_type
 
 
 def _type_name(arrow_type) -> str:
