@@ -163,12 +163,15 @@ def _sample(raw, key: str, parts: dict, bad: list) -> tuple | None:
     return key, image.offset_data, image.size, text, height, width
 
 
+INDEX_VERSION = 2  # bump when the index's arrays change meaning, so old caches are rebuilt
+
+
 def index_tars(paths: list[Path], key: str, skip_corrupt: bool) -> list[dict[str, np.ndarray]]:
     """Each shard's index (with its path); a corrupt member exits 2 naming shard and byte offset, or is
     skipped and counted with skip_corrupt."""
     indexed, skipped = [], []
     for shard in paths:
-        arrays = cached_index(shard, "tar-idx", scan_tar)
+        arrays = cached_index(shard, "tar-idx", INDEX_VERSION, scan_tar)
         bad = list(zip(arrays["bad_offsets"].tolist(), arrays["bad_reasons"].tolist()))
         if bad and not skip_corrupt:
             offset, reason = bad[0]

@@ -64,13 +64,17 @@ def scan_shard(shard: Path, text_field: str, label_field: str) -> dict[str, np.n
     }
 
 
+# Bump when the index's arrays change meaning, so old caches are rebuilt (3: lines read as jsonl_text reads them).
+INDEX_VERSION = 3
+
+
 def index_shards(paths, key, text_field, label_field, skip_corrupt) -> list[tuple[Path, np.ndarray, np.ndarray]]:
     """(shard, offsets, labels) of each shard; a corrupt line exits 2 naming shard and byte offset, or
     is skipped and counted with skip_corrupt."""
     kind = "idx-" + hashlib.sha256(f"{text_field}\0{label_field}".encode()).hexdigest()[:8]
     indexed, skipped = [], []
     for shard in paths:
-        arrays = cached_index(shard, kind, lambda s: scan_shard(s, text_field, label_field))
+        arrays = cached_index(shard, kind, INDEX_VERSION, lambda s: scan_shard(s, text_field, label_field))
         bad = list(zip(arrays["bad_offsets"].tolist(), arrays["bad_lines"].tolist(), arrays["bad_reasons"].tolist()))
         if bad and not skip_corrupt:
             offset, line, reason = bad[0]

@@ -22,9 +22,6 @@ import numpy as np
 from mlrun.data.splits import resolve_files
 from mlrun.errors import UsageError
 
-# Bump when an index's arrays change meaning, so old caches are rebuilt (3: jsonl lines read as jsonl_text reads them).
-INDEX_VERSION = 3
-
 
 class BatchReadError(UsageError):
     """Bad data found while a batch is read, often in a loader worker process (exit 2, as any UsageError).
@@ -77,11 +74,14 @@ def _cache_file(shard: Path, kind: str) -> Path:
     return fallback
 
 
-def cached_index(shard: Path, kind: str, build: Callable[[Path], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The shard's index arrays: read from the cache when the shard's size and mtime match, else `build`
-    (shard -> arrays) and stored, written to a temporary name and renamed (never half written)."""
+def cached_index(
+    shard: Path, kind: str, version: int, build: Callable[[Path], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """The shard's index arrays: read from the cache when the shard's size and mtime and the index's `version`
+    (its kind's own, bumped when its arrays change meaning) match, else `build` (shard -> arrays) and stored,
+    written to a temporary name and renamed (never half written)."""
     stat = shard.stat()
-    stamp = np.array([INDEX_VERSION, stat.st_size, stat.st_mtime_ns], dtype=np.int64)
+    stamp = np.array([version, stat.st_size, stat.st_mtime_ns], dtype=np.int64)
     path = _cache_file(shard, kind)
     if path.is_file():
         try:
