@@ -153,6 +153,10 @@ def test_one_checkpoint_named_three_ways_exports_to_one_folder(trained, tmp_path
         result = run_cli("export", run, "--format", "safetensors", "--checkpoint", name, "--no-verify", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
     assert [p.name for p in (run / "export").iterdir()] == [f"safetensors-none-{newest.name}"]
+    for name in ("final", str(run / "model.safetensors")):  # the final weights, by name or by path
+        result = run_cli("export", run, "--format", "safetensors", "--checkpoint", name, "--no-verify", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (run / "export").iterdir()) == ["safetensors-none", f"safetensors-none-{newest.name}"]
 
 
 def test_an_interrupted_export_leaves_no_folder_that_looks_like_an_export(trained, tmp_path, monkeypatch):

@@ -30,9 +30,10 @@ def export_folder_name(fmt: str, quantize: str, checkpoint: str, weights: Path) 
 
     A checkpoint is named by the weights it resolved to (`weights`), not as typed: `step-46`, `step-00000046`,
     `latest` and the folder's path are one checkpoint, so one export folder (`-step-00000046`)."""
-    if checkpoint == "final":
+    in_run = (weights.parent / "config.yaml").is_file()  # the run's own final or best weights, given by path
+    if checkpoint == "final" or in_run and weights.name == "model.safetensors":
         return f"{fmt}-{quantize}"
-    if checkpoint == "best":
+    if checkpoint == "best" or in_run and weights.name == "best.safetensors":
         return f"{fmt}-{quantize}-best"
     if weights.is_dir():  # an FSDP checkpoint: its folder of shards
         name = weights.name
