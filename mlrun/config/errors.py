@@ -78,7 +78,7 @@ def _explain(error: dict[str, Any], model: type[BaseModel], loc: KeyPath) -> str
     value = error.get("input")
     if kind in ("model_type", "dict_type"):  # pydantic: "a valid dictionary or instance of SchedulerSpec"
         return section_expected(model, loc, value) or message + "."
-    if kind not in ("model_type", "dict_type") and not isinstance(value, (dict, list)):
+    if not isinstance(value, (dict, list)):
         message += f" (got {value!r})"
     if kind == "literal_error" and isinstance(value, str):  # a misspelt choice: name the closest one
         return message + "." + did_you_mean(value, re.findall(r"'([^']*)'", error.get("ctx", {}).get("expected", "")))

@@ -90,14 +90,14 @@ def suggest(lrs: list[float], losses: list[float], beta: float, method: str = "s
     else:
         reason = f"{where}{blow}; a tenth of that rate ({min10:.3g}) lies below the sweep: lower --start"
     return Suggestion(
-        lr,
-        used,
-        reason,
-        lrs[steep] if steep is not None else None,
-        lrs[best],
-        min10 if min10 >= lrs[0] else None,
-        lrs[diverged] if diverged is not None else None,
-        lrs[len(smoothed) - 1],
+        lr=lr,
+        method=used,
+        reason=reason,
+        steepest_lr=lrs[steep] if steep is not None else None,
+        min_loss_lr=lrs[best],
+        min10_lr=min10 if min10 >= lrs[0] else None,
+        diverged_at_lr=lrs[diverged] if diverged is not None else None,
+        read_until_lr=lrs[len(smoothed) - 1],
     )
 
 
