@@ -329,8 +329,12 @@ def test_export_without_verification_needs_no_data(tmp_path):
     assert before.returncode == 0, before.stderr
     stage = ("compress=[{name: prune, sparsity: 0.5}]", "compress.0.finetune=null")  # a stage folder exports alike
     assert run_cli("compress", config, "output_dir=runs", *stage, cwd=tmp_path).returncode == 0
+    shutil.copy(tmp_path / "wine.csv", tmp_path / "new.csv")
     (tmp_path / "wine.csv").unlink()
     assert run_cli("export", run / "compress" / "1-prune", "--no-verify", cwd=tmp_path).returncode == 0
+    for folder in (run, run / "compress" / "1-prune"):  # predict reads the new file, not the run's data
+        predicted = run_cli("predict", folder, "new.csv", cwd=tmp_path)
+        assert predicted.returncode == 0, predicted.stderr
 
     for fmt in FORMATS:
         result = run_cli("export", run, "--format", fmt, "--no-verify", cwd=tmp_path)

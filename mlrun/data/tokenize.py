@@ -107,16 +107,30 @@ class FolderTokenizer:
         return self.tokenizer(texts, truncation=max_length is not None, max_length=max_length)["input_ids"]
 
     def describe(self) -> dict:
-        files = [f for f in sorted(Path(self.path).iterdir()) if f.is_file() and f.suffix not in WEIGHTS]
         return {
             "kind": "transformers",
             "path": str(Path(self.path).resolve()),
             "vocab_size": self.vocab_size,
-            "sha256": digest(files),
+            "sha256": digest(_tokenizer_files(Path(self.path))),
         }
 
 
 WEIGHTS = (".safetensors", ".bin", ".pt")  # a model folder's weights are no part of its tokenizer
+
+
+def _tokenizer_files(folder: Path) -> list[Path]:
+    return [f for f in sorted(folder.iterdir()) if f.is_file() and f.suffix not in WEIGHTS]
+
+
+def current_digest(described: dict) -> str | None:
+    """The sha256 a recorded tokenizer (`describe`'s record) has now at its path; None where it is gone or
+    was recorded without one (built-in byte and character tokenizers)."""
+    path = Path(described.get("path") or "")
+    if described.get("kind") == "file" and path.is_file():
+        return digest([path])
+    if described.get("kind") == "transformers" and path.is_dir():
+        return digest(_tokenizer_files(path))
+    return None
 
 
 def digest(files: list[Path]) -> str:

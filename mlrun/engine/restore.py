@@ -114,17 +114,20 @@ def recorded_statistics(run_dir: Path, source: str) -> list[str]:
     return [as_override(f"data.{key}", value) for key, value in recorded.items()]
 
 
-def check_tokenizer(run_dir: Path, preprocessing: dict | None) -> None:
+def check_tokenizer(run_dir: Path) -> None:
     """A tokenizer file or folder replaced since training (same path, other content) would give the model other
-    token ids with no error when the vocabulary size stays: exit 2 (runs recorded before the digest pass)."""
+    token ids with no error when the vocabulary size stays: exit 2 (runs recorded before the digest pass).
+    Its content is read again at the recorded path, whether or not the run's data was built (predict)."""
     import json
+
+    from mlrun.data.tokenize import current_digest
 
     path = run_dir / "preprocessing.json"
     recorded = (json.loads(path.read_text()).get("tokenizer") or {}) if path.is_file() else {}
-    built = (preprocessing or {}).get("tokenizer") or {}
-    if recorded.get("sha256") and built.get("sha256") and recorded["sha256"] != built["sha256"]:
+    now = current_digest(recorded) if recorded.get("sha256") else None
+    if now is not None and now != recorded["sha256"]:
         raise UsageError(
-            f"data.tokenizer: '{built['path']}' changed since run '{run_dir}' was trained (its content differs from "
+            f"data.tokenizer: '{recorded['path']}' changed since run '{run_dir}' was trained (its content differs from "
             "the one recorded in preprocessing.json), so the model's token ids would mean other tokens; restore "
             "it, or train anew. An export folder keeps its own copy (tokenizer/)"
         )
@@ -209,7 +212,7 @@ def load_trained(
     parts = build_components(
         config, fitted_transform=fitted, init_weights=False, bundle=bundle, train_samples=train_samples
     )
-    check_tokenizer(run_dir, parts.bundle.preprocessing)
+    check_tokenizer(run_dir)
     if weights.is_dir():
         missing, unexpected = load_dcp_weights(parts.model, weights)
     elif is_packed(weights):  # a cluster stage's bit-packed file, decoded to the exact dense weights

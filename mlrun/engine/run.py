@@ -117,7 +117,7 @@ def _train_in_folder(
         config, accelerator.num_processes, fitted_transform=fitted, init_weights=resume_from is None
     )
     if resume_from is not None:
-        check_tokenizer(origin, parts.bundle.preprocessing)
+        check_tokenizer(origin)
     # For manifest.json (the first process writes it) and a resume's data check (every process): a lazy
     # dataset's fingerprint reads its files' sizes, not worth doing where nothing uses it.
     wanted = accelerator.is_main_process or resume_from is not None

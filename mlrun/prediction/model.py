@@ -1,9 +1,11 @@
 """A trained model ready for new inputs: from a run directory or an export folder.
 
-A run directory is loaded as `mlrun eval` loads it (its config rebuilt with the run's own fitted
-preprocessing, so the training data must still be readable); scores then come from the same
-evaluation code as `mlrun eval`. An export folder is self-contained: config.yaml, export.json,
-preprocessing.json / preprocessing.pkl and the model file, run by the format's own runtime.
+A run directory is loaded as `mlrun eval` loads it, with the run's own fitted preprocessing, but from
+what the run recorded (example_inputs.safetensors, preprocessing.json / .pkl) rather than its data, so a
+run or compress stage whose training data moved still predicts (one trained before that record rebuilds
+its data); scores then come from the same evaluation code as `mlrun eval`. An export folder is
+self-contained: config.yaml, export.json, preprocessing.json / preprocessing.pkl and the model file, run by
+the format's own runtime.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def _from_run(run_dir: Path, checkpoint: str) -> Predictor:
     from mlrun.engine.restore import load_trained
     from mlrun.export.quantize import apply_quantization, deployed_quantization
 
-    trained = load_trained(run_dir, checkpoint)
+    trained = load_trained(run_dir, checkpoint, needs_data=False)  # new inputs come with their own file
     parts = trained.parts
     # A compress stage after qat is deployed with int8 layers: predict with those, as eval scores them.
     quantize = deployed_quantization(run_dir)
