@@ -122,13 +122,18 @@ def test_compare_reads_files_only_and_imports_no_torch(runs):
     assert result.returncode == 0, result.stderr
 
 
-def test_tune_settings_are_not_a_difference_between_runs():
+def test_tune_compress_and_tracking_settings_are_not_a_difference_between_runs():
     from mlrun.reporting.runs import RunRecord, differing_keys
 
-    # A study's trial records no tune section; the run it was searched from does.
+    # A study's trial records no tune section; the run it was searched from does. Compress stages and
+    # trackers (a user trial: "differing keys: compress, tracking" between runs that trained alike) neither.
     searched = RunRecord(
-        Path("a"), "a", {"optimizer.lr": 0.1, "tune.trials": 20, "tune.space.optimizer.lr.low": 1e-4}, {}
+        Path("a"),
+        "a",
+        {"optimizer.lr": 0.1, "tune.trials": 20, "tune.space.optimizer.lr.low": 1e-4, "compress": [{"name": "prune"}]},
+        {},
     )
+    searched.config["tracking"] = [{"name": "mlflow"}]
     trial = RunRecord(Path("b"), "b", {"optimizer.lr": 0.01}, {})
     assert differing_keys([searched, trial]) == ["optimizer.lr"]
 

@@ -170,9 +170,11 @@ def label_runs(runs: list[RunRecord]) -> None:
 
 
 # Keys that differ between any two runs without being a choice: where a run writes, what it is called,
-# and `tune.*`, how a run would be searched rather than how it trained (a study's trials drop it).
+# and what happens around its training rather than in it: `tune.*` (how it would be searched; a study's
+# trials drop it), `compress` (what `mlrun compress` would do with its weights) and `tracking` (where its
+# figures also went).
 IGNORED_KEYS = ("name", "output_dir")
-IGNORED_SECTIONS = ("tune",)
+IGNORED_SECTIONS = ("tune", "compress", "tracking")
 
 
 def differing_keys(runs: list[RunRecord]) -> list[str]:
