@@ -127,13 +127,15 @@ class ConfusionMetric(Metric):
 
     def finish(self, confusion):
         hits = confusion.diag()
-        precision = hits / confusion.sum(dim=0).clamp(min=1)
-        recall = hits / confusion.sum(dim=1).clamp(min=1)
-        if self.name == "precision":
-            return precision.mean()
-        if self.name == "recall":
-            return recall.mean()
-        return (2 * precision * recall / (precision + recall).clamp(min=1e-12)).mean()
+        predicted, true = confusion.sum(dim=0), confusion.sum(dim=1)
+        precision, recall = hits / predicted.clamp(min=1), hits / true.clamp(min=1)
+        scores = {"precision": precision, "recall": recall}.get(self.name)
+        if scores is None:
+            scores = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+        # Averaged over the classes that occur among the targets or predictions, as scikit-learn's macro
+        # average: a class absent from both (a file of one class, an LM's unused tokens) is no failure.
+        present = (predicted + true) > 0
+        return scores[present].mean() if present.any() else scores.new_zeros(())
 
 
 class RegressionMetric(Metric):
