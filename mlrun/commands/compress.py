@@ -111,7 +111,8 @@ def latency_notes(rows: list[dict[str, Any]]) -> list[str]:
     if slow:
         why = "this CPU has no VNNI int8 instructions" if cpu_has_vnni() is False else "on this CPU"
         notes.append(
-            f"{', '.join(map(label, slow))} run int8 through torch._int_mm, slower than fp32 {why}; "
+            f"{', '.join(map(label, slow))} run int8 through torch._int_mm, slower than fp32 {why} at batch 1 or "
+            "64 (the ms columns say which; small batches suffer most); "
             "their latency here is not what deploying them gives: export a stage with "
             "mlrun export <stage dir> --format onnx --quantize int8 (ONNX Runtime) and read its speedup there"
         )
@@ -135,17 +136,17 @@ def slower_int8_stages(rows: list[dict[str, Any]], margin: float) -> list[dict[s
 
 def text_table(rows: list[dict[str, Any]]) -> str:
     """One line a stage: its first metric and change, sizes, parameters, MACs, latency and ratios."""
-    from mlrun.tracking.figures import format_figure
+    from mlrun.tracking.figures import format_bytes, format_figure
 
     metric = next((k for k in rows[0]["metrics"] if k != "val/loss"), "val/loss")
     header = [
         "stage",
         metric,
         "change",
-        "MB",
-        "file MB",
+        "size",
+        "file",
         "file x",
-        "huff MB",
+        "huff",
         "huff x",
         "params",
         "MACs",
@@ -161,11 +162,11 @@ def text_table(rows: list[dict[str, Any]]) -> str:
                 label(row),
                 format_figure(row["metrics"].get(metric, float("nan"))),
                 f"{vs[f'delta_{metric}']:+.4f}" if f"delta_{metric}" in vs else "",
-                f"{row['bytes'] / 1e6:.3f}",
-                f"{row['file_bytes'] / 1e6:.3f}",
-                f"{vs['smaller_file']:.1f}x" if vs else "",
-                f"{row['huffman_bytes'] / 1e6:.3f}",
-                f"{vs['smaller_huffman']:.1f}x" if vs else "",
+                format_bytes(row["bytes"]),
+                format_bytes(row["file_bytes"]),
+                f"{format_figure(vs['smaller_file'])}x" if vs else "",
+                format_bytes(row["huffman_bytes"]),
+                f"{format_figure(vs['smaller_huffman'])}x" if vs else "",
                 f"{row['nonzero_parameters']:,}",
                 f"{row['macs']:,}",
                 format_figure(row["latency_ms_b1"]),

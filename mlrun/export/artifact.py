@@ -121,7 +121,7 @@ def slower_than_fp32(info: dict) -> str | None:
     v = info.get("verification") or {}
     if info["quantize"] == "none" or not v:
         return None
-    slower = [f"{v[f'speedup_{b}']:.2f}x at batch {b[1:]}" for b in ("b1", "b64") if v[f"speedup_{b}"] < 1.0]
+    slower = [f"{v[f'speedup_{b}']:.4g}x at batch {b[1:]}" for b in ("b1", "b64") if v[f"speedup_{b}"] < 1.0]
     if not slower:
         return None
     return (
