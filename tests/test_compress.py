@@ -86,6 +86,7 @@ def test_chain_prune_then_distil_a_student_exports_a_verified_onnx(tmp_path: Pat
     first = compress(tmp_path, config, "--json")
     assert first.returncode == 0, first.stderr
     rows = json.loads(first.stdout)["stages"]
+    assert "file x" in first.stderr and "1-prune" in first.stderr  # under --json the table is on stderr
     assert rows[1]["report"]["schedule"] == "one_shot"  # cubic has no steps to ramp over (it reported cubic)
     table = compress(tmp_path, config).stdout  # rows named by their folders: a chain may prune twice
     assert [line.split()[0] for line in table.splitlines()[1:4]] == ["trained", "1-prune", "2-distill"], table

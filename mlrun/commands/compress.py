@@ -34,13 +34,14 @@ def run_compress_command(target: Path, overrides: list[str], json_output: bool) 
     check_overrides_read(overrides, read=("compress",) if target.is_dir() else READ_KEYS)
     warn_of_undoing(config.compress)
     report = run_compress(config.compress, source_dir)
+    # Under --json stdout is stderr until the document (jsonout.reserve_stdout): the table and its notes are
+    # still read there.
+    print(text_table(report["stages"]))
+    for note in [*baseline_notes(report["stages"]), *latency_notes(report["stages"])]:
+        print(f"  note: {note}")
+    print(f"mlrun: wrote {Path(report['folder']) / 'compress.json'}; export a stage with mlrun export <stage dir>")
     if json_output:
         print_json(report)
-    else:
-        print(text_table(report["stages"]))
-        for note in [*baseline_notes(report["stages"]), *latency_notes(report["stages"])]:
-            print(f"  note: {note}")
-        print(f"mlrun: wrote {Path(report['folder']) / 'compress.json'}; export a stage with mlrun export <stage dir>")
 
 
 # The keys compress reads: its stages, and the run they start from. The fine-tunes train with the
