@@ -129,6 +129,7 @@ def print_study(summary: dict, tune) -> None:
 
 
 def print_front(summary: dict) -> None:
+    from mlrun.tracking.figures import format_bytes, format_figure
     from mlrun.tuning.pareto import front_table
 
     counts, folder = summary["states"], Path(summary["folder"])
@@ -141,11 +142,11 @@ def print_front(summary: dict) -> None:
     if not summary["front"]:
         return
     trained = summary["trained"] or {}
-    base = ", ".join(f"{k} {v:.4g}" for k, v in trained.get("metrics", {}).items())
+    base = ", ".join(f"{k} {format_figure(v)}" for k, v in trained.get("metrics", {}).items())
     print(
         f"mlrun: Pareto front, {len(summary['front'])} of {counts['complete']} completed trials "
-        f"(trained model: {base}, file {trained.get('file_bytes', 0) / 1e6:.4f} MB, "
-        f"b1 {trained.get('latency_ms_b1', float('nan')):.3f} ms):"
+        f"(trained model: {base}, file {format_bytes(trained.get('file_bytes', 0))}, "
+        f"b1 {format_figure(trained.get('latency_ms_b1', float('nan')))} ms):"
     )
     print(front_table(summary))
     plot = f"{summary['plot']}, " if summary["plot"] else "no PNG (needs matplotlib and two objectives), "

@@ -112,6 +112,8 @@ def in_effect(params: dict) -> dict:
 
 def front_table(summary: dict) -> str:
     """The front as text: trial, each objective, the change against the trained model, the settings."""
+    from mlrun.tracking.figures import format_figure
+
     objectives = list(summary["objectives"])
     header = ["trial", *(heading(k) for k in objectives), "smaller x", "speedup b1", "settings"]
     lines = [header]
@@ -125,8 +127,8 @@ def front_table(summary: dict) -> str:
             [
                 str(row["number"]),
                 *(show(k, row["values"][k]) for k in objectives),
-                f"{vs.get('smaller_file', float('nan')):.1f}",
-                f"{vs.get('speedup_b1', float('nan')):.2f}" + ("" if row["latency_trusted"] else " ?"),
+                format_figure(vs.get("smaller_file", float("nan"))),
+                format_figure(vs.get("speedup_b1", float("nan"))) + ("" if row["latency_trusted"] else " ?"),
                 settings,
             ]
         )
