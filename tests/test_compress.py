@@ -354,7 +354,7 @@ def test_a_stages_speedups_are_untrusted_when_the_trained_timing_is():
 
 def test_the_trained_models_figures_are_kept_unless_a_busy_cpu_timed_them(tmp_path: Path, monkeypatch) -> None:
     """trained.json is reused by reruns (same key), except a record whose timing spread says the CPU was
-    busy: a rerun on a quiet machine then measures again and mends it."""
+    busy and that no finished stage was timed beside: a rerun on a quiet machine then measures again."""
     from types import SimpleNamespace
 
     from mlrun.compression import run
@@ -376,3 +376,11 @@ def test_the_trained_models_figures_are_kept_unless_a_busy_cpu_timed_them(tmp_pa
     source.key = "retrained"
     run.trained_figures(trained, source, tmp_path)
     assert measured == [1, 1]  # other weights: measured again
+    # A finished stage was timed beside the busy record: a later command keeps it (a user trial's rerun timed
+    # the trained model 100x slower, steadily, and divided that by the first run's stage timings).
+    run._TIMED_IN_THIS_COMMAND.clear()
+    (tmp_path / "trained.json").write_text(json.dumps({"key": "k1", "figures": {"latency_spread": 0.9}}))
+    source.key = "k1"
+    (tmp_path / "1-prune").mkdir()
+    (tmp_path / "1-prune" / "stage.json").write_text(json.dumps({"status": "done"}))
+    assert run.trained_figures(trained, source, tmp_path)["latency_spread"] == 0.9 and measured == [1, 1]

@@ -106,7 +106,7 @@ def latency_notes(rows: list[dict[str, Any]]) -> list[str]:
         notes.append(
             f"latency of {', '.join(map(label, noisy))} varied by up to {100 * worst:.0f}% between "
             "repeats (another process busy on the CPU): the ms and speedup columns are not to be trusted; "
-            "on a quiet machine a rerun times the trained model again, and a stage again once its folder is removed"
+            "on a quiet machine, remove the stage folders: a rerun times them and the trained model again"
         )
     slow = slower_int8_stages(rows, margin=1.0 + SPREAD_LIMIT)
     if slow:

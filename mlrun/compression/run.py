@@ -198,13 +198,17 @@ def _link(source: str, target: str) -> None:
 def trained_figures(trained, source: ModelSource, folder: Path) -> dict[str, Any]:
     """The trained model's figures, measured once per weights and kept beside the stages (trained.json).
     A rerun reuses its stages' figures, so it reuses these too: a fresh timing of the trained model
-    beside a stage timed on another, quieter moment made speedups read 250x. A record timed on a busy
-    CPU (spread above the limit) is measured again by the next command, so a rerun on a quiet machine
-    mends it; within one command (a search's trials) it stays as measured, so every trial's ratios are
-    against the same figures."""
+    beside a stage timed on another, quieter moment made speedups read 250x (and 170x in a user trial
+    whose rerun timed the trained model 100x slower, steadily, beside the first run's stages). A record
+    timed on a busy CPU (spread above the limit) is measured again only where no finished stage was timed
+    against it, so removing the stage folders times them and the trained model again on a quiet machine;
+    within one command (a search's trials) it stays as measured, so every trial's ratios are against the
+    same figures."""
     cached, here = read_json(folder / TRAINED) or {}, (str(folder.resolve()), source.key)
     if cached.get("key") == source.key and (
-        cached["figures"].get("latency_spread", 0.0) <= SPREAD_LIMIT or here in _TIMED_IN_THIS_COMMAND
+        cached["figures"].get("latency_spread", 0.0) <= SPREAD_LIMIT
+        or here in _TIMED_IN_THIS_COMMAND
+        or _timed_stages(folder)
     ):
         return cached["figures"]
     figures = {**measure(trained.parts.model, trained.parts, None), "file_bytes": source.weights.stat().st_size}
@@ -215,6 +219,13 @@ def trained_figures(trained, source: ModelSource, folder: Path) -> dict[str, Any
 
 
 _TIMED_IN_THIS_COMMAND: set[tuple[str, str]] = set()  # (folder, key) of trained.json records measured here
+
+
+def _timed_stages(folder: Path) -> bool:
+    """Whether a finished stage in the chain folder holds figures timed beside its trained.json."""
+    return folder.is_dir() and any(
+        (read_json(stage / "stage.json") or {}).get("status") == "done" for stage in _stage_dirs(folder)
+    )
 
 
 def ratios(base: dict[str, Any], row: dict[str, Any]) -> dict[str, float]:
