@@ -107,6 +107,10 @@ def test_compare_html_shows_the_front(searched) -> None:
     assert "Pareto front" in page
     for member in summary["front"]:
         assert f"trial {member['number']}" in page
+    # The terminal says the front is there, and --json holds it (it held none: a user trial).
+    assert f"has a Pareto front of {len(summary['front'])} member(s)" in result.stderr
+    report = json.loads(run_cli("compare", "runs/base", "--out", "cmp", "--json", cwd=folder).stdout)
+    assert [m["number"] for m in report["fronts"]["base"]["front"]] == [m["number"] for m in summary["front"]]
 
 
 def test_unknown_objective_exits_2_naming_the_key(tmp_path: Path) -> None:

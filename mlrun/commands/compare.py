@@ -21,6 +21,7 @@ from mlrun.jsonout import print_json
 
 def run_compare(patterns: list[str], metric: str | None, out: Path, json_output: bool) -> None:
     from mlrun.reporting.curves import missing_curves, write_png
+    from mlrun.reporting.fronts import read_fronts
     from mlrun.reporting.html import write_report
     from mlrun.reporting.results import choose_metric, lower_is_better, result_row
     from mlrun.reporting.runs import differing_keys, label_runs, load_runs
@@ -55,12 +56,20 @@ def run_compare(patterns: list[str], metric: str | None, out: Path, json_output:
         print(f"mlrun: compare: {note}", file=sys.stderr)
     png = write_png(runs, chosen, out / "curves.png")
     page = write_report(runs, shown, chosen, out / "report.html", cell, missing)
+    fronts = {run.name: front for run, front in read_fronts(runs)}  # compress searches' Pareto fronts
+    for name, front in fronts.items():
+        print(
+            f"mlrun: compare: {name}'s compress search has a Pareto front of {len(front['front'])} member(s): "
+            f"in {page}",
+            file=sys.stderr,
+        )
     if json_output:
         report = {
             "metric": chosen,
             "lower_is_better": minimise,
             "differing_keys": keys,
             "runs": rows,
+            "fronts": fronts,
             "files": {"png": str(png), "html": str(page)},
             "notes": [*notes, *missing],
         }
