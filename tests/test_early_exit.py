@@ -144,7 +144,7 @@ def test_exit_speedups_divide_the_full_forward_times_the_table_prints(trained_ex
 
 def test_exit_latency_timed_on_a_busy_cpu_is_retimed_then_marked(trained_exits, monkeypatch):
     """eval's exit speedups read 28.88x then 0.45x on the same run, unflagged (export warns; a user trial)."""
-    from mlrun.export import verify
+    from mlrun.export import latency
 
     calls = itertools.count()
     measured = []
@@ -153,7 +153,7 @@ def test_exit_latency_timed_on_a_busy_cpu_is_retimed_then_marked(trained_exits, 
         measured.append(run)
         return {"ms": 1.0 + 3.0 * (next(calls) % 3 == 0), "spread": 0.0}
 
-    monkeypatch.setattr(verify, "timed", busy)
+    monkeypatch.setattr(latency, "timed", busy)
     folder, run = trained_exits
     result = run_cli("eval", run, "--exit-thresholds", "0.9", cwd=folder)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -234,7 +234,7 @@ def sleeper(*schedule_ms: float):
 
 
 def test_latency_comparison_reports_its_spread_and_flags_a_busy_cpu():
-    from mlrun.export.verify import SPREAD_LIMIT, compare_latency
+    from mlrun.export.latency import SPREAD_LIMIT, compare_latency
 
     inputs = (torch.zeros(1),)
     steady = compare_latency(sleeper(4.0), sleeper(2.0), inputs)

@@ -97,7 +97,7 @@ def label(row: dict[str, Any]) -> str:
 def latency_notes(rows: list[dict[str, Any]]) -> list[str]:
     """What the latency columns cannot say alone: stages timed on a busy CPU, int8 stages run slowly here."""
     from mlrun.compression.measure import cpu_has_vnni
-    from mlrun.export.verify import SPREAD_LIMIT
+    from mlrun.export.latency import SPREAD_LIMIT
 
     notes = []
     noisy = [row for row in rows if row.get("latency_spread", 0.0) > SPREAD_LIMIT]

@@ -16,9 +16,10 @@ from torch import nn
 
 from mlrun.compression.huffman import entropy_coded_bytes, packed_entropy_bytes
 from mlrun.data.bundle import DataMeta
+from mlrun.export.latency import steadiest, timed
 from mlrun.export.quantize import apply_quantization
 from mlrun.export.signature import InferenceModule
-from mlrun.export.verify import batches, evaluate, first, steadiest, timed
+from mlrun.export.verify import batches, evaluate, first
 from mlrun.models.packed_weights import PackedWeights
 
 

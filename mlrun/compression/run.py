@@ -42,7 +42,7 @@ from mlrun.config.schema import ExperimentConfig, StageSpec
 from mlrun.engine.example_inputs import EXAMPLE_INPUTS
 from mlrun.engine.run_dir import read_json, read_summary, write_config, write_json
 from mlrun.errors import UsageError
-from mlrun.export.verify import SPREAD_LIMIT
+from mlrun.export.latency import SPREAD_LIMIT
 from mlrun.models.structure import adds_layers
 from mlrun.models.weights_file import save_weights
 from mlrun.registry import stages, techniques

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mlrun.export.verify import SPREAD_LIMIT, compare_latencies, steadiest
+from mlrun.export.latency import SPREAD_LIMIT, compare_latencies, steadiest
 from mlrun.models.exits import EarlyExits
 
 # Fewer rounds and repeats than an export's check: a batch-1 call here runs every sample in turn (100

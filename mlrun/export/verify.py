@@ -1,13 +1,11 @@
 """Checks an exported file against the fp32 PyTorch model: outputs, the validation metric, latency, size.
 
-`verify_artifact` is the check `mlrun export` runs; the pieces (batches, agreement, evaluate, timing)
-also serve `mlrun predict` and the compress stages' measurements.
+`verify_artifact` is the check `mlrun export` runs; the pieces (batches, agreement, evaluate) also serve
+`mlrun predict` and the compress stages' measurements; latency is timed by export/latency.py.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -16,6 +14,7 @@ from torch.utils.data import Dataset
 from mlrun.data.batch import split_batch
 from mlrun.data.bundle import DataMeta, fetch_batch
 from mlrun.export.formats import ExportFormat
+from mlrun.export.latency import SPREAD_LIMIT, compare_latency
 from mlrun.export.signature import InferenceModule, Runner, as_tensors
 from mlrun.metrics import Metric, samples_in, score_batches
 
@@ -50,75 +49,6 @@ def evaluate(
             yield loss_fn(outputs, targets), samples_in(outputs, targets), outputs, targets
 
     return score_batches(scored(), metrics, torch.device("cpu"))
-
-
-SPREAD_LIMIT = 0.25  # latency figures whose spread exceeds this share of the median are flagged, not trusted
-
-
-def timed(run: Runner, inputs: tuple[torch.Tensor, ...], warmup: int = 5, repeats: int = 30) -> dict[str, float]:
-    """Median wall time of one call in ms, after warm-up, and its spread: (p90 - p10) / median."""
-    for _ in range(warmup):
-        run(*inputs)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(*inputs)
-        times.append(time.perf_counter() - start)
-    deciles = statistics.quantiles(times, n=10)
-    median = statistics.median(times)
-    return {"ms": median * 1e3, "spread": (deciles[-1] - deciles[0]) / median}
-
-
-def latency_ms(run: Runner, inputs: tuple[torch.Tensor, ...], warmup: int = 5, repeats: int = 30) -> float:
-    """Median wall time of one call, after warm-up."""
-    return timed(run, inputs, warmup, repeats)["ms"]
-
-
-def compare_latency(
-    reference: Runner, candidate: Runner, inputs: tuple[torch.Tensor, ...], rounds: int = 7, repeats: int = 5
-) -> dict[str, float]:
-    """Both timed in alternating rounds, so another process busy on the CPU slows both alike (timed one
-    after the other, a speedup moved 10x between identical runs): the median times, the median of the
-    per-round speedups, and their spread ((max - min) / median)."""
-    both = compare_latencies(reference, [candidate], inputs, rounds, repeats)
-    return {"reference_ms": both["reference_ms"], **both["candidates"][0]}
-
-
-def compare_latencies(
-    reference: Runner, candidates: list[Runner], inputs: tuple[torch.Tensor, ...], rounds: int = 7, repeats: int = 5
-) -> dict:
-    """`compare_latency` for several candidates in the same rounds (each round times the reference, then
-    every candidate): one reference time that every candidate's speedup divides, as a table prints it.
-    Returns reference_ms, per candidate {ms, speedup, spread}, and the worst spread."""
-    runs = [reference, *candidates]
-    for run in runs:
-        for _ in range(5):  # warm-up: first calls allocate, compile kernels, fill caches
-            run(*inputs)
-    ms: list[list[float]] = [[] for _ in runs]
-    for _ in range(rounds):
-        for times, run in zip(ms, runs):
-            times.append(timed(run, inputs, 0, repeats)["ms"])
-    found = []
-    for times in ms[1:]:
-        speedups = [a / b for a, b in zip(ms[0], times)]
-        speedup = statistics.median(speedups)
-        found.append(
-            {"ms": statistics.median(times), "speedup": speedup, "spread": (max(speedups) - min(speedups)) / speedup}
-        )
-    worst = max((c["spread"] for c in found), default=0.0)  # what `steadiest` re-times on
-    return {"reference_ms": statistics.median(ms[0]), "candidates": found, "spread": worst}
-
-
-def steadiest(measure, attempts: int = 3) -> dict:
-    """`measure()` (a dict with a "spread"), again while that spread says another process held the CPU
-    (up to `attempts` in all), keeping the steadiest: on a loaded 2-core machine a small model's median
-    moved 100x in one timing, which made a compress search's speedups read 300x."""
-    best = measure()
-    for _ in range(attempts - 1):
-        if best["spread"] <= SPREAD_LIMIT:
-            break
-        best = min(best, measure(), key=lambda t: t["spread"])
-    return best
 
 
 def dense_fp32_bytes(model: torch.nn.Module) -> int:
