@@ -91,13 +91,13 @@ def prepare_samples(config, out: Path, settings: dict, shard_format: str) -> tup
     start_folder(out, settings)
     per_shard, row_group = settings["rows_per_shard"], settings["row_group"]
     classes = (bundle.preprocessing or {}).get("classes")
+    source = image_source(bundle.preprocessing, config.data.settings)
     written = {}
     for split in ("train", "val"):
         dataset, folder = getattr(bundle, split), out / split
         if shard_format == "image_tar":
             written[split] = shard_writers.write_image_tars(dataset, folder, meta, classes, per_shard)
         else:
-            source = image_source(bundle.preprocessing, config.data.settings)
             written[split] = write_split(dataset, folder, meta, per_shard, row_group, source)
     record = {**settings, "task": meta.task, "input_shape": list(meta.input_shape), "num_classes": meta.num_classes}
     record |= {"splits": written, "preprocessing": bundle.preprocessing}

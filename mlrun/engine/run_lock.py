@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mlrun.errors import UsageError
+from mlrun.ranks import first_process
 
 
 def lock_path(run_dir: Path) -> Path:
@@ -31,7 +32,7 @@ def lock_path(run_dir: Path) -> Path:
 @contextlib.contextmanager
 def held_run_folder(run_dir: Path) -> Iterator[None]:
     """Hold the run's lock while the block runs; exit 2 naming the holder when another process has it."""
-    if int(os.environ.get("RANK", "0")) != 0:  # the launch's other processes train in the same folder
+    if not first_process():  # the launch's other processes train in the same folder
         yield
         return
     run_dir.parent.mkdir(parents=True, exist_ok=True)  # train checked it can (check_writable)

@@ -61,7 +61,7 @@ class HostedTracker(Tracker):
 
     label = "hosted"  # the tracker's name in warnings
     active = failed = False  # until start() opened the tracked run: finish() after a failed start does nothing
-    record_file = "hosted_run.json"  # in the run directory (record_name): the tracked run's id, so a resume finds it
+    record_file = "hosted_run.json"  # in the run directory: the tracked run's id, so a resume finds it
 
     def start(self, info: RunInfo) -> None:
         self.active, self.pending = False, {}
@@ -169,11 +169,6 @@ class HostedTracker(Tracker):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=2) + "\n")
         os.replace(tmp, path)  # a kill mid-write never leaves a half record
-
-
-def record_name(label: str) -> str:
-    """The run-directory file where a hosted tracker keeps its tracked run's id and last step sent."""
-    return f"{label}_run.json"
 
 
 def lagging(run_dir: Path, tracker_names: list[str]) -> list[str]:

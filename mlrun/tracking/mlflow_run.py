@@ -23,10 +23,10 @@ from typing import Any
 from mlrun.errors import UsageError, failure_reason
 from mlrun.registry import trackers
 from mlrun.tracking.base import RunInfo, Tracker
-from mlrun.tracking.hosted import Batch, HostedTracker, record_name, require, run_tags
+from mlrun.tracking.hosted import Batch, HostedTracker, require, run_tags
 from mlrun.tracking.tensorboard import flatten
 
-RECORD = record_name("mlflow")
+RECORD = "mlflow_run.json"
 ARTIFACTS = ("config.yaml", "summary.json", "manifest.json")
 WEIGHTS = ("model.safetensors", "best.safetensors")
 # MLflow's run states; a trial the tuner pruned stopped early on purpose, like an interrupted run.

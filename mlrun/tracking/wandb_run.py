@@ -19,10 +19,10 @@ from typing import Any, Literal
 
 from mlrun.registry import trackers
 from mlrun.tracking.base import RunInfo, Tracker
-from mlrun.tracking.hosted import Batch, HostedTracker, record_name, require, run_tags
+from mlrun.tracking.hosted import Batch, HostedTracker, require, run_tags
 from mlrun.tracking.tensorboard import flatten
 
-RECORD = record_name("wandb")
+RECORD = "wandb_run.json"
 
 
 class WandbTracker(HostedTracker):
